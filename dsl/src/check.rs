@@ -1,0 +1,69 @@
+//! `hyb check`: load files with their imports, check every block on its own, then
+//! instantiate every model (where all configs are known and every shape is decided).
+
+use crate::diag::Diagnostic;
+use crate::expand::model::Expanded;
+use crate::expand::Expander;
+use crate::resolve::{DefId, Loader, Program};
+use std::path::Path;
+
+/// The outcome of checking: the program, every diagnostic, and each root model that
+/// instantiated cleanly.
+pub struct Checked {
+    pub program: Program,
+    pub diagnostics: Vec<Diagnostic>,
+    pub models: Vec<(DefId, Expanded)>,
+}
+
+/// Checks files given by path. A file that cannot be read at all is an `Err`.
+pub fn check_paths(paths: &[&Path]) -> Result<Checked, String> {
+    let mut loader = Loader::new();
+    for p in paths {
+        loader.add_path(p)?;
+    }
+    Ok(finish(loader))
+}
+
+/// Checks source text (tests, fuzzing); `std.` imports resolve in the standard library.
+pub fn check_text(name: &str, text: &str) -> Checked {
+    let mut loader = Loader::new();
+    loader.add_text(name, text);
+    finish(loader)
+}
+
+fn finish(loader: Loader) -> Checked {
+    let (program, mut diagnostics) = loader.finish();
+    let mut models = Vec::new();
+    {
+        let mut generic = Expander::new(&program, false);
+        for (m, module) in program.modules.iter().enumerate() {
+            for (i, item) in module.ast.items.iter().enumerate() {
+                if matches!(item, crate::ast::Item::Block(_)) {
+                    generic.check_block(DefId { module: m, item: i });
+                }
+            }
+        }
+        diagnostics.append(&mut generic.diags);
+        for def in program.root_models() {
+            let mut strict = Expander::new(&program, true);
+            let expanded = strict.expand_model(def);
+            diagnostics.append(&mut strict.diags);
+            if let Some(e) = expanded {
+                models.push((def, e));
+            }
+        }
+    }
+    dedup(&mut diagnostics);
+    Checked {
+        program,
+        diagnostics,
+        models,
+    }
+}
+
+/// One report per (code, place): a block used by many layers would otherwise repeat it.
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| seen.insert((d.code, d.file(), d.span().start, d.span().end)));
+    diags.sort_by_key(|d| (d.file(), d.span().start));
+}

@@ -1,0 +1,172 @@
+//! Symbolic integers: polynomials with integer coefficients over named symbols.
+//!
+//! Dimensions and `int` configs are `Dim`s. Inside a model every config is known, so only
+//! the batch and sequence symbols (`B`, `T`) remain and shape equality is decided exactly;
+//! checking a block on its own leaves its configs symbolic, and two dims that are different
+//! polynomials may still be equal for some config values, so only constant mismatches are
+//! definite there.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Dim {
+    /// monomial (sorted symbol names, with repetition) → coefficient; no zero coefficients.
+    terms: BTreeMap<Vec<String>, i64>,
+}
+
+impl Dim {
+    pub fn constant(c: i64) -> Dim {
+        let mut terms = BTreeMap::new();
+        if c != 0 {
+            terms.insert(Vec::new(), c);
+        }
+        Dim { terms }
+    }
+
+    pub fn symbol(name: &str) -> Dim {
+        Dim {
+            terms: BTreeMap::from([(vec![name.to_string()], 1)]),
+        }
+    }
+
+    pub fn as_const(&self) -> Option<i64> {
+        match self.terms.len() {
+            0 => Some(0),
+            1 => self.terms.get(&Vec::new()).copied(),
+            _ => None,
+        }
+    }
+
+    pub fn is_const(&self) -> bool {
+        self.as_const().is_some()
+    }
+
+    /// Overflow is reported as `None` so that hostile sizes become diagnostics, not panics.
+    pub fn add(&self, other: &Dim) -> Option<Dim> {
+        let mut terms = self.terms.clone();
+        for (m, c) in &other.terms {
+            let e = terms.entry(m.clone()).or_insert(0);
+            *e = e.checked_add(*c)?;
+            if *e == 0 {
+                terms.remove(m);
+            }
+        }
+        Some(Dim { terms })
+    }
+
+    pub fn neg(&self) -> Option<Dim> {
+        let terms = self
+            .terms
+            .iter()
+            .map(|(m, c)| Some((m.clone(), c.checked_neg()?)))
+            .collect::<Option<_>>()?;
+        Some(Dim { terms })
+    }
+
+    pub fn sub(&self, other: &Dim) -> Option<Dim> {
+        self.add(&other.neg()?)
+    }
+
+    pub fn mul(&self, other: &Dim) -> Option<Dim> {
+        let mut out = Dim::default();
+        for (ma, ca) in &self.terms {
+            for (mb, cb) in &other.terms {
+                let mut m: Vec<String> = ma.iter().chain(mb).cloned().collect();
+                m.sort();
+                let term = Dim {
+                    terms: BTreeMap::from([(m, ca.checked_mul(*cb)?)]),
+                };
+                out = out.add(&term)?;
+            }
+        }
+        Some(out)
+    }
+
+    /// Exact division by a constant, or by an equal polynomial (`x / x = 1`).
+    pub fn div_exact(&self, other: &Dim) -> Option<Dim> {
+        if self == other && !self.terms.is_empty() {
+            return Some(Dim::constant(1));
+        }
+        let d = other.as_const()?;
+        if d == 0 {
+            return None;
+        }
+        let terms = self
+            .terms
+            .iter()
+            .map(|(m, c)| (c % d == 0).then(|| (m.clone(), c / d)))
+            .collect::<Option<_>>()?;
+        Some(Dim { terms })
+    }
+
+    /// Whether `self != other` for every value of the symbols: their difference is a nonzero
+    /// constant. (Inside a model the remaining symbols are independent, so there plain
+    /// inequality is already definite.)
+    pub fn definitely_differs(&self, other: &Dim) -> bool {
+        match self.sub(other) {
+            Some(diff) => diff.as_const().is_some_and(|c| c != 0),
+            None => true,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.terms.is_empty() {
+            return f.write_str("0");
+        }
+        for (i, (m, c)) in self.terms.iter().rev().enumerate() {
+            let (sign, mag) = if *c < 0 {
+                ("-", c.unsigned_abs())
+            } else {
+                ("+", c.unsigned_abs())
+            };
+            match (i, sign) {
+                (0, "-") => f.write_str("-")?,
+                (0, _) => {}
+                _ => write!(f, " {sign} ")?,
+            }
+            if m.is_empty() {
+                write!(f, "{mag}")?;
+            } else {
+                if mag != 1 {
+                    write!(f, "{mag}*")?;
+                }
+                f.write_str(&m.join("*"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_is_canonical() {
+        let b = Dim::symbol("B");
+        let t = Dim::symbol("T");
+        let bt = b.mul(&t).unwrap();
+        assert_eq!(bt, t.mul(&b).unwrap());
+        let x = bt
+            .mul(&Dim::constant(4))
+            .unwrap()
+            .add(&Dim::constant(2))
+            .unwrap();
+        assert_eq!(x.to_string(), "4*B*T + 2");
+        assert_eq!(x.sub(&x).unwrap().as_const(), Some(0));
+        assert_eq!(Dim::constant(12).div_exact(&Dim::constant(5)), None);
+        assert_eq!(bt.div_exact(&bt), Some(Dim::constant(1)));
+        assert!(Dim::constant(3).definitely_differs(&Dim::constant(4)));
+        assert!(!b.definitely_differs(&t));
+        assert!(Dim::constant(i64::MAX).add(&Dim::constant(1)).is_none());
+    }
+}

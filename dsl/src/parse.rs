@@ -1,0 +1,677 @@
+//! Text → [`ast::File`]. A cheap lexical pre-scan rejects what would make a recursive-descent
+//! parser misbehave (unterminated strings, absurd nesting) with a precise span; pest does the
+//! rest, and its errors are rewritten into diagnostics with readable expectations.
+
+use crate::ast::*;
+use crate::diag::{Code, Diagnostic};
+use crate::source::FileId;
+use pest::iterators::Pair;
+use pest::Parser;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "grammar.pest"]
+struct HybParser;
+
+/// Deepest bracket nesting accepted. Real models nest a handful of levels; the limit keeps
+/// every recursive stage (parser, checker, formatter) far from the stack's end.
+pub const MAX_NESTING: usize = 256;
+
+type PResult<T> = Result<T, Diagnostic>;
+
+/// Parses one file. Returns every syntax problem the pre-scan finds, else pest's first error.
+pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
+    if text.trim().is_empty() {
+        let d = Diagnostic::new(
+            Code::EmptyFile,
+            file,
+            Span::new(0, text.len()),
+            "the file is empty",
+        )
+        .label("nothing to parse")
+        .help("a .hyb file holds imports, `block` and `model` definitions; see docs/language.md");
+        return Err(vec![d]);
+    }
+    let problems = prescan(file, text);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut pairs =
+        HybParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
+    let root = pairs
+        .next()
+        .expect("the file rule always produces one pair");
+    let b = Builder { file };
+    b.file(root).map_err(|d| vec![d])
+}
+
+/// Finds unterminated strings and over-deep bracket nesting without recursion.
+fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' && i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                if i >= bytes.len() || bytes[i] == b'\n' {
+                    out.push(
+                        Diagnostic::new(
+                            Code::UnterminatedString,
+                            file,
+                            Span::new(start, i),
+                            "unterminated string",
+                        )
+                        .label("this string is never closed")
+                        .help("close it with `\"` on the same line"),
+                    );
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    out.push(
+                        Diagnostic::new(
+                            Code::NestingTooDeep,
+                            file,
+                            Span::new(i, i + 1),
+                            "brackets nested too deeply",
+                        )
+                        .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
+                        .help("split the expression into named steps"),
+                    );
+                    return out;
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+    use pest::error::{ErrorVariant, InputLocation};
+    let (start, end) = match e.location {
+        InputLocation::Pos(p) => (p, p),
+        InputLocation::Span((s, e)) => (s, e),
+    };
+    let end = if end == start {
+        text[start..]
+            .chars()
+            .next()
+            .map_or(start, |c| start + c.len_utf8())
+    } else {
+        end
+    };
+    let found = match text[start..].chars().next() {
+        None => "end of file".to_string(),
+        Some(_) => format!("`{}`", token_at(&text[start..])),
+    };
+    let expected = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        }
+        ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    let message = if expected.is_empty() {
+        format!("unexpected {found}")
+    } else {
+        format!("expected {}, found {found}", one_of(&expected))
+    };
+    Diagnostic::new(Code::Syntax, file, Span::new(start, end), message)
+        .label("here")
+        .help("see docs/language.md for the syntax of each construct")
+}
+
+fn token_at(s: &str) -> String {
+    let first = s.chars().next().unwrap_or(' ');
+    if first.is_alphanumeric() || first == '_' {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+            .collect()
+    } else {
+        first.to_string()
+    }
+}
+
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+        [] => String::new(),
+    }
+}
+
+fn rule_name(r: Rule) -> Option<&'static str> {
+    Some(match r {
+        Rule::EOI => "end of file",
+        Rule::import | Rule::block_def | Rule::model_def | Rule::item => {
+            "`import`, `block` or `model`"
+        }
+        Rule::ident | Rule::name => "a name",
+        Rule::module_path => "a module path like `std.attention`",
+        Rule::tensor_type => "a tensor type like `[B, T, d]`",
+        Rule::stmt
+        | Rule::config_decl
+        | Rule::mup_decl
+        | Rule::param_decl
+        | Rule::return_stmt
+        | Rule::let_stmt => "a statement",
+        Rule::scalar_type => "a type (`int`, `float`, `bool` or `string`)",
+        Rule::expr | Rule::operand | Rule::call | Rule::list | Rule::paren | Rule::if_expr => {
+            "an expression"
+        }
+        Rule::float_lit | Rule::int_lit => "a number",
+        Rule::string_lit => "a string",
+        Rule::bool_lit => "`true` or `false`",
+        Rule::or | Rule::and | Rule::eq | Rule::ne | Rule::le | Rule::ge | Rule::lt | Rule::gt => {
+            "an operator"
+        }
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::matmul => {
+            "an operator"
+        }
+        Rule::index => "`[`",
+        Rule::named_arg => "a named argument",
+        Rule::model_entry | Rule::setting | Rule::r#override => "a model entry",
+        Rule::layer_range => "a layer index like `0` or `0..4`",
+        Rule::branch | Rule::body => "`{`",
+        Rule::doc_line | Rule::docs => "a doc comment",
+        Rule::input | Rule::inputs => "an input like `x: [B, T, d]`",
+        Rule::ret_type => "a return type",
+        _ => return None,
+    })
+}
+
+struct Builder {
+    file: FileId,
+}
+
+fn span(p: &Pair<Rule>) -> Span {
+    let s = p.as_span();
+    Span::new(s.start(), s.end())
+}
+
+impl Builder {
+    fn file(&self, root: Pair<Rule>) -> PResult<File> {
+        let mut items = Vec::new();
+        for p in root.into_inner() {
+            match p.as_rule() {
+                Rule::import => items.push(Item::Import(self.import(p))),
+                Rule::block_def => items.push(Item::Block(self.block(p)?)),
+                Rule::model_def => items.push(Item::Model(self.model(p)?)),
+                Rule::EOI => {}
+                r => unreachable!("file: {r:?}"),
+            }
+        }
+        Ok(File { items })
+    }
+
+    fn docs(&self, p: Pair<Rule>) -> Docs {
+        p.into_inner()
+            .map(|l| {
+                let t = &l.as_str()[3..];
+                t.strip_prefix(' ').unwrap_or(t).trim_end().to_string()
+            })
+            .collect()
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: span(&p),
+        }
+    }
+
+    fn import(&self, p: Pair<Rule>) -> Import {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let docs = self.docs(it.next().unwrap());
+        let path = it.next().unwrap();
+        Import {
+            docs,
+            path: path.as_str().split('.').map(str::to_string).collect(),
+            path_span: span(&path),
+            span: sp,
+        }
+    }
+
+    fn block(&self, p: Pair<Rule>) -> PResult<Block> {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let docs = self.docs(it.next().unwrap());
+        let name = self.ident(it.next().unwrap());
+        let mut inputs = Vec::new();
+        for i in it.next().unwrap().into_inner() {
+            let mut ii = i.into_inner();
+            let name = self.ident(ii.next().unwrap());
+            let ty = self.tensor_type(ii.next().unwrap())?;
+            inputs.push(Input { name, ty });
+        }
+        let mut ret = None;
+        let mut next = it.next().unwrap();
+        if next.as_rule() == Rule::ret_type {
+            ret = Some(
+                next.into_inner()
+                    .map(|t| self.tensor_type(t))
+                    .collect::<PResult<_>>()?,
+            );
+            next = it.next().unwrap();
+        }
+        let body_span = span(&next);
+        let body = next
+            .into_inner()
+            .map(|s| self.stmt(s))
+            .collect::<PResult<_>>()?;
+        Ok(Block {
+            docs,
+            name,
+            inputs,
+            ret,
+            body,
+            body_end: Span::new(body_span.end - 1, body_span.end),
+            span: sp,
+        })
+    }
+
+    fn tensor_type(&self, p: Pair<Rule>) -> PResult<TensorType> {
+        let sp = span(&p);
+        let dims = p
+            .into_inner()
+            .map(|d| match d.as_rule() {
+                Rule::ellipsis => Ok(TypeDim::Ellipsis(span(&d))),
+                _ => self.expr(d).map(TypeDim::Expr),
+            })
+            .collect::<PResult<_>>()?;
+        Ok(TensorType { dims, span: sp })
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> PResult<Stmt> {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let docs = self.docs(it.next().unwrap());
+        let s = it.next().unwrap();
+        let kind = match s.as_rule() {
+            Rule::config_decl => StmtKind::Config(
+                s.into_inner()
+                    .map(|c| {
+                        let mut ci = c.into_inner();
+                        let docs = self.docs(ci.next().unwrap());
+                        let name = self.ident(ci.next().unwrap());
+                        let ty_pair = ci.next().unwrap();
+                        let ty = match ty_pair.as_str() {
+                            "int" => ScalarType::Int,
+                            "float" => ScalarType::Float,
+                            "bool" => ScalarType::Bool,
+                            _ => ScalarType::String,
+                        };
+                        let default = ci.next().map(|e| self.expr(e)).transpose()?;
+                        Ok(ConfigItem {
+                            docs,
+                            name,
+                            ty,
+                            ty_span: span(&ty_pair),
+                            default,
+                        })
+                    })
+                    .collect::<PResult<_>>()?,
+            ),
+            Rule::mup_decl => StmtKind::Mup(self.mup_items(s)?),
+            Rule::param_decl => {
+                let mut pi = s.into_inner();
+                let name = self.ident(pi.next().unwrap());
+                let ty = self.tensor_type(pi.next().unwrap())?;
+                let mut init = None;
+                let mut role = None;
+                for rest in pi {
+                    match rest.as_rule() {
+                        Rule::call => init = Some(self.call(rest)?),
+                        _ => role = Some(self.ident(rest)),
+                    }
+                }
+                StmtKind::Param(ParamDecl {
+                    name,
+                    ty,
+                    init,
+                    role,
+                })
+            }
+            Rule::return_stmt => StmtKind::Return(self.expr(s.into_inner().next().unwrap())?),
+            Rule::let_stmt => {
+                let mut parts: Vec<Pair<Rule>> = s.into_inner().collect();
+                let value = self.expr(parts.pop().unwrap())?;
+                let targets = parts.into_iter().map(|t| self.ident(t)).collect();
+                StmtKind::Let { targets, value }
+            }
+            r => unreachable!("stmt: {r:?}"),
+        };
+        Ok(Stmt {
+            docs,
+            kind,
+            span: sp,
+        })
+    }
+
+    fn mup_items(&self, p: Pair<Rule>) -> PResult<Vec<MupItem>> {
+        p.into_inner()
+            .map(|m| {
+                let mut mi = m.into_inner();
+                let docs = self.docs(mi.next().unwrap());
+                let name = self.ident(mi.next().unwrap());
+                let value = self.expr(mi.next().unwrap())?;
+                Ok(MupItem { docs, name, value })
+            })
+            .collect()
+    }
+
+    fn model(&self, p: Pair<Rule>) -> PResult<Model> {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let docs = self.docs(it.next().unwrap());
+        let name = self.ident(it.next().unwrap());
+        let mut entries = Vec::new();
+        for e in it {
+            let esp = span(&e);
+            let mut ei = e.into_inner();
+            let docs = self.docs(ei.next().unwrap());
+            let inner = ei.next().unwrap();
+            let kind = match inner.as_rule() {
+                Rule::setting => {
+                    let mut si = inner.into_inner();
+                    let name = self.ident(si.next().unwrap());
+                    ModelEntryKind::Setting(name, self.expr(si.next().unwrap())?)
+                }
+                Rule::mup_decl => ModelEntryKind::Mup(self.mup_items(inner)?),
+                Rule::r#override => {
+                    let mut oi = inner.into_inner();
+                    let range = oi.next().unwrap();
+                    let range_span = span(&range);
+                    let mut bounds = range.into_inner().map(|b| self.layer_index(b));
+                    let first = bounds.next().unwrap()?;
+                    let last = bounds.next().transpose()?;
+                    let args = oi.map(|a| self.named_arg(a)).collect::<PResult<_>>()?;
+                    ModelEntryKind::Override {
+                        first,
+                        last,
+                        range_span,
+                        args,
+                    }
+                }
+                r => unreachable!("model entry: {r:?}"),
+            };
+            entries.push(ModelEntry {
+                docs,
+                kind,
+                span: esp,
+            });
+        }
+        Ok(Model {
+            docs,
+            name,
+            entries,
+            body_end: Span::new(sp.end - 1, sp.end),
+            span: sp,
+        })
+    }
+
+    fn layer_index(&self, p: Pair<Rule>) -> PResult<u32> {
+        p.as_str().parse().map_err(|_| {
+            Diagnostic::new(
+                Code::InvalidNumber,
+                self.file,
+                span(&p),
+                "layer index is too large",
+            )
+            .label("not a valid layer index")
+        })
+    }
+
+    fn named_arg(&self, p: Pair<Rule>) -> PResult<(Ident, Expr)> {
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        Ok((name, self.expr(it.next().unwrap())?))
+    }
+
+    fn call(&self, p: Pair<Rule>) -> PResult<Call> {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let callee = self.ident(it.next().unwrap());
+        let args = it
+            .map(|a| match a.as_rule() {
+                Rule::named_arg => self.named_arg(a).map(|(n, e)| Arg::Named(n, e)),
+                _ => self.expr(a).map(Arg::Positional),
+            })
+            .collect::<PResult<_>>()?;
+        Ok(Call {
+            callee,
+            args,
+            span: sp,
+        })
+    }
+
+    /// Operator precedence by shunting-yard: iterative, so long operator chains cannot
+    /// exhaust the stack while parsing.
+    fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let mut operands: Vec<Expr> = Vec::new();
+        let mut ops: Vec<BinOp> = Vec::new();
+        let mut prefixes: Vec<(UnaryOp, Span)> = Vec::new();
+        fn reduce(operands: &mut Vec<Expr>, op: BinOp) {
+            let rhs = operands.pop().unwrap();
+            let lhs = operands.pop().unwrap();
+            let span = lhs.span.to(rhs.span);
+            operands.push(Expr {
+                kind: Box::new(ExprKind::Binary(op, lhs, rhs)),
+                span,
+            });
+        }
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::neg => prefixes.push((UnaryOp::Neg, span(&part))),
+                Rule::not => prefixes.push((UnaryOp::Not, span(&part))),
+                Rule::operand => {
+                    let mut e = self.operand(part)?;
+                    while let Some((op, sp)) = prefixes.pop() {
+                        e = fold_unary(op, sp, e);
+                    }
+                    operands.push(e);
+                }
+                rule => {
+                    let op = binop(rule);
+                    while ops
+                        .last()
+                        .is_some_and(|top| top.precedence() >= op.precedence())
+                    {
+                        reduce(&mut operands, ops.pop().unwrap());
+                    }
+                    ops.push(op);
+                }
+            }
+        }
+        while let Some(op) = ops.pop() {
+            reduce(&mut operands, op);
+        }
+        Ok(operands.pop().unwrap())
+    }
+
+    fn operand(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let mut it = p.into_inner();
+        let mut e = self.primary(it.next().unwrap())?;
+        for idx in it {
+            let sp = e.span.to(span(&idx));
+            let items = idx
+                .into_inner()
+                .map(|item| match item.as_rule() {
+                    Rule::ellipsis => Ok(IndexItem::Ellipsis(span(&item))),
+                    Rule::slice => {
+                        let ssp = span(&item);
+                        let mut lo = None;
+                        let mut hi = None;
+                        for b in item.into_inner() {
+                            let is_lo = b.as_rule() == Rule::slice_lo;
+                            let bound = self.expr(b.into_inner().next().unwrap())?;
+                            *(if is_lo { &mut lo } else { &mut hi }) = Some(bound);
+                        }
+                        Ok(IndexItem::Slice(lo, hi, ssp))
+                    }
+                    _ => self.expr(item).map(IndexItem::At),
+                })
+                .collect::<PResult<_>>()?;
+            e = Expr {
+                kind: Box::new(ExprKind::Index(e, items)),
+                span: sp,
+            };
+        }
+        Ok(e)
+    }
+
+    fn primary(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let sp = span(&p);
+        let kind = match p.as_rule() {
+            Rule::int_lit => ExprKind::Int(p.as_str().parse().map_err(|_| {
+                Diagnostic::new(
+                    Code::InvalidNumber,
+                    self.file,
+                    sp,
+                    format!("integer `{}` is too large", p.as_str()),
+                )
+                .label("does not fit in 64 bits")
+                .help("integers must lie within ±9223372036854775807")
+            })?),
+            Rule::float_lit => {
+                let v: f64 = p.as_str().parse().unwrap_or(f64::INFINITY);
+                if !v.is_finite() {
+                    return Err(Diagnostic::new(
+                        Code::InvalidNumber,
+                        self.file,
+                        sp,
+                        format!("number `{}` is out of range", p.as_str()),
+                    )
+                    .label("not a finite 64-bit float")
+                    .help("floats must be finite"));
+                }
+                ExprKind::Float(v)
+            }
+            Rule::bool_lit => ExprKind::Bool(p.as_str() == "true"),
+            Rule::string_lit => ExprKind::Str(unescape(p.into_inner().next().unwrap().as_str())),
+            Rule::name => ExprKind::Name(p.as_str().to_string()),
+            Rule::list => ExprKind::List(
+                p.into_inner()
+                    .map(|e| self.expr(e))
+                    .collect::<PResult<_>>()?,
+            ),
+            Rule::paren => ExprKind::Paren(self.expr(p.into_inner().next().unwrap())?),
+            Rule::call => ExprKind::Call(self.call(p)?),
+            Rule::if_expr => return self.if_expr(p),
+            r => unreachable!("primary: {r:?}"),
+        };
+        Ok(Expr {
+            kind: Box::new(kind),
+            span: sp,
+        })
+    }
+
+    fn if_expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let sp = span(&p);
+        let mut it = p.into_inner();
+        let cond = self.expr(it.next().unwrap())?;
+        let then = self.branch(it.next().unwrap())?;
+        let other = it.next().unwrap();
+        let otherwise = match other.as_rule() {
+            Rule::if_expr => Branch {
+                stmts: Vec::new(),
+                value: self.if_expr(other)?,
+            },
+            _ => self.branch(other)?,
+        };
+        Ok(Expr {
+            kind: Box::new(ExprKind::If(cond, then, otherwise)),
+            span: sp,
+        })
+    }
+
+    fn branch(&self, p: Pair<Rule>) -> PResult<Branch> {
+        let mut parts: Vec<Pair<Rule>> = p.into_inner().collect();
+        let value = self.expr(parts.pop().unwrap())?;
+        let stmts = parts
+            .into_iter()
+            .map(|s| self.stmt(s))
+            .collect::<PResult<_>>()?;
+        Ok(Branch { stmts, value })
+    }
+}
+
+/// `-3` and `-1.5` become literals so that the formatter and the checker see numbers.
+fn fold_unary(op: UnaryOp, sp: Span, e: Expr) -> Expr {
+    let span = sp.to(e.span);
+    let kind = match (op, *e.kind) {
+        (UnaryOp::Neg, ExprKind::Int(v)) => ExprKind::Int(-v),
+        (UnaryOp::Neg, ExprKind::Float(v)) => ExprKind::Float(-v),
+        (op, kind) => ExprKind::Unary(
+            op,
+            Expr {
+                kind: Box::new(kind),
+                span: e.span,
+            },
+        ),
+    };
+    Expr {
+        kind: Box::new(kind),
+        span,
+    }
+}
+
+fn binop(r: Rule) -> BinOp {
+    match r {
+        Rule::or => BinOp::Or,
+        Rule::and => BinOp::And,
+        Rule::eq => BinOp::Eq,
+        Rule::ne => BinOp::Ne,
+        Rule::lt => BinOp::Lt,
+        Rule::le => BinOp::Le,
+        Rule::gt => BinOp::Gt,
+        Rule::ge => BinOp::Ge,
+        Rule::add => BinOp::Add,
+        Rule::sub => BinOp::Sub,
+        Rule::mul => BinOp::Mul,
+        Rule::div => BinOp::Div,
+        Rule::floordiv => BinOp::FloorDiv,
+        Rule::matmul => BinOp::MatMul,
+        r => unreachable!("operator: {r:?}"),
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
