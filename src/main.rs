@@ -1,1 +1,266 @@
-fn main() {}
+//! The `hyb` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hyb_dsl::check::{check_paths, Checked};
+use hyb_dsl::expand::model::ModelSummary;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hyb",
+    version,
+    about = "Compiler and runtime for hybrid attention/SSM models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .hyb files: syntax, names, types and shapes of every block and model.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Rewrite .hyb files in the canonical layout.
+    Fmt {
+        /// Only report files whose layout differs; exit 1 if any does.
+        #[arg(long)]
+        check: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a model's layer table: kinds, head counts and parameter counts.
+    Show {
+        file: PathBuf,
+        /// The model to show (default: the only model in the file).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+/// Deep but legal programs recurse deeply in the checker and formatter; run them on a
+/// thread with a generous stack so that they report errors instead of overflowing.
+const STACK_BYTES: usize = 512 << 20;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let worker = std::thread::Builder::new()
+        .stack_size(STACK_BYTES)
+        .spawn(move || run(cli));
+    match worker.map(|h| h.join()) {
+        Ok(Ok(Ok(code))) => code,
+        Ok(Ok(Err(e))) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        _ => {
+            eprintln!("error: internal failure");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { files } => {
+            let checked = check(&files)?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "ok: {} file(s), {} model(s)",
+                files.len(),
+                checked.models.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fmt { check, files } => fmt(&files, check),
+        Command::Show { file, model } => {
+            let checked = check(std::slice::from_ref(&file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let names: Vec<&str> = checked
+                .models
+                .iter()
+                .map(|(_, m)| m.summary.name.as_str())
+                .collect();
+            let chosen = match &model {
+                Some(name) => checked.models.iter().find(|(_, m)| &m.summary.name == name),
+                None if checked.models.len() == 1 => checked.models.first(),
+                None => bail!(
+                    "{} defines {} models ({}); choose one with --model",
+                    file.display(),
+                    names.len(),
+                    names.join(", ")
+                ),
+            };
+            let Some((_, m)) = chosen else {
+                bail!(
+                    "no model `{}` in {} (models: {})",
+                    model.unwrap_or_default(),
+                    file.display(),
+                    names.join(", ")
+                );
+            };
+            print!("{}", layer_table(&m.summary));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> Result<Checked> {
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    check_paths(&paths).map_err(anyhow::Error::msg)
+}
+
+/// Prints every diagnostic; true if there were any.
+fn report(checked: &Checked) -> bool {
+    for d in &checked.diagnostics {
+        eprintln!("{:?}", d.report(&checked.program.sources));
+    }
+    if !checked.diagnostics.is_empty() {
+        eprintln!("{} error(s)", checked.diagnostics.len());
+    }
+    !checked.diagnostics.is_empty()
+}
+
+fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode> {
+    let mut failed = false;
+    for path in files {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut sources = hyb_dsl::source::Sources::new();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let id = sources.add_text(path.display().to_string(), text.clone());
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            let d = hyb_dsl::diag::Diagnostic::new(
+                hyb_dsl::diag::Code::NotUtf8,
+                id,
+                hyb_dsl::ast::Span::new(e.valid_up_to(), e.valid_up_to() + 1),
+                "the file is not valid UTF-8",
+            )
+            .label("invalid byte here");
+            eprintln!("{:?}", d.report(&sources));
+            failed = true;
+            continue;
+        }
+        let ast = match hyb_dsl::parse::parse(id, &text) {
+            Ok(ast) => ast,
+            Err(diags) => {
+                for d in diags {
+                    eprintln!("{:?}", d.report(&sources));
+                }
+                failed = true;
+                continue;
+            }
+        };
+        let formatted = hyb_dsl::fmt::format(&ast, &text);
+        if formatted == text {
+            continue;
+        }
+        if check_only {
+            println!("would reformat {}", path.display());
+            failed = true;
+        } else {
+            write_atomically(path, formatted.as_bytes())?;
+            println!("formatted {}", path.display());
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Replaces a file so that a crash leaves either the old or the new content, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("not a file path")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.hyb-fmt.tmp"));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions())?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+fn layer_table(s: &ModelSummary) -> String {
+    let mut out = format!(
+        "model {}: vocab {}, d {}, {} layers\n",
+        s.name,
+        s.vocab,
+        s.d,
+        s.layers.len()
+    );
+    out.push_str(&format!(
+        "{:>5}  {:<24} {:>10} {:>10} {:>16}\n",
+        "layer", "kind", "attn heads", "ssm heads", "params"
+    ));
+    for l in &s.layers {
+        let kind = match l.letter {
+            Some(c) => format!("{c} {}", l.block),
+            None => l.block.clone(),
+        };
+        out.push_str(&format!(
+            "{:>5}  {:<24} {:>10} {:>10} {:>16}\n",
+            l.index,
+            kind,
+            l.attention_heads,
+            l.ssm_heads,
+            grouped(l.params)
+        ));
+    }
+    let row = |name: &str, n: u64| format!("{:<54} {:>16}\n", name, grouped(n));
+    out.push_str(&row("embedding", s.embedding_params));
+    out.push_str(&row("final norm", s.final_norm_params));
+    if s.lm_head_params > 0 {
+        out.push_str(&row("lm_head", s.lm_head_params));
+    } else {
+        out.push_str(&format!("{:<54} {:>16}\n", "lm_head", "tied"));
+    }
+    out.push_str(&format!(
+        "{:<54} {:>16} ({})\n",
+        "total",
+        grouped(s.total_params),
+        human(s.total_params)
+    ));
+    out
+}
+
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}

@@ -9,6 +9,7 @@ pub mod check;
 pub mod diag;
 pub mod dim;
 pub mod expand;
+pub mod fmt;
 pub mod inits;
 pub mod parse;
 pub mod prims;

@@ -40,7 +40,7 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     let root = pairs
         .next()
         .expect("the file rule always produces one pair");
-    let b = Builder { file };
+    let b = Builder { file, src: text };
     b.file(root).map_err(|d| vec![d])
 }
 
@@ -201,16 +201,49 @@ fn rule_name(r: Rule) -> Option<&'static str> {
     })
 }
 
-struct Builder {
+struct Builder<'s> {
     file: FileId,
+    src: &'s str,
 }
 
-fn span(p: &Pair<Rule>) -> Span {
-    let s = p.as_span();
-    Span::new(s.start(), s.end())
+/// pest's implicit whitespace makes a rule that ends in a repetition also cover the
+/// whitespace and comments after it; spans end at the last character of code instead.
+fn code_end(src: &str, start: usize, mut end: usize) -> usize {
+    loop {
+        while end > start && src.as_bytes()[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        let line_start = src[..end].rfind('\n').map_or(0, |i| i + 1).max(start);
+        match comment_start(&src[line_start..end]) {
+            Some(c) => end = line_start + c,
+            None => return end,
+        }
+    }
 }
 
-impl Builder {
+/// Offset of the first `//` outside a string literal in one line.
+fn comment_start(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && b.get(i + 1) == Some(&b'/') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+impl Builder<'_> {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(s.start(), code_end(self.src, s.start(), s.end()))
+    }
+
     fn file(&self, root: Pair<Rule>) -> PResult<File> {
         let mut items = Vec::new();
         for p in root.into_inner() {
@@ -237,25 +270,25 @@ impl Builder {
     fn ident(&self, p: Pair<Rule>) -> Ident {
         Ident {
             name: p.as_str().to_string(),
-            span: span(&p),
+            span: self.span(&p),
         }
     }
 
     fn import(&self, p: Pair<Rule>) -> Import {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let docs = self.docs(it.next().unwrap());
         let path = it.next().unwrap();
         Import {
             docs,
             path: path.as_str().split('.').map(str::to_string).collect(),
-            path_span: span(&path),
+            path_span: self.span(&path),
             span: sp,
         }
     }
 
     fn block(&self, p: Pair<Rule>) -> PResult<Block> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let docs = self.docs(it.next().unwrap());
         let name = self.ident(it.next().unwrap());
@@ -276,7 +309,7 @@ impl Builder {
             );
             next = it.next().unwrap();
         }
-        let body_span = span(&next);
+        let body_span = self.span(&next);
         let body = next
             .into_inner()
             .map(|s| self.stmt(s))
@@ -293,11 +326,11 @@ impl Builder {
     }
 
     fn tensor_type(&self, p: Pair<Rule>) -> PResult<TensorType> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let dims = p
             .into_inner()
             .map(|d| match d.as_rule() {
-                Rule::ellipsis => Ok(TypeDim::Ellipsis(span(&d))),
+                Rule::ellipsis => Ok(TypeDim::Ellipsis(self.span(&d))),
                 _ => self.expr(d).map(TypeDim::Expr),
             })
             .collect::<PResult<_>>()?;
@@ -305,7 +338,7 @@ impl Builder {
     }
 
     fn stmt(&self, p: Pair<Rule>) -> PResult<Stmt> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let docs = self.docs(it.next().unwrap());
         let s = it.next().unwrap();
@@ -328,7 +361,7 @@ impl Builder {
                             docs,
                             name,
                             ty,
-                            ty_span: span(&ty_pair),
+                            ty_span: self.span(&ty_pair),
                             default,
                         })
                     })
@@ -383,13 +416,13 @@ impl Builder {
     }
 
     fn model(&self, p: Pair<Rule>) -> PResult<Model> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let docs = self.docs(it.next().unwrap());
         let name = self.ident(it.next().unwrap());
         let mut entries = Vec::new();
         for e in it {
-            let esp = span(&e);
+            let esp = self.span(&e);
             let mut ei = e.into_inner();
             let docs = self.docs(ei.next().unwrap());
             let inner = ei.next().unwrap();
@@ -403,7 +436,7 @@ impl Builder {
                 Rule::r#override => {
                     let mut oi = inner.into_inner();
                     let range = oi.next().unwrap();
-                    let range_span = span(&range);
+                    let range_span = self.span(&range);
                     let mut bounds = range.into_inner().map(|b| self.layer_index(b));
                     let first = bounds.next().unwrap()?;
                     let last = bounds.next().transpose()?;
@@ -437,7 +470,7 @@ impl Builder {
             Diagnostic::new(
                 Code::InvalidNumber,
                 self.file,
-                span(&p),
+                self.span(&p),
                 "layer index is too large",
             )
             .label("not a valid layer index")
@@ -451,7 +484,7 @@ impl Builder {
     }
 
     fn call(&self, p: Pair<Rule>) -> PResult<Call> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let callee = self.ident(it.next().unwrap());
         let args = it
@@ -484,8 +517,8 @@ impl Builder {
         }
         for part in p.into_inner() {
             match part.as_rule() {
-                Rule::neg => prefixes.push((UnaryOp::Neg, span(&part))),
-                Rule::not => prefixes.push((UnaryOp::Not, span(&part))),
+                Rule::neg => prefixes.push((UnaryOp::Neg, self.span(&part))),
+                Rule::not => prefixes.push((UnaryOp::Not, self.span(&part))),
                 Rule::operand => {
                     let mut e = self.operand(part)?;
                     while let Some((op, sp)) = prefixes.pop() {
@@ -515,13 +548,13 @@ impl Builder {
         let mut it = p.into_inner();
         let mut e = self.primary(it.next().unwrap())?;
         for idx in it {
-            let sp = e.span.to(span(&idx));
+            let sp = e.span.to(self.span(&idx));
             let items = idx
                 .into_inner()
                 .map(|item| match item.as_rule() {
-                    Rule::ellipsis => Ok(IndexItem::Ellipsis(span(&item))),
+                    Rule::ellipsis => Ok(IndexItem::Ellipsis(self.span(&item))),
                     Rule::slice => {
-                        let ssp = span(&item);
+                        let ssp = self.span(&item);
                         let mut lo = None;
                         let mut hi = None;
                         for b in item.into_inner() {
@@ -543,7 +576,7 @@ impl Builder {
     }
 
     fn primary(&self, p: Pair<Rule>) -> PResult<Expr> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let kind = match p.as_rule() {
             Rule::int_lit => ExprKind::Int(p.as_str().parse().map_err(|_| {
                 Diagnostic::new(
@@ -589,7 +622,7 @@ impl Builder {
     }
 
     fn if_expr(&self, p: Pair<Rule>) -> PResult<Expr> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut it = p.into_inner();
         let cond = self.expr(it.next().unwrap())?;
         let then = self.branch(it.next().unwrap())?;
