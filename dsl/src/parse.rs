@@ -40,7 +40,11 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     let root = pairs
         .next()
         .expect("the file rule always produces one pair");
-    let b = Builder { file, src: text };
+    let b = Builder {
+        file,
+        src: text,
+        nested: std::cell::Cell::new(0),
+    };
     b.file(root).map_err(|d| vec![d])
 }
 
@@ -204,6 +208,8 @@ fn rule_name(r: Rule) -> Option<&'static str> {
 struct Builder<'s> {
     file: FileId,
     src: &'s str,
+    /// Deepest expression finished since the enclosing `expr` started (see `expr`).
+    nested: std::cell::Cell<usize>,
 }
 
 /// pest's implicit whitespace makes a rule that ends in a repetition also cover the
@@ -501,47 +507,71 @@ impl Builder<'_> {
     }
 
     /// Operator precedence by shunting-yard: iterative, so long operator chains cannot
-    /// exhaust the stack while parsing.
+    /// exhaust the stack while parsing. Tree depth is tracked as the tree is built and
+    /// capped at [`MAX_NESTING`], so no later recursive pass can exhaust it either.
     fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
-        let mut operands: Vec<Expr> = Vec::new();
-        let mut ops: Vec<BinOp> = Vec::new();
+        let outer = self.nested.replace(0);
+        let mut operands: Vec<(Expr, usize)> = Vec::new();
+        let mut ops: Vec<(BinOp, Span)> = Vec::new();
         let mut prefixes: Vec<(UnaryOp, Span)> = Vec::new();
-        fn reduce(operands: &mut Vec<Expr>, op: BinOp) {
-            let rhs = operands.pop().unwrap();
-            let lhs = operands.pop().unwrap();
+        let reduce = |operands: &mut Vec<(Expr, usize)>, (op, at): (BinOp, Span)| -> PResult<()> {
+            let (rhs, dr) = operands.pop().unwrap();
+            let (lhs, dl) = operands.pop().unwrap();
+            let depth = 1 + dl.max(dr);
+            if depth > MAX_NESTING {
+                return Err(self.too_deep(at));
+            }
             let span = lhs.span.to(rhs.span);
-            operands.push(Expr {
-                kind: Box::new(ExprKind::Binary(op, lhs, rhs)),
-                span,
-            });
-        }
+            let kind = Box::new(ExprKind::Binary(op, lhs, rhs));
+            operands.push((Expr { kind, span }, depth));
+            Ok(())
+        };
         for part in p.into_inner() {
             match part.as_rule() {
                 Rule::neg => prefixes.push((UnaryOp::Neg, self.span(&part))),
                 Rule::not => prefixes.push((UnaryOp::Not, self.span(&part))),
                 Rule::operand => {
+                    let at = self.span(&part);
+                    self.nested.set(0);
                     let mut e = self.operand(part)?;
+                    let depth = 1 + self.nested.get() + prefixes.len();
+                    if depth > MAX_NESTING {
+                        return Err(self.too_deep(at));
+                    }
                     while let Some((op, sp)) = prefixes.pop() {
                         e = fold_unary(op, sp, e);
                     }
-                    operands.push(e);
+                    operands.push((e, depth));
                 }
                 rule => {
-                    let op = binop(rule);
+                    let op = (binop(rule), self.span(&part));
                     while ops
                         .last()
-                        .is_some_and(|top| top.precedence() >= op.precedence())
+                        .is_some_and(|top| top.0.precedence() >= op.0.precedence())
                     {
-                        reduce(&mut operands, ops.pop().unwrap());
+                        reduce(&mut operands, ops.pop().unwrap())?;
                     }
                     ops.push(op);
                 }
             }
         }
         while let Some(op) = ops.pop() {
-            reduce(&mut operands, op);
+            reduce(&mut operands, op)?;
         }
-        Ok(operands.pop().unwrap())
+        let (e, depth) = operands.pop().unwrap();
+        self.nested.set(outer.max(depth));
+        Ok(e)
+    }
+
+    fn too_deep(&self, at: Span) -> Diagnostic {
+        Diagnostic::new(
+            Code::NestingTooDeep,
+            self.file,
+            at,
+            "expression nested too deeply",
+        )
+        .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
+        .help("split the expression into named steps")
     }
 
     fn operand(&self, p: Pair<Rule>) -> PResult<Expr> {
@@ -621,23 +651,47 @@ impl Builder<'_> {
         })
     }
 
+    /// `if a {…} else if b {…} else {…}`: the grammar lists the arms (so long chains do not
+    /// recurse in the parser); the tree nests them from the last arm outwards.
     fn if_expr(&self, p: Pair<Rule>) -> PResult<Expr> {
         let sp = self.span(&p);
-        let mut it = p.into_inner();
-        let cond = self.expr(it.next().unwrap())?;
-        let then = self.branch(it.next().unwrap())?;
-        let other = it.next().unwrap();
-        let otherwise = match other.as_rule() {
-            Rule::if_expr => Branch {
+        let parts: Vec<Pair<Rule>> = p.into_inner().collect();
+        let arms = parts.len() / 2;
+        if arms > MAX_NESTING {
+            return Err(self.too_deep(sp));
+        }
+        let mut it = parts.into_iter();
+        let mut conds = Vec::new();
+        for _ in 0..arms {
+            let c = it.next().unwrap();
+            let b = it.next().unwrap();
+            let start = c.as_span().start();
+            conds.push((self.expr(c)?, self.branch(b)?, start));
+        }
+        let mut otherwise = self.branch(it.next().unwrap())?;
+        let mut result = None;
+        while let Some((cond, then, start)) = conds.pop() {
+            let is_first = conds.is_empty();
+            let span = if is_first {
+                sp
+            } else {
+                Span::new(start, sp.end)
+            };
+            let e = Expr {
+                kind: Box::new(ExprKind::If(cond, then, otherwise)),
+                span,
+            };
+            if is_first {
+                result = Some(e);
+                break;
+            }
+            otherwise = Branch {
                 stmts: Vec::new(),
-                value: self.if_expr(other)?,
-            },
-            _ => self.branch(other)?,
-        };
-        Ok(Expr {
-            kind: Box::new(ExprKind::If(cond, then, otherwise)),
-            span: sp,
-        })
+                value: e,
+            };
+        }
+        self.nested.set(self.nested.get().max(arms));
+        Ok(result.unwrap())
     }
 
     fn branch(&self, p: Pair<Rule>) -> PResult<Branch> {

@@ -366,6 +366,17 @@ impl<'p> Expander<'p> {
                 ),
             );
         }
+        if self.calls.len() >= crate::parse::MAX_NESTING {
+            return self.error(
+                Code::RecursiveBlock,
+                frame.file,
+                c.callee.span,
+                format!(
+                    "block calls are nested more than {} deep",
+                    crate::parse::MAX_NESTING
+                ),
+            );
+        }
         let configs = configs(block);
         let mups = mups(block);
         let mut slots: Vec<Slot> = block
@@ -446,14 +457,14 @@ impl<'p> Expander<'p> {
 
         for (name, ty, _) in &configs {
             if let Some((v, span)) = given.named.get(&name.name) {
-                if self.check_arg_type(v, *ty, at_file, *span, &name.name) {
-                    let v = if *ty == ScalarType::Float {
-                        Value::Float(v.as_f64().or(None))
-                    } else {
-                        v.clone()
-                    };
-                    frame.vars.insert(name.name.clone(), (v, Binding::Config));
-                }
+                let v = if !self.check_arg_type(v, *ty, at_file, *span, &name.name) {
+                    Value::Poison
+                } else if *ty == ScalarType::Float {
+                    Value::Float(v.as_f64())
+                } else {
+                    v.clone()
+                };
+                frame.vars.insert(name.name.clone(), (v, Binding::Config));
             }
         }
 

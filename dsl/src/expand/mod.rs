@@ -377,10 +377,12 @@ impl<'p> Expander<'p> {
                 ),
             );
         }
+        let mut mismatch = false;
         for (t, ty) in tensors.iter().zip(ret) {
             let want = self.type_shape(ty, frame);
             if let Some(want) = want {
                 if !self.shape_matches(&t.shape, &want) {
+                    mismatch = true;
                     self.report(
                         Diagnostic::new(
                             Code::ReturnType,
@@ -399,7 +401,12 @@ impl<'p> Expander<'p> {
                 }
             }
         }
-        value
+        // A value of the wrong shape would only cause follow-on errors at the caller.
+        if mismatch {
+            Value::Poison
+        } else {
+            value
+        }
     }
 
     fn shape_matches(&self, got: &[Dim], want: &[Dim]) -> bool {
