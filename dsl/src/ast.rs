@@ -249,7 +249,6 @@ pub enum BinOp {
     Sub,
     Mul,
     Div,
-    FloorDiv,
     MatMul,
 }
 
@@ -268,7 +267,6 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
-            BinOp::FloorDiv => "//",
             BinOp::MatMul => "@",
         }
     }
@@ -281,7 +279,7 @@ impl BinOp {
             BinOp::And => 2,
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 3,
             BinOp::Add | BinOp::Sub => 4,
-            BinOp::Mul | BinOp::Div | BinOp::FloorDiv | BinOp::MatMul => 5,
+            BinOp::Mul | BinOp::Div | BinOp::MatMul => 5,
         }
     }
 }

@@ -388,6 +388,10 @@ impl Printer<'_> {
         }
         // Comments inside branches were already moved before the enclosing statement.
         let value = self.expr(&b.value, indent, 0);
+        if !b.stmts.is_empty() && continues(&value) {
+            sub.out.pop();
+            sub.out.push_str(";\n");
+        }
         sub.line(indent, &value);
         sub.out
     }
@@ -510,11 +514,23 @@ pub fn flat(e: &Expr) -> String {
     }
 }
 
-/// A branch on one line; statements need no separator in the grammar.
+/// A branch on one line; statements need no separator in the grammar, except before a
+/// value that would continue the last statement.
 fn flat_branch(b: &Branch) -> String {
+    let value = flat(&b.value);
     let mut parts: Vec<String> = b.stmts.iter().map(flat_stmt).collect();
-    parts.push(flat(&b.value));
+    if let Some(last) = parts.last_mut() {
+        if continues(&value) {
+            last.push(';');
+        }
+    }
+    parts.push(value);
     parts.join(" ")
+}
+
+/// Whether text placed after a statement would be read as part of it.
+fn continues(next: &str) -> bool {
+    next.starts_with(['-', '(', '['])
 }
 
 fn flat_stmt(s: &Stmt) -> String {

@@ -190,9 +190,7 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::or | Rule::and | Rule::eq | Rule::ne | Rule::le | Rule::ge | Rule::lt | Rule::gt => {
             "an operator"
         }
-        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::matmul => {
-            "an operator"
-        }
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
         Rule::index => "`[`",
         Rule::named_arg => "a named argument",
         Rule::model_entry | Rule::setting | Rule::r#override => "a model entry",
@@ -739,7 +737,6 @@ fn binop(r: Rule) -> BinOp {
         Rule::sub => BinOp::Sub,
         Rule::mul => BinOp::Mul,
         Rule::div => BinOp::Div,
-        Rule::floordiv => BinOp::FloorDiv,
         Rule::matmul => BinOp::MatMul,
         r => unreachable!("operator: {r:?}"),
     }

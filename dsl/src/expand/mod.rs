@@ -745,38 +745,26 @@ impl<'p> Expander<'p> {
                 }),
                 _ => None,
             }),
-            (
-                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::FloorDiv,
-                Int(x),
-                Int(y),
-            ) => {
+            (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, Int(x), Int(y)) => {
                 let r = match op {
                     BinOp::Add => x.add(&y),
                     BinOp::Sub => x.sub(&y),
                     BinOp::Mul => x.mul(&y),
-                    _ => {
-                        if y.as_const() == Some(0) {
-                            return self.error(Code::BadDivision, file, sb, "division by zero");
-                        }
-                        let floor = op == BinOp::FloorDiv;
-                        match (x.as_const(), y.as_const()) {
-                            (Some(p), Some(q)) if floor => Some(Dim::constant(p.div_euclid(q))),
-                            _ => {
-                                match x.div_exact(&y) {
-                                    Some(q) => Some(q),
-                                    None if x.is_const() && y.is_const() => {
-                                        self.report(
-                                        Diagnostic::new(Code::BadDivision, file, span, format!("{x} / {y} is not a whole number"))
-                                            .label("integer division must be exact")
-                                            .help("use `//` for floor division, or make one side a float"),
-                                    );
-                                        return Poison;
-                                    }
-                                    None => Some(Dim::symbol(&format!("({x})/({y})"))),
-                                }
-                            }
-                        }
+                    _ if y.as_const() == Some(0) => {
+                        return self.error(Code::BadDivision, file, sb, "division by zero");
                     }
+                    _ => match x.div_exact(&y) {
+                        Some(q) => Some(q),
+                        None if x.is_const() && y.is_const() => {
+                            self.report(
+                                Diagnostic::new(Code::BadDivision, file, span, format!("{x} / {y} is not a whole number"))
+                                    .label("integer division must be exact")
+                                    .help("dimensions must divide evenly; write a float (`2.0`) for real division"),
+                            );
+                            return Poison;
+                        }
+                        None => Some(Dim::symbol(&format!("({x})/({y})"))),
+                    },
                 };
                 match r {
                     Some(d) => Int(d),
