@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Vec<(Vec<String>, i64)>", from = "Vec<(Vec<String>, i64)>")]
 pub struct Dim {
     /// monomial (sorted symbol names, with repetition) → coefficient; no zero coefficients.
     terms: BTreeMap<Vec<String>, i64>,
@@ -36,6 +37,19 @@ impl Dim {
             1 => self.terms.get(&Vec::new()).copied(),
             _ => None,
         }
+    }
+
+    /// The value with every symbol bound (e.g. `B` and `T` once the input is known).
+    pub fn eval(&self, bind: &dyn Fn(&str) -> Option<i64>) -> Option<i64> {
+        let mut total: i64 = 0;
+        for (m, c) in &self.terms {
+            let mut term = *c;
+            for s in m {
+                term = term.checked_mul(bind(s)?)?;
+            }
+            total = total.checked_add(term)?;
+        }
+        Some(total)
     }
 
     pub fn is_const(&self) -> bool {
@@ -108,6 +122,26 @@ impl Dim {
             Some(diff) => diff.as_const().is_some_and(|c| c != 0),
             None => true,
         }
+    }
+}
+
+/// Serialised as a list of (monomial, coefficient) terms: formats such as JSON need string
+/// map keys.
+impl From<Dim> for Vec<(Vec<String>, i64)> {
+    fn from(d: Dim) -> Self {
+        d.terms.into_iter().collect()
+    }
+}
+
+impl From<Vec<(Vec<String>, i64)>> for Dim {
+    fn from(terms: Vec<(Vec<String>, i64)>) -> Self {
+        let mut out = Dim::default();
+        for (mut m, c) in terms {
+            m.sort();
+            let term = Dim { terms: BTreeMap::from([(m, c)]) };
+            out = out.add(&term).unwrap_or_default();
+        }
+        out
     }
 }
 

@@ -56,7 +56,7 @@ pub fn init_fn(name: &str) -> Option<&'static InitFn> {
 }
 
 /// How a parameter's init and learning rate scale with width under µP (Tensor Programs V).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// Maps a finite dimension to width (embeddings).
     Input,

@@ -4,7 +4,7 @@
 use crate::dim::Dim;
 use crate::value::{shape_string, DType, Shape};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Prim {
     Add,
     Sub,

@@ -1,0 +1,93 @@
+//! Checked model → [`Graph`]. The front end has already inlined blocks, unrolled the layer
+//! pattern, bound every config and checked every shape while building its trace; this stage
+//! turns that trace into graph nodes: scalars become constants, `split` becomes slices (so
+//! every node has one output), parameters enter the manifest.
+
+use crate::ir::{Attr, Graph, Init, Op, ParamSpec, TensorType};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::{Kind, Prim};
+use hyb_dsl::trace::{self, Trace, TraceArg};
+use hyb_dsl::value::DType;
+use std::collections::HashMap;
+
+/// Builds the graph of an instantiated model.
+pub fn elaborate(trace: &Trace) -> Graph {
+    let mut g = Graph::default();
+    let mut node_of: HashMap<usize, usize> = HashMap::new();
+    let ty = |id: usize| TensorType {
+        shape: trace.tensors[id].shape.clone(),
+        dtype: trace.tensors[id].dtype,
+    };
+    for op in &trace.ops {
+        match op {
+            trace::Op::Input { out, name } => {
+                node_of.insert(*out, g.add(Op::Input(name.clone()), vec![], ty(*out)));
+            }
+            trace::Op::Param { out, param } => {
+                let shape = param
+                    .shape
+                    .iter()
+                    .map(|d| d.as_const().and_then(|c| usize::try_from(c).ok()).expect("checked parameter shapes are concrete"))
+                    .collect();
+                g.params.push(ParamSpec {
+                    name: param.name.clone(),
+                    shape,
+                    init: Init {
+                        name: param.init.name.to_string(),
+                        args: param.init.args.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                    },
+                    role: param.role,
+                });
+                let idx = g.params.len() - 1;
+                node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));
+            }
+            trace::Op::Prim { prim: Prim::Split, args, outs, .. } => {
+                let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) = (&args[0], &args[1], &args[2]) else {
+                    unreachable!("split is checked")
+                };
+                let mut start = Dim::constant(0);
+                for (size, out) in sizes.iter().zip(outs) {
+                    let end = start.add(size).expect("checked sizes");
+                    let attrs = vec![Attr::Tensor, Attr::Int(axis.clone()), Attr::Int(start.clone()), Attr::Int(end.clone())];
+                    let n = g.add(Op::Prim { prim: Prim::Slice, attrs }, vec![node_of[x]], ty(*out));
+                    node_of.insert(*out, n);
+                    start = end;
+                }
+            }
+            trace::Op::Prim { prim, args, outs, .. } => {
+                let mut inputs = Vec::new();
+                let mut attrs = Vec::new();
+                for (slot, arg) in prim.signature().iter().zip(args) {
+                    attrs.push(match arg {
+                        TraceArg::Tensor(id) => {
+                            inputs.push(node_of[id]);
+                            Attr::Tensor
+                        }
+                        TraceArg::Tensors(ids) => {
+                            inputs.extend(ids.iter().map(|id| node_of[id]));
+                            Attr::Tensor
+                        }
+                        TraceArg::Scalar(x) if slot.kind == Kind::TensorOrScalar => {
+                            let ty = TensorType {
+                                shape: vec![],
+                                dtype: DType::F32,
+                            };
+                            inputs.push(g.add(Op::Constant(*x), vec![], ty));
+                            Attr::Tensor
+                        }
+                        TraceArg::Scalar(x) => Attr::Float(*x),
+                        TraceArg::Int(d) => Attr::Int(d.clone()),
+                        TraceArg::Bool(b) => Attr::Bool(*b),
+                        TraceArg::Str(s) => Attr::Str(s.clone()),
+                        TraceArg::Ints(v) => Attr::Ints(v.clone()),
+                        TraceArg::Absent => Attr::Absent,
+                    });
+                }
+                let n = g.add(Op::Prim { prim: *prim, attrs }, inputs, ty(outs[0]));
+                node_of.insert(outs[0], n);
+            }
+        }
+    }
+    g.outputs = trace.outputs.iter().map(|o| node_of[o]).collect();
+    g
+}

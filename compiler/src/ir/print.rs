@@ -1,0 +1,48 @@
+//! The readable text form of a graph:
+//!
+//! ```text
+//! %3: [B, T, 64] f32 = matmul(%1, %2, transpose_a=false, transpose_b=true)
+//! ```
+
+use super::{Attr, Graph, Op};
+use std::fmt;
+
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.params.iter().enumerate() {
+            let args: Vec<String> = p.init.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(f, "param {i} {}: {:?} init {}({}) role {}", p.name, p.shape, p.init.name, args.join(", "), p.role.name())?;
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
+            write!(f, "%{i}: [{}] {} = ", dims.join(", "), n.ty.dtype.name())?;
+            match &n.op {
+                Op::Input(name) => writeln!(f, "input {name}")?,
+                Op::Param(p) => writeln!(f, "param {}", self.params[*p].name)?,
+                Op::Constant(c) => writeln!(f, "const {c:?}")?,
+                Op::Prim { prim, attrs } => {
+                    let mut inputs = n.inputs.iter();
+                    let mut parts = Vec::new();
+                    for (slot, a) in prim.signature().iter().zip(attrs) {
+                        let text = match a {
+                            Attr::Tensor if slot.kind == hyb_dsl::prims::Kind::Tensors => {
+                                inputs.by_ref().map(|i| format!("%{i}")).collect::<Vec<_>>().join(", ")
+                            }
+                            Attr::Tensor => inputs.next().map_or("?".into(), |i| format!("%{i}")),
+                            Attr::Int(d) => format!("{}={d}", slot.name),
+                            Attr::Float(x) => format!("{}={x:?}", slot.name),
+                            Attr::Bool(b) => format!("{}={b}", slot.name),
+                            Attr::Str(s) => format!("{}={s:?}", slot.name),
+                            Attr::Ints(v) => format!("{}=[{}]", slot.name, v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                            Attr::Absent => format!("{}=none", slot.name),
+                        };
+                        parts.push(text);
+                    }
+                    writeln!(f, "{}({})", prim.name(), parts.join(", "))?;
+                }
+            }
+        }
+        let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{o}")).collect();
+        writeln!(f, "return {}", outs.join(", "))
+    }
+}

@@ -1,0 +1,122 @@
+//! The reference interpreter: evaluates any [`Graph`] on the CPU, node by node, in float64
+//! (the oracle every kernel and rewrite is checked against) or float32.
+
+pub mod tensor;
+
+use crate::ir::{Attr, Graph, Op};
+use crate::ops::{self, Arg};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::Prim;
+use std::collections::HashMap;
+pub use tensor::{Real, Tensor};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RunError {
+    #[error("missing weight `{0}`")]
+    MissingParam(String),
+    #[error("weight `{name}` has shape {got:?} but the model declares {expected:?}")]
+    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("missing input `{0}`")]
+    MissingInput(String),
+    #[error("input `{name}` has shape {got:?}, which does not fit {expected}")]
+    InputShape { name: String, expected: String, got: Vec<usize> },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: f64, vocab: usize },
+}
+
+/// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the
+/// graph's outputs.
+pub fn run<T: Real>(g: &Graph, params: &HashMap<String, Tensor<T>>, inputs: &HashMap<String, Tensor<T>>) -> Result<Vec<Tensor<T>>, RunError> {
+    let symbols = bind_symbols(g, inputs)?;
+    let bind = |s: &str| symbols.get(s).copied();
+    let mut last_use = vec![0usize; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &x in &n.inputs {
+            last_use[x] = i;
+        }
+    }
+    for &o in &g.outputs {
+        last_use[o] = usize::MAX;
+    }
+    let mut values: Vec<Option<Tensor<T>>> = vec![None; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        let v = match &n.op {
+            Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
+            Op::Param(p) => {
+                let spec = &g.params[*p];
+                let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+                if w.shape != spec.shape {
+                    return Err(RunError::ParamShape {
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        got: w.shape.clone(),
+                    });
+                }
+                w.clone()
+            }
+            Op::Constant(c) => Tensor::scalar(T::of(*c)),
+            Op::Prim { prim, attrs } => {
+                let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
+                let xs: Vec<&Tensor<T>> = n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
+                if *prim == Prim::Embedding {
+                    let vocab = xs[0].shape[0];
+                    if let Some(&id) = xs[1].data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0) {
+                        return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
+                    }
+                }
+                ops::eval(*prim, &args, &xs)
+            }
+        };
+        values[i] = Some(v);
+        for &x in &n.inputs {
+            if last_use[x] == i {
+                values[x] = None;
+            }
+        }
+    }
+    Ok(g.outputs.iter().map(|&o| values[o].take().expect("outputs are kept")).collect())
+}
+
+fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
+    let dim = |d: &Dim| d.eval(bind).expect("every symbol is bound by the inputs");
+    match a {
+        Attr::Tensor => Arg::Tensor,
+        Attr::Int(d) => Arg::Int(dim(d)),
+        Attr::Float(x) => Arg::Float(*x),
+        Attr::Bool(b) => Arg::Bool(*b),
+        Attr::Str(s) => Arg::Str(s.clone()),
+        Attr::Ints(v) => Arg::Ints(v.iter().map(dim).collect()),
+        Attr::Absent => Arg::Absent,
+    }
+}
+
+/// Binds the symbolic dimensions of the inputs (`B`, `T`) to the sizes actually given.
+fn bind_symbols<T: Real>(g: &Graph, inputs: &HashMap<String, Tensor<T>>) -> Result<HashMap<String, i64>, RunError> {
+    let mut out = HashMap::new();
+    for (node, name) in g.input_nodes() {
+        let x = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.to_string()))?;
+        let want = &g.nodes[node].ty.shape;
+        let mismatch = || RunError::InputShape {
+            name: name.to_string(),
+            expected: format!("[{}]", want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            got: x.shape.clone(),
+        };
+        if want.len() != x.rank() || x.shape.contains(&0) {
+            return Err(mismatch());
+        }
+        for (d, &size) in want.iter().zip(&x.shape) {
+            let size = size as i64;
+            match d.as_const() {
+                Some(c) if c != size => return Err(mismatch()),
+                Some(_) => {}
+                None => {
+                    let sym = d.to_string();
+                    if *out.entry(sym).or_insert(size) != size {
+                        return Err(mismatch());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
