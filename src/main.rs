@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod logits;
+
 #[derive(Parser)]
 #[command(
     name = "hyb",
@@ -38,6 +40,44 @@ enum Command {
     Show {
         file: PathBuf,
         /// The model to show (default: the only model in the file).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Convert a Hugging Face Falcon-H1 checkpoint folder into a .hyb model and hyb weights.
+    Import {
+        /// Folder with config.json and model.safetensors.
+        hf_dir: PathBuf,
+        /// Output folder for NAME.hyb and NAME.safetensors.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Model name (default: derived from the folder name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write a model and its weights as a Hugging Face Falcon-H1 checkpoint folder.
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run the forward pass with the reference interpreter and print the logits.
+    Logits {
+        file: PathBuf,
+        #[arg(long)]
+        weights: PathBuf,
+        /// Token ids of one sequence, comma-separated; repeat for a batch.
+        #[arg(long = "ids", required = true, action = clap::ArgAction::Append)]
+        ids: Vec<String>,
+        /// Print `{"logits": [[[…]]]}` shaped [batch, T, vocab].
+        #[arg(long)]
+        json: bool,
+        /// Arithmetic precision of the interpreter.
+        #[arg(long, default_value = "f64", value_parser = ["f64", "f32"])]
+        precision: String,
         #[arg(long)]
         model: Option<String>,
     },
@@ -85,33 +125,120 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if report(&checked) {
                 return Ok(ExitCode::from(1));
             }
-            let names: Vec<&str> = checked
-                .models
-                .iter()
-                .map(|(_, m)| m.summary.name.as_str())
-                .collect();
-            let chosen = match &model {
-                Some(name) => checked.models.iter().find(|(_, m)| &m.summary.name == name),
-                None if checked.models.len() == 1 => checked.models.first(),
-                None => bail!(
-                    "{} defines {} models ({}); choose one with --model",
-                    file.display(),
-                    names.len(),
-                    names.join(", ")
-                ),
-            };
-            let Some((_, m)) = chosen else {
-                bail!(
-                    "no model `{}` in {} (models: {})",
-                    model.unwrap_or_default(),
-                    file.display(),
-                    names.join(", ")
-                );
-            };
-            print!("{}", layer_table(&m.summary));
+            print!(
+                "{}",
+                layer_table(&choose(&checked, &file, model.as_deref())?.summary)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { hf_dir, out, name } => {
+            let name = name.unwrap_or_else(|| model_name_from(&hf_dir));
+            let cfg = hyb_runtime::hf::import(&hf_dir, &out, &name)?;
+            println!(
+                "imported {} ({} layers, d {}) → {}",
+                hf_dir.display(),
+                cfg.layers,
+                cfg.d,
+                out.join(format!("{name}.hyb")).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            file,
+            weights,
+            out,
+            model,
+        } => {
+            let checked = check(std::slice::from_ref(&file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let m = choose(&checked, &file, model.as_deref())?;
+            let w = hyb_runtime::weights::load(&weights)?;
+            hyb_runtime::hf::export(&m.summary, w, &out)?;
+            println!("exported {} → {}", m.summary.name, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logits {
+            file,
+            weights,
+            ids,
+            json,
+            precision,
+            model,
+        } => {
+            let batch = logits::parse_ids(&ids)?;
+            let checked = check(std::slice::from_ref(&file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let m = choose(&checked, &file, model.as_deref())?;
+            let w = hyb_runtime::weights::load(&weights)?;
+            let out = logits::run(&m.trace, &w, &batch, &precision)?;
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                logits::write_json(&mut stdout, &out)?;
+            } else {
+                logits::write_text(&mut stdout, &out)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The model named on the command line, or the file's only model.
+fn choose<'c>(
+    checked: &'c Checked,
+    file: &Path,
+    model: Option<&str>,
+) -> Result<&'c hyb_dsl::expand::model::Expanded> {
+    let names: Vec<&str> = checked
+        .models
+        .iter()
+        .map(|(_, m)| m.summary.name.as_str())
+        .collect();
+    let chosen = match model {
+        Some(name) => checked.models.iter().find(|(_, m)| m.summary.name == name),
+        None if checked.models.len() == 1 => checked.models.first(),
+        None => bail!(
+            "{} defines {} models ({}); choose one with --model",
+            file.display(),
+            names.len(),
+            names.join(", ")
+        ),
+    };
+    match chosen {
+        Some((_, m)) => Ok(m),
+        None => bail!(
+            "no model `{}` in {} (models: {})",
+            model.unwrap_or_default(),
+            file.display(),
+            names.join(", ")
+        ),
+    }
+}
+
+/// A valid model name from a folder name: `Falcon-H1-0.5B` → `falcon_h1_0_5b`.
+fn model_name_from(dir: &Path) -> String {
+    let base = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        name.insert_str(0, "model_");
+    }
+    name
 }
 
 fn check(files: &[PathBuf]) -> Result<Checked> {

@@ -138,7 +138,9 @@ impl From<Vec<(Vec<String>, i64)>> for Dim {
         let mut out = Dim::default();
         for (mut m, c) in terms {
             m.sort();
-            let term = Dim { terms: BTreeMap::from([(m, c)]) };
+            let term = Dim {
+                terms: BTreeMap::from([(m, c)]),
+            };
             out = out.add(&term).unwrap_or_default();
         }
         out

@@ -1,1 +1,4 @@
+//! The hyb runtime: weights on disk, Hugging Face interchange, and executors.
 
+pub mod hf;
+pub mod weights;

@@ -27,34 +27,64 @@ pub fn elaborate(trace: &Trace) -> Graph {
                 let shape = param
                     .shape
                     .iter()
-                    .map(|d| d.as_const().and_then(|c| usize::try_from(c).ok()).expect("checked parameter shapes are concrete"))
+                    .map(|d| {
+                        d.as_const()
+                            .and_then(|c| usize::try_from(c).ok())
+                            .expect("checked parameter shapes are concrete")
+                    })
                     .collect();
                 g.params.push(ParamSpec {
                     name: param.name.clone(),
                     shape,
                     init: Init {
                         name: param.init.name.to_string(),
-                        args: param.init.args.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                        args: param
+                            .init
+                            .args
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), *v))
+                            .collect(),
                     },
                     role: param.role,
                 });
                 let idx = g.params.len() - 1;
                 node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));
             }
-            trace::Op::Prim { prim: Prim::Split, args, outs, .. } => {
-                let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) = (&args[0], &args[1], &args[2]) else {
+            trace::Op::Prim {
+                prim: Prim::Split,
+                args,
+                outs,
+                ..
+            } => {
+                let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) =
+                    (&args[0], &args[1], &args[2])
+                else {
                     unreachable!("split is checked")
                 };
                 let mut start = Dim::constant(0);
                 for (size, out) in sizes.iter().zip(outs) {
                     let end = start.add(size).expect("checked sizes");
-                    let attrs = vec![Attr::Tensor, Attr::Int(axis.clone()), Attr::Int(start.clone()), Attr::Int(end.clone())];
-                    let n = g.add(Op::Prim { prim: Prim::Slice, attrs }, vec![node_of[x]], ty(*out));
+                    let attrs = vec![
+                        Attr::Tensor,
+                        Attr::Int(axis.clone()),
+                        Attr::Int(start.clone()),
+                        Attr::Int(end.clone()),
+                    ];
+                    let n = g.add(
+                        Op::Prim {
+                            prim: Prim::Slice,
+                            attrs,
+                        },
+                        vec![node_of[x]],
+                        ty(*out),
+                    );
                     node_of.insert(*out, n);
                     start = end;
                 }
             }
-            trace::Op::Prim { prim, args, outs, .. } => {
+            trace::Op::Prim {
+                prim, args, outs, ..
+            } => {
                 let mut inputs = Vec::new();
                 let mut attrs = Vec::new();
                 for (slot, arg) in prim.signature().iter().zip(args) {

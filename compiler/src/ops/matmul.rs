@@ -5,17 +5,35 @@ use crate::reference::tensor::{Real, Tensor};
 
 pub fn matmul<T: Real>(a: &Tensor<T>, b: &Tensor<T>, ta: bool, tb: bool) -> Tensor<T> {
     let (ra, rb) = (a.rank(), b.rank());
-    let (m, k) = if ta { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+    let (m, k) = if ta {
+        (a.shape[ra - 1], a.shape[ra - 2])
+    } else {
+        (a.shape[ra - 2], a.shape[ra - 1])
+    };
     let n = if tb { b.shape[rb - 2] } else { b.shape[rb - 1] };
     let batch = broadcast_shape(&a.shape[..ra - 2], &b.shape[..rb - 2]);
-    let a_full: Vec<usize> = batch.iter().copied().chain(a.shape[ra - 2..].iter().copied()).collect();
-    let b_full: Vec<usize> = batch.iter().copied().chain(b.shape[rb - 2..].iter().copied()).collect();
+    let a_full: Vec<usize> = batch
+        .iter()
+        .copied()
+        .chain(a.shape[ra - 2..].iter().copied())
+        .collect();
+    let b_full: Vec<usize> = batch
+        .iter()
+        .copied()
+        .chain(b.shape[rb - 2..].iter().copied())
+        .collect();
     let (a, b) = (a.broadcast_to(&a_full), b.broadcast_to(&b_full));
     let batches: usize = batch.iter().product();
-    let (sa, sb) = (a.shape[a.rank() - 2] * a.shape[a.rank() - 1], b.shape[b.rank() - 2] * b.shape[b.rank() - 1]);
+    let (sa, sb) = (
+        a.shape[a.rank() - 2] * a.shape[a.rank() - 1],
+        b.shape[b.rank() - 2] * b.shape[b.rank() - 1],
+    );
     let mut data = Vec::with_capacity(batches * m * n);
     for bi in 0..batches {
-        let (pa, pb) = (&a.data[bi * sa..(bi + 1) * sa], &b.data[bi * sb..(bi + 1) * sb]);
+        let (pa, pb) = (
+            &a.data[bi * sa..(bi + 1) * sa],
+            &b.data[bi * sb..(bi + 1) * sb],
+        );
         for i in 0..m {
             for j in 0..n {
                 let mut acc = T::zero();

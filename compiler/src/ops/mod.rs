@@ -65,17 +65,19 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
     match prim {
         Add | Sub | Mul | Div | Maximum | Minimum => pointwise::binary(prim, inputs[0], inputs[1]),
         Pow => pointwise::unary(inputs[0], |x| x.powf(T::of(args[1].float()))),
-        Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign | Round => {
-            pointwise::unary(inputs[0], pointwise::scalar_fn::<T>(prim))
-        }
+        Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign
+        | Round => pointwise::unary(inputs[0], pointwise::scalar_fn::<T>(prim)),
         Clamp => {
             let (lo, hi) = (T::of(args[1].float()), T::of(args[2].float()));
             pointwise::unary(inputs[0], |x| x.max(lo).min(hi))
         }
-        Cast => pointwise::cast(inputs[0], match &args[1] {
-            Arg::Str(s) => s,
-            other => panic!("cast needs a dtype, got {other:?}"),
-        }),
+        Cast => pointwise::cast(
+            inputs[0],
+            match &args[1] {
+                Arg::Str(s) => s,
+                other => panic!("cast needs a dtype, got {other:?}"),
+            },
+        ),
         Sum | Max | Mean => reduce::reduce(prim, inputs[0], args[1].int(), args[2].boolean()),
         Reshape => movement::reshape(inputs[0], args[1].ints()),
         Permute => movement::permute(inputs[0], args[1].ints()),
@@ -95,7 +97,14 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         Embedding => movement::embedding(inputs[0], inputs[1]),
         Matmul => matmul::matmul(inputs[0], inputs[1], args[2].boolean(), args[3].boolean()),
         CausalConv1d => sequence::causal_conv1d(inputs[0], inputs[1], inputs.get(2).copied()),
-        SsdScan => sequence::ssd_scan(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], args[5].int() as usize),
+        SsdScan => sequence::ssd_scan(
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            inputs[3],
+            inputs[4],
+            args[5].int() as usize,
+        ),
         Rope => sequence::rope(inputs[0], args[1].float()),
         CausalMask => sequence::causal_mask(inputs[0]),
         TernaryQuant => quant::ternary(inputs[0]),

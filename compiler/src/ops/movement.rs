@@ -5,7 +5,16 @@ use crate::reference::tensor::{Real, Tensor};
 
 pub fn reshape<T: Real>(x: &Tensor<T>, target: &[i64]) -> Tensor<T> {
     let known: i64 = target.iter().filter(|&&d| d >= 0).product();
-    let shape = target.iter().map(|&d| if d < 0 { x.len() / known as usize } else { d as usize }).collect();
+    let shape = target
+        .iter()
+        .map(|&d| {
+            if d < 0 {
+                x.len() / known as usize
+            } else {
+                d as usize
+            }
+        })
+        .collect();
     Tensor::new(shape, x.data.clone())
 }
 

@@ -48,7 +48,10 @@ pub fn binary<T: Real>(prim: Prim, a: &Tensor<T>, b: &Tensor<T>) -> Tensor<T> {
         Prim::Minimum => |x: T, y: T| x.min(y),
         other => unreachable!("{} is not binary", other.name()),
     };
-    Tensor::new(shape, a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect())
+    Tensor::new(
+        shape,
+        a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
+    )
 }
 
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {

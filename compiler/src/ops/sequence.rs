@@ -61,7 +61,14 @@ impl ScanDims {
 /// The Mamba-2 scan by the chunked (state-space dual) algorithm: within a chunk the output
 /// is a masked, decay-weighted attention-like sum; between chunks a state of size P×N per
 /// head carries the past. Same result as [`ssd_scan_sequential`], in O(T·chunk) per head.
-pub fn ssd_scan<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tensor<T>, cm: &Tensor<T>, chunk: usize) -> Tensor<T> {
+pub fn ssd_scan<T: Real>(
+    x: &Tensor<T>,
+    dt: &Tensor<T>,
+    a: &Tensor<T>,
+    bm: &Tensor<T>,
+    cm: &Tensor<T>,
+    chunk: usize,
+) -> Tensor<T> {
     let d = ScanDims::of(x, bm);
     let mut y = Tensor::zeros(x.shape.clone());
     for bi in 0..d.b {
@@ -91,10 +98,15 @@ pub fn ssd_scan<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tens
                         for u in start..=ti {
                             let mut cb = T::zero();
                             for ni in 0..d.n {
-                                cb = cb + cm.data[d.bc(bi, ti, gi, ni)] * bm.data[d.bc(bi, u, gi, ni)];
+                                cb = cb
+                                    + cm.data[d.bc(bi, ti, gi, ni)] * bm.data[d.bc(bi, u, gi, ni)];
                             }
                             let dtu = dt.data[(bi * d.t + u) * d.h + hi];
-                            acc = acc + (ct - cum[u - start]).exp() * cb * dtu * x.data[d.x(bi, u, hi, pi)];
+                            acc = acc
+                                + (ct - cum[u - start]).exp()
+                                    * cb
+                                    * dtu
+                                    * x.data[d.x(bi, u, hi, pi)];
                         }
                         y.data[d.x(bi, ti, hi, pi)] = acc;
                     }
@@ -106,7 +118,11 @@ pub fn ssd_scan<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tens
                         let mut v = state[pi * d.n + ni] * last.exp();
                         for u in start..end {
                             let dtu = dt.data[(bi * d.t + u) * d.h + hi];
-                            v = v + (last - cum[u - start]).exp() * dtu * x.data[d.x(bi, u, hi, pi)] * bm.data[d.bc(bi, u, gi, ni)];
+                            v = v
+                                + (last - cum[u - start]).exp()
+                                    * dtu
+                                    * x.data[d.x(bi, u, hi, pi)]
+                                    * bm.data[d.bc(bi, u, gi, ni)];
                         }
                         state[pi * d.n + ni] = v;
                     }
@@ -120,7 +136,13 @@ pub fn ssd_scan<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tens
 
 /// The defining recurrence, one step at a time:
 /// `h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`, `y_t = h_t·C_t`.
-pub fn ssd_scan_sequential<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tensor<T>, cm: &Tensor<T>) -> Tensor<T> {
+pub fn ssd_scan_sequential<T: Real>(
+    x: &Tensor<T>,
+    dt: &Tensor<T>,
+    a: &Tensor<T>,
+    bm: &Tensor<T>,
+    cm: &Tensor<T>,
+) -> Tensor<T> {
     let d = ScanDims::of(x, bm);
     let mut y = Tensor::zeros(x.shape.clone());
     for bi in 0..d.b {
@@ -134,7 +156,8 @@ pub fn ssd_scan_sequential<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>
                     let mut acc = T::zero();
                     for ni in 0..d.n {
                         let s = &mut state[pi * d.n + ni];
-                        *s = decay * *s + dtt * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
+                        *s = decay * *s
+                            + dtt * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
                         acc = acc + *s * cm.data[d.bc(bi, ti, gi, ni)];
                     }
                     y.data[d.x(bi, ti, hi, pi)] = acc;

@@ -15,18 +15,30 @@ pub enum RunError {
     #[error("missing weight `{0}`")]
     MissingParam(String),
     #[error("weight `{name}` has shape {got:?} but the model declares {expected:?}")]
-    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    ParamShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("missing input `{0}`")]
     MissingInput(String),
     #[error("input `{name}` has shape {got:?}, which does not fit {expected}")]
-    InputShape { name: String, expected: String, got: Vec<usize> },
+    InputShape {
+        name: String,
+        expected: String,
+        got: Vec<usize>,
+    },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: f64, vocab: usize },
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the
 /// graph's outputs.
-pub fn run<T: Real>(g: &Graph, params: &HashMap<String, Tensor<T>>, inputs: &HashMap<String, Tensor<T>>) -> Result<Vec<Tensor<T>>, RunError> {
+pub fn run<T: Real>(
+    g: &Graph,
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+) -> Result<Vec<Tensor<T>>, RunError> {
     let symbols = bind_symbols(g, inputs)?;
     let bind = |s: &str| symbols.get(s).copied();
     let mut last_use = vec![0usize; g.nodes.len()];
@@ -41,10 +53,15 @@ pub fn run<T: Real>(g: &Graph, params: &HashMap<String, Tensor<T>>, inputs: &Has
     let mut values: Vec<Option<Tensor<T>>> = vec![None; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         let v = match &n.op {
-            Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
+            Op::Input(name) => inputs
+                .get(name)
+                .cloned()
+                .ok_or_else(|| RunError::MissingInput(name.clone()))?,
             Op::Param(p) => {
                 let spec = &g.params[*p];
-                let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+                let w = params
+                    .get(&spec.name)
+                    .ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
                 if w.shape != spec.shape {
                     return Err(RunError::ParamShape {
                         name: spec.name.clone(),
@@ -57,11 +74,20 @@ pub fn run<T: Real>(g: &Graph, params: &HashMap<String, Tensor<T>>, inputs: &Has
             Op::Constant(c) => Tensor::scalar(T::of(*c)),
             Op::Prim { prim, attrs } => {
                 let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
-                let xs: Vec<&Tensor<T>> = n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
+                let xs: Vec<&Tensor<T>> = n
+                    .inputs
+                    .iter()
+                    .map(|&x| values[x].as_ref().expect("inputs are live"))
+                    .collect();
                 if *prim == Prim::Embedding {
                     let vocab = xs[0].shape[0];
-                    if let Some(&id) = xs[1].data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0) {
-                        return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
+                    if let Some(&id) = xs[1].data.iter().find(|id| {
+                        id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0
+                    }) {
+                        return Err(RunError::TokenOutOfRange {
+                            id: id.f64(),
+                            vocab,
+                        });
                     }
                 }
                 ops::eval(*prim, &args, &xs)
@@ -74,7 +100,10 @@ pub fn run<T: Real>(g: &Graph, params: &HashMap<String, Tensor<T>>, inputs: &Has
             }
         }
     }
-    Ok(g.outputs.iter().map(|&o| values[o].take().expect("outputs are kept")).collect())
+    Ok(g.outputs
+        .iter()
+        .map(|&o| values[o].take().expect("outputs are kept"))
+        .collect())
 }
 
 fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
@@ -91,14 +120,25 @@ fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
 }
 
 /// Binds the symbolic dimensions of the inputs (`B`, `T`) to the sizes actually given.
-fn bind_symbols<T: Real>(g: &Graph, inputs: &HashMap<String, Tensor<T>>) -> Result<HashMap<String, i64>, RunError> {
+fn bind_symbols<T: Real>(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<T>>,
+) -> Result<HashMap<String, i64>, RunError> {
     let mut out = HashMap::new();
     for (node, name) in g.input_nodes() {
-        let x = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.to_string()))?;
+        let x = inputs
+            .get(name)
+            .ok_or_else(|| RunError::MissingInput(name.to_string()))?;
         let want = &g.nodes[node].ty.shape;
         let mismatch = || RunError::InputShape {
             name: name.to_string(),
-            expected: format!("[{}]", want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            expected: format!(
+                "[{}]",
+                want.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             got: x.shape.clone(),
         };
         if want.len() != x.rank() || x.shape.contains(&0) {

@@ -36,17 +36,28 @@ pub struct Tensor<T> {
 
 impl<T: Real> Tensor<T> {
     pub fn new(shape: Vec<usize>, data: Vec<T>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} does not fit {} values", data.len());
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?} does not fit {} values",
+            data.len()
+        );
         Tensor { shape, data }
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: vec![T::zero(); n] }
+        Tensor {
+            shape,
+            data: vec![T::zero(); n],
+        }
     }
 
     pub fn scalar(x: T) -> Self {
-        Tensor { shape: vec![], data: vec![x] }
+        Tensor {
+            shape: vec![],
+            data: vec![x],
+        }
     }
 
     pub fn from_f64(shape: Vec<usize>, data: &[f64]) -> Self {
@@ -89,7 +100,13 @@ impl<T: Real> Tensor<T> {
         let src_strides = self.strides();
         // Stride 0 along broadcast dimensions.
         let eff: Vec<usize> = (0..shape.len())
-            .map(|i| if i < offset || self.shape[i - offset] == 1 { 0 } else { src_strides[i - offset] })
+            .map(|i| {
+                if i < offset || self.shape[i - offset] == 1 {
+                    0
+                } else {
+                    src_strides[i - offset]
+                }
+            })
             .collect();
         let n: usize = shape.iter().product();
         let mut data = Vec::with_capacity(n);
@@ -105,7 +122,10 @@ impl<T: Real> Tensor<T> {
                 idx[d] = 0;
             }
         }
-        Tensor { shape: shape.to_vec(), data }
+        Tensor {
+            shape: shape.to_vec(),
+            data,
+        }
     }
 }
 

@@ -586,6 +586,9 @@ impl<'p> Expander<'p> {
                 self.expr(&m.value, &mut frame)
             };
             self.used_mups.insert(m.name.name.clone());
+            if let Some(x) = v.as_f64() {
+                self.mup_values.insert(m.name.name.clone(), x);
+            }
             let v = match v {
                 Value::Int(_) | Value::Float(_) => Value::Float(v.as_f64()),
                 Value::Poison => Value::Poison,
@@ -605,6 +608,12 @@ impl<'p> Expander<'p> {
 
         if !inputs_ok {
             return Value::Poison;
+        }
+        if self.calls.is_empty() {
+            self.layer_configs = configs
+                .iter()
+                .filter_map(|(n, _, _)| frame.get(&n.name).map(|v| (n.name.clone(), v.clone())))
+                .collect();
         }
         // `name = ""` inlines the block's parameters into the caller's scope.
         let label = given.label.unwrap_or_else(|| block.name.name.clone());

@@ -59,6 +59,10 @@ pub struct Expander<'p> {
     /// Multiplier overrides: model-wide first, then the current layer's.
     mup_overrides: Vec<HashMap<String, (f64, FileId, Span)>>,
     used_mups: HashSet<String>,
+    /// Values of the multipliers used since the current layer began.
+    mup_values: std::collections::BTreeMap<String, f64>,
+    /// Configs of the last layer-level block instantiated.
+    layer_configs: std::collections::BTreeMap<String, Value>,
     /// Secondary labels added to every diagnostic (e.g. which model layer is being built).
     context: Vec<(FileId, Span, String)>,
 }
@@ -76,6 +80,8 @@ impl<'p> Expander<'p> {
             counters: vec![HashMap::new()],
             mup_overrides: Vec::new(),
             used_mups: HashSet::new(),
+            mup_values: Default::default(),
+            layer_configs: Default::default(),
             context: Vec::new(),
         }
     }

@@ -15,7 +15,7 @@ use crate::resolve::{DefId, DefKind};
 use crate::source::FileId;
 use crate::trace::{numel, InitSpec, Op, ParamInfo, Trace};
 use crate::value::{shape_string, DType, Tensor, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Settings with a meaning of their own (`eps` is also offered to the layers); every other
 /// setting is offered to each layer block's configs by name.
@@ -37,6 +37,10 @@ pub struct LayerSummary {
     pub attention_heads: u64,
     pub ssm_heads: u64,
     pub params: u64,
+    /// The layer block's configs as instantiated (explicit, from settings, or defaults).
+    pub configs: BTreeMap<String, Value>,
+    /// Every multiplier the layer used, by name, with its value.
+    pub multipliers: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +54,10 @@ pub struct ModelSummary {
     /// Zero when the head is tied to the embedding.
     pub lm_head_params: u64,
     pub total_params: u64,
+    pub tie_embeddings: bool,
+    pub eps: f64,
+    pub embedding_multiplier: f64,
+    pub lm_head_multiplier: f64,
 }
 
 /// A model instantiated: its summary and the full forward program.
@@ -233,7 +241,9 @@ impl<'p> Expander<'p> {
             let ops_before = self.trace.ops.len();
             let y = self.layer(spec, &x, &settings, &mut consumed, i, file);
             self.context.pop();
-            let summary = layer_summary(&self.trace, ops_before, i, spec.letter, block_name);
+            let mut summary = layer_summary(&self.trace, ops_before, i, spec.letter, block_name);
+            summary.configs = std::mem::take(&mut self.layer_configs);
+            summary.multipliers = std::mem::take(&mut self.mup_values);
             layers.push(summary);
             match y {
                 Some(y) if y.shape == x.shape => x = y,
@@ -391,6 +401,10 @@ impl<'p> Expander<'p> {
             lm_head_params: param_numel("lm_head.weight"),
             total_params: self.trace.params().filter_map(|p| numel(&p.shape)).sum(),
             layers,
+            tie_embeddings: tie,
+            eps,
+            embedding_multiplier: emb_mult,
+            lm_head_multiplier: head_mult,
         };
         Some(Expanded {
             summary,
@@ -888,6 +902,8 @@ fn layer_summary(
         attention_heads: 0,
         ssm_heads: 0,
         params: 0,
+        configs: BTreeMap::new(),
+        multipliers: BTreeMap::new(),
     };
     for op in &trace.ops[from..] {
         match op {

@@ -1,0 +1,96 @@
+//! `hyb logits`: the forward pass through the reference interpreter.
+
+use anyhow::{bail, Context, Result};
+use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::reference::{self, Real, Tensor};
+use hyb_dsl::trace::Trace;
+use hyb_runtime::weights::Weights;
+use std::collections::HashMap;
+use std::io::Write;
+
+/// `--ids 1,2,3 --ids 4,5,6` → one row per sequence, all of one length.
+pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
+    let seqs = values
+        .iter()
+        .map(|v| {
+            v.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<u32>()
+                        .with_context(|| format!("`{s}` in --ids {v} is not a token id"))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if seqs.iter().any(|s| s.len() != seqs[0].len()) {
+        bail!("all --ids sequences must have the same length");
+    }
+    Ok(seqs)
+}
+
+/// Logits as `[batch][position][vocab]` in float64 (computed in `precision`).
+pub fn run(
+    trace: &Trace,
+    weights: &Weights,
+    batch: &[Vec<u32>],
+    precision: &str,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let graph = elaborate(trace);
+    let (b, t) = (batch.len(), batch[0].len());
+    let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
+    let out = match precision {
+        "f32" => eval::<f32>(&graph, weights, b, t, &ids)?,
+        _ => eval::<f64>(&graph, weights, b, t, &ids)?,
+    };
+    let vocab = *out.shape.last().unwrap_or(&0);
+    Ok(out
+        .data
+        .chunks(t * vocab)
+        .map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect())
+        .collect())
+}
+
+fn eval<T: Real>(
+    graph: &hyb_compiler::ir::Graph,
+    weights: &Weights,
+    b: usize,
+    t: usize,
+    ids: &[f64],
+) -> Result<Tensor<f64>> {
+    let params: HashMap<String, Tensor<T>> = weights
+        .iter()
+        .map(|(k, w)| {
+            (
+                k.clone(),
+                Tensor::from_f64(w.tensor.shape.clone(), &w.tensor.data),
+            )
+        })
+        .collect();
+    let inputs = HashMap::from([("ids".to_string(), Tensor::<T>::from_f64(vec![b, t], ids))]);
+    let mut out = reference::run(graph, &params, &inputs)?;
+    let logits = out.remove(0);
+    Ok(Tensor::new(logits.shape.clone(), logits.to_f64()))
+}
+
+pub fn write_json(w: &mut impl Write, logits: &[Vec<Vec<f64>>]) -> Result<()> {
+    serde_json::to_writer(&mut *w, &serde_json::json!({ "logits": logits }))?;
+    writeln!(w)?;
+    Ok(())
+}
+
+pub fn write_text(w: &mut impl Write, logits: &[Vec<Vec<f64>>]) -> Result<()> {
+    for (b, seq) in logits.iter().enumerate() {
+        for (t, row) in seq.iter().enumerate() {
+            let (best, _) = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                );
+            let values: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
+            writeln!(w, "[{b}, {t}] argmax {best}: {}", values.join(" "))?;
+        }
+    }
+    Ok(())
+}
