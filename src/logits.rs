@@ -31,7 +31,7 @@ pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
 /// Logits as `[batch][position][vocab]` in float64 (computed in `precision`).
 pub fn run(
     trace: &Trace,
-    weights: &Weights,
+    weights: Weights,
     batch: &[Vec<u32>],
     precision: &str,
 ) -> Result<Vec<Vec<Vec<f64>>>> {
@@ -50,20 +50,19 @@ pub fn run(
         .collect())
 }
 
+/// Consumes the weights so that a large model is held once, in the interpreter's precision.
 fn eval<T: Real>(
     graph: &hyb_compiler::ir::Graph,
-    weights: &Weights,
+    weights: Weights,
     b: usize,
     t: usize,
     ids: &[f64],
 ) -> Result<Tensor<f64>> {
     let params: HashMap<String, Tensor<T>> = weights
-        .iter()
+        .into_iter()
         .map(|(k, w)| {
-            (
-                k.clone(),
-                Tensor::from_f64(w.tensor.shape.clone(), &w.tensor.data),
-            )
+            let t = Tensor::from_f64(w.tensor.shape, &w.tensor.data);
+            (k, t)
         })
         .collect();
     let inputs = HashMap::from([("ids".to_string(), Tensor::<T>::from_f64(vec![b, t], ids))]);

@@ -174,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let m = choose(&checked, &file, model.as_deref())?;
             let w = hyb_runtime::weights::load(&weights)?;
-            let out = logits::run(&m.trace, &w, &batch, &precision)?;
+            let out = logits::run(&m.trace, w, &batch, &precision)?;
             let mut stdout = std::io::stdout().lock();
             if json {
                 logits::write_json(&mut stdout, &out)?;

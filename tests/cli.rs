@@ -185,7 +185,9 @@ fn show_needs_a_model_name_when_the_file_has_several() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/falcon_h1").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/falcon_h1")
+        .join(name)
 }
 
 /// `hyb import` → `hyb logits --json` reproduces transformers' logits; `hyb export` writes a
@@ -197,34 +199,88 @@ fn import_logits_export_from_the_command_line() {
     let f = fixture("multipliers");
     let r = hyb(&["import", f.to_str().unwrap(), "-o", out, "--name", "mult"]);
     assert!(r.status.success(), "{}", stderr(&r));
-    let inputs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("inputs.json")).unwrap()).unwrap();
-    let rows: Vec<String> = inputs["ids"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect();
+    let inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("inputs.json")).unwrap()).unwrap();
+    let rows: Vec<String> = inputs["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
     let model = format!("{out}/mult.hyb");
     let weights = format!("{out}/mult.safetensors");
-    let r = hyb(&["logits", &model, "--weights", &weights, "--ids", &rows[0], "--ids", &rows[1], "--json"]);
+    let r = hyb(&[
+        "logits",
+        &model,
+        "--weights",
+        &weights,
+        "--ids",
+        &rows[0],
+        "--ids",
+        &rows[1],
+        "--json",
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     let ours: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let ours = ours["logits"].as_array().unwrap();
     assert_eq!(ours.len(), 2);
-    let flat: Vec<f64> = ours.iter().flat_map(|s| s.as_array().unwrap().iter().flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))).collect();
+    let flat: Vec<f64> = ours
+        .iter()
+        .flat_map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        })
+        .collect();
     let reference = safetensors_f64(&f.join("logits.safetensors"), "logits_f64_pure");
     let max = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = flat.iter().zip(&reference).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = flat
+        .iter()
+        .zip(&reference)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
     assert_eq!(flat.len(), reference.len());
     assert!(err <= 1e-6 * max, "relative error {}", err / max);
 
     let text = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,2,3"]);
     assert!(text.status.success(), "{}", stderr(&text));
     assert_eq!(stdout(&text).lines().count(), 3);
-    let bad = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,2", "--ids", "3"]);
+    let bad = hyb(&[
+        "logits",
+        &model,
+        "--weights",
+        &weights,
+        "--ids",
+        "1,2",
+        "--ids",
+        "3",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("same length"), "{}", stderr(&bad));
     let oob = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,9999"]);
     assert_eq!(oob.status.code(), Some(2));
-    assert!(stderr(&oob).contains("outside the vocabulary"), "{}", stderr(&oob));
+    assert!(
+        stderr(&oob).contains("outside the vocabulary"),
+        "{}",
+        stderr(&oob)
+    );
 
     let exported = dir.path().join("hf");
-    let r = hyb(&["export", &model, "--weights", &weights, "-o", exported.to_str().unwrap()]);
+    let r = hyb(&[
+        "export",
+        &model,
+        "--weights",
+        &weights,
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(exported.join("config.json").exists() && exported.join("model.safetensors").exists());
 }
@@ -233,14 +289,27 @@ fn import_logits_export_from_the_command_line() {
 fn import_rejects_unsupported_configs_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("gqa_basic");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["hidden_act"] = "relu".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
-    let r = hyb(&["import", dir.path().to_str().unwrap(), "-o", dir.path().join("out").to_str().unwrap()]);
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let r = hyb(&[
+        "import",
+        dir.path().to_str().unwrap(),
+        "-o",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
     assert_eq!(r.status.code(), Some(2));
     assert!(stderr(&r).contains("`hidden_act`"), "{}", stderr(&r));
-    assert!(!dir.path().join("out").exists(), "nothing is written for a rejected config");
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing is written for a rejected config"
+    );
 }
 
 /// Reads one float tensor (f32 or f64) from a safetensors file.
@@ -250,11 +319,20 @@ fn safetensors_f64(path: &Path, name: &str) -> Vec<f64> {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     let info = &header[name];
     let offsets = info["data_offsets"].as_array().unwrap();
-    let (start, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
+    let (start, end) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
     let data = &bytes[8 + header_len + start..8 + header_len + end];
     match info["dtype"].as_str().unwrap() {
-        "F64" => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-        "F32" => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        "F64" => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        "F32" => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         other => panic!("unexpected dtype {other}"),
     }
 }

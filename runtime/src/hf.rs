@@ -721,7 +721,7 @@ pub fn import(hf_dir: &Path, out_dir: &Path, name: &str) -> Result<FalconConfig,
         reason: e.to_string(),
     })?;
     let cfg = FalconConfig::from_json(&text)?;
-    let hf = weights::load(&hf_dir.join("model.safetensors"))?;
+    let hf = load_checkpoint(hf_dir)?;
     let ours = weights_from_hf(&cfg, hf)?;
     std::fs::create_dir_all(out_dir).map_err(|e| HfError::Read {
         path: out_dir.display().to_string(),
@@ -736,6 +736,44 @@ pub fn import(hf_dir: &Path, out_dir: &Path, name: &str) -> Result<FalconConfig,
     check_shapes(&hyb_path, &ours)?;
     weights::save(&out_dir.join(format!("{name}.safetensors")), &ours, None)?;
     Ok(cfg)
+}
+
+/// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+fn load_checkpoint(dir: &Path) -> Result<Weights, HfError> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() || !index.exists() {
+        return Ok(weights::load(&single)?);
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| HfError::Read {
+        path: index.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let parsed: Json = serde_json::from_str(&text).map_err(|e| HfError::Read {
+        path: index.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let map = parsed
+        .get("weight_map")
+        .and_then(Json::as_object)
+        .ok_or_else(|| HfError::Read {
+            path: index.display().to_string(),
+            reason: "no `weight_map`".into(),
+        })?;
+    let mut shards: Vec<&str> = map.values().filter_map(Json::as_str).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut all = Weights::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains("..") {
+            return Err(HfError::Read {
+                path: index.display().to_string(),
+                reason: format!("shard name `{shard}` leaves the checkpoint folder"),
+            });
+        }
+        all.extend(weights::load(&dir.join(shard))?);
+    }
+    Ok(all)
 }
 
 /// Checks the written model and that every weight has the shape the model declares.

@@ -258,3 +258,49 @@ fn missing_and_misshapen_weights_are_errors() {
         .to_string();
     assert!(err.contains("not a valid safetensors file"), "{err}");
 }
+
+#[test]
+fn sharded_checkpoints_import_like_single_files() {
+    let f = &fixtures()[0];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(f.join("config.json"), dir.path().join("config.json")).unwrap();
+    let all = weights::load(&f.join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (Weights::new(), Weights::new());
+    let mut map = serde_json::Map::new();
+    for (i, (k, v)) in all.into_iter().enumerate() {
+        let shard = if i % 2 == 0 {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
+        map.insert(k.clone(), shard.into());
+        if i % 2 == 0 {
+            a.insert(k, v);
+        } else {
+            b.insert(k, v);
+        }
+    }
+    weights::save(
+        &dir.path().join("model-00001-of-00002.safetensors"),
+        &a,
+        None,
+    )
+    .unwrap();
+    weights::save(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &b,
+        None,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": map}).to_string(),
+    )
+    .unwrap();
+    hf::import(dir.path(), &dir.path().join("sharded"), "m").unwrap();
+    hf::import(f, &dir.path().join("single"), "m").unwrap();
+    assert_eq!(
+        weights::load(&dir.path().join("sharded/m.safetensors")).unwrap(),
+        weights::load(&dir.path().join("single/m.safetensors")).unwrap()
+    );
+}
