@@ -22,6 +22,8 @@ demo: build
 	@for m in falcon_h1_1_5b_deep falcon_h1_7b falcon_h1_34b; do \
 		$(HYB) show stdlib/falcon_h1.hyb --model $$m | tail -n 4; done
 	$(HYB) show examples/ratio_schedule.hyb
+	$(HYB) import tests/fixtures/falcon_h1/gqa_basic -o target/demo --name gqa_basic
+	$(HYB) logits target/demo/gqa_basic.hyb --weights target/demo/gqa_basic.safetensors --ids 85,55,42,45 | cut -c1-100
 
 test: deps
 	cargo test --workspace
