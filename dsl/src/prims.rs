@@ -46,6 +46,21 @@ pub enum Prim {
     CausalMask,
     TernaryQuant,
     Int8Quant,
+    // Backward primitives: emitted by autodiff, callable like any other.
+    /// Heaviside step: 1 where x > 0, else 0 (masks of max/min/clamp gradients).
+    Step,
+    /// Zeroes entries above the diagonal of the last two axes (the causal mask's gradient).
+    Tril,
+    /// Zero padding along one axis (the slice's gradient).
+    Pad,
+    /// Rotation by minus the RoPE angle (RoPE's gradient).
+    RopeGrad,
+    /// Scatter-add of rows into a `[vocab, d]` table (the embedding's gradient).
+    EmbeddingGrad,
+    /// One input's gradient of `causal_conv1d` (`wrt` = 0 x, 1 weight, 2 bias).
+    CausalConv1dGrad,
+    /// One input's gradient of `ssd_scan` (`wrt` = 0 x, 1 dt, 2 a, 3 b, 4 c).
+    SsdScanGrad,
 }
 
 /// What an argument slot accepts.
@@ -220,6 +235,13 @@ impl Prim {
         Prim::CausalMask,
         Prim::TernaryQuant,
         Prim::Int8Quant,
+        Prim::Step,
+        Prim::Tril,
+        Prim::Pad,
+        Prim::RopeGrad,
+        Prim::EmbeddingGrad,
+        Prim::CausalConv1dGrad,
+        Prim::SsdScanGrad,
     ];
 
     pub fn by_name(name: &str) -> Option<Prim> {
@@ -268,6 +290,13 @@ impl Prim {
             Prim::CausalMask => "causal_mask",
             Prim::TernaryQuant => "ternary_quant",
             Prim::Int8Quant => "int8_quant",
+            Prim::Step => "step",
+            Prim::Tril => "tril",
+            Prim::Pad => "pad",
+            Prim::RopeGrad => "rope_grad",
+            Prim::EmbeddingGrad => "embedding_grad",
+            Prim::CausalConv1dGrad => "causal_conv1d_grad",
+            Prim::SsdScanGrad => "ssd_scan_grad",
         }
     }
 
@@ -343,6 +372,29 @@ impl Prim {
             Prim::CausalMask => const { &[X] },
             Prim::TernaryQuant => const { &[X] },
             Prim::Int8Quant => const { &[X] },
+            Prim::Step | Prim::Tril => const { &[X] },
+            Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
+            Prim::RopeGrad => const { &[X, req("theta", Float)] },
+            Prim::EmbeddingGrad => {
+                const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int)] }
+            }
+            Prim::CausalConv1dGrad => {
+                const { &[X, req("weight", Tensor), req("dy", Tensor), req("wrt", Int)] }
+            }
+            Prim::SsdScanGrad => {
+                const {
+                    &[
+                        X,
+                        req("dt", Tensor),
+                        req("a", Tensor),
+                        req("b", Tensor),
+                        req("c", Tensor),
+                        req("dy", Tensor),
+                        req("chunk", Int),
+                        req("wrt", Int),
+                    ]
+                }
+            }
         }
     }
 
@@ -412,6 +464,49 @@ impl Prim {
         };
         match self {
             _ if self.is_pointwise() => pointwise(args, ctx),
+            Prim::Step | Prim::RopeGrad => Ok(vec![t(0)]),
+            Prim::Tril => {
+                let (s, d) = t(0);
+                if s.len() < 2 {
+                    return Err(rank_err(
+                        0,
+                        format!("tril needs at least 2 dims, got {}", shape_string(&s)),
+                    ));
+                }
+                Ok(vec![(s, d)])
+            }
+            Prim::Pad => {
+                let (mut s, d) = t(0);
+                let axis = resolve_axis(&int(1), s.len(), 1)?;
+                s[axis] = s[axis]
+                    .add(&int(2))
+                    .and_then(|x| x.add(&int(3)))
+                    .ok_or_else(|| err(2, "pad size overflows"))?;
+                Ok(vec![(s, d)])
+            }
+            Prim::EmbeddingGrad => {
+                let (dy, d) = t(1);
+                let Some(width) = dy.last().cloned() else {
+                    return Err(rank_err(1, "embedding_grad needs dy with a last dimension"));
+                };
+                Ok(vec![(vec![int(2), width], d)])
+            }
+            Prim::CausalConv1dGrad => {
+                let which = int(3).as_const().unwrap_or(-1);
+                match which {
+                    0 => Ok(vec![t(0)]),
+                    1 => Ok(vec![t(1)]),
+                    2 => {
+                        let (x, d) = t(0);
+                        Ok(vec![(vec![x.last().cloned().unwrap_or_default()], d)])
+                    }
+                    _ => Err(err(3, format!("wrt must be 0, 1 or 2, got {which}"))),
+                }
+            }
+            Prim::SsdScanGrad => match int(7).as_const() {
+                Some(w @ 0..=4) => Ok(vec![t(w as usize)]),
+                other => Err(err(7, format!("wrt must be 0 to 4, got {other:?}"))),
+            },
             Prim::Clamp | Prim::CausalMask | Prim::TernaryQuant | Prim::Int8Quant => {
                 let (s, d) = t(0);
                 if self == Prim::CausalMask && s.len() < 2 {
@@ -679,9 +774,11 @@ pub fn broadcast_shapes(a: &Shape, b: &Shape, ctx: Ctx) -> Result<Shape, RuleErr
     Ok(out)
 }
 
+/// Broadcasting shapes; a rank-0 tensor (a scalar constant) takes the other operand's dtype.
 fn pointwise(args: &[Arg], ctx: Ctx) -> Out {
     let mut shape: Option<Shape> = None;
     let mut dtype = None;
+    let mut scalar_dtype = None;
     for (i, a) in args.iter().enumerate() {
         if let Arg::Tensor(s, d) = a {
             shape = Some(match shape {
@@ -690,6 +787,10 @@ fn pointwise(args: &[Arg], ctx: Ctx) -> Out {
                     broadcast_shapes(&prev, s, ctx).map_err(|e| RuleError { arg: i, ..e })?
                 }
             });
+            if s.is_empty() {
+                scalar_dtype.get_or_insert(*d);
+                continue;
+            }
             match dtype {
                 None => dtype = Some(*d),
                 Some(prev) if prev != *d => {
@@ -708,7 +809,7 @@ fn pointwise(args: &[Arg], ctx: Ctx) -> Out {
     }
     Ok(vec![(
         shape.unwrap_or_default(),
-        dtype.unwrap_or(DType::F32),
+        dtype.or(scalar_dtype).unwrap_or(DType::F32),
     )])
 }
 

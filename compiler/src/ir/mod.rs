@@ -2,6 +2,7 @@
 //! order, each a primitive applied to earlier nodes, with shapes whose only symbols are the
 //! batch and sequence dimensions. Parameters carry their manifest entry (init, µP role).
 
+mod build;
 mod print;
 
 pub use hyb_dsl::dim::Dim;

@@ -1,6 +1,8 @@
 //! Batched matrix product with numpy batch broadcasting.
 
 use super::pointwise::broadcast_shape;
+use super::{attr, unbroadcast};
+use crate::ir::{Attr, Graph, NodeId};
 use crate::reference::tensor::{Real, Tensor};
 
 pub fn matmul<T: Real>(a: &Tensor<T>, b: &Tensor<T>, ta: bool, tb: bool) -> Tensor<T> {
@@ -49,4 +51,20 @@ pub fn matmul<T: Real>(a: &Tensor<T>, b: &Tensor<T>, ta: bool, tb: bool) -> Tens
     let mut shape = batch;
     shape.extend([m, n]);
     Tensor::new(shape, data)
+}
+
+/// `C = op(A)·op(B)`: `dA = dC·op(B)ᵀ`, `dB = op(A)ᵀ·dC`, each stored the way its operand
+/// is (transposed or not) and summed over broadcast batch dimensions.
+pub fn vjp(g: &mut Graph, node: NodeId, dc: NodeId) -> Vec<Option<NodeId>> {
+    let (a, b) = (g.nodes[node].inputs[0], g.nodes[node].inputs[1]);
+    let ta = attr(g, node, 2) == Attr::Bool(true);
+    let tb = attr(g, node, 3) == Attr::Bool(true);
+    let (da, db) = match (ta, tb) {
+        (false, false) => (g.matmul(dc, b, false, true), g.matmul(a, dc, true, false)),
+        (false, true) => (g.matmul(dc, b, false, false), g.matmul(dc, a, true, false)),
+        (true, false) => (g.matmul(b, dc, false, true), g.matmul(a, dc, false, false)),
+        (true, true) => (g.matmul(b, dc, true, true), g.matmul(dc, a, true, true)),
+    };
+    let (sa, sb) = (g.shape(a).to_vec(), g.shape(b).to_vec());
+    vec![Some(unbroadcast(g, da, &sa)), Some(unbroadcast(g, db, &sb))]
 }

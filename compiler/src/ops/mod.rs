@@ -9,7 +9,9 @@ mod quant;
 mod reduce;
 pub mod sequence;
 
+use crate::ir::{Attr, Graph, NodeId, Op};
 use crate::reference::tensor::{Real, Tensor};
+use hyb_dsl::dim::Dim;
 use hyb_dsl::prims::Prim;
 
 /// A primitive's non-tensor argument with every symbol bound.
@@ -109,5 +111,88 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         CausalMask => sequence::causal_mask(inputs[0]),
         TernaryQuant => quant::ternary(inputs[0]),
         Int8Quant => quant::int8_per_token(inputs[0]),
+        Step => pointwise::unary(
+            inputs[0],
+            |x| if x > T::zero() { T::one() } else { T::zero() },
+        ),
+        Tril => sequence::tril(inputs[0]),
+        Pad => movement::pad(inputs[0], args[1].int(), args[2].int(), args[3].int()),
+        RopeGrad => sequence::rope_grad(inputs[0], args[1].float()),
+        EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
+        CausalConv1dGrad => {
+            sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int())
+        }
+        SsdScanGrad => sequence::ssd_scan_grad(
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            inputs[3],
+            inputs[4],
+            inputs[5],
+            args[7].int(),
+        ),
     }
+}
+
+/// The vector-Jacobian product of node `node` for output gradient `dy`: one gradient (or
+/// `None` where none flows, e.g. into token ids) per input, appended to the graph.
+pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
+    let Op::Prim { prim, .. } = g.nodes[node].op.clone() else {
+        return vec![];
+    };
+    use Prim::*;
+    match prim {
+        Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt
+        | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step
+        | TernaryQuant | Int8Quant => pointwise::vjp(g, prim, node, dy),
+        Sum | Max | Mean => reduce::vjp(g, prim, node, dy),
+        Reshape | Permute | Transpose | Broadcast | Slice | Concat | Embedding | Pad => {
+            movement::vjp(g, prim, node, dy)
+        }
+        Matmul => matmul::vjp(g, node, dy),
+        CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => {
+            sequence::vjp(g, prim, node, dy)
+        }
+        Split => unreachable!("split is lowered to slices"),
+        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => panic!(
+            "second-order gradients of {} are not supported",
+            prim.name()
+        ),
+    }
+}
+
+/// The node's `i`-th attribute.
+fn attr(g: &Graph, node: NodeId, i: usize) -> Attr {
+    match &g.nodes[node].op {
+        Op::Prim { attrs, .. } => attrs[i].clone(),
+        _ => unreachable!(),
+    }
+}
+
+fn attr_int(g: &Graph, node: NodeId, i: usize) -> Dim {
+    match attr(g, node, i) {
+        Attr::Int(d) => d,
+        other => panic!("attribute {i} is {other:?}, not an int"),
+    }
+}
+
+fn attr_float(g: &Graph, node: NodeId, i: usize) -> f64 {
+    match attr(g, node, i) {
+        Attr::Float(x) => x,
+        other => panic!("attribute {i} is {other:?}, not a float"),
+    }
+}
+
+/// Sums `dy` down to `target`'s shape: the gradient of numpy broadcasting.
+fn unbroadcast(g: &mut Graph, dy: NodeId, target: &[Dim]) -> NodeId {
+    let mut y = dy;
+    while g.shape(y).len() > target.len() {
+        y = g.sum(y, 0, false);
+    }
+    for (i, t) in target.iter().enumerate() {
+        if t.as_const() == Some(1) && g.shape(y)[i].as_const() != Some(1) {
+            y = g.sum(y, i as i64, true);
+        }
+    }
+    y
 }

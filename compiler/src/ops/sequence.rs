@@ -1,7 +1,11 @@
 //! Sequence primitives: causal depthwise convolution, the Mamba-2 state-space scan, rotary
 //! embeddings and the causal mask.
 
+use super::attr;
+use crate::ir::{Attr, Graph, NodeId};
 use crate::reference::tensor::{Real, Tensor};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::Prim;
 
 /// `y[b,t,c] = bias[c] + Σ_k w[c,k] · x[b, t-(K-1)+k, c]`, zero before the sequence start.
 pub fn causal_conv1d<T: Real>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>) -> Tensor<T> {
@@ -205,4 +209,237 @@ pub fn causal_mask<T: Real>(x: &Tensor<T>) -> Tensor<T> {
         }
     }
     out
+}
+
+/// Rotation by minus the RoPE angle: the transpose (and inverse) of [`rope`].
+pub fn rope_grad<T: Real>(dy: &Tensor<T>, theta: f64) -> Tensor<T> {
+    let (b, t, h, d) = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]);
+    let half = d / 2;
+    let mut out = Tensor::zeros(dy.shape.clone());
+    for ti in 0..t {
+        for j in 0..half {
+            let angle = ti as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
+            let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
+            for bi in 0..b {
+                for hi in 0..h {
+                    let base = ((bi * t + ti) * h + hi) * d;
+                    let (g1, g2) = (dy.data[base + j], dy.data[base + j + half]);
+                    out.data[base + j] = g1 * cos + g2 * sin;
+                    out.data[base + j + half] = g2 * cos - g1 * sin;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Zeroes entries above the diagonal of the last two axes.
+pub fn tril<T: Real>(x: &Tensor<T>) -> Tensor<T> {
+    let r = x.rank();
+    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+    let mut out = x.clone();
+    for (i, v) in out.data.iter_mut().enumerate() {
+        if i % cols > (i / cols) % rows {
+            *v = T::zero();
+        }
+    }
+    out
+}
+
+/// Gradient of [`causal_conv1d`] with respect to input `wrt` (0 x, 1 weight, 2 bias).
+pub fn causal_conv1d_grad<T: Real>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    dy: &Tensor<T>,
+    wrt: i64,
+) -> Tensor<T> {
+    let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2]);
+    let k = w.shape[1];
+    match wrt {
+        0 => {
+            let mut dx = Tensor::zeros(x.shape.clone());
+            for bi in 0..b {
+                for s in 0..t {
+                    for ci in 0..c {
+                        let mut acc = T::zero();
+                        for ki in 0..k {
+                            let ti = s + (k - 1) - ki;
+                            if ti < t {
+                                acc = acc + w.data[ci * k + ki] * dy.data[(bi * t + ti) * c + ci];
+                            }
+                        }
+                        dx.data[(bi * t + s) * c + ci] = acc;
+                    }
+                }
+            }
+            dx
+        }
+        1 => {
+            let mut dw = Tensor::zeros(w.shape.clone());
+            for ci in 0..c {
+                for ki in 0..k {
+                    let mut acc = T::zero();
+                    for bi in 0..b {
+                        for ti in 0..t {
+                            let src = ti as i64 - (k as i64 - 1) + ki as i64;
+                            if src >= 0 {
+                                acc = acc
+                                    + dy.data[(bi * t + ti) * c + ci]
+                                        * x.data[(bi * t + src as usize) * c + ci];
+                            }
+                        }
+                    }
+                    dw.data[ci * k + ki] = acc;
+                }
+            }
+            dw
+        }
+        _ => {
+            let mut db = Tensor::zeros(vec![c]);
+            for (i, v) in dy.data.iter().enumerate() {
+                db.data[i % c] = db.data[i % c] + *v;
+            }
+            db
+        }
+    }
+}
+
+/// Gradient of [`ssd_scan`] with respect to input `wrt` (0 x, 1 dt, 2 a, 3 b, 4 c), by the
+/// adjoint recurrence run backwards in time: `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}`,
+/// the state's gradient, from which every input's gradient is read off.
+#[allow(clippy::too_many_arguments)]
+pub fn ssd_scan_grad<T: Real>(
+    x: &Tensor<T>,
+    dt: &Tensor<T>,
+    a: &Tensor<T>,
+    bm: &Tensor<T>,
+    cm: &Tensor<T>,
+    dy: &Tensor<T>,
+    wrt: i64,
+) -> Tensor<T> {
+    let d = ScanDims::of(x, bm);
+    let mut dx = Tensor::zeros(x.shape.clone());
+    let mut ddt = Tensor::zeros(dt.shape.clone());
+    let mut da = Tensor::zeros(a.shape.clone());
+    let mut db = Tensor::zeros(bm.shape.clone());
+    let mut dc = Tensor::zeros(cm.shape.clone());
+    let pn = d.p * d.n;
+    for bi in 0..d.b {
+        for hi in 0..d.h {
+            let gi = d.group(hi);
+            let dt_at = |ti: usize| dt.data[(bi * d.t + ti) * d.h + hi];
+            // Forward states h_0 … h_{T-1}.
+            let mut states = vec![T::zero(); d.t * pn];
+            let mut prev = vec![T::zero(); pn];
+            for ti in 0..d.t {
+                let decay = (dt_at(ti) * a.data[hi]).exp();
+                for pi in 0..d.p {
+                    for ni in 0..d.n {
+                        let v = decay * prev[pi * d.n + ni]
+                            + dt_at(ti)
+                                * x.data[d.x(bi, ti, hi, pi)]
+                                * bm.data[d.bc(bi, ti, gi, ni)];
+                        states[ti * pn + pi * d.n + ni] = v;
+                    }
+                }
+                prev.copy_from_slice(&states[ti * pn..(ti + 1) * pn]);
+            }
+            let mut g = vec![T::zero(); pn];
+            for ti in (0..d.t).rev() {
+                let next_decay = if ti + 1 < d.t {
+                    (dt_at(ti + 1) * a.data[hi]).exp()
+                } else {
+                    T::zero()
+                };
+                for pi in 0..d.p {
+                    for ni in 0..d.n {
+                        let idx = pi * d.n + ni;
+                        g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)]
+                            + next_decay * g[idx];
+                    }
+                }
+                let decay = (dt_at(ti) * a.data[hi]).exp();
+                let mut g_dot_prev = T::zero();
+                let mut g_dot_input = T::zero();
+                for pi in 0..d.p {
+                    let xv = x.data[d.x(bi, ti, hi, pi)];
+                    let mut dxv = T::zero();
+                    for ni in 0..d.n {
+                        let idx = pi * d.n + ni;
+                        let bv = bm.data[d.bc(bi, ti, gi, ni)];
+                        let h_prev = if ti > 0 {
+                            states[(ti - 1) * pn + idx]
+                        } else {
+                            T::zero()
+                        };
+                        dxv = dxv + g[idx] * bv;
+                        g_dot_prev = g_dot_prev + g[idx] * h_prev;
+                        g_dot_input = g_dot_input + g[idx] * xv * bv;
+                        let bc = d.bc(bi, ti, gi, ni);
+                        db.data[bc] = db.data[bc] + dt_at(ti) * g[idx] * xv;
+                        dc.data[bc] =
+                            dc.data[bc] + states[ti * pn + idx] * dy.data[d.x(bi, ti, hi, pi)];
+                    }
+                    dx.data[d.x(bi, ti, hi, pi)] = dt_at(ti) * dxv;
+                }
+                let k = (bi * d.t + ti) * d.h + hi;
+                ddt.data[k] = g_dot_input + g_dot_prev * decay * a.data[hi];
+                da.data[hi] = da.data[hi] + g_dot_prev * decay * dt_at(ti);
+            }
+        }
+    }
+    match wrt {
+        0 => dx,
+        1 => ddt,
+        2 => da,
+        3 => db,
+        _ => dc,
+    }
+}
+
+/// Gradients of the sequence ops, each through its dedicated backward primitive.
+pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
+    let inputs = g.nodes[node].inputs.clone();
+    match prim {
+        Prim::CausalConv1d => (0..inputs.len())
+            .map(|wrt| {
+                let attrs = vec![
+                    Attr::Tensor,
+                    Attr::Tensor,
+                    Attr::Tensor,
+                    Attr::Int(Dim::constant(wrt as i64)),
+                ];
+                Some(g.apply(
+                    Prim::CausalConv1dGrad,
+                    attrs,
+                    vec![inputs[0], inputs[1], dy],
+                ))
+            })
+            .collect(),
+        Prim::SsdScan => {
+            let chunk = attr(g, node, 5);
+            (0..5)
+                .map(|wrt| {
+                    let mut attrs = vec![Attr::Tensor; 6];
+                    attrs.push(chunk.clone());
+                    attrs.push(Attr::Int(Dim::constant(wrt)));
+                    let mut args = inputs.clone();
+                    args.push(dy);
+                    Some(g.apply(Prim::SsdScanGrad, attrs, args))
+                })
+                .collect()
+        }
+        Prim::Rope => vec![Some(g.apply(
+            Prim::RopeGrad,
+            vec![Attr::Tensor, attr(g, node, 1)],
+            vec![dy],
+        ))],
+        Prim::RopeGrad => vec![Some(g.apply(
+            Prim::Rope,
+            vec![Attr::Tensor, attr(g, node, 1)],
+            vec![dy],
+        ))],
+        Prim::CausalMask | Prim::Tril => vec![Some(g.unary(Prim::Tril, dy))],
+        other => unreachable!("{} is not a sequence op", other.name()),
+    }
 }

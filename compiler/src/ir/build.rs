@@ -1,0 +1,116 @@
+//! Adding nodes with their types inferred by the primitives' shape rules, for the stages
+//! that create nodes after elaboration (autodiff, rewrites, the optimizer).
+
+use super::{Attr, Graph, NodeId, Op, TensorType};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::{self, Ctx, Kind, Prim};
+use hyb_dsl::value::DType;
+
+impl Graph {
+    /// Appends `prim` applied to `inputs` with `attrs` (one per signature slot). The shapes
+    /// must be valid: these nodes are made by the compiler, not the user.
+    pub fn apply(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> NodeId {
+        let mut next = inputs.iter();
+        let args: Vec<prims::Arg> = prim
+            .signature()
+            .iter()
+            .zip(&attrs)
+            .map(|(slot, a)| match a {
+                Attr::Tensor if slot.kind == Kind::Tensors => prims::Arg::Tensors(
+                    next.by_ref()
+                        .map(|&i| (self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype))
+                        .collect(),
+                ),
+                Attr::Tensor => {
+                    let i = *next.next().expect("an input per tensor slot");
+                    prims::Arg::Tensor(self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype)
+                }
+                Attr::Int(d) => prims::Arg::Int(d.clone()),
+                Attr::Float(x) => prims::Arg::Scalar(Some(*x)),
+                Attr::Bool(b) => prims::Arg::Bool(Some(*b)),
+                Attr::Str(s) => prims::Arg::Str(Some(s.clone())),
+                Attr::Ints(v) => prims::Arg::Ints(v.clone()),
+                Attr::Absent => prims::Arg::Absent,
+            })
+            .collect();
+        let out = prim
+            .infer(&args, Ctx { strict: true })
+            .unwrap_or_else(|e| panic!("compiler built an invalid {}: {}", prim.name(), e.message));
+        let (shape, dtype) = out.into_iter().next().expect("one output");
+        self.add(
+            Op::Prim { prim, attrs },
+            inputs,
+            TensorType { shape, dtype },
+        )
+    }
+
+    /// A scalar constant; it takes the dtype of whatever it is combined with.
+    pub fn constant(&mut self, x: f64) -> NodeId {
+        self.constant_of(x, DType::F32)
+    }
+
+    pub fn constant_of(&mut self, x: f64, dtype: DType) -> NodeId {
+        self.add(
+            Op::Constant(x),
+            vec![],
+            TensorType {
+                shape: vec![],
+                dtype,
+            },
+        )
+    }
+
+    pub fn shape(&self, n: NodeId) -> &[Dim] {
+        &self.nodes[n].ty.shape
+    }
+
+    pub fn binary(&mut self, prim: Prim, a: NodeId, b: NodeId) -> NodeId {
+        self.apply(prim, vec![Attr::Tensor, Attr::Tensor], vec![a, b])
+    }
+
+    pub fn unary(&mut self, prim: Prim, x: NodeId) -> NodeId {
+        self.apply(prim, vec![Attr::Tensor], vec![x])
+    }
+
+    pub fn scale(&mut self, x: NodeId, c: f64) -> NodeId {
+        let k = self.constant(c);
+        self.binary(Prim::Mul, x, k)
+    }
+
+    pub fn reshape(&mut self, x: NodeId, shape: Vec<Dim>) -> NodeId {
+        self.apply(
+            Prim::Reshape,
+            vec![Attr::Tensor, Attr::Ints(shape)],
+            vec![x],
+        )
+    }
+
+    pub fn sum(&mut self, x: NodeId, axis: i64, keepdim: bool) -> NodeId {
+        self.apply(
+            Prim::Sum,
+            vec![
+                Attr::Tensor,
+                Attr::Int(Dim::constant(axis)),
+                Attr::Bool(keepdim),
+            ],
+            vec![x],
+        )
+    }
+
+    /// Sum over every element: a scalar.
+    pub fn sum_all(&mut self, x: NodeId) -> NodeId {
+        let mut y = x;
+        while !self.shape(y).is_empty() {
+            y = self.sum(y, 0, false);
+        }
+        y
+    }
+
+    pub fn matmul(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> NodeId {
+        self.apply(
+            Prim::Matmul,
+            vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)],
+            vec![a, b],
+        )
+    }
+}
