@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod logits;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,8 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Train a model on the CPU (the reference interpreter, float32).
+    Train(train::TrainArgs),
     /// Run the forward pass with the reference interpreter and print the logits.
     Logits {
         file: PathBuf,
@@ -157,6 +160,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let w = hyb_runtime::weights::load(&weights)?;
             hyb_runtime::hf::export(&m.summary, w, &out)?;
             println!("exported {} → {}", m.summary.name, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            let checked = check(std::slice::from_ref(&args.file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let m = choose(&checked, &args.file, args.model.as_deref())?;
+            train::run(&args, m)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logits {

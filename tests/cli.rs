@@ -336,3 +336,61 @@ fn safetensors_f64(path: &Path, name: &str) -> Vec<f64> {
         other => panic!("unexpected dtype {other}"),
     }
 }
+
+/// `kill -9` at arbitrary moments of a run that checkpoints every step never leaves a
+/// damaged checkpoint, and the run resumes from whatever checkpoint survived.
+#[test]
+fn killing_training_never_corrupts_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.hyb");
+    std::fs::write(&model, "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"M*\")\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n}\n").unwrap();
+    let run = dir.path().join("run");
+    let (model, run_s) = (
+        model.to_str().unwrap().to_string(),
+        run.to_str().unwrap().to_string(),
+    );
+    let mut seen_checkpoint = false;
+    for attempt in 0..8u64 {
+        let mut args = vec![
+            "train".to_string(),
+            model.clone(),
+            "--steps".into(),
+            "100000".into(),
+            "--batch".into(),
+            "2".into(),
+            "--seq".into(),
+            "16".into(),
+            "--mqar-pairs".into(),
+            "3".into(),
+            "--save-every".into(),
+            "1".into(),
+            "--eval-every".into(),
+            "0".into(),
+        ];
+        if run.join("checkpoint.safetensors").exists() {
+            args.extend(["--resume".into(), run_s.clone()]);
+        } else {
+            args.extend(["--out".into(), run_s.clone()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyb"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400 + 137 * attempt));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ckpt = run.join("checkpoint.safetensors");
+        if ckpt.exists() {
+            seen_checkpoint = true;
+            let (state, _) = hyb_runtime::train::checkpoint::load(&ckpt)
+                .expect("the surviving checkpoint loads");
+            assert!(state.step >= 1 && !state.params.is_empty());
+        }
+    }
+    assert!(seen_checkpoint, "no checkpoint was ever written");
+    let r = hyb(&["train", &model, "--resume", &run_s, "--steps", "1"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+}

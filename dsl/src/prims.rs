@@ -61,6 +61,8 @@ pub enum Prim {
     CausalConv1dGrad,
     /// One input's gradient of `ssd_scan` (`wrt` = 0 x, 1 dt, 2 a, 3 b, 4 c).
     SsdScanGrad,
+    /// `[..., depth]` indicator of integer ids (cross-entropy targets).
+    OneHot,
 }
 
 /// What an argument slot accepts.
@@ -242,6 +244,7 @@ impl Prim {
         Prim::EmbeddingGrad,
         Prim::CausalConv1dGrad,
         Prim::SsdScanGrad,
+        Prim::OneHot,
     ];
 
     pub fn by_name(name: &str) -> Option<Prim> {
@@ -297,6 +300,7 @@ impl Prim {
             Prim::EmbeddingGrad => "embedding_grad",
             Prim::CausalConv1dGrad => "causal_conv1d_grad",
             Prim::SsdScanGrad => "ssd_scan_grad",
+            Prim::OneHot => "one_hot",
         }
     }
 
@@ -373,6 +377,7 @@ impl Prim {
             Prim::TernaryQuant => const { &[X] },
             Prim::Int8Quant => const { &[X] },
             Prim::Step | Prim::Tril => const { &[X] },
+            Prim::OneHot => const { &[req("ids", Tensor), req("depth", Int)] },
             Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
             Prim::RopeGrad => const { &[X, req("theta", Float)] },
             Prim::EmbeddingGrad => {
@@ -465,6 +470,11 @@ impl Prim {
         match self {
             _ if self.is_pointwise() => pointwise(args, ctx),
             Prim::Step | Prim::RopeGrad => Ok(vec![t(0)]),
+            Prim::OneHot => {
+                let (mut s, _) = t(0);
+                s.push(int(1));
+                Ok(vec![(s, DType::F32)])
+            }
             Prim::Tril => {
                 let (s, d) = t(0);
                 if s.len() < 2 {

@@ -1,4 +1,5 @@
 //! The hyb runtime: weights on disk, Hugging Face interchange, and executors.
 
 pub mod hf;
+pub mod train;
 pub mod weights;

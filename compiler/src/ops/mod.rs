@@ -122,6 +122,7 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         CausalConv1dGrad => {
             sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int())
         }
+        OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
         SsdScanGrad => sequence::ssd_scan_grad(
             inputs[0],
             inputs[1],
@@ -154,6 +155,7 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
             sequence::vjp(g, prim, node, dy)
         }
         Split => unreachable!("split is lowered to slices"),
+        OneHot => vec![None],
         EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => panic!(
             "second-order gradients of {} are not supported",
             prim.name()

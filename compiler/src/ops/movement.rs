@@ -207,3 +207,17 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
         other => unreachable!("{} is not a movement op", other.name()),
     }
 }
+
+/// `[..., depth]` with a one at each id's position.
+pub fn one_hot<T: Real>(ids: &Tensor<T>, depth: usize) -> Tensor<T> {
+    let mut out = vec![T::zero(); ids.len() * depth];
+    for (i, id) in ids.data.iter().enumerate() {
+        let j = id.f64() as usize;
+        if j < depth {
+            out[i * depth + j] = T::one();
+        }
+    }
+    let mut shape = ids.shape.clone();
+    shape.push(depth);
+    Tensor::new(shape, out)
+}

@@ -1,0 +1,183 @@
+//! The training graph: forward pass, token cross-entropy, backward pass (autodiff),
+//! global-norm gradient clipping and the AdamW update — one graph, so a backend compiles
+//! and fuses the whole step, optimizer included.
+//!
+//! Inputs: `ids` and `targets` `[B, T]`; `loss_weights` `[B, T]` (the weight of each
+//! position's loss: `1/(B·T)` for language modelling, zero outside the answers for recall
+//! tasks); scalars `lr`, `bias_correction1 = 1 − β₁ᵗ`, `bias_correction2 = 1 − β₂ᵗ`; and the
+//! optimizer state `m.NAME`, `v.NAME` per parameter. Outputs: the loss, the gradient's
+//! global norm (before clipping), then for each parameter its new value, `m` and `v`.
+
+use crate::autodiff::gradients;
+use crate::ir::{Attr, Graph, NodeId, Op, TensorType};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::inits::Role;
+use hyb_dsl::prims::Prim;
+use hyb_dsl::value::DType;
+
+/// AdamW with decoupled weight decay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value.
+    pub clip: Option<f64>,
+    /// Also decay embeddings and vector-like parameters (norms, biases, A_log, D, dt_bias).
+    pub decay_all: bool,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            clip: Some(1.0),
+            decay_all: false,
+        }
+    }
+}
+
+/// µP learning-rate multiplier of a parameter (Tensor Programs V, Adam): matrices whose
+/// fan-in grows with width (hidden, output) get `1/width_mult`; embeddings and vectors keep
+/// the base rate. `width_mult = d / base_width`.
+pub fn mup_lr_multiplier(role: Role, width_mult: f64) -> f64 {
+    match role {
+        Role::Hidden | Role::Output => 1.0 / width_mult,
+        Role::Input | Role::Vector => 1.0,
+    }
+}
+
+pub struct TrainingGraph {
+    pub graph: Graph,
+    /// Parameter names, in output order.
+    pub params: Vec<String>,
+}
+
+fn scalar_input(g: &mut Graph, name: &str) -> NodeId {
+    g.add(
+        Op::Input(name.into()),
+        vec![],
+        TensorType {
+            shape: vec![],
+            dtype: DType::F32,
+        },
+    )
+}
+
+/// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
+pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
+    let mut g = forward.clone();
+    let logits = g.outputs[0];
+    let shape = g.shape(logits).to_vec();
+    let (bt, vocab) = (shape[..2].to_vec(), shape[2].clone());
+    let ids_ty = TensorType {
+        shape: bt.clone(),
+        dtype: DType::I64,
+    };
+    let targets = g.add(Op::Input("targets".into()), vec![], ids_ty);
+    let weights = g.add(
+        Op::Input("loss_weights".into()),
+        vec![],
+        TensorType {
+            shape: bt,
+            dtype: DType::F32,
+        },
+    );
+
+    // loss = Σ w · (logsumexp(logits) − logits[target])
+    let max = g.apply(
+        Prim::Max,
+        vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)],
+        vec![logits],
+    );
+    let shifted = g.binary(Prim::Sub, logits, max);
+    let e = g.unary(Prim::Exp, shifted);
+    let s = g.sum(e, -1, true);
+    let lse = g.unary(Prim::Log, s);
+    let lse = g.binary(Prim::Add, lse, max);
+    let onehot = g.apply(
+        Prim::OneHot,
+        vec![Attr::Tensor, Attr::Int(vocab)],
+        vec![targets],
+    );
+    let picked = g.binary(Prim::Mul, logits, onehot);
+    let picked = g.sum(picked, -1, true);
+    let nll = g.binary(Prim::Sub, lse, picked);
+    let nll = g.sum(nll, -1, false);
+    let weighted = g.binary(Prim::Mul, nll, weights);
+    let loss = g.sum_all(weighted);
+
+    let param_nodes: Vec<NodeId> = (0..g.params.len())
+        .map(|p| g.param_node(p).expect("every parameter is used"))
+        .collect();
+    let grads = gradients(&mut g, loss, &param_nodes);
+
+    let mut norm_sq = None;
+    for &gr in &grads {
+        let sq = g.binary(Prim::Mul, gr, gr);
+        let s = g.sum_all(sq);
+        norm_sq = Some(match norm_sq {
+            Some(acc) => g.binary(Prim::Add, acc, s),
+            None => s,
+        });
+    }
+    let norm_sq = norm_sq.unwrap_or_else(|| g.constant(0.0));
+    let norm = g.unary(Prim::Sqrt, norm_sq);
+    let clip_scale = opt.clip.map(|c| {
+        // min(1, c / (norm + 1e-6))
+        let tiny = g.constant(1e-6);
+        let denom = g.binary(Prim::Add, norm, tiny);
+        let c = g.constant(c);
+        let ratio = g.binary(Prim::Div, c, denom);
+        let one = g.constant(1.0);
+        g.binary(Prim::Minimum, ratio, one)
+    });
+
+    let lr = scalar_input(&mut g, "lr");
+    let bc1 = scalar_input(&mut g, "bias_correction1");
+    let bc2 = scalar_input(&mut g, "bias_correction2");
+    let mut outputs = vec![loss, norm];
+    let mut names = Vec::new();
+    for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
+        let spec = g.params[p].clone();
+        let ty = g.nodes[w].ty.clone();
+        let m = g.add(Op::Input(format!("m.{}", spec.name)), vec![], ty.clone());
+        let v = g.add(Op::Input(format!("v.{}", spec.name)), vec![], ty);
+        let gr = match clip_scale {
+            Some(s) => g.binary(Prim::Mul, gr, s),
+            None => gr,
+        };
+        let m_old = g.scale(m, opt.beta1);
+        let m_new = g.scale(gr, 1.0 - opt.beta1);
+        let m_new = g.binary(Prim::Add, m_old, m_new);
+        let g2 = g.binary(Prim::Mul, gr, gr);
+        let v_old = g.scale(v, opt.beta2);
+        let v_new = g.scale(g2, 1.0 - opt.beta2);
+        let v_new = g.binary(Prim::Add, v_old, v_new);
+        let m_hat = g.binary(Prim::Div, m_new, bc1);
+        let v_hat = g.binary(Prim::Div, v_new, bc2);
+        let denom = g.unary(Prim::Sqrt, v_hat);
+        let eps = g.constant(opt.eps);
+        let denom = g.binary(Prim::Add, denom, eps);
+        let mut step = g.binary(Prim::Div, m_hat, denom);
+        let decays = opt.decay_all || matches!(spec.role, Role::Hidden | Role::Output);
+        if decays && opt.weight_decay > 0.0 {
+            let wd = g.scale(w, opt.weight_decay);
+            step = g.binary(Prim::Add, step, wd);
+        }
+        let rate = g.scale(lr, mup_lr_multiplier(spec.role, width_mult));
+        let delta = g.binary(Prim::Mul, step, rate);
+        let w_new = g.binary(Prim::Sub, w, delta);
+        outputs.extend([w_new, m_new, v_new]);
+        names.push(spec.name);
+    }
+    g.outputs = outputs;
+    TrainingGraph {
+        graph: g,
+        params: names,
+    }
+}

@@ -1,0 +1,214 @@
+//! Training data. Every batch is a pure function of (seed, split, step), so a resumed run
+//! sees exactly the batches it would have seen, and evaluation data never overlaps training
+//! data.
+
+use super::rng::Rng;
+use std::path::Path;
+
+/// One batch: `ids` and next-token `targets` `[B, T]`, and the weight of each position's
+/// loss (summing to one over the batch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub weights: Vec<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Eval,
+}
+
+/// Multi-query associative recall (Zoology's MQAR): key-value pairs, then queries of some of
+/// the keys; the model must answer each query with its value. Keys come from the lower half
+/// of the vocabulary, values from the upper half; only answers count towards the loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mqar {
+    pub vocab: usize,
+    pub pairs: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Source {
+    Mqar(Mqar),
+    /// A token stream (bytes of a text file, or ids of a binary token file); the last tenth
+    /// is held out for evaluation.
+    Tokens {
+        tokens: Vec<u32>,
+        vocab: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Source {
+    /// A UTF-8 text file as bytes (vocabulary 256).
+    pub fn text(path: &Path) -> Result<Source, DataError> {
+        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        std::str::from_utf8(&bytes).map_err(|e| {
+            DataError::Invalid(format!(
+                "{} is not UTF-8 text (byte {})",
+                path.display(),
+                e.valid_up_to()
+            ))
+        })?;
+        Ok(Source::Tokens {
+            tokens: bytes.into_iter().map(u32::from).collect(),
+            vocab: 256,
+        })
+    }
+
+    /// A pre-tokenized file of little-endian u16 or u32 ids.
+    pub fn token_file(path: &Path, width: usize) -> Result<Source, DataError> {
+        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if bytes.len() % width != 0 {
+            return Err(DataError::Invalid(format!(
+                "{} has {} bytes, not a whole number of {width}-byte ids",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let tokens: Vec<u32> = match width {
+            2 => bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                .collect(),
+            4 => bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            _ => {
+                return Err(DataError::Invalid(format!(
+                    "token width must be 2 or 4 bytes, not {width}"
+                )))
+            }
+        };
+        let vocab = tokens.iter().max().map_or(0, |m| *m as usize + 1);
+        Ok(Source::Tokens { tokens, vocab })
+    }
+
+    /// Largest token id + 1 that the data can produce.
+    pub fn vocab(&self) -> usize {
+        match self {
+            Source::Mqar(m) => m.vocab,
+            Source::Tokens { vocab, .. } => *vocab,
+        }
+    }
+
+    pub fn batch(
+        &self,
+        seed: u64,
+        split: Split,
+        step: u64,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Batch, DataError> {
+        let mut rng = Rng::for_step(seed, if split == Split::Train { 1 } else { 2 }, step);
+        match self {
+            Source::Mqar(m) => m.batch(&mut rng, batch, seq),
+            Source::Tokens { tokens, .. } => {
+                let held = tokens.len() / 10;
+                let (lo, hi) = match split {
+                    Split::Train => (0, tokens.len() - held),
+                    Split::Eval => (tokens.len() - held, tokens.len()),
+                };
+                if hi - lo < seq + 1 {
+                    return Err(DataError::Invalid(format!(
+                        "the {split:?} split has {} tokens, too few for sequences of {seq}",
+                        hi - lo
+                    )));
+                }
+                let mut b = Batch {
+                    batch,
+                    seq,
+                    ids: vec![],
+                    targets: vec![],
+                    weights: vec![1.0 / (batch * seq) as f64; batch * seq],
+                };
+                for _ in 0..batch {
+                    let start = lo + rng.below((hi - lo - seq) as u64) as usize;
+                    b.ids.extend_from_slice(&tokens[start..start + seq]);
+                    b.targets
+                        .extend_from_slice(&tokens[start + 1..start + seq + 1]);
+                }
+                Ok(b)
+            }
+        }
+    }
+}
+
+impl Mqar {
+    fn batch(&self, rng: &mut Rng, batch: usize, seq: usize) -> Result<Batch, DataError> {
+        let half = self.vocab / 2;
+        if self.pairs == 0 || self.pairs > half.saturating_sub(1) || 2 * self.pairs + 2 > seq + 1 {
+            return Err(DataError::Invalid(format!(
+                "MQAR with {} pairs needs a vocabulary over {} and sequences of at least {}",
+                self.pairs,
+                2 * self.pairs + 2,
+                2 * self.pairs + 1
+            )));
+        }
+        let mut b = Batch {
+            batch,
+            seq,
+            ids: vec![],
+            targets: vec![],
+            weights: vec![],
+        };
+        let mut answers = 0usize;
+        for _ in 0..batch {
+            // Distinct keys in [1, half), values in [half, vocab).
+            let mut keys: Vec<u32> = Vec::with_capacity(self.pairs);
+            while keys.len() < self.pairs {
+                let k = 1 + rng.below(half as u64 - 1) as u32;
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            let values: Vec<u32> = (0..self.pairs)
+                .map(|_| half as u32 + rng.below((self.vocab - half) as u64) as u32)
+                .collect();
+            let mut seqv: Vec<u32> = Vec::with_capacity(seq + 1);
+            for (k, v) in keys.iter().zip(&values) {
+                seqv.extend([*k, *v]);
+            }
+            let mut query_at = Vec::new();
+            while seqv.len() + 2 <= seq + 1 {
+                let q = rng.below(self.pairs as u64) as usize;
+                query_at.push(seqv.len());
+                seqv.extend([keys[q], values[q]]);
+            }
+            seqv.resize(seq + 1, 0);
+            let mut w = vec![0.0; seq];
+            for &p in &query_at {
+                w[p] = 1.0;
+            }
+            answers += query_at.len();
+            b.ids.extend_from_slice(&seqv[..seq]);
+            b.targets.extend_from_slice(&seqv[1..]);
+            b.weights.extend(w);
+        }
+        for w in &mut b.weights {
+            *w /= answers as f64;
+        }
+        Ok(b)
+    }
+}

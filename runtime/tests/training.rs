@@ -1,0 +1,180 @@
+//! Training on the CPU: exact resume, protection against non-finite steps, deterministic
+//! data, and that training reduces the loss.
+
+use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::ir::Graph;
+use hyb_runtime::train::checkpoint;
+use hyb_runtime::train::data::{Mqar, Source, Split};
+use hyb_runtime::train::schedule::Schedule;
+use hyb_runtime::train::{TrainConfig, TrainError, Trainer};
+
+const MODEL: &str = "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"H\", H = falcon_h1_layer)\n    heads = 2\n    kv_heads = 1\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}\n";
+
+fn forward() -> Graph {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let checked = hyb_dsl::check::check_text("m.hyb", MODEL);
+            assert!(checked.diagnostics.is_empty());
+            elaborate(&checked.models[0].1.trace)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch: 2,
+        seq: 12,
+        lr: 1e-2,
+        warmup: 3,
+        schedule: Schedule::Cosine { min_ratio: 0.1 },
+        seed: 5,
+        eval_every: 0,
+        eval_batches: 1,
+        save_every: 0,
+        max_bad_steps: 3,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        clip: Some(1.0),
+        width_mult: 1.0,
+    }
+}
+
+fn mqar() -> Source {
+    Source::Mqar(Mqar {
+        vocab: 32,
+        pairs: 3,
+    })
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut straight = Trainer::new(forward(), mqar(), config(20), straight_dir.path()).unwrap();
+    straight.run(&mut |_| {}).unwrap();
+
+    let split_dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(forward(), mqar(), config(20), split_dir.path()).unwrap();
+    for _ in 0..10 {
+        first.step().unwrap();
+    }
+    first.save().unwrap();
+    drop(first);
+    let mut second = Trainer::resume(forward(), mqar(), split_dir.path(), None).unwrap();
+    assert_eq!(second.state.step, 10);
+    second.run(&mut |_| {}).unwrap();
+    assert_eq!(
+        second.state, straight.state,
+        "10 + resume + 10 steps must equal 20 steps bit for bit"
+    );
+    let (saved, _) = checkpoint::load(&split_dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(saved, straight.state);
+}
+
+#[test]
+fn training_reduces_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(40);
+    cfg.eval_every = 40;
+    cfg.eval_batches = 2;
+    let mut t = Trainer::new(forward(), mqar(), cfg, dir.path()).unwrap();
+    let mut losses = vec![];
+    t.run(&mut |r| losses.push(r.loss)).unwrap();
+    let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(last < first - 0.3, "loss went from {first} to {last}");
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 40);
+    assert!(metrics.lines().last().unwrap().contains("eval_accuracy"));
+}
+
+#[test]
+fn non_finite_steps_are_skipped_and_then_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(10);
+    cfg.save_every = 1;
+    cfg.lr = f64::INFINITY;
+    cfg.warmup = 0;
+    cfg.clip = None;
+    let mut t = Trainer::new(forward(), mqar(), cfg, dir.path()).unwrap();
+    let initial = t.state.params.clone();
+    let err = t.run(&mut |_| {}).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged(3)), "{err}");
+    assert_eq!(t.state.skipped, 3);
+    assert_eq!(
+        t.state.params, initial,
+        "skipped steps must not change the weights"
+    );
+    assert!(
+        !dir.path().join("checkpoint.safetensors").exists(),
+        "no checkpoint of a bad state"
+    );
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().all(|l| l.contains("\"applied\":false")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn damaged_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(forward(), mqar(), config(2), dir.path()).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Trainer::resume(forward(), mqar(), dir.path(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("checkpoint.safetensors"), "{err}");
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    assert!(Trainer::resume(forward(), mqar(), dir.path(), None).is_err());
+}
+
+#[test]
+fn batches_are_deterministic_and_splits_disjoint() {
+    let s = mqar();
+    assert_eq!(
+        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
+        s.batch(1, Split::Train, 7, 2, 12).unwrap()
+    );
+    assert_ne!(
+        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
+        s.batch(1, Split::Train, 8, 2, 12).unwrap()
+    );
+    assert_ne!(
+        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
+        s.batch(1, Split::Eval, 7, 2, 12).unwrap()
+    );
+    let b = s.batch(3, Split::Train, 0, 4, 12).unwrap();
+    assert!((b.weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    // Every weighted position asks for a value (upper half of the vocabulary) that follows
+    // its key earlier in the sequence.
+    for (i, w) in b.weights.iter().enumerate() {
+        if *w > 0.0 {
+            let (row, pos) = (i / 12, i % 12);
+            let (ids, key, want) = (&b.ids[row * 12..row * 12 + 12], b.ids[i], b.targets[i]);
+            assert!(want >= 16);
+            assert!(
+                (0..pos).any(|p| ids[p] == key && ids[p + 1] == want),
+                "query {key} → {want} not in {ids:?}"
+            );
+        }
+    }
+    let text = Source::Tokens {
+        tokens: (0..1000).map(|i| (i % 50) as u32).collect(),
+        vocab: 50,
+    };
+    let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
+    assert!(b
+        .ids
+        .iter()
+        .zip(&b.targets)
+        .all(|(a, t)| (a + 1) % 50 == *t));
+}
