@@ -3,6 +3,7 @@
 LLVM_PACKAGES := llvm-22-dev libmlir-22-dev mlir-22-tools clang-22 libpolly-22-dev zlib1g-dev libzstd-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HYB := target/release/hyb
+MQAR := --data mqar --mqar-pairs 4 --seq 32 --batch 32 --lr 1e-2 --steps 400 --eval-every 100 --eval-batches 8
 
 .PHONY: deps build demo test
 
@@ -15,7 +16,8 @@ deps:
 build: deps
 	cargo build --release
 
-## Checks every standard-library and example model, then prints the Falcon-H1 layer tables.
+## Checks every model, prints the Falcon-H1 layer tables, runs a Hugging Face checkpoint, and
+## trains a tiny parallel hybrid and a pure Mamba-2 model on multi-query associative recall.
 demo: build
 	$(HYB) check stdlib/*.hyb examples/*.hyb
 	$(HYB) show stdlib/falcon_h1.hyb --model falcon_h1_0_5b
@@ -24,6 +26,11 @@ demo: build
 	$(HYB) show examples/ratio_schedule.hyb
 	$(HYB) import tests/fixtures/falcon_h1/gqa_basic -o target/demo --name gqa_basic
 	$(HYB) logits target/demo/gqa_basic.hyb --weights target/demo/gqa_basic.safetensors --ids 85,55,42,45 | cut -c1-100
+	@for m in hybrid mamba; do \
+		$(HYB) train examples/mqar_$$m.hyb $(MQAR) --out target/demo/mqar_$$m || exit 1; done
+	@for m in hybrid mamba; do \
+		printf 'MQAR recall accuracy, %-6s after 400 steps: ' $$m; \
+		tail -n 1 target/demo/mqar_$$m/metrics.jsonl | grep -o '"eval_accuracy":[0-9.]*' | cut -d: -f2; done
 
 test: deps
 	cargo test --workspace

@@ -30,31 +30,25 @@ pub fn matmul<T: Real>(a: &Tensor<T>, b: &Tensor<T>, ta: bool, tb: bool) -> Tens
         a.shape[a.rank() - 2] * a.shape[a.rank() - 1],
         b.shape[b.rank() - 2] * b.shape[b.rank() - 1],
     );
-    let mut data = Vec::with_capacity(batches * m * n);
-    let (mut lhs, mut rhs) = (vec![T::zero(); m * k], vec![T::zero(); n * k]);
+    let mut data = vec![T::zero(); batches * m * n];
+    // op(A)[i, l] and op(B)[l, j] as strided views of the stored matrices.
+    let a_strides = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let b_strides = if tb { (1, k as isize) } else { (n as isize, 1) };
     for bi in 0..batches {
         let (pa, pb) = (
             &a.data[bi * sa..(bi + 1) * sa],
             &b.data[bi * sb..(bi + 1) * sb],
         );
-        // Rows of op(A) and columns of op(B), each contiguous, so every output is a dot
-        // product of two slices.
-        for i in 0..m {
-            for l in 0..k {
-                lhs[i * k + l] = if ta { pa[l * m + i] } else { pa[i * k + l] };
-            }
-        }
-        for j in 0..n {
-            for l in 0..k {
-                rhs[j * k + l] = if tb { pb[j * k + l] } else { pb[l * n + j] };
-            }
-        }
-        for i in 0..m {
-            let row = &lhs[i * k..(i + 1) * k];
-            for j in 0..n {
-                data.push(dot(row, &rhs[j * k..(j + 1) * k]));
-            }
-        }
+        T::gemm(
+            m,
+            k,
+            n,
+            pa,
+            a_strides,
+            pb,
+            b_strides,
+            &mut data[bi * m * n..(bi + 1) * m * n],
+        );
     }
     let mut shape = batch;
     shape.extend([m, n]);
@@ -75,20 +69,4 @@ pub fn vjp(g: &mut Graph, node: NodeId, dc: NodeId) -> Vec<Option<NodeId>> {
     };
     let (sa, sb) = (g.shape(a).to_vec(), g.shape(b).to_vec());
     vec![Some(unbroadcast(g, da, &sa)), Some(unbroadcast(g, db, &sb))]
-}
-
-/// Dot product with four independent accumulators (instruction-level parallelism).
-fn dot<T: Real>(x: &[T], y: &[T]) -> T {
-    let mut acc = [T::zero(); 4];
-    let chunks = x.len() / 4;
-    for c in 0..chunks {
-        for (lane, a) in acc.iter_mut().enumerate() {
-            *a = *a + x[c * 4 + lane] * y[c * 4 + lane];
-        }
-    }
-    let mut tail = T::zero();
-    for i in chunks * 4..x.len() {
-        tail = tail + x[i] * y[i];
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }

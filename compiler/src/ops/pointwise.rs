@@ -40,7 +40,6 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 pub fn binary<T: Real>(prim: Prim, a: &Tensor<T>, b: &Tensor<T>) -> Tensor<T> {
     let shape = broadcast_shape(&a.shape, &b.shape);
-    let (a, b) = (a.broadcast_to(&shape), b.broadcast_to(&shape));
     let f: fn(T, T) -> T = match prim {
         Prim::Add => |x, y| x + y,
         Prim::Sub => |x, y| x - y,
@@ -50,10 +49,16 @@ pub fn binary<T: Real>(prim: Prim, a: &Tensor<T>, b: &Tensor<T>) -> Tensor<T> {
         Prim::Minimum => |x: T, y: T| x.min(y),
         other => unreachable!("{} is not binary", other.name()),
     };
-    Tensor::new(
-        shape,
-        a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
-    )
+    // Scalars and equal shapes need no broadcast copy.
+    let data = match (a.len(), b.len()) {
+        (1, _) if b.shape == shape => b.data.iter().map(|&y| f(a.data[0], y)).collect(),
+        (_, 1) if a.shape == shape => a.data.iter().map(|&x| f(x, b.data[0])).collect(),
+        _ => {
+            let (a, b) = (a.broadcast_to(&shape), b.broadcast_to(&shape));
+            a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect()
+        }
+    };
+    Tensor::new(shape, data)
 }
 
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {

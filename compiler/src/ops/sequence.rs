@@ -304,19 +304,17 @@ pub fn causal_conv1d_grad<T: Real>(
     }
 }
 
-/// Gradient of [`ssd_scan`] with respect to input `wrt` (0 x, 1 dt, 2 a, 3 b, 4 c), by the
+/// Gradients of [`ssd_scan`] with respect to all five inputs (x, dt, a, b, c), by the
 /// adjoint recurrence run backwards in time: `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}`,
 /// the state's gradient, from which every input's gradient is read off.
-#[allow(clippy::too_many_arguments)]
-pub fn ssd_scan_grad<T: Real>(
+pub fn ssd_scan_grads<T: Real>(
     x: &Tensor<T>,
     dt: &Tensor<T>,
     a: &Tensor<T>,
     bm: &Tensor<T>,
     cm: &Tensor<T>,
     dy: &Tensor<T>,
-    wrt: i64,
-) -> Tensor<T> {
+) -> [Tensor<T>; 5] {
     let d = ScanDims::of(x, bm);
     let mut dx = Tensor::zeros(x.shape.clone());
     let mut ddt = Tensor::zeros(dt.shape.clone());
@@ -388,13 +386,7 @@ pub fn ssd_scan_grad<T: Real>(
             }
         }
     }
-    match wrt {
-        0 => dx,
-        1 => ddt,
-        2 => da,
-        3 => db,
-        _ => dc,
-    }
+    [dx, ddt, da, db, dc]
 }
 
 /// Gradients of the sequence ops, each through its dedicated backward primitive.

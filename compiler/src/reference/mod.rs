@@ -51,6 +51,9 @@ pub fn run<T: Real>(
         last_use[o] = usize::MAX;
     }
     let mut values: Vec<Option<Tensor<T>>> = vec![None; g.nodes.len()];
+    // The five gradients of one scan come from one backward pass: computed once, handed out
+    // to the five `ssd_scan_grad` nodes that read the same inputs.
+    let mut scan_grads: HashMap<Vec<usize>, [Option<Tensor<T>>; 5]> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let v = match &n.op {
             Op::Input(name) => inputs
@@ -90,7 +93,23 @@ pub fn run<T: Real>(
                         });
                     }
                 }
-                ops::eval(*prim, &args, &xs)
+                if *prim == Prim::SsdScanGrad {
+                    let wrt = match args[7] {
+                        Arg::Int(w) => w as usize,
+                        _ => unreachable!("checked signature"),
+                    };
+                    let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
+                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5])
+                            .map(Some)
+                    });
+                    let out = grads[wrt].take().expect("each gradient is read once");
+                    if grads.iter().all(Option::is_none) {
+                        scan_grads.remove(&n.inputs);
+                    }
+                    out
+                } else {
+                    ops::eval(*prim, &args, &xs)
+                }
             }
         };
         values[i] = Some(v);

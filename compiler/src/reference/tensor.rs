@@ -8,6 +8,18 @@ use std::fmt::Debug;
 pub trait Real: Float + Debug + Send + Sync + 'static {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
+    /// `C = A·B` for an `m×k` A and a `k×n` B given by element strides (row, column), into
+    /// a row-major `m×n` C, by a blocked SIMD kernel (`matrixmultiply`).
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[Self],
+        a_strides: (isize, isize),
+        b: &[Self],
+        b_strides: (isize, isize),
+        c: &mut [Self],
+    );
 }
 
 impl Real for f64 {
@@ -17,6 +29,37 @@ impl Real for f64 {
     fn f64(self) -> f64 {
         self
     }
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f64],
+        (rsa, csa): (isize, isize),
+        b: &[f64],
+        (rsb, csb): (isize, isize),
+        c: &mut [f64],
+    ) {
+        assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+        // SAFETY: the asserts above and the callers' strides keep every access in bounds.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    }
 }
 
 impl Real for f32 {
@@ -25,6 +68,37 @@ impl Real for f32 {
     }
     fn f64(self) -> f64 {
         self as f64
+    }
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        (rsa, csa): (isize, isize),
+        b: &[f32],
+        (rsb, csb): (isize, isize),
+        c: &mut [f32],
+    ) {
+        assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+        // SAFETY: the asserts above and the callers' strides keep every access in bounds.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
     }
 }
 
@@ -110,11 +184,24 @@ impl<T: Real> Tensor<T> {
             .collect();
         let n: usize = shape.iter().product();
         let mut data = Vec::with_capacity(n);
-        let mut idx = vec![0usize; shape.len()];
-        for _ in 0..n {
-            let at: usize = idx.iter().zip(&eff).map(|(i, s)| i * s).sum();
-            data.push(self.data[at]);
-            for d in (0..shape.len()).rev() {
+        if n == 0 {
+            return Tensor {
+                shape: shape.to_vec(),
+                data,
+            };
+        }
+        // Rows of the last dimension at a time; an odometer over the outer dimensions.
+        let last = shape.len() - 1;
+        let (inner, step) = (shape[last], eff[last]);
+        let mut idx = vec![0usize; last];
+        for _ in 0..n / inner {
+            let base: usize = idx.iter().zip(&eff).map(|(i, s)| i * s).sum();
+            if step == 1 {
+                data.extend_from_slice(&self.data[base..base + inner]);
+            } else {
+                data.extend(std::iter::repeat_n(self.data[base], inner));
+            }
+            for d in (0..last).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {
                     break;
