@@ -14,11 +14,7 @@ pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
         .iter()
         .map(|v| {
             v.split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse::<u32>()
-                        .with_context(|| format!("`{s}` in --ids {v} is not a token id"))
-                })
+                .map(|s| s.trim().parse::<u32>().with_context(|| format!("`{s}` in --ids {v} is not a token id")))
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
@@ -29,12 +25,7 @@ pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
 }
 
 /// Logits as `[batch][position][vocab]` in float64 (computed in `precision`).
-pub fn run(
-    trace: &Trace,
-    weights: Weights,
-    batch: &[Vec<u32>],
-    precision: &str,
-) -> Result<Vec<Vec<Vec<f64>>>> {
+pub fn run(trace: &Trace, weights: Weights, batch: &[Vec<u32>], precision: &str) -> Result<Vec<Vec<Vec<f64>>>> {
     let graph = elaborate(trace);
     let (b, t) = (batch.len(), batch[0].len());
     let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
@@ -43,11 +34,7 @@ pub fn run(
         _ => eval::<f64>(&graph, weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
-    Ok(out
-        .data
-        .chunks(t * vocab)
-        .map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect())
-        .collect())
+    Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())
 }
 
 /// Consumes the weights so that a large model is held once, in the interpreter's precision.
@@ -83,10 +70,7 @@ pub fn write_text(w: &mut impl Write, logits: &[Vec<Vec<f64>>]) -> Result<()> {
             let (best, _) = row
                 .iter()
                 .enumerate()
-                .fold(
-                    (0, f64::NEG_INFINITY),
-                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
-                );
+                .fold((0, f64::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
             let values: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
             writeln!(w, "[{b}, {t}] argmax {best}: {}", values.join(" "))?;
         }

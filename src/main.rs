@@ -12,11 +12,7 @@ mod logits;
 mod train;
 
 #[derive(Parser)]
-#[command(
-    name = "hyb",
-    version,
-    about = "Compiler and runtime for hybrid attention/SSM models"
-)]
+#[command(name = "hyb", version, about = "Compiler and runtime for hybrid attention/SSM models")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,9 +88,7 @@ const STACK_BYTES: usize = 512 << 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let worker = std::thread::Builder::new()
-        .stack_size(STACK_BYTES)
-        .spawn(move || run(cli));
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
     match worker.map(|h| h.join()) {
         Ok(Ok(Ok(code))) => code,
         Ok(Ok(Err(e))) => {
@@ -115,11 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if report(&checked) {
                 return Ok(ExitCode::from(1));
             }
-            println!(
-                "ok: {} file(s), {} model(s)",
-                files.len(),
-                checked.models.len()
-            );
+            println!("ok: {} file(s), {} model(s)", files.len(), checked.models.len());
             Ok(ExitCode::SUCCESS)
         }
         Command::Fmt { check, files } => fmt(&files, check),
@@ -128,10 +118,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if report(&checked) {
                 return Ok(ExitCode::from(1));
             }
-            print!(
-                "{}",
-                layer_table(&choose(&checked, &file, model.as_deref())?.summary)
-            );
+            print!("{}", layer_table(&choose(&checked, &file, model.as_deref())?.summary));
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { hf_dir, out, name } => {
@@ -146,12 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export {
-            file,
-            weights,
-            out,
-            model,
-        } => {
+        Command::Export { file, weights, out, model } => {
             let checked = check(std::slice::from_ref(&file))?;
             if report(&checked) {
                 return Ok(ExitCode::from(1));
@@ -171,14 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::run(&args, m)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logits {
-            file,
-            weights,
-            ids,
-            json,
-            precision,
-            model,
-        } => {
+        Command::Logits { file, weights, ids, json, precision, model } => {
             let batch = logits::parse_ids(&ids)?;
             let checked = check(std::slice::from_ref(&file))?;
             if report(&checked) {
@@ -199,34 +174,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The model named on the command line, or the file's only model.
-fn choose<'c>(
-    checked: &'c Checked,
-    file: &Path,
-    model: Option<&str>,
-) -> Result<&'c hyb_dsl::expand::model::Expanded> {
-    let names: Vec<&str> = checked
-        .models
-        .iter()
-        .map(|(_, m)| m.summary.name.as_str())
-        .collect();
+fn choose<'c>(checked: &'c Checked, file: &Path, model: Option<&str>) -> Result<&'c hyb_dsl::expand::model::Expanded> {
+    let names: Vec<&str> = checked.models.iter().map(|(_, m)| m.summary.name.as_str()).collect();
     let chosen = match model {
         Some(name) => checked.models.iter().find(|(_, m)| m.summary.name == name),
         None if checked.models.len() == 1 => checked.models.first(),
-        None => bail!(
-            "{} defines {} models ({}); choose one with --model",
-            file.display(),
-            names.len(),
-            names.join(", ")
-        ),
+        None => {
+            bail!("{} defines {} models ({}); choose one with --model", file.display(), names.len(), names.join(", "))
+        }
     };
     match chosen {
         Some((_, m)) => Ok(m),
-        None => bail!(
-            "no model `{}` in {} (models: {})",
-            model.unwrap_or_default(),
-            file.display(),
-            names.join(", ")
-        ),
+        None => bail!("no model `{}` in {} (models: {})", model.unwrap_or_default(), file.display(), names.join(", ")),
     }
 }
 
@@ -237,16 +196,8 @@ fn model_name_from(dir: &Path) -> String {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let mut name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut name: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
         name.insert_str(0, "model_");
     }
@@ -272,8 +223,7 @@ fn report(checked: &Checked) -> bool {
 fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode> {
     let mut failed = false;
     for path in files {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut sources = hyb_dsl::source::Sources::new();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let id = sources.add_text(path.display().to_string(), text.clone());
@@ -311,26 +261,15 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode> {
             println!("formatted {}", path.display());
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Replaces a file so that a crash leaves either the old or the new content, never a mix.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("not a file path")?
-        .to_string_lossy();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("not a file path")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.hyb-fmt.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     if let Ok(meta) = std::fs::metadata(path) {
@@ -341,13 +280,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn layer_table(s: &ModelSummary) -> String {
-    let mut out = format!(
-        "model {}: vocab {}, d {}, {} layers\n",
-        s.name,
-        s.vocab,
-        s.d,
-        s.layers.len()
-    );
+    let mut out = format!("model {}: vocab {}, d {}, {} layers\n", s.name, s.vocab, s.d, s.layers.len());
     out.push_str(&format!(
         "{:>5}  {:<24} {:>10} {:>10} {:>16}\n",
         "layer", "kind", "attn heads", "ssm heads", "params"
@@ -374,12 +307,7 @@ fn layer_table(s: &ModelSummary) -> String {
     } else {
         out.push_str(&format!("{:<54} {:>16}\n", "lm_head", "tied"));
     }
-    out.push_str(&format!(
-        "{:<54} {:>16} ({})\n",
-        "total",
-        grouped(s.total_params),
-        human(s.total_params)
-    ));
+    out.push_str(&format!("{:<54} {:>16} ({})\n", "total", grouped(s.total_params), human(s.total_params)));
     out
 }
 

@@ -61,10 +61,7 @@ pub struct TrainArgs {
 fn schedule(name: &str) -> Result<Schedule> {
     Ok(match name {
         "cosine" => Schedule::Cosine { min_ratio: 0.1 },
-        "wsd" => Schedule::Wsd {
-            decay_fraction: 0.2,
-            min_ratio: 0.0,
-        },
+        "wsd" => Schedule::Wsd { decay_fraction: 0.2, min_ratio: 0.0 },
         "constant" => Schedule::Constant,
         other => bail!("unknown schedule `{other}` (cosine, wsd or constant)"),
     })
@@ -72,10 +69,7 @@ fn schedule(name: &str) -> Result<Schedule> {
 
 pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
     let source = match (args.data.as_str(), args.token_bytes) {
-        ("mqar", _) => Source::Mqar(Mqar {
-            vocab: model.summary.vocab as usize,
-            pairs: args.mqar_pairs,
-        }),
+        ("mqar", _) => Source::Mqar(Mqar { vocab: model.summary.vocab as usize, pairs: args.mqar_pairs }),
         (path, Some(width)) => Source::token_file(path.as_ref(), width)?,
         (path, None) => Source::text(path.as_ref())?,
     };
@@ -100,9 +94,7 @@ pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
                 beta2: 0.95,
                 weight_decay: args.weight_decay,
                 clip: Some(1.0),
-                width_mult: args
-                    .base_width
-                    .map_or(1.0, |b| model.summary.d as f64 / b as f64),
+                width_mult: args.base_width.map_or(1.0, |b| model.summary.d as f64 / b as f64),
             };
             Trainer::new(forward, source, cfg, &args.out)?
         }
@@ -110,8 +102,7 @@ pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").expect("valid template"),
     );
     bar.set_position(trainer.state.step);
     let mut last_eval = String::new();
@@ -134,10 +125,8 @@ pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
     bar.finish();
     result?;
     let dir = args.resume.as_ref().unwrap_or(&args.out);
-    println!(
-        "checkpoint: {}",
-        dir.join("checkpoint.safetensors").display()
-    );
+    println!("checkpoint: {}", dir.join("checkpoint.safetensors").display());
     println!("metrics:    {}", dir.join("metrics.jsonl").display());
+    println!("loss curve: {}", trainer.plot_losses()?.display());
     Ok(())
 }

@@ -21,12 +21,11 @@ fn stderr(o: &Output) -> String {
 }
 
 fn repo_files(dir: &str) -> Vec<String> {
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "hyb"))
-            .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hyb"))
+        .collect();
     files.sort();
     files.iter().map(|p| p.display().to_string()).collect()
 }
@@ -35,9 +34,7 @@ fn repo_files(dir: &str) -> Vec<String> {
 fn check_accepts_stdlib_and_examples() {
     let mut files = repo_files("stdlib");
     files.extend(repo_files("examples"));
-    let args: Vec<&str> = std::iter::once("check")
-        .chain(files.iter().map(String::as_str))
-        .collect();
+    let args: Vec<&str> = std::iter::once("check").chain(files.iter().map(String::as_str)).collect();
     let out = hyb(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("ok:"), "{}", stdout(&out));
@@ -47,19 +44,12 @@ fn check_accepts_stdlib_and_examples() {
 fn check_reports_every_error_with_a_caret_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.hyb");
-    std::fs::write(
-        &path,
-        "block f(x: [B]) -> [B] {\n    y = x * nope\n    return y + alsonope\n}\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "block f(x: [B]) -> [B] {\n    y = x * nope\n    return y + alsonope\n}\n").unwrap();
     let out = hyb(&["check", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(err.matches("E010").count(), 2, "{err}");
-    assert!(
-        err.contains("bad.hyb:2:13") && err.contains("bad.hyb:3:16"),
-        "{err}"
-    );
+    assert!(err.contains("bad.hyb:2:13") && err.contains("bad.hyb:3:16"), "{err}");
     assert!(err.contains("───┬"), "no caret: {err}");
 }
 
@@ -67,11 +57,7 @@ fn check_reports_every_error_with_a_caret_and_exits_1() {
 fn check_of_a_missing_file_is_a_clear_error() {
     let out = hyb(&["check", "no/such/file.hyb"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no/such/file.hyb: no such file"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no/such/file.hyb: no such file"), "{}", stderr(&out));
 }
 
 #[test]
@@ -83,18 +69,11 @@ fn fmt_check_and_rewrite() {
     let p = path.to_str().unwrap();
     let out = hyb(&["fmt", "--check", p]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        messy,
-        "--check must not write"
-    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), messy, "--check must not write");
     let out = hyb(&["fmt", p]);
     assert!(out.status.success(), "{}", stderr(&out));
     let tidy = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        tidy,
-        "block f(x: [B]) -> [B] {\n    // keep me\n    return x * 2\n}\n"
-    );
+    assert_eq!(tidy, "block f(x: [B]) -> [B] {\n    // keep me\n    return x * 2\n}\n");
     assert!(hyb(&["fmt", "--check", p]).status.success());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "temporary files left behind");
@@ -108,10 +87,7 @@ fn fmt_refuses_files_with_syntax_errors() {
     let out = hyb(&["fmt", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("E001"));
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        "block f(x: [B]) -> [B] {\n"
-    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "block f(x: [B]) -> [B] {\n");
 }
 
 /// `hyb show` totals for the four Falcon-H1 configurations, as computed by transformers
@@ -119,10 +95,8 @@ fn fmt_refuses_files_with_syntax_errors() {
 #[test]
 fn show_prints_falcon_h1_layer_tables() {
     let counts: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_param_counts.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_param_counts.json"))
+            .unwrap(),
     )
     .unwrap();
     for (model, c) in counts.as_object().unwrap() {
@@ -139,30 +113,14 @@ fn show_prints_falcon_h1_layer_tables() {
             .collect::<Vec<_>>()
             .join(",");
         let total_line = table.lines().find(|l| l.starts_with("total")).unwrap();
-        assert!(
-            total_line.contains(&grouped),
-            "{model}: {total_line} vs {grouped}"
-        );
+        assert!(total_line.contains(&grouped), "{model}: {total_line} vs {grouped}");
         let layers = c["config"]["num_hidden_layers"].as_u64().unwrap() as usize;
-        let rows = table
-            .lines()
-            .filter(|l| l.contains("H falcon_h1_layer"))
-            .count();
+        let rows = table.lines().filter(|l| l.contains("H falcon_h1_layer")).count();
         assert_eq!(rows, layers, "{table}");
         let heads = c["config"]["num_attention_heads"].as_u64().unwrap();
         let ssm = c["config"]["mamba_n_heads"].as_u64().unwrap();
         let row0: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
-        assert_eq!(
-            row0[..5],
-            [
-                "0",
-                "H",
-                "falcon_h1_layer",
-                &heads.to_string(),
-                &ssm.to_string()
-            ],
-            "{table}"
-        );
+        assert_eq!(row0[..5], ["0", "H", "falcon_h1_layer", &heads.to_string(), &ssm.to_string()], "{table}");
     }
 }
 
@@ -170,24 +128,14 @@ fn show_prints_falcon_h1_layer_tables() {
 fn show_needs_a_model_name_when_the_file_has_several() {
     let out = hyb(&["show", "stdlib/falcon_h1.hyb"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("choose one with --model"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("choose one with --model"), "{}", stderr(&out));
     let out = hyb(&["show", "stdlib/falcon_h1.hyb", "--model", "falcon_h1_9b"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no model `falcon_h1_9b`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no model `falcon_h1_9b`"), "{}", stderr(&out));
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/falcon_h1")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/falcon_h1").join(name)
 }
 
 /// `hyb import` → `hyb logits --json` reproduces transformers' logits; `hyb export` writes a
@@ -205,28 +153,11 @@ fn import_logits_export_from_the_command_line() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
         .collect();
     let model = format!("{out}/mult.hyb");
     let weights = format!("{out}/mult.safetensors");
-    let r = hyb(&[
-        "logits",
-        &model,
-        "--weights",
-        &weights,
-        "--ids",
-        &rows[0],
-        "--ids",
-        &rows[1],
-        "--json",
-    ]);
+    let r = hyb(&["logits", &model, "--weights", &weights, "--ids", &rows[0], "--ids", &rows[1], "--json"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let ours: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let ours = ours["logits"].as_array().unwrap();
@@ -234,53 +165,27 @@ fn import_logits_export_from_the_command_line() {
     let flat: Vec<f64> = ours
         .iter()
         .flat_map(|s| {
-            s.as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            s.as_array().unwrap().iter().flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
         })
         .collect();
     let reference = safetensors_f64(&f.join("logits.safetensors"), "logits_f64_pure");
     let max = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = flat
-        .iter()
-        .zip(&reference)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = flat.iter().zip(&reference).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
     assert_eq!(flat.len(), reference.len());
     assert!(err <= 1e-6 * max, "relative error {}", err / max);
 
     let text = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,2,3"]);
     assert!(text.status.success(), "{}", stderr(&text));
     assert_eq!(stdout(&text).lines().count(), 3);
-    let bad = hyb(&[
-        "logits",
-        &model,
-        "--weights",
-        &weights,
-        "--ids",
-        "1,2",
-        "--ids",
-        "3",
-    ]);
+    let bad = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,2", "--ids", "3"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("same length"), "{}", stderr(&bad));
     let oob = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,9999"]);
     assert_eq!(oob.status.code(), Some(2));
-    assert!(
-        stderr(&oob).contains("outside the vocabulary"),
-        "{}",
-        stderr(&oob)
-    );
+    assert!(stderr(&oob).contains("outside the vocabulary"), "{}", stderr(&oob));
 
     let exported = dir.path().join("hf");
-    let r = hyb(&[
-        "export",
-        &model,
-        "--weights",
-        &weights,
-        "-o",
-        exported.to_str().unwrap(),
-    ]);
+    let r = hyb(&["export", &model, "--weights", &weights, "-o", exported.to_str().unwrap()]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(exported.join("config.json").exists() && exported.join("model.safetensors").exists());
 }
@@ -293,23 +198,11 @@ fn import_rejects_unsupported_configs_by_field() {
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["hidden_act"] = "relu".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        src.join("model.safetensors"),
-        dir.path().join("model.safetensors"),
-    )
-    .unwrap();
-    let r = hyb(&[
-        "import",
-        dir.path().to_str().unwrap(),
-        "-o",
-        dir.path().join("out").to_str().unwrap(),
-    ]);
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let r = hyb(&["import", dir.path().to_str().unwrap(), "-o", dir.path().join("out").to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(2));
     assert!(stderr(&r).contains("`hidden_act`"), "{}", stderr(&r));
-    assert!(
-        !dir.path().join("out").exists(),
-        "nothing is written for a rejected config"
-    );
+    assert!(!dir.path().join("out").exists(), "nothing is written for a rejected config");
 }
 
 /// Reads one float tensor (f32 or f64) from a safetensors file.
@@ -319,20 +212,11 @@ fn safetensors_f64(path: &Path, name: &str) -> Vec<f64> {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     let info = &header[name];
     let offsets = info["data_offsets"].as_array().unwrap();
-    let (start, end) = (
-        offsets[0].as_u64().unwrap() as usize,
-        offsets[1].as_u64().unwrap() as usize,
-    );
+    let (start, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
     let data = &bytes[8 + header_len + start..8 + header_len + end];
     match info["dtype"].as_str().unwrap() {
-        "F64" => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        "F32" => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
+        "F64" => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        "F32" => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
         other => panic!("unexpected dtype {other}"),
     }
 }
@@ -345,10 +229,7 @@ fn killing_training_never_corrupts_the_checkpoint() {
     let model = dir.path().join("m.hyb");
     std::fs::write(&model, "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"M*\")\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n}\n").unwrap();
     let run = dir.path().join("run");
-    let (model, run_s) = (
-        model.to_str().unwrap().to_string(),
-        run.to_str().unwrap().to_string(),
-    );
+    let (model, run_s) = (model.to_str().unwrap().to_string(), run.to_str().unwrap().to_string());
     let mut seen_checkpoint = false;
     for attempt in 0..8u64 {
         let mut args = vec![
@@ -385,8 +266,7 @@ fn killing_training_never_corrupts_the_checkpoint() {
         let ckpt = run.join("checkpoint.safetensors");
         if ckpt.exists() {
             seen_checkpoint = true;
-            let (state, _) = hyb_runtime::train::checkpoint::load(&ckpt)
-                .expect("the surviving checkpoint loads");
+            let (state, _) = hyb_runtime::train::checkpoint::load(&ckpt).expect("the surviving checkpoint loads");
             assert!(state.step >= 1 && !state.params.is_empty());
         }
     }

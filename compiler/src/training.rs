@@ -30,14 +30,7 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            clip: Some(1.0),
-            decay_all: false,
-        }
+        AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip: Some(1.0), decay_all: false }
     }
 }
 
@@ -58,14 +51,7 @@ pub struct TrainingGraph {
 }
 
 fn scalar_input(g: &mut Graph, name: &str) -> NodeId {
-    g.add(
-        Op::Input(name.into()),
-        vec![],
-        TensorType {
-            shape: vec![],
-            dtype: DType::F32,
-        },
-    )
+    g.add(Op::Input(name.into()), vec![], TensorType { shape: vec![], dtype: DType::F32 })
 }
 
 /// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
@@ -74,36 +60,18 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let logits = g.outputs[0];
     let shape = g.shape(logits).to_vec();
     let (bt, vocab) = (shape[..2].to_vec(), shape[2].clone());
-    let ids_ty = TensorType {
-        shape: bt.clone(),
-        dtype: DType::I64,
-    };
+    let ids_ty = TensorType { shape: bt.clone(), dtype: DType::I64 };
     let targets = g.add(Op::Input("targets".into()), vec![], ids_ty);
-    let weights = g.add(
-        Op::Input("loss_weights".into()),
-        vec![],
-        TensorType {
-            shape: bt,
-            dtype: DType::F32,
-        },
-    );
+    let weights = g.add(Op::Input("loss_weights".into()), vec![], TensorType { shape: bt, dtype: DType::F32 });
 
     // loss = Σ w · (logsumexp(logits) − logits[target])
-    let max = g.apply(
-        Prim::Max,
-        vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)],
-        vec![logits],
-    );
+    let max = g.apply(Prim::Max, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![logits]);
     let shifted = g.binary(Prim::Sub, logits, max);
     let e = g.unary(Prim::Exp, shifted);
     let s = g.sum(e, -1, true);
     let lse = g.unary(Prim::Log, s);
     let lse = g.binary(Prim::Add, lse, max);
-    let onehot = g.apply(
-        Prim::OneHot,
-        vec![Attr::Tensor, Attr::Int(vocab)],
-        vec![targets],
-    );
+    let onehot = g.apply(Prim::OneHot, vec![Attr::Tensor, Attr::Int(vocab)], vec![targets]);
     let picked = g.binary(Prim::Mul, logits, onehot);
     let picked = g.sum(picked, -1, true);
     let nll = g.binary(Prim::Sub, lse, picked);
@@ -111,9 +79,8 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let weighted = g.binary(Prim::Mul, nll, weights);
     let loss = g.sum_all(weighted);
 
-    let param_nodes: Vec<NodeId> = (0..g.params.len())
-        .map(|p| g.param_node(p).expect("every parameter is used"))
-        .collect();
+    let param_nodes: Vec<NodeId> =
+        (0..g.params.len()).map(|p| g.param_node(p).expect("every parameter is used")).collect();
     let grads = gradients(&mut g, loss, &param_nodes);
 
     let mut norm_sq = None;
@@ -176,8 +143,5 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         names.push(spec.name);
     }
     g.outputs = outputs;
-    TrainingGraph {
-        graph: g,
-        params: names,
-    }
+    TrainingGraph { graph: g, params: names }
 }

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 fn graph_of(example: &str) -> Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(example);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example);
     std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
@@ -31,9 +29,7 @@ fn weights(g: &Graph, seed: u64) -> HashMap<String, Tensor<f64>> {
             let n: usize = p.shape.iter().product();
             let data = (0..n)
                 .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     0.2 * (((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
                 })
                 .collect();
@@ -59,40 +55,20 @@ fn every_example_runs_in_float64_and_float32() {
     ] {
         let g = graph_of(example);
         let w = weights(&g, 1);
-        let vocab = g
-            .params
-            .iter()
-            .find(|p| p.name == "embed_tokens.weight")
-            .unwrap()
-            .shape[0];
+        let vocab = g.params.iter().find(|p| p.name == "embed_tokens.weight").unwrap().shape[0];
         let out = run(&g, &w, &ids(2, 5, vocab)).unwrap();
         assert_eq!(out[0].shape, vec![2, 5, vocab], "{example}");
         assert!(out[0].data.iter().all(|x| x.is_finite()), "{example}");
-        let w32: HashMap<String, Tensor<f32>> = w
-            .iter()
-            .map(|(k, v)| (k.clone(), Tensor::from_f64(v.shape.clone(), &v.data)))
-            .collect();
-        let ids32 = ids(2, 5, vocab)
-            .into_iter()
-            .map(|(k, v)| (k, Tensor::<f32>::from_f64(v.shape.clone(), &v.data)))
-            .collect();
+        let w32: HashMap<String, Tensor<f32>> =
+            w.iter().map(|(k, v)| (k.clone(), Tensor::from_f64(v.shape.clone(), &v.data))).collect();
+        let ids32 =
+            ids(2, 5, vocab).into_iter().map(|(k, v)| (k, Tensor::<f32>::from_f64(v.shape.clone(), &v.data))).collect();
         let out32 = run(&g, &w32, &ids32).unwrap();
         let max = out[0].data.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = out[0]
-            .data
-            .iter()
-            .zip(&out32[0].data)
-            .fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+        let err = out[0].data.iter().zip(&out32[0].data).fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
         // BitNet's quantisers round, so f32 may land on the other side of a rounding edge.
-        let tol = if example.starts_with("bitnet") {
-            1e-2
-        } else {
-            1e-4
-        };
-        assert!(
-            err <= tol * max,
-            "{example}: f32 differs by {err} (max {max})"
-        );
+        let tol = if example.starts_with("bitnet") { 1e-2 } else { 1e-4 };
+        assert!(err <= tol * max, "{example}: f32 differs by {err} (max {max})");
     }
 }
 
@@ -118,15 +94,9 @@ fn bad_weights_and_inputs_are_errors() {
     assert!(matches!(err, RunError::TokenOutOfRange { .. }), "{err}");
     let name = g.params[1].name.clone();
     w.insert(name.clone(), Tensor::zeros(vec![3]));
-    assert!(matches!(
-        run(&g, &w, &ids(1, 3, 256)).unwrap_err(),
-        RunError::ParamShape { .. }
-    ));
+    assert!(matches!(run(&g, &w, &ids(1, 3, 256)).unwrap_err(), RunError::ParamShape { .. }));
     w.remove(&name);
-    assert_eq!(
-        run(&g, &w, &ids(1, 3, 256)).unwrap_err(),
-        RunError::MissingParam(name)
-    );
+    assert_eq!(run(&g, &w, &ids(1, 3, 256)).unwrap_err(), RunError::MissingParam(name));
 }
 
 #[test]
@@ -137,9 +107,7 @@ fn graph_serde_round_trips_and_prints() {
     assert_eq!(back, g);
     let text = g.to_string();
     assert!(
-        text.contains("ssd_scan(")
-            && text.contains("causal_mask(")
-            && text.contains("param layers.0.mamba.A_log"),
+        text.contains("ssd_scan(") && text.contains("causal_mask(") && text.contains("param layers.0.mamba.A_log"),
         "{}",
         &text[..500]
     );

@@ -21,21 +21,13 @@ struct Case {
 }
 
 fn rand(seed: &mut u64) -> f64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
 }
 
 impl Case {
     fn new(seed: u64) -> Case {
-        Case {
-            g: Graph::default(),
-            values: HashMap::new(),
-            inputs: HashMap::new(),
-            wrt: vec![],
-            seed,
-        }
+        Case { g: Graph::default(), values: HashMap::new(), inputs: HashMap::new(), wrt: vec![], seed }
     }
 
     /// A differentiated parameter with values `offset + scale·U(-1, 1)`.
@@ -50,44 +42,23 @@ impl Case {
         self.leaf_of(name, shape, offset, scale, DType::F32)
     }
 
-    fn leaf_of(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        offset: f64,
-        scale: f64,
-        dtype: DType,
-    ) -> NodeId {
+    fn leaf_of(&mut self, name: &str, shape: &[usize], offset: f64, scale: f64, dtype: DType) -> NodeId {
         self.g.params.push(ParamSpec {
             name: name.to_string(),
             shape: shape.to_vec(),
-            init: Init {
-                name: "zeros".into(),
-                args: vec![],
-            },
+            init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
         });
-        let ty = TensorType {
-            shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
-            dtype,
-        };
+        let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype };
         let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|_| offset + scale * rand(&mut self.seed))
-            .collect();
-        self.values
-            .insert(name.to_string(), Tensor::new(shape.to_vec(), data));
+        let data = (0..n).map(|_| offset + scale * rand(&mut self.seed)).collect();
+        self.values.insert(name.to_string(), Tensor::new(shape.to_vec(), data));
         self.g.add(Op::Param(self.g.params.len() - 1), vec![], ty)
     }
 
     /// Loss = Σ y·R for a fixed random R, so every output element matters.
     fn check(self, y: NodeId, tol: f64) {
-        let shape: Vec<usize> = self
-            .g
-            .shape(y)
-            .iter()
-            .map(|d| d.as_const().unwrap() as usize)
-            .collect();
+        let shape: Vec<usize> = self.g.shape(y).iter().map(|d| d.as_const().unwrap() as usize).collect();
         self.check_shaped(y, &shape, tol)
     }
 
@@ -97,8 +68,7 @@ impl Case {
         let r = self.g.add(Op::Input("loss_weights".into()), vec![], ty);
         let n: usize = shape.iter().product();
         let data = (0..n).map(|_| rand(&mut self.seed)).collect();
-        self.inputs
-            .insert("loss_weights".into(), Tensor::new(shape.to_vec(), data));
+        self.inputs.insert("loss_weights".into(), Tensor::new(shape.to_vec(), data));
         let yr = self.g.binary(Prim::Mul, y, r);
         let loss = self.g.sum_all(yr);
         let mut bwd = self.g.clone();
@@ -108,9 +78,7 @@ impl Case {
         let mut fwd = self.g.clone();
         fwd.outputs = vec![loss];
         for (k, &w) in self.wrt.iter().enumerate() {
-            let Op::Param(p) = self.g.nodes[w].op else {
-                unreachable!()
-            };
+            let Op::Param(p) = self.g.nodes[w].op else { unreachable!() };
             let name = self.g.params[p].name.clone();
             let base = self.values[&name].clone();
             let mut worst: f64 = 0.0;
@@ -129,10 +97,7 @@ impl Case {
                 scale = scale.max(numeric.abs());
             }
             self.values.insert(name.clone(), base);
-            assert!(
-                worst <= tol * scale,
-                "gradient of {name}: max error {worst:e} vs scale {scale:e}"
-            );
+            assert!(worst <= tol * scale, "gradient of {name}: max error {worst:e} vs scale {scale:e}");
         }
     }
 }
@@ -148,15 +113,7 @@ fn pointwise_case(prim: Prim, offset: f64) {
 
 #[test]
 fn unary_pointwise() {
-    for prim in [
-        Prim::Neg,
-        Prim::Exp,
-        Prim::Sigmoid,
-        Prim::Silu,
-        Prim::Softplus,
-        Prim::Tanh,
-        Prim::Gelu,
-    ] {
+    for prim in [Prim::Neg, Prim::Exp, Prim::Sigmoid, Prim::Silu, Prim::Softplus, Prim::Tanh, Prim::Gelu] {
         pointwise_case(prim, 0.0);
     }
     for prim in [Prim::Log, Prim::Sqrt, Prim::Rsqrt, Prim::Abs] {
@@ -166,14 +123,7 @@ fn unary_pointwise() {
 
 #[test]
 fn binary_pointwise_with_broadcasting() {
-    for prim in [
-        Prim::Add,
-        Prim::Sub,
-        Prim::Mul,
-        Prim::Div,
-        Prim::Maximum,
-        Prim::Minimum,
-    ] {
+    for prim in [Prim::Add, Prim::Sub, Prim::Mul, Prim::Div, Prim::Maximum, Prim::Minimum] {
         let mut c = Case::new(prim as u64 + 7);
         let a = c.param(&[2, 3], 0.0, 1.0);
         let b = c.param(&[3], 2.0, 0.5);
@@ -191,24 +141,15 @@ fn binary_pointwise_with_broadcasting() {
 fn pow_clamp_cast() {
     let mut c = Case::new(3);
     let x = c.param(&[4], 1.5, 0.5);
-    let y =
-        c.g.apply(Prim::Pow, vec![Attr::Tensor, Attr::Float(2.5)], vec![x]);
+    let y = c.g.apply(Prim::Pow, vec![Attr::Tensor, Attr::Float(2.5)], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(4);
     let x = c.param(&[6], 0.0, 2.0);
-    let y = c.g.apply(
-        Prim::Clamp,
-        vec![Attr::Tensor, Attr::Float(-0.5), Attr::Float(0.7)],
-        vec![x],
-    );
+    let y = c.g.apply(Prim::Clamp, vec![Attr::Tensor, Attr::Float(-0.5), Attr::Float(0.7)], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(5);
     let x = c.param(&[3], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Cast,
-        vec![Attr::Tensor, Attr::Str("f64".into())],
-        vec![x],
-    );
+    let y = c.g.apply(Prim::Cast, vec![Attr::Tensor, Attr::Str("f64".into())], vec![x]);
     c.check(y, TOL);
 }
 
@@ -231,11 +172,7 @@ fn piecewise_constant_ops_have_zero_or_straight_through_gradients() {
         let grads = gradients(&mut c.g, loss, &[x]);
         c.g.outputs = grads;
         let got = run(&c.g, &c.values, &c.inputs).unwrap().remove(0);
-        let want: Vec<f64> = if identity {
-            c.values["r"].data.clone()
-        } else {
-            vec![0.0; 8]
-        };
+        let want: Vec<f64> = if identity { c.values["r"].data.clone() } else { vec![0.0; 8] };
         assert_eq!(got.data, want, "{}", prim.name());
     }
 }
@@ -246,15 +183,7 @@ fn reductions() {
         for (axis, keep) in [(-1, true), (0, false), (1, true)] {
             let mut c = Case::new((prim as u64).wrapping_mul(31).wrapping_add(axis as u64));
             let x = c.param(&[3, 4], 0.0, 1.0);
-            let y = c.g.apply(
-                prim,
-                vec![
-                    Attr::Tensor,
-                    Attr::Int(Dim::constant(axis)),
-                    Attr::Bool(keep),
-                ],
-                vec![x],
-            );
+            let y = c.g.apply(prim, vec![Attr::Tensor, Attr::Int(Dim::constant(axis)), Attr::Bool(keep)], vec![x]);
             c.check(y, TOL);
         }
     }
@@ -268,66 +197,42 @@ fn ints(v: &[i64]) -> Attr {
 fn movement() {
     let mut c = Case::new(30);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
-    let y =
-        c.g.apply(Prim::Reshape, vec![Attr::Tensor, ints(&[6, 4])], vec![x]);
+    let y = c.g.apply(Prim::Reshape, vec![Attr::Tensor, ints(&[6, 4])], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(31);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
-    let y =
-        c.g.apply(Prim::Permute, vec![Attr::Tensor, ints(&[2, 0, 1])], vec![x]);
+    let y = c.g.apply(Prim::Permute, vec![Attr::Tensor, ints(&[2, 0, 1])], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(32);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
     let y = c.g.apply(
         Prim::Transpose,
-        vec![
-            Attr::Tensor,
-            Attr::Int(Dim::constant(0)),
-            Attr::Int(Dim::constant(2)),
-        ],
+        vec![Attr::Tensor, Attr::Int(Dim::constant(0)), Attr::Int(Dim::constant(2))],
         vec![x],
     );
     c.check(y, TOL);
     let mut c = Case::new(33);
     let x = c.param(&[3, 1], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Broadcast,
-        vec![Attr::Tensor, ints(&[2, 3, 4])],
-        vec![x],
-    );
+    let y = c.g.apply(Prim::Broadcast, vec![Attr::Tensor, ints(&[2, 3, 4])], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(34);
     let x = c.param(&[3, 5], 0.0, 1.0);
     let y = c.g.apply(
         Prim::Slice,
-        vec![
-            Attr::Tensor,
-            Attr::Int(Dim::constant(1)),
-            Attr::Int(Dim::constant(1)),
-            Attr::Int(Dim::constant(4)),
-        ],
+        vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(4))],
         vec![x],
     );
     c.check(y, TOL);
     let mut c = Case::new(35);
     let a = c.param(&[2, 3], 0.0, 1.0);
     let b = c.param(&[2, 2], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Concat,
-        vec![Attr::Tensor, Attr::Int(Dim::constant(-1))],
-        vec![a, b],
-    );
+    let y = c.g.apply(Prim::Concat, vec![Attr::Tensor, Attr::Int(Dim::constant(-1))], vec![a, b]);
     c.check(y, TOL);
     let mut c = Case::new(36);
     let x = c.param(&[2, 3], 0.0, 1.0);
     let y = c.g.apply(
         Prim::Pad,
-        vec![
-            Attr::Tensor,
-            Attr::Int(Dim::constant(0)),
-            Attr::Int(Dim::constant(1)),
-            Attr::Int(Dim::constant(2)),
-        ],
+        vec![Attr::Tensor, Attr::Int(Dim::constant(0)), Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(2))],
         vec![x],
     );
     c.check(y, TOL);
@@ -340,15 +245,9 @@ fn embedding_table_gradient() {
     let ids = c.g.add(
         Op::Input("ids".into()),
         vec![],
-        TensorType {
-            shape: vec![Dim::constant(2), Dim::constant(3)],
-            dtype: DType::I64,
-        },
+        TensorType { shape: vec![Dim::constant(2), Dim::constant(3)], dtype: DType::I64 },
     );
-    c.inputs.insert(
-        "ids".into(),
-        Tensor::new(vec![2, 3], vec![4.0, 1.0, 4.0, 0.0, 2.0, 1.0]),
-    );
+    c.inputs.insert("ids".into(), Tensor::new(vec![2, 3], vec![4.0, 1.0, 4.0, 0.0, 2.0, 1.0]));
     let y = c.g.binary(Prim::Embedding, table, ids);
     c.check(y, TOL);
 }
@@ -370,14 +269,8 @@ fn causal_conv1d_with_and_without_bias() {
         let mut c = Case::new(60 + bias as u64);
         let x = c.param(&[2, 5, 3], 0.0, 1.0);
         let w = c.param(&[3, 4], 0.0, 1.0);
-        let (attrs, mut inputs) = (
-            vec![
-                Attr::Tensor,
-                Attr::Tensor,
-                if bias { Attr::Tensor } else { Attr::Absent },
-            ],
-            vec![x, w],
-        );
+        let (attrs, mut inputs) =
+            (vec![Attr::Tensor, Attr::Tensor, if bias { Attr::Tensor } else { Attr::Absent }], vec![x, w]);
         if bias {
             inputs.push(c.param(&[3], 0.0, 1.0));
         }
@@ -395,14 +288,8 @@ fn ssd_scan_all_inputs() {
         let a = c.param(&[heads], -0.8, 0.3);
         let b = c.param(&[2, t, groups, 2], 0.0, 1.0);
         let cm = c.param(&[2, t, groups, 2], 0.0, 1.0);
-        let attrs = vec![
-            Attr::Tensor,
-            Attr::Tensor,
-            Attr::Tensor,
-            Attr::Tensor,
-            Attr::Tensor,
-            Attr::Int(Dim::constant(chunk)),
-        ];
+        let attrs =
+            vec![Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Int(Dim::constant(chunk))];
         let y = c.g.apply(Prim::SsdScan, attrs, vec![x, dt, a, b, cm]);
         c.check(y, TOL);
     }
@@ -412,8 +299,7 @@ fn ssd_scan_all_inputs() {
 fn rope_causal_mask_tril() {
     let mut c = Case::new(80);
     let x = c.param(&[1, 3, 2, 4], 0.0, 1.0);
-    let y =
-        c.g.apply(Prim::Rope, vec![Attr::Tensor, Attr::Float(100.0)], vec![x]);
+    let y = c.g.apply(Prim::Rope, vec![Attr::Tensor, Attr::Float(100.0)], vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(81);
     let x = c.param(&[2, 3, 3], 0.0, 1.0);
@@ -426,11 +312,7 @@ fn rope_causal_mask_tril() {
     c.check(y, TOL);
     let mut c = Case::new(83);
     let x = c.param(&[1, 3, 1, 4], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::RopeGrad,
-        vec![Attr::Tensor, Attr::Float(50.0)],
-        vec![x],
-    );
+    let y = c.g.apply(Prim::RopeGrad, vec![Attr::Tensor, Attr::Float(50.0)], vec![x]);
     c.check(y, TOL);
 }
 
@@ -444,11 +326,7 @@ fn model_case(src: &str, seed: u64) {
             assert!(
                 checked.diagnostics.is_empty(),
                 "{:?}",
-                checked
-                    .diagnostics
-                    .iter()
-                    .map(|d| &d.message)
-                    .collect::<Vec<_>>()
+                checked.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()
             );
             checked.models.into_iter().next().unwrap().1.trace
         })
@@ -469,17 +347,10 @@ fn model_case(src: &str, seed: u64) {
             0.0
         };
         let data = (0..n).map(|_| offset + 0.3 * rand(&mut c.seed)).collect();
-        c.values
-            .insert(p.name.clone(), Tensor::new(p.shape.clone(), data));
+        c.values.insert(p.name.clone(), Tensor::new(p.shape.clone(), data));
         c.wrt.push(c.g.param_node(i).unwrap());
     }
-    c.inputs.insert(
-        "ids".into(),
-        Tensor::new(
-            vec![2, 5],
-            vec![1.0, 5.0, 2.0, 7.0, 3.0, 0.0, 6.0, 6.0, 4.0, 2.0],
-        ),
-    );
+    c.inputs.insert("ids".into(), Tensor::new(vec![2, 5], vec![1.0, 5.0, 2.0, 7.0, 3.0, 0.0, 6.0, 6.0, 4.0, 2.0]));
     c.check_shaped(logits, &[2, 5, 8], TOL);
 }
 

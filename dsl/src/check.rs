@@ -54,11 +54,7 @@ fn finish(loader: Loader) -> Checked {
         }
     }
     dedup(&mut diagnostics);
-    Checked {
-        program,
-        diagnostics,
-        models,
-    }
+    Checked { program, diagnostics, models }
 }
 
 /// One report per (code, place): a block used by many layers would otherwise repeat it.

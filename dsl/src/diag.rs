@@ -116,11 +116,7 @@ impl Diagnostic {
             code,
             message: message.into(),
             help: None,
-            labels: vec![Label {
-                file,
-                span,
-                text: String::new(),
-            }],
+            labels: vec![Label { file, span, text: String::new() }],
         }
     }
 
@@ -136,11 +132,7 @@ impl Diagnostic {
 
     /// Adds a secondary labelled span.
     pub fn with(mut self, file: FileId, span: Span, text: impl Into<String>) -> Self {
-        self.labels.push(Label {
-            file,
-            span,
-            text: text.into(),
-        });
+        self.labels.push(Label { file, span, text: text.into() });
         self
     }
 
@@ -188,8 +180,7 @@ impl Rendered {
                 let note = Diagnostic::new(d.code, l.file, l.span, l.text.clone());
                 let mut r = Rendered::build(&note, sources);
                 r.message = format!("note: {}", l.text);
-                r.labels[0] =
-                    LabeledSpan::new_primary_with_span(None, clamp(l.span, sources.text(l.file)));
+                r.labels[0] = LabeledSpan::new_primary_with_span(None, clamp(l.span, sources.text(l.file)));
                 related.push(r);
             }
         }
@@ -223,9 +214,7 @@ impl miette::Diagnostic for Rendered {
         Some(Box::new(self.code))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.source)
@@ -237,8 +226,6 @@ impl miette::Diagnostic for Rendered {
         if self.related.is_empty() {
             return None;
         }
-        Some(Box::new(
-            self.related.iter().map(|r| r as &dyn miette::Diagnostic),
-        ))
+        Some(Box::new(self.related.iter().map(|r| r as &dyn miette::Diagnostic)))
     }
 }

@@ -26,9 +26,7 @@ impl Dim {
     }
 
     pub fn symbol(name: &str) -> Dim {
-        Dim {
-            terms: BTreeMap::from([(vec![name.to_string()], 1)]),
-        }
+        Dim { terms: BTreeMap::from([(vec![name.to_string()], 1)]) }
     }
 
     pub fn as_const(&self) -> Option<i64> {
@@ -70,11 +68,7 @@ impl Dim {
     }
 
     pub fn neg(&self) -> Option<Dim> {
-        let terms = self
-            .terms
-            .iter()
-            .map(|(m, c)| Some((m.clone(), c.checked_neg()?)))
-            .collect::<Option<_>>()?;
+        let terms = self.terms.iter().map(|(m, c)| Some((m.clone(), c.checked_neg()?))).collect::<Option<_>>()?;
         Some(Dim { terms })
     }
 
@@ -88,9 +82,7 @@ impl Dim {
             for (mb, cb) in &other.terms {
                 let mut m: Vec<String> = ma.iter().chain(mb).cloned().collect();
                 m.sort();
-                let term = Dim {
-                    terms: BTreeMap::from([(m, ca.checked_mul(*cb)?)]),
-                };
+                let term = Dim { terms: BTreeMap::from([(m, ca.checked_mul(*cb)?)]) };
                 out = out.add(&term)?;
             }
         }
@@ -106,11 +98,7 @@ impl Dim {
         if d == 0 {
             return None;
         }
-        let terms = self
-            .terms
-            .iter()
-            .map(|(m, c)| (c % d == 0).then(|| (m.clone(), c / d)))
-            .collect::<Option<_>>()?;
+        let terms = self.terms.iter().map(|(m, c)| (c % d == 0).then(|| (m.clone(), c / d))).collect::<Option<_>>()?;
         Some(Dim { terms })
     }
 
@@ -138,9 +126,7 @@ impl From<Vec<(Vec<String>, i64)>> for Dim {
         let mut out = Dim::default();
         for (mut m, c) in terms {
             m.sort();
-            let term = Dim {
-                terms: BTreeMap::from([(m, c)]),
-            };
+            let term = Dim { terms: BTreeMap::from([(m, c)]) };
             out = out.add(&term).unwrap_or_default();
         }
         out
@@ -153,11 +139,7 @@ impl fmt::Display for Dim {
             return f.write_str("0");
         }
         for (i, (m, c)) in self.terms.iter().rev().enumerate() {
-            let (sign, mag) = if *c < 0 {
-                ("-", c.unsigned_abs())
-            } else {
-                ("+", c.unsigned_abs())
-            };
+            let (sign, mag) = if *c < 0 { ("-", c.unsigned_abs()) } else { ("+", c.unsigned_abs()) };
             match (i, sign) {
                 (0, "-") => f.write_str("-")?,
                 (0, _) => {}
@@ -192,11 +174,7 @@ mod tests {
         let t = Dim::symbol("T");
         let bt = b.mul(&t).unwrap();
         assert_eq!(bt, t.mul(&b).unwrap());
-        let x = bt
-            .mul(&Dim::constant(4))
-            .unwrap()
-            .add(&Dim::constant(2))
-            .unwrap();
+        let x = bt.mul(&Dim::constant(4)).unwrap().add(&Dim::constant(2)).unwrap();
         assert_eq!(x.to_string(), "4*B*T + 2");
         assert_eq!(x.sub(&x).unwrap().as_const(), Some(0));
         assert_eq!(Dim::constant(12).div_exact(&Dim::constant(5)), None);

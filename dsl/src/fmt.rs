@@ -18,12 +18,7 @@ struct Comment {
 
 /// Formats a parsed file; `src` is the text it was parsed from (for comments and blank lines).
 pub fn format(file: &File, src: &str) -> String {
-    let mut p = Printer {
-        out: String::new(),
-        src,
-        comments: comments(src),
-        next: 0,
-    };
+    let mut p = Printer { out: String::new(), src, comments: comments(src), next: 0 };
     let mut prev: Option<&Item> = None;
     for item in &file.items {
         let start = item_start(item);
@@ -70,10 +65,7 @@ fn comments(src: &str) -> Vec<Comment> {
                 let end = src[i..].find('\n').map_or(src.len(), |e| i + e);
                 let is_doc = b.get(i + 2) == Some(&b'/') && b.get(i + 3) != Some(&b'/');
                 if !is_doc {
-                    out.push(Comment {
-                        start: i,
-                        text: src[i..end].trim_end().to_string(),
-                    });
+                    out.push(Comment { start: i, text: src[i..end].trim_end().to_string() });
                 }
                 i = end;
                 continue;
@@ -158,23 +150,13 @@ impl Printer<'_> {
 
     fn block(&mut self, b: &Block) {
         self.docs(&b.docs, 0);
-        let inputs: Vec<String> = b
-            .inputs
-            .iter()
-            .map(|i| format!("{}: {}", i.name.name, tensor_type(&i.ty)))
-            .collect();
+        let inputs: Vec<String> = b.inputs.iter().map(|i| format!("{}: {}", i.name.name, tensor_type(&i.ty))).collect();
         let ret = match &b.ret {
             None => String::new(),
             Some(ts) if ts.len() == 1 => format!(" -> {}", tensor_type(&ts[0])),
-            Some(ts) => format!(
-                " -> ({})",
-                ts.iter().map(tensor_type).collect::<Vec<_>>().join(", ")
-            ),
+            Some(ts) => format!(" -> ({})", ts.iter().map(tensor_type).collect::<Vec<_>>().join(", ")),
         };
-        self.line(
-            0,
-            &format!("block {}({}){ret} {{", b.name.name, inputs.join(", ")),
-        );
+        self.line(0, &format!("block {}({}){ret} {{", b.name.name, inputs.join(", ")));
         self.stmts(&b.body, 1, b.body_end.start);
         self.line(0, "}");
         self.trailing(b.span.end);
@@ -184,11 +166,8 @@ impl Printer<'_> {
         let mut prev_end: Option<usize> = None;
         for s in stmts {
             if let Some(pe) = prev_end {
-                let first = self
-                    .comments
-                    .get(self.next)
-                    .filter(|c| c.start < s.span.start)
-                    .map_or(s.span.start, |c| c.start);
+                let first =
+                    self.comments.get(self.next).filter(|c| c.start < s.span.start).map_or(s.span.start, |c| c.start);
                 if self.blank_between(pe, first) {
                     self.out.push('\n');
                 }
@@ -205,10 +184,7 @@ impl Printer<'_> {
     fn stmt(&mut self, s: &Stmt, indent: usize) {
         match &s.kind {
             StmtKind::Config(items) => {
-                let parts: Vec<(Docs, String)> = items
-                    .iter()
-                    .map(|c| (c.docs.clone(), config_text(c)))
-                    .collect();
+                let parts: Vec<(Docs, String)> = items.iter().map(|c| (c.docs.clone(), config_text(c))).collect();
                 self.list_decl("config", parts, indent);
             }
             StmtKind::Mup(items) => self.list_decl("mup", mup_parts(items), indent),
@@ -229,14 +205,7 @@ impl Printer<'_> {
     /// `config a: int, b: float` on one line when it fits and no item has docs; else one
     /// item per line.
     fn list_decl(&mut self, keyword: &str, parts: Vec<(Docs, String)>, indent: usize) {
-        let one = format!(
-            "{keyword} {}",
-            parts
-                .iter()
-                .map(|p| p.1.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let one = format!("{keyword} {}", parts.iter().map(|p| p.1.as_str()).collect::<Vec<_>>().join(", "));
         if parts.iter().all(|p| p.0.is_empty()) && indent * 4 + one.len() <= WIDTH {
             self.line(indent, &one);
             return;
@@ -256,11 +225,8 @@ impl Printer<'_> {
         let mut prev_end: Option<usize> = None;
         for e in &m.entries {
             if let Some(pe) = prev_end {
-                let first = self
-                    .comments
-                    .get(self.next)
-                    .filter(|c| c.start < e.span.start)
-                    .map_or(e.span.start, |c| c.start);
+                let first =
+                    self.comments.get(self.next).filter(|c| c.start < e.span.start).map_or(e.span.start, |c| c.start);
                 if self.blank_between(pe, first) {
                     self.out.push('\n');
                 }
@@ -273,21 +239,13 @@ impl Printer<'_> {
                     self.line(1, &text);
                 }
                 ModelEntryKind::Mup(items) => self.list_decl("mup", mup_parts(items), 1),
-                ModelEntryKind::Override {
-                    first, last, args, ..
-                } => {
+                ModelEntryKind::Override { first, last, args, .. } => {
                     let range = match last {
                         Some(l) => format!("{first}..{l}"),
                         None => first.to_string(),
                     };
-                    let args: Vec<String> = args
-                        .iter()
-                        .map(|(n, v)| format!("{} = {}", n.name, flat(v)))
-                        .collect();
-                    self.line(
-                        1,
-                        &format!("override layers[{range}] {{ {} }}", args.join(", ")),
-                    );
+                    let args: Vec<String> = args.iter().map(|(n, v)| format!("{} = {}", n.name, flat(v))).collect();
+                    self.line(1, &format!("override layers[{range}] {{ {} }}", args.join(", ")));
                 }
             }
             self.trailing(e.span.end);
@@ -314,27 +272,16 @@ impl Printer<'_> {
         let close = INDENT.repeat(indent);
         match e.kind.as_ref() {
             ExprKind::Call(c) if !c.args.is_empty() => {
-                let args: Vec<String> = c
-                    .args
-                    .iter()
-                    .map(|a| format!("{pad}{},\n", self.arg(a, indent + 1)))
-                    .collect();
+                let args: Vec<String> = c.args.iter().map(|a| format!("{pad}{},\n", self.arg(a, indent + 1))).collect();
                 format!("{}(\n{}{close})", c.callee.name, args.concat())
             }
             ExprKind::List(items) if !items.is_empty() => {
-                let items: Vec<String> = items
-                    .iter()
-                    .map(|i| format!("{pad}{},\n", self.expr(i, indent + 1, 1)))
-                    .collect();
+                let items: Vec<String> =
+                    items.iter().map(|i| format!("{pad}{},\n", self.expr(i, indent + 1, 1))).collect();
                 format!("[\n{}{close}]", items.concat())
             }
             ExprKind::Binary(op, a, b) => {
-                format!(
-                    "{} {} {}",
-                    operand(a, *op, false),
-                    op.symbol(),
-                    self.operand_broken(b, *op, indent)
-                )
+                format!("{} {} {}", operand(a, *op, false), op.symbol(), self.operand_broken(b, *op, indent))
             }
             ExprKind::If(c, t, o) => self.if_broken(c, t, o, indent),
             _ => flat(e),
@@ -376,12 +323,7 @@ impl Printer<'_> {
     }
 
     fn branch_body(&self, b: &Branch, indent: usize) -> String {
-        let mut sub = Printer {
-            out: String::new(),
-            src: self.src,
-            comments: Vec::new(),
-            next: 0,
-        };
+        let mut sub = Printer { out: String::new(), src: self.src, comments: Vec::new(), next: 0 };
         for st in &b.stmts {
             sub.docs(&st.docs, indent);
             sub.stmt(st, indent);
@@ -398,15 +340,7 @@ impl Printer<'_> {
 }
 
 fn mup_parts(items: &[MupItem]) -> Vec<(Docs, String)> {
-    items
-        .iter()
-        .map(|m| {
-            (
-                m.docs.clone(),
-                format!("{} = {}", m.name.name, flat(&m.value)),
-            )
-        })
-        .collect()
+    items.iter().map(|m| (m.docs.clone(), format!("{} = {}", m.name.name, flat(&m.value)))).collect()
 }
 
 pub fn tensor_type(t: &TensorType) -> String {
@@ -437,8 +371,7 @@ fn flat_call(c: &Call) -> String {
 fn needs_parens(child: &Expr, parent: BinOp, right: bool) -> bool {
     match child.kind.as_ref() {
         ExprKind::Binary(op, _, _) => {
-            op.precedence() < parent.precedence()
-                || (right && op.precedence() == parent.precedence())
+            op.precedence() < parent.precedence() || (right && op.precedence() == parent.precedence())
         }
         ExprKind::If(..) => true,
         _ => false,
@@ -461,10 +394,7 @@ pub fn flat(e: &Expr) -> String {
         ExprKind::Bool(b) => b.to_string(),
         ExprKind::Str(s) => format!("\"{}\"", escape(s)),
         ExprKind::Name(n) => n.clone(),
-        ExprKind::List(items) => format!(
-            "[{}]",
-            items.iter().map(flat).collect::<Vec<_>>().join(", ")
-        ),
+        ExprKind::List(items) => format!("[{}]", items.iter().map(flat).collect::<Vec<_>>().join(", ")),
         ExprKind::Paren(inner) => format!("({})", flat(inner)),
         ExprKind::Call(c) => flat_call(c),
         ExprKind::Unary(op, inner) => {
@@ -474,12 +404,7 @@ pub fn flat(e: &Expr) -> String {
                 _ => format!("{sym}{}", flat(inner)),
             }
         }
-        ExprKind::Binary(op, a, b) => format!(
-            "{} {} {}",
-            operand(a, *op, false),
-            op.symbol(),
-            operand(b, *op, true)
-        ),
+        ExprKind::Binary(op, a, b) => format!("{} {} {}", operand(a, *op, false), op.symbol(), operand(b, *op, true)),
         ExprKind::Index(base, items) => {
             let base_s = match base.kind.as_ref() {
                 ExprKind::Binary(..) | ExprKind::Unary(..) | ExprKind::If(..) => {
@@ -553,11 +478,7 @@ fn flat_stmt(s: &Stmt) -> String {
 }
 
 fn config_text(c: &ConfigItem) -> String {
-    let d = c
-        .default
-        .as_ref()
-        .map(|e| format!(" = {}", flat(e)))
-        .unwrap_or_default();
+    let d = c.default.as_ref().map(|e| format!(" = {}", flat(e))).unwrap_or_default();
     format!("{}: {}{d}", c.name.name, c.ty.keyword())
 }
 
@@ -576,11 +497,7 @@ fn param_text(p: &ParamDecl) -> String {
 fn multiline(e: &Expr) -> bool {
     match e.kind.as_ref() {
         ExprKind::If(c, t, o) => {
-            !t.stmts.is_empty()
-                || !o.stmts.is_empty()
-                || multiline(c)
-                || multiline(&t.value)
-                || multiline(&o.value)
+            !t.stmts.is_empty() || !o.stmts.is_empty() || multiline(c) || multiline(&t.value) || multiline(&o.value)
         }
         ExprKind::Call(c) => c.args.iter().any(|a| match a {
             Arg::Positional(e) | Arg::Named(_, e) => multiline(e),
@@ -602,8 +519,5 @@ fn float(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-        .replace('\t', "\\t")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\t', "\\t")
 }

@@ -15,26 +15,10 @@ pub const INITS: &[InitFn] = &[
         params: &[("std", Some(0.02)), ("mean", Some(0.0))],
         doc: "Gaussian; under µP its std is rescaled by the parameter's role",
     },
-    InitFn {
-        name: "uniform",
-        params: &[("low", None), ("high", None)],
-        doc: "uniform on [low, high)",
-    },
-    InitFn {
-        name: "zeros",
-        params: &[],
-        doc: "all zeros",
-    },
-    InitFn {
-        name: "ones",
-        params: &[],
-        doc: "all ones",
-    },
-    InitFn {
-        name: "constant",
-        params: &[("value", None)],
-        doc: "every element equal to `value`",
-    },
+    InitFn { name: "uniform", params: &[("low", None), ("high", None)], doc: "uniform on [low, high)" },
+    InitFn { name: "zeros", params: &[], doc: "all zeros" },
+    InitFn { name: "ones", params: &[], doc: "all ones" },
+    InitFn { name: "constant", params: &[("value", None)], doc: "every element equal to `value`" },
     InitFn {
         name: "mamba_a_log",
         params: &[("low", Some(1.0)), ("high", Some(16.0))],
@@ -42,11 +26,7 @@ pub const INITS: &[InitFn] = &[
     },
     InitFn {
         name: "mamba_dt_bias",
-        params: &[
-            ("dt_min", Some(0.001)),
-            ("dt_max", Some(0.1)),
-            ("floor", Some(1e-4)),
-        ],
+        params: &[("dt_min", Some(0.001)), ("dt_max", Some(0.1)), ("floor", Some(1e-4))],
         doc: "inverse softplus of dt drawn log-uniformly from [dt_min, dt_max] (Mamba-2's dt_bias)",
     },
 ];

@@ -21,30 +21,18 @@ type PResult<T> = Result<T, Diagnostic>;
 /// Parses one file. Returns every syntax problem the pre-scan finds, else pest's first error.
 pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     if text.trim().is_empty() {
-        let d = Diagnostic::new(
-            Code::EmptyFile,
-            file,
-            Span::new(0, text.len()),
-            "the file is empty",
-        )
-        .label("nothing to parse")
-        .help("a .hyb file holds imports, `block` and `model` definitions; see docs/language.md");
+        let d = Diagnostic::new(Code::EmptyFile, file, Span::new(0, text.len()), "the file is empty")
+            .label("nothing to parse")
+            .help("a .hyb file holds imports, `block` and `model` definitions; see docs/language.md");
         return Err(vec![d]);
     }
     let problems = prescan(file, text);
     if !problems.is_empty() {
         return Err(problems);
     }
-    let mut pairs =
-        HybParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let root = pairs
-        .next()
-        .expect("the file rule always produces one pair");
-    let b = Builder {
-        file,
-        src: text,
-        nested: std::cell::Cell::new(0),
-    };
+    let mut pairs = HybParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
+    let root = pairs.next().expect("the file rule always produces one pair");
+    let b = Builder { file, src: text, nested: std::cell::Cell::new(0) };
     b.file(root).map_err(|d| vec![d])
 }
 
@@ -66,22 +54,13 @@ fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
                 let start = i;
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' && i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
-                        2
-                    } else {
-                        1
-                    };
+                    i += if bytes[i] == b'\\' && i + 1 < bytes.len() && bytes[i + 1] != b'\n' { 2 } else { 1 };
                 }
                 if i >= bytes.len() || bytes[i] == b'\n' {
                     out.push(
-                        Diagnostic::new(
-                            Code::UnterminatedString,
-                            file,
-                            Span::new(start, i),
-                            "unterminated string",
-                        )
-                        .label("this string is never closed")
-                        .help("close it with `\"` on the same line"),
+                        Diagnostic::new(Code::UnterminatedString, file, Span::new(start, i), "unterminated string")
+                            .label("this string is never closed")
+                            .help("close it with `\"` on the same line"),
                     );
                 }
             }
@@ -89,14 +68,9 @@ fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
                 depth += 1;
                 if depth > MAX_NESTING {
                     out.push(
-                        Diagnostic::new(
-                            Code::NestingTooDeep,
-                            file,
-                            Span::new(i, i + 1),
-                            "brackets nested too deeply",
-                        )
-                        .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
-                        .help("split the expression into named steps"),
+                        Diagnostic::new(Code::NestingTooDeep, file, Span::new(i, i + 1), "brackets nested too deeply")
+                            .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
+                            .help("split the expression into named steps"),
                     );
                     return out;
                 }
@@ -115,14 +89,7 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
         InputLocation::Pos(p) => (p, p),
         InputLocation::Span((s, e)) => (s, e),
     };
-    let end = if end == start {
-        text[start..]
-            .chars()
-            .next()
-            .map_or(start, |c| start + c.len_utf8())
-    } else {
-        end
-    };
+    let end = if end == start { text[start..].chars().next().map_or(start, |c| start + c.len_utf8()) } else { end };
     let found = match text[start..].chars().next() {
         None => "end of file".to_string(),
         Some(_) => format!("`{}`", token_at(&text[start..])),
@@ -149,9 +116,7 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
 fn token_at(s: &str) -> String {
     let first = s.chars().next().unwrap_or(' ');
     if first.is_alphanumeric() || first == '_' {
-        s.chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
-            .collect()
+        s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect()
     } else {
         first.to_string()
     }
@@ -168,28 +133,19 @@ fn one_of(names: &[&str]) -> String {
 fn rule_name(r: Rule) -> Option<&'static str> {
     Some(match r {
         Rule::EOI => "end of file",
-        Rule::import | Rule::block_def | Rule::model_def | Rule::item => {
-            "`import`, `block` or `model`"
-        }
+        Rule::import | Rule::block_def | Rule::model_def | Rule::item => "`import`, `block` or `model`",
         Rule::ident | Rule::name => "a name",
         Rule::module_path => "a module path like `std.attention`",
         Rule::tensor_type => "a tensor type like `[B, T, d]`",
-        Rule::stmt
-        | Rule::config_decl
-        | Rule::mup_decl
-        | Rule::param_decl
-        | Rule::return_stmt
-        | Rule::let_stmt => "a statement",
-        Rule::scalar_type => "a type (`int`, `float`, `bool` or `string`)",
-        Rule::expr | Rule::operand | Rule::call | Rule::list | Rule::paren | Rule::if_expr => {
-            "an expression"
+        Rule::stmt | Rule::config_decl | Rule::mup_decl | Rule::param_decl | Rule::return_stmt | Rule::let_stmt => {
+            "a statement"
         }
+        Rule::scalar_type => "a type (`int`, `float`, `bool` or `string`)",
+        Rule::expr | Rule::operand | Rule::call | Rule::list | Rule::paren | Rule::if_expr => "an expression",
         Rule::float_lit | Rule::int_lit => "a number",
         Rule::string_lit => "a string",
         Rule::bool_lit => "`true` or `false`",
-        Rule::or | Rule::and | Rule::eq | Rule::ne | Rule::le | Rule::ge | Rule::lt | Rule::gt => {
-            "an operator"
-        }
+        Rule::or | Rule::and | Rule::eq | Rule::ne | Rule::le | Rule::ge | Rule::lt | Rule::gt => "an operator",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
         Rule::index => "`[`",
         Rule::named_arg => "a named argument",
@@ -272,10 +228,7 @@ impl Builder<'_> {
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident {
-            name: p.as_str().to_string(),
-            span: self.span(&p),
-        }
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
     }
 
     fn import(&self, p: Pair<Rule>) -> Import {
@@ -306,27 +259,12 @@ impl Builder<'_> {
         let mut ret = None;
         let mut next = it.next().unwrap();
         if next.as_rule() == Rule::ret_type {
-            ret = Some(
-                next.into_inner()
-                    .map(|t| self.tensor_type(t))
-                    .collect::<PResult<_>>()?,
-            );
+            ret = Some(next.into_inner().map(|t| self.tensor_type(t)).collect::<PResult<_>>()?);
             next = it.next().unwrap();
         }
         let body_span = self.span(&next);
-        let body = next
-            .into_inner()
-            .map(|s| self.stmt(s))
-            .collect::<PResult<_>>()?;
-        Ok(Block {
-            docs,
-            name,
-            inputs,
-            ret,
-            body,
-            body_end: Span::new(body_span.end - 1, body_span.end),
-            span: sp,
-        })
+        let body = next.into_inner().map(|s| self.stmt(s)).collect::<PResult<_>>()?;
+        Ok(Block { docs, name, inputs, ret, body, body_end: Span::new(body_span.end - 1, body_span.end), span: sp })
     }
 
     fn tensor_type(&self, p: Pair<Rule>) -> PResult<TensorType> {
@@ -361,13 +299,7 @@ impl Builder<'_> {
                             _ => ScalarType::String,
                         };
                         let default = ci.next().map(|e| self.expr(e)).transpose()?;
-                        Ok(ConfigItem {
-                            docs,
-                            name,
-                            ty,
-                            ty_span: self.span(&ty_pair),
-                            default,
-                        })
+                        Ok(ConfigItem { docs, name, ty, ty_span: self.span(&ty_pair), default })
                     })
                     .collect::<PResult<_>>()?,
             ),
@@ -384,12 +316,7 @@ impl Builder<'_> {
                         _ => role = Some(self.ident(rest)),
                     }
                 }
-                StmtKind::Param(ParamDecl {
-                    name,
-                    ty,
-                    init,
-                    role,
-                })
+                StmtKind::Param(ParamDecl { name, ty, init, role })
             }
             Rule::return_stmt => StmtKind::Return(self.expr(s.into_inner().next().unwrap())?),
             Rule::let_stmt => {
@@ -400,11 +327,7 @@ impl Builder<'_> {
             }
             r => unreachable!("stmt: {r:?}"),
         };
-        Ok(Stmt {
-            docs,
-            kind,
-            span: sp,
-        })
+        Ok(Stmt { docs, kind, span: sp })
     }
 
     fn mup_items(&self, p: Pair<Rule>) -> PResult<Vec<MupItem>> {
@@ -445,39 +368,19 @@ impl Builder<'_> {
                     let first = bounds.next().unwrap()?;
                     let last = bounds.next().transpose()?;
                     let args = oi.map(|a| self.named_arg(a)).collect::<PResult<_>>()?;
-                    ModelEntryKind::Override {
-                        first,
-                        last,
-                        range_span,
-                        args,
-                    }
+                    ModelEntryKind::Override { first, last, range_span, args }
                 }
                 r => unreachable!("model entry: {r:?}"),
             };
-            entries.push(ModelEntry {
-                docs,
-                kind,
-                span: esp,
-            });
+            entries.push(ModelEntry { docs, kind, span: esp });
         }
-        Ok(Model {
-            docs,
-            name,
-            entries,
-            body_end: Span::new(sp.end - 1, sp.end),
-            span: sp,
-        })
+        Ok(Model { docs, name, entries, body_end: Span::new(sp.end - 1, sp.end), span: sp })
     }
 
     fn layer_index(&self, p: Pair<Rule>) -> PResult<u32> {
         p.as_str().parse().map_err(|_| {
-            Diagnostic::new(
-                Code::InvalidNumber,
-                self.file,
-                self.span(&p),
-                "layer index is too large",
-            )
-            .label("not a valid layer index")
+            Diagnostic::new(Code::InvalidNumber, self.file, self.span(&p), "layer index is too large")
+                .label("not a valid layer index")
         })
     }
 
@@ -497,11 +400,7 @@ impl Builder<'_> {
                 _ => self.expr(a).map(Arg::Positional),
             })
             .collect::<PResult<_>>()?;
-        Ok(Call {
-            callee,
-            args,
-            span: sp,
-        })
+        Ok(Call { callee, args, span: sp })
     }
 
     /// Operator precedence by shunting-yard: iterative, so long operator chains cannot
@@ -543,10 +442,7 @@ impl Builder<'_> {
                 }
                 rule => {
                     let op = (binop(rule), self.span(&part));
-                    while ops
-                        .last()
-                        .is_some_and(|top| top.0.precedence() >= op.0.precedence())
-                    {
+                    while ops.last().is_some_and(|top| top.0.precedence() >= op.0.precedence()) {
                         reduce(&mut operands, ops.pop().unwrap())?;
                     }
                     ops.push(op);
@@ -562,14 +458,9 @@ impl Builder<'_> {
     }
 
     fn too_deep(&self, at: Span) -> Diagnostic {
-        Diagnostic::new(
-            Code::NestingTooDeep,
-            self.file,
-            at,
-            "expression nested too deeply",
-        )
-        .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
-        .help("split the expression into named steps")
+        Diagnostic::new(Code::NestingTooDeep, self.file, at, "expression nested too deeply")
+            .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
+            .help("split the expression into named steps")
     }
 
     fn operand(&self, p: Pair<Rule>) -> PResult<Expr> {
@@ -595,10 +486,7 @@ impl Builder<'_> {
                     _ => self.expr(item).map(IndexItem::At),
                 })
                 .collect::<PResult<_>>()?;
-            e = Expr {
-                kind: Box::new(ExprKind::Index(e, items)),
-                span: sp,
-            };
+            e = Expr { kind: Box::new(ExprKind::Index(e, items)), span: sp };
         }
         Ok(e)
     }
@@ -607,14 +495,9 @@ impl Builder<'_> {
         let sp = self.span(&p);
         let kind = match p.as_rule() {
             Rule::int_lit => ExprKind::Int(p.as_str().parse().map_err(|_| {
-                Diagnostic::new(
-                    Code::InvalidNumber,
-                    self.file,
-                    sp,
-                    format!("integer `{}` is too large", p.as_str()),
-                )
-                .label("does not fit in 64 bits")
-                .help("integers must lie within ±9223372036854775807")
+                Diagnostic::new(Code::InvalidNumber, self.file, sp, format!("integer `{}` is too large", p.as_str()))
+                    .label("does not fit in 64 bits")
+                    .help("integers must lie within ±9223372036854775807")
             })?),
             Rule::float_lit => {
                 let v: f64 = p.as_str().parse().unwrap_or(f64::INFINITY);
@@ -633,20 +516,13 @@ impl Builder<'_> {
             Rule::bool_lit => ExprKind::Bool(p.as_str() == "true"),
             Rule::string_lit => ExprKind::Str(unescape(p.into_inner().next().unwrap().as_str())),
             Rule::name => ExprKind::Name(p.as_str().to_string()),
-            Rule::list => ExprKind::List(
-                p.into_inner()
-                    .map(|e| self.expr(e))
-                    .collect::<PResult<_>>()?,
-            ),
+            Rule::list => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect::<PResult<_>>()?),
             Rule::paren => ExprKind::Paren(self.expr(p.into_inner().next().unwrap())?),
             Rule::call => ExprKind::Call(self.call(p)?),
             Rule::if_expr => return self.if_expr(p),
             r => unreachable!("primary: {r:?}"),
         };
-        Ok(Expr {
-            kind: Box::new(kind),
-            span: sp,
-        })
+        Ok(Expr { kind: Box::new(kind), span: sp })
     }
 
     /// `if a {…} else if b {…} else {…}`: the grammar lists the arms (so long chains do not
@@ -670,23 +546,13 @@ impl Builder<'_> {
         let mut result = None;
         while let Some((cond, then, start)) = conds.pop() {
             let is_first = conds.is_empty();
-            let span = if is_first {
-                sp
-            } else {
-                Span::new(start, sp.end)
-            };
-            let e = Expr {
-                kind: Box::new(ExprKind::If(cond, then, otherwise)),
-                span,
-            };
+            let span = if is_first { sp } else { Span::new(start, sp.end) };
+            let e = Expr { kind: Box::new(ExprKind::If(cond, then, otherwise)), span };
             if is_first {
                 result = Some(e);
                 break;
             }
-            otherwise = Branch {
-                stmts: Vec::new(),
-                value: e,
-            };
+            otherwise = Branch { stmts: Vec::new(), value: e };
         }
         self.nested.set(self.nested.get().max(arms));
         Ok(result.unwrap())
@@ -695,10 +561,7 @@ impl Builder<'_> {
     fn branch(&self, p: Pair<Rule>) -> PResult<Branch> {
         let mut parts: Vec<Pair<Rule>> = p.into_inner().collect();
         let value = self.expr(parts.pop().unwrap())?;
-        let stmts = parts
-            .into_iter()
-            .map(|s| self.stmt(s))
-            .collect::<PResult<_>>()?;
+        let stmts = parts.into_iter().map(|s| self.stmt(s)).collect::<PResult<_>>()?;
         Ok(Branch { stmts, value })
     }
 }
@@ -709,18 +572,9 @@ fn fold_unary(op: UnaryOp, sp: Span, e: Expr) -> Expr {
     let kind = match (op, *e.kind) {
         (UnaryOp::Neg, ExprKind::Int(v)) => ExprKind::Int(-v),
         (UnaryOp::Neg, ExprKind::Float(v)) => ExprKind::Float(-v),
-        (op, kind) => ExprKind::Unary(
-            op,
-            Expr {
-                kind: Box::new(kind),
-                span: e.span,
-            },
-        ),
+        (op, kind) => ExprKind::Unary(op, Expr { kind: Box::new(kind), span: e.span }),
     };
-    Expr {
-        kind: Box::new(kind),
-        span,
-    }
+    Expr { kind: Box::new(kind), span }
 }
 
 fn binop(r: Rule) -> BinOp {

@@ -114,31 +114,17 @@ pub struct Param {
 }
 
 const fn req(name: &'static str, kind: Kind) -> Param {
-    Param {
-        name,
-        kind,
-        default: Default::Required,
-    }
+    Param { name, kind, default: Default::Required }
 }
 const fn opt(name: &'static str, kind: Kind, default: Default) -> Param {
-    Param {
-        name,
-        kind,
-        default,
-    }
+    Param { name, kind, default }
 }
 
 const X: Param = req("x", Kind::Tensor);
 const UNARY: &[Param] = &[req("x", Kind::TensorOrScalar)];
-const BINARY: &[Param] = &[
-    req("a", Kind::TensorOrScalar),
-    req("b", Kind::TensorOrScalar),
-];
-const REDUCE: &[Param] = &[
-    X,
-    opt("axis", Kind::Int, Default::Int(-1)),
-    opt("keepdim", Kind::Bool, Default::Bool(true)),
-];
+const BINARY: &[Param] = &[req("a", Kind::TensorOrScalar), req("b", Kind::TensorOrScalar)];
+const REDUCE: &[Param] =
+    &[X, opt("axis", Kind::Int, Default::Int(-1)), opt("keepdim", Kind::Bool, Default::Bool(true))];
 
 /// An argument after binding: what a shape rule sees.
 #[derive(Clone, Debug)]
@@ -181,18 +167,10 @@ impl Ctx {
 type Out = Result<Vec<(Shape, DType)>, RuleError>;
 
 fn err(arg: usize, message: impl Into<String>) -> RuleError {
-    RuleError {
-        arg,
-        rank: false,
-        message: message.into(),
-    }
+    RuleError { arg, rank: false, message: message.into() }
 }
 fn rank_err(arg: usize, message: impl Into<String>) -> RuleError {
-    RuleError {
-        arg,
-        rank: true,
-        message: message.into(),
-    }
+    RuleError { arg, rank: true, message: message.into() }
 }
 
 impl Prim {
@@ -327,15 +305,7 @@ impl Prim {
             Prim::Sum | Prim::Max | Prim::Mean => REDUCE,
             Prim::Reshape => const { &[X, req("shape", Ints)] },
             Prim::Permute => const { &[X, req("dims", Ints)] },
-            Prim::Transpose => {
-                const {
-                    &[
-                        X,
-                        opt("dim0", Int, Default::Int(-2)),
-                        opt("dim1", Int, Default::Int(-1)),
-                    ]
-                }
-            }
+            Prim::Transpose => const { &[X, opt("dim0", Int, Default::Int(-2)), opt("dim1", Int, Default::Int(-1))] },
             Prim::Broadcast => const { &[X, req("shape", Ints)] },
             Prim::Slice => const { &[X, req("axis", Int), req("start", Int), req("end", Int)] },
             Prim::Concat => const { &[req("xs", Tensors), opt("axis", Int, Default::Int(-1))] },
@@ -351,15 +321,7 @@ impl Prim {
                     ]
                 }
             }
-            Prim::CausalConv1d => {
-                const {
-                    &[
-                        X,
-                        req("weight", Tensor),
-                        opt("bias", OptTensor, Default::Absent),
-                    ]
-                }
-            }
+            Prim::CausalConv1d => const { &[X, req("weight", Tensor), opt("bias", OptTensor, Default::Absent)] },
             Prim::SsdScan => {
                 const {
                     &[
@@ -380,12 +342,8 @@ impl Prim {
             Prim::OneHot => const { &[req("ids", Tensor), req("depth", Int)] },
             Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
             Prim::RopeGrad => const { &[X, req("theta", Float)] },
-            Prim::EmbeddingGrad => {
-                const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int)] }
-            }
-            Prim::CausalConv1dGrad => {
-                const { &[X, req("weight", Tensor), req("dy", Tensor), req("wrt", Int)] }
-            }
+            Prim::EmbeddingGrad => const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int)] },
+            Prim::CausalConv1dGrad => const { &[X, req("weight", Tensor), req("dy", Tensor), req("wrt", Int)] },
             Prim::SsdScanGrad => {
                 const {
                     &[
@@ -405,9 +363,7 @@ impl Prim {
 
     /// Whether the op is applied element by element (and so also folds on known scalars).
     pub fn is_pointwise(self) -> bool {
-        self.signature()
-            .first()
-            .is_some_and(|p| p.kind == Kind::TensorOrScalar)
+        self.signature().first().is_some_and(|p| p.kind == Kind::TensorOrScalar)
     }
 
     /// The value of a pointwise op on known scalars, in float64.
@@ -478,20 +434,15 @@ impl Prim {
             Prim::Tril => {
                 let (s, d) = t(0);
                 if s.len() < 2 {
-                    return Err(rank_err(
-                        0,
-                        format!("tril needs at least 2 dims, got {}", shape_string(&s)),
-                    ));
+                    return Err(rank_err(0, format!("tril needs at least 2 dims, got {}", shape_string(&s))));
                 }
                 Ok(vec![(s, d)])
             }
             Prim::Pad => {
                 let (mut s, d) = t(0);
                 let axis = resolve_axis(&int(1), s.len(), 1)?;
-                s[axis] = s[axis]
-                    .add(&int(2))
-                    .and_then(|x| x.add(&int(3)))
-                    .ok_or_else(|| err(2, "pad size overflows"))?;
+                s[axis] =
+                    s[axis].add(&int(2)).and_then(|x| x.add(&int(3))).ok_or_else(|| err(2, "pad size overflows"))?;
                 Ok(vec![(s, d)])
             }
             Prim::EmbeddingGrad => {
@@ -520,13 +471,7 @@ impl Prim {
             Prim::Clamp | Prim::CausalMask | Prim::TernaryQuant | Prim::Int8Quant => {
                 let (s, d) = t(0);
                 if self == Prim::CausalMask && s.len() < 2 {
-                    return Err(rank_err(
-                        0,
-                        format!(
-                            "causal_mask needs at least 2 dims, got {}",
-                            shape_string(&s)
-                        ),
-                    ));
+                    return Err(rank_err(0, format!("causal_mask needs at least 2 dims, got {}", shape_string(&s))));
                 }
                 Ok(vec![(s, d)])
             }
@@ -535,7 +480,9 @@ impl Prim {
                 match &args[1] {
                     Arg::Str(Some(name)) => match DType::parse(name) {
                         Some(d) => Ok(vec![(s, d)]),
-                        None => Err(err(1, format!("unknown dtype `{name}`; expected one of f64 f32 bf16 f16 i64 i32 i8"))),
+                        None => {
+                            Err(err(1, format!("unknown dtype `{name}`; expected one of f64 f32 bf16 f16 i64 i32 i8")))
+                        }
                     },
                     _ => Ok(vec![(s, DType::F32)]),
                 }
@@ -557,12 +504,7 @@ impl Prim {
                 if dims.len() != s.len() {
                     return Err(rank_err(
                         1,
-                        format!(
-                            "permute of a rank-{} tensor needs {} dims, got {}",
-                            s.len(),
-                            s.len(),
-                            dims.len()
-                        ),
+                        format!("permute of a rank-{} tensor needs {} dims, got {}", s.len(), s.len(), dims.len()),
                     ));
                 }
                 let mut seen = vec![false; s.len()];
@@ -589,11 +531,7 @@ impl Prim {
                 if s.len() > target.len() {
                     return Err(rank_err(
                         1,
-                        format!(
-                            "cannot broadcast {} to the lower rank {}",
-                            shape_string(&s),
-                            shape_string(&target)
-                        ),
+                        format!("cannot broadcast {} to the lower rank {}", shape_string(&s), shape_string(&target)),
                     ));
                 }
                 let offset = target.len() - s.len();
@@ -601,11 +539,7 @@ impl Prim {
                     if dim.as_const() != Some(1) && ctx.differ(dim, &target[offset + i]) {
                         return Err(err(
                             1,
-                            format!(
-                                "cannot broadcast {} to {}",
-                                shape_string(&s),
-                                shape_string(&target)
-                            ),
+                            format!("cannot broadcast {} to {}", shape_string(&s), shape_string(&target)),
                         ));
                     }
                 }
@@ -615,17 +549,10 @@ impl Prim {
                 let (mut s, d) = t(0);
                 let axis = resolve_axis(&int(1), s.len(), 1)?;
                 let (start, end) = (int(2), int(3));
-                let len = end
-                    .sub(&start)
-                    .ok_or_else(|| err(3, "slice bounds overflow"))?;
-                if let (Some(a), Some(b), Some(n)) =
-                    (start.as_const(), end.as_const(), s[axis].as_const())
-                {
+                let len = end.sub(&start).ok_or_else(|| err(3, "slice bounds overflow"))?;
+                if let (Some(a), Some(b), Some(n)) = (start.as_const(), end.as_const(), s[axis].as_const()) {
                     if a < 0 || b > n || a > b {
-                        return Err(err(
-                            3,
-                            format!("slice {a}:{b} is outside dimension {axis} of size {n}"),
-                        ));
+                        return Err(err(3, format!("slice {a}:{b} is outside dimension {axis} of size {n}")));
                     }
                 }
                 s[axis] = len;
@@ -638,9 +565,7 @@ impl Prim {
                 let sizes = ints(1);
                 let mut total = Dim::constant(0);
                 for sz in &sizes {
-                    total = total
-                        .add(sz)
-                        .ok_or_else(|| err(1, "split sizes overflow"))?;
+                    total = total.add(sz).ok_or_else(|| err(1, "split sizes overflow"))?;
                 }
                 if ctx.differ(&total, &s[axis]) {
                     return Err(err(
@@ -667,17 +592,11 @@ impl Prim {
                 if table.len() != 2 {
                     return Err(rank_err(
                         0,
-                        format!(
-                            "embedding table must be [vocab, d], got {}",
-                            shape_string(&table)
-                        ),
+                        format!("embedding table must be [vocab, d], got {}", shape_string(&table)),
                     ));
                 }
                 if id_t.is_float() {
-                    return Err(err(
-                        1,
-                        format!("embedding ids must be integers, got {}", id_t.name()),
-                    ));
+                    return Err(err(1, format!("embedding ids must be integers, got {}", id_t.name())));
                 }
                 let mut out = ids;
                 out.push(table[1].clone());
@@ -698,17 +617,11 @@ impl Prim {
                     ));
                 }
                 if ctx.differ(&s[2], &w[0]) {
-                    return Err(err(
-                        1,
-                        format!("conv weight has {} channels but x has {}", w[0], s[2]),
-                    ));
+                    return Err(err(1, format!("conv weight has {} channels but x has {}", w[0], s[2])));
                 }
                 if let Arg::Tensor(b, _) = &args[2] {
                     if b.len() != 1 || ctx.differ(&b[0], &s[2]) {
-                        return Err(err(
-                            2,
-                            format!("conv bias must be [{}], got {}", s[2], shape_string(b)),
-                        ));
+                        return Err(err(2, format!("conv bias must be [{}], got {}", s[2], shape_string(b))));
                     }
                 }
                 Ok(vec![(s, d)])
@@ -717,19 +630,10 @@ impl Prim {
             Prim::Rope => {
                 let (s, d) = t(0);
                 if s.len() != 4 {
-                    return Err(rank_err(
-                        0,
-                        format!(
-                            "rope takes [B, T, heads, head_dim], got {}",
-                            shape_string(&s)
-                        ),
-                    ));
+                    return Err(rank_err(0, format!("rope takes [B, T, heads, head_dim], got {}", shape_string(&s))));
                 }
                 if s[3].as_const().is_some_and(|n| n % 2 != 0) {
-                    return Err(err(
-                        0,
-                        format!("rope needs an even head dimension, got {}", s[3]),
-                    ));
+                    return Err(err(0, format!("rope needs an even head dimension, got {}", s[3])));
                 }
                 Ok(vec![(s, d)])
             }
@@ -740,16 +644,11 @@ impl Prim {
 
 /// Normalises a possibly negative axis.
 pub fn resolve_axis(axis: &Dim, rank: usize, arg: usize) -> Result<usize, RuleError> {
-    let a = axis
-        .as_const()
-        .ok_or_else(|| err(arg, format!("axis must be a known integer, got {axis}")))?;
+    let a = axis.as_const().ok_or_else(|| err(arg, format!("axis must be a known integer, got {axis}")))?;
     let r = rank as i64;
     let resolved = if a < 0 { a + r } else { a };
     if resolved < 0 || resolved >= r {
-        return Err(rank_err(
-            arg,
-            format!("axis {a} is out of range for a rank-{rank} tensor"),
-        ));
+        return Err(rank_err(arg, format!("axis {a} is out of range for a rank-{rank} tensor")));
     }
     Ok(resolved as usize)
 }
@@ -793,9 +692,7 @@ fn pointwise(args: &[Arg], ctx: Ctx) -> Out {
         if let Arg::Tensor(s, d) = a {
             shape = Some(match shape {
                 None => s.clone(),
-                Some(prev) => {
-                    broadcast_shapes(&prev, s, ctx).map_err(|e| RuleError { arg: i, ..e })?
-                }
+                Some(prev) => broadcast_shapes(&prev, s, ctx).map_err(|e| RuleError { arg: i, ..e })?,
             });
             if s.is_empty() {
                 scalar_dtype.get_or_insert(*d);
@@ -804,31 +701,19 @@ fn pointwise(args: &[Arg], ctx: Ctx) -> Out {
             match dtype {
                 None => dtype = Some(*d),
                 Some(prev) if prev != *d => {
-                    return Err(err(
-                        i,
-                        format!(
-                            "dtypes differ: {} and {}; insert a cast",
-                            prev.name(),
-                            d.name()
-                        ),
-                    ));
+                    return Err(err(i, format!("dtypes differ: {} and {}; insert a cast", prev.name(), d.name())));
                 }
                 _ => {}
             }
         }
     }
-    Ok(vec![(
-        shape.unwrap_or_default(),
-        dtype.or(scalar_dtype).unwrap_or(DType::F32),
-    )])
+    Ok(vec![(shape.unwrap_or_default(), dtype.or(scalar_dtype).unwrap_or(DType::F32))])
 }
 
 fn reshape((s, d): (Shape, DType), target: Vec<Dim>, ctx: Ctx) -> Out {
     let product = |dims: &[Dim]| dims.iter().try_fold(Dim::constant(1), |acc, x| acc.mul(x));
     let total = product(&s).ok_or_else(|| err(1, "shape size overflows"))?;
-    let holes: Vec<usize> = (0..target.len())
-        .filter(|&i| target[i].as_const() == Some(-1))
-        .collect();
+    let holes: Vec<usize> = (0..target.len()).filter(|&i| target[i].as_const() == Some(-1)).collect();
     let mut out = target.clone();
     match holes.as_slice() {
         [] => {
@@ -845,12 +730,7 @@ fn reshape((s, d): (Shape, DType), target: Vec<Dim>, ctx: Ctx) -> Out {
             }
         }
         [h] => {
-            let rest: Vec<Dim> = target
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i != h)
-                .map(|(_, d)| d.clone())
-                .collect();
+            let rest: Vec<Dim> = target.iter().enumerate().filter(|(i, _)| i != h).map(|(_, d)| d.clone()).collect();
             let known = product(&rest).ok_or_else(|| err(1, "shape size overflows"))?;
             out[*h] = match total.div_exact(&known) {
                 Some(q) => q,
@@ -870,13 +750,7 @@ fn reshape((s, d): (Shape, DType), target: Vec<Dim>, ctx: Ctx) -> Out {
         _ => return Err(err(1, "reshape allows at most one -1")),
     }
     if out.iter().any(|x| x.as_const().is_some_and(|c| c < 0)) {
-        return Err(err(
-            1,
-            format!(
-                "negative dimension in reshape target {}",
-                shape_string(&target)
-            ),
-        ));
+        return Err(err(1, format!("negative dimension in reshape target {}", shape_string(&target))));
     }
     Ok(vec![(out, d)])
 }
@@ -895,18 +769,11 @@ fn concat(args: &[Arg], ctx: Ctx) -> Out {
         if s.len() != first.len() {
             return Err(rank_err(
                 0,
-                format!(
-                    "concat of tensors with different ranks: {} and {}",
-                    shape_string(&first),
-                    shape_string(s)
-                ),
+                format!("concat of tensors with different ranks: {} and {}", shape_string(&first), shape_string(s)),
             ));
         }
         if *dt != d {
-            return Err(err(
-                0,
-                format!("concat of different dtypes: {} and {}", d.name(), dt.name()),
-            ));
+            return Err(err(0, format!("concat of different dtypes: {} and {}", d.name(), dt.name())));
         }
         for (i, (x, y)) in first.iter().zip(s).enumerate() {
             if i != a && ctx.differ(x, y) {
@@ -920,39 +787,20 @@ fn concat(args: &[Arg], ctx: Ctx) -> Out {
                 ));
             }
         }
-        out[a] = out[a]
-            .add(&s[a])
-            .ok_or_else(|| err(0, "concat size overflows"))?;
+        out[a] = out[a].add(&s[a]).ok_or_else(|| err(0, "concat size overflows"))?;
     }
     Ok(vec![(out, d)])
 }
 
-fn matmul(
-    (mut a, da): (Shape, DType),
-    (mut b, db): (Shape, DType),
-    ta: bool,
-    tb: bool,
-    ctx: Ctx,
-) -> Out {
+fn matmul((mut a, da): (Shape, DType), (mut b, db): (Shape, DType), ta: bool, tb: bool, ctx: Ctx) -> Out {
     if a.len() < 2 || b.len() < 2 {
         return Err(rank_err(
             if a.len() < 2 { 0 } else { 1 },
-            format!(
-                "matmul needs rank ≥ 2 operands, got {} @ {}",
-                shape_string(&a),
-                shape_string(&b)
-            ),
+            format!("matmul needs rank ≥ 2 operands, got {} @ {}", shape_string(&a), shape_string(&b)),
         ));
     }
     if da != db {
-        return Err(err(
-            1,
-            format!(
-                "matmul of different dtypes: {} and {}",
-                da.name(),
-                db.name()
-            ),
-        ));
+        return Err(err(1, format!("matmul of different dtypes: {} and {}", da.name(), db.name())));
     }
     let (na, nb) = (a.len(), b.len());
     if ta {
@@ -990,60 +838,24 @@ fn ssd_scan(args: &[Arg], ctx: Ctx) -> Out {
     let (bm, _) = get(3);
     let (cm, _) = get(4);
     if x.len() != 4 {
-        return Err(rank_err(
-            0,
-            format!(
-                "ssd_scan x must be [B, T, heads, head_dim], got {}",
-                shape_string(&x)
-            ),
-        ));
+        return Err(rank_err(0, format!("ssd_scan x must be [B, T, heads, head_dim], got {}", shape_string(&x))));
     }
-    if dt.len() != 3
-        || ctx.differ(&dt[0], &x[0])
-        || ctx.differ(&dt[1], &x[1])
-        || ctx.differ(&dt[2], &x[2])
-    {
+    if dt.len() != 3 || ctx.differ(&dt[0], &x[0]) || ctx.differ(&dt[1], &x[1]) || ctx.differ(&dt[2], &x[2]) {
         return Err(err(
             1,
-            format!(
-                "ssd_scan dt must be [B, T, heads] = [{}, {}, {}], got {}",
-                x[0],
-                x[1],
-                x[2],
-                shape_string(&dt)
-            ),
+            format!("ssd_scan dt must be [B, T, heads] = [{}, {}, {}], got {}", x[0], x[1], x[2], shape_string(&dt)),
         ));
     }
     if a.len() != 1 || ctx.differ(&a[0], &x[2]) {
-        return Err(err(
-            2,
-            format!(
-                "ssd_scan a must be [heads] = [{}], got {}",
-                x[2],
-                shape_string(&a)
-            ),
-        ));
+        return Err(err(2, format!("ssd_scan a must be [heads] = [{}], got {}", x[2], shape_string(&a))));
     }
     for (i, m) in [(3, &bm), (4, &cm)] {
         if m.len() != 4 || ctx.differ(&m[0], &x[0]) || ctx.differ(&m[1], &x[1]) {
-            return Err(err(
-                i,
-                format!(
-                    "ssd_scan b and c must be [B, T, groups, d_state], got {}",
-                    shape_string(m)
-                ),
-            ));
+            return Err(err(i, format!("ssd_scan b and c must be [B, T, groups, d_state], got {}", shape_string(m))));
         }
     }
     if ctx.differ(&bm[2], &cm[2]) || ctx.differ(&bm[3], &cm[3]) {
-        return Err(err(
-            4,
-            format!(
-                "ssd_scan b is {} but c is {}",
-                shape_string(&bm),
-                shape_string(&cm)
-            ),
-        ));
+        return Err(err(4, format!("ssd_scan b is {} but c is {}", shape_string(&bm), shape_string(&cm))));
     }
     if let (Some(h), Some(g)) = (x[2].as_const(), bm[2].as_const()) {
         if g == 0 || h % g != 0 {

@@ -66,9 +66,7 @@ impl Program {
                     .items
                     .iter()
                     .enumerate()
-                    .filter_map(move |(i, it)| {
-                        matches!(it, Item::Model(_)).then_some(DefId { module: m, item: i })
-                    })
+                    .filter_map(move |(i, it)| matches!(it, Item::Model(_)).then_some(DefId { module: m, item: i }))
             })
             .collect()
     }
@@ -96,12 +94,7 @@ impl Default for Loader {
 
 impl Loader {
     pub fn new() -> Self {
-        Loader {
-            program: Program::default(),
-            diags: Vec::new(),
-            by_file: HashMap::new(),
-            stack: Vec::new(),
-        }
+        Loader { program: Program::default(), diags: Vec::new(), by_file: HashMap::new(), stack: Vec::new() }
     }
 
     /// Loads a file named by the user. A file that cannot be read at all is an `Err`.
@@ -117,12 +110,8 @@ impl Loader {
             Err(ReadError::NotFound) => Err(format!("{}: no such file", path.display())),
             Err(ReadError::Io(e)) => Err(format!("{}: {e}", path.display())),
             Err(ReadError::NotUtf8 { offset }) => {
-                let lossy =
-                    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-                let id = self
-                    .program
-                    .sources
-                    .add_text(path.display().to_string(), lossy);
+                let lossy = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+                let id = self.program.sources.add_text(path.display().to_string(), lossy);
                 self.diags.push(not_utf8(id, offset));
                 Ok(())
             }
@@ -155,12 +144,7 @@ impl Loader {
             }
         };
         self.stack.push(file);
-        let dir = self
-            .program
-            .sources
-            .path(file)
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
+        let dir = self.program.sources.path(file).and_then(Path::parent).map(Path::to_path_buf);
         let mut imported = Vec::new();
         for item in &ast.items {
             let Item::Import(imp) = item else { continue };
@@ -186,70 +170,44 @@ impl Loader {
                 "imports name a module like `std.attention` or `layers.mixer`"
             };
             self.diags.push(
-                Diagnostic::new(
-                    Code::FileNotFound,
-                    file,
-                    imp.path_span,
-                    format!("cannot resolve import `{shown}`"),
-                )
-                .label("no file for this module")
-                .help(help),
+                Diagnostic::new(Code::FileNotFound, file, imp.path_span, format!("cannot resolve import `{shown}`"))
+                    .label("no file for this module")
+                    .help(help),
             );
             return None;
         };
         let loaded = match target.canonicalize() {
-            Ok(c) => self
-                .program
-                .sources
-                .lookup(&c)
-                .map(Ok)
-                .unwrap_or_else(|| self.program.sources.load(&target)),
+            Ok(c) => self.program.sources.lookup(&c).map(Ok).unwrap_or_else(|| self.program.sources.load(&target)),
             Err(_) => Err(ReadError::NotFound),
         };
         match loaded {
             Ok(id) if self.stack.contains(&id) => {
                 let start = self.stack.iter().position(|f| *f == id).unwrap();
-                let mut cycle: Vec<String> = self.stack[start..]
-                    .iter()
-                    .map(|f| self.program.sources.name(*f).to_string())
-                    .collect();
+                let mut cycle: Vec<String> =
+                    self.stack[start..].iter().map(|f| self.program.sources.name(*f).to_string()).collect();
                 cycle.push(self.program.sources.name(id).to_string());
                 self.diags.push(
-                    Diagnostic::new(
-                        Code::CyclicImport,
-                        file,
-                        imp.path_span,
-                        format!("cyclic import of `{shown}`"),
-                    )
-                    .label("this import closes a cycle")
-                    .help(format!(
-                        "the cycle is {}; move the shared blocks into a module both can import",
-                        cycle.join(" → ")
-                    )),
+                    Diagnostic::new(Code::CyclicImport, file, imp.path_span, format!("cyclic import of `{shown}`"))
+                        .label("this import closes a cycle")
+                        .help(format!(
+                            "the cycle is {}; move the shared blocks into a module both can import",
+                            cycle.join(" → ")
+                        )),
                 );
                 None
             }
             Ok(id) => self.module(id),
             Err(ReadError::NotFound) => {
                 self.diags.push(
-                    Diagnostic::new(
-                        Code::FileNotFound,
-                        file,
-                        imp.path_span,
-                        format!("module `{shown}` not found"),
-                    )
-                    .label(format!("expected the file {}", target.display()))
-                    .help("check the module name, or create the file"),
+                    Diagnostic::new(Code::FileNotFound, file, imp.path_span, format!("module `{shown}` not found"))
+                        .label(format!("expected the file {}", target.display()))
+                        .help("check the module name, or create the file"),
                 );
                 None
             }
             Err(ReadError::NotUtf8 { offset }) => {
-                let lossy = String::from_utf8_lossy(&std::fs::read(&target).unwrap_or_default())
-                    .into_owned();
-                let id = self
-                    .program
-                    .sources
-                    .add_text(target.display().to_string(), lossy);
+                let lossy = String::from_utf8_lossy(&std::fs::read(&target).unwrap_or_default()).into_owned();
+                let id = self.program.sources.add_text(target.display().to_string(), lossy);
                 self.diags.push(not_utf8(id, offset));
                 None
             }
@@ -311,10 +269,7 @@ impl Loader {
                 if spans.contains_key(name) {
                     continue;
                 }
-                let id = DefId {
-                    module: *im,
-                    item: i,
-                };
+                let id = DefId { module: *im, item: i };
                 match scope.get(name) {
                     Some((prev, _)) if *prev != id => {
                         self.diags.push(
@@ -322,10 +277,7 @@ impl Loader {
                                 Code::DuplicateDefinition,
                                 file,
                                 *span,
-                                format!(
-                                    "`{name}` is defined both in `{}` and in `{shown}`",
-                                    from[name]
-                                ),
+                                format!("`{name}` is defined both in `{}` and in `{shown}`", from[name]),
                             )
                             .label("second import defining it")
                             .help("remove one import, or rename the definition in one module"),
@@ -344,12 +296,7 @@ impl Loader {
 }
 
 fn not_utf8(file: FileId, offset: usize) -> Diagnostic {
-    Diagnostic::new(
-        Code::NotUtf8,
-        file,
-        Span::new(offset, offset + 1),
-        "the file is not valid UTF-8",
-    )
-    .label("invalid byte here")
-    .help("save the file as UTF-8")
+    Diagnostic::new(Code::NotUtf8, file, Span::new(offset, offset + 1), "the file is not valid UTF-8")
+        .label("invalid byte here")
+        .help("save the file as UTF-8")
 }

@@ -35,11 +35,7 @@ impl Sources {
 
     /// Adds text that has no file behind it (tests, stdin, fuzzing).
     pub fn add_text(&mut self, name: impl Into<String>, text: impl Into<Arc<str>>) -> FileId {
-        self.files.push(SourceFile {
-            path: None,
-            name: name.into(),
-            text: text.into(),
-        });
+        self.files.push(SourceFile { path: None, name: name.into(), text: text.into() });
         FileId(self.files.len() - 1)
     }
 
@@ -53,22 +49,13 @@ impl Sources {
             return Ok(id);
         }
         let bytes = std::fs::read(&canonical).map_err(ReadError::Io)?;
-        let text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
-            offset: e.utf8_error().valid_up_to(),
-        })?;
-        self.files.push(SourceFile {
-            path: Some(canonical),
-            name: path.display().to_string(),
-            text: text.into(),
-        });
+        let text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 { offset: e.utf8_error().valid_up_to() })?;
+        self.files.push(SourceFile { path: Some(canonical), name: path.display().to_string(), text: text.into() });
         Ok(FileId(self.files.len() - 1))
     }
 
     pub fn lookup(&self, canonical: &Path) -> Option<FileId> {
-        self.files
-            .iter()
-            .position(|f| f.path.as_deref() == Some(canonical))
-            .map(FileId)
+        self.files.iter().position(|f| f.path.as_deref() == Some(canonical)).map(FileId)
     }
 
     pub fn text(&self, id: FileId) -> &str {
@@ -112,13 +99,10 @@ pub fn stdlib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .map(|a| a.join("stdlib"))
-        .find(|d| d.join("nn.hyb").is_file())
-        .or_else(|| {
-            let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-            here.join("nn.hyb").is_file().then_some(here)
-        })
+    exe.ancestors().map(|a| a.join("stdlib")).find(|d| d.join("nn.hyb").is_file()).or_else(|| {
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+        here.join("nn.hyb").is_file().then_some(here)
+    })
 }
 
 /// The file an import path names: `std.a.b` → `<stdlib>/a/b.hyb`; `a.b` → `<dir>/a/b.hyb`.

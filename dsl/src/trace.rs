@@ -46,21 +46,9 @@ pub enum TraceArg {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Input {
-        out: usize,
-        name: String,
-    },
-    Param {
-        out: usize,
-        param: ParamInfo,
-    },
-    Prim {
-        prim: Prim,
-        args: Vec<TraceArg>,
-        outs: Vec<usize>,
-        file: FileId,
-        span: Span,
-    },
+    Input { out: usize, name: String },
+    Param { out: usize, param: ParamInfo },
+    Prim { prim: Prim, args: Vec<TraceArg>, outs: Vec<usize>, file: FileId, span: Span },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -86,7 +74,5 @@ impl Trace {
 
 /// Number of elements of a fully known shape.
 pub fn numel(shape: &[Dim]) -> Option<u64> {
-    shape.iter().try_fold(1u64, |acc, d| {
-        acc.checked_mul(u64::try_from(d.as_const()?).ok()?)
-    })
+    shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(u64::try_from(d.as_const()?).ok()?))
 }

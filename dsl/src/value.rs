@@ -16,15 +16,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 7] = [
-        DType::F64,
-        DType::F32,
-        DType::BF16,
-        DType::F16,
-        DType::I64,
-        DType::I32,
-        DType::I8,
-    ];
+    pub const ALL: [DType; 7] = [DType::F64, DType::F32, DType::BF16, DType::F16, DType::I64, DType::I32, DType::I8];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -38,17 +38,10 @@ fn invalid_float() {
 
 #[test]
 fn nesting_too_deep_brackets_at_depth_10000() {
-    let src = format!(
-        "model m {{\n    d = {}1{}\n}}\n",
-        "(".repeat(10_000),
-        ")".repeat(10_000)
-    );
+    let src = format!("model m {{\n    d = {}1{}\n}}\n", "(".repeat(10_000), ")".repeat(10_000));
     let d = check_src(&src);
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_eq!(
-        (d[0].code.as_str(), d[0].line, d[0].snippet.as_str()),
-        ("E004", 2, "(")
-    );
+    assert_eq!((d[0].code.as_str(), d[0].line, d[0].snippet.as_str()), ("E004", 2, "("));
 }
 
 #[test]
@@ -99,35 +92,17 @@ fn missing_import() {
 #[test]
 fn cyclic_import() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("a.hyb"),
-        "import b\n\nblock fa(x: [B]) -> [B] {\n    return x\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("b.hyb"),
-        "import a\n\nblock fb(x: [B]) -> [B] {\n    return x\n}\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("a.hyb"), "import b\n\nblock fa(x: [B]) -> [B] {\n    return x\n}\n").unwrap();
+    std::fs::write(dir.path().join("b.hyb"), "import a\n\nblock fb(x: [B]) -> [B] {\n    return x\n}\n").unwrap();
     let d = check_file(&dir.path().join("a.hyb"));
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_eq!(
-        (
-            d[0].code.as_str(),
-            d[0].line,
-            d[0].col,
-            d[0].snippet.as_str()
-        ),
-        ("E008", 1, 8, "a")
-    );
+    assert_eq!((d[0].code.as_str(), d[0].line, d[0].col, d[0].snippet.as_str()), ("E008", 1, 8, "a"));
     assert!(d[0].message.contains("cyclic"));
 }
 
 #[test]
 fn duplicate_definition() {
-    let d = check_src(
-        "block f(x: [B]) -> [B] {\n    return x\n}\n\nblock f(x: [B]) -> [B] {\n    return x\n}\n",
-    );
+    let d = check_src("block f(x: [B]) -> [B] {\n    return x\n}\n\nblock f(x: [B]) -> [B] {\n    return x\n}\n");
     expect_one(&d, "E009", 5, 7, "f");
 }
 
@@ -176,28 +151,21 @@ fn dimension_mismatch_concat_into_linear() {
     // concat doubles the width; adding it back to x cannot broadcast (16 vs 8).
     let d = check_src(&in_model("    m = concat(x, x)\n    return x + m"));
     expect_one(&d, "E016", 5, 16, "m");
-    assert!(
-        d[0].message.contains("16") && d[0].message.contains('8'),
-        "{}",
-        d[0].message
-    );
+    assert!(d[0].message.contains("16") && d[0].message.contains('8'), "{}", d[0].message);
 }
 
 #[test]
 fn dimension_mismatch_heads_times_head_dim() {
-    let d = check_src(&in_model("    config heads: int = 3, head_dim: int = 2\n    return reshape(x, [B, T, heads, head_dim])"));
+    let d = check_src(&in_model(
+        "    config heads: int = 3, head_dim: int = 2\n    return reshape(x, [B, T, heads, head_dim])",
+    ));
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_eq!(
-        (d[0].code.as_str(), d[0].line, d[0].snippet.as_str()),
-        ("E016", 5, "[B, T, heads, head_dim]")
-    );
+    assert_eq!((d[0].code.as_str(), d[0].line, d[0].snippet.as_str()), ("E016", 5, "[B, T, heads, head_dim]"));
 }
 
 #[test]
 fn rank_mismatch() {
-    let d = check_src(&in_model(
-        "    return rmsnorm(x) + matmul(x[0, 0], x[0, 0])",
-    ));
+    let d = check_src(&in_model("    return rmsnorm(x) + matmul(x[0, 0], x[0, 0])"));
     assert_eq!(d[0].code, "E017", "{d:#?}");
     assert_eq!(d[0].snippet, "x[0, 0]");
 }
@@ -207,7 +175,8 @@ fn bad_pattern_letter() {
     let src = "import std.layers\n\nmodel m {\n    vocab = 8\n    d = 8\n    layers = pattern(\"MQM\")\n    ssm_heads = 2\n}\n";
     let d = check_src(src);
     expect_one(&d, "E018", 6, 24, "Q");
-    let src = "import std.layers\n\nmodel m {\n    vocab = 8\n    d = 8\n    layers = pattern(\"X\", XY = mamba_layer)\n}\n";
+    let src =
+        "import std.layers\n\nmodel m {\n    vocab = 8\n    d = 8\n    layers = pattern(\"X\", XY = mamba_layer)\n}\n";
     expect_one(&check_src(src), "E018", 6, 27, "XY");
 }
 
@@ -222,11 +191,7 @@ fn bad_pattern_syntax() {
 #[test]
 fn model_setting_missing_or_unused() {
     let d = check_src("model m {\n    vocab = 8\n    layers = []\n}\n");
-    assert!(
-        d.iter()
-            .any(|x| x.code == "E020" && x.line == 1 && x.snippet == "m"),
-        "{d:#?}"
-    );
+    assert!(d.iter().any(|x| x.code == "E020" && x.line == 1 && x.snippet == "m"), "{d:#?}");
     let src = "import std.layers\n\nmodel m {\n    vocab = 8\n    d = 8\n    layers = pattern(\"M\")\n    ssm_heads = 2\n    ssm_haed_dim = 4\n}\n";
     let d = check_src(src);
     expect_one(&d, "E020", 8, 5, "ssm_haed_dim");
@@ -252,25 +217,19 @@ fn return_type_mismatch() {
 
 #[test]
 fn unknown_initialiser() {
-    let d = check_src(&in_model(
-        "    param w: [d] init gaussian(0.1)\n    return x * w",
-    ));
+    let d = check_src(&in_model("    param w: [d] init gaussian(0.1)\n    return x * w"));
     expect_one(&d, "E024", 4, 23, "gaussian");
 }
 
 #[test]
 fn unknown_role() {
-    let d = check_src(&in_model(
-        "    param w: [d] init ones() role hiden\n    return x * w",
-    ));
+    let d = check_src(&in_model("    param w: [d] init ones() role hiden\n    return x * w"));
     expect_one(&d, "E025", 4, 35, "hiden");
 }
 
 #[test]
 fn inexact_division() {
-    let d = check_src(&in_model(
-        "    config heads: int = 3, head_dim: int = d / heads\n    return x",
-    ));
+    let d = check_src(&in_model("    config heads: int = 3, head_dim: int = d / heads\n    return x"));
     expect_one(&d, "E026", 4, 44, "d / heads");
 }
 
@@ -282,8 +241,7 @@ fn config_default_type() {
 
 #[test]
 fn rebinding_a_config() {
-    let d =
-        check_src("block f(x: [B]) -> [B] {\n    config n: int = 1\n    n = 2\n    return x\n}\n");
+    let d = check_src("block f(x: [B]) -> [B] {\n    config n: int = 1\n    n = 2\n    return x\n}\n");
     expect_one(&d, "E028", 3, 5, "n");
 }
 
@@ -329,9 +287,7 @@ fn huge_file_parses_quickly() {
         i += 1;
     }
     let start = Instant::now();
-    let file = big_stack(move || {
-        hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), &src).map(|f| f.items.len())
-    });
+    let file = big_stack(move || hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), &src).map(|f| f.items.len()));
     let elapsed = start.elapsed();
     assert_eq!(file.ok(), Some(i));
     // The budget is for optimised builds; unoptimised test builds get a proportionate one.

@@ -25,22 +25,11 @@ fn hyb_examples(markdown: &str) -> Vec<(usize, String)> {
 fn language_reference_examples_check() {
     let md = std::fs::read_to_string(repo_root().join("docs/language.md")).unwrap();
     let examples = hyb_examples(&md);
-    assert!(
-        examples.len() >= 10,
-        "found only {} examples",
-        examples.len()
-    );
+    assert!(examples.len() >= 10, "found only {} examples", examples.len());
     for (line, src) in examples {
         let diags = check_src(&src);
-        assert!(
-            diags.is_empty(),
-            "docs/language.md example at line {line}:\n{src}\n{diags:#?}"
-        );
+        assert!(diags.is_empty(), "docs/language.md example at line {line}:\n{src}\n{diags:#?}");
         let ast = hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), &src).unwrap();
-        assert_eq!(
-            hyb_dsl::fmt::format(&ast, &src),
-            src,
-            "example at line {line} is not formatted"
-        );
+        assert_eq!(hyb_dsl::fmt::format(&ast, &src), src, "example at line {line} is not formatted");
     }
 }

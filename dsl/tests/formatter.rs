@@ -13,10 +13,7 @@ use proptest::prelude::*;
 fn parse_ok(src: &str) -> File {
     match parse(FileId(0), src) {
         Ok(f) => f,
-        Err(d) => panic!(
-            "does not parse: {:?}\n{src}",
-            d.iter().map(|d| &d.message).collect::<Vec<_>>()
-        ),
+        Err(d) => panic!("does not parse: {:?}\n{src}", d.iter().map(|d| &d.message).collect::<Vec<_>>()),
     }
 }
 
@@ -43,10 +40,7 @@ fn comment_lines(src: &str) -> Vec<String> {
 #[test]
 fn every_repository_file() {
     let files = repo_hyb_files();
-    assert!(
-        files.len() >= 11,
-        "expected stdlib and examples, found {files:?}"
-    );
+    assert!(files.len() >= 11, "expected stdlib and examples, found {files:?}");
     for path in files {
         let src = std::fs::read_to_string(&path).unwrap();
         big_stack(move || assert_format_properties(&src));
@@ -58,12 +52,7 @@ fn repository_files_are_formatted() {
     for path in repo_hyb_files() {
         let src = std::fs::read_to_string(&path).unwrap();
         let out = format(&parse_ok(&src), &src);
-        assert_eq!(
-            out,
-            src,
-            "{} is not in canonical layout (run `hyb fmt`)",
-            path.display()
-        );
+        assert_eq!(out, src, "{} is not in canonical layout (run `hyb fmt`)", path.display());
     }
 }
 
@@ -72,18 +61,9 @@ fn comments_are_kept_in_place() {
     let src = "// header comment\nimport std.nn  // why nn\n\n/// Doc.\nblock f(x: [B, d]) -> [B, d] {\n    // leading\n    config k: float = 2.0  // trailing\n\n    // after a blank line\n    y = linear(\n        x,  // moved before the statement\n        d,\n    )\n    return y * k\n    // before the brace\n}\n// at the end\n";
     let once = format(&parse_ok(src), src);
     assert_eq!(comment_lines(&once), comment_lines(src), "{once}");
-    assert!(
-        once.contains("    config k: float = 2.0  // trailing\n"),
-        "{once}"
-    );
-    assert!(
-        once.contains("    return y * k\n    // before the brace\n}"),
-        "{once}"
-    );
-    assert!(
-        once.contains("float = 2.0  // trailing\n\n    // after a blank line\n"),
-        "{once}"
-    );
+    assert!(once.contains("    config k: float = 2.0  // trailing\n"), "{once}");
+    assert!(once.contains("    return y * k\n    // before the brace\n}"), "{once}");
+    assert!(once.contains("float = 2.0  // trailing\n\n    // after a blank line\n"), "{once}");
     assert_format_properties(src);
 }
 
@@ -100,17 +80,11 @@ fn canonical_layout() {
 const NAMES: &[&str] = &["x", "y", "d", "heads", "B", "T", "scale", "w", "mixer", "H"];
 
 fn ident() -> impl Strategy<Value = Ident> {
-    prop::sample::select(NAMES).prop_map(|n| Ident {
-        name: n.to_string(),
-        span: Span::default(),
-    })
+    prop::sample::select(NAMES).prop_map(|n| Ident { name: n.to_string(), span: Span::default() })
 }
 
 fn mk(kind: ExprKind) -> Expr {
-    Expr {
-        kind: Box::new(kind),
-        span: Span::default(),
-    }
+    Expr { kind: Box::new(kind), span: Span::default() }
 }
 
 fn binop() -> impl Strategy<Value = BinOp> {
@@ -149,44 +123,31 @@ fn expr() -> impl Strategy<Value = Expr> {
         ];
         let item = prop_oneof![
             inner.clone().prop_map(IndexItem::At),
-            (
-                prop::option::of(inner.clone()),
-                prop::option::of(inner.clone())
-            )
-                .prop_map(|(a, b)| IndexItem::Slice(a, b, Span::default())),
+            (prop::option::of(inner.clone()), prop::option::of(inner.clone())).prop_map(|(a, b)| IndexItem::Slice(
+                a,
+                b,
+                Span::default()
+            )),
             Just(IndexItem::Ellipsis(Span::default())),
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| mk(ExprKind::List(v))),
             inner.clone().prop_map(|e| mk(ExprKind::Paren(e))),
-            (ident(), prop::collection::vec(arg, 0..4)).prop_map(|(callee, args)| mk(
-                ExprKind::Call(Call {
-                    callee,
-                    args,
-                    span: Span::default()
-                })
-            )),
+            (ident(), prop::collection::vec(arg, 0..4)).prop_map(|(callee, args)| mk(ExprKind::Call(Call {
+                callee,
+                args,
+                span: Span::default()
+            }))),
             ident().prop_map(|i| mk(ExprKind::Unary(UnaryOp::Neg, mk(ExprKind::Name(i.name))))),
-            inner
-                .clone()
-                .prop_map(|e| mk(ExprKind::Unary(UnaryOp::Not, e))),
-            (binop(), inner.clone(), inner.clone())
-                .prop_map(|(op, a, b)| mk(ExprKind::Binary(op, a, b))),
+            inner.clone().prop_map(|e| mk(ExprKind::Unary(UnaryOp::Not, e))),
+            (binop(), inner.clone(), inner.clone()).prop_map(|(op, a, b)| mk(ExprKind::Binary(op, a, b))),
             (ident(), prop::collection::vec(item, 1..3))
                 .prop_map(|(b, items)| mk(ExprKind::Index(mk(ExprKind::Name(b.name)), items))),
-            (
-                inner.clone(),
-                inner.clone(),
-                inner.clone(),
-                prop::collection::vec(let_stmt(inner.clone()), 0..2)
-            )
+            (inner.clone(), inner.clone(), inner.clone(), prop::collection::vec(let_stmt(inner.clone()), 0..2))
                 .prop_map(|(c, a, b, stmts)| mk(ExprKind::If(
                     c,
                     Branch { stmts, value: a },
-                    Branch {
-                        stmts: vec![],
-                        value: b
-                    }
+                    Branch { stmts: vec![], value: b }
                 ))),
         ]
     })
@@ -201,10 +162,7 @@ fn let_stmt(e: impl Strategy<Value = Expr>) -> impl Strategy<Value = Stmt> {
 }
 
 fn docs() -> impl Strategy<Value = Docs> {
-    prop::collection::vec(
-        "[a-zA-Z0-9 .,]{0,20}".prop_map(|s| s.trim().to_string()),
-        0..2,
-    )
+    prop::collection::vec("[a-zA-Z0-9 .,]{0,20}".prop_map(|s| s.trim().to_string()), 0..2)
 }
 
 fn tensor_type() -> impl Strategy<Value = TensorType> {
@@ -213,76 +171,35 @@ fn tensor_type() -> impl Strategy<Value = TensorType> {
         if ell {
             all.insert(0, TypeDim::Ellipsis(Span::default()));
         }
-        TensorType {
-            dims: all,
-            span: Span::default(),
-        }
+        TensorType { dims: all, span: Span::default() }
     })
 }
 
 fn stmt() -> impl Strategy<Value = Stmt> {
-    let scalar = prop::sample::select(vec![
-        ScalarType::Int,
-        ScalarType::Float,
-        ScalarType::Bool,
-        ScalarType::String,
-    ]);
-    let config = prop::collection::vec((docs(), ident(), scalar, prop::option::of(expr())), 1..3)
-        .prop_map(|items| {
-            StmtKind::Config(
-                items
-                    .into_iter()
-                    .map(|(docs, name, ty, default)| ConfigItem {
-                        docs,
-                        name,
-                        ty,
-                        ty_span: Span::default(),
-                        default,
-                    })
-                    .collect(),
-            )
-        });
-    let mup = prop::collection::vec((docs(), ident(), expr()), 1..3).prop_map(|items| {
-        StmtKind::Mup(
+    let scalar = prop::sample::select(vec![ScalarType::Int, ScalarType::Float, ScalarType::Bool, ScalarType::String]);
+    let config = prop::collection::vec((docs(), ident(), scalar, prop::option::of(expr())), 1..3).prop_map(|items| {
+        StmtKind::Config(
             items
                 .into_iter()
-                .map(|(docs, name, value)| MupItem { docs, name, value })
+                .map(|(docs, name, ty, default)| ConfigItem { docs, name, ty, ty_span: Span::default(), default })
                 .collect(),
         )
     });
+    let mup = prop::collection::vec((docs(), ident(), expr()), 1..3).prop_map(|items| {
+        StmtKind::Mup(items.into_iter().map(|(docs, name, value)| MupItem { docs, name, value }).collect())
+    });
     let init = prop::option::of(
-        (
-            ident(),
-            prop::collection::vec(leaf().prop_map(Arg::Positional), 0..2),
-        )
-            .prop_map(|(callee, args)| Call {
-                callee,
-                args,
-                span: Span::default(),
-            }),
+        (ident(), prop::collection::vec(leaf().prop_map(Arg::Positional), 0..2)).prop_map(|(callee, args)| Call {
+            callee,
+            args,
+            span: Span::default(),
+        }),
     );
-    let param = (ident(), tensor_type(), init, prop::option::of(ident())).prop_map(
-        |(name, ty, init, role)| {
-            StmtKind::Param(ParamDecl {
-                name,
-                ty,
-                init,
-                role,
-            })
-        },
-    );
-    let kind = prop_oneof![
-        config,
-        mup,
-        param,
-        let_stmt(expr()).prop_map(|s| s.kind),
-        expr().prop_map(StmtKind::Return)
-    ];
-    (docs(), kind).prop_map(|(docs, kind)| Stmt {
-        docs,
-        kind,
-        span: Span::default(),
-    })
+    let param = (ident(), tensor_type(), init, prop::option::of(ident()))
+        .prop_map(|(name, ty, init, role)| StmtKind::Param(ParamDecl { name, ty, init, role }));
+    let kind =
+        prop_oneof![config, mup, param, let_stmt(expr()).prop_map(|s| s.kind), expr().prop_map(StmtKind::Return)];
+    (docs(), kind).prop_map(|(docs, kind)| Stmt { docs, kind, span: Span::default() })
 }
 
 fn item() -> impl Strategy<Value = Item> {
@@ -305,10 +222,7 @@ fn item() -> impl Strategy<Value = Item> {
             Item::Block(Block {
                 docs,
                 name,
-                inputs: inputs
-                    .into_iter()
-                    .map(|(name, ty)| Input { name, ty })
-                    .collect(),
+                inputs: inputs.into_iter().map(|(name, ty)| Input { name, ty }).collect(),
                 ret,
                 body,
                 body_end: Span::default(),
@@ -318,48 +232,21 @@ fn item() -> impl Strategy<Value = Item> {
     let entry = prop_oneof![
         (ident(), expr()).prop_map(|(n, e)| ModelEntryKind::Setting(n, e)),
         prop::collection::vec((docs(), ident(), expr()), 1..3).prop_map(|items| {
-            ModelEntryKind::Mup(
-                items
-                    .into_iter()
-                    .map(|(docs, name, value)| MupItem { docs, name, value })
-                    .collect(),
-            )
+            ModelEntryKind::Mup(items.into_iter().map(|(docs, name, value)| MupItem { docs, name, value }).collect())
         }),
-        (
-            0u32..50,
-            prop::option::of(0u32..50),
-            prop::collection::vec((ident(), expr()), 0..3)
-        )
-            .prop_map(|(first, last, args)| {
-                ModelEntryKind::Override {
-                    first,
-                    last,
-                    range_span: Span::default(),
-                    args,
-                }
-            }),
+        (0u32..50, prop::option::of(0u32..50), prop::collection::vec((ident(), expr()), 0..3)).prop_map(
+            |(first, last, args)| { ModelEntryKind::Override { first, last, range_span: Span::default(), args } }
+        ),
     ];
-    let model = (
-        docs(),
-        ident(),
-        prop::collection::vec((docs(), entry), 0..5),
-    )
-        .prop_map(|(docs, name, entries)| {
-            Item::Model(Model {
-                docs,
-                name,
-                entries: entries
-                    .into_iter()
-                    .map(|(docs, kind)| ModelEntry {
-                        docs,
-                        kind,
-                        span: Span::default(),
-                    })
-                    .collect(),
-                body_end: Span::default(),
-                span: Span::default(),
-            })
-        });
+    let model = (docs(), ident(), prop::collection::vec((docs(), entry), 0..5)).prop_map(|(docs, name, entries)| {
+        Item::Model(Model {
+            docs,
+            name,
+            entries: entries.into_iter().map(|(docs, kind)| ModelEntry { docs, kind, span: Span::default() }).collect(),
+            body_end: Span::default(),
+            span: Span::default(),
+        })
+    });
     prop_oneof![import, block, model]
 }
 

@@ -107,10 +107,7 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn field(name: &str, reason: impl Into<String>) -> HfError {
-        HfError::Field {
-            field: name.to_string(),
-            reason: reason.into(),
-        }
+        HfError::Field { field: name.to_string(), reason: reason.into() }
     }
     fn get(&mut self, name: &'static str) -> Option<&'a Json> {
         self.used.insert(name);
@@ -122,9 +119,7 @@ impl<'a> Fields<'a> {
                 .as_u64()
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
-                .ok_or_else(|| {
-                    Self::field(name, format!("expected a positive integer, found {v}"))
-                }),
+                .ok_or_else(|| Self::field(name, format!("expected a positive integer, found {v}"))),
             None => default.ok_or_else(|| Self::field(name, "missing")),
         }
     }
@@ -138,9 +133,7 @@ impl<'a> Fields<'a> {
     }
     fn boolean(&mut self, name: &'static str, default: bool) -> Result<bool, HfError> {
         match self.get(name) {
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| Self::field(name, format!("expected true or false, found {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| Self::field(name, format!("expected true or false, found {v}"))),
             None => Ok(default),
         }
     }
@@ -150,16 +143,14 @@ impl<'a> Fields<'a> {
             Some(v) => {
                 let items: Vec<f64> = v
                     .as_array()
-                    .ok_or_else(|| {
-                        Self::field(name, format!("expected a list of {N} numbers, found {v}"))
-                    })?
+                    .ok_or_else(|| Self::field(name, format!("expected a list of {N} numbers, found {v}")))?
                     .iter()
                     .map(number)
                     .collect::<Option<_>>()
                     .ok_or_else(|| Self::field(name, "expected numbers"))?;
-                items.try_into().map_err(|v: Vec<f64>| {
-                    Self::field(name, format!("expected {N} values, found {}", v.len()))
-                })
+                items
+                    .try_into()
+                    .map_err(|v: Vec<f64>| Self::field(name, format!("expected {N} values, found {}", v.len())))
             }
         }
     }
@@ -167,23 +158,13 @@ impl<'a> Fields<'a> {
 
 impl FalconConfig {
     pub fn from_json(text: &str) -> Result<FalconConfig, HfError> {
-        let root: Json = serde_json::from_str(text).map_err(|e| HfError::Field {
-            field: "<file>".into(),
-            reason: e.to_string(),
-        })?;
-        let map = root
-            .as_object()
-            .ok_or_else(|| Fields::field("<file>", "expected a JSON object"))?;
-        let mut f = Fields {
-            map,
-            used: Default::default(),
-        };
+        let root: Json =
+            serde_json::from_str(text).map_err(|e| HfError::Field { field: "<file>".into(), reason: e.to_string() })?;
+        let map = root.as_object().ok_or_else(|| Fields::field("<file>", "expected a JSON object"))?;
+        let mut f = Fields { map, used: Default::default() };
         if let Some(t) = f.get("model_type") {
             if t != "falcon_h1" {
-                return Err(HfError::Unsupported {
-                    field: "model_type".into(),
-                    value: t.to_string(),
-                });
+                return Err(HfError::Unsupported { field: "model_type".into(), value: t.to_string() });
             }
         }
         let d = f.usize("hidden_size", None)?;
@@ -194,10 +175,7 @@ impl FalconConfig {
         if d_ssm != ssm_heads * ssm_head_dim {
             return Err(Fields::field(
                 "mamba_d_ssm",
-                format!(
-                    "{d_ssm} is not mamba_n_heads × mamba_d_head = {}",
-                    ssm_heads * ssm_head_dim
-                ),
+                format!("{d_ssm} is not mamba_n_heads × mamba_d_head = {}", ssm_heads * ssm_head_dim),
             ));
         }
         let rope_theta = match (f.get("rope_parameters"), f.get("rope_scaling")) {
@@ -212,52 +190,30 @@ impl FalconConfig {
                     .and_then(number)
                     .ok_or_else(|| Fields::field("rope_parameters", "missing rope_theta"))?
             }
-            (None, Some(s)) => {
-                return Err(HfError::Unsupported {
-                    field: "rope_scaling".into(),
-                    value: s.to_string(),
-                })
-            }
+            (None, Some(s)) => return Err(HfError::Unsupported { field: "rope_scaling".into(), value: s.to_string() }),
             (None, None) => f.float("rope_theta", 10000.0)?,
         };
         let dt_limit = match f.get("time_step_limit") {
             None => None,
             Some(v) => {
-                let pair: Vec<f64> = v
-                    .as_array()
-                    .map(|a| a.iter().filter_map(number).collect())
-                    .unwrap_or_default();
+                let pair: Vec<f64> = v.as_array().map(|a| a.iter().filter_map(number).collect()).unwrap_or_default();
                 match pair.as_slice() {
                     [lo, hi] if *lo <= 0.0 && hi.is_infinite() => None,
                     [lo, hi] if lo < hi && hi.is_finite() => Some((*lo, *hi)),
-                    _ => {
-                        return Err(Fields::field(
-                            "time_step_limit",
-                            format!("expected [low, high], found {v}"),
-                        ))
-                    }
+                    _ => return Err(Fields::field("time_step_limit", format!("expected [low, high], found {v}"))),
                 }
             }
         };
         for (name, ok) in [("hidden_act", "silu")] {
             if let Some(v) = f.get(name).filter(|v| *v != ok) {
-                return Err(HfError::Unsupported {
-                    field: name.into(),
-                    value: v.to_string(),
-                });
+                return Err(HfError::Unsupported { field: name.into(), value: v.to_string() });
             }
         }
         if let Some(v) = f.get("attn_layer_indices") {
-            return Err(HfError::Unsupported {
-                field: "attn_layer_indices".into(),
-                value: v.to_string(),
-            });
+            return Err(HfError::Unsupported { field: "attn_layer_indices".into(), value: v.to_string() });
         }
         if let Some(v) = f.get("mamba_use_mlp").filter(|v| **v != Json::Bool(true)) {
-            return Err(HfError::Unsupported {
-                field: "mamba_use_mlp".into(),
-                value: v.to_string(),
-            });
+            return Err(HfError::Unsupported { field: "mamba_use_mlp".into(), value: v.to_string() });
         }
         let cfg = FalconConfig {
             vocab: f.usize("vocab_size", None)?,
@@ -297,30 +253,19 @@ impl FalconConfig {
         if cfg.heads % cfg.kv_heads != 0 {
             return Err(Fields::field(
                 "num_key_value_heads",
-                format!(
-                    "{} query heads cannot share {} key/value heads",
-                    cfg.heads, cfg.kv_heads
-                ),
+                format!("{} query heads cannot share {} key/value heads", cfg.heads, cfg.kv_heads),
             ));
         }
         if cfg.ssm_heads % cfg.groups != 0 {
             return Err(Fields::field(
                 "mamba_n_groups",
-                format!(
-                    "{} Mamba heads cannot be split into {} groups",
-                    cfg.ssm_heads, cfg.groups
-                ),
+                format!("{} Mamba heads cannot be split into {} groups", cfg.ssm_heads, cfg.groups),
             ));
         }
         for key in map.keys() {
-            if !f.used.contains(key.as_str())
-                && !INFORMATIONAL.contains(&key.as_str())
-                && key != "tie_word_embeddings"
+            if !f.used.contains(key.as_str()) && !INFORMATIONAL.contains(&key.as_str()) && key != "tie_word_embeddings"
             {
-                return Err(HfError::Unsupported {
-                    field: key.clone(),
-                    value: map[key].to_string(),
-                });
+                return Err(HfError::Unsupported { field: key.clone(), value: map[key].to_string() });
             }
         }
         Ok(cfg)
@@ -335,10 +280,7 @@ impl FalconConfig {
         let mut set = |k: &str, v: String| s.push_str(&format!("    {k} = {v}\n"));
         set("vocab", self.vocab.to_string());
         set("d", self.d.to_string());
-        set(
-            "layers",
-            format!("pattern(\"H{{{}}}\", H = falcon_h1_layer)", self.layers),
-        );
+        set("layers", format!("pattern(\"H{{{}}}\", H = falcon_h1_layer)", self.layers));
         set("eps", f(self.eps));
         set("tie_embeddings", b(self.tie_embeddings).into());
         set("heads", self.heads.to_string());
@@ -388,10 +330,7 @@ impl FalconConfig {
     /// The config of a checked hyb model whose layers are all `falcon_h1_layer` with equal
     /// settings (what transformers can represent).
     pub fn from_summary(s: &ModelSummary) -> Result<FalconConfig, HfError> {
-        let first = s
-            .layers
-            .first()
-            .ok_or_else(|| HfError::Export("the model has no layers".into()))?;
+        let first = s.layers.first().ok_or_else(|| HfError::Export("the model has no layers".into()))?;
         for l in &s.layers {
             if l.block != "falcon_h1_layer" {
                 return Err(HfError::Export(format!(
@@ -400,22 +339,22 @@ impl FalconConfig {
                 )));
             }
             if l.configs != first.configs || l.multipliers != first.multipliers {
-                return Err(HfError::Export(format!("layer {} is configured differently from layer 0; Falcon-H1 checkpoints need identical layers", l.index)));
+                return Err(HfError::Export(format!(
+                    "layer {} is configured differently from layer 0; Falcon-H1 checkpoints need identical layers",
+                    l.index
+                )));
             }
         }
         let c = &first.configs;
         let int = |k: &str| match c.get(k) {
-            Some(Value::Int(d)) => d
-                .as_const()
-                .map(|v| v as usize)
-                .ok_or_else(|| HfError::Export(format!("`{k}` is not known"))),
+            Some(Value::Int(d)) => {
+                d.as_const().map(|v| v as usize).ok_or_else(|| HfError::Export(format!("`{k}` is not known")))
+            }
             _ => Err(HfError::Export(format!("`{k}` is not an int config"))),
         };
         let boolean = |k: &str| matches!(c.get(k), Some(Value::Bool(Some(true))));
         let float = |k: &str| {
-            c.get(k)
-                .and_then(Value::as_f64)
-                .ok_or_else(|| HfError::Export(format!("`{k}` is not a known number")))
+            c.get(k).and_then(Value::as_f64).ok_or_else(|| HfError::Export(format!("`{k}` is not a known number")))
         };
         let m = |k: &str| first.multipliers.get(k).copied().unwrap_or(1.0);
         Ok(FalconConfig {
@@ -442,11 +381,7 @@ impl FalconConfig {
             tie_embeddings: s.tie_embeddings,
             eps: s.eps,
             rope_theta: float("rope_theta")?,
-            dt_limit: if boolean("dt_clamp") {
-                Some((float("dt_min")?, float("dt_max")?))
-            } else {
-                None
-            },
+            dt_limit: if boolean("dt_clamp") { Some((float("dt_min")?, float("dt_max")?)) } else { None },
             embedding_multiplier: s.embedding_multiplier,
             lm_head_multiplier: s.lm_head_multiplier,
             key_multiplier: m("key_multiplier"),
@@ -523,21 +458,9 @@ struct Mapping {
 
 fn mappings(cfg: &FalconConfig) -> Vec<Mapping> {
     let mut m = Vec::new();
-    let mut add = |hf: String, hyb: String| {
-        m.push(Mapping {
-            hf,
-            hyb,
-            conv: false,
-        })
-    };
-    add(
-        "model.embed_tokens.weight".into(),
-        "embed_tokens.weight".into(),
-    );
-    add(
-        "model.final_layernorm.weight".into(),
-        "final_norm.weight".into(),
-    );
+    let mut add = |hf: String, hyb: String| m.push(Mapping { hf, hyb, conv: false });
+    add("model.embed_tokens.weight".into(), "embed_tokens.weight".into());
+    add("model.final_layernorm.weight".into(), "final_norm.weight".into());
     if !cfg.tie_embeddings {
         add("lm_head.weight".into(), "lm_head.weight".into());
     }
@@ -547,15 +470,9 @@ fn mappings(cfg: &FalconConfig) -> Vec<Mapping> {
         layer("input_layernorm.weight", "input_layernorm.weight");
         layer("pre_ff_layernorm.weight", "pre_ff_layernorm.weight");
         for p in ["q_proj", "k_proj", "v_proj"] {
-            layer(
-                &format!("self_attn.{p}.weight"),
-                &format!("self_attn.{p}.weight"),
-            );
+            layer(&format!("self_attn.{p}.weight"), &format!("self_attn.{p}.weight"));
             if cfg.attention_bias {
-                layer(
-                    &format!("self_attn.{p}.bias"),
-                    &format!("self_attn.{p}.bias"),
-                );
+                layer(&format!("self_attn.{p}.bias"), &format!("self_attn.{p}.bias"));
             }
         }
         if cfg.attention_bias {
@@ -578,15 +495,9 @@ fn mappings(cfg: &FalconConfig) -> Vec<Mapping> {
             layer("mamba.norm.weight", "mamba.norm.weight");
         }
         for p in ["gate_proj", "up_proj", "down_proj"] {
-            layer(
-                &format!("feed_forward.{p}.weight"),
-                &format!("feed_forward.{p}.weight"),
-            );
+            layer(&format!("feed_forward.{p}.weight"), &format!("feed_forward.{p}.weight"));
             if cfg.mlp_bias {
-                layer(
-                    &format!("feed_forward.{p}.bias"),
-                    &format!("feed_forward.{p}.bias"),
-                );
+                layer(&format!("feed_forward.{p}.bias"), &format!("feed_forward.{p}.bias"));
             }
         }
     }
@@ -610,8 +521,7 @@ fn out_proj_names(i: usize) -> (String, String, String) {
 }
 
 fn take(w: &mut Weights, name: &str) -> Result<Weight, HfError> {
-    w.remove(name)
-        .ok_or_else(|| HfError::Weights(format!("missing tensor `{name}`")))
+    w.remove(name).ok_or_else(|| HfError::Weights(format!("missing tensor `{name}`")))
 }
 
 /// Renames HF weights to hyb weights; every HF tensor must be used.
@@ -625,10 +535,7 @@ pub fn weights_from_hf(cfg: &FalconConfig, mut hf: Weights) -> Result<Weights, H
         if m.conv {
             let s = &w.tensor.shape;
             if s.len() != 3 || s[1] != 1 {
-                return Err(HfError::Weights(format!(
-                    "`{}` has shape {s:?}, expected [channels, 1, kernel]",
-                    m.hf
-                )));
+                return Err(HfError::Weights(format!("`{}` has shape {s:?}, expected [channels, 1, kernel]", m.hf)));
             }
             w.tensor.shape = vec![s[0], s[2]];
         }
@@ -653,18 +560,10 @@ pub fn weights_from_hf(cfg: &FalconConfig, mut hf: Weights) -> Result<Weights, H
             data.extend_from_slice(&a.tensor.data[r * ca..(r + 1) * ca]);
             data.extend_from_slice(&b.tensor.data[r * cb..(r + 1) * cb]);
         }
-        out.insert(
-            y,
-            Weight {
-                tensor: Tensor::new(vec![rows, ca + cb], data),
-                storage: a.storage,
-            },
-        );
+        out.insert(y, Weight { tensor: Tensor::new(vec![rows, ca + cb], data), storage: a.storage });
     }
     if let Some(extra) = hf.keys().next() {
-        return Err(HfError::Weights(format!(
-            "tensor `{extra}` has no place in a Falcon-H1 model with this config"
-        )));
+        return Err(HfError::Weights(format!("tensor `{extra}` has no place in a Falcon-H1 model with this config")));
     }
     Ok(out)
 }
@@ -690,25 +589,11 @@ pub fn weights_to_hf(cfg: &FalconConfig, mut ours: Weights) -> Result<Weights, H
             a.extend_from_slice(&w.tensor.data[r * cols..r * cols + attn_width]);
             b.extend_from_slice(&w.tensor.data[r * cols + attn_width..(r + 1) * cols]);
         }
-        out.insert(
-            o,
-            Weight {
-                tensor: Tensor::new(vec![rows, attn_width], a),
-                storage: w.storage,
-            },
-        );
-        out.insert(
-            mo,
-            Weight {
-                tensor: Tensor::new(vec![rows, cols - attn_width], b),
-                storage: w.storage,
-            },
-        );
+        out.insert(o, Weight { tensor: Tensor::new(vec![rows, attn_width], a), storage: w.storage });
+        out.insert(mo, Weight { tensor: Tensor::new(vec![rows, cols - attn_width], b), storage: w.storage });
     }
     if let Some(extra) = ours.keys().next() {
-        return Err(HfError::Weights(format!(
-            "weight `{extra}` is not part of a Falcon-H1 checkpoint"
-        )));
+        return Err(HfError::Weights(format!("weight `{extra}` is not part of a Falcon-H1 checkpoint")));
     }
     Ok(out)
 }
@@ -716,23 +601,17 @@ pub fn weights_to_hf(cfg: &FalconConfig, mut ours: Weights) -> Result<Weights, H
 /// `hyb import`: writes `<out>/<name>.hyb` and `<out>/<name>.safetensors`.
 pub fn import(hf_dir: &Path, out_dir: &Path, name: &str) -> Result<FalconConfig, HfError> {
     let config_path = hf_dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| HfError::Read {
-        path: config_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| HfError::Read { path: config_path.display().to_string(), reason: e.to_string() })?;
     let cfg = FalconConfig::from_json(&text)?;
     let hf = load_checkpoint(hf_dir)?;
     let ours = weights_from_hf(&cfg, hf)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| HfError::Read {
-        path: out_dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
     let hyb = cfg.to_hyb(name, &config_path.display().to_string());
     let hyb_path = out_dir.join(format!("{name}.hyb"));
-    weights::write_atomically(&hyb_path, hyb.as_bytes()).map_err(|e| HfError::Read {
-        path: hyb_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    weights::write_atomically(&hyb_path, hyb.as_bytes())
+        .map_err(|e| HfError::Read { path: hyb_path.display().to_string(), reason: e.to_string() })?;
     check_shapes(&hyb_path, &ours)?;
     weights::save(&out_dir.join(format!("{name}.safetensors")), &ours, None)?;
     Ok(cfg)
@@ -745,21 +624,14 @@ fn load_checkpoint(dir: &Path) -> Result<Weights, HfError> {
     if single.exists() || !index.exists() {
         return Ok(weights::load(&single)?);
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| HfError::Read {
-        path: index.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let parsed: Json = serde_json::from_str(&text).map_err(|e| HfError::Read {
-        path: index.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&index)
+        .map_err(|e| HfError::Read { path: index.display().to_string(), reason: e.to_string() })?;
+    let parsed: Json = serde_json::from_str(&text)
+        .map_err(|e| HfError::Read { path: index.display().to_string(), reason: e.to_string() })?;
     let map = parsed
         .get("weight_map")
         .and_then(Json::as_object)
-        .ok_or_else(|| HfError::Read {
-            path: index.display().to_string(),
-            reason: "no `weight_map`".into(),
-        })?;
+        .ok_or_else(|| HfError::Read { path: index.display().to_string(), reason: "no `weight_map`".into() })?;
     let mut shards: Vec<&str> = map.values().filter_map(Json::as_str).collect();
     shards.sort_unstable();
     shards.dedup();
@@ -780,22 +652,11 @@ fn load_checkpoint(dir: &Path) -> Result<Weights, HfError> {
 fn check_shapes(hyb_path: &Path, ours: &Weights) -> Result<(), HfError> {
     let checked = hyb_dsl::check::check_paths(&[hyb_path]).map_err(HfError::Export)?;
     if let Some(d) = checked.diagnostics.first() {
-        return Err(HfError::Weights(format!(
-            "the generated model does not check: {}",
-            d.message
-        )));
+        return Err(HfError::Weights(format!("the generated model does not check: {}", d.message)));
     }
-    let (_, model) = checked
-        .models
-        .first()
-        .ok_or_else(|| HfError::Weights("the generated model is missing".into()))?;
+    let (_, model) = checked.models.first().ok_or_else(|| HfError::Weights("the generated model is missing".into()))?;
     for p in model.trace.params() {
-        let want: Vec<usize> = p
-            .shape
-            .iter()
-            .filter_map(|d| d.as_const())
-            .map(|c| c as usize)
-            .collect();
+        let want: Vec<usize> = p.shape.iter().filter_map(|d| d.as_const()).map(|c| c as usize).collect();
         match ours.get(&p.name) {
             Some(w) if w.tensor.shape == want => {}
             Some(w) => {
@@ -811,24 +672,14 @@ fn check_shapes(hyb_path: &Path, ours: &Weights) -> Result<(), HfError> {
 }
 
 /// `hyb export`: writes `config.json` and `model.safetensors` that transformers loads.
-pub fn export(
-    summary: &ModelSummary,
-    ours: Weights,
-    out_dir: &Path,
-) -> Result<FalconConfig, HfError> {
+pub fn export(summary: &ModelSummary, ours: Weights, out_dir: &Path) -> Result<FalconConfig, HfError> {
     let cfg = FalconConfig::from_summary(summary)?;
     let hf = weights_to_hf(&cfg, ours)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| HfError::Read {
-        path: out_dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
     let json = serde_json::to_string_pretty(&cfg.to_json()).expect("a JSON value serialises");
-    weights::write_atomically(&out_dir.join("config.json"), json.as_bytes()).map_err(|e| {
-        HfError::Read {
-            path: out_dir.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+    weights::write_atomically(&out_dir.join("config.json"), json.as_bytes())
+        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     weights::save(&out_dir.join("model.safetensors"), &hf, Some(meta))?;
     Ok(cfg)

@@ -1,5 +1,6 @@
 //! The hyb runtime: weights on disk, Hugging Face interchange, and executors.
 
 pub mod hf;
+pub mod plot;
 pub mod train;
 pub mod weights;

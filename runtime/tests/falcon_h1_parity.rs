@@ -12,11 +12,8 @@ use std::path::{Path, PathBuf};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/falcon_h1");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").exists())
-        .collect();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("config.json").exists()).collect();
     out.sort();
     assert!(out.len() >= 4, "fixtures missing: {out:?}");
     out
@@ -28,11 +25,8 @@ fn expand(hyb: &Path) -> hyb_dsl::expand::model::Expanded {
         .stack_size(256 << 20)
         .spawn(move || {
             let mut checked = hyb_dsl::check::check_paths(&[&hyb]).unwrap();
-            let msgs: Vec<String> = checked
-                .diagnostics
-                .iter()
-                .map(|d| format!("{:?}", d.report(&checked.program.sources)))
-                .collect();
+            let msgs: Vec<String> =
+                checked.diagnostics.iter().map(|d| format!("{:?}", d.report(&checked.program.sources))).collect();
             assert!(msgs.is_empty(), "{}", msgs.join("\n"));
             checked.models.remove(0).1
         })
@@ -43,38 +37,20 @@ fn expand(hyb: &Path) -> hyb_dsl::expand::model::Expanded {
 
 fn ids(fixture: &Path) -> (Vec<usize>, Vec<f64>) {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("inputs.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("inputs.json")).unwrap()).unwrap();
     let rows: Vec<Vec<f64>> = v["ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        })
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
         .collect();
     (vec![rows.len(), rows[0].len()], rows.concat())
 }
 
-fn logits<T: Real>(
-    model: &hyb_dsl::expand::model::Expanded,
-    w: &Weights,
-    fixture: &Path,
-) -> Vec<f64> {
+fn logits<T: Real>(model: &hyb_dsl::expand::model::Expanded, w: &Weights, fixture: &Path) -> Vec<f64> {
     let g = elaborate(&model.trace);
-    let params: HashMap<String, Tensor<T>> = w
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Tensor::from_f64(v.tensor.shape.clone(), &v.tensor.data),
-            )
-        })
-        .collect();
+    let params: HashMap<String, Tensor<T>> =
+        w.iter().map(|(k, v)| (k.clone(), Tensor::from_f64(v.tensor.shape.clone(), &v.tensor.data))).collect();
     let (shape, data) = ids(fixture);
     let inputs = HashMap::from([("ids".to_string(), Tensor::<T>::from_f64(shape, &data))]);
     run(&g, &params, &inputs).unwrap().remove(0).to_f64()
@@ -84,10 +60,7 @@ fn logits<T: Real>(
 fn relative_error(ours: &[f64], reference: &[f64]) -> f64 {
     assert_eq!(ours.len(), reference.len());
     let max = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
-    ours.iter()
-        .zip(reference)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()))
-        / max
+    ours.iter().zip(reference).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / max
 }
 
 #[test]
@@ -102,20 +75,9 @@ fn logits_match_transformers() {
         let f32_ref = &hf_logits["logits_f32"].tensor.data;
         let e64 = relative_error(&logits::<f64>(&model, &w, &fixture), f64_ref);
         let e32 = relative_error(&logits::<f32>(&model, &w, &fixture), f32_ref);
-        eprintln!(
-            "{}: float64 {e64:.2e}, float32 {e32:.2e}",
-            fixture.display()
-        );
-        assert!(
-            e64 <= 1e-6,
-            "{}: float64 relative error {e64:e}",
-            fixture.display()
-        );
-        assert!(
-            e32 <= 1e-4,
-            "{}: float32 relative error {e32:e}",
-            fixture.display()
-        );
+        eprintln!("{}: float64 {e64:.2e}, float32 {e32:.2e}", fixture.display());
+        assert!(e64 <= 1e-6, "{}: float64 relative error {e64:e}", fixture.display());
+        assert!(e32 <= 1e-4, "{}: float32 relative error {e32:e}", fixture.display());
     }
 }
 
@@ -132,22 +94,14 @@ fn export_then_import_round_trips_bit_exactly() {
         let original = weights::load(&fixture.join("model.safetensors")).unwrap();
         let written = weights::load(&exported.path().join("model.safetensors")).unwrap();
         let tied = model.summary.tie_embeddings;
-        let original: Weights = original
-            .into_iter()
-            .filter(|(k, _)| !(tied && k == "lm_head.weight"))
-            .collect();
+        let original: Weights = original.into_iter().filter(|(k, _)| !(tied && k == "lm_head.weight")).collect();
         assert_eq!(written, original, "{}", fixture.display());
         // And importing the export gives back the same hyb weights and the same config.
         let second = tempfile::tempdir().unwrap();
         let cfg = hf::import(exported.path(), second.path(), "m").unwrap();
-        assert_eq!(
-            weights::load(&second.path().join("m.safetensors")).unwrap(),
-            ours
-        );
-        let original_cfg = hf::FalconConfig::from_json(
-            &std::fs::read_to_string(fixture.join("config.json")).unwrap(),
-        )
-        .unwrap();
+        assert_eq!(weights::load(&second.path().join("m.safetensors")).unwrap(), ours);
+        let original_cfg =
+            hf::FalconConfig::from_json(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg, original_cfg);
     }
 }
@@ -157,8 +111,7 @@ fn config_with(
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> Result<hf::FalconConfig, HfError> {
     let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
     edit(v.as_object_mut().unwrap());
     hf::FalconConfig::from_json(&v.to_string())
 }
@@ -166,10 +119,7 @@ fn config_with(
 #[test]
 fn unsupported_config_fields_are_named() {
     let f = &fixtures()[0];
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
-    )> = vec![
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>)> = vec![
         (
             "hidden_act",
             Box::new(|m| {
@@ -224,18 +174,14 @@ fn unsupported_config_fields_are_named() {
     ];
     for (field, edit) in cases {
         let err = config_with(f, edit).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("`{field}`")),
-            "expected an error naming `{field}`, got: {err}"
-        );
+        assert!(err.contains(&format!("`{field}`")), "expected an error naming `{field}`, got: {err}");
     }
 }
 
 #[test]
 fn missing_and_misshapen_weights_are_errors() {
     let f = &fixtures()[0];
-    let cfg = hf::FalconConfig::from_json(&std::fs::read_to_string(f.join("config.json")).unwrap())
-        .unwrap();
+    let cfg = hf::FalconConfig::from_json(&std::fs::read_to_string(f.join("config.json")).unwrap()).unwrap();
     let mut w = weights::load(&f.join("model.safetensors")).unwrap();
     w.remove("model.layers.1.mamba.D");
     let err = hf::weights_from_hf(&cfg, w).unwrap_err().to_string();
@@ -246,16 +192,9 @@ fn missing_and_misshapen_weights_are_errors() {
     let a_log = w.get_mut("model.layers.1.mamba.A_log").unwrap();
     a_log.tensor = hyb_compiler::reference::Tensor::zeros(vec![a_log.tensor.len() + 1]);
     weights::save(&copy.path().join("model.safetensors"), &w, None).unwrap();
-    let err = hf::import(copy.path(), &copy.path().join("out"), "m")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("layers.1.mamba.A_log") && err.contains("shape"),
-        "{err}"
-    );
-    let err = weights::load(&f.join("config.json"))
-        .unwrap_err()
-        .to_string();
+    let err = hf::import(copy.path(), &copy.path().join("out"), "m").unwrap_err().to_string();
+    assert!(err.contains("layers.1.mamba.A_log") && err.contains("shape"), "{err}");
+    let err = weights::load(&f.join("config.json")).unwrap_err().to_string();
     assert!(err.contains("not a valid safetensors file"), "{err}");
 }
 
@@ -268,11 +207,7 @@ fn sharded_checkpoints_import_like_single_files() {
     let (mut a, mut b) = (Weights::new(), Weights::new());
     let mut map = serde_json::Map::new();
     for (i, (k, v)) in all.into_iter().enumerate() {
-        let shard = if i % 2 == 0 {
-            "model-00001-of-00002.safetensors"
-        } else {
-            "model-00002-of-00002.safetensors"
-        };
+        let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
         map.insert(k.clone(), shard.into());
         if i % 2 == 0 {
             a.insert(k, v);
@@ -280,23 +215,10 @@ fn sharded_checkpoints_import_like_single_files() {
             b.insert(k, v);
         }
     }
-    weights::save(
-        &dir.path().join("model-00001-of-00002.safetensors"),
-        &a,
-        None,
-    )
-    .unwrap();
-    weights::save(
-        &dir.path().join("model-00002-of-00002.safetensors"),
-        &b,
-        None,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        serde_json::json!({"weight_map": map}).to_string(),
-    )
-    .unwrap();
+    weights::save(&dir.path().join("model-00001-of-00002.safetensors"), &a, None).unwrap();
+    weights::save(&dir.path().join("model-00002-of-00002.safetensors"), &b, None).unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())
+        .unwrap();
     hf::import(dir.path(), &dir.path().join("sharded"), "m").unwrap();
     hf::import(f, &dir.path().join("single"), "m").unwrap();
     assert_eq!(

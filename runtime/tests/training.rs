@@ -45,10 +45,7 @@ fn config(steps: u64) -> TrainConfig {
 }
 
 fn mqar() -> Source {
-    Source::Mqar(Mqar {
-        vocab: 32,
-        pairs: 3,
-    })
+    Source::Mqar(Mqar { vocab: 32, pairs: 3 })
 }
 
 #[test]
@@ -67,10 +64,7 @@ fn resume_is_bit_exact() {
     let mut second = Trainer::resume(forward(), mqar(), split_dir.path(), None).unwrap();
     assert_eq!(second.state.step, 10);
     second.run(&mut |_| {}).unwrap();
-    assert_eq!(
-        second.state, straight.state,
-        "10 + resume + 10 steps must equal 20 steps bit for bit"
-    );
+    assert_eq!(second.state, straight.state, "10 + resume + 10 steps must equal 20 steps bit for bit");
     let (saved, _) = checkpoint::load(&split_dir.path().join("checkpoint.safetensors")).unwrap();
     assert_eq!(saved, straight.state);
 }
@@ -105,19 +99,10 @@ fn non_finite_steps_are_skipped_and_then_stop_the_run() {
     let err = t.run(&mut |_| {}).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(3)), "{err}");
     assert_eq!(t.state.skipped, 3);
-    assert_eq!(
-        t.state.params, initial,
-        "skipped steps must not change the weights"
-    );
-    assert!(
-        !dir.path().join("checkpoint.safetensors").exists(),
-        "no checkpoint of a bad state"
-    );
+    assert_eq!(t.state.params, initial, "skipped steps must not change the weights");
+    assert!(!dir.path().join("checkpoint.safetensors").exists(), "no checkpoint of a bad state");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    assert!(
-        metrics.lines().all(|l| l.contains("\"applied\":false")),
-        "{metrics}"
-    );
+    assert!(metrics.lines().all(|l| l.contains("\"applied\":false")), "{metrics}");
 }
 
 #[test]
@@ -128,10 +113,7 @@ fn damaged_checkpoints_are_clear_errors() {
     let path = dir.path().join("checkpoint.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Trainer::resume(forward(), mqar(), dir.path(), None)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = Trainer::resume(forward(), mqar(), dir.path(), None).err().unwrap().to_string();
     assert!(err.contains("checkpoint.safetensors"), "{err}");
     std::fs::write(&path, b"not a checkpoint").unwrap();
     assert!(Trainer::resume(forward(), mqar(), dir.path(), None).is_err());
@@ -140,18 +122,9 @@ fn damaged_checkpoints_are_clear_errors() {
 #[test]
 fn batches_are_deterministic_and_splits_disjoint() {
     let s = mqar();
-    assert_eq!(
-        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
-        s.batch(1, Split::Train, 7, 2, 12).unwrap()
-    );
-    assert_ne!(
-        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
-        s.batch(1, Split::Train, 8, 2, 12).unwrap()
-    );
-    assert_ne!(
-        s.batch(1, Split::Train, 7, 2, 12).unwrap(),
-        s.batch(1, Split::Eval, 7, 2, 12).unwrap()
-    );
+    assert_eq!(s.batch(1, Split::Train, 7, 2, 12).unwrap(), s.batch(1, Split::Train, 7, 2, 12).unwrap());
+    assert_ne!(s.batch(1, Split::Train, 7, 2, 12).unwrap(), s.batch(1, Split::Train, 8, 2, 12).unwrap());
+    assert_ne!(s.batch(1, Split::Train, 7, 2, 12).unwrap(), s.batch(1, Split::Eval, 7, 2, 12).unwrap());
     let b = s.batch(3, Split::Train, 0, 4, 12).unwrap();
     assert!((b.weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     // Every weighted position asks for a value (upper half of the vocabulary) that follows
@@ -161,20 +134,10 @@ fn batches_are_deterministic_and_splits_disjoint() {
             let (row, pos) = (i / 12, i % 12);
             let (ids, key, want) = (&b.ids[row * 12..row * 12 + 12], b.ids[i], b.targets[i]);
             assert!(want >= 16);
-            assert!(
-                (0..pos).any(|p| ids[p] == key && ids[p + 1] == want),
-                "query {key} → {want} not in {ids:?}"
-            );
+            assert!((0..pos).any(|p| ids[p] == key && ids[p + 1] == want), "query {key} → {want} not in {ids:?}");
         }
     }
-    let text = Source::Tokens {
-        tokens: (0..1000).map(|i| (i % 50) as u32).collect(),
-        vocab: 50,
-    };
+    let text = Source::Tokens { tokens: (0..1000).map(|i| (i % 50) as u32).collect(), vocab: 50 };
     let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
-    assert!(b
-        .ids
-        .iter()
-        .zip(&b.targets)
-        .all(|(a, t)| (a + 1) % 50 == *t));
+    assert!(b.ids.iter().zip(&b.targets).all(|(a, t)| (a + 1) % 50 == *t));
 }

@@ -14,10 +14,7 @@ use std::collections::HashMap;
 pub fn elaborate(trace: &Trace) -> Graph {
     let mut g = Graph::default();
     let mut node_of: HashMap<usize, usize> = HashMap::new();
-    let ty = |id: usize| TensorType {
-        shape: trace.tensors[id].shape.clone(),
-        dtype: trace.tensors[id].dtype,
-    };
+    let ty = |id: usize| TensorType { shape: trace.tensors[id].shape.clone(), dtype: trace.tensors[id].dtype };
     for op in &trace.ops {
         match op {
             trace::Op::Input { out, name } => {
@@ -38,53 +35,29 @@ pub fn elaborate(trace: &Trace) -> Graph {
                     shape,
                     init: Init {
                         name: param.init.name.to_string(),
-                        args: param
-                            .init
-                            .args
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), *v))
-                            .collect(),
+                        args: param.init.args.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                     },
                     role: param.role,
                 });
                 let idx = g.params.len() - 1;
                 node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));
             }
-            trace::Op::Prim {
-                prim: Prim::Split,
-                args,
-                outs,
-                ..
-            } => {
-                let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) =
-                    (&args[0], &args[1], &args[2])
+            trace::Op::Prim { prim: Prim::Split, args, outs, .. } => {
+                let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) = (&args[0], &args[1], &args[2])
                 else {
                     unreachable!("split is checked")
                 };
                 let mut start = Dim::constant(0);
                 for (size, out) in sizes.iter().zip(outs) {
                     let end = start.add(size).expect("checked sizes");
-                    let attrs = vec![
-                        Attr::Tensor,
-                        Attr::Int(axis.clone()),
-                        Attr::Int(start.clone()),
-                        Attr::Int(end.clone()),
-                    ];
-                    let n = g.add(
-                        Op::Prim {
-                            prim: Prim::Slice,
-                            attrs,
-                        },
-                        vec![node_of[x]],
-                        ty(*out),
-                    );
+                    let attrs =
+                        vec![Attr::Tensor, Attr::Int(axis.clone()), Attr::Int(start.clone()), Attr::Int(end.clone())];
+                    let n = g.add(Op::Prim { prim: Prim::Slice, attrs }, vec![node_of[x]], ty(*out));
                     node_of.insert(*out, n);
                     start = end;
                 }
             }
-            trace::Op::Prim {
-                prim, args, outs, ..
-            } => {
+            trace::Op::Prim { prim, args, outs, .. } => {
                 let mut inputs = Vec::new();
                 let mut attrs = Vec::new();
                 for (slot, arg) in prim.signature().iter().zip(args) {
@@ -98,10 +71,7 @@ pub fn elaborate(trace: &Trace) -> Graph {
                             Attr::Tensor
                         }
                         TraceArg::Scalar(x) if slot.kind == Kind::TensorOrScalar => {
-                            let ty = TensorType {
-                                shape: vec![],
-                                dtype: DType::F32,
-                            };
+                            let ty = TensorType { shape: vec![], dtype: DType::F32 };
                             inputs.push(g.add(Op::Constant(*x), vec![], ty));
                             Attr::Tensor
                         }

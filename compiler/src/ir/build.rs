@@ -17,9 +17,7 @@ impl Graph {
             .zip(&attrs)
             .map(|(slot, a)| match a {
                 Attr::Tensor if slot.kind == Kind::Tensors => prims::Arg::Tensors(
-                    next.by_ref()
-                        .map(|&i| (self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype))
-                        .collect(),
+                    next.by_ref().map(|&i| (self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype)).collect(),
                 ),
                 Attr::Tensor => {
                     let i = *next.next().expect("an input per tensor slot");
@@ -37,11 +35,7 @@ impl Graph {
             .infer(&args, Ctx { strict: true })
             .unwrap_or_else(|e| panic!("compiler built an invalid {}: {}", prim.name(), e.message));
         let (shape, dtype) = out.into_iter().next().expect("one output");
-        self.add(
-            Op::Prim { prim, attrs },
-            inputs,
-            TensorType { shape, dtype },
-        )
+        self.add(Op::Prim { prim, attrs }, inputs, TensorType { shape, dtype })
     }
 
     /// A scalar constant; it takes the dtype of whatever it is combined with.
@@ -50,14 +44,7 @@ impl Graph {
     }
 
     pub fn constant_of(&mut self, x: f64, dtype: DType) -> NodeId {
-        self.add(
-            Op::Constant(x),
-            vec![],
-            TensorType {
-                shape: vec![],
-                dtype,
-            },
-        )
+        self.add(Op::Constant(x), vec![], TensorType { shape: vec![], dtype })
     }
 
     pub fn shape(&self, n: NodeId) -> &[Dim] {
@@ -78,23 +65,11 @@ impl Graph {
     }
 
     pub fn reshape(&mut self, x: NodeId, shape: Vec<Dim>) -> NodeId {
-        self.apply(
-            Prim::Reshape,
-            vec![Attr::Tensor, Attr::Ints(shape)],
-            vec![x],
-        )
+        self.apply(Prim::Reshape, vec![Attr::Tensor, Attr::Ints(shape)], vec![x])
     }
 
     pub fn sum(&mut self, x: NodeId, axis: i64, keepdim: bool) -> NodeId {
-        self.apply(
-            Prim::Sum,
-            vec![
-                Attr::Tensor,
-                Attr::Int(Dim::constant(axis)),
-                Attr::Bool(keepdim),
-            ],
-            vec![x],
-        )
+        self.apply(Prim::Sum, vec![Attr::Tensor, Attr::Int(Dim::constant(axis)), Attr::Bool(keepdim)], vec![x])
     }
 
     /// Sum over every element: a scalar.
@@ -107,10 +82,6 @@ impl Graph {
     }
 
     pub fn matmul(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> NodeId {
-        self.apply(
-            Prim::Matmul,
-            vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)],
-            vec![a, b],
-        )
+        self.apply(Prim::Matmul, vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)], vec![a, b])
     }
 }

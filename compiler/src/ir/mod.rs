@@ -78,10 +78,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn add(&mut self, op: Op, inputs: Vec<NodeId>, ty: TensorType) -> NodeId {
-        debug_assert!(
-            inputs.iter().all(|&i| i < self.nodes.len()),
-            "inputs must precede their user"
-        );
+        debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()), "inputs must precede their user");
         self.nodes.push(Node { op, inputs, ty });
         self.nodes.len() - 1
     }
@@ -91,12 +88,9 @@ impl Graph {
     }
 
     pub fn input_nodes(&self) -> impl Iterator<Item = (NodeId, &str)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| match &n.op {
-                Op::Input(name) => Some((i, name.as_str())),
-                _ => None,
-            })
+        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.op {
+            Op::Input(name) => Some((i, name.as_str())),
+            _ => None,
+        })
     }
 }

@@ -10,12 +10,7 @@ use std::fmt;
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.params.iter().enumerate() {
-            let args: Vec<String> = p
-                .init
-                .args
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let args: Vec<String> = p.init.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(
                 f,
                 "param {i} {}: {:?} init {}({}) role {}",
@@ -38,11 +33,9 @@ impl fmt::Display for Graph {
                     let mut parts = Vec::new();
                     for (slot, a) in prim.signature().iter().zip(attrs) {
                         let text = match a {
-                            Attr::Tensor if slot.kind == hyb_dsl::prims::Kind::Tensors => inputs
-                                .by_ref()
-                                .map(|i| format!("%{i}"))
-                                .collect::<Vec<_>>()
-                                .join(", "),
+                            Attr::Tensor if slot.kind == hyb_dsl::prims::Kind::Tensors => {
+                                inputs.by_ref().map(|i| format!("%{i}")).collect::<Vec<_>>().join(", ")
+                            }
                             Attr::Tensor => inputs.next().map_or("?".into(), |i| format!("%{i}")),
                             Attr::Int(d) => format!("{}={d}", slot.name),
                             Attr::Float(x) => format!("{}={x:?}", slot.name),
@@ -51,10 +44,7 @@ impl fmt::Display for Graph {
                             Attr::Ints(v) => format!(
                                 "{}=[{}]",
                                 slot.name,
-                                v.iter()
-                                    .map(|d| d.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                             ),
                             Attr::Absent => format!("{}=none", slot.name),
                         };

@@ -67,8 +67,9 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
     match prim {
         Add | Sub | Mul | Div | Maximum | Minimum => pointwise::binary(prim, inputs[0], inputs[1]),
         Pow => pointwise::unary(inputs[0], |x| x.powf(T::of(args[1].float()))),
-        Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign
-        | Round => pointwise::unary(inputs[0], pointwise::scalar_fn::<T>(prim)),
+        Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign | Round => {
+            pointwise::unary(inputs[0], pointwise::scalar_fn::<T>(prim))
+        }
         Clamp => {
             let (lo, hi) = (T::of(args[1].float()), T::of(args[2].float()));
             pointwise::unary(inputs[0], |x| x.max(lo).min(hi))
@@ -99,38 +100,22 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         Embedding => movement::embedding(inputs[0], inputs[1]),
         Matmul => matmul::matmul(inputs[0], inputs[1], args[2].boolean(), args[3].boolean()),
         CausalConv1d => sequence::causal_conv1d(inputs[0], inputs[1], inputs.get(2).copied()),
-        SsdScan => sequence::ssd_scan(
-            inputs[0],
-            inputs[1],
-            inputs[2],
-            inputs[3],
-            inputs[4],
-            args[5].int() as usize,
-        ),
+        SsdScan => sequence::ssd_scan(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], args[5].int() as usize),
         Rope => sequence::rope(inputs[0], args[1].float()),
         CausalMask => sequence::causal_mask(inputs[0]),
         TernaryQuant => quant::ternary(inputs[0]),
         Int8Quant => quant::int8_per_token(inputs[0]),
-        Step => pointwise::unary(
-            inputs[0],
-            |x| if x > T::zero() { T::one() } else { T::zero() },
-        ),
+        Step => pointwise::unary(inputs[0], |x| if x > T::zero() { T::one() } else { T::zero() }),
         Tril => sequence::tril(inputs[0]),
         Pad => movement::pad(inputs[0], args[1].int(), args[2].int(), args[3].int()),
         RopeGrad => sequence::rope_grad(inputs[0], args[1].float()),
         EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
-        CausalConv1dGrad => {
-            sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int())
-        }
+        CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
         OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
         SsdScanGrad => {
-            let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
-                inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5],
-            );
-            [dx, ddt, da, db, dc]
-                .into_iter()
-                .nth(args[7].int() as usize)
-                .expect("wrt is 0 to 4")
+            let [dx, ddt, da, db, dc] =
+                sequence::ssd_scan_grads(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]);
+            [dx, ddt, da, db, dc].into_iter().nth(args[7].int() as usize).expect("wrt is 0 to 4")
         }
     }
 }
@@ -143,23 +128,21 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
     };
     use Prim::*;
     match prim {
-        Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt
-        | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step
-        | TernaryQuant | Int8Quant => pointwise::vjp(g, prim, node, dy),
+        Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu
+        | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step | TernaryQuant | Int8Quant => {
+            pointwise::vjp(g, prim, node, dy)
+        }
         Sum | Max | Mean => reduce::vjp(g, prim, node, dy),
         Reshape | Permute | Transpose | Broadcast | Slice | Concat | Embedding | Pad => {
             movement::vjp(g, prim, node, dy)
         }
         Matmul => matmul::vjp(g, node, dy),
-        CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => {
-            sequence::vjp(g, prim, node, dy)
-        }
+        CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => sequence::vjp(g, prim, node, dy),
         Split => unreachable!("split is lowered to slices"),
         OneHot => vec![None],
-        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => panic!(
-            "second-order gradients of {} are not supported",
-            prim.name()
-        ),
+        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => {
+            panic!("second-order gradients of {} are not supported", prim.name())
+        }
     }
 }
 

@@ -8,16 +8,7 @@ use hyb_dsl::prims::Prim;
 
 pub fn reshape<T: Real>(x: &Tensor<T>, target: &[i64]) -> Tensor<T> {
     let known: i64 = target.iter().filter(|&&d| d >= 0).product();
-    let shape = target
-        .iter()
-        .map(|&d| {
-            if d < 0 {
-                x.len() / known as usize
-            } else {
-                d as usize
-            }
-        })
-        .collect();
+    let shape = target.iter().map(|&d| if d < 0 { x.len() / known as usize } else { d as usize }).collect();
     Tensor::new(shape, x.data.clone())
 }
 
@@ -126,27 +117,17 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
     match prim {
         Prim::Reshape => vec![Some(g.reshape(dy, xs))],
         Prim::Permute => {
-            let Attr::Ints(perm) = attr(g, node, 1) else {
-                unreachable!()
-            };
+            let Attr::Ints(perm) = attr(g, node, 1) else { unreachable!() };
             let r = xs.len();
             let mut inverse = vec![Dim::constant(0); r];
             for (i, p) in perm.iter().enumerate() {
                 inverse[axis(p.as_const().unwrap(), r)] = Dim::constant(i as i64);
             }
-            vec![Some(g.apply(
-                Prim::Permute,
-                vec![Attr::Tensor, Attr::Ints(inverse)],
-                vec![dy],
-            ))]
+            vec![Some(g.apply(Prim::Permute, vec![Attr::Tensor, Attr::Ints(inverse)], vec![dy]))]
         }
         Prim::Transpose => {
             let (a, b) = (attr(g, node, 1), attr(g, node, 2));
-            vec![Some(g.apply(
-                Prim::Transpose,
-                vec![Attr::Tensor, a, b],
-                vec![dy],
-            ))]
+            vec![Some(g.apply(Prim::Transpose, vec![Attr::Tensor, a, b], vec![dy]))]
         }
         Prim::Broadcast => vec![Some(unbroadcast(g, dy, &xs))],
         Prim::Slice => {
@@ -156,12 +137,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
             let after = xs[r].sub(&end).unwrap();
             vec![Some(g.apply(
                 Prim::Pad,
-                vec![
-                    Attr::Tensor,
-                    Attr::Int(a),
-                    Attr::Int(start),
-                    Attr::Int(after),
-                ],
+                vec![Attr::Tensor, Attr::Int(a), Attr::Int(start), Attr::Int(after)],
                 vec![dy],
             ))]
         }
@@ -183,12 +159,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
             let mut out = Vec::new();
             for &i in &inputs {
                 let end = start.add(&g.shape(i)[r]).unwrap();
-                let attrs = vec![
-                    Attr::Tensor,
-                    Attr::Int(a.clone()),
-                    Attr::Int(start.clone()),
-                    Attr::Int(end.clone()),
-                ];
+                let attrs = vec![Attr::Tensor, Attr::Int(a.clone()), Attr::Int(start.clone()), Attr::Int(end.clone())];
                 out.push(Some(g.apply(Prim::Slice, attrs, vec![dy])));
                 start = end;
             }
@@ -197,11 +168,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
         Prim::Embedding => {
             let vocab = xs[0].clone();
             let ids = inputs[1];
-            let grad = g.apply(
-                Prim::EmbeddingGrad,
-                vec![Attr::Tensor, Attr::Tensor, Attr::Int(vocab)],
-                vec![ids, dy],
-            );
+            let grad = g.apply(Prim::EmbeddingGrad, vec![Attr::Tensor, Attr::Tensor, Attr::Int(vocab)], vec![ids, dy]);
             vec![Some(grad), None]
         }
         other => unreachable!("{} is not a movement op", other.name()),

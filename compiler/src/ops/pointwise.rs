@@ -107,11 +107,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
                     (da, g.unary(Neg, t))
                 }
                 _ => {
-                    let diff = if prim == Maximum {
-                        g.binary(Sub, x, b)
-                    } else {
-                        g.binary(Sub, b, x)
-                    };
+                    let diff = if prim == Maximum { g.binary(Sub, x, b) } else { g.binary(Sub, b, x) };
                     let m = g.unary(Step, diff);
                     let da = mul(g, dy, m);
                     let db = g.binary(Sub, dy, da);
@@ -202,11 +198,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
         }
         Cast => {
             let dtype = g.nodes[x].ty.dtype.name().to_string();
-            vec![Some(g.apply(
-                Cast,
-                vec![Attr::Tensor, Attr::Str(dtype)],
-                vec![dy],
-            ))]
+            vec![Some(g.apply(Cast, vec![Attr::Tensor, Attr::Str(dtype)], vec![dy]))]
         }
         TernaryQuant | Int8Quant => vec![Some(dy)],
         other => unreachable!("{} is not pointwise", other.name()),

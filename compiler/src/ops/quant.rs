@@ -15,20 +15,11 @@ pub fn int8_per_token<T: Real>(x: &Tensor<T>) -> Tensor<T> {
     let d = *x.shape.last().unwrap_or(&1);
     let mut data = Vec::with_capacity(x.len());
     for row in x.data.chunks(d.max(1)) {
-        let m = row
-            .iter()
-            .fold(T::zero(), |a, v| a.max(v.abs()))
-            .max(T::of(1e-5));
+        let m = row.iter().fold(T::zero(), |a, v| a.max(v.abs())).max(T::of(1e-5));
         let s = T::of(127.0) / m;
-        data.extend(row.iter().map(|&v| {
-            T::of(
-                (v * s)
-                    .max(T::of(-128.0))
-                    .min(T::of(127.0))
-                    .f64()
-                    .round_ties_even(),
-            ) / s
-        }));
+        data.extend(
+            row.iter().map(|&v| T::of((v * s).max(T::of(-128.0)).min(T::of(127.0)).f64().round_ties_even()) / s),
+        );
     }
     Tensor::new(x.shape.clone(), data)
 }

@@ -36,23 +36,12 @@ pub fn reduce<T: Real>(prim: Prim, x: &Tensor<T>, ax: i64, keepdim: bool) -> Ten
 pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
     let x = g.nodes[node].inputs[0];
     let xs = g.shape(x).to_vec();
-    let a = axis(
-        attr_int(g, node, 1).as_const().expect("known axis"),
-        xs.len(),
-    );
+    let a = axis(attr_int(g, node, 1).as_const().expect("known axis"), xs.len());
     let keepdim = attr(g, node, 2) == Attr::Bool(true);
     let mut kept = xs.clone();
     kept[a] = Dim::constant(1);
-    let dyk = if keepdim {
-        dy
-    } else {
-        g.reshape(dy, kept.clone())
-    };
-    let spread = g.apply(
-        Prim::Broadcast,
-        vec![Attr::Tensor, Attr::Ints(xs.clone())],
-        vec![dyk],
-    );
+    let dyk = if keepdim { dy } else { g.reshape(dy, kept.clone()) };
+    let spread = g.apply(Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(xs.clone())], vec![dyk]);
     let dx = match prim {
         Prim::Sum => spread,
         Prim::Mean => {
@@ -62,11 +51,7 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
         _ => {
             // Max: the gradient goes to the elements equal to the maximum.
             let yk = if keepdim { node } else { g.reshape(node, kept) };
-            let yb = g.apply(
-                Prim::Broadcast,
-                vec![Attr::Tensor, Attr::Ints(xs)],
-                vec![yk],
-            );
+            let yb = g.apply(Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(xs)], vec![yk]);
             let gap = g.binary(Prim::Sub, yb, x);
             let below = g.unary(Prim::Step, gap);
             let one = g.constant(1.0);

@@ -41,14 +41,7 @@ struct ScanDims {
 
 impl ScanDims {
     fn of<T: Real>(x: &Tensor<T>, bm: &Tensor<T>) -> Self {
-        ScanDims {
-            b: x.shape[0],
-            t: x.shape[1],
-            h: x.shape[2],
-            p: x.shape[3],
-            g: bm.shape[2],
-            n: bm.shape[3],
-        }
+        ScanDims { b: x.shape[0], t: x.shape[1], h: x.shape[2], p: x.shape[3], g: bm.shape[2], n: bm.shape[3] }
     }
     /// Head `h` reads B/C group `h / (H / G)` (consecutive heads share a group).
     fn group(&self, h: usize) -> usize {
@@ -102,15 +95,10 @@ pub fn ssd_scan<T: Real>(
                         for u in start..=ti {
                             let mut cb = T::zero();
                             for ni in 0..d.n {
-                                cb = cb
-                                    + cm.data[d.bc(bi, ti, gi, ni)] * bm.data[d.bc(bi, u, gi, ni)];
+                                cb = cb + cm.data[d.bc(bi, ti, gi, ni)] * bm.data[d.bc(bi, u, gi, ni)];
                             }
                             let dtu = dt.data[(bi * d.t + u) * d.h + hi];
-                            acc = acc
-                                + (ct - cum[u - start]).exp()
-                                    * cb
-                                    * dtu
-                                    * x.data[d.x(bi, u, hi, pi)];
+                            acc = acc + (ct - cum[u - start]).exp() * cb * dtu * x.data[d.x(bi, u, hi, pi)];
                         }
                         y.data[d.x(bi, ti, hi, pi)] = acc;
                     }
@@ -160,8 +148,7 @@ pub fn ssd_scan_sequential<T: Real>(
                     let mut acc = T::zero();
                     for ni in 0..d.n {
                         let s = &mut state[pi * d.n + ni];
-                        *s = decay * *s
-                            + dtt * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
+                        *s = decay * *s + dtt * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
                         acc = acc + *s * cm.data[d.bc(bi, ti, gi, ni)];
                     }
                     y.data[d.x(bi, ti, hi, pi)] = acc;
@@ -247,12 +234,7 @@ pub fn tril<T: Real>(x: &Tensor<T>) -> Tensor<T> {
 }
 
 /// Gradient of [`causal_conv1d`] with respect to input `wrt` (0 x, 1 weight, 2 bias).
-pub fn causal_conv1d_grad<T: Real>(
-    x: &Tensor<T>,
-    w: &Tensor<T>,
-    dy: &Tensor<T>,
-    wrt: i64,
-) -> Tensor<T> {
+pub fn causal_conv1d_grad<T: Real>(x: &Tensor<T>, w: &Tensor<T>, dy: &Tensor<T>, wrt: i64) -> Tensor<T> {
     let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2]);
     let k = w.shape[1];
     match wrt {
@@ -283,9 +265,7 @@ pub fn causal_conv1d_grad<T: Real>(
                         for ti in 0..t {
                             let src = ti as i64 - (k as i64 - 1) + ki as i64;
                             if src >= 0 {
-                                acc = acc
-                                    + dy.data[(bi * t + ti) * c + ci]
-                                        * x.data[(bi * t + src as usize) * c + ci];
+                                acc = acc + dy.data[(bi * t + ti) * c + ci] * x.data[(bi * t + src as usize) * c + ci];
                             }
                         }
                     }
@@ -334,9 +314,7 @@ pub fn ssd_scan_grads<T: Real>(
                 for pi in 0..d.p {
                     for ni in 0..d.n {
                         let v = decay * prev[pi * d.n + ni]
-                            + dt_at(ti)
-                                * x.data[d.x(bi, ti, hi, pi)]
-                                * bm.data[d.bc(bi, ti, gi, ni)];
+                            + dt_at(ti) * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
                         states[ti * pn + pi * d.n + ni] = v;
                     }
                 }
@@ -344,16 +322,11 @@ pub fn ssd_scan_grads<T: Real>(
             }
             let mut g = vec![T::zero(); pn];
             for ti in (0..d.t).rev() {
-                let next_decay = if ti + 1 < d.t {
-                    (dt_at(ti + 1) * a.data[hi]).exp()
-                } else {
-                    T::zero()
-                };
+                let next_decay = if ti + 1 < d.t { (dt_at(ti + 1) * a.data[hi]).exp() } else { T::zero() };
                 for pi in 0..d.p {
                     for ni in 0..d.n {
                         let idx = pi * d.n + ni;
-                        g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)]
-                            + next_decay * g[idx];
+                        g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)] + next_decay * g[idx];
                     }
                 }
                 let decay = (dt_at(ti) * a.data[hi]).exp();
@@ -365,18 +338,13 @@ pub fn ssd_scan_grads<T: Real>(
                     for ni in 0..d.n {
                         let idx = pi * d.n + ni;
                         let bv = bm.data[d.bc(bi, ti, gi, ni)];
-                        let h_prev = if ti > 0 {
-                            states[(ti - 1) * pn + idx]
-                        } else {
-                            T::zero()
-                        };
+                        let h_prev = if ti > 0 { states[(ti - 1) * pn + idx] } else { T::zero() };
                         dxv = dxv + g[idx] * bv;
                         g_dot_prev = g_dot_prev + g[idx] * h_prev;
                         g_dot_input = g_dot_input + g[idx] * xv * bv;
                         let bc = d.bc(bi, ti, gi, ni);
                         db.data[bc] = db.data[bc] + dt_at(ti) * g[idx] * xv;
-                        dc.data[bc] =
-                            dc.data[bc] + states[ti * pn + idx] * dy.data[d.x(bi, ti, hi, pi)];
+                        dc.data[bc] = dc.data[bc] + states[ti * pn + idx] * dy.data[d.x(bi, ti, hi, pi)];
                     }
                     dx.data[d.x(bi, ti, hi, pi)] = dt_at(ti) * dxv;
                 }
@@ -395,17 +363,8 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
     match prim {
         Prim::CausalConv1d => (0..inputs.len())
             .map(|wrt| {
-                let attrs = vec![
-                    Attr::Tensor,
-                    Attr::Tensor,
-                    Attr::Tensor,
-                    Attr::Int(Dim::constant(wrt as i64)),
-                ];
-                Some(g.apply(
-                    Prim::CausalConv1dGrad,
-                    attrs,
-                    vec![inputs[0], inputs[1], dy],
-                ))
+                let attrs = vec![Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Int(Dim::constant(wrt as i64))];
+                Some(g.apply(Prim::CausalConv1dGrad, attrs, vec![inputs[0], inputs[1], dy]))
             })
             .collect(),
         Prim::SsdScan => {
@@ -421,16 +380,8 @@ pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<No
                 })
                 .collect()
         }
-        Prim::Rope => vec![Some(g.apply(
-            Prim::RopeGrad,
-            vec![Attr::Tensor, attr(g, node, 1)],
-            vec![dy],
-        ))],
-        Prim::RopeGrad => vec![Some(g.apply(
-            Prim::Rope,
-            vec![Attr::Tensor, attr(g, node, 1)],
-            vec![dy],
-        ))],
+        Prim::Rope => vec![Some(g.apply(Prim::RopeGrad, vec![Attr::Tensor, attr(g, node, 1)], vec![dy]))],
+        Prim::RopeGrad => vec![Some(g.apply(Prim::Rope, vec![Attr::Tensor, attr(g, node, 1)], vec![dy]))],
         Prim::CausalMask | Prim::Tril => vec![Some(g.unary(Prim::Tril, dy))],
         other => unreachable!("{} is not a sequence op", other.name()),
     }

@@ -15,19 +15,11 @@ pub enum RunError {
     #[error("missing weight `{0}`")]
     MissingParam(String),
     #[error("weight `{name}` has shape {got:?} but the model declares {expected:?}")]
-    ParamShape {
-        name: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("missing input `{0}`")]
     MissingInput(String),
     #[error("input `{name}` has shape {got:?}, which does not fit {expected}")]
-    InputShape {
-        name: String,
-        expected: String,
-        got: Vec<usize>,
-    },
+    InputShape { name: String, expected: String, got: Vec<usize> },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: f64, vocab: usize },
 }
@@ -56,15 +48,10 @@ pub fn run<T: Real>(
     let mut scan_grads: HashMap<Vec<usize>, [Option<Tensor<T>>; 5]> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let v = match &n.op {
-            Op::Input(name) => inputs
-                .get(name)
-                .cloned()
-                .ok_or_else(|| RunError::MissingInput(name.clone()))?,
+            Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
             Op::Param(p) => {
                 let spec = &g.params[*p];
-                let w = params
-                    .get(&spec.name)
-                    .ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+                let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
                 if w.shape != spec.shape {
                     return Err(RunError::ParamShape {
                         name: spec.name.clone(),
@@ -77,20 +64,16 @@ pub fn run<T: Real>(
             Op::Constant(c) => Tensor::scalar(T::of(*c)),
             Op::Prim { prim, attrs } => {
                 let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
-                let xs: Vec<&Tensor<T>> = n
-                    .inputs
-                    .iter()
-                    .map(|&x| values[x].as_ref().expect("inputs are live"))
-                    .collect();
+                let xs: Vec<&Tensor<T>> =
+                    n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
                 if *prim == Prim::Embedding {
                     let vocab = xs[0].shape[0];
-                    if let Some(&id) = xs[1].data.iter().find(|id| {
-                        id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0
-                    }) {
-                        return Err(RunError::TokenOutOfRange {
-                            id: id.f64(),
-                            vocab,
-                        });
+                    if let Some(&id) = xs[1]
+                        .data
+                        .iter()
+                        .find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0)
+                    {
+                        return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
                     }
                 }
                 if *prim == Prim::SsdScanGrad {
@@ -99,8 +82,7 @@ pub fn run<T: Real>(
                         _ => unreachable!("checked signature"),
                     };
                     let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
-                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5])
-                            .map(Some)
+                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5]).map(Some)
                     });
                     let out = grads[wrt].take().expect("each gradient is read once");
                     if grads.iter().all(Option::is_none) {
@@ -119,10 +101,7 @@ pub fn run<T: Real>(
             }
         }
     }
-    Ok(g.outputs
-        .iter()
-        .map(|&o| values[o].take().expect("outputs are kept"))
-        .collect())
+    Ok(g.outputs.iter().map(|&o| values[o].take().expect("outputs are kept")).collect())
 }
 
 fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
@@ -139,25 +118,14 @@ fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
 }
 
 /// Binds the symbolic dimensions of the inputs (`B`, `T`) to the sizes actually given.
-fn bind_symbols<T: Real>(
-    g: &Graph,
-    inputs: &HashMap<String, Tensor<T>>,
-) -> Result<HashMap<String, i64>, RunError> {
+fn bind_symbols<T: Real>(g: &Graph, inputs: &HashMap<String, Tensor<T>>) -> Result<HashMap<String, i64>, RunError> {
     let mut out = HashMap::new();
     for (node, name) in g.input_nodes() {
-        let x = inputs
-            .get(name)
-            .ok_or_else(|| RunError::MissingInput(name.to_string()))?;
+        let x = inputs.get(name).ok_or_else(|| RunError::MissingInput(name.to_string()))?;
         let want = &g.nodes[node].ty.shape;
         let mismatch = || RunError::InputShape {
             name: name.to_string(),
-            expected: format!(
-                "[{}]",
-                want.iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            expected: format!("[{}]", want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
             got: x.shape.clone(),
         };
         if want.len() != x.rank() || x.shape.contains(&0) {

@@ -110,28 +110,17 @@ pub struct Tensor<T> {
 
 impl<T: Real> Tensor<T> {
     pub fn new(shape: Vec<usize>, data: Vec<T>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?} does not fit {} values",
-            data.len()
-        );
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} does not fit {} values", data.len());
         Tensor { shape, data }
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor {
-            shape,
-            data: vec![T::zero(); n],
-        }
+        Tensor { shape, data: vec![T::zero(); n] }
     }
 
     pub fn scalar(x: T) -> Self {
-        Tensor {
-            shape: vec![],
-            data: vec![x],
-        }
+        Tensor { shape: vec![], data: vec![x] }
     }
 
     pub fn from_f64(shape: Vec<usize>, data: &[f64]) -> Self {
@@ -159,10 +148,7 @@ impl<T: Real> Tensor<T> {
     }
 
     pub fn map(&self, f: impl Fn(T) -> T) -> Self {
-        Tensor {
-            shape: self.shape.clone(),
-            data: self.data.iter().map(|&x| f(x)).collect(),
-        }
+        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&x| f(x)).collect() }
     }
 
     /// Values of this tensor broadcast (numpy rules) to `shape`.
@@ -174,21 +160,12 @@ impl<T: Real> Tensor<T> {
         let src_strides = self.strides();
         // Stride 0 along broadcast dimensions.
         let eff: Vec<usize> = (0..shape.len())
-            .map(|i| {
-                if i < offset || self.shape[i - offset] == 1 {
-                    0
-                } else {
-                    src_strides[i - offset]
-                }
-            })
+            .map(|i| if i < offset || self.shape[i - offset] == 1 { 0 } else { src_strides[i - offset] })
             .collect();
         let n: usize = shape.iter().product();
         let mut data = Vec::with_capacity(n);
         if n == 0 {
-            return Tensor {
-                shape: shape.to_vec(),
-                data,
-            };
+            return Tensor { shape: shape.to_vec(), data };
         }
         // Rows of the last dimension at a time; an odometer over the outer dimensions.
         let last = shape.len() - 1;
@@ -209,10 +186,7 @@ impl<T: Real> Tensor<T> {
                 idx[d] = 0;
             }
         }
-        Tensor {
-            shape: shape.to_vec(),
-            data,
-        }
+        Tensor { shape: shape.to_vec(), data }
     }
 }
 

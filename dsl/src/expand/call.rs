@@ -27,9 +27,7 @@ impl Bound {
     pub(super) fn rule_arg(&self) -> prims::Arg {
         match self {
             Bound::Tensor(t) => prims::Arg::Tensor(t.shape.clone(), t.dtype),
-            Bound::Tensors(ts) => {
-                prims::Arg::Tensors(ts.iter().map(|t| (t.shape.clone(), t.dtype)).collect())
-            }
+            Bound::Tensors(ts) => prims::Arg::Tensors(ts.iter().map(|t| (t.shape.clone(), t.dtype)).collect()),
             Bound::Scalar(x) => prims::Arg::Scalar(*x),
             Bound::Int(d) => prims::Arg::Int(d.clone()),
             Bound::Bool(b) => prims::Arg::Bool(*b),
@@ -52,12 +50,7 @@ pub(super) struct Slot {
 
 impl Slot {
     pub(super) fn scalar(name: &str, optional: bool) -> Slot {
-        Slot {
-            name: name.to_string(),
-            required: !optional,
-            variadic: false,
-            named_only: false,
-        }
+        Slot { name: name.to_string(), required: !optional, variadic: false, named_only: false }
     }
 }
 
@@ -67,9 +60,7 @@ pub(super) fn configs(block: &Block) -> Vec<(&Ident, ScalarType, Option<&Expr>)>
         .body
         .iter()
         .filter_map(|s| match &s.kind {
-            StmtKind::Config(items) => {
-                Some(items.iter().map(|c| (&c.name, c.ty, c.default.as_ref())))
-            }
+            StmtKind::Config(items) => Some(items.iter().map(|c| (&c.name, c.ty, c.default.as_ref()))),
             _ => None,
         })
         .flatten()
@@ -108,8 +99,7 @@ impl<'p> Expander<'p> {
         let file = frame.file;
         let mut bound: Vec<Option<(Value, Span)>> = slots.iter().map(|_| None).collect();
         let mut ok = true;
-        let positional_slots: Vec<usize> =
-            (0..slots.len()).filter(|&i| !slots[i].named_only).collect();
+        let positional_slots: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].named_only).collect();
         let mut next_pos = 0;
         let mut variadic: Vec<Tensor> = Vec::new();
         let mut variadic_span: Option<Span> = None;
@@ -127,10 +117,7 @@ impl<'p> Expander<'p> {
                                         Code::TypeMismatch,
                                         file,
                                         e.span,
-                                        format!(
-                                            "{what} takes tensors here, found {}",
-                                            other.kind()
-                                        ),
+                                        format!("{what} takes tensors here, found {}", other.kind()),
                                     );
                                     ok = false;
                                 }
@@ -144,9 +131,20 @@ impl<'p> Expander<'p> {
                         None => {
                             let n = positional_slots.len();
                             self.report(
-                                Diagnostic::new(Code::WrongArity, file, e.span, format!("too many arguments: {what} takes {n} positional argument{}", if n == 1 { "" } else { "s" }))
-                                    .label("unexpected argument")
-                                    .help(format!("{what} takes ({})", slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))),
+                                Diagnostic::new(
+                                    Code::WrongArity,
+                                    file,
+                                    e.span,
+                                    format!(
+                                        "too many arguments: {what} takes {n} positional argument{}",
+                                        if n == 1 { "" } else { "s" }
+                                    ),
+                                )
+                                .label("unexpected argument")
+                                .help(format!(
+                                    "{what} takes ({})",
+                                    slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                                )),
                             );
                             ok = false;
                         }
@@ -155,10 +153,7 @@ impl<'p> Expander<'p> {
                 Arg::Named(name, e) => {
                     let v = self.expr(e, frame);
                     match slots.iter().position(|s| s.name == name.name) {
-                        Some(i)
-                            if bound[i].is_some()
-                                || (slots[i].variadic && variadic_span.is_some()) =>
-                        {
+                        Some(i) if bound[i].is_some() || (slots[i].variadic && variadic_span.is_some()) => {
                             self.report(
                                 Diagnostic::new(
                                     Code::DuplicateArg,
@@ -184,11 +179,7 @@ impl<'p> Expander<'p> {
                                 Some(s) => d.help(format!("did you mean `{s}`?")),
                                 None => d.help(format!(
                                     "its arguments are: {}",
-                                    slots
-                                        .iter()
-                                        .map(|s| s.name.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
+                                    slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                                 )),
                             };
                             self.report(d);
@@ -255,11 +246,8 @@ impl<'p> Expander<'p> {
             );
         }
         let scope = &self.prog.modules[frame.module].scope;
-        let candidates: Vec<&str> = scope
-            .keys()
-            .map(String::as_str)
-            .chain(Prim::ALL.iter().map(|p| p.name()))
-            .collect();
+        let candidates: Vec<&str> =
+            scope.keys().map(String::as_str).chain(Prim::ALL.iter().map(|p| p.name())).collect();
         let mut d = Diagnostic::new(
             Code::UnknownName,
             frame.file,
@@ -269,9 +257,7 @@ impl<'p> Expander<'p> {
         .label("not defined");
         d = match suggest(name, candidates.into_iter()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
-            None => d.help(
-                "define the block, or import the module that defines it (e.g. `import std.nn`)",
-            ),
+            None => d.help("define the block, or import the module that defines it (e.g. `import std.nn`)"),
         };
         self.report(d);
         // Evaluate the arguments anyway so that mistakes inside them are reported too.
@@ -350,20 +336,12 @@ impl<'p> Expander<'p> {
     fn block_call(&mut self, def: DefId, c: &Call, frame: &mut Frame) -> Value {
         let block = self.prog.block(def);
         if self.calls.contains(&def) {
-            let chain: Vec<String> = self
-                .calls
-                .iter()
-                .map(|d| self.prog.block(*d).name.name.clone())
-                .collect();
+            let chain: Vec<String> = self.calls.iter().map(|d| self.prog.block(*d).name.name.clone()).collect();
             return self.error(
                 Code::RecursiveBlock,
                 frame.file,
                 c.callee.span,
-                format!(
-                    "block `{}` calls itself (through {})",
-                    block.name.name,
-                    chain.join(" → ")
-                ),
+                format!("block `{}` calls itself (through {})", block.name.name, chain.join(" → ")),
             );
         }
         if self.calls.len() >= crate::parse::MAX_NESTING {
@@ -371,38 +349,17 @@ impl<'p> Expander<'p> {
                 Code::RecursiveBlock,
                 frame.file,
                 c.callee.span,
-                format!(
-                    "block calls are nested more than {} deep",
-                    crate::parse::MAX_NESTING
-                ),
+                format!("block calls are nested more than {} deep", crate::parse::MAX_NESTING),
             );
         }
         let configs = configs(block);
         let mups = mups(block);
-        let mut slots: Vec<Slot> = block
-            .inputs
-            .iter()
-            .map(|i| Slot::scalar(&i.name.name, false))
-            .collect();
-        slots.extend(
-            configs
-                .iter()
-                .map(|(n, _, d)| Slot::scalar(&n.name, d.is_some())),
-        );
+        let mut slots: Vec<Slot> = block.inputs.iter().map(|i| Slot::scalar(&i.name.name, false)).collect();
+        slots.extend(configs.iter().map(|(n, _, d)| Slot::scalar(&n.name, d.is_some())));
         for m in &mups {
-            slots.push(Slot {
-                name: m.name.name.clone(),
-                required: false,
-                variadic: false,
-                named_only: true,
-            });
+            slots.push(Slot { name: m.name.name.clone(), required: false, variadic: false, named_only: true });
         }
-        slots.push(Slot {
-            name: "name".into(),
-            required: false,
-            variadic: false,
-            named_only: true,
-        });
+        slots.push(Slot { name: "name".into(), required: false, variadic: false, named_only: true });
         let what = format!("block `{}`", block.name.name);
         let Some(mut bound) = self.bind_args(&slots, &c.args, c, frame, &what) else {
             return Value::Poison;
@@ -425,35 +382,17 @@ impl<'p> Expander<'p> {
             .zip(bound.drain(n_inputs..))
             .filter_map(|(s, b)| b.map(|b| (s.name.clone(), b)))
             .collect();
-        let given = Given {
-            inputs: bound,
-            named,
-            label,
-        };
+        let given = Given { inputs: bound, named, label };
         self.instantiate(def, given, frame.file, c.span)
     }
 
     /// Runs a block with given arguments; `at` is where the instantiation was asked for.
-    pub(super) fn instantiate(
-        &mut self,
-        def: DefId,
-        given: Given,
-        at_file: FileId,
-        at: Span,
-    ) -> Value {
+    pub(super) fn instantiate(&mut self, def: DefId, given: Given, at_file: FileId, at: Span) -> Value {
         let block = self.prog.block(def);
         let file = self.prog.file_of(def);
-        let mut frame = Frame {
-            module: def.module,
-            file,
-            vars: HashMap::new(),
-            ellipsis: None,
-        };
+        let mut frame = Frame { module: def.module, file, vars: HashMap::new(), ellipsis: None };
         let configs = configs(block);
-        let config_types: HashMap<&str, ScalarType> = configs
-            .iter()
-            .map(|(n, t, _)| (n.name.as_str(), *t))
-            .collect();
+        let config_types: HashMap<&str, ScalarType> = configs.iter().map(|(n, t, _)| (n.name.as_str(), *t)).collect();
 
         for (name, ty, _) in &configs {
             if let Some((v, span)) = given.named.get(&name.name) {
@@ -494,39 +433,21 @@ impl<'p> Expander<'p> {
                     continue;
                 }
             };
-            if !self.unify(
-                &input.ty,
-                &t,
-                &config_types,
-                &mut frame,
-                &mut deferred,
-                at_file,
-                *span,
-            ) {
+            if !self.unify(&input.ty, &t, &config_types, &mut frame, &mut deferred, at_file, *span) {
                 inputs_ok = false;
             }
-            frame
-                .vars
-                .insert(input.name.name.clone(), (Value::Tensor(t), Binding::Input));
+            frame.vars.insert(input.name.name.clone(), (Value::Tensor(t), Binding::Input));
         }
 
         for (name, ty, default) in &configs {
-            if frame
-                .vars
-                .get(&name.name)
-                .is_some_and(|(_, b)| *b == Binding::Config)
-            {
+            if frame.vars.get(&name.name).is_some_and(|(_, b)| *b == Binding::Config) {
                 continue;
             }
             match default {
                 Some(e) => {
                     let v = self.expr(e, &mut frame);
                     self.check_config_type(&v, *ty, file, e.span, &name.name);
-                    let v = if *ty == ScalarType::Float && v != Value::Poison {
-                        Value::Float(v.as_f64())
-                    } else {
-                        v
-                    };
+                    let v = if *ty == ScalarType::Float && v != Value::Poison { Value::Float(v.as_f64()) } else { v };
                     frame.vars.insert(name.name.clone(), (v, Binding::Config));
                 }
                 None => {
@@ -535,18 +456,13 @@ impl<'p> Expander<'p> {
                             Code::MissingArg,
                             at_file,
                             at,
-                            format!(
-                                "block `{}` needs the config `{}`",
-                                block.name.name, name.name
-                            ),
+                            format!("block `{}` needs the config `{}`", block.name.name, name.name),
                         )
                         .label(format!("`{}` is not given", name.name))
                         .with(file, name.span, "declared here without a default")
                         .help(format!("pass `{} = …`", name.name)),
                     );
-                    frame
-                        .vars
-                        .insert(name.name.clone(), (Value::Poison, Binding::Config));
+                    frame.vars.insert(name.name.clone(), (Value::Poison, Binding::Config));
                 }
             }
         }
@@ -560,10 +476,7 @@ impl<'p> Expander<'p> {
                             Code::DimMismatch,
                             at_file,
                             span,
-                            format!(
-                                "dimension is {actual} but `{}` expects {want}",
-                                block.name.name
-                            ),
+                            format!("dimension is {actual} but `{}` expects {want}", block.name.name),
                         )
                         .label(format!("has {actual}"))
                         .with(file, ty_dim.span, format!("expects {want}")),
@@ -575,12 +488,7 @@ impl<'p> Expander<'p> {
         for m in mups(block) {
             let v = if let Some((v, _)) = given.named.get(&m.name.name) {
                 v.clone()
-            } else if let Some(x) = self
-                .mup_overrides
-                .iter()
-                .rev()
-                .find_map(|o| o.get(&m.name.name))
-            {
+            } else if let Some(x) = self.mup_overrides.iter().rev().find_map(|o| o.get(&m.name.name)) {
                 Value::Float(Some(x.0))
             } else {
                 self.expr(&m.value, &mut frame)
@@ -596,11 +504,7 @@ impl<'p> Expander<'p> {
                     Code::TypeMismatch,
                     file,
                     m.value.span,
-                    format!(
-                        "multiplier `{}` must be a number, found {}",
-                        m.name.name,
-                        other.kind()
-                    ),
+                    format!("multiplier `{}` must be a number, found {}", m.name.name, other.kind()),
                 ),
             };
             frame.vars.insert(m.name.name.clone(), (v, Binding::Mup));
@@ -619,17 +523,8 @@ impl<'p> Expander<'p> {
         let label = given.label.unwrap_or_else(|| block.name.name.clone());
         let scoped = !label.is_empty();
         if scoped {
-            let counter = self
-                .counters
-                .last_mut()
-                .unwrap()
-                .entry(label.clone())
-                .or_insert(0);
-            self.path.push(if *counter == 0 {
-                label.clone()
-            } else {
-                format!("{label}_{counter}")
-            });
+            let counter = self.counters.last_mut().unwrap().entry(label.clone()).or_insert(0);
+            self.path.push(if *counter == 0 { label.clone() } else { format!("{label}_{counter}") });
             *counter += 1;
             self.counters.push(HashMap::new());
         }
@@ -643,14 +538,7 @@ impl<'p> Expander<'p> {
         self.check_return(block, result, &mut frame)
     }
 
-    fn check_arg_type(
-        &mut self,
-        v: &Value,
-        ty: ScalarType,
-        file: FileId,
-        span: Span,
-        name: &str,
-    ) -> bool {
+    fn check_arg_type(&mut self, v: &Value, ty: ScalarType, file: FileId, span: Span, name: &str) -> bool {
         let ok = matches!(
             (ty, v),
             (_, Value::Poison)
@@ -665,11 +553,7 @@ impl<'p> Expander<'p> {
                     Code::TypeMismatch,
                     file,
                     span,
-                    format!(
-                        "config `{name}` is {} but {} was given",
-                        ty.keyword(),
-                        v.kind()
-                    ),
+                    format!("config `{name}` is {} but {} was given", ty.keyword(), v.kind()),
                 )
                 .label(format!("expected {}", ty.keyword())),
             );
@@ -691,10 +575,7 @@ impl<'p> Expander<'p> {
         span: Span,
     ) -> bool {
         let file = frame.file;
-        let ellipsis = ty
-            .dims
-            .iter()
-            .position(|d| matches!(d, TypeDim::Ellipsis(_)));
+        let ellipsis = ty.dims.iter().position(|d| matches!(d, TypeDim::Ellipsis(_)));
         let explicit = ty.dims.len() - usize::from(ellipsis.is_some());
         let rank = t.shape.len();
         let rank_ok = match ellipsis {
@@ -728,10 +609,7 @@ impl<'p> Expander<'p> {
                 match &frame.ellipsis {
                     Some(prev)
                         if prev.len() != matched.len()
-                            || prev
-                                .iter()
-                                .zip(&matched)
-                                .any(|(a, b)| self.ctx().differ(a, b)) =>
+                            || prev.iter().zip(&matched).any(|(a, b)| self.ctx().differ(a, b)) =>
                     {
                         self.report(
                             Diagnostic::new(
@@ -781,11 +659,7 @@ impl<'p> Expander<'p> {
                                 ),
                             )
                             .label(format!("{} here", shape_string(&t.shape)))
-                            .with(
-                                file,
-                                e.span,
-                                format!("`{n}` = {want}"),
-                            ),
+                            .with(file, e.span, format!("`{n}` = {want}")),
                         );
                         ok = false;
                     }
@@ -793,12 +667,7 @@ impl<'p> Expander<'p> {
                 Some((Value::Poison, _)) => {}
                 Some((other, _)) => {
                     let k = other.kind();
-                    self.error(
-                        Code::TypeMismatch,
-                        file,
-                        e.span,
-                        format!("`{n}` is {k}, not a dimension"),
-                    );
+                    self.error(Code::TypeMismatch, file, e.span, format!("`{n}` is {k}, not a dimension"));
                     ok = false;
                 }
                 None => {
@@ -826,12 +695,8 @@ impl<'p> Expander<'p> {
 
 fn to_bound(kind: Kind, v: Value) -> Result<Bound, &'static str> {
     Ok(match (kind, v) {
-        (Kind::Tensor | Kind::OptTensor | Kind::TensorOrScalar, Value::Tensor(t)) => {
-            Bound::Tensor(t)
-        }
-        (Kind::TensorOrScalar | Kind::Float, v @ (Value::Int(_) | Value::Float(_))) => {
-            Bound::Scalar(v.as_f64())
-        }
+        (Kind::Tensor | Kind::OptTensor | Kind::TensorOrScalar, Value::Tensor(t)) => Bound::Tensor(t),
+        (Kind::TensorOrScalar | Kind::Float, v @ (Value::Int(_) | Value::Float(_))) => Bound::Scalar(v.as_f64()),
         (Kind::Tensors, Value::Tuple(ts)) => Bound::Tensors(ts),
         (Kind::Int, Value::Int(d)) => Bound::Int(d),
         (Kind::Bool, Value::Bool(b)) => Bound::Bool(b),
@@ -851,9 +716,5 @@ fn to_bound(kind: Kind, v: Value) -> Result<Bound, &'static str> {
 }
 
 fn type_text(ty: &TensorType) -> String {
-    format!(
-        "with {} dimension{}",
-        ty.dims.len(),
-        if ty.dims.len() == 1 { "" } else { "s" }
-    )
+    format!("with {} dimension{}", ty.dims.len(), if ty.dims.len() == 1 { "" } else { "s" })
 }

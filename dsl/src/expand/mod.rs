@@ -87,9 +87,7 @@ impl<'p> Expander<'p> {
     }
 
     fn ctx(&self) -> Ctx {
-        Ctx {
-            strict: self.strict,
-        }
+        Ctx { strict: self.strict }
     }
 
     fn report(&mut self, mut d: Diagnostic) {
@@ -117,21 +115,14 @@ impl<'p> Expander<'p> {
     pub fn check_block(&mut self, id: DefId) {
         let block = self.prog.block(id);
         let file = self.prog.file_of(id);
-        let mut frame = Frame {
-            module: id.module,
-            file,
-            vars: HashMap::new(),
-            ellipsis: None,
-        };
+        let mut frame = Frame { module: id.module, file, vars: HashMap::new(), ellipsis: None };
         let configs = call::configs(block);
         for input in &block.inputs {
             for d in &input.ty.dims {
                 if let TypeDim::Expr(e) = d {
                     if let ExprKind::Name(n) = e.kind.as_ref() {
                         if !configs.iter().any(|c| c.0.name == *n) {
-                            frame
-                                .vars
-                                .insert(n.clone(), (Value::Int(Dim::symbol(n)), Binding::ShapeVar));
+                            frame.vars.insert(n.clone(), (Value::Int(Dim::symbol(n)), Binding::ShapeVar));
                         }
                     }
                 }
@@ -157,11 +148,7 @@ impl<'p> Expander<'p> {
                     Code::TypeMismatch,
                     file,
                     m.value.span,
-                    format!(
-                        "multiplier `{}` must be a number, found {}",
-                        m.name.name,
-                        v.kind()
-                    ),
+                    format!("multiplier `{}` must be a number, found {}", m.name.name, v.kind()),
                 );
             }
             self.bind(&mut frame, &m.name, Value::Float(None), Binding::Mup);
@@ -251,14 +238,9 @@ impl<'p> Expander<'p> {
         }
         if result.is_none() {
             self.report(
-                Diagnostic::new(
-                    Code::MissingReturn,
-                    frame.file,
-                    end,
-                    "block has no `return`",
-                )
-                .label("the block ends here without returning a value")
-                .help("end the block with `return <expression>`"),
+                Diagnostic::new(Code::MissingReturn, frame.file, end, "block has no `return`")
+                    .label("the block ends here without returning a value")
+                    .help("end the block with `return <expression>`"),
             );
         }
         result
@@ -290,10 +272,7 @@ impl<'p> Expander<'p> {
                                     Code::UnpackCount,
                                     frame.file,
                                     value.span,
-                                    format!(
-                                        "{} names to bind but the value has {found}",
-                                        many.len()
-                                    ),
+                                    format!("{} names to bind but the value has {found}", many.len()),
                                 )
                                 .label("this value")
                                 .help("bind as many names as the value has parts"),
@@ -309,14 +288,7 @@ impl<'p> Expander<'p> {
         }
     }
 
-    fn check_config_type(
-        &mut self,
-        v: &Value,
-        ty: ScalarType,
-        file: FileId,
-        span: Span,
-        name: &str,
-    ) -> bool {
+    fn check_config_type(&mut self, v: &Value, ty: ScalarType, file: FileId, span: Span, name: &str) -> bool {
         let ok = matches!(
             (ty, v),
             (_, Value::Poison)
@@ -331,11 +303,7 @@ impl<'p> Expander<'p> {
                     Code::ConfigType,
                     file,
                     span,
-                    format!(
-                        "config `{name}` is {} but this is {}",
-                        ty.keyword(),
-                        v.kind()
-                    ),
+                    format!("config `{name}` is {} but this is {}", ty.keyword(), v.kind()),
                 )
                 .label(format!("expected {}", ty.keyword())),
             );
@@ -343,12 +311,7 @@ impl<'p> Expander<'p> {
         ok
     }
 
-    fn check_return(
-        &mut self,
-        block: &Block,
-        result: Option<(Value, Span)>,
-        frame: &mut Frame,
-    ) -> Value {
+    fn check_return(&mut self, block: &Block, result: Option<(Value, Span)>, frame: &mut Frame) -> Value {
         let Some((value, span)) = result else {
             return Value::Poison;
         };
@@ -362,11 +325,7 @@ impl<'p> Expander<'p> {
                     Code::ReturnType,
                     frame.file,
                     span,
-                    format!(
-                        "block `{}` must return a tensor, found {}",
-                        block.name.name,
-                        other.kind()
-                    ),
+                    format!("block `{}` must return a tensor, found {}", block.name.name, other.kind()),
                 );
             }
         };
@@ -427,12 +386,7 @@ impl<'p> Expander<'p> {
         let mut out = Vec::new();
         for d in &ty.dims {
             match d {
-                TypeDim::Ellipsis(_) => out.extend(
-                    frame
-                        .ellipsis
-                        .clone()
-                        .unwrap_or_else(|| vec![Dim::symbol("...")]),
-                ),
+                TypeDim::Ellipsis(_) => out.extend(frame.ellipsis.clone().unwrap_or_else(|| vec![Dim::symbol("...")])),
                 TypeDim::Expr(e) => match self.expr(e, frame) {
                     Value::Int(dim) => out.push(dim),
                     Value::Poison => return None,
@@ -454,15 +408,8 @@ impl<'p> Expander<'p> {
     fn param(&mut self, p: &ParamDecl, frame: &mut Frame) -> Value {
         let file = frame.file;
         let shape = self.type_shape(&p.ty, frame);
-        if let Some(TypeDim::Ellipsis(s)) =
-            p.ty.dims.iter().find(|d| matches!(d, TypeDim::Ellipsis(_)))
-        {
-            return self.error(
-                Code::TypeMismatch,
-                file,
-                *s,
-                "a parameter's shape must list every dimension",
-            );
+        if let Some(TypeDim::Ellipsis(s)) = p.ty.dims.iter().find(|d| matches!(d, TypeDim::Ellipsis(_))) {
+            return self.error(Code::TypeMismatch, file, *s, "a parameter's shape must list every dimension");
         }
         let role = match &p.role {
             None => crate::inits::Role::default_for_rank(p.ty.dims.len()),
@@ -470,14 +417,9 @@ impl<'p> Expander<'p> {
                 Some(role) => role,
                 None => {
                     self.report(
-                        Diagnostic::new(
-                            Code::UnknownRole,
-                            file,
-                            r.span,
-                            format!("unknown µP role `{}`", r.name),
-                        )
-                        .label("not a role")
-                        .help("roles are input, hidden, output and vector"),
+                        Diagnostic::new(Code::UnknownRole, file, r.span, format!("unknown µP role `{}`", r.name))
+                            .label("not a role")
+                            .help("roles are input, hidden, output and vector"),
                     );
                     crate::inits::Role::Hidden
                 }
@@ -485,10 +427,7 @@ impl<'p> Expander<'p> {
         };
         let init = match &p.init {
             Some(c) => self.init_call(c, frame),
-            None => Some(crate::trace::InitSpec {
-                name: "normal",
-                args: vec![("std", 0.02), ("mean", 0.0)],
-            }),
+            None => Some(crate::trace::InitSpec { name: "normal", args: vec![("std", 0.02), ("mean", 0.0)] }),
         };
         let Some(shape) = shape else {
             return Value::Poison;
@@ -499,10 +438,7 @@ impl<'p> Expander<'p> {
                     Code::DimMismatch,
                     file,
                     p.ty.span,
-                    format!(
-                        "parameter `{}` needs positive known dimensions, found {bad}",
-                        p.name.name
-                    ),
+                    format!("parameter `{}` needs positive known dimensions, found {bad}", p.name.name),
                 );
             }
         }
@@ -512,12 +448,7 @@ impl<'p> Expander<'p> {
             name.push(p.name.name.clone());
             self.trace.ops.push(Op::Param {
                 out: t.id,
-                param: crate::trace::ParamInfo {
-                    name: name.join("."),
-                    shape,
-                    init,
-                    role,
-                },
+                param: crate::trace::ParamInfo { name: name.join("."), shape, init, role },
             });
         }
         Value::Tensor(t)
@@ -538,26 +469,14 @@ impl<'p> Expander<'p> {
             );
             return None;
         };
-        let params: Vec<call::Slot> = f
-            .params
-            .iter()
-            .map(|(n, d)| call::Slot::scalar(n, d.is_some()))
-            .collect();
-        let bound = self.bind_args(
-            &params,
-            &c.args,
-            c,
-            frame,
-            &format!("initialiser `{}`", f.name),
-        )?;
+        let params: Vec<call::Slot> = f.params.iter().map(|(n, d)| call::Slot::scalar(n, d.is_some())).collect();
+        let bound = self.bind_args(&params, &c.args, c, frame, &format!("initialiser `{}`", f.name))?;
         let mut args = Vec::new();
         for ((name, default), got) in f.params.iter().zip(bound) {
             let v = match got {
                 Some((v, span)) => match v.as_f64() {
                     Some(x) => x,
-                    None if matches!(v, Value::Float(None) | Value::Int(_)) => {
-                        default.unwrap_or(0.0)
-                    }
+                    None if matches!(v, Value::Float(None) | Value::Int(_)) => default.unwrap_or(0.0),
                     None => {
                         self.error(
                             Code::TypeMismatch,
@@ -583,22 +502,16 @@ impl<'p> Expander<'p> {
             ExprKind::Bool(b) => Value::Bool(Some(*b)),
             ExprKind::Str(s) => Value::Str(Some(s.clone())),
             ExprKind::Name(n) => self.name(n, e.span, frame),
-            ExprKind::List(items) => {
-                Value::List(items.iter().map(|i| self.expr(i, frame)).collect())
-            }
+            ExprKind::List(items) => Value::List(items.iter().map(|i| self.expr(i, frame)).collect()),
             ExprKind::Paren(inner) => self.expr(inner, frame),
             ExprKind::Call(c) => self.call(c, frame),
             ExprKind::Unary(op, inner) => {
                 let v = self.expr(inner, frame);
                 match (op, v) {
                     (_, Value::Poison) => Value::Poison,
-                    (UnaryOp::Neg, Value::Int(d)) => {
-                        d.neg().map(Value::Int).unwrap_or(Value::Poison)
-                    }
+                    (UnaryOp::Neg, Value::Int(d)) => d.neg().map(Value::Int).unwrap_or(Value::Poison),
                     (UnaryOp::Neg, Value::Float(f)) => Value::Float(f.map(|x| -x)),
-                    (UnaryOp::Neg, Value::Tensor(t)) => {
-                        self.apply(Prim::Neg, vec![Bound::Tensor(t)], file, e.span)
-                    }
+                    (UnaryOp::Neg, Value::Tensor(t)) => self.apply(Prim::Neg, vec![Bound::Tensor(t)], file, e.span),
                     (UnaryOp::Not, Value::Bool(b)) => Value::Bool(b.map(|x| !x)),
                     (op, v) => {
                         let sym = if *op == UnaryOp::Neg { "-" } else { "!" };
@@ -666,31 +579,13 @@ impl<'p> Expander<'p> {
             return v.clone();
         }
         if let Some((_, kind)) = self.prog.lookup(frame.module, n) {
-            let what = if kind == DefKind::Block {
-                "a block; call it with arguments"
-            } else {
-                "a model"
-            };
-            return self.error(
-                Code::TypeMismatch,
-                frame.file,
-                span,
-                format!("`{n}` is {what}"),
-            );
+            let what = if kind == DefKind::Block { "a block; call it with arguments" } else { "a model" };
+            return self.error(Code::TypeMismatch, frame.file, span, format!("`{n}` is {what}"));
         }
-        let candidates: Vec<String> = frame
-            .vars
-            .keys()
-            .cloned()
-            .chain(self.prog.modules[frame.module].scope.keys().cloned())
-            .collect();
-        let mut d = Diagnostic::new(
-            Code::UnknownName,
-            frame.file,
-            span,
-            format!("unknown name `{n}`"),
-        )
-        .label("not defined here");
+        let candidates: Vec<String> =
+            frame.vars.keys().cloned().chain(self.prog.modules[frame.module].scope.keys().cloned()).collect();
+        let mut d = Diagnostic::new(Code::UnknownName, frame.file, span, format!("unknown name `{n}`"))
+            .label("not defined here");
         d = match suggest(n, candidates.iter().map(String::as_str)) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help("define it with `name = …`, declare it as a config, or import the module that defines it"),
@@ -721,9 +616,7 @@ impl<'p> Expander<'p> {
                     (Bool(Some(p)), Bool(Some(q))) => Some(p == q),
                     _ => match (x.as_f64(), y.as_f64()) {
                         (Some(p), Some(q)) => Some(p == q),
-                        _ if x.kind() == y.kind()
-                            || (x.as_f64().is_some() || matches!(x, Float(None) | Int(_))) =>
-                        {
+                        _ if x.kind() == y.kind() || (x.as_f64().is_some() || matches!(x, Float(None) | Int(_))) => {
                             None
                         }
                         _ => {
@@ -738,19 +631,17 @@ impl<'p> Expander<'p> {
                 };
                 Bool(if op == BinOp::Eq { eq } else { eq.map(|e| !e) })
             }
-            (
-                BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge,
-                x @ (Int(_) | Float(_)),
-                y @ (Int(_) | Float(_)),
-            ) => Bool(match (x.as_f64(), y.as_f64()) {
-                (Some(p), Some(q)) => Some(match op {
-                    BinOp::Lt => p < q,
-                    BinOp::Le => p <= q,
-                    BinOp::Gt => p > q,
-                    _ => p >= q,
-                }),
-                _ => None,
-            }),
+            (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge, x @ (Int(_) | Float(_)), y @ (Int(_) | Float(_))) => {
+                Bool(match (x.as_f64(), y.as_f64()) {
+                    (Some(p), Some(q)) => Some(match op {
+                        BinOp::Lt => p < q,
+                        BinOp::Le => p <= q,
+                        BinOp::Gt => p > q,
+                        _ => p >= q,
+                    }),
+                    _ => None,
+                })
+            }
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, Int(x), Int(y)) => {
                 let r = match op {
                     BinOp::Add => x.add(&y),
@@ -763,9 +654,14 @@ impl<'p> Expander<'p> {
                         Some(q) => Some(q),
                         None if x.is_const() && y.is_const() => {
                             self.report(
-                                Diagnostic::new(Code::BadDivision, file, span, format!("{x} / {y} is not a whole number"))
-                                    .label("integer division must be exact")
-                                    .help("dimensions must divide evenly; write a float (`2.0`) for real division"),
+                                Diagnostic::new(
+                                    Code::BadDivision,
+                                    file,
+                                    span,
+                                    format!("{x} / {y} is not a whole number"),
+                                )
+                                .label("integer division must be exact")
+                                .help("dimensions must divide evenly; write a float (`2.0`) for real division"),
                             );
                             return Poison;
                         }
@@ -777,34 +673,25 @@ impl<'p> Expander<'p> {
                     None => self.error(Code::InvalidNumber, file, span, "integer overflow"),
                 }
             }
-            (
-                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div,
-                x @ (Int(_) | Float(_)),
-                y @ (Int(_) | Float(_)),
-            ) => Float(match (x.as_f64(), y.as_f64()) {
-                (Some(p), Some(q)) => {
-                    let prim = [Prim::Add, Prim::Sub, Prim::Mul, Prim::Div][[
-                        BinOp::Add,
-                        BinOp::Sub,
-                        BinOp::Mul,
-                        BinOp::Div,
-                    ]
-                    .iter()
-                    .position(|o| *o == op)
-                    .unwrap()];
-                    let r = prim.fold(p, q);
-                    if !r.is_finite() {
-                        return self.error(
-                            Code::BadDivision,
-                            file,
-                            span,
-                            format!("{p} {} {q} is not finite", op.symbol()),
-                        );
+            (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, x @ (Int(_) | Float(_)), y @ (Int(_) | Float(_))) => {
+                Float(match (x.as_f64(), y.as_f64()) {
+                    (Some(p), Some(q)) => {
+                        let prim = [Prim::Add, Prim::Sub, Prim::Mul, Prim::Div]
+                            [[BinOp::Add, BinOp::Sub, BinOp::Mul, BinOp::Div].iter().position(|o| *o == op).unwrap()];
+                        let r = prim.fold(p, q);
+                        if !r.is_finite() {
+                            return self.error(
+                                Code::BadDivision,
+                                file,
+                                span,
+                                format!("{p} {} {q} is not finite", op.symbol()),
+                            );
+                        }
+                        Some(r)
                     }
-                    Some(r)
-                }
-                _ => None,
-            }),
+                    _ => None,
+                })
+            }
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, x, y)
                 if matches!(x, Tensor(_)) || matches!(y, Tensor(_)) =>
             {
@@ -816,9 +703,7 @@ impl<'p> Expander<'p> {
                 };
                 let (ta, tb) = (self.operand(x, sa, file), self.operand(y, sb, file));
                 match (ta, tb) {
-                    (Some(ta), Some(tb)) => {
-                        self.apply_spanned(prim, vec![(ta, sa), (tb, sb)], file, span)
-                    }
+                    (Some(ta), Some(tb)) => self.apply_spanned(prim, vec![(ta, sa), (tb, sb)], file, span),
                     _ => Poison,
                 }
             }
@@ -837,12 +722,7 @@ impl<'p> Expander<'p> {
                 Code::TypeMismatch,
                 file,
                 span,
-                format!(
-                    "`{}` cannot be applied to {} and {}",
-                    op.symbol(),
-                    x.kind(),
-                    y.kind()
-                ),
+                format!("`{}` cannot be applied to {} and {}", op.symbol(), x.kind(), y.kind()),
             ),
         }
     }
@@ -871,13 +751,7 @@ impl<'p> Expander<'p> {
 
     /// Applies a primitive to bound arguments: runs its shape rule, folds scalars, records
     /// the op in the trace. Errors point at the argument the rule blames.
-    fn apply_spanned(
-        &mut self,
-        prim: Prim,
-        args: Vec<(Bound, Span)>,
-        file: FileId,
-        span: Span,
-    ) -> Value {
+    fn apply_spanned(&mut self, prim: Prim, args: Vec<(Bound, Span)>, file: FileId, span: Span) -> Value {
         if prim.is_pointwise() && args.iter().all(|(a, _)| !matches!(a, Bound::Tensor(_))) {
             let xs: Vec<Option<f64>> = args
                 .iter()
@@ -895,10 +769,7 @@ impl<'p> Expander<'p> {
         let rule_args: Vec<_> = args.iter().map(|(a, _)| a.rule_arg()).collect();
         match prim.infer(&rule_args, self.ctx()) {
             Ok(outs) => {
-                let tensors: Vec<Tensor> = outs
-                    .into_iter()
-                    .map(|(s, d)| self.new_tensor(s, d))
-                    .collect();
+                let tensors: Vec<Tensor> = outs.into_iter().map(|(s, d)| self.new_tensor(s, d)).collect();
                 self.trace.ops.push(Op::Prim {
                     prim,
                     args: args.iter().map(|(a, _)| a.trace_arg()).collect(),
@@ -917,11 +788,7 @@ impl<'p> Expander<'p> {
                     return Value::Poison;
                 }
                 let at = args.get(e.arg).map_or(span, |(_, s)| *s);
-                let code = if e.rank {
-                    Code::RankMismatch
-                } else {
-                    Code::DimMismatch
-                };
+                let code = if e.rank { Code::RankMismatch } else { Code::DimMismatch };
                 let code = if e.message.starts_with("axis") {
                     Code::AxisRange
                 } else if e.message.starts_with("unknown dtype") {
@@ -954,10 +821,7 @@ impl<'p> Expander<'p> {
             }
         };
         let rank = t.shape.len();
-        let ellipses = items
-            .iter()
-            .filter(|i| matches!(i, IndexItem::Ellipsis(_)))
-            .count();
+        let ellipses = items.iter().filter(|i| matches!(i, IndexItem::Ellipsis(_))).count();
         let explicit = items.len() - ellipses;
         if ellipses > 1 || explicit > rank {
             if !self.strict && ellipses <= 1 {
@@ -967,11 +831,7 @@ impl<'p> Expander<'p> {
                 Code::RankMismatch,
                 file,
                 span,
-                format!(
-                    "{} indices for a rank-{rank} tensor {}",
-                    explicit,
-                    shape_string(&t.shape)
-                ),
+                format!("{} indices for a rank-{rank} tensor {}", explicit, shape_string(&t.shape)),
             );
         }
         let mut cur = Value::Tensor(t.clone());
@@ -991,9 +851,7 @@ impl<'p> Expander<'p> {
                         );
                     };
                     let (lo, hi) = match (i.as_const(), t.shape[axis].as_const()) {
-                        (Some(c), Some(n)) if c < 0 => {
-                            (Dim::constant(c + n), Dim::constant(c + n + 1))
-                        }
+                        (Some(c), Some(n)) if c < 0 => (Dim::constant(c + n), Dim::constant(c + n + 1)),
                         _ => (i.clone(), i.add(&Dim::constant(1)).unwrap_or_default()),
                     };
                     cur = self.slice(cur, axis, lo, hi, e.span, file);
@@ -1002,10 +860,7 @@ impl<'p> Expander<'p> {
                 }
                 IndexItem::Slice(lo, hi, s) => {
                     let n = t.shape[axis].clone();
-                    let mut bound = |b: &Option<Expr>,
-                                     default: Dim,
-                                     this: &mut Self|
-                     -> Option<Dim> {
+                    let mut bound = |b: &Option<Expr>, default: Dim, this: &mut Self| -> Option<Dim> {
                         let Some(b) = b else { return Some(default) };
                         match this.expr(b, frame) {
                             Value::Int(d) => Some(match (d.as_const(), n.as_const()) {
@@ -1024,10 +879,7 @@ impl<'p> Expander<'p> {
                             }
                         }
                     };
-                    let (Some(l), Some(h)) = (
-                        bound(lo, Dim::constant(0), self),
-                        bound(hi, n.clone(), self),
-                    ) else {
+                    let (Some(l), Some(h)) = (bound(lo, Dim::constant(0), self), bound(hi, n.clone(), self)) else {
                         return Value::Poison;
                     };
                     if !(lo.is_none() && hi.is_none()) {
@@ -1041,40 +893,17 @@ impl<'p> Expander<'p> {
             return cur;
         }
         let Value::Tensor(c) = &cur else { return cur };
-        let shape: Vec<Dim> = c
-            .shape
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !squeeze.contains(i))
-            .map(|(_, d)| d.clone())
-            .collect();
+        let shape: Vec<Dim> =
+            c.shape.iter().enumerate().filter(|(i, _)| !squeeze.contains(i)).map(|(_, d)| d.clone()).collect();
         let c = c.clone();
-        self.apply(
-            Prim::Reshape,
-            vec![Bound::Tensor(c), Bound::Ints(shape)],
-            file,
-            span,
-        )
+        self.apply(Prim::Reshape, vec![Bound::Tensor(c), Bound::Ints(shape)], file, span)
     }
 
-    fn slice(
-        &mut self,
-        v: Value,
-        axis: usize,
-        lo: Dim,
-        hi: Dim,
-        span: Span,
-        file: FileId,
-    ) -> Value {
+    fn slice(&mut self, v: Value, axis: usize, lo: Dim, hi: Dim, span: Span, file: FileId) -> Value {
         let Value::Tensor(t) = v else {
             return Value::Poison;
         };
-        let args = vec![
-            Bound::Tensor(t),
-            Bound::Int(Dim::constant(axis as i64)),
-            Bound::Int(lo),
-            Bound::Int(hi),
-        ];
+        let args = vec![Bound::Tensor(t), Bound::Int(Dim::constant(axis as i64)), Bound::Int(lo), Bound::Int(hi)];
         self.apply(Prim::Slice, args, file, span)
     }
 }

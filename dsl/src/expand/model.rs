@@ -23,11 +23,7 @@ const SKELETON_SETTINGS: &[&str] = &["vocab", "d", "layers", "tie_embeddings", "
 /// Multipliers of the skeleton itself.
 const SKELETON_MUPS: &[&str] = &["embedding_multiplier", "lm_head_multiplier"];
 /// Letters a pattern understands without being told (Megatron's convention).
-const DEFAULT_LETTERS: &[(char, &str)] = &[
-    ('M', "mamba_layer"),
-    ('*', "attention_layer"),
-    ('-', "mlp_layer"),
-];
+const DEFAULT_LETTERS: &[(char, &str)] = &[('M', "mamba_layer"), ('*', "attention_layer"), ('-', "mlp_layer")];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSummary {
@@ -81,12 +77,7 @@ impl<'p> Expander<'p> {
         let model = self.prog.model(def);
         let file = self.prog.file_of(def);
         let errors_before = self.diags.len();
-        let mut frame = Frame {
-            module: def.module,
-            file,
-            vars: HashMap::new(),
-            ellipsis: None,
-        };
+        let mut frame = Frame { module: def.module, file, vars: HashMap::new(), ellipsis: None };
         let mut settings: HashMap<String, (Value, Span)> = HashMap::new();
         let mut setting_spans: Vec<(String, Span)> = Vec::new();
         let mut layers_expr = None;
@@ -95,9 +86,7 @@ impl<'p> Expander<'p> {
         for entry in &model.entries {
             match &entry.kind {
                 ModelEntryKind::Setting(name, e) => {
-                    if settings.contains_key(&name.name)
-                        || (name.name == "layers" && layers_expr.is_some())
-                    {
+                    if settings.contains_key(&name.name) || (name.name == "layers" && layers_expr.is_some()) {
                         self.report(
                             Diagnostic::new(
                                 Code::DuplicateDefinition,
@@ -115,9 +104,7 @@ impl<'p> Expander<'p> {
                         continue;
                     }
                     let v = self.expr(e, &mut frame);
-                    frame
-                        .vars
-                        .insert(name.name.clone(), (v.clone(), Binding::Local));
+                    frame.vars.insert(name.name.clone(), (v.clone(), Binding::Local));
                     settings.insert(name.name.clone(), (v, e.span));
                     setting_spans.push((name.name.clone(), name.span));
                 }
@@ -134,19 +121,13 @@ impl<'p> Expander<'p> {
                                     Code::TypeMismatch,
                                     file,
                                     m.value.span,
-                                    format!(
-                                        "multiplier `{}` must be a known number, found {}",
-                                        m.name.name,
-                                        v.kind()
-                                    ),
+                                    format!("multiplier `{}` must be a known number, found {}", m.name.name, v.kind()),
                                 );
                             }
                         }
                     }
                 }
-                ModelEntryKind::Override { args, .. } => {
-                    args.iter().for_each(|(_, e)| names_in(e, &mut referenced))
-                }
+                ModelEntryKind::Override { args, .. } => args.iter().for_each(|(_, e)| names_in(e, &mut referenced)),
             }
         }
 
@@ -195,34 +176,14 @@ impl<'p> Expander<'p> {
         let b = Dim::symbol("B");
         let t = Dim::symbol("T");
         let ids = self.new_tensor(vec![b.clone(), t.clone()], DType::I64);
-        self.trace.ops.push(Op::Input {
-            out: ids.id,
-            name: "ids".into(),
-        });
-        let normal = InitSpec {
-            name: "normal",
-            args: vec![("std", 0.02), ("mean", 0.0)],
-        };
-        let embed = self.skeleton_param(
-            "embed_tokens.weight",
-            vec![vocab, d],
-            normal.clone(),
-            Role::Input,
-        );
+        self.trace.ops.push(Op::Input { out: ids.id, name: "ids".into() });
+        let normal = InitSpec { name: "normal", args: vec![("std", 0.02), ("mean", 0.0)] };
+        let embed = self.skeleton_param("embed_tokens.weight", vec![vocab, d], normal.clone(), Role::Input);
         let at = model.span;
-        let mut x = self.skeleton_prim(
-            Prim::Embedding,
-            vec![Bound::Tensor(embed.clone()), Bound::Tensor(ids)],
-            file,
-            at,
-        );
+        let mut x =
+            self.skeleton_prim(Prim::Embedding, vec![Bound::Tensor(embed.clone()), Bound::Tensor(ids)], file, at);
         let emb_mult = model_mups.get("embedding_multiplier").map_or(1.0, |m| m.0);
-        x = self.skeleton_prim(
-            Prim::Mul,
-            vec![Bound::Tensor(x), Bound::Scalar(Some(emb_mult))],
-            file,
-            at,
-        );
+        x = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x), Bound::Scalar(Some(emb_mult))], file, at);
 
         self.mup_overrides.push(model_mups.clone());
         let mut consumed: HashSet<String> = HashSet::new();
@@ -231,10 +192,7 @@ impl<'p> Expander<'p> {
         for (i, spec) in specs.iter().enumerate() {
             let block_name = self.prog.block(spec.def).name.name.clone();
             let what = match spec.letter {
-                Some(l) => format!(
-                    "layer {i} (`{l}` = `{block_name}`) of model `{}`",
-                    model.name.name
-                ),
+                Some(l) => format!("layer {i} (`{l}` = `{block_name}`) of model `{}`", model.name.name),
                 None => format!("layer {i} (`{block_name}`) of model `{}`", model.name.name),
             };
             self.context.push((file, spec.span, format!("in {what}")));
@@ -269,17 +227,10 @@ impl<'p> Expander<'p> {
         self.mup_overrides.pop();
 
         for (name, span) in &setting_spans {
-            if !SKELETON_SETTINGS.contains(&name.as_str())
-                && !consumed.contains(name)
-                && !referenced.contains(name)
-            {
+            if !SKELETON_SETTINGS.contains(&name.as_str()) && !consumed.contains(name) && !referenced.contains(name) {
                 let known: Vec<String> = specs
                     .iter()
-                    .flat_map(|s| {
-                        configs(self.prog.block(s.def))
-                            .into_iter()
-                            .map(|c| c.0.name.clone())
-                    })
+                    .flat_map(|s| configs(self.prog.block(s.def)).into_iter().map(|c| c.0.name.clone()))
                     .collect();
                 let mut diag = Diagnostic::new(
                     Code::ModelSetting,
@@ -290,7 +241,9 @@ impl<'p> Expander<'p> {
                 .label("unused");
                 diag = match super::suggest(name, known.iter().map(String::as_str)) {
                     Some(s) => diag.help(format!("did you mean `{s}`?")),
-                    None => diag.help("layers receive settings whose names match their configs; remove it or rename it"),
+                    None => {
+                        diag.help("layers receive settings whose names match their configs; remove it or rename it")
+                    }
                 };
                 self.report(diag);
             }
@@ -305,93 +258,42 @@ impl<'p> Expander<'p> {
                         format!("no block in this model has a multiplier named `{name}`"),
                     )
                     .label("unknown multiplier")
-                    .help(format!(
-                        "the model's own multipliers are {}",
-                        SKELETON_MUPS.join(" and ")
-                    )),
+                    .help(format!("the model's own multipliers are {}", SKELETON_MUPS.join(" and "))),
                 );
             }
         }
 
-        let norm_w = self.skeleton_param(
-            "final_norm.weight",
-            vec![d],
-            InitSpec {
-                name: "ones",
-                args: vec![],
-            },
-            Role::Vector,
-        );
-        let sq = self.skeleton_prim(
-            Prim::Mul,
-            vec![Bound::Tensor(x.clone()), Bound::Tensor(x.clone())],
-            file,
-            at,
-        );
+        let norm_w =
+            self.skeleton_param("final_norm.weight", vec![d], InitSpec { name: "ones", args: vec![] }, Role::Vector);
+        let sq = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x.clone()), Bound::Tensor(x.clone())], file, at);
         let ms = self.skeleton_prim(
             Prim::Mean,
-            vec![
-                Bound::Tensor(sq),
-                Bound::Int(Dim::constant(-1)),
-                Bound::Bool(Some(true)),
-            ],
+            vec![Bound::Tensor(sq), Bound::Int(Dim::constant(-1)), Bound::Bool(Some(true))],
             file,
             at,
         );
-        let ms = self.skeleton_prim(
-            Prim::Add,
-            vec![Bound::Tensor(ms), Bound::Scalar(Some(eps))],
-            file,
-            at,
-        );
+        let ms = self.skeleton_prim(Prim::Add, vec![Bound::Tensor(ms), Bound::Scalar(Some(eps))], file, at);
         let r = self.skeleton_prim(Prim::Rsqrt, vec![Bound::Tensor(ms)], file, at);
-        let xn = self.skeleton_prim(
-            Prim::Mul,
-            vec![Bound::Tensor(x), Bound::Tensor(r)],
-            file,
-            at,
-        );
-        let xn = self.skeleton_prim(
-            Prim::Mul,
-            vec![Bound::Tensor(xn), Bound::Tensor(norm_w)],
-            file,
-            at,
-        );
-        let head = if tie {
-            embed
-        } else {
-            self.skeleton_param("lm_head.weight", vec![vocab, d], normal, Role::Output)
-        };
+        let xn = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x), Bound::Tensor(r)], file, at);
+        let xn = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(xn), Bound::Tensor(norm_w)], file, at);
+        let head =
+            if tie { embed } else { self.skeleton_param("lm_head.weight", vec![vocab, d], normal, Role::Output) };
         let logits = self.skeleton_prim(
             Prim::Matmul,
-            vec![
-                Bound::Tensor(xn),
-                Bound::Tensor(head),
-                Bound::Bool(Some(false)),
-                Bound::Bool(Some(true)),
-            ],
+            vec![Bound::Tensor(xn), Bound::Tensor(head), Bound::Bool(Some(false)), Bound::Bool(Some(true))],
             file,
             at,
         );
         let head_mult = model_mups.get("lm_head_multiplier").map_or(1.0, |m| m.0);
-        let logits = self.skeleton_prim(
-            Prim::Mul,
-            vec![Bound::Tensor(logits), Bound::Scalar(Some(head_mult))],
-            file,
-            at,
-        );
+        let logits =
+            self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(logits), Bound::Scalar(Some(head_mult))], file, at);
         self.trace.outputs.push(logits.id);
 
         if self.diags.len() > errors_before {
             return None;
         }
-        let param_numel = |name: &str| {
-            self.trace
-                .params()
-                .find(|p| p.name == name)
-                .and_then(|p| numel(&p.shape))
-                .unwrap_or(0)
-        };
+        let param_numel =
+            |name: &str| self.trace.params().find(|p| p.name == name).and_then(|p| numel(&p.shape)).unwrap_or(0);
         let summary = ModelSummary {
             name: model.name.name.clone(),
             vocab: vocab as u64,
@@ -406,10 +308,7 @@ impl<'p> Expander<'p> {
             embedding_multiplier: emb_mult,
             lm_head_multiplier: head_mult,
         };
-        Some(Expanded {
-            summary,
-            trace: std::mem::take(&mut self.trace),
-        })
+        Some(Expanded { summary, trace: std::mem::take(&mut self.trace) })
     }
 
     fn positive_setting(
@@ -454,24 +353,10 @@ impl<'p> Expander<'p> {
         }
     }
 
-    fn skeleton_param(
-        &mut self,
-        name: &str,
-        shape: Vec<i64>,
-        init: InitSpec,
-        role: Role,
-    ) -> Tensor {
+    fn skeleton_param(&mut self, name: &str, shape: Vec<i64>, init: InitSpec, role: Role) -> Tensor {
         let shape: Vec<Dim> = shape.into_iter().map(Dim::constant).collect();
         let t = self.new_tensor(shape.clone(), DType::F32);
-        self.trace.ops.push(Op::Param {
-            out: t.id,
-            param: ParamInfo {
-                name: name.to_string(),
-                shape,
-                init,
-                role,
-            },
-        });
+        self.trace.ops.push(Op::Param { out: t.id, param: ParamInfo { name: name.to_string(), shape, init, role } });
         t
     }
 
@@ -492,10 +377,7 @@ impl<'p> Expander<'p> {
                     self.error(Code::ModelSetting, file, e.span, "`layers` is empty");
                     return None;
                 }
-                let specs: Vec<Option<LayerSpec>> = items
-                    .iter()
-                    .map(|i| self.layer_spec(i, None, frame))
-                    .collect();
+                let specs: Vec<Option<LayerSpec>> = items.iter().map(|i| self.layer_spec(i, None, frame)).collect();
                 specs.into_iter().collect()
             }
             _ => {
@@ -510,21 +392,10 @@ impl<'p> Expander<'p> {
     }
 
     /// `block` or `block(config = …)`: a layer kind.
-    fn layer_spec(
-        &mut self,
-        e: &Expr,
-        letter: Option<char>,
-        frame: &mut Frame,
-    ) -> Option<LayerSpec> {
+    fn layer_spec(&mut self, e: &Expr, letter: Option<char>, frame: &mut Frame) -> Option<LayerSpec> {
         let file = frame.file;
         let (callee, args) = match e.kind.as_ref() {
-            ExprKind::Name(n) => (
-                Ident {
-                    name: n.clone(),
-                    span: e.span,
-                },
-                &[][..],
-            ),
+            ExprKind::Name(n) => (Ident { name: n.clone(), span: e.span }, &[][..]),
             ExprKind::Call(c) => (c.callee.clone(), &c.args[..]),
             _ => {
                 self.error(
@@ -548,11 +419,7 @@ impl<'p> Expander<'p> {
                 return None;
             }
             None => {
-                let candidates: Vec<&str> = self.prog.modules[frame.module]
-                    .scope
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
+                let candidates: Vec<&str> = self.prog.modules[frame.module].scope.keys().map(String::as_str).collect();
                 let mut d = Diagnostic::new(
                     Code::UnknownName,
                     file,
@@ -562,9 +429,7 @@ impl<'p> Expander<'p> {
                 .label("not defined");
                 d = match super::suggest(&callee.name, candidates.into_iter()) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => {
-                        d.help("define the block or import its module (e.g. `import std.layers`)")
-                    }
+                    None => d.help("define the block or import its module (e.g. `import std.layers`)"),
                 };
                 self.report(d);
                 return None;
@@ -587,12 +452,7 @@ impl<'p> Expander<'p> {
                 }
             }
         }
-        Some(LayerSpec {
-            def,
-            letter,
-            args: out,
-            span: e.span,
-        })
+        Some(LayerSpec { def, letter, args: out, span: e.span })
     }
 
     fn pattern_specs(&mut self, c: &Call, frame: &mut Frame) -> Option<Vec<LayerSpec>> {
@@ -615,9 +475,14 @@ impl<'p> Expander<'p> {
                 },
                 Arg::Positional(e) => {
                     self.report(
-                        Diagnostic::new(Code::WrongArity, file, e.span, "`pattern` takes one string and letter bindings")
-                            .label("extra argument")
-                            .help("bind letters by name: `pattern(\"HM\", H = hybrid_layer, M = mamba_layer)`"),
+                        Diagnostic::new(
+                            Code::WrongArity,
+                            file,
+                            e.span,
+                            "`pattern` takes one string and letter bindings",
+                        )
+                        .label("extra argument")
+                        .help("bind letters by name: `pattern(\"HM\", H = hybrid_layer, M = mamba_layer)`"),
                     );
                     return None;
                 }
@@ -637,12 +502,7 @@ impl<'p> Expander<'p> {
                         return None;
                     };
                     if letters.contains_key(&letter) {
-                        self.error(
-                            Code::DuplicateArg,
-                            file,
-                            n.span,
-                            format!("letter `{letter}` is bound twice"),
-                        );
+                        self.error(Code::DuplicateArg, file, n.span, format!("letter `{letter}` is bound twice"));
                         return None;
                     }
                     letters.insert(letter, self.layer_spec(e, Some(letter), frame)?);
@@ -650,12 +510,7 @@ impl<'p> Expander<'p> {
             }
         }
         let Some((text, span)) = text else {
-            self.error(
-                Code::MissingArg,
-                file,
-                c.span,
-                "`pattern` needs a pattern string",
-            );
+            self.error(Code::MissingArg, file, c.span, "`pattern` needs a pattern string");
             return None;
         };
         // Byte offsets inside the literal map to the source only when it has no escapes.
@@ -685,27 +540,15 @@ impl<'p> Expander<'p> {
         let mut bad = HashSet::new();
         for (letter, offset) in layers {
             if !letters.contains_key(&letter) {
-                let default = DEFAULT_LETTERS
-                    .iter()
-                    .find(|(l, _)| *l == letter)
-                    .map(|(_, b)| *b);
+                let default = DEFAULT_LETTERS.iter().find(|(l, _)| *l == letter).map(|(_, b)| *b);
                 let found = default.and_then(|b| self.prog.lookup(frame.module, b));
                 match found {
                     Some((def, DefKind::Block)) => {
-                        letters.insert(
-                            letter,
-                            LayerSpec {
-                                def,
-                                letter: Some(letter),
-                                args: Vec::new(),
-                                span,
-                            },
-                        );
+                        letters.insert(letter, LayerSpec { def, letter: Some(letter), args: Vec::new(), span });
                     }
                     _ => {
                         if bad.insert(letter) {
-                            let at = src_offset(offset)
-                                .map_or(span, |s| Span::new(s, s + letter.len_utf8()));
+                            let at = src_offset(offset).map_or(span, |s| Span::new(s, s + letter.len_utf8()));
                             let help = match default {
                                 Some(b) => format!("`{letter}` means `{b}` by default, which is not in scope: `import std.layers`, or bind `{letter} = …`"),
                                 None => format!("bind it: `pattern(\"…\", {letter} = some_layer_block)`"),
@@ -715,9 +558,7 @@ impl<'p> Expander<'p> {
                                     Code::BadPatternLetter,
                                     file,
                                     at,
-                                    format!(
-                                        "pattern letter `{letter}` is not bound to a layer block"
-                                    ),
+                                    format!("pattern letter `{letter}` is not bound to a layer block"),
                                 )
                                 .label("unknown letter")
                                 .help(help),
@@ -735,19 +576,10 @@ impl<'p> Expander<'p> {
     fn apply_overrides(&mut self, model: &Model, specs: &mut [LayerSpec], frame: &mut Frame) {
         let file = frame.file;
         for entry in &model.entries {
-            let ModelEntryKind::Override {
-                first,
-                last,
-                range_span,
-                args,
-            } = &entry.kind
-            else {
+            let ModelEntryKind::Override { first, last, range_span, args } = &entry.kind else {
                 continue;
             };
-            let (lo, hi) = (
-                *first as usize,
-                last.map_or(*first as usize + 1, |l| l as usize),
-            );
+            let (lo, hi) = (*first as usize, last.map_or(*first as usize + 1, |l| l as usize));
             if lo >= hi || hi > specs.len() {
                 self.report(
                     Diagnostic::new(
@@ -756,26 +588,17 @@ impl<'p> Expander<'p> {
                         *range_span,
                         format!(
                             "layer range {} is outside the {} layers of this model",
-                            if last.is_some() {
-                                format!("{lo}..{hi}")
-                            } else {
-                                lo.to_string()
-                            },
+                            if last.is_some() { format!("{lo}..{hi}") } else { lo.to_string() },
                             specs.len()
                         ),
                     )
                     .label("out of range")
-                    .help(format!(
-                        "layers are numbered 0..{}; ranges are half-open",
-                        specs.len()
-                    )),
+                    .help(format!("layers are numbered 0..{}; ranges are half-open", specs.len())),
                 );
                 continue;
             }
-            let values: Vec<(Ident, Value, Span)> = args
-                .iter()
-                .map(|(n, e)| (n.clone(), self.expr(e, frame), e.span))
-                .collect();
+            let values: Vec<(Ident, Value, Span)> =
+                args.iter().map(|(n, e)| (n.clone(), self.expr(e, frame), e.span)).collect();
             for spec in &mut specs[lo..hi] {
                 for (n, v, s) in &values {
                     spec.args.retain(|(m, _, _)| m.name != n.name);
@@ -796,8 +619,7 @@ impl<'p> Expander<'p> {
         file: FileId,
     ) -> Option<Tensor> {
         let block = self.prog.block(spec.def);
-        let config_names: HashSet<&str> =
-            configs(block).iter().map(|c| c.0.name.as_str()).collect();
+        let config_names: HashSet<&str> = configs(block).iter().map(|c| c.0.name.as_str()).collect();
         let mut named = HashMap::new();
         let mut layer_mups = HashMap::new();
         for (n, v, s) in &spec.args {
@@ -814,10 +636,7 @@ impl<'p> Expander<'p> {
                                 Code::UnknownNamedArg,
                                 file,
                                 n.span,
-                                format!(
-                                    "layer block `{}` has no config named `{}`",
-                                    block.name.name, n.name
-                                ),
+                                format!("layer block `{}` has no config named `{}`", block.name.name, n.name),
                             )
                             .label("unknown config")
                             .help(format!(
@@ -840,11 +659,8 @@ impl<'p> Expander<'p> {
         }
         self.mup_overrides.push(layer_mups.clone());
         let before: HashSet<String> = std::mem::take(&mut self.used_mups);
-        let given = Given {
-            inputs: vec![Some((Value::Tensor(x.clone()), spec.span))],
-            named,
-            label: Some(index.to_string()),
-        };
+        let given =
+            Given { inputs: vec![Some((Value::Tensor(x.clone()), spec.span))], named, label: Some(index.to_string()) };
         let y = self.instantiate(spec.def, given, file, spec.span);
         let used = std::mem::replace(&mut self.used_mups, before);
         self.used_mups.extend(used.iter().cloned());
@@ -856,16 +672,10 @@ impl<'p> Expander<'p> {
                         Code::UnknownNamedArg,
                         *f,
                         *span,
-                        format!(
-                            "layer block `{}` has no config or multiplier named `{name}`",
-                            block.name.name
-                        ),
+                        format!("layer block `{}` has no config or multiplier named `{name}`", block.name.name),
                     )
                     .label("unknown")
-                    .help(format!(
-                        "its configs are: {}",
-                        config_names.iter().copied().collect::<Vec<_>>().join(", ")
-                    )),
+                    .help(format!("its configs are: {}", config_names.iter().copied().collect::<Vec<_>>().join(", "))),
                 );
             }
         }
@@ -888,13 +698,7 @@ impl<'p> Expander<'p> {
 /// Parameter count and head counts of the ops a layer added to the trace. Attention heads
 /// are read off the causal mask's input `[B, heads…, T, T]`, SSM heads off the scan's
 /// `x: [B, T, heads, head_dim]`, so user-written mixers are counted too.
-fn layer_summary(
-    trace: &Trace,
-    from: usize,
-    index: usize,
-    letter: Option<char>,
-    block: String,
-) -> LayerSummary {
+fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>, block: String) -> LayerSummary {
     let mut s = LayerSummary {
         index,
         letter,
@@ -908,11 +712,7 @@ fn layer_summary(
     for op in &trace.ops[from..] {
         match op {
             Op::Param { param, .. } => s.params += numel(&param.shape).unwrap_or(0),
-            Op::Prim {
-                prim: Prim::CausalMask,
-                outs,
-                ..
-            } => {
+            Op::Prim { prim: Prim::CausalMask, outs, .. } => {
                 let shape = &trace.tensors[outs[0]].shape;
                 let heads: u64 = shape[1..shape.len().saturating_sub(2)]
                     .iter()
@@ -921,11 +721,7 @@ fn layer_summary(
                     .product();
                 s.attention_heads += heads;
             }
-            Op::Prim {
-                prim: Prim::SsdScan,
-                outs,
-                ..
-            } => {
+            Op::Prim { prim: Prim::SsdScan, outs, .. } => {
                 s.ssm_heads += trace.tensors[outs[0]].shape[2].as_const().unwrap_or(0) as u64;
             }
             _ => {}
@@ -954,9 +750,7 @@ fn names_in(e: &Expr, out: &mut HashSet<String>) {
             for it in items {
                 match it {
                     IndexItem::At(e) => names_in(e, out),
-                    IndexItem::Slice(lo, hi, _) => {
-                        lo.iter().chain(hi).for_each(|e| names_in(e, out))
-                    }
+                    IndexItem::Slice(lo, hi, _) => lo.iter().chain(hi).for_each(|e| names_in(e, out)),
                     IndexItem::Ellipsis(_) => {}
                 }
             }

@@ -14,11 +14,7 @@ pub struct PatternError {
 }
 
 fn fail(start: usize, end: usize, message: impl Into<String>) -> PatternError {
-    PatternError {
-        start,
-        end,
-        message: message.into(),
-    }
+    PatternError { start, end, message: message.into() }
 }
 
 /// Expands a pattern into (letter, byte offset of the letter) per layer. Iterative, so
@@ -38,9 +34,7 @@ pub fn expand(text: &str) -> Result<Vec<(char, usize)>, PatternError> {
                 last = None;
             }
             ')' => {
-                let (start, _) = groups
-                    .pop()
-                    .ok_or_else(|| fail(i, i + 1, "`)` without a matching `(`"))?;
+                let (start, _) = groups.pop().ok_or_else(|| fail(i, i + 1, "`)` without a matching `(`"))?;
                 if start == out.len() {
                     return Err(fail(i, i + 1, "empty group `()`"));
                 }
@@ -63,10 +57,8 @@ pub fn expand(text: &str) -> Result<Vec<(char, usize)>, PatternError> {
                 if !text[..end].ends_with('}') {
                     return Err(fail(i, end, "unclosed `{`"));
                 }
-                let n: usize = digits
-                    .trim()
-                    .parse()
-                    .map_err(|_| fail(i, end, format!("`{{{digits}}}` is not a repeat count")))?;
+                let n: usize =
+                    digits.trim().parse().map_err(|_| fail(i, end, format!("`{{{digits}}}` is not a repeat count")))?;
                 if n == 0 {
                     return Err(fail(i, end, "a repeat count must be at least 1"));
                 }
@@ -74,13 +66,7 @@ pub fn expand(text: &str) -> Result<Vec<(char, usize)>, PatternError> {
                 let total = start
                     .checked_add(unit.len().saturating_mul(n))
                     .filter(|t| *t <= MAX_LAYERS)
-                    .ok_or_else(|| {
-                        fail(
-                            i,
-                            end,
-                            format!("the pattern expands to more than {MAX_LAYERS} layers"),
-                        )
-                    })?;
+                    .ok_or_else(|| fail(i, end, format!("the pattern expands to more than {MAX_LAYERS} layers")))?;
                 for _ in 1..n {
                     out.extend_from_slice(&unit);
                 }
@@ -91,11 +77,7 @@ pub fn expand(text: &str) -> Result<Vec<(char, usize)>, PatternError> {
                 last = Some(out.len());
                 out.push((letter, i));
                 if out.len() > MAX_LAYERS {
-                    return Err(fail(
-                        i,
-                        i + 1,
-                        format!("the pattern has more than {MAX_LAYERS} layers"),
-                    ));
+                    return Err(fail(i, i + 1, format!("the pattern has more than {MAX_LAYERS} layers")));
                 }
             }
         }

@@ -6,12 +6,7 @@ use std::path::Path;
 
 /// Runs `f` on a thread with the stack the CLI uses, as every front-end entry point expects.
 pub fn big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::Builder::new()
-        .stack_size(512 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
+    std::thread::Builder::new().stack_size(512 << 20).spawn(f).unwrap().join().unwrap()
 }
 
 /// A diagnostic as tests see it: code, 1-based line and column, and the text under the caret.
@@ -35,10 +30,7 @@ pub fn seen(c: &Checked) -> Vec<Seen> {
                 code: d.code.as_str().to_string(),
                 line,
                 col,
-                snippet: text
-                    .get(s.start..s.end.min(text.len()))
-                    .unwrap_or("")
-                    .to_string(),
+                snippet: text.get(s.start..s.end.min(text.len())).unwrap_or("").to_string(),
                 message: d.message.clone(),
             }
         })
@@ -60,27 +52,18 @@ pub fn check_file(path: &Path) -> Vec<Seen> {
 pub fn expect_one(diags: &[Seen], code: &str, line: usize, col: usize, snippet: &str) {
     assert_eq!(diags.len(), 1, "expected one diagnostic, got {diags:#?}");
     let d = &diags[0];
-    assert_eq!(
-        (d.code.as_str(), d.line, d.col, d.snippet.as_str()),
-        (code, line, col, snippet),
-        "{d:#?}"
-    );
+    assert_eq!((d.code.as_str(), d.line, d.col, d.snippet.as_str()), (code, line, col, snippet), "{d:#?}");
 }
 
 pub fn repo_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Every `.hyb` file under the repository's stdlib/, examples/ and tests/.
 pub fn repo_hyb_files() -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let mut stack: Vec<std::path::PathBuf> = ["stdlib", "examples", "tests"]
-        .iter()
-        .map(|d| repo_root().join(d))
-        .collect();
+    let mut stack: Vec<std::path::PathBuf> =
+        ["stdlib", "examples", "tests"].iter().map(|d| repo_root().join(d)).collect();
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;

@@ -32,10 +32,7 @@ pub enum CheckpointError {
 }
 
 fn weight(t: &Tensor<f32>) -> Weight {
-    Weight {
-        tensor: Tensor::new(t.shape.clone(), t.data.iter().map(|&x| x as f64).collect()),
-        storage: Storage::F32,
-    }
+    Weight { tensor: Tensor::new(t.shape.clone(), t.data.iter().map(|&x| x as f64).collect()), storage: Storage::F32 }
 }
 
 /// Writes the checkpoint; `config` is the run's configuration (JSON).
@@ -60,25 +57,16 @@ pub fn save(path: &Path, state: &State, config: &str) -> Result<(), CheckpointEr
 /// Reads a checkpoint and its stored configuration; a truncated, foreign or damaged file is
 /// an error that says so.
 pub fn load(path: &Path) -> Result<(State, String), CheckpointError> {
-    let invalid = |reason: String| CheckpointError::Invalid {
-        path: path.display().to_string(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|source| weights::WeightsError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path)
+        .map_err(|source| weights::WeightsError::Read { path: path.display().to_string(), source })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(invalid("missing the checkpoint format tag".into()));
     }
-    let number = |k: &str| {
-        meta.get(k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| invalid(format!("missing `{k}`")))
-    };
+    let number =
+        |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| invalid(format!("missing `{k}`")));
     let mut state = State {
         step: number("step")?,
         applied: number("applied")?,
@@ -88,13 +76,8 @@ pub fn load(path: &Path) -> Result<(State, String), CheckpointError> {
         v: BTreeMap::new(),
     };
     for (name, w) in weights::load(path)? {
-        let t = Tensor::new(
-            w.tensor.shape,
-            w.tensor.data.iter().map(|&x| x as f32).collect(),
-        );
-        let (prefix, rest) = name
-            .split_once('.')
-            .ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
+        let t = Tensor::new(w.tensor.shape, w.tensor.data.iter().map(|&x| x as f32).collect());
+        let (prefix, rest) = name.split_once('.').ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
         let map = match prefix {
             "param" => &mut state.params,
             "m" => &mut state.m,
@@ -103,9 +86,6 @@ pub fn load(path: &Path) -> Result<(State, String), CheckpointError> {
         };
         map.insert(rest.to_string(), t);
     }
-    let config = meta
-        .get("config")
-        .cloned()
-        .ok_or_else(|| invalid("missing `config`".into()))?;
+    let config = meta.get("config").cloned().ok_or_else(|| invalid("missing `config`".into()))?;
     Ok((state, config))
 }

@@ -45,10 +45,7 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
@@ -56,29 +53,18 @@ pub enum DataError {
 impl Source {
     /// A UTF-8 text file as bytes (vocabulary 256).
     pub fn text(path: &Path) -> Result<Source, DataError> {
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
         std::str::from_utf8(&bytes).map_err(|e| {
-            DataError::Invalid(format!(
-                "{} is not UTF-8 text (byte {})",
-                path.display(),
-                e.valid_up_to()
-            ))
+            DataError::Invalid(format!("{} is not UTF-8 text (byte {})", path.display(), e.valid_up_to()))
         })?;
-        Ok(Source::Tokens {
-            tokens: bytes.into_iter().map(u32::from).collect(),
-            vocab: 256,
-        })
+        Ok(Source::Tokens { tokens: bytes.into_iter().map(u32::from).collect(), vocab: 256 })
     }
 
     /// A pre-tokenized file of little-endian u16 or u32 ids.
     pub fn token_file(path: &Path, width: usize) -> Result<Source, DataError> {
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
         if bytes.len() % width != 0 {
             return Err(DataError::Invalid(format!(
                 "{} has {} bytes, not a whole number of {width}-byte ids",
@@ -87,19 +73,9 @@ impl Source {
             )));
         }
         let tokens: Vec<u32> = match width {
-            2 => bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
-                .collect(),
-            4 => bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            _ => {
-                return Err(DataError::Invalid(format!(
-                    "token width must be 2 or 4 bytes, not {width}"
-                )))
-            }
+            2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+            4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
+            _ => return Err(DataError::Invalid(format!("token width must be 2 or 4 bytes, not {width}"))),
         };
         let vocab = tokens.iter().max().map_or(0, |m| *m as usize + 1);
         Ok(Source::Tokens { tokens, vocab })
@@ -113,14 +89,7 @@ impl Source {
         }
     }
 
-    pub fn batch(
-        &self,
-        seed: u64,
-        split: Split,
-        step: u64,
-        batch: usize,
-        seq: usize,
-    ) -> Result<Batch, DataError> {
+    pub fn batch(&self, seed: u64, split: Split, step: u64, batch: usize, seq: usize) -> Result<Batch, DataError> {
         let mut rng = Rng::for_step(seed, if split == Split::Train { 1 } else { 2 }, step);
         match self {
             Source::Mqar(m) => m.batch(&mut rng, batch, seq),
@@ -146,8 +115,7 @@ impl Source {
                 for _ in 0..batch {
                     let start = lo + rng.below((hi - lo - seq) as u64) as usize;
                     b.ids.extend_from_slice(&tokens[start..start + seq]);
-                    b.targets
-                        .extend_from_slice(&tokens[start + 1..start + seq + 1]);
+                    b.targets.extend_from_slice(&tokens[start + 1..start + seq + 1]);
                 }
                 Ok(b)
             }
@@ -166,13 +134,7 @@ impl Mqar {
                 2 * self.pairs + 1
             )));
         }
-        let mut b = Batch {
-            batch,
-            seq,
-            ids: vec![],
-            targets: vec![],
-            weights: vec![],
-        };
+        let mut b = Batch { batch, seq, ids: vec![], targets: vec![], weights: vec![] };
         let mut answers = 0usize;
         for _ in 0..batch {
             // Distinct keys in [1, half), values in [half, vocab).
@@ -183,9 +145,8 @@ impl Mqar {
                     keys.push(k);
                 }
             }
-            let values: Vec<u32> = (0..self.pairs)
-                .map(|_| half as u32 + rng.below((self.vocab - half) as u64) as u32)
-                .collect();
+            let values: Vec<u32> =
+                (0..self.pairs).map(|_| half as u32 + rng.below((self.vocab - half) as u64) as u32).collect();
             let mut seqv: Vec<u32> = Vec::with_capacity(seq + 1);
             for (k, v) in keys.iter().zip(&values) {
                 seqv.extend([*k, *v]);

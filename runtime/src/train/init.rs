@@ -11,13 +11,7 @@ use hyb_dsl::inits::Role;
 pub fn init(spec: &ParamSpec, seed: u64, index: u64, width_mult: f64) -> Tensor<f32> {
     let mut rng = Rng::for_step(seed, 3, index);
     let n: usize = spec.shape.iter().product();
-    let arg = |k: &str, default: f64| {
-        spec.init
-            .args
-            .iter()
-            .find(|(a, _)| a == k)
-            .map_or(default, |(_, v)| *v)
-    };
+    let arg = |k: &str, default: f64| spec.init.args.iter().find(|(a, _)| a == k).map_or(default, |(_, v)| *v);
     let std_scale = match spec.role {
         Role::Hidden => 1.0 / width_mult.sqrt(),
         Role::Output => 1.0 / width_mult,
@@ -33,17 +27,13 @@ pub fn init(spec: &ParamSpec, seed: u64, index: u64, width_mult: f64) -> Tensor<
         }
         "mamba_a_log" => {
             let (lo, hi) = (arg("low", 1.0), arg("high", 16.0));
-            (0..n)
-                .map(|_| (lo + (hi - lo) * rng.uniform()).ln())
-                .collect()
+            (0..n).map(|_| (lo + (hi - lo) * rng.uniform()).ln()).collect()
         }
         "mamba_dt_bias" => {
             let (lo, hi, floor) = (arg("dt_min", 1e-3), arg("dt_max", 0.1), arg("floor", 1e-4));
             (0..n)
                 .map(|_| {
-                    let dt = (lo.ln() + (hi.ln() - lo.ln()) * rng.uniform())
-                        .exp()
-                        .max(floor);
+                    let dt = (lo.ln() + (hi.ln() - lo.ln()) * rng.uniform()).exp().max(floor);
                     // inverse softplus
                     dt + (-(-dt).exp_m1()).ln()
                 })
@@ -54,8 +44,5 @@ pub fn init(spec: &ParamSpec, seed: u64, index: u64, width_mult: f64) -> Tensor<
             (0..n).map(|_| mean + std * rng.normal()).collect()
         }
     };
-    Tensor::new(
-        spec.shape.clone(),
-        data.into_iter().map(|x| x as f32).collect(),
-    )
+    Tensor::new(spec.shape.clone(), data.into_iter().map(|x| x as f32).collect())
 }

@@ -8,9 +8,7 @@ impl Rng {
     /// A stream for one purpose at one step, independent of every other (seed, purpose, step).
     pub fn for_step(seed: u64, purpose: u64, step: u64) -> Rng {
         let mut r = Rng(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        r.0 ^= r
-            .next_u64()
-            .wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.0 ^= r.next_u64().wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03));
         r
     }
 

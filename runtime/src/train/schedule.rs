@@ -29,10 +29,7 @@ pub fn learning_rate(schedule: Schedule, peak: f64, warmup: u64, step: u64, tota
             let p = (after / span).min(1.0);
             peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
         }
-        Schedule::Wsd {
-            decay_fraction,
-            min_ratio,
-        } => {
+        Schedule::Wsd { decay_fraction, min_ratio } => {
             let decay_steps = (total as f64 * decay_fraction).max(1.0);
             let decay_start = total as f64 - decay_steps;
             if (step as f64) < decay_start {
@@ -57,10 +54,7 @@ mod tests {
         assert!((learning_rate(cos, 1.0, 0, 0, 100) - 1.0).abs() < 1e-12);
         assert!((learning_rate(cos, 1.0, 0, 50, 100) - 0.55).abs() < 1e-12);
         assert!((learning_rate(cos, 1.0, 0, 100, 100) - 0.1).abs() < 1e-12);
-        let wsd = Schedule::Wsd {
-            decay_fraction: 0.2,
-            min_ratio: 0.0,
-        };
+        let wsd = Schedule::Wsd { decay_fraction: 0.2, min_ratio: 0.0 };
         assert_eq!(learning_rate(wsd, 2.0, 0, 79, 100), 2.0);
         assert!((learning_rate(wsd, 2.0, 0, 90, 100) - 1.0).abs() < 1e-12);
     }
