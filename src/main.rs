@@ -63,6 +63,26 @@ enum Command {
     },
     /// Train a model on the CPU (the reference interpreter, float32).
     Train(train::TrainArgs),
+    /// µP coordinate check: train a few steps at several widths (the model's `d`) under µP
+    /// and under standard parametrisation; print and plot mean |activation| per layer.
+    MupCheck {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Widths (values of the model's `d`), comma-separated; settings written in terms of
+        /// `d` scale with it.
+        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+        widths: Vec<u64>,
+        /// µP base width (default: the smallest width).
+        #[arg(long)]
+        base_width: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        steps: u64,
+        #[arg(long, default_value_t = 1e-2)]
+        lr: f64,
+        #[arg(long, default_value = "runs/mup_check")]
+        out: PathBuf,
+    },
     /// Run the forward pass with the reference interpreter and print the logits.
     Logits {
         file: PathBuf,
@@ -142,6 +162,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let w = hyb_runtime::weights::load(&weights)?;
             hyb_runtime::hf::export(&m.summary, w, &out)?;
             println!("exported {} → {}", m.summary.name, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MupCheck { file, model, widths, base_width, steps, lr, out } => {
+            use hyb_runtime::mup::{coordinate_check, growth, plot_rows, CoordCheck, Parametrisation};
+            let Some(&smallest) = widths.iter().min() else { bail!("--widths needs at least one width") };
+            let cfg = CoordCheck {
+                base_width: base_width.unwrap_or(smallest),
+                widths,
+                steps,
+                lr,
+                batch: 8,
+                seq: 32,
+                seed: 0,
+            };
+            let rows = coordinate_check(&file, model.as_deref(), &cfg, &out)?;
+            println!("{:<4} {:>6} {:>12}  mean |activation| per layer", "", "width", "logits");
+            for r in &rows {
+                let layers: Vec<String> = r.layers.iter().map(|v| format!("{v:.4}")).collect();
+                println!("{:<4} {:>6} {:>12.4}  {}", r.parametrisation.name(), r.width, r.logits, layers.join(" "));
+            }
+            for p in [Parametrisation::Mup, Parametrisation::Standard] {
+                println!("{}: largest/smallest width activation ratio {:.2}", p.name(), growth(&rows, p));
+            }
+            for path in plot_rows(&rows, &out)? {
+                println!("plot: {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => {

@@ -5,6 +5,8 @@ use crate::diag::Diagnostic;
 use crate::expand::model::Expanded;
 use crate::expand::Expander;
 use crate::resolve::{DefId, Loader, Program};
+use crate::value::Value;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// The outcome of checking: the program, every diagnostic, and each root model that
@@ -21,17 +23,26 @@ pub fn check_paths(paths: &[&Path]) -> Result<Checked, String> {
     for p in paths {
         loader.add_path(p)?;
     }
-    Ok(finish(loader))
+    Ok(finish(loader, &HashMap::new()))
 }
 
 /// Checks source text (tests, fuzzing); `std.` imports resolve in the standard library.
 pub fn check_text(name: &str, text: &str) -> Checked {
     let mut loader = Loader::new();
     loader.add_text(name, text);
-    finish(loader)
+    finish(loader, &HashMap::new())
 }
 
-fn finish(loader: Loader) -> Checked {
+/// Checks files with some model settings replaced (every root model sees the same values).
+pub fn check_paths_with(paths: &[&Path], settings: &HashMap<String, Value>) -> Result<Checked, String> {
+    let mut loader = Loader::new();
+    for p in paths {
+        loader.add_path(p)?;
+    }
+    Ok(finish(loader, settings))
+}
+
+fn finish(loader: Loader, settings: &HashMap<String, Value>) -> Checked {
     let (program, mut diagnostics) = loader.finish();
     let mut models = Vec::new();
     {
@@ -46,6 +57,7 @@ fn finish(loader: Loader) -> Checked {
         diagnostics.append(&mut generic.diags);
         for def in program.root_models() {
             let mut strict = Expander::new(&program, true);
+            strict.setting_overrides = settings.clone();
             let expanded = strict.expand_model(def);
             diagnostics.append(&mut strict.diags);
             if let Some(e) = expanded {

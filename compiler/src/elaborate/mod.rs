@@ -12,6 +12,12 @@ use std::collections::HashMap;
 
 /// Builds the graph of an instantiated model.
 pub fn elaborate(trace: &Trace) -> Graph {
+    elaborate_outputs(trace, &trace.outputs)
+}
+
+/// As [`elaborate`], with the given trace tensors as the graph's outputs (e.g. the logits
+/// followed by every layer's output, for activation statistics).
+pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
     let mut g = Graph::default();
     let mut node_of: HashMap<usize, usize> = HashMap::new();
     let ty = |id: usize| TensorType { shape: trace.tensors[id].shape.clone(), dtype: trace.tensors[id].dtype };
@@ -88,6 +94,6 @@ pub fn elaborate(trace: &Trace) -> Graph {
             }
         }
     }
-    g.outputs = trace.outputs.iter().map(|o| node_of[o]).collect();
+    g.outputs = outputs.iter().map(|o| node_of[o]).collect();
     g
 }

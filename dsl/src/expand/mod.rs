@@ -63,6 +63,8 @@ pub struct Expander<'p> {
     mup_values: std::collections::BTreeMap<String, f64>,
     /// Configs of the last layer-level block instantiated.
     layer_configs: std::collections::BTreeMap<String, Value>,
+    /// Model settings replaced by the caller (e.g. `d` when sweeping widths).
+    pub setting_overrides: HashMap<String, Value>,
     /// Secondary labels added to every diagnostic (e.g. which model layer is being built).
     context: Vec<(FileId, Span, String)>,
 }
@@ -82,6 +84,7 @@ impl<'p> Expander<'p> {
             used_mups: HashSet::new(),
             mup_values: Default::default(),
             layer_configs: Default::default(),
+            setting_overrides: HashMap::new(),
             context: Vec::new(),
         }
     }

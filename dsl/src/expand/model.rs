@@ -60,6 +60,8 @@ pub struct ModelSummary {
 pub struct Expanded {
     pub summary: ModelSummary,
     pub trace: Trace,
+    /// The residual stream after each layer (trace tensor ids), for activation statistics.
+    pub layer_outputs: Vec<usize>,
 }
 
 /// A layer kind: which block, with which configs/multipliers set.
@@ -103,7 +105,10 @@ impl<'p> Expander<'p> {
                         layers_expr = Some((e, entry.span));
                         continue;
                     }
-                    let v = self.expr(e, &mut frame);
+                    let v = match self.setting_overrides.get(&name.name) {
+                        Some(v) => v.clone(),
+                        None => self.expr(e, &mut frame),
+                    };
                     frame.vars.insert(name.name.clone(), (v.clone(), Binding::Local));
                     settings.insert(name.name.clone(), (v, e.span));
                     setting_spans.push((name.name.clone(), name.span));
@@ -188,6 +193,7 @@ impl<'p> Expander<'p> {
         self.mup_overrides.push(model_mups.clone());
         let mut consumed: HashSet<String> = HashSet::new();
         let mut layers = Vec::new();
+        let mut layer_outputs = Vec::new();
         self.path.push("layers".into());
         for (i, spec) in specs.iter().enumerate() {
             let block_name = self.prog.block(spec.def).name.name.clone();
@@ -204,7 +210,10 @@ impl<'p> Expander<'p> {
             summary.multipliers = std::mem::take(&mut self.mup_values);
             layers.push(summary);
             match y {
-                Some(y) if y.shape == x.shape => x = y,
+                Some(y) if y.shape == x.shape => {
+                    x = y;
+                    layer_outputs.push(x.id);
+                }
                 Some(y) => {
                     self.report(
                         Diagnostic::new(
@@ -308,7 +317,7 @@ impl<'p> Expander<'p> {
             embedding_multiplier: emb_mult,
             lm_head_multiplier: head_mult,
         };
-        Some(Expanded { summary, trace: std::mem::take(&mut self.trace) })
+        Some(Expanded { summary, trace: std::mem::take(&mut self.trace), layer_outputs })
     }
 
     fn positive_setting(
