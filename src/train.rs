@@ -18,6 +18,9 @@ pub struct TrainArgs {
     /// token file (with --token-bytes 2 or 4).
     #[arg(long, default_value = "mqar")]
     data: String,
+    /// Tokenize the --data text with this Hugging Face tokenizer.json (default: bytes).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Read --data as little-endian token ids of this many bytes.
     #[arg(long)]
     token_bytes: Option<usize>,
@@ -68,10 +71,12 @@ fn schedule(name: &str) -> Result<Schedule> {
 }
 
 pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
-    let source = match (args.data.as_str(), args.token_bytes) {
-        ("mqar", _) => Source::Mqar(Mqar { vocab: model.summary.vocab as usize, pairs: args.mqar_pairs }),
-        (path, Some(width)) => Source::token_file(path.as_ref(), width)?,
-        (path, None) => Source::text(path.as_ref())?,
+    let source = match (args.data.as_str(), args.token_bytes, &args.tokenizer) {
+        ("mqar", _, _) => Source::Mqar(Mqar { vocab: model.summary.vocab as usize, pairs: args.mqar_pairs }),
+        (_, Some(_), Some(_)) => bail!("--token-bytes reads pre-tokenized ids; it cannot be combined with --tokenizer"),
+        (path, Some(width), None) => Source::token_file(path.as_ref(), width)?,
+        (path, None, Some(tok)) => Source::tokenized_text(path.as_ref(), tok)?,
+        (path, None, None) => Source::text(path.as_ref())?,
     };
     let forward = elaborate(&model.trace);
     let mut trainer = match &args.resume {

@@ -141,3 +141,38 @@ fn batches_are_deterministic_and_splits_disjoint() {
     let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
     assert!(b.ids.iter().zip(&b.targets).all(|(a, t)| (a + 1) % 50 == *t));
 }
+
+#[test]
+fn text_tokenized_with_a_tokenizer_json_and_token_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"the":1,"cat":2,"sat":3,"on":4,"mat":5},"unk_token":"[UNK]"}}"#).unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the cat sat on the mat ".repeat(40)).unwrap();
+    let Source::Tokens { tokens, vocab } = Source::tokenized_text(&text, &tok).unwrap() else { panic!() };
+    assert_eq!(vocab, 6);
+    assert_eq!(&tokens[..6], &[1, 2, 3, 4, 1, 5]);
+    let bin = dir.path().join("t.bin");
+    std::fs::write(&bin, [1u16, 2, 3, 300].iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let Source::Tokens { tokens, vocab } = Source::token_file(&bin, 2).unwrap() else { panic!() };
+    assert_eq!((tokens, vocab), (vec![1, 2, 3, 300], 301));
+    std::fs::write(&bin, [1u8, 2, 3]).unwrap();
+    assert!(Source::token_file(&bin, 2).unwrap_err().to_string().contains("whole number"));
+    std::fs::write(&text, [0xffu8, 0xfe]).unwrap();
+    assert!(Source::text(&text).unwrap_err().to_string().contains("not UTF-8"));
+}
+
+#[test]
+fn a_bitnet_model_trains() {
+    let src = "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"B\", B = bit_mlp_layer)\n    d_ff = 32\n}\n";
+    let g = std::thread::Builder::new().stack_size(256 << 20).spawn(move || {
+        let checked = hyb_dsl::check::check_text("b.hyb", src);
+        assert!(checked.diagnostics.is_empty());
+        elaborate(&checked.models[0].1.trace)
+    }).unwrap().join().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(g, mqar(), config(30), dir.path()).unwrap();
+    let mut losses = vec![];
+    t.run(&mut |r| losses.push(r.loss)).unwrap();
+    assert!(losses[25..].iter().sum::<f64>() < losses[..5].iter().sum::<f64>() - 0.5, "{losses:?}");
+}
