@@ -50,7 +50,11 @@ pub struct TrainArgs {
     save_every: u64,
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,
-    /// µP base width: widths are scaled relative to it (default: the model's width, no µP).
+    /// Also decay embeddings, norms, biases, A_log, D and dt_bias (default: matrices only).
+    #[arg(long)]
+    decay_all: bool,
+    /// µP base width: widths are scaled relative to it (default: the model's `base_width`
+    /// setting, else no µP scaling).
     #[arg(long)]
     base_width: Option<u64>,
     /// Run directory: checkpoint.safetensors, metrics.jsonl.
@@ -98,8 +102,12 @@ pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
                 beta1: 0.9,
                 beta2: 0.95,
                 weight_decay: args.weight_decay,
+                decay_all: args.decay_all,
                 clip: Some(1.0),
-                width_mult: args.base_width.map_or(1.0, |b| model.summary.d as f64 / b as f64),
+                width_mult: args
+                    .base_width
+                    .or(model.summary.base_width)
+                    .map_or(1.0, |b| model.summary.d as f64 / b as f64),
             };
             Trainer::new(forward, source, cfg, &args.out)?
         }

@@ -380,3 +380,52 @@ fn tiny_falcon_h1() {
         93,
     );
 }
+
+/// BitLinear's gradient is straight-through: with respect to the weight it is the gradient
+/// of the matmul at the ternary weight, with respect to the input the gradient at the
+/// quantised input. Checked against finite differences of that smooth surrogate.
+#[test]
+fn bitlinear_straight_through_gradient() {
+    let mut c = Case::new(97);
+    let x = c.param(&[2, 3, 8], 0.0, 1.0);
+    let w = c.param(&[5, 8], 0.0, 0.5);
+    let xq = c.g.unary(Prim::Int8Quant, x);
+    let wq = c.g.unary(Prim::TernaryQuant, w);
+    let y = c.g.matmul(xq, wq, false, true);
+    let y = c.g.unary(Prim::Tanh, y);
+    let r = c.leaf("r", &[2, 3, 5], 0.0, 1.0);
+    let yr = c.g.binary(Prim::Mul, y, r);
+    let loss = c.g.sum_all(yr);
+    let mut bwd = c.g.clone();
+    let grads = gradients(&mut bwd, loss, &[x, w]);
+    bwd.outputs = grads;
+    bwd.outputs.extend([xq, wq]);
+    let out = run(&bwd, &c.values, &c.inputs).unwrap();
+    // The surrogate: the same function of the quantised values, which are now free.
+    let mut s = Case::new(98);
+    let u = s.param(&[2, 3, 8], 0.0, 0.0);
+    let v = s.param(&[5, 8], 0.0, 0.0);
+    s.values.insert("p0".into(), out[2].clone());
+    s.values.insert("p1".into(), out[3].clone());
+    let y = s.g.matmul(u, v, false, true);
+    let y = s.g.unary(Prim::Tanh, y);
+    let r2 = s.leaf("r", &[2, 3, 5], 0.0, 0.0);
+    s.values.insert("r".into(), c.values["r"].clone());
+    let yr = s.g.binary(Prim::Mul, y, r2);
+    let loss2 = s.g.sum_all(yr);
+    let mut sb = s.g.clone();
+    let surrogate = gradients(&mut sb, loss2, &[u, v]);
+    sb.outputs = surrogate;
+    let want = run(&sb, &s.values, &s.inputs).unwrap();
+    assert_eq!(out[0], want[0], "input gradient is not straight-through");
+    assert_eq!(out[1], want[1], "weight gradient is not straight-through");
+    // And the surrogate's own gradient is right.
+    let mut s2 = Case::new(98);
+    let u = s2.param(&[2, 3, 8], 0.0, 0.0);
+    let v = s2.param(&[5, 8], 0.0, 0.0);
+    s2.values.insert("p0".into(), out[2].clone());
+    s2.values.insert("p1".into(), out[3].clone());
+    let y = s2.g.matmul(u, v, false, true);
+    let y = s2.g.unary(Prim::Tanh, y);
+    s2.check(y, TOL);
+}

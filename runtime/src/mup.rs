@@ -104,6 +104,7 @@ pub fn coordinate_check(file: &Path, model: Option<&str>, cfg: &CoordCheck, dir:
                 beta1: 0.9,
                 beta2: 0.95,
                 weight_decay: 0.0,
+                decay_all: false,
                 clip: None,
                 width_mult,
             };

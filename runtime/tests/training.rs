@@ -39,6 +39,7 @@ fn config(steps: u64) -> TrainConfig {
         beta1: 0.9,
         beta2: 0.95,
         weight_decay: 0.1,
+        decay_all: false,
         clip: Some(1.0),
         width_mult: 1.0,
     }
@@ -165,11 +166,16 @@ fn text_tokenized_with_a_tokenizer_json_and_token_files() {
 #[test]
 fn a_bitnet_model_trains() {
     let src = "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"B\", B = bit_mlp_layer)\n    d_ff = 32\n}\n";
-    let g = std::thread::Builder::new().stack_size(256 << 20).spawn(move || {
-        let checked = hyb_dsl::check::check_text("b.hyb", src);
-        assert!(checked.diagnostics.is_empty());
-        elaborate(&checked.models[0].1.trace)
-    }).unwrap().join().unwrap();
+    let g = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let checked = hyb_dsl::check::check_text("b.hyb", src);
+            assert!(checked.diagnostics.is_empty());
+            elaborate(&checked.models[0].1.trace)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut t = Trainer::new(g, mqar(), config(30), dir.path()).unwrap();
     let mut losses = vec![];

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Settings with a meaning of their own (`eps` is also offered to the layers); every other
 /// setting is offered to each layer block's configs by name.
-const SKELETON_SETTINGS: &[&str] = &["vocab", "d", "layers", "tie_embeddings", "eps"];
+const SKELETON_SETTINGS: &[&str] = &["vocab", "d", "layers", "tie_embeddings", "eps", "base_width"];
 /// Multipliers of the skeleton itself.
 const SKELETON_MUPS: &[&str] = &["embedding_multiplier", "lm_head_multiplier"];
 /// Letters a pattern understands without being told (Megatron's convention).
@@ -51,6 +51,8 @@ pub struct ModelSummary {
     pub lm_head_params: u64,
     pub total_params: u64,
     pub tie_embeddings: bool,
+    /// µP base width: the width whose hyperparameters transfer (`None`: no µP scaling).
+    pub base_width: Option<u64>,
     pub eps: f64,
     pub embedding_multiplier: f64,
     pub lm_head_multiplier: f64,
@@ -145,6 +147,26 @@ impl<'p> Expander<'p> {
                 let msg = format!("`tie_embeddings` must be true or false, found {}", v.kind());
                 self.error(Code::ModelSetting, file, *span, msg);
                 false
+            }
+        };
+        let base_width = match settings.get("base_width") {
+            None => None,
+            Some((Value::Int(w), span)) => match w.as_const() {
+                Some(c) if c > 0 => Some(c as u64),
+                _ => {
+                    self.error(
+                        Code::ModelSetting,
+                        file,
+                        *span,
+                        format!("`base_width` must be a positive integer, found {w}"),
+                    );
+                    None
+                }
+            },
+            Some((v, span)) => {
+                let msg = format!("`base_width` must be an integer, found {}", v.kind());
+                self.error(Code::ModelSetting, file, *span, msg);
+                None
             }
         };
         let eps = match settings.get("eps") {
@@ -313,6 +335,7 @@ impl<'p> Expander<'p> {
             total_params: self.trace.params().filter_map(|p| numel(&p.shape)).sum(),
             layers,
             tie_embeddings: tie,
+            base_width,
             eps,
             embedding_multiplier: emb_mult,
             lm_head_multiplier: head_mult,

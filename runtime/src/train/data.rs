@@ -63,10 +63,13 @@ impl Source {
 
     /// A UTF-8 text file tokenized with a Hugging Face `tokenizer.json`.
     pub fn tokenized_text(path: &Path, tokenizer: &Path) -> Result<Source, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
         let tok = tokenizers::Tokenizer::from_file(tokenizer)
             .map_err(|e| DataError::Invalid(format!("cannot load tokenizer {}: {e}", tokenizer.display())))?;
-        let encoding = tok.encode(text, false).map_err(|e| DataError::Invalid(format!("cannot tokenize {}: {e}", path.display())))?;
+        let encoding = tok
+            .encode(text, false)
+            .map_err(|e| DataError::Invalid(format!("cannot tokenize {}: {e}", path.display())))?;
         Ok(Source::Tokens { tokens: encoding.get_ids().to_vec(), vocab: tok.get_vocab_size(true) })
     }
 

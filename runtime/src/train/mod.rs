@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub weight_decay: f64,
+    /// Decay every parameter, not only matrices.
+    #[serde(default)]
+    pub decay_all: bool,
     pub clip: Option<f64>,
     /// µP width multiplier `d / base_width` (1 without µP).
     pub width_mult: f64,
@@ -50,6 +53,7 @@ impl TrainConfig {
             beta2: self.beta2,
             weight_decay: self.weight_decay,
             clip: self.clip,
+            decay_all: self.decay_all,
             ..AdamW::default()
         }
     }
