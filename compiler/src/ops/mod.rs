@@ -113,8 +113,15 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
         OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
         SsdScanGrad => {
-            let [dx, ddt, da, db, dc] =
-                sequence::ssd_scan_grads(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]);
+            let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
+                inputs[0],
+                inputs[1],
+                inputs[2],
+                inputs[3],
+                inputs[4],
+                inputs[5],
+                args[6].int() as usize,
+            );
             [dx, ddt, da, db, dc].into_iter().nth(args[7].int() as usize).expect("wrt is 0 to 4")
         }
     }

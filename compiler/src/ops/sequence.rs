@@ -284,9 +284,11 @@ pub fn causal_conv1d_grad<T: Real>(x: &Tensor<T>, w: &Tensor<T>, dy: &Tensor<T>,
     }
 }
 
-/// Gradients of [`ssd_scan`] with respect to all five inputs (x, dt, a, b, c), by the
-/// adjoint recurrence run backwards in time: `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}`,
-/// the state's gradient, from which every input's gradient is read off.
+/// Gradients of [`ssd_scan`] with respect to all five inputs (x, dt, a, b, c), chunk by
+/// chunk like the forward scan: a forward sweep keeps only the state entering each chunk;
+/// the backward sweep visits chunks last to first, recomputes the chunk's states from its
+/// entering state, and runs the adjoint `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}` through
+/// it, carrying `G` into the previous chunk. Memory is O(T/chunk) states, not O(T).
 pub fn ssd_scan_grads<T: Real>(
     x: &Tensor<T>,
     dt: &Tensor<T>,
@@ -294,63 +296,85 @@ pub fn ssd_scan_grads<T: Real>(
     bm: &Tensor<T>,
     cm: &Tensor<T>,
     dy: &Tensor<T>,
+    chunk: usize,
 ) -> [Tensor<T>; 5] {
     let d = ScanDims::of(x, bm);
+    let chunk = chunk.max(1);
     let mut dx = Tensor::zeros(x.shape.clone());
     let mut ddt = Tensor::zeros(dt.shape.clone());
     let mut da = Tensor::zeros(a.shape.clone());
     let mut db = Tensor::zeros(bm.shape.clone());
     let mut dc = Tensor::zeros(cm.shape.clone());
     let pn = d.p * d.n;
+    let starts: Vec<usize> = (0..d.t).step_by(chunk).collect();
     for bi in 0..d.b {
         for hi in 0..d.h {
             let gi = d.group(hi);
             let dt_at = |ti: usize| dt.data[(bi * d.t + ti) * d.h + hi];
-            // Forward states h_0 … h_{T-1}.
-            let mut states = vec![T::zero(); d.t * pn];
-            let mut prev = vec![T::zero(); pn];
-            for ti in 0..d.t {
+            // h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ, one step.
+            let advance = |ti: usize, prev: &[T], out: &mut [T]| {
                 let decay = (dt_at(ti) * a.data[hi]).exp();
                 for pi in 0..d.p {
                     for ni in 0..d.n {
-                        let v = decay * prev[pi * d.n + ni]
+                        out[pi * d.n + ni] = decay * prev[pi * d.n + ni]
                             + dt_at(ti) * x.data[d.x(bi, ti, hi, pi)] * bm.data[d.bc(bi, ti, gi, ni)];
-                        states[ti * pn + pi * d.n + ni] = v;
                     }
                 }
-                prev.copy_from_slice(&states[ti * pn..(ti + 1) * pn]);
+            };
+            // The state entering each chunk.
+            let mut entering = vec![vec![T::zero(); pn]; starts.len()];
+            let mut prev = vec![T::zero(); pn];
+            let mut next = vec![T::zero(); pn];
+            for (c, &s) in starts.iter().enumerate() {
+                entering[c].copy_from_slice(&prev);
+                for ti in s..(s + chunk).min(d.t) {
+                    advance(ti, &prev, &mut next);
+                    std::mem::swap(&mut prev, &mut next);
+                }
             }
             let mut g = vec![T::zero(); pn];
-            for ti in (0..d.t).rev() {
-                let next_decay = if ti + 1 < d.t { (dt_at(ti + 1) * a.data[hi]).exp() } else { T::zero() };
-                for pi in 0..d.p {
-                    for ni in 0..d.n {
-                        let idx = pi * d.n + ni;
-                        g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)] + next_decay * g[idx];
-                    }
+            let mut states = vec![T::zero(); chunk * pn];
+            for (c, &s) in starts.iter().enumerate().rev() {
+                let e = (s + chunk).min(d.t);
+                let mut before = entering[c].clone();
+                for ti in s..e {
+                    let (_, rest) = states.split_at_mut((ti - s) * pn);
+                    advance(ti, &before, &mut rest[..pn]);
+                    before.copy_from_slice(&rest[..pn]);
                 }
-                let decay = (dt_at(ti) * a.data[hi]).exp();
-                let mut g_dot_prev = T::zero();
-                let mut g_dot_input = T::zero();
-                for pi in 0..d.p {
-                    let xv = x.data[d.x(bi, ti, hi, pi)];
-                    let mut dxv = T::zero();
-                    for ni in 0..d.n {
-                        let idx = pi * d.n + ni;
-                        let bv = bm.data[d.bc(bi, ti, gi, ni)];
-                        let h_prev = if ti > 0 { states[(ti - 1) * pn + idx] } else { T::zero() };
-                        dxv = dxv + g[idx] * bv;
-                        g_dot_prev = g_dot_prev + g[idx] * h_prev;
-                        g_dot_input = g_dot_input + g[idx] * xv * bv;
-                        let bc = d.bc(bi, ti, gi, ni);
-                        db.data[bc] = db.data[bc] + dt_at(ti) * g[idx] * xv;
-                        dc.data[bc] = dc.data[bc] + states[ti * pn + idx] * dy.data[d.x(bi, ti, hi, pi)];
+                for ti in (s..e).rev() {
+                    let next_decay = if ti + 1 < d.t { (dt_at(ti + 1) * a.data[hi]).exp() } else { T::zero() };
+                    for pi in 0..d.p {
+                        for ni in 0..d.n {
+                            let idx = pi * d.n + ni;
+                            g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)] + next_decay * g[idx];
+                        }
                     }
-                    dx.data[d.x(bi, ti, hi, pi)] = dt_at(ti) * dxv;
+                    let decay = (dt_at(ti) * a.data[hi]).exp();
+                    let here = &states[(ti - s) * pn..(ti - s + 1) * pn];
+                    let prev_state: &[T] =
+                        if ti > s { &states[(ti - s - 1) * pn..(ti - s) * pn] } else { &entering[c] };
+                    let mut g_dot_prev = T::zero();
+                    let mut g_dot_input = T::zero();
+                    for pi in 0..d.p {
+                        let xv = x.data[d.x(bi, ti, hi, pi)];
+                        let mut dxv = T::zero();
+                        for ni in 0..d.n {
+                            let idx = pi * d.n + ni;
+                            let bv = bm.data[d.bc(bi, ti, gi, ni)];
+                            dxv = dxv + g[idx] * bv;
+                            g_dot_prev = g_dot_prev + g[idx] * prev_state[idx];
+                            g_dot_input = g_dot_input + g[idx] * xv * bv;
+                            let bc = d.bc(bi, ti, gi, ni);
+                            db.data[bc] = db.data[bc] + dt_at(ti) * g[idx] * xv;
+                            dc.data[bc] = dc.data[bc] + here[idx] * dy.data[d.x(bi, ti, hi, pi)];
+                        }
+                        dx.data[d.x(bi, ti, hi, pi)] = dt_at(ti) * dxv;
+                    }
+                    let k = (bi * d.t + ti) * d.h + hi;
+                    ddt.data[k] = g_dot_input + g_dot_prev * decay * a.data[hi];
+                    da.data[hi] = da.data[hi] + g_dot_prev * decay * dt_at(ti);
                 }
-                let k = (bi * d.t + ti) * d.h + hi;
-                ddt.data[k] = g_dot_input + g_dot_prev * decay * a.data[hi];
-                da.data[hi] = da.data[hi] + g_dot_prev * decay * dt_at(ti);
             }
         }
     }

@@ -77,12 +77,12 @@ pub fn run<T: Real>(
                     }
                 }
                 if *prim == Prim::SsdScanGrad {
-                    let wrt = match args[7] {
-                        Arg::Int(w) => w as usize,
-                        _ => unreachable!("checked signature"),
+                    let (Arg::Int(chunk), Arg::Int(wrt)) = (&args[6], &args[7]) else {
+                        unreachable!("checked signature")
                     };
+                    let (chunk, wrt) = (*chunk as usize, *wrt as usize);
                     let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
-                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5]).map(Some)
+                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], chunk).map(Some)
                     });
                     let out = grads[wrt].take().expect("each gradient is read once");
                     if grads.iter().all(Option::is_none) {
