@@ -134,14 +134,16 @@ fn rule_name(r: Rule) -> Option<&'static str> {
     Some(match r {
         Rule::EOI => "end of file",
         Rule::import | Rule::block_def | Rule::model_def | Rule::item => "`import`, `block` or `model`",
-        Rule::ident | Rule::name => "a name",
+        Rule::ident | Rule::reference => "a name",
         Rule::module_path => "a module path like `std.attention`",
         Rule::tensor_type => "a tensor type like `[B, T, d]`",
         Rule::stmt | Rule::config_decl | Rule::mup_decl | Rule::param_decl | Rule::return_stmt | Rule::let_stmt => {
             "a statement"
         }
         Rule::scalar_type => "a type (`int`, `float`, `bool` or `string`)",
-        Rule::expr | Rule::operand | Rule::call | Rule::list | Rule::paren | Rule::if_expr => "an expression",
+        Rule::expr | Rule::operand | Rule::call | Rule::call_args | Rule::list | Rule::paren | Rule::if_expr => {
+            "an expression"
+        }
         Rule::float_lit | Rule::int_lit => "a number",
         Rule::string_lit => "a string",
         Rule::bool_lit => "`true` or `false`",
@@ -394,13 +396,17 @@ impl Builder<'_> {
         let sp = self.span(&p);
         let mut it = p.into_inner();
         let callee = self.ident(it.next().unwrap());
-        let args = it
+        let args = self.args(it.next().unwrap())?;
+        Ok(Call { callee, args, span: sp })
+    }
+
+    fn args(&self, p: Pair<Rule>) -> PResult<Vec<Arg>> {
+        p.into_inner()
             .map(|a| match a.as_rule() {
                 Rule::named_arg => self.named_arg(a).map(|(n, e)| Arg::Named(n, e)),
                 _ => self.expr(a).map(Arg::Positional),
             })
-            .collect::<PResult<_>>()?;
-        Ok(Call { callee, args, span: sp })
+            .collect()
     }
 
     /// Operator precedence by shunting-yard: iterative, so long operator chains cannot
@@ -515,10 +521,16 @@ impl Builder<'_> {
             }
             Rule::bool_lit => ExprKind::Bool(p.as_str() == "true"),
             Rule::string_lit => ExprKind::Str(unescape(p.into_inner().next().unwrap().as_str())),
-            Rule::name => ExprKind::Name(p.as_str().to_string()),
+            Rule::reference => {
+                let mut it = p.into_inner();
+                let callee = self.ident(it.next().unwrap());
+                match it.next() {
+                    Some(args) => ExprKind::Call(Call { callee, args: self.args(args)?, span: sp }),
+                    None => ExprKind::Name(callee.name),
+                }
+            }
             Rule::list => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect::<PResult<_>>()?),
             Rule::paren => ExprKind::Paren(self.expr(p.into_inner().next().unwrap())?),
-            Rule::call => ExprKind::Call(self.call(p)?),
             Rule::if_expr => return self.if_expr(p),
             r => unreachable!("primary: {r:?}"),
         };

@@ -297,3 +297,11 @@ fn huge_file_parses_quickly() {
     let budget = if cfg!(debug_assertions) { 30.0 } else { 10.0 };
     assert!(elapsed.as_secs_f64() < budget, "10 MB took {elapsed:?}");
 }
+
+#[test]
+fn names_may_start_with_keywords() {
+    let src = "import std.nn\n\nblock f(x: [B, T, d]) -> [B, T, d] {\n    config configs: int = 1, integer: int = 2\n    returned = x\n    params = returned * configs\n    iffy = params\n    return iffy\n}\n\nmodel models {\n    vocab = 4\n    d = 4\n    layers = [f]\n    overrides = 3\n}\n";
+    let d = check_src(src);
+    // Everything parses; the only complaint is the unused setting.
+    expect_one(&d, "E020", 15, 5, "overrides");
+}
