@@ -26,23 +26,87 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
             .help("a .hyb file holds imports, `block` and `model` definitions; see docs/language.md");
         return Err(vec![d]);
     }
-    let problems = prescan(file, text);
+    let (problems, item_starts) = prescan(file, text);
     if !problems.is_empty() {
         return Err(problems);
     }
-    let mut pairs = HybParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let root = pairs.next().expect("the file rule always produces one pair");
-    let b = Builder { file, src: text, nested: std::cell::Cell::new(0) };
-    b.file(root).map_err(|d| vec![d])
+    let chunks = chunks(text.len(), &item_starts);
+    if chunks.len() == 1 {
+        return parse_chunk(file, text, 0, text.len()).map(|items| File { items }).map_err(|d| vec![d]);
+    }
+    // Large files: top-level items are independent, so chunks of them parse in parallel.
+    let results: Vec<Result<Vec<Item>, Diagnostic>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|&(start, end)| {
+                std::thread::Builder::new()
+                    .stack_size(64 << 20)
+                    .spawn_scoped(scope, move || parse_chunk(file, text, start, end))
+                    .expect("a parser thread starts")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("the parser does not panic")).collect()
+    });
+    let mut items = Vec::new();
+    for r in results {
+        items.extend(r.map_err(|d| vec![d])?);
+    }
+    Ok(File { items })
 }
 
-/// Finds unterminated strings and over-deep bracket nesting without recursion.
-fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
+/// Files above this size are parsed in parallel chunks.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// Byte ranges covering the file, cut at top-level item starts into about one chunk per core.
+fn chunks(len: usize, item_starts: &[usize]) -> Vec<(usize, usize)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if len < PARALLEL_BYTES || cores < 2 {
+        return vec![(0, len)];
+    }
+    let target = len / cores;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &cut in item_starts {
+        if cut >= start + target && out.len() + 1 < cores {
+            out.push((start, cut));
+            start = cut;
+        }
+    }
+    out.push((start, len));
+    out
+}
+
+fn parse_chunk(file: FileId, text: &str, start: usize, end: usize) -> Result<Vec<Item>, Diagnostic> {
+    let mut pairs = HybParser::parse(Rule::file, &text[start..end]).map_err(|e| syntax_error(file, text, start, e))?;
+    let root = pairs.next().expect("the file rule always produces one pair");
+    let b = Builder { file, src: text, offset: start, nested: std::cell::Cell::new(0) };
+    b.file(root).map(|f| f.items)
+}
+
+/// Finds unterminated strings and over-deep bracket nesting without recursion, and where
+/// top-level items start (a line at bracket depth 0 beginning with `import`, `block` or
+/// `model`, moved up over the `///` lines documenting it).
+fn prescan(file: FileId, text: &str) -> (Vec<Diagnostic>, Vec<usize>) {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
+    let mut starts = Vec::new();
+    let mut docs_from: Option<usize> = None;
     let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
+        if depth == 0 && (i == 0 || bytes[i - 1] == b'\n') {
+            let line = &text[i..];
+            let word = |w: &str| {
+                line.starts_with(w) && !line[w.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+            };
+            if line.starts_with("///") && !line.starts_with("////") {
+                docs_from.get_or_insert(i);
+            } else if word("import") || word("block") || word("model") {
+                starts.push(docs_from.take().unwrap_or(i));
+            } else {
+                docs_from = None;
+            }
+        }
         match bytes[i] {
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
@@ -72,7 +136,7 @@ fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
                             .label(format!("nesting depth {MAX_NESTING} is exceeded here"))
                             .help("split the expression into named steps"),
                     );
-                    return out;
+                    return (out, starts);
                 }
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
@@ -80,14 +144,15 @@ fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
         }
         i += 1;
     }
-    out
+    (out, starts)
 }
 
-fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+/// A pest error in the chunk starting at `offset` of `text`, as a diagnostic.
+fn syntax_error(file: FileId, text: &str, offset: usize, e: pest::error::Error<Rule>) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match e.location {
-        InputLocation::Pos(p) => (p, p),
-        InputLocation::Span((s, e)) => (s, e),
+        InputLocation::Pos(p) => (offset + p, offset + p),
+        InputLocation::Span((s, e)) => (offset + s, offset + e),
     };
     let end = if end == start { text[start..].chars().next().map_or(start, |c| start + c.len_utf8()) } else { end };
     let found = match text[start..].chars().next() {
@@ -163,7 +228,9 @@ fn rule_name(r: Rule) -> Option<&'static str> {
 
 struct Builder<'s> {
     file: FileId,
+    /// The whole file; pest's positions are relative to the chunk at `offset`.
     src: &'s str,
+    offset: usize,
     /// Deepest expression finished since the enclosing `expr` started (see `expr`).
     nested: std::cell::Cell<usize>,
 }
@@ -203,7 +270,8 @@ fn comment_start(line: &str) -> Option<usize> {
 impl Builder<'_> {
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(s.start(), code_end(self.src, s.start(), s.end()))
+        let (start, end) = (self.offset + s.start(), self.offset + s.end());
+        Span::new(start, code_end(self.src, start, end))
     }
 
     fn file(&self, root: Pair<Rule>) -> PResult<File> {

@@ -305,3 +305,36 @@ fn names_may_start_with_keywords() {
     // Everything parses; the only complaint is the unused setting.
     expect_one(&d, "E020", 15, 5, "overrides");
 }
+
+/// Files over a megabyte are parsed in parallel chunks: the tree and every position must be
+/// the same as for a sequential parse.
+#[test]
+fn parallel_parsing_of_large_files_keeps_trees_and_positions() {
+    let stdlib = ["nn", "attention", "mamba2", "layers"]
+        .map(|m| std::fs::read_to_string(repo_root().join(format!("stdlib/{m}.hyb"))).unwrap());
+    let mut pieces = Vec::new();
+    let mut total = 0;
+    let mut i = 0;
+    while total < 3 << 20 {
+        let piece =
+            stdlib[i % 4].replace("block ", &format!("block v{i}_")).replace("import std.", "import std_unused.");
+        total += piece.len();
+        pieces.push(piece);
+        i += 1;
+    }
+    let big = pieces.concat();
+    let (one, separately) = big_stack(move || {
+        let one = hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), &big).unwrap();
+        let separately: Vec<_> =
+            pieces.iter().flat_map(|p| hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), p).unwrap().items).collect();
+        (one, separately)
+    });
+    assert_eq!(one.items, separately);
+    // A syntax error near the end is reported at its true line and column.
+    let mut broken = stdlib[0].repeat(3 * (1 << 20) / stdlib[0].len() + 1);
+    let lines = broken.lines().count();
+    broken.push_str("block broken(x: [B]) -> [B] {\n    return x +\n}\n");
+    let d = check_src(&broken);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!((d[0].code.as_str(), d[0].line, d[0].col), ("E001", lines + 3, 1));
+}
