@@ -10,14 +10,14 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path} is not a valid safetensors file: {reason}")]
     Format { path: String, reason: String },
     #[error("tensor `{name}` in {path} has unsupported dtype {dtype:?}")]
     Dtype { path: String, name: String, dtype: Dtype },
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
 }
 
 /// How a tensor is stored on disk.
@@ -52,7 +52,7 @@ pub type Weights = BTreeMap<String, Weight>;
 
 pub fn load(path: &Path) -> Result<Weights, WeightsError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Read { path: shown.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| WeightsError::Read { path: shown.clone(), error })?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| WeightsError::Format { path: shown.clone(), reason: e.to_string() })?;
     let mut out = Weights::new();
@@ -114,7 +114,7 @@ pub fn save(
         .collect();
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| WeightsError::Format { path: shown.clone(), reason: e.to_string() })?;
-    write_atomically(path, &bytes).map_err(|source| WeightsError::Write { path: shown, source })
+    write_atomically(path, &bytes).map_err(|error| WeightsError::Write { path: shown, error })
 }
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -25,7 +25,7 @@ pub struct State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{0}")]
+    #[error(transparent)]
     Weights(#[from] weights::WeightsError),
     #[error("{path} is not a hyb checkpoint: {reason}")]
     Invalid { path: String, reason: String },
@@ -58,8 +58,8 @@ pub fn save(path: &Path, state: &State, config: &str) -> Result<(), CheckpointEr
 /// an error that says so.
 pub fn load(path: &Path) -> Result<(State, String), CheckpointError> {
     let invalid = |reason: String| CheckpointError::Invalid { path: path.display().to_string(), reason };
-    let bytes = std::fs::read(path)
-        .map_err(|source| weights::WeightsError::Read { path: path.display().to_string(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|error| weights::WeightsError::Read { path: path.display().to_string(), error })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {

@@ -44,8 +44,8 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
@@ -53,8 +53,7 @@ pub enum DataError {
 impl Source {
     /// A UTF-8 text file as bytes (vocabulary 256).
     pub fn text(path: &Path) -> Result<Source, DataError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
         std::str::from_utf8(&bytes).map_err(|e| {
             DataError::Invalid(format!("{} is not UTF-8 text (byte {})", path.display(), e.valid_up_to()))
         })?;
@@ -64,7 +63,7 @@ impl Source {
     /// A UTF-8 text file tokenized with a Hugging Face `tokenizer.json`.
     pub fn tokenized_text(path: &Path, tokenizer: &Path) -> Result<Source, DataError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
+            .map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
         let tok = tokenizers::Tokenizer::from_file(tokenizer)
             .map_err(|e| DataError::Invalid(format!("cannot load tokenizer {}: {e}", tokenizer.display())))?;
         let encoding = tok
@@ -75,8 +74,7 @@ impl Source {
 
     /// A pre-tokenized file of little-endian u16 or u32 ids.
     pub fn token_file(path: &Path, width: usize) -> Result<Source, DataError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
         if bytes.len() % width != 0 {
             return Err(DataError::Invalid(format!(
                 "{} has {} bytes, not a whole number of {width}-byte ids",

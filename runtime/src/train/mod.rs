@@ -78,14 +78,14 @@ pub struct StepReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] data::DataError),
-    #[error("{0}")]
+    #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("{0}")]
+    #[error(transparent)]
     Run(#[from] hyb_compiler::reference::RunError),
-    #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{0}")]
     Mismatch(String),
     #[error("stopped after {0} consecutive steps with a non-finite loss or gradient; the last checkpoint is intact")]
@@ -114,12 +114,12 @@ impl Trainer {
         let m = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
-        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|error| TrainError::Io { path: dir.display().to_string(), error })?;
         let step_graph = training_graph(&forward, &cfg.adamw(), cfg.width_mult);
         let t = Trainer { cfg, forward, step_graph, source, state, dir: dir.to_path_buf() };
         t.check_vocab()?;
         std::fs::write(t.metrics_path(), b"")
-            .map_err(|source| TrainError::Io { path: t.metrics_path().display().to_string(), source })?;
+            .map_err(|error| TrainError::Io { path: t.metrics_path().display().to_string(), error })?;
         Ok(t)
     }
 
@@ -183,7 +183,7 @@ impl Trainer {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(&path, kept).map_err(|source| TrainError::Io { path: path.display().to_string(), source })
+        std::fs::write(&path, kept).map_err(|error| TrainError::Io { path: path.display().to_string(), error })
     }
 
     fn inputs(&self, b: &Batch) -> HashMap<String, Tensor<f32>> {
@@ -290,9 +290,9 @@ impl Trainer {
             .append(true)
             .create(true)
             .open(&path)
-            .map_err(|source| TrainError::Io { path: path.display().to_string(), source })?;
+            .map_err(|error| TrainError::Io { path: path.display().to_string(), error })?;
         writeln!(f, "{}", serde_json::to_string(report).expect("reports serialise"))
-            .map_err(|source| TrainError::Io { path: path.display().to_string(), source })
+            .map_err(|error| TrainError::Io { path: path.display().to_string(), error })
     }
 
     /// Draws `loss.png` in the run directory from `metrics.jsonl`: training loss per step and
