@@ -163,13 +163,22 @@ pub fn ssd_scan_sequential<T: Real>(
 /// "rotate half" layout: dimension `j < D/2` pairs with `j + D/2`, frequency
 /// `theta^(-2j/D)`.
 pub fn rope<T: Real>(x: &Tensor<T>, theta: f64) -> Tensor<T> {
+    rotate(x, theta, 1.0)
+}
+
+/// Rotation by minus the RoPE angle: the transpose (and inverse) of [`rope`].
+pub fn rope_grad<T: Real>(dy: &Tensor<T>, theta: f64) -> Tensor<T> {
+    rotate(dy, theta, -1.0)
+}
+
+/// Rotates each (j, j + D/2) pair by `direction ·` its RoPE angle.
+fn rotate<T: Real>(x: &Tensor<T>, theta: f64, direction: f64) -> Tensor<T> {
     let (b, t, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let half = d / 2;
     let mut out = Tensor::zeros(x.shape.clone());
     for ti in 0..t {
         for j in 0..half {
-            let freq = theta.powf(-(2.0 * j as f64) / d as f64);
-            let angle = ti as f64 * freq;
+            let angle = direction * ti as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
             let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
             for bi in 0..b {
                 for hi in 0..h {
@@ -193,28 +202,6 @@ pub fn causal_mask<T: Real>(x: &Tensor<T>) -> Tensor<T> {
         let (row, col) = ((i / cols) % rows, i % cols);
         if col > row {
             *v = T::neg_infinity();
-        }
-    }
-    out
-}
-
-/// Rotation by minus the RoPE angle: the transpose (and inverse) of [`rope`].
-pub fn rope_grad<T: Real>(dy: &Tensor<T>, theta: f64) -> Tensor<T> {
-    let (b, t, h, d) = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]);
-    let half = d / 2;
-    let mut out = Tensor::zeros(dy.shape.clone());
-    for ti in 0..t {
-        for j in 0..half {
-            let angle = ti as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
-            let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
-            for bi in 0..b {
-                for hi in 0..h {
-                    let base = ((bi * t + ti) * h + hi) * d;
-                    let (g1, g2) = (dy.data[base + j], dy.data[base + j + half]);
-                    out.data[base + j] = g1 * cos + g2 * sin;
-                    out.data[base + j + half] = g2 * cos - g1 * sin;
-                }
-            }
         }
     }
     out

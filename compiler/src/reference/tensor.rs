@@ -22,85 +22,40 @@ pub trait Real: Float + Debug + Send + Sync + 'static {
     );
 }
 
-impl Real for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-    fn f64(self) -> f64 {
-        self
-    }
-    fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f64],
-        (rsa, csa): (isize, isize),
-        b: &[f64],
-        (rsb, csb): (isize, isize),
-        c: &mut [f64],
-    ) {
-        assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-        // SAFETY: the asserts above and the callers' strides keep every access in bounds.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
+/// The two float types differ only in their conversions and their GEMM routine.
+macro_rules! real {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            #[allow(clippy::unnecessary_cast)]
+            fn f64(self) -> f64 {
+                self as f64
+            }
+            fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[$t],
+                (rsa, csa): (isize, isize),
+                b: &[$t],
+                (rsb, csb): (isize, isize),
+                c: &mut [$t],
+            ) {
+                assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+                // SAFETY: the asserts above and the callers' strides (whole, densely stored
+                // matrices) keep every access in bounds.
+                unsafe {
+                    $gemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1)
+                }
+            }
         }
-    }
+    };
 }
 
-impl Real for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-    fn f64(self) -> f64 {
-        self as f64
-    }
-    fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        (rsa, csa): (isize, isize),
-        b: &[f32],
-        (rsb, csb): (isize, isize),
-        c: &mut [f32],
-    ) {
-        assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-        // SAFETY: the asserts above and the callers' strides keep every access in bounds.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        }
-    }
-}
+real!(f64, matrixmultiply::dgemm);
+real!(f32, matrixmultiply::sgemm);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor<T> {
