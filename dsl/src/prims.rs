@@ -490,7 +490,7 @@ impl Prim {
             Prim::Sum | Prim::Max | Prim::Mean => {
                 let (mut s, d) = t(0);
                 let axis = resolve_axis(&int(1), s.len(), 1)?;
-                if boolean(2) || !matches!(args[2], Arg::Bool(Some(false))) {
+                if !matches!(args[2], Arg::Bool(Some(false))) {
                     s[axis] = Dim::constant(1);
                 } else {
                     s.remove(axis);

@@ -195,26 +195,21 @@ fn rotate<T: Real>(x: &Tensor<T>, theta: f64, direction: f64) -> Tensor<T> {
 
 /// Sets entries above the diagonal of the last two axes (`[..., i, j]`, `j > i`) to -∞.
 pub fn causal_mask<T: Real>(x: &Tensor<T>) -> Tensor<T> {
-    let r = x.rank();
-    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
-    let mut out = x.clone();
-    for (i, v) in out.data.iter_mut().enumerate() {
-        let (row, col) = ((i / cols) % rows, i % cols);
-        if col > row {
-            *v = T::neg_infinity();
-        }
-    }
-    out
+    fill_above_diagonal(x, T::neg_infinity())
 }
 
-/// Zeroes entries above the diagonal of the last two axes.
+/// Zeroes entries above the diagonal of the last two axes (the causal mask's gradient).
 pub fn tril<T: Real>(x: &Tensor<T>) -> Tensor<T> {
+    fill_above_diagonal(x, T::zero())
+}
+
+fn fill_above_diagonal<T: Real>(x: &Tensor<T>, value: T) -> Tensor<T> {
     let r = x.rank();
     let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
     let mut out = x.clone();
     for (i, v) in out.data.iter_mut().enumerate() {
         if i % cols > (i / cols) % rows {
-            *v = T::zero();
+            *v = value;
         }
     }
     out

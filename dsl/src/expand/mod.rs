@@ -619,9 +619,7 @@ impl<'p> Expander<'p> {
                     (Bool(Some(p)), Bool(Some(q))) => Some(p == q),
                     _ => match (x.as_f64(), y.as_f64()) {
                         (Some(p), Some(q)) => Some(p == q),
-                        _ if x.kind() == y.kind() || (x.as_f64().is_some() || matches!(x, Float(None) | Int(_))) => {
-                            None
-                        }
+                        _ if x.kind() == y.kind() || matches!(x, Int(_) | Float(_)) => None,
                         _ => {
                             return self.error(
                                 Code::TypeMismatch,
