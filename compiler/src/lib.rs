@@ -6,4 +6,5 @@ pub mod elaborate;
 pub mod ir;
 pub mod ops;
 pub mod reference;
+pub mod rewrite;
 pub mod training;

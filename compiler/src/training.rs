@@ -84,7 +84,8 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let grads = gradients(&mut g, loss, &param_nodes);
 
     let mut norm_sq = None;
-    for &gr in &grads {
+    for (&w, &gr) in param_nodes.iter().zip(&grads) {
+        g.scope = g.nodes[w].scope;
         let sq = g.binary(Prim::Mul, gr, gr);
         let s = g.sum_all(sq);
         norm_sq = Some(match norm_sq {
@@ -92,6 +93,7 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
             None => s,
         });
     }
+    g.scope = 0;
     let norm_sq = norm_sq.unwrap_or_else(|| g.constant(0.0));
     let norm = g.unary(Prim::Sqrt, norm_sq);
     let clip_scale = opt.clip.map(|c| {
@@ -111,6 +113,7 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let mut names = Vec::new();
     for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
         let spec = g.params[p].clone();
+        g.scope = g.nodes[w].scope;
         let ty = g.nodes[w].ty.clone();
         let m = g.add(Op::Input(format!("m.{}", spec.name)), vec![], ty.clone());
         let v = g.add(Op::Input(format!("v.{}", spec.name)), vec![], ty);
@@ -143,5 +146,6 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         names.push(spec.name);
     }
     g.outputs = outputs;
+    g.scope = 0;
     TrainingGraph { graph: g, params: names }
 }

@@ -34,6 +34,15 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.name() == s)
     }
 
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::BF16 | DType::F16 => 2,
+            DType::I8 => 1,
+        }
+    }
+
     pub fn is_float(self) -> bool {
         matches!(self, DType::F64 | DType::F32 | DType::BF16 | DType::F16)
     }

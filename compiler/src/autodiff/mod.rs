@@ -1,9 +1,11 @@
 //! Reverse-mode differentiation as a graph transform: the backward pass is appended to the
 //! graph as ordinary nodes (so later stages fuse and compile it like the forward pass). One
-//! vector-Jacobian rule per primitive lives next to its meaning in `ops`.
+//! vector-Jacobian rule per primitive lives next to its meaning in `ops`. Backward nodes
+//! take the scope of the forward node they differentiate.
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{Graph, Kernel, KernelKind, NodeId, Op};
 use crate::ops;
+use hyb_dsl::prims::Prim;
 
 /// Appends the gradient of the scalar `loss` with respect to each node in `wrt` and returns
 /// the gradient nodes, in order. A node `loss` does not depend on gets a zero gradient.
@@ -26,25 +28,67 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Vec<NodeId> {
     adjoint[loss] = Some(g.constant_of(1.0, dtype));
     for i in (0..n).rev() {
         let Some(dy) = adjoint[i] else { continue };
-        if !needs[i] || !matches!(g.nodes[i].op, Op::Prim { .. }) {
+        if !needs[i] || !matches!(g.nodes[i].op, Op::Prim { .. } | Op::Kernel(_)) {
             continue;
         }
         let inputs = g.nodes[i].inputs.clone();
-        let contributions = ops::vjp(g, i, dy);
+        g.scope = g.nodes[i].scope;
+        let contributions = match &g.nodes[i].op {
+            Op::Kernel(_) => kernel_vjp(g, i, dy),
+            _ => ops::vjp(g, i, dy),
+        };
         for (x, c) in inputs.into_iter().zip(contributions) {
             let Some(c) = c.filter(|_| needs[x]) else {
                 continue;
             };
+            g.scope = g.nodes[x].scope;
             adjoint[x] = Some(match adjoint[x] {
-                Some(prev) => g.binary(hyb_dsl::prims::Prim::Add, prev, c),
+                Some(prev) => g.binary(Prim::Add, prev, c),
                 None => c,
             });
         }
     }
+    g.scope = 0;
     wrt.iter()
         .map(|&w| match adjoint.get(w).copied().flatten() {
             Some(grad) => grad,
             None => g.scale(w, 0.0),
+        })
+        .collect()
+}
+
+/// The gradient of a kernel with respect to each floating-point input: one kernel per
+/// input whose body is the kernel's own body differentiated, so it recomputes what it needs
+/// of the forward pass (as flash attention's backward pass does) instead of storing it.
+fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
+    let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
+    let k = (**k).clone();
+    let inputs = g.nodes[node].inputs.clone();
+    let mut body = k.body.clone();
+    let out = body.outputs[0];
+    let arity = inputs.len();
+    let dy_in = body.add(Op::Input(arity.to_string()), vec![], g.nodes[dy].ty.clone());
+    let weighted = body.binary(Prim::Mul, out, dy_in);
+    let loss = body.sum_all(weighted);
+    let wrt: Vec<NodeId> = (0..arity)
+        .map(|j| {
+            let name = j.to_string();
+            body.input_nodes().find(|(_, n)| *n == name).map(|(id, _)| id).expect("numbered inputs")
+        })
+        .collect();
+    let grads = gradients(&mut body, loss, &wrt);
+    let mut args = inputs.clone();
+    args.push(dy);
+    (0..arity)
+        .map(|j| {
+            if !g.nodes[inputs[j]].ty.dtype.is_float() {
+                return None;
+            }
+            let mut b = body.clone();
+            b.outputs = vec![grads[j]];
+            let kind = KernelKind::Grad { of: Box::new(k.kind.clone()), wrt: j };
+            let ty = g.nodes[inputs[j]].ty.clone();
+            Some(g.add(Op::Kernel(Box::new(Kernel { kind, body: b.pruned() })), args.clone(), ty))
         })
         .collect()
 }

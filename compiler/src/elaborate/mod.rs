@@ -27,6 +27,7 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
                 node_of.insert(*out, g.add(Op::Input(name.clone()), vec![], ty(*out)));
             }
             trace::Op::Param { out, param } => {
+                g.scope = layer_scope(&param.name);
                 let shape = param
                     .shape
                     .iter()
@@ -95,5 +96,16 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
         }
     }
     g.outputs = outputs.iter().map(|o| node_of[o]).collect();
+    g.scope = 0;
     g
+}
+
+/// Scope of the nodes that follow a parameter: layer `i`'s parameters (`layers.i.…`) open
+/// scope `i + 1`, any other parameter (embedding, final norm, head) scope 0.
+fn layer_scope(param: &str) -> u32 {
+    param
+        .strip_prefix("layers.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|i| i.parse::<u32>().ok())
+        .map_or(0, |i| i + 1)
 }

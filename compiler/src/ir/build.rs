@@ -6,36 +6,44 @@ use hyb_dsl::dim::Dim;
 use hyb_dsl::prims::{self, Ctx, Kind, Prim};
 use hyb_dsl::value::DType;
 
+/// The type of `prim` applied to inputs of `types` with `attrs` (one per signature slot).
+/// The shapes must be valid: such nodes are made by the compiler, not the user.
+pub fn infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> TensorType {
+    let mut next = types.iter();
+    let args: Vec<prims::Arg> = prim
+        .signature()
+        .iter()
+        .zip(attrs)
+        .map(|(slot, a)| match a {
+            Attr::Tensor if slot.kind == Kind::Tensors => {
+                prims::Arg::Tensors(next.by_ref().map(|t| (t.shape.clone(), t.dtype)).collect())
+            }
+            Attr::Tensor => {
+                let t = next.next().expect("an input per tensor slot");
+                prims::Arg::Tensor(t.shape.clone(), t.dtype)
+            }
+            Attr::Int(d) => prims::Arg::Int(d.clone()),
+            Attr::Float(x) => prims::Arg::Scalar(Some(*x)),
+            Attr::Bool(b) => prims::Arg::Bool(Some(*b)),
+            Attr::Str(s) => prims::Arg::Str(Some(s.clone())),
+            Attr::Ints(v) => prims::Arg::Ints(v.clone()),
+            Attr::Absent => prims::Arg::Absent,
+        })
+        .collect();
+    let out = prim
+        .infer(&args, Ctx { strict: true })
+        .unwrap_or_else(|e| panic!("compiler built an invalid {}: {}", prim.name(), e.message));
+    let (shape, dtype) = out.into_iter().next().expect("one output");
+    TensorType { shape, dtype }
+}
+
 impl Graph {
     /// Appends `prim` applied to `inputs` with `attrs` (one per signature slot). The shapes
     /// must be valid: these nodes are made by the compiler, not the user.
     pub fn apply(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> NodeId {
-        let mut next = inputs.iter();
-        let args: Vec<prims::Arg> = prim
-            .signature()
-            .iter()
-            .zip(&attrs)
-            .map(|(slot, a)| match a {
-                Attr::Tensor if slot.kind == Kind::Tensors => prims::Arg::Tensors(
-                    next.by_ref().map(|&i| (self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype)).collect(),
-                ),
-                Attr::Tensor => {
-                    let i = *next.next().expect("an input per tensor slot");
-                    prims::Arg::Tensor(self.nodes[i].ty.shape.clone(), self.nodes[i].ty.dtype)
-                }
-                Attr::Int(d) => prims::Arg::Int(d.clone()),
-                Attr::Float(x) => prims::Arg::Scalar(Some(*x)),
-                Attr::Bool(b) => prims::Arg::Bool(Some(*b)),
-                Attr::Str(s) => prims::Arg::Str(Some(s.clone())),
-                Attr::Ints(v) => prims::Arg::Ints(v.clone()),
-                Attr::Absent => prims::Arg::Absent,
-            })
-            .collect();
-        let out = prim
-            .infer(&args, Ctx { strict: true })
-            .unwrap_or_else(|e| panic!("compiler built an invalid {}: {}", prim.name(), e.message));
-        let (shape, dtype) = out.into_iter().next().expect("one output");
-        self.add(Op::Prim { prim, attrs }, inputs, TensorType { shape, dtype })
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
+        let ty = infer_type(prim, &attrs, &types);
+        self.add(Op::Prim { prim, attrs }, inputs, ty)
     }
 
     /// A scalar constant; it takes the dtype of whatever it is combined with.

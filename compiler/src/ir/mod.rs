@@ -3,6 +3,7 @@
 //! batch and sequence dimensions. Parameters carry their manifest entry (init, µP role).
 
 mod build;
+pub use build::infer_type;
 mod print;
 
 pub use hyb_dsl::dim::Dim;
@@ -33,6 +34,23 @@ pub enum Attr {
     Absent,
 }
 
+// Attributes are keys of e-graph nodes; floats compare by value and are never NaN.
+impl Eq for Attr {}
+
+impl std::hash::Hash for Attr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::mem::discriminant(self).hash(h);
+        match self {
+            Attr::Tensor | Attr::Absent => {}
+            Attr::Int(d) => d.hash(h),
+            Attr::Float(x) => x.to_bits().hash(h),
+            Attr::Bool(b) => b.hash(h),
+            Attr::Str(s) => s.hash(h),
+            Attr::Ints(v) => v.hash(h),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// A program input (token ids), by name.
@@ -44,6 +62,32 @@ pub enum Op {
     /// A primitive; `attrs` has one entry per signature slot. Tensor slots take, in order,
     /// the node's inputs (a variadic slot takes all of them).
     Prim { prim: Prim, attrs: Vec<Attr> },
+    /// A kernel chosen by the rewriter: several primitives computed in one launch.
+    Kernel(Box<Kernel>),
+}
+
+/// What a kernel node computes is its `body`, a graph whose inputs `0`, `1`, … are the
+/// node's inputs in order and whose single output is the node's value; `kind` tells a
+/// backend which template implements it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub kind: KernelKind,
+    pub body: Graph,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum KernelKind {
+    /// Causal softmax attention, `groups` query heads per key/value head.
+    FlashAttention { scale: f64, groups: usize },
+    /// BitNet b1.58: per-token int8 activations times ternary weights.
+    BitLinear,
+    /// A GEMM whose pointwise consumers run in its epilogue.
+    Gemm,
+    /// Pointwise operations and row reductions in one pass.
+    Fused,
+    /// The gradient of input `wrt` of a kernel of kind `of` (its body recomputes what it
+    /// needs of the forward pass).
+    Grad { of: Box<KernelKind>, wrt: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +95,10 @@ pub struct Node {
     pub op: Op,
     pub inputs: Vec<NodeId>,
     pub ty: TensorType,
+    /// The repeated unit the node belongs to (layer `i` is scope `i + 1`; 0 is outside any
+    /// layer), so the rewriter optimises each distinct layer body once.
+    #[serde(default)]
+    pub scope: u32,
 }
 
 /// How a parameter is created and trained.
@@ -74,13 +122,42 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub params: Vec<ParamSpec>,
     pub outputs: Vec<NodeId>,
+    /// The scope [`Graph::add`] gives new nodes.
+    #[serde(skip)]
+    pub scope: u32,
 }
 
 impl Graph {
     pub fn add(&mut self, op: Op, inputs: Vec<NodeId>, ty: TensorType) -> NodeId {
         debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()), "inputs must precede their user");
-        self.nodes.push(Node { op, inputs, ty });
+        self.nodes.push(Node { op, inputs, ty, scope: self.scope });
         self.nodes.len() - 1
+    }
+
+    /// The graph without the nodes its outputs do not need (inputs stay: they are its
+    /// interface).
+    pub fn pruned(&self) -> Graph {
+        let mut live = vec![false; self.nodes.len()];
+        for &o in &self.outputs {
+            live[o] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] || matches!(self.nodes[i].op, Op::Input(_)) {
+                live[i] = true;
+                for &x in &self.nodes[i].inputs {
+                    live[x] = true;
+                }
+            }
+        }
+        let mut out = Graph { params: self.params.clone(), ..Graph::default() };
+        let mut new_id = vec![usize::MAX; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
+            out.scope = n.scope;
+            new_id[i] = out.add(n.op.clone(), n.inputs.iter().map(|&x| new_id[x]).collect(), n.ty.clone());
+        }
+        out.outputs = self.outputs.iter().map(|&o| new_id[o]).collect();
+        out.scope = 0;
+        out
     }
 
     pub fn param_node(&self, param: usize) -> Option<NodeId> {

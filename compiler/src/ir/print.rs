@@ -4,7 +4,7 @@
 //! %3: [B, T, 64] f32 = matmul(%1, %2, transpose_a=false, transpose_b=true)
 //! ```
 
-use super::{Attr, Graph, Op};
+use super::{Attr, Graph, Kernel, KernelKind, Op};
 use std::fmt;
 
 impl fmt::Display for Graph {
@@ -28,6 +28,10 @@ impl fmt::Display for Graph {
                 Op::Input(name) => writeln!(f, "input {name}")?,
                 Op::Param(p) => writeln!(f, "param {}", self.params[*p].name)?,
                 Op::Constant(c) => writeln!(f, "const {c:?}")?,
+                Op::Kernel(k) => {
+                    let args: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
+                    writeln!(f, "{}({}) {{ {} }}", k.kind.name(), args.join(", "), k.op_names().join(", "))?
+                }
                 Op::Prim { prim, attrs } => {
                     let mut inputs = n.inputs.iter();
                     let mut parts = Vec::new();
@@ -56,5 +60,32 @@ impl fmt::Display for Graph {
         }
         let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{o}")).collect();
         writeln!(f, "return {}", outs.join(", "))
+    }
+}
+
+impl KernelKind {
+    pub fn name(&self) -> String {
+        match self {
+            KernelKind::FlashAttention { .. } => "flash_attention".into(),
+            KernelKind::BitLinear => "bitlinear".into(),
+            KernelKind::Gemm => "gemm".into(),
+            KernelKind::Fused => "fused".into(),
+            KernelKind::Grad { of, wrt } => format!("{}_grad{wrt}", of.name()),
+        }
+    }
+}
+
+impl Kernel {
+    /// The primitives the kernel computes, in order (views included).
+    pub fn op_names(&self) -> Vec<String> {
+        self.body
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Prim { prim, .. } => Some(prim.name().to_string()),
+                Op::Kernel(k) => Some(k.kind.name()),
+                _ => None,
+            })
+            .collect()
     }
 }

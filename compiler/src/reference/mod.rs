@@ -62,6 +62,15 @@ pub fn run<T: Real>(
                 w.clone()
             }
             Op::Constant(c) => Tensor::scalar(T::of(*c)),
+            Op::Kernel(k) => {
+                let args: HashMap<String, Tensor<T>> = n
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live")))
+                    .collect();
+                run(&k.body, &HashMap::new(), &args)?.remove(0)
+            }
             Op::Prim { prim, attrs } => {
                 let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
                 let xs: Vec<&Tensor<T>> =

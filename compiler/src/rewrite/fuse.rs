@@ -1,0 +1,144 @@
+//! Vertical fusion: after extraction, chains of pointwise operations, row reductions and
+//! views whose intermediate values have one user become one kernel, and a GEMM absorbs
+//! its pointwise consumers as an epilogue. A value with several users (an activation the
+//! backward pass reads again, an optimizer output) stays in memory.
+
+use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
+use hyb_dsl::prims::Prim;
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Class {
+    Pointwise,
+    Reduce,
+    View,
+    Gemm,
+    Other,
+}
+
+fn class(n: &Node) -> Class {
+    use Prim::*;
+    match &n.op {
+        Op::Prim { prim, .. } => match prim {
+            Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu
+            | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step => Class::Pointwise,
+            Sum | Max | Mean => Class::Reduce,
+            Reshape | Broadcast | Slice | Transpose | Permute => Class::View,
+            Matmul => Class::Gemm,
+            _ => Class::Other,
+        },
+        _ => Class::Other,
+    }
+}
+
+fn root(group: &mut [NodeId], mut i: NodeId) -> NodeId {
+    while group[i] != i {
+        group[i] = group[group[i]];
+        i = group[i];
+    }
+    i
+}
+
+/// Groups fusible nodes into kernels; returns the new graph.
+pub fn fuse(g: &Graph) -> Graph {
+    let n = g.nodes.len();
+    let mut users = vec![0usize; n];
+    for node in &g.nodes {
+        for &x in &node.inputs {
+            users[x] += 1;
+        }
+    }
+    for &o in &g.outputs {
+        users[o] += 2;
+    }
+    let mut group: Vec<NodeId> = (0..n).collect();
+    let (mut has_gemm, mut has_reduce) = (vec![false; n], vec![false; n]);
+    for i in (0..n).rev() {
+        let c = class(&g.nodes[i]);
+        if matches!(c, Class::Gemm | Class::Other) {
+            continue;
+        }
+        let r = root(&mut group, i);
+        has_reduce[r] |= c == Class::Reduce;
+        for &p in &g.nodes[i].inputs {
+            if users[p] != 1 || group[p] != p {
+                continue;
+            }
+            let ok = match class(&g.nodes[p]) {
+                Class::Pointwise | Class::View => true,
+                Class::Reduce => !has_gemm[r],
+                Class::Gemm => !has_gemm[r] && !has_reduce[r],
+                Class::Other => false,
+            };
+            if ok {
+                group[p] = r;
+                has_gemm[r] |= class(&g.nodes[p]) == Class::Gemm;
+                has_reduce[r] |= class(&g.nodes[p]) == Class::Reduce;
+            }
+        }
+    }
+    let mut members: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for i in 0..n {
+        let r = root(&mut group, i);
+        members.entry(r).or_default().push(i);
+    }
+    let mut out = Graph { params: g.params.clone(), ..Graph::default() };
+    let mut new_id: Vec<Option<NodeId>> = vec![None; n];
+    for i in 0..n {
+        let r = root(&mut group, i);
+        if r != i {
+            continue;
+        }
+        let m = &members[&r];
+        let computes = m.iter().filter(|&&x| class(&g.nodes[x]) != Class::View).count();
+        if m.len() == 1 || computes == 0 {
+            for &x in m {
+                let node = &g.nodes[x];
+                let inputs = node.inputs.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
+                out.scope = node.scope;
+                new_id[x] = Some(out.add(node.op.clone(), inputs, node.ty.clone()));
+            }
+            continue;
+        }
+        let (body, external) = kernel_body(g, m);
+        let kind = if has_gemm[r] { KernelKind::Gemm } else { KernelKind::Fused };
+        let inputs = external.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
+        out.scope = g.nodes[r].scope;
+        new_id[r] = Some(out.add(Op::Kernel(Box::new(Kernel { kind, body })), inputs, g.nodes[r].ty.clone()));
+    }
+    out.outputs = g.outputs.iter().map(|&o| new_id[o].expect("outputs are kept")).collect();
+    out.scope = 0;
+    out
+}
+
+/// The body of a kernel computing `members` (in order, the last one its output), and the
+/// outside values it reads, in order. Constants are copied in.
+fn kernel_body(g: &Graph, members: &[NodeId]) -> (Graph, Vec<NodeId>) {
+    let mut body = Graph::default();
+    let mut local: HashMap<NodeId, NodeId> = HashMap::new();
+    let mut external = Vec::new();
+    for &x in members {
+        let node = &g.nodes[x];
+        let mut inputs = Vec::new();
+        for &y in &node.inputs {
+            let id = match local.get(&y) {
+                Some(&id) => id,
+                None => {
+                    let id = match &g.nodes[y].op {
+                        Op::Constant(c) => body.add(Op::Constant(*c), vec![], g.nodes[y].ty.clone()),
+                        _ => {
+                            external.push(y);
+                            body.add(Op::Input((external.len() - 1).to_string()), vec![], g.nodes[y].ty.clone())
+                        }
+                    };
+                    local.insert(y, id);
+                    id
+                }
+            };
+            inputs.push(id);
+        }
+        local.insert(x, body.add(node.op.clone(), inputs, node.ty.clone()));
+    }
+    body.outputs = vec![local[members.last().expect("a member")]];
+    (body, external)
+}

@@ -1,0 +1,281 @@
+//! The e-graph language: one e-node per IR operation, its operator interned in the
+//! analysis so nodes stay small and ordered. The analysis carries each class's type (shape
+//! and dtype), its value when it is a known scalar, and whether it is computed from
+//! weights alone — the conditions rules check before they fire.
+
+use crate::ir::{infer_type, Attr, Kernel, TensorType};
+use egg::{DidMerge, Id, Language};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::Prim;
+use hyb_dsl::value::DType;
+use std::collections::HashMap;
+
+/// An operator applied to child classes; `op` indexes [`Ctx::ops`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ENode {
+    pub op: u32,
+    pub children: Vec<Id>,
+}
+
+impl Language for ENode {
+    type Discriminant = u32;
+
+    fn discriminant(&self) -> u32 {
+        self.op
+    }
+
+    fn matches(&self, other: &Self) -> bool {
+        self.op == other.op && self.children.len() == other.children.len()
+    }
+
+    fn children(&self) -> &[Id] {
+        &self.children
+    }
+
+    fn children_mut(&mut self) -> &mut [Id] {
+        &mut self.children
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// A value from outside the region (input, parameter, another region's node): index
+    /// into [`Ctx::leaves`].
+    Leaf(usize),
+    /// A scalar constant (its bits) of a dtype.
+    Const(u64, DType),
+    Prim(Prim, Vec<Attr>),
+    /// A kernel: index into [`Ctx::kernels`].
+    Kernel(usize),
+}
+
+/// What the rewriter knows about a value from outside the region.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    pub ty: TensorType,
+    /// A learnable parameter (so rules may pre-pack or pre-scale it).
+    pub weight: bool,
+}
+
+/// Facts about an e-class that rule conditions read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Data {
+    pub ty: TensorType,
+    /// The value, when the class is a known scalar.
+    pub constant: Option<f64>,
+    /// Computed from parameters and constants only: work on it is per-step weight
+    /// preparation, not per-token activation traffic.
+    pub weight: bool,
+}
+
+/// The analysis: operator and kernel tables, leaf facts, and the multi-class alternatives
+/// rules create (a merged GEMM replaces several classes at once: extraction must weigh
+/// the group together).
+#[derive(Default)]
+pub struct Ctx {
+    pub ops: Vec<OpKind>,
+    index: HashMap<OpKind, u32>,
+    pub kernels: Vec<Kernel>,
+    kernel_index: HashMap<String, usize>,
+    pub leaves: Vec<Leaf>,
+    pub groups: Vec<Vec<(Id, ENode)>>,
+    /// How many equalities each rule added.
+    pub fired: std::collections::BTreeMap<&'static str, usize>,
+}
+
+pub type EGraph = egg::EGraph<ENode, Ctx>;
+
+impl Ctx {
+    pub fn intern(&mut self, op: OpKind) -> u32 {
+        if let Some(&i) = self.index.get(&op) {
+            return i;
+        }
+        self.ops.push(op.clone());
+        let i = self.ops.len() as u32 - 1;
+        self.index.insert(op, i);
+        i
+    }
+
+    pub fn op(&self, n: &ENode) -> &OpKind {
+        &self.ops[n.op as usize]
+    }
+
+    /// Interns a kernel, so equal kernels (e.g. one per layer) are one operator.
+    pub fn kernel(&mut self, k: Kernel) -> u32 {
+        let key = serde_json::to_string(&k).expect("kernels serialise");
+        let i = match self.kernel_index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.kernels.push(k);
+                self.kernel_index.insert(key, self.kernels.len() - 1);
+                self.kernels.len() - 1
+            }
+        };
+        self.intern(OpKind::Kernel(i))
+    }
+}
+
+impl egg::Analysis<ENode> for Ctx {
+    type Data = Data;
+
+    fn make(egraph: &mut EGraph, enode: &ENode, _id: Id) -> Data {
+        let child = |i: usize| &egraph[enode.children[i]].data;
+        match egraph.analysis.op(enode) {
+            OpKind::Leaf(l) => {
+                let leaf = &egraph.analysis.leaves[*l];
+                Data { ty: leaf.ty.clone(), constant: None, weight: leaf.weight }
+            }
+            OpKind::Const(bits, dtype) => Data {
+                ty: TensorType { shape: vec![], dtype: *dtype },
+                constant: Some(f64::from_bits(*bits)),
+                weight: true,
+            },
+            OpKind::Prim(prim, attrs) => {
+                let types: Vec<&TensorType> = (0..enode.children.len()).map(|i| &child(i).ty).collect();
+                let ty = infer_type(*prim, attrs, &types);
+                let weight = (0..enode.children.len()).all(|i| child(i).weight) && *prim != Prim::Embedding;
+                let constant =
+                    fold(*prim, &enode.children.iter().map(|&c| egraph[c].data.constant).collect::<Vec<_>>());
+                Data { ty, constant, weight }
+            }
+            OpKind::Kernel(k) => {
+                let body = &egraph.analysis.kernels[*k].body;
+                let ty = body.nodes[body.outputs[0]].ty.clone();
+                Data { ty, constant: None, weight: false }
+            }
+        }
+    }
+
+    fn merge(&mut self, to: &mut Data, from: Data) -> DidMerge {
+        debug_assert_eq!(to.ty.shape, from.ty.shape, "a rule changed a shape");
+        let mut changed = (false, false);
+        if to.constant.is_none() && from.constant.is_some() {
+            to.constant = from.constant;
+            changed.0 = true;
+        }
+        if !to.weight && from.weight {
+            to.weight = true;
+            changed.0 = true;
+        }
+        changed.1 = to.constant != from.constant || to.weight != from.weight;
+        DidMerge(changed.0, changed.1)
+    }
+
+    /// A class found to be a known scalar also gets the constant node, so folding is
+    /// visible to extraction.
+    fn modify(egraph: &mut EGraph, id: Id) {
+        let data = &egraph[id].data;
+        if let (Some(c), true) = (data.constant, data.ty.shape.is_empty()) {
+            let op = egraph.analysis.intern(OpKind::Const(c.to_bits(), data.ty.dtype));
+            let k = egraph.add(ENode { op, children: vec![] });
+            egraph.union(id, k);
+        }
+    }
+}
+
+/// The value of a pointwise op whose inputs are all known scalars.
+fn fold(prim: Prim, inputs: &[Option<f64>]) -> Option<f64> {
+    if !prim.is_pointwise() || inputs.is_empty() || matches!(prim, Prim::Pow | Prim::Clamp | Prim::Cast) {
+        return None;
+    }
+    let a = inputs[0]?;
+    let b = match inputs.get(1) {
+        Some(b) => (*b)?,
+        None => 0.0,
+    };
+    let v = prim.fold(a, b);
+    v.is_finite().then_some(v)
+}
+
+/// A learnable parameter as it is stored (not a computed weight).
+pub fn is_param(eg: &EGraph, id: Id) -> bool {
+    eg[id].nodes.iter().any(|n| matches!(eg.analysis.op(n), OpKind::Leaf(l) if eg.analysis.leaves[*l].weight))
+}
+
+/// A parameter or a contiguous slice of one: `(parameter, axis, start, end)`.
+pub fn param_slice(eg: &EGraph, id: Id) -> Option<(Id, usize, Dim, Dim)> {
+    if is_param(eg, id) {
+        return None;
+    }
+    nodes_of(eg, id, Prim::Slice).into_iter().find_map(|(n, a)| {
+        let src = n.children[0];
+        let (Attr::Int(start), Attr::Int(end)) = (&a[2], &a[3]) else { return None };
+        let ax = axis(int_attr(&a[1])?, shape(eg, src).len());
+        is_param(eg, src).then(|| (eg.find(src), ax, start.clone(), end.clone()))
+    })
+}
+
+/// `concat(parts, axis)`, written as the source itself (or one slice of it) when the parts
+/// are adjacent slices of one tensor — so splitting and re-joining a weight finds the
+/// weight again instead of growing the e-graph.
+pub fn add_concat(eg: &mut EGraph, parts: Vec<Id>, ax: usize) -> Id {
+    let slices: Option<Vec<_>> = parts.iter().map(|&p| param_slice(eg, p)).collect();
+    if let Some(s) = slices {
+        let src = s[0].0;
+        let adjacent = s.iter().all(|(w, a, ..)| *w == src && *a == ax) && s.windows(2).all(|w| w[0].3 == w[1].2);
+        if adjacent {
+            let (start, end) = (s[0].2.clone(), s[s.len() - 1].3.clone());
+            if start.as_const() == Some(0) && Some(&end) == shape(eg, src).get(ax) {
+                return src;
+            }
+            let attrs = vec![Attr::Tensor, Attr::Int(Dim::constant(ax as i64)), Attr::Int(start), Attr::Int(end)];
+            return add_prim(eg, Prim::Slice, attrs, vec![src]);
+        }
+    }
+    add_prim(eg, Prim::Concat, vec![Attr::Tensor, Attr::Int(Dim::constant(ax as i64))], parts)
+}
+
+/// Adds `prim(children)` with `attrs` and returns its class.
+pub fn add_prim(eg: &mut EGraph, prim: Prim, attrs: Vec<Attr>, children: Vec<Id>) -> Id {
+    let op = eg.analysis.intern(OpKind::Prim(prim, attrs));
+    eg.add(ENode { op, children })
+}
+
+pub fn add_const(eg: &mut EGraph, x: f64, dtype: DType) -> Id {
+    let op = eg.analysis.intern(OpKind::Const(x.to_bits(), dtype));
+    eg.add(ENode { op, children: vec![] })
+}
+
+/// The primitive and attributes of a node, if it is a primitive.
+pub fn as_prim<'a>(eg: &'a EGraph, n: &ENode) -> Option<(Prim, &'a [Attr])> {
+    match eg.analysis.op(n) {
+        OpKind::Prim(p, attrs) => Some((*p, attrs)),
+        _ => None,
+    }
+}
+
+/// The nodes of class `id` that apply `prim`, with their attributes.
+pub fn nodes_of(eg: &EGraph, id: Id, prim: Prim) -> Vec<(ENode, Vec<Attr>)> {
+    eg[id]
+        .nodes
+        .iter()
+        .filter_map(|n| match eg.analysis.op(n) {
+            OpKind::Prim(p, attrs) if *p == prim => Some((n.clone(), attrs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn shape(eg: &EGraph, id: Id) -> &[Dim] {
+    &eg[id].data.ty.shape
+}
+
+pub fn int_attr(a: &Attr) -> Option<i64> {
+    match a {
+        Attr::Int(d) => d.as_const(),
+        _ => None,
+    }
+}
+
+pub fn bool_attr(a: &Attr) -> bool {
+    matches!(a, Attr::Bool(true))
+}
+
+/// Normalises a possibly negative axis.
+pub fn axis(a: i64, rank: usize) -> usize {
+    if a < 0 {
+        (a + rank as i64) as usize
+    } else {
+        a as usize
+    }
+}

@@ -1,0 +1,262 @@
+//! Algebra and layout: cancel inverse views, drop identities, fold scalar multipliers
+//! together and across matmuls, and split or merge a linear layer over a concatenated input.
+
+use super::Rule;
+use crate::ir::Attr;
+use crate::rewrite::lang::{
+    add_concat, add_const, add_prim, axis, bool_attr, int_attr, is_param, nodes_of, param_slice, shape, EGraph, ENode,
+};
+use egg::Id;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::Prim;
+
+pub fn rules() -> Vec<Rule> {
+    vec![
+        Rule { name: "transpose-cancel", on: &[Prim::Transpose], apply: transpose_cancel },
+        Rule { name: "reshape-fold", on: &[Prim::Reshape], apply: reshape_fold },
+        Rule { name: "broadcast-fold", on: &[Prim::Broadcast], apply: broadcast_fold },
+        Rule { name: "scalar-identity", on: &[Prim::Mul, Prim::Div, Prim::Add, Prim::Sub], apply: scalar_identity },
+        Rule { name: "scalar-reassociate", on: &[Prim::Mul], apply: scalar_reassociate },
+        Rule { name: "matmul-scale-out", on: &[Prim::Matmul], apply: matmul_scale_out },
+        Rule { name: "matmul-scale-weight", on: &[Prim::Matmul], apply: matmul_scale_weight },
+        Rule { name: "linear-concat-split", on: &[Prim::Matmul], apply: linear_concat_split },
+        Rule { name: "linear-concat-merge", on: &[Prim::Add], apply: linear_concat_merge },
+    ]
+}
+
+/// `transpose(transpose(x, i, j), i, j) = x`.
+fn transpose_cancel(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some((_, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let rank = shape(eg, class).len();
+    let pair = |a: &[Attr]| -> Option<(usize, usize)> {
+        let (i, j) = (axis(int_attr(&a[1])?, rank), axis(int_attr(&a[2])?, rank));
+        Some((i.min(j), i.max(j)))
+    };
+    let Some(outer) = pair(attrs) else { return vec![] };
+    nodes_of(eg, n.children[0], Prim::Transpose)
+        .into_iter()
+        .filter(|(_, inner)| pair(inner) == Some(outer))
+        .map(|(inner, _)| (class, inner.children[0]))
+        .collect()
+}
+
+/// `reshape(x, shape(x)) = x`; `reshape(reshape(x, s), t) = reshape(x, t)`.
+fn reshape_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let x = n.children[0];
+    let target = shape(eg, class).to_vec();
+    let mut out = Vec::new();
+    if shape(eg, x) == target.as_slice() {
+        out.push((class, x));
+    }
+    for (inner, _) in nodes_of(eg, x, Prim::Reshape) {
+        let y = inner.children[0];
+        let r = if shape(eg, y) == target.as_slice() {
+            y
+        } else {
+            add_prim(eg, Prim::Reshape, vec![Attr::Tensor, Attr::Ints(target.clone())], vec![y])
+        };
+        out.push((class, r));
+    }
+    out
+}
+
+/// `broadcast(x, shape(x)) = x`; `broadcast(broadcast(x, s), t) = broadcast(x, t)`.
+fn broadcast_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let x = n.children[0];
+    let target = shape(eg, class).to_vec();
+    let mut out = Vec::new();
+    if shape(eg, x) == target.as_slice() {
+        out.push((class, x));
+    }
+    for (inner, _) in nodes_of(eg, x, Prim::Broadcast) {
+        let y = inner.children[0];
+        out.push((class, add_prim(eg, Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(target.clone())], vec![y])));
+    }
+    out
+}
+
+fn constant(eg: &EGraph, id: Id) -> Option<f64> {
+    let d = &eg[id].data;
+    d.ty.shape.is_empty().then_some(d.constant).flatten()
+}
+
+/// `x·1 = 1·x = x/1 = x + 0 = 0 + x = x − 0 = x`, when the scalar does not change the
+/// shape or dtype.
+fn scalar_identity(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some((prim, _)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let (a, b) = (n.children[0], n.children[1]);
+    let same = |eg: &EGraph, x: Id| eg[x].data.ty == eg[class].data.ty;
+    let unit = if matches!(prim, Prim::Mul | Prim::Div) { 1.0 } else { 0.0 };
+    let mut out = Vec::new();
+    if constant(eg, b) == Some(unit) && same(eg, a) {
+        out.push((class, a));
+    }
+    if matches!(prim, Prim::Mul | Prim::Add) && constant(eg, a) == Some(unit) && same(eg, b) {
+        out.push((class, b));
+    }
+    out
+}
+
+/// Splits `x·c` (either order) into `(x, c)` for a known scalar `c`.
+fn scaled(eg: &EGraph, n: &ENode) -> Option<(Id, f64)> {
+    let (a, b) = (n.children[0], n.children[1]);
+    match (constant(eg, a), constant(eg, b)) {
+        (_, Some(c)) => Some((a, c)),
+        (Some(c), None) => Some((b, c)),
+        _ => None,
+    }
+}
+
+/// `(x·c₁)·c₂ = x·(c₁c₂)`: chains of µP multipliers and scales become one.
+fn scalar_reassociate(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some((x, c2)) = scaled(eg, n) else { return vec![] };
+    let dtype = eg[class].data.ty.dtype;
+    let mut out = Vec::new();
+    for (inner, _) in nodes_of(eg, x, Prim::Mul) {
+        if let Some((y, c1)) = scaled(eg, &inner) {
+            if eg[y].data.ty == eg[class].data.ty {
+                let k = add_const(eg, c1 * c2, dtype);
+                out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![y, k])));
+            }
+        }
+    }
+    out
+}
+
+fn matmul_attrs(ta: bool, tb: bool) -> Vec<Attr> {
+    vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)]
+}
+
+fn flags(attrs: &[Attr]) -> (bool, bool) {
+    (bool_attr(&attrs[2]), bool_attr(&attrs[3]))
+}
+
+fn mm_flags(eg: &EGraph, n: &ENode) -> (bool, bool) {
+    flags(super::super::lang::as_prim(eg, n).expect("a matmul").1)
+}
+
+/// `(x·c) @ W = (x @ W)·c` and `x @ (W·c) = (x @ W)·c`: a multiplier moves to the GEMM's
+/// output, where it runs in the epilogue.
+fn matmul_scale_out(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let (ta, tb) = mm_flags(eg, n);
+    let dtype = eg[class].data.ty.dtype;
+    let mut out = Vec::new();
+    for side in 0..2 {
+        for (inner, _) in nodes_of(eg, n.children[side], Prim::Mul) {
+            let Some((x, c)) = scaled(eg, &inner) else { continue };
+            if shape(eg, x) != shape(eg, n.children[side]) {
+                continue;
+            }
+            let mut ch = n.children.clone();
+            ch[side] = x;
+            let mm = add_prim(eg, Prim::Matmul, matmul_attrs(ta, tb), ch);
+            let k = add_const(eg, c, dtype);
+            out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![mm, k])));
+        }
+    }
+    out
+}
+
+/// `(x·c) @ W = x @ (c·W)` for a weight `W`: the multiplier folds into the weight.
+fn matmul_scale_weight(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let (ta, tb) = mm_flags(eg, n);
+    let w = n.children[1];
+    if !eg[w].data.weight {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
+        let Some((x, c)) = scaled(eg, &inner) else { continue };
+        if shape(eg, x) != shape(eg, n.children[0]) {
+            continue;
+        }
+        let k = add_const(eg, c, eg[w].data.ty.dtype);
+        let cw = add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![w, k]);
+        out.push((class, add_prim(eg, Prim::Matmul, matmul_attrs(ta, tb), vec![x, cw])));
+    }
+    out
+}
+
+/// The axis of a rank-2 weight `W` that a matmul contracts: `x @ Wᵀ` contracts axis 1,
+/// `x @ W` axis 0.
+fn contracted_axis(tb: bool) -> i64 {
+    if tb {
+        1
+    } else {
+        0
+    }
+}
+
+/// `concat(a, b, …) @ W = a @ W_a + b @ W_b + …`, `W_i` the matching slices of the
+/// weight's contracted axis.
+fn linear_concat_split(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let (ta, tb) = mm_flags(eg, n);
+    let (x, w) = (n.children[0], n.children[1]);
+    if ta || shape(eg, w).len() != 2 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (cat, attrs) in nodes_of(eg, x, Prim::Concat) {
+        let rank = shape(eg, x).len();
+        if int_attr(&attrs[1]).map(|a| axis(a, rank)) != Some(rank - 1) {
+            continue;
+        }
+        let k_axis = contracted_axis(tb);
+        let mut start = Dim::constant(0);
+        let mut sum = None;
+        for &part in &cat.children {
+            let width = shape(eg, part)[rank - 1].clone();
+            let end = start.add(&width).expect("sizes add");
+            let slice =
+                vec![Attr::Tensor, Attr::Int(Dim::constant(k_axis)), Attr::Int(start.clone()), Attr::Int(end.clone())];
+            let wi = add_prim(eg, Prim::Slice, slice, vec![w]);
+            let yi = add_prim(eg, Prim::Matmul, matmul_attrs(false, tb), vec![part, wi]);
+            sum = Some(match sum {
+                None => yi,
+                Some(acc) => add_prim(eg, Prim::Add, vec![Attr::Tensor, Attr::Tensor], vec![acc, yi]),
+            });
+            start = end;
+        }
+        if let Some(s) = sum {
+            out.push((class, s));
+        }
+    }
+    out
+}
+
+/// `a @ W₁ + b @ W₂ = concat(a, b) @ concat(W₁, W₂)` over the contracted axes: one GEMM
+/// instead of two and an add (the backward pass of a merged projection, or of
+/// attention and Mamba outputs feeding one projection).
+fn linear_concat_merge(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let (l, r) = (n.children[0], n.children[1]);
+    let out_shape = shape(eg, class).to_vec();
+    let mut out = Vec::new();
+    for (ml, al) in nodes_of(eg, l, Prim::Matmul) {
+        for (mr, ar) in nodes_of(eg, r, Prim::Matmul) {
+            let (ta, tb) = flags(&al);
+            if flags(&ar) != (ta, tb) || ta {
+                continue;
+            }
+            let (a, w1, b, w2) = (ml.children[0], ml.children[1], mr.children[0], mr.children[1]);
+            let (sa, sb) = (shape(eg, a).to_vec(), shape(eg, b).to_vec());
+            if shape(eg, w1).len() != 2
+                || shape(eg, w2).len() != 2
+                || sa.len() != sb.len()
+                || sa[..sa.len() - 1] != sb[..sb.len() - 1]
+                || shape(eg, l) != out_shape.as_slice()
+                || shape(eg, r) != out_shape.as_slice()
+                || eg[a].data.ty.dtype != eg[b].data.ty.dtype
+            {
+                continue;
+            }
+            let stored = |w: Id| is_param(eg, w) || param_slice(eg, w).is_some();
+            if !stored(w1) || !stored(w2) {
+                continue;
+            }
+            let x = add_concat(eg, vec![a, b], sa.len() - 1);
+            let w = add_concat(eg, vec![w1, w2], contracted_axis(tb) as usize);
+            out.push((class, add_prim(eg, Prim::Matmul, matmul_attrs(false, tb), vec![x, w])));
+        }
+    }
+    out
+}
