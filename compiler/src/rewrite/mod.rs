@@ -111,6 +111,41 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
 
 /// Loads region `r` into an e-graph, runs the rule phases and extracts its best body.
 fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
+    let (mut eg, class_of) = load(g, r);
+    let roots: Vec<Id> = r.outputs.iter().map(|o| class_of[o]).collect();
+    for phase in rules::phases() {
+        eg = run_rules(eg, &phase, opts);
+    }
+    let choice = extract::extract(&eg, &roots, &opts.machine);
+    let mut t = Template {
+        nodes: vec![],
+        outputs: vec![],
+        fired: std::mem::take(&mut eg.analysis.fired),
+        egraph_nodes: eg.total_size(),
+    };
+    let mut made: HashMap<Id, Ref> = HashMap::new();
+    for &root in &roots {
+        let x = emit(&eg, &choice, eg.find(root), &mut made, &mut t.nodes);
+        t.outputs.push(x);
+    }
+    t
+}
+
+/// Saturates `eg` with `rules` under the limits of `opts`.
+pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> EGraph {
+    let rewrites: Vec<_> = rules.iter().map(|rule| rule.rewrite()).collect();
+    Runner::default()
+        .with_egraph(eg)
+        .with_scheduler(SimpleScheduler)
+        .with_node_limit(opts.node_limit)
+        .with_iter_limit(opts.iter_limit)
+        .with_time_limit(opts.time_limit)
+        .run(&rewrites)
+        .egraph
+}
+
+/// An e-graph holding region `r` of `g`, and the class of each of its nodes and leaves.
+pub fn load(g: &Graph, r: &region::Region) -> (EGraph, HashMap<NodeId, Id>) {
     let mut ctx = Ctx::default();
     for &l in &r.leaves {
         ctx.leaves.push(Leaf { ty: g.nodes[l].ty.clone(), weight: matches!(g.nodes[l].op, Op::Param(_)) });
@@ -136,31 +171,7 @@ fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
         let children = n.inputs.iter().map(|x| class_of[x]).collect();
         class_of.insert(i, eg.add(ENode { op, children }));
     }
-    let roots: Vec<Id> = r.outputs.iter().map(|o| class_of[o]).collect();
-    for phase in rules::phases() {
-        let rewrites: Vec<_> = phase.iter().map(|rule| rule.rewrite()).collect();
-        eg = Runner::default()
-            .with_egraph(eg)
-            .with_scheduler(SimpleScheduler)
-            .with_node_limit(opts.node_limit)
-            .with_iter_limit(opts.iter_limit)
-            .with_time_limit(opts.time_limit)
-            .run(&rewrites)
-            .egraph;
-    }
-    let choice = extract::extract(&eg, &roots, &opts.machine);
-    let mut t = Template {
-        nodes: vec![],
-        outputs: vec![],
-        fired: std::mem::take(&mut eg.analysis.fired),
-        egraph_nodes: eg.total_size(),
-    };
-    let mut made: HashMap<Id, Ref> = HashMap::new();
-    for &root in &roots {
-        let x = emit(&eg, &choice, eg.find(root), &mut made, &mut t.nodes);
-        t.outputs.push(x);
-    }
-    t
+    (eg, class_of)
 }
 
 /// Appends the chosen program for `class` (children first) and returns its reference.
