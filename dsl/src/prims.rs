@@ -63,6 +63,19 @@ pub enum Prim {
     SsdScanGrad,
     /// `[..., depth]` indicator of integer ids (cross-entropy targets).
     OneHot,
+    // Tensor-parallel primitives: emitted by the sharding pass; each rank runs the same
+    // program on its shard and these exchange data between the `ranks` ranks.
+    /// Sum of every rank's partial value; all ranks get the total.
+    AllReduce,
+    /// Every rank's slice along `axis`, concatenated in rank order.
+    AllGather,
+    /// The sum over ranks, of which each rank keeps its slice along `axis`.
+    ReduceScatter,
+    /// This rank's slice along `axis` of a replicated value (no communication).
+    Shard,
+    /// Identity; its gradient is summed over ranks (a replicated value entering
+    /// rank-local work, Megatron's `f`).
+    TpCopy,
 }
 
 /// What an argument slot accepts.
@@ -223,6 +236,11 @@ impl Prim {
         Prim::CausalConv1dGrad,
         Prim::SsdScanGrad,
         Prim::OneHot,
+        Prim::AllReduce,
+        Prim::AllGather,
+        Prim::ReduceScatter,
+        Prim::Shard,
+        Prim::TpCopy,
     ];
 
     pub fn by_name(name: &str) -> Option<Prim> {
@@ -279,6 +297,11 @@ impl Prim {
             Prim::CausalConv1dGrad => "causal_conv1d_grad",
             Prim::SsdScanGrad => "ssd_scan_grad",
             Prim::OneHot => "one_hot",
+            Prim::AllReduce => "all_reduce",
+            Prim::AllGather => "all_gather",
+            Prim::ReduceScatter => "reduce_scatter",
+            Prim::Shard => "shard",
+            Prim::TpCopy => "tp_copy",
         }
     }
 
@@ -340,6 +363,10 @@ impl Prim {
             Prim::Int8Quant => const { &[X] },
             Prim::Step | Prim::Tril => const { &[X] },
             Prim::OneHot => const { &[req("ids", Tensor), req("depth", Int)] },
+            Prim::AllReduce | Prim::TpCopy => const { &[X] },
+            Prim::AllGather | Prim::ReduceScatter | Prim::Shard => {
+                const { &[X, req("axis", Int), req("ranks", Int)] }
+            }
             Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
             Prim::RopeGrad => const { &[X, req("theta", Float)] },
             Prim::EmbeddingGrad => const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int)] },
@@ -425,7 +452,23 @@ impl Prim {
         };
         match self {
             _ if self.is_pointwise() => pointwise(args, ctx),
-            Prim::Step | Prim::RopeGrad => Ok(vec![t(0)]),
+            Prim::Step | Prim::RopeGrad | Prim::AllReduce | Prim::TpCopy => Ok(vec![t(0)]),
+            Prim::AllGather | Prim::ReduceScatter | Prim::Shard => {
+                let (mut s, d) = t(0);
+                let ranks = int(2);
+                let Some(a) = int(1).as_const().map(|a| if a < 0 { a + s.len() as i64 } else { a }) else {
+                    return Err(err(1, "the axis must be a number"));
+                };
+                let Some(dim) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) else {
+                    return Err(rank_err(1, format!("axis {a} is out of range for {}", shape_string(&s))));
+                };
+                let new = if self == Prim::AllGather { dim.mul(&ranks) } else { dim.div_exact(&ranks) };
+                match new {
+                    Some(n) => *dim = n,
+                    None => return Err(err(2, format!("{dim} does not split into {ranks} equal parts"))),
+                }
+                Ok(vec![(s, d)])
+            }
             Prim::OneHot => {
                 let (mut s, _) = t(0);
                 s.push(int(1));

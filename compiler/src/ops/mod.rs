@@ -2,6 +2,7 @@
 //! kernel and rewrite is tested against. Signatures and shape rules live with the language
 //! (`hyb_dsl::prims`); this module gives each one its value, grouped by kind.
 
+pub mod collective;
 mod matmul;
 mod movement;
 mod pointwise;
@@ -112,6 +113,9 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
         CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
         OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
+        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => {
+            collective::eval(prim, args, &[inputs[0]]).remove(0)
+        }
         SsdScanGrad => {
             let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
                 inputs[0],
@@ -147,6 +151,7 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
         CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => sequence::vjp(g, prim, node, dy),
         Split => unreachable!("split is lowered to slices"),
         OneHot => vec![None],
+        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => collective::vjp(g, prim, node, dy),
         EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => {
             panic!("second-order gradients of {} are not supported", prim.name())
         }

@@ -31,7 +31,20 @@ pub fn run<T: Real>(
     params: &HashMap<String, Tensor<T>>,
     inputs: &HashMap<String, Tensor<T>>,
 ) -> Result<Vec<Tensor<T>>, RunError> {
-    let symbols = bind_symbols(g, inputs)?;
+    Ok(run_ranks(g, &[params], &[inputs])?.remove(0))
+}
+
+/// Runs a tensor-parallel program on simulated ranks in one process: rank `r` holds
+/// `params[r]` (its shards) and reads `inputs[r]`; collectives exchange values between the
+/// ranks in lockstep. Returns each rank's outputs.
+pub fn run_ranks<T: Real>(
+    g: &Graph,
+    params: &[&HashMap<String, Tensor<T>>],
+    inputs: &[&HashMap<String, Tensor<T>>],
+) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
+    let ranks = params.len();
+    assert_eq!(ranks, inputs.len(), "one input map per rank");
+    let symbols = bind_symbols(g, inputs[0])?;
     let bind = |s: &str| symbols.get(s).copied();
     let mut last_use = vec![0usize; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
@@ -42,75 +55,100 @@ pub fn run<T: Real>(
     for &o in &g.outputs {
         last_use[o] = usize::MAX;
     }
-    let mut values: Vec<Option<Tensor<T>>> = vec![None; g.nodes.len()];
+    let mut values: Vec<Vec<Option<Tensor<T>>>> = vec![vec![None; g.nodes.len()]; ranks];
     // The five gradients of one scan come from one backward pass: computed once, handed out
     // to the five `ssd_scan_grad` nodes that read the same inputs.
-    let mut scan_grads: HashMap<Vec<usize>, [Option<Tensor<T>>; 5]> = HashMap::new();
+    let mut scan_grads: Vec<HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>> = vec![HashMap::new(); ranks];
     for (i, n) in g.nodes.iter().enumerate() {
-        let v = match &n.op {
-            Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
-            Op::Param(p) => {
-                let spec = &g.params[*p];
-                let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
-                if w.shape != spec.shape {
-                    return Err(RunError::ParamShape {
-                        name: spec.name.clone(),
-                        expected: spec.shape.clone(),
-                        got: w.shape.clone(),
-                    });
-                }
-                w.clone()
-            }
-            Op::Constant(c) => Tensor::scalar(T::of(*c)),
-            Op::Kernel(k) => {
-                let args: HashMap<String, Tensor<T>> = n
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live")))
-                    .collect();
-                run(&k.body, &HashMap::new(), &args)?.remove(0)
-            }
-            Op::Prim { prim, attrs } => {
+        if let Op::Prim { prim, attrs } = &n.op {
+            if ops::collective::is_collective(*prim) {
                 let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
                 let xs: Vec<&Tensor<T>> =
-                    n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
-                if *prim == Prim::Embedding {
-                    let vocab = xs[0].shape[0];
-                    if let Some(&id) = xs[1]
-                        .data
-                        .iter()
-                        .find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0)
-                    {
-                        return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
-                    }
+                    (0..ranks).map(|r| values[r][n.inputs[0]].as_ref().expect("inputs are live")).collect();
+                for (r, v) in ops::collective::eval(*prim, &args, &xs).into_iter().enumerate() {
+                    values[r][i] = Some(v);
                 }
-                if *prim == Prim::SsdScanGrad {
-                    let (Arg::Int(chunk), Arg::Int(wrt)) = (&args[6], &args[7]) else {
-                        unreachable!("checked signature")
-                    };
-                    let (chunk, wrt) = (*chunk as usize, *wrt as usize);
-                    let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
-                        ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], chunk).map(Some)
-                    });
-                    let out = grads[wrt].take().expect("each gradient is read once");
-                    if grads.iter().all(Option::is_none) {
-                        scan_grads.remove(&n.inputs);
-                    }
-                    out
-                } else {
-                    ops::eval(*prim, &args, &xs)
-                }
+                free(&mut values, n, i, &last_use);
+                continue;
             }
-        };
-        values[i] = Some(v);
-        for &x in &n.inputs {
-            if last_use[x] == i {
-                values[x] = None;
+        }
+        for r in 0..ranks {
+            let v = eval_node(g, n, &values[r], params[r], inputs[r], &bind, &mut scan_grads[r])?;
+            values[r][i] = Some(v);
+        }
+        free(&mut values, n, i, &last_use);
+    }
+    Ok(values.into_iter().map(|mut v| g.outputs.iter().map(|&o| v[o].take().expect("outputs are kept")).collect()).collect())
+}
+
+/// Drops the values node `i` read for the last time.
+fn free<T>(values: &mut [Vec<Option<Tensor<T>>>], n: &crate::ir::Node, i: usize, last_use: &[usize]) {
+    for &x in &n.inputs {
+        if last_use[x] == i {
+            for v in values.iter_mut() {
+                v[x] = None;
             }
         }
     }
-    Ok(g.outputs.iter().map(|&o| values[o].take().expect("outputs are kept")).collect())
+}
+
+/// The value of one (non-collective) node on one rank.
+fn eval_node<T: Real>(
+    g: &Graph,
+    n: &crate::ir::Node,
+    values: &[Option<Tensor<T>>],
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+    bind: &dyn Fn(&str) -> Option<i64>,
+    scan_grads: &mut HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>,
+) -> Result<Tensor<T>, RunError> {
+    Ok(match &n.op {
+        Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
+        Op::Param(p) => {
+            let spec = &g.params[*p];
+            let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+            if w.shape != spec.shape {
+                return Err(RunError::ParamShape { name: spec.name.clone(), expected: spec.shape.clone(), got: w.shape.clone() });
+            }
+            w.clone()
+        }
+        Op::Constant(c) => Tensor::scalar(T::of(*c)),
+        Op::Kernel(k) => {
+            let args: HashMap<String, Tensor<T>> = n
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live")))
+                .collect();
+            run(&k.body, &HashMap::new(), &args)?.remove(0)
+        }
+        Op::Prim { prim, attrs } => {
+            let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, bind)).collect();
+            let xs: Vec<&Tensor<T>> = n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
+            if *prim == Prim::Embedding {
+                let vocab = xs[0].shape[0];
+                if let Some(&id) =
+                    xs[1].data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0)
+                {
+                    return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
+                }
+            }
+            if *prim == Prim::SsdScanGrad {
+                let (Arg::Int(chunk), Arg::Int(wrt)) = (&args[6], &args[7]) else { unreachable!("checked signature") };
+                let (chunk, wrt) = (*chunk as usize, *wrt as usize);
+                let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
+                    ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], chunk).map(Some)
+                });
+                let out = grads[wrt].take().expect("each gradient is read once");
+                if grads.iter().all(Option::is_none) {
+                    scan_grads.remove(&n.inputs);
+                }
+                out
+            } else {
+                ops::eval(*prim, &args, &xs)
+            }
+        }
+    })
 }
 
 fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
