@@ -155,7 +155,8 @@ pub fn total(g: &Graph, m: &Machine) -> Work {
 /// A Graphviz picture: one box per kernel, clustered by layer; views and leaves are
 /// folded into the edges.
 pub fn dot(g: &Graph, m: &Machine) -> String {
-    let mut s = String::from("digraph hyb {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
+    let mut s =
+        String::from("digraph hyb {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
     // Each view or leaf resolves to the kernel that produced its data (or none).
     let mut source: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
     let mut by_scope: HashMap<u32, Vec<NodeId>> = HashMap::new();

@@ -3,8 +3,10 @@
 
 pub mod autodiff;
 pub mod elaborate;
+pub mod explain;
 pub mod ir;
 pub mod ops;
 pub mod reference;
 pub mod rewrite;
+pub mod shard;
 pub mod training;

@@ -83,18 +83,45 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         (0..g.params.len()).map(|p| g.param_node(p).expect("every parameter is used")).collect();
     let grads = gradients(&mut g, loss, &param_nodes);
 
-    let mut norm_sq = None;
-    for (&w, &gr) in param_nodes.iter().zip(&grads) {
-        g.scope = g.nodes[w].scope;
-        let sq = g.binary(Prim::Mul, gr, gr);
+    // Σ g² over whole parameters, and over the parts of sharded ones each rank holds alone
+    // (summed over ranks).
+    let (mut whole_sq, mut sharded_sq) = (None, None);
+    let add = |g: &mut Graph, acc: &mut Option<NodeId>, x: NodeId| {
+        let sq = g.binary(Prim::Mul, x, x);
         let s = g.sum_all(sq);
-        norm_sq = Some(match norm_sq {
-            Some(acc) => g.binary(Prim::Add, acc, s),
+        *acc = Some(match *acc {
+            Some(a) => g.binary(Prim::Add, a, s),
             None => s,
         });
+    };
+    for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
+        g.scope = g.nodes[w].scope;
+        match g.params[p].shard.clone() {
+            None => add(&mut g, &mut whole_sq, gr),
+            Some(shard) => {
+                let mut start = 0;
+                for s in &shard.sections {
+                    let n = if s.split { s.size / shard.ranks } else { s.size };
+                    let attrs = vec![
+                        Attr::Tensor,
+                        Attr::Int(Dim::constant(shard.axis as i64)),
+                        Attr::Int(Dim::constant(start as i64)),
+                        Attr::Int(Dim::constant((start + n) as i64)),
+                    ];
+                    let part = g.apply(Prim::Slice, attrs, vec![gr]);
+                    add(&mut g, if s.split { &mut sharded_sq } else { &mut whole_sq }, part);
+                    start += n;
+                }
+            }
+        }
     }
     g.scope = 0;
-    let norm_sq = norm_sq.unwrap_or_else(|| g.constant(0.0));
+    let sharded_sq = sharded_sq.map(|s| g.apply(Prim::AllReduce, vec![Attr::Tensor], vec![s]));
+    let norm_sq = match (whole_sq, sharded_sq) {
+        (Some(a), Some(b)) => g.binary(Prim::Add, a, b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => g.constant(0.0),
+    };
     let norm = g.unary(Prim::Sqrt, norm_sq);
     let clip_scale = opt.clip.map(|c| {
         // min(1, c / (norm + 1e-6))

@@ -22,6 +22,7 @@ fn build(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> (Graph, HashMa
             shape: shape.clone(),
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
+            shard: None,
         });
         let data = (0..shape.iter().product::<usize>())
             .map(|_| {

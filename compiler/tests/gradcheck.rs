@@ -48,6 +48,7 @@ impl Case {
             shape: shape.to_vec(),
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
+            shard: None,
         });
         let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype };
         let n: usize = shape.iter().product();

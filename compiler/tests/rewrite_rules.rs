@@ -43,6 +43,7 @@ impl Case {
             shape: shape.to_vec(),
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
+            shard: None,
         });
         let data = (0..shape.iter().product::<usize>()).map(|_| self.rand()).collect();
         self.values.insert(name, Tensor::new(shape.to_vec(), data));
@@ -97,7 +98,13 @@ impl Case {
 }
 
 /// The value of e-node `n` given its children's values.
-fn eval(eg: &EGraph, class: Id, n: &hyb_compiler::rewrite::lang::ENode, leaves: &[Tensor<f64>], values: &HashMap<Id, Tensor<f64>>) -> Tensor<f64> {
+fn eval(
+    eg: &EGraph,
+    class: Id,
+    n: &hyb_compiler::rewrite::lang::ENode,
+    leaves: &[Tensor<f64>],
+    values: &HashMap<Id, Tensor<f64>>,
+) -> Tensor<f64> {
     let op = match eg.analysis.op(n) {
         OpKind::Leaf(l) => return leaves[*l].clone(),
         OpKind::Const(bits, _) => return Tensor::scalar(f64::from_bits(*bits)),

@@ -364,9 +364,7 @@ impl Prim {
             Prim::Step | Prim::Tril => const { &[X] },
             Prim::OneHot => const { &[req("ids", Tensor), req("depth", Int)] },
             Prim::AllReduce | Prim::TpCopy => const { &[X] },
-            Prim::AllGather | Prim::ReduceScatter | Prim::Shard => {
-                const { &[X, req("axis", Int), req("ranks", Int)] }
-            }
+            Prim::AllGather | Prim::ReduceScatter | Prim::Shard => const { &[X, req("axis", Int), req("ranks", Int)] },
             Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
             Prim::RopeGrad => const { &[X, req("theta", Float)] },
             Prim::EmbeddingGrad => const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int)] },

@@ -45,6 +45,7 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
                         args: param.init.args.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                     },
                     role: param.role,
+                    shard: None,
                 });
                 let idx = g.params.len() - 1;
                 node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));

@@ -109,6 +109,25 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     pub init: Init,
     pub role: Role,
+    /// The part each rank holds in a tensor-parallel program (`None`: the whole tensor).
+    #[serde(default)]
+    pub shard: Option<ParamShard>,
+}
+
+/// How a tensor-parallel program holds a parameter: along `axis` the parameter is a run of
+/// sections; each rank holds, in order, its `1/ranks` slice of every split section and all
+/// of every replicated one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamShard {
+    pub axis: usize,
+    pub ranks: usize,
+    pub sections: Vec<Section>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    pub size: usize,
+    pub split: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

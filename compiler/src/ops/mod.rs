@@ -113,9 +113,7 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
         CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
         OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
-        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => {
-            collective::eval(prim, args, &[inputs[0]]).remove(0)
-        }
+        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => collective::eval(prim, args, &[inputs[0]]).remove(0),
         SsdScanGrad => {
             let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
                 inputs[0],
@@ -129,6 +127,16 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
             [dx, ddt, da, db, dc].into_iter().nth(args[7].int() as usize).expect("wrt is 0 to 4")
         }
     }
+}
+
+/// `x[start..end]` along `axis`.
+pub fn slice<T: Real>(x: &Tensor<T>, axis: usize, start: usize, end: usize) -> Tensor<T> {
+    movement::slice(x, axis as i64, start as i64, end as i64)
+}
+
+/// The tensors joined along `axis`.
+pub fn concat<T: Real>(xs: &[&Tensor<T>], axis: usize) -> Tensor<T> {
+    movement::concat(xs, axis as i64)
 }
 
 /// The vector-Jacobian product of node `node` for output gradient `dy`: one gradient (or

@@ -78,7 +78,10 @@ pub fn run_ranks<T: Real>(
         }
         free(&mut values, n, i, &last_use);
     }
-    Ok(values.into_iter().map(|mut v| g.outputs.iter().map(|&o| v[o].take().expect("outputs are kept")).collect()).collect())
+    Ok(values
+        .into_iter()
+        .map(|mut v| g.outputs.iter().map(|&o| v[o].take().expect("outputs are kept")).collect())
+        .collect())
 }
 
 /// Drops the values node `i` read for the last time.
@@ -108,7 +111,11 @@ fn eval_node<T: Real>(
             let spec = &g.params[*p];
             let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
             if w.shape != spec.shape {
-                return Err(RunError::ParamShape { name: spec.name.clone(), expected: spec.shape.clone(), got: w.shape.clone() });
+                return Err(RunError::ParamShape {
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    got: w.shape.clone(),
+                });
             }
             w.clone()
         }

@@ -97,6 +97,16 @@ impl Machine {
         if is_view(prim) {
             return Work::default();
         }
+        // Ring collectives: an all-reduce moves each byte twice, a gather or scatter once.
+        let comm = match prim {
+            AllReduce => Some(2.0 * self.bytes(inputs[0])),
+            AllGather => Some(self.bytes(out)),
+            ReduceScatter => Some(self.bytes(inputs[0])),
+            _ => None,
+        };
+        if let Some(comm_bytes) = comm {
+            return Work { comm_bytes, collectives: 1.0, ..Work::default() };
+        }
         let io = inputs.iter().map(|t| self.bytes(t)).sum::<f64>() + self.bytes(out);
         let flops = match prim {
             // A [..., m, k] times B gives out [..., m, n]: 2·|A|·n.
@@ -129,7 +139,10 @@ impl Machine {
     }
 }
 
-/// Operations that only reinterpret indices.
+/// Operations that only reinterpret indices (a shard is this rank's strided view).
 pub fn is_view(prim: Prim) -> bool {
-    matches!(prim, Prim::Reshape | Prim::Slice | Prim::Transpose | Prim::Permute | Prim::Broadcast)
+    matches!(
+        prim,
+        Prim::Reshape | Prim::Slice | Prim::Transpose | Prim::Permute | Prim::Broadcast | Prim::Shard | Prim::TpCopy
+    )
 }

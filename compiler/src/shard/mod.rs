@@ -1,0 +1,440 @@
+//! Tensor parallelism. The forward graph is rewritten into the program each of `ranks`
+//! ranks runs on its shard of the weights, with collectives where a value's layout changes.
+//!
+//! Every value is replicated, split along one axis, or a partial sum. Which axes are split
+//! is chosen, not written per model: the classes of axes that must split together
+//! (`axes`) that touch parameters are grouped into families (the same class in every
+//! layer), and families are added greedily while the roofline cost of the resulting
+//! program — local compute plus collectives — falls. Attention heads, Mamba heads, MLP
+//! width and vocabulary are separate families, so each is sharded (or not) on its own.
+//! Autodiff then runs on the sharded program: collectives have gradients.
+
+pub mod axes;
+pub mod sections;
+
+use crate::explain;
+use crate::ir::{Attr, Graph, NodeId, Op, ParamShard, Section, TensorType};
+use crate::reference::Tensor;
+use crate::rewrite::cost::Machine;
+use axes::Axes;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::Prim;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Where a value lives across ranks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Replicated,
+    Split(usize),
+    Partial,
+}
+
+/// The sharded program and what was decided.
+pub struct Sharded {
+    pub graph: Graph,
+    /// The families of axes split across ranks, by the parameters they touch.
+    pub split: Vec<String>,
+    /// Every family considered.
+    pub candidates: Vec<String>,
+    /// Predicted step time of the forward pass, before and after sharding (seconds).
+    pub time_before: f64,
+    pub time_after: f64,
+}
+
+/// Shards forward graph `g` over `ranks` ranks.
+pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
+    let base = explain::total(g, machine).time(machine);
+    if ranks <= 1 {
+        return Sharded { graph: g.clone(), split: vec![], candidates: vec![], time_before: base, time_after: base };
+    }
+    let g = sections::split_sections(g);
+    let axes = Axes::of(&g, ranks as i64);
+    let families = families(&g, &axes);
+    let mut chosen: BTreeSet<usize> = BTreeSet::new();
+    let cost = |set: &BTreeSet<usize>| {
+        let classes: BTreeSet<usize> = set.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
+        conflict_free(&g, &axes, &classes).then(|| {
+            let p = emit(&g, &axes, &classes, ranks);
+            explain::total(&p, machine).time(machine)
+        })
+    };
+    let mut current = cost(&chosen).expect("nothing split is valid");
+    loop {
+        let best = (0..families.len())
+            .filter(|f| !chosen.contains(f))
+            .filter_map(|f| {
+                let mut trial = chosen.clone();
+                trial.insert(f);
+                cost(&trial).map(|c| (c, f))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        match best {
+            Some((c, f)) if c < current * (1.0 - 1e-6) => {
+                chosen.insert(f);
+                current = c;
+            }
+            _ => break,
+        }
+    }
+    let classes: BTreeSet<usize> = chosen.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
+    Sharded {
+        graph: emit(&g, &axes, &classes, ranks),
+        split: chosen.iter().map(|&f| families[f].0.clone()).collect(),
+        candidates: families.iter().map(|f| f.0.clone()).collect(),
+        time_before: base,
+        time_after: current,
+    }
+}
+
+/// Parameter names with the layer index replaced by `*`.
+fn generic(name: &str) -> String {
+    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+        Some((_, rest)) => format!("layers.*.{rest}"),
+        None => name.to_string(),
+    }
+}
+
+/// Splittable classes touching parameters, grouped by the parameter axes they contain
+/// (equal layers give equal keys): `(description, classes)`.
+fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
+    let mut keys: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let (name, section) = match &n.op {
+            Op::Param(p) => (generic(&g.params[*p].name), None),
+            Op::Prim { prim: Prim::Slice, attrs } if axes.sectioned[n.inputs[0]].is_some() => {
+                let Op::Param(p) = g.nodes[n.inputs[0]].op else { continue };
+                let start = match &attrs[2] {
+                    Attr::Int(d) => d.to_string(),
+                    _ => continue,
+                };
+                (generic(&g.params[p].name), Some(start))
+            }
+            _ => continue,
+        };
+        for a in 0..n.ty.shape.len() {
+            if matches!(n.op, Op::Param(_)) && axes.sectioned[i] == Some(a) {
+                continue;
+            }
+            let c = axes.class(i, a);
+            if axes.is_blocked(c) {
+                continue;
+            }
+            let key = match &section {
+                Some(s) => format!("{name}[{s}..] axis {a}"),
+                None => format!("{name} axis {a}"),
+            };
+            keys.entry(c).or_default().insert(key);
+        }
+    }
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (c, k) in keys {
+        by_key.entry(k.into_iter().collect::<Vec<_>>().join(", ")).or_default().push(c);
+    }
+    by_key.into_iter().collect()
+}
+
+/// No value has two split axes.
+fn conflict_free(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>) -> bool {
+    (0..g.nodes.len())
+        .all(|i| (0..g.nodes[i].ty.shape.len()).filter(|&a| classes.contains(&axes.class(i, a))).count() <= 1)
+}
+
+struct Emitter<'a> {
+    g: &'a Graph,
+    axes: &'a Axes,
+    classes: &'a BTreeSet<usize>,
+    ranks: usize,
+    out: Graph,
+    new_id: Vec<NodeId>,
+    layout: Vec<Layout>,
+    /// Sectioned parameters: per section `(full start, local start, local size, split)`.
+    sections: HashMap<NodeId, Vec<(Dim, i64, i64, bool)>>,
+}
+
+impl Emitter<'_> {
+    fn split_axis(&self, i: NodeId) -> Option<usize> {
+        (0..self.g.nodes[i].ty.shape.len()).find(|&a| self.classes.contains(&self.axes.class(i, a)))
+    }
+
+    fn wanted(&self, i: NodeId) -> Layout {
+        self.split_axis(i).map_or(Layout::Replicated, Layout::Split)
+    }
+
+    fn local_shape(&self, shape: &[Dim], layout: Layout) -> Vec<Dim> {
+        let mut s = shape.to_vec();
+        if let Layout::Split(a) = layout {
+            s[a] = s[a].div_exact(&Dim::constant(self.ranks as i64)).expect("divisible (checked by the analysis)");
+        }
+        s
+    }
+
+    fn collective(&mut self, prim: Prim, x: NodeId, axis: Option<usize>) -> NodeId {
+        let mut attrs = vec![Attr::Tensor];
+        if let Some(a) = axis {
+            attrs.push(Attr::Int(Dim::constant(a as i64)));
+            attrs.push(Attr::Int(Dim::constant(self.ranks as i64)));
+        }
+        self.out.apply(prim, attrs, vec![x])
+    }
+
+    /// Converts new node `x` from layout `have` to `want`.
+    fn convert(&mut self, x: NodeId, have: Layout, want: Layout) -> NodeId {
+        use Layout::*;
+        match (have, want) {
+            (Replicated, Replicated) | (Partial, Partial) => x,
+            (Split(a), Split(b)) if a == b => x,
+            (Partial, Replicated) => self.collective(Prim::AllReduce, x, None),
+            (Partial, Split(a)) => self.collective(Prim::ReduceScatter, x, Some(a)),
+            (Split(a), Replicated) => self.collective(Prim::AllGather, x, Some(a)),
+            (Replicated, Split(a)) => self.collective(Prim::Shard, x, Some(a)),
+            (Split(a), Split(b)) => {
+                let full = self.collective(Prim::AllGather, x, Some(a));
+                self.collective(Prim::Shard, full, Some(b))
+            }
+            (_, Partial) => unreachable!("nothing asks for a partial sum"),
+        }
+    }
+
+    fn param(&mut self, i: NodeId, p: usize) {
+        let n = &self.g.nodes[i];
+        let mut spec = self.g.params[p].clone();
+        let (shard, layout) = match self.axes.sectioned[i] {
+            Some(ax) => {
+                let mut views: Vec<(Dim, Dim, bool)> = Vec::new();
+                for (v, m) in self.g.nodes.iter().enumerate() {
+                    if m.inputs.first() == Some(&i) {
+                        if let Op::Prim { attrs, .. } = &m.op {
+                            if let (Attr::Int(s), Attr::Int(e)) = (&attrs[2], &attrs[3]) {
+                                let split = self.classes.contains(&self.axes.class(v, ax));
+                                if !views.iter().any(|(vs, ..)| vs == s) {
+                                    views.push((s.clone(), e.clone(), split));
+                                }
+                            }
+                        }
+                    }
+                }
+                views.sort_by_key(|(s, ..)| s.as_const());
+                let mut local = 0;
+                let mut table = Vec::new();
+                let mut sections = Vec::new();
+                let mut expected_start = 0;
+                for (s, e, split) in &views {
+                    let (s, e) = (s.as_const().expect("constant"), e.as_const().expect("constant"));
+                    assert_eq!(s, expected_start, "weight sections tile the weight");
+                    expected_start = e;
+                    let size = if *split { (e - s) / self.ranks as i64 } else { e - s };
+                    table.push((Dim::constant(s), local, size, *split));
+                    sections.push(Section { size: (e - s) as usize, split: *split });
+                    local += size;
+                }
+                self.sections.insert(i, table);
+                let any = sections.iter().any(|s| s.split);
+                let mut shape = n.ty.shape.clone();
+                shape[ax] = Dim::constant(local);
+                spec.shape[ax] = local as usize;
+                (any.then_some(ParamShard { axis: ax, ranks: self.ranks, sections }), shape)
+            }
+            None => match self.wanted(i) {
+                Layout::Split(a) => {
+                    let size = spec.shape[a];
+                    spec.shape[a] /= self.ranks;
+                    let shard =
+                        ParamShard { axis: a, ranks: self.ranks, sections: vec![Section { size, split: true }] };
+                    (Some(shard), self.local_shape(&n.ty.shape, Layout::Split(a)))
+                }
+                _ => (None, n.ty.shape.clone()),
+            },
+        };
+        spec.shard = shard;
+        self.out.params[p] = spec;
+        self.layout[i] = self.wanted(i);
+        if self.axes.sectioned[i].is_some() {
+            self.layout[i] = Layout::Replicated;
+        }
+        self.new_id[i] = self.out.add(Op::Param(p), vec![], TensorType { shape: layout, dtype: n.ty.dtype });
+    }
+
+    /// Whether an op keeps a partial sum partial (it is linear in its partial inputs).
+    fn keeps_partial(prim: Prim, partial: &[bool]) -> bool {
+        use Prim::*;
+        let count = partial.iter().filter(|&&p| p).count();
+        match prim {
+            Add | Sub => count == partial.len(),
+            Mul | Matmul => count == 1,
+            Div => partial == [true, false],
+            Neg | Reshape | Transpose | Permute | Slice | Broadcast | Sum | Mean | Cast => count == 1,
+            _ => false,
+        }
+    }
+
+    fn node(&mut self, i: NodeId) {
+        let n = &self.g.nodes[i];
+        self.out.scope = n.scope;
+        let (prim, attrs) = match &n.op {
+            Op::Param(p) => return self.param(i, *p),
+            Op::Prim { prim, attrs } => (*prim, attrs.clone()),
+            _ => {
+                self.new_id[i] = self.out.add(n.op.clone(), vec![], n.ty.clone());
+                self.layout[i] = Layout::Replicated;
+                return;
+            }
+        };
+        // A view of one section of a sectioned weight.
+        if prim == Prim::Slice && self.sections.contains_key(&n.inputs[0]) {
+            let Attr::Int(start) = &attrs[2] else { unreachable!("constant slice") };
+            let table = &self.sections[&n.inputs[0]];
+            let &(_, local, size, split) = table.iter().find(|(s, ..)| s == start).expect("a section per view");
+            let attrs = vec![
+                attrs[0].clone(),
+                attrs[1].clone(),
+                Attr::Int(Dim::constant(local)),
+                Attr::Int(Dim::constant(local + size)),
+            ];
+            let ax = match &attrs[1] {
+                Attr::Int(d) => d.as_const().expect("constant axis") as usize,
+                _ => unreachable!(),
+            };
+            self.new_id[i] = self.out.apply(Prim::Slice, attrs, vec![self.new_id[n.inputs[0]]]);
+            self.layout[i] = if split { Layout::Split(ax) } else { Layout::Replicated };
+            return;
+        }
+        let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
+        let want = self.wanted(i);
+        let mut inputs = Vec::new();
+        let mut in_layouts = Vec::new();
+        let out_layout;
+        if partial.iter().any(|&p| p) && want == Layout::Replicated && Self::keeps_partial(prim, &partial) {
+            for &x in &n.inputs {
+                let have = self.layout[x];
+                let target = if have == Layout::Partial { have } else { Layout::Replicated };
+                inputs.push(self.convert(self.new_id[x], have, target));
+                in_layouts.push(target);
+            }
+            out_layout = Layout::Partial;
+        } else {
+            for &x in &n.inputs {
+                let target = self.wanted(x);
+                inputs.push(self.convert(self.new_id[x], self.layout[x], target));
+                in_layouts.push(target);
+            }
+            out_layout = match prim {
+                Prim::Matmul => {
+                    let ta = matches!(attrs[2], Attr::Bool(true));
+                    let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
+                    let k = if ta { ra - 2 } else { ra - 1 };
+                    if self.classes.contains(&self.axes.class(n.inputs[0], k)) {
+                        Layout::Partial
+                    } else {
+                        want
+                    }
+                }
+                Prim::Sum | Prim::Mean => {
+                    let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
+                    let a = match &attrs[1] {
+                        Attr::Int(d) => d.as_const().map(|a| if a < 0 { (a + ra as i64) as usize } else { a as usize }),
+                        _ => None,
+                    };
+                    if a.is_some_and(|a| self.classes.contains(&self.axes.class(n.inputs[0], a))) {
+                        Layout::Partial
+                    } else {
+                        want
+                    }
+                }
+                _ => want,
+            };
+        }
+        // A replicated value entering rank-local work: its gradient is summed over ranks.
+        if out_layout != Layout::Replicated {
+            for (k, &x) in n.inputs.iter().enumerate() {
+                let leaf = matches!(self.g.nodes[x].op, Op::Constant(_) | Op::Input(_));
+                if in_layouts[k] == Layout::Replicated && !leaf && self.g.nodes[x].ty.dtype.is_float() {
+                    inputs[k] = self.out.apply(Prim::TpCopy, vec![Attr::Tensor], vec![inputs[k]]);
+                }
+            }
+        }
+        let attrs = match prim {
+            Prim::Reshape | Prim::Broadcast => {
+                let layout = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
+                vec![Attr::Tensor, Attr::Ints(self.local_shape(&n.ty.shape, layout))]
+            }
+            _ => attrs,
+        };
+        let mut y = self.out.apply(prim, attrs, inputs);
+        if prim == Prim::Mean && out_layout == Layout::Partial && !partial.iter().any(|&p| p) {
+            y = self.out.scale(y, 1.0 / self.ranks as f64);
+        }
+        self.new_id[i] = y;
+        self.layout[i] = out_layout;
+    }
+}
+
+fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Graph {
+    let mut e = Emitter {
+        g,
+        axes,
+        classes,
+        ranks,
+        out: Graph { params: g.params.clone(), ..Graph::default() },
+        new_id: vec![usize::MAX; g.nodes.len()],
+        layout: vec![Layout::Replicated; g.nodes.len()],
+        sections: HashMap::new(),
+    };
+    for i in 0..g.nodes.len() {
+        e.node(i);
+    }
+    let outputs: Vec<NodeId> =
+        g.outputs.iter().map(|&o| e.convert(e.new_id[o], e.layout[o], Layout::Replicated)).collect();
+    e.out.outputs = outputs;
+    e.out.scope = 0;
+    e.out
+}
+
+impl ParamShard {
+    /// Rank `rank`'s part of the full parameter `full`.
+    pub fn local(&self, full: &Tensor<f64>, rank: usize) -> Tensor<f64> {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for s in &self.sections {
+            let (a, b) = if s.split {
+                let n = s.size / self.ranks;
+                (start + rank * n, start + (rank + 1) * n)
+            } else {
+                (start, start + s.size)
+            };
+            parts.push(crate::ops::slice(full, self.axis, a, b));
+            start += s.size;
+        }
+        crate::ops::concat(&parts.iter().collect::<Vec<_>>(), self.axis)
+    }
+
+    /// The full parameter from every rank's part.
+    pub fn gather(&self, locals: &[Tensor<f64>]) -> Tensor<f64> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        for s in &self.sections {
+            let n = if s.split { s.size / self.ranks } else { s.size };
+            if s.split {
+                for l in locals {
+                    parts.push(crate::ops::slice(l, self.axis, offset, offset + n));
+                }
+            } else {
+                parts.push(crate::ops::slice(&locals[0], self.axis, offset, offset + n));
+            }
+            offset += n;
+        }
+        crate::ops::concat(&parts.iter().collect::<Vec<_>>(), self.axis)
+    }
+
+    /// `axis 0: 64 split, 16 replicated, …` for people.
+    pub fn describe(&self) -> String {
+        if self.sections.len() == 1 {
+            return format!("axis {} split {} ways", self.axis, self.ranks);
+        }
+        let parts: Vec<String> = self
+            .sections
+            .iter()
+            .map(|s| format!("{} {}", s.size, if s.split { "split" } else { "replicated" }))
+            .collect();
+        format!("axis {} sections [{}] over {} ranks", self.axis, parts.join(", "), self.ranks)
+    }
+}
