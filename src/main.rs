@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod explain;
 mod logits;
 mod train;
 
@@ -83,6 +84,9 @@ enum Command {
         #[arg(long, default_value = "runs/mup_check")]
         out: PathBuf,
     },
+    /// Compile a model's training step (or forward pass) and show what the compiler chose:
+    /// kernels with predicted times, rewrites, tensor-parallel sharding of every parameter.
+    Explain(explain::ExplainArgs),
     /// Run the forward pass with the reference interpreter and print the logits.
     Logits {
         file: PathBuf,
@@ -197,6 +201,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
             train::run(&args, m)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) => {
+            let start = std::time::Instant::now();
+            let checked = check(std::slice::from_ref(&args.file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let m = choose(&checked, &args.file, args.model.as_deref())?;
+            explain::run(&args, m, start.elapsed())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logits { file, weights, ids, json, precision, model } => {

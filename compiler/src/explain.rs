@@ -35,7 +35,7 @@ pub fn node_work(g: &Graph, i: NodeId, m: &Machine) -> Option<Work> {
     let inputs: Vec<_> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
     match &n.op {
         Op::Prim { prim, .. } if is_view(*prim) => None,
-        Op::Prim { prim: Prim::Concat, .. } if n.inputs.iter().all(|&x| matches!(g.nodes[x].op, Op::Param(_))) => None,
+        Op::Prim { prim: Prim::Concat, .. } if n.inputs.iter().all(|&x| stored_weight(g, x).is_some()) => None,
         Op::Prim { prim, .. } => Some(m.prim_work(*prim, &inputs, &n.ty)),
         Op::Kernel(k) => Some(m.kernel_work(&k.kind, &inputs, &n.ty, body_flops(k, m))),
         _ => None,
@@ -57,6 +57,17 @@ fn body_flops(k: &Kernel, m: &Machine) -> f64 {
         .sum()
 }
 
+/// The parameter `x` reads as stored (itself or a view of it), for weights packed at load.
+pub fn stored_weight(g: &Graph, mut x: NodeId) -> Option<usize> {
+    loop {
+        match &g.nodes[x].op {
+            Op::Param(p) => return Some(*p),
+            Op::Prim { prim, .. } if is_view(*prim) => x = g.nodes[x].inputs[0],
+            _ => return None,
+        }
+    }
+}
+
 /// Parameter names with the layer index replaced by `*`, so repeated layers read alike.
 fn generic(name: &str) -> String {
     match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
@@ -66,19 +77,15 @@ fn generic(name: &str) -> String {
 }
 
 fn weights_read(g: &Graph, n: &Node) -> Vec<String> {
-    let param = |x: NodeId| match g.nodes[x].op {
-        Op::Param(p) => Some(generic(&g.params[p].name)),
-        _ => None,
-    };
+    let param = |x: NodeId| stored_weight(g, x).map(|p| generic(&g.params[p].name));
     n.inputs
         .iter()
         .filter_map(|&x| match &g.nodes[x].op {
-            Op::Param(_) => param(x),
             Op::Prim { prim: Prim::Concat, .. } => {
                 let parts: Option<Vec<String>> = g.nodes[x].inputs.iter().map(|&y| param(y)).collect();
                 parts.map(|p| p.join(" | "))
             }
-            _ => None,
+            _ => param(x),
         })
         .collect()
 }
@@ -117,7 +124,8 @@ pub fn kernels(g: &Graph, m: &Machine) -> Vec<RegionKernels> {
             let label = if scopes.iter().all(|&s| s == 0) {
                 "outside the layers".to_string()
             } else {
-                let layers: Vec<u32> = scopes.iter().map(|s| s - 1).collect();
+                let mut layers: Vec<u32> = scopes.iter().map(|s| s - 1).collect();
+                layers.sort_unstable();
                 format!("layers {} · pass {part}", ranges(&layers))
             };
             RegionKernels { label, count: scopes.len(), kernels }
@@ -139,6 +147,12 @@ fn ranges(xs: &[u32]) -> String {
         i = j + 1;
     }
     parts.join(", ")
+}
+
+/// Predicted time of a program: each kernel's roofline time, summed (kernels run one
+/// after another; one kernel's compute does not hide another's memory traffic).
+pub fn total_time(g: &Graph, m: &Machine) -> f64 {
+    (0..g.nodes.len()).filter_map(|i| node_work(g, i, m)).map(|w| w.time(m)).sum()
 }
 
 /// Total work of a program.

@@ -6,6 +6,7 @@ pub mod elaborate;
 pub mod explain;
 pub mod ir;
 pub mod ops;
+pub mod pipeline;
 pub mod reference;
 pub mod rewrite;
 pub mod shard;

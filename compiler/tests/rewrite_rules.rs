@@ -300,6 +300,15 @@ proptest! {
     }
 
     #[test]
+    fn tp_copy_scale(a in 1..4usize, b in 1..4usize, c in -2.0..2.0f64, seed in 0..1000u64) {
+        let mut k = Case::new(seed);
+        let x = k.param(&[a, b]);
+        let s = k.g.scale(x, c);
+        let y = k.g.unary(Prim::TpCopy, s);
+        k.check(vec![y], "tp-copy-scale");
+    }
+
+    #[test]
     fn bitlinear(t in 1..4usize, d in 1..6usize, n in 1..5usize, seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let x = k.param(&[2, t, d]);

@@ -41,7 +41,6 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Vec<NodeId> {
             let Some(c) = c.filter(|_| needs[x]) else {
                 continue;
             };
-            g.scope = g.nodes[x].scope;
             adjoint[x] = Some(match adjoint[x] {
                 Some(prev) => g.binary(Prim::Add, prev, c),
                 None => c,

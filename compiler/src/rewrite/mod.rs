@@ -46,6 +46,18 @@ pub struct Report {
     pub max_egraph_nodes: usize,
 }
 
+impl Report {
+    /// Adds another stage's report.
+    pub fn merge(&mut self, other: Report) {
+        self.regions += other.regions;
+        self.unique_regions += other.unique_regions;
+        for (rule, n) in other.fired {
+            *self.fired.entry(rule).or_default() += n;
+        }
+        self.max_egraph_nodes = self.max_egraph_nodes.max(other.max_egraph_nodes);
+    }
+}
+
 /// A region's optimised body, ready to be stamped out for every region with its signature.
 struct Template {
     nodes: Vec<(Op, Vec<Ref>, TensorType)>,

@@ -12,6 +12,10 @@ use hyb_dsl::prims::Prim;
 pub struct Axes {
     parent: Vec<usize>,
     blocked: Vec<bool>,
+    /// Why a blocked class cannot be split (the first reason found).
+    why: Vec<Option<String>>,
+    /// The reason `block` records.
+    because: String,
     /// Axis `a` of node `n` is variable `offset[n] + a`.
     offset: Vec<usize>,
     /// Parameters read only through slices along one axis: that axis.
@@ -50,6 +54,11 @@ impl Axes {
         self.blocked[class]
     }
 
+    /// Why class `class` cannot be split, if it cannot.
+    pub fn why_blocked(&self, class: usize) -> Option<&str> {
+        self.why[class].as_deref()
+    }
+
     fn find(&mut self, mut v: usize) -> usize {
         while self.parent[v] != v {
             self.parent[v] = self.parent[self.parent[v]];
@@ -63,12 +72,18 @@ impl Axes {
         if ra != rb {
             self.parent[rb] = ra;
             self.blocked[ra] |= self.blocked[rb];
+            if self.why[ra].is_none() {
+                self.why[ra] = self.why[rb].take();
+            }
         }
     }
 
     fn block(&mut self, v: usize) {
         let r = self.find(v);
         self.blocked[r] = true;
+        if self.why[r].is_none() {
+            self.why[r] = Some(self.because.clone());
+        }
     }
 
     /// Analyses `g` for splitting into `ranks` parts.
@@ -79,7 +94,14 @@ impl Axes {
             offset.push(total);
             total += n.ty.shape.len();
         }
-        let mut ax = Axes { parent: (0..total).collect(), blocked: vec![false; total], offset, sectioned: vec![] };
+        let mut ax = Axes {
+            parent: (0..total).collect(),
+            blocked: vec![false; total],
+            why: vec![None; total],
+            because: String::new(),
+            offset,
+            sectioned: vec![],
+        };
         ax.sectioned = sectioned_params(g);
         for (i, n) in g.nodes.iter().enumerate() {
             let shape = &n.ty.shape;
@@ -87,10 +109,12 @@ impl Axes {
             // neither is a dimension the ranks do not divide.
             for (a, d) in shape.iter().enumerate() {
                 if d.as_const().is_none_or(|c| c % ranks != 0) {
+                    ax.because = format!("{d} does not divide into {ranks} equal parts");
                     ax.block(ax.var(i, a));
                 }
             }
             if let Op::Prim { prim, attrs } = &n.op {
+                ax.because = format!("{} needs the axis whole", prim.name());
                 ax.op(g, i, *prim, attrs, ranks);
             }
         }
@@ -244,6 +268,7 @@ impl Axes {
                     self.same(b, 2, y, 2);
                     self.same(c, 2, y, 2);
                 } else if groups != 1 {
+                    self.because = format!("ssd_scan's {groups} B/C groups neither divide into {ranks} nor are 1");
                     self.block(self.var(y, 2));
                 }
             }
@@ -322,6 +347,9 @@ impl Axes {
                 if (i - gi == 1 && j - gj == 1) || (divisible(&xs[a]) && divisible(&ys[b])) {
                     self.same(x, a, y, b);
                 } else {
+                    let factor = if divisible(&xs[a]) { &ys[b] } else { &xs[a] };
+                    self.because =
+                        format!("its outer factor {factor} (e.g. a head count) does not divide into {ranks}");
                     self.block(self.var(x, a));
                     self.block(self.var(y, b));
                 }

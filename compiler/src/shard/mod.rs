@@ -36,6 +36,8 @@ pub struct Sharded {
     pub split: Vec<String>,
     /// Every family considered.
     pub candidates: Vec<String>,
+    /// Parameter axes no family can split, with the reason (`name axis a: why`).
+    pub unsplittable: Vec<String>,
     /// Predicted step time of the forward pass, before and after sharding (seconds).
     pub time_before: f64,
     pub time_after: f64,
@@ -43,9 +45,16 @@ pub struct Sharded {
 
 /// Shards forward graph `g` over `ranks` ranks.
 pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
-    let base = explain::total(g, machine).time(machine);
+    let base = explain::total_time(g, machine);
     if ranks <= 1 {
-        return Sharded { graph: g.clone(), split: vec![], candidates: vec![], time_before: base, time_after: base };
+        return Sharded {
+            graph: g.clone(),
+            split: vec![],
+            candidates: vec![],
+            unsplittable: vec![],
+            time_before: base,
+            time_after: base,
+        };
     }
     let g = sections::split_sections(g);
     let axes = Axes::of(&g, ranks as i64);
@@ -55,7 +64,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
         let classes: BTreeSet<usize> = set.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
         conflict_free(&g, &axes, &classes).then(|| {
             let p = emit(&g, &axes, &classes, ranks);
-            explain::total(&p, machine).time(machine)
+            explain::total_time(&p, machine)
         })
     };
     let mut current = cost(&chosen).expect("nothing split is valid");
@@ -81,6 +90,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
         graph: emit(&g, &axes, &classes, ranks),
         split: chosen.iter().map(|&f| families[f].0.clone()).collect(),
         candidates: families.iter().map(|f| f.0.clone()).collect(),
+        unsplittable: unsplittable(&g, &axes),
         time_before: base,
         time_after: current,
     }
@@ -131,6 +141,23 @@ fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
         by_key.entry(k.into_iter().collect::<Vec<_>>().join(", ")).or_default().push(c);
     }
     by_key.into_iter().collect()
+}
+
+/// Parameter axes of blocked classes, with the first reason the class was blocked.
+fn unsplittable(g: &Graph, axes: &Axes) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Op::Param(p) = n.op else { continue };
+        for a in 0..n.ty.shape.len() {
+            if axes.sectioned[i] == Some(a) {
+                continue;
+            }
+            if let Some(why) = axes.why_blocked(axes.class(i, a)) {
+                out.insert(format!("{} axis {a}: {why}", generic(&g.params[p].name)));
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// No value has two split axes.

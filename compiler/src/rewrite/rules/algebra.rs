@@ -21,7 +21,26 @@ pub fn rules() -> Vec<Rule> {
         Rule { name: "matmul-scale-weight", on: &[Prim::Matmul], apply: matmul_scale_weight },
         Rule { name: "linear-concat-split", on: &[Prim::Matmul], apply: linear_concat_split },
         Rule { name: "linear-concat-merge", on: &[Prim::Add], apply: linear_concat_merge },
+        Rule { name: "tp-copy-scale", on: &[Prim::TpCopy], apply: tp_copy_scale },
     ]
+}
+
+/// `tp_copy(x·c) = tp_copy(x)·c`: both sides are linear, forward and backward, so the
+/// multipliers of sharded branches move off the shared input (which can then feed one
+/// merged GEMM and one all-reduce of its gradient).
+fn tp_copy_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let dtype = eg[class].data.ty.dtype;
+    let mut out = Vec::new();
+    for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
+        let Some((x, c)) = scaled(eg, &inner) else { continue };
+        if shape(eg, x) != shape(eg, class) {
+            continue;
+        }
+        let copy = add_prim(eg, Prim::TpCopy, vec![Attr::Tensor], vec![x]);
+        let k = add_const(eg, c, dtype);
+        out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![copy, k])));
+    }
+    out
 }
 
 /// `transpose(transpose(x, i, j), i, j) = x`.

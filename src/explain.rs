@@ -1,0 +1,256 @@
+//! `hyb explain`: compile a model's training step (or forward pass) for a tensor-parallel
+//! width and print what the compiler chose — kernels, rewrites, parameter sharding — with
+//! the roofline prediction for each kernel.
+
+use anyhow::{Context, Result};
+use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::explain::{dot, kernels, stored_weight, total, total_time};
+use hyb_compiler::ir::{Graph, KernelKind, Op};
+use hyb_compiler::pipeline::{compile, Compiled, Target};
+use hyb_compiler::rewrite::cost::Machine;
+use hyb_compiler::rewrite::Options;
+use hyb_compiler::training::AdamW;
+use hyb_dsl::expand::model::Expanded;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    pub file: PathBuf,
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Tensor-parallel ranks.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// Explain the forward pass only (inference) instead of the training step.
+    #[arg(long)]
+    pub forward: bool,
+    /// Batch size the cost model assumes.
+    #[arg(long, default_value_t = 1)]
+    pub batch: i64,
+    /// Sequence length the cost model assumes.
+    #[arg(long, default_value_t = 4096)]
+    pub seq: i64,
+    /// Write the chosen program as a Graphviz file.
+    #[arg(long)]
+    pub dot: Option<PathBuf>,
+    /// List every kernel of every distinct region (default: the ten most expensive).
+    #[arg(long)]
+    pub all_kernels: bool,
+}
+
+pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result<()> {
+    anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
+    let machine = Machine { batch: args.batch, seq: args.seq, ..Machine::default() };
+    let opts = Options { machine: machine.clone(), ..Options::default() };
+    let start = Instant::now();
+    let forward = elaborate(&model.trace);
+    let elaborate_time = start.elapsed();
+    let target = if args.forward {
+        Target::Forward
+    } else {
+        let width_mult = model.summary.base_width.map_or(1.0, |b| model.summary.d as f64 / b as f64);
+        Target::Training { opt: AdamW::default(), width_mult }
+    };
+    let compiled = compile(&forward, &target, args.tp, &opts);
+    let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];
+    stages.extend(compiled.stages.iter().copied());
+    print!("{}", render(args, model, &compiled, &machine, &stages));
+    if let Some(path) = &args.dot {
+        std::fs::write(path, dot(&compiled.graph, &machine)).with_context(|| format!("writing {}", path.display()))?;
+        println!("graph: {}", path.display());
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn time(s: f64) -> String {
+    if s >= 1e-3 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stages: &[(&str, Duration)]) -> String {
+    let s = &model.summary;
+    let g = &c.graph;
+    let mut out = String::new();
+    let what = if args.forward { "forward pass" } else { "training step" };
+    let _ = writeln!(
+        out,
+        "{}: {} layers, {} parameters · {what} · tp {} · B={} T={}",
+        s.name,
+        s.layers.len(),
+        s.total_params,
+        args.tp,
+        m.batch,
+        m.seq
+    );
+    let _ = writeln!(
+        out,
+        "machine: {:.0} TFLOP/s, {:.1} TB/s, {:.0} µs per launch, links {:.0} GB/s + {:.0} µs",
+        m.peak_flops / 1e12,
+        m.mem_bw / 1e12,
+        m.launch * 1e6,
+        m.link_bw / 1e9,
+        m.link_latency * 1e6
+    );
+    let total_compile: Duration = stages.iter().map(|(_, d)| *d).sum();
+    let parts: Vec<String> = stages.iter().map(|(n, d)| format!("{n} {}", ms(*d))).collect();
+    let _ = writeln!(out, "compile {}: {}", ms(total_compile), parts.join(" · "));
+    let r = &c.report;
+    let _ = writeln!(
+        out,
+        "e-graphs: {} regions, {} distinct bodies optimised, largest {} e-nodes\n",
+        r.regions, r.unique_regions, r.max_egraph_nodes
+    );
+
+    out.push_str("rewrites fired (equalities added):\n");
+    for (rule, n) in &r.fired {
+        let _ = writeln!(out, "  {rule:<22} {n}");
+    }
+
+    out.push_str("\nhighlights:\n");
+    for (weights, n) in packed_gemms(g) {
+        let _ = writeln!(out, "  one GEMM over packed weights ×{n}: {weights}");
+    }
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut folded = 0;
+    for n in &g.nodes {
+        if let Op::Kernel(k) = &n.op {
+            *kinds.entry(k.kind.name()).or_default() += 1;
+            if k.kind == KernelKind::Gemm && epilogue_scales(&k.body) {
+                folded += 1;
+            }
+        }
+    }
+    for (kind, n) in &kinds {
+        let _ = writeln!(out, "  {kind} kernels: {n}");
+    }
+    let _ = writeln!(out, "  GEMMs with a multiplier folded into the epilogue: {folded}");
+
+    let _ = writeln!(out, "\nkernels per rank, by distinct region (time predicted on the machine above):");
+    for region in kernels(g, m) {
+        let t: f64 = region.kernels.iter().map(|k| k.work.time(m)).sum();
+        let _ =
+            writeln!(out, "  {} (×{}): {} kernels, {} each", region.label, region.count, region.kernels.len(), time(t));
+        let mut ks = region.kernels.clone();
+        if !args.all_kernels {
+            ks.sort_by(|a, b| b.work.time(m).total_cmp(&a.work.time(m)));
+            ks.truncate(10);
+        }
+        for k in &ks {
+            let mut ops = k.ops.join(" ");
+            if ops.len() > 60 {
+                ops = format!("{}…", &ops[..ops.floor_char_boundary(59)]);
+            }
+            let reads = if k.weights.is_empty() { String::new() } else { format!("  [{}]", k.weights.join("; ")) };
+            let _ = writeln!(
+                out,
+                "    {:<22} {:<61} {:>9.2} GFLOP {:>9.2} MB {:>10}{}",
+                k.kind,
+                ops,
+                k.work.flops / 1e9,
+                (k.work.bytes + k.work.comm_bytes) / 1e6,
+                time(k.work.time(m)),
+                reads
+            );
+        }
+    }
+    let w = total(g, m);
+    let _ = writeln!(
+        out,
+        "\nper rank per step: {} launches, {:.2} TFLOP, {:.2} GB memory traffic, {:.3} GB sent in {} collectives",
+        w.launches,
+        w.flops / 1e12,
+        w.bytes / 1e9,
+        w.comm_bytes / 1e9,
+        w.collectives
+    );
+    let _ = writeln!(
+        out,
+        "predicted step time {} (sum of kernel rooflines; all FLOPs at GEMM peak {}, all bytes at full bandwidth {})",
+        time(total_time(g, m)),
+        time(w.flops / m.peak_flops),
+        time(w.bytes / m.mem_bw)
+    );
+
+    if args.tp > 1 {
+        let _ = writeln!(
+            out,
+            "\nsharding over {} ranks (forward pass {} → {} predicted):",
+            args.tp,
+            time(c.sharded.time_before),
+            time(c.sharded.time_after)
+        );
+        for f in &c.sharded.candidates {
+            let mark = if c.sharded.split.contains(f) { "split     " } else { "replicated" };
+            let _ = writeln!(out, "  {mark} {f}");
+        }
+        out.push_str("cannot split:\n");
+        for u in &c.sharded.unsplittable {
+            let _ = writeln!(out, "  {u}");
+        }
+    }
+    out.push_str("\nparameters (per rank):\n");
+    let mut rows: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for p in &g.params {
+        let layout = match &p.shard {
+            Some(sh) => sh.describe(),
+            None => "replicated".to_string(),
+        };
+        *rows.entry((generic(&p.name), format!("{:?}", p.shape), layout)).or_default() += 1;
+    }
+    for ((name, shape, layout), n) in rows {
+        let _ = writeln!(out, "  {name:<48} ×{n:<3} {shape:<14} {layout}");
+    }
+    out
+}
+
+fn generic(name: &str) -> String {
+    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+        Some((_, rest)) => format!("layers.*.{rest}"),
+        None => name.to_string(),
+    }
+}
+
+/// Matmuls whose weight is several parameters packed together, by the names packed.
+fn packed_gemms(g: &Graph) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for n in &g.nodes {
+        let Op::Prim { prim: hyb_dsl::prims::Prim::Concat, .. } = &n.op else { continue };
+        let names: Option<Vec<String>> = n
+            .inputs
+            .iter()
+            .map(|&i| stored_weight(g, i).map(|p| generic(&g.params[p].name).trim_end_matches(".weight").to_string()))
+            .collect();
+        if let Some(names) = names {
+            // Sections of one weight (a sharded Mamba in_proj) are named once.
+            let mut runs: Vec<(String, usize)> = Vec::new();
+            for name in names {
+                match runs.last_mut() {
+                    Some((last, k)) if *last == name => *k += 1,
+                    _ => runs.push((name, 1)),
+                }
+            }
+            let parts: Vec<String> =
+                runs.into_iter().map(|(n, k)| if k > 1 { format!("{n} ({k} sections)") } else { n }).collect();
+            *out.entry(parts.join(" | ")).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// A GEMM kernel whose epilogue multiplies by a constant (a folded multiplier or scale).
+fn epilogue_scales(body: &Graph) -> bool {
+    body.nodes.iter().any(|n| {
+        matches!(n.op, Op::Prim { prim: hyb_dsl::prims::Prim::Mul, .. })
+            && n.inputs.iter().any(|&i| matches!(body.nodes[i].op, Op::Constant(_)))
+    })
+}
