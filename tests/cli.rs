@@ -274,3 +274,61 @@ fn killing_training_never_corrupts_the_checkpoint() {
     let r = hyb(&["train", &model, "--resume", &run_s, "--steps", "1"]);
     assert!(r.status.success(), "{}", stderr(&r));
 }
+
+#[test]
+fn explain_shows_merged_projections_folded_multipliers_and_flash_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("tiny.dot");
+    let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--dot", dot.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "one GEMM over packed weights ×4: layers.*.self_attn.q_proj | layers.*.self_attn.k_proj | layers.*.self_attn.v_proj | layers.*.mamba.in_proj",
+        "flash_attention kernels: 4",
+        "flash_attention_grad0 kernels: 4",
+        "merge-gemms",
+        "matmul-scale-out",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let folded = text.lines().find(|l| l.contains("multiplier folded into the epilogue")).unwrap();
+    assert!(!folded.ends_with(": 0"), "{folded}");
+    assert!(std::fs::read_to_string(&dot).unwrap().starts_with("digraph"));
+}
+
+/// `compile N ms` from explain's output.
+fn compile_ms(text: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with("compile ")).unwrap();
+    line["compile ".len()..].split(" ms").next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn explain_falcon_h1_34b_training_step_at_tp_1_and_8() {
+    for tp in ["1", "8"] {
+        let out = hyb(&["explain", "stdlib/falcon_h1.hyb", "--model", "falcon_h1_34b", "--tp", tp]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("flash_attention kernels: 72"), "{text}");
+        assert!(text.contains("×72: layers.*.self_attn.q_proj | layers.*.self_attn.k_proj"), "{text}");
+        if tp == "8" {
+            // MLP width and vocabulary divide by 8; 20 query heads and 2 B/C groups do not.
+            let up = text
+                .lines()
+                .find(|l| l.contains("layers.*.feed_forward.up_proj.weight ") && l.contains("×72"))
+                .unwrap();
+            assert!(up.contains("[2688, 5120]") && up.contains("axis 0 split 8 ways"), "{up}");
+            assert!(text.contains("its outer factor 20 (e.g. a head count) does not divide into 8"), "{text}");
+        }
+        // The budget is for an optimised build (debug builds are several times slower).
+        if !cfg!(debug_assertions) {
+            assert!(compile_ms(&text) < 10_000.0, "{text}");
+        }
+    }
+}
+
+#[test]
+fn explain_rejects_zero_ranks() {
+    let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--tp", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--tp must be at least 1"), "{}", stderr(&out));
+}

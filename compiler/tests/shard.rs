@@ -4,9 +4,10 @@
 
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::reference::{run, run_ranks, Tensor};
 use hyb_compiler::rewrite::cost::Machine;
-use hyb_compiler::rewrite::{optimize, saturate, Options};
+use hyb_compiler::rewrite::Options;
 use hyb_compiler::shard::shard;
 use hyb_compiler::training::{training_graph, AdamW};
 use hyb_dsl::prims::Prim;
@@ -148,9 +149,12 @@ fn check(ranks: usize) {
     let want = run(&plain.graph, &w, &x).unwrap();
     let tg = training_graph(sg, &opt, 1.0);
     let got = run_ranks(&tg.graph, &lrefs, &xrefs).unwrap();
-    // The rewritten and fused sharded step too.
-    let (rewritten, _) = optimize(&tg.graph, &Options::default());
-    let got_fused = run_ranks(&rewritten, &lrefs, &xrefs).unwrap();
+    // The whole pipeline too: shard, rewrite the forward pass (flash attention, packed
+    // GEMMs), differentiate, rewrite the step, fuse.
+    let opts = Options { machine: free_links(), ..Options::default() };
+    let compiled = compile(&g, &Target::Training { opt: opt.clone(), width_mult: 1.0 }, ranks, &opts);
+    assert!(compiled.graph.nodes.iter().any(|n| matches!(n.op, Op::Kernel(_))));
+    let got_fused = run_ranks(&compiled.graph, &lrefs, &xrefs).unwrap();
     for got in [&got, &got_fused] {
         close(&want[0], &got[0][0], "loss");
         close(&want[1], &got[0][1], "gradient norm");
@@ -171,7 +175,6 @@ fn check(ranks: usize) {
     let collectives =
         sg.nodes.iter().filter(|n| matches!(n.op, Op::Prim { prim: Prim::AllReduce | Prim::AllGather, .. })).count();
     assert!(collectives > 0);
-    let _ = saturate;
 }
 
 #[test]
