@@ -37,7 +37,10 @@ pub fn node_work(g: &Graph, i: NodeId, m: &Machine) -> Option<Work> {
         Op::Prim { prim, .. } if is_view(*prim) => None,
         Op::Prim { prim: Prim::Concat, .. } if n.inputs.iter().all(|&x| stored_weight(g, x).is_some()) => None,
         Op::Prim { prim, .. } => Some(m.prim_work(*prim, &inputs, &n.ty)),
-        Op::Kernel(k) => Some(m.kernel_work(&k.kind, &inputs, &n.ty, body_flops(k, m))),
+        Op::Kernel(k) => {
+            let outs: Vec<_> = k.body.outputs.iter().map(|&o| &k.body.nodes[o].ty).collect();
+            Some(m.kernel_work(&k.kind, &inputs, &outs, body_flops(k, m)))
+        }
         _ => None,
     }
 }

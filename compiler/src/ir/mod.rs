@@ -62,13 +62,18 @@ pub enum Op {
     /// A primitive; `attrs` has one entry per signature slot. Tensor slots take, in order,
     /// the node's inputs (a variadic slot takes all of them).
     Prim { prim: Prim, attrs: Vec<Attr> },
-    /// A kernel chosen by the rewriter: several primitives computed in one launch.
+    /// A kernel chosen by the rewriter: several primitives computed in one launch. Its
+    /// value is the body's first output.
     Kernel(Box<Kernel>),
+    /// Output `i` (≥ 1) of the multi-output kernel that is this node's input.
+    Output(usize),
 }
 
 /// What a kernel node computes is its `body`, a graph whose inputs `0`, `1`, … are the
-/// node's inputs in order and whose single output is the node's value; `kind` tells a
-/// backend which template implements it.
+/// node's inputs in order; the body's first output is the node's value and any further
+/// outputs are read through [`Op::Output`] nodes (one launch writing several tensors, as an
+/// optimizer update writes the weight and both moments). `kind` tells a backend which
+/// template implements it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
     pub kind: KernelKind,

@@ -28,6 +28,7 @@ impl fmt::Display for Graph {
                 Op::Input(name) => writeln!(f, "input {name}")?,
                 Op::Param(p) => writeln!(f, "param {}", self.params[*p].name)?,
                 Op::Constant(c) => writeln!(f, "const {c:?}")?,
+                Op::Output(k) => writeln!(f, "output {k} of %{}", n.inputs[0])?,
                 Op::Kernel(k) => {
                     let args: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
                     writeln!(f, "{}({}) {{ {} }}", k.kind.name(), args.join(", "), k.op_names().join(", "))?

@@ -56,6 +56,8 @@ pub fn run_ranks<T: Real>(
         last_use[o] = usize::MAX;
     }
     let mut values: Vec<Vec<Option<Tensor<T>>>> = vec![vec![None; g.nodes.len()]; ranks];
+    // Outputs after the first of multi-output kernels, until their `Output` nodes read them.
+    let mut extra: Vec<HashMap<(usize, usize), Tensor<T>>> = vec![HashMap::new(); ranks];
     // The five gradients of one scan come from one backward pass: computed once, handed out
     // to the five `ssd_scan_grad` nodes that read the same inputs.
     let mut scan_grads: Vec<HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>> = vec![HashMap::new(); ranks];
@@ -73,7 +75,19 @@ pub fn run_ranks<T: Real>(
             }
         }
         for r in 0..ranks {
-            let v = eval_node(g, n, &values[r], params[r], inputs[r], &bind, &mut scan_grads[r])?;
+            let v = match (&n.op, &n.inputs[..]) {
+                (Op::Output(k), &[kernel]) => extra[r].remove(&(kernel, *k)).expect("each output is read once"),
+                (Op::Kernel(k), _) if k.body.outputs.len() > 1 => {
+                    let args = kernel_args(n, &values[r]);
+                    let mut outs = run(&k.body, &HashMap::new(), &args)?.into_iter();
+                    let first = outs.next().expect("a first output");
+                    for (j, t) in outs.enumerate() {
+                        extra[r].insert((i, j + 1), t);
+                    }
+                    first
+                }
+                _ => eval_node(g, n, &values[r], params[r], inputs[r], &bind, &mut scan_grads[r])?,
+            };
             values[r][i] = Some(v);
         }
         free(&mut values, n, i, &last_use);
@@ -82,6 +96,11 @@ pub fn run_ranks<T: Real>(
         .into_iter()
         .map(|mut v| g.outputs.iter().map(|&o| v[o].take().expect("outputs are kept")).collect())
         .collect())
+}
+
+/// A kernel body's inputs `0`, `1`, … from the node's inputs.
+fn kernel_args<T: Real>(n: &crate::ir::Node, values: &[Option<Tensor<T>>]) -> HashMap<String, Tensor<T>> {
+    n.inputs.iter().enumerate().map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live"))).collect()
 }
 
 /// Drops the values node `i` read for the last time.
@@ -120,15 +139,8 @@ fn eval_node<T: Real>(
             w.clone()
         }
         Op::Constant(c) => Tensor::scalar(T::of(*c)),
-        Op::Kernel(k) => {
-            let args: HashMap<String, Tensor<T>> = n
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live")))
-                .collect();
-            run(&k.body, &HashMap::new(), &args)?.remove(0)
-        }
+        Op::Kernel(k) => run(&k.body, &HashMap::new(), &kernel_args(n, values))?.remove(0),
+        Op::Output(_) => unreachable!("outputs are read in run_ranks"),
         Op::Prim { prim, attrs } => {
             let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, bind)).collect();
             let xs: Vec<&Tensor<T>> = n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();

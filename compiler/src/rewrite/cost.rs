@@ -127,9 +127,15 @@ impl Machine {
         t.shape.last().map_or(1.0, |d| self.dim(d))
     }
 
-    /// The work of a recognised kernel: its inputs and output cross memory once.
-    pub fn kernel_work(&self, kind: &KernelKind, inputs: &[&TensorType], out: &TensorType, body_flops: f64) -> Work {
-        let io = inputs.iter().map(|t| self.bytes(t)).sum::<f64>() + self.bytes(out);
+    /// The work of a kernel: its inputs and outputs cross memory once.
+    pub fn kernel_work(
+        &self,
+        kind: &KernelKind,
+        inputs: &[&TensorType],
+        outs: &[&TensorType],
+        body_flops: f64,
+    ) -> Work {
+        let io = inputs.iter().chain(outs).map(|t| self.bytes(t)).sum::<f64>();
         let flops = match kind {
             // Causal: half the score matrix is computed.
             KernelKind::FlashAttention { .. } => body_flops / 2.0,

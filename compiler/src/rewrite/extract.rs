@@ -62,7 +62,7 @@ impl<'a> Coster<'a> {
                         })
                         .sum()
                 });
-                self.machine.kernel_work(&kernel.kind, &inputs, out, body_flops).time(self.machine)
+                self.machine.kernel_work(&kernel.kind, &inputs, &[out], body_flops).time(self.machine)
             }
         }
     }

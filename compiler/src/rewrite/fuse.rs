@@ -1,7 +1,9 @@
 //! Vertical fusion: after extraction, chains of pointwise operations, row reductions and
-//! views whose intermediate values have one user become one kernel, and a GEMM absorbs
-//! its pointwise consumers as an epilogue. A value with several users (an activation the
-//! backward pass reads again, an optimizer output) stays in memory.
+//! views become one kernel, and a GEMM absorbs its pointwise consumers as an epilogue. A
+//! value joins its consumer's kernel when every node that reads it is in that kernel; if
+//! the graph also returns it (an optimizer's new moments) the kernel writes it as an extra
+//! output. A value another kernel reads (an activation the backward pass reads again) stays
+//! in memory.
 
 use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
 use hyb_dsl::prims::Prim;
@@ -42,14 +44,15 @@ fn root(group: &mut [NodeId], mut i: NodeId) -> NodeId {
 /// Groups fusible nodes into kernels; returns the new graph.
 pub fn fuse(g: &Graph) -> Graph {
     let n = g.nodes.len();
-    let mut users = vec![0usize; n];
-    for node in &g.nodes {
+    let mut consumers: Vec<Vec<NodeId>> = vec![vec![]; n];
+    for (i, node) in g.nodes.iter().enumerate() {
         for &x in &node.inputs {
-            users[x] += 1;
+            consumers[x].push(i);
         }
     }
+    let mut returned = vec![false; n];
     for &o in &g.outputs {
-        users[o] += 2;
+        returned[o] = true;
     }
     let mut group: Vec<NodeId> = (0..n).collect();
     let (mut has_gemm, mut has_reduce) = (vec![false; n], vec![false; n]);
@@ -61,7 +64,11 @@ pub fn fuse(g: &Graph) -> Graph {
         let r = root(&mut group, i);
         has_reduce[r] |= c == Class::Reduce;
         for &p in &g.nodes[i].inputs {
-            if users[p] != 1 || group[p] != p {
+            if group[p] != p || consumers[p].iter().any(|&u| root(&mut group, u) != r) {
+                continue;
+            }
+            // Only computed values become extra outputs (a returned view stays a view).
+            if returned[p] && class(&g.nodes[p]) != Class::Pointwise {
                 continue;
             }
             let ok = match class(&g.nodes[p]) {
@@ -100,20 +107,25 @@ pub fn fuse(g: &Graph) -> Graph {
             }
             continue;
         }
-        let (body, external) = kernel_body(g, m);
+        let extra: Vec<NodeId> = m.iter().copied().filter(|&x| x != r && returned[x]).collect();
+        let (body, external) = kernel_body(g, m, &extra);
         let kind = if has_gemm[r] { KernelKind::Gemm } else { KernelKind::Fused };
         let inputs = external.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
         out.scope = g.nodes[r].scope;
-        new_id[r] = Some(out.add(Op::Kernel(Box::new(Kernel { kind, body })), inputs, g.nodes[r].ty.clone()));
+        let kernel = out.add(Op::Kernel(Box::new(Kernel { kind, body })), inputs, g.nodes[r].ty.clone());
+        new_id[r] = Some(kernel);
+        for (k, &x) in extra.iter().enumerate() {
+            new_id[x] = Some(out.add(Op::Output(k + 1), vec![kernel], g.nodes[x].ty.clone()));
+        }
     }
     out.outputs = g.outputs.iter().map(|&o| new_id[o].expect("outputs are kept")).collect();
     out.scope = 0;
     out
 }
 
-/// The body of a kernel computing `members` (in order, the last one its output), and the
-/// outside values it reads, in order. Constants are copied in.
-fn kernel_body(g: &Graph, members: &[NodeId]) -> (Graph, Vec<NodeId>) {
+/// The body of a kernel computing `members` (in order; outputs: the last member, then
+/// `extra`), and the outside values it reads, in order. Constants are copied in.
+fn kernel_body(g: &Graph, members: &[NodeId], extra: &[NodeId]) -> (Graph, Vec<NodeId>) {
     let mut body = Graph::default();
     let mut local: HashMap<NodeId, NodeId> = HashMap::new();
     let mut external = Vec::new();
@@ -139,6 +151,6 @@ fn kernel_body(g: &Graph, members: &[NodeId]) -> (Graph, Vec<NodeId>) {
         }
         local.insert(x, body.add(node.op.clone(), inputs, node.ty.clone()));
     }
-    body.outputs = vec![local[members.last().expect("a member")]];
+    body.outputs = std::iter::once(members.last().expect("a member")).chain(extra).map(|x| local[x]).collect();
     (body, external)
 }

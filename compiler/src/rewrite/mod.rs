@@ -177,7 +177,9 @@ pub fn load(g: &Graph, r: &region::Region) -> (EGraph, HashMap<NodeId, Id>) {
                 let op = eg.analysis.kernel((**k).clone());
                 eg.analysis.ops[op as usize].clone()
             }
-            Op::Input(_) | Op::Param(_) => unreachable!("leaves are not region nodes"),
+            Op::Input(_) | Op::Param(_) | Op::Output(_) => {
+                unreachable!("leaves are not region nodes; fusion, which makes outputs, runs last")
+            }
         };
         let op = eg.analysis.intern(op);
         let children = n.inputs.iter().map(|x| class_of[x]).collect();

@@ -85,6 +85,9 @@ pub fn signature(g: &Graph, r: &Region) -> String {
             Op::Kernel(k) => {
                 s.push_str(&serde_json::to_string(k).expect("kernels serialise"));
             }
+            Op::Output(k) => {
+                let _ = write!(s, "O{k}");
+            }
             Op::Input(_) | Op::Param(_) => unreachable!("leaves are not region nodes"),
         }
         for x in &n.inputs {
