@@ -54,6 +54,49 @@ fn scalar_input(g: &mut Graph, name: &str) -> NodeId {
     g.add(Op::Input(name.into()), vec![], TensorType { shape: vec![], dtype: DType::F32 })
 }
 
+fn reduce(g: &mut Graph, prim: Prim, x: NodeId) -> NodeId {
+    g.apply(prim, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![x])
+}
+
+/// Logits a tensor-parallel program gathers from vocabulary shards: the local shard and the
+/// number of ranks.
+fn vocab_parallel(g: &Graph, logits: NodeId) -> Option<(NodeId, usize)> {
+    let n = &g.nodes[logits];
+    let Op::Prim { prim: Prim::AllGather, attrs } = &n.op else { return None };
+    let axis = match &attrs[1] {
+        Attr::Int(d) => d.as_const()?,
+        _ => return None,
+    };
+    let ranks = match &attrs[2] {
+        Attr::Int(d) => d.as_const()?,
+        _ => return None,
+    };
+    (axis == 2 || axis == -1).then_some((n.inputs[0], ranks as usize))
+}
+
+/// `logsumexp` and the target's logit from each rank's vocabulary shard (Megatron's
+/// vocabulary-parallel cross-entropy): only per-token scalars cross ranks, never the logits.
+fn vocab_parallel_terms(g: &mut Graph, local: NodeId, onehot: NodeId, ranks: usize) -> (NodeId, NodeId) {
+    let along = |g: &mut Graph, prim: Prim, x: NodeId| {
+        let attrs = vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Int(Dim::constant(ranks as i64))];
+        g.apply(prim, attrs, vec![x])
+    };
+    let local_max = reduce(g, Prim::Max, local);
+    let maxima = along(g, Prim::AllGather, local_max);
+    let max = reduce(g, Prim::Max, maxima);
+    let shared_max = g.unary(Prim::TpCopy, max);
+    let shifted = g.binary(Prim::Sub, local, shared_max);
+    let e = g.unary(Prim::Exp, shifted);
+    let s = g.sum(e, -1, true);
+    let s = g.unary(Prim::AllReduce, s);
+    let lse = g.unary(Prim::Log, s);
+    let lse = g.binary(Prim::Add, lse, max);
+    let mine = along(g, Prim::Shard, onehot);
+    let picked = g.binary(Prim::Mul, local, mine);
+    let picked = g.sum(picked, -1, true);
+    (lse, g.unary(Prim::AllReduce, picked))
+}
+
 /// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
 pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
     let mut g = forward.clone();
@@ -63,17 +106,22 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let ids_ty = TensorType { shape: bt.clone(), dtype: DType::I64 };
     let targets = g.add(Op::Input("targets".into()), vec![], ids_ty);
     let weights = g.add(Op::Input("loss_weights".into()), vec![], TensorType { shape: bt, dtype: DType::F32 });
+    let onehot = g.apply(Prim::OneHot, vec![Attr::Tensor, Attr::Int(vocab)], vec![targets]);
 
     // loss = Σ w · (logsumexp(logits) − logits[target])
-    let max = g.apply(Prim::Max, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![logits]);
-    let shifted = g.binary(Prim::Sub, logits, max);
-    let e = g.unary(Prim::Exp, shifted);
-    let s = g.sum(e, -1, true);
-    let lse = g.unary(Prim::Log, s);
-    let lse = g.binary(Prim::Add, lse, max);
-    let onehot = g.apply(Prim::OneHot, vec![Attr::Tensor, Attr::Int(vocab)], vec![targets]);
-    let picked = g.binary(Prim::Mul, logits, onehot);
-    let picked = g.sum(picked, -1, true);
+    let (lse, picked) = match vocab_parallel(&g, logits) {
+        Some((local, ranks)) => vocab_parallel_terms(&mut g, local, onehot, ranks),
+        None => {
+            let max = reduce(&mut g, Prim::Max, logits);
+            let shifted = g.binary(Prim::Sub, logits, max);
+            let e = g.unary(Prim::Exp, shifted);
+            let s = g.sum(e, -1, true);
+            let lse = g.unary(Prim::Log, s);
+            let lse = g.binary(Prim::Add, lse, max);
+            let picked = g.binary(Prim::Mul, logits, onehot);
+            (lse, g.sum(picked, -1, true))
+        }
+    };
     let nll = g.binary(Prim::Sub, lse, picked);
     let nll = g.sum(nll, -1, false);
     let weighted = g.binary(Prim::Mul, nll, weights);

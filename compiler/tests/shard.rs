@@ -118,12 +118,17 @@ fn free_links() -> Machine {
     Machine { link_bw: f64::INFINITY, link_latency: 0.0, launch: 0.0, ..Machine::default() }
 }
 
-fn check(ranks: usize) {
-    let g = forward(MODEL);
+fn check(ranks: usize, text: &'static str) {
+    let g = forward(text);
     let w = weights(&g);
     let x = inputs(&w, 2, 6);
     let sharded = shard(&g, ranks, &free_links());
-    for family in ["q_proj", "mamba.in_proj", "gate_proj", "lm_head"] {
+    let families: &[&str] = if text.contains("tie_embeddings = true") {
+        &["q_proj", "mamba.in_proj", "gate_proj", "embed_tokens"]
+    } else {
+        &["q_proj", "mamba.in_proj", "gate_proj", "lm_head", "embed_tokens"]
+    };
+    for family in families {
         assert!(
             sharded.split.iter().any(|s| s.contains(family)),
             "{family} not split: {:?} of {:#?}",
@@ -148,6 +153,9 @@ fn check(ranks: usize) {
     let plain = training_graph(&g, &opt, 1.0);
     let want = run(&plain.graph, &w, &x).unwrap();
     let tg = training_graph(sg, &opt, 1.0);
+    let has = |g: &Graph, p: Prim| g.nodes.iter().any(|n| matches!(&n.op, Op::Prim { prim, .. } if *prim == p));
+    assert!(has(sg, Prim::VocabEmbedding), "vocabulary-parallel embedding");
+    assert!(has(&tg.graph, Prim::Shard), "vocabulary-parallel cross-entropy");
     let got = run_ranks(&tg.graph, &lrefs, &xrefs).unwrap();
     // The whole pipeline too: shard, rewrite the forward pass (flash attention, packed
     // GEMMs), differentiate, rewrite the step, fuse.
@@ -179,10 +187,15 @@ fn check(ranks: usize) {
 
 #[test]
 fn two_ranks_equal_one() {
-    check(2);
+    check(2, MODEL);
 }
 
 #[test]
 fn four_ranks_equal_one() {
-    check(4);
+    check(4, MODEL);
+}
+
+#[test]
+fn tied_embeddings_split_the_table_once_for_lookup_and_head() {
+    check(2, MODEL.replace("tie_embeddings = false", "tie_embeddings = true").leak());
 }

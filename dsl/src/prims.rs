@@ -76,6 +76,11 @@ pub enum Prim {
     /// Identity; its gradient is summed over ranks (a replicated value entering
     /// rank-local work, Megatron's `f`).
     TpCopy,
+    /// Embedding lookup in this rank's rows of a vocabulary-split table: ids outside them
+    /// give zeros (a partial sum over ranks).
+    VocabEmbedding,
+    /// The gradient of `vocab_embedding` for this rank's rows.
+    VocabEmbeddingGrad,
 }
 
 /// What an argument slot accepts.
@@ -241,6 +246,8 @@ impl Prim {
         Prim::ReduceScatter,
         Prim::Shard,
         Prim::TpCopy,
+        Prim::VocabEmbedding,
+        Prim::VocabEmbeddingGrad,
     ];
 
     pub fn by_name(name: &str) -> Option<Prim> {
@@ -302,6 +309,8 @@ impl Prim {
             Prim::ReduceScatter => "reduce_scatter",
             Prim::Shard => "shard",
             Prim::TpCopy => "tp_copy",
+            Prim::VocabEmbedding => "vocab_embedding",
+            Prim::VocabEmbeddingGrad => "vocab_embedding_grad",
         }
     }
 
@@ -364,6 +373,10 @@ impl Prim {
             Prim::Step | Prim::Tril => const { &[X] },
             Prim::OneHot => const { &[req("ids", Tensor), req("depth", Int)] },
             Prim::AllReduce | Prim::TpCopy => const { &[X] },
+            Prim::VocabEmbedding => const { &[req("table", Tensor), req("ids", Tensor), req("ranks", Int)] },
+            Prim::VocabEmbeddingGrad => {
+                const { &[req("ids", Tensor), req("dy", Tensor), req("vocab", Int), req("ranks", Int)] }
+            }
             Prim::AllGather | Prim::ReduceScatter | Prim::Shard => const { &[X, req("axis", Int), req("ranks", Int)] },
             Prim::Pad => const { &[X, req("axis", Int), req("before", Int), req("after", Int)] },
             Prim::RopeGrad => const { &[X, req("theta", Float)] },
@@ -486,7 +499,8 @@ impl Prim {
                     s[axis].add(&int(2)).and_then(|x| x.add(&int(3))).ok_or_else(|| err(2, "pad size overflows"))?;
                 Ok(vec![(s, d)])
             }
-            Prim::EmbeddingGrad => {
+            Prim::VocabEmbedding => Prim::Embedding.infer(&args[..2], ctx),
+            Prim::EmbeddingGrad | Prim::VocabEmbeddingGrad => {
                 let (dy, d) = t(1);
                 let Some(width) = dy.last().cloned() else {
                     return Err(rank_err(1, "embedding_grad needs dy with a last dimension"));

@@ -113,7 +113,9 @@ pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<
         EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
         CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
         OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
-        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => collective::eval(prim, args, &[inputs[0]]).remove(0),
+        AllReduce | AllGather | ReduceScatter | Shard | TpCopy | VocabEmbedding | VocabEmbeddingGrad => {
+            collective::eval(prim, args, &[inputs.to_vec()]).remove(0)
+        }
         SsdScanGrad => {
             let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
                 inputs[0],
@@ -159,8 +161,8 @@ pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
         CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => sequence::vjp(g, prim, node, dy),
         Split => unreachable!("split is lowered to slices"),
         OneHot => vec![None],
-        AllReduce | AllGather | ReduceScatter | Shard | TpCopy => collective::vjp(g, prim, node, dy),
-        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad => {
+        AllReduce | AllGather | ReduceScatter | Shard | TpCopy | VocabEmbedding => collective::vjp(g, prim, node, dy),
+        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad | VocabEmbeddingGrad => {
             panic!("second-order gradients of {} are not supported", prim.name())
         }
     }

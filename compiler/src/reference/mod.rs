@@ -65,8 +65,9 @@ pub fn run_ranks<T: Real>(
         if let Op::Prim { prim, attrs } = &n.op {
             if ops::collective::is_collective(*prim) {
                 let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
-                let xs: Vec<&Tensor<T>> =
-                    (0..ranks).map(|r| values[r][n.inputs[0]].as_ref().expect("inputs are live")).collect();
+                let xs: Vec<Vec<&Tensor<T>>> = (0..ranks)
+                    .map(|r| n.inputs.iter().map(|&x| values[r][x].as_ref().expect("inputs are live")).collect())
+                    .collect();
                 for (r, v) in ops::collective::eval(*prim, &args, &xs).into_iter().enumerate() {
                     values[r][i] = Some(v);
                 }

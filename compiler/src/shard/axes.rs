@@ -214,9 +214,9 @@ impl Axes {
                 self.block(self.var(y, a));
             }
             Embedding => {
+                // The table's vocabulary axis may split: a vocabulary-parallel lookup.
                 let (table, ids) = (ins[0], ins[1]);
                 self.same(table, 1, y, rank - 1);
-                self.block(self.var(table, 0));
                 for k in 0..in_rank(1) {
                     self.same(ids, k, y, k);
                 }

@@ -45,7 +45,7 @@ pub struct Sharded {
 
 /// Shards forward graph `g` over `ranks` ranks.
 pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
-    let base = explain::total_time(g, machine);
+    let base = explain::total_time(g, machine) + optimizer_time(g, machine);
     if ranks <= 1 {
         return Sharded {
             graph: g.clone(),
@@ -64,7 +64,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
         let classes: BTreeSet<usize> = set.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
         conflict_free(&g, &axes, &classes).then(|| {
             let p = emit(&g, &axes, &classes, ranks);
-            explain::total_time(&p, machine)
+            explain::total_time(&p, machine) + optimizer_time(&p, machine)
         })
     };
     let mut current = cost(&chosen).expect("nothing split is valid");
@@ -94,6 +94,13 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
         time_before: base,
         time_after: current,
     }
+}
+
+/// The optimizer's share of a step, which shrinks with the parameters a rank holds: AdamW
+/// reads weight, gradient and two moments and writes weight and moments, in float32.
+fn optimizer_time(g: &Graph, m: &Machine) -> f64 {
+    let elements: usize = g.params.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+    elements as f64 * 7.0 * 4.0 / m.mem_bw
 }
 
 /// Parameter names with the layer index replaced by `*`.
@@ -355,6 +362,7 @@ impl Emitter<'_> {
                         want
                     }
                 }
+                Prim::Embedding if self.classes.contains(&self.axes.class(n.inputs[0], 0)) => Layout::Partial,
                 Prim::Sum | Prim::Mean => {
                     let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
                     let a = match &attrs[1] {
@@ -379,6 +387,13 @@ impl Emitter<'_> {
                 }
             }
         }
+        let (prim, attrs) = match prim {
+            Prim::Embedding if out_layout == Layout::Partial => {
+                let ranks = Attr::Int(Dim::constant(self.ranks as i64));
+                (Prim::VocabEmbedding, vec![Attr::Tensor, Attr::Tensor, ranks])
+            }
+            _ => (prim, attrs),
+        };
         let attrs = match prim {
             Prim::Reshape | Prim::Broadcast => {
                 let layout = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
