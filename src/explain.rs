@@ -184,7 +184,7 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
     if args.tp > 1 {
         let _ = writeln!(
             out,
-            "\nsharding over {} ranks (forward pass {} → {} predicted):",
+            "\nsharding over {} ranks (predicted forward pass + optimizer update: {} unsharded → {}):",
             args.tp,
             time(c.sharded.time_before),
             time(c.sharded.time_after)

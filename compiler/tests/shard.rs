@@ -199,3 +199,52 @@ fn four_ranks_equal_one() {
 fn tied_embeddings_split_the_table_once_for_lookup_and_head() {
     check(2, MODEL.replace("tie_embeddings = false", "tie_embeddings = true").leak());
 }
+
+/// Every example model (parallel hybrids, interleaved and pure stacks, BitNet, per-layer
+/// ratio overrides) gives the unsharded logits and training step over 2 and 4 ranks,
+/// whatever the planner splits.
+#[test]
+fn every_example_shards_exactly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for path in files.iter().filter(|p| p.extension().is_some_and(|x| x == "hyb")) {
+        let p = path.clone();
+        let g = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let checked = hyb_dsl::check::check_paths(&[&p]).unwrap();
+                elaborate(&checked.models[0].1.trace)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let w = weights(&g);
+        let vocab = g.nodes[g.outputs[0]].ty.shape[2].as_const().unwrap() as usize;
+        let mut x = inputs(&w, 1, 5);
+        for key in ["ids", "targets"] {
+            let t = x.get_mut(key).unwrap();
+            t.data.iter_mut().for_each(|v| *v = (*v as usize % vocab) as f64);
+        }
+        let opt = AdamW::default();
+        let plain = training_graph(&g, &opt, 1.0);
+        let want = run(&plain.graph, &w, &x).unwrap();
+        for ranks in [2, 4] {
+            let sharded = shard(&g, ranks, &free_links());
+            let tg = training_graph(&sharded.graph, &opt, 1.0);
+            let locals: Vec<_> = (0..ranks).map(|r| local(&tg.graph, &w, r)).collect();
+            let xs: Vec<_> = (0..ranks).map(|r| local(&tg.graph, &x, r)).collect();
+            let got = run_ranks(&tg.graph, &locals.iter().collect::<Vec<_>>(), &xs.iter().collect::<Vec<_>>()).unwrap();
+            let what = format!("{} over {ranks} ranks (split: {:?})", path.display(), sharded.split);
+            close(&want[0], &got[0][0], &format!("loss of {what}"));
+            close(&want[1], &got[0][1], &format!("gradient norm of {what}"));
+            for (k, name) in tg.params.iter().enumerate() {
+                let spec = tg.graph.params.iter().find(|p| &p.name == name).unwrap();
+                let parts: Vec<Tensor<f64>> = got.iter().map(|r| r[2 + 3 * k].clone()).collect();
+                let full = spec.shard.as_ref().map_or_else(|| parts[0].clone(), |s| s.gather(&parts));
+                let idx = 2 + 3 * plain.params.iter().position(|p| p == name).unwrap();
+                close(&want[idx], &full, &format!("{name} of {what}"));
+            }
+        }
+    }
+}

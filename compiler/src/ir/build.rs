@@ -9,6 +9,12 @@ use hyb_dsl::value::DType;
 /// The type of `prim` applied to inputs of `types` with `attrs` (one per signature slot).
 /// The shapes must be valid: such nodes are made by the compiler, not the user.
 pub fn infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> TensorType {
+    try_infer_type(prim, attrs, types).unwrap_or_else(|e| panic!("compiler built an invalid {}: {e}", prim.name()))
+}
+
+/// As [`infer_type`], for a pass that tries a transformation and backs off if it does not
+/// type-check.
+pub fn try_infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> Result<TensorType, String> {
     let mut next = types.iter();
     let args: Vec<prims::Arg> = prim
         .signature()
@@ -30,11 +36,9 @@ pub fn infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> TensorTy
             Attr::Absent => prims::Arg::Absent,
         })
         .collect();
-    let out = prim
-        .infer(&args, Ctx { strict: true })
-        .unwrap_or_else(|e| panic!("compiler built an invalid {}: {}", prim.name(), e.message));
+    let out = prim.infer(&args, Ctx { strict: true }).map_err(|e| e.message)?;
     let (shape, dtype) = out.into_iter().next().expect("one output");
-    TensorType { shape, dtype }
+    Ok(TensorType { shape, dtype })
 }
 
 impl Graph {
@@ -44,6 +48,13 @@ impl Graph {
         let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
         let ty = infer_type(prim, &attrs, &types);
         self.add(Op::Prim { prim, attrs }, inputs, ty)
+    }
+
+    /// As [`Graph::apply`], or an error if the shapes do not fit.
+    pub fn try_apply(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> Result<NodeId, String> {
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
+        let ty = try_infer_type(prim, &attrs, &types)?;
+        Ok(self.add(Op::Prim { prim, attrs }, inputs, ty))
     }
 
     /// A scalar constant; it takes the dtype of whatever it is combined with.

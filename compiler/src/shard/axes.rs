@@ -272,18 +272,16 @@ impl Axes {
                     self.block(self.var(y, 2));
                 }
             }
-            Rope | Int8Quant => {
-                for k in 0..rank - 1 {
-                    self.same(ins[0], k, y, k);
-                }
-                self.block(self.var(y, rank - 1));
-            }
-            CausalMask | Tril => {
+            // Needed whole: RoPE's rotation pairs, a token's quantisation scale, the causal
+            // mask's square.
+            Rope | Int8Quant | CausalMask | Tril => {
                 for k in 0..rank {
                     self.same(ins[0], k, y, k);
                 }
-                self.block(self.var(y, rank - 1));
-                self.block(self.var(y, rank - 2));
+                let whole = if matches!(prim, Rope | Int8Quant) { 1 } else { 2 };
+                for k in rank - whole..rank {
+                    self.block(self.var(y, k));
+                }
             }
             _ => {
                 for &x in &ins {

@@ -62,10 +62,11 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
     let mut chosen: BTreeSet<usize> = BTreeSet::new();
     let cost = |set: &BTreeSet<usize>| {
         let classes: BTreeSet<usize> = set.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
-        conflict_free(&g, &axes, &classes).then(|| {
-            let p = emit(&g, &axes, &classes, ranks);
-            explain::total_time(&p, machine) + optimizer_time(&p, machine)
-        })
+        if !conflict_free(&g, &axes, &classes) {
+            return None;
+        }
+        let p = emit(&g, &axes, &classes, ranks).ok()?;
+        Some(explain::total_time(&p, machine) + optimizer_time(&p, machine))
     };
     let mut current = cost(&chosen).expect("nothing split is valid");
     loop {
@@ -87,7 +88,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
     }
     let classes: BTreeSet<usize> = chosen.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
     Sharded {
-        graph: emit(&g, &axes, &classes, ranks),
+        graph: emit(&g, &axes, &classes, ranks).expect("the chosen split was emitted while planning"),
         split: chosen.iter().map(|&f| families[f].0.clone()).collect(),
         candidates: families.iter().map(|f| f.0.clone()).collect(),
         unsplittable: unsplittable(&g, &axes),
@@ -173,6 +174,8 @@ fn conflict_free(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>) -> bool {
         .all(|i| (0..g.nodes[i].ty.shape.len()).filter(|&a| classes.contains(&axes.class(i, a))).count() <= 1)
 }
 
+type Emitted = Result<NodeId, String>;
+
 struct Emitter<'a> {
     g: &'a Graph,
     axes: &'a Axes,
@@ -202,34 +205,34 @@ impl Emitter<'_> {
         s
     }
 
-    fn collective(&mut self, prim: Prim, x: NodeId, axis: Option<usize>) -> NodeId {
+    fn collective(&mut self, prim: Prim, x: NodeId, axis: Option<usize>) -> Emitted {
         let mut attrs = vec![Attr::Tensor];
         if let Some(a) = axis {
             attrs.push(Attr::Int(Dim::constant(a as i64)));
             attrs.push(Attr::Int(Dim::constant(self.ranks as i64)));
         }
-        self.out.apply(prim, attrs, vec![x])
+        self.out.try_apply(prim, attrs, vec![x])
     }
 
     /// Converts new node `x` from layout `have` to `want`.
-    fn convert(&mut self, x: NodeId, have: Layout, want: Layout) -> NodeId {
+    fn convert(&mut self, x: NodeId, have: Layout, want: Layout) -> Emitted {
         use Layout::*;
         match (have, want) {
-            (Replicated, Replicated) | (Partial, Partial) => x,
-            (Split(a), Split(b)) if a == b => x,
+            (Replicated, Replicated) | (Partial, Partial) => Ok(x),
+            (Split(a), Split(b)) if a == b => Ok(x),
             (Partial, Replicated) => self.collective(Prim::AllReduce, x, None),
             (Partial, Split(a)) => self.collective(Prim::ReduceScatter, x, Some(a)),
             (Split(a), Replicated) => self.collective(Prim::AllGather, x, Some(a)),
             (Replicated, Split(a)) => self.collective(Prim::Shard, x, Some(a)),
             (Split(a), Split(b)) => {
-                let full = self.collective(Prim::AllGather, x, Some(a));
+                let full = self.collective(Prim::AllGather, x, Some(a))?;
                 self.collective(Prim::Shard, full, Some(b))
             }
-            (_, Partial) => unreachable!("nothing asks for a partial sum"),
+            (_, Partial) => Err("nothing asks for a partial sum".into()),
         }
     }
 
-    fn param(&mut self, i: NodeId, p: usize) {
+    fn param(&mut self, i: NodeId, p: usize) -> Result<(), String> {
         let n = &self.g.nodes[i];
         let mut spec = self.g.params[p].clone();
         let (shard, layout) = match self.axes.sectioned[i] {
@@ -254,7 +257,9 @@ impl Emitter<'_> {
                 let mut expected_start = 0;
                 for (s, e, split) in &views {
                     let (s, e) = (s.as_const().expect("constant"), e.as_const().expect("constant"));
-                    assert_eq!(s, expected_start, "weight sections tile the weight");
+                    if s != expected_start {
+                        return Err(format!("the sections of {} do not tile it", spec.name));
+                    }
                     expected_start = e;
                     let size = if *split { (e - s) / self.ranks as i64 } else { e - s };
                     table.push((Dim::constant(s), local, size, *split));
@@ -286,6 +291,7 @@ impl Emitter<'_> {
             self.layout[i] = Layout::Replicated;
         }
         self.new_id[i] = self.out.add(Op::Param(p), vec![], TensorType { shape: layout, dtype: n.ty.dtype });
+        Ok(())
     }
 
     /// Whether an op keeps a partial sum partial (it is linear in its partial inputs).
@@ -301,7 +307,7 @@ impl Emitter<'_> {
         }
     }
 
-    fn node(&mut self, i: NodeId) {
+    fn node(&mut self, i: NodeId) -> Result<(), String> {
         let n = &self.g.nodes[i];
         self.out.scope = n.scope;
         let (prim, attrs) = match &n.op {
@@ -310,14 +316,14 @@ impl Emitter<'_> {
             _ => {
                 self.new_id[i] = self.out.add(n.op.clone(), vec![], n.ty.clone());
                 self.layout[i] = Layout::Replicated;
-                return;
+                return Ok(());
             }
         };
         // A view of one section of a sectioned weight.
         if prim == Prim::Slice && self.sections.contains_key(&n.inputs[0]) {
             let Attr::Int(start) = &attrs[2] else { unreachable!("constant slice") };
             let table = &self.sections[&n.inputs[0]];
-            let &(_, local, size, split) = table.iter().find(|(s, ..)| s == start).expect("a section per view");
+            let &(_, local, size, split) = table.iter().find(|(s, ..)| s == start).ok_or("a view is not a section")?;
             let attrs = vec![
                 attrs[0].clone(),
                 attrs[1].clone(),
@@ -328,9 +334,9 @@ impl Emitter<'_> {
                 Attr::Int(d) => d.as_const().expect("constant axis") as usize,
                 _ => unreachable!(),
             };
-            self.new_id[i] = self.out.apply(Prim::Slice, attrs, vec![self.new_id[n.inputs[0]]]);
+            self.new_id[i] = self.out.try_apply(Prim::Slice, attrs, vec![self.new_id[n.inputs[0]]])?;
             self.layout[i] = if split { Layout::Split(ax) } else { Layout::Replicated };
-            return;
+            return Ok(());
         }
         let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
         let want = self.wanted(i);
@@ -341,14 +347,14 @@ impl Emitter<'_> {
             for &x in &n.inputs {
                 let have = self.layout[x];
                 let target = if have == Layout::Partial { have } else { Layout::Replicated };
-                inputs.push(self.convert(self.new_id[x], have, target));
+                inputs.push(self.convert(self.new_id[x], have, target)?);
                 in_layouts.push(target);
             }
             out_layout = Layout::Partial;
         } else {
             for &x in &n.inputs {
                 let target = self.wanted(x);
-                inputs.push(self.convert(self.new_id[x], self.layout[x], target));
+                inputs.push(self.convert(self.new_id[x], self.layout[x], target)?);
                 in_layouts.push(target);
             }
             out_layout = match prim {
@@ -383,7 +389,7 @@ impl Emitter<'_> {
             for (k, &x) in n.inputs.iter().enumerate() {
                 let leaf = matches!(self.g.nodes[x].op, Op::Constant(_) | Op::Input(_));
                 if in_layouts[k] == Layout::Replicated && !leaf && self.g.nodes[x].ty.dtype.is_float() {
-                    inputs[k] = self.out.apply(Prim::TpCopy, vec![Attr::Tensor], vec![inputs[k]]);
+                    inputs[k] = self.out.try_apply(Prim::TpCopy, vec![Attr::Tensor], vec![inputs[k]])?;
                 }
             }
         }
@@ -401,16 +407,24 @@ impl Emitter<'_> {
             }
             _ => attrs,
         };
-        let mut y = self.out.apply(prim, attrs, inputs);
+        let mut y = self.out.try_apply(prim, attrs, inputs)?;
         if prim == Prim::Mean && out_layout == Layout::Partial && !partial.iter().any(|&p| p) {
             y = self.out.scale(y, 1.0 / self.ranks as f64);
         }
+        // Every value must have the shape its layout says; otherwise the analysis let an
+        // axis split that this operation does not carry, and the plan is refused.
+        let whole = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
+        if self.out.nodes[y].ty.shape != self.local_shape(&n.ty.shape, whole) {
+            return Err(format!("{} does not carry the split", prim.name()));
+        }
         self.new_id[i] = y;
         self.layout[i] = out_layout;
+        Ok(())
     }
 }
 
-fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Graph {
+/// The program each rank runs when `classes` are split, or why that split does not work.
+fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Result<Graph, String> {
     let mut e = Emitter {
         g,
         axes,
@@ -422,13 +436,16 @@ fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Grap
         sections: HashMap::new(),
     };
     for i in 0..g.nodes.len() {
-        e.node(i);
+        e.node(i)?;
     }
-    let outputs: Vec<NodeId> =
-        g.outputs.iter().map(|&o| e.convert(e.new_id[o], e.layout[o], Layout::Replicated)).collect();
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&o| e.convert(e.new_id[o], e.layout[o], Layout::Replicated))
+        .collect::<Result<Vec<_>, _>>()?;
     e.out.outputs = outputs;
     e.out.scope = 0;
-    e.out
+    Ok(e.out)
 }
 
 impl ParamShard {
