@@ -193,6 +193,11 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
             let mark = if c.sharded.split.contains(f) { "split     " } else { "replicated" };
             let _ = writeln!(out, "  {mark} {f}");
         }
+        let _ = writeln!(
+            out,
+            "  sequence parallelism between tensor-parallel regions: {}",
+            if c.sharded.sequence_parallel { "on" } else { "off (not cheaper)" }
+        );
         out.push_str("cannot split:\n");
         for u in &c.sharded.unsplittable {
             let _ = writeln!(out, "  {u}");

@@ -300,12 +300,27 @@ proptest! {
     }
 
     #[test]
-    fn tp_copy_scale(a in 1..4usize, b in 1..4usize, c in -2.0..2.0f64, seed in 0..1000u64) {
+    fn collective_scale(a in 1..4usize, b in 1..4usize, c in -2.0..2.0f64, gather in any::<bool>(), seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let x = k.param(&[a, b]);
         let s = k.g.scale(x, c);
-        let y = k.g.unary(Prim::TpCopy, s);
-        k.check(vec![y], "tp-copy-scale");
+        let y = if gather {
+            k.op(Prim::AllGather, vec![Attr::Tensor, Case::int(1), Case::int(1)], vec![s])
+        } else {
+            k.g.unary(Prim::TpCopy, s)
+        };
+        k.check(vec![y], "collective-scale");
+    }
+
+    #[test]
+    fn reduce_scatter(t in 1..4usize, d in 1..4usize, seed in 0..1000u64) {
+        // One process is one rank: both sides are the identity there; the simulated-rank
+        // tests in shard.rs check the rule over 2 and 4 ranks.
+        let mut k = Case::new(seed);
+        let x = k.param(&[2, t, d]);
+        let s = k.g.unary(Prim::AllReduce, x);
+        let y = k.op(Prim::Shard, vec![Attr::Tensor, Case::int(1), Case::int(1)], vec![s]);
+        k.check(vec![y], "reduce-scatter");
     }
 
     #[test]

@@ -121,7 +121,7 @@ fn free_links() -> Machine {
 fn check(ranks: usize, text: &'static str) {
     let g = forward(text);
     let w = weights(&g);
-    let x = inputs(&w, 2, 6);
+    let x = inputs(&w, 2, 8);
     let sharded = shard(&g, ranks, &free_links());
     let families: &[&str] = if text.contains("tie_embeddings = true") {
         &["q_proj", "mamba.in_proj", "gate_proj", "embed_tokens"]
@@ -136,7 +136,15 @@ fn check(ranks: usize, text: &'static str) {
             sharded.candidates
         );
     }
+    assert!(sharded.sequence_parallel, "norms and residuals run on sequence slices");
     let sg = &sharded.graph;
+    // A sequence the ranks do not divide is an error, not a wrong answer.
+    let odd = inputs(&w, 1, 6);
+    let odd_locals: Vec<_> = (0..ranks).map(|r| local(sg, &w, r)).collect();
+    let err = run_ranks(sg, &odd_locals.iter().collect::<Vec<_>>(), &vec![&odd; ranks]);
+    if ranks == 4 {
+        assert!(matches!(err, Err(hyb_compiler::reference::RunError::Indivisible(_))));
+    }
     let locals: Vec<_> = (0..ranks).map(|r| local(sg, &w, r)).collect();
     let xs: Vec<_> = (0..ranks).map(|r| local(sg, &x, r)).collect();
     let lrefs: Vec<_> = locals.iter().collect();
@@ -221,7 +229,7 @@ fn every_example_shards_exactly() {
             .unwrap();
         let w = weights(&g);
         let vocab = g.nodes[g.outputs[0]].ty.shape[2].as_const().unwrap() as usize;
-        let mut x = inputs(&w, 1, 5);
+        let mut x = inputs(&w, 1, 8);
         for key in ["ids", "targets"] {
             let t = x.get_mut(key).unwrap();
             t.data.iter_mut().for_each(|v| *v = (*v as usize % vocab) as f64);

@@ -29,6 +29,35 @@ impl Dim {
         Dim { terms: BTreeMap::from([(vec![name.to_string()], 1)]) }
     }
 
+    /// One of `parts` equal parts of a lone symbol (`T` → `T/4`), for a rank's share of
+    /// the sequence; `None` for anything else.
+    pub fn part_of(&self, parts: i64) -> Option<Dim> {
+        match self.terms.iter().next() {
+            Some((m, 1)) if self.terms.len() == 1 && m.len() == 1 => Some(Dim::symbol(&format!("{}/{parts}", m[0]))),
+            _ => None,
+        }
+    }
+
+    /// The whole a [`Dim::part_of`] was cut from, if `parts` matches.
+    pub fn whole_of(&self, parts: i64) -> Option<Dim> {
+        match self.terms.iter().next() {
+            Some((m, 1)) if self.terms.len() == 1 && m.len() == 1 => {
+                m[0].strip_suffix(&format!("/{parts}")).map(Dim::symbol)
+            }
+            _ => None,
+        }
+    }
+
+    /// Binds `S/k` from the binding of `S` (the sizes of [`Dim::part_of`] symbols).
+    pub fn bind_parts(name: &str, bind: &dyn Fn(&str) -> Option<i64>) -> Option<i64> {
+        if let Some(v) = bind(name) {
+            return Some(v);
+        }
+        let (whole, parts) = name.split_once('/')?;
+        let (w, k) = (bind(whole)?, parts.parse::<i64>().ok()?);
+        (k > 0 && w % k == 0).then_some(w / k)
+    }
+
     pub fn as_const(&self) -> Option<i64> {
         match self.terms.len() {
             0 => Some(0),

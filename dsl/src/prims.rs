@@ -473,7 +473,12 @@ impl Prim {
                 let Some(dim) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) else {
                     return Err(rank_err(1, format!("axis {a} is out of range for {}", shape_string(&s))));
                 };
-                let new = if self == Prim::AllGather { dim.mul(&ranks) } else { dim.div_exact(&ranks) };
+                let k = ranks.as_const().unwrap_or(0);
+                let new = if self == Prim::AllGather {
+                    dim.whole_of(k).or_else(|| dim.mul(&ranks))
+                } else {
+                    dim.div_exact(&ranks).or_else(|| dim.part_of(k))
+                };
                 match new {
                     Some(n) => *dim = n,
                     None => return Err(err(2, format!("{dim} does not split into {ranks} equal parts"))),

@@ -22,6 +22,8 @@ pub enum RunError {
     InputShape { name: String, expected: String, got: Vec<usize> },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: f64, vocab: usize },
+    #[error("the program splits a dimension into `{0}`, which the inputs do not divide")]
+    Indivisible(String),
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the
@@ -45,7 +47,12 @@ pub fn run_ranks<T: Real>(
     let ranks = params.len();
     assert_eq!(ranks, inputs.len(), "one input map per rank");
     let symbols = bind_symbols(g, inputs[0])?;
-    let bind = |s: &str| symbols.get(s).copied();
+    let bind = |s: &str| Dim::bind_parts(s, &|name| symbols.get(name).copied());
+    for n in &g.nodes {
+        if let Some(d) = n.ty.shape.iter().find(|d| d.eval(&bind).is_none()) {
+            return Err(RunError::Indivisible(d.to_string()));
+        }
+    }
     let mut last_use = vec![0usize; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for &x in &n.inputs {

@@ -74,12 +74,12 @@ impl Work {
 
 impl Machine {
     pub fn dim(&self, d: &Dim) -> f64 {
-        d.eval(&|s| match s {
+        let bind = |s: &str| match s {
             "B" => Some(self.batch),
             "T" => Some(self.seq),
             _ => None,
-        })
-        .unwrap_or(1) as f64
+        };
+        d.eval(&|s| Dim::bind_parts(s, &bind)).unwrap_or(1) as f64
     }
 
     pub fn numel(&self, t: &TensorType) -> f64 {

@@ -11,6 +11,7 @@
 
 pub mod axes;
 pub mod sections;
+pub mod sequence;
 
 use crate::explain;
 use crate::ir::{Attr, Graph, NodeId, Op, ParamShard, Section, TensorType};
@@ -38,6 +39,8 @@ pub struct Sharded {
     pub candidates: Vec<String>,
     /// Parameter axes no family can split, with the reason (`name axis a: why`).
     pub unsplittable: Vec<String>,
+    /// Whether per-token work between tensor-parallel regions runs on sequence slices.
+    pub sequence_parallel: bool,
     /// Predicted step time of the forward pass, before and after sharding (seconds).
     pub time_before: f64,
     pub time_after: f64,
@@ -52,6 +55,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
             split: vec![],
             candidates: vec![],
             unsplittable: vec![],
+            sequence_parallel: false,
             time_before: base,
             time_after: base,
         };
@@ -87,8 +91,19 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
         }
     }
     let classes: BTreeSet<usize> = chosen.iter().flat_map(|&f| families[f].1.iter().copied()).collect();
+    let mut graph = emit(&g, &axes, &classes, ranks).expect("the chosen split was emitted while planning");
+    let mut sequence_parallel = false;
+    if let Ok(sp) = sequence::sequence_parallel(&graph, ranks) {
+        let t = explain::total_time(&sp, machine) + optimizer_time(&sp, machine);
+        if t < current * (1.0 - 1e-6) {
+            graph = sp;
+            current = t;
+            sequence_parallel = true;
+        }
+    }
     Sharded {
-        graph: emit(&g, &axes, &classes, ranks).expect("the chosen split was emitted while planning"),
+        graph,
+        sequence_parallel,
         split: chosen.iter().map(|&f| families[f].0.clone()).collect(),
         candidates: families.iter().map(|f| f.0.clone()).collect(),
         unsplittable: unsplittable(&g, &axes),

@@ -21,22 +21,36 @@ pub fn rules() -> Vec<Rule> {
         Rule { name: "matmul-scale-weight", on: &[Prim::Matmul], apply: matmul_scale_weight },
         Rule { name: "linear-concat-split", on: &[Prim::Matmul], apply: linear_concat_split },
         Rule { name: "linear-concat-merge", on: &[Prim::Add], apply: linear_concat_merge },
-        Rule { name: "tp-copy-scale", on: &[Prim::TpCopy], apply: tp_copy_scale },
+        Rule { name: "collective-scale", on: &[Prim::TpCopy, Prim::AllGather], apply: collective_scale },
+        Rule { name: "reduce-scatter", on: &[Prim::Shard], apply: reduce_scatter },
     ]
 }
 
-/// `tp_copy(x·c) = tp_copy(x)·c`: both sides are linear, forward and backward, so the
-/// multipliers of sharded branches move off the shared input (which can then feed one
-/// merged GEMM and one all-reduce of its gradient).
-fn tp_copy_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+/// `shard(all_reduce(x)) = reduce_scatter(x)`: each rank keeps only its slice of the sum,
+/// so half the traffic (the backward pass of a sequence-parallel all-gather).
+fn reduce_scatter(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some((_, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let attrs = attrs.to_vec();
+    nodes_of(eg, n.children[0], Prim::AllReduce)
+        .into_iter()
+        .map(|(sum, _)| (class, add_prim(eg, Prim::ReduceScatter, attrs.clone(), vec![sum.children[0]])))
+        .collect()
+}
+
+/// `tp_copy(x·c) = tp_copy(x)·c`, `all_gather(x·c) = all_gather(x)·c`: both sides are
+/// linear, forward and backward, so the multipliers of the branches move off the shared
+/// input, which then feeds one merged GEMM, one all-gather and one gradient all-reduce.
+fn collective_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let dtype = eg[class].data.ty.dtype;
+    let Some((prim, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let (prim, attrs) = (prim, attrs.to_vec());
     let mut out = Vec::new();
     for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
         let Some((x, c)) = scaled(eg, &inner) else { continue };
         if shape(eg, x) != shape(eg, class) {
             continue;
         }
-        let copy = add_prim(eg, Prim::TpCopy, vec![Attr::Tensor], vec![x]);
+        let copy = add_prim(eg, prim, attrs.clone(), vec![x]);
         let k = add_const(eg, c, dtype);
         out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![copy, k])));
     }
