@@ -16,11 +16,14 @@ pub struct Coster<'a> {
     pub eg: &'a EGraph,
     pub machine: &'a Machine,
     kernel_flops: HashMap<usize, f64>,
+    /// Whether a pointwise op reading a slice of a GEMM's output (a merged GEMM) counts as
+    /// its epilogue: true when fusion puts every slice's reader in the GEMM's kernel.
+    slices_in_epilogue: bool,
 }
 
 impl<'a> Coster<'a> {
-    pub fn new(eg: &'a EGraph, machine: &'a Machine) -> Self {
-        Coster { eg, machine, kernel_flops: HashMap::new() }
+    pub fn new(eg: &'a EGraph, machine: &'a Machine, slices_in_epilogue: bool) -> Self {
+        Coster { eg, machine, kernel_flops: HashMap::new(), slices_in_epilogue }
     }
 
     /// The time of node `n` of class `class`.
@@ -67,8 +70,9 @@ impl<'a> Coster<'a> {
         }
     }
 
-    /// A pointwise node one of whose inputs is produced by a GEMM (through views), the
-    /// others being scalars or vectors: a GEMM epilogue.
+    /// A pointwise node one of whose inputs is produced by a GEMM (through views; through a
+    /// slice only if `slices_in_epilogue`), the others being scalars or vectors: a GEMM
+    /// epilogue.
     fn feeds_from_gemm(&self, n: &ENode, choice: &Choice) -> bool {
         let eg = self.eg;
         let small = |id: Id| eg[id].data.ty.shape.iter().filter(|d| d.as_const() != Some(1)).count() <= 1;
@@ -76,7 +80,9 @@ impl<'a> Coster<'a> {
             let Some(c) = choice.get(&eg.find(id)) else { return false };
             match eg.analysis.op(c) {
                 OpKind::Prim(Prim::Matmul, _) => return true,
-                OpKind::Prim(p, _) if is_view(*p) => id = c.children[0],
+                OpKind::Prim(p, _) if is_view(*p) && (*p != Prim::Slice || self.slices_in_epilogue) => {
+                    id = c.children[0]
+                }
                 OpKind::Kernel(k) => return matches!(eg.analysis.kernels[*k].kind, crate::ir::KernelKind::BitLinear),
                 _ => return false,
             }
@@ -118,9 +124,9 @@ pub fn dag_cost(coster: &mut Coster, choice: &Choice, roots: &[Id]) -> Option<f6
     Some(total)
 }
 
-/// Picks the cheapest program computing `roots`.
-pub fn extract(eg: &EGraph, roots: &[Id], machine: &Machine) -> Choice {
-    let mut coster = Coster::new(eg, machine);
+/// Picks the cheapest program computing `roots` (see [`Coster`] for `slices_in_epilogue`).
+pub fn extract(eg: &EGraph, roots: &[Id], machine: &Machine, slices_in_epilogue: bool) -> Choice {
+    let mut coster = Coster::new(eg, machine, slices_in_epilogue);
     let mut best: HashMap<Id, f64> = HashMap::new();
     let mut choice = Choice::new();
     // Greedy tree cost to a fixed point; a tiny per-node term prefers fewer nodes on ties.

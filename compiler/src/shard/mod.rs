@@ -23,7 +23,7 @@ use hyb_dsl::prims::Prim;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where a value lives across ranks.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Layout {
     Replicated,
     Split(usize),
@@ -201,6 +201,9 @@ struct Emitter<'a> {
     layout: Vec<Layout>,
     /// Sectioned parameters: per section `(full start, local start, local size, split)`.
     sections: HashMap<NodeId, Vec<(Dim, i64, i64, bool)>>,
+    /// How many nodes read each node of the original graph.
+    readers: Vec<usize>,
+    converted: HashMap<(NodeId, Layout), NodeId>,
 }
 
 impl Emitter<'_> {
@@ -229,8 +232,17 @@ impl Emitter<'_> {
         self.out.try_apply(prim, attrs, vec![x])
     }
 
-    /// Converts new node `x` from layout `have` to `want`.
+    /// Node `x` of the new graph in layout `want` (converted once, however many read it).
     fn convert(&mut self, x: NodeId, have: Layout, want: Layout) -> Emitted {
+        if let Some(&y) = self.converted.get(&(x, want)) {
+            return Ok(y);
+        }
+        let y = self.convert_new(x, have, want)?;
+        self.converted.insert((x, want), y);
+        Ok(y)
+    }
+
+    fn convert_new(&mut self, x: NodeId, have: Layout, want: Layout) -> Emitted {
         use Layout::*;
         match (have, want) {
             (Replicated, Replicated) | (Partial, Partial) => Ok(x),
@@ -309,17 +321,27 @@ impl Emitter<'_> {
         Ok(())
     }
 
-    /// Whether an op keeps a partial sum partial (it is linear in its partial inputs).
-    fn keeps_partial(prim: Prim, partial: &[bool]) -> bool {
+    /// Whether node `i` keeps its partial-sum inputs partial: it is linear in them, it is
+    /// their only reader (or each would be reduced again by its other readers), and its
+    /// output is no larger (reducing later must not move more data).
+    fn keeps_partial(&self, i: NodeId, prim: Prim, partial: &[bool]) -> bool {
         use Prim::*;
         let count = partial.iter().filter(|&&p| p).count();
-        match prim {
+        let linear = match prim {
             Add | Sub => count == partial.len(),
             Mul | Matmul => count == 1,
             Div => partial == [true, false],
-            Neg | Reshape | Transpose | Permute | Slice | Broadcast | Sum | Mean | Cast => count == 1,
+            Neg | Reshape | Transpose | Permute | Slice | Sum | Mean | Cast => count == 1,
             _ => false,
-        }
+        };
+        let n = &self.g.nodes[i];
+        let numel = |s: &[Dim]| s.iter().map(|d| d.as_const().unwrap_or(1)).product::<i64>();
+        linear
+            && n.inputs
+                .iter()
+                .zip(partial)
+                .filter(|(_, &p)| p)
+                .all(|(&x, _)| self.readers[x] == 1 && numel(&n.ty.shape) <= numel(&self.g.nodes[x].ty.shape))
     }
 
     fn node(&mut self, i: NodeId) -> Result<(), String> {
@@ -358,7 +380,7 @@ impl Emitter<'_> {
         let mut inputs = Vec::new();
         let mut in_layouts = Vec::new();
         let out_layout;
-        if partial.iter().any(|&p| p) && want == Layout::Replicated && Self::keeps_partial(prim, &partial) {
+        if partial.iter().any(|&p| p) && want == Layout::Replicated && self.keeps_partial(i, prim, &partial) {
             for &x in &n.inputs {
                 let have = self.layout[x];
                 let target = if have == Layout::Partial { have } else { Layout::Replicated };
@@ -449,6 +471,16 @@ fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Resu
         new_id: vec![usize::MAX; g.nodes.len()],
         layout: vec![Layout::Replicated; g.nodes.len()],
         sections: HashMap::new(),
+        readers: {
+            let mut r = vec![0; g.nodes.len()];
+            for n in &g.nodes {
+                for &x in &n.inputs {
+                    r[x] += 1;
+                }
+            }
+            r
+        },
+        converted: HashMap::new(),
     };
     for i in 0..g.nodes.len() {
         e.node(i)?;

@@ -47,7 +47,7 @@ fn collective_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let mut out = Vec::new();
     for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
         let Some((x, c)) = scaled(eg, &inner) else { continue };
-        if shape(eg, x) != shape(eg, class) {
+        if shape(eg, x) != shape(eg, n.children[0]) {
             continue;
         }
         let copy = add_prim(eg, prim, attrs.clone(), vec![x]);
