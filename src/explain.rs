@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels, stored_weight, total, total_time};
-use hyb_compiler::ir::{Graph, KernelKind, Op};
+use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op};
 use hyb_compiler::pipeline::{compile, Compiled, Target};
 use hyb_compiler::rewrite::cost::Machine;
 use hyb_compiler::rewrite::Options;
@@ -210,19 +210,12 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
             Some(sh) => sh.describe(),
             None => "replicated".to_string(),
         };
-        *rows.entry((generic(&p.name), format!("{:?}", p.shape), layout)).or_default() += 1;
+        *rows.entry((generic_name(&p.name), format!("{:?}", p.shape), layout)).or_default() += 1;
     }
     for ((name, shape, layout), n) in rows {
         let _ = writeln!(out, "  {name:<48} ×{n:<3} {shape:<14} {layout}");
     }
     out
-}
-
-fn generic(name: &str) -> String {
-    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
-        Some((_, rest)) => format!("layers.*.{rest}"),
-        None => name.to_string(),
-    }
 }
 
 /// Matmuls whose weight is several parameters packed together, by the names packed.
@@ -233,7 +226,9 @@ fn packed_gemms(g: &Graph) -> BTreeMap<String, usize> {
         let names: Option<Vec<String>> = n
             .inputs
             .iter()
-            .map(|&i| stored_weight(g, i).map(|p| generic(&g.params[p].name).trim_end_matches(".weight").to_string()))
+            .map(|&i| {
+                stored_weight(g, i).map(|p| generic_name(&g.params[p].name).trim_end_matches(".weight").to_string())
+            })
             .collect();
         if let Some(names) = names {
             // Sections of one weight (a sharded Mamba in_proj) are named once.

@@ -2,7 +2,7 @@
 //! operations, weights, FLOPs, bytes, predicted time), grouped by distinct region so a
 //! 72-layer model prints each layer body once; and a Graphviz picture.
 
-use crate::ir::{Graph, Kernel, Node, NodeId, Op};
+use crate::ir::{generic_name, Graph, Kernel, Node, NodeId, Op};
 use crate::rewrite::cost::{is_view, Machine, Work};
 use crate::rewrite::region;
 use hyb_dsl::prims::Prim;
@@ -71,12 +71,9 @@ pub fn stored_weight(g: &Graph, mut x: NodeId) -> Option<usize> {
     }
 }
 
-/// Parameter names with the layer index replaced by `*`, so repeated layers read alike.
+/// A parameter's generic name without the `.weight` suffix.
 fn generic(name: &str) -> String {
-    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
-        Some((_, rest)) => format!("layers.*.{}", rest.trim_end_matches(".weight")),
-        None => name.trim_end_matches(".weight").to_string(),
-    }
+    generic_name(name).trim_end_matches(".weight").to_string()
 }
 
 fn weights_read(g: &Graph, n: &Node) -> Vec<String> {

@@ -3,13 +3,14 @@
 //! training step (loss, gradient norm, updated weights and moments), after e-graph rewriting
 //! and fusion; the expected rewrites fire.
 
-use hyb_compiler::elaborate::elaborate;
+mod common;
+
+use common::{forward, inputs, weights};
 use hyb_compiler::ir::{Graph, KernelKind, Op};
 use hyb_compiler::reference::{run, Tensor};
 use hyb_compiler::rewrite::{optimize, saturate, Options};
 use hyb_compiler::training::{training_graph, AdamW};
 use hyb_dsl::prims::Prim;
-use std::collections::HashMap;
 
 const MODEL: &str = r#"
 import std.layers
@@ -40,56 +41,6 @@ model tiny_falcon {
 }
 "#;
 
-fn forward() -> Graph {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(|| {
-            let checked = hyb_dsl::check::check_text("tiny_falcon.hyb", MODEL);
-            assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
-            elaborate(&checked.models[0].1.trace)
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn rand(s: &mut u64) -> f64 {
-    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-}
-
-fn weights(g: &Graph) -> HashMap<String, Tensor<f64>> {
-    let mut s = 7;
-    g.params
-        .iter()
-        .map(|p| {
-            let n: usize = p.shape.iter().product();
-            let data = (0..n).map(|_| 0.3 * rand(&mut s)).collect();
-            (p.name.clone(), Tensor::new(p.shape.clone(), data))
-        })
-        .collect()
-}
-
-fn inputs(g: &Graph, params: &HashMap<String, Tensor<f64>>, b: usize, t: usize) -> HashMap<String, Tensor<f64>> {
-    let mut s = 3;
-    let mut m = HashMap::new();
-    let ids = |k: usize| Tensor::new(vec![b, t], (0..b * t).map(|i| ((i * 37 + 11 * k) % 61) as f64).collect());
-    m.insert("ids".to_string(), ids(1));
-    m.insert("targets".to_string(), ids(2));
-    m.insert("loss_weights".to_string(), Tensor::new(vec![b, t], vec![1.0 / (b * t) as f64; b * t]));
-    for (name, v) in [("lr", 1e-2), ("bias_correction1", 0.1), ("bias_correction2", 0.05)] {
-        m.insert(name.to_string(), Tensor::scalar(v));
-    }
-    for (name, w) in params {
-        for prefix in ["m.", "v."] {
-            let data = w.data.iter().map(|_| 0.01 * (rand(&mut s) + 1.0)).collect();
-            m.insert(format!("{prefix}{name}"), Tensor::new(w.shape.clone(), data));
-        }
-    }
-    let _ = g;
-    m
-}
-
 fn assert_close(a: &[Tensor<f64>], b: &[Tensor<f64>], tol: f64) {
     assert_eq!(a.len(), b.len());
     for (k, (x, y)) in a.iter().zip(b).enumerate() {
@@ -112,9 +63,9 @@ fn kernels(g: &Graph) -> Vec<&hyb_compiler::ir::Kernel> {
 
 #[test]
 fn rewritten_forward_gives_the_same_logits() {
-    let g = forward();
-    let w = weights(&g);
-    let x = inputs(&g, &w, 2, 9);
+    let g = forward(MODEL);
+    let w = weights(&g, 7);
+    let x = inputs(&w, 2, 9, 61);
     let want = run(&g, &w, &x).unwrap();
     let opts = Options::default();
     let (saturated, report) = saturate(&g, &opts);
@@ -135,9 +86,9 @@ fn rewritten_forward_gives_the_same_logits() {
 
 #[test]
 fn rewritten_training_step_gives_the_same_update() {
-    let g = forward();
-    let w = weights(&g);
-    let x = inputs(&g, &w, 2, 7);
+    let g = forward(MODEL);
+    let w = weights(&g, 7);
+    let x = inputs(&w, 2, 7, 61);
     let opt = AdamW::default();
     let plain = training_graph(&g, &opt, 1.0).graph;
     let want = run(&plain, &w, &x).unwrap();

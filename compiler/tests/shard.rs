@@ -2,6 +2,9 @@
 //! collectives) and must give the unsharded logits, loss, gradient norm and AdamW update —
 //! for a tiny Falcon-H1 with GQA, grouped B/C, gated norm and biases, over 2 and 4 ranks.
 
+mod common;
+
+use common::{forward, inputs, weights};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::pipeline::{compile, Target};
@@ -42,55 +45,6 @@ model tiny_falcon_tp {
 }
 "#;
 
-fn forward(text: &'static str) -> Graph {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(move || {
-            let checked = hyb_dsl::check::check_text("tp.hyb", text);
-            assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
-            elaborate(&checked.models[0].1.trace)
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn rand(s: &mut u64) -> f64 {
-    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-}
-
-fn weights(g: &Graph) -> HashMap<String, Tensor<f64>> {
-    let mut s = 11;
-    g.params
-        .iter()
-        .map(|p| {
-            let n: usize = p.shape.iter().product();
-            (p.name.clone(), Tensor::new(p.shape.clone(), (0..n).map(|_| 0.3 * rand(&mut s)).collect()))
-        })
-        .collect()
-}
-
-fn inputs(w: &HashMap<String, Tensor<f64>>, b: usize, t: usize) -> HashMap<String, Tensor<f64>> {
-    let mut s = 5;
-    let ids = |k: usize| Tensor::new(vec![b, t], (0..b * t).map(|i| ((i * 29 + 7 * k) % 64) as f64).collect());
-    let mut m = HashMap::from([
-        ("ids".to_string(), ids(1)),
-        ("targets".to_string(), ids(2)),
-        ("loss_weights".to_string(), Tensor::new(vec![b, t], vec![1.0 / (b * t) as f64; b * t])),
-        ("lr".to_string(), Tensor::scalar(1e-2)),
-        ("bias_correction1".to_string(), Tensor::scalar(0.1)),
-        ("bias_correction2".to_string(), Tensor::scalar(0.05)),
-    ]);
-    for (name, x) in w {
-        for prefix in ["m.", "v."] {
-            let data = x.data.iter().map(|_| 0.01 * (rand(&mut s) + 1.0)).collect();
-            m.insert(format!("{prefix}{name}"), Tensor::new(x.shape.clone(), data));
-        }
-    }
-    m
-}
-
 /// Rank `r`'s parameters and optimizer state: its shard of each.
 fn local(g: &Graph, full: &HashMap<String, Tensor<f64>>, rank: usize) -> HashMap<String, Tensor<f64>> {
     let mut out = full.clone();
@@ -120,8 +74,8 @@ fn free_links() -> Machine {
 
 fn check(ranks: usize, text: &'static str) {
     let g = forward(text);
-    let w = weights(&g);
-    let x = inputs(&w, 2, 8);
+    let w = weights(&g, 11);
+    let x = inputs(&w, 2, 8, 64);
     let sharded = shard(&g, ranks, &free_links());
     let families: &[&str] = if text.contains("tie_embeddings = true") {
         &["q_proj", "mamba.in_proj", "gate_proj", "embed_tokens"]
@@ -139,7 +93,7 @@ fn check(ranks: usize, text: &'static str) {
     assert!(sharded.sequence_parallel, "norms and residuals run on sequence slices");
     let sg = &sharded.graph;
     // A sequence the ranks do not divide is an error, not a wrong answer.
-    let odd = inputs(&w, 1, 6);
+    let odd = inputs(&w, 1, 6, 64);
     let odd_locals: Vec<_> = (0..ranks).map(|r| local(sg, &w, r)).collect();
     let err = run_ranks(sg, &odd_locals.iter().collect::<Vec<_>>(), &vec![&odd; ranks]);
     if ranks == 4 {
@@ -227,13 +181,9 @@ fn every_example_shards_exactly() {
             .unwrap()
             .join()
             .unwrap();
-        let w = weights(&g);
+        let w = weights(&g, 11);
         let vocab = g.nodes[g.outputs[0]].ty.shape[2].as_const().unwrap() as usize;
-        let mut x = inputs(&w, 1, 8);
-        for key in ["ids", "targets"] {
-            let t = x.get_mut(key).unwrap();
-            t.data.iter_mut().for_each(|v| *v = (*v as usize % vocab) as f64);
-        }
+        let x = inputs(&w, 1, 8, vocab);
         let opt = AdamW::default();
         let plain = training_graph(&g, &opt, 1.0);
         let want = run(&plain.graph, &w, &x).unwrap();

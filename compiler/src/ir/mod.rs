@@ -106,6 +106,15 @@ pub struct Node {
     pub scope: u32,
 }
 
+/// A parameter's name with its layer index replaced by `*` (`layers.*.mamba.D`), so the
+/// same parameter of every layer reads alike in reports.
+pub fn generic_name(name: &str) -> String {
+    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+        Some((_, rest)) => format!("layers.*.{rest}"),
+        None => name.to_string(),
+    }
+}
+
 /// How a parameter is created and trained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamSpec {

@@ -14,7 +14,7 @@ pub mod sections;
 pub mod sequence;
 
 use crate::explain;
-use crate::ir::{Attr, Graph, NodeId, Op, ParamShard, Section, TensorType};
+use crate::ir::{generic_name, Attr, Graph, NodeId, Op, ParamShard, Section, TensorType};
 use crate::reference::Tensor;
 use crate::rewrite::cost::Machine;
 use axes::Axes;
@@ -119,28 +119,20 @@ fn optimizer_time(g: &Graph, m: &Machine) -> f64 {
     elements as f64 * 7.0 * 4.0 / m.mem_bw
 }
 
-/// Parameter names with the layer index replaced by `*`.
-fn generic(name: &str) -> String {
-    match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
-        Some((_, rest)) => format!("layers.*.{rest}"),
-        None => name.to_string(),
-    }
-}
-
 /// Splittable classes touching parameters, grouped by the parameter axes they contain
 /// (equal layers give equal keys): `(description, classes)`.
 fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
     let mut keys: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let (name, section) = match &n.op {
-            Op::Param(p) => (generic(&g.params[*p].name), None),
+            Op::Param(p) => (generic_name(&g.params[*p].name), None),
             Op::Prim { prim: Prim::Slice, attrs } if axes.sectioned[n.inputs[0]].is_some() => {
                 let Op::Param(p) = g.nodes[n.inputs[0]].op else { continue };
                 let start = match &attrs[2] {
                     Attr::Int(d) => d.to_string(),
                     _ => continue,
                 };
-                (generic(&g.params[p].name), Some(start))
+                (generic_name(&g.params[p].name), Some(start))
             }
             _ => continue,
         };
@@ -176,7 +168,7 @@ fn unsplittable(g: &Graph, axes: &Axes) -> Vec<String> {
                 continue;
             }
             if let Some(why) = axes.why_blocked(axes.class(i, a)) {
-                out.insert(format!("{} axis {a}: {why}", generic(&g.params[p].name)));
+                out.insert(format!("{} axis {a}: {why}", generic_name(&g.params[p].name)));
             }
         }
     }
