@@ -43,6 +43,7 @@ pub struct ExplainArgs {
 
 pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result<()> {
     anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
+    anyhow::ensure!(args.batch >= 1 && args.seq >= 1, "--batch and --seq must be at least 1");
     let machine = Machine { batch: args.batch, seq: args.seq, ..Machine::default() };
     let opts = Options { machine: machine.clone(), ..Options::default() };
     let start = Instant::now();
