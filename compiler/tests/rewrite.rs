@@ -122,3 +122,29 @@ fn packed_projections(g: &Graph) -> usize {
         })
         .count()
 }
+
+#[test]
+fn graph_to_rec_expr_and_back_keeps_parameters_and_values() {
+    use hyb_compiler::rewrite::{expr::to_rec_expr, region::Region};
+    let g = forward(MODEL);
+    let leaf = |n: &hyb_compiler::ir::Node| matches!(n.op, Op::Input(_) | Op::Param(_));
+    let whole = Region {
+        scope: 0,
+        nodes: (0..g.nodes.len()).filter(|&i| !leaf(&g.nodes[i])).collect(),
+        leaves: (0..g.nodes.len()).filter(|&i| leaf(&g.nodes[i])).collect(),
+        outputs: g.outputs.clone(),
+    };
+    let program = to_rec_expr(&g, &whole);
+    assert_eq!(program.expr.as_ref().len(), g.nodes.len());
+    let back = program.to_graph(&g);
+    let names = |g: &Graph| {
+        let mut v: Vec<String> = g.params.iter().map(|p| p.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&back), names(&g));
+    assert_eq!(back.nodes.len(), g.nodes.len());
+    let w = weights(&g, 3);
+    let x = inputs(&w, 2, 5, 61);
+    assert_eq!(run(&back, &w, &x).unwrap(), run(&g, &w, &x).unwrap());
+}

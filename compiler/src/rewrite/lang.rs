@@ -55,6 +55,8 @@ pub struct Leaf {
     pub ty: TensorType,
     /// A learnable parameter (so rules may pre-pack or pre-scale it).
     pub weight: bool,
+    /// The node of the original graph it stands for.
+    pub node: crate::ir::NodeId,
 }
 
 /// Facts about an e-class that rule conditions read.
@@ -71,7 +73,7 @@ pub struct Data {
 /// The analysis: operator and kernel tables, leaf facts, and the multi-class alternatives
 /// rules create (a merged GEMM replaces several classes at once: extraction must weigh
 /// the group together).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Ctx {
     pub ops: Vec<OpKind>,
     index: HashMap<OpKind, u32>,

@@ -5,6 +5,7 @@
 //! fusion then groups pointwise chains into kernels.
 
 pub mod cost;
+pub mod expr;
 mod extract;
 pub mod fuse;
 pub mod kernels;
@@ -12,10 +13,10 @@ pub mod lang;
 pub mod region;
 pub mod rules;
 
-use crate::ir::{Graph, NodeId, Op, TensorType};
+use crate::ir::{Graph, NodeId, Op};
 use cost::Machine;
 use egg::{Id, Runner, SimpleScheduler};
-use lang::{Ctx, EGraph, ENode, Leaf, OpKind};
+use lang::{EGraph, ENode};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -60,16 +61,9 @@ impl Report {
 
 /// A region's optimised body, ready to be stamped out for every region with its signature.
 struct Template {
-    nodes: Vec<(Op, Vec<Ref>, TensorType)>,
-    outputs: Vec<Ref>,
+    program: expr::Program,
     fired: BTreeMap<&'static str, usize>,
     egraph_nodes: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Ref {
-    Leaf(usize),
-    Node(usize),
 }
 
 /// Rewrites every region of `g` with the e-graph rules, then fuses pointwise chains.
@@ -103,17 +97,8 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
         report.max_egraph_nodes = report.max_egraph_nodes.max(t.egraph_nodes);
         out.scope = r.scope;
         let leaves: Vec<NodeId> = r.leaves.iter().map(|&l| new_id[l].expect("leaves precede")).collect();
-        let mut made = Vec::with_capacity(t.nodes.len());
-        let resolve = |x: &Ref, made: &[NodeId]| match *x {
-            Ref::Leaf(l) => leaves[l],
-            Ref::Node(k) => made[k],
-        };
-        for (op, inputs, ty) in &t.nodes {
-            let inputs = inputs.iter().map(|x| resolve(x, &made)).collect();
-            made.push(out.add(op.clone(), inputs, ty.clone()));
-        }
-        for (&o, x) in r.outputs.iter().zip(&t.outputs) {
-            new_id[o] = Some(resolve(x, &made));
+        for (&o, made) in r.outputs.iter().zip(t.program.instantiate(&mut out, &leaves)) {
+            new_id[o] = Some(made);
         }
     }
     out.outputs = g.outputs.iter().map(|&o| new_id[o].expect("outputs are computed")).collect();
@@ -133,60 +118,17 @@ fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
     // follows: extract both ways and keep the program that is faster once fused. The first
     // (fewer, larger GEMMs) wins unless the other is faster by more than the roofline
     // model can resolve (5%).
-    let mut best: Option<(f64, Template)> = None;
+    let mut best: Option<(f64, expr::Program)> = None;
     for (slices_in_epilogue, margin) in [(true, 1.0), (false, 0.95)] {
         let choice = extract::extract(&eg, &roots, &opts.machine, slices_in_epilogue);
-        let mut t = Template { nodes: vec![], outputs: vec![], fired: fired.clone(), egraph_nodes: eg.total_size() };
-        let mut made: HashMap<Id, Ref> = HashMap::new();
-        for &root in &roots {
-            let x = emit(&eg, &choice, eg.find(root), &mut made, &mut t.nodes);
-            t.outputs.push(x);
-        }
-        let time = crate::explain::total_time(&fuse::fuse(&t.graph(g, r)), &opts.machine);
+        let program = extracted(&eg, &choice, &roots);
+        let time = crate::explain::total_time(&fuse::fuse(&program.to_graph(g)), &opts.machine);
         if best.as_ref().is_none_or(|(b, _)| time < *b * margin) {
-            best = Some((time, t));
+            best = Some((time, program));
         }
     }
-    best.expect("two candidates").1
-}
-
-impl Template {
-    /// The template as a graph of its own, the region's leaves as parameters and inputs.
-    fn graph(&self, g: &Graph, r: &region::Region) -> Graph {
-        let mut out = Graph::default();
-        let mut leaves = Vec::new();
-        for &l in &r.leaves {
-            let n = &g.nodes[l];
-            let op = match n.op {
-                Op::Param(p) => {
-                    out.params.push(g.params[p].clone());
-                    Op::Param(out.params.len() - 1)
-                }
-                _ => Op::Input(format!("leaf{}", leaves.len())),
-            };
-            leaves.push(out.add(op, vec![], n.ty.clone()));
-        }
-        let mut made = Vec::new();
-        for (op, inputs, ty) in &self.nodes {
-            let ins = inputs
-                .iter()
-                .map(|x| match *x {
-                    Ref::Leaf(l) => leaves[l],
-                    Ref::Node(k) => made[k],
-                })
-                .collect();
-            made.push(out.add(op.clone(), ins, ty.clone()));
-        }
-        out.outputs = self
-            .outputs
-            .iter()
-            .map(|x| match *x {
-                Ref::Leaf(l) => leaves[l],
-                Ref::Node(k) => made[k],
-            })
-            .collect();
-        out
-    }
+    let program = best.expect("two candidates").1;
+    Template { program, fired, egraph_nodes: eg.total_size() }
 }
 
 /// Saturates `eg` with `rules` under the limits of `opts`.
@@ -204,74 +146,37 @@ pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> EGraph {
 
 /// An e-graph holding region `r` of `g`, and the class of each of its nodes and leaves.
 pub fn load(g: &Graph, r: &region::Region) -> (EGraph, HashMap<NodeId, Id>) {
-    let mut ctx = Ctx::default();
-    for &l in &r.leaves {
-        ctx.leaves.push(Leaf { ty: g.nodes[l].ty.clone(), weight: matches!(g.nodes[l].op, Op::Param(_)) });
+    let program = expr::to_rec_expr(g, r);
+    let mut eg = EGraph::new(program.ctx.clone());
+    let mut classes: Vec<Id> = Vec::with_capacity(program.expr.as_ref().len());
+    for n in program.expr.as_ref() {
+        let children = n.children.iter().map(|&c| classes[usize::from(c)]).collect();
+        classes.push(eg.add(ENode { op: n.op, children }));
     }
-    let mut eg = EGraph::new(ctx);
-    let mut class_of: HashMap<NodeId, Id> = HashMap::new();
-    for k in 0..r.leaves.len() {
-        let op = eg.analysis.intern(OpKind::Leaf(k));
-        class_of.insert(r.leaves[k], eg.add(ENode { op, children: vec![] }));
-    }
-    for &i in &r.nodes {
-        let n = &g.nodes[i];
-        let op = match &n.op {
-            Op::Constant(c) => OpKind::Const(c.to_bits(), n.ty.dtype),
-            Op::Prim { prim, attrs } => OpKind::Prim(*prim, attrs.clone()),
-            Op::Kernel(k) => {
-                let op = eg.analysis.kernel((**k).clone());
-                eg.analysis.ops[op as usize].clone()
-            }
-            Op::Input(_) | Op::Param(_) | Op::Output(_) => {
-                unreachable!("leaves are not region nodes; fusion, which makes outputs, runs last")
-            }
-        };
-        let op = eg.analysis.intern(op);
-        let children = n.inputs.iter().map(|x| class_of[x]).collect();
-        class_of.insert(i, eg.add(ENode { op, children }));
-    }
-    (eg, class_of)
+    let order = r.leaves.iter().chain(&r.nodes);
+    (eg, order.copied().zip(classes).collect())
 }
 
-/// Appends the chosen program for `class` (children first) and returns its reference.
-fn emit(
-    eg: &EGraph,
-    choice: &extract::Choice,
-    class: Id,
-    made: &mut HashMap<Id, Ref>,
-    nodes: &mut Vec<(Op, Vec<Ref>, TensorType)>,
-) -> Ref {
-    let mut stack = vec![(class, false)];
+/// The program `choice` selects for `roots`, as a `RecExpr` over the e-graph's operators.
+fn extracted(eg: &EGraph, choice: &extract::Choice, roots: &[Id]) -> expr::Program {
+    let mut out = egg::RecExpr::default();
+    let mut made: HashMap<Id, Id> = HashMap::new();
+    let mut stack: Vec<(Id, bool)> = roots.iter().rev().map(|&r| (eg.find(r), false)).collect();
     while let Some((id, ready)) = stack.pop() {
         if made.contains_key(&id) {
             continue;
         }
-        let n: &ENode = &choice[&id];
+        let n = &choice[&id];
         if !ready {
             stack.push((id, true));
             stack.extend(n.children.iter().map(|&c| (eg.find(c), false)).filter(|(c, _)| !made.contains_key(c)));
             continue;
         }
-        let ty = eg[id].data.ty.clone();
-        let r = match eg.analysis.op(n) {
-            OpKind::Leaf(l) => Ref::Leaf(*l),
-            OpKind::Const(bits, _) => {
-                nodes.push((Op::Constant(f64::from_bits(*bits)), vec![], ty));
-                Ref::Node(nodes.len() - 1)
-            }
-            op => {
-                let op = match op {
-                    OpKind::Prim(prim, attrs) => Op::Prim { prim: *prim, attrs: attrs.clone() },
-                    OpKind::Kernel(k) => Op::Kernel(Box::new(eg.analysis.kernels[*k].clone())),
-                    _ => unreachable!(),
-                };
-                let inputs = n.children.iter().map(|&c| made[&eg.find(c)]).collect();
-                nodes.push((op, inputs, ty));
-                Ref::Node(nodes.len() - 1)
-            }
-        };
-        made.insert(id, r);
+        let children = n.children.iter().map(|&c| made[&eg.find(c)]).collect();
+        made.insert(id, out.add(ENode { op: n.op, children }));
     }
-    made[&class]
+    let roots = roots.iter().map(|&r| made[&eg.find(r)]).collect();
+    let mut ctx = eg.analysis.clone();
+    ctx.groups.clear();
+    expr::Program { expr: out, ctx, roots }
 }
