@@ -285,7 +285,7 @@ fn explain_shows_merged_projections_folded_multipliers_and_flash_attention() {
     for want in [
         "one GEMM over packed weights ×4: layers.*.self_attn.q_proj | layers.*.self_attn.k_proj | layers.*.self_attn.v_proj | layers.*.mamba.in_proj",
         "flash_attention kernels: 4",
-        "flash_attention_grad0 kernels: 4",
+        "flash_attention_grad kernels: 4",
         "merge-gemms",
         "matmul-scale-out",
     ] {

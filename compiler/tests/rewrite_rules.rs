@@ -110,6 +110,7 @@ fn eval(
         OpKind::Const(bits, _) => return Tensor::scalar(f64::from_bits(*bits)),
         OpKind::Prim(prim, attrs) => Op::Prim { prim: *prim, attrs: attrs.clone() },
         OpKind::Kernel(k) => Op::Kernel(Box::new(eg.analysis.kernels[*k].clone())),
+        OpKind::Output(i) => Op::Output(*i),
     };
     let mut g = Graph::default();
     let mut inputs = HashMap::new();

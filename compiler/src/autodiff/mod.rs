@@ -56,9 +56,10 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Vec<NodeId> {
         .collect()
 }
 
-/// The gradient of a kernel with respect to each floating-point input: one kernel per
-/// input whose body is the kernel's own body differentiated, so it recomputes what it needs
-/// of the forward pass (as flash attention's backward pass does) instead of storing it.
+/// The gradient of a kernel with respect to each floating-point input: one kernel, with an
+/// output per input, whose body is the kernel's own body differentiated, so it recomputes
+/// what it needs of the forward pass (as flash attention's backward pass does) instead of
+/// storing it.
 fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
     let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
     let k = (**k).clone();
@@ -78,16 +79,20 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
     let grads = gradients(&mut body, loss, &wrt);
     let mut args = inputs.clone();
     args.push(dy);
-    (0..arity)
-        .map(|j| {
-            if !g.nodes[inputs[j]].ty.dtype.is_float() {
-                return None;
-            }
-            let mut b = body.clone();
-            b.outputs = vec![grads[j]];
-            let kind = KernelKind::Grad { of: Box::new(k.kind.clone()), wrt: j };
+    let float: Vec<usize> = (0..arity).filter(|&j| g.nodes[inputs[j]].ty.dtype.is_float()).collect();
+    let Some(&first) = float.first() else { return vec![None; arity] };
+    body.outputs = float.iter().map(|&j| grads[j]).collect();
+    let kind = KernelKind::Grad { of: Box::new(k.kind.clone()) };
+    let ty = g.nodes[inputs[first]].ty.clone();
+    let kernel = g.add(Op::Kernel(Box::new(Kernel { kind, body: body.pruned() })), args, ty);
+    let mut out = vec![None; arity];
+    for (k, &j) in float.iter().enumerate() {
+        out[j] = Some(if k == 0 {
+            kernel
+        } else {
             let ty = g.nodes[inputs[j]].ty.clone();
-            Some(g.add(Op::Kernel(Box::new(Kernel { kind, body: b.pruned() })), args.clone(), ty))
-        })
-        .collect()
+            g.add(Op::Output(k), vec![kernel], ty)
+        });
+    }
+    out
 }

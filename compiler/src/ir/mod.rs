@@ -90,9 +90,10 @@ pub enum KernelKind {
     Gemm,
     /// Pointwise operations and row reductions in one pass.
     Fused,
-    /// The gradient of input `wrt` of a kernel of kind `of` (its body recomputes what it
-    /// needs of the forward pass).
-    Grad { of: Box<KernelKind>, wrt: usize },
+    /// The gradients of a kernel of kind `of` with respect to its floating-point inputs, in
+    /// order, as one kernel with an output per input (its body recomputes what it needs of
+    /// the forward pass).
+    Grad { of: Box<KernelKind> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

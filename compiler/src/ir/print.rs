@@ -71,7 +71,7 @@ impl KernelKind {
             KernelKind::BitLinear => "bitlinear".into(),
             KernelKind::Gemm => "gemm".into(),
             KernelKind::Fused => "fused".into(),
-            KernelKind::Grad { of, wrt } => format!("{}_grad{wrt}", of.name()),
+            KernelKind::Grad { of } => format!("{}_grad", of.name()),
         }
     }
 }

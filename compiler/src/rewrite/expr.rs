@@ -35,9 +35,8 @@ pub fn to_rec_expr(g: &Graph, r: &Region) -> Program {
             Op::Constant(c) => ctx.intern(OpKind::Const(c.to_bits(), n.ty.dtype)),
             Op::Prim { prim, attrs } => ctx.intern(OpKind::Prim(*prim, attrs.clone())),
             Op::Kernel(k) => ctx.kernel((**k).clone()),
-            Op::Input(_) | Op::Param(_) | Op::Output(_) => {
-                unreachable!("leaves are not region nodes; fusion, which makes outputs, runs last")
-            }
+            Op::Output(k) => ctx.intern(OpKind::Output(*k)),
+            Op::Input(_) | Op::Param(_) => unreachable!("leaves are not region nodes"),
         };
         let children = n.inputs.iter().map(|x| id_of[x]).collect();
         id_of.insert(i, expr.add(ENode { op, children }));
@@ -61,6 +60,11 @@ impl Program {
                     let kernel = self.ctx.kernels[*k].clone();
                     let ty: TensorType = kernel.body.nodes[kernel.body.outputs[0]].ty.clone();
                     out.add(Op::Kernel(Box::new(kernel)), inputs, ty)
+                }
+                OpKind::Output(i) => {
+                    let Op::Kernel(kernel) = &out.nodes[inputs[0]].op else { unreachable!("an output reads a kernel") };
+                    let ty = kernel.body.nodes[kernel.body.outputs[*i]].ty.clone();
+                    out.add(Op::Output(*i), inputs, ty)
                 }
             };
             made.push(id);

@@ -33,7 +33,7 @@ impl<'a> Coster<'a> {
         let out = &eg[class].data.ty;
         let inputs: Vec<_> = n.children.iter().map(|&c| &data(c).ty).collect();
         match self.eg.analysis.op(n) {
-            OpKind::Leaf(_) | OpKind::Const(..) => 0.0,
+            OpKind::Leaf(_) | OpKind::Const(..) | OpKind::Output(_) => 0.0,
             OpKind::Prim(prim, _) => {
                 if is_view(*prim) {
                     return 0.0;
@@ -65,7 +65,8 @@ impl<'a> Coster<'a> {
                         })
                         .sum()
                 });
-                self.machine.kernel_work(&kernel.kind, &inputs, &[out], body_flops).time(self.machine)
+                let outs: Vec<_> = kernel.body.outputs.iter().map(|&o| &kernel.body.nodes[o].ty).collect();
+                self.machine.kernel_work(&kernel.kind, &inputs, &outs, body_flops).time(self.machine)
             }
         }
     }

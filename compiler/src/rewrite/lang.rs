@@ -47,6 +47,8 @@ pub enum OpKind {
     Prim(Prim, Vec<Attr>),
     /// A kernel: index into [`Ctx::kernels`].
     Kernel(usize),
+    /// Output `i` (≥ 1) of the multi-output kernel that is the node's child.
+    Output(usize),
 }
 
 /// What the rewriter knows about a value from outside the region.
@@ -144,6 +146,18 @@ impl egg::Analysis<ENode> for Ctx {
                 let body = &egraph.analysis.kernels[*k].body;
                 let ty = body.nodes[body.outputs[0]].ty.clone();
                 Data { ty, constant: None, weight: false }
+            }
+            OpKind::Output(i) => {
+                let kernel = egraph[enode.children[0]]
+                    .nodes
+                    .iter()
+                    .find_map(|n| match egraph.analysis.op(n) {
+                        OpKind::Kernel(k) => Some(*k),
+                        _ => None,
+                    })
+                    .expect("an output reads a kernel");
+                let body = &egraph.analysis.kernels[kernel].body;
+                Data { ty: body.nodes[body.outputs[*i]].ty.clone(), constant: None, weight: false }
             }
         }
     }
