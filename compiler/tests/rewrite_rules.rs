@@ -1,11 +1,12 @@
 //! Every rewrite rule is sound: on random shapes and inputs, a graph matching the rule's
 //! left side is saturated with that rule alone (which must fire), and then every e-node of
 //! every e-class — original or added — is evaluated by the float64 reference interpreter
-//! on its children's values and must equal its class's value.
+//! on its children's values and must equal its class's value. Rules about collectives are
+//! checked on simulated ranks holding different values.
 
 use egg::Id;
 use hyb_compiler::ir::{Attr, Graph, Init, NodeId, Op, ParamSpec, TensorType};
-use hyb_compiler::reference::{run, Tensor};
+use hyb_compiler::reference::{run_ranks, Tensor};
 use hyb_compiler::rewrite::lang::{EGraph, OpKind};
 use hyb_compiler::rewrite::{load, region, rules, run_rules, Options};
 use hyb_dsl::dim::Dim;
@@ -19,6 +20,7 @@ struct Case {
     g: Graph,
     values: HashMap<String, Tensor<f64>>,
     seed: u64,
+    ranks: usize,
 }
 
 fn dims(s: &[usize]) -> Vec<Dim> {
@@ -27,7 +29,11 @@ fn dims(s: &[usize]) -> Vec<Dim> {
 
 impl Case {
     fn new(seed: u64) -> Case {
-        Case { g: Graph::default(), values: HashMap::new(), seed }
+        Case { g: Graph::default(), values: HashMap::new(), seed, ranks: 1 }
+    }
+
+    fn on_ranks(ranks: usize, seed: u64) -> Case {
+        Case { ranks, ..Case::new(seed) }
     }
 
     fn rand(&mut self) -> f64 {
@@ -81,11 +87,15 @@ impl Case {
         let regions = region::partition(&self.g);
         assert_eq!(regions.len(), 1);
         let (eg, _) = load(&self.g, &regions[0]);
-        let leaves: Vec<Tensor<f64>> = regions[0]
+        // Each rank holds its own value of every leaf.
+        let leaves: Vec<Vec<Tensor<f64>>> = regions[0]
             .leaves
             .iter()
             .map(|&l| match self.g.nodes[l].op {
-                Op::Param(p) => self.values[&self.g.params[p].name].clone(),
+                Op::Param(p) => {
+                    let v = &self.values[&self.g.params[p].name];
+                    (0..self.ranks).map(|r| v.map(|x| x * (1.0 + 0.5 * r as f64) + 0.1 * r as f64)).collect()
+                }
                 _ => unreachable!("test leaves are parameters"),
             })
             .collect();
@@ -97,36 +107,42 @@ impl Case {
     }
 }
 
-/// The value of e-node `n` given its children's values.
+/// Each rank's value of e-node `n` given its children's values.
 fn eval(
     eg: &EGraph,
     class: Id,
     n: &hyb_compiler::rewrite::lang::ENode,
-    leaves: &[Tensor<f64>],
-    values: &HashMap<Id, Tensor<f64>>,
-) -> Tensor<f64> {
+    leaves: &[Vec<Tensor<f64>>],
+    values: &HashMap<Id, Vec<Tensor<f64>>>,
+) -> Vec<Tensor<f64>> {
+    let ranks = leaves.first().map_or(1, Vec::len);
     let op = match eg.analysis.op(n) {
         OpKind::Leaf(l) => return leaves[*l].clone(),
-        OpKind::Const(bits, _) => return Tensor::scalar(f64::from_bits(*bits)),
+        OpKind::Const(bits, _) => return vec![Tensor::scalar(f64::from_bits(*bits)); ranks],
         OpKind::Prim(prim, attrs) => Op::Prim { prim: *prim, attrs: attrs.clone() },
         OpKind::Kernel(k) => Op::Kernel(Box::new(eg.analysis.kernels[*k].clone())),
         OpKind::Output(i) => Op::Output(*i),
     };
     let mut g = Graph::default();
-    let mut inputs = HashMap::new();
+    let mut inputs: Vec<HashMap<String, Tensor<f64>>> = vec![HashMap::new(); ranks];
     let mut ids = Vec::new();
     for (i, &c) in n.children.iter().enumerate() {
         let c = eg.find(c);
         ids.push(g.add(Op::Input(i.to_string()), vec![], eg[c].data.ty.clone()));
-        inputs.insert(i.to_string(), values[&c].clone());
+        for (r, input) in inputs.iter_mut().enumerate() {
+            input.insert(i.to_string(), values[&c][r].clone());
+        }
     }
     let out = g.add(op, ids, eg[class].data.ty.clone());
     g.outputs = vec![out];
-    run(&g, &HashMap::new(), &inputs).expect("runs").remove(0)
+    let none = HashMap::new();
+    let params: Vec<_> = (0..ranks).map(|_| &none).collect();
+    let inputs: Vec<_> = inputs.iter().collect();
+    run_ranks(&g, &params, &inputs).expect("runs").into_iter().map(|mut o| o.remove(0)).collect()
 }
 
-fn verify(eg: &EGraph, leaves: &[Tensor<f64>]) {
-    let mut values: HashMap<Id, Tensor<f64>> = HashMap::new();
+fn verify(eg: &EGraph, leaves: &[Vec<Tensor<f64>>]) {
+    let mut values: HashMap<Id, Vec<Tensor<f64>>> = HashMap::new();
     loop {
         let mut progress = false;
         for class in eg.classes() {
@@ -147,13 +163,14 @@ fn verify(eg: &EGraph, leaves: &[Tensor<f64>]) {
     for class in eg.classes() {
         let want = values.get(&class.id).unwrap_or_else(|| panic!("class {} has no value", class.id));
         for n in &class.nodes {
-            let got = eval(eg, class.id, n, leaves, &values);
-            assert_eq!(got.shape, want.shape, "{:?}", eg.analysis.op(n));
-            let scale = want.data.iter().filter(|v| v.is_finite()).fold(1.0f64, |m, v| m.max(v.abs()));
-            for (a, b) in got.data.iter().zip(&want.data) {
-                // Masked scores are −∞ on both sides.
-                let same = a == b || (a - b).abs() <= 1e-12 * scale;
-                assert!(same, "{:?}: {a} vs {b}", eg.analysis.op(n));
+            for (got, want) in eval(eg, class.id, n, leaves, &values).iter().zip(want) {
+                assert_eq!(got.shape, want.shape, "{:?}", eg.analysis.op(n));
+                let scale = want.data.iter().filter(|v| v.is_finite()).fold(1.0f64, |m, v| m.max(v.abs()));
+                for (a, b) in got.data.iter().zip(&want.data) {
+                    // Masked scores are −∞ on both sides.
+                    let same = a == b || (a - b).abs() <= 1e-12 * scale;
+                    assert!(same, "{:?}: {a} vs {b}", eg.analysis.op(n));
+                }
             }
             checked += 1;
         }
@@ -301,12 +318,13 @@ proptest! {
     }
 
     #[test]
-    fn collective_scale(a in 1..4usize, b in 1..4usize, c in -2.0..2.0f64, gather in any::<bool>(), seed in 0..1000u64) {
-        let mut k = Case::new(seed);
+    fn collective_scale(a in 1..4usize, b in 1..4usize, c in -2.0..2.0f64, gather in any::<bool>(),
+                        ranks in 1..5usize, seed in 0..1000u64) {
+        let mut k = Case::on_ranks(ranks, seed);
         let x = k.param(&[a, b]);
         let s = k.g.scale(x, c);
         let y = if gather {
-            k.op(Prim::AllGather, vec![Attr::Tensor, Case::int(1), Case::int(1)], vec![s])
+            k.op(Prim::AllGather, vec![Attr::Tensor, Case::int(1), Case::int(ranks as i64)], vec![s])
         } else {
             k.g.unary(Prim::TpCopy, s)
         };
@@ -314,13 +332,11 @@ proptest! {
     }
 
     #[test]
-    fn reduce_scatter(t in 1..4usize, d in 1..4usize, seed in 0..1000u64) {
-        // One process is one rank: both sides are the identity there; the simulated-rank
-        // tests in shard.rs check the rule over 2 and 4 ranks.
-        let mut k = Case::new(seed);
-        let x = k.param(&[2, t, d]);
+    fn reduce_scatter(t in 1..4usize, d in 1..4usize, ranks in 1..5usize, seed in 0..1000u64) {
+        let mut k = Case::on_ranks(ranks, seed);
+        let x = k.param(&[2, t * ranks, d]);
         let s = k.g.unary(Prim::AllReduce, x);
-        let y = k.op(Prim::Shard, vec![Attr::Tensor, Case::int(1), Case::int(1)], vec![s]);
+        let y = k.op(Prim::Shard, vec![Attr::Tensor, Case::int(1), Case::int(ranks as i64)], vec![s]);
         k.check(vec![y], "reduce-scatter");
     }
 
@@ -359,6 +375,6 @@ fn constant_folding_in_the_analysis() {
     assert_eq!(eg[class_of[&s]].data.constant, Some(2.0));
     let folded = eg[class_of[&s]].nodes.iter().any(|n| matches!(eg.analysis.op(n), OpKind::Const(..)));
     assert!(folded, "the folded value is a constant node extraction can pick");
-    let leaves = vec![k.values["p0"].clone()];
+    let leaves = vec![vec![k.values["p0"].clone()]];
     verify(&eg, &leaves);
 }
