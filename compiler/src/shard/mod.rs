@@ -327,7 +327,7 @@ impl Emitter<'_> {
             _ => false,
         };
         let n = &self.g.nodes[i];
-        let numel = |s: &[Dim]| s.iter().map(|d| d.as_const().unwrap_or(1)).product::<i64>();
+        let numel = |s: &[Dim]| s.iter().map(|d| d.as_const().unwrap_or(1) as f64).product::<f64>();
         linear
             && n.inputs
                 .iter()
