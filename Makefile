@@ -16,7 +16,8 @@ deps:
 build: deps
 	cargo build --release
 
-## Checks every model, prints the Falcon-H1 layer tables, runs a Hugging Face checkpoint, and
+## Checks every model, prints the Falcon-H1 layer tables, runs a Hugging Face checkpoint,
+## compiles the Falcon-H1-34B training step for 8 tensor-parallel ranks (`hyb explain`), and
 ## trains a tiny parallel hybrid and a pure Mamba-2 model on multi-query associative recall.
 demo: build
 	$(HYB) check stdlib/*.hyb examples/*.hyb
@@ -26,6 +27,7 @@ demo: build
 	$(HYB) show examples/ratio_schedule.hyb
 	$(HYB) import tests/fixtures/falcon_h1/gqa_basic -o target/demo --name gqa_basic
 	$(HYB) logits target/demo/gqa_basic.hyb --weights target/demo/gqa_basic.safetensors --ids 85,55,42,45 | cut -c1-100
+	$(HYB) explain stdlib/falcon_h1.hyb --model falcon_h1_34b --tp 8 --dot target/demo/falcon_h1_34b.dot | head -n 30
 	@for m in hybrid mamba; do \
 		$(HYB) train examples/mqar_$$m.hyb $(MQAR) --out target/demo/mqar_$$m || exit 1; done
 	@for m in hybrid mamba; do \

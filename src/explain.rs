@@ -13,6 +13,7 @@ use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,12 +59,16 @@ pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result
     let compiled = compile(&forward, &target, args.tp, &opts);
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];
     stages.extend(compiled.stages.iter().copied());
-    print!("{}", render(args, model, &compiled, &machine, &stages));
+    let mut text = render(args, model, &compiled, &machine, &stages);
     if let Some(path) = &args.dot {
         std::fs::write(path, dot(&compiled.graph, &machine)).with_context(|| format!("writing {}", path.display()))?;
-        println!("graph: {}", path.display());
+        text.push_str(&format!("graph: {}\n", path.display()));
     }
-    Ok(())
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn ms(d: Duration) -> String {
