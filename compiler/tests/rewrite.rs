@@ -81,7 +81,7 @@ fn rewritten_forward_gives_the_same_logits() {
     assert_eq!(flash, 3);
     assert_eq!(packed_projections(&saturated), 3, "one packed q/k/v/in_proj weight per layer");
     assert!(report.fired.contains_key("matmul-scale-out"), "{:?}", report.fired);
-    assert_eq!(report.unique_regions < report.regions, true, "equal layers share one e-graph run");
+    assert!(report.unique_regions < report.regions, "equal layers share one e-graph run");
 }
 
 #[test]

@@ -250,13 +250,13 @@ impl FalconConfig {
             ssm_multipliers: f.floats("ssm_multipliers")?,
             mlp_multipliers: f.floats("mlp_multipliers")?,
         };
-        if cfg.heads % cfg.kv_heads != 0 {
+        if !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(Fields::field(
                 "num_key_value_heads",
                 format!("{} query heads cannot share {} key/value heads", cfg.heads, cfg.kv_heads),
             ));
         }
-        if cfg.ssm_heads % cfg.groups != 0 {
+        if !cfg.ssm_heads.is_multiple_of(cfg.groups) {
             return Err(Fields::field(
                 "mamba_n_groups",
                 format!("{} Mamba heads cannot be split into {} groups", cfg.ssm_heads, cfg.groups),

@@ -67,7 +67,7 @@ pub fn run_ranks<T: Real>(
     let mut extra: Vec<HashMap<(usize, usize), Tensor<T>>> = vec![HashMap::new(); ranks];
     // The five gradients of one scan come from one backward pass: computed once, handed out
     // to the five `ssd_scan_grad` nodes that read the same inputs.
-    let mut scan_grads: Vec<HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>> = vec![HashMap::new(); ranks];
+    let mut scan_grads: Vec<ScanGrads<T>> = vec![HashMap::new(); ranks];
     for (i, n) in g.nodes.iter().enumerate() {
         if let Op::Prim { prim, attrs } = &n.op {
             if ops::collective::is_collective(*prim) {
@@ -111,6 +111,9 @@ fn kernel_args<T: Real>(n: &crate::ir::Node, values: &[Option<Tensor<T>>]) -> Ha
     n.inputs.iter().enumerate().map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live"))).collect()
 }
 
+/// The five gradients of a scan, keyed by the scan's inputs, until each is read.
+type ScanGrads<T> = HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>;
+
 /// Drops the values node `i` read for the last time.
 fn free<T>(values: &mut [Vec<Option<Tensor<T>>>], n: &crate::ir::Node, i: usize, last_use: &[usize]) {
     for &x in &n.inputs {
@@ -130,7 +133,7 @@ fn eval_node<T: Real>(
     params: &HashMap<String, Tensor<T>>,
     inputs: &HashMap<String, Tensor<T>>,
     bind: &dyn Fn(&str) -> Option<i64>,
-    scan_grads: &mut HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>,
+    scan_grads: &mut ScanGrads<T>,
 ) -> Result<Tensor<T>, RunError> {
     Ok(match &n.op {
         Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,

@@ -232,9 +232,9 @@ impl Axes {
                 self.same(a, ak, b, bk);
                 for (x, r) in [(a, ra), (b, rb)] {
                     let (xs, ys) = (&g.nodes[x].ty.shape, &n.ty.shape);
-                    for k in 0..r.saturating_sub(2) {
+                    for (k, d) in xs.iter().enumerate().take(r.saturating_sub(2)) {
                         let yk = k + rank - r;
-                        if xs[k] == ys[yk] {
+                        if *d == ys[yk] {
                             self.same(x, k, y, yk);
                         }
                     }

@@ -371,22 +371,24 @@ impl Emitter<'_> {
         let want = self.wanted(i);
         let mut inputs = Vec::new();
         let mut in_layouts = Vec::new();
-        let out_layout;
-        if partial.iter().any(|&p| p) && want == Layout::Replicated && self.keeps_partial(i, prim, &partial) {
+        let out_layout = if partial.iter().any(|&p| p)
+            && want == Layout::Replicated
+            && self.keeps_partial(i, prim, &partial)
+        {
             for &x in &n.inputs {
                 let have = self.layout[x];
                 let target = if have == Layout::Partial { have } else { Layout::Replicated };
                 inputs.push(self.convert(self.new_id[x], have, target)?);
                 in_layouts.push(target);
             }
-            out_layout = Layout::Partial;
+            Layout::Partial
         } else {
             for &x in &n.inputs {
                 let target = self.wanted(x);
                 inputs.push(self.convert(self.new_id[x], self.layout[x], target)?);
                 in_layouts.push(target);
             }
-            out_layout = match prim {
+            match prim {
                 Prim::Matmul => {
                     let ta = matches!(attrs[2], Attr::Bool(true));
                     let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
@@ -411,8 +413,8 @@ impl Emitter<'_> {
                     }
                 }
                 _ => want,
-            };
-        }
+            }
+        };
         // A replicated value entering rank-local work: its gradient is summed over ranks.
         if out_layout != Layout::Replicated {
             for (k, &x) in n.inputs.iter().enumerate() {

@@ -336,7 +336,7 @@ impl Trainer {
                 }
             }
             let done = self.state.step;
-            if self.cfg.eval_every > 0 && (done % self.cfg.eval_every == 0 || done == self.cfg.steps) {
+            if self.cfg.eval_every > 0 && (done.is_multiple_of(self.cfg.eval_every) || done == self.cfg.steps) {
                 let (l, a) = self.evaluate()?;
                 report.eval_loss = Some(l);
                 report.eval_accuracy = Some(a);
@@ -344,7 +344,7 @@ impl Trainer {
             self.log(&report)?;
             on_step(&report);
             if bad_in_a_row == 0
-                && ((self.cfg.save_every > 0 && done % self.cfg.save_every == 0) || done == self.cfg.steps)
+                && ((self.cfg.save_every > 0 && done.is_multiple_of(self.cfg.save_every)) || done == self.cfg.steps)
             {
                 self.save()?;
             }
