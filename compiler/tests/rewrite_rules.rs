@@ -290,14 +290,17 @@ proptest! {
     }
 
     #[test]
-    fn flash_attention(b in 1..3usize, t in 1..6usize, kv in 1..3usize, groups in 1..4usize, hd in 1..5usize,
-                       seed in 0..1000u64) {
+    fn flash_attention(b in 1..3usize, t in 1..6usize, kv in 1..3usize, groups in 1..4usize, half in 1..3usize,
+                       rope in any::<bool>(), seed in 0..1000u64) {
         let mut k = Case::new(seed);
-        let h = kv * groups;
+        let (h, hd) = (kv * groups, 2 * half);
+        let roped = |k: &mut Case, x| if rope { k.op(Prim::Rope, vec![Attr::Tensor, Attr::Float(500.0)], vec![x]) } else { x };
         let q = k.param(&[b, t, h, hd]);
+        let q = roped(&mut k, q);
         let mut kvs = Vec::new();
-        for _ in 0..2 {
+        for which in 0..2 {
             let x = k.param(&[b, t, kv, hd]);
+            let x = if which == 0 { roped(&mut k, x) } else { x };
             let r = k.reshape(x, &[b, t, kv, 1, hd]);
             let e = k.broadcast(r, &[b, t, kv, groups, hd]);
             let e = k.reshape(e, &[b, t, h, hd]);

@@ -82,8 +82,9 @@ pub struct Kernel {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum KernelKind {
-    /// Causal softmax attention, `groups` query heads per key/value head.
-    FlashAttention { scale: f64, groups: usize },
+    /// Causal softmax attention, `groups` query heads per key/value head; with `rope`, the
+    /// rotary embedding (of that base) is applied to q and k inside the kernel.
+    FlashAttention { scale: f64, groups: usize, rope: Option<f64> },
     /// BitNet b1.58: per-token int8 activations times ternary weights.
     BitLinear,
     /// A GEMM whose pointwise consumers run in its epilogue.

@@ -16,9 +16,28 @@ fn reduce(g: &mut Graph, prim: Prim, x: usize) -> usize {
 
 /// Causal attention over `q [B, H, T, D]`, `k, v [B, H/groups, T, D]`:
 /// `softmax(causal_mask(q kᵀ · scale)) v`, each key/value head serving `groups` query heads.
-pub fn flash_attention(q: &TensorType, k: &TensorType, v: &TensorType, scale: f64, groups: usize) -> Kernel {
+/// With `rope`, q and k arrive token-major (`[B, T, heads, D]`) and are rotated first.
+pub fn flash_attention(
+    q: &TensorType,
+    k: &TensorType,
+    v: &TensorType,
+    scale: f64,
+    groups: usize,
+    rope: Option<f64>,
+) -> Kernel {
     let mut g = Graph::default();
-    let (qi, mut ki, mut vi) = (input(&mut g, 0, q), input(&mut g, 1, k), input(&mut g, 2, v));
+    let (mut qi, mut ki, mut vi) = (input(&mut g, 0, q), input(&mut g, 1, k), input(&mut g, 2, v));
+    if let Some(theta) = rope {
+        for x in [&mut qi, &mut ki] {
+            let r = g.apply(Prim::Rope, vec![Attr::Tensor, Attr::Float(theta)], vec![*x]);
+            *x = g.apply(
+                Prim::Transpose,
+                vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(2))],
+                vec![r],
+            );
+        }
+    }
+    let q_shape = g.shape(qi).to_vec();
     if groups > 1 {
         for x in [&mut ki, &mut vi] {
             let s = g.shape(*x).to_vec();
@@ -28,7 +47,7 @@ pub fn flash_attention(q: &TensorType, k: &TensorType, v: &TensorType, scale: f6
             wide.insert(2, Dim::constant(groups as i64));
             let r = g.reshape(*x, one);
             let b = g.apply(Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(wide)], vec![r]);
-            *x = g.reshape(b, q.shape.clone());
+            *x = g.reshape(b, q_shape.clone());
         }
     }
     let s = g.matmul(qi, ki, false, true);
@@ -41,7 +60,7 @@ pub fn flash_attention(q: &TensorType, k: &TensorType, v: &TensorType, scale: f6
     let p = g.binary(Prim::Div, e, z);
     let o = g.matmul(p, vi, false, false);
     g.outputs = vec![o];
-    Kernel { kind: KernelKind::FlashAttention { scale, groups }, body: g }
+    Kernel { kind: KernelKind::FlashAttention { scale, groups, rope }, body: g }
 }
 
 /// BitNet b1.58 linear: `int8_quant(x) @ ternary_quant(w)ᵀ`.

@@ -52,8 +52,30 @@ fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     };
     let (k, v) = if groups > 1 { (heads_first(eg, k), heads_first(eg, v)) } else { (k, v) };
     let ty = |eg: &EGraph, x: Id| eg[x].data.ty.clone();
-    let kernel = kernels::flash_attention(&ty(eg, q), &ty(eg, k), &ty(eg, v), scale, groups);
-    vec![(class, kernel_node(eg, kernel, vec![q, k, v]))]
+    let kernel = kernels::flash_attention(&ty(eg, q), &ty(eg, k), &ty(eg, v), scale, groups, None);
+    let mut out = vec![(class, kernel_node(eg, kernel, vec![q, k, v]))];
+    // With RoPE applied to q and k just before, the kernel can rotate them itself.
+    if let (Some((qr, t1)), Some((kr, t2))) = (roped(eg, q), roped(eg, k)) {
+        if t1.to_bits() == t2.to_bits() {
+            let kernel = kernels::flash_attention(&ty(eg, qr), &ty(eg, kr), &ty(eg, v), scale, groups, Some(t1));
+            out.push((class, kernel_node(eg, kernel, vec![qr, kr, v])));
+        }
+    }
+    out
+}
+
+/// `transpose(rope(x, θ), 1, 2)`: `(x, θ)`, `x` token-major `[B, T, heads, D]`.
+fn roped(eg: &EGraph, id: Id) -> Option<(Id, f64)> {
+    nodes_of(eg, id, Prim::Transpose).into_iter().find_map(|(t, a)| {
+        let pair = (int_attr(&a[1]).map(|i| axis(i, 4)), int_attr(&a[2]).map(|j| axis(j, 4)));
+        if !matches!(pair, (Some(1), Some(2)) | (Some(2), Some(1))) {
+            return None;
+        }
+        nodes_of(eg, t.children[0], Prim::Rope).into_iter().find_map(|(r, ra)| match ra[1] {
+            Attr::Float(theta) => Some((r.children[0], theta)),
+            _ => None,
+        })
+    })
 }
 
 /// `p = e / sum(e)`, `e = exp(s − max(s))`, `s = causal_mask(q kᵀ · c)`: `(q, k, c)`.
