@@ -45,7 +45,8 @@ pub fn node_work(g: &Graph, i: NodeId, m: &Machine) -> Option<Work> {
     }
 }
 
-fn body_flops(k: &Kernel, m: &Machine) -> f64 {
+/// FLOPs of a kernel's body, counted primitive by primitive.
+pub fn body_flops(k: &Kernel, m: &Machine) -> f64 {
     let b = &k.body;
     b.nodes
         .iter()

@@ -399,6 +399,13 @@ impl Prim {
         }
     }
 
+    /// Whether the op maps each element on its own: the pointwise ops plus those with extra
+    /// non-tensor arguments (`clamp`, `cast`) and `step`. What fusion, sharding and
+    /// sequence parallelism may treat as elementwise.
+    pub fn is_elementwise(self) -> bool {
+        self.is_pointwise() || matches!(self, Prim::Clamp | Prim::Cast | Prim::Step)
+    }
+
     /// Whether the op is applied element by element (and so also folds on known scalars).
     pub fn is_pointwise(self) -> bool {
         self.signature().first().is_some_and(|p| p.kind == Kind::TensorOrScalar)

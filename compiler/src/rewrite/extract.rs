@@ -52,19 +52,8 @@ impl<'a> Coster<'a> {
             OpKind::Kernel(k) => {
                 let k = *k;
                 let kernel = &self.eg.analysis.kernels[k];
-                let body_flops = *self.kernel_flops.entry(k).or_insert_with(|| {
-                    let b = &kernel.body;
-                    b.nodes
-                        .iter()
-                        .filter_map(|node| match &node.op {
-                            crate::ir::Op::Prim { prim, .. } => {
-                                let ins: Vec<_> = node.inputs.iter().map(|&i| &b.nodes[i].ty).collect();
-                                Some(self.machine.prim_work(*prim, &ins, &node.ty).flops)
-                            }
-                            _ => None,
-                        })
-                        .sum()
-                });
+                let body_flops =
+                    *self.kernel_flops.entry(k).or_insert_with(|| crate::explain::body_flops(kernel, self.machine));
                 let outs: Vec<_> = kernel.body.outputs.iter().map(|&o| &kernel.body.nodes[o].ty).collect();
                 self.machine.kernel_work(&kernel.kind, &inputs, &outs, body_flops).time(self.machine)
             }

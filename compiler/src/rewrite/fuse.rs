@@ -22,8 +22,7 @@ fn class(n: &Node) -> Class {
     use Prim::*;
     match &n.op {
         Op::Prim { prim, .. } => match prim {
-            Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu
-            | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step => Class::Pointwise,
+            _ if prim.is_elementwise() => Class::Pointwise,
             Sum | Max | Mean => Class::Reduce,
             Reshape | Broadcast | Slice | Transpose | Permute => Class::View,
             Matmul => Class::Gemm,

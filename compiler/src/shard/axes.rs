@@ -151,7 +151,7 @@ impl Axes {
         let rank = n.ty.shape.len();
         let in_rank = |k: usize| g.nodes[ins[k]].ty.shape.len();
         match prim {
-            _ if prim.is_pointwise() || matches!(prim, Clamp | Cast | Step) => {
+            _ if prim.is_elementwise() => {
                 for &x in &ins {
                     self.aligned(g, x, y);
                 }

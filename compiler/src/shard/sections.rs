@@ -68,7 +68,7 @@ impl Pass<'_> {
                 let ws = self.sliced(w, if tb { 0 } else { 1 }, start, end);
                 Some(self.out.apply(Prim::Matmul, attrs.to_vec(), vec![self.new_id[a], ws]))
             }
-            _ if prim.is_pointwise() || matches!(prim, Prim::Clamp | Prim::Cast) => {
+            _ if prim.is_elementwise() => {
                 let mut inputs = Vec::new();
                 for &y in &n.inputs {
                     let ys = &self.old.nodes[y].ty.shape;

@@ -29,8 +29,7 @@ fn per_token(g: &Graph, i: NodeId) -> bool {
     };
     inputs_fit
         && match prim {
-            _ if prim.is_pointwise() => true,
-            Prim::Clamp | Prim::Cast => true,
+            _ if prim.is_elementwise() => true,
             Prim::Sum | Prim::Mean | Prim::Max => axis_ok(&attrs[1]),
             Prim::Reshape | Prim::Broadcast => n.inputs.iter().all(|&x| keeps_time(&g.nodes[x].ty.shape)),
             _ => false,
