@@ -3,11 +3,12 @@
 //! the roofline prediction for each kernel.
 
 use anyhow::{Context, Result};
+use hyb_compiler::cost::{stored_weight, total, total_time, Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::explain::{dot, kernels, stored_weight, total, total_time};
+use hyb_compiler::explain::{dot, kernels};
 use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op};
+use hyb_compiler::ops::{Binary, Prim};
 use hyb_compiler::pipeline::{compile, Compiled, Target};
-use hyb_compiler::rewrite::cost::Machine;
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
@@ -34,6 +35,9 @@ pub struct ExplainArgs {
     /// Sequence length the cost model assumes.
     #[arg(long, default_value_t = 4096)]
     pub seq: i64,
+    /// The GPU the cost model describes.
+    #[arg(long, default_value = "h200", value_parser = clap::builder::PossibleValuesParser::new(MACHINES))]
+    pub machine: String,
     /// Write the chosen program as a Graphviz file.
     #[arg(long)]
     pub dot: Option<PathBuf>,
@@ -45,7 +49,7 @@ pub struct ExplainArgs {
 pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result<()> {
     anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
     anyhow::ensure!(args.batch >= 1 && args.seq >= 1, "--batch and --seq must be at least 1");
-    let machine = Machine { batch: args.batch, seq: args.seq, ..Machine::default() };
+    let machine = Machine::named(&args.machine).context("unknown machine")?.with_size(args.batch, args.seq);
     let opts = Options { machine: machine.clone(), ..Options::default() };
     let start = Instant::now();
     let forward = elaborate(&model.trace);
@@ -100,7 +104,8 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
     );
     let _ = writeln!(
         out,
-        "machine: {:.0} TFLOP/s, {:.1} TB/s, {:.0} µs per launch, links {:.0} GB/s + {:.0} µs",
+        "machine: {} · {:.0} TFLOP/s, {:.2} TB/s, {:.0} µs per launch, links {:.0} GB/s + {:.0} µs",
+        m.name,
         m.peak_flops / 1e12,
         m.mem_bw / 1e12,
         m.launch * 1e6,
@@ -111,10 +116,19 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
     let parts: Vec<String> = stages.iter().map(|(n, d)| format!("{n} {}", ms(*d))).collect();
     let _ = writeln!(out, "compile {}: {}", ms(total_compile), parts.join(" · "));
     let r = &c.report;
+    let stops: Vec<String> = r.stops.iter().map(|(why, n)| format!("{why} ×{n}")).collect();
     let _ = writeln!(
         out,
-        "e-graphs: {} regions, {} distinct bodies optimised, largest {} e-nodes\n",
+        "e-graphs: {} regions, {} distinct bodies optimised, largest {} e-nodes",
         r.regions, r.unique_regions, r.max_egraph_nodes
+    );
+    let _ = writeln!(
+        out,
+        "saturation: {} runs stopped: {} · {} iterations, at most {} in one run\n",
+        r.stops.values().sum::<usize>(),
+        stops.join(", "),
+        r.iterations,
+        r.max_iterations
     );
 
     out.push_str("rewrites fired (equalities added):\n");
@@ -228,7 +242,7 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
 fn packed_gemms(g: &Graph) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for n in &g.nodes {
-        let Op::Prim { prim: hyb_dsl::prims::Prim::Concat, .. } = &n.op else { continue };
+        let Op::Prim(Prim::Concat(_)) = &n.op else { continue };
         let names: Option<Vec<String>> = n
             .inputs
             .iter()
@@ -256,7 +270,7 @@ fn packed_gemms(g: &Graph) -> BTreeMap<String, usize> {
 /// A GEMM kernel whose epilogue multiplies by a constant (a folded multiplier or scale).
 fn epilogue_scales(body: &Graph) -> bool {
     body.nodes.iter().any(|n| {
-        matches!(n.op, Op::Prim { prim: hyb_dsl::prims::Prim::Mul, .. })
+        matches!(n.op, Op::Prim(Prim::Binary(Binary::Mul)))
             && n.inputs.iter().any(|&i| matches!(body.nodes[i].op, Op::Constant(_)))
     })
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hyb_dsl::check::{check_paths, Checked};
+use hyb_compiler::check::{check_paths, Checked};
 use hyb_dsl::expand::model::ModelSummary;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,10 +2,10 @@
 //! operations, weights, FLOPs, bytes, predicted time), grouped by distinct region so a
 //! 72-layer model prints each layer body once; and a Graphviz picture.
 
-use crate::ir::{generic_name, Graph, Kernel, Node, NodeId, Op};
-use crate::rewrite::cost::{is_view, Machine, Work};
+use crate::cost::{node_work, stored_weight, Machine, Work};
+use crate::ir::{generic_name, Graph, Node, NodeId, Op};
+use crate::ops::{Prim, Primitive};
 use crate::rewrite::region;
-use hyb_dsl::prims::Prim;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -28,50 +28,6 @@ pub struct RegionKernels {
     pub kernels: Vec<KernelLine>,
 }
 
-/// The work of node `i` as a kernel of its own, or `None` for views, leaves and weights
-/// packed at load.
-pub fn node_work(g: &Graph, i: NodeId, m: &Machine) -> Option<Work> {
-    let n = &g.nodes[i];
-    let inputs: Vec<_> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
-    match &n.op {
-        Op::Prim { prim, .. } if is_view(*prim) => None,
-        Op::Prim { prim: Prim::Concat, .. } if n.inputs.iter().all(|&x| stored_weight(g, x).is_some()) => None,
-        Op::Prim { prim, .. } => Some(m.prim_work(*prim, &inputs, &n.ty)),
-        Op::Kernel(k) => {
-            let outs: Vec<_> = k.body.outputs.iter().map(|&o| &k.body.nodes[o].ty).collect();
-            Some(m.kernel_work(&k.kind, &inputs, &outs, body_flops(k, m)))
-        }
-        _ => None,
-    }
-}
-
-/// FLOPs of a kernel's body, counted primitive by primitive.
-pub fn body_flops(k: &Kernel, m: &Machine) -> f64 {
-    let b = &k.body;
-    b.nodes
-        .iter()
-        .map(|node| match &node.op {
-            Op::Prim { prim, .. } => {
-                let ins: Vec<_> = node.inputs.iter().map(|&i| &b.nodes[i].ty).collect();
-                m.prim_work(*prim, &ins, &node.ty).flops
-            }
-            Op::Kernel(inner) => body_flops(inner, m),
-            _ => 0.0,
-        })
-        .sum()
-}
-
-/// The parameter `x` reads as stored (itself or a view of it), for weights packed at load.
-pub fn stored_weight(g: &Graph, mut x: NodeId) -> Option<usize> {
-    loop {
-        match &g.nodes[x].op {
-            Op::Param(p) => return Some(*p),
-            Op::Prim { prim, .. } if is_view(*prim) => x = g.nodes[x].inputs[0],
-            _ => return None,
-        }
-    }
-}
-
 /// A parameter's generic name without the `.weight` suffix.
 fn generic(name: &str) -> String {
     generic_name(name).trim_end_matches(".weight").to_string()
@@ -82,7 +38,7 @@ fn weights_read(g: &Graph, n: &Node) -> Vec<String> {
     n.inputs
         .iter()
         .filter_map(|&x| match &g.nodes[x].op {
-            Op::Prim { prim: Prim::Concat, .. } => {
+            Op::Prim(Prim::Concat(_)) => {
                 let parts: Option<Vec<String>> = g.nodes[x].inputs.iter().map(|&y| param(y)).collect();
                 parts.map(|p| p.join(" | "))
             }
@@ -96,7 +52,7 @@ fn line(g: &Graph, i: NodeId, m: &Machine) -> Option<KernelLine> {
     let n = &g.nodes[i];
     let (kind, ops) = match &n.op {
         Op::Kernel(k) => (k.kind.name(), k.op_names()),
-        Op::Prim { prim, .. } => (prim.name().to_string(), vec![prim.name().to_string()]),
+        Op::Prim(prim) => (prim.name().to_string(), vec![prim.name().to_string()]),
         _ => return None,
     };
     Some(KernelLine { kind, ops, weights: weights_read(g, n), work })
@@ -148,23 +104,6 @@ fn ranges(xs: &[u32]) -> String {
         i = j + 1;
     }
     parts.join(", ")
-}
-
-/// Predicted time of a program: each kernel's roofline time, summed (kernels run one
-/// after another; one kernel's compute does not hide another's memory traffic).
-pub fn total_time(g: &Graph, m: &Machine) -> f64 {
-    (0..g.nodes.len()).filter_map(|i| node_work(g, i, m)).map(|w| w.time(m)).sum()
-}
-
-/// Total work of a program.
-pub fn total(g: &Graph, m: &Machine) -> Work {
-    let mut w = Work::default();
-    for i in 0..g.nodes.len() {
-        if let Some(k) = node_work(g, i, m) {
-            w.add(&k);
-        }
-    }
-    w
 }
 
 /// A Graphviz picture: one box per kernel, clustered by layer; views and leaves are

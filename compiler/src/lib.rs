@@ -1,7 +1,10 @@
 //! The hyb compiler: checked models become typed tensor graphs (`ir`), built by `elaborate`
-//! and given meaning by the float64 `reference` interpreter through `ops`.
+//! and given meaning by the float64 `reference` interpreter through `ops`, the compiler's
+//! op set; `cost` prices them for every stage that chooses.
 
 pub mod autodiff;
+pub mod check;
+pub mod cost;
 pub mod elaborate;
 pub mod explain;
 pub mod ir;

@@ -9,10 +9,10 @@
 //! global norm (before clipping), then for each parameter its new value, `m` and `v`.
 
 use crate::autodiff::gradients;
-use crate::ir::{Attr, Graph, NodeId, Op, TensorType};
+use crate::ir::{Graph, NodeId, Op, TensorType};
+use crate::ops::{AllGather, AllReduce, Binary, OneHot, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 
 /// AdamW with decoupled weight decay.
@@ -54,47 +54,35 @@ fn scalar_input(g: &mut Graph, name: &str) -> NodeId {
     g.add(Op::Input(name.into()), vec![], TensorType { shape: vec![], dtype: DType::F32 })
 }
 
-fn reduce(g: &mut Graph, prim: Prim, x: NodeId) -> NodeId {
-    g.apply(prim, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![x])
+fn row_max(g: &mut Graph, x: NodeId) -> NodeId {
+    g.reduce(ReduceOp::Max, x, -1, true)
 }
 
 /// Logits a tensor-parallel program gathers from vocabulary shards: the local shard and the
 /// number of ranks.
 fn vocab_parallel(g: &Graph, logits: NodeId) -> Option<(NodeId, usize)> {
     let n = &g.nodes[logits];
-    let Op::Prim { prim: Prim::AllGather, attrs } = &n.op else { return None };
-    let axis = match &attrs[1] {
-        Attr::Int(d) => d.as_const()?,
-        _ => return None,
-    };
-    let ranks = match &attrs[2] {
-        Attr::Int(d) => d.as_const()?,
-        _ => return None,
-    };
-    (axis == 2 || axis == -1).then_some((n.inputs[0], ranks as usize))
+    let Op::Prim(Prim::AllGather(AllGather { axis, ranks })) = &n.op else { return None };
+    (*axis == 2 || *axis == -1).then_some((n.inputs[0], *ranks))
 }
 
 /// `logsumexp` and the target's logit from each rank's vocabulary shard (Megatron's
 /// vocabulary-parallel cross-entropy): only per-token scalars cross ranks, never the logits.
 fn vocab_parallel_terms(g: &mut Graph, local: NodeId, onehot: NodeId, ranks: usize) -> (NodeId, NodeId) {
-    let along = |g: &mut Graph, prim: Prim, x: NodeId| {
-        let attrs = vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Int(Dim::constant(ranks as i64))];
-        g.apply(prim, attrs, vec![x])
-    };
-    let local_max = reduce(g, Prim::Max, local);
-    let maxima = along(g, Prim::AllGather, local_max);
-    let max = reduce(g, Prim::Max, maxima);
-    let shared_max = g.unary(Prim::TpCopy, max);
-    let shifted = g.binary(Prim::Sub, local, shared_max);
-    let e = g.unary(Prim::Exp, shifted);
+    let local_max = row_max(g, local);
+    let maxima = g.apply(AllGather { axis: -1, ranks }, vec![local_max]);
+    let max = row_max(g, maxima);
+    let shared_max = g.apply(TpCopy, vec![max]);
+    let shifted = g.binary(Binary::Sub, local, shared_max);
+    let e = g.unary(Unary::Exp, shifted);
     let s = g.sum(e, -1, true);
-    let s = g.unary(Prim::AllReduce, s);
-    let lse = g.unary(Prim::Log, s);
-    let lse = g.binary(Prim::Add, lse, max);
-    let mine = along(g, Prim::Shard, onehot);
-    let picked = g.binary(Prim::Mul, local, mine);
+    let s = g.apply(AllReduce, vec![s]);
+    let lse = g.unary(Unary::Log, s);
+    let lse = g.binary(Binary::Add, lse, max);
+    let mine = g.apply(Shard { axis: -1, ranks }, vec![onehot]);
+    let picked = g.binary(Binary::Mul, local, mine);
     let picked = g.sum(picked, -1, true);
-    (lse, g.unary(Prim::AllReduce, picked))
+    (lse, g.apply(AllReduce, vec![picked]))
 }
 
 /// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
@@ -106,39 +94,40 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     let ids_ty = TensorType { shape: bt.clone(), dtype: DType::I64 };
     let targets = g.add(Op::Input("targets".into()), vec![], ids_ty);
     let weights = g.add(Op::Input("loss_weights".into()), vec![], TensorType { shape: bt, dtype: DType::F32 });
-    let onehot = g.apply(Prim::OneHot, vec![Attr::Tensor, Attr::Int(vocab)], vec![targets]);
+    let onehot = g.apply(OneHot { depth: vocab }, vec![targets]);
 
     // loss = Σ w · (logsumexp(logits) − logits[target])
     let (lse, picked) = match vocab_parallel(&g, logits) {
         Some((local, ranks)) => vocab_parallel_terms(&mut g, local, onehot, ranks),
         None => {
-            let max = reduce(&mut g, Prim::Max, logits);
-            let shifted = g.binary(Prim::Sub, logits, max);
-            let e = g.unary(Prim::Exp, shifted);
+            let max = row_max(&mut g, logits);
+            let shifted = g.binary(Binary::Sub, logits, max);
+            let e = g.unary(Unary::Exp, shifted);
             let s = g.sum(e, -1, true);
-            let lse = g.unary(Prim::Log, s);
-            let lse = g.binary(Prim::Add, lse, max);
-            let picked = g.binary(Prim::Mul, logits, onehot);
+            let lse = g.unary(Unary::Log, s);
+            let lse = g.binary(Binary::Add, lse, max);
+            let picked = g.binary(Binary::Mul, logits, onehot);
             (lse, g.sum(picked, -1, true))
         }
     };
-    let nll = g.binary(Prim::Sub, lse, picked);
+    let nll = g.binary(Binary::Sub, lse, picked);
     let nll = g.sum(nll, -1, false);
-    let weighted = g.binary(Prim::Mul, nll, weights);
+    let weighted = g.binary(Binary::Mul, nll, weights);
     let loss = g.sum_all(weighted);
 
     let param_nodes: Vec<NodeId> =
         (0..g.params.len()).map(|p| g.param_node(p).expect("every parameter is used")).collect();
-    let grads = gradients(&mut g, loss, &param_nodes);
+    let grads = gradients(&mut g, loss, &param_nodes)
+        .expect("a checked model holds no gradient primitives (the language refuses them)");
 
     // Σ g² over whole parameters, and over the parts of sharded ones each rank holds alone
     // (summed over ranks).
     let (mut whole_sq, mut sharded_sq) = (None, None);
     let add = |g: &mut Graph, acc: &mut Option<NodeId>, x: NodeId| {
-        let sq = g.binary(Prim::Mul, x, x);
+        let sq = g.binary(Binary::Mul, x, x);
         let s = g.sum_all(sq);
         *acc = Some(match *acc {
-            Some(a) => g.binary(Prim::Add, a, s),
+            Some(a) => g.binary(Binary::Add, a, s),
             None => s,
         });
     };
@@ -150,13 +139,8 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
                 let mut start = 0;
                 for s in &shard.sections {
                     let n = if s.split { s.size / shard.ranks } else { s.size };
-                    let attrs = vec![
-                        Attr::Tensor,
-                        Attr::Int(Dim::constant(shard.axis as i64)),
-                        Attr::Int(Dim::constant(start as i64)),
-                        Attr::Int(Dim::constant((start + n) as i64)),
-                    ];
-                    let part = g.apply(Prim::Slice, attrs, vec![gr]);
+                    let slice = Slice::new(shard.axis, Dim::constant(start as i64), Dim::constant((start + n) as i64));
+                    let part = g.apply(slice, vec![gr]);
                     add(&mut g, if s.split { &mut sharded_sq } else { &mut whole_sq }, part);
                     start += n;
                 }
@@ -164,21 +148,21 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         }
     }
     g.scope = 0;
-    let sharded_sq = sharded_sq.map(|s| g.apply(Prim::AllReduce, vec![Attr::Tensor], vec![s]));
+    let sharded_sq = sharded_sq.map(|s| g.apply(AllReduce, vec![s]));
     let norm_sq = match (whole_sq, sharded_sq) {
-        (Some(a), Some(b)) => g.binary(Prim::Add, a, b),
+        (Some(a), Some(b)) => g.binary(Binary::Add, a, b),
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => g.constant(0.0),
     };
-    let norm = g.unary(Prim::Sqrt, norm_sq);
+    let norm = g.unary(Unary::Sqrt, norm_sq);
     let clip_scale = opt.clip.map(|c| {
         // min(1, c / (norm + 1e-6))
         let tiny = g.constant(1e-6);
-        let denom = g.binary(Prim::Add, norm, tiny);
+        let denom = g.binary(Binary::Add, norm, tiny);
         let c = g.constant(c);
-        let ratio = g.binary(Prim::Div, c, denom);
+        let ratio = g.binary(Binary::Div, c, denom);
         let one = g.constant(1.0);
-        g.binary(Prim::Minimum, ratio, one)
+        g.binary(Binary::Minimum, ratio, one)
     });
 
     let lr = scalar_input(&mut g, "lr");
@@ -193,30 +177,30 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         let m = g.add(Op::Input(format!("m.{}", spec.name)), vec![], ty.clone());
         let v = g.add(Op::Input(format!("v.{}", spec.name)), vec![], ty);
         let gr = match clip_scale {
-            Some(s) => g.binary(Prim::Mul, gr, s),
+            Some(s) => g.binary(Binary::Mul, gr, s),
             None => gr,
         };
         let m_old = g.scale(m, opt.beta1);
         let m_new = g.scale(gr, 1.0 - opt.beta1);
-        let m_new = g.binary(Prim::Add, m_old, m_new);
-        let g2 = g.binary(Prim::Mul, gr, gr);
+        let m_new = g.binary(Binary::Add, m_old, m_new);
+        let g2 = g.binary(Binary::Mul, gr, gr);
         let v_old = g.scale(v, opt.beta2);
         let v_new = g.scale(g2, 1.0 - opt.beta2);
-        let v_new = g.binary(Prim::Add, v_old, v_new);
-        let m_hat = g.binary(Prim::Div, m_new, bc1);
-        let v_hat = g.binary(Prim::Div, v_new, bc2);
-        let denom = g.unary(Prim::Sqrt, v_hat);
+        let v_new = g.binary(Binary::Add, v_old, v_new);
+        let m_hat = g.binary(Binary::Div, m_new, bc1);
+        let v_hat = g.binary(Binary::Div, v_new, bc2);
+        let denom = g.unary(Unary::Sqrt, v_hat);
         let eps = g.constant(opt.eps);
-        let denom = g.binary(Prim::Add, denom, eps);
-        let mut step = g.binary(Prim::Div, m_hat, denom);
+        let denom = g.binary(Binary::Add, denom, eps);
+        let mut step = g.binary(Binary::Div, m_hat, denom);
         let decays = opt.decay_all || matches!(spec.role, Role::Hidden | Role::Output);
         if decays && opt.weight_decay > 0.0 {
             let wd = g.scale(w, opt.weight_decay);
-            step = g.binary(Prim::Add, step, wd);
+            step = g.binary(Binary::Add, step, wd);
         }
         let rate = g.scale(lr, mup_lr_multiplier(spec.role, width_mult));
-        let delta = g.binary(Prim::Mul, step, rate);
-        let w_new = g.binary(Prim::Sub, w, delta);
+        let delta = g.binary(Binary::Mul, step, rate);
+        let w_new = g.binary(Binary::Sub, w, delta);
         outputs.extend([w_new, m_new, v_new]);
         names.push(spec.name);
     }

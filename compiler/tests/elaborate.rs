@@ -12,7 +12,7 @@ fn graph_of(example: &str) -> Graph {
     std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
-            let checked = hyb_dsl::check::check_paths(&[&path]).unwrap();
+            let checked = hyb_compiler::check::check_paths(&[&path]).unwrap();
             assert!(checked.diagnostics.is_empty());
             elaborate(&checked.models[0].1.trace)
         })

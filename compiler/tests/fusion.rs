@@ -1,12 +1,12 @@
 //! Vertical fusion preserves meaning: random graphs of pointwise operations, row
 //! reductions, views and GEMMs compute the same values after their chains become kernels.
 
-use hyb_compiler::ir::{Attr, Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ops::{Binary, ReduceOp, Unary};
 use hyb_compiler::reference::{run, Tensor};
 use hyb_compiler::rewrite::fuse::fuse;
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -38,14 +38,14 @@ fn build(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> (Graph, HashMa
     for &(kind, i, j) in ops {
         let (a, b) = (full[i % full.len()], full[j % full.len()]);
         let y = match kind % 8 {
-            0 => g.unary(Prim::Silu, a),
-            1 => g.unary(Prim::Tanh, a),
-            2 => g.binary(Prim::Add, a, b),
-            3 => g.binary(Prim::Mul, a, b),
+            0 => g.unary(Unary::Silu, a),
+            1 => g.unary(Unary::Tanh, a),
+            2 => g.binary(Binary::Add, a, b),
+            3 => g.binary(Binary::Mul, a, b),
             4 => {
-                let red = [Prim::Sum, Prim::Mean, Prim::Max][j % 3];
-                let r = g.apply(red, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![a]);
-                g.binary(Prim::Sub, b, r)
+                let red = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max][j % 3];
+                let r = g.reduce(red, a, -1, true);
+                g.binary(Binary::Sub, b, r)
             }
             5 => {
                 let w = param(&mut g, vec![cols, cols]);
@@ -54,7 +54,7 @@ fn build(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> (Graph, HashMa
             6 => g.scale(a, 0.5),
             _ => {
                 let r = g.reshape(a, vec![Dim::constant((rows * cols) as i64)]);
-                let e = g.unary(Prim::Exp, r);
+                let e = g.unary(Unary::Exp, r);
                 g.reshape(e, vec![Dim::constant(rows as i64), Dim::constant(cols as i64)])
             }
         };
@@ -93,16 +93,16 @@ fn chains_become_one_kernel_and_gemms_take_epilogues() {
     let (g, values) = build(&[], 4, 4);
     let mut g = g;
     let x = 0;
-    let sq = g.binary(Prim::Mul, x, x);
-    let ms = g.apply(Prim::Mean, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![sq]);
+    let sq = g.binary(Binary::Mul, x, x);
+    let ms = g.reduce(ReduceOp::Mean, sq, -1, true);
     let eps = g.constant(1e-5);
-    let ms = g.binary(Prim::Add, ms, eps);
-    let r = g.unary(Prim::Rsqrt, ms);
-    let h = g.binary(Prim::Mul, x, r);
-    let h = g.binary(Prim::Mul, h, 1);
+    let ms = g.binary(Binary::Add, ms, eps);
+    let r = g.unary(Unary::Rsqrt, ms);
+    let h = g.binary(Binary::Mul, x, r);
+    let h = g.binary(Binary::Mul, h, 1);
     let y = g.matmul(h, 1, false, true);
-    let y = g.binary(Prim::Add, y, x);
-    let y = g.unary(Prim::Silu, y);
+    let y = g.binary(Binary::Add, y, x);
+    let y = g.unary(Unary::Silu, y);
     g.outputs = vec![y];
     let want = run(&g, &values, &HashMap::new()).unwrap();
     let fused = fuse(&g);

@@ -3,11 +3,14 @@
 
 use hyb_compiler::autodiff::gradients;
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::{Attr, Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ops::{
+    Binary, Cast, CausalConv1d, CausalMask, Clamp, Concat, Embedding, Int8Quant, Pad, Permute, Pow, Prim, Primitive,
+    ReduceOp, Rope, RopeGrad, Slice, SsdScan, TernaryQuant, Transpose, Tril, Unary, F64,
+};
 use hyb_compiler::reference::{run, Tensor};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
 
@@ -70,10 +73,10 @@ impl Case {
         let n: usize = shape.iter().product();
         let data = (0..n).map(|_| rand(&mut self.seed)).collect();
         self.inputs.insert("loss_weights".into(), Tensor::new(shape.to_vec(), data));
-        let yr = self.g.binary(Prim::Mul, y, r);
+        let yr = self.g.binary(Binary::Mul, y, r);
         let loss = self.g.sum_all(yr);
         let mut bwd = self.g.clone();
-        let grads = gradients(&mut bwd, loss, &self.wrt);
+        let grads = gradients(&mut bwd, loss, &self.wrt).unwrap();
         bwd.outputs = grads.clone();
         let analytic = run(&bwd, &self.values, &self.inputs).unwrap();
         let mut fwd = self.g.clone();
@@ -105,7 +108,7 @@ impl Case {
 
 const TOL: f64 = 1e-6;
 
-fn pointwise_case(prim: Prim, offset: f64) {
+fn pointwise_case(prim: Unary, offset: f64) {
     let mut c = Case::new(prim as u64 + 1);
     let x = c.param(&[2, 3], offset, 0.8);
     let y = c.g.unary(prim, x);
@@ -114,17 +117,19 @@ fn pointwise_case(prim: Prim, offset: f64) {
 
 #[test]
 fn unary_pointwise() {
-    for prim in [Prim::Neg, Prim::Exp, Prim::Sigmoid, Prim::Silu, Prim::Softplus, Prim::Tanh, Prim::Gelu] {
+    use Unary::*;
+    for prim in [Neg, Exp, Sigmoid, Silu, Softplus, Tanh, Gelu] {
         pointwise_case(prim, 0.0);
     }
-    for prim in [Prim::Log, Prim::Sqrt, Prim::Rsqrt, Prim::Abs] {
+    for prim in [Log, Sqrt, Rsqrt, Abs] {
         pointwise_case(prim, 1.5);
     }
 }
 
 #[test]
 fn binary_pointwise_with_broadcasting() {
-    for prim in [Prim::Add, Prim::Sub, Prim::Mul, Prim::Div, Prim::Maximum, Prim::Minimum] {
+    use Binary::*;
+    for prim in [Add, Sub, Mul, Div, Maximum, Minimum] {
         let mut c = Case::new(prim as u64 + 7);
         let a = c.param(&[2, 3], 0.0, 1.0);
         let b = c.param(&[3], 2.0, 0.5);
@@ -142,15 +147,15 @@ fn binary_pointwise_with_broadcasting() {
 fn pow_clamp_cast() {
     let mut c = Case::new(3);
     let x = c.param(&[4], 1.5, 0.5);
-    let y = c.g.apply(Prim::Pow, vec![Attr::Tensor, Attr::Float(2.5)], vec![x]);
+    let y = c.g.apply(Pow { exponent: F64(2.5) }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(4);
     let x = c.param(&[6], 0.0, 2.0);
-    let y = c.g.apply(Prim::Clamp, vec![Attr::Tensor, Attr::Float(-0.5), Attr::Float(0.7)], vec![x]);
+    let y = c.g.apply(Clamp { low: F64(-0.5), high: F64(0.7) }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(5);
     let x = c.param(&[3], 0.0, 1.0);
-    let y = c.g.apply(Prim::Cast, vec![Attr::Tensor, Attr::Str("f64".into())], vec![x]);
+    let y = c.g.apply(Cast { dtype: DType::F64 }, vec![x]);
     c.check(y, TOL);
 }
 
@@ -158,19 +163,19 @@ fn pow_clamp_cast() {
 fn piecewise_constant_ops_have_zero_or_straight_through_gradients() {
     // round/sign/step: zero gradient; the quantisers: identity (straight-through).
     for (prim, identity) in [
-        (Prim::Round, false),
-        (Prim::Sign, false),
-        (Prim::Step, false),
-        (Prim::TernaryQuant, true),
-        (Prim::Int8Quant, true),
+        (Prim::Unary(Unary::Round), false),
+        (Prim::Unary(Unary::Sign), false),
+        (Prim::Unary(Unary::Step), false),
+        (Prim::TernaryQuant(TernaryQuant), true),
+        (Prim::Int8Quant(Int8Quant), true),
     ] {
         let mut c = Case::new(11);
         let x = c.param(&[2, 4], 0.0, 1.0);
-        let y = c.g.unary(prim, x);
+        let y = c.g.apply(prim.clone(), vec![x]);
         let r = c.leaf("r", &[2, 4], 0.0, 1.0);
-        let yr = c.g.binary(Prim::Mul, y, r);
+        let yr = c.g.binary(Binary::Mul, y, r);
         let loss = c.g.sum_all(yr);
-        let grads = gradients(&mut c.g, loss, &[x]);
+        let grads = gradients(&mut c.g, loss, &[x]).unwrap();
         c.g.outputs = grads;
         let got = run(&c.g, &c.values, &c.inputs).unwrap().remove(0);
         let want: Vec<f64> = if identity { c.values["r"].data.clone() } else { vec![0.0; 8] };
@@ -180,62 +185,50 @@ fn piecewise_constant_ops_have_zero_or_straight_through_gradients() {
 
 #[test]
 fn reductions() {
-    for prim in [Prim::Sum, Prim::Mean, Prim::Max] {
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
         for (axis, keep) in [(-1, true), (0, false), (1, true)] {
-            let mut c = Case::new((prim as u64).wrapping_mul(31).wrapping_add(axis as u64));
+            let mut c = Case::new((op as u64).wrapping_mul(31).wrapping_add(axis as u64));
             let x = c.param(&[3, 4], 0.0, 1.0);
-            let y = c.g.apply(prim, vec![Attr::Tensor, Attr::Int(Dim::constant(axis)), Attr::Bool(keep)], vec![x]);
+            let y = c.g.reduce(op, x, axis, keep);
             c.check(y, TOL);
         }
     }
 }
 
-fn ints(v: &[i64]) -> Attr {
-    Attr::Ints(v.iter().map(|&d| Dim::constant(d)).collect())
+fn ints(v: &[i64]) -> Vec<Dim> {
+    v.iter().map(|&d| Dim::constant(d)).collect()
 }
 
 #[test]
 fn movement() {
     let mut c = Case::new(30);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
-    let y = c.g.apply(Prim::Reshape, vec![Attr::Tensor, ints(&[6, 4])], vec![x]);
+    let y = c.g.reshape(x, ints(&[6, 4]));
     c.check(y, TOL);
     let mut c = Case::new(31);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
-    let y = c.g.apply(Prim::Permute, vec![Attr::Tensor, ints(&[2, 0, 1])], vec![x]);
+    let y = c.g.apply(Permute { dims: vec![2, 0, 1] }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(32);
     let x = c.param(&[2, 3, 4], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Transpose,
-        vec![Attr::Tensor, Attr::Int(Dim::constant(0)), Attr::Int(Dim::constant(2))],
-        vec![x],
-    );
+    let y = c.g.apply(Transpose { dim0: 0, dim1: 2 }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(33);
     let x = c.param(&[3, 1], 0.0, 1.0);
-    let y = c.g.apply(Prim::Broadcast, vec![Attr::Tensor, ints(&[2, 3, 4])], vec![x]);
+    let y = c.g.broadcast(x, ints(&[2, 3, 4]));
     c.check(y, TOL);
     let mut c = Case::new(34);
     let x = c.param(&[3, 5], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Slice,
-        vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(4))],
-        vec![x],
-    );
+    let y = c.g.apply(Slice { axis: 1, start: Dim::constant(1), end: Dim::constant(4) }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(35);
     let a = c.param(&[2, 3], 0.0, 1.0);
     let b = c.param(&[2, 2], 0.0, 1.0);
-    let y = c.g.apply(Prim::Concat, vec![Attr::Tensor, Attr::Int(Dim::constant(-1))], vec![a, b]);
+    let y = c.g.apply(Concat { axis: -1 }, vec![a, b]);
     c.check(y, TOL);
     let mut c = Case::new(36);
     let x = c.param(&[2, 3], 0.0, 1.0);
-    let y = c.g.apply(
-        Prim::Pad,
-        vec![Attr::Tensor, Attr::Int(Dim::constant(0)), Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(2))],
-        vec![x],
-    );
+    let y = c.g.apply(Pad { axis: 0, before: Dim::constant(1), after: Dim::constant(2) }, vec![x]);
     c.check(y, TOL);
 }
 
@@ -249,7 +242,7 @@ fn embedding_table_gradient() {
         TensorType { shape: vec![Dim::constant(2), Dim::constant(3)], dtype: DType::I64 },
     );
     c.inputs.insert("ids".into(), Tensor::new(vec![2, 3], vec![4.0, 1.0, 4.0, 0.0, 2.0, 1.0]));
-    let y = c.g.binary(Prim::Embedding, table, ids);
+    let y = c.g.apply(Embedding, vec![table, ids]);
     c.check(y, TOL);
 }
 
@@ -270,12 +263,11 @@ fn causal_conv1d_with_and_without_bias() {
         let mut c = Case::new(60 + bias as u64);
         let x = c.param(&[2, 5, 3], 0.0, 1.0);
         let w = c.param(&[3, 4], 0.0, 1.0);
-        let (attrs, mut inputs) =
-            (vec![Attr::Tensor, Attr::Tensor, if bias { Attr::Tensor } else { Attr::Absent }], vec![x, w]);
+        let mut inputs = vec![x, w];
         if bias {
             inputs.push(c.param(&[3], 0.0, 1.0));
         }
-        let y = c.g.apply(Prim::CausalConv1d, attrs, inputs);
+        let y = c.g.apply(CausalConv1d, inputs);
         c.check(y, TOL);
     }
 }
@@ -289,9 +281,7 @@ fn ssd_scan_all_inputs() {
         let a = c.param(&[heads], -0.8, 0.3);
         let b = c.param(&[2, t, groups, 2], 0.0, 1.0);
         let cm = c.param(&[2, t, groups, 2], 0.0, 1.0);
-        let attrs =
-            vec![Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Int(Dim::constant(chunk))];
-        let y = c.g.apply(Prim::SsdScan, attrs, vec![x, dt, a, b, cm]);
+        let y = c.g.apply(SsdScan { chunk: Dim::constant(chunk) }, vec![x, dt, a, b, cm]);
         c.check(y, TOL);
     }
 }
@@ -300,20 +290,20 @@ fn ssd_scan_all_inputs() {
 fn rope_causal_mask_tril() {
     let mut c = Case::new(80);
     let x = c.param(&[1, 3, 2, 4], 0.0, 1.0);
-    let y = c.g.apply(Prim::Rope, vec![Attr::Tensor, Attr::Float(100.0)], vec![x]);
+    let y = c.g.apply(Rope { theta: F64(100.0) }, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(81);
     let x = c.param(&[2, 3, 3], 0.0, 1.0);
-    let m = c.g.unary(Prim::CausalMask, x);
-    let y = c.g.unary(Prim::Exp, m);
+    let m = c.g.apply(CausalMask, vec![x]);
+    let y = c.g.unary(Unary::Exp, m);
     c.check(y, TOL);
     let mut c = Case::new(82);
     let x = c.param(&[3, 3], 0.0, 1.0);
-    let y = c.g.unary(Prim::Tril, x);
+    let y = c.g.apply(Tril, vec![x]);
     c.check(y, TOL);
     let mut c = Case::new(83);
     let x = c.param(&[1, 3, 1, 4], 0.0, 1.0);
-    let y = c.g.apply(Prim::RopeGrad, vec![Attr::Tensor, Attr::Float(50.0)], vec![x]);
+    let y = c.g.apply(RopeGrad { theta: F64(50.0) }, vec![x]);
     c.check(y, TOL);
 }
 
@@ -323,7 +313,7 @@ fn model_case(src: &str, seed: u64) {
     let trace = std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
-            let checked = hyb_dsl::check::check_text("gradcheck.hyb", &src);
+            let checked = hyb_compiler::check::check_text("gradcheck.hyb", &src);
             assert!(
                 checked.diagnostics.is_empty(),
                 "{:?}",
@@ -390,15 +380,15 @@ fn bitlinear_straight_through_gradient() {
     let mut c = Case::new(97);
     let x = c.param(&[2, 3, 8], 0.0, 1.0);
     let w = c.param(&[5, 8], 0.0, 0.5);
-    let xq = c.g.unary(Prim::Int8Quant, x);
-    let wq = c.g.unary(Prim::TernaryQuant, w);
+    let xq = c.g.apply(Int8Quant, vec![x]);
+    let wq = c.g.apply(TernaryQuant, vec![w]);
     let y = c.g.matmul(xq, wq, false, true);
-    let y = c.g.unary(Prim::Tanh, y);
+    let y = c.g.unary(Unary::Tanh, y);
     let r = c.leaf("r", &[2, 3, 5], 0.0, 1.0);
-    let yr = c.g.binary(Prim::Mul, y, r);
+    let yr = c.g.binary(Binary::Mul, y, r);
     let loss = c.g.sum_all(yr);
     let mut bwd = c.g.clone();
-    let grads = gradients(&mut bwd, loss, &[x, w]);
+    let grads = gradients(&mut bwd, loss, &[x, w]).unwrap();
     bwd.outputs = grads;
     bwd.outputs.extend([xq, wq]);
     let out = run(&bwd, &c.values, &c.inputs).unwrap();
@@ -409,13 +399,13 @@ fn bitlinear_straight_through_gradient() {
     s.values.insert("p0".into(), out[2].clone());
     s.values.insert("p1".into(), out[3].clone());
     let y = s.g.matmul(u, v, false, true);
-    let y = s.g.unary(Prim::Tanh, y);
+    let y = s.g.unary(Unary::Tanh, y);
     let r2 = s.leaf("r", &[2, 3, 5], 0.0, 0.0);
     s.values.insert("r".into(), c.values["r"].clone());
-    let yr = s.g.binary(Prim::Mul, y, r2);
+    let yr = s.g.binary(Binary::Mul, y, r2);
     let loss2 = s.g.sum_all(yr);
     let mut sb = s.g.clone();
-    let surrogate = gradients(&mut sb, loss2, &[u, v]);
+    let surrogate = gradients(&mut sb, loss2, &[u, v]).unwrap();
     sb.outputs = surrogate;
     let want = run(&sb, &s.values, &s.inputs).unwrap();
     assert_eq!(out[0], want[0], "input gradient is not straight-through");
@@ -427,6 +417,6 @@ fn bitlinear_straight_through_gradient() {
     s2.values.insert("p0".into(), out[2].clone());
     s2.values.insert("p1".into(), out[3].clone());
     let y = s2.g.matmul(u, v, false, true);
-    let y = s2.g.unary(Prim::Tanh, y);
+    let y = s2.g.unary(Unary::Tanh, y);
     s2.check(y, TOL);
 }

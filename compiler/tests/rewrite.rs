@@ -7,10 +7,10 @@ mod common;
 
 use common::{forward, inputs, weights};
 use hyb_compiler::ir::{Graph, KernelKind, Op};
+use hyb_compiler::ops::Prim;
 use hyb_compiler::reference::{run, Tensor};
 use hyb_compiler::rewrite::{optimize, saturate, Options};
 use hyb_compiler::training::{training_graph, AdamW};
-use hyb_dsl::prims::Prim;
 
 const MODEL: &str = r#"
 import std.layers
@@ -108,7 +108,7 @@ fn rewritten_training_step_gives_the_same_update() {
 fn packed_projections(g: &Graph) -> usize {
     g.nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::Prim { prim: Prim::Concat, .. }))
+        .filter(|n| matches!(n.op, Op::Prim(Prim::Concat(_))))
         .filter(|n| {
             let names: Vec<&str> = n
                 .inputs

@@ -5,13 +5,16 @@
 //! checked on simulated ranks holding different values.
 
 use egg::Id;
-use hyb_compiler::ir::{Attr, Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ops::{
+    AllGather, AllReduce, Binary, CausalMask, Concat, Int8Quant, ReduceOp, Rope, Shard, TernaryQuant, TpCopy,
+    Transpose, Unary, F64,
+};
 use hyb_compiler::reference::{run_ranks, Tensor};
 use hyb_compiler::rewrite::lang::{EGraph, OpKind};
 use hyb_compiler::rewrite::{load, region, rules, run_rules, Options};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -57,16 +60,8 @@ impl Case {
         self.g.add(Op::Param(self.g.params.len() - 1), vec![], ty)
     }
 
-    fn op(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> NodeId {
-        self.g.apply(prim, attrs, inputs)
-    }
-
-    fn int(i: i64) -> Attr {
-        Attr::Int(Dim::constant(i))
-    }
-
     fn transpose(&mut self, x: NodeId, i: i64, j: i64) -> NodeId {
-        self.op(Prim::Transpose, vec![Attr::Tensor, Case::int(i), Case::int(j)], vec![x])
+        self.g.apply(Transpose { dim0: i, dim1: j }, vec![x])
     }
 
     fn reshape(&mut self, x: NodeId, s: &[usize]) -> NodeId {
@@ -74,11 +69,11 @@ impl Case {
     }
 
     fn broadcast(&mut self, x: NodeId, s: &[usize]) -> NodeId {
-        self.op(Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(dims(s))], vec![x])
+        self.g.broadcast(x, dims(s))
     }
 
     fn concat(&mut self, xs: Vec<NodeId>, axis: i64) -> NodeId {
-        self.op(Prim::Concat, vec![Attr::Tensor, Case::int(axis)], xs)
+        self.g.apply(Concat { axis }, xs)
     }
 
     /// Saturates with `rule` alone, checks it fired, and checks every e-node.
@@ -101,7 +96,7 @@ impl Case {
             .collect();
         let chosen: Vec<_> = rules::all().into_iter().filter(|r| r.name == rule).collect();
         assert_eq!(chosen.len(), 1, "unknown rule {rule}");
-        let eg = run_rules(eg, &chosen, &Options::default());
+        let (eg, _) = run_rules(eg, &chosen, &Options::default());
         assert!(eg.analysis.fired.get(rule).copied().unwrap_or(0) > 0, "{rule} did not fire");
         verify(&eg, &leaves);
     }
@@ -119,7 +114,7 @@ fn eval(
     let op = match eg.analysis.op(n) {
         OpKind::Leaf(l) => return leaves[*l].clone(),
         OpKind::Const(bits, _) => return vec![Tensor::scalar(f64::from_bits(*bits)); ranks],
-        OpKind::Prim(prim, attrs) => Op::Prim { prim: *prim, attrs: attrs.clone() },
+        OpKind::Prim(prim) => Op::Prim(prim.clone()),
         OpKind::Kernel(k) => Op::Kernel(Box::new(eg.analysis.kernels[*k].clone())),
         OpKind::Output(i) => Op::Output(*i),
     };
@@ -191,7 +186,7 @@ proptest! {
         let x = k.param(&[a, b, c]);
         let t = k.transpose(x, i, j);
         let y = k.transpose(t, j - 3, i);
-        let out = k.op(Prim::Exp, vec![Attr::Tensor], vec![y]);
+        let out = k.g.unary(Unary::Exp, y);
         k.check(vec![out], "transpose-cancel");
     }
 
@@ -202,7 +197,7 @@ proptest! {
         let r1 = k.reshape(x, &[a * b, c]);
         let r2 = k.reshape(r1, &[a, b * c]);
         let r3 = k.reshape(r2, &[a, b, c]);
-        let out = k.g.binary(Prim::Add, r3, x);
+        let out = k.g.binary(Binary::Add, r3, x);
         let flat = k.reshape(r2, &[a * b * c]);
         k.check(vec![out, flat], "reshape-fold");
     }
@@ -221,8 +216,8 @@ proptest! {
     fn scalar_identity(a in 1..4usize, b in 1..4usize, which in 0..6usize, seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let x = k.param(&[a, b]);
-        let (prim, unit, left) = [(Prim::Mul, 1.0, false), (Prim::Mul, 1.0, true), (Prim::Div, 1.0, false),
-            (Prim::Add, 0.0, false), (Prim::Add, 0.0, true), (Prim::Sub, 0.0, false)][which];
+        let (prim, unit, left) = [(Binary::Mul, 1.0, false), (Binary::Mul, 1.0, true), (Binary::Div, 1.0, false),
+            (Binary::Add, 0.0, false), (Binary::Add, 0.0, true), (Binary::Sub, 0.0, false)][which];
         let c = k.g.constant(unit);
         let y = if left { k.g.binary(prim, c, x) } else { k.g.binary(prim, x, c) };
         k.check(vec![y], "scalar-identity");
@@ -234,7 +229,7 @@ proptest! {
         let x = k.param(&[a, 3]);
         let s1 = k.g.scale(x, c1);
         let s2 = k.g.constant(c2);
-        let y = if left { k.g.binary(Prim::Mul, s2, s1) } else { k.g.binary(Prim::Mul, s1, s2) };
+        let y = if left { k.g.binary(Binary::Mul, s2, s1) } else { k.g.binary(Binary::Mul, s1, s2) };
         k.check(vec![y], "scalar-reassociate");
     }
 
@@ -272,7 +267,7 @@ proptest! {
         let w2 = k.param(&if tb { [n, k2] } else { [k2, n] });
         let ya = k.g.matmul(a, w1, false, tb);
         let yb = k.g.matmul(b, w2, false, tb);
-        let y = k.g.binary(Prim::Add, ya, yb);
+        let y = k.g.binary(Binary::Add, ya, yb);
         k.check(vec![y], "linear-concat-merge");
     }
 
@@ -294,7 +289,7 @@ proptest! {
                        rope in any::<bool>(), seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let (h, hd) = (kv * groups, 2 * half);
-        let roped = |k: &mut Case, x| if rope { k.op(Prim::Rope, vec![Attr::Tensor, Attr::Float(500.0)], vec![x]) } else { x };
+        let roped = |k: &mut Case, x| if rope { k.g.apply(Rope { theta: F64(500.0) }, vec![x]) } else { x };
         let q = k.param(&[b, t, h, hd]);
         let q = roped(&mut k, q);
         let mut kvs = Vec::new();
@@ -309,13 +304,13 @@ proptest! {
         let qt = k.transpose(q, 1, 2);
         let s = k.g.matmul(qt, kvs[0], false, true);
         let s = k.g.scale(s, 1.0 / (hd as f64).sqrt());
-        let s = k.g.unary(Prim::CausalMask, s);
-        let keep = |k: &mut Case, p, x| k.op(p, vec![Attr::Tensor, Case::int(-1), Attr::Bool(true)], vec![x]);
-        let m = keep(&mut k, Prim::Max, s);
-        let s = k.g.binary(Prim::Sub, s, m);
-        let e = k.g.unary(Prim::Exp, s);
-        let z = keep(&mut k, Prim::Sum, e);
-        let p = k.g.binary(Prim::Div, e, z);
+        let s = k.g.apply(CausalMask, vec![s]);
+        let keep = |k: &mut Case, op, x| k.g.reduce(op, x, -1, true);
+        let m = keep(&mut k, ReduceOp::Max, s);
+        let s = k.g.binary(Binary::Sub, s, m);
+        let e = k.g.unary(Unary::Exp, s);
+        let z = keep(&mut k, ReduceOp::Sum, e);
+        let p = k.g.binary(Binary::Div, e, z);
         let o = k.g.matmul(p, kvs[1], false, false);
         k.check(vec![o], "flash-attention");
     }
@@ -327,9 +322,9 @@ proptest! {
         let x = k.param(&[a, b]);
         let s = k.g.scale(x, c);
         let y = if gather {
-            k.op(Prim::AllGather, vec![Attr::Tensor, Case::int(1), Case::int(ranks as i64)], vec![s])
+            k.g.apply(AllGather { axis: 1, ranks }, vec![s])
         } else {
-            k.g.unary(Prim::TpCopy, s)
+            k.g.apply(TpCopy, vec![s])
         };
         k.check(vec![y], "collective-scale");
     }
@@ -338,8 +333,8 @@ proptest! {
     fn reduce_scatter(t in 1..4usize, d in 1..4usize, ranks in 1..5usize, seed in 0..1000u64) {
         let mut k = Case::on_ranks(ranks, seed);
         let x = k.param(&[2, t * ranks, d]);
-        let s = k.g.unary(Prim::AllReduce, x);
-        let y = k.op(Prim::Shard, vec![Attr::Tensor, Case::int(1), Case::int(ranks as i64)], vec![s]);
+        let s = k.g.apply(AllReduce, vec![x]);
+        let y = k.g.apply(Shard { axis: 1, ranks }, vec![s]);
         k.check(vec![y], "reduce-scatter");
     }
 
@@ -348,8 +343,8 @@ proptest! {
         let mut k = Case::new(seed);
         let x = k.param(&[2, t, d]);
         let w = k.param(&[n, d]);
-        let xq = k.g.unary(Prim::Int8Quant, x);
-        let wq = k.g.unary(Prim::TernaryQuant, w);
+        let xq = k.g.apply(Int8Quant, vec![x]);
+        let wq = k.g.apply(TernaryQuant, vec![w]);
         let y = k.g.matmul(xq, wq, false, true);
         k.check(vec![y], "bitlinear");
     }
@@ -368,10 +363,10 @@ fn constant_folding_in_the_analysis() {
     let mut k = Case::new(1);
     let x = k.param(&[2, 3]);
     let (a, b, c) = (k.g.constant(1.5), k.g.constant(-2.0), k.g.constant(7.0));
-    let ab = k.g.binary(Prim::Mul, a, b);
-    let abc = k.g.binary(Prim::Add, ab, c);
-    let s = k.g.unary(Prim::Sqrt, abc);
-    let y = k.g.binary(Prim::Mul, x, s);
+    let ab = k.g.binary(Binary::Mul, a, b);
+    let abc = k.g.binary(Binary::Add, ab, c);
+    let s = k.g.unary(Unary::Sqrt, abc);
+    let y = k.g.binary(Binary::Mul, x, s);
     k.g.outputs = vec![y];
     let regions = region::partition(&k.g);
     let (eg, class_of) = load(&k.g, &regions[0]);

@@ -1,9 +1,11 @@
 //! `hyb check`: load files with their imports, check every block on its own, then
-//! instantiate every model (where all configs are known and every shape is decided).
+//! instantiate every model (where all configs are known and every shape is decided). The
+//! primitives come from the caller: the compiler owns the op set.
 
 use crate::diag::Diagnostic;
 use crate::expand::model::Expanded;
 use crate::expand::Expander;
+use crate::prims::Primitives;
 use crate::resolve::{DefId, Loader, Program};
 use crate::value::Value;
 use std::collections::HashMap;
@@ -18,35 +20,39 @@ pub struct Checked {
 }
 
 /// Checks files given by path. A file that cannot be read at all is an `Err`.
-pub fn check_paths(paths: &[&Path]) -> Result<Checked, String> {
+pub fn check_paths(prims: &dyn Primitives, paths: &[&Path]) -> Result<Checked, String> {
     let mut loader = Loader::new();
     for p in paths {
         loader.add_path(p)?;
     }
-    Ok(finish(loader, &HashMap::new()))
+    Ok(finish(prims, loader, &HashMap::new()))
 }
 
 /// Checks source text (tests, fuzzing); `std.` imports resolve in the standard library.
-pub fn check_text(name: &str, text: &str) -> Checked {
+pub fn check_text(prims: &dyn Primitives, name: &str, text: &str) -> Checked {
     let mut loader = Loader::new();
     loader.add_text(name, text);
-    finish(loader, &HashMap::new())
+    finish(prims, loader, &HashMap::new())
 }
 
 /// Checks files with some model settings replaced (every root model sees the same values).
-pub fn check_paths_with(paths: &[&Path], settings: &HashMap<String, Value>) -> Result<Checked, String> {
+pub fn check_paths_with(
+    prims: &dyn Primitives,
+    paths: &[&Path],
+    settings: &HashMap<String, Value>,
+) -> Result<Checked, String> {
     let mut loader = Loader::new();
     for p in paths {
         loader.add_path(p)?;
     }
-    Ok(finish(loader, settings))
+    Ok(finish(prims, loader, settings))
 }
 
-fn finish(loader: Loader, settings: &HashMap<String, Value>) -> Checked {
+fn finish(prims: &dyn Primitives, loader: Loader, settings: &HashMap<String, Value>) -> Checked {
     let (program, mut diagnostics) = loader.finish();
     let mut models = Vec::new();
     {
-        let mut generic = Expander::new(&program, false);
+        let mut generic = Expander::new(&program, prims, false);
         for (m, module) in program.modules.iter().enumerate() {
             for (i, item) in module.ast.items.iter().enumerate() {
                 if matches!(item, crate::ast::Item::Block(_)) {
@@ -56,7 +62,7 @@ fn finish(loader: Loader, settings: &HashMap<String, Value>) -> Checked {
         }
         diagnostics.append(&mut generic.diags);
         for def in program.root_models() {
-            let mut strict = Expander::new(&program, true);
+            let mut strict = Expander::new(&program, prims, true);
             strict.setting_overrides = settings.clone();
             let expanded = strict.expand_model(def);
             diagnostics.append(&mut strict.diags);

@@ -44,6 +44,7 @@ pub enum Code {
     RecursiveBlock,
     UnknownDtype,
     CannotRead,
+    InternalPrimitive,
 }
 
 impl Code {
@@ -82,6 +83,7 @@ impl Code {
             Code::RecursiveBlock => "E031",
             Code::UnknownDtype => "E032",
             Code::CannotRead => "E033",
+            Code::InternalPrimitive => "E034",
         }
     }
 }

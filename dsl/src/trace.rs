@@ -5,7 +5,7 @@
 use crate::ast::Span;
 use crate::dim::Dim;
 use crate::inits::Role;
-use crate::prims::Prim;
+use crate::prims::Callable;
 use crate::source::FileId;
 use crate::value::{DType, Shape};
 
@@ -48,7 +48,7 @@ pub enum TraceArg {
 pub enum Op {
     Input { out: usize, name: String },
     Param { out: usize, param: ParamInfo },
-    Prim { prim: Prim, args: Vec<TraceArg>, outs: Vec<usize>, file: FileId, span: Span },
+    Prim { prim: &'static Callable, args: Vec<TraceArg>, outs: Vec<usize>, file: FileId, span: Span },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use hyb_dsl::check::check_paths;
+use hyb_compiler::check::check_paths;
 use hyb_dsl::expand::model::ModelSummary;
 use std::collections::HashMap;
 use std::path::PathBuf;

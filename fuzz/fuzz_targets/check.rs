@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let checked = hyb_dsl::check::check_text("fuzz.hyb", text);
+    let checked = hyb_compiler::check::check_text("fuzz.hyb", text);
     for d in &checked.diagnostics {
         let _ = format!("{:?}", d.report(&checked.program.sources));
     }

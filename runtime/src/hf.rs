@@ -650,7 +650,7 @@ fn load_checkpoint(dir: &Path) -> Result<Weights, HfError> {
 
 /// Checks the written model and that every weight has the shape the model declares.
 fn check_shapes(hyb_path: &Path, ours: &Weights) -> Result<(), HfError> {
-    let checked = hyb_dsl::check::check_paths(&[hyb_path]).map_err(HfError::Export)?;
+    let checked = hyb_compiler::check::check_paths(&[hyb_path]).map_err(HfError::Export)?;
     if let Some(d) = checked.diagnostics.first() {
         return Err(HfError::Weights(format!("the generated model does not check: {}", d.message)));
     }

@@ -69,7 +69,7 @@ pub fn coordinate_check(file: &Path, model: Option<&str>, cfg: &CoordCheck, dir:
     let mut rows = Vec::new();
     for &width in &cfg.widths {
         let settings = HashMap::from([("d".to_string(), Value::Int(Dim::constant(width as i64)))]);
-        let checked = hyb_dsl::check::check_paths_with(&[file], &settings).map_err(MupError::Model)?;
+        let checked = hyb_compiler::check::check_paths_with(&[file], &settings).map_err(MupError::Model)?;
         if let Some(d) = checked.diagnostics.first() {
             return Err(MupError::Model(format!("at d = {width}: {}", d.message)));
         }

@@ -24,7 +24,7 @@ fn expand(hyb: &Path) -> hyb_dsl::expand::model::Expanded {
     std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
-            let mut checked = hyb_dsl::check::check_paths(&[&hyb]).unwrap();
+            let mut checked = hyb_compiler::check::check_paths(&[&hyb]).unwrap();
             let msgs: Vec<String> =
                 checked.diagnostics.iter().map(|d| format!("{:?}", d.report(&checked.program.sources))).collect();
             assert!(msgs.is_empty(), "{}", msgs.join("\n"));

@@ -14,7 +14,7 @@ fn forward() -> Graph {
     std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(|| {
-            let checked = hyb_dsl::check::check_text("m.hyb", MODEL);
+            let checked = hyb_compiler::check::check_text("m.hyb", MODEL);
             assert!(checked.diagnostics.is_empty());
             elaborate(&checked.models[0].1.trace)
         })
@@ -169,7 +169,7 @@ fn a_bitnet_model_trains() {
     let g = std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
-            let checked = hyb_dsl::check::check_text("b.hyb", src);
+            let checked = hyb_compiler::check::check_text("b.hyb", src);
             assert!(checked.diagnostics.is_empty());
             elaborate(&checked.models[0].1.trace)
         })

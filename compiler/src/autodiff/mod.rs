@@ -4,12 +4,12 @@
 //! take the scope of the forward node they differentiate.
 
 use crate::ir::{Graph, Kernel, KernelKind, NodeId, Op};
-use crate::ops;
-use hyb_dsl::prims::Prim;
+use crate::ops::{Binary, NoGradient, Primitive};
 
 /// Appends the gradient of the scalar `loss` with respect to each node in `wrt` and returns
-/// the gradient nodes, in order. A node `loss` does not depend on gets a zero gradient.
-pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Vec<NodeId> {
+/// the gradient nodes, in order. A node `loss` does not depend on gets a zero gradient. A
+/// gradient primitive on the path is an error: second-order gradients are not defined.
+pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeId>, NoGradient> {
     assert!(g.shape(loss).is_empty(), "the loss must be a scalar");
     let n = loss + 1;
     let mut needs = vec![false; n];
@@ -34,33 +34,35 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Vec<NodeId> {
         let inputs = g.nodes[i].inputs.clone();
         g.scope = g.nodes[i].scope;
         let contributions = match &g.nodes[i].op {
-            Op::Kernel(_) => kernel_vjp(g, i, dy),
-            _ => ops::vjp(g, i, dy),
+            Op::Kernel(_) => kernel_vjp(g, i, dy)?,
+            Op::Prim(p) => p.clone().vjp(g, i, dy)?,
+            _ => unreachable!("only computed nodes are differentiated"),
         };
         for (x, c) in inputs.into_iter().zip(contributions) {
             let Some(c) = c.filter(|_| needs[x]) else {
                 continue;
             };
             adjoint[x] = Some(match adjoint[x] {
-                Some(prev) => g.binary(Prim::Add, prev, c),
+                Some(prev) => g.binary(Binary::Add, prev, c),
                 None => c,
             });
         }
     }
     g.scope = 0;
-    wrt.iter()
+    Ok(wrt
+        .iter()
         .map(|&w| match adjoint.get(w).copied().flatten() {
             Some(grad) => grad,
             None => g.scale(w, 0.0),
         })
-        .collect()
+        .collect())
 }
 
 /// The gradient of a kernel with respect to each floating-point input: one kernel, with an
 /// output per input, whose body is the kernel's own body differentiated, so it recomputes
 /// what it needs of the forward pass (as flash attention's backward pass does) instead of
 /// storing it.
-fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
+fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
     let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
     let k = (**k).clone();
     let inputs = g.nodes[node].inputs.clone();
@@ -68,7 +70,7 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
     let out = body.outputs[0];
     let arity = inputs.len();
     let dy_in = body.add(Op::Input(arity.to_string()), vec![], g.nodes[dy].ty.clone());
-    let weighted = body.binary(Prim::Mul, out, dy_in);
+    let weighted = body.binary(Binary::Mul, out, dy_in);
     let loss = body.sum_all(weighted);
     let wrt: Vec<NodeId> = (0..arity)
         .map(|j| {
@@ -76,11 +78,11 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
             body.input_nodes().find(|(_, n)| *n == name).map(|(id, _)| id).expect("numbered inputs")
         })
         .collect();
-    let grads = gradients(&mut body, loss, &wrt);
+    let grads = gradients(&mut body, loss, &wrt)?;
     let mut args = inputs.clone();
     args.push(dy);
     let float: Vec<usize> = (0..arity).filter(|&j| g.nodes[inputs[j]].ty.dtype.is_float()).collect();
-    let Some(&first) = float.first() else { return vec![None; arity] };
+    let Some(&first) = float.first() else { return Ok(vec![None; arity]) };
     body.outputs = float.iter().map(|&j| grads[j]).collect();
     let kind = KernelKind::Grad { of: Box::new(k.kind.clone()) };
     let ty = g.nodes[inputs[first]].ty.clone();
@@ -94,5 +96,5 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
             g.add(Op::Output(k), vec![kernel], ty)
         });
     }
-    out
+    Ok(out)
 }

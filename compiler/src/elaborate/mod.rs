@@ -3,9 +3,10 @@
 //! turns that trace into graph nodes: scalars become constants, `split` becomes slices (so
 //! every node has one output), parameters enter the manifest.
 
-use crate::ir::{Attr, Graph, Init, Op, ParamSpec, TensorType};
+use crate::ir::{Graph, Init, Op, ParamSpec, TensorType};
+use crate::ops::{Prim, Slice, OPS};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::{Kind, Prim};
+use hyb_dsl::prims::{Arg, Kind};
 use hyb_dsl::trace::{self, Trace, TraceArg};
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
@@ -50,48 +51,57 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
                 let idx = g.params.len() - 1;
                 node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));
             }
-            trace::Op::Prim { prim: Prim::Split, args, outs, .. } => {
+            trace::Op::Prim { prim, args, outs, .. } if prim.name == "split" => {
                 let (TraceArg::Tensor(x), TraceArg::Ints(sizes), TraceArg::Int(axis)) = (&args[0], &args[1], &args[2])
                 else {
                     unreachable!("split is checked")
                 };
+                let axis = axis.as_const().expect("a checked split has a known axis");
                 let mut start = Dim::constant(0);
                 for (size, out) in sizes.iter().zip(outs) {
                     let end = start.add(size).expect("checked sizes");
-                    let attrs =
-                        vec![Attr::Tensor, Attr::Int(axis.clone()), Attr::Int(start.clone()), Attr::Int(end.clone())];
-                    let n = g.add(Op::Prim { prim: Prim::Slice, attrs }, vec![node_of[x]], ty(*out));
+                    let slice = Slice { axis, start: start.clone(), end: end.clone() };
+                    let n = g.add(Op::Prim(Prim::Slice(slice)), vec![node_of[x]], ty(*out));
                     node_of.insert(*out, n);
                     start = end;
                 }
             }
             trace::Op::Prim { prim, args, outs, .. } => {
                 let mut inputs = Vec::new();
-                let mut attrs = Vec::new();
-                for (slot, arg) in prim.signature().iter().zip(args) {
-                    attrs.push(match arg {
+                let mut bound = Vec::new();
+                for (slot, arg) in prim.signature.iter().zip(args) {
+                    bound.push(match arg {
                         TraceArg::Tensor(id) => {
                             inputs.push(node_of[id]);
-                            Attr::Tensor
+                            Arg::Tensor(trace.tensors[*id].shape.clone(), trace.tensors[*id].dtype)
                         }
                         TraceArg::Tensors(ids) => {
                             inputs.extend(ids.iter().map(|id| node_of[id]));
-                            Attr::Tensor
+                            Arg::Tensors(
+                                ids.iter()
+                                    .map(|&id| (trace.tensors[id].shape.clone(), trace.tensors[id].dtype))
+                                    .collect(),
+                            )
                         }
-                        TraceArg::Scalar(x) if slot.kind == Kind::TensorOrScalar => {
-                            let ty = TensorType { shape: vec![], dtype: DType::F32 };
-                            inputs.push(g.add(Op::Constant(*x), vec![], ty));
-                            Attr::Tensor
+                        TraceArg::Scalar(x) => {
+                            if slot.kind == Kind::TensorOrScalar {
+                                let ty = TensorType { shape: vec![], dtype: DType::F32 };
+                                inputs.push(g.add(Op::Constant(*x), vec![], ty));
+                            }
+                            Arg::Scalar(Some(*x))
                         }
-                        TraceArg::Scalar(x) => Attr::Float(*x),
-                        TraceArg::Int(d) => Attr::Int(d.clone()),
-                        TraceArg::Bool(b) => Attr::Bool(*b),
-                        TraceArg::Str(s) => Attr::Str(s.clone()),
-                        TraceArg::Ints(v) => Attr::Ints(v.clone()),
-                        TraceArg::Absent => Attr::Absent,
+                        TraceArg::Int(d) => Arg::Int(d.clone()),
+                        TraceArg::Bool(b) => Arg::Bool(Some(*b)),
+                        TraceArg::Str(s) => Arg::Str(Some(s.clone())),
+                        TraceArg::Ints(v) => Arg::Ints(v.clone()),
+                        TraceArg::Absent => Arg::Absent,
                     });
                 }
-                let n = g.add(Op::Prim { prim: *prim, attrs }, inputs, ty(outs[0]));
+                let typed = OPS
+                    .bind(prim.name, &bound)
+                    .expect("every traced primitive but split binds")
+                    .unwrap_or_else(|e| panic!("a checked call of {} does not bind: {}", prim.name, e.message));
+                let n = g.add(Op::Prim(typed), inputs, ty(outs[0]));
                 node_of.insert(outs[0], n);
             }
         }

@@ -1,60 +1,75 @@
 //! Adding nodes with their types inferred by the primitives' shape rules, for the stages
 //! that create nodes after elaboration (autodiff, rewrites, the optimizer).
 
-use super::{Attr, Graph, NodeId, Op, TensorType};
+use super::{Graph, NodeId, Op, TensorType};
+use crate::ops::{Binary, Broadcast, Matmul, Prim, Primitive, Reduce, ReduceOp, Reshape, Ty, Unary};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::{self, Ctx, Kind, Prim};
+use hyb_dsl::prims::Ctx;
 use hyb_dsl::value::DType;
 
-/// The type of `prim` applied to inputs of `types` with `attrs` (one per signature slot).
-/// The shapes must be valid: such nodes are made by the compiler, not the user.
-pub fn infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> TensorType {
-    try_infer_type(prim, attrs, types).unwrap_or_else(|e| panic!("compiler built an invalid {}: {e}", prim.name()))
+/// The output types of `prim` applied to inputs of `types`, or why they do not fit.
+pub fn try_infer_types(prim: &Prim, types: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    let tys: Vec<Ty> = types.iter().map(|t| (t.shape.clone(), t.dtype)).collect();
+    let outs = prim.infer(&tys, Ctx { strict: true }).map_err(|e| e.message)?;
+    Ok(outs.into_iter().map(|(shape, dtype)| TensorType { shape, dtype }).collect())
 }
 
-/// As [`infer_type`], for a pass that tries a transformation and backs off if it does not
-/// type-check.
-pub fn try_infer_type(prim: Prim, attrs: &[Attr], types: &[&TensorType]) -> Result<TensorType, String> {
-    let mut next = types.iter();
-    let args: Vec<prims::Arg> = prim
-        .signature()
-        .iter()
-        .zip(attrs)
-        .map(|(slot, a)| match a {
-            Attr::Tensor if slot.kind == Kind::Tensors => {
-                prims::Arg::Tensors(next.by_ref().map(|t| (t.shape.clone(), t.dtype)).collect())
-            }
-            Attr::Tensor => {
-                let t = next.next().expect("an input per tensor slot");
-                prims::Arg::Tensor(t.shape.clone(), t.dtype)
-            }
-            Attr::Int(d) => prims::Arg::Int(d.clone()),
-            Attr::Float(x) => prims::Arg::Scalar(Some(*x)),
-            Attr::Bool(b) => prims::Arg::Bool(Some(*b)),
-            Attr::Str(s) => prims::Arg::Str(Some(s.clone())),
-            Attr::Ints(v) => prims::Arg::Ints(v.clone()),
-            Attr::Absent => prims::Arg::Absent,
-        })
-        .collect();
-    let out = prim.infer(&args, Ctx { strict: true }).map_err(|e| e.message)?;
-    let (shape, dtype) = out.into_iter().next().expect("one output");
-    Ok(TensorType { shape, dtype })
+/// The output types of `prim`. The shapes must be valid: such nodes are made by the
+/// compiler, not the user.
+pub fn infer_types(prim: &Prim, types: &[&TensorType]) -> Vec<TensorType> {
+    try_infer_types(prim, types).unwrap_or_else(|e| panic!("compiler built an invalid {}: {e}", prim.name()))
 }
 
 impl Graph {
-    /// Appends `prim` applied to `inputs` with `attrs` (one per signature slot). The shapes
-    /// must be valid: these nodes are made by the compiler, not the user.
-    pub fn apply(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> NodeId {
-        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
-        let ty = infer_type(prim, &attrs, &types);
-        self.add(Op::Prim { prim, attrs }, inputs, ty)
+    /// Appends `prim` applied to `inputs`; returns the node (its first output; further
+    /// outputs are read by adding [`Op::Output`] nodes). The shapes must be valid: these
+    /// nodes are made by the compiler, not the user.
+    pub fn apply(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> NodeId {
+        let prim = prim.into();
+        let name = prim.name();
+        self.try_apply(prim, inputs).unwrap_or_else(|e| panic!("compiler built an invalid {name}: {e}"))
+    }
+
+    /// As [`Graph::apply`], returning every output (an [`Op::Output`] node for each after
+    /// the first).
+    pub fn apply_all(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> Vec<NodeId> {
+        let prim = prim.into();
+        let name = prim.name();
+        self.try_apply_all(prim, inputs).unwrap_or_else(|e| panic!("compiler built an invalid {name}: {e}"))
     }
 
     /// As [`Graph::apply`], or an error if the shapes do not fit.
-    pub fn try_apply(&mut self, prim: Prim, attrs: Vec<Attr>, inputs: Vec<NodeId>) -> Result<NodeId, String> {
+    pub fn try_apply(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> Result<NodeId, String> {
+        let prim = prim.into();
         let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
-        let ty = try_infer_type(prim, &attrs, &types)?;
-        Ok(self.add(Op::Prim { prim, attrs }, inputs, ty))
+        let first = try_infer_types(&prim, &types)?.swap_remove(0);
+        Ok(self.add(Op::Prim(prim), inputs, first))
+    }
+
+    /// The type of output `i` of a multi-output node (a kernel or a primitive).
+    pub fn output_type(&self, node: NodeId, i: usize) -> TensorType {
+        let n = &self.nodes[node];
+        match &n.op {
+            Op::Kernel(k) => k.body.nodes[k.body.outputs[i]].ty.clone(),
+            Op::Prim(p) => {
+                let types: Vec<&TensorType> = n.inputs.iter().map(|&x| &self.nodes[x].ty).collect();
+                infer_types(p, &types).swap_remove(i)
+            }
+            _ => panic!("node {node} has one output"),
+        }
+    }
+
+    fn try_apply_all(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> Result<Vec<NodeId>, String> {
+        let prim = prim.into();
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
+        let mut outs = try_infer_types(&prim, &types)?.into_iter();
+        let first = outs.next().ok_or_else(|| format!("{} has no output", prim.name()))?;
+        let node = self.add(Op::Prim(prim), inputs, first);
+        let mut ids = vec![node];
+        for (k, ty) in outs.enumerate() {
+            ids.push(self.add(Op::Output(k + 1), vec![node], ty));
+        }
+        Ok(ids)
     }
 
     /// A scalar constant; it takes the dtype of whatever it is combined with.
@@ -70,25 +85,33 @@ impl Graph {
         &self.nodes[n].ty.shape
     }
 
-    pub fn binary(&mut self, prim: Prim, a: NodeId, b: NodeId) -> NodeId {
-        self.apply(prim, vec![Attr::Tensor, Attr::Tensor], vec![a, b])
+    pub fn binary(&mut self, op: Binary, a: NodeId, b: NodeId) -> NodeId {
+        self.apply(op, vec![a, b])
     }
 
-    pub fn unary(&mut self, prim: Prim, x: NodeId) -> NodeId {
-        self.apply(prim, vec![Attr::Tensor], vec![x])
+    pub fn unary(&mut self, op: Unary, x: NodeId) -> NodeId {
+        self.apply(op, vec![x])
     }
 
     pub fn scale(&mut self, x: NodeId, c: f64) -> NodeId {
         let k = self.constant(c);
-        self.binary(Prim::Mul, x, k)
+        self.binary(Binary::Mul, x, k)
     }
 
     pub fn reshape(&mut self, x: NodeId, shape: Vec<Dim>) -> NodeId {
-        self.apply(Prim::Reshape, vec![Attr::Tensor, Attr::Ints(shape)], vec![x])
+        self.apply(Reshape { shape }, vec![x])
+    }
+
+    pub fn broadcast(&mut self, x: NodeId, shape: Vec<Dim>) -> NodeId {
+        self.apply(Broadcast { shape }, vec![x])
+    }
+
+    pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axis: i64, keepdim: bool) -> NodeId {
+        self.apply(Reduce { op, axis, keepdim }, vec![x])
     }
 
     pub fn sum(&mut self, x: NodeId, axis: i64, keepdim: bool) -> NodeId {
-        self.apply(Prim::Sum, vec![Attr::Tensor, Attr::Int(Dim::constant(axis)), Attr::Bool(keepdim)], vec![x])
+        self.reduce(ReduceOp::Sum, x, axis, keepdim)
     }
 
     /// Sum over every element: a scalar.
@@ -101,6 +124,6 @@ impl Graph {
     }
 
     pub fn matmul(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> NodeId {
-        self.apply(Prim::Matmul, vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)], vec![a, b])
+        self.apply(Matmul::new(ta, tb), vec![a, b])
     }
 }

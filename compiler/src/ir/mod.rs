@@ -3,12 +3,12 @@
 //! batch and sequence dimensions. Parameters carry their manifest entry (init, µP role).
 
 mod build;
-pub use build::infer_type;
+pub use build::{infer_types, try_infer_types};
 mod print;
 
+use crate::ops::Prim;
 pub use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 use serde::{Deserialize, Serialize};
 
@@ -21,36 +21,6 @@ pub struct TensorType {
     pub dtype: DType,
 }
 
-/// A non-tensor argument of a primitive, in signature order (tensor slots are `Tensor`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Attr {
-    Tensor,
-    Int(Dim),
-    Float(f64),
-    Bool(bool),
-    Str(String),
-    Ints(Vec<Dim>),
-    /// An optional tensor slot left empty (e.g. a conv without bias).
-    Absent,
-}
-
-// Attributes are keys of e-graph nodes; floats compare by value and are never NaN.
-impl Eq for Attr {}
-
-impl std::hash::Hash for Attr {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        std::mem::discriminant(self).hash(h);
-        match self {
-            Attr::Tensor | Attr::Absent => {}
-            Attr::Int(d) => d.hash(h),
-            Attr::Float(x) => x.to_bits().hash(h),
-            Attr::Bool(b) => b.hash(h),
-            Attr::Str(s) => s.hash(h),
-            Attr::Ints(v) => v.hash(h),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// A program input (token ids), by name.
@@ -59,13 +29,13 @@ pub enum Op {
     Param(usize),
     /// A scalar constant (µP multipliers, epsilons, scales).
     Constant(f64),
-    /// A primitive; `attrs` has one entry per signature slot. Tensor slots take, in order,
-    /// the node's inputs (a variadic slot takes all of them).
-    Prim { prim: Prim, attrs: Vec<Attr> },
+    /// A primitive with its attributes, applied to the node's inputs. Its value is its
+    /// first output; further outputs are read through [`Op::Output`] nodes.
+    Prim(Prim),
     /// A kernel chosen by the rewriter: several primitives computed in one launch. Its
     /// value is the body's first output.
     Kernel(Box<Kernel>),
-    /// Output `i` (≥ 1) of the multi-output kernel that is this node's input.
+    /// Output `i` (≥ 1) of the multi-output kernel or primitive that is this node's input.
     Output(usize),
 }
 

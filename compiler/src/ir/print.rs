@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! %3: [B, T, 64] f32 = matmul(%1, %2, transpose_a=false, transpose_b=true)
+//! %4: [B, T, 64] f32 = output 1 of %3
 //! ```
 
-use super::{Attr, Graph, Kernel, KernelKind, Op};
+use super::{Graph, Kernel, KernelKind, Op};
+use crate::ops::Primitive;
 use std::fmt;
 
 impl fmt::Display for Graph {
@@ -33,27 +35,11 @@ impl fmt::Display for Graph {
                     let args: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
                     writeln!(f, "{}({}) {{ {} }}", k.kind.name(), args.join(", "), k.op_names().join(", "))?
                 }
-                Op::Prim { prim, attrs } => {
-                    let mut inputs = n.inputs.iter();
-                    let mut parts = Vec::new();
-                    for (slot, a) in prim.signature().iter().zip(attrs) {
-                        let text = match a {
-                            Attr::Tensor if slot.kind == hyb_dsl::prims::Kind::Tensors => {
-                                inputs.by_ref().map(|i| format!("%{i}")).collect::<Vec<_>>().join(", ")
-                            }
-                            Attr::Tensor => inputs.next().map_or("?".into(), |i| format!("%{i}")),
-                            Attr::Int(d) => format!("{}={d}", slot.name),
-                            Attr::Float(x) => format!("{}={x:?}", slot.name),
-                            Attr::Bool(b) => format!("{}={b}", slot.name),
-                            Attr::Str(s) => format!("{}={s:?}", slot.name),
-                            Attr::Ints(v) => format!(
-                                "{}=[{}]",
-                                slot.name,
-                                v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                            ),
-                            Attr::Absent => format!("{}=none", slot.name),
-                        };
-                        parts.push(text);
+                Op::Prim(prim) => {
+                    let mut parts: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
+                    let attrs = prim.attrs();
+                    if !attrs.is_empty() {
+                        parts.push(attrs);
                     }
                     writeln!(f, "{}({})", prim.name(), parts.join(", "))?;
                 }
@@ -83,7 +69,7 @@ impl Kernel {
             .nodes
             .iter()
             .filter_map(|n| match &n.op {
-                Op::Prim { prim, .. } => Some(prim.name().to_string()),
+                Op::Prim(prim) => Some(prim.name().to_string()),
                 Op::Kernel(k) => Some(k.kind.name()),
                 _ => None,
             })

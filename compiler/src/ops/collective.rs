@@ -1,104 +1,243 @@
-//! Tensor-parallel primitives: what each rank receives, given every rank's input, and their
-//! gradients. The gradient pairs are Megatron's: all-reduce ↔ identity, all-gather ↔
-//! shard, reduce-scatter ↔ all-gather.
+//! Tensor-parallel primitives, emitted by sharding: each rank runs the same program on its
+//! shard and these exchange data between the `ranks` ranks. The gradient pairs are
+//! Megatron's: all-reduce ↔ identity, all-gather ↔ shard, reduce-scatter ↔ all-gather.
 
-use super::{attr, movement, Arg};
-use crate::ir::{Attr, Graph, NodeId};
+use super::{axis, concat, first, slice, Class, Decl, NoGradient, Primitive, Sizes, Ty};
+use crate::cost::{Machine, Work};
+use crate::ir::{Graph, NodeId, TensorType};
 use crate::reference::tensor::{Real, Tensor};
-use hyb_dsl::prims::Prim;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::{Ctx, RuleError};
+use hyb_dsl::value::shape_string;
+use serde::{Deserialize, Serialize};
 
-/// Each rank's output of `prim`, given each rank's inputs (`all[r]`).
-pub fn eval<T: Real>(prim: Prim, args: &[Arg], all: &[Vec<&Tensor<T>>]) -> Vec<Tensor<T>> {
-    let ranks = all.len();
-    let inputs: Vec<&Tensor<T>> = all.iter().map(|xs| xs[0]).collect();
-    let inputs = &inputs[..];
-    let sum = || {
-        let mut total = inputs[0].clone();
-        for x in &inputs[1..] {
-            for (t, v) in total.data.iter_mut().zip(&x.data) {
-                *t = *t + *v;
-            }
-        }
-        total
+/// Sum of every rank's partial value; all ranks get the total.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AllReduce;
+
+/// Every rank's slice along `axis`, concatenated in rank order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AllGather {
+    pub axis: i64,
+    pub ranks: usize,
+}
+
+/// The sum over ranks, of which each rank keeps its slice along `axis`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReduceScatter {
+    pub axis: i64,
+    pub ranks: usize,
+}
+
+/// This rank's slice along `axis` of a replicated value (no communication).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    pub axis: i64,
+    pub ranks: usize,
+}
+
+/// Identity; its gradient is summed over ranks (a replicated value entering rank-local
+/// work, Megatron's `f`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TpCopy;
+
+pub(super) const DECLS: &[Decl] = &[
+    Decl::Internal { name: "all_reduce", what: "a tensor-parallel collective" },
+    Decl::Internal { name: "all_gather", what: "a tensor-parallel collective" },
+    Decl::Internal { name: "reduce_scatter", what: "a tensor-parallel collective" },
+    Decl::Internal { name: "shard", what: "a tensor-parallel rank's slice" },
+    Decl::Internal { name: "tp_copy", what: "a tensor-parallel rank's copy" },
+];
+
+/// The type after the axis is gathered (`whole`) or split over `ranks`.
+fn along(inputs: &[Ty], axis: i64, ranks: usize, whole: bool) -> Result<Vec<Ty>, RuleError> {
+    let (mut s, d) = first(inputs);
+    let a = if axis < 0 { axis + s.len() as i64 } else { axis };
+    let shape = shape_string(&s);
+    let Some(dim) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) else {
+        return Err(RuleError::rank(1, format!("axis {axis} is out of range for {shape}")));
     };
-    let chunk = |x: &Tensor<T>, r: usize| {
-        let ax = super::axis(args[1].int(), x.rank());
-        let n = x.shape[ax] / ranks;
-        movement::slice(x, ax as i64, (r * n) as i64, ((r + 1) * n) as i64)
+    let k = ranks as i64;
+    let new = if whole {
+        dim.whole_of(k).or_else(|| dim.mul(&Dim::constant(k)))
+    } else {
+        dim.div_exact(&Dim::constant(k)).or_else(|| dim.part_of(k))
     };
-    match prim {
-        Prim::AllReduce => vec![sum(); ranks],
-        Prim::TpCopy => inputs.iter().map(|&x| x.clone()).collect(),
-        Prim::AllGather => vec![movement::concat(inputs, args[1].int()); ranks],
-        Prim::ReduceScatter => {
-            let total = sum();
-            (0..ranks).map(|r| chunk(&total, r)).collect()
+    match new {
+        Some(n) => *dim = n,
+        None => return Err(RuleError::at(2, format!("{dim} does not split into {ranks} equal parts"))),
+    }
+    Ok(vec![(s, d)])
+}
+
+/// Rank `r`'s slice of `x` along `ax`.
+fn part<T: Real>(x: &Tensor<T>, ax: i64, ranks: usize, r: usize) -> Tensor<T> {
+    let a = axis(ax, x.rank());
+    let n = x.shape[a] / ranks;
+    slice(x, a, r * n, (r + 1) * n)
+}
+
+fn sum<T: Real>(ranks: &[Vec<&Tensor<T>>]) -> Tensor<T> {
+    let mut total = ranks[0][0].clone();
+    for xs in &ranks[1..] {
+        for (t, v) in total.data.iter_mut().zip(&xs[0].data) {
+            *t = *t + *v;
         }
-        Prim::Shard => inputs.iter().enumerate().map(|(r, x)| chunk(x, r)).collect(),
-        Prim::VocabEmbedding => all.iter().enumerate().map(|(r, xs)| vocab_embedding(xs[0], xs[1], r)).collect(),
-        Prim::VocabEmbeddingGrad => {
-            let rows = args[2].int() as usize;
-            all.iter().enumerate().map(|(r, xs)| vocab_embedding_grad(xs[0], xs[1], rows, r)).collect()
-        }
-        _ => unreachable!("{} is not a collective", prim.name()),
+    }
+    total
+}
+
+fn communication(comm_bytes: f64) -> Work {
+    Work { comm_bytes, collectives: 1.0, ..Work::default() }
+}
+
+impl Primitive for AllReduce {
+    fn name(&self) -> &'static str {
+        "all_reduce"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        vec![vec![sum(ranks)]; ranks.len()]
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(dy)])
+    }
+
+    /// A ring all-reduce moves each byte twice.
+    fn work(&self, m: &Machine, inputs: &[&TensorType], _: &[&TensorType]) -> Work {
+        communication(2.0 * m.bytes(inputs[0]))
     }
 }
 
-/// Rows `[rank·n, (rank+1)·n)` of the full table are this rank's `n` rows.
-fn vocab_embedding<T: Real>(table: &Tensor<T>, ids: &Tensor<T>, rank: usize) -> Tensor<T> {
-    let (n, d) = (table.shape[0], table.shape[1]);
-    let mut data = Vec::with_capacity(ids.len() * d);
-    for &id in &ids.data {
-        match (id.f64() as usize).checked_sub(rank * n).filter(|&row| row < n) {
-            Some(row) => data.extend_from_slice(&table.data[row * d..(row + 1) * d]),
-            None => data.extend(std::iter::repeat_n(T::zero(), d)),
-        }
+impl Primitive for AllGather {
+    fn name(&self) -> &'static str {
+        "all_gather"
     }
-    let mut shape = ids.shape.clone();
-    shape.push(d);
-    Tensor::new(shape, data)
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        along(inputs, self.axis, self.ranks, true)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        let parts: Vec<&Tensor<T>> = ranks.iter().map(|xs| xs[0]).collect();
+        vec![vec![concat(&parts, axis(self.axis, parts[0].rank()))]; ranks.len()]
+    }
+
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(Shard { axis: self.axis, ranks: self.ranks }, vec![dy]))])
+    }
+
+    fn work(&self, m: &Machine, _: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        communication(m.bytes(outputs[0]))
+    }
 }
 
-fn vocab_embedding_grad<T: Real>(ids: &Tensor<T>, dy: &Tensor<T>, rows: usize, rank: usize) -> Tensor<T> {
-    let d = *dy.shape.last().expect("dy has a last axis");
-    let mut out = Tensor::zeros(vec![rows, d]);
-    for (i, &id) in ids.data.iter().enumerate() {
-        if let Some(row) = (id.f64() as usize).checked_sub(rank * rows).filter(|&row| row < rows) {
-            for j in 0..d {
-                out.data[row * d + j] = out.data[row * d + j] + dy.data[i * d + j];
-            }
-        }
+impl Primitive for ReduceScatter {
+    fn name(&self) -> &'static str {
+        "reduce_scatter"
     }
-    out
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        along(inputs, self.axis, self.ranks, false)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![part(inputs[0], self.axis, 1, 0)]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        let total = sum(ranks);
+        (0..ranks.len()).map(|r| vec![part(&total, self.axis, ranks.len(), r)]).collect()
+    }
+
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(AllGather { axis: self.axis, ranks: self.ranks }, vec![dy]))])
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], _: &[&TensorType]) -> Work {
+        communication(m.bytes(inputs[0]))
+    }
 }
 
-pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
-    let along = |g: &mut Graph, p: Prim| g.apply(p, vec![Attr::Tensor, attr(g, node, 1), attr(g, node, 2)], vec![dy]);
-    if prim == Prim::VocabEmbedding {
-        let (table, ids) = (g.nodes[node].inputs[0], g.nodes[node].inputs[1]);
-        let rows = g.shape(table)[0].clone();
-        let attrs = vec![Attr::Tensor, Attr::Tensor, Attr::Int(rows), attr(g, node, 2)];
-        return vec![Some(g.apply(Prim::VocabEmbeddingGrad, attrs, vec![ids, dy])), None];
+impl Primitive for Shard {
+    fn name(&self) -> &'static str {
+        "shard"
     }
-    vec![Some(match prim {
-        Prim::AllReduce => dy,
-        Prim::TpCopy => g.apply(Prim::AllReduce, vec![Attr::Tensor], vec![dy]),
-        Prim::AllGather => along(g, Prim::Shard),
-        Prim::ReduceScatter | Prim::Shard => along(g, Prim::AllGather),
-        _ => unreachable!("{} is not a collective", prim.name()),
-    })]
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        along(inputs, self.axis, self.ranks, false)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![part(inputs[0], self.axis, 1, 0)]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        ranks.iter().enumerate().map(|(r, xs)| vec![part(xs[0], self.axis, ranks.len(), r)]).collect()
+    }
+
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(AllGather { axis: self.axis, ranks: self.ranks }, vec![dy]))])
+    }
+
+    /// A strided view of this rank's part: no data moves.
+    fn work(&self, _: &Machine, _: &[&TensorType], _: &[&TensorType]) -> Work {
+        Work::default()
+    }
 }
 
-/// Whether `prim` exchanges data between ranks (or depends on the rank).
-pub fn is_collective(prim: Prim) -> bool {
-    matches!(
-        prim,
-        Prim::AllReduce
-            | Prim::AllGather
-            | Prim::ReduceScatter
-            | Prim::Shard
-            | Prim::TpCopy
-            | Prim::VocabEmbedding
-            | Prim::VocabEmbeddingGrad
-    )
+impl Primitive for TpCopy {
+    fn name(&self) -> &'static str {
+        "tp_copy"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(AllReduce, vec![dy]))])
+    }
+
+    /// The identity: no data moves.
+    fn work(&self, _: &Machine, _: &[&TensorType], _: &[&TensorType]) -> Work {
+        Work::default()
+    }
 }

@@ -1,59 +1,507 @@
-//! What each primitive means, in exact arithmetic of the element type: the reference every
-//! kernel and rewrite is tested against. Signatures and shape rules live with the language
-//! (`hyb_dsl::prims`); this module gives each one its value, grouped by kind.
+//! The compiler's op set: every primitive defined once, in one module per primitive or small
+//! family. A definition carries everything a stage needs to know about it — its signature
+//! and shape rule (what the language checks), its float64 meaning (the reference every
+//! kernel and rewrite is tested against), its vector-Jacobian product, how tensor
+//! parallelism may split its axes, its cost, its class and its linearity and per-token
+//! facts — behind the [`Primitive`] trait. [`Prim`] is the closed set, one variant per
+//! definition, registered once in [`registry!`] below.
+//!
+//! Adding a primitive: a module with its attribute type and `impl Primitive`, a variant
+//! line in `registry!`, its `DECLS` in [`DECLS`] when the module is new, and its tests.
 
-pub mod collective;
+mod collective;
+mod concat;
+mod conv1d;
+mod embedding;
+mod layout;
+mod mask;
 mod matmul;
-mod movement;
 mod pointwise;
 mod quant;
 mod reduce;
-pub mod sequence;
+mod rope;
+mod slice;
+pub mod ssd_scan;
 
-use crate::ir::{Attr, Graph, NodeId, Op};
+pub use collective::{AllGather, AllReduce, ReduceScatter, Shard, TpCopy};
+pub use concat::Concat;
+pub use conv1d::{CausalConv1d, CausalConv1dGrad};
+pub use embedding::{Embedding, EmbeddingGrad, OneHot, VocabEmbedding, VocabEmbeddingGrad};
+pub use layout::{Broadcast, Permute, Reshape, Transpose};
+pub use mask::{CausalMask, Tril};
+pub use matmul::Matmul;
+pub use pointwise::{Binary, Cast, Clamp, Pow, Unary};
+pub use quant::{Int8Quant, TernaryQuant};
+pub use reduce::{Reduce, ReduceOp};
+pub use rope::{Rope, RopeGrad};
+pub use slice::{Pad, Slice};
+pub use ssd_scan::{SsdScan, SsdScanGrad};
+
+use crate::cost::{Machine, Work};
+use crate::ir::{Graph, NodeId, TensorType};
 use crate::reference::tensor::{Real, Tensor};
+use crate::shard::axes::Axes;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
+use hyb_dsl::prims::{Arg, Callable, Ctx, Param, Primitives, RuleError};
+use hyb_dsl::value::{DType, Shape};
+use serde::{Deserialize, Serialize};
 
-/// A primitive's non-tensor argument with every symbol bound.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Arg {
-    Tensor,
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    Str(String),
-    Ints(Vec<i64>),
-    Absent,
+/// A tensor's type as shape rules see it.
+pub type Ty = (Shape, DType);
+
+/// What kind of work a primitive does, declared once and read by every stage: fusion
+/// groups elementwise work, row reductions and views around contractions; the cost model
+/// charges views nothing; sharding and sequence parallelism read the same classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Class {
+    /// Reinterprets indices (reshape, slice, transpose, broadcast): its reader reads through
+    /// strides, nothing is copied.
+    View,
+    /// Maps each element on its own (with numpy broadcasting).
+    Elementwise,
+    /// Reduces one axis.
+    Reduction,
+    /// A matrix product.
+    Contraction,
+    /// Mixes along time or within a row in a fixed pattern (scan, conv, RoPE, masks).
+    Sequence,
+    /// Copies data into a new layout (concat, pad).
+    Movement,
+    /// Reads rows by index (embedding lookups, one-hot, their gradients).
+    Gather,
+    /// BitNet quantisers: a reduction for the scale, then a pointwise rounding.
+    Quantize,
+    /// Exchanges data between tensor-parallel ranks (or depends on the rank).
+    Collective,
 }
 
-impl Arg {
-    fn int(&self) -> i64 {
-        match self {
-            Arg::Int(i) => *i,
-            other => panic!("expected an int argument, got {other:?}"),
-        }
-    }
-    fn float(&self) -> f64 {
-        match self {
-            Arg::Float(x) => *x,
-            Arg::Int(i) => *i as f64,
-            other => panic!("expected a float argument, got {other:?}"),
-        }
-    }
-    fn boolean(&self) -> bool {
-        matches!(self, Arg::Bool(true))
-    }
-    fn ints(&self) -> &[i64] {
-        match self {
-            Arg::Ints(v) => v,
-            other => panic!("expected a list argument, got {other:?}"),
-        }
+/// A float attribute, compared and hashed by its bits: attributes key e-graph nodes, and a
+/// compiler-made attribute is never NaN.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct F64(pub f64);
+
+impl PartialEq for F64 {
+    fn eq(&self, other: &F64) -> bool {
+        self.0.to_bits() == other.0.to_bits()
     }
 }
+
+impl Eq for F64 {}
+
+impl std::hash::Hash for F64 {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.to_bits().hash(h)
+    }
+}
+
+impl std::fmt::Debug for F64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Sizes of the symbols (`B`, `T`) when a program runs, for attributes that name them (a
+/// reshape to `[B, T, heads, head_dim]`).
+#[derive(Clone, Copy)]
+pub struct Sizes<'a> {
+    bind: &'a dyn Fn(&str) -> Option<i64>,
+}
+
+impl<'a> Sizes<'a> {
+    /// `bind` gives each symbol's size (`T`, or a part of it such as `T/2`).
+    pub fn new(bind: &'a dyn Fn(&str) -> Option<i64>) -> Self {
+        Sizes { bind }
+    }
+
+    /// For attributes that are all constants (tests of single primitives).
+    pub fn constants() -> Sizes<'static> {
+        Sizes { bind: &|_| None }
+    }
+
+    pub fn of(&self, d: &Dim) -> i64 {
+        d.eval(self.bind).unwrap_or_else(|| panic!("the size `{d}` is not bound"))
+    }
+
+    pub fn all(&self, ds: &[Dim]) -> Vec<usize> {
+        ds.iter().map(|d| self.of(d) as usize).collect()
+    }
+}
+
+/// A gradient the compiler cannot build.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("the gradient of `{0}` is not defined (second-order gradients are not supported)")]
+pub struct NoGradient(pub &'static str);
+
+/// Everything the compiler knows about one primitive.
+pub trait Primitive {
+    /// The name a model calls it by, and the IR's text form prints.
+    fn name(&self) -> &'static str;
+
+    fn class(&self) -> Class;
+
+    /// Output types for inputs of `inputs`' types (several for a multi-output primitive).
+    /// Errors name the signature slot they blame.
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError>;
+
+    /// The float64 (or float32) meaning: one tensor per output.
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>>;
+
+    /// Each rank's outputs, given each rank's inputs. Only collectives look across ranks.
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+        ranks.iter().map(|xs| self.eval(xs, sizes)).collect()
+    }
+
+    /// The gradient contribution to each input of `node` (which applies `self`) from the
+    /// gradient `dy` of its first output, appended to `g`; `None` where none flows.
+    fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient>;
+
+    /// Unifies the axes of `node`'s inputs and output that tensor parallelism must split
+    /// together, and blocks those it cannot split. By default elementwise work aligns its
+    /// axes and anything else needs every axis whole.
+    fn shard_axes(&self, ax: &mut Axes, g: &Graph, node: NodeId) {
+        let inputs = &g.nodes[node].inputs;
+        if self.class() == Class::Elementwise {
+            for &x in inputs {
+                ax.aligned(g, x, node);
+            }
+        } else {
+            for &x in inputs {
+                ax.block_all(g, x);
+            }
+            ax.block_all(g, node);
+        }
+    }
+
+    /// Work of the primitive as its own kernel, on machine `m`. Views move nothing; other
+    /// work reads its inputs and writes its outputs once at a FLOP per output element.
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        if self.class() == Class::View {
+            return Work::default();
+        }
+        let bytes = inputs.iter().chain(outputs).map(|t| m.bytes(t)).sum();
+        let flops = outputs.iter().map(|t| m.numel(t)).sum();
+        Work { flops, bytes, launches: 1.0, ..Work::default() }
+    }
+
+    /// Whether the result is linear in the inputs marked `partial` (each a partial sum over
+    /// ranks), so the sum over ranks may wait until after it.
+    fn linear_in(&self, _partial: &[bool]) -> bool {
+        false
+    }
+
+    /// Whether `node` treats every time step alike, so sequence parallelism may run it on a
+    /// slice of the sequence.
+    fn per_token(&self, _g: &Graph, _node: NodeId) -> bool {
+        self.class() == Class::Elementwise
+    }
+
+    /// The value on known scalar inputs (pointwise primitives), for constant folding.
+    fn fold(&self, _inputs: &[f64]) -> Option<f64> {
+        None
+    }
+}
+
+/// Defines [`Prim`], one variant per primitive definition, and its dispatch.
+macro_rules! registry {
+    ($($variant:ident($ty:ty),)*) => {
+        /// Every primitive of the IR, with its typed attributes.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum Prim {
+            $($variant($ty),)*
+        }
+
+        impl Primitive for Prim {
+            fn name(&self) -> &'static str {
+                match self { $(Prim::$variant(p) => p.name(),)* }
+            }
+            fn class(&self) -> Class {
+                match self { $(Prim::$variant(p) => p.class(),)* }
+            }
+            fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+                match self { $(Prim::$variant(p) => p.infer(inputs, ctx),)* }
+            }
+            fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
+                match self { $(Prim::$variant(p) => p.eval(inputs, sizes),)* }
+            }
+            fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+                match self { $(Prim::$variant(p) => p.eval_ranks(ranks, sizes),)* }
+            }
+            fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+                match self { $(Prim::$variant(p) => p.vjp(g, node, dy),)* }
+            }
+            fn shard_axes(&self, ax: &mut Axes, g: &Graph, node: NodeId) {
+                match self { $(Prim::$variant(p) => p.shard_axes(ax, g, node),)* }
+            }
+            fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+                match self { $(Prim::$variant(p) => p.work(m, inputs, outputs),)* }
+            }
+            fn linear_in(&self, partial: &[bool]) -> bool {
+                match self { $(Prim::$variant(p) => p.linear_in(partial),)* }
+            }
+            fn per_token(&self, g: &Graph, node: NodeId) -> bool {
+                match self { $(Prim::$variant(p) => p.per_token(g, node),)* }
+            }
+            fn fold(&self, inputs: &[f64]) -> Option<f64> {
+                match self { $(Prim::$variant(p) => p.fold(inputs),)* }
+            }
+        }
+
+        $(impl From<$ty> for Prim {
+            fn from(p: $ty) -> Prim {
+                Prim::$variant(p)
+            }
+        })*
+    };
+}
+
+registry! {
+    Unary(Unary),
+    Binary(Binary),
+    Pow(Pow),
+    Clamp(Clamp),
+    Cast(Cast),
+    Reduce(Reduce),
+    Reshape(Reshape),
+    Permute(Permute),
+    Transpose(Transpose),
+    Broadcast(Broadcast),
+    Slice(Slice),
+    Pad(Pad),
+    Concat(Concat),
+    Embedding(Embedding),
+    EmbeddingGrad(EmbeddingGrad),
+    OneHot(OneHot),
+    VocabEmbedding(VocabEmbedding),
+    VocabEmbeddingGrad(VocabEmbeddingGrad),
+    Matmul(Matmul),
+    CausalConv1d(CausalConv1d),
+    CausalConv1dGrad(CausalConv1dGrad),
+    SsdScan(SsdScan),
+    SsdScanGrad(SsdScanGrad),
+    Rope(Rope),
+    RopeGrad(RopeGrad),
+    CausalMask(CausalMask),
+    Tril(Tril),
+    TernaryQuant(TernaryQuant),
+    Int8Quant(Int8Quant),
+    AllReduce(AllReduce),
+    AllGather(AllGather),
+    ReduceScatter(ReduceScatter),
+    Shard(Shard),
+    TpCopy(TpCopy),
+}
+
+impl Prim {
+    /// Whether the primitive moves data: views and a rank's view of a replicated value
+    /// (`shard`, `tp_copy`) do not, their readers read through strides.
+    pub fn moves_data(&self) -> bool {
+        !matches!(self.class(), Class::View) && !matches!(self, Prim::Shard(_) | Prim::TpCopy(_))
+    }
+
+    /// Whether evaluating it needs every rank's inputs (or the rank's index).
+    pub fn is_collective(&self) -> bool {
+        self.class() == Class::Collective
+    }
+
+    /// The attributes as `name: value` pairs, for the IR's text form and region keys.
+    pub fn attrs(&self) -> String {
+        let debug = format!("{self:?}");
+        match (debug.find('{'), debug.rfind('}')) {
+            (Some(a), Some(b)) if a < b => debug[a + 1..b].trim().replace(": ", "="),
+            _ => String::new(),
+        }
+    }
+
+    pub fn binary(op: Binary) -> Prim {
+        Prim::Binary(op)
+    }
+
+    pub fn unary(op: Unary) -> Prim {
+        Prim::Unary(op)
+    }
+}
+
+/// One primitive's place in the language: callable, with its declaration and how a call's
+/// arguments become the IR's typed primitive; or internal, with what it is.
+pub enum Decl {
+    Callable(Entry),
+    Internal { name: &'static str, what: &'static str },
+}
+
+/// How a checked call's bound arguments become the IR's typed primitive.
+pub type Binder = fn(&Args) -> Result<Prim, RuleError>;
+
+pub struct Entry {
+    pub call: Callable,
+    /// The typed primitive of a call (`None`: the call is lowered by elaboration, as
+    /// `split` becomes slices).
+    pub bind: Option<Binder>,
+}
+
+/// Every module's declarations: the registration of the language's primitives.
+const DECLS: &[&[Decl]] = &[
+    pointwise::DECLS,
+    reduce::DECLS,
+    layout::DECLS,
+    slice::DECLS,
+    concat::DECLS,
+    embedding::DECLS,
+    matmul::DECLS,
+    conv1d::DECLS,
+    ssd_scan::DECLS,
+    rope::DECLS,
+    mask::DECLS,
+    quant::DECLS,
+    collective::DECLS,
+];
+
+fn decls() -> impl Iterator<Item = &'static Decl> {
+    DECLS.iter().flat_map(|d| d.iter())
+}
+
+/// The op set as the checker sees it.
+pub struct Ops;
+
+/// The compiler's op set, for [`hyb_dsl::check`].
+pub static OPS: Ops = Ops;
+
+impl Ops {
+    /// The entry of a callable primitive.
+    pub fn entry(&self, name: &str) -> Option<&'static Entry> {
+        decls().find_map(|d| match d {
+            Decl::Callable(e) if e.call.name == name => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The typed primitive a checked call denotes (`None` for calls elaboration lowers).
+    pub fn bind(&self, name: &str, args: &[Arg]) -> Option<Result<Prim, RuleError>> {
+        let bind = self.entry(name)?.bind?;
+        Some(bind(&Args(args)))
+    }
+}
+
+impl Primitives for Ops {
+    fn callable(&self, name: &str) -> Option<&'static Callable> {
+        self.entry(name).map(|e| &e.call)
+    }
+
+    fn internal(&self, name: &str) -> Option<&'static str> {
+        decls().find_map(|d| match d {
+            Decl::Internal { name: n, what } if *n == name => Some(*what),
+            _ => None,
+        })
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        decls()
+            .filter_map(|d| match d {
+                Decl::Callable(e) => Some(e.call.name),
+                Decl::Internal { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// A call's bound arguments, read slot by slot. In a block checked on its own, values that
+/// depend on its configs are unknown; they read as placeholders that no shape rule depends
+/// on (a float as NaN, a flag as false).
+pub struct Args<'a>(pub &'a [Arg]);
+
+impl Args<'_> {
+    pub fn int(&self, i: usize) -> Dim {
+        match &self.0[i] {
+            Arg::Int(d) => d.clone(),
+            _ => Dim::constant(0),
+        }
+    }
+
+    /// An integer the rule needs to know (an axis).
+    pub fn known(&self, i: usize, what: &str) -> Result<i64, RuleError> {
+        let d = self.int(i);
+        d.as_const().ok_or_else(|| RuleError::at(i, format!("{what} must be a known integer, got {d}")))
+    }
+
+    pub fn float(&self, i: usize) -> F64 {
+        match &self.0[i] {
+            Arg::Scalar(Some(x)) => F64(*x),
+            _ => F64(f64::NAN),
+        }
+    }
+
+    pub fn boolean(&self, i: usize) -> bool {
+        matches!(self.0[i], Arg::Bool(Some(true)))
+    }
+
+    pub fn ints(&self, i: usize) -> Vec<Dim> {
+        match &self.0[i] {
+            Arg::Ints(v) => v.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Option<&str> {
+        match &self.0[i] {
+            Arg::Str(Some(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn present(&self, i: usize) -> bool {
+        !matches!(self.0.get(i), None | Some(Arg::Absent))
+    }
+}
+
+/// The shape rule of a call: the bound primitive's rule over the tensors of the call's
+/// tensor slots (a scalar in a tensor slot is a rank-0 tensor).
+pub fn check(prim: Prim, signature: &[Param], args: &[Arg], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+    prim.infer(&tensor_args(signature, args), ctx)
+}
+
+/// The tensors of the tensor slots, in order (a variadic slot gives all of its tensors).
+pub fn tensor_args(signature: &[Param], args: &[Arg]) -> Vec<Ty> {
+    let mut out = Vec::new();
+    for (slot, a) in signature.iter().zip(args) {
+        if !slot.kind.is_tensor() {
+            continue;
+        }
+        match a {
+            Arg::Tensor(s, d) => out.push((s.clone(), *d)),
+            Arg::Tensors(ts) => out.extend(ts.iter().cloned()),
+            Arg::Scalar(_) => out.push((Vec::new(), DType::F32)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A callable primitive's declaration: name, signature, and how bound arguments become
+/// the typed primitive (whose shape rule checks the call).
+macro_rules! callable {
+    ($name:literal, $sig:expr, $bind:expr) => {
+        callable!($name, $sig, $bind, None)
+    };
+    ($name:literal, $sig:expr, $bind:expr, $fold:expr) => {
+        $crate::ops::Decl::Callable($crate::ops::Entry {
+            call: hyb_dsl::prims::Callable {
+                name: $name,
+                signature: $sig,
+                rule: |args, ctx| {
+                    let bind: $crate::ops::Binder = $bind;
+                    $crate::ops::check(bind(&$crate::ops::Args(args))?, $sig, args, ctx)
+                },
+                fold: $fold,
+                tuple: false,
+            },
+            bind: Some($bind),
+        })
+    };
+}
+pub(crate) use callable;
 
 /// Normalises a possibly negative axis (shapes were checked by the front end).
-fn axis(a: i64, rank: usize) -> usize {
+pub fn axis(a: i64, rank: usize) -> usize {
     if a < 0 {
         (a + rank as i64) as usize
     } else {
@@ -61,133 +509,9 @@ fn axis(a: i64, rank: usize) -> usize {
     }
 }
 
-/// Evaluates one primitive. `args` has one entry per signature slot; `inputs` are the
-/// tensors of the tensor slots in order.
-pub fn eval<T: Real>(prim: Prim, args: &[Arg], inputs: &[&Tensor<T>]) -> Tensor<T> {
-    use Prim::*;
-    match prim {
-        Add | Sub | Mul | Div | Maximum | Minimum => pointwise::binary(prim, inputs[0], inputs[1]),
-        Pow => pointwise::unary(inputs[0], |x| x.powf(T::of(args[1].float()))),
-        Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu | Softplus | Tanh | Gelu | Abs | Sign | Round => {
-            pointwise::unary(inputs[0], pointwise::scalar_fn::<T>(prim))
-        }
-        Clamp => {
-            let (lo, hi) = (T::of(args[1].float()), T::of(args[2].float()));
-            pointwise::unary(inputs[0], |x| x.max(lo).min(hi))
-        }
-        Cast => pointwise::cast(
-            inputs[0],
-            match &args[1] {
-                Arg::Str(s) => s,
-                other => panic!("cast needs a dtype, got {other:?}"),
-            },
-        ),
-        Sum | Max | Mean => reduce::reduce(prim, inputs[0], args[1].int(), args[2].boolean()),
-        Reshape => movement::reshape(inputs[0], args[1].ints()),
-        Permute => movement::permute(inputs[0], args[1].ints()),
-        Transpose => {
-            let r = inputs[0].rank();
-            let mut perm: Vec<i64> = (0..r as i64).collect();
-            perm.swap(axis(args[1].int(), r), axis(args[2].int(), r));
-            movement::permute(inputs[0], &perm)
-        }
-        Broadcast => {
-            let shape: Vec<usize> = args[1].ints().iter().map(|&d| d as usize).collect();
-            inputs[0].broadcast_to(&shape)
-        }
-        Slice => movement::slice(inputs[0], args[1].int(), args[2].int(), args[3].int()),
-        Concat => movement::concat(inputs, args[1].int()),
-        Split => unreachable!("split is lowered to slices during elaboration"),
-        Embedding => movement::embedding(inputs[0], inputs[1]),
-        Matmul => matmul::matmul(inputs[0], inputs[1], args[2].boolean(), args[3].boolean()),
-        CausalConv1d => sequence::causal_conv1d(inputs[0], inputs[1], inputs.get(2).copied()),
-        SsdScan => sequence::ssd_scan(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], args[5].int() as usize),
-        Rope => sequence::rope(inputs[0], args[1].float()),
-        CausalMask => sequence::causal_mask(inputs[0]),
-        TernaryQuant => quant::ternary(inputs[0]),
-        Int8Quant => quant::int8_per_token(inputs[0]),
-        Step => pointwise::unary(inputs[0], |x| if x > T::zero() { T::one() } else { T::zero() }),
-        Tril => sequence::tril(inputs[0]),
-        Pad => movement::pad(inputs[0], args[1].int(), args[2].int(), args[3].int()),
-        RopeGrad => sequence::rope_grad(inputs[0], args[1].float()),
-        EmbeddingGrad => movement::embedding_grad(inputs[0], inputs[1], args[2].int() as usize),
-        CausalConv1dGrad => sequence::causal_conv1d_grad(inputs[0], inputs[1], inputs[2], args[3].int()),
-        OneHot => movement::one_hot(inputs[0], args[1].int() as usize),
-        AllReduce | AllGather | ReduceScatter | Shard | TpCopy | VocabEmbedding | VocabEmbeddingGrad => {
-            collective::eval(prim, args, &[inputs.to_vec()]).remove(0)
-        }
-        SsdScanGrad => {
-            let [dx, ddt, da, db, dc] = sequence::ssd_scan_grads(
-                inputs[0],
-                inputs[1],
-                inputs[2],
-                inputs[3],
-                inputs[4],
-                inputs[5],
-                args[6].int() as usize,
-            );
-            [dx, ddt, da, db, dc].into_iter().nth(args[7].int() as usize).expect("wrt is 0 to 4")
-        }
-    }
-}
-
-/// `x[start..end]` along `axis`.
-pub fn slice<T: Real>(x: &Tensor<T>, axis: usize, start: usize, end: usize) -> Tensor<T> {
-    movement::slice(x, axis as i64, start as i64, end as i64)
-}
-
-/// The tensors joined along `axis`.
-pub fn concat<T: Real>(xs: &[&Tensor<T>], axis: usize) -> Tensor<T> {
-    movement::concat(xs, axis as i64)
-}
-
-/// The vector-Jacobian product of node `node` for output gradient `dy`: one gradient (or
-/// `None` where none flows, e.g. into token ids) per input, appended to the graph.
-pub fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
-    let Op::Prim { prim, .. } = g.nodes[node].op.clone() else {
-        return vec![];
-    };
-    use Prim::*;
-    match prim {
-        Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Exp | Log | Sqrt | Rsqrt | Sigmoid | Silu
-        | Softplus | Tanh | Gelu | Abs | Sign | Round | Clamp | Cast | Step | TernaryQuant | Int8Quant => {
-            pointwise::vjp(g, prim, node, dy)
-        }
-        Sum | Max | Mean => reduce::vjp(g, prim, node, dy),
-        Reshape | Permute | Transpose | Broadcast | Slice | Concat | Embedding | Pad => {
-            movement::vjp(g, prim, node, dy)
-        }
-        Matmul => matmul::vjp(g, node, dy),
-        CausalConv1d | SsdScan | Rope | CausalMask | Tril | RopeGrad => sequence::vjp(g, prim, node, dy),
-        Split => unreachable!("split is lowered to slices"),
-        OneHot => vec![None],
-        AllReduce | AllGather | ReduceScatter | Shard | TpCopy | VocabEmbedding => collective::vjp(g, prim, node, dy),
-        EmbeddingGrad | CausalConv1dGrad | SsdScanGrad | VocabEmbeddingGrad => {
-            panic!("second-order gradients of {} are not supported", prim.name())
-        }
-    }
-}
-
-/// The node's `i`-th attribute.
-fn attr(g: &Graph, node: NodeId, i: usize) -> Attr {
-    match &g.nodes[node].op {
-        Op::Prim { attrs, .. } => attrs[i].clone(),
-        _ => unreachable!(),
-    }
-}
-
-fn attr_int(g: &Graph, node: NodeId, i: usize) -> Dim {
-    match attr(g, node, i) {
-        Attr::Int(d) => d,
-        other => panic!("attribute {i} is {other:?}, not an int"),
-    }
-}
-
-fn attr_float(g: &Graph, node: NodeId, i: usize) -> f64 {
-    match attr(g, node, i) {
-        Attr::Float(x) => x,
-        other => panic!("attribute {i} is {other:?}, not a float"),
-    }
+/// The input types of a rule as (shape, dtype) pairs, cloned for editing.
+fn first(inputs: &[Ty]) -> Ty {
+    inputs.first().cloned().unwrap_or((Vec::new(), DType::F32))
 }
 
 /// Sums `dy` down to `target`'s shape: the gradient of numpy broadcasting.
@@ -202,4 +526,14 @@ fn unbroadcast(g: &mut Graph, dy: NodeId, target: &[Dim]) -> NodeId {
         }
     }
     y
+}
+
+/// `x[start..end]` along `axis`.
+pub fn slice<T: Real>(x: &Tensor<T>, axis: usize, start: usize, end: usize) -> Tensor<T> {
+    slice::slice(x, axis, start, end)
+}
+
+/// The tensors joined along `axis`.
+pub fn concat<T: Real>(xs: &[&Tensor<T>], axis: usize) -> Tensor<T> {
+    concat::concat(xs, axis)
 }

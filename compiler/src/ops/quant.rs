@@ -1,25 +1,90 @@
-//! BitNet b1.58 quantisers, returned dequantised (their gradients pass straight through).
+//! BitNet b1.58 quantisers, returned dequantised: ternary absmean weights and per-token
+//! absmax int8 activations. Their gradients pass straight through.
 
+use super::{callable, first, Args, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty};
+use crate::ir::{Graph, NodeId};
 use crate::reference::tensor::{Real, Tensor};
+use crate::shard::axes::Axes;
+use hyb_dsl::prims::{req, Ctx, Kind, RuleError};
+use serde::{Deserialize, Serialize};
 
-/// Ternary absmean: `round(clamp(w / s, -1, 1)) * s` with `s = mean(|w|)`.
-pub fn ternary<T: Real>(w: &Tensor<T>) -> Tensor<T> {
-    let s = w.data.iter().fold(T::zero(), |a, v| a + v.abs()) / T::of(w.len() as f64);
-    let s = s.max(T::of(1e-5));
-    w.map(|v| T::of((v / s).max(-T::one()).min(T::one()).f64().round_ties_even()) * s)
+/// `round(clamp(w / s, -1, 1)) * s` with `s = mean(|w|)` over the whole tensor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TernaryQuant;
+
+/// `round(clamp(x * 127 / max|x|, -128, 127)) * max|x| / 127`, the maximum over the last
+/// axis (one scale per token).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Int8Quant;
+
+pub(super) const DECLS: &[Decl] = &[
+    callable!("ternary_quant", &[req("x", Kind::Tensor)], |_: &Args| Ok(Prim::TernaryQuant(TernaryQuant))),
+    callable!("int8_quant", &[req("x", Kind::Tensor)], |_: &Args| Ok(Prim::Int8Quant(Int8Quant))),
+];
+
+impl Primitive for TernaryQuant {
+    fn name(&self) -> &'static str {
+        "ternary_quant"
+    }
+
+    fn class(&self) -> Class {
+        Class::Quantize
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        let w = inputs[0];
+        let s = w.data.iter().fold(T::zero(), |a, v| a + v.abs()) / T::of(w.len() as f64);
+        let s = s.max(T::of(1e-5));
+        vec![w.map(|v| T::of((v / s).max(-T::one()).min(T::one()).f64().round_ties_even()) * s)]
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(dy)])
+    }
 }
 
-/// Per-token absmax int8: `round(clamp(x * 127 / max|x|, -128, 127)) * max|x| / 127`,
-/// with the maximum over the last axis.
-pub fn int8_per_token<T: Real>(x: &Tensor<T>) -> Tensor<T> {
-    let d = *x.shape.last().unwrap_or(&1);
-    let mut data = Vec::with_capacity(x.len());
-    for row in x.data.chunks(d.max(1)) {
-        let m = row.iter().fold(T::zero(), |a, v| a.max(v.abs())).max(T::of(1e-5));
-        let s = T::of(127.0) / m;
-        data.extend(
-            row.iter().map(|&v| T::of((v * s).max(T::of(-128.0)).min(T::of(127.0)).f64().round_ties_even()) / s),
-        );
+impl Primitive for Int8Quant {
+    fn name(&self) -> &'static str {
+        "int8_quant"
     }
-    Tensor::new(x.shape.clone(), data)
+
+    fn class(&self) -> Class {
+        Class::Quantize
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        let x = inputs[0];
+        let d = *x.shape.last().unwrap_or(&1);
+        let mut data = Vec::with_capacity(x.len());
+        for row in x.data.chunks(d.max(1)) {
+            let m = row.iter().fold(T::zero(), |a, v| a.max(v.abs())).max(T::of(1e-5));
+            let s = T::of(127.0) / m;
+            data.extend(
+                row.iter().map(|&v| T::of((v * s).max(T::of(-128.0)).min(T::of(127.0)).f64().round_ties_even()) / s),
+            );
+        }
+        vec![Tensor::new(x.shape.clone(), data)]
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(dy)])
+    }
+
+    /// A token's scale needs its row whole.
+    fn shard_axes(&self, ax: &mut Axes, g: &Graph, y: NodeId) {
+        let x = g.nodes[y].inputs[0];
+        let rank = g.nodes[y].ty.shape.len();
+        for k in 0..rank {
+            ax.same(x, k, y, k);
+        }
+        ax.block(ax.var(y, rank - 1));
+    }
 }

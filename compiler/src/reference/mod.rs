@@ -3,10 +3,9 @@
 
 pub mod tensor;
 
-use crate::ir::{Attr, Graph, Op};
-use crate::ops::{self, Arg};
+use crate::ir::{Graph, Op};
+use crate::ops::{Prim, Primitive, Sizes};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 use std::collections::HashMap;
 pub use tensor::{Real, Tensor};
 
@@ -63,29 +62,37 @@ pub fn run_ranks<T: Real>(
         last_use[o] = usize::MAX;
     }
     let mut values: Vec<Vec<Option<Tensor<T>>>> = vec![vec![None; g.nodes.len()]; ranks];
-    // Outputs after the first of multi-output kernels, until their `Output` nodes read them.
+    // Outputs after the first of multi-output kernels and primitives, until their `Output`
+    // nodes read them.
     let mut extra: Vec<HashMap<(usize, usize), Tensor<T>>> = vec![HashMap::new(); ranks];
-    // The five gradients of one scan come from one backward pass: computed once, handed out
-    // to the five `ssd_scan_grad` nodes that read the same inputs.
-    let mut scan_grads: Vec<ScanGrads<T>> = vec![HashMap::new(); ranks];
+    let sizes = Sizes::new(&bind);
     for (i, n) in g.nodes.iter().enumerate() {
-        if let Op::Prim { prim, attrs } = &n.op {
-            if ops::collective::is_collective(*prim) {
-                let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, &bind)).collect();
-                let xs: Vec<Vec<&Tensor<T>>> = (0..ranks)
-                    .map(|r| n.inputs.iter().map(|&x| values[r][x].as_ref().expect("inputs are live")).collect())
-                    .collect();
-                for (r, v) in ops::collective::eval(*prim, &args, &xs).into_iter().enumerate() {
-                    values[r][i] = Some(v);
-                }
-                free(&mut values, n, i, &last_use);
-                continue;
+        if let Op::Prim(prim) = &n.op {
+            let xs: Vec<Vec<&Tensor<T>>> = (0..ranks)
+                .map(|r| n.inputs.iter().map(|&x| values[r][x].as_ref().expect("inputs are live")).collect())
+                .collect();
+            if matches!(prim, Prim::Embedding(_)) {
+                check_ids(xs[0][0], xs[0][1])?;
             }
+            let outs = if prim.is_collective() {
+                prim.eval_ranks(&xs, sizes)
+            } else {
+                xs.iter().map(|x| prim.eval(x, sizes)).collect()
+            };
+            for (r, rank_outs) in outs.into_iter().enumerate() {
+                let mut rank_outs = rank_outs.into_iter();
+                values[r][i] = rank_outs.next();
+                for (j, t) in rank_outs.enumerate() {
+                    extra[r].insert((i, j + 1), t);
+                }
+            }
+            free(&mut values, n, i, &last_use);
+            continue;
         }
         for r in 0..ranks {
             let v = match (&n.op, &n.inputs[..]) {
-                (Op::Output(k), &[kernel]) => extra[r].remove(&(kernel, *k)).expect("each output is read once"),
-                (Op::Kernel(k), _) if k.body.outputs.len() > 1 => {
+                (Op::Output(k), &[source]) => extra[r].remove(&(source, *k)).expect("each output is read once"),
+                (Op::Kernel(k), _) => {
                     let args = kernel_args(n, &values[r]);
                     let mut outs = run(&k.body, &HashMap::new(), &args)?.into_iter();
                     let first = outs.next().expect("a first output");
@@ -94,7 +101,7 @@ pub fn run_ranks<T: Real>(
                     }
                     first
                 }
-                _ => eval_node(g, n, &values[r], params[r], inputs[r], &bind, &mut scan_grads[r])?,
+                _ => eval_leaf(g, n, params[r], inputs[r])?,
             };
             values[r][i] = Some(v);
         }
@@ -111,9 +118,6 @@ fn kernel_args<T: Real>(n: &crate::ir::Node, values: &[Option<Tensor<T>>]) -> Ha
     n.inputs.iter().enumerate().map(|(j, &x)| (j.to_string(), values[x].clone().expect("inputs are live"))).collect()
 }
 
-/// The five gradients of a scan, keyed by the scan's inputs, until each is read.
-type ScanGrads<T> = HashMap<Vec<usize>, [Option<Tensor<T>>; 5]>;
-
 /// Drops the values node `i` read for the last time.
 fn free<T>(values: &mut [Vec<Option<Tensor<T>>>], n: &crate::ir::Node, i: usize, last_use: &[usize]) {
     for &x in &n.inputs {
@@ -125,15 +129,12 @@ fn free<T>(values: &mut [Vec<Option<Tensor<T>>>], n: &crate::ir::Node, i: usize,
     }
 }
 
-/// The value of one (non-collective) node on one rank.
-fn eval_node<T: Real>(
+/// The value of an input, parameter or constant on one rank.
+fn eval_leaf<T: Real>(
     g: &Graph,
     n: &crate::ir::Node,
-    values: &[Option<Tensor<T>>],
     params: &HashMap<String, Tensor<T>>,
     inputs: &HashMap<String, Tensor<T>>,
-    bind: &dyn Fn(&str) -> Option<i64>,
-    scan_grads: &mut ScanGrads<T>,
 ) -> Result<Tensor<T>, RunError> {
     Ok(match &n.op {
         Op::Input(name) => inputs.get(name).cloned().ok_or_else(|| RunError::MissingInput(name.clone()))?,
@@ -150,47 +151,16 @@ fn eval_node<T: Real>(
             w.clone()
         }
         Op::Constant(c) => Tensor::scalar(T::of(*c)),
-        Op::Kernel(k) => run(&k.body, &HashMap::new(), &kernel_args(n, values))?.remove(0),
-        Op::Output(_) => unreachable!("outputs are read in run_ranks"),
-        Op::Prim { prim, attrs } => {
-            let args: Vec<Arg> = attrs.iter().map(|a| resolve(a, bind)).collect();
-            let xs: Vec<&Tensor<T>> = n.inputs.iter().map(|&x| values[x].as_ref().expect("inputs are live")).collect();
-            if *prim == Prim::Embedding {
-                let vocab = xs[0].shape[0];
-                if let Some(&id) =
-                    xs[1].data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0)
-                {
-                    return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
-                }
-            }
-            if *prim == Prim::SsdScanGrad {
-                let (Arg::Int(chunk), Arg::Int(wrt)) = (&args[6], &args[7]) else { unreachable!("checked signature") };
-                let (chunk, wrt) = (*chunk as usize, *wrt as usize);
-                let grads = scan_grads.entry(n.inputs.clone()).or_insert_with(|| {
-                    ops::sequence::ssd_scan_grads(xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], chunk).map(Some)
-                });
-                let out = grads[wrt].take().expect("each gradient is read once");
-                if grads.iter().all(Option::is_none) {
-                    scan_grads.remove(&n.inputs);
-                }
-                out
-            } else {
-                ops::eval(*prim, &args, &xs)
-            }
-        }
+        Op::Prim(_) | Op::Kernel(_) | Op::Output(_) => unreachable!("computed nodes are evaluated in run_ranks"),
     })
 }
 
-fn resolve(a: &Attr, bind: &dyn Fn(&str) -> Option<i64>) -> Arg {
-    let dim = |d: &Dim| d.eval(bind).expect("every symbol is bound by the inputs");
-    match a {
-        Attr::Tensor => Arg::Tensor,
-        Attr::Int(d) => Arg::Int(dim(d)),
-        Attr::Float(x) => Arg::Float(*x),
-        Attr::Bool(b) => Arg::Bool(*b),
-        Attr::Str(s) => Arg::Str(s.clone()),
-        Attr::Ints(v) => Arg::Ints(v.iter().map(dim).collect()),
-        Attr::Absent => Arg::Absent,
+/// Every id is a row of the table.
+fn check_ids<T: Real>(table: &Tensor<T>, ids: &Tensor<T>) -> Result<(), RunError> {
+    let vocab = table.shape[0];
+    match ids.data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0) {
+        Some(&id) => Err(RunError::TokenOutOfRange { id: id.f64(), vocab }),
+        None => Ok(()),
     }
 }
 

@@ -33,7 +33,7 @@ pub fn to_rec_expr(g: &Graph, r: &Region) -> Program {
         let n = &g.nodes[i];
         let op = match &n.op {
             Op::Constant(c) => ctx.intern(OpKind::Const(c.to_bits(), n.ty.dtype)),
-            Op::Prim { prim, attrs } => ctx.intern(OpKind::Prim(*prim, attrs.clone())),
+            Op::Prim(prim) => ctx.intern(OpKind::Prim(prim.clone())),
             Op::Kernel(k) => ctx.kernel((**k).clone()),
             Op::Output(k) => ctx.intern(OpKind::Output(*k)),
             Op::Input(_) | Op::Param(_) => unreachable!("leaves are not region nodes"),
@@ -55,15 +55,14 @@ impl Program {
             let id = match self.ctx.op(n) {
                 OpKind::Leaf(l) => leaves[*l],
                 OpKind::Const(bits, dtype) => out.constant_of(f64::from_bits(*bits), *dtype),
-                OpKind::Prim(prim, attrs) => out.apply(*prim, attrs.clone(), inputs),
+                OpKind::Prim(prim) => out.apply(prim.clone(), inputs),
                 OpKind::Kernel(k) => {
                     let kernel = self.ctx.kernels[*k].clone();
                     let ty: TensorType = kernel.body.nodes[kernel.body.outputs[0]].ty.clone();
                     out.add(Op::Kernel(Box::new(kernel)), inputs, ty)
                 }
                 OpKind::Output(i) => {
-                    let Op::Kernel(kernel) = &out.nodes[inputs[0]].op else { unreachable!("an output reads a kernel") };
-                    let ty = kernel.body.nodes[kernel.body.outputs[*i]].ty.clone();
+                    let ty = out.output_type(inputs[0], *i);
                     out.add(Op::Output(*i), inputs, ty)
                 }
             };

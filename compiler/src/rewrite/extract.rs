@@ -3,10 +3,10 @@
 //! computed once, however many users it has: single-class switches, and the multi-class
 //! groups rules registered (a merged GEMM only pays off when all its members use it).
 
-use super::cost::{is_view, Machine};
 use super::lang::{Data, EGraph, ENode, OpKind};
+use crate::cost::{body_flops, kernel_work, prim_work, Machine};
+use crate::ops::{Class, Prim, Primitive};
 use egg::Id;
-use hyb_dsl::prims::Prim;
 use std::collections::HashMap;
 
 pub type Choice = HashMap<Id, ENode>;
@@ -26,36 +26,34 @@ impl<'a> Coster<'a> {
         Coster { eg, machine, kernel_flops: HashMap::new(), slices_in_epilogue }
     }
 
-    /// The time of node `n` of class `class`.
-    pub fn node_time(&mut self, class: Id, n: &ENode, choice: &Choice) -> f64 {
+    /// The time of node `n`.
+    pub fn node_time(&mut self, n: &ENode, choice: &Choice) -> f64 {
         let eg = self.eg;
         let data = |id: Id| -> &Data { &eg[id].data };
-        let out = &eg[class].data.ty;
         let inputs: Vec<_> = n.children.iter().map(|&c| &data(c).ty).collect();
         match self.eg.analysis.op(n) {
             OpKind::Leaf(_) | OpKind::Const(..) | OpKind::Output(_) => 0.0,
-            OpKind::Prim(prim, _) => {
-                if is_view(*prim) {
+            OpKind::Prim(prim) => {
+                if !prim.moves_data() {
                     return 0.0;
                 }
                 let all_weights = n.children.iter().all(|&c| data(c).weight);
-                if *prim == Prim::Concat && all_weights {
+                if matches!(prim, Prim::Concat(_)) && all_weights {
                     // Weights are stored packed: concatenation happens once, at load.
                     return 0.0;
                 }
-                if prim.is_pointwise() && self.feeds_from_gemm(n, choice) {
+                if prim.class() == Class::Elementwise && self.feeds_from_gemm(n, choice) {
                     // Runs in the GEMM's epilogue.
                     return 0.0;
                 }
-                self.machine.prim_work(*prim, &inputs, out).time(self.machine)
+                prim_work(self.machine, prim, &inputs).time(self.machine)
             }
             OpKind::Kernel(k) => {
                 let k = *k;
                 let kernel = &self.eg.analysis.kernels[k];
-                let body_flops =
-                    *self.kernel_flops.entry(k).or_insert_with(|| crate::explain::body_flops(kernel, self.machine));
+                let flops = *self.kernel_flops.entry(k).or_insert_with(|| body_flops(kernel, self.machine));
                 let outs: Vec<_> = kernel.body.outputs.iter().map(|&o| &kernel.body.nodes[o].ty).collect();
-                self.machine.kernel_work(&kernel.kind, &inputs, &outs, body_flops).time(self.machine)
+                kernel_work(self.machine, &kernel.kind, &inputs, &outs, flops).time(self.machine)
             }
         }
     }
@@ -69,8 +67,8 @@ impl<'a> Coster<'a> {
         let is_gemm = |mut id: Id| loop {
             let Some(c) = choice.get(&eg.find(id)) else { return false };
             match eg.analysis.op(c) {
-                OpKind::Prim(Prim::Matmul, _) => return true,
-                OpKind::Prim(p, _) if is_view(*p) && (*p != Prim::Slice || self.slices_in_epilogue) => {
+                OpKind::Prim(Prim::Matmul(_)) => return true,
+                OpKind::Prim(p) if !p.moves_data() && (!matches!(p, Prim::Slice(_)) || self.slices_in_epilogue) => {
                     id = c.children[0]
                 }
                 OpKind::Kernel(k) => return matches!(eg.analysis.kernels[*k].kind, crate::ir::KernelKind::BitLinear),
@@ -92,7 +90,7 @@ pub fn dag_cost(coster: &mut Coster, choice: &Choice, roots: &[Id]) -> Option<f6
     while let Some((id, expanded)) = stack.pop() {
         if expanded {
             state.insert(id, 2);
-            total += coster.node_time(id, choice.get(&id)?, choice);
+            total += coster.node_time(choice.get(&id)?, choice);
             continue;
         }
         match state.get(&id) {
@@ -128,7 +126,7 @@ pub fn extract(eg: &EGraph, roots: &[Id], machine: &Machine, slices_in_epilogue:
                 else {
                     continue;
                 };
-                let cost = (coster.node_time(class.id, n, &choice) + children + 1e-12).min(1e300);
+                let cost = (coster.node_time(n, &choice) + children + 1e-12).min(1e300);
                 if best.get(&class.id).is_none_or(|&b| cost < b) {
                     best.insert(class.id, cost);
                     choice.insert(class.id, n.clone());

@@ -6,11 +6,12 @@
 //! in memory.
 
 use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
-use hyb_dsl::prims::Prim;
+use crate::ops::{Class, Primitive};
 use std::collections::HashMap;
 
+/// How a node takes part in vertical fusion, from its primitive's class.
 #[derive(Clone, Copy, PartialEq)]
-enum Class {
+enum Role {
     Pointwise,
     Reduce,
     View,
@@ -18,17 +19,16 @@ enum Class {
     Other,
 }
 
-fn class(n: &Node) -> Class {
-    use Prim::*;
+fn role(n: &Node) -> Role {
     match &n.op {
-        Op::Prim { prim, .. } => match prim {
-            _ if prim.is_elementwise() => Class::Pointwise,
-            Sum | Max | Mean => Class::Reduce,
-            Reshape | Broadcast | Slice | Transpose | Permute => Class::View,
-            Matmul => Class::Gemm,
-            _ => Class::Other,
+        Op::Prim(p) => match p.class() {
+            Class::Elementwise => Role::Pointwise,
+            Class::Reduction => Role::Reduce,
+            Class::View => Role::View,
+            Class::Contraction => Role::Gemm,
+            _ => Role::Other,
         },
-        _ => Class::Other,
+        _ => Role::Other,
     }
 }
 
@@ -56,30 +56,30 @@ pub fn fuse(g: &Graph) -> Graph {
     let mut group: Vec<NodeId> = (0..n).collect();
     let (mut has_gemm, mut has_reduce) = (vec![false; n], vec![false; n]);
     for i in (0..n).rev() {
-        let c = class(&g.nodes[i]);
-        if matches!(c, Class::Gemm | Class::Other) {
+        let c = role(&g.nodes[i]);
+        if matches!(c, Role::Gemm | Role::Other) {
             continue;
         }
         let r = root(&mut group, i);
-        has_reduce[r] |= c == Class::Reduce;
+        has_reduce[r] |= c == Role::Reduce;
         for &p in &g.nodes[i].inputs {
             if group[p] != p || consumers[p].iter().any(|&u| root(&mut group, u) != r) {
                 continue;
             }
             // Only computed values become extra outputs (a returned view stays a view).
-            if returned[p] && class(&g.nodes[p]) != Class::Pointwise {
+            if returned[p] && role(&g.nodes[p]) != Role::Pointwise {
                 continue;
             }
-            let ok = match class(&g.nodes[p]) {
-                Class::Pointwise | Class::View => true,
-                Class::Reduce => !has_gemm[r],
-                Class::Gemm => !has_gemm[r] && !has_reduce[r],
-                Class::Other => false,
+            let ok = match role(&g.nodes[p]) {
+                Role::Pointwise | Role::View => true,
+                Role::Reduce => !has_gemm[r],
+                Role::Gemm => !has_gemm[r] && !has_reduce[r],
+                Role::Other => false,
             };
             if ok {
                 group[p] = r;
-                has_gemm[r] |= class(&g.nodes[p]) == Class::Gemm;
-                has_reduce[r] |= class(&g.nodes[p]) == Class::Reduce;
+                has_gemm[r] |= role(&g.nodes[p]) == Role::Gemm;
+                has_reduce[r] |= role(&g.nodes[p]) == Role::Reduce;
             }
         }
     }
@@ -96,7 +96,7 @@ pub fn fuse(g: &Graph) -> Graph {
             continue;
         }
         let m = &members[&r];
-        let computes = m.iter().filter(|&&x| class(&g.nodes[x]) != Class::View).count();
+        let computes = m.iter().filter(|&&x| role(&g.nodes[x]) != Role::View).count();
         if m.len() == 1 || computes == 0 {
             for &x in m {
                 let node = &g.nodes[x];

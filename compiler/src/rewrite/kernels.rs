@@ -2,16 +2,16 @@
 //! reference interpreter runs, what autodiff differentiates, and what a backend's template
 //! must match.
 
-use crate::ir::{Attr, Graph, Kernel, KernelKind, Op, TensorType};
+use crate::ir::{Graph, Kernel, KernelKind, Op, TensorType};
+use crate::ops::{Binary, CausalMask, Int8Quant, ReduceOp, Rope, TernaryQuant, Transpose, Unary, F64};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 fn input(g: &mut Graph, i: usize, ty: &TensorType) -> usize {
     g.add(Op::Input(i.to_string()), vec![], ty.clone())
 }
 
-fn reduce(g: &mut Graph, prim: Prim, x: usize) -> usize {
-    g.apply(prim, vec![Attr::Tensor, Attr::Int(Dim::constant(-1)), Attr::Bool(true)], vec![x])
+fn row(g: &mut Graph, op: ReduceOp, x: usize) -> usize {
+    g.reduce(op, x, -1, true)
 }
 
 /// Causal attention over `q [B, H, T, D]`, `k, v [B, H/groups, T, D]`:
@@ -29,12 +29,8 @@ pub fn flash_attention(
     let (mut qi, mut ki, mut vi) = (input(&mut g, 0, q), input(&mut g, 1, k), input(&mut g, 2, v));
     if let Some(theta) = rope {
         for x in [&mut qi, &mut ki] {
-            let r = g.apply(Prim::Rope, vec![Attr::Tensor, Attr::Float(theta)], vec![*x]);
-            *x = g.apply(
-                Prim::Transpose,
-                vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(2))],
-                vec![r],
-            );
+            let r = g.apply(Rope { theta: F64(theta) }, vec![*x]);
+            *x = g.apply(Transpose { dim0: 1, dim1: 2 }, vec![r]);
         }
     }
     let q_shape = g.shape(qi).to_vec();
@@ -46,18 +42,18 @@ pub fn flash_attention(
             let mut wide = s.clone();
             wide.insert(2, Dim::constant(groups as i64));
             let r = g.reshape(*x, one);
-            let b = g.apply(Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(wide)], vec![r]);
+            let b = g.broadcast(r, wide);
             *x = g.reshape(b, q_shape.clone());
         }
     }
     let s = g.matmul(qi, ki, false, true);
     let s = g.scale(s, scale);
-    let s = g.unary(Prim::CausalMask, s);
-    let m = reduce(&mut g, Prim::Max, s);
-    let s = g.binary(Prim::Sub, s, m);
-    let e = g.unary(Prim::Exp, s);
-    let z = reduce(&mut g, Prim::Sum, e);
-    let p = g.binary(Prim::Div, e, z);
+    let s = g.apply(CausalMask, vec![s]);
+    let m = row(&mut g, ReduceOp::Max, s);
+    let s = g.binary(Binary::Sub, s, m);
+    let e = g.unary(Unary::Exp, s);
+    let z = row(&mut g, ReduceOp::Sum, e);
+    let p = g.binary(Binary::Div, e, z);
     let o = g.matmul(p, vi, false, false);
     g.outputs = vec![o];
     Kernel { kind: KernelKind::FlashAttention { scale, groups, rope }, body: g }
@@ -67,8 +63,8 @@ pub fn flash_attention(
 pub fn bitlinear(x: &TensorType, w: &TensorType) -> Kernel {
     let mut g = Graph::default();
     let (xi, wi) = (input(&mut g, 0, x), input(&mut g, 1, w));
-    let xq = g.unary(Prim::Int8Quant, xi);
-    let wq = g.unary(Prim::TernaryQuant, wi);
+    let xq = g.apply(Int8Quant, vec![xi]);
+    let wq = g.apply(TernaryQuant, vec![wi]);
     let y = g.matmul(xq, wq, false, true);
     g.outputs = vec![y];
     Kernel { kind: KernelKind::BitLinear, body: g }

@@ -3,10 +3,10 @@
 //! and dtype), its value when it is a known scalar, and whether it is computed from
 //! weights alone — the conditions rules check before they fire.
 
-use crate::ir::{infer_type, Attr, Kernel, TensorType};
+use crate::ir::{infer_types, Kernel, TensorType};
+use crate::ops::{Concat, Prim, Primitive, Slice};
 use egg::{DidMerge, Id, Language};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
 
@@ -44,7 +44,7 @@ pub enum OpKind {
     Leaf(usize),
     /// A scalar constant (its bits) of a dtype.
     Const(u64, DType),
-    Prim(Prim, Vec<Attr>),
+    Prim(Prim),
     /// A kernel: index into [`Ctx::kernels`].
     Kernel(usize),
     /// Output `i` (≥ 1) of the multi-output kernel that is the node's child.
@@ -134,12 +134,11 @@ impl egg::Analysis<ENode> for Ctx {
                 constant: Some(f64::from_bits(*bits)),
                 weight: true,
             },
-            OpKind::Prim(prim, attrs) => {
+            OpKind::Prim(prim) => {
                 let types: Vec<&TensorType> = (0..enode.children.len()).map(|i| &child(i).ty).collect();
-                let ty = infer_type(*prim, attrs, &types);
-                let weight = (0..enode.children.len()).all(|i| child(i).weight) && *prim != Prim::Embedding;
-                let constant =
-                    fold(*prim, &enode.children.iter().map(|&c| egraph[c].data.constant).collect::<Vec<_>>());
+                let ty = infer_types(prim, &types).swap_remove(0);
+                let weight = (0..enode.children.len()).all(|i| child(i).weight) && !matches!(prim, Prim::Embedding(_));
+                let constant = fold(prim, &enode.children.iter().map(|&c| egraph[c].data.constant).collect::<Vec<_>>());
                 Data { ty, constant, weight }
             }
             OpKind::Kernel(k) => {
@@ -148,16 +147,23 @@ impl egg::Analysis<ENode> for Ctx {
                 Data { ty, constant: None, weight: false }
             }
             OpKind::Output(i) => {
-                let kernel = egraph[enode.children[0]]
+                let source = &egraph[enode.children[0]];
+                let ty = source
                     .nodes
                     .iter()
                     .find_map(|n| match egraph.analysis.op(n) {
-                        OpKind::Kernel(k) => Some(*k),
+                        OpKind::Kernel(k) => {
+                            let body = &egraph.analysis.kernels[*k].body;
+                            Some(body.nodes[body.outputs[*i]].ty.clone())
+                        }
+                        OpKind::Prim(p) => {
+                            let types: Vec<&TensorType> = n.children.iter().map(|&c| &egraph[c].data.ty).collect();
+                            Some(infer_types(p, &types).swap_remove(*i))
+                        }
                         _ => None,
                     })
-                    .expect("an output reads a kernel");
-                let body = &egraph.analysis.kernels[kernel].body;
-                Data { ty: body.nodes[body.outputs[*i]].ty.clone(), constant: None, weight: false }
+                    .expect("an output reads a multi-output kernel or primitive");
+                Data { ty, constant: None, weight: false }
             }
         }
     }
@@ -190,17 +196,9 @@ impl egg::Analysis<ENode> for Ctx {
 }
 
 /// The value of a pointwise op whose inputs are all known scalars.
-fn fold(prim: Prim, inputs: &[Option<f64>]) -> Option<f64> {
-    if !prim.is_pointwise() || inputs.is_empty() || matches!(prim, Prim::Pow | Prim::Clamp | Prim::Cast) {
-        return None;
-    }
-    let a = inputs[0]?;
-    let b = match inputs.get(1) {
-        Some(b) => (*b)?,
-        None => 0.0,
-    };
-    let v = prim.fold(a, b);
-    v.is_finite().then_some(v)
+fn fold(prim: &Prim, inputs: &[Option<f64>]) -> Option<f64> {
+    let known: Option<Vec<f64>> = inputs.iter().copied().collect();
+    prim.fold(&known?).filter(|v| v.is_finite())
 }
 
 /// A learnable parameter as it is stored (not a computed weight).
@@ -213,11 +211,15 @@ pub fn param_slice(eg: &EGraph, id: Id) -> Option<(Id, usize, Dim, Dim)> {
     if is_param(eg, id) {
         return None;
     }
-    nodes_of(eg, id, Prim::Slice).into_iter().find_map(|(n, a)| {
+    nodes_of(eg, id, |p| match p {
+        Prim::Slice(s) => Some(s.clone()),
+        _ => None,
+    })
+    .into_iter()
+    .find_map(|(n, s)| {
         let src = n.children[0];
-        let (Attr::Int(start), Attr::Int(end)) = (&a[2], &a[3]) else { return None };
-        let ax = axis(int_attr(&a[1])?, shape(eg, src).len());
-        is_param(eg, src).then(|| (eg.find(src), ax, start.clone(), end.clone()))
+        let ax = s.axis_of(shape(eg, src).len());
+        is_param(eg, src).then(|| (eg.find(src), ax, s.start, s.end))
     })
 }
 
@@ -234,16 +236,15 @@ pub fn add_concat(eg: &mut EGraph, parts: Vec<Id>, ax: usize) -> Id {
             if start.as_const() == Some(0) && Some(&end) == shape(eg, src).get(ax) {
                 return src;
             }
-            let attrs = vec![Attr::Tensor, Attr::Int(Dim::constant(ax as i64)), Attr::Int(start), Attr::Int(end)];
-            return add_prim(eg, Prim::Slice, attrs, vec![src]);
+            return add_prim(eg, Slice::new(ax, start, end), vec![src]);
         }
     }
-    add_prim(eg, Prim::Concat, vec![Attr::Tensor, Attr::Int(Dim::constant(ax as i64))], parts)
+    add_prim(eg, Concat::new(ax), parts)
 }
 
-/// Adds `prim(children)` with `attrs` and returns its class.
-pub fn add_prim(eg: &mut EGraph, prim: Prim, attrs: Vec<Attr>, children: Vec<Id>) -> Id {
-    let op = eg.analysis.intern(OpKind::Prim(prim, attrs));
+/// Adds `prim(children)` and returns its class.
+pub fn add_prim(eg: &mut EGraph, prim: impl Into<Prim>, children: Vec<Id>) -> Id {
+    let op = eg.analysis.intern(OpKind::Prim(prim.into()));
     eg.add(ENode { op, children })
 }
 
@@ -252,39 +253,32 @@ pub fn add_const(eg: &mut EGraph, x: f64, dtype: DType) -> Id {
     eg.add(ENode { op, children: vec![] })
 }
 
-/// The primitive and attributes of a node, if it is a primitive.
-pub fn as_prim<'a>(eg: &'a EGraph, n: &ENode) -> Option<(Prim, &'a [Attr])> {
+/// The primitive of a node, if it is a primitive.
+pub fn as_prim<'a>(eg: &'a EGraph, n: &ENode) -> Option<&'a Prim> {
     match eg.analysis.op(n) {
-        OpKind::Prim(p, attrs) => Some((*p, attrs)),
+        OpKind::Prim(p) => Some(p),
         _ => None,
     }
 }
 
-/// The nodes of class `id` that apply `prim`, with their attributes.
-pub fn nodes_of(eg: &EGraph, id: Id, prim: Prim) -> Vec<(ENode, Vec<Attr>)> {
-    eg[id]
-        .nodes
-        .iter()
-        .filter_map(|n| match eg.analysis.op(n) {
-            OpKind::Prim(p, attrs) if *p == prim => Some((n.clone(), attrs.clone())),
-            _ => None,
-        })
-        .collect()
+/// The nodes of class `id` whose primitive `pick` accepts, with what it picked of them.
+pub fn nodes_of<T>(eg: &EGraph, id: Id, pick: impl Fn(&Prim) -> Option<T>) -> Vec<(ENode, T)> {
+    eg[id].nodes.iter().filter_map(|n| Some((n.clone(), pick(as_prim(eg, n)?)?))).collect()
 }
+
+/// The nodes of class `id` that apply a primitive matching `pattern`.
+macro_rules! nodes_matching {
+    ($eg:expr, $id:expr, $pattern:pat) => {
+        $crate::rewrite::lang::nodes_of($eg, $id, |p| matches!(p, $pattern).then_some(()))
+            .into_iter()
+            .map(|(n, ())| n)
+            .collect::<Vec<_>>()
+    };
+}
+pub(crate) use nodes_matching;
 
 pub fn shape(eg: &EGraph, id: Id) -> &[Dim] {
     &eg[id].data.ty.shape
-}
-
-pub fn int_attr(a: &Attr) -> Option<i64> {
-    match a {
-        Attr::Int(d) => d.as_const(),
-        _ => None,
-    }
-}
-
-pub fn bool_attr(a: &Attr) -> bool {
-    matches!(a, Attr::Bool(true))
 }
 
 /// Normalises a possibly negative axis.

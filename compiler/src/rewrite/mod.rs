@@ -4,7 +4,6 @@
 //! roofline cost model is extracted; regions with equal bodies share one run. Vertical
 //! fusion then groups pointwise chains into kernels.
 
-pub mod cost;
 pub mod expr;
 mod extract;
 pub mod fuse;
@@ -13,9 +12,9 @@ pub mod lang;
 pub mod region;
 pub mod rules;
 
+use crate::cost::Machine;
 use crate::ir::{Graph, NodeId, Op};
-use cost::Machine;
-use egg::{Id, Runner, SimpleScheduler};
+use egg::{Id, Runner, SimpleScheduler, StopReason};
 use lang::{EGraph, ENode};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -45,6 +44,12 @@ pub struct Report {
     pub fired: BTreeMap<String, usize>,
     /// The largest e-graph built (e-nodes).
     pub max_egraph_nodes: usize,
+    /// Why each run of a rule phase over a distinct region body stopped (saturated, node
+    /// limit, iteration limit, time limit), counted.
+    pub stops: BTreeMap<String, usize>,
+    /// Rule iterations over all runs, and the most any run took.
+    pub iterations: usize,
+    pub max_iterations: usize,
 }
 
 impl Report {
@@ -56,6 +61,36 @@ impl Report {
             *self.fired.entry(rule).or_default() += n;
         }
         self.max_egraph_nodes = self.max_egraph_nodes.max(other.max_egraph_nodes);
+        for (stop, n) in other.stops {
+            *self.stops.entry(stop).or_default() += n;
+        }
+        self.iterations += other.iterations;
+        self.max_iterations = self.max_iterations.max(other.max_iterations);
+    }
+
+    fn record(&mut self, run: &Run) {
+        *self.stops.entry(run.stop.clone()).or_default() += 1;
+        self.iterations += run.iterations;
+        self.max_iterations = self.max_iterations.max(run.iterations);
+    }
+}
+
+/// How one saturation run ended.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub stop: String,
+    pub iterations: usize,
+}
+
+/// egg's stop reason in words.
+fn stop_reason(reason: Option<&StopReason>) -> String {
+    match reason {
+        Some(StopReason::Saturated) => "saturated".into(),
+        Some(StopReason::NodeLimit(_)) => "node limit".into(),
+        Some(StopReason::IterationLimit(_)) => "iteration limit".into(),
+        Some(StopReason::TimeLimit(_)) => "time limit".into(),
+        Some(StopReason::Other(why)) => why.clone(),
+        None => "not run".into(),
     }
 }
 
@@ -64,6 +99,7 @@ struct Template {
     program: expr::Program,
     fired: BTreeMap<&'static str, usize>,
     egraph_nodes: usize,
+    runs: Vec<Run>,
 }
 
 /// Rewrites every region of `g` with the e-graph rules, then fuses pointwise chains.
@@ -89,7 +125,11 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
         let sig = region::signature(g, r);
         let t = templates.entry(sig).or_insert_with(|| {
             report.unique_regions += 1;
-            optimize_region(g, r, opts)
+            let t = optimize_region(g, r, opts);
+            for run in &t.runs {
+                report.record(run);
+            }
+            t
         });
         for (name, count) in &t.fired {
             *report.fired.entry(name.to_string()).or_default() += count;
@@ -110,8 +150,11 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
 fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
     let (mut eg, class_of) = load(g, r);
     let roots: Vec<Id> = r.outputs.iter().map(|o| class_of[o]).collect();
+    let mut runs = Vec::new();
     for phase in rules::phases() {
-        eg = run_rules(eg, &phase, opts);
+        let (next, run) = run_rules(eg, &phase, opts);
+        eg = next;
+        runs.push(run);
     }
     let fired = std::mem::take(&mut eg.analysis.fired);
     // Whether a merged GEMM's slices fuse into its epilogue depends on the fusion that
@@ -122,26 +165,27 @@ fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
     for (slices_in_epilogue, margin) in [(true, 1.0), (false, 0.95)] {
         let choice = extract::extract(&eg, &roots, &opts.machine, slices_in_epilogue);
         let program = extracted(&eg, &choice, &roots);
-        let time = crate::explain::total_time(&fuse::fuse(&program.to_graph(g)), &opts.machine);
+        let time = crate::cost::total_time(&fuse::fuse(&program.to_graph(g)), &opts.machine);
         if best.as_ref().is_none_or(|(b, _)| time < *b * margin) {
             best = Some((time, program));
         }
     }
     let program = best.expect("two candidates").1;
-    Template { program, fired, egraph_nodes: eg.total_size() }
+    Template { program, fired, egraph_nodes: eg.total_size(), runs }
 }
 
-/// Saturates `eg` with `rules` under the limits of `opts`.
-pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> EGraph {
+/// Saturates `eg` with `rules` under the limits of `opts`; says how the run ended.
+pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> (EGraph, Run) {
     let rewrites: Vec<_> = rules.iter().map(|rule| rule.rewrite()).collect();
-    Runner::default()
+    let runner = Runner::default()
         .with_egraph(eg)
         .with_scheduler(SimpleScheduler)
         .with_node_limit(opts.node_limit)
         .with_iter_limit(opts.iter_limit)
         .with_time_limit(opts.time_limit)
-        .run(&rewrites)
-        .egraph
+        .run(&rewrites);
+    let run = Run { stop: stop_reason(runner.stop_reason.as_ref()), iterations: runner.iterations.len() };
+    (runner.egraph, run)
 }
 
 /// An e-graph holding region `r` of `g`, and the class of each of its nodes and leaves.

@@ -79,8 +79,8 @@ pub fn signature(g: &Graph, r: &Region) -> String {
             Op::Constant(c) => {
                 let _ = write!(s, "C{}{:?};", c.to_bits(), n.ty.dtype);
             }
-            Op::Prim { prim, attrs } => {
-                let _ = write!(s, "{}{:?}", prim.name(), attrs);
+            Op::Prim(prim) => {
+                let _ = write!(s, "{prim:?}");
             }
             Op::Kernel(k) => {
                 s.push_str(&serde_json::to_string(k).expect("kernels serialise"));

@@ -13,13 +13,13 @@ pub mod axes;
 pub mod sections;
 pub mod sequence;
 
-use crate::explain;
-use crate::ir::{generic_name, Attr, Graph, NodeId, Op, ParamShard, Section, TensorType};
+use crate::cost::{total_time, Machine};
+use crate::ir::{generic_name, Graph, NodeId, Op, ParamShard, Section, TensorType};
+use crate::ops::{AllGather, AllReduce, Broadcast, Prim, Primitive, ReduceOp, ReduceScatter, Reshape, Shard, Slice};
+use crate::ops::{TpCopy, VocabEmbedding};
 use crate::reference::Tensor;
-use crate::rewrite::cost::Machine;
 use axes::Axes;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where a value lives across ranks.
@@ -48,7 +48,7 @@ pub struct Sharded {
 
 /// Shards forward graph `g` over `ranks` ranks.
 pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
-    let base = explain::total_time(g, machine) + optimizer_time(g, machine);
+    let base = total_time(g, machine) + optimizer_time(g, machine);
     if ranks <= 1 {
         return Sharded {
             graph: g.clone(),
@@ -70,7 +70,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
             return None;
         }
         let p = emit(&g, &axes, &classes, ranks).ok()?;
-        Some(explain::total_time(&p, machine) + optimizer_time(&p, machine))
+        Some(total_time(&p, machine) + optimizer_time(&p, machine))
     };
     let mut current = cost(&chosen).expect("nothing split is valid");
     loop {
@@ -94,7 +94,7 @@ pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
     let mut graph = emit(&g, &axes, &classes, ranks).expect("the chosen split was emitted while planning");
     let mut sequence_parallel = false;
     if let Ok(sp) = sequence::sequence_parallel(&graph, ranks) {
-        let t = explain::total_time(&sp, machine) + optimizer_time(&sp, machine);
+        let t = total_time(&sp, machine) + optimizer_time(&sp, machine);
         if t < current * (1.0 - 1e-6) {
             graph = sp;
             current = t;
@@ -126,13 +126,9 @@ fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
     for (i, n) in g.nodes.iter().enumerate() {
         let (name, section) = match &n.op {
             Op::Param(p) => (generic_name(&g.params[*p].name), None),
-            Op::Prim { prim: Prim::Slice, attrs } if axes.sectioned[n.inputs[0]].is_some() => {
+            Op::Prim(Prim::Slice(s)) if axes.sectioned[n.inputs[0]].is_some() => {
                 let Op::Param(p) = g.nodes[n.inputs[0]].op else { continue };
-                let start = match &attrs[2] {
-                    Attr::Int(d) => d.to_string(),
-                    _ => continue,
-                };
-                (generic_name(&g.params[p].name), Some(start))
+                (generic_name(&g.params[p].name), Some(s.start.to_string()))
             }
             _ => continue,
         };
@@ -215,13 +211,8 @@ impl Emitter<'_> {
         s
     }
 
-    fn collective(&mut self, prim: Prim, x: NodeId, axis: Option<usize>) -> Emitted {
-        let mut attrs = vec![Attr::Tensor];
-        if let Some(a) = axis {
-            attrs.push(Attr::Int(Dim::constant(a as i64)));
-            attrs.push(Attr::Int(Dim::constant(self.ranks as i64)));
-        }
-        self.out.try_apply(prim, attrs, vec![x])
+    fn collective(&mut self, prim: impl Into<Prim>, x: NodeId) -> Emitted {
+        self.out.try_apply(prim, vec![x])
     }
 
     /// Node `x` of the new graph in layout `want` (converted once, however many read it).
@@ -239,13 +230,13 @@ impl Emitter<'_> {
         match (have, want) {
             (Replicated, Replicated) | (Partial, Partial) => Ok(x),
             (Split(a), Split(b)) if a == b => Ok(x),
-            (Partial, Replicated) => self.collective(Prim::AllReduce, x, None),
-            (Partial, Split(a)) => self.collective(Prim::ReduceScatter, x, Some(a)),
-            (Split(a), Replicated) => self.collective(Prim::AllGather, x, Some(a)),
-            (Replicated, Split(a)) => self.collective(Prim::Shard, x, Some(a)),
+            (Partial, Replicated) => self.collective(AllReduce, x),
+            (Partial, Split(a)) => self.collective(ReduceScatter { axis: a as i64, ranks: self.ranks }, x),
+            (Split(a), Replicated) => self.collective(AllGather { axis: a as i64, ranks: self.ranks }, x),
+            (Replicated, Split(a)) => self.collective(Shard { axis: a as i64, ranks: self.ranks }, x),
             (Split(a), Split(b)) => {
-                let full = self.collective(Prim::AllGather, x, Some(a))?;
-                self.collective(Prim::Shard, full, Some(b))
+                let full = self.collective(AllGather { axis: a as i64, ranks: self.ranks }, x)?;
+                self.collective(Shard { axis: b as i64, ranks: self.ranks }, full)
             }
             (_, Partial) => Err("nothing asks for a partial sum".into()),
         }
@@ -259,12 +250,10 @@ impl Emitter<'_> {
                 let mut views: Vec<(Dim, Dim, bool)> = Vec::new();
                 for (v, m) in self.g.nodes.iter().enumerate() {
                     if m.inputs.first() == Some(&i) {
-                        if let Op::Prim { attrs, .. } = &m.op {
-                            if let (Attr::Int(s), Attr::Int(e)) = (&attrs[2], &attrs[3]) {
-                                let split = self.classes.contains(&self.axes.class(v, ax));
-                                if !views.iter().any(|(vs, ..)| vs == s) {
-                                    views.push((s.clone(), e.clone(), split));
-                                }
+                        if let Op::Prim(Prim::Slice(Slice { start, end, .. })) = &m.op {
+                            let split = self.classes.contains(&self.axes.class(v, ax));
+                            if !views.iter().any(|(vs, ..)| vs == start) {
+                                views.push((start.clone(), end.clone(), split));
                             }
                         }
                     }
@@ -316,16 +305,8 @@ impl Emitter<'_> {
     /// Whether node `i` keeps its partial-sum inputs partial: it is linear in them, it is
     /// their only reader (or each would be reduced again by its other readers), and its
     /// output is no larger (reducing later must not move more data).
-    fn keeps_partial(&self, i: NodeId, prim: Prim, partial: &[bool]) -> bool {
-        use Prim::*;
-        let count = partial.iter().filter(|&&p| p).count();
-        let linear = match prim {
-            Add | Sub => count == partial.len(),
-            Mul | Matmul => count == 1,
-            Div => partial == [true, false],
-            Neg | Reshape | Transpose | Permute | Slice | Sum | Mean | Cast => count == 1,
-            _ => false,
-        };
+    fn keeps_partial(&self, i: NodeId, prim: &Prim, partial: &[bool]) -> bool {
+        let linear = prim.linear_in(partial);
         let n = &self.g.nodes[i];
         let numel = |s: &[Dim]| s.iter().map(|d| d.as_const().unwrap_or(1) as f64).product::<f64>();
         linear
@@ -339,9 +320,9 @@ impl Emitter<'_> {
     fn node(&mut self, i: NodeId) -> Result<(), String> {
         let n = &self.g.nodes[i];
         self.out.scope = n.scope;
-        let (prim, attrs) = match &n.op {
+        let prim = match &n.op {
             Op::Param(p) => return self.param(i, *p),
-            Op::Prim { prim, attrs } => (*prim, attrs.clone()),
+            Op::Prim(prim) => prim.clone(),
             _ => {
                 self.new_id[i] = self.out.add(n.op.clone(), vec![], n.ty.clone());
                 self.layout[i] = Layout::Replicated;
@@ -349,104 +330,87 @@ impl Emitter<'_> {
             }
         };
         // A view of one section of a sectioned weight.
-        if prim == Prim::Slice && self.sections.contains_key(&n.inputs[0]) {
-            let Attr::Int(start) = &attrs[2] else { unreachable!("constant slice") };
-            let table = &self.sections[&n.inputs[0]];
-            let &(_, local, size, split) = table.iter().find(|(s, ..)| s == start).ok_or("a view is not a section")?;
-            let attrs = vec![
-                attrs[0].clone(),
-                attrs[1].clone(),
-                Attr::Int(Dim::constant(local)),
-                Attr::Int(Dim::constant(local + size)),
-            ];
-            let ax = match &attrs[1] {
-                Attr::Int(d) => d.as_const().expect("constant axis") as usize,
-                _ => unreachable!(),
-            };
-            self.new_id[i] = self.out.try_apply(Prim::Slice, attrs, vec![self.new_id[n.inputs[0]]])?;
-            self.layout[i] = if split { Layout::Split(ax) } else { Layout::Replicated };
-            return Ok(());
+        if let Prim::Slice(view) = &prim {
+            if self.sections.contains_key(&n.inputs[0]) {
+                let table = &self.sections[&n.inputs[0]];
+                let &(_, local, size, split) =
+                    table.iter().find(|(s, ..)| *s == view.start).ok_or("a view is not a section")?;
+                let ax = view.axis_of(n.ty.shape.len());
+                let local_view = Slice::new(ax, Dim::constant(local), Dim::constant(local + size));
+                self.new_id[i] = self.out.try_apply(local_view, vec![self.new_id[n.inputs[0]]])?;
+                self.layout[i] = if split { Layout::Split(ax) } else { Layout::Replicated };
+                return Ok(());
+            }
         }
         let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
         let want = self.wanted(i);
         let mut inputs = Vec::new();
         let mut in_layouts = Vec::new();
-        let out_layout = if partial.iter().any(|&p| p)
-            && want == Layout::Replicated
-            && self.keeps_partial(i, prim, &partial)
-        {
-            for &x in &n.inputs {
-                let have = self.layout[x];
-                let target = if have == Layout::Partial { have } else { Layout::Replicated };
-                inputs.push(self.convert(self.new_id[x], have, target)?);
-                in_layouts.push(target);
-            }
-            Layout::Partial
-        } else {
-            for &x in &n.inputs {
-                let target = self.wanted(x);
-                inputs.push(self.convert(self.new_id[x], self.layout[x], target)?);
-                in_layouts.push(target);
-            }
-            match prim {
-                Prim::Matmul => {
-                    let ta = matches!(attrs[2], Attr::Bool(true));
-                    let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
-                    let k = if ta { ra - 2 } else { ra - 1 };
-                    if self.classes.contains(&self.axes.class(n.inputs[0], k)) {
-                        Layout::Partial
-                    } else {
-                        want
-                    }
+        let out_layout =
+            if partial.iter().any(|&p| p) && want == Layout::Replicated && self.keeps_partial(i, &prim, &partial) {
+                for &x in &n.inputs {
+                    let have = self.layout[x];
+                    let target = if have == Layout::Partial { have } else { Layout::Replicated };
+                    inputs.push(self.convert(self.new_id[x], have, target)?);
+                    in_layouts.push(target);
                 }
-                Prim::Embedding if self.classes.contains(&self.axes.class(n.inputs[0], 0)) => Layout::Partial,
-                Prim::Sum | Prim::Mean => {
-                    let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
-                    let a = match &attrs[1] {
-                        Attr::Int(d) => d.as_const().map(|a| if a < 0 { (a + ra as i64) as usize } else { a as usize }),
-                        _ => None,
-                    };
-                    if a.is_some_and(|a| self.classes.contains(&self.axes.class(n.inputs[0], a))) {
-                        Layout::Partial
-                    } else {
-                        want
-                    }
+                Layout::Partial
+            } else {
+                for &x in &n.inputs {
+                    let target = self.wanted(x);
+                    inputs.push(self.convert(self.new_id[x], self.layout[x], target)?);
+                    in_layouts.push(target);
                 }
-                _ => want,
-            }
-        };
+                match &prim {
+                    Prim::Matmul(m) => {
+                        let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
+                        let k = if m.transpose_a { ra - 2 } else { ra - 1 };
+                        if self.classes.contains(&self.axes.class(n.inputs[0], k)) {
+                            Layout::Partial
+                        } else {
+                            want
+                        }
+                    }
+                    Prim::Embedding(_) if self.classes.contains(&self.axes.class(n.inputs[0], 0)) => Layout::Partial,
+                    Prim::Reduce(r) if r.op != ReduceOp::Max => {
+                        let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
+                        if self.classes.contains(&self.axes.class(n.inputs[0], r.axis_of(ra))) {
+                            Layout::Partial
+                        } else {
+                            want
+                        }
+                    }
+                    _ => want,
+                }
+            };
         // A replicated value entering rank-local work: its gradient is summed over ranks.
         if out_layout != Layout::Replicated {
             for (k, &x) in n.inputs.iter().enumerate() {
                 let leaf = matches!(self.g.nodes[x].op, Op::Constant(_) | Op::Input(_));
                 if in_layouts[k] == Layout::Replicated && !leaf && self.g.nodes[x].ty.dtype.is_float() {
-                    inputs[k] = self.out.try_apply(Prim::TpCopy, vec![Attr::Tensor], vec![inputs[k]])?;
+                    inputs[k] = self.out.try_apply(TpCopy, vec![inputs[k]])?;
                 }
             }
         }
-        let (prim, attrs) = match prim {
-            Prim::Embedding if out_layout == Layout::Partial => {
-                let ranks = Attr::Int(Dim::constant(self.ranks as i64));
-                (Prim::VocabEmbedding, vec![Attr::Tensor, Attr::Tensor, ranks])
+        let whole = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
+        let prim = match prim {
+            Prim::Embedding(_) if out_layout == Layout::Partial => {
+                Prim::VocabEmbedding(VocabEmbedding { ranks: self.ranks })
             }
-            _ => (prim, attrs),
+            Prim::Reshape(_) => Prim::Reshape(Reshape { shape: self.local_shape(&n.ty.shape, whole) }),
+            Prim::Broadcast(_) => Prim::Broadcast(Broadcast { shape: self.local_shape(&n.ty.shape, whole) }),
+            other => other,
         };
-        let attrs = match prim {
-            Prim::Reshape | Prim::Broadcast => {
-                let layout = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
-                vec![Attr::Tensor, Attr::Ints(self.local_shape(&n.ty.shape, layout))]
-            }
-            _ => attrs,
-        };
-        let mut y = self.out.try_apply(prim, attrs, inputs)?;
-        if prim == Prim::Mean && out_layout == Layout::Partial && !partial.iter().any(|&p| p) {
+        let is_mean = matches!(&prim, Prim::Reduce(r) if r.op == ReduceOp::Mean);
+        let name = prim.name();
+        let mut y = self.out.try_apply(prim, inputs)?;
+        if is_mean && out_layout == Layout::Partial && !partial.iter().any(|&p| p) {
             y = self.out.scale(y, 1.0 / self.ranks as f64);
         }
         // Every value must have the shape its layout says; otherwise the analysis let an
         // axis split that this operation does not carry, and the plan is refused.
-        let whole = if out_layout == Layout::Partial { Layout::Replicated } else { out_layout };
         if self.out.nodes[y].ty.shape != self.local_shape(&n.ty.shape, whole) {
-            return Err(format!("{} does not carry the split", prim.name()));
+            return Err(format!("{name} does not carry the split"));
         }
         self.new_id[i] = y;
         self.layout[i] = out_layout;

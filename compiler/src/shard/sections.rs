@@ -10,9 +10,9 @@
 //! slice(b))` over channels; `slice(concat(a, b)) = a` when aligned; and
 //! `concat(a, b) @ Wᵀ = a @ W_aᵀ + b @ W_bᵀ`.
 
-use crate::ir::{Attr, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::{Binary, Class, Prim, Primitive, Slice};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 struct Pass<'a> {
     old: &'a Graph,
@@ -21,22 +21,11 @@ struct Pass<'a> {
     out: Graph,
 }
 
-fn prim_of(n: &crate::ir::Node) -> Option<(Prim, &[Attr])> {
+fn prim_of(n: &crate::ir::Node) -> Option<&Prim> {
     match &n.op {
-        Op::Prim { prim, attrs } => Some((*prim, attrs)),
+        Op::Prim(prim) => Some(prim),
         _ => None,
     }
-}
-
-fn int(a: &Attr) -> Option<i64> {
-    match a {
-        Attr::Int(d) => d.as_const(),
-        _ => None,
-    }
-}
-
-fn slice_attrs(axis: usize, start: &Dim, end: &Dim) -> Vec<Attr> {
-    vec![Attr::Tensor, Attr::Int(Dim::constant(axis as i64)), Attr::Int(start.clone()), Attr::Int(end.clone())]
 }
 
 impl Pass<'_> {
@@ -47,7 +36,7 @@ impl Pass<'_> {
             return y;
         }
         let nx = self.new_id[x];
-        self.out.apply(Prim::Slice, slice_attrs(axis, start, end), vec![nx])
+        self.out.apply(Slice::new(axis, start.clone(), end.clone()), vec![nx])
     }
 
     fn push(&mut self, x: NodeId, axis: usize, start: &Dim, end: &Dim) -> Option<NodeId> {
@@ -56,19 +45,18 @@ impl Pass<'_> {
         if matches!(n.op, Op::Param(_)) || self.users[x] == 0 {
             return None;
         }
-        let (prim, attrs) = prim_of(n)?;
+        let prim = prim_of(n)?.clone();
         let last = axis + 1 == rank;
-        match prim {
-            Prim::Matmul if last && !matches!(attrs[2], Attr::Bool(true)) => {
+        match &prim {
+            Prim::Matmul(m) if last && !m.transpose_a => {
                 let (a, w) = (n.inputs[0], n.inputs[1]);
-                let tb = matches!(attrs[3], Attr::Bool(true));
                 if self.old.nodes[w].ty.shape.len() != 2 {
                     return None;
                 }
-                let ws = self.sliced(w, if tb { 0 } else { 1 }, start, end);
-                Some(self.out.apply(Prim::Matmul, attrs.to_vec(), vec![self.new_id[a], ws]))
+                let ws = self.sliced(w, if m.transpose_b { 0 } else { 1 }, start, end);
+                Some(self.out.apply(prim.clone(), vec![self.new_id[a], ws]))
             }
-            _ if prim.is_elementwise() => {
+            _ if prim.class() == Class::Elementwise => {
                 let mut inputs = Vec::new();
                 for &y in &n.inputs {
                     let ys = &self.old.nodes[y].ty.shape;
@@ -78,19 +66,16 @@ impl Pass<'_> {
                         _ => inputs.push(self.new_id[y]),
                     }
                 }
-                Some(self.out.apply(prim, attrs.to_vec(), inputs))
+                Some(self.out.apply(prim, inputs))
             }
-            Prim::CausalConv1d if last => {
+            Prim::CausalConv1d(_) if last => {
                 let mut inputs = vec![self.sliced(n.inputs[0], axis, start, end)];
                 for &p in &n.inputs[1..] {
                     inputs.push(self.sliced(p, 0, start, end));
                 }
-                Some(self.out.apply(prim, attrs.to_vec(), inputs))
+                Some(self.out.apply(prim, inputs))
             }
-            Prim::Concat
-                if int(&attrs[1]).map(|a| if a < 0 { (a + rank as i64) as usize } else { a as usize })
-                    == Some(axis) =>
-            {
+            Prim::Concat(c) if c.axis_of(rank) == axis => {
                 let mut offset = Dim::constant(0);
                 for &p in &n.inputs {
                     let next = offset.add(&self.old.nodes[p].ty.shape[axis])?;
@@ -114,7 +99,7 @@ pub fn split_sections(g: &Graph) -> Graph {
     for n in &g.nodes {
         for &x in &n.inputs {
             users[x] += 1;
-            if !matches!(prim_of(n), Some((Prim::Slice, _))) {
+            if !matches!(prim_of(n), Some(Prim::Slice(_))) {
                 whole_users[x] += 1;
             }
         }
@@ -134,28 +119,20 @@ pub fn split_sections(g: &Graph) -> Graph {
     for (i, n) in g.nodes.iter().enumerate() {
         p.out.scope = n.scope;
         let id = match prim_of(n) {
-            Some((Prim::Slice, attrs)) => {
-                let rank = n.ty.shape.len() as i64;
-                let a = int(&attrs[1]).map(|a| if a < 0 { a + rank } else { a }).expect("constant axis") as usize;
-                let (Attr::Int(start), Attr::Int(end)) = (&attrs[2], &attrs[3]) else { unreachable!("checked slice") };
-                let (start, end) = (start.clone(), end.clone());
-                p.sliced(n.inputs[0], a, &start, &end)
-            }
-            Some((Prim::Matmul, attrs))
-                if !matches!(attrs[2], Attr::Bool(true))
-                    && concat_input(g, n.inputs[0])
-                    && g.nodes[n.inputs[1]].ty.shape.len() == 2 =>
+            Some(Prim::Slice(s)) => p.sliced(n.inputs[0], s.axis_of(n.ty.shape.len()), &s.start, &s.end),
+            Some(Prim::Matmul(m))
+                if !m.transpose_a && concat_input(g, n.inputs[0]) && g.nodes[n.inputs[1]].ty.shape.len() == 2 =>
             {
-                let tb = matches!(attrs[3], Attr::Bool(true));
+                let tb = m.transpose_b;
                 let mut offset = Dim::constant(0);
                 let mut sum = None;
                 for &part in &g.nodes[n.inputs[0]].inputs {
                     let width = g.nodes[part].ty.shape.last().expect("rank ≥ 1").clone();
                     let next = offset.add(&width).expect("sizes add");
                     let w = p.sliced(n.inputs[1], if tb { 1 } else { 0 }, &offset, &next);
-                    let y = p.out.apply(Prim::Matmul, attrs.to_vec(), vec![p.new_id[part], w]);
+                    let y = p.out.apply(m.clone(), vec![p.new_id[part], w]);
                     sum = Some(match sum {
-                        Some(acc) => p.out.binary(Prim::Add, acc, y),
+                        Some(acc) => p.out.binary(Binary::Add, acc, y),
                         None => y,
                     });
                     offset = next;
@@ -177,6 +154,6 @@ pub fn split_sections(g: &Graph) -> Graph {
 /// `x` concatenates along its last axis (and is not transposed into the matmul).
 fn concat_input(g: &Graph, x: NodeId) -> bool {
     let n = &g.nodes[x];
-    let rank = n.ty.shape.len() as i64;
-    matches!(prim_of(n), Some((Prim::Concat, a)) if int(&a[1]).map(|a| if a < 0 { a + rank } else { a }) == Some(rank - 1))
+    let rank = n.ty.shape.len();
+    matches!(prim_of(n), Some(Prim::Concat(c)) if c.axis_of(rank) == rank - 1)
 }

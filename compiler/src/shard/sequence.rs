@@ -6,9 +6,9 @@
 //! region (or anything that mixes time) begins. The traffic is the same as the all-reduce's;
 //! the work and activation memory between regions shrink by the number of ranks.
 
-use crate::ir::{Attr, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::{AllGather, Broadcast, Prim, Primitive, ReduceScatter, Reshape, Shard, TpCopy};
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 /// Work that treats every time step alike: it runs on a slice of the sequence.
 fn per_token(g: &Graph, i: NodeId) -> bool {
@@ -18,22 +18,12 @@ fn per_token(g: &Graph, i: NodeId) -> bool {
     if !keeps_time(&n.ty.shape) {
         return false;
     }
-    let Op::Prim { prim, attrs } = &n.op else { return false };
+    let Op::Prim(prim) = &n.op else { return false };
     let inputs_fit = n.inputs.iter().all(|&x| {
         let s = &g.nodes[x].ty.shape;
         keeps_time(s) || s.len() < n.ty.shape.len() - 1 || s.is_empty()
     });
-    let axis_ok = |a: &Attr| match a {
-        Attr::Int(d) => d.as_const().is_some_and(|a| a != 1 && a != 0 && a != -(n.ty.shape.len() as i64 - 1)),
-        _ => false,
-    };
-    inputs_fit
-        && match prim {
-            _ if prim.is_elementwise() => true,
-            Prim::Sum | Prim::Mean | Prim::Max => axis_ok(&attrs[1]),
-            Prim::Reshape | Prim::Broadcast => n.inputs.iter().all(|&x| keeps_time(&g.nodes[x].ty.shape)),
-            _ => false,
-        }
+    inputs_fit && prim.per_token(g, i)
 }
 
 /// Rewrites a per-rank program over `ranks` ranks to run per-token work on sequence slices.
@@ -44,8 +34,7 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
             consumers[x].push(i);
         }
     }
-    let k = Dim::constant(ranks as i64);
-    let seq_attrs = || vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(k.clone())];
+
     let mut out = Graph { params: g.params.clone(), ..Graph::default() };
     let mut new_id = vec![usize::MAX; g.nodes.len()];
     let mut split = vec![false; g.nodes.len()];
@@ -54,11 +43,10 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
     for (i, n) in g.nodes.iter().enumerate() {
         out.scope = n.scope;
         let inputs: Vec<NodeId> = n.inputs.iter().map(|&x| new_id[x]).collect();
-        let is = |p: Prim| matches!(&n.op, Op::Prim { prim, .. } if *prim == p);
-        if is(Prim::AllReduce) && consumers[i].iter().any(|&c| per_token(g, c)) {
+        if matches!(n.op, Op::Prim(Prim::AllReduce(_))) && consumers[i].iter().any(|&c| per_token(g, c)) {
             let shape = &n.ty.shape;
             if shape.len() >= 2 && shape[1] == Dim::symbol("T") {
-                new_id[i] = out.try_apply(Prim::ReduceScatter, seq_attrs(), inputs)?;
+                new_id[i] = out.try_apply(ReduceScatter { axis: 1, ranks }, inputs)?;
                 split[i] = true;
                 continue;
             }
@@ -71,24 +59,26 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
                 args.push(if split[x] {
                     y
                 } else if s.len() >= 2 && s[1] == Dim::symbol("T") {
-                    out.try_apply(Prim::Shard, seq_attrs(), vec![y])?
+                    out.try_apply(Shard { axis: 1, ranks }, vec![y])?
                 } else if !leaf && g.nodes[x].ty.dtype.is_float() {
                     // A whole value (a norm's weight) meets per-rank work: sum its gradient.
-                    out.try_apply(Prim::TpCopy, vec![Attr::Tensor], vec![y])?
+                    out.try_apply(TpCopy, vec![y])?
                 } else {
                     y
                 });
             }
-            let Op::Prim { prim, attrs } = &n.op else { unreachable!("per-token work is a primitive") };
-            let attrs = match prim {
-                Prim::Reshape | Prim::Broadcast => {
-                    let mut shape = n.ty.shape.clone();
-                    shape[1] = shape[1].part_of(ranks as i64).ok_or("time is a symbol")?;
-                    vec![Attr::Tensor, Attr::Ints(shape)]
-                }
-                _ => attrs.clone(),
+            let Op::Prim(prim) = &n.op else { unreachable!("per-token work is a primitive") };
+            let local_shape = || -> Result<Vec<Dim>, String> {
+                let mut shape = n.ty.shape.clone();
+                shape[1] = shape[1].part_of(ranks as i64).ok_or("time is a symbol")?;
+                Ok(shape)
             };
-            new_id[i] = out.try_apply(*prim, attrs, args)?;
+            let prim = match prim {
+                Prim::Reshape(_) => Prim::Reshape(Reshape { shape: local_shape()? }),
+                Prim::Broadcast(_) => Prim::Broadcast(Broadcast { shape: local_shape()? }),
+                other => other.clone(),
+            };
+            new_id[i] = out.try_apply(prim, args)?;
             split[i] = true;
             continue;
         }
@@ -98,7 +88,7 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
                 args[j] = match gathered[x] {
                     Some(full) => full,
                     None => {
-                        let full = out.try_apply(Prim::AllGather, seq_attrs(), vec![args[j]])?;
+                        let full = out.try_apply(AllGather { axis: 1, ranks }, vec![args[j]])?;
                         gathered[x] = Some(full);
                         full
                     }
@@ -111,7 +101,7 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
     for &o in &g.outputs {
         outputs.push(match (split[o], gathered[o]) {
             (true, Some(full)) => full,
-            (true, None) => out.try_apply(Prim::AllGather, seq_attrs(), vec![new_id[o]])?,
+            (true, None) => out.try_apply(AllGather { axis: 1, ranks }, vec![new_id[o]])?,
             _ => new_id[o],
         });
     }

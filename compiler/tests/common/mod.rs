@@ -11,7 +11,7 @@ pub fn forward(text: &'static str) -> Graph {
     std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(move || {
-            let checked = hyb_dsl::check::check_text("model.hyb", text);
+            let checked = hyb_compiler::check::check_text("model.hyb", text);
             assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
             elaborate(&checked.models[0].1.trace)
         })

@@ -5,7 +5,7 @@ use super::{suggest, Binding, Expander, Frame};
 use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
-use crate::prims::{self, Kind, Prim};
+use crate::prims::{self, Callable, Kind};
 use crate::resolve::{DefId, DefKind};
 use crate::source::FileId;
 use crate::value::{shape_string, Tensor, Value};
@@ -214,8 +214,21 @@ impl<'p> Expander<'p> {
 
     pub(super) fn call(&mut self, c: &Call, frame: &mut Frame) -> Value {
         let name = c.callee.name.as_str();
-        if let Some(prim) = Prim::by_name(name) {
+        if let Some(prim) = self.prims.callable(name) {
             return self.prim_call(prim, c, frame);
+        }
+        if let Some(what) = self.prims.internal(name) {
+            self.report(
+                Diagnostic::new(
+                    Code::InternalPrimitive,
+                    frame.file,
+                    c.callee.span,
+                    format!("`{name}` is internal to the compiler ({what}); a model cannot call it"),
+                )
+                .label("internal primitive")
+                .help("the compiler inserts it where it is needed (gradients, tensor parallelism)"),
+            );
+            return Value::Poison;
         }
         match self.prog.lookup(frame.module, name) {
             Some((def, DefKind::Block)) => return self.block_call(def, c, frame),
@@ -246,8 +259,7 @@ impl<'p> Expander<'p> {
             );
         }
         let scope = &self.prog.modules[frame.module].scope;
-        let candidates: Vec<&str> =
-            scope.keys().map(String::as_str).chain(Prim::ALL.iter().map(|p| p.name())).collect();
+        let candidates: Vec<&str> = scope.keys().map(String::as_str).chain(self.prims.names()).collect();
         let mut d = Diagnostic::new(
             Code::UnknownName,
             frame.file,
@@ -271,8 +283,8 @@ impl<'p> Expander<'p> {
         Value::Poison
     }
 
-    fn prim_call(&mut self, prim: Prim, c: &Call, frame: &mut Frame) -> Value {
-        let sig = prim.signature();
+    fn prim_call(&mut self, prim: &'static Callable, c: &Call, frame: &mut Frame) -> Value {
+        let sig = prim.signature;
         let slots: Vec<Slot> = sig
             .iter()
             .map(|p| Slot {
@@ -282,7 +294,7 @@ impl<'p> Expander<'p> {
                 named_only: false,
             })
             .collect();
-        let what = format!("`{}`", prim.name());
+        let what = format!("`{}`", prim.name);
         let Some(bound) = self.bind_args(&slots, &c.args, c, frame, &what) else {
             return Value::Poison;
         };
@@ -317,7 +329,7 @@ impl<'p> Expander<'p> {
                             format!(
                                 "argument `{}` of `{}` must be {}, found {found}",
                                 p.name,
-                                prim.name(),
+                                prim.name,
                                 p.kind.describe()
                             ),
                         )

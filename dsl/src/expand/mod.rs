@@ -10,7 +10,7 @@ mod pattern;
 use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
-use crate::prims::{Ctx, Prim};
+use crate::prims::{Callable, Ctx, Primitives};
 use crate::resolve::{DefId, DefKind, Program};
 use crate::source::FileId;
 use crate::trace::{Op, Trace, TraceArg};
@@ -47,6 +47,7 @@ impl Frame {
 
 pub struct Expander<'p> {
     prog: &'p Program,
+    prims: &'p dyn Primitives,
     strict: bool,
     pub diags: Vec<Diagnostic>,
     reported: HashSet<(Code, FileId, usize, usize)>,
@@ -70,9 +71,10 @@ pub struct Expander<'p> {
 }
 
 impl<'p> Expander<'p> {
-    pub fn new(prog: &'p Program, strict: bool) -> Self {
+    pub fn new(prog: &'p Program, prims: &'p dyn Primitives, strict: bool) -> Self {
         Expander {
             prog,
+            prims,
             strict,
             diags: Vec::new(),
             reported: HashSet::new(),
@@ -514,7 +516,9 @@ impl<'p> Expander<'p> {
                     (_, Value::Poison) => Value::Poison,
                     (UnaryOp::Neg, Value::Int(d)) => d.neg().map(Value::Int).unwrap_or(Value::Poison),
                     (UnaryOp::Neg, Value::Float(f)) => Value::Float(f.map(|x| -x)),
-                    (UnaryOp::Neg, Value::Tensor(t)) => self.apply(Prim::Neg, vec![Bound::Tensor(t)], file, e.span),
+                    (UnaryOp::Neg, Value::Tensor(t)) => {
+                        self.apply(self.prims.builtin("neg"), vec![Bound::Tensor(t)], file, e.span)
+                    }
                     (UnaryOp::Not, Value::Bool(b)) => Value::Bool(b.map(|x| !x)),
                     (op, v) => {
                         let sym = if *op == UnaryOp::Neg { "-" } else { "!" };
@@ -677,9 +681,7 @@ impl<'p> Expander<'p> {
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, x @ (Int(_) | Float(_)), y @ (Int(_) | Float(_))) => {
                 Float(match (x.as_f64(), y.as_f64()) {
                     (Some(p), Some(q)) => {
-                        let prim = [Prim::Add, Prim::Sub, Prim::Mul, Prim::Div]
-                            [[BinOp::Add, BinOp::Sub, BinOp::Mul, BinOp::Div].iter().position(|o| *o == op).unwrap()];
-                        let r = prim.fold(p, q);
+                        let r = (self.prims.builtin(arithmetic(op)).fold.expect("arithmetic folds"))(p, q);
                         if !r.is_finite() {
                             return self.error(
                                 Code::BadDivision,
@@ -696,12 +698,7 @@ impl<'p> Expander<'p> {
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, x, y)
                 if matches!(x, Tensor(_)) || matches!(y, Tensor(_)) =>
             {
-                let prim = match op {
-                    BinOp::Add => Prim::Add,
-                    BinOp::Sub => Prim::Sub,
-                    BinOp::Mul => Prim::Mul,
-                    _ => Prim::Div,
-                };
+                let prim = self.prims.builtin(arithmetic(op));
                 let (ta, tb) = (self.operand(x, sa, file), self.operand(y, sb, file));
                 match (ta, tb) {
                     (Some(ta), Some(tb)) => self.apply_spanned(prim, vec![(ta, sa), (tb, sb)], file, span),
@@ -709,7 +706,7 @@ impl<'p> Expander<'p> {
                 }
             }
             (BinOp::MatMul, Tensor(x), Tensor(y)) => self.apply_spanned(
-                Prim::Matmul,
+                self.prims.builtin("matmul"),
                 vec![
                     (Bound::Tensor(x), sa),
                     (Bound::Tensor(y), sb),
@@ -745,15 +742,15 @@ impl<'p> Expander<'p> {
         }
     }
 
-    fn apply(&mut self, prim: Prim, args: Vec<Bound>, file: FileId, span: Span) -> Value {
+    fn apply(&mut self, prim: &'static Callable, args: Vec<Bound>, file: FileId, span: Span) -> Value {
         let spanned = args.into_iter().map(|a| (a, span)).collect();
         self.apply_spanned(prim, spanned, file, span)
     }
 
     /// Applies a primitive to bound arguments: runs its shape rule, folds scalars, records
     /// the op in the trace. Errors point at the argument the rule blames.
-    fn apply_spanned(&mut self, prim: Prim, args: Vec<(Bound, Span)>, file: FileId, span: Span) -> Value {
-        if prim.is_pointwise() && args.iter().all(|(a, _)| !matches!(a, Bound::Tensor(_))) {
+    fn apply_spanned(&mut self, prim: &'static Callable, args: Vec<(Bound, Span)>, file: FileId, span: Span) -> Value {
+        if let Some(fold) = prim.fold.filter(|_| args.iter().all(|(a, _)| !matches!(a, Bound::Tensor(_)))) {
             let xs: Vec<Option<f64>> = args
                 .iter()
                 .map(|(a, _)| match a {
@@ -762,13 +759,13 @@ impl<'p> Expander<'p> {
                 })
                 .collect();
             return Value::Float(match xs.as_slice() {
-                [Some(a)] => Some(prim.fold(*a, 0.0)),
-                [Some(a), Some(b)] => Some(prim.fold(*a, *b)),
+                [Some(a)] => Some(fold(*a, 0.0)),
+                [Some(a), Some(b)] => Some(fold(*a, *b)),
                 _ => None,
             });
         }
         let rule_args: Vec<_> = args.iter().map(|(a, _)| a.rule_arg()).collect();
-        match prim.infer(&rule_args, self.ctx()) {
+        match (prim.rule)(&rule_args, self.ctx()) {
             Ok(outs) => {
                 let tensors: Vec<Tensor> = outs.into_iter().map(|(s, d)| self.new_tensor(s, d)).collect();
                 self.trace.ops.push(Op::Prim {
@@ -778,7 +775,7 @@ impl<'p> Expander<'p> {
                     file,
                     span,
                 });
-                if prim == Prim::Split {
+                if prim.tuple {
                     Value::Tuple(tensors)
                 } else {
                     Value::Tensor(tensors.into_iter().next().unwrap())
@@ -798,7 +795,7 @@ impl<'p> Expander<'p> {
                     code
                 };
                 self.report(
-                    Diagnostic::new(code, file, at, format!("{}: {}", prim.name(), e.message))
+                    Diagnostic::new(code, file, at, format!("{}: {}", prim.name, e.message))
                         .label("this argument")
                         .with(file, span, "in this operation"),
                 );
@@ -897,7 +894,7 @@ impl<'p> Expander<'p> {
         let shape: Vec<Dim> =
             c.shape.iter().enumerate().filter(|(i, _)| !squeeze.contains(i)).map(|(_, d)| d.clone()).collect();
         let c = c.clone();
-        self.apply(Prim::Reshape, vec![Bound::Tensor(c), Bound::Ints(shape)], file, span)
+        self.apply(self.prims.builtin("reshape"), vec![Bound::Tensor(c), Bound::Ints(shape)], file, span)
     }
 
     fn slice(&mut self, v: Value, axis: usize, lo: Dim, hi: Dim, span: Span, file: FileId) -> Value {
@@ -905,7 +902,7 @@ impl<'p> Expander<'p> {
             return Value::Poison;
         };
         let args = vec![Bound::Tensor(t), Bound::Int(Dim::constant(axis as i64)), Bound::Int(lo), Bound::Int(hi)];
-        self.apply(Prim::Slice, args, file, span)
+        self.apply(self.prims.builtin("slice"), args, file, span)
     }
 }
 
@@ -948,5 +945,16 @@ impl Bound {
             Bound::Ints(v) => TraceArg::Ints(v.clone()),
             Bound::Absent => TraceArg::Absent,
         }
+    }
+}
+
+/// The primitive an arithmetic operator applies.
+fn arithmetic(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "add",
+        BinOp::Sub => "sub",
+        BinOp::Mul => "mul",
+        BinOp::Div => "div",
+        _ => unreachable!("{} is not arithmetic", op.symbol()),
     }
 }

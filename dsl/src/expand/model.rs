@@ -10,7 +10,6 @@ use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
 use crate::inits::Role;
-use crate::prims::Prim;
 use crate::resolve::{DefId, DefKind};
 use crate::source::FileId;
 use crate::trace::{numel, InitSpec, Op, ParamInfo, Trace};
@@ -207,10 +206,9 @@ impl<'p> Expander<'p> {
         let normal = InitSpec { name: "normal", args: vec![("std", 0.02), ("mean", 0.0)] };
         let embed = self.skeleton_param("embed_tokens.weight", vec![vocab, d], normal.clone(), Role::Input);
         let at = model.span;
-        let mut x =
-            self.skeleton_prim(Prim::Embedding, vec![Bound::Tensor(embed.clone()), Bound::Tensor(ids)], file, at);
+        let mut x = self.skeleton_prim("embedding", vec![Bound::Tensor(embed.clone()), Bound::Tensor(ids)], file, at);
         let emb_mult = model_mups.get("embedding_multiplier").map_or(1.0, |m| m.0);
-        x = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x), Bound::Scalar(Some(emb_mult))], file, at);
+        x = self.skeleton_prim("mul", vec![Bound::Tensor(x), Bound::Scalar(Some(emb_mult))], file, at);
 
         self.mup_overrides.push(model_mups.clone());
         let mut consumed: HashSet<String> = HashSet::new();
@@ -296,28 +294,27 @@ impl<'p> Expander<'p> {
 
         let norm_w =
             self.skeleton_param("final_norm.weight", vec![d], InitSpec { name: "ones", args: vec![] }, Role::Vector);
-        let sq = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x.clone()), Bound::Tensor(x.clone())], file, at);
+        let sq = self.skeleton_prim("mul", vec![Bound::Tensor(x.clone()), Bound::Tensor(x.clone())], file, at);
         let ms = self.skeleton_prim(
-            Prim::Mean,
+            "mean",
             vec![Bound::Tensor(sq), Bound::Int(Dim::constant(-1)), Bound::Bool(Some(true))],
             file,
             at,
         );
-        let ms = self.skeleton_prim(Prim::Add, vec![Bound::Tensor(ms), Bound::Scalar(Some(eps))], file, at);
-        let r = self.skeleton_prim(Prim::Rsqrt, vec![Bound::Tensor(ms)], file, at);
-        let xn = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(x), Bound::Tensor(r)], file, at);
-        let xn = self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(xn), Bound::Tensor(norm_w)], file, at);
+        let ms = self.skeleton_prim("add", vec![Bound::Tensor(ms), Bound::Scalar(Some(eps))], file, at);
+        let r = self.skeleton_prim("rsqrt", vec![Bound::Tensor(ms)], file, at);
+        let xn = self.skeleton_prim("mul", vec![Bound::Tensor(x), Bound::Tensor(r)], file, at);
+        let xn = self.skeleton_prim("mul", vec![Bound::Tensor(xn), Bound::Tensor(norm_w)], file, at);
         let head =
             if tie { embed } else { self.skeleton_param("lm_head.weight", vec![vocab, d], normal, Role::Output) };
         let logits = self.skeleton_prim(
-            Prim::Matmul,
+            "matmul",
             vec![Bound::Tensor(xn), Bound::Tensor(head), Bound::Bool(Some(false)), Bound::Bool(Some(true))],
             file,
             at,
         );
         let head_mult = model_mups.get("lm_head_multiplier").map_or(1.0, |m| m.0);
-        let logits =
-            self.skeleton_prim(Prim::Mul, vec![Bound::Tensor(logits), Bound::Scalar(Some(head_mult))], file, at);
+        let logits = self.skeleton_prim("mul", vec![Bound::Tensor(logits), Bound::Scalar(Some(head_mult))], file, at);
         self.trace.outputs.push(logits.id);
 
         if self.diags.len() > errors_before {
@@ -392,10 +389,10 @@ impl<'p> Expander<'p> {
         t
     }
 
-    fn skeleton_prim(&mut self, prim: Prim, args: Vec<Bound>, file: FileId, span: Span) -> Tensor {
-        match self.apply(prim, args, file, span) {
+    fn skeleton_prim(&mut self, prim: &str, args: Vec<Bound>, file: FileId, span: Span) -> Tensor {
+        match self.apply(self.prims.builtin(prim), args, file, span) {
             Value::Tensor(t) => t,
-            other => unreachable!("skeleton op {} on checked shapes gave {other}", prim.name()),
+            other => unreachable!("skeleton op {prim} on checked shapes gave {other}"),
         }
     }
 
@@ -744,7 +741,7 @@ fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>,
     for op in &trace.ops[from..] {
         match op {
             Op::Param { param, .. } => s.params += numel(&param.shape).unwrap_or(0),
-            Op::Prim { prim: Prim::CausalMask, outs, .. } => {
+            Op::Prim { prim, outs, .. } if prim.name == "causal_mask" => {
                 let shape = &trace.tensors[outs[0]].shape;
                 let heads: u64 = shape[1..shape.len().saturating_sub(2)]
                     .iter()
@@ -753,7 +750,7 @@ fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>,
                     .product();
                 s.attention_heads += heads;
             }
-            Op::Prim { prim: Prim::SsdScan, outs, .. } => {
+            Op::Prim { prim, outs, .. } if prim.name == "ssd_scan" => {
                 s.ssm_heads += trace.tensors[outs[0]].shape[2].as_const().unwrap_or(0) as u64;
             }
             _ => {}

@@ -1,7 +1,7 @@
 //! Helpers shared by the front-end tests.
 #![allow(dead_code)]
 
-use hyb_dsl::check::{check_paths, check_text, Checked};
+use hyb_compiler::check::{check_paths, check_text, Checked};
 use std::path::Path;
 
 /// Runs `f` on a thread with the stack the CLI uses, as every front-end entry point expects.

@@ -2,38 +2,45 @@
 //! together and across matmuls, and split or merge a linear layer over a concatenated input.
 
 use super::Rule;
-use crate::ir::Attr;
+use crate::ops::{Binary, Broadcast, Matmul, Prim, ReduceScatter, Reshape, Slice};
 use crate::rewrite::lang::{
-    add_concat, add_const, add_prim, axis, bool_attr, int_attr, is_param, nodes_of, param_slice, shape, EGraph, ENode,
+    add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, EGraph, ENode,
 };
 use egg::Id;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 pub fn rules() -> Vec<Rule> {
     vec![
-        Rule { name: "transpose-cancel", on: &[Prim::Transpose], apply: transpose_cancel },
-        Rule { name: "reshape-fold", on: &[Prim::Reshape], apply: reshape_fold },
-        Rule { name: "broadcast-fold", on: &[Prim::Broadcast], apply: broadcast_fold },
-        Rule { name: "scalar-identity", on: &[Prim::Mul, Prim::Div, Prim::Add, Prim::Sub], apply: scalar_identity },
-        Rule { name: "scalar-reassociate", on: &[Prim::Mul], apply: scalar_reassociate },
-        Rule { name: "matmul-scale-out", on: &[Prim::Matmul], apply: matmul_scale_out },
-        Rule { name: "matmul-scale-weight", on: &[Prim::Matmul], apply: matmul_scale_weight },
-        Rule { name: "linear-concat-split", on: &[Prim::Matmul], apply: linear_concat_split },
-        Rule { name: "linear-concat-merge", on: &[Prim::Add], apply: linear_concat_merge },
-        Rule { name: "collective-scale", on: &[Prim::TpCopy, Prim::AllGather], apply: collective_scale },
-        Rule { name: "reduce-scatter", on: &[Prim::Shard], apply: reduce_scatter },
+        Rule { name: "transpose-cancel", on: |p| matches!(p, Prim::Transpose(_)), apply: transpose_cancel },
+        Rule { name: "reshape-fold", on: |p| matches!(p, Prim::Reshape(_)), apply: reshape_fold },
+        Rule { name: "broadcast-fold", on: |p| matches!(p, Prim::Broadcast(_)), apply: broadcast_fold },
+        Rule {
+            name: "scalar-identity",
+            on: |p| matches!(p, Prim::Binary(Binary::Mul | Binary::Div | Binary::Add | Binary::Sub)),
+            apply: scalar_identity,
+        },
+        Rule { name: "scalar-reassociate", on: |p| *p == Prim::Binary(Binary::Mul), apply: scalar_reassociate },
+        Rule { name: "matmul-scale-out", on: |p| matches!(p, Prim::Matmul(_)), apply: matmul_scale_out },
+        Rule { name: "matmul-scale-weight", on: |p| matches!(p, Prim::Matmul(_)), apply: matmul_scale_weight },
+        Rule { name: "linear-concat-split", on: |p| matches!(p, Prim::Matmul(_)), apply: linear_concat_split },
+        Rule { name: "linear-concat-merge", on: |p| *p == Prim::Binary(Binary::Add), apply: linear_concat_merge },
+        Rule {
+            name: "collective-scale",
+            on: |p| matches!(p, Prim::TpCopy(_) | Prim::AllGather(_)),
+            apply: collective_scale,
+        },
+        Rule { name: "reduce-scatter", on: |p| matches!(p, Prim::Shard(_)), apply: reduce_scatter },
     ]
 }
 
 /// `shard(all_reduce(x)) = reduce_scatter(x)`: each rank keeps only its slice of the sum,
 /// so half the traffic (the backward pass of a sequence-parallel all-gather).
 fn reduce_scatter(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some((_, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
-    let attrs = attrs.to_vec();
-    nodes_of(eg, n.children[0], Prim::AllReduce)
+    let Some(Prim::Shard(shard)) = as_prim(eg, n).cloned() else { return vec![] };
+    let scatter = ReduceScatter { axis: shard.axis, ranks: shard.ranks };
+    nodes_matching!(eg, n.children[0], Prim::AllReduce(_))
         .into_iter()
-        .map(|(sum, _)| (class, add_prim(eg, Prim::ReduceScatter, attrs.clone(), vec![sum.children[0]])))
+        .map(|sum| (class, add_prim(eg, scatter.clone(), vec![sum.children[0]])))
         .collect()
 }
 
@@ -42,35 +49,33 @@ fn reduce_scatter(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
 /// input, which then feeds one merged GEMM, one all-gather and one gradient all-reduce.
 fn collective_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let dtype = eg[class].data.ty.dtype;
-    let Some((prim, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
-    let (prim, attrs) = (prim, attrs.to_vec());
+    let Some(prim) = as_prim(eg, n).cloned() else { return vec![] };
     let mut out = Vec::new();
-    for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
+    for inner in nodes_matching!(eg, n.children[0], Prim::Binary(Binary::Mul)) {
         let Some((x, c)) = scaled(eg, &inner) else { continue };
         if shape(eg, x) != shape(eg, n.children[0]) {
             continue;
         }
-        let copy = add_prim(eg, prim, attrs.clone(), vec![x]);
+        let copy = add_prim(eg, prim.clone(), vec![x]);
         let k = add_const(eg, c, dtype);
-        out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![copy, k])));
+        out.push((class, add_prim(eg, Binary::Mul, vec![copy, k])));
     }
     out
 }
 
 /// `transpose(transpose(x, i, j), i, j) = x`.
 fn transpose_cancel(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some((_, attrs)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let Some(Prim::Transpose(t)) = as_prim(eg, n) else { return vec![] };
     let rank = shape(eg, class).len();
-    let pair = |a: &[Attr]| -> Option<(usize, usize)> {
-        let (i, j) = (axis(int_attr(&a[1])?, rank), axis(int_attr(&a[2])?, rank));
-        Some((i.min(j), i.max(j)))
-    };
-    let Some(outer) = pair(attrs) else { return vec![] };
-    nodes_of(eg, n.children[0], Prim::Transpose)
-        .into_iter()
-        .filter(|(_, inner)| pair(inner) == Some(outer))
-        .map(|(inner, _)| (class, inner.children[0]))
-        .collect()
+    let outer = t.pair(rank);
+    nodes_of(eg, n.children[0], |p| match p {
+        Prim::Transpose(inner) => Some(inner.pair(rank)),
+        _ => None,
+    })
+    .into_iter()
+    .filter(|(_, inner)| *inner == outer)
+    .map(|(inner, _)| (class, inner.children[0]))
+    .collect()
 }
 
 /// `reshape(x, shape(x)) = x`; `reshape(reshape(x, s), t) = reshape(x, t)`.
@@ -81,12 +86,12 @@ fn reshape_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     if shape(eg, x) == target.as_slice() {
         out.push((class, x));
     }
-    for (inner, _) in nodes_of(eg, x, Prim::Reshape) {
+    for inner in nodes_matching!(eg, x, Prim::Reshape(_)) {
         let y = inner.children[0];
         let r = if shape(eg, y) == target.as_slice() {
             y
         } else {
-            add_prim(eg, Prim::Reshape, vec![Attr::Tensor, Attr::Ints(target.clone())], vec![y])
+            add_prim(eg, Reshape { shape: target.clone() }, vec![y])
         };
         out.push((class, r));
     }
@@ -101,9 +106,9 @@ fn broadcast_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     if shape(eg, x) == target.as_slice() {
         out.push((class, x));
     }
-    for (inner, _) in nodes_of(eg, x, Prim::Broadcast) {
+    for inner in nodes_matching!(eg, x, Prim::Broadcast(_)) {
         let y = inner.children[0];
-        out.push((class, add_prim(eg, Prim::Broadcast, vec![Attr::Tensor, Attr::Ints(target.clone())], vec![y])));
+        out.push((class, add_prim(eg, Broadcast { shape: target.clone() }, vec![y])));
     }
     out
 }
@@ -116,15 +121,15 @@ fn constant(eg: &EGraph, id: Id) -> Option<f64> {
 /// `x·1 = 1·x = x/1 = x + 0 = 0 + x = x − 0 = x`, when the scalar does not change the
 /// shape or dtype.
 fn scalar_identity(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some((prim, _)) = super::super::lang::as_prim(eg, n) else { return vec![] };
+    let Some(&Prim::Binary(op)) = as_prim(eg, n) else { return vec![] };
     let (a, b) = (n.children[0], n.children[1]);
     let same = |eg: &EGraph, x: Id| eg[x].data.ty == eg[class].data.ty;
-    let unit = if matches!(prim, Prim::Mul | Prim::Div) { 1.0 } else { 0.0 };
+    let unit = if matches!(op, Binary::Mul | Binary::Div) { 1.0 } else { 0.0 };
     let mut out = Vec::new();
     if constant(eg, b) == Some(unit) && same(eg, a) {
         out.push((class, a));
     }
-    if matches!(prim, Prim::Mul | Prim::Add) && constant(eg, a) == Some(unit) && same(eg, b) {
+    if matches!(op, Binary::Mul | Binary::Add) && constant(eg, a) == Some(unit) && same(eg, b) {
         out.push((class, b));
     }
     out
@@ -145,27 +150,22 @@ fn scalar_reassociate(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let Some((x, c2)) = scaled(eg, n) else { return vec![] };
     let dtype = eg[class].data.ty.dtype;
     let mut out = Vec::new();
-    for (inner, _) in nodes_of(eg, x, Prim::Mul) {
+    for inner in nodes_matching!(eg, x, Prim::Binary(Binary::Mul)) {
         if let Some((y, c1)) = scaled(eg, &inner) {
             if eg[y].data.ty == eg[class].data.ty {
                 let k = add_const(eg, c1 * c2, dtype);
-                out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![y, k])));
+                out.push((class, add_prim(eg, Binary::Mul, vec![y, k])));
             }
         }
     }
     out
 }
 
-fn matmul_attrs(ta: bool, tb: bool) -> Vec<Attr> {
-    vec![Attr::Tensor, Attr::Tensor, Attr::Bool(ta), Attr::Bool(tb)]
-}
-
-fn flags(attrs: &[Attr]) -> (bool, bool) {
-    (bool_attr(&attrs[2]), bool_attr(&attrs[3]))
-}
-
 fn mm_flags(eg: &EGraph, n: &ENode) -> (bool, bool) {
-    flags(super::super::lang::as_prim(eg, n).expect("a matmul").1)
+    match as_prim(eg, n) {
+        Some(Prim::Matmul(m)) => (m.transpose_a, m.transpose_b),
+        _ => unreachable!("the rule triggers on matmuls"),
+    }
 }
 
 /// `(x·c) @ W = (x @ W)·c` and `x @ (W·c) = (x @ W)·c`: a multiplier moves to the GEMM's
@@ -175,16 +175,16 @@ fn matmul_scale_out(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let dtype = eg[class].data.ty.dtype;
     let mut out = Vec::new();
     for side in 0..2 {
-        for (inner, _) in nodes_of(eg, n.children[side], Prim::Mul) {
+        for inner in nodes_matching!(eg, n.children[side], Prim::Binary(Binary::Mul)) {
             let Some((x, c)) = scaled(eg, &inner) else { continue };
             if shape(eg, x) != shape(eg, n.children[side]) {
                 continue;
             }
             let mut ch = n.children.clone();
             ch[side] = x;
-            let mm = add_prim(eg, Prim::Matmul, matmul_attrs(ta, tb), ch);
+            let mm = add_prim(eg, Matmul::new(ta, tb), ch);
             let k = add_const(eg, c, dtype);
-            out.push((class, add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![mm, k])));
+            out.push((class, add_prim(eg, Binary::Mul, vec![mm, k])));
         }
     }
     out
@@ -198,21 +198,21 @@ fn matmul_scale_weight(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
         return vec![];
     }
     let mut out = Vec::new();
-    for (inner, _) in nodes_of(eg, n.children[0], Prim::Mul) {
+    for inner in nodes_matching!(eg, n.children[0], Prim::Binary(Binary::Mul)) {
         let Some((x, c)) = scaled(eg, &inner) else { continue };
         if shape(eg, x) != shape(eg, n.children[0]) {
             continue;
         }
         let k = add_const(eg, c, eg[w].data.ty.dtype);
-        let cw = add_prim(eg, Prim::Mul, vec![Attr::Tensor, Attr::Tensor], vec![w, k]);
-        out.push((class, add_prim(eg, Prim::Matmul, matmul_attrs(ta, tb), vec![x, cw])));
+        let cw = add_prim(eg, Binary::Mul, vec![w, k]);
+        out.push((class, add_prim(eg, Matmul::new(ta, tb), vec![x, cw])));
     }
     out
 }
 
 /// The axis of a rank-2 weight `W` that a matmul contracts: `x @ Wᵀ` contracts axis 1,
 /// `x @ W` axis 0.
-fn contracted_axis(tb: bool) -> i64 {
+fn contracted_axis(tb: bool) -> usize {
     if tb {
         1
     } else {
@@ -229,9 +229,13 @@ fn linear_concat_split(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
         return vec![];
     }
     let mut out = Vec::new();
-    for (cat, attrs) in nodes_of(eg, x, Prim::Concat) {
+    let concats = nodes_of(eg, x, |p| match p {
+        Prim::Concat(c) => Some(c.clone()),
+        _ => None,
+    });
+    for (cat, c) in concats {
         let rank = shape(eg, x).len();
-        if int_attr(&attrs[1]).map(|a| axis(a, rank)) != Some(rank - 1) {
+        if c.axis_of(rank) != rank - 1 {
             continue;
         }
         let k_axis = contracted_axis(tb);
@@ -240,13 +244,11 @@ fn linear_concat_split(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
         for &part in &cat.children {
             let width = shape(eg, part)[rank - 1].clone();
             let end = start.add(&width).expect("sizes add");
-            let slice =
-                vec![Attr::Tensor, Attr::Int(Dim::constant(k_axis)), Attr::Int(start.clone()), Attr::Int(end.clone())];
-            let wi = add_prim(eg, Prim::Slice, slice, vec![w]);
-            let yi = add_prim(eg, Prim::Matmul, matmul_attrs(false, tb), vec![part, wi]);
+            let wi = add_prim(eg, Slice::new(k_axis, start.clone(), end.clone()), vec![w]);
+            let yi = add_prim(eg, Matmul::new(false, tb), vec![part, wi]);
             sum = Some(match sum {
                 None => yi,
-                Some(acc) => add_prim(eg, Prim::Add, vec![Attr::Tensor, Attr::Tensor], vec![acc, yi]),
+                Some(acc) => add_prim(eg, Binary::Add, vec![acc, yi]),
             });
             start = end;
         }
@@ -264,10 +266,15 @@ fn linear_concat_merge(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let (l, r) = (n.children[0], n.children[1]);
     let out_shape = shape(eg, class).to_vec();
     let mut out = Vec::new();
-    for (ml, al) in nodes_of(eg, l, Prim::Matmul) {
-        for (mr, ar) in nodes_of(eg, r, Prim::Matmul) {
-            let (ta, tb) = flags(&al);
-            if flags(&ar) != (ta, tb) || ta {
+    let matmuls = |eg: &EGraph, id: Id| {
+        nodes_of(eg, id, |p| match p {
+            Prim::Matmul(m) => Some((m.transpose_a, m.transpose_b)),
+            _ => None,
+        })
+    };
+    for (ml, (ta, tb)) in matmuls(eg, l) {
+        for (mr, flags) in matmuls(eg, r) {
+            if flags != (ta, tb) || ta {
                 continue;
             }
             let (a, w1, b, w2) = (ml.children[0], ml.children[1], mr.children[0], mr.children[1]);
@@ -287,8 +294,8 @@ fn linear_concat_merge(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
                 continue;
             }
             let x = add_concat(eg, vec![a, b], sa.len() - 1);
-            let w = add_concat(eg, vec![w1, w2], contracted_axis(tb) as usize);
-            out.push((class, add_prim(eg, Prim::Matmul, matmul_attrs(false, tb), vec![x, w])));
+            let w = add_concat(eg, vec![w1, w2], contracted_axis(tb));
+            out.push((class, add_prim(eg, Matmul::new(false, tb), vec![x, w])));
         }
     }
     out

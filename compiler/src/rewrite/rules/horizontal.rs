@@ -3,22 +3,21 @@
 //! Mamba `in_proj` projections all read the normed hidden state: one GEMM.
 
 use super::Rule;
-use crate::ir::Attr;
-use crate::rewrite::lang::{add_concat, as_prim, bool_attr, is_param, param_slice, shape, EGraph, ENode, OpKind};
+use crate::ops::{Matmul, Prim, Slice};
+use crate::rewrite::lang::{add_concat, as_prim, is_param, param_slice, shape, EGraph, ENode, OpKind};
 use egg::Id;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 pub fn rules() -> Vec<Rule> {
-    vec![Rule { name: "merge-gemms", on: &[Prim::Matmul], apply: merge_gemms }]
+    vec![Rule { name: "merge-gemms", on: |p| matches!(p, Prim::Matmul(_)), apply: merge_gemms }]
 }
 
 /// `x @ W_iᵀ` for every weight `W_i` (rank 2, same orientation) applied to the class of
 /// `x`: one `x @ concat(W_i)ᵀ`, sliced.
 fn merge_gemms(eg: &mut EGraph, _class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let x = eg.find(n.children[0]);
-    let Some((_, attrs)) = as_prim(eg, n) else { return vec![] };
-    let (ta, tb) = (bool_attr(&attrs[2]), bool_attr(&attrs[3]));
+    let Some(Prim::Matmul(m)) = as_prim(eg, n) else { return vec![] };
+    let (ta, tb) = (m.transpose_a, m.transpose_b);
     if ta {
         return vec![];
     }
@@ -27,9 +26,9 @@ fn merge_gemms(eg: &mut EGraph, _class: Id, n: &ENode) -> Vec<(Id, Id)> {
     for pid in eg[x].parents().collect::<Vec<_>>() {
         let p = eg.id_to_node(pid).clone();
         let is_sibling = match eg.analysis.op(&p) {
-            OpKind::Prim(Prim::Matmul, a) => {
-                !bool_attr(&a[2])
-                    && bool_attr(&a[3]) == tb
+            OpKind::Prim(Prim::Matmul(m)) => {
+                !m.transpose_a
+                    && m.transpose_b == tb
                     && eg.find(p.children[0]) == x
                     && (is_param(eg, p.children[1]) || param_slice(eg, p.children[1]).is_some())
             }
@@ -49,24 +48,21 @@ fn merge_gemms(eg: &mut EGraph, _class: Id, n: &ENode) -> Vec<(Id, Id)> {
     // Output features are axis 0 of Wᵀ's weight, axis 1 otherwise.
     let out_axis = if tb { 0 } else { 1 };
     let weights: Vec<Id> = members.iter().map(|&(_, w)| w).collect();
-    let packed = add_concat(eg, weights, out_axis as usize);
-    let mm_attrs = vec![Attr::Tensor, Attr::Tensor, Attr::Bool(false), Attr::Bool(tb)];
-    let op = eg.analysis.intern(OpKind::Prim(Prim::Matmul, mm_attrs));
+    let packed = add_concat(eg, weights, out_axis);
+    let op = eg.analysis.intern(OpKind::Prim(Prim::Matmul(Matmul::new(false, tb))));
     let merged_node = ENode { op, children: vec![x, packed] };
     if eg.lookup(merged_node.clone()).is_some() {
         return vec![];
     }
     let merged = eg.add(merged_node);
-    let last = shape(eg, merged).len() as i64 - 1;
+    let last = shape(eg, merged).len() - 1;
     let mut start = Dim::constant(0);
     let mut unions = Vec::new();
     let mut group = Vec::new();
     for &(class, w) in &members {
-        let width = shape(eg, w)[out_axis as usize].clone();
+        let width = shape(eg, w)[out_axis].clone();
         let end = start.add(&width).expect("sizes add");
-        let slice_attrs =
-            vec![Attr::Tensor, Attr::Int(Dim::constant(last)), Attr::Int(start.clone()), Attr::Int(end.clone())];
-        let op = eg.analysis.intern(OpKind::Prim(Prim::Slice, slice_attrs));
+        let op = eg.analysis.intern(OpKind::Prim(Prim::Slice(Slice::new(last, start.clone(), end.clone()))));
         let node = ENode { op, children: vec![merged] };
         let slice = eg.add(node.clone());
         group.push((slice, node));

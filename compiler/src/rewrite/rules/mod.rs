@@ -7,21 +7,21 @@ pub mod horizontal;
 pub mod patterns;
 
 use super::lang::{as_prim, Ctx, EGraph, ENode};
+use crate::ops::Prim;
 use egg::{Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
-use hyb_dsl::prims::Prim;
 
-/// One rewrite: nodes applying a primitive in `on` are handed to `apply`, which adds the
-/// equivalent expression and returns the pairs of classes it proved equal.
+/// One rewrite: nodes applying a primitive `on` accepts are handed to `apply`, which adds
+/// the equivalent expression and returns the pairs of classes it proved equal.
 #[derive(Clone, Copy)]
 pub struct Rule {
     pub name: &'static str,
-    pub on: &'static [Prim],
+    pub on: fn(&Prim) -> bool,
     pub apply: fn(&mut EGraph, Id, &ENode) -> Vec<(Id, Id)>,
 }
 
 impl Rule {
     fn triggers(&self, eg: &EGraph, n: &ENode) -> bool {
-        as_prim(eg, n).is_some_and(|(p, _)| self.on.contains(&p))
+        as_prim(eg, n).is_some_and(self.on)
     }
 
     pub fn rewrite(self) -> Rewrite<ENode, Ctx> {

@@ -2,17 +2,15 @@
 //! softmax attention (with grouped-query heads) and BitNet's quantise-then-multiply.
 
 use super::Rule;
-use crate::ir::Attr;
+use crate::ops::{Binary, Prim, ReduceOp, Reshape, Transpose, Unary};
 use crate::rewrite::kernels;
-use crate::rewrite::lang::{add_prim, as_prim, axis, bool_attr, int_attr, nodes_of, shape, EGraph, ENode};
+use crate::rewrite::lang::{add_prim, as_prim, nodes_matching, nodes_of, shape, EGraph, ENode};
 use egg::Id;
-use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
 
 pub fn rules() -> Vec<Rule> {
     vec![
-        Rule { name: "flash-attention", on: &[Prim::Matmul], apply: flash_attention },
-        Rule { name: "bitlinear", on: &[Prim::Matmul], apply: bitlinear },
+        Rule { name: "flash-attention", on: |p| matches!(p, Prim::Matmul(_)), apply: flash_attention },
+        Rule { name: "bitlinear", on: |p| matches!(p, Prim::Matmul(_)), apply: bitlinear },
     ]
 }
 
@@ -21,23 +19,33 @@ fn kernel_node(eg: &mut EGraph, k: crate::ir::Kernel, children: Vec<Id>) -> Id {
     eg.add(ENode { op, children })
 }
 
-/// The single input of a node of `prim` in class `id` whose last-axis reduction flags
-/// match (`keepdim`), if any.
+/// The input of the first node in class `id` that applies `prim`, if any.
 fn unary_in(eg: &EGraph, id: Id, prim: Prim) -> Option<Id> {
-    nodes_of(eg, id, prim).first().map(|(n, _)| n.children[0])
+    nodes_of(eg, id, |p| (*p == prim).then_some(())).first().map(|(n, ())| n.children[0])
 }
 
-fn last_axis_reduce(eg: &EGraph, id: Id, prim: Prim) -> Option<Id> {
-    nodes_of(eg, id, prim).into_iter().find_map(|(n, attrs)| {
-        let rank = shape(eg, n.children[0]).len();
-        (int_attr(&attrs[1]).map(|a| axis(a, rank)) == Some(rank - 1) && bool_attr(&attrs[2])).then_some(n.children[0])
+/// The input of a `op` reduction over the last axis, keeping it, in class `id`.
+fn last_axis_reduce(eg: &EGraph, id: Id, op: ReduceOp) -> Option<Id> {
+    nodes_of(eg, id, |p| match p {
+        Prim::Reduce(r) if r.op == op && r.keepdim => Some(r.clone()),
+        _ => None,
     })
+    .into_iter()
+    .find_map(|(n, r)| {
+        let rank = shape(eg, n.children[0]).len();
+        (r.axis_of(rank) == rank - 1).then_some(n.children[0])
+    })
+}
+
+/// Whether the transpose swaps axes 1 and 2 of a rank-4 tensor (heads and time).
+fn swaps_heads_and_time(p: &Prim) -> Option<()> {
+    matches!(p, Prim::Transpose(t) if t.pair(4) == (1, 2)).then_some(())
 }
 
 /// `softmax(causal_mask(q kᵀ · c)) v` over `[B, H, T, D]` operands → `flash_attention`.
 fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some((_, attrs)) = as_prim(eg, n) else { return vec![] };
-    if bool_attr(&attrs[2]) || bool_attr(&attrs[3]) || shape(eg, class).len() != 4 {
+    let Some(Prim::Matmul(m)) = as_prim(eg, n) else { return vec![] };
+    if m.transpose_a || m.transpose_b || shape(eg, class).len() != 4 {
         return vec![];
     }
     let (p, v) = (n.children[0], n.children[1]);
@@ -66,52 +74,46 @@ fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
 
 /// `transpose(rope(x, θ), 1, 2)`: `(x, θ)`, `x` token-major `[B, T, heads, D]`.
 fn roped(eg: &EGraph, id: Id) -> Option<(Id, f64)> {
-    nodes_of(eg, id, Prim::Transpose).into_iter().find_map(|(t, a)| {
-        let pair = (int_attr(&a[1]).map(|i| axis(i, 4)), int_attr(&a[2]).map(|j| axis(j, 4)));
-        if !matches!(pair, (Some(1), Some(2)) | (Some(2), Some(1))) {
-            return None;
-        }
-        nodes_of(eg, t.children[0], Prim::Rope).into_iter().find_map(|(r, ra)| match ra[1] {
-            Attr::Float(theta) => Some((r.children[0], theta)),
+    nodes_of(eg, id, swaps_heads_and_time).into_iter().find_map(|(t, ())| {
+        let ropes = nodes_of(eg, t.children[0], |p| match p {
+            Prim::Rope(r) => Some(r.theta.0),
             _ => None,
-        })
+        });
+        ropes.into_iter().next().map(|(r, theta)| (r.children[0], theta))
     })
 }
 
 /// `p = e / sum(e)`, `e = exp(s − max(s))`, `s = causal_mask(q kᵀ · c)`: `(q, k, c)`.
 fn softmax_of_masked_scores(eg: &EGraph, p: Id) -> Option<(Id, Id, f64)> {
-    let (div, _) = nodes_of(eg, p, Prim::Div).into_iter().find(|(d, _)| {
-        last_axis_reduce(eg, d.children[1], Prim::Sum).is_some_and(|e| eg.find(e) == eg.find(d.children[0]))
+    let div = nodes_matching!(eg, p, Prim::Binary(Binary::Div)).into_iter().find(|d| {
+        last_axis_reduce(eg, d.children[1], ReduceOp::Sum).is_some_and(|e| eg.find(e) == eg.find(d.children[0]))
     })?;
     let e = div.children[0];
-    let shifted = unary_in(eg, e, Prim::Exp)?;
-    let (sub, _) = nodes_of(eg, shifted, Prim::Sub).into_iter().find(|(s, _)| {
-        last_axis_reduce(eg, s.children[1], Prim::Max).is_some_and(|m| eg.find(m) == eg.find(s.children[0]))
+    let shifted = unary_in(eg, e, Prim::Unary(Unary::Exp))?;
+    let sub = nodes_matching!(eg, shifted, Prim::Binary(Binary::Sub)).into_iter().find(|s| {
+        last_axis_reduce(eg, s.children[1], ReduceOp::Max).is_some_and(|m| eg.find(m) == eg.find(s.children[0]))
     })?;
-    let scores = unary_in(eg, sub.children[0], Prim::CausalMask)?;
-    nodes_of(eg, scores, Prim::Mul).into_iter().find_map(|(mul, _)| {
+    let scores = unary_in(eg, sub.children[0], Prim::CausalMask(crate::ops::CausalMask))?;
+    nodes_matching!(eg, scores, Prim::Binary(Binary::Mul)).into_iter().find_map(|mul| {
         let (a, b) = (mul.children[0], mul.children[1]);
         let (mm, c) = match (eg[a].data.constant, eg[b].data.constant) {
             (_, Some(c)) if shape(eg, b).is_empty() => (a, c),
             (Some(c), _) if shape(eg, a).is_empty() => (b, c),
             _ => return None,
         };
-        nodes_of(eg, mm, Prim::Matmul)
+        nodes_matching!(eg, mm, Prim::Matmul(crate::ops::Matmul { transpose_a: false, transpose_b: true }))
             .into_iter()
-            .find(|(_, at)| !bool_attr(&at[2]) && bool_attr(&at[3]))
-            .map(|(m, _)| (m.children[0], m.children[1], c))
+            .next()
+            .map(|m| (m.children[0], m.children[1], c))
     })
 }
 
 /// `transpose(reshape(broadcast(x, [B, T, kv, g, D]), [B, T, H, D]), 1, 2)` with
 /// `x [B, T, kv, 1, D]`: grouped-query expansion; gives `(x, g)`.
 fn grouped(eg: &EGraph, id: Id) -> Option<(Id, usize)> {
-    let t = nodes_of(eg, id, Prim::Transpose).into_iter().find(|(_, a)| {
-        let (i, j) = (int_attr(&a[1]).map(|i| axis(i, 4)), int_attr(&a[2]).map(|j| axis(j, 4)));
-        matches!((i, j), (Some(1), Some(2)) | (Some(2), Some(1)))
-    })?;
-    let wide = unary_in(eg, t.0.children[0], Prim::Reshape)?;
-    let one = unary_in(eg, wide, Prim::Broadcast)?;
+    let (t, ()) = nodes_of(eg, id, swaps_heads_and_time).into_iter().next()?;
+    let wide = nodes_matching!(eg, t.children[0], Prim::Reshape(_)).first().map(|n| n.children[0])?;
+    let one = nodes_matching!(eg, wide, Prim::Broadcast(_)).first().map(|n| n.children[0])?;
     let (sw, so) = (shape(eg, wide), shape(eg, one));
     if sw.len() != 5 || so.len() != 5 || so[3].as_const() != Some(1) || sw[2] != so[2] || sw[4] != so[4] {
         return None;
@@ -123,24 +125,19 @@ fn grouped(eg: &EGraph, id: Id) -> Option<(Id, usize)> {
 /// `[B, T, kv, 1, D]` → `[B, kv, T, D]`.
 fn heads_first(eg: &mut EGraph, one: Id) -> Id {
     let s = shape(eg, one).to_vec();
-    let x = add_prim(
-        eg,
-        Prim::Reshape,
-        vec![Attr::Tensor, Attr::Ints(vec![s[0].clone(), s[1].clone(), s[2].clone(), s[4].clone()])],
-        vec![one],
-    );
-    add_prim(eg, Prim::Transpose, vec![Attr::Tensor, Attr::Int(Dim::constant(1)), Attr::Int(Dim::constant(2))], vec![x])
+    let x = add_prim(eg, Reshape { shape: vec![s[0].clone(), s[1].clone(), s[2].clone(), s[4].clone()] }, vec![one]);
+    add_prim(eg, Transpose { dim0: 1, dim1: 2 }, vec![x])
 }
 
 /// `int8_quant(x) @ ternary_quant(W)ᵀ` → `bitlinear(x, W)`.
 fn bitlinear(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some((_, attrs)) = as_prim(eg, n) else { return vec![] };
-    if bool_attr(&attrs[2]) || !bool_attr(&attrs[3]) {
+    let Some(Prim::Matmul(m)) = as_prim(eg, n) else { return vec![] };
+    if m.transpose_a || !m.transpose_b {
         return vec![];
     }
-    let (Some(x), Some(w)) =
-        (unary_in(eg, n.children[0], Prim::Int8Quant), unary_in(eg, n.children[1], Prim::TernaryQuant))
-    else {
+    let x = unary_in(eg, n.children[0], Prim::Int8Quant(crate::ops::Int8Quant));
+    let w = unary_in(eg, n.children[1], Prim::TernaryQuant(crate::ops::TernaryQuant));
+    let (Some(x), Some(w)) = (x, w) else {
         return vec![];
     };
     let ty = |x: Id| eg[x].data.ty.clone();

@@ -1,32 +1,202 @@
-//! Sequence primitives: causal depthwise convolution, the Mamba-2 state-space scan, rotary
-//! embeddings and the causal mask.
+//! `ssd_scan`: the Mamba-2 state-space scan (`h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`,
+//! `y_t = h_t·C_t`, heads sharing B/C groups), computed by the chunked state-space-dual
+//! algorithm, and its gradient: one primitive with the five input gradients as outputs, so
+//! one backward pass serves them all.
 
-use super::attr;
-use crate::ir::{Attr, Graph, NodeId};
+use super::{callable, Args, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty};
+use crate::cost::{Machine, Work};
+use crate::ir::{Graph, NodeId, TensorType};
 use crate::reference::tensor::{Real, Tensor};
+use crate::shard::axes::Axes;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::Prim;
+use hyb_dsl::prims::{opt, req, Ctx, Default, Kind, RuleError};
+use hyb_dsl::value::shape_string;
+use serde::{Deserialize, Serialize};
 
-/// `y[b,t,c] = bias[c] + Σ_k w[c,k] · x[b, t-(K-1)+k, c]`, zero before the sequence start.
-pub fn causal_conv1d<T: Real>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>) -> Tensor<T> {
-    let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2]);
-    let k = w.shape[1];
-    let mut out = Tensor::zeros(x.shape.clone());
-    for bi in 0..b {
-        for ti in 0..t {
-            for ci in 0..c {
-                let mut acc = bias.map_or(T::zero(), |bb| bb.data[ci]);
-                for ki in 0..k {
-                    let src = ti as i64 - (k as i64 - 1) + ki as i64;
-                    if src >= 0 {
-                        acc = acc + w.data[ci * k + ki] * x.data[(bi * t + src as usize) * c + ci];
-                    }
-                }
-                out.data[(bi * t + ti) * c + ci] = acc;
+/// The scan of inputs `(x [B,T,H,P], dt [B,T,H], a [H], b [B,T,G,N], c [B,T,G,N])`, in
+/// chunks of `chunk` time steps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SsdScan {
+    pub chunk: Dim,
+}
+
+/// Gradients of [`SsdScan`] from inputs `(x, dt, a, b, c, dy)`: outputs `dx, ddt, da, db,
+/// dc`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SsdScanGrad {
+    pub chunk: Dim,
+}
+
+pub(super) const DECLS: &[Decl] = &[
+    callable!(
+        "ssd_scan",
+        &[
+            req("x", Kind::Tensor),
+            req("dt", Kind::Tensor),
+            req("a", Kind::Tensor),
+            req("b", Kind::Tensor),
+            req("c", Kind::Tensor),
+            opt("chunk", Kind::Int, Default::Int(64)),
+        ],
+        |a: &Args| {
+            let chunk = a.int(5);
+            if chunk.as_const().is_some_and(|c| c <= 0) {
+                return Err(RuleError::at(5, format!("chunk size must be positive, got {chunk}")));
             }
+            Ok(Prim::SsdScan(SsdScan { chunk }))
+        }
+    ),
+    Decl::Internal { name: "ssd_scan_grad", what: "the gradient of `ssd_scan`" },
+];
+
+/// Checks the five inputs' shapes against each other.
+fn check_inputs(inputs: &[Ty], ctx: Ctx) -> Result<(), RuleError> {
+    let get = |i: usize| inputs.get(i).map(|t| t.0.clone()).unwrap_or_default();
+    let (x, dt, a, bm, cm) = (get(0), get(1), get(2), get(3), get(4));
+    if x.len() != 4 {
+        return Err(RuleError::rank(
+            0,
+            format!("ssd_scan x must be [B, T, heads, head_dim], got {}", shape_string(&x)),
+        ));
+    }
+    if dt.len() != 3 || ctx.differ(&dt[0], &x[0]) || ctx.differ(&dt[1], &x[1]) || ctx.differ(&dt[2], &x[2]) {
+        return Err(RuleError::at(
+            1,
+            format!("ssd_scan dt must be [B, T, heads] = [{}, {}, {}], got {}", x[0], x[1], x[2], shape_string(&dt)),
+        ));
+    }
+    if a.len() != 1 || ctx.differ(&a[0], &x[2]) {
+        return Err(RuleError::at(2, format!("ssd_scan a must be [heads] = [{}], got {}", x[2], shape_string(&a))));
+    }
+    for (i, m) in [(3, &bm), (4, &cm)] {
+        if m.len() != 4 || ctx.differ(&m[0], &x[0]) || ctx.differ(&m[1], &x[1]) {
+            return Err(RuleError::at(
+                i,
+                format!("ssd_scan b and c must be [B, T, groups, d_state], got {}", shape_string(m)),
+            ));
         }
     }
-    out
+    if ctx.differ(&bm[2], &cm[2]) || ctx.differ(&bm[3], &cm[3]) {
+        return Err(RuleError::at(4, format!("ssd_scan b is {} but c is {}", shape_string(&bm), shape_string(&cm))));
+    }
+    if let (Some(h), Some(g)) = (x[2].as_const(), bm[2].as_const()) {
+        if g == 0 || h % g != 0 {
+            return Err(RuleError::at(3, format!("{h} heads cannot be split into {g} groups")));
+        }
+    }
+    Ok(())
+}
+
+/// FLOPs of the forward scan: per token, head and channel, state-size work into and out of
+/// the carried state, and chunk-size work within the chunk.
+fn forward_flops(m: &Machine, inputs: &[&TensorType], chunk: &Dim) -> f64 {
+    let state = inputs.get(3).map_or(1.0, |b| m.dim_last(b));
+    m.numel(inputs[0]) * (4.0 * state + 2.0 * m.dim(chunk))
+}
+
+fn io_bytes(m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> f64 {
+    inputs.iter().chain(outputs).map(|t| m.bytes(t)).sum()
+}
+
+impl Primitive for SsdScan {
+    fn name(&self) -> &'static str {
+        "ssd_scan"
+    }
+
+    fn class(&self) -> Class {
+        Class::Sequence
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        check_inputs(inputs, ctx)?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
+        let chunk = sizes.of(&self.chunk) as usize;
+        vec![chunked(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], chunk)]
+    }
+
+    fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        let mut inputs = g.nodes[node].inputs.clone();
+        inputs.push(dy);
+        let grads = g.apply_all(SsdScanGrad { chunk: self.chunk.clone() }, inputs);
+        Ok(grads.into_iter().map(Some).collect())
+    }
+
+    /// Batch, heads and channels split (time and the state size do not); head h reads
+    /// group h / (heads / groups), so splitting heads splits the groups with them, or needs
+    /// the groups whole when there is only one.
+    fn shard_axes(&self, ax: &mut Axes, g: &Graph, y: NodeId) {
+        let ins = &g.nodes[y].inputs;
+        let (x, dt, a, b, c) = (ins[0], ins[1], ins[2], ins[3], ins[4]);
+        for k in [0, 2, 3] {
+            ax.same(x, k, y, k);
+        }
+        ax.same(dt, 0, y, 0);
+        ax.same(dt, 2, y, 2);
+        ax.same(a, 0, y, 2);
+        for bc in [b, c] {
+            ax.same(bc, 0, y, 0);
+            ax.block(ax.var(bc, 3));
+        }
+        let groups = g.nodes[b].ty.shape[2].as_const().unwrap_or(0);
+        if groups % ax.ranks == 0 {
+            ax.same(b, 2, y, 2);
+            ax.same(c, 2, y, 2);
+        } else if groups != 1 {
+            ax.because = format!("ssd_scan's {groups} B/C groups neither divide into {} nor are 1", ax.ranks);
+            ax.block(ax.var(y, 2));
+        }
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        Work {
+            flops: forward_flops(m, inputs, &self.chunk),
+            bytes: io_bytes(m, inputs, outputs),
+            launches: 1.0,
+            ..Work::default()
+        }
+    }
+}
+
+impl Primitive for SsdScanGrad {
+    fn name(&self) -> &'static str {
+        "ssd_scan_grad"
+    }
+
+    fn class(&self) -> Class {
+        Class::Sequence
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        check_inputs(inputs, ctx)?;
+        let dy = inputs.get(5).map(|t| &t.0);
+        if dy != Some(&inputs[0].0) {
+            return Err(RuleError::at(5, "ssd_scan_grad's dy must have the shape of x"));
+        }
+        Ok(inputs[..5].to_vec())
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
+        let chunk = sizes.of(&self.chunk) as usize;
+        gradients(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5], chunk).into()
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Err(NoGradient(self.name()))
+    }
+
+    /// One backward pass for all five gradients: it recomputes the forward's states chunk
+    /// by chunk and runs the adjoint through them, about twice the forward's FLOPs.
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        Work {
+            flops: 2.0 * forward_flops(m, inputs, &self.chunk),
+            bytes: io_bytes(m, inputs, outputs),
+            launches: 1.0,
+            ..Work::default()
+        }
+    }
 }
 
 /// Shapes of an SSD scan: x [B,T,H,P], dt [B,T,H], a [H], b and c [B,T,G,N].
@@ -57,8 +227,8 @@ impl ScanDims {
 
 /// The Mamba-2 scan by the chunked (state-space dual) algorithm: within a chunk the output
 /// is a masked, decay-weighted attention-like sum; between chunks a state of size P×N per
-/// head carries the past. Same result as [`ssd_scan_sequential`], in O(T·chunk) per head.
-pub fn ssd_scan<T: Real>(
+/// head carries the past. Same result as [`sequential`], in O(T·chunk) per head.
+pub fn chunked<T: Real>(
     x: &Tensor<T>,
     dt: &Tensor<T>,
     a: &Tensor<T>,
@@ -128,13 +298,7 @@ pub fn ssd_scan<T: Real>(
 
 /// The defining recurrence, one step at a time:
 /// `h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`, `y_t = h_t·C_t`.
-pub fn ssd_scan_sequential<T: Real>(
-    x: &Tensor<T>,
-    dt: &Tensor<T>,
-    a: &Tensor<T>,
-    bm: &Tensor<T>,
-    cm: &Tensor<T>,
-) -> Tensor<T> {
+pub fn sequential<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tensor<T>, cm: &Tensor<T>) -> Tensor<T> {
     let d = ScanDims::of(x, bm);
     let mut y = Tensor::zeros(x.shape.clone());
     for bi in 0..d.b {
@@ -159,119 +323,12 @@ pub fn ssd_scan_sequential<T: Real>(
     y
 }
 
-/// Rotary position embedding on `[B, T, H, D]`, position = index along T, in the
-/// "rotate half" layout: dimension `j < D/2` pairs with `j + D/2`, frequency
-/// `theta^(-2j/D)`.
-pub fn rope<T: Real>(x: &Tensor<T>, theta: f64) -> Tensor<T> {
-    rotate(x, theta, 1.0)
-}
-
-/// Rotation by minus the RoPE angle: the transpose (and inverse) of [`rope`].
-pub fn rope_grad<T: Real>(dy: &Tensor<T>, theta: f64) -> Tensor<T> {
-    rotate(dy, theta, -1.0)
-}
-
-/// Rotates each (j, j + D/2) pair by `direction ·` its RoPE angle.
-fn rotate<T: Real>(x: &Tensor<T>, theta: f64, direction: f64) -> Tensor<T> {
-    let (b, t, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let half = d / 2;
-    let mut out = Tensor::zeros(x.shape.clone());
-    for ti in 0..t {
-        for j in 0..half {
-            let angle = direction * ti as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
-            let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
-            for bi in 0..b {
-                for hi in 0..h {
-                    let base = ((bi * t + ti) * h + hi) * d;
-                    let (x1, x2) = (x.data[base + j], x.data[base + j + half]);
-                    out.data[base + j] = x1 * cos - x2 * sin;
-                    out.data[base + j + half] = x2 * cos + x1 * sin;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Sets entries above the diagonal of the last two axes (`[..., i, j]`, `j > i`) to -∞.
-pub fn causal_mask<T: Real>(x: &Tensor<T>) -> Tensor<T> {
-    fill_above_diagonal(x, T::neg_infinity())
-}
-
-/// Zeroes entries above the diagonal of the last two axes (the causal mask's gradient).
-pub fn tril<T: Real>(x: &Tensor<T>) -> Tensor<T> {
-    fill_above_diagonal(x, T::zero())
-}
-
-fn fill_above_diagonal<T: Real>(x: &Tensor<T>, value: T) -> Tensor<T> {
-    let r = x.rank();
-    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
-    let mut out = x.clone();
-    for (i, v) in out.data.iter_mut().enumerate() {
-        if i % cols > (i / cols) % rows {
-            *v = value;
-        }
-    }
-    out
-}
-
-/// Gradient of [`causal_conv1d`] with respect to input `wrt` (0 x, 1 weight, 2 bias).
-pub fn causal_conv1d_grad<T: Real>(x: &Tensor<T>, w: &Tensor<T>, dy: &Tensor<T>, wrt: i64) -> Tensor<T> {
-    let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2]);
-    let k = w.shape[1];
-    match wrt {
-        0 => {
-            let mut dx = Tensor::zeros(x.shape.clone());
-            for bi in 0..b {
-                for s in 0..t {
-                    for ci in 0..c {
-                        let mut acc = T::zero();
-                        for ki in 0..k {
-                            let ti = s + (k - 1) - ki;
-                            if ti < t {
-                                acc = acc + w.data[ci * k + ki] * dy.data[(bi * t + ti) * c + ci];
-                            }
-                        }
-                        dx.data[(bi * t + s) * c + ci] = acc;
-                    }
-                }
-            }
-            dx
-        }
-        1 => {
-            let mut dw = Tensor::zeros(w.shape.clone());
-            for ci in 0..c {
-                for ki in 0..k {
-                    let mut acc = T::zero();
-                    for bi in 0..b {
-                        for ti in 0..t {
-                            let src = ti as i64 - (k as i64 - 1) + ki as i64;
-                            if src >= 0 {
-                                acc = acc + dy.data[(bi * t + ti) * c + ci] * x.data[(bi * t + src as usize) * c + ci];
-                            }
-                        }
-                    }
-                    dw.data[ci * k + ki] = acc;
-                }
-            }
-            dw
-        }
-        _ => {
-            let mut db = Tensor::zeros(vec![c]);
-            for (i, v) in dy.data.iter().enumerate() {
-                db.data[i % c] = db.data[i % c] + *v;
-            }
-            db
-        }
-    }
-}
-
-/// Gradients of [`ssd_scan`] with respect to all five inputs (x, dt, a, b, c), chunk by
+/// Gradients of [`chunked`] with respect to all five inputs (x, dt, a, b, c), chunk by
 /// chunk like the forward scan: a forward sweep keeps only the state entering each chunk;
 /// the backward sweep visits chunks last to first, recomputes the chunk's states from its
 /// entering state, and runs the adjoint `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}` through
 /// it, carrying `G` into the previous chunk. Memory is O(T/chunk) states, not O(T).
-pub fn ssd_scan_grads<T: Real>(
+pub fn gradients<T: Real>(
     x: &Tensor<T>,
     dt: &Tensor<T>,
     a: &Tensor<T>,
@@ -361,34 +418,4 @@ pub fn ssd_scan_grads<T: Real>(
         }
     }
     [dx, ddt, da, db, dc]
-}
-
-/// Gradients of the sequence ops, each through its dedicated backward primitive.
-pub fn vjp(g: &mut Graph, prim: Prim, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
-    let inputs = g.nodes[node].inputs.clone();
-    match prim {
-        Prim::CausalConv1d => (0..inputs.len())
-            .map(|wrt| {
-                let attrs = vec![Attr::Tensor, Attr::Tensor, Attr::Tensor, Attr::Int(Dim::constant(wrt as i64))];
-                Some(g.apply(Prim::CausalConv1dGrad, attrs, vec![inputs[0], inputs[1], dy]))
-            })
-            .collect(),
-        Prim::SsdScan => {
-            let chunk = attr(g, node, 5);
-            (0..5)
-                .map(|wrt| {
-                    let mut attrs = vec![Attr::Tensor; 6];
-                    attrs.push(chunk.clone());
-                    attrs.push(Attr::Int(Dim::constant(wrt)));
-                    let mut args = inputs.clone();
-                    args.push(dy);
-                    Some(g.apply(Prim::SsdScanGrad, attrs, args))
-                })
-                .collect()
-        }
-        Prim::Rope => vec![Some(g.apply(Prim::RopeGrad, vec![Attr::Tensor, attr(g, node, 1)], vec![dy]))],
-        Prim::RopeGrad => vec![Some(g.apply(Prim::Rope, vec![Attr::Tensor, attr(g, node, 1)], vec![dy]))],
-        Prim::CausalMask | Prim::Tril => vec![Some(g.unary(Prim::Tril, dy))],
-        other => unreachable!("{} is not a sequence op", other.name()),
-    }
 }
