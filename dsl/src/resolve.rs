@@ -4,7 +4,7 @@
 use crate::ast::{self, Item, Span};
 use crate::diag::{Code, Diagnostic};
 use crate::parse;
-use crate::source::{import_target, FileId, ReadError, Sources};
+use crate::source::{import_target, std_modules, FileId, ImportTarget, ReadError, Sources};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -163,40 +163,53 @@ impl Loader {
 
     fn import(&mut self, file: FileId, imp: &ast::Import, dir: Option<&Path>) -> Option<usize> {
         let shown = imp.path.join(".");
-        let Some(target) = import_target(&imp.path, dir) else {
-            let help = if imp.path.first().is_some_and(|p| p == "std") {
-                "the standard library was not found; set HYB_STDLIB to its folder"
-            } else {
-                "imports name a module like `std.attention` or `layers.mixer`"
-            };
-            self.diags.push(
-                Diagnostic::new(Code::FileNotFound, file, imp.path_span, format!("cannot resolve import `{shown}`"))
+        let id = match import_target(&imp.path, dir) {
+            Some(ImportTarget::File(target)) => self.load_import(file, imp, &shown, &target)?,
+            Some(ImportTarget::Std { name, text }) => self.program.sources.add_std(name, text),
+            None => {
+                let help = if imp.path.first().is_some_and(|p| p == "std") {
+                    format!("the standard library has {}", std_modules().collect::<Vec<_>>().join(", "))
+                } else {
+                    "imports name a module like `std.attention` or `layers.mixer`".to_string()
+                };
+                self.diags.push(
+                    Diagnostic::new(
+                        Code::FileNotFound,
+                        file,
+                        imp.path_span,
+                        format!("cannot resolve import `{shown}`"),
+                    )
                     .label("no file for this module")
                     .help(help),
+                );
+                return None;
+            }
+        };
+        if let Some(start) = self.stack.iter().position(|f| *f == id) {
+            let mut cycle: Vec<String> =
+                self.stack[start..].iter().map(|f| self.program.sources.name(*f).to_string()).collect();
+            cycle.push(self.program.sources.name(id).to_string());
+            self.diags.push(
+                Diagnostic::new(Code::CyclicImport, file, imp.path_span, format!("cyclic import of `{shown}`"))
+                    .label("this import closes a cycle")
+                    .help(format!(
+                        "the cycle is {}; move the shared blocks into a module both can import",
+                        cycle.join(" → ")
+                    )),
             );
             return None;
-        };
+        }
+        self.module(id)
+    }
+
+    /// Reads an imported file, reporting why when it cannot be read.
+    fn load_import(&mut self, file: FileId, imp: &ast::Import, shown: &str, target: &Path) -> Option<FileId> {
         let loaded = match target.canonicalize() {
-            Ok(c) => self.program.sources.lookup(&c).map(Ok).unwrap_or_else(|| self.program.sources.load(&target)),
+            Ok(c) => self.program.sources.lookup(&c).map(Ok).unwrap_or_else(|| self.program.sources.load(target)),
             Err(_) => Err(ReadError::NotFound),
         };
         match loaded {
-            Ok(id) if self.stack.contains(&id) => {
-                let start = self.stack.iter().position(|f| *f == id).unwrap();
-                let mut cycle: Vec<String> =
-                    self.stack[start..].iter().map(|f| self.program.sources.name(*f).to_string()).collect();
-                cycle.push(self.program.sources.name(id).to_string());
-                self.diags.push(
-                    Diagnostic::new(Code::CyclicImport, file, imp.path_span, format!("cyclic import of `{shown}`"))
-                        .label("this import closes a cycle")
-                        .help(format!(
-                            "the cycle is {}; move the shared blocks into a module both can import",
-                            cycle.join(" → ")
-                        )),
-                );
-                None
-            }
-            Ok(id) => self.module(id),
+            Ok(id) => Some(id),
             Err(ReadError::NotFound) => {
                 self.diags.push(
                     Diagnostic::new(Code::FileNotFound, file, imp.path_span, format!("module `{shown}` not found"))
@@ -206,7 +219,7 @@ impl Loader {
                 None
             }
             Err(ReadError::NotUtf8 { offset }) => {
-                let lossy = String::from_utf8_lossy(&std::fs::read(&target).unwrap_or_default()).into_owned();
+                let lossy = String::from_utf8_lossy(&std::fs::read(target).unwrap_or_default()).into_owned();
                 let id = self.program.sources.add_text(target.display().to_string(), lossy);
                 self.diags.push(not_utf8(id, offset));
                 None

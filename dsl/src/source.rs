@@ -54,6 +54,15 @@ impl Sources {
         Ok(FileId(self.files.len() - 1))
     }
 
+    /// Adds a compiled-in std module once, however many modules import it; it is found again
+    /// by its virtual name (`<std>/…`) among the texts that have no path.
+    pub fn add_std(&mut self, name: String, text: &'static str) -> FileId {
+        match self.files.iter().position(|f| f.path.is_none() && f.name == name) {
+            Some(i) => FileId(i),
+            None => self.add_text(name, text),
+        }
+    }
+
     pub fn lookup(&self, canonical: &Path) -> Option<FileId> {
         self.files.iter().position(|f| f.path.as_deref() == Some(canonical)).map(FileId)
     }
@@ -92,23 +101,36 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-/// Where the standard library lives: `$HYB_STDLIB`, else the nearest `stdlib/` above the
-/// executable (a checkout's `target/…/hyb`), else the source tree this crate was built from.
-pub fn stdlib_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("HYB_STDLIB") {
-        return Some(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors().map(|a| a.join("stdlib")).find(|d| d.join("nn.hyb").is_file()).or_else(|| {
-        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-        here.join("nn.hyb").is_file().then_some(here)
-    })
+/// The standard library compiled in by `build.rs`: module name (`layers`) and text.
+const EMBEDDED_STD: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/stdlib.rs"));
+
+/// The names of the compiled-in standard library modules, sorted.
+pub fn std_modules() -> impl Iterator<Item = &'static str> {
+    EMBEDDED_STD.iter().map(|(m, _)| *m)
 }
 
-/// The file an import path names: `std.a.b` → `<stdlib>/a/b.hyb`; `a.b` → `<dir>/a/b.hyb`.
-pub fn import_target(path: &[String], importing_dir: Option<&Path>) -> Option<PathBuf> {
+/// What an import path names.
+pub enum ImportTarget {
+    /// A file on disk: a module next to the importer, or a std module under `$HYB_STDLIB`.
+    File(PathBuf),
+    /// A compiled-in standard library module, named by a virtual path (`<std>/layers.hyb`)
+    /// that diagnostics show with its text.
+    Std { name: String, text: &'static str },
+}
+
+/// The module an import path names: `a.b` → `<dir>/a/b.hyb`; `std.a` → the compiled-in
+/// `stdlib/a.hyb`, or `$HYB_STDLIB/a.hyb` when that is set (to try a changed stdlib without
+/// rebuilding).
+pub fn import_target(path: &[String], importing_dir: Option<&Path>) -> Option<ImportTarget> {
     let (base, rest) = match path.first().map(String::as_str) {
-        Some("std") => (stdlib_dir()?, &path[1..]),
+        Some("std") => match std::env::var_os("HYB_STDLIB") {
+            Some(dir) => (PathBuf::from(dir), &path[1..]),
+            None => {
+                let [module] = &path[1..] else { return None };
+                let &(_, text) = EMBEDDED_STD.iter().find(|(m, _)| m == module)?;
+                return Some(ImportTarget::Std { name: format!("<std>/{module}.hyb"), text });
+            }
+        },
         _ => (importing_dir?.to_path_buf(), path),
     };
     if rest.is_empty() {
@@ -119,5 +141,5 @@ pub fn import_target(path: &[String], importing_dir: Option<&Path>) -> Option<Pa
         p.push(part);
     }
     p.set_extension("hyb");
-    Some(p)
+    Some(ImportTarget::File(p))
 }
