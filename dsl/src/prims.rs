@@ -134,6 +134,16 @@ pub struct Callable {
     pub fold: Option<fn(f64, f64) -> f64>,
     /// Returns its outputs as a tuple (`split`), even when there is one.
     pub tuple: bool,
+    /// The heads a call mixes, which `hyb show` counts per layer (so user-written mixers
+    /// are counted too).
+    pub heads: Option<Heads>,
+}
+
+/// Which heads a primitive's call mixes, and how many, read off its output shape.
+#[derive(Clone, Copy, Debug)]
+pub enum Heads {
+    Attention(fn(&[Dim]) -> u64),
+    Ssm(fn(&[Dim]) -> u64),
 }
 
 impl std::fmt::Debug for Callable {

@@ -5,7 +5,8 @@ use super::{callable, first, Args, Class, Decl, NoGradient, Prim, Primitive, Siz
 use crate::ir::{Graph, NodeId};
 use crate::reference::tensor::{Real, Tensor};
 use crate::shard::axes::Axes;
-use hyb_dsl::prims::{req, Ctx, Kind, RuleError};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::prims::{req, Ctx, Heads, Kind, RuleError};
 use hyb_dsl::value::shape_string;
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +17,16 @@ pub struct CausalMask;
 pub struct Tril;
 
 pub(super) const DECLS: &[Decl] = &[
-    callable!("causal_mask", &[req("x", Kind::Tensor)], |_: &Args| Ok(Prim::CausalMask(CausalMask))),
+    callable!("causal_mask", &[req("x", Kind::Tensor)], |_: &Args| Ok(Prim::CausalMask(CausalMask)))
+        .counting(Heads::Attention(heads_of_scores)),
     Decl::Internal { name: "tril", what: "the gradient of `causal_mask`" },
 ];
+
+/// Attention scores `[B, heads…, T, T]` mix the heads between batch and the square.
+fn heads_of_scores(scores: &[Dim]) -> u64 {
+    let inner = scores.get(1..scores.len().saturating_sub(2)).unwrap_or(&[]);
+    inner.iter().filter_map(|d| d.as_const()).map(|c| c as u64).product()
+}
 
 fn square(name: &str, inputs: &[Ty]) -> Result<Vec<Ty>, RuleError> {
     let (s, d) = first(inputs);

@@ -42,7 +42,7 @@ use crate::ir::{Graph, NodeId, TensorType};
 use crate::reference::tensor::{Real, Tensor};
 use crate::shard::axes::Axes;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::{Arg, Callable, Ctx, Param, Primitives, RuleError};
+use hyb_dsl::prims::{Arg, Callable, Ctx, Heads, Param, Primitives, RuleError};
 use hyb_dsl::value::{DType, Shape};
 use serde::{Deserialize, Serialize};
 
@@ -339,6 +339,19 @@ pub struct Entry {
     pub bind: Option<Binder>,
 }
 
+impl Decl {
+    /// The declaration with the heads its calls mix, for the layer table.
+    pub const fn counting(self, heads: Heads) -> Decl {
+        match self {
+            Decl::Callable(mut e) => {
+                e.call.heads = Some(heads);
+                Decl::Callable(e)
+            }
+            internal => internal,
+        }
+    }
+}
+
 /// Every module's declarations: the registration of the language's primitives.
 const DECLS: &[&[Decl]] = &[
     pointwise::DECLS,
@@ -493,6 +506,7 @@ macro_rules! callable {
                 },
                 fold: $fold,
                 tuple: false,
+                heads: None,
             },
             bind: Some($bind),
         })

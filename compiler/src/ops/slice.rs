@@ -34,7 +34,7 @@ pub(super) const DECLS: &[Decl] = &[
         |a: &Args| Ok(Prim::Slice(Slice { axis: a.known(1, "axis")?, start: a.int(2), end: a.int(3) }))
     ),
     Decl::Callable(Entry {
-        call: Callable { name: "split", signature: SPLIT, rule: split, fold: None, tuple: true },
+        call: Callable { name: "split", signature: SPLIT, rule: split, fold: None, tuple: true, heads: None },
         bind: None,
     }),
     Decl::Internal { name: "pad", what: "the gradient of `slice`" },

@@ -9,7 +9,7 @@ use crate::ir::{Graph, NodeId, TensorType};
 use crate::reference::tensor::{Real, Tensor};
 use crate::shard::axes::Axes;
 use hyb_dsl::dim::Dim;
-use hyb_dsl::prims::{opt, req, Ctx, Default, Kind, RuleError};
+use hyb_dsl::prims::{opt, req, Ctx, Default, Heads, Kind, RuleError};
 use hyb_dsl::value::shape_string;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +45,8 @@ pub(super) const DECLS: &[Decl] = &[
             }
             Ok(Prim::SsdScan(SsdScan { chunk }))
         }
-    ),
+    )
+    .counting(Heads::Ssm(|y| y[2].as_const().unwrap_or(0) as u64)),
     Decl::Internal { name: "ssd_scan_grad", what: "the gradient of `ssd_scan`" },
 ];
 

@@ -10,6 +10,7 @@ use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
 use crate::inits::Role;
+use crate::prims::Heads;
 use crate::resolve::{DefId, DefKind};
 use crate::source::FileId;
 use crate::trace::{numel, InitSpec, Op, ParamInfo, Trace};
@@ -724,9 +725,8 @@ impl<'p> Expander<'p> {
     }
 }
 
-/// Parameter count and head counts of the ops a layer added to the trace. Attention heads
-/// are read off the causal mask's input `[B, heads…, T, T]`, SSM heads off the scan's
-/// `x: [B, T, heads, head_dim]`, so user-written mixers are counted too.
+/// Parameter count and head counts of the ops a layer added to the trace, each primitive
+/// counting the heads it mixes.
 fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>, block: String) -> LayerSummary {
     let mut s = LayerSummary {
         index,
@@ -741,18 +741,11 @@ fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>,
     for op in &trace.ops[from..] {
         match op {
             Op::Param { param, .. } => s.params += numel(&param.shape).unwrap_or(0),
-            Op::Prim { prim, outs, .. } if prim.name == "causal_mask" => {
-                let shape = &trace.tensors[outs[0]].shape;
-                let heads: u64 = shape[1..shape.len().saturating_sub(2)]
-                    .iter()
-                    .filter_map(|d| d.as_const())
-                    .map(|c| c as u64)
-                    .product();
-                s.attention_heads += heads;
-            }
-            Op::Prim { prim, outs, .. } if prim.name == "ssd_scan" => {
-                s.ssm_heads += trace.tensors[outs[0]].shape[2].as_const().unwrap_or(0) as u64;
-            }
+            Op::Prim { prim, outs, .. } => match prim.heads {
+                Some(Heads::Attention(count)) => s.attention_heads += count(&trace.tensors[outs[0]].shape),
+                Some(Heads::Ssm(count)) => s.ssm_heads += count(&trace.tensors[outs[0]].shape),
+                None => {}
+            },
             _ => {}
         }
     }
