@@ -1,16 +1,16 @@
 //! The `hyb` command line.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hyb_compiler::check::{check_paths, Checked};
 use hyb_dsl::expand::model::ModelSummary;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod explain;
 mod logits;
 mod train;
+mod values;
 
 #[derive(Parser)]
 #[command(name = "hyb", version, about = "Compiler and runtime for hybrid attention/SSM models")]
@@ -55,6 +55,7 @@ enum Command {
     /// Write a model and its weights as a Hugging Face Falcon-H1 checkpoint folder.
     Export {
         file: PathBuf,
+        /// A weights file, a training checkpoint, or a run directory (its checkpoint).
         #[arg(long)]
         weights: PathBuf,
         #[arg(short, long)]
@@ -72,14 +73,14 @@ enum Command {
         model: Option<String>,
         /// Widths (values of the model's `d`), comma-separated; settings written in terms of
         /// `d` scale with it.
-        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256", value_parser = clap::value_parser!(u64).range(1..))]
         widths: Vec<u64>,
         /// µP base width (default: the smallest width).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         base_width: Option<u64>,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
-        #[arg(long, default_value_t = 1e-2)]
+        #[arg(long, default_value_t = 1e-2, value_parser = values::positive_finite)]
         lr: f64,
         #[arg(long, default_value = "runs/mup_check")]
         out: PathBuf,
@@ -111,8 +112,10 @@ enum Command {
 const STACK_BYTES: usize = 512 << 20;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
+    // The matches say which flags were given (`hyb train --resume` checks those).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli, matches));
     match worker.map(|h| h.join()) {
         Ok(Ok(Ok(code))) => code,
         Ok(Ok(Err(e))) => {
@@ -126,7 +129,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
     match cli.command {
         Command::Check { files } => {
             let checked = check(&files)?;
@@ -163,7 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let m = choose(&checked, &file, model.as_deref())?;
-            let w = hyb_runtime::weights::load(&weights)?;
+            let w = export_weights(&weights)?;
             hyb_runtime::hf::export(&m.summary, w, &out)?;
             println!("exported {} → {}", m.summary.name, out.display());
             Ok(ExitCode::SUCCESS)
@@ -200,7 +203,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
-            train::run(&args, m)?;
+            let given = matches.subcommand_matches("train").context("train's arguments")?;
+            train::run(&args, m, given)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {
@@ -246,6 +250,16 @@ fn choose<'c>(checked: &'c Checked, file: &Path, model: Option<&str>) -> Result<
     match chosen {
         Some((_, m)) => Ok(m),
         None => bail!("no model `{}` in {} (models: {})", model.unwrap_or_default(), file.display(), names.join(", ")),
+    }
+}
+
+/// The model weights of a weights file, a training checkpoint or a run directory.
+fn export_weights(path: &Path) -> Result<hyb_runtime::weights::Weights> {
+    use hyb_runtime::train::checkpoint;
+    let path = checkpoint::path_in(path);
+    match hyb_runtime::weights::load(&path) {
+        Err(hyb_runtime::weights::WeightsError::TrainingCheckpoint { .. }) => Ok(checkpoint::load_weights(&path)?),
+        loaded => Ok(loaded?),
     }
 }
 
@@ -317,26 +331,14 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode> {
             println!("would reformat {}", path.display());
             failed = true;
         } else {
-            write_atomically(path, formatted.as_bytes())?;
+            // A symlink stays a link: its target is the file that gets formatted.
+            let target = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
+            hyb_runtime::atomic::write(&target, formatted.as_bytes())
+                .with_context(|| format!("cannot write {}", target.display()))?;
             println!("formatted {}", path.display());
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-/// Replaces a file so that a crash leaves either the old or the new content, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("not a file path")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.hyb-fmt.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        std::fs::set_permissions(&tmp, meta.permissions())?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
 }
 
 fn layer_table(s: &ModelSummary) -> String {

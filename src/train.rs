@@ -1,13 +1,21 @@
 //! `hyb train`: argument handling and the progress display around the runtime's trainer.
+//!
+//! A fresh run needs an empty `--out` (or `--force`). `--resume DIR` continues the run in
+//! DIR, or forks it into `--out` when that names another directory; flags that contradict
+//! what the run stored are an error naming them, never silently dropped.
 
+use crate::values::{at_least_one, non_negative_finite, positive_finite, token_width};
 use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
-use hyb_runtime::train::data::{Mqar, Source};
+use hyb_runtime::train::data::DataSpec;
+use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
-use hyb_runtime::train::{TrainConfig, Trainer};
+use hyb_runtime::train::{checkpoint, Resume, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -21,49 +29,57 @@ pub struct TrainArgs {
     /// Tokenize the --data text with this Hugging Face tokenizer.json (default: bytes).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Read --data as little-endian token ids of this many bytes.
-    #[arg(long)]
+    /// Read --data as little-endian token ids of this many bytes (2 or 4).
+    #[arg(long, value_parser = token_width)]
     token_bytes: Option<usize>,
     /// Key-value pairs per MQAR sequence.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     mqar_pairs: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     batch: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     seq: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = positive_finite)]
     lr: f64,
     #[arg(long, default_value_t = 20)]
     warmup: u64,
-    /// cosine, wsd or constant.
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "wsd", "constant"])]
     schedule: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Evaluate every this many steps (0: never).
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     eval_batches: u64,
+    /// Checkpoint every this many steps (0: only at the end).
     #[arg(long, default_value_t = 50)]
     save_every: u64,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative_finite)]
     weight_decay: f64,
     /// Also decay embeddings, norms, biases, A_log, D and dt_bias (default: matrices only).
     #[arg(long)]
     decay_all: bool,
     /// µP base width: widths are scaled relative to it (default: the model's `base_width`
     /// setting, else no µP scaling).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     base_width: Option<u64>,
-    /// Run directory: checkpoint.safetensors, metrics.jsonl.
-    #[arg(long, default_value = "runs/latest")]
-    out: PathBuf,
+    /// Run directory: checkpoint.safetensors, metrics.jsonl [default: runs/latest]. It must
+    /// be empty or new (see --force). With --resume, another directory receives a fork of
+    /// the resumed run.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Start over in a --out directory that holds a run, deleting its checkpoint and metrics.
+    #[arg(long)]
+    force: bool,
     /// Continue the run in this directory from its checkpoint (--steps may extend it).
     #[arg(long)]
     resume: Option<PathBuf>,
 }
+
+const DEFAULT_OUT: &str = "runs/latest";
 
 fn schedule(name: &str) -> Result<Schedule> {
     Ok(match name {
@@ -74,44 +90,133 @@ fn schedule(name: &str) -> Result<Schedule> {
     })
 }
 
-pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
-    let source = match (args.data.as_str(), args.token_bytes, &args.tokenizer) {
-        ("mqar", _, _) => Source::Mqar(Mqar { vocab: model.summary.vocab as usize, pairs: args.mqar_pairs }),
+fn config(args: &TrainArgs, model: &Expanded) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        seq: args.seq,
+        lr: args.lr,
+        warmup: args.warmup,
+        schedule: schedule(&args.schedule)?,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        save_every: args.save_every,
+        max_bad_steps: 5,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: args.weight_decay,
+        decay_all: args.decay_all,
+        clip: Some(1.0),
+        width_mult: args.base_width.or(model.summary.base_width).map_or(1.0, |b| model.summary.d as f64 / b as f64),
+    })
+}
+
+/// The data the flags name.
+fn data_spec(args: &TrainArgs, explicit: &dyn Fn(&str) -> bool) -> Result<DataSpec> {
+    let file = |p: &str| PathBuf::from(p);
+    let spec = match (args.data.as_str(), args.token_bytes, &args.tokenizer) {
+        ("mqar", None, None) => DataSpec::Mqar { pairs: args.mqar_pairs },
+        ("mqar", _, _) => bail!("--token-bytes and --tokenizer read a --data file; MQAR data is generated"),
         (_, Some(_), Some(_)) => bail!("--token-bytes reads pre-tokenized ids; it cannot be combined with --tokenizer"),
-        (path, Some(width), None) => Source::token_file(path.as_ref(), width)?,
-        (path, None, Some(tok)) => Source::tokenized_text(path.as_ref(), tok)?,
-        (path, None, None) => Source::text(path.as_ref())?,
+        (path, Some(width), None) => DataSpec::TokenFile { path: file(path), token_bytes: width },
+        (path, None, Some(tok)) => DataSpec::TokenizedText { path: file(path), tokenizer: tok.clone() },
+        (path, None, None) => DataSpec::Text { path: file(path) },
     };
-    let forward = elaborate(&model.trace);
-    let mut trainer = match &args.resume {
-        Some(dir) => Trainer::resume(forward, source, dir, Some(args.steps))
-            .with_context(|| format!("cannot resume {}", dir.display()))?,
-        None => {
-            let cfg = TrainConfig {
-                steps: args.steps,
-                batch: args.batch,
-                seq: args.seq,
-                lr: args.lr,
-                warmup: args.warmup,
-                schedule: schedule(&args.schedule)?,
-                seed: args.seed,
-                eval_every: args.eval_every,
-                eval_batches: args.eval_batches,
-                save_every: args.save_every,
-                max_bad_steps: 5,
-                beta1: 0.9,
-                beta2: 0.95,
-                weight_decay: args.weight_decay,
-                decay_all: args.decay_all,
-                clip: Some(1.0),
-                width_mult: args
-                    .base_width
-                    .or(model.summary.base_width)
-                    .map_or(1.0, |b| model.summary.d as f64 / b as f64),
-            };
-            Trainer::new(forward, source, cfg, &args.out)?
+    if explicit("mqar_pairs") && !matches!(spec, DataSpec::Mqar { .. }) {
+        bail!("--mqar-pairs applies to --data mqar only");
+    }
+    Ok(spec.absolute()?)
+}
+
+/// The flags given with `--resume` whose values differ from the stored run's.
+fn conflicts(
+    args: &TrainArgs,
+    model: &Expanded,
+    stored: &TrainConfig,
+    data: &DataSpec,
+    explicit: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let given = config(args, model)?;
+    let mut out = Vec::new();
+    let mut check = |id: &str, same: bool, given: String, stored: String| {
+        if explicit(id) && !same {
+            out.push(format!("--{} {given} (the run's is {stored})", id.replace('_', "-")));
         }
     };
+    macro_rules! field {
+        ($id:literal, $f:ident) => {
+            check($id, given.$f == stored.$f, format!("{:?}", given.$f), format!("{:?}", stored.$f))
+        };
+    }
+    field!("batch", batch);
+    field!("seq", seq);
+    field!("lr", lr);
+    field!("warmup", warmup);
+    field!("schedule", schedule);
+    field!("seed", seed);
+    field!("eval_every", eval_every);
+    field!("eval_batches", eval_batches);
+    field!("save_every", save_every);
+    field!("weight_decay", weight_decay);
+    field!("decay_all", decay_all);
+    check(
+        "base_width",
+        given.width_mult == stored.width_mult,
+        format!("{:?} (width multiplier {})", args.base_width.unwrap_or_default(), given.width_mult),
+        format!("width multiplier {}", stored.width_mult),
+    );
+    if ["data", "tokenizer", "token_bytes", "mqar_pairs"].iter().any(|id| explicit(id)) {
+        let given = data_spec(args, explicit)?;
+        if &given != data {
+            out.push(format!("--data: {given} (the run trained on {data})"));
+        }
+    }
+    Ok(out)
+}
+
+fn existing(force: bool) -> Existing {
+    if force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    }
+}
+
+/// The trainer for a fresh or resumed run, after every check.
+fn trainer(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<Trainer> {
+    let explicit = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
+    let forward = elaborate(&model.trace);
+    let vocab = model.summary.vocab as usize;
+    let Some(from) = &args.resume else {
+        let source = data_spec(args, &explicit)?.open(vocab)?;
+        let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
+        return Ok(Trainer::new(forward, source, config(args, model)?, &out, existing(args.force))?);
+    };
+    let cannot = || format!("cannot resume {}", from.display());
+    let (stored, identity) = Trainer::stored(from).with_context(cannot)?;
+    let differ = conflicts(args, model, &stored, &identity.data, &explicit)?;
+    if !differ.is_empty() {
+        bail!(
+            "{}: {} contradict{} the run's stored settings; leave {} out to continue with the run's values",
+            cannot(),
+            differ.join(", "),
+            if differ.len() == 1 { "s" } else { "" },
+            if differ.len() == 1 { "it" } else { "them" }
+        );
+    }
+    let source = identity.data.open(vocab).with_context(cannot)?;
+    let how = Resume {
+        from,
+        into: args.out.as_deref().unwrap_or(from),
+        existing: existing(args.force),
+        steps: explicit("steps").then_some(args.steps),
+    };
+    Trainer::resume(forward, source, &how).with_context(cannot)
+}
+
+pub fn run(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<()> {
+    let mut trainer = trainer(args, model, given)?;
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -137,9 +242,20 @@ pub fn run(args: &TrainArgs, model: &Expanded) -> Result<()> {
     });
     bar.finish();
     result?;
-    let dir = args.resume.as_ref().unwrap_or(&args.out);
-    println!("checkpoint: {}", dir.join("checkpoint.safetensors").display());
-    println!("metrics:    {}", dir.join("metrics.jsonl").display());
-    println!("loss curve: {}", trainer.plot_losses()?.display());
+    print_outputs(&trainer, trainer.dir());
     Ok(())
+}
+
+/// Names the files the run left, and only those.
+fn print_outputs(trainer: &Trainer, dir: &Path) {
+    match trainer.saved_at() {
+        Some(step) => println!("checkpoint: {} (step {step})", dir.join(checkpoint::FILE).display()),
+        None => println!("checkpoint: none written (the steps were non-finite and skipped)"),
+    }
+    println!("metrics:    {}", dir.join("metrics.jsonl").display());
+    // The curve is a convenience: a run without one finite loss has nothing to draw.
+    match trainer.plot_losses() {
+        Ok(path) => println!("loss curve: {}", path.display()),
+        Err(e) => eprintln!("warning: {e}"),
+    }
 }

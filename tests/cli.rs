@@ -251,7 +251,8 @@ fn killing_training_never_corrupts_the_checkpoint() {
         if run.join("checkpoint.safetensors").exists() {
             args.extend(["--resume".into(), run_s.clone()]);
         } else {
-            args.extend(["--out".into(), run_s.clone()]);
+            // A run killed before its first checkpoint leaves metrics; start it over.
+            args.extend(["--out".into(), run_s.clone(), "--force".into()]);
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_hyb"))
             .args(&args)
@@ -266,12 +267,13 @@ fn killing_training_never_corrupts_the_checkpoint() {
         let ckpt = run.join("checkpoint.safetensors");
         if ckpt.exists() {
             seen_checkpoint = true;
-            let (state, _) = hyb_runtime::train::checkpoint::load(&ckpt).expect("the surviving checkpoint loads");
+            let state = hyb_runtime::train::checkpoint::load(&ckpt).expect("the surviving checkpoint loads").state;
             assert!(state.step >= 1 && !state.params.is_empty());
         }
     }
     assert!(seen_checkpoint, "no checkpoint was ever written");
-    let r = hyb(&["train", &model, "--resume", &run_s, "--steps", "1"]);
+    let done = hyb_runtime::train::checkpoint::load(&run.join("checkpoint.safetensors")).unwrap().state.step;
+    let r = hyb(&["train", &model, "--resume", &run_s, "--steps", &(done + 1).to_string()]);
     assert!(r.status.success(), "{}", stderr(&r));
 }
 

@@ -4,7 +4,8 @@
 
 use crate::ast::Span;
 use crate::source::{FileId, Sources};
-use miette::{LabeledSpan, NamedSource, SourceSpan};
+use miette::{LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -159,7 +160,7 @@ struct Rendered {
     code: Code,
     message: String,
     help: Option<String>,
-    source: NamedSource<Arc<str>>,
+    source: Windowed,
     labels: Vec<LabeledSpan>,
     related: Vec<Rendered>,
 }
@@ -167,40 +168,149 @@ struct Rendered {
 impl Rendered {
     fn build(d: &Diagnostic, sources: &Sources) -> Rendered {
         let primary = d.file();
+        let here: Vec<Span> = d.labels.iter().filter(|l| l.file == primary).map(|l| l.span).collect();
+        let (source, shown) = Windowed::new(sources.name(primary), sources.text_arc(primary), &here);
         let mut labels = Vec::new();
         let mut related = Vec::new();
+        let mut spans = shown.into_iter();
         for (i, l) in d.labels.iter().enumerate() {
             let text = (!l.text.is_empty()).then(|| l.text.clone());
             if l.file == primary {
-                let span = clamp(l.span, sources.text(primary));
+                let span = spans.next().expect("one shown span per label in the primary file");
                 labels.push(if i == 0 {
                     LabeledSpan::new_primary_with_span(text, span)
                 } else {
                     LabeledSpan::new_with_span(text, span)
                 });
             } else {
-                let note = Diagnostic::new(d.code, l.file, l.span, l.text.clone());
+                let note = Diagnostic::new(d.code, l.file, l.span, String::new());
                 let mut r = Rendered::build(&note, sources);
                 r.message = format!("note: {}", l.text);
-                r.labels[0] = LabeledSpan::new_primary_with_span(None, clamp(l.span, sources.text(l.file)));
                 related.push(r);
             }
         }
-        Rendered {
-            code: d.code,
-            message: d.message.clone(),
-            help: d.help.clone(),
-            source: NamedSource::new(sources.name(primary), sources.text_arc(primary)),
-            labels,
-            related,
-        }
+        Rendered { code: d.code, message: d.message.clone(), help: d.help.clone(), source, labels, related }
     }
 }
 
-fn clamp(span: Span, text: &str) -> SourceSpan {
-    let start = span.start.min(text.len());
-    let end = span.end.clamp(start, text.len());
-    SourceSpan::new(start.into(), end - start)
+/// Lines longer than this (in bytes) are shown as a window around their labels: miette's
+/// renderer panics on a label past column 65,535, and a window is more readable anyway.
+const MAX_LINE: usize = 400;
+/// Bytes of a long line kept on either side of its labels.
+const CONTEXT: usize = 80;
+/// Marks where a long line was cut.
+const ELLIPSIS: &str = "…";
+
+/// A file as miette shows it: each over-long line cut to a window (marked `…`), with the
+/// columns reported in the header still those of the real line.
+#[derive(Debug)]
+struct Windowed {
+    name: String,
+    text: Arc<str>,
+    /// Per windowed line (0-based): real column minus shown column, in bytes (the unit of
+    /// miette's columns).
+    shift: BTreeMap<usize, usize>,
+}
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+impl Windowed {
+    /// The shown file and each label's span in it.
+    fn new(name: &str, text: Arc<str>, labels: &[Span]) -> (Windowed, Vec<SourceSpan>) {
+        let clamped: Vec<(usize, usize)> = labels
+            .iter()
+            .map(|s| {
+                let start = floor_boundary(&text, s.start.min(text.len()));
+                (start, ceil_boundary(&text, s.end.clamp(start, text.len())))
+            })
+            .collect();
+        let name = name.to_string();
+        if text.split('\n').all(|l| l.len() <= MAX_LINE) {
+            let spans = clamped.iter().map(|&(a, b)| SourceSpan::new(a.into(), b - a)).collect();
+            return (Windowed { name, text, shift: BTreeMap::new() }, spans);
+        }
+        // Each kept piece of the real text: (real start, real end, shown start).
+        let mut pieces: Vec<(usize, usize, usize)> = Vec::new();
+        let mut shown = String::new();
+        let mut shift = BTreeMap::new();
+        let mut line_start = 0;
+        for (number, line) in text.split_inclusive('\n').enumerate() {
+            let body_end = line_start + line.trim_end_matches('\n').len();
+            let line_end = line_start + line.len();
+            if line.len() <= MAX_LINE {
+                pieces.push((line_start, line_end, shown.len()));
+                shown.push_str(line);
+            } else {
+                let on_line = |o: &usize| (line_start..=body_end).contains(o);
+                let first = clamped.iter().map(|l| l.0).filter(on_line).min();
+                let mut from =
+                    floor_boundary(&text, first.map_or(line_start, |s| s.saturating_sub(CONTEXT).max(line_start)));
+                if from - line_start <= ELLIPSIS.len() {
+                    from = line_start;
+                }
+                let last = clamped.iter().map(|l| l.1).filter(on_line).max().unwrap_or(from);
+                let to = ceil_boundary(&text, (last.min(from + MAX_LINE) + CONTEXT).min(body_end).max(from));
+                if from > line_start {
+                    shown.push_str(ELLIPSIS);
+                    shift.insert(number, from - line_start - ELLIPSIS.len());
+                }
+                pieces.push((from, to, shown.len()));
+                shown.push_str(&text[from..to]);
+                if to < body_end {
+                    shown.push_str(ELLIPSIS);
+                }
+                pieces.push((body_end, line_end, shown.len()));
+                shown.push_str(&text[body_end..line_end]);
+            }
+            line_start = line_end;
+        }
+        // A real offset's place in the shown text (cut text maps to the nearest kept byte).
+        let place = |o: usize| {
+            let i = pieces.partition_point(|p| p.0 <= o).saturating_sub(1);
+            let (a, b, at) = pieces.get(i).copied().unwrap_or_default();
+            at + o.clamp(a, b) - a
+        };
+        let spans = clamped
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (place(a), place(b));
+                SourceSpan::new(a.into(), b.max(a) - a)
+            })
+            .collect();
+        (Windowed { name, text: shown.into(), shift }, spans)
+    }
+}
+
+impl SourceCode for Windowed {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let inner = self.text.read_span(span, before, after)?;
+        let column = inner.column() + self.shift.get(&inner.line()).copied().unwrap_or(0);
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            column,
+            inner.line_count(),
+        )))
+    }
 }
 
 impl fmt::Display for Rendered {

@@ -24,6 +24,10 @@ pub enum HfError {
     Weights(String),
     #[error("cannot export: {0}")]
     Export(String),
+    #[error("`{name}` cannot name the model: {reason}; choose a name with --name")]
+    Name { name: String, reason: String },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error(transparent)]
     Io(#[from] weights::WeightsError),
 }
@@ -87,6 +91,21 @@ const INFORMATIONAL: &[&str] = &[
     "_name_or_path",
 ];
 
+/// Fields that transformers' `FalconH1Config` gives a default when they are `null`. Any
+/// other `null` is an error: transformers would keep `None` and fail (or compute something
+/// else) when it builds the model.
+const NULL_MEANS_DEFAULT: &[&str] = &[
+    "num_key_value_heads",
+    "head_dim",
+    "mamba_d_ssm",
+    "time_step_limit",
+    "mlp_multipliers",
+    "ssm_multipliers",
+    "rope_parameters",
+    "rope_scaling",
+    "attn_layer_indices",
+];
+
 /// Reads a number that JSON may spell as `{"__float__": "Infinity"}` (transformers' encoding).
 fn number(v: &Json) -> Option<f64> {
     match v {
@@ -109,12 +128,18 @@ impl<'a> Fields<'a> {
     fn field(name: &str, reason: impl Into<String>) -> HfError {
         HfError::Field { field: name.to_string(), reason: reason.into() }
     }
-    fn get(&mut self, name: &'static str) -> Option<&'a Json> {
+    fn get(&mut self, name: &'static str) -> Result<Option<&'a Json>, HfError> {
         self.used.insert(name);
-        self.map.get(name).filter(|v| !v.is_null())
+        match self.map.get(name) {
+            Some(Json::Null) if NULL_MEANS_DEFAULT.contains(&name) => Ok(None),
+            Some(Json::Null) => {
+                Err(Self::field(name, "is null; give its value, or leave the field out for the default"))
+            }
+            v => Ok(v),
+        }
     }
     fn usize(&mut self, name: &'static str, default: Option<usize>) -> Result<usize, HfError> {
-        match self.get(name) {
+        match self.get(name)? {
             Some(v) => v
                 .as_u64()
                 .filter(|&n| n > 0)
@@ -124,7 +149,7 @@ impl<'a> Fields<'a> {
         }
     }
     fn float(&mut self, name: &'static str, default: f64) -> Result<f64, HfError> {
-        match self.get(name) {
+        match self.get(name)? {
             Some(v) => number(v)
                 .filter(|x| x.is_finite())
                 .ok_or_else(|| Self::field(name, format!("expected a finite number, found {v}"))),
@@ -132,13 +157,13 @@ impl<'a> Fields<'a> {
         }
     }
     fn boolean(&mut self, name: &'static str, default: bool) -> Result<bool, HfError> {
-        match self.get(name) {
+        match self.get(name)? {
             Some(v) => v.as_bool().ok_or_else(|| Self::field(name, format!("expected true or false, found {v}"))),
             None => Ok(default),
         }
     }
     fn floats<const N: usize>(&mut self, name: &'static str) -> Result<[f64; N], HfError> {
-        match self.get(name) {
+        match self.get(name)? {
             None => Ok([1.0; N]),
             Some(v) => {
                 let items: Vec<f64> = v
@@ -162,7 +187,7 @@ impl FalconConfig {
             serde_json::from_str(text).map_err(|e| HfError::Field { field: "<file>".into(), reason: e.to_string() })?;
         let map = root.as_object().ok_or_else(|| Fields::field("<file>", "expected a JSON object"))?;
         let mut f = Fields { map, used: Default::default() };
-        if let Some(t) = f.get("model_type") {
+        if let Some(t) = f.get("model_type")? {
             if t != "falcon_h1" {
                 return Err(HfError::Unsupported { field: "model_type".into(), value: t.to_string() });
             }
@@ -178,7 +203,7 @@ impl FalconConfig {
                 format!("{d_ssm} is not mamba_n_heads × mamba_d_head = {}", ssm_heads * ssm_head_dim),
             ));
         }
-        let rope_theta = match (f.get("rope_parameters"), f.get("rope_scaling")) {
+        let rope_theta = match (f.get("rope_parameters")?, f.get("rope_scaling")?) {
             (Some(p), _) => {
                 if let Some(t) = p.get("rope_type").filter(|t| *t != "default") {
                     return Err(HfError::Unsupported {
@@ -193,7 +218,7 @@ impl FalconConfig {
             (None, Some(s)) => return Err(HfError::Unsupported { field: "rope_scaling".into(), value: s.to_string() }),
             (None, None) => f.float("rope_theta", 10000.0)?,
         };
-        let dt_limit = match f.get("time_step_limit") {
+        let dt_limit = match f.get("time_step_limit")? {
             None => None,
             Some(v) => {
                 let pair: Vec<f64> = v.as_array().map(|a| a.iter().filter_map(number).collect()).unwrap_or_default();
@@ -205,14 +230,14 @@ impl FalconConfig {
             }
         };
         for (name, ok) in [("hidden_act", "silu")] {
-            if let Some(v) = f.get(name).filter(|v| *v != ok) {
+            if let Some(v) = f.get(name)?.filter(|v| *v != ok) {
                 return Err(HfError::Unsupported { field: name.into(), value: v.to_string() });
             }
         }
-        if let Some(v) = f.get("attn_layer_indices") {
+        if let Some(v) = f.get("attn_layer_indices")? {
             return Err(HfError::Unsupported { field: "attn_layer_indices".into(), value: v.to_string() });
         }
-        if let Some(v) = f.get("mamba_use_mlp").filter(|v| **v != Json::Bool(true)) {
+        if let Some(v) = f.get("mamba_use_mlp")?.filter(|v| **v != Json::Bool(true)) {
             return Err(HfError::Unsupported { field: "mamba_use_mlp".into(), value: v.to_string() });
         }
         let cfg = FalconConfig {
@@ -598,59 +623,106 @@ pub fn weights_to_hf(cfg: &FalconConfig, mut ours: Weights) -> Result<Weights, H
     Ok(out)
 }
 
-/// `hyb import`: writes `<out>/<name>.hyb` and `<out>/<name>.safetensors`.
+/// `hyb import`: writes `<out>/<name>.hyb` and `<out>/<name>.safetensors`. Everything is
+/// read and checked first; then both files are written as a set (see
+/// [`crate::atomic::write_all`]), the model last, so that a failure leaves the folder as it
+/// was.
 pub fn import(hf_dir: &Path, out_dir: &Path, name: &str) -> Result<FalconConfig, HfError> {
+    check_name(name)?;
     let config_path = hf_dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| HfError::Read { path: config_path.display().to_string(), reason: e.to_string() })?;
     let cfg = FalconConfig::from_json(&text)?;
     let hf = load_checkpoint(hf_dir)?;
+    check_size(&cfg, &hf)?;
     let ours = weights_from_hf(&cfg, hf)?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
     let hyb = cfg.to_hyb(name, &config_path.display().to_string());
-    let hyb_path = out_dir.join(format!("{name}.hyb"));
-    weights::write_atomically(&hyb_path, hyb.as_bytes())
-        .map_err(|e| HfError::Read { path: hyb_path.display().to_string(), reason: e.to_string() })?;
-    check_shapes(&hyb_path, &ours)?;
-    weights::save(&out_dir.join(format!("{name}.safetensors")), &ours, None)?;
+    check_shapes(&format!("{name}.hyb"), &hyb, &ours)?;
+    std::fs::create_dir_all(out_dir).map_err(|error| HfError::Write { path: out_dir.display().to_string(), error })?;
+    crate::atomic::write_all(&[
+        (out_dir.join(format!("{name}.safetensors")), weights::to_bytes(&ours, &Default::default())),
+        (out_dir.join(format!("{name}.hyb")), hyb.into_bytes()),
+    ])
+    .map_err(|(path, error)| HfError::Write { path: path.display().to_string(), error })?;
     Ok(cfg)
 }
 
-/// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+/// A model name is a plain identifier: it becomes the `model` definition's name and the
+/// stem of both output files, so it can never reach outside the output folder.
+pub fn check_name(name: &str) -> Result<(), HfError> {
+    let fail = |reason: &str| Err(HfError::Name { name: name.to_string(), reason: reason.to_string() });
+    let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return fail("a model name is letters, digits and `_`, starting with a letter (no `/`, `.` or spaces)");
+    }
+    if hyb_dsl::parse::parse(hyb_dsl::source::FileId(0), &format!("model {name} {{}}\n")).is_err() {
+        return fail("it is a hyb keyword");
+    }
+    Ok(())
+}
+
+/// Compares the config's size with the tensors before anything is built from it, so that
+/// an absurd `num_hidden_layers` or `vocab_size` is an error, not an allocation failure.
+fn check_size(cfg: &FalconConfig, hf: &Weights) -> Result<(), HfError> {
+    let layers = hf
+        .keys()
+        .filter_map(|k| k.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .collect::<std::collections::BTreeSet<_>>();
+    if layers.len() != cfg.layers || layers.last().is_some_and(|&l| l + 1 != layers.len()) {
+        return Err(Fields::field(
+            "num_hidden_layers",
+            format!("is {} but the checkpoint holds weights for {} layers", cfg.layers, layers.len()),
+        ));
+    }
+    let embed = "model.embed_tokens.weight";
+    match hf.get(embed).map(|w| w.tensor.shape.as_slice()) {
+        Some(&[v, d]) if v == cfg.vocab && d == cfg.d => Ok(()),
+        Some(shape) => Err(HfError::Weights(format!(
+            "`{embed}` has shape {shape:?} but vocab_size and hidden_size say [{}, {}]",
+            cfg.vocab, cfg.d
+        ))),
+        None => Err(HfError::Weights(format!("missing tensor `{embed}`"))),
+    }
+}
+
+/// `model.safetensors`, or the shards listed by `model.safetensors.index.json`. The index's
+/// `weight_map` decides which shard a tensor is read from; a copy in another shard is
+/// ignored.
 fn load_checkpoint(dir: &Path) -> Result<Weights, HfError> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.exists() || !index.exists() {
         return Ok(weights::load(&single)?);
     }
-    let text = std::fs::read_to_string(&index)
-        .map_err(|e| HfError::Read { path: index.display().to_string(), reason: e.to_string() })?;
-    let parsed: Json = serde_json::from_str(&text)
-        .map_err(|e| HfError::Read { path: index.display().to_string(), reason: e.to_string() })?;
-    let map = parsed
-        .get("weight_map")
-        .and_then(Json::as_object)
-        .ok_or_else(|| HfError::Read { path: index.display().to_string(), reason: "no `weight_map`".into() })?;
-    let mut shards: Vec<&str> = map.values().filter_map(Json::as_str).collect();
-    shards.sort_unstable();
-    shards.dedup();
-    let mut all = Weights::new();
-    for shard in shards {
-        if shard.contains('/') || shard.contains("..") {
-            return Err(HfError::Read {
-                path: index.display().to_string(),
-                reason: format!("shard name `{shard}` leaves the checkpoint folder"),
-            });
+    let bad = |reason: String| HfError::Read { path: index.display().to_string(), reason };
+    let text = std::fs::read_to_string(&index).map_err(|e| bad(e.to_string()))?;
+    let parsed: Json = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = parsed.get("weight_map").and_then(Json::as_object).ok_or_else(|| bad("no `weight_map`".into()))?;
+    let mut by_shard: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().ok_or_else(|| bad(format!("`weight_map` gives `{tensor}` the shard {shard}")))?;
+        if shard.contains('/') || shard.contains('\\') || shard.contains("..") {
+            return Err(bad(format!("shard name `{shard}` leaves the checkpoint folder")));
         }
-        all.extend(weights::load(&dir.join(shard))?);
+        by_shard.entry(shard).or_default().push(tensor);
+    }
+    let mut all = Weights::new();
+    for (shard, tensors) in by_shard {
+        let mut w = weights::load(&dir.join(shard))?;
+        for t in tensors {
+            let weight = w.remove(t).ok_or_else(|| {
+                HfError::Weights(format!("the index puts `{t}` in {shard}, but that shard does not hold it"))
+            })?;
+            all.insert(t.to_string(), weight);
+        }
     }
     Ok(all)
 }
 
-/// Checks the written model and that every weight has the shape the model declares.
-fn check_shapes(hyb_path: &Path, ours: &Weights) -> Result<(), HfError> {
-    let checked = hyb_compiler::check::check_paths(&[hyb_path]).map_err(HfError::Export)?;
+/// Checks the generated model and that every weight has the shape the model declares.
+fn check_shapes(name: &str, hyb: &str, ours: &Weights) -> Result<(), HfError> {
+    let checked = hyb_compiler::check::check_text(name, hyb);
     if let Some(d) = checked.diagnostics.first() {
         return Err(HfError::Weights(format!("the generated model does not check: {}", d.message)));
     }
@@ -671,16 +743,18 @@ fn check_shapes(hyb_path: &Path, ours: &Weights) -> Result<(), HfError> {
     Ok(())
 }
 
-/// `hyb export`: writes `config.json` and `model.safetensors` that transformers loads.
+/// `hyb export`: writes `config.json` and `model.safetensors` that transformers loads, as a
+/// set (see [`crate::atomic::write_all`]).
 pub fn export(summary: &ModelSummary, ours: Weights, out_dir: &Path) -> Result<FalconConfig, HfError> {
     let cfg = FalconConfig::from_summary(summary)?;
     let hf = weights_to_hf(&cfg, ours)?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(out_dir).map_err(|error| HfError::Write { path: out_dir.display().to_string(), error })?;
     let json = serde_json::to_string_pretty(&cfg.to_json()).expect("a JSON value serialises");
-    weights::write_atomically(&out_dir.join("config.json"), json.as_bytes())
-        .map_err(|e| HfError::Read { path: out_dir.display().to_string(), reason: e.to_string() })?;
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    weights::save(&out_dir.join("model.safetensors"), &hf, Some(meta))?;
+    let meta = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    crate::atomic::write_all(&[
+        (out_dir.join("model.safetensors"), weights::to_bytes(&hf, &meta)),
+        (out_dir.join("config.json"), json.into_bytes()),
+    ])
+    .map_err(|(path, error)| HfError::Write { path: path.display().to_string(), error })?;
     Ok(cfg)
 }

@@ -1,5 +1,6 @@
 //! The hyb runtime: weights on disk, Hugging Face interchange, and executors.
 
+pub mod atomic;
 pub mod hf;
 pub mod mup;
 pub mod plot;

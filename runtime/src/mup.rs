@@ -5,6 +5,7 @@
 
 use crate::plot::{self, Chart, Series};
 use crate::train::data::{Mqar, Source, Split};
+use crate::train::run_dir::Existing;
 use crate::train::schedule::Schedule;
 use crate::train::{TrainConfig, TrainError, Trainer};
 use hyb_compiler::elaborate::{elaborate, elaborate_outputs};
@@ -108,9 +109,11 @@ pub fn coordinate_check(file: &Path, model: Option<&str>, cfg: &CoordCheck, dir:
                 clip: None,
                 width_mult,
             };
+            // Scratch runs: a repeated check replaces them.
             let run_dir: PathBuf =
                 dir.join(format!("{}_{width}", if p == Parametrisation::Mup { "mup" } else { "sp" }));
-            let mut trainer = Trainer::new(elaborate(&expanded.trace), source.clone(), train_cfg, &run_dir)?;
+            let mut trainer =
+                Trainer::new(elaborate(&expanded.trace), source.clone(), train_cfg, &run_dir, Existing::Replace)?;
             for _ in 0..cfg.steps {
                 trainer.step()?;
             }

@@ -1,6 +1,7 @@
 //! PNG line charts (loss curves, µP coordinate checks) drawn with `plotters`. The font is
 //! bundled (DejaVu Sans, `assets/`), so charts render the same on machines without fonts.
 
+use image::ImageEncoder;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -34,7 +35,7 @@ fn register_font() {
     });
 }
 
-/// Draws `series` into a PNG at `path`, written atomically.
+/// Draws `series` into a PNG at `path`, written atomically (see [`crate::atomic`]).
 pub fn draw(path: &Path, chart: &Chart, series: &[Series]) -> Result<(), PlotError> {
     let fail = |reason: String| PlotError { path: path.display().to_string(), reason };
     register_font();
@@ -57,11 +58,10 @@ pub fn draw(path: &Path, chart: &Chart, series: &[Series]) -> Result<(), PlotErr
     };
     let (x0, x1) = bounds(|p| p.0, chart.log_x);
     let (y0, y1) = bounds(|p| p.1, chart.log_y);
-    // The encoder picks the format from the extension, so the temporary name ends in .png.
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
+    const SIZE: (u32, u32) = (900, 560);
+    let mut pixels = vec![0u8; 3 * SIZE.0 as usize * SIZE.1 as usize];
     {
-        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
         let mut builder = ChartBuilder::on(&root);
         builder.caption(chart.title, ("sans-serif", 24)).margin(16).x_label_area_size(44).y_label_area_size(70);
@@ -96,5 +96,9 @@ pub fn draw(path: &Path, chart: &Chart, series: &[Series]) -> Result<(), PlotErr
         }
         root.present().map_err(|e| fail(e.to_string()))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&pixels, SIZE.0, SIZE.1, image::ColorType::Rgb8)
+        .map_err(|e| fail(e.to_string()))?;
+    crate::atomic::write(path, &png).map_err(|e| fail(e.to_string()))
 }

@@ -191,7 +191,7 @@ fn missing_and_misshapen_weights_are_errors() {
     let mut w = weights::load(&f.join("model.safetensors")).unwrap();
     let a_log = w.get_mut("model.layers.1.mamba.A_log").unwrap();
     a_log.tensor = hyb_compiler::reference::Tensor::zeros(vec![a_log.tensor.len() + 1]);
-    weights::save(&copy.path().join("model.safetensors"), &w, None).unwrap();
+    weights::save(&copy.path().join("model.safetensors"), &w, &Default::default()).unwrap();
     let err = hf::import(copy.path(), &copy.path().join("out"), "m").unwrap_err().to_string();
     assert!(err.contains("layers.1.mamba.A_log") && err.contains("shape"), "{err}");
     let err = weights::load(&f.join("config.json")).unwrap_err().to_string();
@@ -215,8 +215,8 @@ fn sharded_checkpoints_import_like_single_files() {
             b.insert(k, v);
         }
     }
-    weights::save(&dir.path().join("model-00001-of-00002.safetensors"), &a, None).unwrap();
-    weights::save(&dir.path().join("model-00002-of-00002.safetensors"), &b, None).unwrap();
+    weights::save(&dir.path().join("model-00001-of-00002.safetensors"), &a, &Default::default()).unwrap();
+    weights::save(&dir.path().join("model-00002-of-00002.safetensors"), &b, &Default::default()).unwrap();
     std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())
         .unwrap();
     hf::import(dir.path(), &dir.path().join("sharded"), "m").unwrap();

@@ -4,9 +4,11 @@
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::Graph;
 use hyb_runtime::train::checkpoint;
-use hyb_runtime::train::data::{Mqar, Source, Split};
+use hyb_runtime::train::data::{DataSpec, Mqar, Source, Split};
+use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
-use hyb_runtime::train::{TrainConfig, TrainError, Trainer};
+use hyb_runtime::train::{Resume, TrainConfig, TrainError, Trainer};
+use std::path::Path;
 
 const MODEL: &str = "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"H\", H = falcon_h1_layer)\n    heads = 2\n    kv_heads = 1\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}\n";
 
@@ -49,24 +51,32 @@ fn mqar() -> Source {
     Source::Mqar(Mqar { vocab: 32, pairs: 3 })
 }
 
+fn fresh(forward: Graph, cfg: TrainConfig, dir: &Path) -> Trainer {
+    Trainer::new(forward, mqar(), cfg, dir, Existing::Refuse).unwrap()
+}
+
+fn in_place(dir: &Path) -> Resume<'_> {
+    Resume { from: dir, into: dir, existing: Existing::Refuse, steps: None }
+}
+
 #[test]
 fn resume_is_bit_exact() {
     let straight_dir = tempfile::tempdir().unwrap();
-    let mut straight = Trainer::new(forward(), mqar(), config(20), straight_dir.path()).unwrap();
+    let mut straight = fresh(forward(), config(20), straight_dir.path());
     straight.run(&mut |_| {}).unwrap();
 
     let split_dir = tempfile::tempdir().unwrap();
-    let mut first = Trainer::new(forward(), mqar(), config(20), split_dir.path()).unwrap();
+    let mut first = fresh(forward(), config(20), split_dir.path());
     for _ in 0..10 {
         first.step().unwrap();
     }
     first.save().unwrap();
     drop(first);
-    let mut second = Trainer::resume(forward(), mqar(), split_dir.path(), None).unwrap();
+    let mut second = Trainer::resume(forward(), mqar(), &in_place(split_dir.path())).unwrap();
     assert_eq!(second.state.step, 10);
     second.run(&mut |_| {}).unwrap();
     assert_eq!(second.state, straight.state, "10 + resume + 10 steps must equal 20 steps bit for bit");
-    let (saved, _) = checkpoint::load(&split_dir.path().join("checkpoint.safetensors")).unwrap();
+    let saved = checkpoint::load(&split_dir.path().join("checkpoint.safetensors")).unwrap().state;
     assert_eq!(saved, straight.state);
 }
 
@@ -76,7 +86,7 @@ fn training_reduces_the_loss() {
     let mut cfg = config(40);
     cfg.eval_every = 40;
     cfg.eval_batches = 2;
-    let mut t = Trainer::new(forward(), mqar(), cfg, dir.path()).unwrap();
+    let mut t = fresh(forward(), cfg, dir.path());
     let mut losses = vec![];
     t.run(&mut |r| losses.push(r.loss)).unwrap();
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
@@ -92,10 +102,11 @@ fn non_finite_steps_are_skipped_and_then_stop_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(10);
     cfg.save_every = 1;
-    cfg.lr = f64::INFINITY;
+    // Finite as a float64 setting, infinite in the float32 step.
+    cfg.lr = 1e300;
     cfg.warmup = 0;
     cfg.clip = None;
-    let mut t = Trainer::new(forward(), mqar(), cfg, dir.path()).unwrap();
+    let mut t = fresh(forward(), cfg, dir.path());
     let initial = t.state.params.clone();
     let err = t.run(&mut |_| {}).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(3)), "{err}");
@@ -109,15 +120,15 @@ fn non_finite_steps_are_skipped_and_then_stop_the_run() {
 #[test]
 fn damaged_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(forward(), mqar(), config(2), dir.path()).unwrap();
+    let mut t = fresh(forward(), config(2), dir.path());
     t.run(&mut |_| {}).unwrap();
     let path = dir.path().join("checkpoint.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Trainer::resume(forward(), mqar(), dir.path(), None).err().unwrap().to_string();
+    let err = Trainer::resume(forward(), mqar(), &in_place(dir.path())).err().unwrap().to_string();
     assert!(err.contains("checkpoint.safetensors"), "{err}");
     std::fs::write(&path, b"not a checkpoint").unwrap();
-    assert!(Trainer::resume(forward(), mqar(), dir.path(), None).is_err());
+    assert!(Trainer::resume(forward(), mqar(), &in_place(dir.path())).is_err());
 }
 
 #[test]
@@ -138,7 +149,8 @@ fn batches_are_deterministic_and_splits_disjoint() {
             assert!((0..pos).any(|p| ids[p] == key && ids[p + 1] == want), "query {key} → {want} not in {ids:?}");
         }
     }
-    let text = Source::Tokens { tokens: (0..1000).map(|i| (i % 50) as u32).collect(), vocab: 50 };
+    let text =
+        Source::Tokens { tokens: (0..1000).map(|i| (i % 50) as u32).collect(), vocab: 50, origin: DataSpec::InMemory };
     let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
     assert!(b.ids.iter().zip(&b.targets).all(|(a, t)| (a + 1) % 50 == *t));
 }
@@ -150,12 +162,12 @@ fn text_tokenized_with_a_tokenizer_json_and_token_files() {
     std::fs::write(&tok, r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"the":1,"cat":2,"sat":3,"on":4,"mat":5},"unk_token":"[UNK]"}}"#).unwrap();
     let text = dir.path().join("t.txt");
     std::fs::write(&text, "the cat sat on the mat ".repeat(40)).unwrap();
-    let Source::Tokens { tokens, vocab } = Source::tokenized_text(&text, &tok).unwrap() else { panic!() };
+    let Source::Tokens { tokens, vocab, .. } = Source::tokenized_text(&text, &tok).unwrap() else { panic!() };
     assert_eq!(vocab, 6);
     assert_eq!(&tokens[..6], &[1, 2, 3, 4, 1, 5]);
     let bin = dir.path().join("t.bin");
     std::fs::write(&bin, [1u16, 2, 3, 300].iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let Source::Tokens { tokens, vocab } = Source::token_file(&bin, 2).unwrap() else { panic!() };
+    let Source::Tokens { tokens, vocab, .. } = Source::token_file(&bin, 2).unwrap() else { panic!() };
     assert_eq!((tokens, vocab), (vec![1, 2, 3, 300], 301));
     std::fs::write(&bin, [1u8, 2, 3]).unwrap();
     assert!(Source::token_file(&bin, 2).unwrap_err().to_string().contains("whole number"));
@@ -177,7 +189,7 @@ fn a_bitnet_model_trains() {
         .join()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(g, mqar(), config(30), dir.path()).unwrap();
+    let mut t = fresh(g, config(30), dir.path());
     let mut losses = vec![];
     t.run(&mut |r| losses.push(r.loss)).unwrap();
     assert!(losses[25..].iter().sum::<f64>() < losses[..5].iter().sum::<f64>() - 0.5, "{losses:?}");

@@ -3,7 +3,7 @@
 //! data.
 
 use super::rng::Rng;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One batch: `ids` and next-token `targets` `[B, T]`, and the weight of each position's
 /// loss (summing to one over the batch).
@@ -39,7 +39,77 @@ pub enum Source {
     Tokens {
         tokens: Vec<u32>,
         vocab: usize,
+        /// Where the tokens came from.
+        origin: DataSpec,
     },
+}
+
+/// Where a run's data comes from, as stored in its checkpoint so that a resumed run reads
+/// the same data. Paths are absolute, so a run resumes from any working directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSpec {
+    Mqar {
+        pairs: usize,
+    },
+    Text {
+        path: PathBuf,
+    },
+    TokenizedText {
+        path: PathBuf,
+        tokenizer: PathBuf,
+    },
+    TokenFile {
+        path: PathBuf,
+        token_bytes: usize,
+    },
+    /// Tokens given in memory (tests).
+    InMemory,
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSpec::Mqar { pairs } => write!(f, "MQAR with {pairs} pairs"),
+            DataSpec::Text { path } => write!(f, "the bytes of {}", path.display()),
+            DataSpec::TokenizedText { path, tokenizer } => {
+                write!(f, "{} tokenized with {}", path.display(), tokenizer.display())
+            }
+            DataSpec::TokenFile { path, token_bytes } => {
+                write!(f, "the {token_bytes}-byte token ids of {}", path.display())
+            }
+            DataSpec::InMemory => f.write_str("tokens given in memory"),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, DataError> {
+    std::fs::canonicalize(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })
+}
+
+impl DataSpec {
+    /// The same data with every path made absolute (the files must exist).
+    pub fn absolute(self) -> Result<DataSpec, DataError> {
+        Ok(match self {
+            DataSpec::Text { path } => DataSpec::Text { path: absolute(&path)? },
+            DataSpec::TokenizedText { path, tokenizer } => {
+                DataSpec::TokenizedText { path: absolute(&path)?, tokenizer: absolute(&tokenizer)? }
+            }
+            DataSpec::TokenFile { path, token_bytes } => DataSpec::TokenFile { path: absolute(&path)?, token_bytes },
+            other => other,
+        })
+    }
+
+    /// Reads the data; `vocab` is the model's vocabulary (MQAR draws from all of it).
+    pub fn open(&self, vocab: usize) -> Result<Source, DataError> {
+        match self {
+            DataSpec::Mqar { pairs } => Ok(Source::Mqar(Mqar { vocab, pairs: *pairs })),
+            DataSpec::Text { path } => Source::text(path),
+            DataSpec::TokenizedText { path, tokenizer } => Source::tokenized_text(path, tokenizer),
+            DataSpec::TokenFile { path, token_bytes } => Source::token_file(path, *token_bytes),
+            DataSpec::InMemory => Err(DataError::Invalid("tokens given in memory cannot be read again".into())),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +127,8 @@ impl Source {
         std::str::from_utf8(&bytes).map_err(|e| {
             DataError::Invalid(format!("{} is not UTF-8 text (byte {})", path.display(), e.valid_up_to()))
         })?;
-        Ok(Source::Tokens { tokens: bytes.into_iter().map(u32::from).collect(), vocab: 256 })
+        let origin = DataSpec::Text { path: path.to_path_buf() };
+        Ok(Source::Tokens { tokens: bytes.into_iter().map(u32::from).collect(), vocab: 256, origin })
     }
 
     /// A UTF-8 text file tokenized with a Hugging Face `tokenizer.json`.
@@ -69,11 +140,15 @@ impl Source {
         let encoding = tok
             .encode(text, false)
             .map_err(|e| DataError::Invalid(format!("cannot tokenize {}: {e}", path.display())))?;
-        Ok(Source::Tokens { tokens: encoding.get_ids().to_vec(), vocab: tok.get_vocab_size(true) })
+        let origin = DataSpec::TokenizedText { path: path.to_path_buf(), tokenizer: tokenizer.to_path_buf() };
+        Ok(Source::Tokens { tokens: encoding.get_ids().to_vec(), vocab: tok.get_vocab_size(true), origin })
     }
 
     /// A pre-tokenized file of little-endian u16 or u32 ids.
     pub fn token_file(path: &Path, width: usize) -> Result<Source, DataError> {
+        if width != 2 && width != 4 {
+            return Err(DataError::Invalid(format!("token ids are 2 or 4 bytes wide, not {width}")));
+        }
         let bytes = std::fs::read(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
         if bytes.len() % width != 0 {
             return Err(DataError::Invalid(format!(
@@ -84,11 +159,38 @@ impl Source {
         }
         let tokens: Vec<u32> = match width {
             2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
-            4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
-            _ => return Err(DataError::Invalid(format!("token width must be 2 or 4 bytes, not {width}"))),
+            _ => bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
         };
         let vocab = tokens.iter().max().map_or(0, |m| *m as usize + 1);
-        Ok(Source::Tokens { tokens, vocab })
+        Ok(Source::Tokens {
+            tokens,
+            vocab,
+            origin: DataSpec::TokenFile { path: path.to_path_buf(), token_bytes: width },
+        })
+    }
+
+    /// Where the data came from.
+    pub fn spec(&self) -> DataSpec {
+        match self {
+            Source::Mqar(m) => DataSpec::Mqar { pairs: m.pairs },
+            Source::Tokens { origin, .. } => origin.clone(),
+        }
+    }
+
+    /// A SHA-256 of what the data yields: the token stream, or the MQAR task's parameters.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        match self {
+            Source::Mqar(m) => h.update(format!("mqar vocab {} pairs {}", m.vocab, m.pairs)),
+            Source::Tokens { tokens, vocab, .. } => {
+                h.update(format!("tokens vocab {vocab}"));
+                for t in tokens {
+                    h.update(t.to_le_bytes());
+                }
+            }
+        }
+        crate::weights::hex(&h.finalize())
     }
 
     /// Largest token id + 1 that the data can produce.
@@ -134,16 +236,32 @@ impl Source {
 }
 
 impl Mqar {
-    fn batch(&self, rng: &mut Rng, batch: usize, seq: usize) -> Result<Batch, DataError> {
-        let half = self.vocab / 2;
-        if self.pairs == 0 || self.pairs > half.saturating_sub(1) || 2 * self.pairs + 2 > seq + 1 {
+    /// Each of `pairs` distinct keys comes from the lower half of the vocabulary (without
+    /// id 0), and a sequence holds every pair and at least one query.
+    fn validate(&self, seq: usize) -> Result<(), DataError> {
+        let p = self.pairs;
+        if p == 0 {
+            return Err(DataError::Invalid("MQAR needs at least one key-value pair per sequence".into()));
+        }
+        let vocab_needed = p.saturating_mul(2).saturating_add(2);
+        if self.vocab < vocab_needed {
             return Err(DataError::Invalid(format!(
-                "MQAR with {} pairs needs a vocabulary over {} and sequences of at least {}",
-                self.pairs,
-                2 * self.pairs + 2,
-                2 * self.pairs + 1
+                "MQAR with {p} pairs draws {p} distinct keys from the lower half of the vocabulary, so it needs a vocabulary of at least {vocab_needed}; the model's is {}",
+                self.vocab
             )));
         }
+        let seq_needed = p.saturating_mul(2).saturating_add(1);
+        if seq < seq_needed {
+            return Err(DataError::Invalid(format!(
+                "MQAR with {p} pairs needs sequences of at least {seq_needed} tokens (the pairs and one query); --seq is {seq}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn batch(&self, rng: &mut Rng, batch: usize, seq: usize) -> Result<Batch, DataError> {
+        self.validate(seq)?;
+        let half = self.vocab / 2;
         let mut b = Batch { batch, seq, ids: vec![], targets: vec![], weights: vec![] };
         let mut answers = 0usize;
         for _ in 0..batch {

@@ -7,13 +7,15 @@ pub mod checkpoint;
 pub mod data;
 pub mod init;
 pub mod rng;
+pub mod run_dir;
 pub mod schedule;
 
 use checkpoint::State;
-use data::{Batch, Source, Split};
+use data::{Batch, DataSpec, Source, Split};
 use hyb_compiler::ir::Graph;
 use hyb_compiler::reference::{run, Tensor};
 use hyb_compiler::training::{training_graph, AdamW, TrainingGraph};
+use run_dir::{Existing, RunDir};
 use schedule::{learning_rate, Schedule};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -47,6 +49,54 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Every value in range: a run never starts, or resumes, on a setting it cannot honour
+    /// (and a non-finite value never reaches the stored configuration).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: &str, why: &str| Err(TrainError::Config(format!("{what} {why}")));
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let fraction = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.batch == 0 || self.seq == 0 {
+            return bad("batch and seq", "must be at least 1");
+        }
+        if !positive(self.lr) {
+            return bad("lr", &format!("must be a positive finite number, not {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", &format!("must be a finite number ≥ 0, not {}", self.weight_decay));
+        }
+        if self.eval_every > 0 && self.eval_batches == 0 {
+            return bad("eval_batches", "must be at least 1 when evaluating (eval_every > 0)");
+        }
+        if self.max_bad_steps == 0 {
+            return bad("max_bad_steps", "must be at least 1");
+        }
+        if !fraction(self.beta1) || !fraction(self.beta2) {
+            return bad("beta1 and beta2", &format!("must be in [0, 1), not {} and {}", self.beta1, self.beta2));
+        }
+        if self.clip.is_some_and(|c| !positive(c)) {
+            return bad("clip", "must be a positive finite number");
+        }
+        if !positive(self.width_mult) {
+            return bad(
+                "width_mult",
+                &format!("(d / base_width) must be a positive finite number, not {}", self.width_mult),
+            );
+        }
+        let ratio_ok = |r: f64| r.is_finite() && (0.0..=1.0).contains(&r);
+        let schedule_ok = match self.schedule {
+            Schedule::Constant => true,
+            Schedule::Cosine { min_ratio } => ratio_ok(min_ratio),
+            Schedule::Wsd { decay_fraction, min_ratio } => ratio_ok(decay_fraction) && ratio_ok(min_ratio),
+        };
+        if !schedule_ok {
+            return bad("schedule", &format!("{:?} has a ratio outside [0, 1]", self.schedule));
+        }
+        Ok(())
+    }
+
     fn adamw(&self) -> AdamW {
         AdamW {
             beta1: self.beta1,
@@ -57,6 +107,64 @@ impl TrainConfig {
             ..AdamW::default()
         }
     }
+}
+
+/// What a run trains: stored in its checkpoint and checked on resume, so that a run never
+/// continues on another model or other data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// SHA-256 of the forward graph: every operation, constant and parameter.
+    pub model: String,
+    /// Where the data comes from.
+    pub data: DataSpec,
+    /// SHA-256 of what the data yields (see [`Source::fingerprint`]).
+    pub data_sha256: String,
+}
+
+impl Identity {
+    pub fn of(forward: &Graph, source: &Source) -> Identity {
+        use sha2::Digest;
+        let graph = serde_json::to_vec(forward).expect("graphs serialise");
+        Identity {
+            model: crate::weights::hex(&sha2::Sha256::digest(graph)),
+            data: source.spec(),
+            data_sha256: source.fingerprint(),
+        }
+    }
+}
+
+/// How to continue a run.
+#[derive(Clone, Debug)]
+pub struct Resume<'a> {
+    /// The run directory holding the checkpoint.
+    pub from: &'a Path,
+    /// Where to continue: `from` itself, or another directory, which becomes a fork
+    /// (a copy of the run up to its checkpoint) and leaves `from` untouched.
+    pub into: &'a Path,
+    /// For a fork: what to do if `into` already holds files.
+    pub existing: Existing,
+    /// A new total number of steps, at least the steps already done.
+    pub steps: Option<u64>,
+}
+
+/// The data must fit the model's vocabulary and give batches of the configured shape.
+fn check_data(forward: &Graph, source: &Source, cfg: &TrainConfig) -> Result<(), TrainError> {
+    let vocab = forward.params.iter().find(|p| p.name == "embed_tokens.weight").map_or(0, |p| p.shape[0]);
+    if source.vocab() > vocab {
+        return Err(TrainError::Mismatch(format!(
+            "the data has token ids up to {} but the model's vocabulary is {vocab}",
+            source.vocab() - 1
+        )));
+    }
+    source.batch(cfg.seed, Split::Train, 0, cfg.batch, cfg.seq)?;
+    if cfg.eval_every > 0 {
+        source.batch(cfg.seed, Split::Eval, 0, cfg.batch, cfg.seq)?;
+    }
+    Ok(())
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// What one step did, for progress displays.
@@ -86,8 +194,12 @@ pub enum TrainError {
     Run(#[from] hyb_compiler::reference::RunError),
     #[error("cannot write {path}: {error}")]
     Io { path: String, error: std::io::Error },
+    #[error(transparent)]
+    RunDir(#[from] run_dir::RunDirError),
     #[error("{0}")]
     Mismatch(String),
+    #[error("invalid training configuration: {0}")]
+    Config(String),
     #[error("stopped after {0} consecutive steps with a non-finite loss or gradient; the last checkpoint is intact")]
     Diverged(u64),
 }
@@ -98,12 +210,24 @@ pub struct Trainer {
     step_graph: TrainingGraph,
     source: Source,
     pub state: State,
-    dir: PathBuf,
+    identity: Identity,
+    run: RunDir,
+    /// The step of the last checkpoint in the run directory, if there is one.
+    saved_at: Option<u64>,
 }
 
 impl Trainer {
-    /// A fresh run in `dir` (created), parameters initialised from the manifest.
-    pub fn new(forward: Graph, source: Source, cfg: TrainConfig, dir: &Path) -> Result<Trainer, TrainError> {
+    /// A fresh run in `dir` (created), parameters initialised from the manifest. Everything
+    /// is validated before the directory is touched.
+    pub fn new(
+        forward: Graph,
+        source: Source,
+        cfg: TrainConfig,
+        dir: &Path,
+        existing: Existing,
+    ) -> Result<Trainer, TrainError> {
+        cfg.validate()?;
+        check_data(&forward, &source, &cfg)?;
         let params: BTreeMap<String, Tensor<f32>> = forward
             .params
             .iter()
@@ -114,22 +238,57 @@ impl Trainer {
         let m = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
-        std::fs::create_dir_all(dir).map_err(|error| TrainError::Io { path: dir.display().to_string(), error })?;
+        let identity = Identity::of(&forward, &source);
+        let run = RunDir::fresh(dir, existing)?;
         let step_graph = training_graph(&forward, &cfg.adamw(), cfg.width_mult);
-        let t = Trainer { cfg, forward, step_graph, source, state, dir: dir.to_path_buf() };
-        t.check_vocab()?;
-        std::fs::write(t.metrics_path(), b"")
-            .map_err(|error| TrainError::Io { path: t.metrics_path().display().to_string(), error })?;
+        let t = Trainer { cfg, forward, step_graph, source, state, identity, run, saved_at: None };
+        t.write_metrics(b"")?;
         Ok(t)
     }
 
-    /// Continues the run in `dir` from its checkpoint; `steps` may extend it.
-    pub fn resume(forward: Graph, source: Source, dir: &Path, steps: Option<u64>) -> Result<Trainer, TrainError> {
-        let (state, config) = checkpoint::load(&dir.join("checkpoint.safetensors"))?;
-        let mut cfg: TrainConfig = serde_json::from_str(&config)
+    /// The configuration and identity stored in a run's checkpoint (its header only).
+    pub fn stored(run: &Path) -> Result<(TrainConfig, Identity), TrainError> {
+        let meta = checkpoint::metadata(&checkpoint::path_in(run))?;
+        let field = |k: &str| meta.get(k).map_or("", String::as_str);
+        let cfg: TrainConfig = serde_json::from_str(field("config"))
             .map_err(|e| TrainError::Mismatch(format!("the checkpoint's configuration is unreadable: {e}")))?;
-        if let Some(s) = steps {
+        let identity: Identity = serde_json::from_str(field("identity"))
+            .map_err(|e| TrainError::Mismatch(format!("the checkpoint's run identity is unreadable: {e}")))?;
+        Ok((cfg, identity))
+    }
+
+    /// Continues a run from its checkpoint, in place or as a fork (see [`Resume`]). The
+    /// model and data must be the ones the run trained on.
+    pub fn resume(forward: Graph, source: Source, how: &Resume) -> Result<Trainer, TrainError> {
+        let ckpt = checkpoint::load(&how.from.join(checkpoint::FILE))?;
+        let state = ckpt.state;
+        let mut cfg: TrainConfig = serde_json::from_str(&ckpt.config)
+            .map_err(|e| TrainError::Mismatch(format!("the checkpoint's configuration is unreadable: {e}")))?;
+        let stored: Identity = serde_json::from_str(&ckpt.identity)
+            .map_err(|e| TrainError::Mismatch(format!("the checkpoint's run identity is unreadable: {e}")))?;
+        if let Some(s) = how.steps {
+            if s < state.step {
+                return Err(TrainError::Mismatch(format!(
+                    "--steps {s} is below the {} steps the run has already done",
+                    state.step
+                )));
+            }
             cfg.steps = s;
+        }
+        cfg.validate()?;
+        let identity = Identity::of(&forward, &source);
+        if identity.model != stored.model {
+            return Err(TrainError::Mismatch(
+                "the model is not the one this run trained: its operations, settings or parameters differ".into(),
+            ));
+        }
+        if identity.data_sha256 != stored.data_sha256 {
+            return Err(TrainError::Mismatch(format!(
+                "the data is not what this run trained on: it trained on {}, this is {}{}",
+                stored.data,
+                identity.data,
+                if identity.data == stored.data { " (whose contents changed since)" } else { "" }
+            )));
         }
         for p in &forward.params {
             match state.params.get(&p.name) {
@@ -143,36 +302,50 @@ impl Trainer {
                 None => return Err(TrainError::Mismatch(format!("the checkpoint has no weight `{}`", p.name))),
             }
         }
+        check_data(&forward, &source, &cfg)?;
+        let fork = !same_dir(how.from, how.into);
+        let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let step_graph = training_graph(&forward, &cfg.adamw(), cfg.width_mult);
-        let t = Trainer { cfg, forward, step_graph, source, state, dir: dir.to_path_buf() };
-        t.check_vocab()?;
-        t.truncate_metrics()?;
-        Ok(t)
-    }
-
-    fn check_vocab(&self) -> Result<(), TrainError> {
-        let vocab = self.forward.params.iter().find(|p| p.name == "embed_tokens.weight").map_or(0, |p| p.shape[0]);
-        if self.source.vocab() > vocab {
-            return Err(TrainError::Mismatch(format!(
-                "the data has token ids up to {} but the model's vocabulary is {vocab}",
-                self.source.vocab() - 1
-            )));
+        let saved_at = Some(state.step);
+        let mut t = Trainer { cfg, forward, step_graph, source, state, identity, run, saved_at };
+        t.carry_metrics(&how.from.join("metrics.jsonl"))?;
+        if fork {
+            t.save()?;
         }
-        Ok(())
+        Ok(t)
     }
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
 
-    fn metrics_path(&self) -> PathBuf {
-        self.dir.join("metrics.jsonl")
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        self.run.path()
     }
 
-    /// Drops metric lines of steps after the checkpoint (written by a run that was stopped).
-    fn truncate_metrics(&self) -> Result<(), TrainError> {
+    /// The step of the run directory's checkpoint, if one was written (or resumed from).
+    pub fn saved_at(&self) -> Option<u64> {
+        self.saved_at
+    }
+
+    fn metrics_path(&self) -> PathBuf {
+        self.dir().join("metrics.jsonl")
+    }
+
+    fn write_metrics(&self, bytes: &[u8]) -> Result<(), TrainError> {
         let path = self.metrics_path();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        crate::atomic::write(&path, bytes).map_err(|error| TrainError::Io { path: path.display().to_string(), error })
+    }
+
+    /// Writes the metrics of `from` up to the checkpoint into this run's metrics, dropping
+    /// lines of steps after it (written by a run that was stopped).
+    fn carry_metrics(&self, from: &Path) -> Result<(), TrainError> {
+        let text = match std::fs::read_to_string(from) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(TrainError::Io { path: from.display().to_string(), error }),
+        };
         let kept: String = text
             .lines()
             .filter(|l| {
@@ -183,7 +356,7 @@ impl Trainer {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(&path, kept).map_err(|error| TrainError::Io { path: path.display().to_string(), error })
+        self.write_metrics(kept.as_bytes())
     }
 
     fn inputs(&self, b: &Batch) -> HashMap<String, Tensor<f32>> {
@@ -278,9 +451,11 @@ impl Trainer {
         Ok((loss / self.cfg.eval_batches.max(1) as f64, hits as f64 / counted.max(1) as f64))
     }
 
-    pub fn save(&self) -> Result<(), TrainError> {
+    pub fn save(&mut self) -> Result<(), TrainError> {
         let config = serde_json::to_string(&self.cfg).expect("the configuration serialises");
-        checkpoint::save(&self.dir.join("checkpoint.safetensors"), &self.state, &config)?;
+        let identity = serde_json::to_string(&self.identity).expect("the identity serialises");
+        checkpoint::save(&self.dir().join(checkpoint::FILE), &self.state, &config, &identity)?;
+        self.saved_at = Some(self.state.step);
         Ok(())
     }
 
@@ -310,7 +485,7 @@ impl Trainer {
                 eval.push((step, l));
             }
         }
-        let path = self.dir.join("loss.png");
+        let path = self.dir().join("loss.png");
         let chart =
             crate::plot::Chart { title: "loss", x_label: "step", y_label: "cross-entropy", log_x: false, log_y: false };
         let series = [
