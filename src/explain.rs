@@ -6,12 +6,13 @@ use anyhow::{Context, Result};
 use hyb_compiler::cost::{stored_weight, total, total_time, Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels};
-use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op};
+use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op, Origin};
 use hyb_compiler::ops::{Binary, Prim};
 use hyb_compiler::pipeline::{compile, Compiled, Target};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
+use hyb_dsl::source::{FileId, Sources};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::io::Write as _;
@@ -46,7 +47,7 @@ pub struct ExplainArgs {
     pub all_kernels: bool,
 }
 
-pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result<()> {
+pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: Duration) -> Result<()> {
     anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
     anyhow::ensure!(args.batch >= 1 && args.seq >= 1, "--batch and --seq must be at least 1");
     let machine = Machine::named(&args.machine).context("unknown machine")?.with_size(args.batch, args.seq);
@@ -63,7 +64,7 @@ pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result
     let compiled = compile(&forward, &target, args.tp, &opts);
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];
     stages.extend(compiled.stages.iter().copied());
-    let mut text = render(args, model, &compiled, &machine, &stages);
+    let mut text = render(args, model, &compiled, &machine, sources, &stages);
     if let Some(path) = &args.dot {
         std::fs::write(path, dot(&compiled.graph, &machine)).with_context(|| format!("writing {}", path.display()))?;
         text.push_str(&format!("graph: {}\n", path.display()));
@@ -73,6 +74,12 @@ pub fn run(args: &ExplainArgs, model: &Expanded, check_time: Duration) -> Result
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `file:line:column` of a node's origin in the checked sources.
+fn place(sources: &Sources, at: Origin) -> String {
+    let (line, col) = sources.line_col(FileId(at.file), at.start);
+    format!("{}:{line}:{col}", sources.name(FileId(at.file)))
 }
 
 fn ms(d: Duration) -> String {
@@ -87,7 +94,14 @@ fn time(s: f64) -> String {
     }
 }
 
-fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stages: &[(&str, Duration)]) -> String {
+fn render(
+    args: &ExplainArgs,
+    model: &Expanded,
+    c: &Compiled,
+    m: &Machine,
+    sources: &Sources,
+    stages: &[(&str, Duration)],
+) -> String {
     let s = &model.summary;
     let g = &c.graph;
     let mut out = String::new();
@@ -220,7 +234,14 @@ fn render(args: &ExplainArgs, model: &Expanded, c: &Compiled, m: &Machine, stage
         );
         out.push_str("cannot split:\n");
         for u in &c.sharded.unsplittable {
-            let _ = writeln!(out, "  {u}");
+            match u.origin {
+                Some(at) => {
+                    let _ = writeln!(out, "  {u} (at {})", place(sources, at));
+                }
+                None => {
+                    let _ = writeln!(out, "  {u}");
+                }
+            }
         }
     }
     out.push_str("\nparameters (per rank):\n");

@@ -214,7 +214,7 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
-            explain::run(&args, m, start.elapsed())?;
+            explain::run(&args, m, &checked.program.sources, start.elapsed())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logits { file, weights, ids, json, precision, model } => {

@@ -334,3 +334,46 @@ fn explain_rejects_zero_ranks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--tp must be at least 1"), "{}", stderr(&out));
 }
+
+/// The GFLOP column of every kernel line of `kind` in explain's output.
+fn gflops_of(text: &str, kind: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.split_whitespace().next() == Some(kind))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "GFLOP").unwrap();
+            words[at - 1].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn explain_names_its_machine_reports_saturation_and_prices_one_scan_backward() {
+    let run = |machine: &str| {
+        let args =
+            ["explain", "stdlib/falcon_h1.hyb", "--model", "falcon_h1_0_5b", "--all-kernels", "--machine", machine];
+        let out = hyb(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let h200 = run("h200");
+    assert!(h200.contains("machine: h200 · 797 TFLOP/s, 4.26 TB/s"), "{h200}");
+    let saturation = h200.lines().find(|l| l.starts_with("saturation: ")).unwrap();
+    assert!(saturation.contains("runs stopped: ") && saturation.contains("iterations"), "{saturation}");
+    // Each layer's backward runs its one scan's backward once, at twice the forward's FLOPs
+    // (the layers are alike, so every region lists the same numbers).
+    let (forward, backward) = (gflops_of(&h200, "ssd_scan"), gflops_of(&h200, "ssd_scan_grad"));
+    assert!(!forward.is_empty() && !backward.is_empty(), "{h200}");
+    for b in &backward {
+        assert!((b - 2.0 * forward[0]).abs() <= 0.011, "backward {b} vs forward {}", forward[0]);
+    }
+    for region in h200.split("\n  layers ").skip(1) {
+        let region = region.split("\n  outside").next().unwrap();
+        assert!(gflops_of(region, "ssd_scan_grad").len() <= 1, "one scan backward per layer:\n{region}");
+    }
+    let h100 = run("h100");
+    assert!(h100.contains("machine: h100 · 800 TFLOP/s, 3.00 TB/s"), "{h100}");
+    let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--machine", "a100"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("h200") && stderr(&out).contains("h100"), "{}", stderr(&out));
+}

@@ -133,6 +133,7 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     };
     for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
         g.scope = g.nodes[w].scope;
+        g.origin = g.nodes[w].origin;
         match g.params[p].shard.clone() {
             None => add(&mut g, &mut whole_sq, gr),
             Some(shard) => {
@@ -148,6 +149,7 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
         }
     }
     g.scope = 0;
+    g.origin = None;
     let sharded_sq = sharded_sq.map(|s| g.apply(AllReduce, vec![s]));
     let norm_sq = match (whole_sq, sharded_sq) {
         (Some(a), Some(b)) => g.binary(Binary::Add, a, b),
@@ -173,6 +175,7 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
         let spec = g.params[p].clone();
         g.scope = g.nodes[w].scope;
+        g.origin = g.nodes[w].origin;
         let ty = g.nodes[w].ty.clone();
         let m = g.add(Op::Input(format!("m.{}", spec.name)), vec![], ty.clone());
         let v = g.add(Op::Input(format!("v.{}", spec.name)), vec![], ty);
@@ -206,5 +209,6 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     }
     g.outputs = outputs;
     g.scope = 0;
+    g.origin = None;
     TrainingGraph { graph: g, params: names }
 }

@@ -2,7 +2,8 @@
 //! float64 agree; the graph's serde form round-trips.
 
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::Graph;
+use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::ops::{Prim, Unary};
 use hyb_compiler::reference::{run, RunError, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -111,4 +112,36 @@ fn graph_serde_round_trips_and_prints() {
         "{}",
         &text[..500]
     );
+}
+
+/// Every computed node knows the `.hyb` call it comes from and the layer it belongs to, from
+/// the front end's trace, not from parameter names: a layer without parameters is its own
+/// scope, and a scan's node points at the `ssd_scan(` call in the standard library.
+#[test]
+fn nodes_keep_their_source_span_and_layer() {
+    let src = "import std.layers\n\nblock act(x: [B, T, d]) -> [B, T, d] {\n    return silu(x)\n}\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"HAH\", H = falcon_h1_layer, A = act)\n    heads = 2\n    kv_heads = 1\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    d_ff = 32\n}\n";
+    let (g, sources) = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let checked = hyb_compiler::check::check_text("spans.hyb", src);
+            assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+            (elaborate(&checked.models[0].1.trace), checked.program.sources)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let text_of =
+        |o: hyb_compiler::ir::Origin| sources.text(hyb_dsl::source::FileId(o.file))[o.start..o.end].to_string();
+    let scans: Vec<_> = g.nodes.iter().filter(|n| matches!(n.op, Op::Prim(Prim::SsdScan(_)))).collect();
+    assert_eq!(scans.len(), 2);
+    for n in &scans {
+        let origin = n.origin.expect("a scan has a source span");
+        assert!(text_of(origin).starts_with("ssd_scan("), "{}", text_of(origin));
+    }
+    assert_eq!((scans[0].scope, scans[1].scope), (1, 3), "layers 0 and 2 are scopes 1 and 3");
+    let silu: Vec<_> = g.nodes.iter().filter(|n| n.scope == 2).collect();
+    assert!(!silu.is_empty() && silu.iter().all(|n| matches!(n.op, Op::Prim(Prim::Unary(Unary::Silu)))));
+    assert_eq!(text_of(silu[0].origin.unwrap()), "silu(x)");
+    let computed = g.nodes.iter().filter(|n| matches!(n.op, Op::Prim(_)));
+    assert!(computed.clone().all(|n| n.origin.is_some()), "every primitive node has an origin");
 }

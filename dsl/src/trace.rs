@@ -56,6 +56,9 @@ pub struct Trace {
     pub tensors: Vec<TensorInfo>,
     pub ops: Vec<Op>,
     pub outputs: Vec<usize>,
+    /// The ops of layer `i` are `ops[layers[i]]`: the model's repeated units, which the
+    /// compiler optimises once per distinct body.
+    pub layers: Vec<std::ops::Range<usize>>,
 }
 
 impl Trace {

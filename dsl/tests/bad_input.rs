@@ -338,3 +338,34 @@ fn parallel_parsing_of_large_files_keeps_trees_and_positions() {
     assert_eq!(d.len(), 1, "{d:#?}");
     assert_eq!((d[0].code.as_str(), d[0].line, d[0].col), ("E001", lines + 3, 1));
 }
+
+/// Gradients, collectives and the compiler's other internal primitives are not part of the
+/// language: calling one is a diagnostic at the callee, naming what it is.
+#[test]
+fn internal_primitives_are_refused() {
+    for (call, what) in [
+        ("ssd_scan_grad(x, x, x, x, x, x, chunk = 4)", "the gradient of `ssd_scan`"),
+        ("causal_conv1d_grad(x, x, x)", "the gradient of `causal_conv1d`"),
+        ("rope_grad(x, 10000.0)", "the gradient of `rope`"),
+        ("embedding_grad(x, x, 4)", "the gradient of `embedding`"),
+        ("all_reduce(x)", "collective"),
+        ("all_gather(x, 2, 2)", "collective"),
+        ("shard(x, 2, 2)", "slice"),
+        ("tp_copy(x)", "copy"),
+        ("step(x)", "mask"),
+        ("tril(x)", "causal_mask"),
+        ("pad(x, 2, 1, 1)", "slice"),
+        ("one_hot(x, 4)", "cross-entropy"),
+    ] {
+        let d = check_src(&in_model(&format!("    return {call}")));
+        let callee = call.split('(').next().unwrap();
+        expect_one(&d, "E034", 4, 12, callee);
+        assert!(d[0].message.contains("internal") && d[0].message.contains(what), "{call}: {}", d[0].message);
+    }
+}
+
+#[test]
+fn clamp_bounds_in_order() {
+    let d = check_src(&in_model("    return clamp(x, 1.0, -1.0)"));
+    expect_one(&d, "E016", 4, 26, "-1.0");
+}

@@ -1,7 +1,7 @@
 //! Reverse-mode differentiation as a graph transform: the backward pass is appended to the
 //! graph as ordinary nodes (so later stages fuse and compile it like the forward pass). One
 //! vector-Jacobian rule per primitive lives next to its meaning in `ops`. Backward nodes
-//! take the scope of the forward node they differentiate.
+//! take the scope and source origin of the forward node they differentiate.
 
 use crate::ir::{Graph, Kernel, KernelKind, NodeId, Op};
 use crate::ops::{Binary, NoGradient, Primitive};
@@ -33,6 +33,7 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
         }
         let inputs = g.nodes[i].inputs.clone();
         g.scope = g.nodes[i].scope;
+        g.origin = g.nodes[i].origin;
         let contributions = match &g.nodes[i].op {
             Op::Kernel(_) => kernel_vjp(g, i, dy)?,
             Op::Prim(p) => p.clone().vjp(g, i, dy)?,
@@ -49,6 +50,7 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
         }
     }
     g.scope = 0;
+    g.origin = None;
     Ok(wrt
         .iter()
         .map(|&w| match adjoint.get(w).copied().flatten() {

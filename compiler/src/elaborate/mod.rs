@@ -1,9 +1,10 @@
 //! Checked model → [`Graph`]. The front end has already inlined blocks, unrolled the layer
 //! pattern, bound every config and checked every shape while building its trace; this stage
 //! turns that trace into graph nodes: scalars become constants, `split` becomes slices (so
-//! every node has one output), parameters enter the manifest.
+//! every node has one output), parameters enter the manifest. Each node keeps the layer it
+//! belongs to and the source span of the call it computes.
 
-use crate::ir::{Graph, Init, Op, ParamSpec, TensorType};
+use crate::ir::{Graph, Init, Op, Origin, ParamSpec, TensorType};
 use crate::ops::{Prim, Slice, OPS};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::prims::{Arg, Kind};
@@ -22,13 +23,21 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
     let mut g = Graph::default();
     let mut node_of: HashMap<usize, usize> = HashMap::new();
     let ty = |id: usize| TensorType { shape: trace.tensors[id].shape.clone(), dtype: trace.tensors[id].dtype };
-    for op in &trace.ops {
+    let mut scope = vec![0u32; trace.ops.len()];
+    for (i, layer) in trace.layers.iter().enumerate() {
+        scope[layer.clone()].fill(i as u32 + 1);
+    }
+    for (k, op) in trace.ops.iter().enumerate() {
+        g.scope = scope[k];
+        g.origin = match op {
+            trace::Op::Prim { file, span, .. } => Some(Origin { file: file.0, start: span.start, end: span.end }),
+            _ => None,
+        };
         match op {
             trace::Op::Input { out, name } => {
                 node_of.insert(*out, g.add(Op::Input(name.clone()), vec![], ty(*out)));
             }
             trace::Op::Param { out, param } => {
-                g.scope = layer_scope(&param.name);
                 let shape = param
                     .shape
                     .iter()
@@ -108,15 +117,6 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
     }
     g.outputs = outputs.iter().map(|o| node_of[o]).collect();
     g.scope = 0;
+    g.origin = None;
     g
-}
-
-/// Scope of the nodes that follow a parameter: layer `i`'s parameters (`layers.i.…`) open
-/// scope `i + 1`, any other parameter (embedding, final norm, head) scope 0.
-fn layer_scope(param: &str) -> u32 {
-    param
-        .strip_prefix("layers.")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|i| i.parse::<u32>().ok())
-        .map_or(0, |i| i + 1)
 }

@@ -76,6 +76,19 @@ pub struct Node {
     /// layer), so the rewriter optimises each distinct layer body once.
     #[serde(default)]
     pub scope: u32,
+    /// Where in the `.hyb` source the node comes from (the call it computes, or the call
+    /// whose gradient or shard it is), so a later stage can point at the line.
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// A place in the checked program's sources: file (as the checker numbered them) and byte
+/// range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    pub file: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// A parameter's name with its layer index replaced by `*` (`layers.*.mamba.D`), so the
@@ -130,12 +143,15 @@ pub struct Graph {
     /// The scope [`Graph::add`] gives new nodes.
     #[serde(skip)]
     pub scope: u32,
+    /// The origin [`Graph::add`] gives new nodes.
+    #[serde(skip)]
+    pub origin: Option<Origin>,
 }
 
 impl Graph {
     pub fn add(&mut self, op: Op, inputs: Vec<NodeId>, ty: TensorType) -> NodeId {
         debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()), "inputs must precede their user");
-        self.nodes.push(Node { op, inputs, ty, scope: self.scope });
+        self.nodes.push(Node { op, inputs, ty, scope: self.scope, origin: self.origin });
         self.nodes.len() - 1
     }
 
@@ -158,10 +174,12 @@ impl Graph {
         let mut new_id = vec![usize::MAX; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
             out.scope = n.scope;
+            out.origin = n.origin;
             new_id[i] = out.add(n.op.clone(), n.inputs.iter().map(|&x| new_id[x]).collect(), n.ty.clone());
         }
         out.outputs = self.outputs.iter().map(|&o| new_id[o]).collect();
         out.scope = 0;
+        out.origin = None;
         out
     }
 

@@ -102,6 +102,7 @@ pub fn fuse(g: &Graph) -> Graph {
                 let node = &g.nodes[x];
                 let inputs = node.inputs.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
                 out.scope = node.scope;
+                out.origin = node.origin;
                 new_id[x] = Some(out.add(node.op.clone(), inputs, node.ty.clone()));
             }
             continue;
@@ -111,6 +112,7 @@ pub fn fuse(g: &Graph) -> Graph {
         let kind = if has_gemm[r] { KernelKind::Gemm } else { KernelKind::Fused };
         let inputs = external.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
         out.scope = g.nodes[r].scope;
+        out.origin = g.nodes[r].origin;
         let kernel = out.add(Op::Kernel(Box::new(Kernel { kind, body })), inputs, g.nodes[r].ty.clone());
         new_id[r] = Some(kernel);
         for (k, &x) in extra.iter().enumerate() {
@@ -119,6 +121,7 @@ pub fn fuse(g: &Graph) -> Graph {
     }
     out.outputs = g.outputs.iter().map(|&o| new_id[o].expect("outputs are kept")).collect();
     out.scope = 0;
+    out.origin = None;
     out
 }
 

@@ -116,6 +116,7 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
     for (i, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::Constant(_)) {
             out.scope = n.scope;
+            out.origin = n.origin;
             new_id[i] = Some(out.add(n.op.clone(), vec![], n.ty.clone()));
         }
     }
@@ -136,13 +137,21 @@ pub fn saturate(g: &Graph, opts: &Options) -> (Graph, Report) {
         }
         report.max_egraph_nodes = report.max_egraph_nodes.max(t.egraph_nodes);
         out.scope = r.scope;
+        // Rewritten nodes keep a place in the source: the region's first call, or for each
+        // result the call that computed it before.
+        out.origin = r.nodes.iter().find_map(|&i| g.nodes[i].origin);
+        let first_new = out.nodes.len();
         let leaves: Vec<NodeId> = r.leaves.iter().map(|&l| new_id[l].expect("leaves precede")).collect();
         for (&o, made) in r.outputs.iter().zip(t.program.instantiate(&mut out, &leaves)) {
+            if made >= first_new && g.nodes[o].origin.is_some() {
+                out.nodes[made].origin = g.nodes[o].origin;
+            }
             new_id[o] = Some(made);
         }
     }
     out.outputs = g.outputs.iter().map(|&o| new_id[o].expect("outputs are computed")).collect();
     out.scope = 0;
+    out.origin = None;
     (out, report)
 }
 

@@ -5,17 +5,20 @@
 //! RoPE's pairs, the time axis of a scan). A class of axes split across ranks is a way
 //! to shard the program; the planner picks among the classes that touch parameters.
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op, Origin};
 use crate::ops::{Prim, Primitive};
 use hyb_dsl::dim::Dim;
 
 pub struct Axes {
     parent: Vec<usize>,
     blocked: Vec<bool>,
-    /// Why a blocked class cannot be split (the first reason found).
-    why: Vec<Option<String>>,
+    /// Why a blocked class cannot be split (the first reason found), and the source of the
+    /// operation that gave it.
+    why: Vec<Option<(String, Option<Origin>)>>,
     /// The reason `block` records (an op's rule may say why before it blocks).
     pub because: String,
+    /// The source of the operation whose rule is being applied.
+    because_at: Option<Origin>,
     /// How many ranks the analysis splits for.
     pub ranks: i64,
     /// Axis `a` of node `n` is variable `offset[n] + a`.
@@ -41,9 +44,9 @@ impl Axes {
         self.blocked[class]
     }
 
-    /// Why class `class` cannot be split, if it cannot.
-    pub fn why_blocked(&self, class: usize) -> Option<&str> {
-        self.why[class].as_deref()
+    /// Why class `class` cannot be split, if it cannot, and where in the source.
+    pub fn why_blocked(&self, class: usize) -> Option<(&str, Option<Origin>)> {
+        self.why[class].as_ref().map(|(why, at)| (why.as_str(), *at))
     }
 
     fn find(&mut self, mut v: usize) -> usize {
@@ -70,7 +73,7 @@ impl Axes {
         let r = self.find(v);
         self.blocked[r] = true;
         if self.why[r].is_none() {
-            self.why[r] = Some(self.because.clone());
+            self.why[r] = Some((self.because.clone(), self.because_at));
         }
     }
 
@@ -87,12 +90,14 @@ impl Axes {
             blocked: vec![false; total],
             why: vec![None; total],
             because: String::new(),
+            because_at: None,
             ranks,
             offset,
             sectioned: vec![],
         };
         ax.sectioned = sectioned_params(g);
         for (i, n) in g.nodes.iter().enumerate() {
+            ax.because_at = n.origin;
             let shape = &n.ty.shape;
             // Symbolic dimensions (batch, time) are never split by tensor parallelism, and
             // neither is a dimension the ranks do not divide.

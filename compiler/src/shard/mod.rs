@@ -14,7 +14,7 @@ pub mod sections;
 pub mod sequence;
 
 use crate::cost::{total_time, Machine};
-use crate::ir::{generic_name, Graph, NodeId, Op, ParamShard, Section, TensorType};
+use crate::ir::{generic_name, Graph, NodeId, Op, Origin, ParamShard, Section, TensorType};
 use crate::ops::{AllGather, AllReduce, Broadcast, Prim, Primitive, ReduceOp, ReduceScatter, Reshape, Shard, Slice};
 use crate::ops::{TpCopy, VocabEmbedding};
 use crate::reference::Tensor;
@@ -37,8 +37,8 @@ pub struct Sharded {
     pub split: Vec<String>,
     /// Every family considered.
     pub candidates: Vec<String>,
-    /// Parameter axes no family can split, with the reason (`name axis a: why`).
-    pub unsplittable: Vec<String>,
+    /// Parameter axes no family can split, with the reason.
+    pub unsplittable: Vec<Unsplittable>,
     /// Whether per-token work between tensor-parallel regions runs on sequence slices.
     pub sequence_parallel: bool,
     /// Predicted step time of the forward pass, before and after sharding (seconds).
@@ -154,21 +154,39 @@ fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
     by_key.into_iter().collect()
 }
 
-/// Parameter axes of blocked classes, with the first reason the class was blocked.
-fn unsplittable(g: &Graph, axes: &Axes) -> Vec<String> {
-    let mut out = BTreeSet::new();
+/// A parameter axis tensor parallelism cannot split, why, and the operation in the source
+/// that needs it whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unsplittable {
+    /// The parameter's generic name and the axis (`layers.*.mamba.in_proj.weight axis 0`).
+    pub axis: String,
+    pub why: String,
+    pub origin: Option<Origin>,
+}
+
+impl std::fmt::Display for Unsplittable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.axis, self.why)
+    }
+}
+
+/// Parameter axes of blocked classes, with the first reason the class was blocked (each
+/// parameter of a repeated layer once).
+fn unsplittable(g: &Graph, axes: &Axes) -> Vec<Unsplittable> {
+    let mut out: BTreeMap<(String, String), Option<Origin>> = BTreeMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let Op::Param(p) = n.op else { continue };
         for a in 0..n.ty.shape.len() {
             if axes.sectioned[i] == Some(a) {
                 continue;
             }
-            if let Some(why) = axes.why_blocked(axes.class(i, a)) {
-                out.insert(format!("{} axis {a}: {why}", generic_name(&g.params[p].name)));
+            if let Some((why, origin)) = axes.why_blocked(axes.class(i, a)) {
+                let key = (format!("{} axis {a}", generic_name(&g.params[p].name)), why.to_string());
+                out.entry(key).or_insert(origin);
             }
         }
     }
-    out.into_iter().collect()
+    out.into_iter().map(|((axis, why), origin)| Unsplittable { axis, why, origin }).collect()
 }
 
 /// No value has two split axes.
@@ -320,6 +338,7 @@ impl Emitter<'_> {
     fn node(&mut self, i: NodeId) -> Result<(), String> {
         let n = &self.g.nodes[i];
         self.out.scope = n.scope;
+        self.out.origin = n.origin;
         let prim = match &n.op {
             Op::Param(p) => return self.param(i, *p),
             Op::Prim(prim) => prim.clone(),
@@ -450,6 +469,7 @@ fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Resu
         .collect::<Result<Vec<_>, _>>()?;
     e.out.outputs = outputs;
     e.out.scope = 0;
+    e.out.origin = None;
     Ok(e.out)
 }
 

@@ -118,6 +118,7 @@ pub fn split_sections(g: &Graph) -> Graph {
     };
     for (i, n) in g.nodes.iter().enumerate() {
         p.out.scope = n.scope;
+        p.out.origin = n.origin;
         let id = match prim_of(n) {
             Some(Prim::Slice(s)) => p.sliced(n.inputs[0], s.axis_of(n.ty.shape.len()), &s.start, &s.end),
             Some(Prim::Matmul(m))
@@ -148,6 +149,7 @@ pub fn split_sections(g: &Graph) -> Graph {
     }
     p.out.outputs = g.outputs.iter().map(|&o| p.new_id[o]).collect();
     p.out.scope = 0;
+    p.out.origin = None;
     p.out.pruned()
 }
 

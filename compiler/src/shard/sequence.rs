@@ -42,6 +42,7 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
     let mut gathered: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         out.scope = n.scope;
+        out.origin = n.origin;
         let inputs: Vec<NodeId> = n.inputs.iter().map(|&x| new_id[x]).collect();
         if matches!(n.op, Op::Prim(Prim::AllReduce(_))) && consumers[i].iter().any(|&c| per_token(g, c)) {
             let shape = &n.ty.shape;
@@ -107,5 +108,6 @@ pub fn sequence_parallel(g: &Graph, ranks: usize) -> Result<Graph, String> {
     }
     out.outputs = outputs;
     out.scope = 0;
+    out.origin = None;
     Ok(out)
 }

@@ -225,6 +225,7 @@ impl<'p> Expander<'p> {
             self.context.push((file, spec.span, format!("in {what}")));
             let ops_before = self.trace.ops.len();
             let y = self.layer(spec, &x, &settings, &mut consumed, i, file);
+            self.trace.layers.push(ops_before..self.trace.ops.len());
             self.context.pop();
             let mut summary = layer_summary(&self.trace, ops_before, i, spec.letter, block_name);
             summary.configs = std::mem::take(&mut self.layer_configs);
