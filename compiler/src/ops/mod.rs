@@ -6,36 +6,11 @@
 //! facts — behind the [`Primitive`] trait. [`Prim`] is the closed set, one variant per
 //! definition, registered once in [`registry!`] below.
 //!
-//! Adding a primitive: a module with its attribute type and `impl Primitive`, a variant
-//! line in `registry!`, its `DECLS` in [`DECLS`] when the module is new, and its tests.
+//! Adding a primitive: a module with its attribute type, `impl Primitive` and `DECLS` (its
+//! place in the language), one line in [`registry!`] (or its type added to its module's
+//! line), and its tests.
 
-mod collective;
-mod concat;
-mod conv1d;
-mod embedding;
-mod layout;
-mod mask;
-mod matmul;
-mod pointwise;
-mod quant;
-mod reduce;
-mod rope;
-mod slice;
-pub mod ssd_scan;
-
-pub use collective::{AllGather, AllReduce, ReduceScatter, Shard, TpCopy};
-pub use concat::Concat;
-pub use conv1d::{CausalConv1d, CausalConv1dGrad};
-pub use embedding::{Embedding, EmbeddingGrad, OneHot, VocabEmbedding, VocabEmbeddingGrad};
-pub use layout::{Broadcast, Permute, Reshape, Transpose};
-pub use mask::{CausalMask, Tril};
-pub use matmul::Matmul;
-pub use pointwise::{Binary, Cast, Clamp, Pow, Unary};
-pub use quant::{Int8Quant, TernaryQuant};
-pub use reduce::{Reduce, ReduceOp};
-pub use rope::{Rope, RopeGrad};
-pub use slice::{Pad, Slice};
-pub use ssd_scan::{SsdScan, SsdScanGrad};
+pub use reduce::ReduceOp;
 
 use crate::cost::{Machine, Work};
 use crate::ir::{Graph, NodeId, TensorType};
@@ -202,94 +177,82 @@ pub trait Primitive {
     }
 }
 
-/// Defines [`Prim`], one variant per primitive definition, and its dispatch.
+/// The registration of every primitive: each line is a module of `ops` and the primitive
+/// types it defines. Defines the modules, [`Prim`] (one variant per type, named like it),
+/// its dispatch to each type's [`Primitive`] impl, and [`DECLS`], the modules' places in
+/// the language.
 macro_rules! registry {
-    ($($variant:ident($ty:ty),)*) => {
+    ($($module:ident: $($variant:ident),+;)*) => {
+        $(pub mod $module;)*
+        $(pub use $module::{$($variant),+};)*
+
         /// Every primitive of the IR, with its typed attributes.
         #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum Prim {
-            $($variant($ty),)*
+            $($($variant($variant),)+)*
         }
 
         impl Primitive for Prim {
             fn name(&self) -> &'static str {
-                match self { $(Prim::$variant(p) => p.name(),)* }
+                match self { $($(Prim::$variant(p) => p.name(),)+)* }
             }
             fn class(&self) -> Class {
-                match self { $(Prim::$variant(p) => p.class(),)* }
+                match self { $($(Prim::$variant(p) => p.class(),)+)* }
             }
             fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
-                match self { $(Prim::$variant(p) => p.infer(inputs, ctx),)* }
+                match self { $($(Prim::$variant(p) => p.infer(inputs, ctx),)+)* }
             }
             fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
-                match self { $(Prim::$variant(p) => p.eval(inputs, sizes),)* }
+                match self { $($(Prim::$variant(p) => p.eval(inputs, sizes),)+)* }
             }
             fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
-                match self { $(Prim::$variant(p) => p.eval_ranks(ranks, sizes),)* }
+                match self { $($(Prim::$variant(p) => p.eval_ranks(ranks, sizes),)+)* }
             }
             fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
-                match self { $(Prim::$variant(p) => p.vjp(g, node, dy),)* }
+                match self { $($(Prim::$variant(p) => p.vjp(g, node, dy),)+)* }
             }
             fn shard_axes(&self, ax: &mut Axes, g: &Graph, node: NodeId) {
-                match self { $(Prim::$variant(p) => p.shard_axes(ax, g, node),)* }
+                match self { $($(Prim::$variant(p) => p.shard_axes(ax, g, node),)+)* }
             }
             fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
-                match self { $(Prim::$variant(p) => p.work(m, inputs, outputs),)* }
+                match self { $($(Prim::$variant(p) => p.work(m, inputs, outputs),)+)* }
             }
             fn linear_in(&self, partial: &[bool]) -> bool {
-                match self { $(Prim::$variant(p) => p.linear_in(partial),)* }
+                match self { $($(Prim::$variant(p) => p.linear_in(partial),)+)* }
             }
             fn per_token(&self, g: &Graph, node: NodeId) -> bool {
-                match self { $(Prim::$variant(p) => p.per_token(g, node),)* }
+                match self { $($(Prim::$variant(p) => p.per_token(g, node),)+)* }
             }
             fn fold(&self, inputs: &[f64]) -> Option<f64> {
-                match self { $(Prim::$variant(p) => p.fold(inputs),)* }
+                match self { $($(Prim::$variant(p) => p.fold(inputs),)+)* }
             }
         }
 
-        $(impl From<$ty> for Prim {
-            fn from(p: $ty) -> Prim {
+        $($(impl From<$variant> for Prim {
+            fn from(p: $variant) -> Prim {
                 Prim::$variant(p)
             }
-        })*
+        })+)*
+
+        /// Every module's declarations: the language's primitives.
+        const DECLS: &[&[Decl]] = &[$($module::DECLS,)*];
     };
 }
 
 registry! {
-    Unary(Unary),
-    Binary(Binary),
-    Pow(Pow),
-    Clamp(Clamp),
-    Cast(Cast),
-    Reduce(Reduce),
-    Reshape(Reshape),
-    Permute(Permute),
-    Transpose(Transpose),
-    Broadcast(Broadcast),
-    Slice(Slice),
-    Pad(Pad),
-    Concat(Concat),
-    Embedding(Embedding),
-    EmbeddingGrad(EmbeddingGrad),
-    OneHot(OneHot),
-    VocabEmbedding(VocabEmbedding),
-    VocabEmbeddingGrad(VocabEmbeddingGrad),
-    Matmul(Matmul),
-    CausalConv1d(CausalConv1d),
-    CausalConv1dGrad(CausalConv1dGrad),
-    SsdScan(SsdScan),
-    SsdScanGrad(SsdScanGrad),
-    Rope(Rope),
-    RopeGrad(RopeGrad),
-    CausalMask(CausalMask),
-    Tril(Tril),
-    TernaryQuant(TernaryQuant),
-    Int8Quant(Int8Quant),
-    AllReduce(AllReduce),
-    AllGather(AllGather),
-    ReduceScatter(ReduceScatter),
-    Shard(Shard),
-    TpCopy(TpCopy),
+    pointwise: Unary, Binary, Pow, Clamp, Cast;
+    reduce: Reduce;
+    layout: Reshape, Permute, Transpose, Broadcast;
+    slice: Slice, Pad;
+    concat: Concat;
+    embedding: Embedding, EmbeddingGrad, OneHot, VocabEmbedding, VocabEmbeddingGrad;
+    matmul: Matmul;
+    conv1d: CausalConv1d, CausalConv1dGrad;
+    ssd_scan: SsdScan, SsdScanGrad;
+    rope: Rope, RopeGrad;
+    mask: CausalMask, Tril;
+    quant: TernaryQuant, Int8Quant;
+    collective: AllReduce, AllGather, ReduceScatter, Shard, TpCopy;
 }
 
 impl Prim {
@@ -351,23 +314,6 @@ impl Decl {
         }
     }
 }
-
-/// Every module's declarations: the registration of the language's primitives.
-const DECLS: &[&[Decl]] = &[
-    pointwise::DECLS,
-    reduce::DECLS,
-    layout::DECLS,
-    slice::DECLS,
-    concat::DECLS,
-    embedding::DECLS,
-    matmul::DECLS,
-    conv1d::DECLS,
-    ssd_scan::DECLS,
-    rope::DECLS,
-    mask::DECLS,
-    quant::DECLS,
-    collective::DECLS,
-];
 
 fn decls() -> impl Iterator<Item = &'static Decl> {
     DECLS.iter().flat_map(|d| d.iter())

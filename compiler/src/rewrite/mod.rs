@@ -185,8 +185,8 @@ fn optimize_region(g: &Graph, r: &region::Region, opts: &Options) -> Template {
 
 /// Saturates `eg` with `rules` under the limits of `opts`; says how the run ended.
 pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> (EGraph, Run) {
-    let rewrites: Vec<_> = rules.iter().map(|rule| rule.rewrite()).collect();
-    let runner = Runner::default()
+    let rewrites: Vec<_> = rules.iter().flat_map(|rule| rule.rewrites(&eg.analysis)).collect();
+    let mut runner = Runner::default()
         .with_egraph(eg)
         .with_scheduler(SimpleScheduler)
         .with_node_limit(opts.node_limit)
@@ -194,6 +194,14 @@ pub fn run_rules(eg: EGraph, rules: &[rules::Rule], opts: &Options) -> (EGraph, 
         .with_time_limit(opts.time_limit)
         .run(&rewrites);
     let run = Run { stop: stop_reason(runner.stop_reason.as_ref()), iterations: runner.iterations.len() };
+    // Patterns' applications are counted by egg; custom appliers count their own unions.
+    for it in &runner.iterations {
+        for (name, &n) in &it.applied {
+            if let Some(rule) = rules.iter().find(|r| r.counts(name.as_str())) {
+                *runner.egraph.analysis.fired.entry(rule.name).or_default() += n;
+            }
+        }
+    }
     (runner.egraph, run)
 }
 

@@ -2,7 +2,7 @@
 //! together and across matmuls, and split or merge a linear layer over a concatenated input.
 
 use super::Rule;
-use crate::ops::{Binary, Broadcast, Matmul, Prim, ReduceScatter, Reshape, Slice};
+use crate::ops::{Binary, Matmul, Prim, ReduceScatter, Slice};
 use crate::rewrite::lang::{
     add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, EGraph, ENode,
 };
@@ -11,25 +11,13 @@ use hyb_dsl::dim::Dim;
 
 pub fn rules() -> Vec<Rule> {
     vec![
-        Rule { name: "transpose-cancel", on: |p| matches!(p, Prim::Transpose(_)), apply: transpose_cancel },
-        Rule { name: "reshape-fold", on: |p| matches!(p, Prim::Reshape(_)), apply: reshape_fold },
-        Rule { name: "broadcast-fold", on: |p| matches!(p, Prim::Broadcast(_)), apply: broadcast_fold },
-        Rule {
-            name: "scalar-identity",
-            on: |p| matches!(p, Prim::Binary(Binary::Mul | Binary::Div | Binary::Add | Binary::Sub)),
-            apply: scalar_identity,
-        },
-        Rule { name: "scalar-reassociate", on: |p| *p == Prim::Binary(Binary::Mul), apply: scalar_reassociate },
-        Rule { name: "matmul-scale-out", on: |p| matches!(p, Prim::Matmul(_)), apply: matmul_scale_out },
-        Rule { name: "matmul-scale-weight", on: |p| matches!(p, Prim::Matmul(_)), apply: matmul_scale_weight },
-        Rule { name: "linear-concat-split", on: |p| matches!(p, Prim::Matmul(_)), apply: linear_concat_split },
-        Rule { name: "linear-concat-merge", on: |p| *p == Prim::Binary(Binary::Add), apply: linear_concat_merge },
-        Rule {
-            name: "collective-scale",
-            on: |p| matches!(p, Prim::TpCopy(_) | Prim::AllGather(_)),
-            apply: collective_scale,
-        },
-        Rule { name: "reduce-scatter", on: |p| matches!(p, Prim::Shard(_)), apply: reduce_scatter },
+        Rule::custom("scalar-reassociate", |p| *p == Prim::Binary(Binary::Mul), scalar_reassociate),
+        Rule::custom("matmul-scale-out", |p| matches!(p, Prim::Matmul(_)), matmul_scale_out),
+        Rule::custom("matmul-scale-weight", |p| matches!(p, Prim::Matmul(_)), matmul_scale_weight),
+        Rule::custom("linear-concat-split", |p| matches!(p, Prim::Matmul(_)), linear_concat_split),
+        Rule::custom("linear-concat-merge", |p| *p == Prim::Binary(Binary::Add), linear_concat_merge),
+        Rule::custom("collective-scale", |p| matches!(p, Prim::TpCopy(_) | Prim::AllGather(_)), collective_scale),
+        Rule::custom("reduce-scatter", |p| matches!(p, Prim::Shard(_)), reduce_scatter),
     ]
 }
 
@@ -63,76 +51,9 @@ fn collective_scale(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     out
 }
 
-/// `transpose(transpose(x, i, j), i, j) = x`.
-fn transpose_cancel(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some(Prim::Transpose(t)) = as_prim(eg, n) else { return vec![] };
-    let rank = shape(eg, class).len();
-    let outer = t.pair(rank);
-    nodes_of(eg, n.children[0], |p| match p {
-        Prim::Transpose(inner) => Some(inner.pair(rank)),
-        _ => None,
-    })
-    .into_iter()
-    .filter(|(_, inner)| *inner == outer)
-    .map(|(inner, _)| (class, inner.children[0]))
-    .collect()
-}
-
-/// `reshape(x, shape(x)) = x`; `reshape(reshape(x, s), t) = reshape(x, t)`.
-fn reshape_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let x = n.children[0];
-    let target = shape(eg, class).to_vec();
-    let mut out = Vec::new();
-    if shape(eg, x) == target.as_slice() {
-        out.push((class, x));
-    }
-    for inner in nodes_matching!(eg, x, Prim::Reshape(_)) {
-        let y = inner.children[0];
-        let r = if shape(eg, y) == target.as_slice() {
-            y
-        } else {
-            add_prim(eg, Reshape { shape: target.clone() }, vec![y])
-        };
-        out.push((class, r));
-    }
-    out
-}
-
-/// `broadcast(x, shape(x)) = x`; `broadcast(broadcast(x, s), t) = broadcast(x, t)`.
-fn broadcast_fold(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let x = n.children[0];
-    let target = shape(eg, class).to_vec();
-    let mut out = Vec::new();
-    if shape(eg, x) == target.as_slice() {
-        out.push((class, x));
-    }
-    for inner in nodes_matching!(eg, x, Prim::Broadcast(_)) {
-        let y = inner.children[0];
-        out.push((class, add_prim(eg, Broadcast { shape: target.clone() }, vec![y])));
-    }
-    out
-}
-
 fn constant(eg: &EGraph, id: Id) -> Option<f64> {
     let d = &eg[id].data;
     d.ty.shape.is_empty().then_some(d.constant).flatten()
-}
-
-/// `x·1 = 1·x = x/1 = x + 0 = 0 + x = x − 0 = x`, when the scalar does not change the
-/// shape or dtype.
-fn scalar_identity(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
-    let Some(&Prim::Binary(op)) = as_prim(eg, n) else { return vec![] };
-    let (a, b) = (n.children[0], n.children[1]);
-    let same = |eg: &EGraph, x: Id| eg[x].data.ty == eg[class].data.ty;
-    let unit = if matches!(op, Binary::Mul | Binary::Div) { 1.0 } else { 0.0 };
-    let mut out = Vec::new();
-    if constant(eg, b) == Some(unit) && same(eg, a) {
-        out.push((class, a));
-    }
-    if matches!(op, Binary::Mul | Binary::Add) && constant(eg, a) == Some(unit) && same(eg, b) {
-        out.push((class, b));
-    }
-    out
 }
 
 /// Splits `x·c` (either order) into `(x, c)` for a known scalar `c`.

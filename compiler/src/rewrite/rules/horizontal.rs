@@ -9,7 +9,7 @@ use egg::Id;
 use hyb_dsl::dim::Dim;
 
 pub fn rules() -> Vec<Rule> {
-    vec![Rule { name: "merge-gemms", on: |p| matches!(p, Prim::Matmul(_)), apply: merge_gemms }]
+    vec![Rule::custom("merge-gemms", |p| matches!(p, Prim::Matmul(_)), merge_gemms)]
 }
 
 /// `x @ W_iᵀ` for every weight `W_i` (rank 2, same orientation) applied to the class of

@@ -9,8 +9,8 @@ use egg::Id;
 
 pub fn rules() -> Vec<Rule> {
     vec![
-        Rule { name: "flash-attention", on: |p| matches!(p, Prim::Matmul(_)), apply: flash_attention },
-        Rule { name: "bitlinear", on: |p| matches!(p, Prim::Matmul(_)), apply: bitlinear },
+        Rule::custom("flash-attention", |p| matches!(p, Prim::Matmul(_)), flash_attention),
+        Rule::custom("bitlinear", |p| matches!(p, Prim::Matmul(_)), bitlinear),
     ]
 }
 
