@@ -275,14 +275,6 @@ impl Prim {
             _ => String::new(),
         }
     }
-
-    pub fn binary(op: Binary) -> Prim {
-        Prim::Binary(op)
-    }
-
-    pub fn unary(op: Unary) -> Prim {
-        Prim::Unary(op)
-    }
 }
 
 /// One primitive's place in the language: callable, with its declaration and how a call's
@@ -406,10 +398,6 @@ impl Args<'_> {
             _ => None,
         }
     }
-
-    pub fn present(&self, i: usize) -> bool {
-        !matches!(self.0.get(i), None | Some(Arg::Absent))
-    }
 }
 
 /// The shape rule of a call: the bound primitive's rule over the tensors of the call's
@@ -469,7 +457,7 @@ pub fn axis(a: i64, rank: usize) -> usize {
     }
 }
 
-/// The input types of a rule as (shape, dtype) pairs, cloned for editing.
+/// The first input's type (a rule's main operand), cloned for editing.
 fn first(inputs: &[Ty]) -> Ty {
     inputs.first().cloned().unwrap_or((Vec::new(), DType::F32))
 }
