@@ -95,8 +95,15 @@ fn forward_flops(m: &Machine, inputs: &[&TensorType], chunk: &Dim) -> f64 {
     m.numel(inputs[0]) * (4.0 * state + 2.0 * m.dim(chunk))
 }
 
-fn io_bytes(m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> f64 {
-    inputs.iter().chain(outputs).map(|t| m.bytes(t)).sum()
+/// One launch reading the inputs and writing the outputs once, at `passes` times the
+/// forward scan's FLOPs.
+fn scan_work(m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType], chunk: &Dim, passes: f64) -> Work {
+    Work {
+        flops: passes * forward_flops(m, inputs, chunk),
+        bytes: inputs.iter().chain(outputs).map(|t| m.bytes(t)).sum(),
+        launches: 1.0,
+        ..Work::default()
+    }
 }
 
 impl Primitive for SsdScan {
@@ -152,12 +159,7 @@ impl Primitive for SsdScan {
     }
 
     fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
-        Work {
-            flops: forward_flops(m, inputs, &self.chunk),
-            bytes: io_bytes(m, inputs, outputs),
-            launches: 1.0,
-            ..Work::default()
-        }
+        scan_work(m, inputs, outputs, &self.chunk, 1.0)
     }
 }
 
@@ -191,12 +193,7 @@ impl Primitive for SsdScanGrad {
     /// One backward pass for all five gradients: it recomputes the forward's states chunk
     /// by chunk and runs the adjoint through them, about twice the forward's FLOPs.
     fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
-        Work {
-            flops: 2.0 * forward_flops(m, inputs, &self.chunk),
-            bytes: io_bytes(m, inputs, outputs),
-            launches: 1.0,
-            ..Work::default()
-        }
+        scan_work(m, inputs, outputs, &self.chunk, 2.0)
     }
 }
 
