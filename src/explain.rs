@@ -8,7 +8,8 @@ use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels};
 use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op, Origin};
 use hyb_compiler::ops::{Binary, Prim};
-use hyb_compiler::pipeline::{compile, Compiled, Target};
+use hyb_compiler::pipeline::{compile, plan, Compiled, Target};
+use hyb_compiler::plan::{MemoryPlan, Program};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
@@ -45,6 +46,12 @@ pub struct ExplainArgs {
     /// List every kernel of every distinct region (default: the ten most expensive).
     #[arg(long)]
     pub all_kernels: bool,
+    /// Print the memory plan: each rank's peak, split by what it holds.
+    #[arg(long)]
+    pub memory: bool,
+    /// Refuse a plan whose memory does not fit in this much per device (e.g. `80GiB`).
+    #[arg(long, value_parser = crate::values::byte_size)]
+    pub device_memory: Option<u64>,
 }
 
 pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: Duration) -> Result<()> {
@@ -65,15 +72,70 @@ pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: 
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];
     stages.extend(compiled.stages.iter().copied());
     let mut text = render(args, model, &compiled, &machine, sources, &stages);
+    if args.memory || args.device_memory.is_some() {
+        let program = plan(&compiled, &target, args.batch as usize, args.seq as usize)?;
+        let m = &program.memory;
+        text.push_str(&memory_report(m, &program, args.tp));
+        if let Some(limit) = args.device_memory {
+            if m.arena_bytes as u64 > limit {
+                print(&text)?;
+                anyhow::bail!(
+                    "the plan needs {} per rank but the device has {}: use a smaller --batch or --seq, \
+                     more tensor-parallel ranks (--tp), or activation recompute",
+                    gib(m.arena_bytes as f64),
+                    gib(limit as f64)
+                );
+            }
+        }
+    }
     if let Some(path) = &args.dot {
         std::fs::write(path, dot(&compiled.graph, &machine)).with_context(|| format!("writing {}", path.display()))?;
         text.push_str(&format!("graph: {}\n", path.display()));
     }
-    // A reader that stops early (`| head`) is not an error.
+    print(&text)
+}
+
+/// Writes to stdout; a reader that stops early (`| head`) is not an error.
+fn print(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+}
+
+/// The memory plan for people: the arena, the peak and what it holds.
+fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
+    let mut out = String::new();
+    let b = &m.peak;
+    let at = &p.launches[m.peak_launch.min(p.launches.len().saturating_sub(1))];
+    let _ = writeln!(
+        out,
+        "\nmemory per rank (tp {tp}, B={} T={}, bf16 activations, f32 master weights, moments and gradients):",
+        p.batch, p.seq
+    );
+    let _ = writeln!(
+        out,
+        "  arena {} · peak live {} at launch {} of {} ({:?})",
+        gib(m.arena_bytes as f64),
+        gib(m.peak_bytes as f64),
+        m.peak_launch,
+        p.launches.len(),
+        at.kind
+    );
+    for (what, bytes) in [
+        ("weights (f32 master + bf16 copy)", b.weights),
+        ("gradients", b.gradients),
+        ("optimizer state", b.optimizer),
+        ("activations kept for backward", b.saved),
+        ("workspace", b.workspace),
+    ] {
+        let _ = writeln!(out, "    {what:<34} {:>10}", gib(bytes as f64));
+    }
+    out
 }
 
 /// `file:line:column` of a node's origin in the checked sources.

@@ -40,6 +40,32 @@ pub fn token_width(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A memory size: bytes, or a number with a unit (`80GiB`, `141 GB`, `512MiB`); decimal
+/// units are powers of 1000, binary ones of 1024.
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim());
+    let x: f64 = number.parse().map_err(|_| format!("`{s}` is not a size (e.g. 80GiB)"))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+    };
+    let bytes = x * scale;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{s}` is not a usable memory size"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +80,16 @@ mod tests {
         assert_eq!(non_negative_finite("0"), Ok(0.0));
         assert!(at_least_one("0").is_err() && at_least_one("-2").is_err());
         assert!(token_width("0").is_err() && token_width("3").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(byte_size("80GiB"), Ok(80 << 30));
+        assert_eq!(byte_size("141 GB"), Ok(141_000_000_000));
+        assert_eq!(byte_size("512MiB"), Ok(512 << 20));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        for bad in ["", "GiB", "80 GiBs", "-1GB", "0", "nanGB", "1e400GB"] {
+            assert!(byte_size(bad).is_err(), "{bad}");
+        }
     }
 }

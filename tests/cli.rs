@@ -377,3 +377,38 @@ fn explain_names_its_machine_reports_saturation_and_prices_one_scan_backward() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("h200") && stderr(&out).contains("h100"), "{}", stderr(&out));
 }
+
+#[test]
+fn explain_prints_the_memory_plan_and_refuses_a_plan_that_does_not_fit() {
+    let args = ["explain", "stdlib/falcon_h1.hyb", "--model", "falcon_h1_0_5b", "--batch", "4", "--memory"];
+    let out = hyb(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in
+        ["memory per rank", "weights (f32 master + bf16 copy)", "optimizer state", "activations kept for backward"]
+    {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // 521M parameters: 4 + 2 bytes of weights, 8 of moments.
+    let gib = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.contains(label)).unwrap();
+        line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()
+    };
+    assert!((gib("weights (f32") - 521_411_104.0 * 6.0 / (1u64 << 30) as f64).abs() < 0.01, "{text}");
+    assert!((gib("optimizer state") - 521_411_104.0 * 8.0 / (1u64 << 30) as f64).abs() < 0.01, "{text}");
+    let out = hyb(&[
+        "explain",
+        "stdlib/falcon_h1.hyb",
+        "--model",
+        "falcon_h1_0_5b",
+        "--batch",
+        "4",
+        "--device-memory",
+        "8GiB",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("but the device has 8.00 GiB"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("activations kept for backward"), "the refusal shows the breakdown");
+    let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--device-memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+}

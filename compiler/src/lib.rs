@@ -10,6 +10,7 @@ pub mod explain;
 pub mod ir;
 pub mod ops;
 pub mod pipeline;
+pub mod plan;
 pub mod reference;
 pub mod rewrite;
 pub mod shard;

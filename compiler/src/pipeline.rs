@@ -3,9 +3,10 @@
 //! backward is a recomputing kernel too), derive the training step, rewrite that, fuse.
 
 use crate::ir::Graph;
+use crate::plan::{PlanError, Precision, Program, Request};
 use crate::rewrite::{fuse::fuse, saturate, Options, Report};
 use crate::shard::{shard, Sharded};
-use crate::training::{training_graph, AdamW};
+use crate::training::{in_place_updates, training_graph, AdamW};
 use std::time::{Duration, Instant};
 
 /// What to compile the forward graph into.
@@ -54,4 +55,19 @@ pub fn compile(forward: &Graph, target: &Target, ranks: usize, opts: &Options) -
         }
     };
     Compiled { graph, report, sharded, stages }
+}
+
+/// The program of a compiled graph for one batch and sequence length: a training step
+/// updates its weights and moments in place, and keeps for backward what the forward pass
+/// computed and the backward pass reads.
+pub fn plan(compiled: &Compiled, target: &Target, batch: usize, seq: usize) -> Result<Program, PlanError> {
+    let training = matches!(target, Target::Training { .. });
+    let req = Request {
+        batch,
+        seq,
+        precision: Precision::default(),
+        in_place: if training { in_place_updates(&compiled.graph) } else { Vec::new() },
+        forward_end: training.then_some(0),
+    };
+    crate::plan::plan(&compiled.graph, &req)
 }

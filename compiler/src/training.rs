@@ -212,3 +212,22 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
     g.origin = None;
     TrainingGraph { graph: g, params: names }
 }
+
+/// The outputs a training step writes in place, with the leaf each replaces: the new value
+/// of parameter `p` (output `2 + 3p`) over the parameter, its moments (`3 + 3p`, `4 + 3p`)
+/// over the inputs `m.NAME` and `v.NAME`.
+pub fn in_place_updates(g: &Graph) -> Vec<(usize, NodeId)> {
+    let mut out = Vec::new();
+    for (p, spec) in g.params.iter().enumerate() {
+        let Some(w) = g.param_node(p) else { continue };
+        out.push((2 + 3 * p, w));
+        for (k, moment) in ["m", "v"].iter().enumerate() {
+            let name = format!("{moment}.{}", spec.name);
+            if let Some((node, _)) = g.input_nodes().find(|(_, n)| *n == name) {
+                out.push((3 + 3 * p + k, node));
+            }
+        }
+    }
+    out.retain(|&(o, _)| o < g.outputs.len());
+    out
+}

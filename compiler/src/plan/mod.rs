@@ -1,0 +1,433 @@
+//! The plan stage: a fused graph becomes a [`Program`] every executor consumes — the
+//! ordered launches with their inputs and outputs as views of buffers, every buffer's exact
+//! size for one batch and sequence length under the precision policy, its lifetime, and one
+//! static arena that holds them all.
+//!
+//! Views (reshape, transpose, permute, broadcast, slice, a rank's shard) copy nothing: they
+//! fold into their reader's access as an offset and strides. Updates named in place (an
+//! optimizer writing a weight and its moments) write into the buffer they replace.
+
+mod arena;
+mod memory;
+
+pub use memory::{Breakdown, MemoryPlan};
+
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::{Class, Prim, Primitive};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::value::DType;
+use serde::{Deserialize, Serialize};
+
+/// Index of a buffer in [`Program::buffers`].
+pub type BufferId = usize;
+
+/// What a buffer holds, which decides its precision and where the memory report counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A learnable parameter: float32 master weights, plus the bfloat16 copy GEMMs read.
+    Weight,
+    /// Optimizer state (AdamW moments), float32.
+    Optimizer,
+    /// A program input (token ids, targets, scalars).
+    Input,
+    /// A forward value the backward pass reads again.
+    Saved,
+    /// The gradient of a parameter, float32 (accumulated over the step).
+    Gradient,
+    /// Anything else: values used within a pass.
+    Workspace,
+}
+
+/// Storage precision: bf16 activations and weight copies, f32 master weights, moments,
+/// gradients and reductions. What the GPU will hold; the CPU executor may compute in f32.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Precision {
+    pub activations: DType,
+    pub master_weights: DType,
+    pub weight_copies: DType,
+    pub optimizer: DType,
+    pub gradients: DType,
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision {
+            activations: DType::BF16,
+            master_weights: DType::F32,
+            weight_copies: DType::BF16,
+            optimizer: DType::F32,
+            gradients: DType::F32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffer {
+    pub role: Role,
+    pub dtype: DType,
+    pub elements: usize,
+    pub bytes: usize,
+    /// The launches between which it is live: written by `first` (or before the program,
+    /// for weights, optimizer state and inputs), last read by `last`.
+    pub first: usize,
+    pub last: usize,
+    /// Where it lives in the arena.
+    pub offset: usize,
+    /// The graph node whose value it holds.
+    pub node: NodeId,
+}
+
+impl Buffer {
+    /// Whether the buffer lives for the whole program (weights, optimizer state, inputs).
+    pub fn persistent(&self) -> bool {
+        matches!(self.role, Role::Weight | Role::Optimizer | Role::Input)
+    }
+}
+
+/// A tensor as a launch reads or writes it: a buffer, an element offset and strides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub buffer: BufferId,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    /// Element strides; 0 along a broadcast axis.
+    pub strides: Vec<isize>,
+    pub dtype: DType,
+}
+
+/// How a launch runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LaunchKind {
+    /// A generated kernel (a fused kernel, flash attention, …), by kind.
+    Kernel(String),
+    /// A GEMM for the GEMM library.
+    Gemm,
+    /// An exchange between tensor-parallel ranks.
+    Collective(String),
+    /// A primitive run as its own kernel.
+    Primitive(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    pub kind: LaunchKind,
+    /// The graph node it computes.
+    pub node: NodeId,
+    pub inputs: Vec<View>,
+    pub outputs: Vec<View>,
+}
+
+/// The compiled program for one batch and sequence length.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub batch: usize,
+    pub seq: usize,
+    pub precision: Precision,
+    pub buffers: Vec<Buffer>,
+    pub launches: Vec<Launch>,
+    /// The graph's outputs, in order.
+    pub outputs: Vec<View>,
+    pub memory: MemoryPlan,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("the size `{0}` is not known for batch {1} and sequence {2}")]
+    Unbound(String, usize, usize),
+    #[error("a tensor of {0} elements does not fit in memory")]
+    TooLarge(String),
+}
+
+/// What to plan for.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub batch: usize,
+    pub seq: usize,
+    pub precision: Precision,
+    /// Graph outputs written into the buffer of the leaf they replace: `(output index,
+    /// input or parameter node)` — an optimizer's new weight and moments.
+    pub in_place: Vec<(usize, NodeId)>,
+    /// The graph output whose computation ends the forward pass (the loss), if the program
+    /// has a backward pass: forward values read after it are kept for backward.
+    pub forward_end: Option<usize>,
+}
+
+/// Plans `g` (fused) for the sizes and policy of `req`.
+pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
+    let sizes = |d: &Dim| -> Result<usize, PlanError> {
+        let bind = |s: &str| match s {
+            "B" => Some(req.batch as i64),
+            "T" => Some(req.seq as i64),
+            _ => None,
+        };
+        d.eval(&|s| Dim::bind_parts(s, &bind))
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| PlanError::Unbound(d.to_string(), req.batch, req.seq))
+    };
+    let shape_of = |n: NodeId| -> Result<Vec<usize>, PlanError> { g.nodes[n].ty.shape.iter().map(sizes).collect() };
+    let forward_end = req.forward_end.map(|o| g.outputs[o]);
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut launches: Vec<Launch> = Vec::new();
+    let mut view_of: Vec<Option<View>> = vec![None; g.nodes.len()];
+    let aliased: std::collections::HashMap<NodeId, NodeId> =
+        req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
+
+    for (i, n) in g.nodes.iter().enumerate() {
+        let shape = shape_of(i)?;
+        let new_buffer =
+            |buffers: &mut Vec<Buffer>, role: Role, dtype: DType, first: usize| -> Result<View, PlanError> {
+                let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                let elements = elements.ok_or_else(|| PlanError::TooLarge(format!("{shape:?}")))?;
+                let bytes = elements
+                    .checked_mul(dtype.size_bytes())
+                    .ok_or_else(|| PlanError::TooLarge(format!("{shape:?}")))?;
+                buffers.push(Buffer { role, dtype, elements, bytes, first, last: first, offset: 0, node: i });
+                Ok(contiguous(buffers.len() - 1, &shape, dtype))
+            };
+        match &n.op {
+            Op::Param(_) => {
+                view_of[i] = Some(new_buffer(&mut buffers, Role::Weight, req.precision.master_weights, 0)?);
+            }
+            Op::Input(name) => {
+                let (role, dtype) = if name.starts_with("m.") || name.starts_with("v.") {
+                    (Role::Optimizer, req.precision.optimizer)
+                } else {
+                    (Role::Input, n.ty.dtype)
+                };
+                view_of[i] = Some(new_buffer(&mut buffers, role, dtype, 0)?);
+            }
+            // Constants are immediates of the launches that read them.
+            Op::Constant(_) => {}
+            Op::Prim(p) if !p.moves_data() => {
+                let src = n.inputs[0];
+                view_of[i] = match &view_of[src] {
+                    Some(v) => fold_view(p, v, &shape_of(src)?, &shape, &sizes)?,
+                    None => None,
+                };
+                if view_of[i].is_none() {
+                    // A view the strides cannot express (a reshape of a strided view): a copy.
+                    let out =
+                        new_buffer(&mut buffers, Role::Workspace, storage(&req.precision, n.ty.dtype), launches.len())?;
+                    launches.push(launch(g, i, &view_of, vec![out.clone()]));
+                    view_of[i] = Some(out);
+                }
+            }
+            Op::Output(k) => {
+                let source = n.inputs[0];
+                let at = launches.iter().rposition(|l| l.node == source).expect("outputs follow their source");
+                view_of[i] = launches[at].outputs.get(*k).cloned();
+            }
+            Op::Prim(_) | Op::Kernel(_) => {
+                let dtype = storage(&req.precision, n.ty.dtype);
+                let mut outs = Vec::new();
+                let out = match aliased.get(&i).and_then(|leaf| view_of[*leaf].clone()) {
+                    Some(v) => v,
+                    None => new_buffer(&mut buffers, Role::Workspace, dtype, launches.len())?,
+                };
+                outs.push(out.clone());
+                if let Op::Kernel(k) = &n.op {
+                    for o in 1..k.body.outputs.len() {
+                        let reader = g
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .skip(i + 1)
+                            .find(|(_, m)| m.op == Op::Output(o) && m.inputs == [i]);
+                        let v = match reader.and_then(|(r, _)| aliased.get(&r)).and_then(|leaf| view_of[*leaf].clone())
+                        {
+                            Some(v) => v,
+                            None => {
+                                let ty = &k.body.nodes[k.body.outputs[o]].ty;
+                                let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
+                                new_buffer_of(
+                                    &mut buffers,
+                                    &shape,
+                                    storage(&req.precision, ty.dtype),
+                                    launches.len(),
+                                    i,
+                                )?
+                            }
+                        };
+                        outs.push(v);
+                    }
+                } else if let Op::Prim(p) = &n.op {
+                    let types: Vec<&crate::ir::TensorType> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
+                    for ty in crate::ir::infer_types(p, &types).iter().skip(1) {
+                        let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
+                        outs.push(new_buffer_of(
+                            &mut buffers,
+                            &shape,
+                            storage(&req.precision, ty.dtype),
+                            launches.len(),
+                            i,
+                        )?);
+                    }
+                }
+                launches.push(launch(g, i, &view_of, outs));
+                view_of[i] = Some(out);
+            }
+        }
+    }
+
+    // Lifetimes: a buffer lives from its writer to its last reader; graph outputs and
+    // persistent buffers to the end.
+    let end = launches.len().saturating_sub(1);
+    for (t, l) in launches.iter().enumerate() {
+        for v in l.inputs.iter().chain(&l.outputs) {
+            let b = &mut buffers[v.buffer];
+            b.last = b.last.max(t);
+        }
+    }
+    let outputs: Vec<View> = g.outputs.iter().map(|&o| view_of[o].clone().expect("outputs are computed")).collect();
+    for v in &outputs {
+        buffers[v.buffer].last = end;
+    }
+    for b in buffers.iter_mut().filter(|b| b.persistent()) {
+        b.first = 0;
+        b.last = end;
+    }
+    classify(g, &mut buffers, &launches, forward_end, &req.precision);
+    arena::assign(&mut buffers);
+    let memory = MemoryPlan::of(&buffers, &launches, &req.precision);
+    Ok(Program { batch: req.batch, seq: req.seq, precision: req.precision.clone(), buffers, launches, outputs, memory })
+}
+
+fn new_buffer_of(
+    buffers: &mut Vec<Buffer>,
+    shape: &[usize],
+    dtype: DType,
+    first: usize,
+    node: NodeId,
+) -> Result<View, PlanError> {
+    let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let elements = elements.ok_or_else(|| PlanError::TooLarge(format!("{shape:?}")))?;
+    let bytes = elements.checked_mul(dtype.size_bytes()).ok_or_else(|| PlanError::TooLarge(format!("{shape:?}")))?;
+    buffers.push(Buffer { role: Role::Workspace, dtype, elements, bytes, first, last: first, offset: 0, node });
+    Ok(contiguous(buffers.len() - 1, shape, dtype))
+}
+
+/// The storage dtype of a computed value: floats as activations, others as they are.
+fn storage(p: &Precision, dtype: DType) -> DType {
+    if dtype.is_float() {
+        p.activations
+    } else {
+        dtype
+    }
+}
+
+fn contiguous(buffer: BufferId, shape: &[usize], dtype: DType) -> View {
+    let mut strides = vec![0isize; shape.len()];
+    let mut s = 1isize;
+    for k in (0..shape.len()).rev() {
+        strides[k] = s;
+        s *= shape[k] as isize;
+    }
+    View { buffer, offset: 0, shape: shape.to_vec(), strides, dtype }
+}
+
+fn is_contiguous(v: &View) -> bool {
+    let mut s = 1isize;
+    for k in (0..v.shape.len()).rev() {
+        if v.shape[k] != 1 && v.strides[k] != s {
+            return false;
+        }
+        s *= v.shape[k] as isize;
+    }
+    true
+}
+
+/// The view `p` makes of view `v` (of shape `from`), or `None` when strides cannot say it.
+fn fold_view(
+    p: &Prim,
+    v: &View,
+    from: &[usize],
+    to: &[usize],
+    sizes: &dyn Fn(&Dim) -> Result<usize, PlanError>,
+) -> Result<Option<View>, PlanError> {
+    let axis = |a: i64| crate::ops::axis(a, from.len());
+    Ok(match p {
+        Prim::Reshape(_) if is_contiguous(v) => Some(View { shape: to.to_vec(), ..contiguous(v.buffer, to, v.dtype) })
+            .map(|c| View { offset: v.offset, ..c }),
+        Prim::Reshape(_) => None,
+        Prim::Transpose(t) => {
+            let (a, b) = (axis(t.dim0), axis(t.dim1));
+            let mut out = v.clone();
+            out.shape.swap(a, b);
+            out.strides.swap(a, b);
+            Some(out)
+        }
+        Prim::Permute(perm) => {
+            let dims: Vec<usize> = perm.dims.iter().map(|&d| axis(d)).collect();
+            Some(View {
+                shape: dims.iter().map(|&d| v.shape[d]).collect(),
+                strides: dims.iter().map(|&d| v.strides[d]).collect(),
+                ..v.clone()
+            })
+        }
+        Prim::Broadcast(_) => {
+            let shift = to.len() - from.len();
+            let mut strides = vec![0isize; to.len()];
+            for k in 0..from.len() {
+                strides[k + shift] = if from[k] == 1 && to[k + shift] != 1 { 0 } else { v.strides[k] };
+            }
+            Some(View { shape: to.to_vec(), strides, ..v.clone() })
+        }
+        Prim::Slice(s) => {
+            let a = s.axis_of(from.len());
+            let start = sizes(&s.start)?;
+            let mut out = v.clone();
+            out.offset = (v.offset as isize + start as isize * v.strides[a]) as usize;
+            out.shape[a] = to[a];
+            Some(out)
+        }
+        // A rank's shard and a tensor-parallel copy: on one rank, the value itself.
+        _ => Some(View { shape: to.to_vec(), ..v.clone() }),
+    })
+}
+
+fn launch(g: &Graph, i: NodeId, view_of: &[Option<View>], outputs: Vec<View>) -> Launch {
+    let n = &g.nodes[i];
+    let kind = match &n.op {
+        Op::Kernel(k) => LaunchKind::Kernel(k.kind.name()),
+        Op::Prim(p) if p.class() == Class::Contraction => LaunchKind::Gemm,
+        Op::Prim(p) if p.is_collective() => LaunchKind::Collective(p.name().to_string()),
+        Op::Prim(p) => LaunchKind::Primitive(p.name().to_string()),
+        _ => unreachable!("only computed nodes launch"),
+    };
+    let inputs = n.inputs.iter().filter_map(|&x| view_of[x].clone()).collect();
+    Launch { kind, node: i, inputs, outputs }
+}
+
+/// Roles of computed buffers: a parameter's gradient (it has the parameter's type and an
+/// in-place update reads it), a forward value read after the forward pass ends, or
+/// workspace.
+fn classify(g: &Graph, buffers: &mut [Buffer], launches: &[Launch], forward_end: Option<NodeId>, p: &Precision) {
+    let Some(end) = forward_end else { return };
+    let Some(end_launch) = launches.iter().position(|l| l.node == end) else { return };
+    let updates_in_place: Vec<&Launch> = launches
+        .iter()
+        .filter(|l| l.outputs.iter().any(|o| matches!(buffers[o.buffer].role, Role::Weight | Role::Optimizer)))
+        .collect();
+    let mut gradient = vec![false; buffers.len()];
+    for l in &updates_in_place {
+        let weights: Vec<&View> = l.outputs.iter().filter(|o| buffers[o.buffer].role == Role::Weight).collect();
+        for v in &l.inputs {
+            let b = &buffers[v.buffer];
+            if b.role == Role::Workspace && weights.iter().any(|w| w.shape == v.shape) {
+                gradient[v.buffer] = true;
+            }
+        }
+    }
+    for (id, b) in buffers.iter_mut().enumerate() {
+        if b.role != Role::Workspace {
+            continue;
+        }
+        if gradient[id] {
+            b.role = Role::Gradient;
+            b.dtype = p.gradients;
+            b.bytes = b.elements * p.gradients.size_bytes();
+        } else if b.first <= end_launch && b.last > end_launch && g.nodes[b.node].ty.dtype.is_float() {
+            b.role = Role::Saved;
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The plan stage: buffers never overlap while both are live, the reported peak is the most
+//! bytes live at once, views copy nothing, and a training step updates its weights and
+//! moments in place.
+
+use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
+use hyb_compiler::ops::{Binary, ReduceOp, Transpose, Unary};
+use hyb_compiler::pipeline::{compile, plan, Target};
+use hyb_compiler::plan::{self, Program, Request, Role};
+use hyb_compiler::rewrite::{fuse::fuse, Options};
+use hyb_compiler::training::AdamW;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::inits;
+use hyb_dsl::value::DType;
+use proptest::prelude::*;
+
+fn random_graph(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> Graph {
+    let mut g = Graph::default();
+    let param = |g: &mut Graph, shape: Vec<usize>| {
+        g.params.push(ParamSpec {
+            name: format!("p{}", g.params.len()),
+            shape: shape.clone(),
+            init: Init { name: "zeros".into(), args: vec![] },
+            role: inits::Role::Hidden,
+            shard: None,
+        });
+        let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+        g.add(Op::Param(g.params.len() - 1), vec![], ty)
+    };
+    let mut values: Vec<NodeId> = vec![param(&mut g, vec![rows, cols]), param(&mut g, vec![rows, cols])];
+    for &(kind, i, j) in ops {
+        let (a, b) = (values[i % values.len()], values[j % values.len()]);
+        let y = match kind % 6 {
+            0 => g.unary(Unary::Tanh, a),
+            1 => g.binary(Binary::Mul, a, b),
+            2 => {
+                let r = g.reduce(ReduceOp::Max, a, -1, true);
+                g.binary(Binary::Sub, b, r)
+            }
+            3 => {
+                let w = param(&mut g, vec![cols, cols]);
+                g.matmul(a, w, false, true)
+            }
+            4 => {
+                let t = g.apply(Transpose { dim0: 0, dim1: 1 }, vec![a]);
+                let e = g.unary(Unary::Exp, t);
+                g.apply(Transpose { dim0: 0, dim1: 1 }, vec![e])
+            }
+            _ => g.binary(Binary::Add, a, b),
+        };
+        values.push(y);
+    }
+    let n = values.len();
+    g.outputs = vec![values[n - 1], values[n / 2]];
+    g
+}
+
+fn request(batch: usize, seq: usize) -> Request {
+    Request { batch, seq, precision: Default::default(), in_place: vec![], forward_end: None }
+}
+
+/// The most bytes live at any launch, counted buffer by buffer.
+fn max_live(p: &Program) -> usize {
+    (0..p.launches.len().max(1))
+        .map(|t| {
+            p.buffers
+                .iter()
+                .filter(|b| b.first <= t && t <= b.last)
+                .map(|b| b.bytes + if b.role == Role::Weight { b.elements * 2 } else { 0 })
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn assert_no_overlap(p: &Program) {
+    for (i, a) in p.buffers.iter().enumerate() {
+        for b in &p.buffers[i + 1..] {
+            let live_together = a.first <= b.last && b.first <= a.last;
+            let share_bytes = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
+            assert!(!(live_together && share_bytes && a.bytes > 0 && b.bytes > 0), "{a:?} overlaps {b:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn live_buffers_never_overlap_and_the_peak_is_the_most_live_bytes(
+        ops in prop::collection::vec((0..6u8, 0..40usize, 0..40usize), 1..25),
+        rows in 1..5usize, cols in 1..6usize,
+    ) {
+        let g = fuse(&random_graph(&ops, rows, cols));
+        let p = plan::plan(&g, &request(1, 1)).unwrap();
+        assert_no_overlap(&p);
+        prop_assert_eq!(p.memory.peak_bytes, max_live(&p));
+        prop_assert!(p.memory.arena_bytes >= p.memory.peak_bytes);
+        prop_assert_eq!(p.memory.peak.total(), p.memory.peak_bytes);
+    }
+}
+
+const TINY: &str = "import std.layers\n\nmodel tiny {\n    vocab = 32\n    d = 16\n    layers = pattern(\"H{2}\", H = falcon_h1_layer)\n    heads = 2\n    kv_heads = 1\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}\n";
+
+mod common;
+
+#[test]
+fn a_training_step_updates_in_place_and_views_copy_nothing() {
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    for ranks in [1, 2] {
+        let compiled = compile(&forward, &target, ranks, &Options::default());
+        let p = plan(&compiled, &target, 2, 8).unwrap();
+        let g = &compiled.graph;
+        assert_no_overlap(&p);
+        assert_eq!(p.memory.peak_bytes, max_live(&p));
+        // The new weight and moments of every parameter are its own buffers.
+        for (param, spec) in g.params.iter().enumerate() {
+            let w = g.param_node(param).unwrap();
+            let weight = p.buffers.iter().position(|b| b.node == w).unwrap();
+            assert_eq!(p.outputs[2 + 3 * param].buffer, weight, "{} is updated in place", spec.name);
+            for (k, moment) in ["m", "v"].iter().enumerate() {
+                let buffer = p.outputs[3 + 3 * param + k].buffer;
+                assert_eq!(p.buffers[buffer].role, Role::Optimizer, "{moment}.{}", spec.name);
+            }
+        }
+        // Views read their source's buffer: no buffer belongs to a view node.
+        for b in &p.buffers {
+            let is_view = matches!(&g.nodes[b.node].op, Op::Prim(prim) if !prim.moves_data());
+            assert!(!is_view || p.launches.iter().any(|l| l.node == b.node), "a view got a buffer without a copy");
+        }
+        let count = |role| p.buffers.iter().filter(|b| b.role == role).count();
+        assert_eq!(count(Role::Weight), g.params.len());
+        // Every update reads its parameter's gradient (merged GEMMs' gradients are slices of
+        // one buffer).
+        let updates = p.launches.iter().filter(|l| l.outputs.iter().any(|o| p.buffers[o.buffer].role == Role::Weight));
+        assert_eq!(updates.clone().count(), g.params.len());
+        for l in updates {
+            assert!(l.inputs.iter().any(|v| p.buffers[v.buffer].role == Role::Gradient), "{:?}", l.kind);
+        }
+        assert!(count(Role::Saved) > 0, "the backward pass reads forward values");
+        // Master weights and moments in f32, activations in bf16.
+        for b in &p.buffers {
+            match b.role {
+                Role::Weight | Role::Optimizer | Role::Gradient => assert_eq!(b.dtype, DType::F32),
+                Role::Saved => assert_eq!(b.dtype, DType::BF16),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn sizes_scale_with_batch_and_sequence() {
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let compiled = compile(&forward, &target, 1, &Options::default());
+    let small = plan(&compiled, &target, 1, 8).unwrap();
+    let large = plan(&compiled, &target, 4, 8).unwrap();
+    assert_eq!(small.memory.peak.weights, large.memory.peak.weights);
+    assert_eq!(small.memory.peak.optimizer, large.memory.peak.optimizer);
+    assert!(large.memory.peak.saved > 3 * small.memory.peak.saved, "saved activations grow with the batch");
+}
