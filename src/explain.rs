@@ -3,6 +3,7 @@
 //! the roofline prediction for each kernel.
 
 use anyhow::{Context, Result};
+use hyb_compiler::artifact::Artifact;
 use hyb_compiler::cost::{stored_weight, total, total_time, Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels};
@@ -103,8 +104,36 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
+/// Bytes in GiB, or MiB below one GiB.
 fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+    let gib = bytes / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.2} GiB")
+    } else {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    }
+}
+
+/// Explains a compiled artifact: what it was compiled for, its kernels and its memory.
+pub fn run_artifact(args: &ExplainArgs, artifact: &Artifact) -> Result<()> {
+    let c = &artifact.compiled;
+    let machine = Machine::named(&args.machine).context("unknown machine")?.with_size(c.batch as i64, c.seq as i64);
+    let mut text = String::new();
+    let what = if c.training { "training step" } else { "forward pass" };
+    let _ = writeln!(
+        text,
+        "{}: compiled artifact for {} · {what} · tp {} · B={} T={} · {} launches, {} parameters",
+        c.model,
+        c.target.name(),
+        c.tp,
+        c.batch,
+        c.seq,
+        artifact.program.launches.len(),
+        artifact.manifest().iter().map(|p| p.shape.iter().product::<usize>()).sum::<usize>()
+    );
+    text.push_str(&kernel_list(&artifact.graph, &machine, args.all_kernels));
+    text.push_str(&memory_report(&artifact.program.memory, &artifact.program, c.tp));
+    print(&text)
 }
 
 /// The memory plan for people: the arena, the peak and what it holds.
@@ -134,6 +163,40 @@ fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
         ("workspace", b.workspace),
     ] {
         let _ = writeln!(out, "    {what:<34} {:>10}", gib(bytes as f64));
+    }
+    out
+}
+
+/// The kernels of each distinct region, the most expensive first unless `all`.
+fn kernel_list(g: &Graph, m: &Machine, all: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nkernels per rank, by distinct region (time predicted on the machine above):");
+    for region in kernels(g, m) {
+        let t: f64 = region.kernels.iter().map(|k| k.work.time(m)).sum();
+        let _ =
+            writeln!(out, "  {} (×{}): {} kernels, {} each", region.label, region.count, region.kernels.len(), time(t));
+        let mut ks = region.kernels.clone();
+        if !all {
+            ks.sort_by(|a, b| b.work.time(m).total_cmp(&a.work.time(m)));
+            ks.truncate(10);
+        }
+        for k in &ks {
+            let mut ops = k.ops.join(" ");
+            if ops.len() > 60 {
+                ops = format!("{}…", &ops[..ops.floor_char_boundary(59)]);
+            }
+            let reads = if k.weights.is_empty() { String::new() } else { format!("  [{}]", k.weights.join("; ")) };
+            let _ = writeln!(
+                out,
+                "    {:<22} {:<61} {:>9.2} GFLOP {:>9.2} MB {:>10}{}",
+                k.kind,
+                ops,
+                k.work.flops / 1e9,
+                (k.work.bytes + k.work.comm_bytes) / 1e6,
+                time(k.work.time(m)),
+                reads
+            );
+        }
     }
     out
 }
@@ -231,34 +294,7 @@ fn render(
     }
     let _ = writeln!(out, "  GEMMs with a multiplier folded into the epilogue: {folded}");
 
-    let _ = writeln!(out, "\nkernels per rank, by distinct region (time predicted on the machine above):");
-    for region in kernels(g, m) {
-        let t: f64 = region.kernels.iter().map(|k| k.work.time(m)).sum();
-        let _ =
-            writeln!(out, "  {} (×{}): {} kernels, {} each", region.label, region.count, region.kernels.len(), time(t));
-        let mut ks = region.kernels.clone();
-        if !args.all_kernels {
-            ks.sort_by(|a, b| b.work.time(m).total_cmp(&a.work.time(m)));
-            ks.truncate(10);
-        }
-        for k in &ks {
-            let mut ops = k.ops.join(" ");
-            if ops.len() > 60 {
-                ops = format!("{}…", &ops[..ops.floor_char_boundary(59)]);
-            }
-            let reads = if k.weights.is_empty() { String::new() } else { format!("  [{}]", k.weights.join("; ")) };
-            let _ = writeln!(
-                out,
-                "    {:<22} {:<61} {:>9.2} GFLOP {:>9.2} MB {:>10}{}",
-                k.kind,
-                ops,
-                k.work.flops / 1e9,
-                (k.work.bytes + k.work.comm_bytes) / 1e6,
-                time(k.work.time(m)),
-                reads
-            );
-        }
-    }
+    out.push_str(&kernel_list(g, m, args.all_kernels));
     let w = total(g, m);
     let _ = writeln!(
         out,

@@ -7,6 +7,7 @@ use hyb_dsl::expand::model::ModelSummary;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod compile;
 mod explain;
 mod logits;
 mod train;
@@ -87,7 +88,11 @@ enum Command {
     },
     /// Compile a model's training step (or forward pass) and show what the compiler chose:
     /// kernels with predicted times, rewrites, tensor-parallel sharding of every parameter.
+    /// Given a `.hybc` artifact, show what it holds.
     Explain(explain::ExplainArgs),
+    /// Compile a model's training step (or forward pass) into an artifact (`-o model.hybc`)
+    /// that runs without its source.
+    Compile(compile::CompileArgs),
     /// Run the forward pass with the reference interpreter and print the logits.
     Logits {
         file: PathBuf,
@@ -205,6 +210,22 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             let m = choose(&checked, &args.file, args.model.as_deref())?;
             let given = matches.subcommand_matches("train").context("train's arguments")?;
             train::run(&args, m, given)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) if args.file.extension().is_some_and(|e| e == "hybc") => {
+            let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+            let artifact = hyb_compiler::artifact::Artifact::from_bytes(&bytes, hyb_compiler::artifact::Target::Cpu)
+                .with_context(|| format!("cannot load {}", args.file.display()))?;
+            explain::run_artifact(&args, &artifact)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compile(args) => {
+            let checked = check(std::slice::from_ref(&args.file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            let m = choose(&checked, &args.file, args.model.as_deref())?;
+            compile::run(&args, m)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {

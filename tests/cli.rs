@@ -412,3 +412,29 @@ fn explain_prints_the_memory_plan_and_refuses_a_plan_that_does_not_fit() {
     let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--device-memory", "lots"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn compile_writes_artifacts_that_explain_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models: Vec<(String, Option<&str>)> = repo_files("examples").into_iter().map(|f| (f, None)).collect();
+    models.push(("stdlib/falcon_h1.hyb".into(), Some("falcon_h1_0_5b")));
+    for (file, model) in &models {
+        let out = dir.path().join(format!("{}.hybc", Path::new(file).file_stem().unwrap().to_str().unwrap()));
+        let mut args = vec!["compile", file.as_str(), "--batch", "2", "--seq", "32", "-o", out.to_str().unwrap()];
+        if let Some(m) = model {
+            args.extend(["--model", m]);
+        }
+        let run = hyb(&args);
+        assert!(run.status.success(), "{file}: {}", stderr(&run));
+        let shown = hyb(&["explain", out.to_str().unwrap()]);
+        assert!(shown.status.success(), "{file}: {}", stderr(&shown));
+        let text = stdout(&shown);
+        assert!(text.contains("compiled artifact for cpu · training step · tp 1 · B=2 T=32"), "{text}");
+        assert!(text.contains("memory per rank"), "{text}");
+    }
+    let damaged = dir.path().join("damaged.hybc");
+    std::fs::write(&damaged, b"HYBC\x01\x00\x00\x00 not really").unwrap();
+    let shown = hyb(&["explain", damaged.to_str().unwrap()]);
+    assert_eq!(shown.status.code(), Some(2));
+    assert!(stderr(&shown).contains("cannot load") && stderr(&shown).contains("truncated"), "{}", stderr(&shown));
+}

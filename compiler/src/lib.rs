@@ -2,6 +2,7 @@
 //! and given meaning by the float64 `reference` interpreter through `ops`, the compiler's
 //! op set; `cost` prices them for every stage that chooses.
 
+pub mod artifact;
 pub mod autodiff;
 pub mod check;
 pub mod cost;

@@ -1,5 +1,6 @@
 //! Helpers shared by the whole-model tests: a model from `.hyb` text, random weights, and
 //! the inputs of a training step.
+#![allow(dead_code)]
 
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::Graph;

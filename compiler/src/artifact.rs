@@ -1,0 +1,120 @@
+//! The compiled artifact (`hyb compile … -o model.hybc`): the fused program's graph, its
+//! planned [`Program`], the parameter manifest and what it was compiled for, in one
+//! versioned, checksummed file, so a run needs no `.hyb` source and no recompilation.
+//!
+//! Layout: the magic `HYBC`, a little-endian `u32` format version, the SHA-256 of the body,
+//! the body's length as a little-endian `u64`, then the body (bincode).
+
+use crate::ir::{Graph, ParamSpec};
+use crate::plan::Program;
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 4] = b"HYBC";
+/// Bumped whenever the body's layout changes; older files are refused with the version.
+pub const VERSION: u32 = 1;
+const HEADER: usize = 4 + 4 + 32 + 8;
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+}
+
+/// What the program runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The CPU executor (the reference semantics until generated code replaces them).
+    Cpu,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+        }
+    }
+}
+
+/// What was compiled: the model and the sizes the program is planned for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Compiled {
+    pub model: String,
+    pub target: Target,
+    /// A training step (forward, loss, backward, AdamW) or the forward pass alone.
+    pub training: bool,
+    pub tp: usize,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub compiled: Compiled,
+    /// The program each rank runs, fused (its nodes are what the launches compute).
+    pub graph: Graph,
+    pub program: Program,
+}
+
+impl Artifact {
+    /// The parameters each rank holds: names, shapes, shards, initialisers and µP roles.
+    pub fn manifest(&self) -> &[ParamSpec] {
+        &self.graph.params
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = options().serialize(self).expect("artifacts serialise");
+        let mut out = Vec::with_capacity(HEADER + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&body));
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads an artifact, checking what it is, its version, its length and its checksum
+    /// before decoding it, and that it was compiled for `target`.
+    pub fn from_bytes(bytes: &[u8], target: Target) -> Result<Artifact, ArtifactError> {
+        if bytes.get(..4) != Some(MAGIC.as_slice()) {
+            return Err(ArtifactError::NotAnArtifact);
+        }
+        if bytes.len() < HEADER {
+            return Err(ArtifactError::Truncated { expected: HEADER as u64, found: bytes.len() as u64 });
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("four bytes"));
+        if version != VERSION {
+            return Err(ArtifactError::Version { found: version, expected: VERSION });
+        }
+        let length = u64::from_le_bytes(bytes[40..48].try_into().expect("eight bytes"));
+        let body = &bytes[HEADER..];
+        if body.len() as u64 != length {
+            return Err(ArtifactError::Truncated { expected: length, found: body.len() as u64 });
+        }
+        if Sha256::digest(body).as_slice() != &bytes[8..40] {
+            return Err(ArtifactError::Checksum);
+        }
+        // The limit bounds what a hostile length inside the body can make the decoder read.
+        let artifact: Artifact =
+            options().with_limit(length).deserialize(body).map_err(|e| ArtifactError::Body(e.to_string()))?;
+        if artifact.compiled.target != target {
+            return Err(ArtifactError::Target { found: artifact.compiled.target.name(), expected: target.name() });
+        }
+        Ok(artifact)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ArtifactError {
+    #[error("not a hyb artifact (compile one with `hyb compile MODEL.hyb -o FILE.hybc`)")]
+    NotAnArtifact,
+    #[error("the artifact has format version {found}, this hyb reads version {expected}: compile it again")]
+    Version { found: u32, expected: u32 },
+    #[error("the artifact is truncated: {expected} bytes expected, {found} found")]
+    Truncated { expected: u64, found: u64 },
+    #[error("the artifact's checksum does not match its contents: the file is damaged")]
+    Checksum,
+    #[error("the artifact's body cannot be read: {0}")]
+    Body(String),
+    #[error("the artifact was compiled for {found}, not {expected}")]
+    Target { found: &'static str, expected: &'static str },
+}
