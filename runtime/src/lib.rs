@@ -1,6 +1,7 @@
 //! The hyb runtime: weights on disk, Hugging Face interchange, and executors.
 
 pub mod atomic;
+pub mod cpu;
 pub mod hf;
 pub mod mup;
 pub mod plot;

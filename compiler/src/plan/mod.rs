@@ -47,6 +47,22 @@ pub struct Precision {
     pub weight_copies: DType,
     pub optimizer: DType,
     pub gradients: DType,
+    /// How program inputs are stored (`None`: as declared).
+    pub inputs: Option<DType>,
+}
+
+impl Precision {
+    /// Everything in one type: the CPU executor computes in the reference's element type.
+    pub fn uniform(dtype: DType) -> Precision {
+        Precision {
+            activations: dtype,
+            master_weights: dtype,
+            weight_copies: dtype,
+            optimizer: dtype,
+            gradients: dtype,
+            inputs: Some(dtype),
+        }
+    }
 }
 
 impl Default for Precision {
@@ -57,6 +73,7 @@ impl Default for Precision {
             weight_copies: DType::BF16,
             optimizer: DType::F32,
             gradients: DType::F32,
+            inputs: None,
         }
     }
 }
@@ -192,7 +209,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 let (role, dtype) = if name.starts_with("m.") || name.starts_with("v.") {
                     (Role::Optimizer, req.precision.optimizer)
                 } else {
-                    (Role::Input, n.ty.dtype)
+                    (Role::Input, req.precision.inputs.unwrap_or(n.ty.dtype))
                 };
                 view_of[i] = Some(new_buffer(&mut buffers, role, dtype, 0)?);
             }
@@ -306,12 +323,12 @@ fn new_buffer_of(
     Ok(contiguous(buffers.len() - 1, shape, dtype))
 }
 
-/// The storage dtype of a computed value: floats as activations, others as they are.
+/// The storage dtype of a computed value: floats as activations, others as inputs are.
 fn storage(p: &Precision, dtype: DType) -> DType {
     if dtype.is_float() {
         p.activations
     } else {
-        dtype
+        p.inputs.unwrap_or(dtype)
     }
 }
 

@@ -1,0 +1,170 @@
+//! The CPU executor: runs a planned [`Program`] — its launches, in order, over one arena per
+//! rank laid out as the plan says. Each launch gathers its input views through their
+//! strides, computes its node with the reference semantics (generated code replaces this
+//! later), and writes its outputs into their buffers; in-place updates overwrite the
+//! weights and moments they replace. Simulated tensor-parallel ranks run in lockstep, the
+//! collectives exchanging values between them.
+//!
+//! The program must be planned with [`Precision::uniform`] of the element type, so every
+//! buffer holds `T`s at offsets the arena indexes directly.
+
+use hyb_compiler::ir::{Dim, Graph, Op};
+use hyb_compiler::ops::{Primitive, Sizes};
+use hyb_compiler::plan::{Program, View};
+use hyb_compiler::reference::{self, Real, RunError, Tensor};
+use std::collections::HashMap;
+
+/// Elements of `T` per arena slot, from the bytes the plan counted.
+fn slot<T>() -> usize {
+    std::mem::size_of::<T>()
+}
+
+/// One rank's memory: the arena, in elements of `T`.
+struct Arena<T> {
+    data: Vec<T>,
+}
+
+impl<T: Real> Arena<T> {
+    fn base(program: &Program, v: &View) -> usize {
+        program.buffers[v.buffer].offset / slot::<T>() + v.offset
+    }
+
+    /// The view's elements, gathered into a contiguous tensor.
+    fn read(&self, program: &Program, v: &View) -> Tensor<T> {
+        let base = Self::base(program, v) as isize;
+        let n: usize = v.shape.iter().product();
+        let mut data = Vec::with_capacity(n);
+        let mut index = vec![0usize; v.shape.len()];
+        for _ in 0..n {
+            let at: isize = base + index.iter().zip(&v.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+            data.push(self.data[at as usize]);
+            for d in (0..index.len()).rev() {
+                index[d] += 1;
+                if index[d] < v.shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+        Tensor::new(v.shape.clone(), data)
+    }
+
+    /// Writes a tensor into a (contiguous) output view.
+    fn write(&mut self, program: &Program, v: &View, t: &Tensor<T>) {
+        let base = Self::base(program, v);
+        self.data[base..base + t.data.len()].copy_from_slice(&t.data);
+    }
+}
+
+/// Runs `program` (planned from `graph`) on simulated ranks: rank `r` holds `params[r]` and
+/// reads `inputs[r]`. Returns each rank's outputs.
+pub fn run_ranks<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    params: &[&HashMap<String, Tensor<T>>],
+    inputs: &[&HashMap<String, Tensor<T>>],
+) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
+    let ranks = params.len();
+    let words = program.memory.arena_bytes.div_ceil(slot::<T>());
+    let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena { data: vec![T::zero(); words] }).collect();
+    // Weights and inputs into their buffers.
+    for (r, arena) in arenas.iter_mut().enumerate() {
+        for b in program.buffers.iter().filter(|b| b.persistent()) {
+            let n = &graph.nodes[b.node];
+            let value = match &n.op {
+                Op::Param(p) => {
+                    let spec = &graph.params[*p];
+                    let w = params[r].get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+                    if w.shape != spec.shape {
+                        return Err(RunError::ParamShape {
+                            name: spec.name.clone(),
+                            expected: spec.shape.clone(),
+                            got: w.shape.clone(),
+                        });
+                    }
+                    w
+                }
+                Op::Input(name) => inputs[r].get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?,
+                _ => continue,
+            };
+            if value.len() != b.elements {
+                let expected = format!("{} elements for B={} T={}", b.elements, program.batch, program.seq);
+                return Err(RunError::InputShape {
+                    name: node_name(graph, b.node),
+                    expected,
+                    got: value.shape.clone(),
+                });
+            }
+            let start = b.offset / slot::<T>();
+            arena.data[start..start + b.elements].copy_from_slice(&value.data);
+        }
+    }
+    // The planned sizes, for attributes that name the batch or sequence symbols.
+    let (batch, seq) = (program.batch as i64, program.seq as i64);
+    let symbol = |name: &str| match name {
+        "B" => Some(batch),
+        "T" => Some(seq),
+        _ => None,
+    };
+    let bind = |s: &str| Dim::bind_parts(s, &symbol);
+    let sizes = Sizes::new(&bind);
+    for launch in &program.launches {
+        let n = &graph.nodes[launch.node];
+        // The node's inputs: constants are immediates, the rest are the launch's views.
+        let gathered: Vec<Vec<Tensor<T>>> = arenas
+            .iter()
+            .map(|arena| {
+                let mut views = launch.inputs.iter();
+                n.inputs
+                    .iter()
+                    .map(|&x| match graph.nodes[x].op {
+                        Op::Constant(c) => Tensor::scalar(T::of(c)),
+                        _ => arena.read(program, views.next().expect("a view per non-constant input")),
+                    })
+                    .collect()
+            })
+            .collect();
+        let outs: Vec<Vec<Tensor<T>>> = match &n.op {
+            Op::Prim(p) => {
+                let refs: Vec<Vec<&Tensor<T>>> = gathered.iter().map(|xs| xs.iter().collect()).collect();
+                if p.is_collective() {
+                    p.eval_ranks(&refs, sizes)
+                } else {
+                    refs.iter().map(|xs| p.eval(xs, sizes)).collect()
+                }
+            }
+            Op::Kernel(k) => gathered
+                .into_iter()
+                .map(|xs| {
+                    let args = xs.into_iter().enumerate().map(|(j, t)| (j.to_string(), t)).collect();
+                    reference::run(&k.body, &HashMap::new(), &args)
+                })
+                .collect::<Result<_, _>>()?,
+            _ => unreachable!("only computed nodes launch"),
+        };
+        for (arena, rank_outs) in arenas.iter_mut().zip(&outs) {
+            for (v, t) in launch.outputs.iter().zip(rank_outs) {
+                arena.write(program, v, t);
+            }
+        }
+    }
+    Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+}
+
+/// Runs `program` on one rank.
+pub fn run<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+) -> Result<Vec<Tensor<T>>, RunError> {
+    Ok(run_ranks(graph, program, &[params], &[inputs])?.remove(0))
+}
+
+fn node_name(graph: &Graph, node: usize) -> String {
+    match &graph.nodes[node].op {
+        Op::Param(p) => graph.params[*p].name.clone(),
+        Op::Input(name) => name.clone(),
+        _ => format!("%{node}"),
+    }
+}

@@ -1,0 +1,206 @@
+//! The CPU executor runs the compiled program — sharded, rewritten, fused, planned into one
+//! arena — and gives what the reference interpreter gives on the unoptimised graph: the
+//! logits and a whole training step (loss, gradient norm, every updated weight and moment),
+//! on 1, 2 and 4 simulated ranks.
+
+use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::ir::Graph;
+use hyb_compiler::pipeline::{compile, Compiled, Target};
+use hyb_compiler::plan::{self, Precision, Request};
+use hyb_compiler::reference::{run, Real, Tensor};
+use hyb_compiler::rewrite::Options;
+use hyb_compiler::training::{in_place_updates, training_graph, AdamW};
+use hyb_dsl::value::DType;
+use hyb_runtime::cpu;
+use std::collections::HashMap;
+
+const MODEL: &str = r#"
+import std.layers
+
+model tiny {
+    vocab = 64
+    d = 32
+    layers = pattern("H{2}", H = falcon_h1_layer)
+    heads = 8
+    kv_heads = 4
+    head_dim = 4
+    ssm_heads = 8
+    ssm_head_dim = 4
+    d_state = 4
+    groups = 4
+    chunk = 4
+    d_ff = 48
+    attention_bias = true
+    mlp_bias = true
+    mup embedding_multiplier = 1.5, lm_head_multiplier = 0.25, ssm_out_multiplier = 0.6
+}
+"#;
+
+fn forward() -> Graph {
+    graph_of(MODEL.to_string())
+}
+
+fn graph_of(text: String) -> Graph {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let checked = hyb_compiler::check::check_text("model.hyb", &text);
+            assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+            elaborate(&checked.models[0].1.trace)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn lcg(s: &mut u64) -> f64 {
+    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+}
+
+fn random(shape: &[usize], s: &mut u64, scale: f64, offset: f64) -> Tensor<f64> {
+    Tensor::new(shape.to_vec(), (0..shape.iter().product()).map(|_| offset + scale * lcg(s)).collect())
+}
+
+/// Weights, and the inputs of a training step on a `[2, 8]` batch.
+fn values(g: &Graph) -> (HashMap<String, Tensor<f64>>, HashMap<String, Tensor<f64>>) {
+    let mut s = 3;
+    let w: HashMap<_, _> = g.params.iter().map(|p| (p.name.clone(), random(&p.shape, &mut s, 0.3, 0.0))).collect();
+    let vocab = g.params.iter().find(|p| p.name == "embed_tokens.weight").map_or(64, |p| p.shape[0]);
+    let ids = |k: usize| Tensor::new(vec![2, 8], (0..16).map(|i| ((i * 29 + 7 * k) % vocab) as f64).collect());
+    let mut x = HashMap::from([
+        ("ids".to_string(), ids(1)),
+        ("targets".to_string(), ids(2)),
+        ("loss_weights".to_string(), Tensor::new(vec![2, 8], vec![1.0 / 16.0; 16])),
+        ("lr".to_string(), Tensor::scalar(1e-2)),
+        ("bias_correction1".to_string(), Tensor::scalar(0.1)),
+        ("bias_correction2".to_string(), Tensor::scalar(0.05)),
+    ]);
+    for p in &g.params {
+        for m in ["m.", "v."] {
+            x.insert(format!("{m}{}", p.name), random(&p.shape, &mut s, 0.005, 0.01));
+        }
+    }
+    (w, x)
+}
+
+/// Rank `r`'s shard of every sharded parameter and its moments.
+fn local(g: &Graph, full: &HashMap<String, Tensor<f64>>, rank: usize) -> HashMap<String, Tensor<f64>> {
+    let mut out = full.clone();
+    for p in &g.params {
+        if let Some(shard) = &p.shard {
+            for key in [p.name.clone(), format!("m.{}", p.name), format!("v.{}", p.name)] {
+                if let Some(x) = full.get(&key) {
+                    out.insert(key, shard.local(x, rank));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cast<T: Real>(m: &HashMap<String, Tensor<f64>>) -> HashMap<String, Tensor<T>> {
+    m.iter().map(|(k, t)| (k.clone(), Tensor::from_f64(t.shape.clone(), &t.data))).collect()
+}
+
+fn close(want: &Tensor<f64>, got: &[f64], tol: f64, what: &str) {
+    assert_eq!(want.data.len(), got.len(), "{what}");
+    let scale = want.data.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    let err = want.data.iter().zip(got).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= tol * scale, "{what}: max |Δ| {err:e} (max |x| {scale:e})");
+}
+
+/// The compiled program's outputs on each of `ranks` ranks, computed in element type `T`.
+fn execute<T: Real>(
+    c: &Compiled,
+    target: &Target,
+    ranks: usize,
+    w: &HashMap<String, Tensor<f64>>,
+    x: &HashMap<String, Tensor<f64>>,
+    dtype: DType,
+) -> Vec<Vec<Tensor<f64>>> {
+    let training = matches!(target, Target::Training { .. });
+    let req = Request {
+        batch: 2,
+        seq: 8,
+        precision: Precision::uniform(dtype),
+        in_place: if training { in_place_updates(&c.graph) } else { vec![] },
+        forward_end: training.then_some(0),
+    };
+    let program = plan::plan(&c.graph, &req).unwrap();
+    let ws: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&local(&c.graph, w, r))).collect();
+    let xs: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&local(&c.graph, x, r))).collect();
+    let out = cpu::run_ranks(&c.graph, &program, &ws.iter().collect::<Vec<_>>(), &xs.iter().collect::<Vec<_>>());
+    let out = out.unwrap();
+    out.into_iter().map(|rank| rank.into_iter().map(|t| Tensor::new(t.shape.clone(), t.to_f64())).collect()).collect()
+}
+
+fn check(ranks: usize) {
+    check_graph(forward(), ranks);
+}
+
+fn check_graph(g: Graph, ranks: usize) {
+    let (w, x) = values(&g);
+    let opts = Options::default();
+    // Forward pass: the logits.
+    let want = run(&g, &w, &x).unwrap();
+    let c = compile(&g, &Target::Forward, ranks, &opts);
+    for got in execute::<f64>(&c, &Target::Forward, ranks, &w, &x, DType::F64) {
+        close(&want[0], &got[0].data, 1e-10, &format!("logits, float64, {ranks} ranks"));
+    }
+    // In float32, against the reference interpreter in float32.
+    let want32 = run::<f32>(&g, &cast(&w), &cast(&x)).unwrap();
+    let want32 = Tensor::new(want32[0].shape.clone(), want32[0].to_f64());
+    for got in execute::<f32>(&c, &Target::Forward, ranks, &w, &x, DType::F32) {
+        close(&want32, &got[0].data, 1e-6, &format!("logits, float32, {ranks} ranks"));
+    }
+    // A training step: loss, gradient norm, every updated weight and moment (gathered).
+    let opt = AdamW::default();
+    let plain = training_graph(&g, &opt, 1.0);
+    let want = run(&plain.graph, &w, &x).unwrap();
+    let target = Target::Training { opt, width_mult: 1.0 };
+    let c = compile(&g, &target, ranks, &opts);
+    let got = execute::<f64>(&c, &target, ranks, &w, &x, DType::F64);
+    close(&want[0], &got[0][0].data, 1e-10, "loss");
+    close(&want[1], &got[0][1].data, 1e-10, "gradient norm");
+    for (k, spec) in c.graph.params.iter().enumerate() {
+        for j in 0..3 {
+            let parts: Vec<Tensor<f64>> = got.iter().map(|r| r[2 + 3 * k + j].clone()).collect();
+            let full = match &spec.shard {
+                Some(s) => s.gather(&parts),
+                None => parts[0].clone(),
+            };
+            let idx = 2 + 3 * plain.params.iter().position(|p| *p == spec.name).unwrap() + j;
+            close(&want[idx], &full.data, 1e-9, &format!("{} output {j}, {ranks} ranks", spec.name));
+        }
+    }
+}
+
+#[test]
+fn one_rank() {
+    check(1);
+}
+
+#[test]
+fn two_ranks() {
+    check(2);
+}
+
+#[test]
+fn four_ranks() {
+    check(4);
+}
+
+/// Every example model, on one rank and two.
+#[test]
+fn every_example() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for ranks in [1, 2] {
+            check_graph(graph_of(text.clone()), ranks);
+        }
+    }
+}
