@@ -1,9 +1,14 @@
-//! `hyb logits`: the forward pass through the reference interpreter.
+//! `hyb logits`: the forward pass, run as the compiled program (rewritten, fused, planned)
+//! on the CPU executor, or through the reference interpreter on the unoptimised graph.
 
 use anyhow::{bail, Context, Result};
 use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::pipeline::{compile, Target};
+use hyb_compiler::plan::{self, Precision, Program, Request};
 use hyb_compiler::reference::{self, Real, Tensor};
+use hyb_compiler::rewrite::Options;
 use hyb_dsl::trace::Trace;
+use hyb_dsl::value::DType;
 use hyb_runtime::weights::Weights;
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,22 +29,54 @@ pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
     Ok(seqs)
 }
 
+/// Which executor runs the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// The compiled program on the CPU executor.
+    Compiled,
+    /// The reference interpreter on the unoptimised graph (the oracle).
+    Reference,
+}
+
 /// Logits as `[batch][position][vocab]` in float64 (computed in `precision`).
-pub fn run(trace: &Trace, weights: Weights, batch: &[Vec<u32>], precision: &str) -> Result<Vec<Vec<Vec<f64>>>> {
-    let graph = elaborate(trace);
+pub fn run(
+    trace: &Trace,
+    weights: Weights,
+    batch: &[Vec<u32>],
+    precision: &str,
+    executor: Executor,
+) -> Result<Vec<Vec<Vec<f64>>>> {
     let (b, t) = (batch.len(), batch[0].len());
     let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
-    let out = match precision {
-        "f32" => eval::<f32>(&graph, weights, b, t, &ids)?,
-        _ => eval::<f64>(&graph, weights, b, t, &ids)?,
+    let forward = elaborate(trace);
+    let compiled = match executor {
+        Executor::Compiled => Some(compile(&forward, &Target::Forward, 1, &Options::default())),
+        Executor::Reference => None,
+    };
+    let dtype = if precision == "f32" { DType::F32 } else { DType::F64 };
+    let program = match &compiled {
+        Some(c) => {
+            let req =
+                Request { batch: b, seq: t, precision: Precision::uniform(dtype), in_place: vec![], forward_end: None };
+            Some((&c.graph, plan::plan(&c.graph, &req)?))
+        }
+        None => None,
+    };
+    let graph = program.as_ref().map_or(&forward, |(g, _)| *g);
+    let program = program.as_ref().map(|(_, p)| p);
+    let out = match dtype {
+        DType::F32 => eval::<f32>(graph, program, weights, b, t, &ids)?,
+        _ => eval::<f64>(graph, program, weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
     Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())
 }
 
-/// Consumes the weights so that a large model is held once, in the interpreter's precision.
+/// Consumes the weights so that a large model is held once, in the interpreter's precision;
+/// runs the planned program when there is one.
 fn eval<T: Real>(
     graph: &hyb_compiler::ir::Graph,
+    program: Option<&Program>,
     weights: Weights,
     b: usize,
     t: usize,
@@ -53,7 +90,10 @@ fn eval<T: Real>(
         })
         .collect();
     let inputs = HashMap::from([("ids".to_string(), Tensor::<T>::from_f64(vec![b, t], ids))]);
-    let mut out = reference::run(graph, &params, &inputs)?;
+    let mut out = match program {
+        Some(p) => hyb_runtime::cpu::run(graph, p, &params, &inputs)?,
+        None => reference::run(graph, &params, &inputs)?,
+    };
     let logits = out.remove(0);
     Ok(Tensor::new(logits.shape.clone(), logits.to_f64()))
 }

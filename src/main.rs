@@ -107,6 +107,10 @@ enum Command {
         /// Arithmetic precision of the interpreter.
         #[arg(long, default_value = "f64", value_parser = ["f64", "f32"])]
         precision: String,
+        /// What runs the forward pass: the compiled program (what `hyb explain` shows) or
+        /// the reference interpreter on the unoptimised graph.
+        #[arg(long, value_enum, default_value_t = logits::Executor::Compiled)]
+        executor: logits::Executor,
         #[arg(long)]
         model: Option<String>,
     },
@@ -238,7 +242,7 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             explain::run(&args, m, &checked.program.sources, start.elapsed())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logits { file, weights, ids, json, precision, model } => {
+        Command::Logits { file, weights, ids, json, precision, executor, model } => {
             let batch = logits::parse_ids(&ids)?;
             let checked = check(std::slice::from_ref(&file))?;
             if report(&checked) {
@@ -246,7 +250,7 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             }
             let m = choose(&checked, &file, model.as_deref())?;
             let w = hyb_runtime::weights::load(&weights)?;
-            let out = logits::run(&m.trace, w, &batch, &precision)?;
+            let out = logits::run(&m.trace, w, &batch, &precision, executor)?;
             let mut stdout = std::io::stdout().lock();
             if json {
                 logits::write_json(&mut stdout, &out)?;

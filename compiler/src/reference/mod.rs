@@ -156,7 +156,7 @@ fn eval_leaf<T: Real>(
 }
 
 /// Every id is a row of the table.
-fn check_ids<T: Real>(table: &Tensor<T>, ids: &Tensor<T>) -> Result<(), RunError> {
+pub fn check_ids<T: Real>(table: &Tensor<T>, ids: &Tensor<T>) -> Result<(), RunError> {
     let vocab = table.shape[0];
     match ids.data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0) {
         Some(&id) => Err(RunError::TokenOutOfRange { id: id.f64(), vocab }),

@@ -9,7 +9,7 @@
 //! buffer holds `T`s at offsets the arena indexes directly.
 
 use hyb_compiler::ir::{Dim, Graph, Op};
-use hyb_compiler::ops::{Primitive, Sizes};
+use hyb_compiler::ops::{Prim, Primitive, Sizes};
 use hyb_compiler::plan::{Program, View};
 use hyb_compiler::reference::{self, Real, RunError, Tensor};
 use std::collections::HashMap;
@@ -124,6 +124,11 @@ pub fn run_ranks<T: Real>(
                     .collect()
             })
             .collect();
+        if let Op::Prim(Prim::Embedding(_)) = &n.op {
+            for xs in &gathered {
+                reference::check_ids(&xs[0], &xs[1])?;
+            }
+        }
         let outs: Vec<Vec<Tensor<T>>> = match &n.op {
             Op::Prim(p) => {
                 let refs: Vec<Vec<&Tensor<T>>> = gathered.iter().map(|xs| xs.iter().collect()).collect();
