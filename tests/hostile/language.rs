@@ -43,6 +43,7 @@ fn bad_arguments_are_errors() {
     refused(&model_with("    param w: [d] init uniform(low = 1.0, high = -1.0)\n    return x * w"), "E038");
     refused(&model_with("    param w: [d] init normal(std = -0.5)\n    return x * w"), "E038");
     refused(&model_with("    return clamp(x, 1.0, -1.0)"), "E016");
+    refused(&model_with("    y = broadcast(x[:, :, 0:1], [B, T, -5])\n    return x"), "E016");
 }
 
 #[test]

@@ -140,6 +140,19 @@ impl<'p> Expander<'p> {
     /// Refuses a tensor too large to allocate, judged by its fewest elements (every
     /// remaining symbol at 1); `what` names it in the message.
     fn fits(&mut self, shape: &[Dim], file: FileId, span: Span, what: &str) -> bool {
+        // A shape rule that let a negative size through (`broadcast(x, [B, -5])`).
+        if shape.iter().any(|d| d.as_const().is_some_and(|c| c < 0)) {
+            self.report(
+                Diagnostic::new(
+                    Code::DimMismatch,
+                    file,
+                    span,
+                    format!("{what} {} has a negative dimension", shape_string(shape)),
+                )
+                .label("negative size"),
+            );
+            return false;
+        }
         let elements = shape.iter().try_fold(1u128, |acc, d| match d.eval(&|_| Some(1)) {
             Some(n) if n <= 0 => None,
             Some(n) => Some(acc.saturating_mul(n as u128)),
