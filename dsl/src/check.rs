@@ -61,10 +61,18 @@ fn finish(prims: &dyn Primitives, loader: Loader, settings: &HashMap<String, Val
             }
         }
         diagnostics.append(&mut generic.diags);
+        // One expansion budget for the whole check: once it is spent (and reported), the
+        // remaining models are not expanded.
+        let (mut work, mut exhausted) = (generic.work, generic.exhausted);
         for def in program.root_models() {
+            if exhausted {
+                break;
+            }
             let mut strict = Expander::new(&program, prims, true);
             strict.setting_overrides = settings.clone();
+            strict.work = work;
             let expanded = strict.expand_model(def);
+            (work, exhausted) = (strict.work, strict.exhausted);
             diagnostics.append(&mut strict.diags);
             if let Some(e) = expanded {
                 models.push((def, e));

@@ -46,6 +46,10 @@ pub enum Code {
     UnknownDtype,
     CannotRead,
     InternalPrimitive,
+    IndexRange,
+    TooLarge,
+    ExpansionBudget,
+    InitRange,
 }
 
 impl Code {
@@ -85,6 +89,10 @@ impl Code {
             Code::UnknownDtype => "E032",
             Code::CannotRead => "E033",
             Code::InternalPrimitive => "E034",
+            Code::IndexRange => "E035",
+            Code::TooLarge => "E036",
+            Code::ExpansionBudget => "E037",
+            Code::InitRange => "E038",
         }
     }
 }

@@ -21,14 +21,16 @@ pub fn format(file: &File, src: &str) -> String {
     let mut p = Printer { out: String::new(), src, comments: comments(src), next: 0 };
     let mut prev: Option<&Item> = None;
     for item in &file.items {
-        let start = item_start(item);
+        let start = item.span().start;
         if let Some(prev) = prev {
             let both_imports = matches!((prev, item), (Item::Import(_), Item::Import(_)));
-            if !both_imports || p.blank_between(prev.span().end, start) {
+            if !both_imports || p.blank_between(prev.span().end, p.first_before(start)) {
                 p.out.push('\n');
             }
         }
-        p.leading(start, 0);
+        // An item's span starts at its doc comment; comments among the docs go before them,
+        // as they will be found the next time.
+        p.leading(p.after_comments(start), 0);
         match item {
             Item::Import(i) => {
                 p.docs(&i.docs, 0);
@@ -40,12 +42,13 @@ pub fn format(file: &File, src: &str) -> String {
         }
         prev = Some(item);
     }
+    if let Some(prev) = prev {
+        if p.next < p.comments.len() && p.blank_between(prev.span().end, p.first_before(src.len())) {
+            p.out.push('\n');
+        }
+    }
     p.leading(src.len(), 0);
     p.out
-}
-
-fn item_start(item: &Item) -> usize {
-    item.span().start
 }
 
 /// Finds `//` comments (not `///` docs), skipping string literals.
@@ -100,6 +103,26 @@ impl Printer<'_> {
         let mut inner: Vec<&str> = lines.collect();
         inner.pop();
         inner.iter().any(|l| l.trim().is_empty())
+    }
+
+    /// Where the next thing printed starts in the source: the next comment if it comes
+    /// before `pos`, else `pos` (blank lines are judged up to it).
+    fn first_before(&self, pos: usize) -> usize {
+        self.comments.get(self.next).filter(|c| c.start < pos).map_or(pos, |c| c.start)
+    }
+
+    /// The first byte at or after `pos` that is neither white space nor in a `//` or `///`
+    /// line: where an item's keyword starts after its doc comments.
+    fn after_comments(&self, mut pos: usize) -> usize {
+        loop {
+            let rest = &self.src[pos..];
+            let trimmed = rest.trim_start();
+            pos += rest.len() - trimmed.len();
+            if !trimmed.starts_with("//") {
+                return pos;
+            }
+            pos += trimmed.find('\n').unwrap_or(trimmed.len());
+        }
     }
 
     /// Emits every comment that starts before `pos` on its own line.
@@ -166,9 +189,7 @@ impl Printer<'_> {
         let mut prev_end: Option<usize> = None;
         for s in stmts {
             if let Some(pe) = prev_end {
-                let first =
-                    self.comments.get(self.next).filter(|c| c.start < s.span.start).map_or(s.span.start, |c| c.start);
-                if self.blank_between(pe, first) {
+                if self.blank_between(pe, self.first_before(s.span.start)) {
                     self.out.push('\n');
                 }
             }
@@ -225,9 +246,7 @@ impl Printer<'_> {
         let mut prev_end: Option<usize> = None;
         for e in &m.entries {
             if let Some(pe) = prev_end {
-                let first =
-                    self.comments.get(self.next).filter(|c| c.start < e.span.start).map_or(e.span.start, |c| c.start);
-                if self.blank_between(pe, first) {
+                if self.blank_between(pe, self.first_before(e.span.start)) {
                     self.out.push('\n');
                 }
             }

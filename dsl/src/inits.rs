@@ -35,6 +35,38 @@ pub fn init_fn(name: &str) -> Option<&'static InitFn> {
     INITS.iter().find(|i| i.name == name)
 }
 
+/// Checks an initialiser's arguments (`None`: not known yet) against the distribution it
+/// draws from: a reversed range or a negative std would be drawn from silently, and a
+/// non-positive bound of a log-uniform draw gives NaN. Returns the argument to blame.
+pub fn check_args(name: &str, args: &[(&'static str, Option<f64>)]) -> Result<(), (&'static str, String)> {
+    let get = |k: &str| args.iter().find(|(n, _)| *n == k).and_then(|(_, v)| *v);
+    let range = |low: &'static str, high: &'static str, positive: bool| -> Result<(), (&'static str, String)> {
+        if let Some(l) = get(low).filter(|l| positive && *l <= 0.0) {
+            return Err((low, format!("`{low}` must be positive, found {l}")));
+        }
+        match (get(low), get(high)) {
+            (Some(l), Some(h)) if l > h => Err((high, format!("`{high}` ({h}) is below `{low}` ({l})"))),
+            _ => Ok(()),
+        }
+    };
+    match name {
+        "normal" => match get("std") {
+            Some(s) if s < 0.0 => Err(("std", format!("`std` must not be negative, found {s}"))),
+            _ => Ok(()),
+        },
+        "uniform" => range("low", "high", false),
+        "mamba_a_log" => range("low", "high", true),
+        "mamba_dt_bias" => {
+            range("dt_min", "dt_max", true)?;
+            match get("floor") {
+                Some(f) if f < 0.0 => Err(("floor", format!("`floor` must not be negative, found {f}"))),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How a parameter's init and learning rate scale with width under µP (Tensor Programs V).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {

@@ -364,8 +364,142 @@ fn internal_primitives_are_refused() {
     }
 }
 
+/// A model of `layers` copies of `block` (named `layer`), with `d = 8` and `vocab = 16`.
+fn stacked(block: &str, layers: usize) -> String {
+    format!("{block}\nmodel m {{\n    vocab = 16\n    d = 8\n    layers = pattern(\"L{{{layers}}}\", L = layer)\n}}\n")
+}
+
 #[test]
-fn clamp_bounds_in_order() {
+fn huge_dimensions_are_refused() {
+    let d = check_src(&in_model("    param w: [1000000000000000000, d]\n    return x"));
+    expect_one(&d, "E036", 4, 14, "[1000000000000000000, d]");
+    assert!(d[0].message.contains("more than the 4294967296 one tensor may have"), "{}", d[0].message);
+    let d = check_src("model m {\n    vocab = 1000000000000000000\n    d = 8\n    layers = [f]\n}\nblock f(x: [B, T, d]) -> [B, T, d] {\n    return x\n}\n");
+    expect_one(&d, "E036", 2, 13, "1000000000000000000");
+}
+
+#[test]
+fn parameters_too_large_to_allocate_are_refused() {
+    let d = check_src(&in_model("    param w: [10000000000, 8]\n    return x"));
+    expect_one(&d, "E036", 4, 14, "[10000000000, 8]");
+    assert!(d[0].message.contains("80000000000 elements"), "{}", d[0].message);
+    // Each tensor fits but the model does not: 65 × 2^32 parameters.
+    let block = "block layer(x: [B, T, d]) -> [B, T, d] {\n    param w: [65536, 65536]\n    return x\n}\n";
+    let d = check_src(&stacked(block, 65));
+    expect_one(&d, "E036", 6, 7, "m");
+    assert!(d[0].message.contains(&format!("{} parameters", 65u64 * (1 << 32) + 264)), "{}", d[0].message);
+}
+
+#[test]
+fn parameter_counts_do_not_wrap() {
+    // 2^64 elements: wrapped, it would count as 0.
+    let d = check_src(&in_model("    param w: [4294967296, 4294967296]\n    return x"));
+    expect_one(&d, "E036", 4, 14, "[4294967296, 4294967296]");
+    assert!(d[0].message.contains("18446744073709551616 elements"), "{}", d[0].message);
+    // Just under the limit, the count is exact.
+    let block = "block layer(x: [B, T, d]) -> [B, T, d] {\n    param w: [65536, 65536]\n    return x\n}\n";
+    let src = stacked(block, 32);
+    let (diags, total, layer) = big_stack(move || {
+        let c = hyb_compiler::check::check_text("test.hyb", &src);
+        let s = &c.models[0].1.summary;
+        (c.diagnostics.len(), s.total_params, s.layers[0].params)
+    });
+    assert_eq!((diags, total, layer), (0, 32 * (1 << 32) + 264, 1 << 32));
+}
+
+#[test]
+fn negative_split_sizes() {
+    let d = check_src(&in_model("    a, b = split(x, [-4, 12])\n    return x"));
+    expect_one(&d, "E016", 4, 21, "[-4, 12]");
+    assert!(d[0].message.contains("must not be negative"), "{}", d[0].message);
+}
+
+#[test]
+fn indices_out_of_range() {
+    let d = check_src(&in_model("    y = x[:, :, -100]\n    return x"));
+    expect_one(&d, "E035", 4, 17, "-100");
+    assert!(d[0].message.contains("outside dimension 2, of size 8"), "{}", d[0].message);
+    let d = check_src(&in_model("    y = x[:, :, 2:20]\n    return x"));
+    expect_one(&d, "E035", 4, 19, "20");
+    // Past the end for every length of the sequence.
+    let d = check_src(&in_model("    y = x[:, 0:T + 1]\n    return x"));
+    expect_one(&d, "E035", 4, 14, "0:T + 1");
+    // Counting from the end of a dimension known only at run time is `T - 1`, not `-1`
+    // (the run checks `T` against it: tests/hostile/language.rs).
+    let src = in_model("    y = x[:, -1]\n    return x[:, -1:] + x");
+    let starts = big_stack(move || {
+        let c = hyb_compiler::check::check_text("test.hyb", &src);
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        c.models[0]
+            .1
+            .trace
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                hyb_dsl::trace::Op::Prim { prim, args, .. } if prim.name == "slice" => Some(format!("{:?}", args[2])),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(starts, ["Int(T - 1)", "Int(T - 1)"]);
+}
+
+#[test]
+fn initialiser_arguments_out_of_range() {
+    let d = check_src(&in_model("    param w: [d] init uniform(low = 1.0, high = -1.0)\n    return x * w"));
+    expect_one(&d, "E038", 4, 42, "high = -1.0");
+    let d = check_src(&in_model("    param w: [d] init normal(std = -1.0)\n    return x * w"));
+    expect_one(&d, "E038", 4, 30, "std = -1.0");
+    let d = check_src(&in_model("    param w: [d] init mamba_a_log(low = 0.0)\n    return x * w"));
+    expect_one(&d, "E038", 4, 35, "low = 0.0");
+    assert!(check_src(&in_model("    param w: [d] init uniform(low = -1.0, high = 1.0)\n    return x * w")).is_empty());
+}
+
+#[test]
+fn clamp_bounds_reversed() {
     let d = check_src(&in_model("    return clamp(x, 1.0, -1.0)"));
     expect_one(&d, "E016", 4, 26, "-1.0");
+}
+
+#[test]
+fn exponential_expansion_stops_at_the_budget() {
+    // 40 blocks, each calling the previous one twice: 2^40 instantiations unbounded.
+    let mut src = "block b0(x: [B, T, d]) -> [B, T, d] {\n    return x * 2.0\n}\n".to_string();
+    for i in 1..40 {
+        src.push_str(&format!("block b{i}(x: [B, T, d]) -> [B, T, d] {{\n    return b{p}(b{p}(x))\n}}\n", p = i - 1));
+    }
+    src.push_str("model m {\n    vocab = 16\n    d = 8\n    layers = [b39]\n}\n");
+    let start = Instant::now();
+    let d = check_src(&src);
+    let elapsed = start.elapsed();
+    eprintln!("stopped after {elapsed:?}");
+    assert!(!d.is_empty() && d.iter().all(|d| d.code == "E037"), "{d:#?}");
+    assert!(d[0].message.contains(&hyb_dsl::expand::MAX_EXPANSION.to_string()), "{}", d[0].message);
+    assert!(elapsed.as_secs_f64() < 10.0, "took {elapsed:?}");
+}
+
+#[test]
+fn too_many_layers_is_refused_at_once() {
+    let src = format!("import std.layers\n\nmodel m {{\n    vocab = 32\n    d = 16\n    layers = pattern(\"H{{100000}}\", H = falcon_h1_layer)\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}}\n");
+    let start = Instant::now();
+    let d = check_src(&src);
+    assert!(start.elapsed().as_secs_f64() < 10.0, "took {:?}", start.elapsed());
+    expect_one(&d, "E019", 6, 24, "{100000}");
+    assert!(d[0].message.contains(&format!("more than {} layers", hyb_dsl::expand::MAX_LAYERS)), "{}", d[0].message);
+}
+
+/// The documented limit is met: the deepest pattern of Falcon-H1 layers checks cleanly,
+/// within the expansion budget, in seconds.
+#[test]
+fn the_deepest_pattern_checks_in_seconds() {
+    let n = hyb_dsl::expand::MAX_LAYERS;
+    let src = format!("import std.layers\n\nmodel m {{\n    vocab = 32\n    d = 16\n    layers = pattern(\"H{{{n}}}\", H = falcon_h1_layer)\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}}\n");
+    let start = Instant::now();
+    let (diags, layers) = big_stack(move || {
+        let c = hyb_compiler::check::check_text("t.hyb", &src);
+        (c.diagnostics.len(), c.models.first().map(|m| m.1.summary.layers.len()))
+    });
+    eprintln!("{n} Falcon-H1 layers checked in {:?}", start.elapsed());
+    assert_eq!((diags, layers), (0, Some(n)));
+    assert!(start.elapsed().as_secs_f64() < 10.0, "took {:?}", start.elapsed());
 }

@@ -259,3 +259,42 @@ proptest! {
         assert_format_properties(&src);
     }
 }
+
+/// Comments and blank lines in every order around imports, doc comments, statements and
+/// model entries (where the fuzzer found `fmt` moving a comment on each run).
+#[test]
+fn comments_among_docs_and_imports() {
+    for src in [
+        "// c2\n///\n//\n\nimport std.layers\nimport std.layers",
+        "/// doc\n// inside the docs\nimport std.nn\n",
+        "import std.nn\n// c\n\nimport std.layers\n",
+        "block f(x: [B]) -> [B] {\n    return x\n}\n\n// at the end\n",
+        "/// doc\n\n// c\n\n/// more\nblock f(x: [B]) -> [B] {\n    /// d\n    // c\n\n    y = x\n    return y\n}\n",
+    ] {
+        assert_format_properties(src);
+    }
+}
+
+const LINES: &[&str] = &[
+    "import std.nn",
+    "import std.layers  // why",
+    "// c",
+    "////",
+    "",
+    "/// d",
+    "///",
+    "block f(x: [B]) -> [B] {\n    /// d\n    // c\n\n    config k: int = 2  // t\n    // c\n    return x\n    // end\n}",
+    "model m {\n    // c\n    /// d\n    vocab = 8\n\n    // c\n    d = 4  // t\n}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn comments_and_blank_lines_anywhere(lines in prop::collection::vec(prop::sample::select(LINES), 1..8), end in 0..3usize) {
+        let src = format!("{}{}", lines.join("\n"), "\n".repeat(end));
+        if parse(FileId(0), &src).is_ok() {
+            assert_format_properties(&src);
+        }
+    }
+}

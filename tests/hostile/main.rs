@@ -6,6 +6,7 @@
 mod cli_values;
 mod data_loss;
 mod import;
+mod language;
 mod long_lines;
 mod messages;
 mod resume;

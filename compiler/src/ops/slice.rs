@@ -106,10 +106,14 @@ impl Primitive for Slice {
         let (mut s, d) = first(inputs);
         let axis = resolve_axis(&Dim::constant(self.axis), s.len(), 1)?;
         let len = self.end.sub(&self.start).ok_or_else(|| RuleError::at(3, "slice bounds overflow"))?;
-        if let (Some(a), Some(b), Some(n)) = (self.start.as_const(), self.end.as_const(), s[axis].as_const()) {
-            if a < 0 || b > n || a > b {
-                return Err(RuleError::at(3, format!("slice {a}:{b} is outside dimension {axis} of size {n}")));
-            }
+        // Out of range for every size of the symbols (`T - 1:T + 1`); the rest is checked
+        // when the sizes are known (`reference::run`).
+        let negative = |d: Option<Dim>| d.is_none_or(|d| d.as_const().is_some_and(|c| c < 0));
+        if negative(Some(self.start.clone())) || negative(Some(len.clone())) || negative(s[axis].sub(&self.end)) {
+            return Err(RuleError::at(
+                3,
+                format!("slice {}:{} is outside dimension {axis} of size {}", self.start, self.end, s[axis]),
+            ));
         }
         s[axis] = len;
         Ok(vec![(s, d)])

@@ -23,6 +23,8 @@ pub enum RunError {
     TokenOutOfRange { id: f64, vocab: usize },
     #[error("the program splits a dimension into `{0}`, which the inputs do not divide")]
     Indivisible(String),
+    #[error("{0}: the inputs are too short for the program")]
+    OutOfRange(String),
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the
@@ -45,13 +47,8 @@ pub fn run_ranks<T: Real>(
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     assert_eq!(ranks, inputs.len(), "one input map per rank");
-    let symbols = bind_symbols(g, inputs[0])?;
+    let symbols = check_inputs(g, inputs[0])?;
     let bind = |s: &str| Dim::bind_parts(s, &|name| symbols.get(name).copied());
-    for n in &g.nodes {
-        if let Some(d) = n.ty.shape.iter().find(|d| d.eval(&bind).is_none()) {
-            return Err(RunError::Indivisible(d.to_string()));
-        }
-    }
     let mut last_use = vec![0usize; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for &x in &n.inputs {
@@ -162,6 +159,57 @@ pub fn check_ids<T: Real>(table: &Tensor<T>, ids: &Tensor<T>) -> Result<(), RunE
         Some(&id) => Err(RunError::TokenOutOfRange { id: id.f64(), vocab }),
         None => Ok(()),
     }
+}
+
+/// Checks, without running anything, that `g` can run on inputs shaped like `inputs`: every
+/// size the checker left to run time is whole and not negative, and every slice lies inside
+/// its dimension. Returns the sizes of the symbols.
+pub fn check_inputs<T: Real>(g: &Graph, inputs: &HashMap<String, Tensor<T>>) -> Result<HashMap<String, i64>, RunError> {
+    let symbols = bind_symbols(g, inputs)?;
+    let bind = |s: &str| Dim::bind_parts(s, &|name| symbols.get(name).copied());
+    for n in &g.nodes {
+        if let Some(d) = n.ty.shape.iter().find(|d| d.eval(&bind).is_none()) {
+            return Err(RunError::Indivisible(d.to_string()));
+        }
+        check_sizes(g, n, &bind, &symbols)?;
+    }
+    Ok(symbols)
+}
+
+/// Sizes and slice bounds that depend on the inputs' sizes (`x[:, -100]` is `T - 100`),
+/// which the checker cannot decide: a negative size or a slice outside its dimension is an
+/// error before anything runs.
+fn check_sizes(
+    g: &Graph,
+    n: &crate::ir::Node,
+    bind: &dyn Fn(&str) -> Option<i64>,
+    symbols: &HashMap<String, i64>,
+) -> Result<(), RunError> {
+    let at = || {
+        let mut s: Vec<String> = symbols.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        s.sort();
+        s.join(", ")
+    };
+    if let Some(d) = n.ty.shape.iter().find(|d| d.eval(bind).is_some_and(|v| v < 0)) {
+        return Err(RunError::OutOfRange(format!("dimension `{d}` is negative with {}", at())));
+    }
+    if let Op::Prim(Prim::Slice(s)) = &n.op {
+        let x = &g.nodes[n.inputs[0]].ty.shape;
+        let axis = s.axis_of(x.len());
+        let (a, b, len) = (s.start.eval(bind), s.end.eval(bind), x[axis].eval(bind));
+        if let (Some(a), Some(b), Some(len)) = (a, b, len) {
+            if a < 0 || a > b || b > len {
+                return Err(RunError::OutOfRange(format!(
+                    "slice {}:{} ({a}:{b}) is outside dimension {axis}, of size {} = {len}, with {}",
+                    s.start,
+                    s.end,
+                    x[axis],
+                    at()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Binds the symbolic dimensions of the inputs (`B`, `T`) to the sizes actually given.

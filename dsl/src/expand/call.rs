@@ -400,6 +400,9 @@ impl<'p> Expander<'p> {
 
     /// Runs a block with given arguments; `at` is where the instantiation was asked for.
     pub(super) fn instantiate(&mut self, def: DefId, given: Given, at_file: FileId, at: Span) -> Value {
+        if !self.spend(at_file, at) {
+            return Value::Poison;
+        }
         let block = self.prog.block(def);
         let file = self.prog.file_of(def);
         let mut frame = Frame { module: def.module, file, vars: HashMap::new(), ellipsis: None };

@@ -7,6 +7,8 @@ mod call;
 pub mod model;
 mod pattern;
 
+pub use pattern::MAX_LAYERS;
+
 use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
@@ -17,6 +19,19 @@ use crate::trace::{Op, Trace, TraceArg};
 use crate::value::{shape_string, DType, Tensor, Value};
 use call::Bound;
 use std::collections::{HashMap, HashSet};
+
+/// Most elements one tensor may have: 2^32 (16 GiB as float32), twice the largest tensors of
+/// published models (embedding tables of about 2^31 elements). Larger tensors cannot be
+/// allocated by the runtime, so the checker refuses them.
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 32;
+/// Most parameters a model may have in total: 2^38 (2^40 bytes, 1 TiB, as float32).
+pub const MAX_PARAMS: u64 = 1 << 38;
+/// Most block instantiations and traced operations (primitive applications and parameters)
+/// one check may make, over every block checked on its own and every model. It bounds the
+/// checker's time and memory on any input, such as blocks that each call the previous one
+/// twice (2^40 instantiations for 40 blocks): reaching it takes one to two seconds and a
+/// few hundred megabytes. A Falcon-H1 layer costs about 110.
+pub const MAX_EXPANSION: usize = 200_000;
 
 /// What a name in a block body is bound to; configs, multipliers and parameters cannot be
 /// rebound, locals and inputs can.
@@ -68,6 +83,11 @@ pub struct Expander<'p> {
     pub setting_overrides: HashMap<String, Value>,
     /// Secondary labels added to every diagnostic (e.g. which model layer is being built).
     context: Vec<(FileId, Span, String)>,
+    /// Expansion work done so far in this check (carried from one expander to the next),
+    /// against [`MAX_EXPANSION`]; once it is spent every further instantiation and operation
+    /// is poison.
+    pub work: usize,
+    pub exhausted: bool,
 }
 
 impl<'p> Expander<'p> {
@@ -88,6 +108,75 @@ impl<'p> Expander<'p> {
             layer_configs: Default::default(),
             setting_overrides: HashMap::new(),
             context: Vec::new(),
+            work: 0,
+            exhausted: false,
+        }
+    }
+
+    /// Counts one unit of expansion work; `false` once the budget is spent (reported once,
+    /// at the place that spent it).
+    fn spend(&mut self, file: FileId, span: Span) -> bool {
+        if self.exhausted {
+            return false;
+        }
+        self.work += 1;
+        if self.work <= MAX_EXPANSION {
+            return true;
+        }
+        self.exhausted = true;
+        self.report(
+            Diagnostic::new(
+                Code::ExpansionBudget,
+                file,
+                span,
+                format!("the program expands to more than {MAX_EXPANSION} block instantiations and operations"),
+            )
+            .label("the budget ran out here")
+            .help("the checker's limit bounds its time and memory; use fewer layers or fewer nested block calls"),
+        );
+        false
+    }
+
+    /// Refuses a tensor too large to allocate, judged by its fewest elements (every
+    /// remaining symbol at 1); `what` names it in the message.
+    fn fits(&mut self, shape: &[Dim], file: FileId, span: Span, what: &str) -> bool {
+        // A shape rule that let a negative size through (`broadcast(x, [B, -5])`).
+        if shape.iter().any(|d| d.as_const().is_some_and(|c| c < 0)) {
+            self.report(
+                Diagnostic::new(
+                    Code::DimMismatch,
+                    file,
+                    span,
+                    format!("{what} {} has a negative dimension", shape_string(shape)),
+                )
+                .label("negative size"),
+            );
+            return false;
+        }
+        let elements = shape.iter().try_fold(1u128, |acc, d| match d.eval(&|_| Some(1)) {
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(acc.saturating_mul(n as u128)),
+            None => Some(u128::MAX),
+        });
+        match elements {
+            Some(n) if n > u128::from(MAX_TENSOR_ELEMENTS) => {
+                let count = if n == u128::MAX { "too many".to_string() } else { n.to_string() };
+                self.report(
+                    Diagnostic::new(
+                        Code::TooLarge,
+                        file,
+                        span,
+                        format!(
+                            "{what} {} has {count} elements, more than the {MAX_TENSOR_ELEMENTS} one tensor may have",
+                            shape_string(shape)
+                        ),
+                    )
+                    .label("too large to allocate")
+                    .help("a tensor may have at most 2^32 elements (16 GiB as float32)"),
+                );
+                false
+            }
+            _ => true,
         }
     }
 
@@ -447,6 +536,11 @@ impl<'p> Expander<'p> {
                 );
             }
         }
+        if !self.fits(&shape, file, p.ty.span, &format!("parameter `{}`", p.name.name))
+            || !self.spend(file, p.name.span)
+        {
+            return Value::Poison;
+        }
         let t = self.new_tensor(shape.clone(), DType::F32);
         if let Some(init) = init {
             let mut name = self.path.clone();
@@ -477,24 +571,42 @@ impl<'p> Expander<'p> {
         let params: Vec<call::Slot> = f.params.iter().map(|(n, d)| call::Slot::scalar(n, d.is_some())).collect();
         let bound = self.bind_args(&params, &c.args, c, frame, &format!("initialiser `{}`", f.name))?;
         let mut args = Vec::new();
+        let mut known = Vec::new();
+        let mut spans = Vec::new();
         for ((name, default), got) in f.params.iter().zip(bound) {
-            let v = match got {
-                Some((v, span)) => match v.as_f64() {
-                    Some(x) => x,
-                    None if matches!(v, Value::Float(None) | Value::Int(_)) => default.unwrap_or(0.0),
-                    None => {
-                        self.error(
-                            Code::TypeMismatch,
-                            frame.file,
-                            span,
-                            format!("`{name}` must be a number, found {}", v.kind()),
-                        );
-                        return None;
+            let (v, x) = match got {
+                Some((v, span)) => {
+                    spans.push((*name, span));
+                    match v.as_f64() {
+                        Some(x) => (x, Some(x)),
+                        None if matches!(v, Value::Float(None) | Value::Int(_)) => (default.unwrap_or(0.0), None),
+                        None => {
+                            self.error(
+                                Code::TypeMismatch,
+                                frame.file,
+                                span,
+                                format!("`{name}` must be a number, found {}", v.kind()),
+                            );
+                            return None;
+                        }
                     }
-                },
-                None => default.expect("required slots are bound"),
+                }
+                None => {
+                    let d = default.expect("required slots are bound");
+                    (d, Some(d))
+                }
             };
             args.push((*name, v));
+            known.push((*name, x));
+        }
+        if let Err((arg, message)) = crate::inits::check_args(f.name, &known) {
+            let at = spans.iter().find(|(n, _)| *n == arg).map_or(c.span, |(_, s)| *s);
+            self.report(
+                Diagnostic::new(Code::InitRange, frame.file, at, format!("initialiser `{}`: {message}", f.name))
+                    .label("out of range")
+                    .with(frame.file, c.span, "in this initialiser"),
+            );
+            return None;
         }
         Some(crate::trace::InitSpec { name: f.name, args })
     }
@@ -764,9 +876,16 @@ impl<'p> Expander<'p> {
                 _ => None,
             });
         }
+        // The model's own skeleton (outside every block) is a fixed handful of operations.
+        if !self.calls.is_empty() && !self.spend(file, span) {
+            return Value::Poison;
+        }
         let rule_args: Vec<_> = args.iter().map(|(a, _)| a.rule_arg()).collect();
         match (prim.rule)(&rule_args, self.ctx()) {
             Ok(outs) => {
+                if !outs.iter().all(|(s, _)| self.fits(s, file, span, &format!("the result of `{}`", prim.name))) {
+                    return Value::Poison;
+                }
                 let tensors: Vec<Tensor> = outs.into_iter().map(|(s, d)| self.new_tensor(s, d)).collect();
                 self.trace.ops.push(Op::Prim {
                     prim,
@@ -789,6 +908,8 @@ impl<'p> Expander<'p> {
                 let code = if e.rank { Code::RankMismatch } else { Code::DimMismatch };
                 let code = if e.message.starts_with("axis") {
                     Code::AxisRange
+                } else if e.message.starts_with("slice ") {
+                    Code::IndexRange
                 } else if e.message.starts_with("unknown dtype") {
                     Code::UnknownDtype
                 } else {
@@ -848,9 +969,20 @@ impl<'p> Expander<'p> {
                             format!("an index must be an int, found {}", i.kind()),
                         );
                     };
-                    let (lo, hi) = match (i.as_const(), t.shape[axis].as_const()) {
-                        (Some(c), Some(n)) if c < 0 => (Dim::constant(c + n), Dim::constant(c + n + 1)),
-                        _ => (i.clone(), i.add(&Dim::constant(1)).unwrap_or_default()),
+                    let n = &t.shape[axis];
+                    if let (Some(c), Some(len)) = (i.as_const(), n.as_const()) {
+                        if c < -len || c >= len {
+                            return self.out_of_range("index", c, axis, len, file, e.span);
+                        }
+                    }
+                    // A negative index counts from the end, also of a dimension known only
+                    // at run time (`x[:, -1]` is `x[:, T - 1]`).
+                    let lo = match i.as_const() {
+                        Some(c) if c < 0 => n.add(&i),
+                        _ => Some(i.clone()),
+                    };
+                    let Some((lo, hi)) = lo.and_then(|lo| Some((lo.clone(), lo.add(&Dim::constant(1))?))) else {
+                        return self.error(Code::InvalidNumber, file, e.span, "integer overflow");
                     };
                     cur = self.slice(cur, axis, lo, hi, e.span, file);
                     squeeze.push(axis);
@@ -861,10 +993,24 @@ impl<'p> Expander<'p> {
                     let mut bound = |b: &Option<Expr>, default: Dim, this: &mut Self| -> Option<Dim> {
                         let Some(b) = b else { return Some(default) };
                         match this.expr(b, frame) {
-                            Value::Int(d) => Some(match (d.as_const(), n.as_const()) {
-                                (Some(c), Some(len)) if c < 0 => Dim::constant(c + len),
-                                _ => d,
-                            }),
+                            Value::Int(d) => {
+                                if let (Some(c), Some(len)) = (d.as_const(), n.as_const()) {
+                                    if c < -len || c > len {
+                                        this.out_of_range("slice bound", c, axis, len, file, b.span);
+                                        return None;
+                                    }
+                                }
+                                match d.as_const() {
+                                    Some(c) if c < 0 => {
+                                        let from_end = n.add(&d);
+                                        if from_end.is_none() {
+                                            this.error(Code::InvalidNumber, file, b.span, "integer overflow");
+                                        }
+                                        from_end
+                                    }
+                                    _ => Some(d),
+                                }
+                            }
                             Value::Poison => None,
                             other => {
                                 this.error(
@@ -895,6 +1041,20 @@ impl<'p> Expander<'p> {
             c.shape.iter().enumerate().filter(|(i, _)| !squeeze.contains(i)).map(|(_, d)| d.clone()).collect();
         let c = c.clone();
         self.apply(self.prims.builtin("reshape"), vec![Bound::Tensor(c), Bound::Ints(shape)], file, span)
+    }
+
+    fn out_of_range(&mut self, what: &str, c: i64, axis: usize, len: i64, file: FileId, span: Span) -> Value {
+        self.report(
+            Diagnostic::new(
+                Code::IndexRange,
+                file,
+                span,
+                format!("{what} {c} is outside dimension {axis}, of size {len}"),
+            )
+            .label("out of range")
+            .help(format!("a dimension of size {len} has indices 0 to {}; negative ones count from the end", len - 1)),
+        );
+        Value::Poison
     }
 
     fn slice(&mut self, v: Value, axis: usize, lo: Dim, hi: Dim, span: Span, file: FileId) -> Value {

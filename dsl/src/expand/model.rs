@@ -5,7 +5,7 @@
 
 use super::call::{configs, Given};
 use super::pattern;
-use super::{Binding, Bound, Expander, Frame};
+use super::{Binding, Bound, Expander, Frame, MAX_PARAMS};
 use crate::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::dim::Dim;
@@ -196,7 +196,9 @@ impl<'p> Expander<'p> {
         let mut specs = self.layer_specs(layers_e, &mut frame)?;
         self.apply_overrides(model, &mut specs, &mut frame);
         let (vocab, d) = (vocab?, d?);
-        if self.diags.len() > errors_before {
+        let table = [Dim::constant(vocab), Dim::constant(d)];
+        let vocab_span = settings.get("vocab").map_or(model.name.span, |s| s.1);
+        if !self.fits(&table, file, vocab_span, "the embedding table") || self.diags.len() > errors_before {
             return None;
         }
 
@@ -217,6 +219,9 @@ impl<'p> Expander<'p> {
         let mut layer_outputs = Vec::new();
         self.path.push("layers".into());
         for (i, spec) in specs.iter().enumerate() {
+            if self.exhausted {
+                break;
+            }
             let block_name = self.prog.block(spec.def).name.name.clone();
             let what = match spec.letter {
                 Some(l) => format!("layer {i} (`{l}` = `{block_name}`) of model `{}`", model.name.name),
@@ -256,6 +261,9 @@ impl<'p> Expander<'p> {
         }
         self.path.pop();
         self.mup_overrides.pop();
+        if self.exhausted {
+            return None;
+        }
 
         for (name, span) in &setting_spans {
             if !SKELETON_SETTINGS.contains(&name.as_str()) && !consumed.contains(name) && !referenced.contains(name) {
@@ -319,6 +327,23 @@ impl<'p> Expander<'p> {
         let logits = self.skeleton_prim("mul", vec![Bound::Tensor(logits), Bound::Scalar(Some(head_mult))], file, at);
         self.trace.outputs.push(logits.id);
 
+        let total = self.trace.params().try_fold(0u64, |acc, p| acc.checked_add(numel(&p.shape)?));
+        if total.is_none_or(|t| t > MAX_PARAMS) {
+            let count = total.map_or("more than 2^64".to_string(), |t| t.to_string());
+            self.report(
+                Diagnostic::new(
+                    Code::TooLarge,
+                    file,
+                    model.name.span,
+                    format!(
+                        "model `{}` has {count} parameters, more than the {MAX_PARAMS} a model may have",
+                        model.name.name
+                    ),
+                )
+                .label("too large to allocate")
+                .help("a model may have at most 2^38 parameters (1 TiB as float32)"),
+            );
+        }
         if self.diags.len() > errors_before {
             return None;
         }
@@ -331,7 +356,7 @@ impl<'p> Expander<'p> {
             embedding_params: param_numel("embed_tokens.weight"),
             final_norm_params: param_numel("final_norm.weight"),
             lm_head_params: param_numel("lm_head.weight"),
-            total_params: self.trace.params().filter_map(|p| numel(&p.shape)).sum(),
+            total_params: total.unwrap_or(u64::MAX),
             layers,
             tie_embeddings: tie,
             base_width,
@@ -741,7 +766,8 @@ fn layer_summary(trace: &Trace, from: usize, index: usize, letter: Option<char>,
     };
     for op in &trace.ops[from..] {
         match op {
-            Op::Param { param, .. } => s.params += numel(&param.shape).unwrap_or(0),
+            // Saturates: a count past 2^64 is refused by the checker, never wrapped.
+            Op::Param { param, .. } => s.params = s.params.saturating_add(numel(&param.shape).unwrap_or(u64::MAX)),
             Op::Prim { prim, outs, .. } => match prim.heads {
                 Some(Heads::Attention(count)) => s.attention_heads += count(&trace.tensors[outs[0]].shape),
                 Some(Heads::Ssm(count)) => s.ssm_heads += count(&trace.tensors[outs[0]].shape),

@@ -156,7 +156,10 @@ fn check_data(forward: &Graph, source: &Source, cfg: &TrainConfig) -> Result<(),
             source.vocab() - 1
         )));
     }
-    source.batch(cfg.seed, Split::Train, 0, cfg.batch, cfg.seq)?;
+    let b = source.batch(cfg.seed, Split::Train, 0, cfg.batch, cfg.seq)?;
+    // Sizes that depend on the sequence length (`x[:, -100]` needs `T >= 100`).
+    let ids = Tensor::<f32>::zeros(vec![b.batch, b.seq]);
+    hyb_compiler::reference::check_inputs(forward, &HashMap::from([("ids".to_string(), ids)]))?;
     if cfg.eval_every > 0 {
         source.batch(cfg.seed, Split::Eval, 0, cfg.batch, cfg.seq)?;
     }
