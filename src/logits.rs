@@ -29,7 +29,7 @@ pub fn parse_ids(values: &[String]) -> Result<Vec<Vec<u32>>> {
     Ok(seqs)
 }
 
-/// Which executor runs the forward pass.
+/// Which executor runs a program (`hyb logits`, `hyb train`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Executor {
     /// The compiled program on the CPU executor.

@@ -22,6 +22,10 @@ pub struct TrainArgs {
     pub file: PathBuf,
     #[arg(long)]
     pub model: Option<String>,
+    /// What runs the steps: the compiled program (what `hyb explain` shows) on the CPU
+    /// executor, or the reference interpreter on the unoptimised training graph.
+    #[arg(long, value_enum, default_value_t = crate::logits::Executor::Compiled)]
+    pub executor: crate::logits::Executor,
     /// `mqar` (synthetic associative recall), a UTF-8 text file (byte-level), or a binary
     /// token file (with --token-bytes 2 or 4).
     #[arg(long, default_value = "mqar")]
@@ -217,6 +221,9 @@ fn trainer(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<Tra
 
 pub fn run(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<()> {
     let mut trainer = trainer(args, model, given)?;
+    if args.executor == crate::logits::Executor::Reference {
+        trainer = trainer.with_executor(hyb_runtime::train::step::Executor::Reference)?;
+    }
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(

@@ -31,8 +31,12 @@ impl<T: Real> Arena<T> {
 
     /// The view's elements, gathered into a contiguous tensor.
     fn read(&self, program: &Program, v: &View) -> Tensor<T> {
-        let base = Self::base(program, v) as isize;
         let n: usize = v.shape.iter().product();
+        if contiguous(v) {
+            let base = Self::base(program, v);
+            return Tensor::new(v.shape.clone(), self.data[base..base + n].to_vec());
+        }
+        let base = Self::base(program, v) as isize;
         let mut data = Vec::with_capacity(n);
         let mut index = vec![0usize; v.shape.len()];
         for _ in 0..n {
@@ -54,6 +58,18 @@ impl<T: Real> Arena<T> {
         let base = Self::base(program, v);
         self.data[base..base + t.data.len()].copy_from_slice(&t.data);
     }
+}
+
+/// Whether the view's elements lie in order, one after another.
+fn contiguous(v: &View) -> bool {
+    let mut expected = 1isize;
+    for (&d, &s) in v.shape.iter().zip(&v.strides).rev() {
+        if d != 1 && s != expected {
+            return false;
+        }
+        expected *= d as isize;
+    }
+    true
 }
 
 /// Runs `program` (planned from `graph`) on simulated ranks: rank `r` holds `params[r]` and

@@ -1,7 +1,7 @@
-//! Training on the CPU: the compiled training graph (forward, loss, backward, AdamW) run
-//! step by step by the reference interpreter in float32, with deterministic data,
-//! evaluation, JSONL metrics, atomic checkpoints, exact resume and protection against
-//! non-finite steps.
+//! Training on the CPU: the compiled training step (forward, loss, backward, AdamW;
+//! rewritten, fused and planned) run by the CPU executor in float32 — or the unoptimised
+//! graph in the reference interpreter — with deterministic data, evaluation, JSONL metrics,
+//! atomic checkpoints, exact resume and protection against non-finite steps.
 
 pub mod checkpoint;
 pub mod data;
@@ -9,18 +9,20 @@ pub mod init;
 pub mod rng;
 pub mod run_dir;
 pub mod schedule;
+pub mod step;
 
 use checkpoint::State;
 use data::{Batch, DataSpec, Source, Split};
 use hyb_compiler::ir::Graph;
 use hyb_compiler::reference::{run, Tensor};
-use hyb_compiler::training::{training_graph, AdamW, TrainingGraph};
+use hyb_compiler::training::AdamW;
 use run_dir::{Existing, RunDir};
 use schedule::{learning_rate, Schedule};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use step::{Executor, StepProgram};
 
 /// Everything that defines a run (stored in every checkpoint).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -210,7 +212,9 @@ pub enum TrainError {
 pub struct Trainer {
     cfg: TrainConfig,
     forward: Graph,
-    step_graph: TrainingGraph,
+    step: StepProgram,
+    /// The parameters' names, in the order of the step's outputs.
+    step_params: Vec<String>,
     source: Source,
     pub state: State,
     identity: Identity,
@@ -242,9 +246,11 @@ impl Trainer {
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
         let identity = Identity::of(&forward, &source);
+        let step = StepProgram::build(&forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, Executor::default())
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let step_params = step.params();
         let run = RunDir::fresh(dir, existing)?;
-        let step_graph = training_graph(&forward, &cfg.adamw(), cfg.width_mult);
-        let t = Trainer { cfg, forward, step_graph, source, state, identity, run, saved_at: None };
+        let t = Trainer { cfg, forward, step, step_params, source, state, identity, run, saved_at: None };
         t.write_metrics(b"")?;
         Ok(t)
     }
@@ -307,10 +313,12 @@ impl Trainer {
         }
         check_data(&forward, &source, &cfg)?;
         let fork = !same_dir(how.from, how.into);
+        let step = StepProgram::build(&forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, Executor::default())
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let step_params = step.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
-        let step_graph = training_graph(&forward, &cfg.adamw(), cfg.width_mult);
         let saved_at = Some(state.step);
-        let mut t = Trainer { cfg, forward, step_graph, source, state, identity, run, saved_at };
+        let mut t = Trainer { cfg, forward, step, step_params, source, state, identity, run, saved_at };
         t.carry_metrics(&how.from.join("metrics.jsonl"))?;
         if fork {
             t.save()?;
@@ -320,6 +328,15 @@ impl Trainer {
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
+    }
+
+    /// Runs the steps with `executor` (the compiled program by default).
+    pub fn with_executor(mut self, executor: Executor) -> Result<Trainer, TrainError> {
+        let cfg = &self.cfg;
+        self.step = StepProgram::build(&self.forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, executor)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.step_params = self.step.params();
+        Ok(self)
     }
 
     /// The run directory.
@@ -391,7 +408,7 @@ impl Trainer {
         }
         let params: HashMap<String, Tensor<f32>> =
             self.state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut out = run(&self.step_graph.graph, &params, &inputs)?.into_iter();
+        let mut out = self.step.run(&params, &inputs)?.into_iter();
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;
         let updated: Vec<Tensor<f32>> = out.collect();
@@ -400,7 +417,7 @@ impl Trainer {
             loss.is_finite() && grad_norm.is_finite() && updated.iter().all(|t| t.data.iter().all(|x| x.is_finite()));
         if finite {
             let mut it = updated.into_iter();
-            for name in &self.step_graph.params {
+            for name in &self.step_params {
                 self.state.params.insert(name.clone(), it.next().unwrap());
                 self.state.m.insert(name.clone(), it.next().unwrap());
                 self.state.v.insert(name.clone(), it.next().unwrap());
