@@ -12,7 +12,7 @@ use hyb_compiler::ops::Prim;
 use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::reference::{run, run_ranks, Tensor};
 use hyb_compiler::rewrite::Options;
-use hyb_compiler::shard::shard;
+use hyb_compiler::shard::{rank_values, shard};
 use hyb_compiler::training::{training_graph, AdamW};
 use std::collections::HashMap;
 
@@ -44,21 +44,6 @@ model tiny_falcon_tp {
     mup gate_multiplier = 0.85, down_multiplier = 0.55
 }
 "#;
-
-/// Rank `r`'s parameters and optimizer state: its shard of each.
-fn local(g: &Graph, full: &HashMap<String, Tensor<f64>>, rank: usize) -> HashMap<String, Tensor<f64>> {
-    let mut out = full.clone();
-    for p in &g.params {
-        if let Some(shard) = &p.shard {
-            for key in [p.name.clone(), format!("m.{}", p.name), format!("v.{}", p.name)] {
-                if let Some(x) = full.get(&key) {
-                    out.insert(key, shard.local(x, rank));
-                }
-            }
-        }
-    }
-    out
-}
 
 fn close(a: &Tensor<f64>, b: &Tensor<f64>, what: &str) {
     assert_eq!(a.shape, b.shape, "{what}");
@@ -94,13 +79,13 @@ fn check(ranks: usize, text: &'static str) {
     let sg = &sharded.graph;
     // A sequence the ranks do not divide is an error, not a wrong answer.
     let odd = inputs(&w, 1, 6, 64);
-    let odd_locals: Vec<_> = (0..ranks).map(|r| local(sg, &w, r)).collect();
+    let odd_locals: Vec<_> = (0..ranks).map(|r| rank_values(sg, &w, r)).collect();
     let err = run_ranks(sg, &odd_locals.iter().collect::<Vec<_>>(), &vec![&odd; ranks]);
     if ranks == 4 {
         assert!(matches!(err, Err(hyb_compiler::reference::RunError::Indivisible(_))));
     }
-    let locals: Vec<_> = (0..ranks).map(|r| local(sg, &w, r)).collect();
-    let xs: Vec<_> = (0..ranks).map(|r| local(sg, &x, r)).collect();
+    let locals: Vec<_> = (0..ranks).map(|r| rank_values(sg, &w, r)).collect();
+    let xs: Vec<_> = (0..ranks).map(|r| rank_values(sg, &x, r)).collect();
     let lrefs: Vec<_> = locals.iter().collect();
     let xrefs: Vec<_> = xs.iter().collect();
 
@@ -190,8 +175,8 @@ fn every_example_shards_exactly() {
         for ranks in [2, 4] {
             let sharded = shard(&g, ranks, &free_links());
             let tg = training_graph(&sharded.graph, &opt, 1.0);
-            let locals: Vec<_> = (0..ranks).map(|r| local(&tg.graph, &w, r)).collect();
-            let xs: Vec<_> = (0..ranks).map(|r| local(&tg.graph, &x, r)).collect();
+            let locals: Vec<_> = (0..ranks).map(|r| rank_values(&tg.graph, &w, r)).collect();
+            let xs: Vec<_> = (0..ranks).map(|r| rank_values(&tg.graph, &x, r)).collect();
             let got = run_ranks(&tg.graph, &locals.iter().collect::<Vec<_>>(), &xs.iter().collect::<Vec<_>>()).unwrap();
             let what = format!("{} over {ranks} ranks (split: {:?})", path.display(), sharded.split);
             close(&want[0], &got[0][0], &format!("loss of {what}"));

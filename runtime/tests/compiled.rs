@@ -9,6 +9,7 @@ use hyb_compiler::pipeline::{compile, Compiled, Target};
 use hyb_compiler::plan::{self, Precision, Request};
 use hyb_compiler::reference::{run, Real, Tensor};
 use hyb_compiler::rewrite::Options;
+use hyb_compiler::shard::rank_values;
 use hyb_compiler::training::{in_place_updates, training_graph, AdamW};
 use hyb_dsl::value::DType;
 use hyb_runtime::cpu;
@@ -84,21 +85,6 @@ fn values(g: &Graph) -> (HashMap<String, Tensor<f64>>, HashMap<String, Tensor<f6
     (w, x)
 }
 
-/// Rank `r`'s shard of every sharded parameter and its moments.
-fn local(g: &Graph, full: &HashMap<String, Tensor<f64>>, rank: usize) -> HashMap<String, Tensor<f64>> {
-    let mut out = full.clone();
-    for p in &g.params {
-        if let Some(shard) = &p.shard {
-            for key in [p.name.clone(), format!("m.{}", p.name), format!("v.{}", p.name)] {
-                if let Some(x) = full.get(&key) {
-                    out.insert(key, shard.local(x, rank));
-                }
-            }
-        }
-    }
-    out
-}
-
 fn cast<T: Real>(m: &HashMap<String, Tensor<f64>>) -> HashMap<String, Tensor<T>> {
     m.iter().map(|(k, t)| (k.clone(), Tensor::from_f64(t.shape.clone(), &t.data))).collect()
 }
@@ -128,8 +114,8 @@ fn execute<T: Real>(
         forward_end: training.then_some(0),
     };
     let program = plan::plan(&c.graph, &req).unwrap();
-    let ws: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&local(&c.graph, w, r))).collect();
-    let xs: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&local(&c.graph, x, r))).collect();
+    let ws: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&rank_values(&c.graph, w, r))).collect();
+    let xs: Vec<HashMap<String, Tensor<T>>> = (0..ranks).map(|r| cast(&rank_values(&c.graph, x, r))).collect();
     let out = cpu::run_ranks(&c.graph, &program, &ws.iter().collect::<Vec<_>>(), &xs.iter().collect::<Vec<_>>());
     let out = out.unwrap();
     out.into_iter().map(|rank| rank.into_iter().map(|t| Tensor::new(t.shape.clone(), t.to_f64())).collect()).collect()

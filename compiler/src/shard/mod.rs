@@ -46,6 +46,23 @@ pub struct Sharded {
     pub time_after: f64,
 }
 
+/// What rank `rank` holds of full-size values keyed by parameter name (weights, and the
+/// optimizer's `m.NAME` and `v.NAME`): its shard of each sharded parameter's, all of the
+/// rest.
+pub fn rank_values(g: &Graph, full: &HashMap<String, Tensor<f64>>, rank: usize) -> HashMap<String, Tensor<f64>> {
+    let mut out = full.clone();
+    for p in &g.params {
+        if let Some(shard) = &p.shard {
+            for key in [p.name.clone(), format!("m.{}", p.name), format!("v.{}", p.name)] {
+                if let Some(x) = full.get(&key) {
+                    out.insert(key, shard.local(x, rank));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Shards forward graph `g` over `ranks` ranks.
 pub fn shard(g: &Graph, ranks: usize, machine: &Machine) -> Sharded {
     let base = total_time(g, machine) + optimizer_time(g, machine);
