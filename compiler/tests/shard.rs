@@ -14,7 +14,6 @@ use hyb_compiler::reference::{run, run_ranks, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::shard::{rank_values, shard};
 use hyb_compiler::training::{training_graph, AdamW};
-use std::collections::HashMap;
 
 const MODEL: &str = r#"
 import std.layers

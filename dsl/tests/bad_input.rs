@@ -480,7 +480,7 @@ fn exponential_expansion_stops_at_the_budget() {
 
 #[test]
 fn too_many_layers_is_refused_at_once() {
-    let src = format!("import std.layers\n\nmodel m {{\n    vocab = 32\n    d = 16\n    layers = pattern(\"H{{100000}}\", H = falcon_h1_layer)\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}}\n");
+    let src = "import std.layers\n\nmodel m {\n    vocab = 32\n    d = 16\n    layers = pattern(\"H{100000}\", H = falcon_h1_layer)\n    heads = 2\n    ssm_heads = 2\n    ssm_head_dim = 8\n    d_state = 4\n    chunk = 4\n    d_ff = 32\n}\n".to_string();
     let start = Instant::now();
     let d = check_src(&src);
     assert!(start.elapsed().as_secs_f64() < 10.0, "took {:?}", start.elapsed());

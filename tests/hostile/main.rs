@@ -39,6 +39,12 @@ pub struct Scratch {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch::new()
+    }
+}
+
 impl Scratch {
     pub fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
@@ -63,7 +69,7 @@ impl Scratch {
         let given = |flag: &str| extra.iter().any(|a| a.split('=').next() == Some(flag));
         if !given("--resume") {
             for (flag, value) in [("--batch", "2"), ("--seq", "16"), ("--mqar-pairs", "3"), ("--eval-every", "0")] {
-                if !given(flag) && !(flag == "--mqar-pairs" && given("--data")) {
+                if !(given(flag) || flag == "--mqar-pairs" && given("--data")) {
                     args.extend([flag, value]);
                 }
             }
