@@ -3,8 +3,10 @@
 //! logits and a whole training step (loss, gradient norm, every updated weight and moment),
 //! on 1, 2 and 4 simulated ranks.
 
+use hyb_compiler::cost::Machine;
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::Graph;
+use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::ops::Prim;
 use hyb_compiler::pipeline::{compile, Compiled, Target};
 use hyb_compiler::plan::{self, Precision, Request};
 use hyb_compiler::reference::{run, Real, Tensor};
@@ -127,7 +129,10 @@ fn check(ranks: usize) {
 
 fn check_graph(g: Graph, ranks: usize) {
     let (w, x) = values(&g);
-    let opts = Options::default();
+    // Free communication: the planner splits whatever divides (vocabulary, sequence
+    // parallelism), so every collective and shard runs.
+    let machine = Machine { link_bw: f64::INFINITY, link_latency: 0.0, launch: 0.0, ..Machine::default() };
+    let opts = Options { machine, ..Options::default() };
     // Forward pass: the logits.
     let want = run(&g, &w, &x).unwrap();
     let c = compile(&g, &Target::Forward, ranks, &opts);
@@ -146,6 +151,10 @@ fn check_graph(g: Graph, ranks: usize) {
     let want = run(&plain.graph, &w, &x).unwrap();
     let target = Target::Training { opt, width_mult: 1.0 };
     let c = compile(&g, &target, ranks, &opts);
+    if ranks > 1 {
+        let shards = c.graph.nodes.iter().any(|n| matches!(n.op, Op::Prim(Prim::Shard(_))));
+        assert!(shards || c.sharded.split.is_empty(), "a split program runs rank-dependent shards");
+    }
     let got = execute::<f64>(&c, &target, ranks, &w, &x, DType::F64);
     close(&want[0], &got[0][0].data, 1e-10, "loss");
     close(&want[1], &got[0][1].data, 1e-10, "gradient norm");

@@ -3,8 +3,8 @@
 //! size for one batch and sequence length under the precision policy, its lifetime, and one
 //! static arena that holds them all.
 //!
-//! Views (reshape, transpose, permute, broadcast, slice, a rank's shard) copy nothing: they
-//! fold into their reader's access as an offset and strides. Updates named in place (an
+//! Views (reshape, transpose, permute, broadcast, slice) copy nothing: they fold into their
+//! reader's access as an offset and strides. Updates named in place (an
 //! optimizer writing a weight and its moments) write into the buffer they replace.
 
 mod arena;
@@ -215,7 +215,8 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
             }
             // Constants are immediates of the launches that read them.
             Op::Constant(_) => {}
-            Op::Prim(p) if !p.moves_data() => {
+            // A rank's shard is a copy of its slice here (its offset depends on the rank).
+            Op::Prim(p) if !p.moves_data() && !matches!(p, Prim::Shard(_)) => {
                 let src = n.inputs[0];
                 view_of[i] = match &view_of[src] {
                     Some(v) => fold_view(p, v, &shape_of(src)?, &shape, &sizes)?,
@@ -363,8 +364,7 @@ fn fold_view(
 ) -> Result<Option<View>, PlanError> {
     let axis = |a: i64| crate::ops::axis(a, from.len());
     Ok(match p {
-        Prim::Reshape(_) if is_contiguous(v) => Some(View { shape: to.to_vec(), ..contiguous(v.buffer, to, v.dtype) })
-            .map(|c| View { offset: v.offset, ..c }),
+        Prim::Reshape(_) if is_contiguous(v) => Some(View { offset: v.offset, ..contiguous(v.buffer, to, v.dtype) }),
         Prim::Reshape(_) => None,
         Prim::Transpose(t) => {
             let (a, b) = (axis(t.dim0), axis(t.dim1));
@@ -397,7 +397,7 @@ fn fold_view(
             out.shape[a] = to[a];
             Some(out)
         }
-        // A rank's shard and a tensor-parallel copy: on one rank, the value itself.
+        // A tensor-parallel copy: the value itself.
         _ => Some(View { shape: to.to_vec(), ..v.clone() }),
     })
 }
