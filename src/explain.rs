@@ -140,23 +140,29 @@ pub fn run_artifact(args: &ExplainArgs, artifact: &Artifact) -> Result<()> {
 fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
     let mut out = String::new();
     let b = &m.peak;
-    let at = &p.launches[m.peak_launch.min(p.launches.len().saturating_sub(1))];
+    let at = p.launches.get(m.peak_launch).map_or("no launch".to_string(), |l| format!("{:?}", l.kind));
+    let q = &p.precision;
     let _ = writeln!(
         out,
-        "\nmemory per rank (tp {tp}, B={} T={}, bf16 activations, f32 master weights, moments and gradients):",
-        p.batch, p.seq
+        "\nmemory per rank (tp {tp}, B={} T={}; {} activations and weight copies, {} master weights, {} moments, {} gradients):",
+        p.batch,
+        p.seq,
+        q.activations.name(),
+        q.master_weights.name(),
+        q.optimizer.name(),
+        q.gradients.name()
     );
     let _ = writeln!(
         out,
-        "  arena {} · peak live {} at launch {} of {} ({:?})",
+        "  arena {} · peak live {} at launch {} of {} ({at})",
         gib(m.arena_bytes as f64),
         gib(m.peak_bytes as f64),
         m.peak_launch,
         p.launches.len(),
-        at.kind
     );
+    let weights = format!("weights ({} master + {} copy)", q.master_weights.name(), q.weight_copies.name());
     for (what, bytes) in [
-        ("weights (f32 master + bf16 copy)", b.weights),
+        (weights.as_str(), b.weights),
         ("gradients", b.gradients),
         ("optimizer state", b.optimizer),
         ("activations kept for backward", b.saved),
