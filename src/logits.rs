@@ -2,6 +2,7 @@
 //! on the CPU executor, or through the reference interpreter on the unoptimised graph.
 
 use anyhow::{bail, Context, Result};
+use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::plan::{self, Precision, Program, Request};
@@ -67,6 +68,42 @@ pub fn run(
     let out = match dtype {
         DType::F32 => eval::<f32>(graph, program, weights, b, t, &ids)?,
         _ => eval::<f64>(graph, program, weights, b, t, &ids)?,
+    };
+    let vocab = *out.shape.last().unwrap_or(&0);
+    Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())
+}
+
+/// Logits from a compiled forward-pass artifact, for the batch and sequence length it was
+/// planned for. The CPU computes in one element type, so its buffers are placed again for
+/// that type.
+pub fn run_artifact(
+    artifact: &Artifact,
+    weights: Weights,
+    batch: &[Vec<u32>],
+    precision: &str,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let c = &artifact.compiled;
+    if c.training {
+        bail!("the artifact is a training step; compile the forward pass (`hyb compile --forward`) for logits");
+    }
+    if c.tp != 1 {
+        bail!("the artifact is planned for {} tensor-parallel ranks; logits run on one", c.tp);
+    }
+    let (b, t) = (batch.len(), batch[0].len());
+    if (b, t) != (c.batch, c.seq) {
+        bail!(
+            "the artifact is compiled for batch {} and sequence {}, not {b} × {t}: give that many ids",
+            c.batch,
+            c.seq
+        );
+    }
+    let dtype = if precision == "f32" { DType::F32 } else { DType::F64 };
+    let req = Request { batch: b, seq: t, precision: Precision::uniform(dtype), in_place: vec![], forward_end: None };
+    let program = plan::plan(&artifact.graph, &req)?;
+    let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
+    let out = match dtype {
+        DType::F32 => eval::<f32>(&artifact.graph, Some(&program), weights, b, t, &ids)?,
+        _ => eval::<f64>(&artifact.graph, Some(&program), weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
     Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())

@@ -244,13 +244,22 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
         }
         Command::Logits { file, weights, ids, json, precision, executor, model } => {
             let batch = logits::parse_ids(&ids)?;
-            let checked = check(std::slice::from_ref(&file))?;
-            if report(&checked) {
-                return Ok(ExitCode::from(1));
-            }
-            let m = choose(&checked, &file, model.as_deref())?;
-            let w = hyb_runtime::weights::load(&weights)?;
-            let out = logits::run(&m.trace, w, &batch, &precision, executor)?;
+            let out = if file.extension().is_some_and(|e| e == "hybc") {
+                let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let artifact =
+                    hyb_compiler::artifact::Artifact::from_bytes(&bytes, hyb_compiler::artifact::Target::Cpu)
+                        .with_context(|| format!("cannot load {}", file.display()))?;
+                let w = hyb_runtime::weights::load(&weights)?;
+                logits::run_artifact(&artifact, w, &batch, &precision)?
+            } else {
+                let checked = check(std::slice::from_ref(&file))?;
+                if report(&checked) {
+                    return Ok(ExitCode::from(1));
+                }
+                let m = choose(&checked, &file, model.as_deref())?;
+                let w = hyb_runtime::weights::load(&weights)?;
+                logits::run(&m.trace, w, &batch, &precision, executor)?
+            };
             let mut stdout = std::io::stdout().lock();
             if json {
                 logits::write_json(&mut stdout, &out)?;

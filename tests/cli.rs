@@ -174,6 +174,28 @@ fn import_logits_export_from_the_command_line() {
     assert_eq!(flat.len(), reference.len());
     assert!(err <= 1e-6 * max, "relative error {}", err / max);
 
+    // The same logits from a compiled forward-pass artifact.
+    let seq = rows[0].split(',').count().to_string();
+    let hybc = format!("{out}/mult.hybc");
+    let r = hyb(&["compile", &model, "--forward", "--batch", "2", "--seq", &seq, "-o", &hybc]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = hyb(&["logits", &hybc, "--weights", &weights, "--ids", &rows[0], "--ids", &rows[1], "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let compiled: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let values: Vec<f64> = compiled["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s.as_array().unwrap().iter().flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        })
+        .collect();
+    let err = values.iter().zip(&reference).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(values.len() == reference.len() && err <= 1e-6 * max, "artifact: relative error {}", err / max);
+    let r = hyb(&["logits", &hybc, "--weights", &weights, "--ids", &rows[0], "--json"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(stderr(&r).contains("compiled for batch 2"), "{}", stderr(&r));
+
     let text = hyb(&["logits", &model, "--weights", &weights, "--ids", "1,2,3"]);
     assert!(text.status.success(), "{}", stderr(&text));
     assert_eq!(stdout(&text).lines().count(), 3);
