@@ -52,9 +52,12 @@ pub fn kernel_work(m: &Machine, kind: &KernelKind, inputs: &[&TensorType], outs:
     Work { flops, bytes: io, launches: 1.0, ..Work::default() }
 }
 
-/// The work of primitive `p` reading `inputs` as its own kernel; its output types come
-/// from its shape rule (a multi-output primitive writes all of them).
-pub fn prim_work(m: &Machine, p: &Prim, inputs: &[&TensorType]) -> Work {
+/// The work of primitive `p` reading `inputs` and writing `out` (its first output) as its
+/// own kernel. A multi-output primitive writes every output its shape rule gives.
+pub fn prim_work(m: &Machine, p: &Prim, inputs: &[&TensorType], out: &TensorType) -> Work {
+    if p.single_output() {
+        return p.work(m, inputs, &[out]);
+    }
     let types: Vec<Ty> = inputs.iter().map(|t| (t.shape.clone(), t.dtype)).collect();
     let outs: Vec<TensorType> = p
         .infer(&types, Ctx { strict: true })
@@ -73,7 +76,7 @@ pub fn node_work(g: &Graph, i: NodeId, m: &Machine) -> Option<Work> {
     match &n.op {
         Op::Prim(p) if !p.moves_data() => None,
         Op::Prim(Prim::Concat(_)) if n.inputs.iter().all(|&x| stored_weight(g, x).is_some()) => None,
-        Op::Prim(p) => Some(prim_work(m, p, &inputs)),
+        Op::Prim(p) => Some(prim_work(m, p, &inputs, &n.ty)),
         Op::Kernel(k) => {
             let outs: Vec<_> = k.body.outputs.iter().map(|&o| &k.body.nodes[o].ty).collect();
             Some(kernel_work(m, &k.kind, &inputs, &outs, body_flops(k, m)))
@@ -90,7 +93,7 @@ pub fn body_flops(k: &Kernel, m: &Machine) -> f64 {
         .map(|node| match &node.op {
             Op::Prim(p) => {
                 let ins: Vec<_> = node.inputs.iter().map(|&x| &b.nodes[x].ty).collect();
-                prim_work(m, p, &ins).flops
+                prim_work(m, p, &ins, &node.ty).flops
             }
             Op::Kernel(inner) => body_flops(inner, m),
             _ => 0.0,

@@ -178,6 +178,10 @@ impl Primitive for CausalConv1dGrad {
         out
     }
 
+    fn single_output(&self) -> bool {
+        false
+    }
+
     fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Err(NoGradient(self.name()))
     }

@@ -175,6 +175,12 @@ pub trait Primitive {
     fn fold(&self, _inputs: &[f64]) -> Option<f64> {
         None
     }
+
+    /// Whether the primitive has one output (its node's type), so its cost needs no shape
+    /// rule to find the others.
+    fn single_output(&self) -> bool {
+        true
+    }
 }
 
 /// The registration of every primitive: each line is a module of `ops` and the primitive
@@ -225,6 +231,9 @@ macro_rules! registry {
             }
             fn fold(&self, inputs: &[f64]) -> Option<f64> {
                 match self { $($(Prim::$variant(p) => p.fold(inputs),)+)* }
+            }
+            fn single_output(&self) -> bool {
+                match self { $($(Prim::$variant(p) => p.single_output(),)+)* }
             }
         }
 

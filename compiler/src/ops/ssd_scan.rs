@@ -186,6 +186,10 @@ impl Primitive for SsdScanGrad {
         gradients(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5], chunk).into()
     }
 
+    fn single_output(&self) -> bool {
+        false
+    }
+
     fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Err(NoGradient(self.name()))
     }

@@ -186,6 +186,16 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
     let mut buffers: Vec<Buffer> = Vec::new();
     let mut launches: Vec<Launch> = Vec::new();
     let mut view_of: Vec<Option<View>> = vec![None; g.nodes.len()];
+    // The node reading output `k` of each multi-output node.
+    let output_readers: std::collections::HashMap<(NodeId, usize), NodeId> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(r, m)| match m.op {
+            Op::Output(k) => Some(((m.inputs[0], k), r)),
+            _ => None,
+        })
+        .collect();
     let aliased: std::collections::HashMap<NodeId, NodeId> =
         req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
 
@@ -245,14 +255,8 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 outs.push(out.clone());
                 if let Op::Kernel(k) = &n.op {
                     for o in 1..k.body.outputs.len() {
-                        let reader = g
-                            .nodes
-                            .iter()
-                            .enumerate()
-                            .skip(i + 1)
-                            .find(|(_, m)| m.op == Op::Output(o) && m.inputs == [i]);
-                        let v = match reader.and_then(|(r, _)| aliased.get(&r)).and_then(|leaf| view_of[*leaf].clone())
-                        {
+                        let reader = output_readers.get(&(i, o));
+                        let v = match reader.and_then(|r| aliased.get(r)).and_then(|leaf| view_of[*leaf].clone()) {
                             Some(v) => v,
                             None => {
                                 let ty = &k.body.nodes[k.body.outputs[o]].ty;

@@ -26,8 +26,8 @@ impl<'a> Coster<'a> {
         Coster { eg, machine, kernel_flops: HashMap::new(), slices_in_epilogue }
     }
 
-    /// The time of node `n`.
-    pub fn node_time(&mut self, n: &ENode, choice: &Choice) -> f64 {
+    /// The time of node `n` of class `class`.
+    pub fn node_time(&mut self, class: Id, n: &ENode, choice: &Choice) -> f64 {
         let eg = self.eg;
         let data = |id: Id| -> &Data { &eg[id].data };
         let inputs: Vec<_> = n.children.iter().map(|&c| &data(c).ty).collect();
@@ -46,7 +46,7 @@ impl<'a> Coster<'a> {
                     // Runs in the GEMM's epilogue.
                     return 0.0;
                 }
-                prim_work(self.machine, prim, &inputs).time(self.machine)
+                prim_work(self.machine, prim, &inputs, &eg[class].data.ty).time(self.machine)
             }
             OpKind::Kernel(k) => {
                 let k = *k;
@@ -90,7 +90,7 @@ pub fn dag_cost(coster: &mut Coster, choice: &Choice, roots: &[Id]) -> Option<f6
     while let Some((id, expanded)) = stack.pop() {
         if expanded {
             state.insert(id, 2);
-            total += coster.node_time(choice.get(&id)?, choice);
+            total += coster.node_time(id, choice.get(&id)?, choice);
             continue;
         }
         match state.get(&id) {
@@ -126,7 +126,7 @@ pub fn extract(eg: &EGraph, roots: &[Id], machine: &Machine, slices_in_epilogue:
                 else {
                     continue;
                 };
-                let cost = (coster.node_time(n, &choice) + children + 1e-12).min(1e300);
+                let cost = (coster.node_time(class.id, n, &choice) + children + 1e-12).min(1e300);
                 if best.get(&class.id).is_none_or(|&b| cost < b) {
                     best.insert(class.id, cost);
                     choice.insert(class.id, n.clone());

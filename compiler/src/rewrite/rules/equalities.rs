@@ -73,8 +73,8 @@ fn always(_: &mut EGraph, _: Id, _: &Subst) -> bool {
 }
 
 /// Whether variable `v` has the shape of the matched class.
-fn same_shape(eg: &EGraph, class: Id, s: &Subst, v: &'static str) -> bool {
-    eg[s[var(v)]].data.ty.shape == eg[class].data.ty.shape
+fn same_shape(eg: &EGraph, class: Id, s: &Subst, v: Var) -> bool {
+    eg[s[v]].data.ty.shape == eg[class].data.ty.shape
 }
 
 /// `transpose(transpose(x, i, j), i, j) = x`, however the axes are written.
@@ -103,7 +103,8 @@ fn view_fold(name: &'static str, views: Vec<u32>) -> Vec<Rewrite<ENode, Ctx>> {
     let mut out = Vec::new();
     for &outer in &views {
         let keeps = op(outer, vec![Term::Var("?x")]);
-        out.push(rewrite(name, keeps, Term::Var("?x"), |eg, class, s| same_shape(eg, class, s, "?x")));
+        let x = var("?x");
+        out.push(rewrite(name, keeps, Term::Var("?x"), move |eg, class, s| same_shape(eg, class, s, x)));
         for &inner in &views {
             let lhs = op(outer, vec![op(inner, vec![Term::Var("?x")])]);
             out.push(rewrite(name, lhs, op(outer, vec![Term::Var("?x")]), always));
@@ -131,9 +132,10 @@ fn scalar_identity(name: &'static str, ctx: &Ctx) -> Vec<Rewrite<ENode, Ctx>> {
         _ => None,
     }) {
         let unit = if matches!(b, Binary::Mul | Binary::Div) { 1.0 } else { 0.0 };
+        let (x, c) = (var("?x"), var("?c"));
         let identity = move |eg: &mut EGraph, class: Id, s: &Subst| {
-            let c = &eg[s[var("?c")]].data;
-            c.ty.shape.is_empty() && c.constant == Some(unit) && eg[s[var("?x")]].data.ty == eg[class].data.ty
+            let k = &eg[s[c]].data;
+            k.ty.shape.is_empty() && k.constant == Some(unit) && eg[s[x]].data.ty == eg[class].data.ty
         };
         out.push(rewrite(name, op(id, vec![Term::Var("?x"), Term::Var("?c")]), Term::Var("?x"), identity));
         if matches!(b, Binary::Mul | Binary::Add) {
