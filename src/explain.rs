@@ -7,10 +7,11 @@ use hyb_compiler::artifact::Artifact;
 use hyb_compiler::cost::{stored_weight, total, total_time, Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels};
+use hyb_compiler::fit::{fit, gib, Request};
 use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op, Origin};
 use hyb_compiler::ops::{Binary, Prim};
-use hyb_compiler::pipeline::{compile, plan, Compiled, Target};
-use hyb_compiler::plan::{MemoryPlan, Program};
+use hyb_compiler::pipeline::{compile, Compiled, Executable, Target};
+use hyb_compiler::plan::{Level, MemoryPlan, Program};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
@@ -50,9 +51,8 @@ pub struct ExplainArgs {
     /// Print the memory plan: each rank's peak, split by what it holds.
     #[arg(long)]
     pub memory: bool,
-    /// Refuse a plan whose memory does not fit in this much per device (e.g. `80GiB`).
-    #[arg(long, value_parser = crate::values::byte_size)]
-    pub device_memory: Option<u64>,
+    #[command(flatten)]
+    pub plan: crate::planning::PlanArgs,
 }
 
 pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: Duration) -> Result<()> {
@@ -73,19 +73,23 @@ pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: 
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];
     stages.extend(compiled.stages.iter().copied());
     let mut text = render(args, model, &compiled, &machine, sources, &stages);
-    if args.memory || args.device_memory.is_some() {
-        let program = plan(&compiled, &target, args.batch as usize, args.seq as usize)?;
-        let m = &program.memory;
-        text.push_str(&memory_report(m, &program, args.tp));
-        if let Some(limit) = args.device_memory {
-            if m.arena_bytes as u64 > limit {
+    if args.memory || args.plan.device_memory.is_some() {
+        let request = Request {
+            forward: &forward,
+            compiled: &compiled,
+            target: &target,
+            tp: args.tp,
+            options: &opts,
+            sizing: args.plan.sizing(args.batch as usize, args.seq as usize),
+        };
+        match fit(&request) {
+            Ok(planned) => {
+                text.push_str(&memory_report(&planned.program.memory, &planned.program, args.tp));
+                text.push_str(&recompute_cost(&compiled.graph, &planned, &machine));
+            }
+            Err(e) => {
                 print(&text)?;
-                anyhow::bail!(
-                    "the plan needs {} per rank but the device has {}: use a smaller --batch or --seq, \
-                     more tensor-parallel ranks (--tp), or activation recompute",
-                    gib(m.arena_bytes as f64),
-                    gib(limit as f64)
-                );
+                return Err(e.into());
             }
         }
     }
@@ -104,14 +108,36 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
-/// Bytes in GiB, or MiB below one GiB.
-fn gib(bytes: f64) -> String {
-    let gib = bytes / (1u64 << 30) as f64;
-    if gib >= 1.0 {
-        format!("{gib:.2} GiB")
-    } else {
-        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+/// What the plan recomputes, to end a line: `, full recompute in 3 of 24 layers`.
+pub fn recompute_note(levels: &[Level]) -> String {
+    let full = levels.iter().filter(|&&l| l == Level::Full).count();
+    let selective = levels.iter().filter(|&&l| l == Level::Selective).count();
+    match (full, selective) {
+        (0, 0) => String::new(),
+        (0, s) => format!(", selective recompute in {s} of {} layers", levels.len()),
+        (f, 0) => format!(", full recompute in {f} of {} layers", levels.len()),
+        (f, s) => format!(", full recompute in {f} and selective in {s} of {} layers", levels.len()),
     }
+}
+
+/// Nodes that run as a launch of their own.
+fn launching(g: &Graph) -> usize {
+    g.nodes.iter().filter(|n| matches!(&n.op, Op::Kernel(_)) || matches!(&n.op, Op::Prim(p) if p.moves_data())).count()
+}
+
+/// What recompute costs: the launches and FLOPs it adds to the step, and the predicted time.
+fn recompute_cost(compiled: &Graph, planned: &Executable, m: &Machine) -> String {
+    if planned.program.recompute.iter().all(|&l| l == Level::Keep) {
+        return String::new();
+    }
+    let (before, after) = (total(compiled, m), total(&planned.graph, m));
+    format!(
+        "  recompute ({}) adds {} launches, {:.1}% FLOPs, {} predicted\n",
+        recompute_note(&planned.program.recompute).trim_start_matches(", "),
+        launching(&planned.graph).saturating_sub(launching(compiled)),
+        100.0 * (after.flops / before.flops.max(1.0) - 1.0),
+        time((total_time(&planned.graph, m) - total_time(compiled, m)).max(0.0)),
+    )
 }
 
 /// Explains a compiled artifact: what it was compiled for, its kernels and its memory.
@@ -119,7 +145,7 @@ pub fn run_artifact(args: &ExplainArgs, artifact: &Artifact) -> Result<()> {
     let c = &artifact.compiled;
     let machine = Machine::named(&args.machine).context("unknown machine")?.with_size(c.batch as i64, c.seq as i64);
     let mut text = String::new();
-    let what = if c.training { "training step" } else { "forward pass" };
+    let what = if c.training.is_some() { "training step" } else { "forward pass" };
     let _ = writeln!(
         text,
         "{}: compiled artifact for {} · {what} · tp {} · B={} T={} · {} launches, {} parameters",
@@ -128,11 +154,12 @@ pub fn run_artifact(args: &ExplainArgs, artifact: &Artifact) -> Result<()> {
         c.tp,
         c.batch,
         c.seq,
-        artifact.program.launches.len(),
+        artifact.executable.program.launches.len(),
         artifact.manifest().iter().map(|p| p.shape.iter().product::<usize>()).sum::<usize>()
     );
-    text.push_str(&kernel_list(&artifact.graph, &machine, args.all_kernels));
-    text.push_str(&memory_report(&artifact.program.memory, &artifact.program, c.tp));
+    text.push_str(&kernel_list(&artifact.executable.graph, &machine, args.all_kernels));
+    let program = &artifact.executable.program;
+    text.push_str(&memory_report(&program.memory, program, c.tp));
     print(&text)
 }
 
@@ -144,9 +171,10 @@ fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
     let q = &p.precision;
     let _ = writeln!(
         out,
-        "\nmemory per rank (tp {tp}, B={} T={}; {} activations and weight copies, {} master weights, {} moments, {} gradients):",
+        "\nmemory per rank (tp {tp}, B={} T={}{}; {} activations and weight copies, {} master weights, {} moments, {} gradients):",
         p.batch,
         p.seq,
+        recompute_note(&p.recompute),
         q.activations.name(),
         q.master_weights.name(),
         q.optimizer.name(),

@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::pipeline::{compile, Target};
-use hyb_compiler::plan::{self, Precision, Program, Request};
+use hyb_compiler::pipeline::{compile, plan_graph, Target};
+use hyb_compiler::plan::{Precision, Program};
 use hyb_compiler::reference::{self, Real, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_dsl::trace::Trace;
@@ -56,11 +56,7 @@ pub fn run(
     };
     let dtype = if precision == "f32" { DType::F32 } else { DType::F64 };
     let program = match &compiled {
-        Some(c) => {
-            let req =
-                Request { batch: b, seq: t, precision: Precision::uniform(dtype), in_place: vec![], forward_end: None };
-            Some((&c.graph, plan::plan(&c.graph, &req)?))
-        }
+        Some(c) => Some((&c.graph, plan_graph(&c.graph, false, b, t, Precision::uniform(dtype))?)),
         None => None,
     };
     let graph = program.as_ref().map_or(&forward, |(g, _)| *g);
@@ -83,7 +79,7 @@ pub fn run_artifact(
     precision: &str,
 ) -> Result<Vec<Vec<Vec<f64>>>> {
     let c = &artifact.compiled;
-    if c.training {
+    if c.training.is_some() {
         bail!("the artifact is a training step; compile the forward pass (`hyb compile --forward`) for logits");
     }
     if c.tp != 1 {
@@ -98,12 +94,12 @@ pub fn run_artifact(
         );
     }
     let dtype = if precision == "f32" { DType::F32 } else { DType::F64 };
-    let req = Request { batch: b, seq: t, precision: Precision::uniform(dtype), in_place: vec![], forward_end: None };
-    let program = plan::plan(&artifact.graph, &req)?;
+    let graph = &artifact.executable.graph;
+    let program = plan_graph(graph, false, b, t, Precision::uniform(dtype))?;
     let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
     let out = match dtype {
-        DType::F32 => eval::<f32>(&artifact.graph, Some(&program), weights, b, t, &ids)?,
-        _ => eval::<f64>(&artifact.graph, Some(&program), weights, b, t, &ids)?,
+        DType::F32 => eval::<f32>(graph, Some(&program), weights, b, t, &ids)?,
+        _ => eval::<f64>(graph, Some(&program), weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
     Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())

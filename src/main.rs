@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod compile;
 mod explain;
 mod logits;
+mod planning;
 mod train;
 mod values;
 
@@ -64,7 +65,7 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Train a model on the CPU (the reference interpreter, float32).
+    /// Train a model, or a compiled training step, on the CPU (the compiled program, float32).
     Train(train::TrainArgs),
     /// µP coordinate check: train a few steps at several widths (the model's `d`) under µP
     /// and under standard parametrisation; print and plot mean |activation| per layer.
@@ -206,6 +207,11 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train(args) if is_artifact(&args.file) => {
+            let given = matches.subcommand_matches("train").context("train's arguments")?;
+            train::run(&args, train::Subject::Artifact(Box::new(load_artifact(&args.file)?)), given)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Train(args) => {
             let checked = check(std::slice::from_ref(&args.file))?;
             if report(&checked) {
@@ -213,14 +219,11 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
             let given = matches.subcommand_matches("train").context("train's arguments")?;
-            train::run(&args, m, given)?;
+            train::run(&args, train::Subject::Model(m), given)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain(args) if args.file.extension().is_some_and(|e| e == "hybc") => {
-            let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-            let artifact = hyb_compiler::artifact::Artifact::from_bytes(&bytes, hyb_compiler::artifact::Target::Cpu)
-                .with_context(|| format!("cannot load {}", args.file.display()))?;
-            explain::run_artifact(&args, &artifact)?;
+        Command::Explain(args) if is_artifact(&args.file) => {
+            explain::run_artifact(&args, &load_artifact(&args.file)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile(args) => {
@@ -244,11 +247,8 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
         }
         Command::Logits { file, weights, ids, json, precision, executor, model } => {
             let batch = logits::parse_ids(&ids)?;
-            let out = if file.extension().is_some_and(|e| e == "hybc") {
-                let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-                let artifact =
-                    hyb_compiler::artifact::Artifact::from_bytes(&bytes, hyb_compiler::artifact::Target::Cpu)
-                        .with_context(|| format!("cannot load {}", file.display()))?;
+            let out = if is_artifact(&file) {
+                let artifact = load_artifact(&file)?;
                 let w = hyb_runtime::weights::load(&weights)?;
                 logits::run_artifact(&artifact, w, &batch, &precision)?
             } else {
@@ -269,6 +269,17 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether a path names a compiled artifact rather than a `.hyb` source.
+fn is_artifact(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "hybc")
+}
+
+fn load_artifact(path: &Path) -> Result<hyb_compiler::artifact::Artifact> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    hyb_compiler::artifact::Artifact::from_bytes(&bytes, hyb_compiler::artifact::Target::Cpu)
+        .with_context(|| format!("cannot load {}", path.display()))
 }
 
 /// The model named on the command line, or the file's only model.

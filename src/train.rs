@@ -8,17 +8,20 @@ use crate::values::{at_least_one, non_negative_finite, positive_finite, token_wi
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
+use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
 use hyb_runtime::train::data::DataSpec;
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
+use hyb_runtime::train::step::{Executor, Model, Planning};
 use hyb_runtime::train::{checkpoint, Resume, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
+    /// A `.hyb` model, or a training-step artifact from `hyb compile` (`.hybc`).
     pub file: PathBuf,
     #[arg(long)]
     pub model: Option<String>,
@@ -26,6 +29,8 @@ pub struct TrainArgs {
     /// executor, or the reference interpreter on the unoptimised training graph.
     #[arg(long, value_enum, default_value_t = crate::logits::Executor::Compiled)]
     pub executor: crate::logits::Executor,
+    #[command(flatten)]
+    pub plan: crate::planning::PlanArgs,
     /// `mqar` (synthetic associative recall), a UTF-8 text file (byte-level), or a binary
     /// token file (with --token-bytes 2 or 4).
     #[arg(long, default_value = "mqar")]
@@ -41,10 +46,12 @@ pub struct TrainArgs {
     mqar_pairs: usize,
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
-    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
-    batch: usize,
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
-    seq: usize,
+    /// Sequences per step [default: 16, or the artifact's].
+    #[arg(long, value_parser = at_least_one)]
+    batch: Option<usize>,
+    /// Tokens per sequence [default: 64, or the artifact's].
+    #[arg(long, value_parser = at_least_one)]
+    seq: Option<usize>,
     #[arg(long, default_value_t = 3e-3, value_parser = positive_finite)]
     lr: f64,
     #[arg(long, default_value_t = 20)]
@@ -94,11 +101,71 @@ fn schedule(name: &str) -> Result<Schedule> {
     })
 }
 
-fn config(args: &TrainArgs, model: &Expanded) -> Result<TrainConfig> {
+/// What is trained: a checked model, or a compiled training step.
+pub enum Subject<'a> {
+    Model(&'a Expanded),
+    Artifact(Box<Artifact>),
+}
+
+impl Subject<'_> {
+    /// The batch and sequence length unless the flags give them.
+    fn sizes(&self) -> (usize, usize) {
+        match self {
+            Subject::Model(_) => (16, 64),
+            Subject::Artifact(a) => (a.compiled.batch, a.compiled.seq),
+        }
+    }
+
+    fn width_mult(&self, args: &TrainArgs) -> Result<f64> {
+        match self {
+            Subject::Model(m) => {
+                Ok(args.base_width.or(m.summary.base_width).map_or(1.0, |b| m.summary.d as f64 / b as f64))
+            }
+            Subject::Artifact(_) if args.base_width.is_some() => {
+                bail!("--base-width is compiled into the artifact; compile it again to change µP's base width")
+            }
+            Subject::Artifact(a) => Ok(a.compiled.training.as_ref().map_or(1.0, |t| t.width_mult)),
+        }
+    }
+
+    /// The model's vocabulary (what byte- and token-level data must fit).
+    fn vocab(&self) -> usize {
+        match self {
+            Subject::Model(m) => m.summary.vocab as usize,
+            Subject::Artifact(a) => {
+                a.model.params.iter().find(|p| p.name == "embed_tokens.weight").map_or(0, |p| p.shape[0])
+            }
+        }
+    }
+
+    fn into_model(self, args: &TrainArgs) -> Result<Model> {
+        Ok(match self {
+            Subject::Model(m) => {
+                let executor = match args.executor {
+                    crate::logits::Executor::Compiled => Executor::Compiled,
+                    crate::logits::Executor::Reference => Executor::Reference,
+                };
+                let planning =
+                    Planning { executor, recompute: args.plan.recompute(), device_memory: args.plan.device_memory };
+                Model::Graph { forward: elaborate(&m.trace), planning }
+            }
+            Subject::Artifact(_) if args.executor == crate::logits::Executor::Reference => {
+                bail!("an artifact is a compiled program; the reference executor runs a `.hyb` model")
+            }
+            Subject::Artifact(_) if args.plan.device_memory.is_some() => {
+                bail!("--device-memory plans a model; an artifact is planned already (compile it with --device-memory)")
+            }
+            Subject::Artifact(a) => Model::Artifact(a),
+        })
+    }
+}
+
+fn config(args: &TrainArgs, subject: &Subject) -> Result<TrainConfig> {
+    let (batch, seq) = subject.sizes();
     Ok(TrainConfig {
         steps: args.steps,
-        batch: args.batch,
-        seq: args.seq,
+        batch: args.batch.unwrap_or(batch),
+        seq: args.seq.unwrap_or(seq),
         lr: args.lr,
         warmup: args.warmup,
         schedule: schedule(&args.schedule)?,
@@ -112,7 +179,7 @@ fn config(args: &TrainArgs, model: &Expanded) -> Result<TrainConfig> {
         weight_decay: args.weight_decay,
         decay_all: args.decay_all,
         clip: Some(1.0),
-        width_mult: args.base_width.or(model.summary.base_width).map_or(1.0, |b| model.summary.d as f64 / b as f64),
+        width_mult: subject.width_mult(args)?,
     })
 }
 
@@ -136,12 +203,12 @@ fn data_spec(args: &TrainArgs, explicit: &dyn Fn(&str) -> bool) -> Result<DataSp
 /// The flags given with `--resume` whose values differ from the stored run's.
 fn conflicts(
     args: &TrainArgs,
-    model: &Expanded,
+    subject: &Subject,
     stored: &TrainConfig,
     data: &DataSpec,
     explicit: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let given = config(args, model)?;
+    let given = config(args, subject)?;
     let mut out = Vec::new();
     let mut check = |id: &str, same: bool, given: String, stored: String| {
         if explicit(id) && !same {
@@ -188,18 +255,18 @@ fn existing(force: bool) -> Existing {
 }
 
 /// The trainer for a fresh or resumed run, after every check.
-fn trainer(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<Trainer> {
+fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<Trainer> {
     let explicit = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
-    let forward = elaborate(&model.trace);
-    let vocab = model.summary.vocab as usize;
+    let vocab = subject.vocab();
     let Some(from) = &args.resume else {
         let source = data_spec(args, &explicit)?.open(vocab)?;
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
-        return Ok(Trainer::new(forward, source, config(args, model)?, &out, existing(args.force))?);
+        let cfg = config(args, &subject)?;
+        return Ok(Trainer::new(subject.into_model(args)?, source, cfg, &out, existing(args.force))?);
     };
     let cannot = || format!("cannot resume {}", from.display());
     let (stored, identity) = Trainer::stored(from).with_context(cannot)?;
-    let differ = conflicts(args, model, &stored, &identity.data, &explicit)?;
+    let differ = conflicts(args, &subject, &stored, &identity.data, &explicit)?;
     if !differ.is_empty() {
         bail!(
             "{}: {} contradict{} the run's stored settings; leave {} out to continue with the run's values",
@@ -216,14 +283,11 @@ fn trainer(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<Tra
         existing: existing(args.force),
         steps: explicit("steps").then_some(args.steps),
     };
-    Trainer::resume(forward, source, &how).with_context(cannot)
+    Trainer::resume(subject.into_model(args)?, source, &how).with_context(cannot)
 }
 
-pub fn run(args: &TrainArgs, model: &Expanded, given: &ArgMatches) -> Result<()> {
-    let mut trainer = trainer(args, model, given)?;
-    if args.executor == crate::logits::Executor::Reference {
-        trainer = trainer.with_executor(hyb_runtime::train::step::Executor::Reference)?;
-    }
+pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()> {
+    let mut trainer = trainer(args, subject, given)?;
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(

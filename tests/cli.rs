@@ -429,15 +429,25 @@ fn explain_prints_the_memory_plan_and_refuses_a_plan_that_does_not_fit() {
         "8GiB",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-    assert!(stderr(&out).contains("but the device has 8.00 GiB"), "{}", stderr(&out));
-    assert!(stdout(&out).contains("activations kept for backward"), "the refusal shows the breakdown");
+    let refusal = stderr(&out);
+    assert!(refusal.contains("but the device has 8.00 GiB"), "{refusal}");
+    assert!(refusal.contains("activations kept for backward"), "the refusal shows the breakdown: {refusal}");
+    // Even full recompute needs 12 GiB; four ranks fit (a plan the compiler made).
+    assert!(refusal.contains("recomputing 36 of 36 layers fully") && refusal.contains("--tp 4"), "{refusal}");
     let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--device-memory", "lots"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
-fn compile_writes_artifacts_that_explain_reads() {
+fn compile_writes_artifacts_that_explain_reads_and_train_runs() {
     let dir = tempfile::tempdir().unwrap();
+    // Token ids below every example's vocabulary, as little-endian u16s.
+    let tokens = dir.path().join("tokens.bin");
+    std::fs::write(
+        &tokens,
+        (0..4096u32).flat_map(|i| (((i * 7 + i / 5) % 16) as u16).to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let mut models: Vec<(String, Option<&str>)> = repo_files("examples").into_iter().map(|f| (f, None)).collect();
     models.push(("stdlib/falcon_h1.hyb".into(), Some("falcon_h1_0_5b")));
     for (file, model) in &models {
@@ -453,10 +463,109 @@ fn compile_writes_artifacts_that_explain_reads() {
         let text = stdout(&shown);
         assert!(text.contains("compiled artifact for cpu · training step · tp 1 · B=2 T=32"), "{text}");
         assert!(text.contains("memory per rank"), "{text}");
+        if model.is_none() {
+            // The artifact trains on the CPU, and evaluates with its forward pass.
+            let run = dir.path().join(format!("run_{}", Path::new(file).file_stem().unwrap().to_str().unwrap()));
+            let args = ["train", out.to_str().unwrap(), "--data", tokens.to_str().unwrap(), "--token-bytes", "2"];
+            let trained = hyb(&[
+                &args[..],
+                &["--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--out", run.to_str().unwrap()],
+            ]
+            .concat());
+            assert!(trained.status.success(), "{file}: {}", stderr(&trained));
+            let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+            assert!(metrics.lines().count() == 2 && metrics.contains("eval_loss"), "{file}: {metrics}");
+        }
     }
     let damaged = dir.path().join("damaged.hybc");
     std::fs::write(&damaged, b"HYBC\x01\x00\x00\x00 not really").unwrap();
     let shown = hyb(&["explain", damaged.to_str().unwrap()]);
     assert_eq!(shown.status.code(), Some(2));
     assert!(stderr(&shown).contains("cannot load") && stderr(&shown).contains("truncated"), "{}", stderr(&shown));
+}
+
+/// Training from an artifact is training from its source: the same losses, step for step;
+/// a run started from one resumes from the other; settings the artifact compiled in, or
+/// sizes it was not planned for, are refused by name.
+#[test]
+fn train_from_an_artifact_matches_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, hybc) = ("examples/tiny_hybrid.hyb", dir.path().join("tiny.hybc"));
+    let hybc_s = hybc.to_str().unwrap();
+    let r = hyb(&["compile", model, "--batch", "4", "--seq", "16", "--recompute", "full", "-o", hybc_s]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("full recompute in"), "{}", stdout(&r));
+    let common = ["--batch", "4", "--seq", "16", "--mqar-pairs", "3", "--eval-every", "2", "--eval-batches", "1"];
+    let run = |what: &str, out: &Path, steps: &str, extra: &[&str]| {
+        let args = [&["train", what, "--steps", steps, "--out", out.to_str().unwrap()][..], &common, extra].concat();
+        let r = hyb(&args);
+        assert!(r.status.success(), "{what}: {}", stderr(&r));
+    };
+    let losses = |out: &Path| -> Vec<String> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {} {}", v["loss"], v["grad_norm"], v["eval_loss"])
+            })
+            .collect()
+    };
+    let (a, b) = (dir.path().join("from_source"), dir.path().join("from_artifact"));
+    run(model, &a, "4", &[]);
+    run(hybc_s, &b, "4", &[]);
+    assert_eq!(losses(&a), losses(&b), "the artifact trains as its source does");
+    // A run of the source resumes from the artifact.
+    let c = dir.path().join("resumed");
+    run(model, &c, "2", &[]);
+    let r = hyb(&["train", hybc_s, "--resume", c.to_str().unwrap(), "--steps", "4"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(losses(&a), losses(&c), "resumed on the artifact");
+    for (flags, says) in [
+        (vec!["--batch", "8"], "compiled for --batch 4 --seq 16"),
+        (vec!["--weight-decay", "0.5"], "weight decay"),
+        (vec!["--base-width", "8"], "--base-width is compiled into the artifact"),
+        (vec!["--executor", "reference"], "the reference executor runs a `.hyb` model"),
+    ] {
+        let out = dir.path().join("refused");
+        let args =
+            [&["train", hybc_s, "--steps", "1", "--out", out.to_str().unwrap(), "--mqar-pairs", "3"][..], &flags]
+                .concat();
+        let r = hyb(&args);
+        assert_eq!(r.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&r).contains(says), "{flags:?}: {}", stderr(&r));
+        assert!(!out.exists(), "a refused run leaves no directory");
+    }
+}
+
+/// `--recompute` changes memory, never results: every policy trains to the same losses;
+/// a plan that cannot fit `--device-memory` is refused before the run starts.
+#[test]
+fn train_recompute_policies_agree_and_the_budget_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "examples/tiny_hybrid.hyb";
+    let mut seen = Vec::new();
+    for policy in ["none", "selective", "full", "auto"] {
+        let out = dir.path().join(policy);
+        let args =
+            ["train", model, "--steps", "3", "--batch", "2", "--seq", "16", "--mqar-pairs", "3", "--eval-every", "0"];
+        let r = hyb(&[&args[..], &["--recompute", policy, "--out", out.to_str().unwrap()]].concat());
+        assert!(r.status.success(), "{policy}: {}", stderr(&r));
+        seen.push(
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    format!("{} {}", v["loss"], v["grad_norm"])
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    let out = dir.path().join("too_small");
+    let r = hyb(&["train", model, "--steps", "1", "--device-memory", "1KiB", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(stderr(&r).contains("but the device has") && stderr(&r).contains("at its peak"), "{}", stderr(&r));
+    assert!(!out.exists(), "nothing is written for a plan that does not fit");
 }

@@ -1,19 +1,22 @@
 //! The compiled artifact (`hyb compile … -o model.hybc`): the fused program's graph, its
-//! planned [`Program`], the parameter manifest and what it was compiled for, in one
-//! versioned, checksummed file, so a run needs no `.hyb` source and no recompilation.
+//! planned [`Program`](crate::plan::Program), the parameter manifest, the model's forward
+//! graph (its identity, which checkpoints record), the forward program a training run
+//! evaluates with, and what it was compiled for, in one versioned, checksummed file, so a
+//! run needs no `.hyb` source and no recompilation.
 //!
 //! Layout: the magic `HYBC`, a little-endian `u32` format version, the SHA-256 of the body,
 //! the body's length as a little-endian `u64`, then the body (bincode).
 
 use crate::ir::{Graph, ParamSpec};
-use crate::plan::Program;
+use crate::pipeline::Executable;
+use crate::training::AdamW;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"HYBC";
 /// Bumped whenever the body's layout changes; older files are refused with the version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 4 + 4 + 32 + 8;
 
 fn options() -> impl Options {
@@ -40,25 +43,38 @@ impl Target {
 pub struct Compiled {
     pub model: String,
     pub target: Target,
-    /// A training step (forward, loss, backward, AdamW) or the forward pass alone.
-    pub training: bool,
+    /// For a training step (forward, loss, backward, AdamW), the settings compiled into it;
+    /// `None` for the forward pass alone.
+    pub training: Option<Training>,
     pub tp: usize,
     pub batch: usize,
     pub seq: usize,
 }
 
+/// What a training step's graph holds as constants, so a run must use the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    pub opt: AdamW,
+    /// µP width multiplier `d / base_width`.
+    pub width_mult: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub compiled: Compiled,
-    /// The program each rank runs, fused (its nodes are what the launches compute).
-    pub graph: Graph,
-    pub program: Program,
+    /// The forward pass as elaborated from the source, before sharding.
+    pub model: Graph,
+    /// The program each rank runs: its graph (fused, with recompute applied; its nodes are
+    /// what the launches compute) and its plan.
+    pub executable: Executable,
+    /// For a training step, the forward pass planned for the same sizes (evaluation).
+    pub eval: Option<Executable>,
 }
 
 impl Artifact {
     /// The parameters each rank holds: names, shapes, shards, initialisers and µP roles.
     pub fn manifest(&self) -> &[ParamSpec] {
-        &self.graph.params
+        &self.executable.graph.params
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cost;
 pub mod elaborate;
 pub mod explain;
+pub mod fit;
 pub mod ir;
 pub mod ops;
 pub mod pipeline;

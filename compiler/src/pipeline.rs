@@ -3,10 +3,11 @@
 //! backward is a recomputing kernel too), derive the training step, rewrite that, fuse.
 
 use crate::ir::Graph;
-use crate::plan::{PlanError, Precision, Program, Request};
+use crate::plan::{recompute, Level, PlanError, Precision, Program, Recompute, Request};
 use crate::rewrite::{fuse::fuse, saturate, Options, Report};
 use crate::shard::{shard, Sharded};
 use crate::training::{in_place_updates, training_graph, AdamW};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// What to compile the forward graph into.
@@ -57,17 +58,137 @@ pub fn compile(forward: &Graph, target: &Target, ranks: usize, opts: &Options) -
     Compiled { graph, report, sharded, stages }
 }
 
-/// The program of a compiled graph for one batch and sequence length: a training step
-/// updates its weights and moments in place, and keeps for backward what the forward pass
-/// computed and the backward pass reads.
-pub fn plan(compiled: &Compiled, target: &Target, batch: usize, seq: usize) -> Result<Program, PlanError> {
+/// A graph and the program planned from it: what an executor runs. Recompute clones
+/// forward values into the backward pass, so the graph is the compiled graph rewritten for
+/// the plan's recompute levels, and the program's launches index its nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Executable {
+    pub graph: Graph,
+    pub program: Program,
+}
+
+/// The sizes and policies a compiled graph is planned for.
+#[derive(Clone, Debug)]
+pub struct Sizing {
+    pub batch: usize,
+    pub seq: usize,
+    /// Activation recompute; `Auto` fits `budget`.
+    pub recompute: Recompute,
+    /// Bytes each device has for the arena (`None`: no limit).
+    pub budget: Option<u64>,
+}
+
+impl Sizing {
+    pub fn new(batch: usize, seq: usize) -> Sizing {
+        Sizing { batch, seq, recompute: Recompute::Auto, budget: None }
+    }
+}
+
+/// The program of a compiled graph for one batch and sequence length, with the device's
+/// precision policy: a training step updates its weights and moments in place, keeps for
+/// backward what the forward pass computed and the backward pass reads, and recomputes
+/// what `sizing.recompute` says.
+pub fn plan(compiled: &Compiled, target: &Target, sizing: &Sizing) -> Result<Executable, PlanError> {
+    let levels = recompute_levels(compiled, target, sizing)?;
+    plan_with(compiled, target, sizing.batch, sizing.seq, Precision::default(), &levels)
+}
+
+/// The program for given recompute levels and precision (the CPU executor plans the levels
+/// the device's plan chose with its own element type).
+pub fn plan_with(
+    compiled: &Compiled,
+    target: &Target,
+    batch: usize,
+    seq: usize,
+    precision: Precision,
+    levels: &[Level],
+) -> Result<Executable, PlanError> {
     let training = matches!(target, Target::Training { .. });
+    let graph = if training && levels.iter().any(|&l| l != Level::Keep) {
+        recompute::rewrite(&compiled.graph, 0, levels)
+    } else {
+        compiled.graph.clone()
+    };
+    let mut program = plan_graph(&graph, training, batch, seq, precision)?;
+    if training {
+        program.recompute = levels.to_vec();
+    }
+    Ok(Executable { graph, program })
+}
+
+/// Plans a graph as it is (recompute already applied): a training step's optimizer
+/// updates in place and the loss (output 0) ends its forward pass.
+pub fn plan_graph(
+    graph: &Graph,
+    training: bool,
+    batch: usize,
+    seq: usize,
+    precision: Precision,
+) -> Result<Program, PlanError> {
     let req = Request {
         batch,
         seq,
-        precision: Precision::default(),
-        in_place: if training { in_place_updates(&compiled.graph) } else { Vec::new() },
+        precision,
+        in_place: if training { in_place_updates(graph) } else { Vec::new() },
         forward_end: training.then_some(0),
     };
-    crate::plan::plan(&compiled.graph, &req)
+    crate::plan::plan(graph, &req)
+}
+
+/// Each layer's recompute level under the device's precision policy: as asked, or under
+/// `Auto` the least recompute whose arena fits the budget — nothing, then selective
+/// recompute everywhere, then full recompute of as few layers as fit, those that keep the
+/// most first. When even full recompute does not fit, full recompute (the caller refuses
+/// the plan with its breakdown).
+pub fn recompute_levels(compiled: &Compiled, target: &Target, sizing: &Sizing) -> Result<Vec<Level>, PlanError> {
+    let layers = recompute::layers(&compiled.graph);
+    if !matches!(target, Target::Training { .. }) {
+        return Ok(Vec::new());
+    }
+    let all = |l: Level| vec![l; layers];
+    let budget = match (sizing.recompute, sizing.budget) {
+        (Recompute::None, _) | (Recompute::Auto, None) => return Ok(all(Level::Keep)),
+        (Recompute::Selective, _) => return Ok(all(Level::Selective)),
+        (Recompute::Full, _) => return Ok(all(Level::Full)),
+        (Recompute::Auto, Some(b)) => b as usize,
+    };
+    let arena = |levels: &[Level]| -> Result<(usize, Program), PlanError> {
+        let e = plan_with(compiled, target, sizing.batch, sizing.seq, Precision::default(), levels)?;
+        Ok((e.program.memory.arena_bytes, e.program))
+    };
+    let (bytes, kept) = arena(&all(Level::Keep))?;
+    if bytes <= budget {
+        return Ok(all(Level::Keep));
+    }
+    if arena(&all(Level::Selective))?.0 <= budget {
+        return Ok(all(Level::Selective));
+    }
+    let mut saved = vec![0usize; layers];
+    for b in kept.buffers.iter().filter(|b| b.role == crate::plan::Role::Saved) {
+        if let Some(l) = (compiled.graph.nodes[b.node].scope as usize).checked_sub(1) {
+            saved[l] += b.bytes;
+        }
+    }
+    let order = recompute::order_by_saving(&saved);
+    let with_full = |k: usize| {
+        let mut levels = all(Level::Selective);
+        for &l in &order[..k] {
+            levels[l] = Level::Full;
+        }
+        levels
+    };
+    // The fewest fully recomputed layers that fit, by bisection (more recompute keeps less).
+    let (mut lo, mut hi) = (1, layers);
+    if arena(&with_full(hi))?.0 > budget {
+        return Ok(with_full(layers));
+    }
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if arena(&with_full(mid))?.0 <= budget {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(with_full(lo))
 }

@@ -16,7 +16,7 @@ use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
 
 /// AdamW with decoupled weight decay.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,

@@ -2,8 +2,8 @@
 
 mod common;
 
-use hyb_compiler::artifact::{Artifact, ArtifactError, Compiled, Target, VERSION};
-use hyb_compiler::pipeline::{compile, plan, Target as Step};
+use hyb_compiler::artifact::{Artifact, ArtifactError, Compiled, Target, Training, VERSION};
+use hyb_compiler::pipeline::{compile, plan, Sizing, Target as Step};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 
@@ -13,9 +13,13 @@ fn artifact() -> Artifact {
     let forward = common::forward(TINY);
     let step = Step::Training { opt: AdamW::default(), width_mult: 1.0 };
     let compiled = compile(&forward, &step, 2, &Options::default());
-    let program = plan(&compiled, &step, 2, 8).unwrap();
-    let info = Compiled { model: "tiny".into(), target: Target::Cpu, training: true, tp: 2, batch: 2, seq: 8 };
-    Artifact { compiled: info, graph: compiled.graph, program }
+    let executable = plan(&compiled, &step, &Sizing::new(2, 8)).unwrap();
+    let forward_pass = compile(&forward, &Step::Forward, 2, &Options::default());
+    let eval = plan(&forward_pass, &Step::Forward, &Sizing::new(2, 8)).unwrap();
+    let training = Training { opt: AdamW::default(), width_mult: 1.0 };
+    let info =
+        Compiled { model: "tiny".into(), target: Target::Cpu, training: Some(training), tp: 2, batch: 2, seq: 8 };
+    Artifact { compiled: info, model: forward, executable, eval: Some(eval) }
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{Binary, ReduceOp, Transpose, Unary};
-use hyb_compiler::pipeline::{compile, plan, Target};
-use hyb_compiler::plan::{self, Program, Request, Role};
+use hyb_compiler::pipeline::{compile, plan, plan_with, Sizing, Target};
+use hyb_compiler::plan::{self, Level, Precision, Program, Recompute, Request, Role};
 use hyb_compiler::rewrite::{fuse::fuse, Options};
 use hyb_compiler::training::AdamW;
 use hyb_dsl::dim::Dim;
@@ -109,7 +109,7 @@ fn a_training_step_updates_in_place_and_views_copy_nothing() {
     let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
     for ranks in [1, 2] {
         let compiled = compile(&forward, &target, ranks, &Options::default());
-        let p = plan(&compiled, &target, 2, 8).unwrap();
+        let p = plan(&compiled, &target, &Sizing::new(2, 8)).unwrap().program;
         let g = &compiled.graph;
         assert_no_overlap(&p);
         assert_eq!(p.memory.peak_bytes, max_live(&p));
@@ -154,9 +154,77 @@ fn sizes_scale_with_batch_and_sequence() {
     let forward = common::forward(TINY);
     let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
     let compiled = compile(&forward, &target, 1, &Options::default());
-    let small = plan(&compiled, &target, 1, 8).unwrap();
-    let large = plan(&compiled, &target, 4, 8).unwrap();
+    let small = plan(&compiled, &target, &Sizing::new(1, 8)).unwrap().program;
+    let large = plan(&compiled, &target, &Sizing::new(4, 8)).unwrap().program;
     assert_eq!(small.memory.peak.weights, large.memory.peak.weights);
     assert_eq!(small.memory.peak.optimizer, large.memory.peak.optimizer);
     assert!(large.memory.peak.saved > 3 * small.memory.peak.saved, "saved activations grow with the batch");
+}
+
+/// Bytes kept for backward at the peak, and the arena, of the TINY step at `levels`.
+fn kept(compiled: &hyb_compiler::pipeline::Compiled, target: &Target, level: Level) -> (usize, usize) {
+    let layers = hyb_compiler::plan::recompute::layers(&compiled.graph);
+    let e = plan_with(compiled, target, 4, 16, Precision::default(), &vec![level; layers]).unwrap();
+    assert_no_overlap(&e.program);
+    assert_eq!(e.program.memory.peak_bytes, max_live(&e.program));
+    let saved = e.program.buffers.iter().filter(|b| b.role == Role::Saved).map(|b| b.bytes).sum();
+    (saved, e.program.memory.arena_bytes)
+}
+
+#[test]
+fn recompute_keeps_less_for_backward() {
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let compiled = compile(&forward, &target, 1, &Options::default());
+    let (none, none_arena) = kept(&compiled, &target, Level::Keep);
+    let (selective, selective_arena) = kept(&compiled, &target, Level::Selective);
+    let (full, full_arena) = kept(&compiled, &target, Level::Full);
+    assert!(selective < none, "selective recompute keeps less: {selective} vs {none}");
+    assert!(full < selective, "full recompute keeps less still: {full} vs {selective}");
+    assert!(selective_arena <= none_arena && full_arena < none_arena, "{none_arena} {selective_arena} {full_arena}");
+}
+
+#[test]
+fn auto_recompute_takes_the_least_that_fits() {
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let compiled = compile(&forward, &target, 1, &Options::default());
+    let (_, none) = kept(&compiled, &target, Level::Keep);
+    let (_, full) = kept(&compiled, &target, Level::Full);
+    let auto = |budget: usize| {
+        let sizing = Sizing { batch: 4, seq: 16, recompute: Recompute::Auto, budget: Some(budget as u64) };
+        plan(&compiled, &target, &sizing).unwrap().program
+    };
+    assert!(auto(none).recompute.iter().all(|&l| l == Level::Keep), "nothing recomputed when everything fits");
+    let tight = auto(full);
+    assert!(tight.memory.arena_bytes <= full);
+    let between = auto((none + full) / 2);
+    assert!(between.memory.arena_bytes <= (none + full) / 2);
+    let recomputed = |p: &Program| p.recompute.iter().filter(|&&l| l != Level::Keep).count();
+    assert!(recomputed(&between) >= 1, "some recompute is needed between the two");
+    // Without a budget, auto recomputes nothing.
+    let unbounded = plan(&compiled, &target, &Sizing::new(4, 16)).unwrap().program;
+    assert!(unbounded.recompute.iter().all(|&l| l == Level::Keep));
+}
+
+#[test]
+fn a_plan_that_does_not_fit_is_refused_with_what_fits() {
+    use hyb_compiler::fit::{fit, FitError, Request as Fit};
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let options = Options::default();
+    let compiled = compile(&forward, &target, 1, &options);
+    let (_, full) = kept(&compiled, &target, Level::Full);
+    let budget = full - 1;
+    let sizing = Sizing { batch: 4, seq: 16, recompute: Recompute::None, budget: Some(budget as u64) };
+    let req = Fit { forward: &forward, compiled: &compiled, target: &target, tp: 1, options: &options, sizing };
+    let Err(FitError::DoesNotFit(refusal)) = fit(&req) else { panic!("a plan above the budget is refused") };
+    assert!(refusal.memory.arena_bytes > budget);
+    assert!(!refusal.fixes.is_empty(), "a smaller batch fits: {refusal}");
+    for fix in &refusal.fixes {
+        assert!(fix.arena_bytes <= budget, "{}", fix.flag);
+    }
+    assert!(refusal.fixes.iter().any(|f| f.flag == "--batch 2" || f.flag == "--batch 1"), "{refusal}");
+    let text = refusal.to_string();
+    assert!(text.contains("activations kept for backward") && text.contains("these fit"), "{text}");
 }

@@ -9,8 +9,10 @@
 
 mod arena;
 mod memory;
+pub mod recompute;
 
 pub use memory::{Breakdown, MemoryPlan};
+pub use recompute::{Level, Recompute};
 
 use crate::ir::{Graph, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
@@ -145,6 +147,9 @@ pub struct Program {
     /// The graph's outputs, in order.
     pub outputs: Vec<View>,
     pub memory: MemoryPlan,
+    /// What each layer's backward pass recomputes (empty: nothing, or no backward pass).
+    #[serde(default)]
+    pub recompute: Vec<Level>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -311,7 +316,16 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
     classify(g, &mut buffers, &launches, forward_end, &req.precision);
     arena::assign(&mut buffers);
     let memory = MemoryPlan::of(&buffers, &launches, &req.precision);
-    Ok(Program { batch: req.batch, seq: req.seq, precision: req.precision.clone(), buffers, launches, outputs, memory })
+    Ok(Program {
+        batch: req.batch,
+        seq: req.seq,
+        precision: req.precision.clone(),
+        buffers,
+        launches,
+        outputs,
+        memory,
+        recompute: Vec::new(),
+    })
 }
 
 fn new_buffer_of(

@@ -1,7 +1,8 @@
 //! Training on the CPU: the compiled training step (forward, loss, backward, AdamW;
-//! rewritten, fused and planned) run by the CPU executor in float32 — or the unoptimised
-//! graph in the reference interpreter — with deterministic data, evaluation, JSONL metrics,
-//! atomic checkpoints, exact resume and protection against non-finite steps.
+//! rewritten, fused, recomputed and planned; from a model or an artifact) run by the CPU
+//! executor in float32 — or the unoptimised graph in the reference interpreter — with
+//! deterministic data, evaluation on the compiled forward pass, JSONL metrics, atomic
+//! checkpoints, exact resume and protection against non-finite steps.
 
 pub mod checkpoint;
 pub mod data;
@@ -14,7 +15,7 @@ pub mod step;
 use checkpoint::State;
 use data::{Batch, DataSpec, Source, Split};
 use hyb_compiler::ir::Graph;
-use hyb_compiler::reference::{run, Tensor};
+use hyb_compiler::reference::Tensor;
 use hyb_compiler::training::AdamW;
 use run_dir::{Existing, RunDir};
 use schedule::{learning_rate, Schedule};
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use step::{Executor, StepProgram};
+use step::{Model, Programs};
 
 /// Everything that defines a run (stored in every checkpoint).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -205,14 +206,16 @@ pub enum TrainError {
     Mismatch(String),
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// The plan, fitted to the device's memory, does not fit: what it needs and what would.
+    #[error("{0}")]
+    Plan(String),
     #[error("stopped after {0} consecutive steps with a non-finite loss or gradient; the last checkpoint is intact")]
     Diverged(u64),
 }
 
 pub struct Trainer {
     cfg: TrainConfig,
-    forward: Graph,
-    step: StepProgram,
+    programs: Programs,
     /// The parameters' names, in the order of the step's outputs.
     step_params: Vec<String>,
     source: Source,
@@ -225,14 +228,16 @@ pub struct Trainer {
 
 impl Trainer {
     /// A fresh run in `dir` (created), parameters initialised from the manifest. Everything
-    /// is validated before the directory is touched.
+    /// is validated, and the programs compiled, before the directory is touched.
     pub fn new(
-        forward: Graph,
+        model: impl Into<Model>,
         source: Source,
         cfg: TrainConfig,
         dir: &Path,
         existing: Existing,
     ) -> Result<Trainer, TrainError> {
+        let model = model.into();
+        let forward = model.forward().clone();
         cfg.validate()?;
         check_data(&forward, &source, &cfg)?;
         let params: BTreeMap<String, Tensor<f32>> = forward
@@ -246,11 +251,10 @@ impl Trainer {
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
         let identity = Identity::of(&forward, &source);
-        let step = StepProgram::build(&forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, Executor::default())
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        let step_params = step.params();
+        let programs = model.programs(&cfg)?;
+        let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
-        let t = Trainer { cfg, forward, step, step_params, source, state, identity, run, saved_at: None };
+        let t = Trainer { cfg, programs, step_params, source, state, identity, run, saved_at: None };
         t.write_metrics(b"")?;
         Ok(t)
     }
@@ -268,7 +272,9 @@ impl Trainer {
 
     /// Continues a run from its checkpoint, in place or as a fork (see [`Resume`]). The
     /// model and data must be the ones the run trained on.
-    pub fn resume(forward: Graph, source: Source, how: &Resume) -> Result<Trainer, TrainError> {
+    pub fn resume(model: impl Into<Model>, source: Source, how: &Resume) -> Result<Trainer, TrainError> {
+        let model = model.into();
+        let forward = model.forward().clone();
         let ckpt = checkpoint::load(&how.from.join(checkpoint::FILE))?;
         let state = ckpt.state;
         let mut cfg: TrainConfig = serde_json::from_str(&ckpt.config)
@@ -313,12 +319,11 @@ impl Trainer {
         }
         check_data(&forward, &source, &cfg)?;
         let fork = !same_dir(how.from, how.into);
-        let step = StepProgram::build(&forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, Executor::default())
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        let step_params = step.params();
+        let programs = model.programs(&cfg)?;
+        let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
-        let mut t = Trainer { cfg, forward, step, step_params, source, state, identity, run, saved_at };
+        let mut t = Trainer { cfg, programs, step_params, source, state, identity, run, saved_at };
         t.carry_metrics(&how.from.join("metrics.jsonl"))?;
         if fork {
             t.save()?;
@@ -328,15 +333,6 @@ impl Trainer {
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
-    }
-
-    /// Runs the steps with `executor` (the compiled program by default).
-    pub fn with_executor(mut self, executor: Executor) -> Result<Trainer, TrainError> {
-        let cfg = &self.cfg;
-        self.step = StepProgram::build(&self.forward, &cfg.adamw(), cfg.width_mult, cfg.batch, cfg.seq, executor)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        self.step_params = self.step.params();
-        Ok(self)
     }
 
     /// The run directory.
@@ -408,7 +404,7 @@ impl Trainer {
         }
         let params: HashMap<String, Tensor<f32>> =
             self.state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut out = self.step.run(&params, &inputs)?.into_iter();
+        let mut out = self.programs.step.run(&params, &inputs)?.into_iter();
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;
         let updated: Vec<Tensor<f32>> = out.collect();
@@ -448,7 +444,7 @@ impl Trainer {
         let (mut loss, mut hits, mut counted) = (0.0, 0usize, 0usize);
         for i in 0..self.cfg.eval_batches {
             let b = self.source.batch(self.cfg.seed, Split::Eval, i, self.cfg.batch, self.cfg.seq)?;
-            let logits = run(&self.forward, &params, &self.inputs(&b))?.remove(0);
+            let logits = self.programs.eval.run(&params, &self.inputs(&b))?.remove(0);
             let vocab = *logits.shape.last().unwrap();
             for (pos, row) in logits.data.chunks(vocab).enumerate() {
                 let w = b.weights[pos];

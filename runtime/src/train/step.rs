@@ -1,15 +1,17 @@
-//! What runs a training step: the compiled program (sharding, rewriting, fusion, planned
-//! into one arena) on the CPU executor, or the unoptimised training graph in the reference
-//! interpreter (the oracle, `--executor reference`). Both take the parameters, the batch and
-//! the optimizer state, and return the loss, the gradient norm and each parameter's new
-//! value and moments.
+//! What runs a training run's steps and evaluations: the compiled programs (sharding,
+//! rewriting, fusion, recompute, planned into one arena) on the CPU executor — compiled here
+//! from the model's forward graph or read from an artifact — or the unoptimised graphs in
+//! the reference interpreter (the oracle, `--executor reference`).
 
+use super::{TrainConfig, TrainError};
+use hyb_compiler::artifact::Artifact;
+use hyb_compiler::fit::{fit, Request};
 use hyb_compiler::ir::Graph;
-use hyb_compiler::pipeline::{compile, Target};
-use hyb_compiler::plan::{plan, PlanError, Precision, Program, Request};
+use hyb_compiler::pipeline::{compile, plan_graph, plan_with, Executable, Sizing, Target};
+use hyb_compiler::plan::{Precision, Recompute};
 use hyb_compiler::reference::{self, RunError, Tensor};
 use hyb_compiler::rewrite::Options;
-use hyb_compiler::training::{in_place_updates, training_graph, AdamW};
+use hyb_compiler::training::training_graph;
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
 
@@ -19,60 +21,162 @@ pub enum Executor {
     /// The compiled program on the CPU executor.
     #[default]
     Compiled,
-    /// The reference interpreter on the unoptimised training graph.
+    /// The reference interpreter on the unoptimised graphs.
     Reference,
 }
 
-pub enum StepProgram {
-    Compiled { graph: Graph, program: Program },
-    Reference { graph: Graph },
+/// How a model's programs are planned: by which executor, with what recompute, for how
+/// much device memory. None of it changes what a step computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Planning {
+    pub executor: Executor,
+    pub recompute: Recompute,
+    /// The device's memory: the plan (under the device's precision policy) must fit it.
+    pub device_memory: Option<u64>,
 }
 
-impl StepProgram {
-    /// The training step of `forward` for batches of `batch × seq` tokens.
-    pub fn build(
-        forward: &Graph,
-        opt: &AdamW,
-        width_mult: f64,
-        batch: usize,
-        seq: usize,
-        executor: Executor,
-    ) -> Result<StepProgram, PlanError> {
-        Ok(match executor {
-            Executor::Reference => StepProgram::Reference { graph: training_graph(forward, opt, width_mult).graph },
-            Executor::Compiled => {
-                let target = Target::Training { opt: opt.clone(), width_mult };
-                let compiled = compile(forward, &target, 1, &Options::default());
-                // The CPU computes in float32 throughout, so every buffer holds float32s.
-                let req = Request {
-                    batch,
-                    seq,
-                    precision: Precision::uniform(DType::F32),
-                    in_place: in_place_updates(&compiled.graph),
-                    forward_end: Some(0),
-                };
-                let program = plan(&compiled.graph, &req)?;
-                StepProgram::Compiled { graph: compiled.graph, program }
-            }
-        })
+/// What a run trains.
+pub enum Model {
+    /// A forward graph, compiled for the run's configuration.
+    Graph { forward: Graph, planning: Planning },
+    /// A compiled artifact: its step and evaluation programs, as compiled.
+    Artifact(Box<Artifact>),
+}
+
+impl From<Graph> for Model {
+    fn from(forward: Graph) -> Model {
+        Model::Graph { forward, planning: Planning::default() }
+    }
+}
+
+impl Model {
+    /// The forward pass as elaborated: the run's identity, parameters and data checks.
+    pub fn forward(&self) -> &Graph {
+        match self {
+            Model::Graph { forward, .. } => forward,
+            Model::Artifact(a) => &a.model,
+        }
     }
 
-    /// The parameters' names, in the order of the step's outputs.
-    pub fn params(&self) -> Vec<String> {
-        let g = match self {
-            StepProgram::Compiled { graph, .. } | StepProgram::Reference { graph } => graph,
-        };
-        g.params.iter().map(|p| p.name.clone()).collect()
+    /// The programs for `cfg`'s steps and evaluations.
+    pub fn programs(&self, cfg: &TrainConfig) -> Result<Programs, TrainError> {
+        match self {
+            Model::Graph { forward, planning } => compiled(forward, cfg, planning),
+            Model::Artifact(a) => from_artifact(a, cfg),
+        }
     }
+}
 
+/// A program and what runs it.
+pub enum Runner {
+    Compiled(Executable),
+    Reference(Graph),
+}
+
+impl Runner {
     pub fn run(
         &self,
         params: &HashMap<String, Tensor<f32>>,
         inputs: &HashMap<String, Tensor<f32>>,
     ) -> Result<Vec<Tensor<f32>>, RunError> {
         match self {
-            StepProgram::Compiled { graph, program } => crate::cpu::run(graph, program, params, inputs),
-            StepProgram::Reference { graph } => reference::run(graph, params, inputs),
+            Runner::Compiled(e) => crate::cpu::run(&e.graph, &e.program, params, inputs),
+            Runner::Reference(g) => reference::run(g, params, inputs),
         }
     }
+
+    fn graph(&self) -> &Graph {
+        match self {
+            Runner::Compiled(e) => &e.graph,
+            Runner::Reference(g) => g,
+        }
+    }
+}
+
+/// A run's programs: the training step and the forward pass it evaluates with.
+pub struct Programs {
+    pub step: Runner,
+    pub eval: Runner,
+}
+
+impl Programs {
+    /// The parameters' names, in the order of the step's outputs.
+    pub fn params(&self) -> Vec<String> {
+        self.step.graph().params.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// The CPU computes in float32 throughout, so every buffer holds float32s.
+fn cpu_precision() -> Precision {
+    Precision::uniform(DType::F32)
+}
+
+fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<Programs, TrainError> {
+    let plan_error = |e: hyb_compiler::plan::PlanError| TrainError::Plan(e.to_string());
+    if planning.executor == Executor::Reference {
+        return Ok(Programs {
+            step: Runner::Reference(training_graph(forward, &cfg.adamw(), cfg.width_mult).graph),
+            eval: Runner::Reference(forward.clone()),
+        });
+    }
+    let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult };
+    let opts = Options::default();
+    let step = compile(forward, &target, 1, &opts);
+    // Recompute is chosen, and the budget checked, on what the device would hold.
+    let sizing =
+        Sizing { batch: cfg.batch, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
+    let request = Request { forward, compiled: &step, target: &target, tp: 1, options: &opts, sizing };
+    let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
+    let levels = device.program.recompute;
+    let step = plan_with(&step, &target, cfg.batch, cfg.seq, cpu_precision(), &levels).map_err(plan_error)?;
+    let eval = compile(forward, &Target::Forward, 1, &opts);
+    let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, cpu_precision(), &[]).map_err(plan_error)?;
+    Ok(Programs { step: Runner::Compiled(step), eval: Runner::Compiled(eval) })
+}
+
+/// The artifact's programs, placed again for the CPU's element type, after checking that
+/// it is a one-rank training step compiled for `cfg`'s sizes and optimizer settings.
+fn from_artifact(a: &Artifact, cfg: &TrainConfig) -> Result<Programs, TrainError> {
+    let c = &a.compiled;
+    let mismatch = |what: String| Err(TrainError::Mismatch(format!("the artifact {what}")));
+    let Some(training) = &c.training else {
+        return mismatch("is a forward pass; compile the training step (without --forward) to train".into());
+    };
+    if c.tp != 1 {
+        return mismatch(format!("is planned for {} tensor-parallel ranks; CPU training runs one", c.tp));
+    }
+    if (c.batch, c.seq) != (cfg.batch, cfg.seq) {
+        return mismatch(format!(
+            "is compiled for --batch {} --seq {}, not --batch {} --seq {}",
+            c.batch, c.seq, cfg.batch, cfg.seq
+        ));
+    }
+    let opt = cfg.adamw();
+    let mut differ = Vec::new();
+    let mut check = |what: &str, theirs: String, ours: String| {
+        if theirs != ours {
+            differ.push(format!("{what} {theirs} (the run's is {ours})"));
+        }
+    };
+    let o = &training.opt;
+    check("beta1", o.beta1.to_string(), opt.beta1.to_string());
+    check("beta2", o.beta2.to_string(), opt.beta2.to_string());
+    check("eps", o.eps.to_string(), opt.eps.to_string());
+    check("weight decay", o.weight_decay.to_string(), opt.weight_decay.to_string());
+    check("gradient clip", format!("{:?}", o.clip), format!("{:?}", opt.clip));
+    check("decay_all", o.decay_all.to_string(), opt.decay_all.to_string());
+    check("width multiplier", training.width_mult.to_string(), cfg.width_mult.to_string());
+    if !differ.is_empty() {
+        return mismatch(format!("was compiled with {}", differ.join(", ")));
+    }
+    let Some(eval) = &a.eval else {
+        return mismatch("has no forward pass to evaluate with: compile it again".into());
+    };
+    let replan = |e: &Executable, training: bool| -> Result<Executable, TrainError> {
+        let mut program = plan_graph(&e.graph, training, c.batch, c.seq, cpu_precision())
+            .map_err(|e| TrainError::Plan(e.to_string()))?;
+        program.recompute = e.program.recompute.clone();
+        Ok(Executable { graph: e.graph.clone(), program })
+    };
+    Ok(Programs { step: Runner::Compiled(replan(&a.executable, true)?), eval: Runner::Compiled(replan(eval, false)?) })
 }
