@@ -5,7 +5,7 @@
 
 use crate::ir::Graph;
 use crate::pipeline::{compile, plan, Compiled, Executable, Sizing, Target};
-use crate::plan::{Level, MemoryPlan, PlanError, Recompute};
+use crate::plan::{Level, MemoryPlan, PlanError, Recompute, Role};
 use crate::rewrite::Options;
 use std::fmt;
 
@@ -84,29 +84,43 @@ fn fixes(req: &Request, budget: usize) -> Result<Vec<Fix>, PlanError> {
             most = full;
         }
     }
-    let smaller = |size: usize, set: &dyn Fn(&mut Sizing, usize)| -> Result<Option<(usize, usize)>, PlanError> {
+    // What no batch or sequence length changes: weights, their copies, optimizer state.
+    let fixed = |p: &crate::plan::Program| -> usize {
+        p.buffers.iter().filter(|b| b.persistent() && b.role != Role::Input).map(|b| b.bytes).sum::<usize>()
+            + p.memory.weight_copies
+    };
+    let resident = fixed(&plan(req.compiled, req.target, &most)?.program);
+    // The largest halving that fits; a size the model cannot take (`T/8` at T = 4) ends the
+    // search.
+    let smaller = |size: usize, set: &dyn Fn(&mut Sizing, usize)| -> Option<(usize, usize)> {
         let mut s = size / 2;
-        while s >= 1 {
+        while s >= 1 && resident <= budget {
             let mut sizing = most.clone();
             set(&mut sizing, s);
-            let bytes = arena(req.compiled, &sizing)?;
+            let bytes = arena(req.compiled, &sizing).ok()?;
             if bytes <= budget {
-                return Ok(Some((s, bytes)));
+                return Some((s, bytes));
             }
             s /= 2;
         }
-        Ok(None)
+        None
     };
-    if let Some((b, bytes)) = smaller(req.sizing.batch, &|s, b| s.batch = b)? {
+    if let Some((b, bytes)) = smaller(req.sizing.batch, &|s, b| s.batch = b) {
         out.push(Fix { flag: format!("--batch {b}"), arena_bytes: bytes });
     }
-    if let Some((t, bytes)) = smaller(req.sizing.seq, &|s, t| s.seq = t)? {
+    if let Some((t, bytes)) = smaller(req.sizing.seq, &|s, t| s.seq = t) {
         out.push(Fix { flag: format!("--seq {t}"), arena_bytes: bytes });
     }
     let mut tp = req.tp * 2;
     while tp <= req.tp * 8 {
+        // Splitting the weights over more ranks at best divides them: skip widths that
+        // cannot fit without compiling them.
+        if resident * req.tp / tp > budget {
+            tp *= 2;
+            continue;
+        }
         let compiled = compile(req.forward, req.target, tp, req.options);
-        let bytes = arena(&compiled, &most)?;
+        let Ok(bytes) = arena(&compiled, &most) else { break };
         if bytes <= budget {
             out.push(Fix { flag: format!("--tp {tp}"), arena_bytes: bytes });
             break;
