@@ -447,8 +447,7 @@ impl Writer<'_, '_> {
     fn signature(&self, symbol: &str) -> String {
         match self.target {
             Target::Cpu => format!(
-                "func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr) \
-                 attributes {{llvm.emit_c_interface}}"
+                "func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr)"
             ),
             Target::Gpu => {
                 let ranks = self.body.view_ranks();

@@ -1,8 +1,11 @@
 //! Every fused kernel of every example model and of a small stdlib Falcon-H1, in its
 //! forward pass and its training step, compiles to native CPU code that computes what the
-//! reference interpreter computes from the kernel's body: on random values, read through
+//! reference interpreter computes from the kernel's body — on random values, read through
 //! random layouts (transposed, padded, broadcast with stride 0), with the outputs poisoned
-//! with NaN before the run.
+//! with NaN before the run — and to PTX for sm_90 that calls nothing it does not define
+//! (and that `ptxas` assembles, where it is installed).
+//!
+//! One test binary for all code generation, so MLIR's libraries are linked once.
 
 use hyb_compiler::codegen::cpu::{self, ArenaView};
 use hyb_compiler::codegen::Symbols;
@@ -12,7 +15,9 @@ use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::reference::{self, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
+use hyb_compiler::codegen::gpu;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 const SMALL_FALCON: &str = r#"
 import std.layers
@@ -52,8 +57,13 @@ fn models(name: String, text: String) -> Vec<Graph> {
         .unwrap()
 }
 
-/// Every distinct fused kernel body, with where it was first seen.
-fn fused_kernels() -> BTreeMap<String, (String, Graph)> {
+/// Every distinct fused kernel body by name, with where it was first seen.
+fn fused_kernels() -> &'static BTreeMap<String, (String, Graph)> {
+    static KERNELS: OnceLock<BTreeMap<String, (String, Graph)>> = OnceLock::new();
+    KERNELS.get_or_init(collect)
+}
+
+fn collect() -> BTreeMap<String, (String, Graph)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -197,7 +207,7 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
     let kernels = fused_kernels();
     let mut failures = Vec::new();
     let started = std::time::Instant::now();
-    for (name, (origin, body)) in &kernels {
+    for (name, (origin, body)) in kernels {
         let kernel = match cpu::compile(body, SIZES) {
             Ok(k) => k,
             Err(e) => {
@@ -221,5 +231,71 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
     }
     let covered = kernels.len() - failures.len();
     println!("{covered} of {} fused kernels generated and matched ({:.1?})", kernels.len(), started.elapsed());
+    assert!(failures.is_empty(), "{} of {} fused kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
+}
+
+/// `ptxas` from `HYB_PTXAS`, or on `PATH`.
+fn ptxas() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("HYB_PTXAS") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
+}
+
+#[test]
+fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
+    let kernels = fused_kernels();
+    let assembler = ptxas();
+    if assembler.is_none() {
+        println!("note: no ptxas (set HYB_PTXAS or put it on PATH): the PTX is generated but not assembled");
+    }
+    let dir = std::env::temp_dir().join(format!("hyb-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut failures = Vec::new();
+    let mut registers = 0;
+    let started = std::time::Instant::now();
+    for (name, (origin, body)) in kernels {
+        let kernel = match gpu::compile(body, SIZES) {
+            Ok(k) => k,
+            Err(e) => {
+                failures.push(format!("{name} ({origin}): {e}"));
+                continue;
+            }
+        };
+        let unresolved = gpu::unresolved_calls(&kernel.ptx);
+        if !unresolved.is_empty() {
+            failures.push(format!("{name} ({origin}): unresolved calls {unresolved:?}"));
+            continue;
+        }
+        for nest in &kernel.nests {
+            if !kernel.ptx.contains(&format!(".entry {}(", nest.symbol)) {
+                failures.push(format!("{name} ({origin}): no entry {}", nest.symbol));
+            }
+        }
+        let Some(ptxas) = &assembler else { continue };
+        let file = dir.join(format!("{name}.ptx"));
+        std::fs::write(&file, &kernel.ptx).unwrap();
+        let out = std::process::Command::new(ptxas)
+            .args(["-arch=sm_90", "-v", "-o", "/dev/null"])
+            .arg(&file)
+            .output()
+            .expect("ptxas runs");
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            failures.push(format!("{name} ({origin}): ptxas failed:\n{report}"));
+        } else if report.contains("bytes spill stores") && !report.contains("0 bytes spill stores") {
+            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}"));
+        } else {
+            registers = report
+                .lines()
+                .filter_map(|l| l.split("Used ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+                .fold(registers, usize::max);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    let covered = kernels.len() - failures.len();
+    let assembled = if assembler.is_some() { format!(", assembled by ptxas (at most {registers} registers)") } else { String::new() };
+    println!("{covered} of {} fused kernels became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
     assert!(failures.is_empty(), "{} of {} fused kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
 }
