@@ -703,13 +703,21 @@ impl Writer<'_, '_> {
         t
     }
 
+    /// `1/(1 + e^−x)` for x ≥ 0 and `e^x/(1 + e^x)` below, so neither side overflows
+    /// to 0 before its true (subnormal) value.
     fn sigmoid(&mut self, x: &str) -> String {
-        let one = self.f32(1.0);
+        let (zero, one) = (self.f32(0.0), self.f32(1.0));
+        let a = self.intrinsic("llvm.fabs.f32", &[x]);
         let neg = self.fresh();
-        self.emit(format!("{neg} = arith.negf {x} : f32"));
+        self.emit(format!("{neg} = arith.negf {a} : f32"));
         let e = self.call(Func::Exp, &neg);
         let d = self.op2("arith.addf", &one, &e);
-        self.op2("arith.divf", &one, &d)
+        let up = self.op2("arith.divf", &one, &d);
+        let down = self.op2("arith.divf", &e, &d);
+        let positive = self.compare("oge", x, &zero);
+        let s = self.select(&positive, &up, &down);
+        let is_nan = self.compare("uno", x, x);
+        self.select(&is_nan, x, &s)
     }
 
     /// The unary functions, with the reference's meaning at special values.
@@ -741,20 +749,18 @@ impl Writer<'_, '_> {
                 self.select(&big, x, &l)
             }
             Unary::Tanh => self.call(Func::Tanh, x),
+            // ½x(1 + tanh u) = x·σ(2u), which keeps its digits where tanh u is near −1.
             Unary::Gelu => {
                 let k = self.f32((2.0 / std::f64::consts::PI).sqrt() as f32);
                 let c = self.f32(0.044715);
-                let half = self.f32(0.5);
-                let one = self.f32(1.0);
                 let x2 = self.op2("arith.mulf", x, x);
                 let x3 = self.op2("arith.mulf", &x2, x);
                 let cx3 = self.op2("arith.mulf", &c, &x3);
                 let inner = self.op2("arith.addf", x, &cx3);
-                let arg = self.op2("arith.mulf", &k, &inner);
-                let t = self.call(Func::Tanh, &arg);
-                let t1 = self.op2("arith.addf", &one, &t);
-                let hx = self.op2("arith.mulf", &half, x);
-                self.op2("arith.mulf", &hx, &t1)
+                let u = self.op2("arith.mulf", &k, &inner);
+                let u2 = self.op2("arith.addf", &u, &u);
+                let s = self.sigmoid(&u2);
+                self.op2("arith.mulf", x, &s)
             }
             Unary::Abs => self.intrinsic("llvm.fabs.f32", &[x]),
             Unary::Sign => {
@@ -775,11 +781,9 @@ impl Writer<'_, '_> {
     }
 
     /// `x^e`: small integer powers by multiplication (negative bases stay exact), square
-    /// roots exactly, the rest as `exp(e·log x)` (NaN for negative bases, as `powf`).
+    /// roots exactly, the rest as `exp(e·log x)` (NaN for negative bases, as `powf`; −∞
+    /// raised to a non-integer is +∞'s power).
     fn pow(&mut self, x: &str, e: f64) -> String {
-        if e == 0.5 {
-            return self.intrinsic("llvm.sqrt.f32", &[x]);
-        }
         if e.fract() == 0.0 && e.abs() <= 64.0 {
             let mut n = e.abs() as u32;
             let one = self.f32(1.0);
@@ -797,7 +801,13 @@ impl Writer<'_, '_> {
             }
             return if e < 0.0 { self.op2("arith.divf", &one, &result) } else { result };
         }
-        let l = self.call(Func::Log, x);
+        let (ninf, inf) = (self.f32(f32::NEG_INFINITY), self.f32(f32::INFINITY));
+        let is_ninf = self.compare("oeq", x, &ninf);
+        let x = self.select(&is_ninf, &inf, x);
+        if e == 0.5 {
+            return self.intrinsic("llvm.sqrt.f32", &[&x]);
+        }
+        let l = self.call(Func::Log, &x);
         let k = self.f32(e as f32);
         let t = self.op2("arith.mulf", &k, &l);
         self.call(Func::Exp, &t)

@@ -29,6 +29,8 @@ pub struct GpuKernel {
     pub mlir: String,
     pub ptx: String,
     pub nests: Vec<GpuNest>,
+    /// 64-bit parameters every nest takes (pointers and strides).
+    pub parameters: usize,
 }
 
 /// One `.entry` of the PTX module.
@@ -61,7 +63,9 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<GpuKernel, CodegenError
     let mut module = session.parse(&mlir)?;
     session.lower(&mut module, PIPELINE, &mlir)?;
     let ptx = binary_text(&module).ok_or_else(|| session.failure("finding the PTX in the gpu.binary", &mlir))?;
-    Ok(GpuKernel { name, mlir, ptx, nests })
+    let ranks = resolved.view_ranks();
+    let parameters = ranks.len() + ranks.iter().sum::<usize>();
+    Ok(GpuKernel { name, mlir, ptx, nests, parameters })
 }
 
 /// The object text of the module's first `gpu.binary`.
