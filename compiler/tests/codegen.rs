@@ -8,17 +8,17 @@
 //! One test binary for all code generation, so MLIR's libraries are linked once.
 
 use hyb_compiler::codegen::cpu::{self, ArenaView};
+use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::Symbols;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, KernelKind, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
-use hyb_dsl::dim::Dim;
-use hyb_dsl::value::DType;
 use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::reference::{self, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
-use hyb_compiler::codegen::gpu;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::value::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
@@ -260,7 +260,13 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
     }
     let covered = kernels.len() - failures.len();
     println!("{covered} of {} fused kernels generated and matched ({:.1?})", kernels.len(), started.elapsed());
-    assert!(failures.is_empty(), "{} of {} fused kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fused kernels failed:\n{}",
+        failures.len(),
+        kernels.len(),
+        failures.join("\n")
+    );
 }
 
 /// Above this many 64-bit parameters (pointers and strides: 128 of the 255 registers a
@@ -336,12 +342,24 @@ fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
     }
     std::fs::remove_dir_all(&dir).ok();
     if !crowded.is_empty() {
-        println!("spilling with more than {CROWDED} 64-bit parameters (one launch reading that many tensors): {crowded:?}");
+        println!(
+            "spilling with more than {CROWDED} 64-bit parameters (one launch reading that many tensors): {crowded:?}"
+        );
     }
     let covered = kernels.len() - failures.len();
-    let assembled = if assembler.is_some() { format!(", assembled by ptxas (at most {registers} registers)") } else { String::new() };
+    let assembled = if assembler.is_some() {
+        format!(", assembled by ptxas (at most {registers} registers)")
+    } else {
+        String::new()
+    };
     println!("{covered} of {} fused kernels became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
-    assert!(failures.is_empty(), "{} of {} fused kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fused kernels failed:\n{}",
+        failures.len(),
+        kernels.len(),
+        failures.join("\n")
+    );
 }
 
 /// A body reading input `0` of `shape`.
@@ -408,9 +426,41 @@ const TINY: f32 = 1e-30;
 #[test]
 fn functions_match_the_reference_at_special_values() {
     let values: Vec<f32> = vec![
-        0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-7, -1e-7, 1e-30, 1e-40, -1e-40, 2.5, -3.75, 10.0, -10.0, 20.0, 20.5,
-        -20.0, 87.0, 88.5, 89.0, -87.0, -100.0, -104.0, -110.0, 1e6, -1e6, 3.4e38, f32::INFINITY,
-        f32::NEG_INFINITY, f32::NAN, 0.693, 1.4142135, 1.4142137, 0.70710677,
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        1e-7,
+        -1e-7,
+        1e-30,
+        1e-40,
+        -1e-40,
+        2.5,
+        -3.75,
+        10.0,
+        -10.0,
+        20.0,
+        20.5,
+        -20.0,
+        87.0,
+        88.5,
+        89.0,
+        -87.0,
+        -100.0,
+        -104.0,
+        -110.0,
+        1e6,
+        -1e6,
+        3.4e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        0.693,
+        std::f32::consts::SQRT_2,
+        f32::from_bits(std::f32::consts::SQRT_2.to_bits() + 1),
+        std::f32::consts::FRAC_1_SQRT_2,
     ];
     let (mut g, x) = body_with_input(&[values.len()]);
     let mut outputs = Vec::new();
@@ -537,6 +587,9 @@ fn speed() {
         let started = std::time::Instant::now();
         let kernel = cpu::compile(body, SIZES).unwrap();
         let compile_time = started.elapsed();
+        if std::env::var_os("HYB_SHOW_MLIR").is_some() {
+            println!("{}", kernel.mlir());
+        }
         let inputs: Vec<Vec<f32>> = body
             .input_nodes()
             .map(|(n, _)| {

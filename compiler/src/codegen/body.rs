@@ -43,13 +43,12 @@ impl<'g> Body<'g> {
         let mut shapes = Vec::with_capacity(graph.nodes.len());
         let mut inputs: Vec<Option<NodeId>> = Vec::new();
         for (i, n) in graph.nodes.iter().enumerate() {
-            let shape = n
-                .ty
-                .shape
-                .iter()
-                .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| CodegenError::Unbound { node: i, shape: format!("{:?}", n.ty.shape) })?;
+            let shape =
+                n.ty.shape
+                    .iter()
+                    .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| CodegenError::Unbound { node: i, shape: format!("{:?}", n.ty.shape) })?;
             shapes.push(shape);
             supported(graph, i)?;
             if let Op::Input(name) = &n.op {

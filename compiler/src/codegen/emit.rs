@@ -446,9 +446,9 @@ impl Writer<'_, '_> {
 
     fn signature(&self, symbol: &str) -> String {
         match self.target {
-            Target::Cpu => format!(
-                "func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr)"
-            ),
+            Target::Cpu => {
+                format!("func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr)")
+            }
             Target::Gpu => {
                 let ranks = self.body.view_ranks();
                 let mut params: Vec<String> = (0..ranks.len()).map(|k| format!("%p{k}: !llvm.ptr")).collect();
@@ -585,10 +585,10 @@ impl Writer<'_, '_> {
             }
             Prim::Broadcast(_) => return operand(self, 0),
             Prim::Slice(s) => {
-                let start = s.start.eval(&self.body.symbols.binder()).ok_or_else(|| CodegenError::Unbound {
-                    node,
-                    shape: s.start.to_string(),
-                })?;
+                let start = s
+                    .start
+                    .eval(&self.body.symbols.binder())
+                    .ok_or_else(|| CodegenError::Unbound { node, shape: s.start.to_string() })?;
                 let mut at = idx.to_vec();
                 let a = s.axis_of(idx.len());
                 at[a] = at[a].add(&Ix::constant(start));
