@@ -559,7 +559,7 @@ fn in_place_writes_only_over_inputs_read_element_by_element() {
 
 /// Throughput of generated code against the reference interpreter (in f32) on a row
 /// softmax and an RMSNorm with its weight: `cargo test --release -p hyb-compiler --test
-/// codegen -- --ignored --nocapture`.
+/// codegen -- --ignored --nocapture` (`HYB_SHOW_MLIR=1` prints their MLIR).
 #[test]
 #[ignore]
 fn speed() {
@@ -684,4 +684,13 @@ fn export_cases_for_the_device() {
     }
     std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
     println!("{} cases in {}", index.len(), dir.display());
+}
+
+/// What a kernel using MLIR's `math.exp` would carry: a declaration the driver cannot
+/// resolve without libdevice.
+#[test]
+fn an_undefined_callee_in_ptx_is_found() {
+    let ptx = ".version 8.0\n.target sm_90\n.extern .func  (.param .b32 func_retval0) __nv_expf\n(\n.param .b32 __nv_expf_param_0\n)\n;\n.visible .entry k()\n{\n ret;\n}\n";
+    assert_eq!(gpu::unresolved_calls(ptx).len(), 1);
+    assert!(gpu::unresolved_calls(".visible .func f()\n{\n ret;\n}\n").is_empty());
 }

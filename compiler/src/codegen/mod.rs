@@ -19,9 +19,6 @@ mod index;
 mod math;
 mod mlir;
 
-pub use body::Nest;
-pub use emit::Access;
-
 use hyb_dsl::dim::Dim;
 use std::path::PathBuf;
 
