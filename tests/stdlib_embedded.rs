@@ -29,6 +29,16 @@ impl Installed {
         if let Some(dir) = stdlib {
             cmd.env("HYB_STDLIB", dir);
         }
+        // Another test thread forking while the copy was open for writing keeps it busy
+        // for a moment (ETXTBSY); the copy is complete, so try again.
+        for _ in 0..100 {
+            match cmd.output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                result => return result.unwrap(),
+            }
+        }
         cmd.output().unwrap()
     }
 }

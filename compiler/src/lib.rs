@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod autodiff;
 pub mod check;
+pub mod codegen;
 pub mod cost;
 pub mod elaborate;
 pub mod explain;

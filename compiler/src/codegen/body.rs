@@ -1,0 +1,146 @@
+//! A kernel body made concrete for one program: every node's shape under the program's
+//! batch and sequence length, the body's inputs in order, its outputs grouped into loop
+//! nests, and a refusal — naming the primitive — of anything the generator cannot compile.
+
+use super::{CodegenError, Symbols};
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::{Prim, Primitive};
+
+/// A body with concrete shapes.
+pub struct Body<'g> {
+    pub graph: &'g Graph,
+    pub symbols: Symbols,
+    pub shapes: Vec<Vec<usize>>,
+    /// The node of input `k` (the body's input named `k`).
+    pub inputs: Vec<NodeId>,
+    /// The loop nests, each computing the outputs of one shape in one pass.
+    pub nests: Vec<Nest>,
+}
+
+/// Outputs of one shape, computed together so they share every value they both read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nest {
+    /// Positions in the body's output list.
+    pub outputs: Vec<usize>,
+    pub shape: Vec<usize>,
+}
+
+impl Nest {
+    /// Rows are the leading axes; the last axis is the inner loop (a scalar is one row).
+    pub fn rows(&self) -> usize {
+        self.shape[..self.shape.len().saturating_sub(1)].iter().product()
+    }
+
+    pub fn inner(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+}
+
+impl<'g> Body<'g> {
+    /// Resolves shapes and checks that every node is something the generator compiles.
+    pub fn resolve(graph: &'g Graph, symbols: Symbols) -> Result<Body<'g>, CodegenError> {
+        let bind = symbols.binder();
+        let mut shapes = Vec::with_capacity(graph.nodes.len());
+        let mut inputs: Vec<Option<NodeId>> = Vec::new();
+        for (i, n) in graph.nodes.iter().enumerate() {
+            let shape =
+                n.ty.shape
+                    .iter()
+                    .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| CodegenError::Unbound { node: i, shape: format!("{:?}", n.ty.shape) })?;
+            shapes.push(shape);
+            supported(graph, i)?;
+            if let Op::Input(name) = &n.op {
+                let k: usize = name.parse().map_err(|_| CodegenError::Unsupported {
+                    node: i,
+                    primitive: format!("input `{name}`"),
+                    why: "kernel body inputs are numbered".into(),
+                })?;
+                if inputs.len() <= k {
+                    inputs.resize(k + 1, None);
+                }
+                inputs[k] = Some(i);
+            }
+        }
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(k, n)| {
+                n.ok_or_else(|| CodegenError::Unsupported {
+                    node: 0,
+                    primitive: format!("input `{k}`"),
+                    why: "the body's inputs are not numbered 0, 1, …".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut nests: Vec<Nest> = Vec::new();
+        for (pos, &o) in graph.outputs.iter().enumerate() {
+            match nests.iter_mut().find(|n| n.shape == shapes[o]) {
+                Some(n) => n.outputs.push(pos),
+                None => nests.push(Nest { outputs: vec![pos], shape: shapes[o].clone() }),
+            }
+        }
+        Ok(Body { graph, symbols, shapes, inputs, nests })
+    }
+
+    /// The rank of every input and then every output, in launch order.
+    pub fn view_ranks(&self) -> Vec<usize> {
+        let ins = self.inputs.iter().map(|&n| self.shapes[n].len());
+        let outs = self.graph.outputs.iter().map(|&n| self.shapes[n].len());
+        ins.chain(outs).collect()
+    }
+
+    pub fn output_shapes(&self) -> Vec<Vec<usize>> {
+        self.graph.outputs.iter().map(|&n| self.shapes[n].clone()).collect()
+    }
+
+    pub fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.inputs.iter().map(|&n| self.shapes[n].clone()).collect()
+    }
+}
+
+/// What the generator compiles: inputs, constants, pointwise primitives, reductions along
+/// any axis and views; float values (computed in f32).
+fn supported(graph: &Graph, i: NodeId) -> Result<(), CodegenError> {
+    let n = &graph.nodes[i];
+    let refuse = |primitive: &str, why: &str| {
+        Err(CodegenError::Unsupported { node: i, primitive: primitive.to_string(), why: why.to_string() })
+    };
+    match &n.op {
+        Op::Input(_) | Op::Constant(_) => {}
+        Op::Prim(p) => match p {
+            Prim::Unary(_)
+            | Prim::Binary(_)
+            | Prim::Pow(_)
+            | Prim::Clamp(_)
+            | Prim::Cast(_)
+            | Prim::Reduce(_)
+            | Prim::Reshape(_)
+            | Prim::Permute(_)
+            | Prim::Transpose(_)
+            | Prim::Broadcast(_)
+            | Prim::Slice(_) => {}
+            other => return refuse(other.name(), "not a pointwise, reduction or view primitive"),
+        },
+        Op::Param(_) => return refuse("param", "kernel bodies read parameters as inputs"),
+        Op::Kernel(_) => return refuse("kernel", "kernels do not nest"),
+        Op::Output(_) => return refuse("output", "multi-output primitives are not fused"),
+    }
+    if !n.ty.dtype.is_float() {
+        return refuse(&node_name(graph, i), &format!("its values are {}, not floats", n.ty.dtype.name()));
+    }
+    Ok(())
+}
+
+/// The primitive (or leaf) a node applies, for error messages.
+pub fn node_name(graph: &Graph, i: NodeId) -> String {
+    match &graph.nodes[i].op {
+        Op::Prim(p) => p.name().to_string(),
+        Op::Input(name) => format!("input {name}"),
+        Op::Constant(c) => format!("constant {c}"),
+        Op::Param(_) => "param".into(),
+        Op::Kernel(_) => "kernel".into(),
+        Op::Output(k) => format!("output {k}"),
+    }
+}

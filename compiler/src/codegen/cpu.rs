@@ -1,0 +1,292 @@
+//! Native CPU code: a kernel body's nests lowered to the LLVM dialect and compiled by
+//! MLIR's JIT at O3 for the host's CPU features (LLVM's loop vectoriser does the SIMD),
+//! each nest's function taking a range of rows so threads split the rows between them.
+//!
+//! [`CpuKernel::run`] works on views of one `f32` arena, as the executor holds a program's
+//! buffers: it checks every view against the arena and the compiled shapes, refuses
+//! outputs that overlap anything but an identical view of an input the kernel reads only
+//! element by element (an in-place update), and only then calls the generated code.
+
+use super::body::Body;
+use super::emit::{self, Access, Target};
+use super::mlir::Session;
+use super::{kernel_name, math, CodegenError, Symbols};
+use crate::ir::Graph;
+use mlir_sys::{mlirExecutionEngineCreate, mlirExecutionEngineDestroy, mlirExecutionEngineLookup, MlirExecutionEngine};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Lowering from the generator's dialects to the LLVM dialect.
+const PIPELINE: &str = "builtin.module(inline, canonicalize, cse, convert-scf-to-cf, convert-arith-to-llvm, \
+                        convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)";
+
+/// Below this many elements a nest runs on the calling thread: spawning costs more.
+const ELEMENTS_PER_THREAD: usize = 1 << 15;
+
+/// The signature of every nest's function: rows `begin..end`, the views' base pointers
+/// (inputs, then outputs) and their strides, all views' in order.
+type NestFn = unsafe extern "C" fn(i64, i64, *const *mut f32, *const i64);
+
+/// A compiled kernel body.
+pub struct CpuKernel {
+    name: String,
+    mlir: String,
+    inputs: Vec<Vec<usize>>,
+    outputs: Vec<Vec<usize>>,
+    nests: Vec<CompiledNest>,
+    _engine: Engine,
+}
+
+struct CompiledNest {
+    entry: NestFn,
+    rows: usize,
+    elements: usize,
+    outputs: Vec<usize>,
+    access: Vec<Access>,
+}
+
+/// The JIT that owns the generated code.
+struct Engine(MlirExecutionEngine);
+
+// The engine is created once and only read afterwards (its code runs, its symbols were
+// looked up at creation), so sharing it between threads is sound.
+unsafe impl Send for Engine {}
+unsafe impl Sync for Engine {}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        unsafe { mlirExecutionEngineDestroy(self.0) }
+    }
+}
+
+/// A view of the arena a kernel reads or writes, in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct ArenaView<'a> {
+    pub offset: usize,
+    pub shape: &'a [usize],
+    pub strides: &'a [isize],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RunError {
+    #[error("kernel `{kernel}` takes {expected} {what} views, got {got}")]
+    Count { kernel: String, what: &'static str, expected: usize, got: usize },
+    #[error("kernel `{kernel}`: {what} {index} has shape {got:?}, compiled for {expected:?}")]
+    Shape { kernel: String, what: &'static str, index: usize, expected: Vec<usize>, got: Vec<usize> },
+    #[error("kernel `{kernel}`: {what} {index} reaches outside the arena of {len} elements")]
+    OutOfBounds { kernel: String, what: &'static str, index: usize, len: usize },
+    #[error("kernel `{kernel}`: output {index} {why}")]
+    Overlap { kernel: String, index: usize, why: String },
+}
+
+/// Compiles a fused kernel body for a program of `symbols`' sizes.
+pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError> {
+    let name = kernel_name(body);
+    let resolved = Body::resolve(body, symbols)?;
+    let mut functions = String::new();
+    let mut uses = BTreeSet::new();
+    let mut nests = Vec::new();
+    for (i, nest) in resolved.nests.iter().enumerate() {
+        let code = emit::nest(&resolved, i, Target::Cpu, &format!("{name}_{i}"))?;
+        functions.push_str(&code.text);
+        uses.extend(code.uses.iter().copied());
+        nests.push((code.symbol, nest.rows(), nest.rows() * nest.inner(), nest.outputs.clone(), code.access));
+    }
+    let mlir = format!("module {{\n{}{functions}}}\n", math::definitions(uses));
+    let session = Session::new(&name);
+    let mut module = session.parse(&mlir)?;
+    session.lower(&mut module, PIPELINE, &mlir)?;
+    let raw = unsafe { mlirExecutionEngineCreate(module.to_raw(), 3, 0, std::ptr::null(), false, false) };
+    if raw.ptr.is_null() {
+        return Err(session.failure("creating the JIT", &mlir));
+    }
+    let engine = Engine(raw);
+    let nests = nests
+        .into_iter()
+        .map(|(symbol, rows, elements, outputs, access)| {
+            let address = unsafe { mlirExecutionEngineLookup(engine.0, melior::StringRef::new(&symbol).to_raw()) };
+            if address.is_null() {
+                return Err(session.failure("finding the compiled function", &mlir));
+            }
+            // The generator wrote every nest with exactly this signature.
+            let entry = unsafe { std::mem::transmute::<*mut std::ffi::c_void, NestFn>(address) };
+            Ok(CompiledNest { entry, rows, elements, outputs, access })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CpuKernel {
+        name,
+        mlir,
+        inputs: resolved.input_shapes(),
+        outputs: resolved.output_shapes(),
+        nests,
+        _engine: engine,
+    })
+}
+
+impl CpuKernel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The generated MLIR, before lowering.
+    pub fn mlir(&self) -> &str {
+        &self.mlir
+    }
+
+    /// Runs the kernel over `arena`: reads `inputs`, writes `outputs` (the body's inputs
+    /// and outputs, in order), rows split over the machine's cores.
+    pub fn run(&self, arena: &mut [f32], inputs: &[ArenaView], outputs: &[ArenaView]) -> Result<(), RunError> {
+        self.check(arena.len(), inputs, outputs)?;
+        let base = arena.as_mut_ptr();
+        let views = inputs.iter().chain(outputs);
+        // In bounds (checked above), so each base pointer lies inside the arena.
+        let pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
+        let strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
+        let args = &Args { pointers: pointers.as_ptr(), strides: strides.as_ptr() };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for nest in &self.nests {
+            let threads = cores.min(nest.rows).min(nest.elements.div_ceil(ELEMENTS_PER_THREAD)).max(1);
+            let call = |begin: usize, end: usize| {
+                // The views were checked: every element the nest reaches for rows
+                // `begin..end` is in the arena, and no other thread writes it.
+                unsafe { (nest.entry)(begin as i64, end as i64, args.pointers, args.strides) }
+            };
+            if threads == 1 {
+                call(0, nest.rows);
+                continue;
+            }
+            let chunk = nest.rows.div_ceil(threads);
+            std::thread::scope(|s| {
+                for t in 1..threads {
+                    let (begin, end) = (t * chunk, ((t + 1) * chunk).min(nest.rows));
+                    if begin < end {
+                        s.spawn(move || call(begin, end));
+                    }
+                }
+                call(0, chunk.min(nest.rows));
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self, len: usize, inputs: &[ArenaView], outputs: &[ArenaView]) -> Result<(), RunError> {
+        let kernel = || self.name.clone();
+        for (what, views, shapes) in [("input", inputs, &self.inputs), ("output", outputs, &self.outputs)] {
+            if views.len() != shapes.len() {
+                return Err(RunError::Count { kernel: kernel(), what, expected: shapes.len(), got: views.len() });
+            }
+            for (index, (v, shape)) in views.iter().zip(shapes).enumerate() {
+                if v.shape != shape.as_slice() || v.strides.len() != shape.len() {
+                    let got = v.shape.to_vec();
+                    return Err(RunError::Shape { kernel: kernel(), what, index, expected: shape.clone(), got });
+                }
+                if span(v).is_none_or(|(_, hi)| hi >= len) {
+                    return Err(RunError::OutOfBounds { kernel: kernel(), what, index, len });
+                }
+            }
+        }
+        let overlap = |index: usize, why: String| RunError::Overlap { kernel: kernel(), index, why };
+        for (o, v) in outputs.iter().enumerate() {
+            if !injective(v) {
+                return Err(overlap(o, "writes some elements twice (a broadcast or overlapping strides)".into()));
+            }
+            let (lo, hi) = span(v).expect("checked above");
+            for (p, w) in outputs.iter().enumerate().filter(|&(p, _)| p != o) {
+                let (a, b) = span(w).expect("checked above");
+                if lo <= b && a <= hi {
+                    return Err(overlap(o, format!("overlaps output {p}")));
+                }
+            }
+            for (k, w) in inputs.iter().enumerate() {
+                let (a, b) = span(w).expect("checked above");
+                if hi < a || b < lo {
+                    continue;
+                }
+                let same = w.offset == v.offset && w.shape == v.shape && w.strides == v.strides;
+                let in_place = same
+                    && self.nests.iter().all(|n| {
+                        let writes = n.outputs.contains(&o);
+                        n.access[k] == Access::Unread || (writes && n.access[k] == Access::OwnIndex)
+                    });
+                if !in_place {
+                    return Err(overlap(o, format!("overlaps input {k}, which the kernel reads at other elements")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The views' pointers and strides, handed to the threads that run a nest.
+struct Args {
+    pointers: *const *mut f32,
+    strides: *const i64,
+}
+
+// Threads only pass the pointers on to generated code, which reads the inputs and writes
+// disjoint rows of the outputs.
+unsafe impl Sync for Args {}
+
+/// The lowest and highest element a view reaches (`None` below zero).
+fn span(v: &ArenaView) -> Option<(usize, usize)> {
+    let (mut lo, mut hi) = (v.offset as isize, v.offset as isize);
+    for (&n, &s) in v.shape.iter().zip(v.strides) {
+        if n == 0 {
+            return Some((v.offset, v.offset));
+        }
+        let reach = (n as isize - 1) * s;
+        if reach < 0 {
+            lo += reach;
+        } else {
+            hi += reach;
+        }
+    }
+    (lo >= 0).then_some((lo as usize, hi as usize))
+}
+
+/// Whether distinct indices of the view are distinct elements: sorted by stride, each
+/// axis steps past everything the smaller axes reach.
+fn injective(v: &ArenaView) -> bool {
+    let mut axes: Vec<(usize, usize)> =
+        v.shape.iter().zip(v.strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s.unsigned_abs(), n)).collect();
+    axes.sort();
+    let mut reach = 0usize;
+    for (s, n) in axes {
+        if s <= reach {
+            return false;
+        }
+        reach += s * (n - 1);
+    }
+    true
+}
+
+/// Compiled kernels by body, for one program's sizes: each distinct body compiles once.
+pub struct Cache {
+    symbols: Symbols,
+    kernels: HashMap<Vec<u8>, Arc<CpuKernel>>,
+}
+
+impl Cache {
+    pub fn new(symbols: Symbols) -> Cache {
+        Cache { symbols, kernels: HashMap::new() }
+    }
+
+    /// The kernel of `body`, compiled on first use.
+    pub fn get(&mut self, body: &Graph) -> Result<Arc<CpuKernel>, CodegenError> {
+        let key = bincode::serialize(body).expect("a graph serialises");
+        if let Some(k) = self.kernels.get(&key) {
+            return Ok(k.clone());
+        }
+        let kernel = Arc::new(compile(body, self.symbols)?);
+        self.kernels.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    pub fn len(&self) -> usize {
+        self.kernels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kernels.is_empty()
+    }
+}

@@ -1,0 +1,94 @@
+//! PTX for the H200 (sm_90): each nest a `gpu.func` kernel in one `gpu.module`, lowered by
+//! MLIR's NVVM pipeline with the chip and the PTX ISA version given explicitly (MLIR does
+//! not check one against the other), and the PTX text taken from the `gpu.binary` the
+//! pipeline leaves. The math is the generator's own (`math`), so the PTX calls nothing
+//! outside itself: no libdevice is needed to compile or to load it.
+//!
+//! Launching: every nest takes the same parameters — the views' base pointers (inputs,
+//! then outputs), then every view's strides in elements, as `i64` — and loops grid-stride,
+//! so any grid covers it; blocks must be a whole number of warps.
+
+use super::body::Body;
+use super::emit::{self, Rows, Target};
+use super::mlir::Session;
+use super::{kernel_name, math, CodegenError, Symbols};
+use crate::ir::Graph;
+use melior::ir::attribute::{ArrayAttribute, AttributeLike};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::OperationLike;
+use std::collections::BTreeSet;
+
+/// The chip and PTX version the H200's driver (CUDA 13) loads.
+const PIPELINE: &str = "builtin.module(inline, canonicalize, cse, \
+                        gpu-lower-to-nvvm-pipeline{cubin-format=isa cubin-chip=sm_90 cubin-features=+ptx80 opt-level=3})";
+
+/// A kernel body as PTX.
+pub struct GpuKernel {
+    pub name: String,
+    /// The generated MLIR, before lowering.
+    pub mlir: String,
+    pub ptx: String,
+    pub nests: Vec<GpuNest>,
+    /// 64-bit parameters every nest takes (pointers and strides).
+    pub parameters: usize,
+}
+
+/// One `.entry` of the PTX module.
+pub struct GpuNest {
+    pub symbol: String,
+    /// Whether a warp takes a row (nests with reductions) or a thread an element.
+    pub per_warp: bool,
+    /// Rows (per warp) or elements (per thread) the grid covers.
+    pub iterations: usize,
+}
+
+/// Compiles a fused kernel body to PTX for a program of `symbols`' sizes.
+pub fn compile(body: &Graph, symbols: Symbols) -> Result<GpuKernel, CodegenError> {
+    let name = kernel_name(body);
+    let resolved = Body::resolve(body, symbols)?;
+    let mut functions = String::new();
+    let mut uses = BTreeSet::new();
+    let mut nests = Vec::new();
+    for i in 0..resolved.nests.len() {
+        let code = emit::nest(&resolved, i, Target::Gpu, &format!("{name}_{i}"))?;
+        functions.push_str(&code.text);
+        uses.extend(code.uses.iter().copied());
+        nests.push(GpuNest { symbol: code.symbol, per_warp: code.rows == Rows::Warps, iterations: code.iterations });
+    }
+    let mlir = format!(
+        "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{functions} }}\n}}\n",
+        math::definitions(uses)
+    );
+    let session = Session::new(&name);
+    let mut module = session.parse(&mlir)?;
+    session.lower(&mut module, PIPELINE, &mlir)?;
+    let ptx = binary_text(&module).ok_or_else(|| session.failure("finding the PTX in the gpu.binary", &mlir))?;
+    let ranks = resolved.view_ranks();
+    let parameters = ranks.len() + ranks.iter().sum::<usize>();
+    Ok(GpuKernel { name, mlir, ptx, nests, parameters })
+}
+
+/// The object text of the module's first `gpu.binary`.
+fn binary_text(module: &melior::ir::Module) -> Option<String> {
+    let mut op = module.body().first_operation();
+    while let Some(o) = op {
+        if o.name().as_string_ref().as_str().ok() == Some("gpu.binary") {
+            let objects = ArrayAttribute::try_from(o.attribute("objects").ok()?).ok()?;
+            let object = objects.element(0).ok()?;
+            let text = unsafe { mlir_sys::mlirGPUObjectAttrGetObject(object.to_raw()) };
+            let bytes = unsafe { std::slice::from_raw_parts(text.data as *const u8, text.length) };
+            return String::from_utf8(bytes.to_vec()).ok();
+        }
+        op = o.next_in_block();
+    }
+    None
+}
+
+/// The functions a PTX module calls without defining (`.extern .func`), which no driver
+/// would resolve.
+pub fn unresolved_calls(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter(|l| l.trim_start().starts_with(".extern .func"))
+        .map(|l| l.trim().trim_end_matches(['(', ';']).to_string())
+        .collect()
+}

@@ -1,0 +1,206 @@
+//! Index expressions: how a kernel reaches element `idx` of a value through the views and
+//! broadcasts between it and the loop nest. Each expression is a sum of terms (coefficient
+//! times a loop variable, or times a quotient or remainder of a sub-expression) plus a
+//! constant, simplified as it is built, so a reshape that splits an axis and one that
+//! merges it back cancel instead of leaving divisions in the inner loop.
+
+use std::collections::BTreeSet;
+
+/// A loop variable: its number in the kernel, and its extent (values `0..extent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var {
+    pub id: usize,
+    pub extent: u64,
+}
+
+/// What a term multiplies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Atom {
+    Var(Var),
+    /// `expr / divisor`, rounding down (the expression is never negative).
+    Div(Box<Ix>, u64),
+    /// `expr % modulus`.
+    Rem(Box<Ix>, u64),
+}
+
+/// `Σ coefficient · atom + constant`, with terms sorted and merged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ix {
+    pub terms: Vec<(i64, Atom)>,
+    pub constant: i64,
+}
+
+impl Ix {
+    pub fn constant(c: i64) -> Ix {
+        Ix { terms: Vec::new(), constant: c }
+    }
+
+    pub fn var(v: Var) -> Ix {
+        if v.extent == 1 {
+            return Ix::constant(0);
+        }
+        Ix { terms: vec![(1, Atom::Var(v))], constant: 0 }
+    }
+
+    pub fn as_constant(&self) -> Option<i64> {
+        self.terms.is_empty().then_some(self.constant)
+    }
+
+    pub fn add(&self, other: &Ix) -> Ix {
+        let mut terms = self.terms.clone();
+        terms.extend(other.terms.iter().cloned());
+        Ix::normalised(terms, self.constant + other.constant)
+    }
+
+    pub fn scale(&self, k: i64) -> Ix {
+        if k == 0 {
+            return Ix::constant(0);
+        }
+        let terms = self.terms.iter().map(|(c, a)| (c * k, a.clone())).collect();
+        Ix::normalised(terms, self.constant * k)
+    }
+
+    fn normalised(mut terms: Vec<(i64, Atom)>, constant: i64) -> Ix {
+        terms.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut merged: Vec<(i64, Atom)> = Vec::with_capacity(terms.len());
+        for (c, a) in terms {
+            match merged.last_mut() {
+                Some((lc, la)) if *la == a => *lc += c,
+                _ => merged.push((c, a)),
+            }
+        }
+        merged.retain(|(c, _)| *c != 0);
+        Ix { terms: merged, constant }
+    }
+
+    /// The largest value the expression takes (all terms are non-negative by construction:
+    /// coefficients of views are positive).
+    pub fn largest(&self) -> i64 {
+        self.constant + self.terms.iter().map(|(c, a)| c * a.largest()).sum::<i64>()
+    }
+
+    fn non_negative(&self) -> bool {
+        self.constant >= 0 && self.terms.iter().all(|(c, _)| *c > 0)
+    }
+
+    /// `self / d`, rounding down: the terms `d` divides come out of the quotient, and
+    /// vanish from a remainder.
+    pub fn div(&self, d: u64) -> Ix {
+        if d == 1 {
+            return self.clone();
+        }
+        let (whole, rest) = self.split(d);
+        if rest.non_negative() && rest.largest() < d as i64 {
+            return whole;
+        }
+        if rest.non_negative() {
+            return whole.add(&Ix { terms: vec![(1, Atom::Div(Box::new(rest), d))], constant: 0 });
+        }
+        Ix { terms: vec![(1, Atom::Div(Box::new(self.clone()), d))], constant: 0 }
+    }
+
+    /// `self % m`.
+    pub fn rem(&self, m: u64) -> Ix {
+        if m == 1 {
+            return Ix::constant(0);
+        }
+        let (_, rest) = self.split(m);
+        if rest.non_negative() && rest.largest() < m as i64 {
+            return rest;
+        }
+        let x = if rest.non_negative() { rest } else { self.clone() };
+        Ix { terms: vec![(1, Atom::Rem(Box::new(x), m))], constant: 0 }
+    }
+
+    /// `(Σ of terms d divides, divided by d; the rest)`.
+    fn split(&self, d: u64) -> (Ix, Ix) {
+        let d = d as i64;
+        let (mut whole, mut rest) = (Vec::new(), Vec::new());
+        for (c, a) in &self.terms {
+            if c % d == 0 {
+                whole.push((c / d, a.clone()));
+            } else {
+                rest.push((*c, a.clone()));
+            }
+        }
+        let (wc, rc) = (self.constant.div_euclid(d), self.constant.rem_euclid(d));
+        (Ix::normalised(whole, wc), Ix::normalised(rest, rc))
+    }
+
+    /// The loop variables the expression reads.
+    pub fn vars(&self, out: &mut BTreeSet<usize>) {
+        for (_, a) in &self.terms {
+            match a {
+                Atom::Var(v) => {
+                    out.insert(v.id);
+                }
+                Atom::Div(e, _) | Atom::Rem(e, _) => e.vars(out),
+            }
+        }
+    }
+}
+
+impl Atom {
+    fn largest(&self) -> i64 {
+        match self {
+            Atom::Var(v) => v.extent as i64 - 1,
+            Atom::Div(e, d) => e.largest() / *d as i64,
+            Atom::Rem(e, m) => e.largest().min(*m as i64 - 1),
+        }
+    }
+}
+
+/// The row-major index of `idx` in `shape`.
+pub fn linearise(idx: &[Ix], shape: &[usize]) -> Ix {
+    let mut lin = Ix::constant(0);
+    for (i, &d) in idx.iter().zip(shape) {
+        lin = lin.scale(d as i64).add(i);
+    }
+    lin
+}
+
+/// The multi-index in `shape` of the row-major index `lin`.
+pub fn delinearise(lin: &Ix, shape: &[usize]) -> Vec<Ix> {
+    let mut inner = 1u64;
+    let mut idx = vec![Ix::constant(0); shape.len()];
+    for k in (0..shape.len()).rev() {
+        idx[k] = lin.div(inner).rem(shape[k] as u64);
+        inner *= shape[k] as u64;
+    }
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(id: usize, extent: u64) -> Ix {
+        Ix::var(Var { id, extent })
+    }
+
+    #[test]
+    fn split_then_merge_cancels() {
+        let (h, d) = (v(0, 4), v(1, 8));
+        let merged = linearise(&[h.clone(), d.clone()], &[4, 8]);
+        let back = delinearise(&merged, &[4, 8]);
+        assert_eq!(back, vec![h, d]);
+    }
+
+    #[test]
+    fn merge_of_a_row_index_keeps_its_division() {
+        let r = v(0, 12);
+        let idx = delinearise(&r, &[3, 4]);
+        assert_eq!(idx[0].terms.len(), 1);
+        assert!(matches!(idx[0].terms[0].1, Atom::Div(_, 4)));
+        assert!(matches!(idx[1].terms[0].1, Atom::Rem(_, 4)));
+        assert_eq!(linearise(&idx, &[3, 4]).largest(), 11);
+    }
+
+    #[test]
+    fn unit_extents_vanish() {
+        assert_eq!(v(3, 1).as_constant(), Some(0));
+        assert_eq!(v(0, 5).add(&Ix::constant(2)).div(8).as_constant(), Some(0));
+        assert_eq!(v(0, 5).add(&Ix::constant(4)).div(8).as_constant(), None);
+        assert_eq!(v(0, 5).div(8).as_constant(), Some(0));
+    }
+}

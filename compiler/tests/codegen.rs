@@ -1,0 +1,696 @@
+//! Every fused kernel of every example model and of a small stdlib Falcon-H1, in its
+//! forward pass and its training step, compiles to native CPU code that computes what the
+//! reference interpreter computes from the kernel's body — on random values, read through
+//! random layouts (transposed, padded, broadcast with stride 0), with the outputs poisoned
+//! with NaN before the run — and to PTX for sm_90 that calls nothing it does not define
+//! (and that `ptxas` assembles, where it is installed).
+//!
+//! One test binary for all code generation, so MLIR's libraries are linked once.
+
+use hyb_compiler::codegen::cpu::{self, ArenaView};
+use hyb_compiler::codegen::gpu;
+use hyb_compiler::codegen::Symbols;
+use hyb_compiler::elaborate::elaborate;
+use hyb_compiler::ir::{Graph, KernelKind, Op, TensorType};
+use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
+use hyb_compiler::pipeline::{compile, Target};
+use hyb_compiler::reference::{self, Tensor};
+use hyb_compiler::rewrite::Options;
+use hyb_compiler::training::AdamW;
+use hyb_dsl::dim::Dim;
+use hyb_dsl::value::DType;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+const SMALL_FALCON: &str = r#"
+import std.layers
+
+model small_falcon {
+    vocab = 64
+    d = 32
+    layers = pattern("H{2}", H = falcon_h1_layer)
+    heads = 8
+    kv_heads = 4
+    head_dim = 4
+    ssm_heads = 8
+    ssm_head_dim = 4
+    d_state = 4
+    groups = 4
+    chunk = 4
+    d_ff = 48
+    attention_bias = true
+    mlp_bias = true
+    mup embedding_multiplier = 1.5, lm_head_multiplier = 0.25, ssm_out_multiplier = 0.6
+}
+"#;
+
+const SIZES: Symbols = Symbols { batch: 2, seq: 8 };
+
+/// The forward graphs of every model in `text`.
+fn models(name: String, text: String) -> Vec<Graph> {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let checked = hyb_compiler::check::check_text(&name, &text);
+            assert!(checked.diagnostics.is_empty(), "{name}: {:?}", checked.diagnostics);
+            checked.models.iter().map(|m| elaborate(&m.1.trace)).collect()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Every distinct fused kernel body by name, with where it was first seen.
+fn fused_kernels() -> &'static BTreeMap<String, (String, Graph)> {
+    static KERNELS: OnceLock<BTreeMap<String, (String, Graph)>> = OnceLock::new();
+    KERNELS.get_or_init(collect)
+}
+
+fn collect() -> BTreeMap<String, (String, Graph)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut sources: Vec<(String, String)> =
+        files.iter().map(|f| (f.display().to_string(), std::fs::read_to_string(f).unwrap())).collect();
+    sources.push(("small_falcon".into(), SMALL_FALCON.into()));
+    let mut kernels = BTreeMap::new();
+    for (name, text) in sources {
+        for forward in models(name.clone(), text) {
+            for (what, target) in [
+                ("forward", Target::Forward),
+                ("training step", Target::Training { opt: AdamW::default(), width_mult: 1.0 }),
+            ] {
+                let compiled = compile(&forward, &target, 1, &Options::default());
+                for n in &compiled.graph.nodes {
+                    if let Op::Kernel(k) = &n.op {
+                        if k.kind == KernelKind::Fused {
+                            let key = hyb_compiler::codegen::kernel_name(&k.body);
+                            kernels.entry(key).or_insert_with(|| (format!("{name}, {what}"), k.body.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    kernels
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() as f64 / (1u64 << 31) as f64)
+    }
+}
+
+/// A view's place in the arena: strides from a random axis order, sometimes padded, and
+/// (for inputs) sometimes 0 along an axis.
+struct Layout {
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+}
+
+impl Layout {
+    fn random(shape: &[usize], rng: &mut Rng, broadcast: bool, arena: &mut usize) -> Layout {
+        let mut order: Vec<usize> = (0..shape.len()).collect();
+        if rng.below(2) == 0 {
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+        }
+        let mut strides = vec![0isize; shape.len()];
+        let mut step = 1usize;
+        for &d in order.iter().rev() {
+            if broadcast && shape[d] > 1 && rng.below(4) == 0 {
+                continue;
+            }
+            strides[d] = step as isize;
+            step *= shape[d] + if rng.below(3) == 0 { 1 } else { 0 };
+        }
+        let offset = *arena + rng.below(3);
+        *arena = offset + step + 1;
+        Layout { offset, shape: shape.to_vec(), strides }
+    }
+
+    fn view(&self) -> ArenaView<'_> {
+        ArenaView { offset: self.offset, shape: &self.shape, strides: &self.strides }
+    }
+
+    fn at(&self, index: usize) -> usize {
+        let mut rest = index;
+        let mut at = self.offset as isize;
+        for k in (0..self.shape.len()).rev() {
+            at += (rest % self.shape[k]) as isize * self.strides[k];
+            rest /= self.shape[k];
+        }
+        at as usize
+    }
+
+    fn read(&self, arena: &[f32]) -> Vec<f64> {
+        (0..self.shape.iter().product()).map(|i| arena[self.at(i)] as f64).collect()
+    }
+}
+
+/// A kernel's inputs and outputs laid out at random in one arena of random values, the
+/// outputs poisoned with NaN, and what the reference computes from the inputs.
+struct Case {
+    inputs: Vec<Layout>,
+    outputs: Vec<Layout>,
+    arena: Vec<f32>,
+    want: Vec<Tensor<f64>>,
+}
+
+impl Case {
+    /// Values in `lo..hi`; `Err` when the reference is not finite on them.
+    fn new(body: &Graph, seed: u64, lo: f64, hi: f64) -> Result<Case, String> {
+        let shape_of = |n: usize| -> Vec<usize> {
+            let bind = SIZES.binder();
+            body.nodes[n].ty.shape.iter().map(|d| d.eval(&bind).unwrap() as usize).collect()
+        };
+        let mut rng = Rng(seed);
+        let mut size = 0;
+        let mut inputs: Vec<(usize, Layout)> = body
+            .input_nodes()
+            .map(|(n, name)| (name.parse().unwrap(), Layout::random(&shape_of(n), &mut rng, true, &mut size)))
+            .collect();
+        inputs.sort_by_key(|(k, _)| *k);
+        let inputs: Vec<Layout> = inputs.into_iter().map(|(_, l)| l).collect();
+        let outputs: Vec<Layout> =
+            body.outputs.iter().map(|&o| Layout::random(&shape_of(o), &mut rng, false, &mut size)).collect();
+        let mut arena: Vec<f32> = (0..size).map(|_| rng.uniform(lo, hi) as f32).collect();
+        for o in &outputs {
+            for i in 0..o.shape.iter().product() {
+                arena[o.at(i)] = f32::NAN;
+            }
+        }
+        let args: HashMap<String, Tensor<f64>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (k.to_string(), Tensor::new(l.shape.clone(), l.read(&arena))))
+            .collect();
+        let want = reference::run(body, &HashMap::new(), &args).map_err(|e| format!("reference: {e}"))?;
+        if want.iter().any(|t| t.data.iter().any(|v| !v.is_finite())) {
+            return Err("the reference is not finite".into());
+        }
+        Ok(Case { inputs, outputs, arena, want })
+    }
+
+    /// A case in (-1, 1), or in (0.5, 1.5) where the body needs positive values (logs,
+    /// square roots of moments).
+    fn in_domain(body: &Graph, seed: u64) -> Result<Case, String> {
+        Case::new(body, seed, -1.0, 1.0).or_else(|_| Case::new(body, seed, 0.5, 1.5))
+    }
+
+    /// Whether `arena` holds the reference's outputs, to 1e-5 of each output's largest
+    /// magnitude (NaN never passes).
+    fn compare(&self, arena: &[f32]) -> Result<(), String> {
+        for (o, (layout, want)) in self.outputs.iter().zip(&self.want).enumerate() {
+            let got = layout.read(arena);
+            let scale = want.data.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            for (i, (&w, &g)) in want.data.iter().zip(&got).enumerate() {
+                if !(g - w).abs().le(&(1e-5 * scale)) {
+                    return Err(format!("output {o} element {i}: got {g}, want {w} (largest |want| {scale})"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the compiled kernel on a case and compares.
+fn check(kernel: &cpu::CpuKernel, case: &Case) -> Result<(), String> {
+    let mut arena = case.arena.clone();
+    let inputs: Vec<ArenaView> = case.inputs.iter().map(Layout::view).collect();
+    let outputs: Vec<ArenaView> = case.outputs.iter().map(Layout::view).collect();
+    kernel.run(&mut arena, &inputs, &outputs).map_err(|e| e.to_string())?;
+    case.compare(&arena)
+}
+
+#[test]
+fn every_fused_kernel_of_every_model_matches_the_reference() {
+    let kernels = fused_kernels();
+    let mut failures = Vec::new();
+    let started = std::time::Instant::now();
+    for (name, (origin, body)) in kernels {
+        let kernel = match cpu::compile(body, SIZES) {
+            Ok(k) => k,
+            Err(e) => {
+                failures.push(format!("{name} ({origin}): {e}"));
+                continue;
+            }
+        };
+        for seed in 1..=3u64 {
+            let result = Case::in_domain(body, seed).and_then(|case| check(&kernel, &case));
+            if let Err(e) = result {
+                failures.push(format!("{name} ({origin}), seed {seed}: {e}\n{body}"));
+                break;
+            }
+        }
+    }
+    let covered = kernels.len() - failures.len();
+    println!("{covered} of {} fused kernels generated and matched ({:.1?})", kernels.len(), started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} of {} fused kernels failed:\n{}",
+        failures.len(),
+        kernels.len(),
+        failures.join("\n")
+    );
+}
+
+/// Above this many 64-bit parameters (pointers and strides: 128 of the 255 registers a
+/// thread may have) a spill is expected, not a defect of the generated code: the
+/// gradient-norm kernels read every parameter of the model in one launch.
+const CROWDED: usize = 64;
+
+fn spills(report: &str) -> bool {
+    report.lines().any(|l| l.contains("bytes spill stores") && !l.contains(" 0 bytes spill stores"))
+}
+
+/// `ptxas` from `HYB_PTXAS`, or on `PATH`.
+fn ptxas() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("HYB_PTXAS") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
+}
+
+#[test]
+fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
+    let kernels = fused_kernels();
+    let assembler = ptxas();
+    if assembler.is_none() {
+        println!("note: no ptxas (set HYB_PTXAS or put it on PATH): the PTX is generated but not assembled");
+    }
+    let dir = std::env::temp_dir().join(format!("hyb-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut failures = Vec::new();
+    let mut registers = 0;
+    let mut crowded = Vec::new();
+    let started = std::time::Instant::now();
+    for (name, (origin, body)) in kernels {
+        let kernel = match gpu::compile(body, SIZES) {
+            Ok(k) => k,
+            Err(e) => {
+                failures.push(format!("{name} ({origin}): {e}"));
+                continue;
+            }
+        };
+        let unresolved = gpu::unresolved_calls(&kernel.ptx);
+        if !unresolved.is_empty() {
+            failures.push(format!("{name} ({origin}): unresolved calls {unresolved:?}"));
+            continue;
+        }
+        for nest in &kernel.nests {
+            if !kernel.ptx.contains(&format!(".entry {}(", nest.symbol)) {
+                failures.push(format!("{name} ({origin}): no entry {}", nest.symbol));
+            }
+        }
+        let Some(ptxas) = &assembler else { continue };
+        let file = dir.join(format!("{name}.ptx"));
+        std::fs::write(&file, &kernel.ptx).unwrap();
+        let out = std::process::Command::new(ptxas)
+            .args(["-arch=sm_90", "-v", "-o", "/dev/null"])
+            .arg(&file)
+            .output()
+            .expect("ptxas runs");
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            failures.push(format!("{name} ({origin}): ptxas failed:\n{report}"));
+        } else if spills(&report) && kernel.parameters <= CROWDED {
+            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}\n{body}"));
+        } else if spills(&report) {
+            crowded.push(format!("{name} ({} parameters)", kernel.parameters));
+        } else {
+            registers = report
+                .lines()
+                .filter_map(|l| l.split("Used ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+                .fold(registers, usize::max);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    if !crowded.is_empty() {
+        println!(
+            "spilling with more than {CROWDED} 64-bit parameters (one launch reading that many tensors): {crowded:?}"
+        );
+    }
+    let covered = kernels.len() - failures.len();
+    let assembled = if assembler.is_some() {
+        format!(", assembled by ptxas (at most {registers} registers)")
+    } else {
+        String::new()
+    };
+    println!("{covered} of {} fused kernels became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} of {} fused kernels failed:\n{}",
+        failures.len(),
+        kernels.len(),
+        failures.join("\n")
+    );
+}
+
+/// A body reading input `0` of `shape`.
+fn body_with_input(shape: &[usize]) -> (Graph, usize) {
+    let mut g = Graph::default();
+    let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+    let x = g.add(Op::Input("0".into()), vec![], ty);
+    (g, x)
+}
+
+/// Runs a kernel on contiguous views: `inputs` packed at the start of the arena, the
+/// outputs after them, poisoned.
+fn run_contiguous(kernel: &cpu::CpuKernel, body: &Graph, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let shapes: Vec<Vec<usize>> = body
+        .outputs
+        .iter()
+        .map(|&o| body.nodes[o].ty.shape.iter().map(|d| d.as_const().unwrap() as usize).collect())
+        .collect();
+    let in_shapes: Vec<Vec<usize>> = body
+        .input_nodes()
+        .map(|(n, _)| body.nodes[n].ty.shape.iter().map(|d| d.as_const().unwrap() as usize).collect())
+        .collect();
+    let contiguous = |s: &[usize]| -> Vec<isize> {
+        let mut st = vec![1isize; s.len()];
+        for k in (0..s.len().saturating_sub(1)).rev() {
+            st[k] = st[k + 1] * s[k + 1] as isize;
+        }
+        st
+    };
+    let mut arena: Vec<f32> = inputs.concat();
+    let mut offsets = Vec::new();
+    for s in &shapes {
+        offsets.push(arena.len());
+        arena.extend(std::iter::repeat_n(f32::NAN, s.iter().product()));
+    }
+    let in_strides: Vec<Vec<isize>> = in_shapes.iter().map(|s| contiguous(s)).collect();
+    let out_strides: Vec<Vec<isize>> = shapes.iter().map(|s| contiguous(s)).collect();
+    let mut at = 0;
+    let ins: Vec<ArenaView> = in_shapes
+        .iter()
+        .zip(&in_strides)
+        .map(|(s, st)| {
+            let v = ArenaView { offset: at, shape: s, strides: st };
+            at += s.iter().product::<usize>();
+            v
+        })
+        .collect();
+    let outs: Vec<ArenaView> = shapes
+        .iter()
+        .zip(&out_strides)
+        .zip(&offsets)
+        .map(|((s, st), &offset)| ArenaView { offset, shape: s, strides: st })
+        .collect();
+    kernel.run(&mut arena, &ins, &outs).unwrap();
+    shapes.iter().zip(&offsets).map(|(s, &o)| arena[o..o + s.iter().product::<usize>()].to_vec()).collect()
+}
+
+/// Below this the f32 results are subnormal products (x·σ(x) at x = −100) or the reference
+/// itself rounds to 0 (its 1 + tanh(u) in gelu), so only the magnitude is compared.
+const TINY: f32 = 1e-30;
+
+/// The generated functions at the values where approximations go wrong: zeros, infinities,
+/// NaN, subnormals, the edges of exp's range, large arguments of tanh and softplus.
+#[test]
+fn functions_match_the_reference_at_special_values() {
+    let values: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        1e-7,
+        -1e-7,
+        1e-30,
+        1e-40,
+        -1e-40,
+        2.5,
+        -3.75,
+        10.0,
+        -10.0,
+        20.0,
+        20.5,
+        -20.0,
+        87.0,
+        88.5,
+        89.0,
+        -87.0,
+        -100.0,
+        -104.0,
+        -110.0,
+        1e6,
+        -1e6,
+        3.4e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        0.693,
+        std::f32::consts::SQRT_2,
+        f32::from_bits(std::f32::consts::SQRT_2.to_bits() + 1),
+        std::f32::consts::FRAC_1_SQRT_2,
+    ];
+    let (mut g, x) = body_with_input(&[values.len()]);
+    let mut outputs = Vec::new();
+    for u in [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Sigmoid,
+        Unary::Silu,
+        Unary::Softplus,
+        Unary::Tanh,
+        Unary::Gelu,
+        Unary::Abs,
+        Unary::Sign,
+        Unary::Round,
+        Unary::Step,
+    ] {
+        outputs.push((format!("{u:?}"), g.unary(u, x)));
+    }
+    for e in [2.0, 3.0, -1.0, 0.5, 1.5, -0.5, 0.0] {
+        outputs.push((format!("pow {e}"), g.apply(Pow { exponent: F64(e) }, vec![x])));
+    }
+    let bf16 = g.apply(Cast { dtype: DType::BF16 }, vec![x]);
+    outputs.push(("cast bf16".into(), bf16));
+    g.outputs = outputs.iter().map(|(_, n)| *n).collect();
+    let kernel = cpu::compile(&g, SIZES).unwrap();
+    let got = run_contiguous(&kernel, &g, std::slice::from_ref(&values));
+    let input = Tensor::new(vec![values.len()], values.iter().map(|&v| v as f64).collect());
+    let want = reference::run(&g, &HashMap::new(), &HashMap::from([("0".to_string(), input)])).unwrap();
+    let mut wrong = Vec::new();
+    for ((what, _), (got, want)) in outputs.iter().zip(got.iter().zip(&want)) {
+        for ((&x, &g), &w) in values.iter().zip(got).zip(&want.data) {
+            let w = w as f32;
+            let ok = if w.is_nan() {
+                g.is_nan()
+            } else if w.is_infinite() {
+                g == w
+            } else {
+                (g - w).abs() <= 2e-6 * w.abs() + TINY
+            };
+            if !ok {
+                wrong.push(format!("{what}({x:e}) = {g:e}, want {w:e}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_primitive_without_a_generator_is_an_error_naming_it() {
+    let (mut g, x) = body_with_input(&[4, 4]);
+    let y = g.matmul(x, x, false, false);
+    g.outputs = vec![y];
+    let e = cpu::compile(&g, SIZES).err().expect("matmul is not a fused primitive");
+    assert!(e.to_string().contains("`matmul`"), "{e}");
+    let e = gpu::compile(&g, SIZES).err().expect("nor on the GPU");
+    assert!(e.to_string().contains("`matmul`"), "{e}");
+}
+
+/// An update may write over the view it reads element by element (AdamW); a kernel that
+/// reads other elements of the view (a softmax over the row) may not, nor may an output
+/// leave the arena or write an element twice.
+#[test]
+fn in_place_writes_only_over_inputs_read_element_by_element() {
+    let (mut g, x) = body_with_input(&[3, 5]);
+    let y = g.scale(x, 2.0);
+    g.outputs = vec![y];
+    let double = cpu::compile(&g, SIZES).unwrap();
+    let (shape, strides) = ([3usize, 5], [5isize, 1]);
+    let view = ArenaView { offset: 0, shape: &shape, strides: &strides };
+    let mut arena: Vec<f32> = (0..15).map(|i| i as f32).collect();
+    double.run(&mut arena, &[view], &[view]).unwrap();
+    assert_eq!(arena, (0..15).map(|i| 2.0 * i as f32).collect::<Vec<_>>());
+
+    let (mut g, x) = body_with_input(&[3, 5]);
+    let m = g.reduce(ReduceOp::Max, x, -1, true);
+    let y = g.binary(Binary::Sub, x, m);
+    g.outputs = vec![y];
+    let centre = cpu::compile(&g, SIZES).unwrap();
+    let e = centre.run(&mut arena, &[view], &[view]).unwrap_err();
+    assert!(matches!(e, cpu::RunError::Overlap { .. }), "{e}");
+    let (mut far, zero) = (arena.clone(), [0isize, 1]);
+    far.resize(40, 0.0);
+    let beyond = ArenaView { offset: 1, ..view };
+    let e = centre.run(&mut far, &[view], &[beyond]).unwrap_err();
+    assert!(matches!(e, cpu::RunError::Overlap { .. }), "{e}");
+    let outside = ArenaView { offset: 30, ..view };
+    let e = centre.run(&mut far, &[view], &[outside]).unwrap_err();
+    assert!(matches!(e, cpu::RunError::OutOfBounds { .. }), "{e}");
+    let twice = ArenaView { offset: 20, shape: &shape, strides: &zero };
+    let e = centre.run(&mut far, &[view], &[twice]).unwrap_err();
+    assert!(matches!(e, cpu::RunError::Overlap { .. }), "{e}");
+}
+
+/// Throughput of generated code against the reference interpreter (in f32) on a row
+/// softmax and an RMSNorm with its weight: `cargo test --release -p hyb-compiler --test
+/// codegen -- --ignored --nocapture` (`HYB_SHOW_MLIR=1` prints their MLIR).
+#[test]
+#[ignore]
+fn speed() {
+    let (rows, d) = (4096usize, 1024usize);
+    let (mut softmax, x) = body_with_input(&[rows, d]);
+    let m = softmax.reduce(ReduceOp::Max, x, -1, true);
+    let c = softmax.binary(Binary::Sub, x, m);
+    let e = softmax.unary(Unary::Exp, c);
+    let s = softmax.reduce(ReduceOp::Sum, e, -1, true);
+    let y = softmax.binary(Binary::Div, e, s);
+    softmax.outputs = vec![y];
+    let (mut rmsnorm, x) = body_with_input(&[rows, d]);
+    let wt = TensorType { shape: vec![Dim::constant(d as i64)], dtype: DType::F32 };
+    let w = rmsnorm.add(Op::Input("1".into()), vec![], wt);
+    let sq = rmsnorm.binary(Binary::Mul, x, x);
+    let ms = rmsnorm.reduce(ReduceOp::Mean, sq, -1, true);
+    let eps = rmsnorm.constant(1e-6);
+    let ms = rmsnorm.binary(Binary::Add, ms, eps);
+    let r = rmsnorm.unary(Unary::Rsqrt, ms);
+    let n = rmsnorm.binary(Binary::Mul, x, r);
+    let y = rmsnorm.binary(Binary::Mul, n, w);
+    rmsnorm.outputs = vec![y];
+    let mut rng = Rng(7);
+    for (what, body) in [("softmax", &softmax), ("rmsnorm", &rmsnorm)] {
+        let started = std::time::Instant::now();
+        let kernel = cpu::compile(body, SIZES).unwrap();
+        let compile_time = started.elapsed();
+        if std::env::var_os("HYB_SHOW_MLIR").is_some() {
+            println!("{}", kernel.mlir());
+        }
+        let inputs: Vec<Vec<f32>> = body
+            .input_nodes()
+            .map(|(n, _)| {
+                let len: usize = body.nodes[n].ty.shape.iter().map(|d| d.as_const().unwrap() as usize).product();
+                (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+            })
+            .collect();
+        let time = |f: &mut dyn FnMut()| {
+            let mut times: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            times[2]
+        };
+        let mut arena: Vec<f32> = inputs.concat();
+        let out = arena.len();
+        arena.resize(out + rows * d, f32::NAN);
+        let (shape, strides, vector, unit) = ([rows, d], [d as isize, 1], [d], [1isize]);
+        let views: Vec<ArenaView> = inputs
+            .iter()
+            .scan(0, |at, v| {
+                let offset = std::mem::replace(at, *at + v.len());
+                Some(if v.len() == d {
+                    ArenaView { offset, shape: &vector, strides: &unit }
+                } else {
+                    ArenaView { offset, shape: &shape, strides: &strides }
+                })
+            })
+            .collect();
+        let output = [ArenaView { offset: out, shape: &shape, strides: &strides }];
+        let generated = time(&mut || kernel.run(&mut arena, &views, &output).unwrap());
+        let args: HashMap<String, Tensor<f32>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let shape = if v.len() == d { vec![d] } else { vec![rows, d] };
+                (k.to_string(), Tensor::new(shape, v.clone()))
+            })
+            .collect();
+        let interpreted = time(&mut || {
+            reference::run(body, &HashMap::new(), &args).unwrap();
+        });
+        let bytes = (inputs.iter().map(Vec::len).sum::<usize>() + rows * d) * 4;
+        println!(
+            "{what} [{rows}, {d}]: generated {:.2} ms ({:.1} GB/s, compiled in {compile_time:.1?}), \
+             reference {:.2} ms: {:.1}x",
+            generated * 1e3,
+            bytes as f64 / generated / 1e9,
+            interpreted * 1e3,
+            interpreted / generated
+        );
+    }
+}
+
+/// Writes every fused kernel's PTX with a random case (arena, layouts, the reference's
+/// outputs) to `$HYB_PTX_CASES`, for `ptx_on_device.py` to run on the GPU machine:
+/// `HYB_PTX_CASES=target/ptx-cases cargo test -p hyb-compiler --test codegen -- --ignored
+/// export_cases`.
+#[test]
+#[ignore]
+fn export_cases_for_the_device() {
+    let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = |l: &Layout| serde_json::json!({"offset": l.offset, "shape": l.shape, "strides": l.strides});
+    let mut index = Vec::new();
+    for (name, (origin, body)) in fused_kernels() {
+        let kernel = gpu::compile(body, SIZES).unwrap();
+        let case = Case::in_domain(body, 1).unwrap();
+        std::fs::write(dir.join(format!("{name}.ptx")), &kernel.ptx).unwrap();
+        let arena: Vec<u8> = case.arena.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.join(format!("{name}.arena")), arena).unwrap();
+        for (o, want) in case.want.iter().enumerate() {
+            let bytes: Vec<u8> = want.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("{name}.want{o}")), bytes).unwrap();
+        }
+        let nests: Vec<_> = kernel
+            .nests
+            .iter()
+            .map(|n| serde_json::json!({"symbol": n.symbol, "per_warp": n.per_warp, "iterations": n.iterations}))
+            .collect();
+        index.push(serde_json::json!({
+            "name": name,
+            "origin": origin,
+            "nests": nests,
+            "inputs": case.inputs.iter().map(layout).collect::<Vec<_>>(),
+            "outputs": case.outputs.iter().map(layout).collect::<Vec<_>>(),
+        }));
+    }
+    std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
+    println!("{} cases in {}", index.len(), dir.display());
+}
+
+/// What a kernel using MLIR's `math.exp` would carry: a declaration the driver cannot
+/// resolve without libdevice.
+#[test]
+fn an_undefined_callee_in_ptx_is_found() {
+    let ptx = ".version 8.0\n.target sm_90\n.extern .func  (.param .b32 func_retval0) __nv_expf\n(\n.param .b32 __nv_expf_param_0\n)\n;\n.visible .entry k()\n{\n ret;\n}\n";
+    assert_eq!(gpu::unresolved_calls(ptx).len(), 1);
+    assert!(gpu::unresolved_calls(".visible .func f()\n{\n ret;\n}\n").is_empty());
+}
