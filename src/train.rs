@@ -288,6 +288,9 @@ fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<Tra
 
 pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()> {
     let mut trainer = trainer(args, subject, given)?;
+    if let Some(line) = trainer.codegen_summary() {
+        println!("{line}");
+    }
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(

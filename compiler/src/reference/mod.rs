@@ -25,6 +25,10 @@ pub enum RunError {
     Indivisible(String),
     #[error("{0}: the inputs are too short for the program")]
     OutOfRange(String),
+    /// A generated kernel refused the views the program gave it (a planner bug, caught
+    /// before any code ran).
+    #[error("generated kernel: {0}")]
+    Kernel(String),
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the

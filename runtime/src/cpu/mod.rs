@@ -6,7 +6,12 @@
 //! collectives exchanging values between them.
 //!
 //! The program must be planned with [`Precision::uniform`] of the element type, so every
-//! buffer holds `T`s at offsets the arena indexes directly.
+//! buffer holds `T`s at offsets the arena indexes directly. In float32, fused kernels run as
+//! generated native code ([`Kernels`]) writing straight into the arena.
+
+mod kernels;
+
+pub use kernels::Kernels;
 
 use hyb_compiler::ir::{Dim, Graph, Op};
 use hyb_compiler::ops::{Prim, Primitive, Sizes};
@@ -80,6 +85,18 @@ pub fn run_ranks<T: Real>(
     params: &[&HashMap<String, Tensor<T>>],
     inputs: &[&HashMap<String, Tensor<T>>],
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
+    run_ranks_with(graph, program, None, params, inputs)
+}
+
+/// [`run_ranks`], running fused kernels as the generated code of `kernels` (compiled for
+/// this program) when the element type is `f32`.
+pub fn run_ranks_with<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: Option<&Kernels>,
+    params: &[&HashMap<String, Tensor<T>>],
+    inputs: &[&HashMap<String, Tensor<T>>],
+) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
     let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena { data: vec![T::zero(); words] }).collect();
@@ -124,8 +141,23 @@ pub fn run_ranks<T: Real>(
     };
     let bind = |s: &str| Dim::bind_parts(s, &symbol);
     let sizes = Sizes::new(&bind);
-    for launch in &program.launches {
+    for (index, launch) in program.launches.iter().enumerate() {
         let n = &graph.nodes[launch.node];
+        if let Some(kernel) = kernels.and_then(|k| k.get(index)) {
+            let mut ran = true;
+            for arena in arenas.iter_mut() {
+                let Some(data) = (&mut arena.data as &mut dyn std::any::Any).downcast_mut::<Vec<f32>>() else {
+                    ran = false;
+                    break;
+                };
+                let ins: Vec<_> = launch.inputs.iter().map(|v| arena_view(program, v)).collect();
+                let outs: Vec<_> = launch.outputs.iter().map(|v| arena_view(program, v)).collect();
+                kernel.run(data, &ins, &outs).map_err(|e| RunError::Kernel(e.to_string()))?;
+            }
+            if ran {
+                continue;
+            }
+        }
         // The node's inputs: constants are immediates, the rest are the launch's views.
         let gathered: Vec<Vec<Tensor<T>>> = arenas
             .iter()
@@ -170,6 +202,26 @@ pub fn run_ranks<T: Real>(
         }
     }
     Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+}
+
+/// A view as generated code addresses it: elements from the start of the arena.
+fn arena_view<'a>(program: &Program, v: &'a View) -> hyb_compiler::codegen::cpu::ArenaView<'a> {
+    hyb_compiler::codegen::cpu::ArenaView {
+        offset: Arena::<f32>::base(program, v),
+        shape: &v.shape,
+        strides: &v.strides,
+    }
+}
+
+/// Runs `program` on one rank, with generated code for the kernels of `kernels`.
+pub fn run_with<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: &Kernels,
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+) -> Result<Vec<Tensor<T>>, RunError> {
+    Ok(run_ranks_with(graph, program, Some(kernels), &[params], &[inputs])?.remove(0))
 }
 
 /// Runs `program` on one rank.

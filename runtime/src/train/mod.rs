@@ -331,6 +331,11 @@ impl Trainer {
         Ok(t)
     }
 
+    /// What of the step runs as generated native code (`None` on the reference executor).
+    pub fn codegen_summary(&self) -> Option<String> {
+        self.programs.codegen_summary()
+    }
+
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }

@@ -4,6 +4,7 @@
 //! the reference interpreter (the oracle, `--executor reference`).
 
 use super::{TrainConfig, TrainError};
+use crate::cpu::Kernels;
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::fit::{fit, Request};
 use hyb_compiler::ir::Graph;
@@ -69,25 +70,32 @@ impl Model {
 
 /// A program and what runs it.
 pub enum Runner {
-    Compiled(Executable),
+    /// On the CPU executor, fused kernels as generated code.
+    Compiled(Executable, Kernels),
     Reference(Graph),
 }
 
 impl Runner {
+    /// The executable with its fused kernels compiled to native code.
+    fn compiled(e: Executable) -> Runner {
+        let kernels = Kernels::compile(&e.graph, &e.program);
+        Runner::Compiled(e, kernels)
+    }
+
     pub fn run(
         &self,
         params: &HashMap<String, Tensor<f32>>,
         inputs: &HashMap<String, Tensor<f32>>,
     ) -> Result<Vec<Tensor<f32>>, RunError> {
         match self {
-            Runner::Compiled(e) => crate::cpu::run(&e.graph, &e.program, params, inputs),
+            Runner::Compiled(e, kernels) => crate::cpu::run_with(&e.graph, &e.program, kernels, params, inputs),
             Runner::Reference(g) => reference::run(g, params, inputs),
         }
     }
 
     fn graph(&self) -> &Graph {
         match self {
-            Runner::Compiled(e) => &e.graph,
+            Runner::Compiled(e, _) => &e.graph,
             Runner::Reference(g) => g,
         }
     }
@@ -100,6 +108,14 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// What of the step runs as generated code, for people (`None` for the reference).
+    pub fn codegen_summary(&self) -> Option<String> {
+        match &self.step {
+            Runner::Compiled(_, kernels) => Some(format!("training step: {}", kernels.summary())),
+            Runner::Reference(_) => None,
+        }
+    }
+
     /// The parameters' names, in the order of the step's outputs.
     pub fn params(&self) -> Vec<String> {
         self.step.graph().params.iter().map(|p| p.name.clone()).collect()
@@ -131,7 +147,7 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     let step = plan_with(&step, &target, cfg.batch, cfg.seq, cpu_precision(), &levels).map_err(plan_error)?;
     let eval = compile(forward, &Target::Forward, 1, &opts);
     let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, cpu_precision(), &[]).map_err(plan_error)?;
-    Ok(Programs { step: Runner::Compiled(step), eval: Runner::Compiled(eval) })
+    Ok(Programs { step: Runner::compiled(step), eval: Runner::compiled(eval) })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
@@ -178,5 +194,5 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig) -> Result<Programs, TrainError
         program.recompute = e.program.recompute.clone();
         Ok(Executable { graph: e.graph.clone(), program })
     };
-    Ok(Programs { step: Runner::Compiled(replan(&a.executable, true)?), eval: Runner::Compiled(replan(eval, false)?) })
+    Ok(Programs { step: Runner::compiled(replan(&a.executable, true)?), eval: Runner::compiled(replan(eval, false)?) })
 }
