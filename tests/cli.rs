@@ -283,7 +283,15 @@ fn killing_training_never_corrupts_the_checkpoint() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(400 + 137 * attempt));
+        // Kill at a varying moment after the run has done a step of its own (startup compiles
+        // the program and its kernels, which takes longer than a step).
+        let lines = || std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+        let before = lines();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while lines() <= before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(37 * attempt));
         child.kill().unwrap();
         child.wait().unwrap();
         let ckpt = run.join("checkpoint.safetensors");
