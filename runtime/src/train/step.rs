@@ -71,7 +71,7 @@ impl Model {
 /// A program and what runs it.
 pub enum Runner {
     /// On the CPU executor, fused kernels as generated code.
-    Compiled(Executable, Kernels),
+    Compiled(Box<Executable>, Kernels),
     Reference(Graph),
 }
 
@@ -79,7 +79,7 @@ impl Runner {
     /// The executable with its fused kernels compiled to native code.
     fn compiled(e: Executable) -> Runner {
         let kernels = Kernels::compile(&e.graph, &e.program);
-        Runner::Compiled(e, kernels)
+        Runner::Compiled(Box::new(e), kernels)
     }
 
     pub fn run(
