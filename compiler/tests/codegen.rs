@@ -561,7 +561,7 @@ fn in_place_writes_only_over_inputs_read_element_by_element() {
 /// softmax and an RMSNorm with its weight: `cargo test --release -p hyb-compiler --test
 /// codegen -- --ignored --nocapture` (`HYB_SHOW_MLIR=1` prints their MLIR).
 #[test]
-#[ignore]
+#[ignore = "a benchmark, not a test: it prints throughput and asserts nothing about time"]
 fn speed() {
     let (rows, d) = (4096usize, 1024usize);
     let (mut softmax, x) = body_with_input(&[rows, d]);
@@ -653,7 +653,7 @@ fn speed() {
 /// `HYB_PTX_CASES=target/ptx-cases cargo test -p hyb-compiler --test codegen -- --ignored
 /// export_cases`.
 #[test]
-#[ignore]
+#[ignore = "writes cases for the GPU machine; needs HYB_PTX_CASES and is run by hand before a device call"]
 fn export_cases_for_the_device() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
