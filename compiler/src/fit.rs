@@ -54,7 +54,7 @@ pub fn fit(req: &Request) -> Result<Executable, FitError> {
     if planned.program.memory.arena_bytes <= budget {
         return Ok(planned);
     }
-    let fixes = fixes(req, budget)?;
+    let fixes = fixes(req, budget, resident(&planned.program))?;
     Err(FitError::DoesNotFit(Box::new(Refusal {
         budget,
         memory: planned.program.memory,
@@ -63,10 +63,17 @@ pub fn fit(req: &Request) -> Result<Executable, FitError> {
     })))
 }
 
+/// What no batch, sequence length or recompute changes: weights, their copies, optimizer
+/// state.
+fn resident(p: &crate::plan::Program) -> usize {
+    p.buffers.iter().filter(|b| b.persistent() && b.role != Role::Input).map(|b| b.bytes).sum::<usize>()
+        + p.memory.weight_copies
+}
+
 /// Alternatives that fit: full recompute; the largest halving of the batch, then of the
 /// sequence, that fits with the recompute asked for (`auto` may recompute fully); the fewest
 /// doublings of the tensor-parallel width, up to 8 times, that fit.
-fn fixes(req: &Request, budget: usize) -> Result<Vec<Fix>, PlanError> {
+fn fixes(req: &Request, budget: usize, resident: usize) -> Result<Vec<Fix>, PlanError> {
     let training = matches!(req.target, Target::Training { .. });
     let arena = |compiled: &Compiled, sizing: &Sizing| -> Result<usize, PlanError> {
         Ok(plan(compiled, req.target, sizing)?.program.memory.arena_bytes)
@@ -84,12 +91,6 @@ fn fixes(req: &Request, budget: usize) -> Result<Vec<Fix>, PlanError> {
             most = full;
         }
     }
-    // What no batch or sequence length changes: weights, their copies, optimizer state.
-    let fixed = |p: &crate::plan::Program| -> usize {
-        p.buffers.iter().filter(|b| b.persistent() && b.role != Role::Input).map(|b| b.bytes).sum::<usize>()
-            + p.memory.weight_copies
-    };
-    let resident = fixed(&plan(req.compiled, req.target, &most)?.program);
     // The largest halving that fits; a size the model cannot take (`T/8` at T = 4) ends the
     // search.
     let smaller = |size: usize, set: &dyn Fn(&mut Sizing, usize)| -> Option<(usize, usize)> {
