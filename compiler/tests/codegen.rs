@@ -22,6 +22,9 @@ use hyb_dsl::value::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
+#[path = "codegen/templates.rs"]
+mod templates;
+
 const SMALL_FALCON: &str = r#"
 import std.layers
 
@@ -228,7 +231,7 @@ impl Case {
     }
 }
 
-/// Runs the compiled kernel on a case and compares.
+/// Runs a compiled kernel or template on a case and compares.
 fn check(kernel: &cpu::CpuKernel, case: &Case) -> Result<(), String> {
     let mut arena = case.arena.clone();
     let inputs: Vec<ArenaView> = case.inputs.iter().map(Layout::view).collect();

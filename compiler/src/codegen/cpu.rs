@@ -10,6 +10,7 @@
 use super::body::Body;
 use super::emit::{self, Access, Target};
 use super::mlir::Session;
+use super::template::TemplateCode;
 use super::{kernel_name, math, CodegenError, Symbols};
 use crate::ir::Graph;
 use mlir_sys::{mlirExecutionEngineCreate, mlirExecutionEngineDestroy, mlirExecutionEngineLookup, MlirExecutionEngine};
@@ -17,8 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Lowering from the generator's dialects to the LLVM dialect.
-const PIPELINE: &str = "builtin.module(inline, canonicalize, cse, convert-scf-to-cf, convert-arith-to-llvm, \
-                        convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)";
+const PIPELINE: &str = "builtin.module(inline, canonicalize, cse, convert-scf-to-cf, \
+                        convert-arith-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)";
 
 /// Below this many elements a nest runs on the calling thread: spawning costs more.
 const ELEMENTS_PER_THREAD: usize = 1 << 15;
@@ -33,6 +34,8 @@ pub struct CpuKernel {
     mlir: String,
     inputs: Vec<Vec<usize>>,
     outputs: Vec<Vec<usize>>,
+    /// Elements of each workspace buffer a template's phases share.
+    workspace: Vec<usize>,
     nests: Vec<CompiledNest>,
     _engine: Engine,
 }
@@ -93,34 +96,78 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
         nests.push((code.symbol, nest.rows(), nest.rows() * nest.inner(), nest.outputs.clone(), code.access));
     }
     let mlir = format!("module {{\n{}{functions}}}\n", math::definitions(uses));
-    let session = Session::new(&name);
-    let mut module = session.parse(&mlir)?;
-    session.lower(&mut module, PIPELINE, &mlir)?;
-    let raw = unsafe { mlirExecutionEngineCreate(module.to_raw(), 3, 0, std::ptr::null(), false, false) };
-    if raw.ptr.is_null() {
-        return Err(session.failure("creating the JIT", &mlir));
-    }
-    let engine = Engine(raw);
+    let symbols: Vec<&str> = nests.iter().map(|n| n.0.as_str()).collect();
+    let (engine, entries) = jit(&name, &mlir, &symbols)?;
     let nests = nests
         .into_iter()
-        .map(|(symbol, rows, elements, outputs, access)| {
-            let address = unsafe { mlirExecutionEngineLookup(engine.0, melior::StringRef::new(&symbol).to_raw()) };
-            if address.is_null() {
-                return Err(session.failure("finding the compiled function", &mlir));
-            }
-            // The generator wrote every nest with exactly this signature.
-            let entry = unsafe { std::mem::transmute::<*mut std::ffi::c_void, NestFn>(address) };
-            Ok(CompiledNest { entry, rows, elements, outputs, access })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .zip(entries)
+        .map(|((_, rows, elements, outputs, access), entry)| CompiledNest { entry, rows, elements, outputs, access })
+        .collect();
     Ok(CpuKernel {
         name,
         mlir,
         inputs: resolved.input_shapes(),
         outputs: resolved.output_shapes(),
+        workspace: Vec::new(),
         nests,
         _engine: engine,
     })
+}
+
+/// Compiles a template's phases; they run in order, each over its items.
+pub fn compile_template(code: &TemplateCode) -> Result<CpuKernel, CodegenError> {
+    let functions = code.functions(Target::Cpu);
+    let mlir = format!("module {{\n{}{functions}}}\n", math::definitions(code.uses()));
+    let symbols: Vec<String> = (0..code.phases.len()).map(|i| code.symbol(i)).collect();
+    let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let (engine, entries) = jit(&code.name, &mlir, &names)?;
+    let every_output: Vec<usize> = (0..code.outputs.len()).collect();
+    let nests = code
+        .phases
+        .iter()
+        .zip(entries)
+        .map(|(p, entry)| CompiledNest {
+            entry,
+            rows: p.items,
+            elements: p.items * p.work_per_item.max(1),
+            outputs: every_output.clone(),
+            access: vec![Access::Elsewhere; code.inputs.len()],
+        })
+        .collect();
+    Ok(CpuKernel {
+        name: code.name.clone(),
+        mlir,
+        inputs: code.inputs.clone(),
+        outputs: code.outputs.clone(),
+        workspace: code.workspace.clone(),
+        nests,
+        _engine: engine,
+    })
+}
+
+/// Lowers `mlir`, JIT-compiles it and looks up `symbols`, each a function with the
+/// [`NestFn`] signature.
+fn jit(name: &str, mlir: &str, symbols: &[&str]) -> Result<(Engine, Vec<NestFn>), CodegenError> {
+    let session = Session::new(name);
+    let mut module = session.parse(mlir)?;
+    session.lower(&mut module, PIPELINE, mlir)?;
+    let raw = unsafe { mlirExecutionEngineCreate(module.to_raw(), 3, 0, std::ptr::null(), false, false) };
+    if raw.ptr.is_null() {
+        return Err(session.failure("creating the JIT", mlir));
+    }
+    let engine = Engine(raw);
+    let entries = symbols
+        .iter()
+        .map(|symbol| {
+            let address = unsafe { mlirExecutionEngineLookup(engine.0, melior::StringRef::new(symbol).to_raw()) };
+            if address.is_null() {
+                return Err(session.failure("finding the compiled function", mlir));
+            }
+            // The generator wrote every function with exactly this signature.
+            Ok(unsafe { std::mem::transmute::<*mut std::ffi::c_void, NestFn>(address) })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((engine, entries))
 }
 
 impl CpuKernel {
@@ -139,9 +186,12 @@ impl CpuKernel {
         self.check(arena.len(), inputs, outputs)?;
         let base = arena.as_mut_ptr();
         let views = inputs.iter().chain(outputs);
+        let mut workspace: Vec<Vec<f32>> = self.workspace.iter().map(|&n| vec![0.0; n]).collect();
         // In bounds (checked above), so each base pointer lies inside the arena.
-        let pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
-        let strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
+        let mut pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
+        pointers.extend(workspace.iter_mut().map(|w| w.as_mut_ptr()));
+        let mut strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
+        strides.extend(self.workspace.iter().map(|_| 1));
         let args = &Args { pointers: pointers.as_ptr(), strides: strides.as_ptr() };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         for nest in &self.nests {

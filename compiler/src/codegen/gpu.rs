@@ -11,6 +11,7 @@
 use super::body::Body;
 use super::emit::{self, Rows, Target};
 use super::mlir::Session;
+use super::template::TemplateCode;
 use super::{kernel_name, math, CodegenError, Symbols};
 use crate::ir::Graph;
 use melior::ir::attribute::{ArrayAttribute, AttributeLike};
@@ -31,6 +32,9 @@ pub struct GpuKernel {
     pub nests: Vec<GpuNest>,
     /// 64-bit parameters every nest takes (pointers and strides).
     pub parameters: usize,
+    /// Elements of each workspace buffer (f32) the launcher allocates and passes after
+    /// the outputs.
+    pub workspace: Vec<usize>,
 }
 
 /// One `.entry` of the PTX module.
@@ -59,13 +63,35 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<GpuKernel, CodegenError
         "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{functions} }}\n}}\n",
         math::definitions(uses)
     );
-    let session = Session::new(&name);
-    let mut module = session.parse(&mlir)?;
-    session.lower(&mut module, PIPELINE, &mlir)?;
-    let ptx = binary_text(&module).ok_or_else(|| session.failure("finding the PTX in the gpu.binary", &mlir))?;
+    let ptx = lower(&name, &mlir)?;
     let ranks = resolved.view_ranks();
     let parameters = ranks.len() + ranks.iter().sum::<usize>();
-    Ok(GpuKernel { name, mlir, ptx, nests, parameters })
+    Ok(GpuKernel { name, mlir, ptx, nests, parameters, workspace: Vec::new() })
+}
+
+/// Compiles a template's phases to PTX, one `.entry` per phase, launched in order.
+pub fn compile_template(code: &TemplateCode) -> Result<GpuKernel, CodegenError> {
+    let name = code.name.clone();
+    let mlir = format!(
+        "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{} }}\n}}\n",
+        math::definitions(code.uses()),
+        code.functions(Target::Gpu)
+    );
+    let ptx = lower(&name, &mlir)?;
+    let nests = (0..code.phases.len())
+        .map(|i| GpuNest { symbol: code.symbol(i), per_warp: false, iterations: code.phases[i].items })
+        .collect();
+    let ranks = code.view_ranks();
+    let parameters = ranks.len() + ranks.iter().sum::<usize>();
+    Ok(GpuKernel { name, mlir, ptx, nests, parameters, workspace: code.workspace.clone() })
+}
+
+/// Runs the NVVM pipeline over `mlir` and returns the PTX.
+fn lower(name: &str, mlir: &str) -> Result<String, CodegenError> {
+    let session = Session::new(name);
+    let mut module = session.parse(mlir)?;
+    session.lower(&mut module, PIPELINE, mlir)?;
+    binary_text(&module).ok_or_else(|| session.failure("finding the PTX in the gpu.binary", mlir))
 }
 
 /// The object text of the module's first `gpu.binary`.

@@ -18,6 +18,9 @@ pub mod gpu;
 mod index;
 mod math;
 mod mlir;
+pub mod template;
+
+pub use emit::Target;
 
 use hyb_dsl::dim::Dim;
 use std::path::PathBuf;

@@ -1,0 +1,176 @@
+//! The causal depthwise conv1d, `y[b,t,c] = bias[c] + Σ_k w[c,k]·x[b,t-(K-1)+k,c]`, and
+//! its gradient (`ops::conv1d` is the meaning).
+//!
+//! Forward and `dx` are a tap-weighted sum of nearby time steps: on the CPU an item is a
+//! time step of a sequence, its channels the innermost loop (unit stride, so LLVM
+//! vectorises it) under the taps that reach inside the sequence; on the GPU an item is
+//! one element, so neighbouring threads read neighbouring channels. `dw` and `dbias` sum
+//! over every time step of every sequence: an item per channel (on either target), the
+//! sums in time order, so they do not depend on how items are shared out.
+
+use super::super::emit::Target;
+use super::text::Text;
+use super::{name, Phase, TemplateCode};
+
+/// The forward template for inputs `x [B,T,C]`, `w [C,K]` and optionally `bias [C]`.
+pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+    let (x, w) = (&inputs[0], &inputs[1]);
+    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
+    let bias = inputs.len() > 2;
+    let out = inputs.len();
+    let taps = |s: &mut Text, bi: &str, ti: &str, ci: &str, acc: String, lo: &str| {
+        // Tap kk reads time ti - (K-1) + kk.
+        let kk_hi = s.i64(k as i64);
+        s.fold(lo, &kk_hi, &[acc], |s, kk, acc| {
+            let shift = s.add_c(kk, 1 - k as i64);
+            let src = s.add(ti, &shift);
+            let xv = s.load(0, &[bi, &src, ci]);
+            let wv = s.load(1, &[ci, kk]);
+            vec![s.fma(&wv, &xv, &acc[0])]
+        })
+        .remove(0)
+    };
+    let start = |s: &mut Text, ci: &str| -> String {
+        if bias {
+            s.load(2, &[ci])
+        } else {
+            s.f32(0.0)
+        }
+    };
+    let mut body = Text::new();
+    let (items, per_item) = match target {
+        Target::Cpu => {
+            let (bi, ti) = split(&mut body, "%item", t);
+            let lo = first_tap(&mut body, &ti, k);
+            let (zero, cn) = (body.i64(0), body.i64(c as i64));
+            body.each(&zero, &cn, |s, ci| {
+                let acc = start(s, ci);
+                let y = taps(s, &bi, &ti, ci, acc, &lo);
+                s.store(out, &[&bi, &ti, ci], &y);
+            });
+            (b * t, c * k)
+        }
+        Target::Gpu => {
+            let (bt, ci) = split(&mut body, "%item", c);
+            let (bi, ti) = split(&mut body, &bt, t);
+            let lo = first_tap(&mut body, &ti, k);
+            let acc = start(&mut body, &ci);
+            let y = taps(&mut body, &bi, &ti, &ci, acc, &lo);
+            body.store(out, &[&bi, &ti, &ci], &y);
+            (b * t * c, k)
+        }
+    };
+    let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+    TemplateCode {
+        name: name("conv1d", &shapes),
+        inputs: inputs.to_vec(),
+        outputs: vec![x.clone()],
+        workspace: vec![],
+        phases: vec![Phase { what: "forward", items, work_per_item: per_item, body }],
+    }
+}
+
+/// The gradient template for inputs `x [B,T,C]`, `w [C,K]`, `dy [B,T,C]`: outputs `dx`,
+/// `dw` and, with `bias`, `dbias`.
+pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCode {
+    let (x, w) = (&inputs[0], &inputs[1]);
+    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
+    let (dx, dw, db) = (3, 4, 5);
+    // dx[b,s,c] = Σ_k w[c,k]·dy[b, s+(K-1)-k, c] over the taps that land before T.
+    let taps = |s: &mut Text, bi: &str, si: &str, ci: &str| {
+        let lo = last_tap(s, si, k, t);
+        let (zero, hi) = (s.f32(0.0), s.i64(k as i64));
+        let v = s.fold(&lo, &hi, &[zero], |s, kk, acc| {
+            let back = s.int("subi", si, kk);
+            let dst = s.add_c(&back, k as i64 - 1);
+            let g = s.load(2, &[bi, &dst, ci]);
+            let wv = s.load(1, &[ci, kk]);
+            vec![s.fma(&wv, &g, &acc[0])]
+        });
+        s.store(dx, &[bi, si, ci], &v[0]);
+    };
+    let mut input_grad = Text::new();
+    let (items, per_item) = match target {
+        Target::Cpu => {
+            let (bi, si) = split(&mut input_grad, "%item", t);
+            let (zero, cn) = (input_grad.i64(0), input_grad.i64(c as i64));
+            input_grad.each(&zero, &cn, |s, ci| taps(s, &bi, &si, ci));
+            (b * t, c * k)
+        }
+        Target::Gpu => {
+            let (bs, ci) = split(&mut input_grad, "%item", c);
+            let (bi, si) = split(&mut input_grad, &bs, t);
+            taps(&mut input_grad, &bi, &si, &ci);
+            (b * t * c, k)
+        }
+    };
+    // dw[c,k] = Σ_b Σ_t dy[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t dy[b,t,c].
+    let mut weight_grad = Text::new();
+    {
+        let s = &mut weight_grad;
+        let ci = "%item";
+        let (zero, bn, tn, kn) = (s.i64(0), s.i64(b as i64), s.i64(t as i64), s.i64(k as i64));
+        s.each(&zero, &kn, |s, kk| {
+            // Time steps whose tap kk reads inside the sequence: t ≥ K-1-kk.
+            let top = s.i64(k as i64 - 1);
+            let lo = s.int("subi", &top, kk);
+            let z = s.f32(0.0);
+            let sum = s.fold(&zero, &bn, &[z], |s, bi, acc| {
+                s.fold(&lo, &tn, &[acc[0].clone()], |s, ti, acc| {
+                    let shift = s.add_c(kk, 1 - k as i64);
+                    let src = s.add(ti, &shift);
+                    let g = s.load(2, &[bi, ti, ci]);
+                    let xv = s.load(0, &[bi, &src, ci]);
+                    vec![s.fma(&g, &xv, &acc[0])]
+                })
+            });
+            s.store(dw, &[ci, kk], &sum[0]);
+        });
+        if bias {
+            let z = s.f32(0.0);
+            let sum = s.fold(&zero, &bn, &[z], |s, bi, acc| {
+                s.fold(&zero, &tn, &[acc[0].clone()], |s, ti, acc| {
+                    let g = s.load(2, &[bi, ti, ci]);
+                    vec![s.fadd(&acc[0], &g)]
+                })
+            });
+            s.store(db, &[ci], &sum[0]);
+        }
+    }
+    let mut outputs = vec![x.clone(), w.clone()];
+    if bias {
+        outputs.push(vec![c]);
+    }
+    let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+    TemplateCode {
+        name: name(if bias { "conv1d_grad_bias" } else { "conv1d_grad" }, &shapes),
+        inputs: inputs.to_vec(),
+        outputs,
+        workspace: vec![],
+        phases: vec![
+            Phase { what: "input_grad", items, work_per_item: per_item, body: input_grad },
+            Phase { what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: weight_grad },
+        ],
+    }
+}
+
+/// `(i / n, i % n)`.
+fn split(s: &mut Text, i: &str, n: usize) -> (String, String) {
+    let k = s.i64(n as i64);
+    (s.int("divui", i, &k), s.int("remui", i, &k))
+}
+
+/// The first tap that reads at or after time 0 for output time `t`: `max(0, K-1-t)`.
+fn first_tap(s: &mut Text, t: &str, k: usize) -> String {
+    let top = s.i64(k as i64 - 1);
+    let lo = s.int("subi", &top, t);
+    let zero = s.i64(0);
+    s.int("maxsi", &lo, &zero)
+}
+
+/// The first tap whose output time `s+(K-1)-k` is before `T`: `max(0, s+K-T)`.
+fn last_tap(s: &mut Text, si: &str, k: usize, t: usize) -> String {
+    let lo = s.add_c(si, k as i64 - t as i64);
+    let zero = s.i64(0);
+    s.int("maxsi", &lo, &zero)
+}

@@ -1,0 +1,113 @@
+//! Templates: the loop structure of the primitives whose meaning is a sequence algorithm
+//! (the causal conv1d, the SSD scan, flash attention), written once per primitive and
+//! generated for each program's shapes. The kernel generator walks pointwise bodies; these
+//! need an order of work (a scan's recurrence, attention's online softmax) that a body does
+//! not say, so each template says it.
+//!
+//! A template is a sequence of [`Phase`]s, each a loop over independent work items whose
+//! body is target-neutral MLIR ([`text::Text`]); [`wrap`] puts a phase in a CPU function
+//! (a range of items per call, so threads split them) or a GPU kernel (an item per
+//! thread, grid-stride). Phases run one after another, so a later phase may read what an
+//! earlier one wrote to the template's workspace. Every phase is race-free and its sums run
+//! in a fixed order, so results do not depend on the number of threads. A template for
+//! other hardware (tensor cores) only has to give other phases for that target.
+//!
+//! Views are numbered inputs, then outputs, then workspace buffers; each is a base pointer
+//! and a stride per axis, so a template reads its operands where the plan laid them out.
+
+pub mod conv1d;
+pub mod text;
+mod wrap;
+
+pub use wrap::{cpu_function, gpu_function};
+
+use super::emit::Target;
+use super::math::Func;
+use super::{CodegenError, Symbols};
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::Prim;
+use std::collections::BTreeSet;
+
+/// A template's code for one node at one program's sizes.
+pub struct TemplateCode {
+    /// A stable name: the template and its shapes.
+    pub name: String,
+    pub inputs: Vec<Vec<usize>>,
+    pub outputs: Vec<Vec<usize>>,
+    /// Elements of each workspace buffer (contiguous, one axis).
+    pub workspace: Vec<usize>,
+    pub phases: Vec<Phase>,
+}
+
+/// One loop over independent work items.
+pub struct Phase {
+    /// What the phase computes (the function's name is the kernel's name and this).
+    pub what: &'static str,
+    pub items: usize,
+    /// Roughly the elements one item touches, so the CPU knows when threads pay.
+    pub work_per_item: usize,
+    /// The body of one item, with `%item` its index.
+    pub body: text::Text,
+}
+
+impl TemplateCode {
+    /// The rank of every view: inputs, outputs, workspace.
+    pub fn view_ranks(&self) -> Vec<usize> {
+        let ws = self.workspace.iter().map(|_| 1);
+        self.inputs.iter().chain(&self.outputs).map(Vec::len).chain(ws).collect()
+    }
+
+    pub fn symbol(&self, phase: usize) -> String {
+        format!("{}_{}", self.name, self.phases[phase].what)
+    }
+
+    pub fn uses(&self) -> BTreeSet<Func> {
+        self.phases.iter().flat_map(|p| p.body.uses.iter().copied()).collect()
+    }
+
+    /// Every phase's function for `target`.
+    pub fn functions(&self, target: Target) -> String {
+        let ranks = self.view_ranks();
+        (0..self.phases.len())
+            .map(|i| match target {
+                Target::Cpu => cpu_function(&self.symbol(i), &ranks, &self.phases[i]),
+                Target::Gpu => gpu_function(&self.symbol(i), &ranks, &self.phases[i]),
+            })
+            .collect()
+    }
+}
+
+/// The template that implements `node` of `graph`, if one does, generated for `symbols`.
+pub fn for_node(
+    graph: &Graph,
+    node: NodeId,
+    symbols: Symbols,
+    target: Target,
+) -> Option<Result<TemplateCode, CodegenError>> {
+    let n = &graph.nodes[node];
+    let shape = |x: NodeId| resolve(graph, x, symbols);
+    let inputs = || n.inputs.iter().map(|&x| shape(x)).collect::<Result<Vec<_>, _>>();
+    match &n.op {
+        Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
+        Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
+        _ => None,
+    }
+}
+
+fn resolve(graph: &Graph, x: NodeId, symbols: Symbols) -> Result<Vec<usize>, CodegenError> {
+    let bind = symbols.binder();
+    let ty = &graph.nodes[x].ty;
+    ty.shape
+        .iter()
+        .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| CodegenError::Unbound { node: x, shape: format!("{:?}", ty.shape) })
+}
+
+/// A name for a template at some shapes: `template_` and the shapes, so the same template
+/// at the same shapes compiles once.
+pub fn name(template: &str, shapes: &[&[usize]]) -> String {
+    let dims: Vec<String> =
+        shapes.iter().map(|s| s.iter().map(usize::to_string).collect::<Vec<_>>().join("x")).collect();
+    format!("{template}_{}", dims.join("_"))
+}

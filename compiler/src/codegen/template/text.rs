@@ -1,0 +1,238 @@
+//! A small writer of MLIR text for templates: SSA names, constants, integer and float
+//! arithmetic, strided loads and stores through the views' pointers, `scf.for` loops with
+//! loop-carried values, and stack arrays, so a template reads like the loop nest it is.
+//!
+//! Values are strings holding SSA names; integers are `i64` (indices and strides), floats
+//! `f32`. View `k` is addressed through `%p{k}` and its strides `%s{k}_{d}`, which the
+//! target's wrapper defines (`super::wrap`).
+
+use super::super::math::Func;
+use std::collections::BTreeSet;
+
+/// A function body being written.
+#[derive(Default)]
+pub struct Text {
+    /// Lines at the function's entry (stack arrays, so loops do not grow the stack).
+    pub prologue: Vec<String>,
+    lines: Vec<String>,
+    depth: usize,
+    next: usize,
+    pub uses: BTreeSet<Func>,
+}
+
+impl Text {
+    pub fn new() -> Text {
+        Text::default()
+    }
+
+    /// The body's lines.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    pub fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%t{}", self.next)
+    }
+
+    pub fn line(&mut self, s: impl Into<String>) {
+        let indent = "  ".repeat(self.depth);
+        self.lines.push(format!("{indent}{}", s.into()));
+    }
+
+    fn op(&mut self, rhs: String) -> String {
+        let v = self.fresh();
+        self.line(format!("{v} = {rhs}"));
+        v
+    }
+
+    pub fn i64(&mut self, c: i64) -> String {
+        self.op(format!("arith.constant {c} : i64"))
+    }
+
+    pub fn f32(&mut self, c: f32) -> String {
+        self.op(format!("arith.constant 0x{:08X} : f32", c.to_bits()))
+    }
+
+    /// An integer operation (`addi`, `muli`, `subi`, `divui`, `remui`, `minsi`, `maxsi`).
+    pub fn int(&mut self, op: &str, a: &str, b: &str) -> String {
+        self.op(format!("arith.{op} {a}, {b} : i64"))
+    }
+
+    pub fn add(&mut self, a: &str, b: &str) -> String {
+        self.int("addi", a, b)
+    }
+
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.int("muli", a, b)
+    }
+
+    /// `a + c` for a constant `c`.
+    pub fn add_c(&mut self, a: &str, c: i64) -> String {
+        if c == 0 {
+            return a.to_string();
+        }
+        let k = self.i64(c);
+        self.add(a, &k)
+    }
+
+    /// `a · c` for a constant `c`.
+    pub fn mul_c(&mut self, a: &str, c: i64) -> String {
+        if c == 1 {
+            return a.to_string();
+        }
+        let k = self.i64(c);
+        self.mul(a, &k)
+    }
+
+    /// A comparison of integers (`slt`, `sge`, `eq`, …), an `i1`.
+    pub fn cmp(&mut self, pred: &str, a: &str, b: &str) -> String {
+        self.op(format!("arith.cmpi {pred}, {a}, {b} : i64"))
+    }
+
+    /// A float operation (`addf`, `subf`, `mulf`, `divf`, `maximumf`, `minimumf`).
+    pub fn float(&mut self, op: &str, a: &str, b: &str) -> String {
+        self.op(format!("arith.{op} {a}, {b} : f32"))
+    }
+
+    pub fn fadd(&mut self, a: &str, b: &str) -> String {
+        self.float("addf", a, b)
+    }
+
+    pub fn fsub(&mut self, a: &str, b: &str) -> String {
+        self.float("subf", a, b)
+    }
+
+    pub fn fmul(&mut self, a: &str, b: &str) -> String {
+        self.float("mulf", a, b)
+    }
+
+    pub fn fdiv(&mut self, a: &str, b: &str) -> String {
+        self.float("divf", a, b)
+    }
+
+    /// `a·b + c`, contracted to one rounding where the target has FMA.
+    pub fn fma(&mut self, a: &str, b: &str, c: &str) -> String {
+        self.op(format!("llvm.intr.fma({a}, {b}, {c}) : (f32, f32, f32) -> f32"))
+    }
+
+    /// A float comparison (`olt`, `ogt`, `oeq`, …), an `i1`.
+    pub fn fcmp(&mut self, pred: &str, a: &str, b: &str) -> String {
+        self.op(format!("arith.cmpf {pred}, {a}, {b} : f32"))
+    }
+
+    pub fn select(&mut self, cond: &str, a: &str, b: &str, ty: &str) -> String {
+        self.op(format!("arith.select {cond}, {a}, {b} : {ty}"))
+    }
+
+    pub fn sitofp(&mut self, a: &str) -> String {
+        self.op(format!("arith.sitofp {a} : i64 to f32"))
+    }
+
+    /// One of the generator's math functions (`exp`, `log`, …), defined beside the kernel.
+    pub fn call(&mut self, f: Func, x: &str) -> String {
+        self.uses.insert(f);
+        self.op(format!("func.call @{}({x}) : (f32) -> f32", f.symbol()))
+    }
+
+    /// The address of element `index` of view `k`.
+    pub fn address(&mut self, k: usize, index: &[&str]) -> String {
+        let mut offset: Option<String> = None;
+        for (d, i) in index.iter().enumerate() {
+            let term = self.mul(i, &format!("%s{k}_{d}"));
+            offset = Some(match offset {
+                None => term,
+                Some(o) => self.add(&o, &term),
+            });
+        }
+        let offset = offset.unwrap_or_else(|| self.i64(0));
+        self.op(format!("llvm.getelementptr %p{k}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, f32"))
+    }
+
+    pub fn load(&mut self, k: usize, index: &[&str]) -> String {
+        let p = self.address(k, index);
+        self.op(format!("llvm.load {p} : !llvm.ptr -> f32"))
+    }
+
+    pub fn store(&mut self, k: usize, index: &[&str], value: &str) {
+        let p = self.address(k, index);
+        self.line(format!("llvm.store {value}, {p} : f32, !llvm.ptr"));
+    }
+
+    /// A stack array of `n` floats, allocated once at the function's entry.
+    pub fn array(&mut self, n: usize) -> String {
+        let (count, a) = (self.fresh(), self.fresh());
+        self.prologue.push(format!("{count} = arith.constant {n} : i64"));
+        self.prologue.push(format!("{a} = llvm.alloca {count} x f32 : (i64) -> !llvm.ptr"));
+        a
+    }
+
+    fn element(&mut self, array: &str, i: &str) -> String {
+        self.op(format!("llvm.getelementptr {array}[{i}] : (!llvm.ptr, i64) -> !llvm.ptr, f32"))
+    }
+
+    pub fn get(&mut self, array: &str, i: &str) -> String {
+        let p = self.element(array, i);
+        self.op(format!("llvm.load {p} : !llvm.ptr -> f32"))
+    }
+
+    pub fn set(&mut self, array: &str, i: &str, value: &str) {
+        let p = self.element(array, i);
+        self.line(format!("llvm.store {value}, {p} : f32, !llvm.ptr"));
+    }
+
+    /// `for i in lo..hi { body(i) }`.
+    pub fn each(&mut self, lo: &str, hi: &str, body: impl FnOnce(&mut Text, &str)) {
+        self.fold(lo, hi, &[], |t, i, _| {
+            body(t, i);
+            Vec::new()
+        });
+    }
+
+    /// `for i in lo..hi`, carrying the f32 values `init` through the iterations: `body(i,
+    /// carried)` returns the next values; the loop's results are the last ones.
+    pub fn fold(
+        &mut self,
+        lo: &str,
+        hi: &str,
+        init: &[String],
+        body: impl FnOnce(&mut Text, &str, &[String]) -> Vec<String>,
+    ) -> Vec<String> {
+        let (i, one) = (self.fresh(), self.i64(1));
+        let carried: Vec<String> = init.iter().map(|_| self.fresh()).collect();
+        let results: Vec<String> = init.iter().map(|_| self.fresh()).collect();
+        let types = vec!["f32"; init.len()].join(", ");
+        let header = if init.is_empty() {
+            format!("scf.for {i} = {lo} to {hi} step {one} : i64 {{")
+        } else {
+            let args: Vec<String> = carried.iter().zip(init).map(|(c, v)| format!("{c} = {v}")).collect();
+            format!(
+                "{} = scf.for {i} = {lo} to {hi} step {one} iter_args({}) -> ({types}) : i64 {{",
+                if results.len() == 1 { results[0].clone() } else { format!("{}:{}", results[0], results.len()) },
+                args.join(", ")
+            )
+        };
+        self.line(header);
+        self.depth += 1;
+        let next = body(self, &i, &carried);
+        assert_eq!(next.len(), init.len(), "a loop yields what it carries");
+        if !next.is_empty() {
+            self.line(format!("scf.yield {} : {types}", next.join(", ")));
+        }
+        self.depth -= 1;
+        self.line("}");
+        match results.len() {
+            0 | 1 => results,
+            n => (0..n).map(|j| format!("{}#{j}", results[0])).collect(),
+        }
+    }
+
+    /// `if cond { body }`.
+    pub fn when(&mut self, cond: &str, body: impl FnOnce(&mut Text)) {
+        self.line(format!("scf.if {cond} {{"));
+        self.depth += 1;
+        body(self);
+        self.depth -= 1;
+        self.line("}");
+    }
+}

@@ -1,0 +1,65 @@
+//! A phase's item body put in a function for each target. Both define `%p{k}` and
+//! `%s{k}_{d}` for the body and loop `%item` over the phase's items: on the CPU over the
+//! call's range (the fused kernels' signature, so one runner calls both), on the GPU
+//! grid-stride from the thread's global index, one item per thread.
+
+use super::Phase;
+
+fn indent(lines: &[String], by: &str) -> String {
+    lines.iter().map(|l| format!("{by}{l}\n")).collect()
+}
+
+/// A CPU function `@symbol(%begin, %end, %ptrs, %strides)` running items `begin..end`.
+pub fn cpu_function(symbol: &str, ranks: &[usize], phase: &Phase) -> String {
+    let mut head = Vec::new();
+    let mut slot = 0;
+    for (k, &r) in ranks.iter().enumerate() {
+        head.push(format!("%pa{k} = llvm.getelementptr %ptrs[{k}] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr"));
+        head.push(format!("%p{k} = llvm.load %pa{k} : !llvm.ptr -> !llvm.ptr"));
+        for d in 0..r {
+            head.push(format!("%sa{k}_{d} = llvm.getelementptr %strides[{slot}] : (!llvm.ptr) -> !llvm.ptr, i64"));
+            head.push(format!("%s{k}_{d} = llvm.load %sa{k}_{d} : !llvm.ptr -> i64"));
+            slot += 1;
+        }
+    }
+    head.extend(phase.body.prologue.iter().cloned());
+    head.push("%one = arith.constant 1 : i64".into());
+    format!(
+        "  func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr) {{\n{}    scf.for %item = %begin to %end step %one : i64 {{\n{}    }}\n    return\n  }}\n",
+        indent(&head, "    "),
+        indent(&body_lines(phase), "      "),
+    )
+}
+
+/// A GPU kernel taking every view's pointer, then every view's strides.
+pub fn gpu_function(symbol: &str, ranks: &[usize], phase: &Phase) -> String {
+    let mut params: Vec<String> = (0..ranks.len()).map(|k| format!("%p{k}: !llvm.ptr")).collect();
+    for (k, &r) in ranks.iter().enumerate() {
+        params.extend((0..r).map(|d| format!("%s{k}_{d}: i64")));
+    }
+    let mut head = phase.body.prologue.clone();
+    head.extend([
+        "%tid_x = gpu.thread_id x".to_string(),
+        "%bid_x = gpu.block_id x".to_string(),
+        "%bdim_x = gpu.block_dim x".to_string(),
+        "%gdim_x = gpu.grid_dim x".to_string(),
+        "%tid = arith.index_cast %tid_x : index to i64".to_string(),
+        "%bid = arith.index_cast %bid_x : index to i64".to_string(),
+        "%bdim = arith.index_cast %bdim_x : index to i64".to_string(),
+        "%gdim = arith.index_cast %gdim_x : index to i64".to_string(),
+        "%first0 = arith.muli %bid, %bdim : i64".to_string(),
+        "%first = arith.addi %first0, %tid : i64".to_string(),
+        "%threads = arith.muli %gdim, %bdim : i64".to_string(),
+        format!("%items = arith.constant {} : i64", phase.items),
+    ]);
+    format!(
+        "  gpu.func @{symbol}({}) kernel {{\n{}    scf.for %item = %first to %items step %threads : i64 {{\n{}    }}\n    gpu.return\n  }}\n",
+        params.join(", "),
+        indent(&head, "    "),
+        indent(&body_lines(phase), "      "),
+    )
+}
+
+fn body_lines(phase: &Phase) -> Vec<String> {
+    phase.body.lines().to_vec()
+}
