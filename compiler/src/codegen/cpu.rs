@@ -277,7 +277,13 @@ struct Args {
 // disjoint rows of the outputs.
 unsafe impl Sync for Args {}
 
-/// The lowest and highest element a view reaches (`None` below zero).
+impl ArenaView<'_> {
+    /// The lowest and highest element the view reaches (`None` below zero).
+    pub fn span(&self) -> Option<(usize, usize)> {
+        span(self)
+    }
+}
+
 fn span(v: &ArenaView) -> Option<(usize, usize)> {
     let (mut lo, mut hi) = (v.offset as isize, v.offset as isize);
     for (&n, &s) in v.shape.iter().zip(v.strides) {

@@ -6,7 +6,7 @@ use super::{ptxas, spills, Case, SIZES};
 use hyb_compiler::codegen::template::{self, TemplateCode};
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, NodeId, Op, TensorType};
-use hyb_compiler::ops::{CausalConv1d, CausalConv1dGrad, Prim};
+use hyb_compiler::ops::{CausalConv1d, CausalConv1dGrad, Concat, Pad, Prim};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
 
@@ -62,7 +62,8 @@ fn check_template(what: &str, body: &Graph, node: NodeId) -> Result<(), String> 
 }
 
 fn run_all(cases: Vec<(String, Graph, NodeId)>) {
-    let failures: Vec<String> = cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node).err()).collect();
+    let failures: Vec<String> =
+        cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node).err()).collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
@@ -84,6 +85,25 @@ fn causal_conv1d_matches_the_reference() {
             let (body, node) = prim_body(CausalConv1dGrad { bias }, &grad);
             cases.push((format!("conv1d grad (bias {bias}) {grad:?}"), body, node));
         }
+    }
+    run_all(cases);
+}
+
+#[test]
+fn concat_and_pad_match_the_reference() {
+    let mut cases = Vec::new();
+    for (shapes, axis) in [
+        (vec![vec![2, 3, 4], vec![2, 3, 1], vec![2, 3, 5]], -1),
+        (vec![vec![2, 1, 4], vec![2, 6, 4]], 1),
+        (vec![vec![3, 2], vec![1, 2]], 0),
+    ] {
+        let (body, node) = prim_body(Concat { axis }, &shapes);
+        cases.push((format!("concat {shapes:?} axis {axis}"), body, node));
+    }
+    for (shape, axis, before, after) in [(vec![2, 3, 4], -1, 1, 2), (vec![3, 5], 0, 0, 3), (vec![1, 4, 2], 1, 2, 0)] {
+        let pad = Pad { axis, before: Dim::constant(before), after: Dim::constant(after) };
+        let (body, node) = prim_body(pad, &[shape.clone()]);
+        cases.push((format!("pad {shape:?} axis {axis} by {before}, {after}"), body, node));
     }
     run_all(cases);
 }

@@ -9,6 +9,7 @@
 //! buffer holds `T`s at offsets the arena indexes directly. In float32, fused kernels run as
 //! generated native code ([`Kernels`]) writing straight into the arena.
 
+mod gemm;
 mod kernels;
 
 pub use kernels::Kernels;
@@ -99,7 +100,8 @@ pub fn run_ranks_with<T: Real>(
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
-    let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena { data: vec![T::zero(); words] }).collect();
+    let scratch = kernels.map_or(0, Kernels::scratch);
+    let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena { data: vec![T::zero(); words + scratch] }).collect();
     // Weights and inputs into their buffers.
     for (r, arena) in arenas.iter_mut().enumerate() {
         for b in program.buffers.iter().filter(|b| b.persistent()) {
@@ -143,7 +145,7 @@ pub fn run_ranks_with<T: Real>(
     let sizes = Sizes::new(&bind);
     for (index, launch) in program.launches.iter().enumerate() {
         let n = &graph.nodes[launch.node];
-        if let Some(kernel) = kernels.and_then(|k| k.get(index)) {
+        if let Some(kernels) = kernels.filter(|k| k.has(index)) {
             let mut ran = true;
             for arena in arenas.iter_mut() {
                 let Some(data) = (&mut arena.data as &mut dyn std::any::Any).downcast_mut::<Vec<f32>>() else {
@@ -152,7 +154,7 @@ pub fn run_ranks_with<T: Real>(
                 };
                 let ins: Vec<_> = launch.inputs.iter().map(|v| arena_view(program, v)).collect();
                 let outs: Vec<_> = launch.outputs.iter().map(|v| arena_view(program, v)).collect();
-                kernel.run(data, &ins, &outs).map_err(|e| RunError::Kernel(e.to_string()))?;
+                kernels.run(index, data, words, &ins, &outs).map_err(|e| RunError::Kernel(e.to_string()))?;
             }
             if ran {
                 continue;

@@ -16,6 +16,7 @@
 //! and a stride per axis, so a template reads its operands where the plan laid them out.
 
 pub mod conv1d;
+mod pieces;
 pub mod text;
 mod wrap;
 
@@ -57,8 +58,9 @@ impl TemplateCode {
         self.inputs.iter().chain(&self.outputs).map(Vec::len).chain(ws).collect()
     }
 
+    /// The function of phase `phase`: the template's name, what the phase does, its place.
     pub fn symbol(&self, phase: usize) -> String {
-        format!("{}_{}", self.name, self.phases[phase].what)
+        format!("{}_{}{phase}", self.name, self.phases[phase].what)
     }
 
     pub fn uses(&self) -> BTreeSet<Func> {
@@ -90,6 +92,15 @@ pub fn for_node(
     match &n.op {
         Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
         Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
+        Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
+        Op::Prim(Prim::Pad(p)) => {
+            let size = |d: &hyb_dsl::dim::Dim| {
+                d.eval(&symbols.binder())
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| CodegenError::Unbound { node, shape: d.to_string() })
+            };
+            Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))
+        }
         _ => None,
     }
 }

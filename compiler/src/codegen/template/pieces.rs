@@ -1,0 +1,110 @@
+//! Tensors built from pieces along one axis: `concat` (each piece an input) and `pad`
+//! (zeros, the input, zeros). A phase per piece writes the piece's part of the output, so
+//! the phases write disjoint elements; an item is a row of the piece (every axis but the
+//! last), its last axis the inner, unit-stride loop.
+
+use super::text::Text;
+use super::{name, Phase, TemplateCode};
+
+/// One piece: where it starts along the axis, how long it is, and the input it copies
+/// (`None`: zeros).
+struct Piece {
+    start: usize,
+    len: usize,
+    input: Option<usize>,
+}
+
+/// `concat` of inputs of `shapes` along `axis`.
+pub fn concat(shapes: &[Vec<usize>], axis: i64) -> TemplateCode {
+    let rank = shapes[0].len();
+    let axis = normalise(axis, rank);
+    let mut out = shapes[0].clone();
+    out[axis] = shapes.iter().map(|s| s[axis]).sum();
+    let mut start = 0;
+    let pieces = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let p = Piece { start, len: s[axis], input: Some(k) };
+            start += s[axis];
+            p
+        })
+        .collect();
+    let all: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+    build(name(&format!("concat{axis}"), &all), shapes.to_vec(), out, axis, pieces)
+}
+
+/// `pad` of `x` with `before` and `after` zeros along `axis`.
+pub fn pad(x: &[usize], axis: i64, before: usize, after: usize) -> TemplateCode {
+    let axis = normalise(axis, x.len());
+    let mut out = x.to_vec();
+    out[axis] += before + after;
+    let pieces = vec![
+        Piece { start: 0, len: before, input: None },
+        Piece { start: before, len: x[axis], input: Some(0) },
+        Piece { start: before + x[axis], len: after, input: None },
+    ];
+    build(name(&format!("pad{axis}_{before}_{after}"), &[x]), vec![x.to_vec()], out, axis, pieces)
+}
+
+fn normalise(axis: i64, rank: usize) -> usize {
+    if axis < 0 {
+        (rank as i64 + axis) as usize
+    } else {
+        axis as usize
+    }
+}
+
+fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pieces: Vec<Piece>) -> TemplateCode {
+    let output = inputs.len();
+    let phases = pieces
+        .iter()
+        .filter(|p| p.len > 0)
+        .map(|p| {
+            let mut shape = out.clone();
+            shape[axis] = p.len;
+            let (last, rows) = shape.split_last().expect("rank ≥ 1");
+            let mut body = Text::new();
+            let mut index = delinearise(&mut body, "%item", rows);
+            let (zero, n) = (body.i64(0), body.i64(*last as i64));
+            body.each(&zero, &n, |s, j| {
+                index.push(j.to_string());
+                let value = match p.input {
+                    Some(k) => {
+                        let at: Vec<&str> = index.iter().map(String::as_str).collect();
+                        s.load(k, &at)
+                    }
+                    None => s.f32(0.0),
+                };
+                let shifted = s.add_c(&index[axis], p.start as i64);
+                let mut at: Vec<&str> = index.iter().map(String::as_str).collect();
+                at[axis] = &shifted;
+                s.store(output, &at, &value);
+                index.pop();
+            });
+            Phase {
+                what: if p.input.is_some() { "copy" } else { "zeros" },
+                items: rows.iter().product(),
+                work_per_item: *last,
+                body,
+            }
+        })
+        .collect();
+    TemplateCode { name, inputs, outputs: vec![out], workspace: vec![], phases }
+}
+
+/// The indices of `item` over `dims` (row-major).
+pub fn delinearise(s: &mut Text, item: &str, dims: &[usize]) -> Vec<String> {
+    let mut index = vec![String::new(); dims.len()];
+    let mut rest = item.to_string();
+    for (d, &n) in dims.iter().enumerate().rev() {
+        if d == 0 {
+            index[d] = rest.clone();
+            break;
+        }
+        let k = s.i64(n as i64);
+        index[d] = s.int("remui", &rest, &k);
+        rest = s.int("divui", &rest, &k);
+    }
+    index
+}
