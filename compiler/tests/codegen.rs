@@ -192,6 +192,15 @@ impl Case {
         let outputs: Vec<Layout> =
             body.outputs.iter().map(|&o| Layout::random(&shape_of(o), &mut rng, false, &mut size)).collect();
         let mut arena: Vec<f32> = (0..size).map(|_| rng.uniform(lo, hi) as f32).collect();
+        // Integer inputs (token ids) hold whole numbers.
+        for (n, name) in body.input_nodes() {
+            if !body.nodes[n].ty.dtype.is_float() {
+                let l = &inputs[name.parse::<usize>().unwrap()];
+                for i in 0..l.shape.iter().product() {
+                    arena[l.at(i)] = arena[l.at(i)].floor();
+                }
+            }
+        }
         for o in &outputs {
             for i in 0..o.shape.iter().product() {
                 arena[o.at(i)] = f32::NAN;

@@ -16,6 +16,7 @@
 //! and a stride per axis, so a template reads its operands where the plan laid them out.
 
 pub mod conv1d;
+mod gather;
 mod pieces;
 pub mod text;
 mod wrap;
@@ -89,9 +90,19 @@ pub fn for_node(
     let n = &graph.nodes[node];
     let shape = |x: NodeId| resolve(graph, x, symbols);
     let inputs = || n.inputs.iter().map(|&x| shape(x)).collect::<Result<Vec<_>, _>>();
+    let size = |d: &hyb_dsl::dim::Dim| {
+        d.eval(&symbols.binder())
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| CodegenError::Unbound { node, shape: d.to_string() })
+    };
     match &n.op {
         Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
         Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
+        Op::Prim(Prim::Embedding(_)) => Some(inputs().map(|s| gather::embedding(&s[0], &s[1]))),
+        Op::Prim(Prim::OneHot(h)) => Some(inputs().and_then(|s| Ok(gather::one_hot(&s[0], size(&h.depth)?)))),
+        Op::Prim(Prim::EmbeddingGrad(e)) => {
+            Some(inputs().and_then(|s| Ok(gather::embedding_grad(&s[0], &s[1], size(&e.vocab)?))))
+        }
         Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
         Op::Prim(Prim::Pad(p)) => {
             let size = |d: &hyb_dsl::dim::Dim| {

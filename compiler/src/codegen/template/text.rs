@@ -46,6 +46,11 @@ impl Text {
         v
     }
 
+    /// A fresh value defined by `rhs`, any operation the other helpers do not name.
+    pub fn line_value(&mut self, rhs: String) -> String {
+        self.op(rhs)
+    }
+
     pub fn i64(&mut self, c: i64) -> String {
         self.op(format!("arith.constant {c} : i64"))
     }
