@@ -101,21 +101,34 @@ fn causal_conv1d_matches_the_reference() {
 /// this, not of the reference's f64 rounding residue.
 const ATTENTION_FLOOR: f64 = 1e-2;
 
-/// (B, H, groups, T, D, rope): T = 1, odd T, odd D (without RoPE, which pairs halves), a
-/// single key/value head serving four.
-const ATTENTION_SHAPES: &[(usize, usize, usize, usize, usize, Option<f64>)] = &[
-    (1, 1, 1, 1, 4, None),
-    (2, 2, 1, 5, 8, None),
-    (1, 4, 2, 7, 3, None),
-    (2, 4, 4, 3, 5, None),
-    (1, 2, 1, 1, 4, Some(10000.0)),
-    (2, 4, 2, 5, 8, Some(10000.0)),
-    (1, 4, 4, 9, 4, Some(10000.0)),
+/// An attention test's sizes: batch, query heads, query heads per key/value head, time,
+/// head dimension, and the RoPE base.
+#[derive(Debug)]
+struct Attention {
+    b: usize,
+    h: usize,
+    groups: usize,
+    t: usize,
+    d: usize,
+    rope: Option<f64>,
+}
+
+/// T = 1, odd T, odd D (without RoPE, which pairs halves), a single key/value head serving
+/// four.
+const ATTENTION_SHAPES: &[Attention] = &[
+    Attention { b: 1, h: 1, groups: 1, t: 1, d: 4, rope: None },
+    Attention { b: 2, h: 2, groups: 1, t: 5, d: 8, rope: None },
+    Attention { b: 1, h: 4, groups: 2, t: 7, d: 3, rope: None },
+    Attention { b: 2, h: 4, groups: 4, t: 3, d: 5, rope: None },
+    Attention { b: 1, h: 2, groups: 1, t: 1, d: 4, rope: Some(10000.0) },
+    Attention { b: 2, h: 4, groups: 2, t: 5, d: 8, rope: Some(10000.0) },
+    Attention { b: 1, h: 4, groups: 4, t: 9, d: 4, rope: Some(10000.0) },
 ];
 
 /// The flash-attention kernel node over inputs `0..3`, and its gradient kernel (as
 /// autodiff makes it) over inputs `0..4` with outputs `dq`, `dk`, `dv`.
-fn attention_bodies(b: usize, h: usize, groups: usize, t: usize, d: usize, rope: Option<f64>) -> [(Graph, NodeId); 2] {
+fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
+    let Attention { b, h, groups, t, d, rope } = *a;
     let kv = h / groups;
     let layout = |heads| if rope.is_some() { vec![b, t, heads, d] } else { vec![b, heads, t, d] };
     let types = [f32_type(&layout(h)), f32_type(&layout(kv)), f32_type(&[b, kv, t, d])];
@@ -151,11 +164,10 @@ fn attention_bodies(b: usize, h: usize, groups: usize, t: usize, d: usize, rope:
 #[test]
 fn flash_attention_matches_the_reference() {
     let mut cases = Vec::new();
-    for &(b, h, groups, t, d, rope) in ATTENTION_SHAPES {
-        let [(forward, y), (backward, dq)] = attention_bodies(b, h, groups, t, d, rope);
-        let what = format!("B {b}, H {h}, groups {groups}, T {t}, D {d}, rope {rope:?}");
-        cases.push((format!("attention {what}"), forward, y));
-        cases.push((format!("attention grad {what}"), backward, dq));
+    for a in ATTENTION_SHAPES {
+        let [(forward, y), (backward, dq)] = attention_bodies(a);
+        cases.push((format!("{a:?}"), forward, y));
+        cases.push((format!("{a:?}, gradient"), backward, dq));
     }
     run_all(cases, ATTENTION_FLOOR);
 }

@@ -41,6 +41,11 @@ struct Dims {
 }
 
 impl Dims {
+    /// Query rows: one per batch, head and time step.
+    fn rows(&self) -> usize {
+        self.b * self.h * self.t
+    }
+
     fn new(q: &[usize], k: &[usize], params: Params) -> Dims {
         let (t, h, kv) = match params.rope {
             Some(_) => (q[1], q[2], k[2]),
@@ -101,17 +106,24 @@ struct Row<'a> {
     t: &'a str,
 }
 
+impl Row<'_> {
+    /// `(b·heads + head)·T + t`: the row's place among `heads` heads of `t` steps.
+    fn index(self, s: &mut Text, heads: usize, t: usize) -> String {
+        let bh = s.mul_c(self.b, heads as i64);
+        let bh = s.add(&bh, self.head);
+        let bht = s.mul_c(&bh, t as i64);
+        s.add(&bht, self.t)
+    }
+}
+
 impl Rows {
     fn place(self, s: &mut Text, dims: &Dims, r: Row, d: &str) -> (usize, Vec<String>) {
         match self {
             Rows::HeadMajor(k) => (k, [r.b, r.head, r.t, d].map(String::from).to_vec()),
             Rows::TokenMajor(k) => (k, [r.b, r.t, r.head, d].map(String::from).to_vec()),
             Rows::Flat { view, heads } => {
-                let bh = s.mul_c(r.b, heads as i64);
-                let bh = s.add(&bh, r.head);
-                let bht = s.mul_c(&bh, dims.t as i64);
-                let bht = s.add(&bht, r.t);
-                let at = s.mul_c(&bht, dims.d as i64);
+                let row = r.index(s, heads, dims.t);
+                let at = s.mul_c(&row, dims.d as i64);
                 (view, vec![s.add(&at, d)])
             }
         }
@@ -128,23 +140,40 @@ impl Rows {
     }
 }
 
+/// The forward template's views: inputs q, k, v; the output; the rotated q and k.
+const OUT: usize = 3;
+const FORWARD_ROTATED: usize = 4;
+
+/// The gradient template's views: inputs q, k, v, dy; outputs dq, dk, dv; workspace
+/// logsumexp and `Σ dO·O` per query row, then the rotated q and k.
+const DY: Rows = Rows::HeadMajor(3);
+const DQ: usize = 4;
+const DK: usize = 5;
+const DV: usize = 6;
+const LSE: usize = 7;
+const DELTA: usize = 8;
+const BACKWARD_ROTATED: usize = 9;
+
+/// Value rows (never rotated).
+const V: Rows = Rows::HeadMajor(2);
+
 /// The forward template for inputs `q`, `k`, `v`: output `[B, H, T, D]`.
 pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> TemplateCode {
     let dims = Dims::new(&inputs[0], &inputs[1], params);
-    let (out, first_ws) = (3, 4);
-    let mut phases = rotation(&dims, first_ws, target);
-    let (q, k) = dims.rotated(first_ws);
-    let mut body = Text::new();
-    let (b, h, i) = query_row(&mut body, &dims);
-    let hk = kv_head(&mut body, &dims, &h);
-    let scale = body.f32(params.scale as f32);
-    let qa = read_row(&mut body, &dims, q, Row { b: &b, head: &h, t: &i }, Some(&scale));
-    let o = body.array(dims.d);
-    let (_, l) = online_softmax(&mut body, &dims, &qa, (k, Rows::HeadMajor(2)), Row { b: &b, head: &hk, t: &i }, &o);
-    let one = body.f32(1.0);
-    let inv = body.fdiv(&one, &l);
-    store_row(&mut body, &dims, Rows::HeadMajor(out), Row { b: &b, head: &h, t: &i }, &o, &inv, false);
-    phases.push(Phase { what: "attend", items: dims.b * dims.h * dims.t, work_per_item: dims.t * dims.d, body });
+    let mut phases = rotation(&dims, FORWARD_ROTATED, target);
+    let (q, k) = dims.rotated(FORWARD_ROTATED);
+    let mut s = Text::new();
+    let (b, h, i) = query_row(&mut s, &dims);
+    let hk = kv_head(&mut s, &dims, &h);
+    let (this, keys) = (Row { b: &b, head: &h, t: &i }, Row { b: &b, head: &hk, t: &i });
+    let scale = s.f32(params.scale as f32);
+    let qa = read_row(&mut s, &dims, q, this, Some(&scale));
+    let o = s.array(dims.d);
+    let (_, l) = online_softmax(&mut s, &dims, &qa, (k, V), keys, &o);
+    let one = s.f32(1.0);
+    let inv = s.fdiv(&one, &l);
+    store_row(&mut s, &dims, Rows::HeadMajor(OUT), this, &o, &inv, false);
+    phases.push(Phase { what: "attend", items: dims.rows(), work_per_item: dims.t * dims.d, body: s });
     TemplateCode {
         name: dims.name("flash_attention", inputs),
         inputs: inputs.to_vec(),
@@ -158,85 +187,10 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
 /// layouts of `q`, `k`, `v`.
 pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> TemplateCode {
     let dims = Dims::new(&inputs[0], &inputs[1], params);
-    let (dy, dq, dk, dv, lse, delta, first_ws) = (Rows::HeadMajor(3), 4, 5, 6, 7, 8, 9);
-    let mut phases = rotation(&dims, first_ws, target);
-    let (q, k) = dims.rotated(first_ws);
-    let v = Rows::HeadMajor(2);
-    let rows = dims.b * dims.h * dims.t;
-
-    // Per query row: the forward pass again, its statistics, then dq = scale·Σ_j ds_ij k_j.
-    let mut query = Text::new();
-    {
-        let s = &mut query;
-        let (b, h, i) = query_row(s, &dims);
-        let hk = kv_head(s, &dims, &h);
-        let scale = s.f32(params.scale as f32);
-        let qa = read_row(s, &dims, q, Row { b: &b, head: &h, t: &i }, Some(&scale));
-        let o = s.array(dims.d);
-        let (m, l) = online_softmax(s, &dims, &qa, (k, v), Row { b: &b, head: &hk, t: &i }, &o);
-        let log_l = s.call(Func::Log, &l);
-        let row_lse = s.fadd(&m, &log_l);
-        let g = read_row(s, &dims, dy, Row { b: &b, head: &h, t: &i }, None);
-        let go = sum_over_d(s, &dims, |s, d| (s.get(&g, d), s.get(&o, d)));
-        let row_delta = s.fdiv(&go, &l);
-        s.store(lse, &["%item"], &row_lse);
-        s.store(delta, &["%item"], &row_delta);
-        let grad = s.array(dims.d);
-        fill(s, &dims, &grad);
-        let (zero, hi) = (s.i64(0), s.add_c(&i, 1));
-        s.each(&zero, &hi, |s, j| {
-            let key = Row { b: &b, head: &hk, t: j };
-            let score = sum_over_d(s, &dims, |s, d| (s.get(&qa, d), k.load(s, &dims, key, d)));
-            let p = probability(s, &score, &row_lse);
-            let dp = sum_over_d(s, &dims, |s, d| (s.get(&g, d), v.load(s, &dims, key, d)));
-            let ds = score_grad(s, &p, &dp, &row_delta);
-            accumulate(s, &dims, &grad, &ds, |s, d| k.load(s, &dims, key, d));
-        });
-        store_row(s, &dims, dims.qk(dq), Row { b: &b, head: &h, t: &i }, &grad, &scale, true);
-    }
-    phases.push(Phase { what: "query_grad", items: rows, work_per_item: 2 * dims.t * dims.d, body: query });
-
-    // Per key row: dv_j = Σ p_ij dO_i and dk_j = scale·Σ ds_ij q_i over the group's query
-    // heads and the rows i ≥ j.
-    let mut key = Text::new();
-    {
-        let s = &mut key;
-        let (bk, j) = s.split("%item", dims.t);
-        let (b, hk) = s.split(&bk, dims.kv);
-        let scale = s.f32(params.scale as f32);
-        let this = Row { b: &b, head: &hk, t: &j };
-        let ka = read_row(s, &dims, k, this, Some(&scale));
-        let va = read_row(s, &dims, v, this, None);
-        let (grad_k, grad_v) = (s.array(dims.d), s.array(dims.d));
-        fill(s, &dims, &grad_k);
-        fill(s, &dims, &grad_v);
-        let (zero, groups, tn) = (s.i64(0), s.i64(params.groups as i64), s.i64(dims.t as i64));
-        s.each(&zero, &groups, |s, gi| {
-            let first = s.mul_c(&hk, params.groups as i64);
-            let h = s.add(&first, gi);
-            s.each(&j, &tn, |s, i| {
-                let query = Row { b: &b, head: &h, t: i };
-                let score = sum_over_d(s, &dims, |s, d| (q.load(s, &dims, query, d), s.get(&ka, d)));
-                let bh = s.mul_c(&b, dims.h as i64);
-                let bh = s.add(&bh, &h);
-                let at = s.mul_c(&bh, dims.t as i64);
-                let at = s.add(&at, i);
-                let (row_lse, row_delta) = (s.load(lse, &[&at]), s.load(delta, &[&at]));
-                let p = probability(s, &score, &row_lse);
-                let dp = sum_over_d(s, &dims, |s, d| (dy.load(s, &dims, query, d), s.get(&va, d)));
-                let ds = score_grad(s, &p, &dp, &row_delta);
-                accumulate(s, &dims, &grad_v, &p, |s, d| dy.load(s, &dims, query, d));
-                accumulate(s, &dims, &grad_k, &ds, |s, d| q.load(s, &dims, query, d));
-            });
-        });
-        store_row(s, &dims, dims.qk(dk), this, &grad_k, &scale, true);
-        let one = s.f32(1.0);
-        store_row(s, &dims, Rows::HeadMajor(dv), this, &grad_v, &one, false);
-    }
-    let per_key = params.groups * dims.t * dims.d * 2;
-    phases.push(Phase { what: "key_value_grad", items: dims.b * dims.kv * dims.t, work_per_item: per_key, body: key });
-
-    let mut workspace = vec![rows, rows];
+    let mut phases = rotation(&dims, BACKWARD_ROTATED, target);
+    phases.push(query_grad(&dims));
+    phases.push(key_value_grad(&dims));
+    let mut workspace = vec![dims.rows(), dims.rows()];
     workspace.extend(dims.rotated_sizes());
     TemplateCode {
         name: dims.name("flash_attention_grad", inputs),
@@ -245,6 +199,85 @@ pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templa
         workspace,
         phases,
     }
+}
+
+/// Per query row: the forward pass again, the row's logsumexp and `Σ dO·O` (to the
+/// workspace, at the item's index), then `dq_i = scale·Σ_j ds_ij k_j`.
+fn query_grad(dims: &Dims) -> Phase {
+    let (q, k) = dims.rotated(BACKWARD_ROTATED);
+    let mut body = Text::new();
+    let s = &mut body;
+    let (b, h, i) = query_row(s, dims);
+    let hk = kv_head(s, dims, &h);
+    let (this, keys) = (Row { b: &b, head: &h, t: &i }, Row { b: &b, head: &hk, t: &i });
+    let scale = s.f32(dims.params.scale as f32);
+    let qa = read_row(s, dims, q, this, Some(&scale));
+    let o = s.array(dims.d);
+    let (m, l) = online_softmax(s, dims, &qa, (k, V), keys, &o);
+    let log_l = s.call(Func::Log, &l);
+    let lse = s.fadd(&m, &log_l);
+    let g = read_row(s, dims, DY, this, None);
+    let go = sum_over_d(s, dims, |s, d| (s.get(&g, d), s.get(&o, d)));
+    let delta = s.fdiv(&go, &l);
+    s.store(LSE, &["%item"], &lse);
+    s.store(DELTA, &["%item"], &delta);
+    let grad = s.array(dims.d);
+    fill(s, dims, &grad);
+    let (zero, hi) = (s.i64(0), s.add_c(&i, 1));
+    s.each(&zero, &hi, |s, j| {
+        let key = Row { t: j, ..keys };
+        let score = sum_over_d(s, dims, |s, d| (s.get(&qa, d), k.load(s, dims, key, d)));
+        let p = probability(s, &score, &lse);
+        let dp = sum_over_d(s, dims, |s, d| (s.get(&g, d), V.load(s, dims, key, d)));
+        let ds = score_grad(s, &p, &dp, &delta);
+        accumulate(s, dims, &grad, &ds, |s, d| k.load(s, dims, key, d));
+    });
+    store_row(s, dims, dims.qk(DQ), this, &grad, &scale, true);
+    Phase { what: "query_grad", items: dims.rows(), work_per_item: 2 * dims.t * dims.d, body }
+}
+
+/// Per key row: `dv_j = Σ p_ij dO_i` and `dk_j = scale·Σ ds_ij q_i` over the rows `i ≥ j`
+/// of every query head of the key's group, in that order.
+fn key_value_grad(dims: &Dims) -> Phase {
+    let (q, k) = dims.rotated(BACKWARD_ROTATED);
+    let groups = dims.params.groups;
+    let mut body = Text::new();
+    let s = &mut body;
+    let (bk, j) = s.split("%item", dims.t);
+    let (b, hk) = s.split(&bk, dims.kv);
+    let this = Row { b: &b, head: &hk, t: &j };
+    let scale = s.f32(dims.params.scale as f32);
+    let ka = read_row(s, dims, k, this, Some(&scale));
+    let va = read_row(s, dims, V, this, None);
+    let (grad_k, grad_v) = (s.array(dims.d), s.array(dims.d));
+    fill(s, dims, &grad_k);
+    fill(s, dims, &grad_v);
+    let (zero, group, tn) = (s.i64(0), s.i64(groups as i64), s.i64(dims.t as i64));
+    s.each(&zero, &group, |s, gi| {
+        let first = s.mul_c(&hk, groups as i64);
+        let h = s.add(&first, gi);
+        s.each(&j, &tn, |s, i| {
+            let query = Row { b: &b, head: &h, t: i };
+            let score = sum_over_d(s, dims, |s, d| (q.load(s, dims, query, d), s.get(&ka, d)));
+            let at = row_index(s, dims, query);
+            let (lse, delta) = (s.load(LSE, &[&at]), s.load(DELTA, &[&at]));
+            let p = probability(s, &score, &lse);
+            let dp = sum_over_d(s, dims, |s, d| (DY.load(s, dims, query, d), s.get(&va, d)));
+            let ds = score_grad(s, &p, &dp, &delta);
+            accumulate(s, dims, &grad_v, &p, |s, d| DY.load(s, dims, query, d));
+            accumulate(s, dims, &grad_k, &ds, |s, d| q.load(s, dims, query, d));
+        });
+    });
+    store_row(s, dims, dims.qk(DK), this, &grad_k, &scale, true);
+    let one = s.f32(1.0);
+    store_row(s, dims, Rows::HeadMajor(DV), this, &grad_v, &one, false);
+    let items = dims.b * dims.kv * dims.t;
+    Phase { what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
+}
+
+/// The index of query row `r` among all rows, as the query phases number their items.
+fn row_index(s: &mut Text, dims: &Dims, r: Row) -> String {
+    r.index(s, dims.h, dims.t)
 }
 
 /// `(b, h, i)` of the query row `%item`.
