@@ -11,11 +11,12 @@
 //! its group. So every output element has one writer, and every sum a fixed order.
 //!
 //! An item is a query (or key) row on both targets: on the CPU the head dimension is every
-//! inner loop (unit stride, so LLVM vectorises the updates) and threads split the rows; on
-//! the GPU a thread takes a row, and neighbouring threads read the same key rows. With RoPE
-//! a first phase writes rotated, head-major copies of q and k to the workspace, so the trig
-//! runs once per element, not once per (query, key) pair; gradients are rotated back (by
-//! minus the angle) as they are stored.
+//! inner loop (unit stride, so LLVM can vectorise the row updates; the dot products keep
+//! their order, so they stay scalar) and threads split the rows; on the GPU a thread takes
+//! a row, and neighbouring threads read the same key rows. With RoPE a first phase writes
+//! rotated, head-major copies of q and k to the workspace, so the trig runs once per
+//! element, not once per (query, key) pair; gradients are rotated back (by minus the
+//! angle) as they are stored.
 
 use super::super::emit::Target;
 use super::super::math::Func;
@@ -62,7 +63,8 @@ impl Dims {
         }
     }
 
-    /// Where q and k are read once rotated: the workspace views `at`, `at + 1` with RoPE.
+    /// Where q and k are read by the attention phases: with RoPE their rotated copies in
+    /// workspace views `at` and `at + 1`, else the inputs.
     fn rotated(&self, at: usize) -> (Rows, Rows) {
         match self.params.rope {
             Some(_) => (Rows::Flat { view: at, heads: self.h }, Rows::Flat { view: at + 1, heads: self.kv }),
