@@ -9,7 +9,8 @@
 
 use hyb_compiler::codegen::cpu::{self, ArenaView};
 use hyb_compiler::codegen::gpu;
-use hyb_compiler::codegen::Symbols;
+use hyb_compiler::codegen::template::{text::Text, Phase, TemplateCode};
+use hyb_compiler::codegen::{Func, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, KernelKind, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
@@ -172,6 +173,8 @@ struct Case {
     outputs: Vec<Layout>,
     arena: Vec<f32>,
     want: Vec<Tensor<f64>>,
+    /// The least magnitude errors are measured against (tiny: each output's largest).
+    floor: f64,
 }
 
 impl Case {
@@ -215,7 +218,7 @@ impl Case {
         if want.iter().any(|t| t.data.iter().any(|v| !v.is_finite())) {
             return Err("the reference is not finite".into());
         }
-        Ok(Case { inputs, outputs, arena, want })
+        Ok(Case { inputs, outputs, arena, want, floor: 1e-30 })
     }
 
     /// A case in (-1, 1), or in (0.5, 1.5) where the body needs positive values (logs,
@@ -225,11 +228,11 @@ impl Case {
     }
 
     /// Whether `arena` holds the reference's outputs, to 1e-5 of each output's largest
-    /// magnitude (NaN never passes).
+    /// magnitude or of `floor` (NaN never passes).
     fn compare(&self, arena: &[f32]) -> Result<(), String> {
         for (o, (layout, want)) in self.outputs.iter().zip(&self.want).enumerate() {
             let got = layout.read(arena);
-            let scale = want.data.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let scale = want.data.iter().fold(self.floor, |m, v| m.max(v.abs()));
             for (i, (&w, &g)) in want.data.iter().zip(&got).enumerate() {
                 if !(g - w).abs().le(&(1e-5 * scale)) {
                     return Err(format!("output {o} element {i}: got {g}, want {w} (largest |want| {scale})"));
@@ -515,6 +518,76 @@ fn functions_match_the_reference_at_special_values() {
             } else {
                 (g - w).abs() <= 2e-6 * w.abs() + TINY
             };
+            if !ok {
+                wrong.push(format!("{what}({x:e}) = {g:e}, want {w:e}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `sin` and `cos` (which no primitive applies pointwise; RoPE's templates call them) at
+/// zeros, subnormals, the quadrant edges, large arguments inside the accurate range, and
+/// ±∞ and NaN (which give NaN).
+#[test]
+fn sin_and_cos_match_the_reference_at_special_values() {
+    use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, PI};
+    let values: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1e-7,
+        -1e-7,
+        1e-30,
+        1e-40,
+        -1e-40,
+        0.5,
+        1.0,
+        -1.0,
+        FRAC_PI_4,
+        FRAC_PI_4 + 1e-7,
+        FRAC_PI_2,
+        -FRAC_PI_2,
+        PI,
+        -PI,
+        3.0 * FRAC_PI_2,
+        2.0 * PI,
+        10.0,
+        -10.0,
+        100.0,
+        1000.5,
+        4095.0,
+        12345.678,
+        -54321.0,
+        1e5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let n = values.len();
+    let mut body = Text::new();
+    let x = body.load(0, &["%item"]);
+    for (view, f) in [(1, Func::Sin), (2, Func::Cos)] {
+        let y = body.call(f, &x);
+        body.store(view, &["%item"], &y);
+    }
+    let code = TemplateCode {
+        name: "sin_cos".into(),
+        inputs: vec![vec![n]],
+        outputs: vec![vec![n], vec![n]],
+        workspace: vec![],
+        phases: vec![Phase { what: "apply", items: n, work_per_item: 1, body }],
+    };
+    let kernel = cpu::compile_template(&code).unwrap();
+    let mut arena = values.clone();
+    arena.extend(std::iter::repeat_n(f32::NAN, 2 * n));
+    let (shape, unit) = ([n], [1isize]);
+    let view = |offset| ArenaView { offset, shape: &shape, strides: &unit };
+    kernel.run(&mut arena, &[view(0)], &[view(n), view(2 * n)]).unwrap();
+    let mut wrong = Vec::new();
+    for (what, f, got) in [("sin", f64::sin as fn(f64) -> f64, &arena[n..2 * n]), ("cos", f64::cos, &arena[2 * n..])] {
+        for (&x, &g) in values.iter().zip(got) {
+            let w = f(x as f64);
+            let ok = if w.is_nan() { g.is_nan() } else { (g as f64 - w).abs() <= 2e-7 * w.abs().max(TINY as f64) };
             if !ok {
                 wrong.push(format!("{what}({x:e}) = {g:e}, want {w:e}"));
             }

@@ -8,7 +8,12 @@
 //! out right. `expm1` keeps the series without its leading 1, so small arguments stay
 //! accurate; `tanh` is `expm1(2x) / (expm1(2x) + 2)`. `log` splits off the binary exponent,
 //! takes the mantissa into [√½, √2) and sums `2·atanh(s)` with `s = (m−1)/(m+1)` to s¹¹.
-//! Special values (NaN, ±∞, 0, negatives, subnormals) are selected explicitly.
+//! `sin` and `cos` reduce `x = n·π/2 + r` with |r| ≤ π/4 (π/2 split in three, the
+//! products fused, so the reduction is accurate while `n·π/2` is far below 2²⁴, |x| up to
+//! about 10⁵: rotary angles are positions times frequencies at most 1), sum the Taylor series
+//! of `sin r` to r⁹ and of `cos r` to r¹⁰ (truncation below 2e-9), and pick the quadrant's
+//! one by `n mod 4`. Special values (NaN, ±∞, 0, negatives, subnormals) are selected
+//! explicitly.
 
 /// A helper function a kernel may call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,6 +23,8 @@ pub enum Func {
     Log,
     Log1p,
     Tanh,
+    Sin,
+    Cos,
     RoundBf16,
 }
 
@@ -29,6 +36,8 @@ impl Func {
             Func::Log => "hyb_log",
             Func::Log1p => "hyb_log1p",
             Func::Tanh => "hyb_tanh",
+            Func::Sin => "hyb_sin",
+            Func::Cos => "hyb_cos",
             Func::RoundBf16 => "hyb_round_bf16",
         }
     }
@@ -50,6 +59,8 @@ impl Func {
             Func::Log => LOG.to_string(),
             Func::Log1p => LOG1P.to_string(),
             Func::Tanh => TANH.to_string(),
+            Func::Sin => sin_cos(self.symbol(), 0),
+            Func::Cos => sin_cos(self.symbol(), 1),
             Func::RoundBf16 => ROUND_BF16.to_string(),
         }
     }
@@ -249,6 +260,73 @@ const LOG1P: &str = r#"  func.func private @hyb_log1p(%y: f32) -> f32 {
     return %v2 : f32
   }
 "#;
+
+/// `sin` (`quadrant` 0) or `cos` (`quadrant` 1, as `cos x = sin(x + π/2)`): `n =
+/// round(x·2/π)`, `r = x − n·π/2`, then `±sin r` or `±cos r` by `(n + quadrant) mod 4`.
+/// ±∞ and NaN give NaN; `n` is clamped before it becomes an integer, so arguments far past
+/// the accurate range give some value in place of poison.
+fn sin_cos(symbol: &str, quadrant: i32) -> String {
+    format!(
+        r#"  func.func private @{symbol}(%x: f32) -> f32 {{
+    %twoopi = arith.constant 0.63661974668502808 : f32
+    %t = arith.mulf %x, %twoopi : f32
+    %magic = arith.constant 12582912.0 : f32
+    %tm = arith.addf %t, %magic : f32
+    %n = arith.subf %tm, %magic : f32
+    %nn = arith.negf %n : f32
+    %c1 = arith.constant 1.5703125 : f32
+    %c2 = arith.constant 4.8382679233327508e-04 : f32
+    %c3 = arith.constant 2.5633440682570896e-12 : f32
+    %r1 = llvm.intr.fma(%nn, %c1, %x) : (f32, f32, f32) -> f32
+    %r2 = llvm.intr.fma(%nn, %c2, %r1) : (f32, f32, f32) -> f32
+    %r = llvm.intr.fma(%nn, %c3, %r2) : (f32, f32, f32) -> f32
+    %rr = arith.mulf %r, %r : f32
+    %s9 = arith.constant 2.75573192239858907e-06 : f32
+    %s7 = arith.constant -1.98412698412698413e-04 : f32
+    %s5 = arith.constant 8.33333333333333333e-03 : f32
+    %s3 = arith.constant -1.66666666666666667e-01 : f32
+    %hs7 = llvm.intr.fma(%rr, %s9, %s7) : (f32, f32, f32) -> f32
+    %hs5 = llvm.intr.fma(%rr, %hs7, %s5) : (f32, f32, f32) -> f32
+    %hs3 = llvm.intr.fma(%rr, %hs5, %s3) : (f32, f32, f32) -> f32
+    %rrr = arith.mulf %rr, %r : f32
+    %sin = llvm.intr.fma(%rrr, %hs3, %r) : (f32, f32, f32) -> f32
+    %k10 = arith.constant -2.75573192239858907e-07 : f32
+    %k8 = arith.constant 2.48015873015873016e-05 : f32
+    %k6 = arith.constant -1.38888888888888889e-03 : f32
+    %k4 = arith.constant 4.16666666666666667e-02 : f32
+    %k2 = arith.constant -0.5 : f32
+    %one = arith.constant 1.0 : f32
+    %hk8 = llvm.intr.fma(%rr, %k10, %k8) : (f32, f32, f32) -> f32
+    %hk6 = llvm.intr.fma(%rr, %hk8, %k6) : (f32, f32, f32) -> f32
+    %hk4 = llvm.intr.fma(%rr, %hk6, %k4) : (f32, f32, f32) -> f32
+    %hk2 = llvm.intr.fma(%rr, %hk4, %k2) : (f32, f32, f32) -> f32
+    %cos = llvm.intr.fma(%rr, %hk2, %one) : (f32, f32, f32) -> f32
+    %limit = arith.constant 1073741824.0 : f32
+    %nlimit = arith.constant -1073741824.0 : f32
+    %na = arith.maximumf %n, %nlimit : f32
+    %nc = arith.minimumf %na, %limit : f32
+    %ni = arith.fptosi %nc : f32 to i32
+    %offset = arith.constant {quadrant} : i32
+    %q = arith.addi %ni, %offset : i32
+    %bit0 = arith.constant 1 : i32
+    %bit1 = arith.constant 2 : i32
+    %zero = arith.constant 0 : i32
+    %q0 = arith.andi %q, %bit0 : i32
+    %q1 = arith.andi %q, %bit1 : i32
+    %odd = arith.cmpi ne, %q0, %zero : i32
+    %neg = arith.cmpi ne, %q1, %zero : i32
+    %v = arith.select %odd, %cos, %sin : f32
+    %nv = arith.negf %v : f32
+    %y = arith.select %neg, %nv, %v : f32
+    %d = arith.subf %x, %x : f32
+    %bad = arith.cmpf uno, %d, %d : f32
+    %nan = arith.constant 0x7FC00000 : f32
+    %out = arith.select %bad, %nan, %y : f32
+    return %out : f32
+  }}
+"#
+    )
+}
 
 /// Rounds to the nearest bfloat16 (ties to even), kept in f32; NaN stays NaN.
 const ROUND_BF16: &str = r#"  func.func private @hyb_round_bf16(%x: f32) -> f32 {

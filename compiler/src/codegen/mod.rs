@@ -21,6 +21,7 @@ mod mlir;
 pub mod template;
 
 pub use emit::Target;
+pub use math::Func;
 
 use hyb_dsl::dim::Dim;
 use std::path::PathBuf;

@@ -40,7 +40,7 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
     let mut body = Text::new();
     let (items, per_item) = match target {
         Target::Cpu => {
-            let (bi, ti) = split(&mut body, "%item", t);
+            let (bi, ti) = body.split("%item", t);
             let lo = first_tap(&mut body, &ti, k);
             let (zero, cn) = (body.i64(0), body.i64(c as i64));
             body.each(&zero, &cn, |s, ci| {
@@ -51,8 +51,8 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
             (b * t, c * k)
         }
         Target::Gpu => {
-            let (bt, ci) = split(&mut body, "%item", c);
-            let (bi, ti) = split(&mut body, &bt, t);
+            let (bt, ci) = body.split("%item", c);
+            let (bi, ti) = body.split(&bt, t);
             let lo = first_tap(&mut body, &ti, k);
             let acc = start(&mut body, &ci);
             let y = taps(&mut body, &bi, &ti, &ci, acc, &lo);
@@ -92,14 +92,14 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
     let mut input_grad = Text::new();
     let (items, per_item) = match target {
         Target::Cpu => {
-            let (bi, si) = split(&mut input_grad, "%item", t);
+            let (bi, si) = input_grad.split("%item", t);
             let (zero, cn) = (input_grad.i64(0), input_grad.i64(c as i64));
             input_grad.each(&zero, &cn, |s, ci| taps(s, &bi, &si, ci));
             (b * t, c * k)
         }
         Target::Gpu => {
-            let (bs, ci) = split(&mut input_grad, "%item", c);
-            let (bi, si) = split(&mut input_grad, &bs, t);
+            let (bs, ci) = input_grad.split("%item", c);
+            let (bi, si) = input_grad.split(&bs, t);
             taps(&mut input_grad, &bi, &si, &ci);
             (b * t * c, k)
         }
@@ -152,12 +152,6 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
             Phase { what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: weight_grad },
         ],
     }
-}
-
-/// `(i / n, i % n)`.
-fn split(s: &mut Text, i: &str, n: usize) -> (String, String) {
-    let k = s.i64(n as i64);
-    (s.int("divui", i, &k), s.int("remui", i, &k))
 }
 
 /// The first tap that reads at or after time 0 for output time `t`: `max(0, K-1-t)`.

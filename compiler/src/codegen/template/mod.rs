@@ -15,6 +15,7 @@
 //! Views are numbered inputs, then outputs, then workspace buffers; each is a base pointer
 //! and a stride per axis, so a template reads its operands where the plan laid them out.
 
+pub mod attention;
 pub mod conv1d;
 mod gather;
 mod pieces;
@@ -26,7 +27,7 @@ pub use wrap::{cpu_function, gpu_function};
 use super::emit::Target;
 use super::math::Func;
 use super::{CodegenError, Symbols};
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{Graph, KernelKind, NodeId, Op};
 use crate::ops::Prim;
 use std::collections::BTreeSet;
 
@@ -112,6 +113,20 @@ pub fn for_node(
             };
             Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))
         }
+        Op::Kernel(k) => match &k.kind {
+            KernelKind::FlashAttention { scale, groups, rope } => {
+                let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+                Some(inputs().map(|s| attention::forward(&s, p, target)))
+            }
+            KernelKind::Grad { of } => match **of {
+                KernelKind::FlashAttention { scale, groups, rope } => {
+                    let p = attention::Params { scale, groups, rope };
+                    Some(inputs().map(|s| attention::backward(&s, p, target)))
+                }
+                _ => None,
+            },
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -90,6 +90,12 @@ impl Text {
         self.mul(a, &k)
     }
 
+    /// `(i / n, i % n)` for a constant `n`: an item index split into its coordinates.
+    pub fn split(&mut self, i: &str, n: usize) -> (String, String) {
+        let k = self.i64(n as i64);
+        (self.int("divui", i, &k), self.int("remui", i, &k))
+    }
+
     /// A comparison of integers (`slt`, `sge`, `eq`, …), an `i1`.
     pub fn cmp(&mut self, pred: &str, a: &str, b: &str) -> String {
         self.op(format!("arith.cmpi {pred}, {a}, {b} : i64"))
@@ -114,6 +120,10 @@ impl Text {
 
     pub fn fdiv(&mut self, a: &str, b: &str) -> String {
         self.float("divf", a, b)
+    }
+
+    pub fn fneg(&mut self, a: &str) -> String {
+        self.op(format!("arith.negf {a} : f32"))
     }
 
     /// `a·b + c`, contracted to one rounding where the target has FMA.
@@ -169,6 +179,20 @@ impl Text {
         let (count, a) = (self.fresh(), self.fresh());
         self.prologue.push(format!("{count} = arith.constant {n} : i64"));
         self.prologue.push(format!("{a} = llvm.alloca {count} x f32 : (i64) -> !llvm.ptr"));
+        a
+    }
+
+    /// A stack array holding `values`, filled once at the function's entry: constants a
+    /// loop indexes (per-element frequencies), computed exactly by the generator.
+    pub fn table(&mut self, values: &[f32]) -> String {
+        let a = self.array(values.len());
+        for (i, v) in values.iter().enumerate() {
+            let (c, at, p) = (self.fresh(), self.fresh(), self.fresh());
+            self.prologue.push(format!("{c} = arith.constant 0x{:08X} : f32", v.to_bits()));
+            self.prologue.push(format!("{at} = arith.constant {i} : i64"));
+            self.prologue.push(format!("{p} = llvm.getelementptr {a}[{at}] : (!llvm.ptr, i64) -> !llvm.ptr, f32"));
+            self.prologue.push(format!("llvm.store {c}, {p} : f32, !llvm.ptr"));
+        }
         a
     }
 
