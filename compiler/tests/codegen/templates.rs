@@ -6,7 +6,7 @@ use super::{ptxas, spills, Case, SIZES};
 use hyb_compiler::codegen::template::{self, TemplateCode};
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, NodeId, Op, TensorType};
-use hyb_compiler::ops::{CausalConv1d, CausalConv1dGrad, Prim};
+use hyb_compiler::ops::{CausalConv1d, CausalConv1dGrad, Prim, SsdScan, SsdScanGrad};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
 
@@ -31,12 +31,15 @@ fn code(body: &Graph, node: NodeId, target: Target) -> TemplateCode {
     template::for_node(body, node, SIZES, target).expect("a template implements the node").expect("it generates")
 }
 
+/// Values in (-1, 1), but input `k` of `ranges` in its own range.
+type Ranges = &'static [(usize, f64, f64)];
+
 /// Runs the template on three random layouts and compares with the reference; then makes
 /// its PTX and assembles it.
-fn check_template(what: &str, body: &Graph, node: NodeId) -> Result<(), String> {
+fn check_template(what: &str, body: &Graph, node: NodeId, ranges: Ranges) -> Result<(), String> {
     let kernel = cpu::compile_template(&code(body, node, Target::Cpu)).map_err(|e| format!("{what}: {e}"))?;
     for seed in 1..=3u64 {
-        let case = Case::new(body, seed, -1.0, 1.0).map_err(|e| format!("{what}: {e}"))?;
+        let case = Case::ranged(body, seed, -1.0, 1.0, ranges).map_err(|e| format!("{what}: {e}"))?;
         super::check(&kernel, &case).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
     }
     let gpu = gpu::compile_template(&code(body, node, Target::Gpu)).map_err(|e| format!("{what} (GPU): {e}"))?;
@@ -61,8 +64,9 @@ fn check_template(what: &str, body: &Graph, node: NodeId) -> Result<(), String> 
     Ok(())
 }
 
-fn run_all(cases: Vec<(String, Graph, NodeId)>) {
-    let failures: Vec<String> = cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node).err()).collect();
+fn run_all(cases: Vec<(String, Graph, NodeId)>, ranges: Ranges) {
+    let failures: Vec<String> =
+        cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node, ranges).err()).collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
@@ -85,5 +89,33 @@ fn causal_conv1d_matches_the_reference() {
             cases.push((format!("conv1d grad (bias {bias}) {grad:?}"), body, node));
         }
     }
-    run_all(cases);
+    run_all(cases, &[]);
+}
+
+/// (B, T, H, P, G, N, chunk): T = 1, T not a multiple of the chunk, odd P and N, one
+/// group, a group per head and between, one batch and three; and one longer sequence.
+const SSD_SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 2, 3, 1, 5, 4),
+    (3, 7, 4, 3, 2, 5, 4),
+    (2, 9, 3, 5, 3, 3, 4),
+    (1, 6, 6, 2, 3, 4, 8),
+    (2, 64, 4, 8, 2, 16, 16),
+];
+
+/// `dt` positive and `a` negative, as Mamba's are, so every decay is at most 1.
+const SSD_RANGES: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1)];
+
+#[test]
+fn ssd_scan_matches_the_reference() {
+    let mut cases = Vec::new();
+    for &(b, t, h, p, g, n, chunk) in SSD_SHAPES {
+        let chunk = Dim::constant(chunk as i64);
+        let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let (body, node) = prim_body(SsdScan { chunk: chunk.clone() }, &shapes);
+        cases.push((format!("ssd_scan {shapes:?}"), body, node));
+        shapes.push(vec![b, t, h, p]);
+        let (body, node) = prim_body(SsdScanGrad { chunk }, &shapes);
+        cases.push((format!("ssd_scan grad {shapes:?}"), body, node));
+    }
+    run_all(cases, SSD_RANGES);
 }

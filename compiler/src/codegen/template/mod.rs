@@ -16,6 +16,7 @@
 //! and a stride per axis, so a template reads its operands where the plan laid them out.
 
 pub mod conv1d;
+pub mod ssd_scan;
 pub mod text;
 mod wrap;
 
@@ -90,6 +91,8 @@ pub fn for_node(
     match &n.op {
         Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
         Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
+        Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, target))),
+        Op::Prim(Prim::SsdScanGrad(_)) => Some(inputs().map(|s| ssd_scan::backward(&s, target))),
         _ => None,
     }
 }
