@@ -92,7 +92,11 @@ pub fn for_node(
         Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
         Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
         Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, target))),
-        Op::Prim(Prim::SsdScanGrad(_)) => Some(inputs().map(|s| ssd_scan::backward(&s, target))),
+        Op::Prim(Prim::SsdScanGrad(g)) => Some(inputs().and_then(|s| {
+            let chunk = g.chunk.eval(&symbols.binder()).and_then(|c| usize::try_from(c).ok());
+            let chunk = chunk.ok_or_else(|| CodegenError::Unbound { node, shape: format!("chunk {}", g.chunk) })?;
+            Ok(ssd_scan::backward(&s, chunk, target))
+        })),
         _ => None,
     }
 }

@@ -7,15 +7,17 @@
 //! the GPU one row or column, so a thread keeps N or P floats. The forward's block is
 //! rows (channels p), so each item writes its own `y`.
 //!
-//! The backward needs no stored states: with the adjoint `G_t = dy_t·C_tᵀ +
-//! exp(dt_{t+1}·a)·G_{t+1}`, the decay term of `ddt` is `S_t = exp(dt_t·a)·⟨G_t, h_{t-1}⟩
-//! = Σ_{s≥t} (dy_s·y_s − x_s·dx_s)`, a reverse sum of per-step quantities (by induction:
-//! `⟨G_t, h_t⟩ = dy_t·y_t + S_{t+1}`, and also `= S_t + x_t·dx_t`). So a column sweep
-//! writes `v_t = h_tᵀ·dy_t` (forward) and `u_t = G_tᵀ·x_t` (reverse), a row sweep writes
-//! `dx_t = dt_t·G_t·B_t`, and from `v` and `u` (workspace, per head) follow
-//! `dy_t·y_t = C_t·v_t`, `x_t·dx_t = dt_t·B_t·u_t`, `dC = Σ_heads v`, `dB = Σ_heads
-//! dt·u`. The sums over heads and over batches are later phases with items that own
-//! their outputs, summing in a fixed order.
+//! The backward needs the states only at chunk starts. With the adjoint
+//! `G_t = dy_t·C_tᵀ + exp(dt_{t+1}·a)·G_{t+1}`, the decay term of `ddt` is
+//! `S_t = exp(dt_t·a)·⟨G_t, h_{t-1}⟩`, and `S_t = S_{t+1} + dy_t·y_t − x_t·dx_t` (both
+//! are `⟨G_t, h_t⟩` less one side's new term), a reverse sum of per-step quantities.
+//! Rounding would accumulate along it, so at every chunk's first step `S_t` is taken
+//! exactly from the state entering the chunk (kept by the forward sweep). A column sweep
+//! writes `v_t = h_tᵀ·dy_t` (forward) and `u_t = G_tᵀ·x_t` and the chunk starts'
+//! `G_tᵀ·h_{t-1}` (reverse), a row sweep writes `dx_t = dt_t·G_t·B_t`, and from the
+//! workspace (per head) follow `dy_t·y_t = C_t·v_t`, `x_t·dx_t = dt_t·B_t·u_t`,
+//! `dC = Σ_heads v` and `dB = Σ_heads dt·u`. The sums over heads and over batches are
+//! later phases with items that own their outputs, summing in a fixed order.
 
 use super::super::emit::Target;
 use super::super::math::Func;
@@ -147,24 +149,52 @@ const DB: usize = 9;
 const DC: usize = 10;
 const V: usize = 11;
 const U: usize = 12;
+/// The state entering each chunk, `[B, chunks, H, P, N]`, and each chunk start's
+/// `G_tᵀ·h_{t-1}`, `[B, chunks, H, N]`.
+const ENTERING: usize = 13;
+const ANCHOR: usize = 14;
 
-/// The gradient template for inputs `x, dt, a, b, c, dy`: outputs `dx, ddt, da, db, dc`.
-pub fn backward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+/// Time in chunks of `len` steps.
+#[derive(Clone, Copy)]
+struct Chunks {
+    len: usize,
+    count: usize,
+}
+
+impl Chunks {
+    fn of(chunk: usize, t: usize) -> Chunks {
+        let len = chunk.clamp(1, t.max(1));
+        Chunks { len, count: t.div_ceil(len) }
+    }
+
+    /// Whether `ti` starts a chunk, and which chunk it is in.
+    fn at(self, s: &mut Text, ti: &str) -> (String, String) {
+        let (c, offset) = split(s, ti, self.len);
+        let zero = s.i64(0);
+        (s.cmp("eq", &offset, &zero), c)
+    }
+}
+
+/// The gradient template for inputs `x, dt, a, b, c, dy`: outputs `dx, ddt, da, db, dc`;
+/// `da` sums by chunks of `chunk` time steps.
+pub fn backward(inputs: &[Vec<usize>], chunk: usize, target: Target) -> TemplateCode {
     let d = Dims::of(inputs);
     let (wn, wp) = (width(target, d.n), width(target, d.p));
     let per_head = d.b * d.t * d.h * d.n;
+    let ch = Chunks::of(chunk, d.t);
+    let entering = d.b * ch.count * d.h * d.p * d.n;
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     TemplateCode {
         name: name("ssd_scan_grad", &shapes),
         inputs: inputs.to_vec(),
         outputs: inputs[..5].to_vec(),
-        workspace: vec![per_head, per_head],
+        workspace: vec![per_head, per_head, entering, d.b * ch.count * d.h * d.n],
         phases: vec![
             Phase {
                 what: "columns",
                 items: d.b * d.h * (d.n / wn),
                 work_per_item: 4 * d.t * d.p * wn,
-                body: columns(&d, wn),
+                body: columns(&d, ch, wn),
             },
             Phase {
                 what: "rows",
@@ -172,7 +202,7 @@ pub fn backward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
                 work_per_item: 2 * d.t * d.n * wp,
                 body: rows(&d, wp),
             },
-            Phase { what: "decay_grad", items: d.h, work_per_item: 2 * d.b * d.t * d.n, body: decay_grad(&d) },
+            Phase { what: "decay_grad", items: d.h, work_per_item: 2 * d.b * d.t * d.n, body: decay_grad(&d, ch) },
             Phase {
                 what: "group_sum",
                 items: d.b * d.t * d.g * (d.n / wn),
@@ -184,8 +214,9 @@ pub fn backward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
 }
 
 /// Per head and block of state columns `[p][n]`: the states forward, writing `v_t =
-/// h_tᵀ·dy_t`, then the adjoint backward, writing `u_t = G_tᵀ·x_t`.
-fn columns(d: &Dims, w: usize) -> Text {
+/// h_tᵀ·dy_t` and the state entering each chunk, then the adjoint backward, writing `u_t
+/// = G_tᵀ·x_t` and, at chunk starts, `G_tᵀ·h_{t-1}`.
+fn columns(d: &Dims, ch: Chunks, w: usize) -> Text {
     let mut s = Text::new();
     let hd = Head::of(&mut s, d, d.n / w, w);
     let (state, vec, acc) = (s.array(d.p * w), s.array(w), s.array(w));
@@ -216,8 +247,32 @@ fn columns(d: &Dims, w: usize) -> Text {
             s.set(&acc, j, &z);
         });
     };
+    // Element (p, block j) of the state entering chunk `c`, in `ENTERING`.
+    let entering = |s: &mut Text, c: &str, pi: &str, j: &str| {
+        let bc = s.mul_c(&hd.b, ch.count as i64);
+        let bc = s.add(&bc, c);
+        let bch = s.mul_c(&bc, d.h as i64);
+        let bch = s.add(&bch, &hd.h);
+        let bchp = s.mul_c(&bch, d.p as i64);
+        let bchp = s.add(&bchp, pi);
+        let row = s.mul_c(&bchp, d.n as i64);
+        let ni = hd.at(s, j);
+        s.add(&row, &ni)
+    };
     zero(&mut s, &state, d.p * w);
     range(&mut s, d.t, |s, ti| {
+        let (starts, c) = ch.at(s, ti);
+        s.when(&starts, |s| {
+            range(s, d.p, |s, pi| {
+                let row = s.mul_c(pi, w as i64);
+                range(s, w, |s, j| {
+                    let k = s.add(&row, j);
+                    let v = s.get(&state, &k);
+                    let at = entering(s, &c, pi, j);
+                    s.store(ENTERING, &[&at], &v);
+                });
+            });
+        });
         let (dtv, decay) = step(s, &hd, ti, &av);
         start(s, B, ti);
         sweep(s, &decay, &|s, pi| {
@@ -231,8 +286,38 @@ fn columns(d: &Dims, w: usize) -> Text {
         start(s, C, ti);
         sweep(s, later, &|s, pi| (s.load(DY, &[&hd.b, ti, &hd.h, pi]), s.load(X, &[&hd.b, ti, &hd.h, pi])));
         finish(s, d, &hd, U, ti, &acc, w);
+        let (starts, c) = ch.at(s, ti);
+        s.when(&starts, |s| {
+            zero(s, &acc, w);
+            range(s, d.p, |s, pi| {
+                let row = s.mul_c(pi, w as i64);
+                range(s, w, |s, j| {
+                    let k = s.add(&row, j);
+                    let g = s.get(&state, &k);
+                    let at = entering(s, &c, pi, j);
+                    let h = s.load(ENTERING, &[&at]);
+                    accumulate(s, &acc, j, &g, &h);
+                });
+            });
+            let row = anchor_row(s, d, ch, &hd.b, &c, &hd.h);
+            range(s, w, |s, j| {
+                let ni = hd.at(s, j);
+                let flat = s.add(&row, &ni);
+                let v = s.get(&acc, j);
+                s.store(ANCHOR, &[&flat], &v);
+            });
+        });
     });
     s
+}
+
+/// The offset of `[b,c,h,0]` in the `[B, chunks, H, N]` anchors.
+fn anchor_row(s: &mut Text, d: &Dims, ch: Chunks, bi: &str, c: &str, hi: &str) -> String {
+    let bc = s.mul_c(bi, ch.count as i64);
+    let bc = s.add(&bc, c);
+    let bch = s.mul_c(&bc, d.h as i64);
+    let bch = s.add(&bch, hi);
+    s.mul_c(&bch, d.n as i64)
 }
 
 /// Per head and block of state rows `[n][p]`: the adjoint backward, writing `dx_t =
@@ -275,32 +360,48 @@ fn rows(d: &Dims, w: usize) -> Text {
     s
 }
 
-/// Per head: `ddt_t = B_t·u_t + a·S_t` with `S_t = Σ_{s≥t} (C_s·v_s − dt_s·B_s·u_s)`,
-/// and `da = Σ_b Σ_t dt_t·S_t` (batches in order, time last to first).
-fn decay_grad(d: &Dims) -> Text {
+/// Per head: `ddt_t = B_t·u_t + a·S_t` with `S_t = S_{t+1} + C_t·v_t − dt_t·B_t·u_t`,
+/// but at a chunk's start `exp(dt_t·a)·Σ_n (G_tᵀ·h_{t-1})_n`; `da = Σ_b Σ_t dt_t·S_t`
+/// (batches in order, time last to first).
+fn decay_grad(d: &Dims, ch: Chunks) -> Text {
     let mut s = Text::new();
     let hi = "%item";
     let per = s.i64(d.heads_per_group() as i64);
     let gi = s.int("divui", hi, &per);
     let av = s.load(A, &[hi]);
+    let decay_term = s.array(1);
     let (zero_i, bn) = (s.i64(0), s.i64(d.b as i64));
     let z = s.f32(0.0);
     let da = s.fold(&zero_i, &bn, std::slice::from_ref(&z), |s, bi, carried| {
-        let da = backwards(s, d.t, &[z.clone(), carried[0].clone()], |s, ti, carried| {
+        let init = [z.clone(), carried[0].clone()];
+        let sums = backwards(s, d.t, &init, |s, ti, carried| {
             let flat = state_row(s, d, bi, ti, hi);
             let (out_y, into_x) = dots(s, d, bi, ti, &gi, &flat);
             let dtv = s.load(DT, &[bi, ti, hi]);
             let x_dx = s.fmul(&dtv, &into_x);
             let step = s.fsub(&out_y, &x_dx);
             let sum = s.fadd(&carried[0], &step);
-            // Nothing decays into step 0 (`h_{-1} = 0`): exactly, not up to rounding.
-            let first = s.cmp("eq", ti, &zero_i);
-            let decay_term = s.select(&first, &z, &sum, "f32");
-            let ddt = s.fma(&av, &decay_term, &into_x);
+            s.set(&decay_term, &zero_i, &sum);
+            let (starts, c) = ch.at(s, ti);
+            s.when(&starts, |s| {
+                let row = anchor_row(s, d, ch, bi, &c, hi);
+                let (nn, z) = (s.i64(d.n as i64), s.f32(0.0));
+                let inner = s.fold(&zero_i, &nn, &[z], |s, ni, acc| {
+                    let flat = s.add(&row, ni);
+                    let v = s.load(ANCHOR, &[&flat]);
+                    vec![s.fadd(&acc[0], &v)]
+                });
+                let e = s.fmul(&dtv, &av);
+                let decay = s.call(Func::Exp, &e);
+                let exact = s.fmul(&decay, &inner[0]);
+                s.set(&decay_term, &zero_i, &exact);
+            });
+            let term = s.get(&decay_term, &zero_i);
+            let ddt = s.fma(&av, &term, &into_x);
             s.store(DDT, &[bi, ti, hi], &ddt);
-            vec![decay_term.clone(), s.fma(&dtv, &decay_term, &carried[1])]
+            vec![term.clone(), s.fma(&dtv, &term, &carried[1])]
         });
-        vec![da[1].clone()]
+        vec![sums[1].clone()]
     });
     s.store(DA, &[hi], &da[0]);
     s
