@@ -180,6 +180,11 @@ struct Case {
 impl Case {
     /// Values in `lo..hi`; `Err` when the reference is not finite on them.
     fn new(body: &Graph, seed: u64, lo: f64, hi: f64) -> Result<Case, String> {
+        Case::ranged(body, seed, lo, hi, &[])
+    }
+
+    /// Values in `lo..hi`, but those of input `k` in `ranges` in its own `(lo, hi)`.
+    fn ranged(body: &Graph, seed: u64, lo: f64, hi: f64, ranges: &[(usize, f64, f64)]) -> Result<Case, String> {
         let shape_of = |n: usize| -> Vec<usize> {
             let bind = SIZES.binder();
             body.nodes[n].ty.shape.iter().map(|d| d.eval(&bind).unwrap() as usize).collect()
@@ -195,6 +200,11 @@ impl Case {
         let outputs: Vec<Layout> =
             body.outputs.iter().map(|&o| Layout::random(&shape_of(o), &mut rng, false, &mut size)).collect();
         let mut arena: Vec<f32> = (0..size).map(|_| rng.uniform(lo, hi) as f32).collect();
+        for &(k, lo, hi) in ranges {
+            for i in 0..inputs[k].shape.iter().product() {
+                arena[inputs[k].at(i)] = rng.uniform(lo, hi) as f32;
+            }
+        }
         // Integer inputs (token ids) hold whole numbers.
         for (n, name) in body.input_nodes() {
             if !body.nodes[n].ty.dtype.is_float() {

@@ -7,7 +7,9 @@ use hyb_compiler::autodiff::gradients;
 use hyb_compiler::codegen::template::{self, TemplateCode};
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
-use hyb_compiler::ops::{Binary, CausalConv1d, CausalConv1dGrad, Concat, Embedding, EmbeddingGrad, OneHot, Pad, Prim};
+use hyb_compiler::ops::{
+    Binary, CausalConv1d, CausalConv1dGrad, Concat, Embedding, EmbeddingGrad, OneHot, Pad, Prim, SsdScan, SsdScanGrad,
+};
 use hyb_compiler::rewrite::kernels::flash_attention;
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
@@ -45,18 +47,30 @@ fn code(body: &Graph, node: NodeId, target: Target) -> TemplateCode {
     template::for_node(body, node, SIZES, target).expect("a template implements the node").expect("it generates")
 }
 
-/// Runs the template on three random layouts and compares with the reference (errors
-/// measured against at least `floor`); then makes its PTX and assembles it.
-fn check_template(what: &str, body: &Graph, node: NodeId, floor: f64) -> Result<(), String> {
-    check_in(what, body, node, floor, -1.0, 1.0)
+/// Overrides of the range of some inputs: `(input, lo, hi)`.
+type Ranges = &'static [(usize, f64, f64)];
+
+/// How a template's test draws its inputs and compares its outputs: values in `lo..hi`
+/// (some inputs in their own `ranges`), errors measured against at least `floor`.
+#[derive(Clone, Copy)]
+struct Values {
+    lo: f64,
+    hi: f64,
+    ranges: Ranges,
+    floor: f64,
 }
 
-/// [`check_template`] with input values in `lo..hi`.
-fn check_in(what: &str, body: &Graph, node: NodeId, floor: f64, lo: f64, hi: f64) -> Result<(), String> {
+/// Values in (−1, 1), errors relative to each output's largest magnitude.
+const UNIT: Values = Values { lo: -1.0, hi: 1.0, ranges: &[], floor: 0.0 };
+
+/// Runs the template on three random layouts and compares with the reference; then makes
+/// its PTX and assembles it.
+fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Result<(), String> {
     let kernel = cpu::compile_template(&code(body, node, Target::Cpu)).map_err(|e| format!("{what}: {e}"))?;
     for seed in 1..=3u64 {
-        let mut case = Case::new(body, seed, lo, hi).map_err(|e| format!("{what}: {e}"))?;
-        case.floor = case.floor.max(floor);
+        let mut case =
+            Case::ranged(body, seed, values.lo, values.hi, values.ranges).map_err(|e| format!("{what}: {e}"))?;
+        case.floor = case.floor.max(values.floor);
         super::check(&kernel, &case).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
     }
     let gpu = gpu::compile_template(&code(body, node, Target::Gpu)).map_err(|e| format!("{what} (GPU): {e}"))?;
@@ -81,9 +95,9 @@ fn check_in(what: &str, body: &Graph, node: NodeId, floor: f64, lo: f64, hi: f64
     Ok(())
 }
 
-fn run_all(cases: Vec<(String, Graph, NodeId)>, floor: f64) {
+fn run_all(cases: Vec<(String, Graph, NodeId)>, values: Values) {
     let failures: Vec<String> =
-        cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node, floor).err()).collect();
+        cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node, values).err()).collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
@@ -106,7 +120,7 @@ fn causal_conv1d_matches_the_reference() {
             cases.push((format!("conv1d grad (bias {bias}) {grad:?}"), body, node));
         }
     }
-    run_all(cases, 0.0);
+    run_all(cases, UNIT);
 }
 
 /// A gradient may cancel to zero: keys broadcast along time (stride 0) make a row's scores
@@ -183,7 +197,7 @@ fn flash_attention_matches_the_reference() {
         cases.push((format!("{a:?}"), forward, y));
         cases.push((format!("{a:?}, gradient"), backward, dq));
     }
-    run_all(cases, ATTENTION_FLOOR);
+    run_all(cases, Values { floor: ATTENTION_FLOOR, ..UNIT });
 }
 
 #[test]
@@ -202,7 +216,7 @@ fn concat_and_pad_match_the_reference() {
         let (body, node) = prim_body(pad, &[shape.clone()]);
         cases.push((format!("pad {shape:?} axis {axis} by {before}, {after}"), body, node));
     }
-    run_all(cases, 0.0);
+    run_all(cases, UNIT);
 }
 
 /// Whole-number ids in `0..=vocab` (one past the table selects nothing), table and
@@ -224,7 +238,37 @@ fn lookups_by_token_id_match_the_reference() {
     }
     let failures: Vec<String> = cases
         .iter()
-        .filter_map(|(what, body, node, vocab)| check_in(what, body, *node, 0.0, 0.0, *vocab as f64 + 1.0).err())
+        .filter_map(|(what, body, node, vocab)| {
+            check_template(what, body, *node, Values { lo: 0.0, hi: *vocab as f64 + 1.0, ..UNIT }).err()
+        })
         .collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// (B, T, H, P, G, N, chunk): T = 1, T not a multiple of the chunk, odd P and N, one
+/// group, a group per head and between, one batch and three; and one longer sequence.
+const SSD_SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 2, 3, 1, 5, 4),
+    (3, 7, 4, 3, 2, 5, 4),
+    (2, 9, 3, 5, 3, 3, 4),
+    (1, 6, 6, 2, 3, 4, 8),
+    (2, 64, 4, 8, 2, 16, 16),
+];
+
+/// `dt` positive and `a` negative, as Mamba's are, so every decay is at most 1.
+const SSD_RANGES: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1)];
+
+#[test]
+fn ssd_scan_matches_the_reference() {
+    let mut cases = Vec::new();
+    for &(b, t, h, p, g, n, chunk) in SSD_SHAPES {
+        let chunk = Dim::constant(chunk as i64);
+        let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let (body, node) = prim_body(SsdScan { chunk: chunk.clone() }, &shapes);
+        cases.push((format!("ssd_scan {shapes:?}"), body, node));
+        shapes.push(vec![b, t, h, p]);
+        let (body, node) = prim_body(SsdScanGrad { chunk }, &shapes);
+        cases.push((format!("ssd_scan grad {shapes:?}"), body, node));
+    }
+    run_all(cases, Values { ranges: SSD_RANGES, ..UNIT });
 }

@@ -19,6 +19,7 @@ pub mod attention;
 pub mod conv1d;
 mod gather;
 mod pieces;
+pub mod ssd_scan;
 pub mod text;
 mod wrap;
 
@@ -106,11 +107,6 @@ pub fn for_node(
         }
         Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
         Op::Prim(Prim::Pad(p)) => {
-            let size = |d: &hyb_dsl::dim::Dim| {
-                d.eval(&symbols.binder())
-                    .and_then(|v| usize::try_from(v).ok())
-                    .ok_or_else(|| CodegenError::Unbound { node, shape: d.to_string() })
-            };
             Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))
         }
         Op::Kernel(k) => match &k.kind {
@@ -127,6 +123,10 @@ pub fn for_node(
             },
             _ => None,
         },
+        Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, target))),
+        Op::Prim(Prim::SsdScanGrad(g)) => {
+            Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, target))))
+        }
         _ => None,
     }
 }
