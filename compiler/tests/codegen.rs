@@ -752,33 +752,61 @@ fn speed() {
 fn export_cases_for_the_device() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
-    let layout = |l: &Layout| serde_json::json!({"offset": l.offset, "shape": l.shape, "strides": l.strides});
-    let mut index = Vec::new();
-    for (name, (origin, body)) in fused_kernels() {
-        let kernel = gpu::compile(body, SIZES).unwrap();
-        let case = Case::in_domain(body, 1).unwrap();
-        std::fs::write(dir.join(format!("{name}.ptx")), &kernel.ptx).unwrap();
-        let arena: Vec<u8> = case.arena.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut cases: Vec<DeviceCase> = fused_kernels()
+        .iter()
+        .map(|(name, (origin, body))| {
+            let kernel = gpu::compile(body, SIZES).unwrap();
+            let nests = kernel.nests.iter().map(|n| (n.symbol.clone(), n.per_warp, n.iterations)).collect();
+            let case = Case::in_domain(body, 1).unwrap();
+            DeviceCase { name: name.clone(), origin: origin.clone(), ptx: kernel.ptx, nests, workspace: vec![], case }
+        })
+        .collect();
+    cases.extend(templates::device_cases());
+    let index: Vec<_> = cases.iter().map(|c| c.write(&dir)).collect();
+    std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
+    println!("{} cases in {}", index.len(), dir.display());
+}
+
+/// A kernel to run on the GPU machine: its PTX, launches (symbol, a warp per row, how many
+/// rows or elements), workspace sizes, and a case to compare against.
+struct DeviceCase {
+    name: String,
+    origin: String,
+    ptx: String,
+    nests: Vec<(String, bool, usize)>,
+    workspace: Vec<usize>,
+    case: Case,
+}
+
+impl DeviceCase {
+    /// Writes the PTX, arena and wanted outputs into `dir`; returns the index entry.
+    fn write(&self, dir: &std::path::Path) -> serde_json::Value {
+        let layout = |l: &Layout| serde_json::json!({"offset": l.offset, "shape": l.shape, "strides": l.strides});
+        let name = &self.name;
+        std::fs::write(dir.join(format!("{name}.ptx")), &self.ptx).unwrap();
+        let arena: Vec<u8> = self.case.arena.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(dir.join(format!("{name}.arena")), arena).unwrap();
-        for (o, want) in case.want.iter().enumerate() {
+        for (o, want) in self.case.want.iter().enumerate() {
             let bytes: Vec<u8> = want.data.iter().flat_map(|v| v.to_le_bytes()).collect();
             std::fs::write(dir.join(format!("{name}.want{o}")), bytes).unwrap();
         }
-        let nests: Vec<_> = kernel
+        let nests: Vec<_> = self
             .nests
             .iter()
-            .map(|n| serde_json::json!({"symbol": n.symbol, "per_warp": n.per_warp, "iterations": n.iterations}))
+            .map(|(symbol, per_warp, iterations)| {
+                serde_json::json!({"symbol": symbol, "per_warp": per_warp, "iterations": iterations})
+            })
             .collect();
-        index.push(serde_json::json!({
+        serde_json::json!({
             "name": name,
-            "origin": origin,
+            "origin": self.origin,
             "nests": nests,
-            "inputs": case.inputs.iter().map(layout).collect::<Vec<_>>(),
-            "outputs": case.outputs.iter().map(layout).collect::<Vec<_>>(),
-        }));
+            "workspace": self.workspace,
+            "floor": self.case.floor,
+            "inputs": self.case.inputs.iter().map(layout).collect::<Vec<_>>(),
+            "outputs": self.case.outputs.iter().map(layout).collect::<Vec<_>>(),
+        })
     }
-    std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
-    println!("{} cases in {}", index.len(), dir.display());
 }
 
 /// What a kernel using MLIR's `math.exp` would carry: a declaration the driver cannot

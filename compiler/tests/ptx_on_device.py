@@ -37,8 +37,12 @@ def run(folder, case):
     device = cp.asarray(arena)
     base = device.data.ptr
     views = case["inputs"] + case["outputs"]
+    # A template's workspace: zeroed buffers after the outputs, one axis each.
+    workspace = [cp.zeros(max(n, 1), dtype=cp.float32) for n in case.get("workspace", [])]
     args = [np.uint64(base + 4 * v["offset"]) for v in views]
+    args += [np.uint64(w.data.ptr) for w in workspace]
     args += [np.int64(s) for v in views for s in v["strides"]]
+    args += [np.int64(1) for _ in workspace]
     for nest in case["nests"]:
         kernel = module.get_function(nest["symbol"])
         threads = nest["iterations"] * (32 if nest["per_warp"] else 1)
@@ -49,7 +53,7 @@ def run(folder, case):
     for o, layout in enumerate(case["outputs"]):
         want = np.fromfile(os.path.join(folder, f"{name}.want{o}"), dtype="<f8")
         have = view(got, layout)
-        scale = max(np.abs(want).max(), 1e-30)
+        scale = max(np.abs(want).max(), case.get("floor", 1e-30))
         err = np.abs(have - want)
         if not np.all(err <= 1e-5 * scale):
             worst = int(np.nanargmax(np.where(np.isnan(err), np.inf, err)))
@@ -72,7 +76,7 @@ def main():
     for name, origin, problem in failures:
         print(f"FAIL {name} ({origin}): {problem}")
     passed = len(cases) - len(failures)
-    print(f"{passed} of {len(cases)} fused kernels ran on {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()} "
+    print(f"{passed} of {len(cases)} kernels and templates ran on {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()} "
           f"and matched the reference ({time.time() - started:.1f} s)")
     sys.exit(1 if failures else 0)
 

@@ -36,6 +36,7 @@ pub struct CpuKernel {
     outputs: Vec<Vec<usize>>,
     /// Elements of each workspace buffer a template's phases share.
     workspace: Vec<usize>,
+    scratch: std::sync::Mutex<Vec<Vec<f32>>>,
     nests: Vec<CompiledNest>,
     _engine: Engine,
 }
@@ -109,6 +110,7 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
         inputs: resolved.input_shapes(),
         outputs: resolved.output_shapes(),
         workspace: Vec::new(),
+        scratch: Default::default(),
         nests,
         _engine: engine,
     })
@@ -140,6 +142,7 @@ pub fn compile_template(code: &TemplateCode) -> Result<CpuKernel, CodegenError> 
         inputs: code.inputs.clone(),
         outputs: code.outputs.clone(),
         workspace: code.workspace.clone(),
+        scratch: Default::default(),
         nests,
         _engine: engine,
     })
@@ -186,14 +189,20 @@ impl CpuKernel {
         self.check(arena.len(), inputs, outputs)?;
         let base = arena.as_mut_ptr();
         let views = inputs.iter().chain(outputs);
-        let mut workspace: Vec<Vec<f32>> = self.workspace.iter().map(|&n| vec![0.0; n]).collect();
+        // The workspace is kept between runs (no page faults on every call) and zeroed.
+        let mut workspace = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if workspace.is_empty() {
+            *workspace = self.workspace.iter().map(|&n| vec![0.0; n]).collect();
+        } else {
+            workspace.iter_mut().for_each(|w| w.fill(0.0));
+        }
         // In bounds (checked above), so each base pointer lies inside the arena.
         let mut pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
         pointers.extend(workspace.iter_mut().map(|w| w.as_mut_ptr()));
         let mut strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
         strides.extend(self.workspace.iter().map(|_| 1));
         let args = &Args { pointers: pointers.as_ptr(), strides: strides.as_ptr() };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = rayon::current_num_threads();
         for nest in &self.nests {
             let threads = cores.min(nest.rows).min(nest.elements.div_ceil(ELEMENTS_PER_THREAD)).max(1);
             let call = |begin: usize, end: usize| {
@@ -205,12 +214,13 @@ impl CpuKernel {
                 call(0, nest.rows);
                 continue;
             }
+            // rayon's threads persist, so a launch costs no thread creation.
             let chunk = nest.rows.div_ceil(threads);
-            std::thread::scope(|s| {
+            rayon::scope(|s| {
                 for t in 1..threads {
                     let (begin, end) = (t * chunk, ((t + 1) * chunk).min(nest.rows));
                     if begin < end {
-                        s.spawn(move || call(begin, end));
+                        s.spawn(move |_| call(begin, end));
                     }
                 }
                 call(0, chunk.min(nest.rows));

@@ -95,17 +95,21 @@ fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Res
     Ok(())
 }
 
-fn run_all(cases: Vec<(String, Graph, NodeId)>, values: Values) {
-    let failures: Vec<String> =
-        cases.iter().filter_map(|(what, body, node)| check_template(what, body, *node, values).err()).collect();
+/// A template test: what it is, a body whose node the template implements, and its values.
+type TemplateCase = (String, Graph, NodeId, Values);
+
+fn run_all(cases: Vec<TemplateCase>) {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, body, node, values)| check_template(what, body, *node, *values).err())
+        .collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 /// (B, T, C, K): T = 1, T shorter than the taps, odd channel counts.
 const CONV_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 1, 3, 4), (2, 3, 5, 4), (2, 9, 7, 3), (3, 17, 12, 4)];
 
-#[test]
-fn causal_conv1d_matches_the_reference() {
+fn conv1d_cases() -> Vec<TemplateCase> {
     let mut cases = Vec::new();
     for &(b, t, c, k) in CONV_SHAPES {
         for bias in [false, true] {
@@ -114,13 +118,18 @@ fn causal_conv1d_matches_the_reference() {
                 shapes.push(vec![c]);
             }
             let (body, node) = prim_body(CausalConv1d, &shapes);
-            cases.push((format!("conv1d {shapes:?}"), body, node));
+            cases.push((format!("conv1d {shapes:?}"), body, node, UNIT));
             let grad = vec![vec![b, t, c], vec![c, k], vec![b, t, c]];
             let (body, node) = prim_body(CausalConv1dGrad { bias }, &grad);
-            cases.push((format!("conv1d grad (bias {bias}) {grad:?}"), body, node));
+            cases.push((format!("conv1d grad (bias {bias}) {grad:?}"), body, node, UNIT));
         }
     }
-    run_all(cases, UNIT);
+    cases
+}
+
+#[test]
+fn causal_conv1d_matches_the_reference() {
+    run_all(conv1d_cases());
 }
 
 /// A gradient may cancel to zero: keys broadcast along time (stride 0) make a row's scores
@@ -189,19 +198,23 @@ fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
     [(forward, y), (backward, dq)]
 }
 
-#[test]
-fn flash_attention_matches_the_reference() {
+fn attention_cases() -> Vec<TemplateCase> {
+    let values = Values { floor: ATTENTION_FLOOR, ..UNIT };
     let mut cases = Vec::new();
     for a in ATTENTION_SHAPES {
         let [(forward, y), (backward, dq)] = attention_bodies(a);
-        cases.push((format!("{a:?}"), forward, y));
-        cases.push((format!("{a:?}, gradient"), backward, dq));
+        cases.push((format!("{a:?}"), forward, y, values));
+        cases.push((format!("{a:?}, gradient"), backward, dq, values));
     }
-    run_all(cases, Values { floor: ATTENTION_FLOOR, ..UNIT });
+    cases
 }
 
 #[test]
-fn concat_and_pad_match_the_reference() {
+fn flash_attention_matches_the_reference() {
+    run_all(attention_cases());
+}
+
+fn piece_cases() -> Vec<TemplateCase> {
     let mut cases = Vec::new();
     for (shapes, axis) in [
         (vec![vec![2, 3, 4], vec![2, 3, 1], vec![2, 3, 5]], -1),
@@ -209,40 +222,44 @@ fn concat_and_pad_match_the_reference() {
         (vec![vec![3, 2], vec![1, 2]], 0),
     ] {
         let (body, node) = prim_body(Concat { axis }, &shapes);
-        cases.push((format!("concat {shapes:?} axis {axis}"), body, node));
+        cases.push((format!("concat {shapes:?} axis {axis}"), body, node, UNIT));
     }
     for (shape, axis, before, after) in [(vec![2, 3, 4], -1, 1, 2), (vec![3, 5], 0, 0, 3), (vec![1, 4, 2], 1, 2, 0)] {
         let pad = Pad { axis, before: Dim::constant(before), after: Dim::constant(after) };
         let (body, node) = prim_body(pad, &[shape.clone()]);
-        cases.push((format!("pad {shape:?} axis {axis} by {before}, {after}"), body, node));
+        cases.push((format!("pad {shape:?} axis {axis} by {before}, {after}"), body, node, UNIT));
     }
-    run_all(cases, UNIT);
+    cases
+}
+
+#[test]
+fn concat_and_pad_match_the_reference() {
+    run_all(piece_cases());
 }
 
 /// Whole-number ids in `0..=vocab` (one past the table selects nothing), table and
 /// gradient values in the same range.
-#[test]
-fn lookups_by_token_id_match_the_reference() {
+fn lookup_cases() -> Vec<TemplateCase> {
+    let ids_below = |n: usize| Values { lo: 0.0, hi: n as f64, ..UNIT };
     let mut cases = Vec::new();
     for (vocab, d, ids) in [(5usize, 3usize, vec![2usize, 3]), (7, 4, vec![1, 1]), (3, 5, vec![9])] {
         let (body, node) = typed_prim_body(Embedding, &[(vec![vocab, d], DType::F32), (ids.clone(), DType::I32)]);
         // The reference refuses ids outside the table; the executor checks them first.
-        cases.push((format!("embedding [{vocab}, {d}] ids {ids:?}"), body, node, vocab - 1));
+        cases.push((format!("embedding [{vocab}, {d}] ids {ids:?}"), body, node, ids_below(vocab)));
         let (body, node) = typed_prim_body(OneHot { depth: Dim::constant(vocab as i64) }, &[(ids.clone(), DType::I32)]);
-        cases.push((format!("one_hot {vocab} ids {ids:?}"), body, node, vocab));
+        cases.push((format!("one_hot {vocab} ids {ids:?}"), body, node, ids_below(vocab + 1)));
         let mut dy = ids.clone();
         dy.push(d);
         let grad = EmbeddingGrad { vocab: Dim::constant(vocab as i64) };
         let (body, node) = typed_prim_body(grad, &[(ids.clone(), DType::I32), (dy, DType::F32)]);
-        cases.push((format!("embedding_grad [{vocab}, {d}] ids {ids:?}"), body, node, vocab));
+        cases.push((format!("embedding_grad [{vocab}, {d}] ids {ids:?}"), body, node, ids_below(vocab + 1)));
     }
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|(what, body, node, vocab)| {
-            check_template(what, body, *node, Values { lo: 0.0, hi: *vocab as f64 + 1.0, ..UNIT }).err()
-        })
-        .collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    cases
+}
+
+#[test]
+fn lookups_by_token_id_match_the_reference() {
+    run_all(lookup_cases());
 }
 
 /// (B, T, H, P, G, N, chunk): T = 1, T not a multiple of the chunk, odd P and N, one
@@ -258,17 +275,45 @@ const SSD_SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
 /// `dt` positive and `a` negative, as Mamba's are, so every decay is at most 1.
 const SSD_RANGES: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1)];
 
-#[test]
-fn ssd_scan_matches_the_reference() {
+fn ssd_cases() -> Vec<TemplateCase> {
+    let values = Values { ranges: SSD_RANGES, ..UNIT };
     let mut cases = Vec::new();
     for &(b, t, h, p, g, n, chunk) in SSD_SHAPES {
         let chunk = Dim::constant(chunk as i64);
         let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
         let (body, node) = prim_body(SsdScan { chunk: chunk.clone() }, &shapes);
-        cases.push((format!("ssd_scan {shapes:?}"), body, node));
+        cases.push((format!("ssd_scan {shapes:?}"), body, node, values));
         shapes.push(vec![b, t, h, p]);
         let (body, node) = prim_body(SsdScanGrad { chunk }, &shapes);
-        cases.push((format!("ssd_scan grad {shapes:?}"), body, node));
+        cases.push((format!("ssd_scan grad {shapes:?}"), body, node, values));
     }
-    run_all(cases, Values { ranges: SSD_RANGES, ..UNIT });
+    cases
+}
+
+#[test]
+fn ssd_scan_matches_the_reference() {
+    run_all(ssd_cases());
+}
+
+/// Every template case, for the GPU machine: the PTX, the arena, the reference's outputs
+/// and the launches (`compiler/tests/ptx_on_device.py` runs them).
+pub fn device_cases() -> Vec<super::DeviceCase> {
+    let all = [conv1d_cases(), attention_cases(), piece_cases(), lookup_cases(), ssd_cases()].concat();
+    all.into_iter()
+        .enumerate()
+        .map(|(i, (what, body, node, values))| {
+            let kernel = gpu::compile_template(&code(&body, node, Target::Gpu)).expect("generates");
+            let mut case = Case::ranged(&body, 1, values.lo, values.hi, values.ranges).expect("a case");
+            case.floor = case.floor.max(values.floor);
+            let nests = kernel.nests.iter().map(|n| (n.symbol.clone(), false, n.iterations)).collect();
+            super::DeviceCase {
+                name: format!("template{i}"),
+                origin: what,
+                ptx: kernel.ptx,
+                nests,
+                workspace: kernel.workspace,
+                case,
+            }
+        })
+        .collect()
 }
