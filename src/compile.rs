@@ -5,13 +5,18 @@
 use crate::planning::PlanArgs;
 use anyhow::{Context, Result};
 use hyb_compiler::artifact::{self, Artifact, Target};
+use hyb_compiler::codegen::unit::{self, Unit};
+use hyb_compiler::codegen::{self, cpu, gpu, Symbols};
 use hyb_compiler::cost::{Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::fit::{fit, Request};
+use hyb_compiler::pipeline::Executable;
 use hyb_compiler::pipeline::{self, compile, Sizing};
+use hyb_compiler::plan::LaunchKind;
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -36,9 +41,27 @@ pub struct CompileArgs {
     pub machine: String,
     #[command(flatten)]
     pub plan: PlanArgs,
+    /// Print the code generated for the program's kernels at this stage (for the CPU, or
+    /// PTX for the GPU) instead of writing an artifact.
+    #[arg(long, value_enum)]
+    pub emit: Option<Stage>,
+    /// With `--emit`: only the kernel of this name (the names `--emit` prints).
+    #[arg(long, requires = "emit")]
+    pub kernel: Option<String>,
     /// Where to write the artifact.
-    #[arg(short, long)]
-    pub out: PathBuf,
+    #[arg(short, long, required_unless_present = "emit")]
+    pub out: Option<PathBuf>,
+}
+
+/// A stage of code generation to show.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// The generated MLIR, before lowering.
+    Mlir,
+    /// LLVM IR, after lowering and translation, before LLVM optimises it.
+    Llvm,
+    /// PTX for the H200 (sm_90).
+    Ptx,
 }
 
 pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
@@ -84,16 +107,70 @@ pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
         executable,
         eval,
     };
+    if let Some(stage) = args.emit {
+        return emit(&artifact.executable, stage, args.kernel.as_deref());
+    }
+    let out = args.out.as_ref().expect("clap requires --out without --emit");
     let bytes = artifact.to_bytes();
-    hyb_runtime::atomic::write(&args.out, &bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    hyb_runtime::atomic::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     let program = &artifact.executable.program;
     println!(
         "wrote {}: {} launches, arena {:.1} MiB per rank{}, {} bytes",
-        args.out.display(),
+        out.display(),
         program.launches.len(),
         program.memory.arena_bytes as f64 / (1 << 20) as f64,
         crate::explain::recompute_note(&program.recompute),
         bytes.len()
     );
     Ok(())
+}
+
+/// Prints the code of every distinct kernel of `executable` at `stage` (or of `kernel`).
+fn emit(executable: &Executable, stage: Stage, kernel: Option<&str>) -> Result<()> {
+    let (graph, program) = (&executable.graph, &executable.program);
+    let symbols = Symbols { batch: program.batch, seq: program.seq };
+    let target = if stage == Stage::Ptx { codegen::Target::Gpu } else { codegen::Target::Cpu };
+    let mut names = BTreeSet::new();
+    let mut shown = 0;
+    for launch in program.launches.iter().filter(|l| !matches!(l.kind, LaunchKind::Collective(_))) {
+        let Ok(unit) = unit::for_node(graph, launch.node, symbols, target) else { continue };
+        let name = unit.name();
+        if !names.insert(name.clone()) || kernel.is_some_and(|k| k != name) {
+            continue;
+        }
+        let mlir = |unit: &Unit| -> Result<String> {
+            Ok(match unit {
+                Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. } => cpu::body_mlir(body, symbols)?,
+                Unit::Template(code) => cpu::template_mlir(code, &[]),
+                Unit::Gemm(_) => unreachable!("GEMMs have no generated code"),
+            })
+        };
+        let text = match (&unit, stage) {
+            (Unit::Gemm(g), _) => format!(
+                "// a GEMM for the GEMM library (matrixmultiply on the CPU, cuBLASLt on the GPU): {:?}{} · {:?}{} → {:?}\n",
+                g.a,
+                if g.matmul.transpose_a { "ᵀ" } else { "" },
+                g.b,
+                if g.matmul.transpose_b { "ᵀ" } else { "" },
+                g.out
+            ),
+            (_, Stage::Mlir) => mlir(&unit)?,
+            (_, Stage::Llvm) => cpu::llvm_ir(&name, &mlir(&unit)?)?,
+            (Unit::Template(code), Stage::Ptx) => gpu::compile_template(code)?.ptx,
+            (Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. }, Stage::Ptx) => {
+                gpu::compile(body, symbols)?.ptx
+            }
+        };
+        println!("// ===== {name} =====\n{text}");
+        shown += 1;
+    }
+    match kernel {
+        Some(k) if shown == 0 => {
+            anyhow::bail!(
+                "no kernel named `{k}`; the program's kernels: {}",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
+        _ => Ok(()),
+    }
 }

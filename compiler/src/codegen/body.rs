@@ -15,6 +15,9 @@ pub struct Body<'g> {
     pub inputs: Vec<NodeId>,
     /// The loop nests, each computing the outputs of one shape in one pass.
     pub nests: Vec<Nest>,
+    /// Per view (inputs, then outputs): whether the code may take its last axis to have
+    /// stride 1, which makes the inner loop unit-stride for LLVM's vectoriser.
+    pub unit_last: Vec<bool>,
 }
 
 /// Outputs of one shape, computed together so they share every value they both read.
@@ -37,6 +40,17 @@ impl Nest {
 }
 
 impl<'g> Body<'g> {
+    /// The shape of `node` of `graph` under `symbols`' sizes.
+    pub fn shape_of(graph: &Graph, node: NodeId, symbols: Symbols) -> Result<Vec<usize>, CodegenError> {
+        let bind = symbols.binder();
+        let ty = &graph.nodes[node].ty;
+        ty.shape
+            .iter()
+            .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| CodegenError::Unbound { node, shape: format!("{:?}", ty.shape) })
+    }
+
     /// Resolves shapes and checks that every node is something the generator compiles.
     pub fn resolve(graph: &'g Graph, symbols: Symbols) -> Result<Body<'g>, CodegenError> {
         let bind = symbols.binder();
@@ -81,7 +95,8 @@ impl<'g> Body<'g> {
                 None => nests.push(Nest { outputs: vec![pos], shape: shapes[o].clone() }),
             }
         }
-        Ok(Body { graph, symbols, shapes, inputs, nests })
+        let unit_last = vec![false; inputs.len() + graph.outputs.len()];
+        Ok(Body { graph, symbols, shapes, inputs, nests, unit_last })
     }
 
     /// The rank of every input and then every output, in launch order.

@@ -34,6 +34,8 @@ pub struct CpuKernel {
     mlir: String,
     inputs: Vec<Vec<usize>>,
     outputs: Vec<Vec<usize>>,
+    /// Views (inputs, then outputs) compiled for a last-axis stride of 1.
+    unit_last: Vec<bool>,
     /// Elements of each workspace buffer a template's phases share.
     workspace: Vec<usize>,
     scratch: std::sync::Mutex<Vec<Vec<f32>>>,
@@ -79,14 +81,24 @@ pub enum RunError {
     Shape { kernel: String, what: &'static str, index: usize, expected: Vec<usize>, got: Vec<usize> },
     #[error("kernel `{kernel}`: {what} {index} reaches outside the arena of {len} elements")]
     OutOfBounds { kernel: String, what: &'static str, index: usize, len: usize },
+    #[error("kernel `{kernel}`: {what} {index} was compiled for a last-axis stride of 1")]
+    Layout { kernel: String, what: &'static str, index: usize },
     #[error("kernel `{kernel}`: output {index} {why}")]
     Overlap { kernel: String, index: usize, why: String },
 }
 
-/// Compiles a fused kernel body for a program of `symbols`' sizes.
-pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError> {
+/// A fused kernel body's generated MLIR, and each nest's function with its rows, elements,
+/// outputs and how it reads the inputs.
+fn body_module<'g>(
+    body: &'g Graph,
+    symbols: Symbols,
+    unit_last: &[bool],
+) -> Result<(String, Vec<NestPlan>, Body<'g>), CodegenError> {
     let name = kernel_name(body);
-    let resolved = Body::resolve(body, symbols)?;
+    let mut resolved = Body::resolve(body, symbols)?;
+    if unit_last.len() == resolved.unit_last.len() {
+        resolved.unit_last = unit_last.to_vec();
+    }
     let mut functions = String::new();
     let mut uses = BTreeSet::new();
     let mut nests = Vec::new();
@@ -96,7 +108,55 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
         uses.extend(code.uses.iter().copied());
         nests.push((code.symbol, nest.rows(), nest.rows() * nest.inner(), nest.outputs.clone(), code.access));
     }
-    let mlir = format!("module {{\n{}{functions}}}\n", math::definitions(uses));
+    Ok((format!("module {{\n{}{functions}}}\n", math::definitions(uses)), nests, resolved))
+}
+
+/// A nest's function: symbol, rows, elements, outputs, access per input.
+type NestPlan = (String, usize, usize, Vec<usize>, Vec<Access>);
+
+/// The MLIR generated for a fused kernel body, before lowering (`hyb compile --emit mlir`).
+pub fn body_mlir(body: &Graph, symbols: Symbols) -> Result<String, CodegenError> {
+    Ok(body_module(body, symbols, &[])?.0)
+}
+
+/// The MLIR generated for a template, before lowering; views marked in `unit_last` have a
+/// last-axis stride of 1.
+pub fn template_mlir(code: &TemplateCode, unit_last: &[bool]) -> String {
+    format!("module {{\n{}{}}}\n", math::definitions(code.uses()), code.functions(Target::Cpu, unit_last))
+}
+
+/// `mlir` lowered to the LLVM dialect and translated to LLVM IR, before LLVM's own
+/// optimisation (`hyb compile --emit llvm`).
+pub fn llvm_ir(name: &str, mlir: &str) -> Result<String, CodegenError> {
+    let session = Session::new(name);
+    let mut module = session.parse(mlir)?;
+    session.lower(&mut module, PIPELINE, mlir)?;
+    let text = unsafe { mlir_sys::mlirTranslateModuleToLLVMIRToString(module.as_operation().to_raw()) };
+    if text.is_null() {
+        return Err(session.failure("translating to LLVM IR", mlir));
+    }
+    // The translation returns a string the caller owns, allocated with malloc.
+    let ir = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy().into_owned();
+    unsafe { libc_free(text.cast()) };
+    Ok(ir)
+}
+
+unsafe extern "C" {
+    #[link_name = "free"]
+    fn libc_free(p: *mut std::ffi::c_void);
+}
+
+/// Compiles a fused kernel body for a program of `symbols`' sizes, for views of any layout.
+pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError> {
+    compile_for(body, symbols, &[])
+}
+
+/// [`compile`] for views whose last axis has stride 1 where `unit_last` (inputs, then
+/// outputs) says so: that stride is a constant of the code, so LLVM vectorises the inner
+/// loops, and the kernel refuses views that do not have it.
+pub fn compile_for(body: &Graph, symbols: Symbols, unit_last: &[bool]) -> Result<CpuKernel, CodegenError> {
+    let name = kernel_name(body);
+    let (mlir, nests, resolved) = body_module(body, symbols, unit_last)?;
     let symbols: Vec<&str> = nests.iter().map(|n| n.0.as_str()).collect();
     let (engine, entries) = jit(&name, &mlir, &symbols)?;
     let nests = nests
@@ -109,6 +169,7 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
         mlir,
         inputs: resolved.input_shapes(),
         outputs: resolved.output_shapes(),
+        unit_last: resolved.unit_last.clone(),
         workspace: Vec::new(),
         scratch: Default::default(),
         nests,
@@ -116,10 +177,15 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
     })
 }
 
-/// Compiles a template's phases; they run in order, each over its items.
+/// Compiles a template's phases, for views of any layout; they run in order, each over
+/// its items.
 pub fn compile_template(code: &TemplateCode) -> Result<CpuKernel, CodegenError> {
-    let functions = code.functions(Target::Cpu);
-    let mlir = format!("module {{\n{}{functions}}}\n", math::definitions(code.uses()));
+    compile_template_for(code, &[])
+}
+
+/// [`compile_template`] for views whose last axis has stride 1 where `unit_last` says so.
+pub fn compile_template_for(code: &TemplateCode, unit_last: &[bool]) -> Result<CpuKernel, CodegenError> {
+    let mlir = template_mlir(code, unit_last);
     let symbols: Vec<String> = (0..code.phases.len()).map(|i| code.symbol(i)).collect();
     let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
     let (engine, entries) = jit(&code.name, &mlir, &names)?;
@@ -141,6 +207,7 @@ pub fn compile_template(code: &TemplateCode) -> Result<CpuKernel, CodegenError> 
         mlir,
         inputs: code.inputs.clone(),
         outputs: code.outputs.clone(),
+        unit_last: unit_last.to_vec(),
         workspace: code.workspace.clone(),
         scratch: Default::default(),
         nests,
@@ -243,6 +310,10 @@ impl CpuKernel {
                 if span(v).is_none_or(|(_, hi)| hi >= len) {
                     return Err(RunError::OutOfBounds { kernel: kernel(), what, index, len });
                 }
+                let at = if what == "input" { index } else { inputs.len() + index };
+                if self.unit_last.get(at).copied().unwrap_or(false) && !v.unit_last() {
+                    return Err(RunError::Layout { kernel: kernel(), what, index });
+                }
             }
         }
         let overlap = |index: usize, why: String| RunError::Overlap { kernel: kernel(), index, why };
@@ -292,6 +363,14 @@ impl ArenaView<'_> {
     pub fn span(&self) -> Option<(usize, usize)> {
         span(self)
     }
+
+    /// Whether its last axis steps one element at a time (or has one element, or none).
+    pub fn unit_last(&self) -> bool {
+        match (self.shape.last(), self.strides.last()) {
+            (Some(&n), Some(&s)) => n <= 1 || s == 1,
+            _ => true,
+        }
+    }
 }
 
 fn span(v: &ArenaView) -> Option<(usize, usize)> {
@@ -329,7 +408,7 @@ fn injective(v: &ArenaView) -> bool {
 /// Compiled kernels by body, for one program's sizes: each distinct body compiles once.
 pub struct Cache {
     symbols: Symbols,
-    kernels: HashMap<Vec<u8>, Arc<CpuKernel>>,
+    kernels: HashMap<(Vec<u8>, Vec<bool>), Arc<CpuKernel>>,
 }
 
 impl Cache {
@@ -337,13 +416,14 @@ impl Cache {
         Cache { symbols, kernels: HashMap::new() }
     }
 
-    /// The kernel of `body`, compiled on first use.
-    pub fn get(&mut self, body: &Graph) -> Result<Arc<CpuKernel>, CodegenError> {
-        let key = bincode::serialize(body).expect("a graph serialises");
+    /// The kernel of `body` for views with `unit_last` (see [`compile_for`]), compiled on
+    /// first use.
+    pub fn get(&mut self, body: &Graph, unit_last: &[bool]) -> Result<Arc<CpuKernel>, CodegenError> {
+        let key = (bincode::serialize(body).expect("a graph serialises"), unit_last.to_vec());
         if let Some(k) = self.kernels.get(&key) {
             return Ok(k.clone());
         }
-        let kernel = Arc::new(compile(body, self.symbols)?);
+        let kernel = Arc::new(compile_for(body, self.symbols, unit_last)?);
         self.kernels.insert(key, kernel.clone());
         Ok(kernel)
     }

@@ -346,6 +346,7 @@ impl Writer<'_, '_> {
     fn stride(&mut self, k: usize, d: usize) -> String {
         match self.target {
             Target::Gpu => format!("%s{k}_{d}"),
+            Target::Cpu if self.body.unit_last[k] && d + 1 == self.body.view_ranks()[k] => self.i64(1),
             Target::Cpu => {
                 let slot = self.body.view_ranks()[..k].iter().sum::<usize>() + d;
                 self.cached(0, Key::Stride(k, d), |w| {

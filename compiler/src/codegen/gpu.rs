@@ -75,7 +75,7 @@ pub fn compile_template(code: &TemplateCode) -> Result<GpuKernel, CodegenError> 
     let mlir = format!(
         "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{} }}\n}}\n",
         math::definitions(code.uses()),
-        code.functions(Target::Gpu)
+        code.functions(Target::Gpu, &[])
     );
     let ptx = lower(&name, &mlir)?;
     let nests = (0..code.phases.len())

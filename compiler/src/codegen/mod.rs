@@ -19,6 +19,7 @@ mod index;
 mod math;
 mod mlir;
 pub mod template;
+pub mod unit;
 
 pub use emit::Target;
 pub use math::Func;

@@ -1,19 +1,17 @@
 //! Native code for a program's launches, prepared once before the first step so every step
-//! runs the same machine code:
-//! - fused kernels, and primitives launched alone that the generator compiles (a `silu`,
-//!   a row `sum`), as generated code (`hyb_compiler::codegen::cpu`), constants folded in;
-//! - the sequence primitives (conv1d, SSD scan, flash attention) as their templates;
-//! - matmuls as GEMMs ([`Gemm`]), and GEMM kernels as a GEMM into scratch space followed
-//!   by their epilogue as generated code.
+//! runs the same machine code. `hyb_compiler::codegen::unit` says what each launch gets:
+//! generated code (`hyb_compiler::codegen::cpu`) for kernel bodies and templates, a GEMM
+//! ([`Gemm`]) for a matmul, and a GEMM into scratch space followed by its generated
+//! epilogue for a GEMM kernel.
 //!
 //! What has no native code yet runs with the reference semantics; the counts say how much
 //! of the program that is, and why.
 
 use super::gemm::{Gemm, GemmError};
-use hyb_compiler::codegen::cpu::{compile_template, ArenaView, Cache, CpuKernel, RunError};
-use hyb_compiler::codegen::{template, CodegenError, Symbols, Target};
-use hyb_compiler::ir::{Graph, KernelKind, NodeId, Op};
-use hyb_compiler::ops::{Prim, Primitive};
+use hyb_compiler::codegen::cpu::{compile_template_for, ArenaView, Cache, CpuKernel, RunError};
+use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
+use hyb_compiler::codegen::{CodegenError, Symbols, Target};
+use hyb_compiler::ir::{Graph, NodeId, Op};
 use hyb_compiler::plan::{LaunchKind, Program};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -70,7 +68,14 @@ impl Kernels {
                 if matches!(launch.kind, LaunchKind::Collective(_)) {
                     return None;
                 }
-                match builder.native(launch.node) {
+                // Which views step one element at a time along their last axis, so the
+                // code can take that stride as a constant.
+                let unit = |v: &hyb_compiler::plan::View| {
+                    v.shape.last().is_none_or(|&n| n <= 1) || v.strides.last() == Some(&1)
+                };
+                let inputs: Vec<bool> = launch.inputs.iter().map(unit).collect();
+                let outputs: Vec<bool> = launch.outputs.iter().map(unit).collect();
+                match builder.native(launch.node, &inputs, &outputs) {
                     Ok(native) => {
                         if let Native::GemmEpilogue { shape, .. } = &native {
                             scratch = scratch.max(shape.iter().product());
@@ -160,147 +165,32 @@ struct Builder<'g> {
 
 impl Builder<'_> {
     /// The native code of `node`, or why there is none.
-    fn native(&mut self, node: NodeId) -> Result<Native, String> {
-        let n = &self.graph.nodes[node];
-        if let Some(code) = template::for_node(self.graph, node, self.symbols, Target::Cpu) {
-            let code = code.map_err(|e| internal(&e))?;
-            let key = template_key(&n.op, &code.inputs);
-            if let Some(k) = self.templates.get(&key) {
-                return Ok(Native::Code(k.clone()));
-            }
-            let kernel = Arc::new(compile_template(&code).map_err(|e| internal(&e))?);
-            self.templates.insert(key, kernel.clone());
-            return Ok(Native::Code(kernel));
-        }
-        match &n.op {
-            Op::Prim(Prim::Matmul(m)) => {
-                let [a, b] = [n.inputs[0], n.inputs[1]].map(|x| self.shape(x));
-                let out = self.shape(node);
-                if n.inputs.iter().any(|&x| matches!(self.graph.nodes[x].op, Op::Constant(_))) {
-                    return Err("matmul of a constant".into());
+    fn native(&mut self, node: NodeId, inputs: &[bool], outputs: &[bool]) -> Result<Native, String> {
+        let views = [inputs, outputs].concat();
+        let gemm = |g: &GemmShape| {
+            Gemm::new(g.matmul.transpose_a, g.matmul.transpose_b, &g.a, &g.b, &g.out)
+                .ok_or_else(|| "matmul of unusual shapes".to_string())
+        };
+        match unit::for_node(self.graph, node, self.symbols, Target::Cpu)? {
+            Unit::Body(body) => self.bodies.get(&body, &views).map(Native::Code).map_err(|e| internal(&e)),
+            Unit::Template(code) => {
+                let key = template_key(&self.graph.nodes[node].op, &code.inputs, &views);
+                if let Some(k) = self.templates.get(&key) {
+                    return Ok(Native::Code(k.clone()));
                 }
-                Gemm::new(m.transpose_a, m.transpose_b, &a?, &b?, &out?)
-                    .map(Native::Gemm)
-                    .ok_or_else(|| "matmul of unusual shapes".into())
+                let kernel = Arc::new(compile_template_for(&code, &views).map_err(|e| internal(&e))?);
+                self.templates.insert(key, kernel.clone());
+                Ok(Native::Code(kernel))
             }
-            Op::Prim(p) if p.is_collective() => Err("collective".into()),
-            Op::Prim(p) => {
-                let body = self.one_node_body(node);
-                self.bodies.get(&body).map(Native::Code).map_err(|_| p.name().to_string())
-            }
-            Op::Kernel(k) => {
-                let body = self.specialised(&k.body, node);
-                match k.kind {
-                    KernelKind::Fused => self.bodies.get(&body).map(Native::Code).map_err(|e| internal(&e)),
-                    KernelKind::Gemm => self.gemm_kernel(&body),
-                    _ => Err(format!("{} kernel", k.kind.name())),
-                }
-            }
-            _ => Err("not computed".into()),
-        }
-    }
-
-    fn shape(&self, x: NodeId) -> Result<Vec<usize>, String> {
-        let bind = self.symbols.binder();
-        self.graph.nodes[x]
-            .ty
-            .shape
-            .iter()
-            .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
-            .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| "unbound shape".to_string())
-    }
-
-    /// `node`'s primitive as a kernel body: constants copied in, other inputs numbered.
-    fn one_node_body(&self, node: NodeId) -> Graph {
-        let n = &self.graph.nodes[node];
-        let mut body = Graph::default();
-        let mut next = 0;
-        let inputs: Vec<NodeId> = n
-            .inputs
-            .iter()
-            .map(|&x| {
-                let m = &self.graph.nodes[x];
-                let op = match m.op {
-                    Op::Constant(c) => Op::Constant(c),
-                    _ => {
-                        next += 1;
-                        Op::Input((next - 1).to_string())
-                    }
-                };
-                body.add(op, vec![], m.ty.clone())
-            })
-            .collect();
-        let Op::Prim(p) = &n.op else { unreachable!("called for primitives") };
-        body.outputs = body.apply_all(p.clone(), inputs);
-        body
-    }
-
-    /// A kernel's body with the constants its node passes folded in and the remaining
-    /// inputs renumbered, matching the launch's views (constants have none).
-    fn specialised(&self, body: &Graph, node: NodeId) -> Graph {
-        let args = &self.graph.nodes[node].inputs;
-        let constant = |j: usize| match self.graph.nodes[args[j]].op {
-            Op::Constant(c) => Some(c),
-            _ => None,
-        };
-        if (0..args.len()).all(|j| constant(j).is_none()) {
-            return body.clone();
-        }
-        let renumbered: Vec<Option<usize>> = (0..args.len())
-            .scan(0, |next, j| {
-                Some(constant(j).is_none().then(|| {
-                    *next += 1;
-                    *next - 1
-                }))
-            })
-            .collect();
-        let mut out = body.clone();
-        for n in &mut out.nodes {
-            if let Op::Input(name) = &n.op {
-                let j: usize = name.parse().expect("kernel inputs are numbered");
-                n.op = match renumbered[j] {
-                    Some(k) => Op::Input(k.to_string()),
-                    None => Op::Constant(constant(j).expect("not renumbered: a constant")),
-                };
+            Unit::Gemm(g) => gemm(&g).map(Native::Gemm),
+            Unit::GemmEpilogue { gemm: g, a, b, epilogue } => {
+                let shape = g.out.clone();
+                // The product is contiguous scratch space.
+                let views = [inputs, &[true], outputs].concat();
+                let epilogue = self.bodies.get(&epilogue, &views).map_err(|e| internal(&e))?;
+                Ok(Native::GemmEpilogue { gemm: gemm(&g)?, a, b, epilogue, shape })
             }
         }
-        out
-    }
-
-    /// A GEMM kernel: its one matmul, of two inputs, as a GEMM; everything after it as an
-    /// epilogue body reading the product as one more input.
-    fn gemm_kernel(&mut self, body: &Graph) -> Result<Native, String> {
-        let matmuls: Vec<NodeId> =
-            (0..body.nodes.len()).filter(|&i| matches!(body.nodes[i].op, Op::Prim(Prim::Matmul(_)))).collect();
-        let [mm] = matmuls[..] else { return Err("gemm kernel without exactly one matmul".into()) };
-        let Op::Prim(Prim::Matmul(m)) = &body.nodes[mm].op else { unreachable!() };
-        let operand = |x: NodeId| match &body.nodes[x].op {
-            Op::Input(name) => name.parse::<usize>().ok(),
-            _ => None,
-        };
-        let (Some(a), Some(b)) = (operand(body.nodes[mm].inputs[0]), operand(body.nodes[mm].inputs[1])) else {
-            return Err("gemm kernel whose matmul reads computed values".into());
-        };
-        let symbols = self.symbols;
-        let resolve = |x: NodeId| -> Result<Vec<usize>, String> {
-            let bind = symbols.binder();
-            body.nodes[x]
-                .ty
-                .shape
-                .iter()
-                .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| "unbound shape".to_string())
-        };
-        let (sa, sb, shape) = (resolve(body.nodes[mm].inputs[0])?, resolve(body.nodes[mm].inputs[1])?, resolve(mm)?);
-        let gemm = Gemm::new(m.transpose_a, m.transpose_b, &sa, &sb, &shape).ok_or("matmul of unusual shapes")?;
-        let inputs = body.input_nodes().count();
-        let mut epilogue = body.clone();
-        epilogue.nodes[mm].op = Op::Input(inputs.to_string());
-        epilogue.nodes[mm].inputs.clear();
-        let epilogue = self.bodies.get(&epilogue).map_err(|e| internal(&e))?;
-        Ok(Native::GemmEpilogue { gemm, a, b, epilogue, shape })
     }
 }
 
@@ -308,9 +198,10 @@ fn internal(e: &CodegenError) -> String {
     format!("codegen: {e}")
 }
 
-/// What makes two template instances the same code: the node's operation and shapes.
-fn template_key(op: &Op, shapes: &[Vec<usize>]) -> String {
-    format!("{op:?} {shapes:?}")
+/// What makes two template instances the same code: the node's operation, shapes and
+/// unit-stride views.
+fn template_key(op: &Op, shapes: &[Vec<usize>], unit_last: &[bool]) -> String {
+    format!("{op:?} {shapes:?} {unit_last:?}")
 }
 
 fn contiguous(shape: &[usize]) -> Vec<isize> {

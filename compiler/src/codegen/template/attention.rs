@@ -343,12 +343,12 @@ fn score_grad(s: &mut Text, p: &str, dp: &str, delta: &str) -> String {
     s.fmul(p, &centred)
 }
 
-/// `Σ_d x·y` over the head dimension, in order, for the factors `term(d)` gives.
+/// `Σ_d x·y` over the head dimension, for the factors `term(d)` gives, vectorised.
 fn sum_over_d(s: &mut Text, dims: &Dims, term: impl Fn(&mut Text, &str) -> (String, String)) -> String {
     let (zero, dn, acc) = (s.i64(0), s.i64(dims.d as i64), s.f32(0.0));
     s.fold(&zero, &dn, &[acc], |s, d, acc| {
         let (x, y) = term(s, d);
-        vec![s.fma(&x, &y, &acc[0])]
+        vec![s.sum_step(&acc[0], &x, &y)]
     })
     .remove(0)
 }

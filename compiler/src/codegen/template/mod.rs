@@ -70,12 +70,18 @@ impl TemplateCode {
         self.phases.iter().flat_map(|p| p.body.uses.iter().copied()).collect()
     }
 
-    /// Every phase's function for `target`.
-    pub fn functions(&self, target: Target) -> String {
+    /// Every phase's function for `target`; on the CPU, views marked in `unit_last` (inputs,
+    /// then outputs) have a last-axis stride of 1.
+    pub fn functions(&self, target: Target, unit_last: &[bool]) -> String {
         let ranks = self.view_ranks();
+        // Workspace buffers are contiguous by construction.
+        let mut unit = unit_last.to_vec();
+        unit.resize(self.inputs.len() + self.outputs.len(), false);
+        unit.extend(self.workspace.iter().map(|_| true));
+        let unit_last = unit.as_slice();
         (0..self.phases.len())
             .map(|i| match target {
-                Target::Cpu => cpu_function(&self.symbol(i), &ranks, &self.phases[i]),
+                Target::Cpu => cpu_function(&self.symbol(i), &ranks, unit_last, &self.phases[i]),
                 Target::Gpu => gpu_function(&self.symbol(i), &ranks, &self.phases[i]),
             })
             .collect()
@@ -90,7 +96,7 @@ pub fn for_node(
     target: Target,
 ) -> Option<Result<TemplateCode, CodegenError>> {
     let n = &graph.nodes[node];
-    let shape = |x: NodeId| resolve(graph, x, symbols);
+    let shape = |x: NodeId| super::body::Body::shape_of(graph, x, symbols);
     let inputs = || n.inputs.iter().map(|&x| shape(x)).collect::<Result<Vec<_>, _>>();
     let size = |d: &hyb_dsl::dim::Dim| {
         d.eval(&symbols.binder())
@@ -129,16 +135,6 @@ pub fn for_node(
         }
         _ => None,
     }
-}
-
-fn resolve(graph: &Graph, x: NodeId, symbols: Symbols) -> Result<Vec<usize>, CodegenError> {
-    let bind = symbols.binder();
-    let ty = &graph.nodes[x].ty;
-    ty.shape
-        .iter()
-        .map(|d| d.eval(&bind).and_then(|v| usize::try_from(v).ok()))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| CodegenError::Unbound { node: x, shape: format!("{:?}", ty.shape) })
 }
 
 /// A name for a template at some shapes: `template_` and the shapes, so the same template

@@ -131,6 +131,14 @@ impl Text {
         self.op(format!("llvm.intr.fma({a}, {b}, {c}) : (f32, f32, f32) -> f32"))
     }
 
+    /// `acc + a·b` as a step of a long sum that LLVM may reassociate (and so vectorise):
+    /// the order is fixed when the kernel is compiled, so results do not depend on how
+    /// items are shared between threads, only the rounding differs from a sequential sum.
+    pub fn sum_step(&mut self, acc: &str, a: &str, b: &str) -> String {
+        let product = self.op(format!("arith.mulf {a}, {b} fastmath<contract> : f32"));
+        self.op(format!("arith.addf {acc}, {product} fastmath<reassoc, contract> : f32"))
+    }
+
     /// A float comparison (`olt`, `ogt`, `oeq`, …), an `i1`.
     pub fn fcmp(&mut self, pred: &str, a: &str, b: &str) -> String {
         self.op(format!("arith.cmpf {pred}, {a}, {b} : f32"))

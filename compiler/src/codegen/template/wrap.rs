@@ -9,16 +9,21 @@ fn indent(lines: &[String], by: &str) -> String {
     lines.iter().map(|l| format!("{by}{l}\n")).collect()
 }
 
-/// A CPU function `@symbol(%begin, %end, %ptrs, %strides)` running items `begin..end`.
-pub fn cpu_function(symbol: &str, ranks: &[usize], phase: &Phase) -> String {
+/// A CPU function `@symbol(%begin, %end, %ptrs, %strides)` running items `begin..end`;
+/// views marked in `unit_last` have a last-axis stride of 1 written in as a constant.
+pub fn cpu_function(symbol: &str, ranks: &[usize], unit_last: &[bool], phase: &Phase) -> String {
     let mut head = Vec::new();
     let mut slot = 0;
     for (k, &r) in ranks.iter().enumerate() {
         head.push(format!("%pa{k} = llvm.getelementptr %ptrs[{k}] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr"));
         head.push(format!("%p{k} = llvm.load %pa{k} : !llvm.ptr -> !llvm.ptr"));
         for d in 0..r {
-            head.push(format!("%sa{k}_{d} = llvm.getelementptr %strides[{slot}] : (!llvm.ptr) -> !llvm.ptr, i64"));
-            head.push(format!("%s{k}_{d} = llvm.load %sa{k}_{d} : !llvm.ptr -> i64"));
+            if d + 1 == r && unit_last.get(k).copied().unwrap_or(false) {
+                head.push(format!("%s{k}_{d} = arith.constant 1 : i64"));
+            } else {
+                head.push(format!("%sa{k}_{d} = llvm.getelementptr %strides[{slot}] : (!llvm.ptr) -> !llvm.ptr, i64"));
+                head.push(format!("%s{k}_{d} = llvm.load %sa{k}_{d} : !llvm.ptr -> i64"));
+            }
             slot += 1;
         }
     }

@@ -1,0 +1,169 @@
+//! What code a launch gets — decided once here, so the executors and `hyb compile --emit`
+//! agree on it:
+//! - a fused kernel, or a primitive launched alone that the generator compiles (a `silu`,
+//!   a row `sum`), is a kernel body, with the constants its node passes folded in;
+//! - a sequence primitive or attention kernel is its template;
+//! - a matmul is a GEMM for the GEMM library, and a GEMM kernel is that GEMM followed by
+//!   the rest of its body as an epilogue reading the product.
+//!
+//! Anything else has no code yet ([`Unit`] is an error naming why), and an executor runs
+//! it with the reference semantics.
+
+use super::body::Body;
+use super::template::{self, TemplateCode};
+use super::{Symbols, Target};
+use crate::ir::{Graph, KernelKind, NodeId, Op};
+use crate::ops::{Matmul, Prim, Primitive};
+
+/// The code of one launch.
+pub enum Unit {
+    /// Generated from a kernel body whose inputs are the launch's input views in order.
+    Body(Graph),
+    Template(TemplateCode),
+    /// `out = op(a)·op(b)` of the launch's two inputs.
+    Gemm(GemmShape),
+    /// A GEMM of launch inputs `a` and `b` into scratch space of the product's shape, then
+    /// `epilogue`, whose inputs are the launch's inputs and then the product.
+    GemmEpilogue {
+        gemm: GemmShape,
+        a: usize,
+        b: usize,
+        epilogue: Graph,
+    },
+}
+
+/// A matmul's transposes and concrete shapes.
+#[derive(Clone, Debug)]
+pub struct GemmShape {
+    pub matmul: Matmul,
+    pub a: Vec<usize>,
+    pub b: Vec<usize>,
+    pub out: Vec<usize>,
+}
+
+impl Unit {
+    /// A stable name: the kernel's (bodies), the template's, or `gemm_` and the shapes.
+    pub fn name(&self) -> String {
+        match self {
+            Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. } => super::kernel_name(body),
+            Unit::Template(code) => code.name.clone(),
+            Unit::Gemm(g) => template::name("gemm", &[&g.a, &g.b]),
+        }
+    }
+}
+
+/// The unit of launch node `node` of `graph` for `target`, or why it has none.
+pub fn for_node(graph: &Graph, node: NodeId, symbols: Symbols, target: Target) -> Result<Unit, String> {
+    let n = &graph.nodes[node];
+    if let Some(code) = template::for_node(graph, node, symbols, target) {
+        return code.map(Unit::Template).map_err(|e| format!("codegen: {e}"));
+    }
+    let shape = |g: &Graph, x: NodeId| Body::shape_of(g, x, symbols).map_err(|e| format!("codegen: {e}"));
+    let constant = |x: NodeId| matches!(graph.nodes[x].op, Op::Constant(_));
+    match &n.op {
+        Op::Prim(Prim::Matmul(m)) if !n.inputs.iter().any(|&x| constant(x)) => {
+            let (a, b, out) = (shape(graph, n.inputs[0])?, shape(graph, n.inputs[1])?, shape(graph, node)?);
+            Ok(Unit::Gemm(GemmShape { matmul: m.clone(), a, b, out }))
+        }
+        Op::Prim(p) if p.is_collective() => Err("collective".into()),
+        Op::Prim(p) => {
+            let body = one_node_body(graph, node);
+            Body::resolve(&body, symbols).map_err(|_| p.name().to_string())?;
+            Ok(Unit::Body(body))
+        }
+        Op::Kernel(k) => {
+            let body = specialised(graph, &k.body, node);
+            match k.kind {
+                KernelKind::Fused => {
+                    Body::resolve(&body, symbols).map_err(|e| format!("codegen: {e}"))?;
+                    Ok(Unit::Body(body))
+                }
+                KernelKind::Gemm => gemm_kernel(body, symbols),
+                _ => Err(format!("{} kernel", k.kind.name())),
+            }
+        }
+        _ => Err("not computed".into()),
+    }
+}
+
+/// `node`'s primitive as a kernel body: constants copied in, other inputs numbered.
+fn one_node_body(graph: &Graph, node: NodeId) -> Graph {
+    let n = &graph.nodes[node];
+    let mut body = Graph::default();
+    let mut next = 0;
+    let inputs: Vec<NodeId> = n
+        .inputs
+        .iter()
+        .map(|&x| {
+            let m = &graph.nodes[x];
+            let op = match m.op {
+                Op::Constant(c) => Op::Constant(c),
+                _ => {
+                    next += 1;
+                    Op::Input((next - 1).to_string())
+                }
+            };
+            body.add(op, vec![], m.ty.clone())
+        })
+        .collect();
+    let Op::Prim(p) = &n.op else { unreachable!("called for primitives") };
+    body.outputs = body.apply_all(p.clone(), inputs);
+    body
+}
+
+/// A kernel's body with the constants its node passes folded in and the remaining inputs
+/// renumbered, matching the launch's views (constants have none).
+fn specialised(graph: &Graph, body: &Graph, node: NodeId) -> Graph {
+    let args = &graph.nodes[node].inputs;
+    let constant = |j: usize| match graph.nodes[args[j]].op {
+        Op::Constant(c) => Some(c),
+        _ => None,
+    };
+    if (0..args.len()).all(|j| constant(j).is_none()) {
+        return body.clone();
+    }
+    let renumbered: Vec<Option<usize>> = (0..args.len())
+        .scan(0, |next, j| {
+            Some(constant(j).is_none().then(|| {
+                *next += 1;
+                *next - 1
+            }))
+        })
+        .collect();
+    let mut out = body.clone();
+    for n in &mut out.nodes {
+        if let Op::Input(name) = &n.op {
+            let j: usize = name.parse().expect("kernel inputs are numbered");
+            n.op = match renumbered[j] {
+                Some(k) => Op::Input(k.to_string()),
+                None => Op::Constant(constant(j).expect("not renumbered: a constant")),
+            };
+        }
+    }
+    out
+}
+
+/// A GEMM kernel: its one matmul, of two inputs, as a GEMM; everything after it as an
+/// epilogue body reading the product as one more input.
+fn gemm_kernel(body: Graph, symbols: Symbols) -> Result<Unit, String> {
+    let matmuls: Vec<NodeId> =
+        (0..body.nodes.len()).filter(|&i| matches!(body.nodes[i].op, Op::Prim(Prim::Matmul(_)))).collect();
+    let [mm] = matmuls[..] else { return Err("gemm kernel without exactly one matmul".into()) };
+    let Op::Prim(Prim::Matmul(m)) = &body.nodes[mm].op else { unreachable!("found as a matmul") };
+    let operand = |x: NodeId| match &body.nodes[x].op {
+        Op::Input(name) => name.parse::<usize>().ok(),
+        _ => None,
+    };
+    let (x, y) = (body.nodes[mm].inputs[0], body.nodes[mm].inputs[1]);
+    let (Some(a), Some(b)) = (operand(x), operand(y)) else {
+        return Err("gemm kernel whose matmul reads computed values".into());
+    };
+    let shape = |n: NodeId| Body::shape_of(&body, n, symbols).map_err(|e| format!("codegen: {e}"));
+    let gemm = GemmShape { matmul: m.clone(), a: shape(x)?, b: shape(y)?, out: shape(mm)? };
+    let inputs = body.input_nodes().count();
+    let mut epilogue = body.clone();
+    epilogue.nodes[mm].op = Op::Input(inputs.to_string());
+    epilogue.nodes[mm].inputs.clear();
+    Body::resolve(&epilogue, symbols).map_err(|e| format!("codegen: {e}"))?;
+    Ok(Unit::GemmEpilogue { gemm, a, b, epilogue })
+}
