@@ -9,7 +9,7 @@
 
 use hyb_compiler::codegen::cpu::{self, ArenaView};
 use hyb_compiler::codegen::gpu;
-use hyb_compiler::codegen::template::{text::Text, Phase, TemplateCode};
+use hyb_compiler::codegen::template::{self, text::Text, Phase, TemplateCode};
 use hyb_compiler::codegen::{Func, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, KernelKind, Op, TensorType};
@@ -64,33 +64,51 @@ fn models(name: String, text: String) -> Vec<Graph> {
         .unwrap()
 }
 
-/// Every distinct fused kernel body by name, with where it was first seen.
-fn fused_kernels() -> &'static BTreeMap<String, (String, Graph)> {
-    static KERNELS: OnceLock<BTreeMap<String, (String, Graph)>> = OnceLock::new();
-    KERNELS.get_or_init(collect)
+/// Every example model, the small Falcon-H1 above and the stdlib Falcon-H1 models, each
+/// compiled as a forward pass and as a training step: (where from, the compiled graph,
+/// whether its tensors are small enough to run on the CPU in a test — the stdlib models'
+/// are not: a gradient-norm kernel reads all 34B parameters).
+fn compiled_models() -> &'static Vec<(String, Graph, bool)> {
+    static GRAPHS: OnceLock<Vec<(String, Graph, bool)>> = OnceLock::new();
+    GRAPHS.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files: Vec<_> = std::fs::read_dir(root.join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.push(root.join("stdlib/falcon_h1.hyb"));
+        let mut sources: Vec<(String, String)> =
+            files.iter().map(|f| (f.display().to_string(), std::fs::read_to_string(f).unwrap())).collect();
+        sources.push(("small_falcon".into(), SMALL_FALCON.into()));
+        let mut graphs = Vec::new();
+        for (name, text) in sources {
+            let small = !name.contains("stdlib");
+            for forward in models(name.clone(), text) {
+                for (what, target) in [
+                    ("forward", Target::Forward),
+                    ("training step", Target::Training { opt: AdamW::default(), width_mult: 1.0 }),
+                ] {
+                    let graph = compile(&forward, &target, 1, &Options::default()).graph;
+                    graphs.push((format!("{name}, {what}"), graph, small));
+                }
+            }
+        }
+        graphs
+    })
 }
 
-fn collect() -> BTreeMap<String, (String, Graph)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let mut sources: Vec<(String, String)> =
-        files.iter().map(|f| (f.display().to_string(), std::fs::read_to_string(f).unwrap())).collect();
-    sources.push(("small_falcon".into(), SMALL_FALCON.into()));
+/// Every distinct fused kernel body of [`compiled_models`] by name, with where it was
+/// first seen: of all of them (`all`), or of those small enough to run in a test.
+fn fused_kernels(all: bool) -> BTreeMap<String, (String, Graph)> {
     let mut kernels = BTreeMap::new();
-    for (name, text) in sources {
-        for forward in models(name.clone(), text) {
-            for (what, target) in [
-                ("forward", Target::Forward),
-                ("training step", Target::Training { opt: AdamW::default(), width_mult: 1.0 }),
-            ] {
-                let compiled = compile(&forward, &target, 1, &Options::default());
-                for n in &compiled.graph.nodes {
-                    if let Op::Kernel(k) = &n.op {
-                        if k.kind == KernelKind::Fused {
-                            let key = hyb_compiler::codegen::kernel_name(&k.body);
-                            kernels.entry(key).or_insert_with(|| (format!("{name}, {what}"), k.body.clone()));
-                        }
+    for (origin, graph, small) in compiled_models() {
+        if !(all || *small) {
+            continue;
+        }
+        {
+            for n in &graph.nodes {
+                if let Op::Kernel(k) = &n.op {
+                    if k.kind == KernelKind::Fused {
+                        let key = hyb_compiler::codegen::kernel_name(&k.body);
+                        kernels.entry(key).or_insert_with(|| (origin.clone(), k.body.clone()));
                     }
                 }
             }
@@ -264,10 +282,10 @@ fn check(kernel: &cpu::CpuKernel, case: &Case) -> Result<(), String> {
 
 #[test]
 fn every_fused_kernel_of_every_model_matches_the_reference() {
-    let kernels = fused_kernels();
+    let kernels = fused_kernels(false);
     let mut failures = Vec::new();
     let started = std::time::Instant::now();
-    for (name, (origin, body)) in kernels {
+    for (name, (origin, body)) in &kernels {
         let kernel = match cpu::compile(body, SIZES) {
             Ok(k) => k,
             Err(e) => {
@@ -281,6 +299,15 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
                 failures.push(format!("{name} ({origin}), seed {seed}: {e}\n{body}"));
                 break;
             }
+        }
+        // Compiled for the unit last-axis strides of one layout, as the executor compiles it.
+        let result = Case::in_domain(body, 4).and_then(|case| {
+            let unit: Vec<bool> = case.inputs.iter().chain(&case.outputs).map(|l| l.view().unit_last()).collect();
+            let kernel = cpu::compile_for(body, SIZES, &unit).map_err(|e| e.to_string())?;
+            check(&kernel, &case)
+        });
+        if let Err(e) = result {
+            failures.push(format!("{name} ({origin}), unit strides: {e}\n{body}"));
         }
     }
     let covered = kernels.len() - failures.len();
@@ -312,9 +339,34 @@ fn ptxas() -> Option<std::path::PathBuf> {
     std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
 }
 
+/// Every fused kernel and every template instance of every model, as PTX: by name, with
+/// where it was first seen.
+fn gpu_kernels() -> BTreeMap<String, (String, Result<gpu::GpuKernel, hyb_compiler::codegen::CodegenError>)> {
+    let mut kernels: BTreeMap<_, _> = fused_kernels(true)
+        .iter()
+        .map(|(name, (origin, body))| (name.clone(), (origin.clone(), gpu::compile(body, SIZES))))
+        .collect();
+    for (origin, graph, _) in compiled_models() {
+        for node in 0..graph.nodes.len() {
+            let Some(code) = template::for_node(graph, node, SIZES, hyb_compiler::codegen::Target::Gpu) else {
+                continue;
+            };
+            match code {
+                Ok(code) => {
+                    kernels.entry(code.name.clone()).or_insert_with(|| (origin.clone(), gpu::compile_template(&code)));
+                }
+                Err(e) => {
+                    kernels.insert(format!("%{node} of {origin}"), (origin.clone(), Err(e)));
+                }
+            }
+        }
+    }
+    kernels
+}
+
 #[test]
-fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
-    let kernels = fused_kernels();
+fn every_kernel_of_every_model_becomes_self_contained_ptx() {
+    let kernels = gpu_kernels();
     let assembler = ptxas();
     if assembler.is_none() {
         println!("note: no ptxas (set HYB_PTXAS or put it on PATH): the PTX is generated but not assembled");
@@ -324,9 +376,10 @@ fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
     let mut failures = Vec::new();
     let mut registers = 0;
     let mut crowded = Vec::new();
+    let mut reports = String::new();
     let started = std::time::Instant::now();
-    for (name, (origin, body)) in kernels {
-        let kernel = match gpu::compile(body, SIZES) {
+    for (name, (origin, kernel)) in &kernels {
+        let kernel = match kernel {
             Ok(k) => k,
             Err(e) => {
                 failures.push(format!("{name} ({origin}): {e}"));
@@ -352,10 +405,11 @@ fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
             .output()
             .expect("ptxas runs");
         let report = String::from_utf8_lossy(&out.stderr).to_string();
+        reports.push_str(&format!("== {name} ({origin})\n{report}"));
         if !out.status.success() {
             failures.push(format!("{name} ({origin}): ptxas failed:\n{report}"));
         } else if spills(&report) && kernel.parameters <= CROWDED {
-            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}\n{body}"));
+            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}"));
         } else if spills(&report) {
             crowded.push(format!("{name} ({} parameters)", kernel.parameters));
         } else {
@@ -373,18 +427,14 @@ fn every_fused_kernel_of_every_model_becomes_self_contained_ptx() {
     }
     let covered = kernels.len() - failures.len();
     let assembled = if assembler.is_some() {
-        format!(", assembled by ptxas (at most {registers} registers)")
+        let record = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptxas-report.txt");
+        std::fs::write(&record, &reports).unwrap();
+        format!(", assembled by ptxas (at most {registers} registers; every report in {})", record.display())
     } else {
         String::new()
     };
-    println!("{covered} of {} fused kernels became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
-    assert!(
-        failures.is_empty(),
-        "{} of {} fused kernels failed:\n{}",
-        failures.len(),
-        kernels.len(),
-        failures.join("\n")
-    );
+    println!("{covered} of {} kernels and templates became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
+    assert!(failures.is_empty(), "{} of {} kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
 }
 
 /// A body reading input `0` of `shape`.
@@ -752,7 +802,7 @@ fn speed() {
 fn export_cases_for_the_device() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cases: Vec<DeviceCase> = fused_kernels()
+    let mut cases: Vec<DeviceCase> = fused_kernels(false)
         .iter()
         .map(|(name, (origin, body))| {
             let kernel = gpu::compile(body, SIZES).unwrap();

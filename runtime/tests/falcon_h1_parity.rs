@@ -226,3 +226,35 @@ fn sharded_checkpoints_import_like_single_files() {
         weights::load(&dir.path().join("single/m.safetensors")).unwrap()
     );
 }
+
+/// The compiled forward pass, its launches native code (generated kernels, templates,
+/// GEMMs) on the CPU executor in float32, gives transformers' float32 logits.
+#[test]
+fn native_code_logits_match_transformers() {
+    use hyb_compiler::pipeline::{compile, plan_graph, Target};
+    use hyb_compiler::plan::Precision;
+    use hyb_compiler::rewrite::Options;
+    use hyb_runtime::cpu;
+    for fixture in fixtures() {
+        let out = tempfile::tempdir().unwrap();
+        hf::import(&fixture, out.path(), "imported").unwrap();
+        let model = expand(&out.path().join("imported.hyb"));
+        let w = weights::load(&out.path().join("imported.safetensors")).unwrap();
+        let g = elaborate(&model.trace);
+        let (shape, data) = ids(&fixture);
+        let compiled = compile(&g, &Target::Forward, 1, &Options::default());
+        let program =
+            plan_graph(&compiled.graph, false, shape[0], shape[1], Precision::uniform(hyb_dsl::value::DType::F32))
+                .unwrap();
+        let kernels = cpu::Kernels::compile(&compiled.graph, &program);
+        assert!(kernels.interpreted.is_empty(), "{}: {}", fixture.display(), kernels.summary());
+        let params: HashMap<String, Tensor<f32>> =
+            w.iter().map(|(k, v)| (k.clone(), Tensor::from_f64(v.tensor.shape.clone(), &v.tensor.data))).collect();
+        let inputs = HashMap::from([("ids".to_string(), Tensor::<f32>::from_f64(shape, &data))]);
+        let ours = cpu::run_with(&compiled.graph, &program, &kernels, &params, &inputs).unwrap().remove(0).to_f64();
+        let hf_logits = weights::load(&fixture.join("logits.safetensors")).unwrap();
+        let e32 = relative_error(&ours, &hf_logits["logits_f32"].tensor.data);
+        eprintln!("{}: native float32 {e32:.2e}", fixture.display());
+        assert!(e32 <= 1e-4, "{}: native float32 relative error {e32:e}", fixture.display());
+    }
+}

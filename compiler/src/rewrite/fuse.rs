@@ -7,7 +7,13 @@
 
 use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
 use crate::ops::{Class, Primitive};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+/// The most tensors one kernel reads. Each is a pointer and strides among a GPU kernel's
+/// parameters (4 KiB of them up to PTX 8.0), and a kernel reading hundreds (a global
+/// gradient norm over every parameter of a 34B model) is past that and past what `ptxas`
+/// assembles in reasonable time; beyond it a sum is split into kernels of partial sums.
+const MAX_INPUTS: usize = 24;
 
 /// How a node takes part in vertical fusion, from its primitive's class.
 #[derive(Clone, Copy, PartialEq)]
@@ -55,6 +61,9 @@ pub fn fuse(g: &Graph) -> Graph {
     }
     let mut group: Vec<NodeId> = (0..n).collect();
     let (mut has_gemm, mut has_reduce) = (vec![false; n], vec![false; n]);
+    // The values each kernel (by root) reads from outside it.
+    let computed = |x: &NodeId| !matches!(g.nodes[*x].op, Op::Constant(_));
+    let mut reads: HashMap<NodeId, BTreeSet<NodeId>> = HashMap::new();
     for i in (0..n).rev() {
         let c = role(&g.nodes[i]);
         if matches!(c, Role::Gemm | Role::Other) {
@@ -62,8 +71,15 @@ pub fn fuse(g: &Graph) -> Graph {
         }
         let r = root(&mut group, i);
         has_reduce[r] |= c == Role::Reduce;
+        reads.entry(r).or_insert_with(|| g.nodes[i].inputs.iter().copied().filter(computed).collect());
         for &p in &g.nodes[i].inputs {
             if group[p] != p || consumers[p].iter().any(|&u| root(&mut group, u) != r) {
+                continue;
+            }
+            let mut joined = reads[&r].clone();
+            joined.remove(&p);
+            joined.extend(g.nodes[p].inputs.iter().copied().filter(computed));
+            if joined.len() > MAX_INPUTS {
                 continue;
             }
             // Only computed values become extra outputs (a returned view stays a view).
@@ -77,6 +93,7 @@ pub fn fuse(g: &Graph) -> Graph {
                 Role::Other => false,
             };
             if ok {
+                reads.insert(r, joined);
                 group[p] = r;
                 has_gemm[r] |= role(&g.nodes[p]) == Role::Gemm;
                 has_reduce[r] |= role(&g.nodes[p]) == Role::Reduce;

@@ -67,10 +67,18 @@ const UNIT: Values = Values { lo: -1.0, hi: 1.0, ranges: &[], floor: 0.0 };
 /// its PTX and assembles it.
 fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Result<(), String> {
     let kernel = cpu::compile_template(&code(body, node, Target::Cpu)).map_err(|e| format!("{what}: {e}"))?;
-    for seed in 1..=3u64 {
+    for seed in 1..=4u64 {
         let mut case =
             Case::ranged(body, seed, values.lo, values.hi, values.ranges).map_err(|e| format!("{what}: {e}"))?;
         case.floor = case.floor.max(values.floor);
+        if seed == 4 {
+            // Compiled for this layout's unit last-axis strides, as the executor compiles it.
+            let unit: Vec<bool> = case.inputs.iter().chain(&case.outputs).map(|l| l.view().unit_last()).collect();
+            let code = code(body, node, Target::Cpu);
+            let kernel = cpu::compile_template_for(&code, &unit).map_err(|e| format!("{what}: {e}"))?;
+            super::check(&kernel, &case).map_err(|e| format!("{what}, unit strides: {e}"))?;
+            continue;
+        }
         super::check(&kernel, &case).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
     }
     let gpu = gpu::compile_template(&code(body, node, Target::Gpu)).map_err(|e| format!("{what} (GPU): {e}"))?;
