@@ -321,11 +321,6 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
     );
 }
 
-/// Above this many 64-bit parameters (pointers and strides: 128 of the 255 registers a
-/// thread may have) a spill is expected, not a defect of the generated code: the
-/// gradient-norm kernels read every parameter of the model in one launch.
-const CROWDED: usize = 64;
-
 fn spills(report: &str) -> bool {
     report.lines().any(|l| l.contains("bytes spill stores") && !l.contains(" 0 bytes spill stores"))
 }
@@ -375,7 +370,6 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut failures = Vec::new();
     let mut registers = 0;
-    let mut crowded = Vec::new();
     let mut reports = String::new();
     let started = std::time::Instant::now();
     for (name, (origin, kernel)) in &kernels {
@@ -408,10 +402,8 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
         reports.push_str(&format!("== {name} ({origin})\n{report}"));
         if !out.status.success() {
             failures.push(format!("{name} ({origin}): ptxas failed:\n{report}"));
-        } else if spills(&report) && kernel.parameters <= CROWDED {
-            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}"));
         } else if spills(&report) {
-            crowded.push(format!("{name} ({} parameters)", kernel.parameters));
+            failures.push(format!("{name} ({origin}): ptxas reports spills:\n{report}"));
         } else {
             registers = report
                 .lines()
@@ -420,11 +412,6 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
         }
     }
     std::fs::remove_dir_all(&dir).ok();
-    if !crowded.is_empty() {
-        println!(
-            "spilling with more than {CROWDED} 64-bit parameters (one launch reading that many tensors): {crowded:?}"
-        );
-    }
     let covered = kernels.len() - failures.len();
     let assembled = if assembler.is_some() {
         let record = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptxas-report.txt");

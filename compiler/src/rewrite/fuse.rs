@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 /// parameters (4 KiB of them up to PTX 8.0), and a kernel reading hundreds (a global
 /// gradient norm over every parameter of a 34B model) is past that and past what `ptxas`
 /// assembles in reasonable time; beyond it a sum is split into kernels of partial sums.
-const MAX_INPUTS: usize = 24;
+const MAX_INPUTS: usize = 16;
 
 /// How a node takes part in vertical fusion, from its primitive's class.
 #[derive(Clone, Copy, PartialEq)]
