@@ -35,6 +35,6 @@ demo: build
 		tail -n 1 target/demo/mqar_$$m/metrics.jsonl | grep -o '"eval_accuracy":[0-9.]*' | cut -d: -f2; done
 
 test: deps
-	cargo test --workspace
+	cargo test --workspace --release
 	cargo fmt --all -- --check
-	cargo run -q -- fmt --check stdlib/*.hyb examples/*.hyb
+	cargo run --release -q -- fmt --check stdlib/*.hyb examples/*.hyb

@@ -577,3 +577,34 @@ fn train_recompute_policies_agree_and_the_budget_is_checked() {
     assert!(stderr(&r).contains("but the device has") && stderr(&r).contains("at its peak"), "{}", stderr(&r));
     assert!(!out.exists(), "nothing is written for a plan that does not fit");
 }
+
+/// `hyb compile --emit` prints every kernel's code at the stage asked for, `--kernel` picks
+/// one by the name `--emit` prints, and an unknown name is an error listing the real ones.
+#[test]
+fn compile_emits_each_kernel_at_each_stage() {
+    let base = ["compile", "examples/tiny_hybrid.hyb", "--batch", "2", "--seq", "16", "--emit"];
+    let mut names = Vec::new();
+    for (stage, marker) in [("mlir", "func.func @"), ("llvm", "define void @"), ("ptx", ".entry ")] {
+        let run = hyb(&[&base[..], &[stage]].concat());
+        assert!(run.status.success(), "{stage}: {}", stderr(&run));
+        let text = String::from_utf8_lossy(&run.stdout).to_string();
+        assert!(text.contains(marker), "{stage}: no `{marker}` in the output");
+        names = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("// ===== ")?.strip_suffix(" ====="))
+            .map(String::from)
+            .collect();
+        assert!(names.iter().any(|n| n.starts_with("flash_attention")), "{stage}: {names:?}");
+        assert!(names.iter().any(|n| n.starts_with("ssd_scan")), "{stage}: {names:?}");
+    }
+    let one = &names[0];
+    let run = hyb(&[&base[..], &["ptx", "--kernel", one]].concat());
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = String::from_utf8_lossy(&run.stdout).to_string();
+    assert_eq!(text.matches("// ===== ").count(), 1, "one kernel");
+    let run = hyb(&[&base[..], &["mlir", "--kernel", "no_such_kernel"]].concat());
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("no kernel named `no_such_kernel`") && stderr(&run).contains(one.as_str()));
+    let run = hyb(&["compile", "examples/tiny_hybrid.hyb", "--kernel", "x"]);
+    assert!(!run.status.success(), "--kernel needs --emit");
+}

@@ -371,6 +371,8 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     let mut failures = Vec::new();
     let mut registers = 0;
     let mut reports = String::new();
+    let disassembler = std::env::var_os("HYB_CUOBJDUMP").map(std::path::PathBuf::from);
+    let mut machine_code = String::new();
     let started = std::time::Instant::now();
     for (name, (origin, kernel)) in &kernels {
         let kernel = match kernel {
@@ -393,13 +395,24 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
         let Some(ptxas) = &assembler else { continue };
         let file = dir.join(format!("{name}.ptx"));
         std::fs::write(&file, &kernel.ptx).unwrap();
+        let cubin = dir.join(format!("{name}.cubin"));
         let out = std::process::Command::new(ptxas)
-            .args(["-arch=sm_90", "-v", "-o", "/dev/null"])
+            .args(["-arch=sm_90", "-v", "-o"])
+            .arg(&cubin)
             .arg(&file)
             .output()
             .expect("ptxas runs");
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         reports.push_str(&format!("== {name} ({origin})\n{report}"));
+        // The machine code of every template (the generated kernels' is alike).
+        if let (Some(cuobjdump), true) = (&disassembler, out.status.success() && !name.starts_with("fused_")) {
+            let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().expect("cuobjdump runs");
+            let text = String::from_utf8_lossy(&sass.stdout).to_string();
+            if !sass.status.success() || !text.contains("EXIT") {
+                failures.push(format!("{name} ({origin}): cuobjdump -sass: {}", String::from_utf8_lossy(&sass.stderr)));
+            }
+            machine_code.push_str(&format!("== {name} ({origin})\n{text}"));
+        }
         if !out.status.success() {
             failures.push(format!("{name} ({origin}): ptxas failed:\n{report}"));
         } else if spills(&report) {
@@ -416,7 +429,14 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     let assembled = if assembler.is_some() {
         let record = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptxas-report.txt");
         std::fs::write(&record, &reports).unwrap();
-        format!(", assembled by ptxas (at most {registers} registers; every report in {})", record.display())
+        let sass = if disassembler.is_some() {
+            let at = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("templates.sass");
+            std::fs::write(&at, &machine_code).unwrap();
+            format!("; the templates' SASS in {}", at.display())
+        } else {
+            String::new()
+        };
+        format!(", assembled by ptxas (at most {registers} registers; every report in {}{sass})", record.display())
     } else {
         String::new()
     };
