@@ -234,7 +234,7 @@ fn piece_cases() -> Vec<TemplateCase> {
     }
     for (shape, axis, before, after) in [(vec![2, 3, 4], -1, 1, 2), (vec![3, 5], 0, 0, 3), (vec![1, 4, 2], 1, 2, 0)] {
         let pad = Pad { axis, before: Dim::constant(before), after: Dim::constant(after) };
-        let (body, node) = prim_body(pad, &[shape.clone()]);
+        let (body, node) = prim_body(pad, std::slice::from_ref(&shape));
         cases.push((format!("pad {shape:?} axis {axis} by {before}, {after}"), body, node, UNIT));
     }
     cases
