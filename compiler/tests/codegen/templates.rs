@@ -8,7 +8,8 @@ use hyb_compiler::codegen::template::{self, TemplateCode};
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
-    Binary, CausalConv1d, CausalConv1dGrad, Concat, Embedding, EmbeddingGrad, OneHot, Pad, Prim, SsdScan, SsdScanGrad,
+    Binary, CausalConv1d, CausalConv1dGrad, Concat, Embedding, EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeGrad,
+    SsdScan, SsdScanGrad, Tril, F64,
 };
 use hyb_compiler::rewrite::kernels::flash_attention;
 use hyb_dsl::dim::Dim;
@@ -247,6 +248,28 @@ fn concat_and_pad_match_the_reference() {
 
 /// Whole-number ids in `0..=vocab` (one past the table selects nothing), table and
 /// gradient values in the same range.
+/// The rotary embedding and its gradient alone (odd heads, T = 1, two bases), and `tril`
+/// (`causal_mask` is the same code filling −∞, which the comparison cannot take).
+fn position_cases() -> Vec<TemplateCase> {
+    let mut cases = Vec::new();
+    for (shape, theta) in [(vec![1, 1, 2, 4], 10000.0), (vec![2, 5, 3, 8], 10000.0), (vec![1, 9, 2, 6], 500.0)] {
+        let (body, node) = prim_body(Rope { theta: F64(theta) }, std::slice::from_ref(&shape));
+        cases.push((format!("rope {shape:?} theta {theta}"), body, node, UNIT));
+        let (body, node) = prim_body(RopeGrad { theta: F64(theta) }, std::slice::from_ref(&shape));
+        cases.push((format!("rope_grad {shape:?} theta {theta}"), body, node, UNIT));
+    }
+    for shape in [vec![2, 4, 4], vec![3, 1, 1], vec![2, 2, 7, 7]] {
+        let (body, node) = prim_body(Tril, std::slice::from_ref(&shape));
+        cases.push((format!("tril {shape:?}"), body, node, UNIT));
+    }
+    cases
+}
+
+#[test]
+fn rope_and_masks_match_the_reference() {
+    run_all(position_cases());
+}
+
 fn lookup_cases() -> Vec<TemplateCase> {
     let ids_below = |n: usize| Values { lo: 0.0, hi: n as f64, ..UNIT };
     let mut cases = Vec::new();
@@ -306,7 +329,8 @@ fn ssd_scan_matches_the_reference() {
 /// Every template case, for the GPU machine: the PTX, the arena, the reference's outputs
 /// and the launches (`compiler/tests/ptx_on_device.py` runs them).
 pub fn device_cases() -> Vec<super::DeviceCase> {
-    let all = [conv1d_cases(), attention_cases(), piece_cases(), lookup_cases(), ssd_cases()].concat();
+    let all =
+        [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases()].concat();
     all.into_iter()
         .enumerate()
         .map(|(i, (what, body, node, values))| {

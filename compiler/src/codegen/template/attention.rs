@@ -399,7 +399,7 @@ fn store_row(s: &mut Text, dims: &Dims, rows: Rows, r: Row, array: &str, factor:
             });
         }
         Some(theta) => {
-            let freq = frequencies(s, dims, theta);
+            let freq = frequencies(s, dims.d, theta);
             let half = dims.d / 2;
             let hn = s.i64(half as i64);
             s.each(&zero, &hn, |s, p| {
@@ -427,7 +427,7 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
     let (q, k) = dims.rotated(at);
     let heads = dims.h + dims.kv;
     let mut s = Text::new();
-    let freq = frequencies(&mut s, dims, theta);
+    let freq = frequencies(&mut s, dims.d, theta);
     let pair = |s: &mut Text, b: &str, t: &str, p: &str, cos: &str, sin: &str| {
         for (from, to, n) in [(Rows::TokenMajor(0), q, dims.h), (Rows::TokenMajor(1), k, dims.kv)] {
             let (zero, hn) = (s.i64(0), s.i64(n as i64));
@@ -470,13 +470,13 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
 
 /// The rotation frequencies `theta^(−2p/D)` of the pairs `(p, p + D/2)` (`ops::rope`'s
 /// convention), computed here in f64 and rounded once.
-fn frequencies(s: &mut Text, dims: &Dims, theta: f64) -> String {
-    let freq: Vec<f32> = (0..dims.d / 2).map(|p| theta.powf(-(2.0 * p as f64) / dims.d as f64) as f32).collect();
+pub(super) fn frequencies(s: &mut Text, d: usize, theta: f64) -> String {
+    let freq: Vec<f32> = (0..d / 2).map(|p| theta.powf(-(2.0 * p as f64) / d as f64) as f32).collect();
     s.table(&freq)
 }
 
 /// The cosine and sine of pair `p`'s angle at time `t`, `t · freq[p]`.
-fn trig(s: &mut Text, freq: &str, t: &str, p: &str) -> (String, String) {
+pub(super) fn trig(s: &mut Text, freq: &str, t: &str, p: &str) -> (String, String) {
     let tf = s.sitofp(t);
     let f = s.get(freq, p);
     let angle = s.fmul(&tf, &f);
@@ -484,7 +484,7 @@ fn trig(s: &mut Text, freq: &str, t: &str, p: &str) -> (String, String) {
 }
 
 /// The pair `(x1, x2)` rotated by the angle of `cos`, `sin`.
-fn rotate(s: &mut Text, (x1, x2): (&str, &str), cos: &str, sin: &str) -> (String, String) {
+pub(super) fn rotate(s: &mut Text, (x1, x2): (&str, &str), cos: &str, sin: &str) -> (String, String) {
     let (a, b) = (s.fmul(x1, cos), s.fmul(x2, sin));
     let (c, d) = (s.fmul(x2, cos), s.fmul(x1, sin));
     (s.fsub(&a, &b), s.fadd(&c, &d))

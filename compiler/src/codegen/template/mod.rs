@@ -19,6 +19,7 @@ pub mod attention;
 pub mod conv1d;
 mod gather;
 mod pieces;
+mod position;
 pub mod ssd_scan;
 pub mod text;
 mod wrap;
@@ -111,6 +112,12 @@ pub fn for_node(
         Op::Prim(Prim::EmbeddingGrad(e)) => {
             Some(inputs().and_then(|s| Ok(gather::embedding_grad(&s[0], &s[1], size(&e.vocab)?))))
         }
+        Op::Prim(Prim::Rope(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, false))),
+        Op::Prim(Prim::RopeGrad(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, true))),
+        Op::Prim(Prim::CausalMask(_)) => {
+            Some(inputs().map(|s| position::mask(&s[0], f32::NEG_INFINITY, "causal_mask")))
+        }
+        Op::Prim(Prim::Tril(_)) => Some(inputs().map(|s| position::mask(&s[0], 0.0, "tril"))),
         Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
         Op::Prim(Prim::Pad(p)) => {
             Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))

@@ -1,0 +1,66 @@
+//! Primitives that depend on a token's position (`ops::rope`, `ops::mask` are the
+//! meaning): the rotary embedding and its gradient (the rotation by minus the angle) when
+//! launched alone, and the causal masks of a score matrix (`causal_mask` fills above the
+//! diagonal with −∞, `tril` with 0). An item is a row: a token's heads for the rotation
+//! (its cosines and sines computed once for all heads), a score row for the masks.
+
+use super::attention::{frequencies, rotate, trig};
+use super::pieces::delinearise;
+use super::text::Text;
+use super::{name, Phase, TemplateCode};
+
+/// `rope` (`inverse`: `rope_grad`) of `x [B, T, heads, D]` with base `theta`.
+pub fn rope(x: &[usize], theta: f64, inverse: bool) -> TemplateCode {
+    let (b, t, h, d) = (x[0], x[1], x[2], x[3]);
+    let half = d / 2;
+    let mut body = Text::new();
+    let freq = frequencies(&mut body, d, theta);
+    let at = delinearise(&mut body, "%item", &[b, t]);
+    let (bi, ti) = (at[0].clone(), at[1].clone());
+    let (zero, pairs, heads) = (body.i64(0), body.i64(half as i64), body.i64(h as i64));
+    body.each(&zero, &pairs, |s, p| {
+        let (cos, sin) = trig(s, &freq, &ti, p);
+        let sin = if inverse { s.fneg(&sin) } else { sin };
+        let q = s.add_c(p, half as i64);
+        s.each(&zero, &heads, |s, hi| {
+            let x1 = s.load(0, &[&bi, &ti, hi, p]);
+            let x2 = s.load(0, &[&bi, &ti, hi, &q]);
+            let (y1, y2) = rotate(s, (&x1, &x2), &cos, &sin);
+            s.store(1, &[&bi, &ti, hi, p], &y1);
+            s.store(1, &[&bi, &ti, hi, &q], &y2);
+        });
+    });
+    let what = if inverse { "rope_grad" } else { "rope" };
+    TemplateCode {
+        name: format!("{}_theta{:x}", name(what, &[x]), theta.to_bits()),
+        inputs: vec![x.to_vec()],
+        outputs: vec![x.to_vec()],
+        workspace: vec![],
+        phases: vec![Phase { what: "rotate", items: b * t, work_per_item: h * d, body }],
+    }
+}
+
+/// `x [..., T, T]` with every element above the diagonal replaced by `fill`.
+pub fn mask(x: &[usize], fill: f32, what: &str) -> TemplateCode {
+    let (last, rows) = x.split_last().expect("a square matrix has two axes");
+    let mut body = Text::new();
+    let mut at = delinearise(&mut body, "%item", rows);
+    let i = at.last().expect("a row axis").clone();
+    let (zero, n, fill) = (body.i64(0), body.i64(*last as i64), body.f32(fill));
+    body.each(&zero, &n, |s, j| {
+        at.push(j.to_string());
+        let index: Vec<&str> = at.iter().map(String::as_str).collect();
+        let v = s.load(0, &index);
+        let kept = s.cmp("sle", j, &i);
+        let v = s.select(&kept, &v, &fill, "f32");
+        s.store(1, &index, &v);
+        at.pop();
+    });
+    TemplateCode {
+        name: name(what, &[x]),
+        inputs: vec![x.to_vec()],
+        outputs: vec![x.to_vec()],
+        workspace: vec![],
+        phases: vec![Phase { what: "mask", items: rows.iter().product(), work_per_item: *last, body }],
+    }
+}
