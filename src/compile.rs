@@ -5,11 +5,13 @@
 use crate::planning::PlanArgs;
 use anyhow::{Context, Result};
 use hyb_compiler::artifact::{self, Artifact, Target};
-use hyb_compiler::codegen::unit::{self, Unit};
+use hyb_compiler::codegen::chain::Step;
+use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{self, cpu, gpu, Symbols};
 use hyb_compiler::cost::{Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::fit::{fit, Request};
+use hyb_compiler::ir::Graph;
 use hyb_compiler::pipeline::Executable;
 use hyb_compiler::pipeline::{self, compile, Sizing};
 use hyb_compiler::plan::LaunchKind;
@@ -125,6 +127,28 @@ pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
     Ok(())
 }
 
+/// What a GEMM is, in one comment line: the GEMM library computes it.
+fn gemm_line(g: &GemmShape) -> String {
+    let t = |yes: bool| if yes { "ᵀ" } else { "" };
+    format!(
+        "// a GEMM for the GEMM library (matrixmultiply on the CPU, cuBLASLt on the GPU): {:?}{} · {:?}{} → {:?}\n",
+        g.a,
+        t(g.matmul.transpose_a),
+        g.b,
+        t(g.matmul.transpose_b),
+        g.out
+    )
+}
+
+/// A generated body's code at `stage`.
+fn body_code(body: &Graph, name: &str, stage: Stage, symbols: Symbols) -> Result<String> {
+    Ok(match stage {
+        Stage::Mlir => cpu::body_mlir(body, symbols)?,
+        Stage::Llvm => cpu::llvm_ir(name, &cpu::body_mlir(body, symbols)?)?,
+        Stage::Ptx => gpu::compile(body, symbols)?.ptx,
+    })
+}
+
 /// Prints the code of every distinct kernel of `executable` at `stage` (or of `kernel`).
 fn emit(executable: &Executable, stage: Stage, kernel: Option<&str>) -> Result<()> {
     let (graph, program) = (&executable.graph, &executable.program);
@@ -138,27 +162,28 @@ fn emit(executable: &Executable, stage: Stage, kernel: Option<&str>) -> Result<(
         if !names.insert(name.clone()) || kernel.is_some_and(|k| k != name) {
             continue;
         }
-        let mlir = |unit: &Unit| -> Result<String> {
-            Ok(match unit {
-                Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. } => cpu::body_mlir(body, symbols)?,
-                Unit::Template(code) => cpu::template_mlir(code, &[]),
-                Unit::Gemm(_) => unreachable!("GEMMs have no generated code"),
-            })
-        };
-        let text = match (&unit, stage) {
-            (Unit::Gemm(g), _) => format!(
-                "// a GEMM for the GEMM library (matrixmultiply on the CPU, cuBLASLt on the GPU): {:?}{} · {:?}{} → {:?}\n",
-                g.a,
-                if g.matmul.transpose_a { "ᵀ" } else { "" },
-                g.b,
-                if g.matmul.transpose_b { "ᵀ" } else { "" },
-                g.out
-            ),
-            (_, Stage::Mlir) => mlir(&unit)?,
-            (_, Stage::Llvm) => cpu::llvm_ir(&name, &mlir(&unit)?)?,
-            (Unit::Template(code), Stage::Ptx) => gpu::compile_template(code)?.ptx,
-            (Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. }, Stage::Ptx) => {
-                gpu::compile(body, symbols)?.ptx
+        let text = match &unit {
+            Unit::Gemm(g) => gemm_line(g),
+            Unit::Body(body) => body_code(body, &name, stage, symbols)?,
+            Unit::Template(code) => match stage {
+                Stage::Mlir => cpu::template_mlir(code, &[]),
+                Stage::Llvm => cpu::llvm_ir(&name, &cpu::template_mlir(code, &[]))?,
+                Stage::Ptx => gpu::compile_template(code)?.ptx,
+            },
+            Unit::Chain(chain) => {
+                let mut text = format!("// {} steps, scratch {:?}\n", chain.steps.len(), chain.scratch);
+                for (i, step) in chain.steps.iter().enumerate() {
+                    text.push_str(&match step {
+                        Step::Gemm { gemm, a, b, out } => {
+                            format!("// step {i}: {a:?} · {b:?} → {out:?}\n{}", gemm_line(gemm))
+                        }
+                        Step::Body { body, reads, writes } => format!(
+                            "// step {i}: {reads:?} → {writes:?}\n{}",
+                            body_code(body, &codegen::kernel_name(body), stage, symbols)?
+                        ),
+                    });
+                }
+                text
             }
         };
         println!("// ===== {name} =====\n{text}");

@@ -10,9 +10,10 @@
 use hyb_compiler::codegen::cpu::{self, ArenaView};
 use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::template::{self, text::Text, Phase, TemplateCode};
+use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Func, Symbols};
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::{Graph, KernelKind, Op, TensorType};
+use hyb_compiler::ir::{Graph, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
 use hyb_compiler::pipeline::{compile, Target};
 use hyb_compiler::reference::{self, Tensor};
@@ -95,22 +96,29 @@ fn compiled_models() -> &'static Vec<(String, Graph, bool)> {
     })
 }
 
-/// Every distinct fused kernel body of [`compiled_models`] by name, with where it was
-/// first seen: of all of them (`all`), or of those small enough to run in a test.
+/// Every distinct body the generator compiles for [`compiled_models`] — fused kernels and
+/// the generated steps of chains (GEMM epilogues, BitLinear quantisers) — by name, with
+/// where it was first seen: of all of them (`all`), or of those small enough to run in a
+/// test.
 fn fused_kernels(all: bool) -> BTreeMap<String, (String, Graph)> {
     let mut kernels = BTreeMap::new();
     for (origin, graph, small) in compiled_models() {
         if !(all || *small) {
             continue;
         }
-        {
-            for n in &graph.nodes {
-                if let Op::Kernel(k) = &n.op {
-                    if k.kind == KernelKind::Fused {
-                        let key = hyb_compiler::codegen::kernel_name(&k.body);
-                        kernels.entry(key).or_insert_with(|| (origin.clone(), k.body.clone()));
-                    }
-                }
+        for node in 0..graph.nodes.len() {
+            if !matches!(graph.nodes[node].op, Op::Kernel(_)) {
+                continue;
+            }
+            let bodies: Vec<Graph> = match unit::for_node(graph, node, SIZES, hyb_compiler::codegen::Target::Cpu) {
+                Ok(Unit::Body(body)) => vec![body],
+                Ok(Unit::Chain(chain)) => chain.bodies().cloned().collect(),
+                Ok(Unit::Template(_) | Unit::Gemm(_)) => continue,
+                Err(why) => panic!("{origin}: kernel %{node} has no code: {why}"),
+            };
+            for body in bodies {
+                let key = hyb_compiler::codegen::kernel_name(&body);
+                kernels.entry(key).or_insert_with(|| (origin.clone(), body));
             }
         }
     }

@@ -197,3 +197,40 @@ fn ssd_scan_by_hand() {
     let ones = t(&[1, 3, 1, 1], &[1.0, 1.0, 1.0]);
     close(&run(SsdScan { chunk: Dim::constant(2) }, &[&x, &dt, &a, &ones, &ones]), &[1, 3, 1, 1], &[1.0, 2.5, 5.25]);
 }
+
+/// Each primitive's expansion (what code generators compile instead of it) means what the
+/// primitive means, on random inputs of several shapes, including all-zero rows (the
+/// scales' floor) and values on rounding ties.
+#[test]
+fn expansions_equal_their_primitives() {
+    use hyb_compiler::ir::{Graph, Op, TensorType};
+    use std::collections::HashMap;
+    let mut seed = 7;
+    let prims: [Prim; 2] = [TernaryQuant.into(), Int8Quant.into()];
+    for prim in &prims {
+        for shape in [vec![1usize], vec![3, 5], vec![2, 3, 7], vec![4, 64]] {
+            for case in 0..3 {
+                let mut x = random(&shape, &mut seed, 2.0, 0.0);
+                if case == 1 {
+                    x.data.iter_mut().take(shape[shape.len() - 1]).for_each(|v| *v = 0.0);
+                }
+                if case == 2 {
+                    // Halves of the int8 grid: x·127/max lands on .5 for every element.
+                    let last = *shape.last().unwrap();
+                    for (i, v) in x.data.iter_mut().enumerate() {
+                        *v = if i % last == 0 { 1.0 } else { ((i % 9) as f64 - 4.5) / 127.0 };
+                    }
+                }
+                let mut g = Graph::default();
+                let ty =
+                    TensorType { shape: dims(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>()), dtype: DType::F64 };
+                let input = g.add(Op::Input("x".into()), vec![], ty);
+                g.outputs = prim.expand(&mut g, &[input]).expect("the quantisers expand");
+                let inputs = HashMap::from([("x".to_string(), x.clone())]);
+                let got = hyb_compiler::reference::run::<f64>(&g, &HashMap::new(), &inputs).unwrap().remove(0);
+                let want = run(prim.clone(), &[&x]);
+                close(&got, &want.shape, &want.data);
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! every launch of its body whatever the layout of its views.
 
 mod body;
+pub mod chain;
 pub mod cpu;
 mod emit;
 pub mod gpu;

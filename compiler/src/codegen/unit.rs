@@ -3,13 +3,15 @@
 //! - a fused kernel, or a primitive launched alone that the generator compiles (a `silu`,
 //!   a row `sum`), is a kernel body, with the constants its node passes folded in;
 //! - a sequence primitive or attention kernel is its template;
-//! - a matmul is a GEMM for the GEMM library, and a GEMM kernel is that GEMM followed by
-//!   the rest of its body as an epilogue reading the product.
+//! - a matmul is a GEMM for the GEMM library;
+//! - a kernel with GEMMs inside (a GEMM kernel and its epilogue, a BitLinear and its
+//!   quantisers, their gradients) is a [`Chain`] of GEMMs and generated bodies.
 //!
 //! Anything else has no code yet ([`Unit`] is an error naming why), and an executor runs
 //! it with the reference semantics.
 
 use super::body::Body;
+use super::chain::{self, Chain};
 use super::template::{self, TemplateCode};
 use super::{Symbols, Target};
 use crate::ir::{Graph, KernelKind, NodeId, Op};
@@ -22,14 +24,7 @@ pub enum Unit {
     Template(TemplateCode),
     /// `out = op(a)·op(b)` of the launch's two inputs.
     Gemm(GemmShape),
-    /// A GEMM of launch inputs `a` and `b` into scratch space of the product's shape, then
-    /// `epilogue`, whose inputs are the launch's inputs and then the product.
-    GemmEpilogue {
-        gemm: GemmShape,
-        a: usize,
-        b: usize,
-        epilogue: Graph,
-    },
+    Chain(Chain),
 }
 
 /// A matmul's transposes and concrete shapes.
@@ -45,7 +40,8 @@ impl Unit {
     /// A stable name: the kernel's (bodies), the template's, or `gemm_` and the shapes.
     pub fn name(&self) -> String {
         match self {
-            Unit::Body(body) | Unit::GemmEpilogue { epilogue: body, .. } => super::kernel_name(body),
+            Unit::Body(body) => super::kernel_name(body),
+            Unit::Chain(c) => c.name.clone(),
             Unit::Template(code) => code.name.clone(),
             Unit::Gemm(g) => template::name("gemm", &[&g.a, &g.b]),
         }
@@ -68,17 +64,22 @@ pub fn for_node(graph: &Graph, node: NodeId, symbols: Symbols, target: Target) -
         Op::Prim(p) if p.is_collective() => Err("collective".into()),
         Op::Prim(p) => {
             let body = one_node_body(graph, node);
+            if chain::needed(&body) {
+                return chained(&body, symbols);
+            }
             Body::resolve(&body, symbols).map_err(|_| p.name().to_string())?;
             Ok(Unit::Body(body))
         }
         Op::Kernel(k) => {
             let body = specialised(graph, &k.body, node);
+            if chain::needed(&body) {
+                return chained(&body, symbols);
+            }
             match k.kind {
                 KernelKind::Fused => {
                     Body::resolve(&body, symbols).map_err(|e| format!("codegen: {e}"))?;
                     Ok(Unit::Body(body))
                 }
-                KernelKind::Gemm => gemm_kernel(body, symbols),
                 _ => Err(format!("{} kernel", k.kind.name())),
             }
         }
@@ -143,27 +144,11 @@ fn specialised(graph: &Graph, body: &Graph, node: NodeId) -> Graph {
     out
 }
 
-/// A GEMM kernel: its one matmul, of two inputs, as a GEMM; everything after it as an
-/// epilogue body reading the product as one more input.
-fn gemm_kernel(body: Graph, symbols: Symbols) -> Result<Unit, String> {
-    let matmuls: Vec<NodeId> =
-        (0..body.nodes.len()).filter(|&i| matches!(body.nodes[i].op, Op::Prim(Prim::Matmul(_)))).collect();
-    let [mm] = matmuls[..] else { return Err("gemm kernel without exactly one matmul".into()) };
-    let Op::Prim(Prim::Matmul(m)) = &body.nodes[mm].op else { unreachable!("found as a matmul") };
-    let operand = |x: NodeId| match &body.nodes[x].op {
-        Op::Input(name) => name.parse::<usize>().ok(),
-        _ => None,
-    };
-    let (x, y) = (body.nodes[mm].inputs[0], body.nodes[mm].inputs[1]);
-    let (Some(a), Some(b)) = (operand(x), operand(y)) else {
-        return Err("gemm kernel whose matmul reads computed values".into());
-    };
-    let shape = |n: NodeId| Body::shape_of(&body, n, symbols).map_err(|e| format!("codegen: {e}"));
-    let gemm = GemmShape { matmul: m.clone(), a: shape(x)?, b: shape(y)?, out: shape(mm)? };
-    let inputs = body.input_nodes().count();
-    let mut epilogue = body.clone();
-    epilogue.nodes[mm].op = Op::Input(inputs.to_string());
-    epilogue.nodes[mm].inputs.clear();
-    Body::resolve(&epilogue, symbols).map_err(|e| format!("codegen: {e}"))?;
-    Ok(Unit::GemmEpilogue { gemm, a, b, epilogue })
+/// `body` as a chain of steps, each generated body checked to compile.
+fn chained(body: &Graph, symbols: Symbols) -> Result<Unit, String> {
+    let chain = chain::split(body, symbols)?;
+    for step in chain.bodies() {
+        Body::resolve(step, symbols).map_err(|e| format!("codegen: {e}"))?;
+    }
+    Ok(Unit::Chain(chain))
 }

@@ -181,6 +181,13 @@ pub trait Primitive {
     fn single_output(&self) -> bool {
         true
     }
+
+    /// The primitive written with pointwise, reduction and view primitives, appended to
+    /// `g` on `inputs` (its outputs), for code generators that compile those; `None` when
+    /// it has no such form (a template or a library call computes it instead).
+    fn expand(&self, _g: &mut Graph, _inputs: &[NodeId]) -> Option<Vec<NodeId>> {
+        None
+    }
 }
 
 /// The registration of every primitive: each line is a module of `ops` and the primitive
@@ -234,6 +241,9 @@ macro_rules! registry {
             }
             fn single_output(&self) -> bool {
                 match self { $($(Prim::$variant(p) => p.single_output(),)+)* }
+            }
+            fn expand(&self, g: &mut Graph, inputs: &[NodeId]) -> Option<Vec<NodeId>> {
+                match self { $($(Prim::$variant(p) => p.expand(g, inputs),)+)* }
             }
         }
 

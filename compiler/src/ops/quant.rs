@@ -1,7 +1,7 @@
 //! BitNet b1.58 quantisers, returned dequantised: ternary absmean weights and per-token
 //! absmax int8 activations. Their gradients pass straight through.
 
-use super::{callable, first, Args, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty};
+use super::{callable, first, Args, Binary, Clamp, Class, Decl, NoGradient, Prim, Primitive, ReduceOp, Sizes, Ty, Unary, F64};
 use crate::ir::{Graph, NodeId};
 use crate::reference::tensor::{Real, Tensor};
 use crate::shard::axes::Axes;
@@ -45,6 +45,22 @@ impl Primitive for TernaryQuant {
     fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Ok(vec![Some(dy)])
     }
+
+    /// The scale is one mean over the flattened tensor, so a generator can compute it once
+    /// before the elements that use it.
+    fn expand(&self, g: &mut Graph, inputs: &[NodeId]) -> Option<Vec<NodeId>> {
+        let w = inputs[0];
+        let count = g.nodes[w].ty.shape.iter().try_fold(hyb_dsl::dim::Dim::constant(1), |a, d| a.mul(d))?;
+        let magnitude = g.unary(Unary::Abs, w);
+        let flat = g.reshape(magnitude, vec![count]);
+        let mean = g.reduce(ReduceOp::Mean, flat, 0, false);
+        let floor = g.constant(1e-5);
+        let s = g.binary(Binary::Maximum, mean, floor);
+        let ratio = g.binary(Binary::Div, w, s);
+        let clamped = g.apply(Clamp { low: F64(-1.0), high: F64(1.0) }, vec![ratio]);
+        let level = g.unary(Unary::Round, clamped);
+        Some(vec![g.binary(Binary::Mul, level, s)])
+    }
 }
 
 impl Primitive for Int8Quant {
@@ -76,6 +92,21 @@ impl Primitive for Int8Quant {
 
     fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Ok(vec![Some(dy)])
+    }
+
+    /// A row reduction and a pointwise epilogue, in the reference's order of operations.
+    fn expand(&self, g: &mut Graph, inputs: &[NodeId]) -> Option<Vec<NodeId>> {
+        let x = inputs[0];
+        let magnitude = g.unary(Unary::Abs, x);
+        let peak = g.reduce(ReduceOp::Max, magnitude, -1, true);
+        let floor = g.constant(1e-5);
+        let m = g.binary(Binary::Maximum, peak, floor);
+        let levels = g.constant(127.0);
+        let s = g.binary(Binary::Div, levels, m);
+        let scaled = g.binary(Binary::Mul, x, s);
+        let clamped = g.apply(Clamp { low: F64(-128.0), high: F64(127.0) }, vec![scaled]);
+        let level = g.unary(Unary::Round, clamped);
+        Some(vec![g.binary(Binary::Div, level, s)])
     }
 
     /// A token's scale needs its row whole.

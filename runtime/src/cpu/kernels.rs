@@ -1,13 +1,14 @@
 //! Native code for a program's launches, prepared once before the first step so every step
 //! runs the same machine code. `hyb_compiler::codegen::unit` says what each launch gets:
 //! generated code (`hyb_compiler::codegen::cpu`) for kernel bodies and templates, a GEMM
-//! ([`Gemm`]) for a matmul, and a GEMM into scratch space followed by its generated
-//! epilogue for a GEMM kernel.
+//! ([`Gemm`]) for a matmul, and a chain of both over scratch space for a kernel with GEMMs
+//! inside (a GEMM kernel's epilogue, a BitLinear's quantisers).
 //!
 //! What has no native code yet runs with the reference semantics; the counts say how much
 //! of the program that is, and why.
 
 use super::gemm::{Gemm, GemmError};
+use hyb_compiler::codegen::chain::{Slot, Step};
 use hyb_compiler::codegen::cpu::{compile_template_for, ArenaView, Cache, CpuKernel, RunError};
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
@@ -21,14 +22,16 @@ enum Native {
     /// Generated code: a fused kernel, a primitive as a one-node body, or a template.
     Code(Arc<CpuKernel>),
     Gemm(Gemm),
-    /// A GEMM kernel: its matmul into scratch space, then the rest of its body reading it.
-    GemmEpilogue {
-        gemm: Gemm,
-        a: usize,
-        b: usize,
-        epilogue: Arc<CpuKernel>,
-        shape: Vec<usize>,
+    /// Steps in order over the launch's views and contiguous scratch buffers.
+    Chain {
+        steps: Vec<NativeStep>,
+        scratch: Vec<Vec<usize>>,
     },
+}
+
+enum NativeStep {
+    Code { kernel: Arc<CpuKernel>, reads: Vec<Slot>, writes: Vec<Vec<Slot>> },
+    Gemm { gemm: Gemm, a: Slot, b: Slot, out: Slot, shapes: [Vec<usize>; 3] },
 }
 
 /// The native code of one program, by launch.
@@ -40,7 +43,7 @@ pub struct Kernels {
     pub compiled: usize,
     /// Wall time of compiling them.
     pub seconds: f64,
-    /// Elements past the program's arena that GEMM epilogues use for the GEMM's result.
+    /// Elements past the program's arena that chains use for their scratch buffers.
     scratch: usize,
 }
 
@@ -77,8 +80,8 @@ impl Kernels {
                 let outputs: Vec<bool> = launch.outputs.iter().map(unit).collect();
                 match builder.native(launch.node, &inputs, &outputs) {
                     Ok(native) => {
-                        if let Native::GemmEpilogue { shape, .. } = &native {
-                            scratch = scratch.max(shape.iter().product());
+                        if let Native::Chain { scratch: buffers, .. } = &native {
+                            scratch = scratch.max(buffers.iter().map(|b| b.iter().product::<usize>()).sum());
                         }
                         Some(native)
                     }
@@ -117,13 +120,47 @@ impl Kernels {
         match native {
             Native::Code(k) => k.run(arena, inputs, outputs)?,
             Native::Gemm(g) => g.run(arena, &inputs[0], &inputs[1], &outputs[0])?,
-            Native::GemmEpilogue { gemm, a, b, epilogue, shape } => {
-                let strides = contiguous(shape);
-                let product = ArenaView { offset: scratch_at, shape, strides: &strides };
-                gemm.run(arena, &inputs[*a], &inputs[*b], &product)?;
-                let mut reads = inputs.to_vec();
-                reads.push(product);
-                epilogue.run(arena, &reads, outputs)?;
+            Native::Chain { steps, scratch } => {
+                let strides: Vec<Vec<isize>> = scratch.iter().map(|s| contiguous(s)).collect();
+                let offsets: Vec<usize> = scratch
+                    .iter()
+                    .scan(scratch_at, |at, s| {
+                        let here = *at;
+                        *at += s.iter().product::<usize>();
+                        Some(here)
+                    })
+                    .collect();
+                let view = |slot: Slot| match slot {
+                    Slot::Input(k) => inputs[k],
+                    Slot::Output(k) => outputs[k],
+                    Slot::Scratch(k) => ArenaView { offset: offsets[k], shape: &scratch[k], strides: &strides[k] },
+                };
+                for step in steps {
+                    match step {
+                        NativeStep::Code { kernel, reads, writes } => {
+                            let reads: Vec<ArenaView> = reads.iter().map(|&s| view(s)).collect();
+                            // A value written to several slots: the kernel writes the first, copies follow.
+                            let first: Vec<ArenaView> = writes.iter().map(|w| view(w[0])).collect();
+                            kernel.run(arena, &reads, &first)?;
+                            for (w, v) in writes.iter().zip(&first) {
+                                for &other in &w[1..] {
+                                    copy(arena, v, &view(other));
+                                }
+                            }
+                        }
+                        NativeStep::Gemm { gemm, a, b, out, shapes } => {
+                            let strides: Vec<Vec<isize>> = shapes.iter().map(|s| contiguous(s)).collect();
+                            // A scratch operand (contiguous) may be seen folded: `[B, T, d]` as `[B·T, d]`.
+                            let seen = |slot: Slot, k: usize| match view(slot) {
+                                v if v.shape != shapes[k].as_slice() && matches!(slot, Slot::Scratch(_)) => {
+                                    ArenaView { offset: v.offset, shape: &shapes[k], strides: &strides[k] }
+                                }
+                                v => v,
+                            };
+                            gemm.run(arena, &seen(*a, 0), &seen(*b, 1), &seen(*out, 2))?;
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -183,12 +220,32 @@ impl Builder<'_> {
                 Ok(Native::Code(kernel))
             }
             Unit::Gemm(g) => gemm(&g).map(Native::Gemm),
-            Unit::GemmEpilogue { gemm: g, a, b, epilogue } => {
-                let shape = g.out.clone();
-                // The product is contiguous scratch space.
-                let views = [inputs, &[true], outputs].concat();
-                let epilogue = self.bodies.get(&epilogue, &views).map_err(|e| internal(&e))?;
-                Ok(Native::GemmEpilogue { gemm: gemm(&g)?, a, b, epilogue, shape })
+            Unit::Chain(chain) => {
+                let unit_last = |slot: &Slot| match *slot {
+                    Slot::Input(k) => inputs[k],
+                    Slot::Output(k) => outputs[k],
+                    Slot::Scratch(_) => true,
+                };
+                let steps = chain
+                    .steps
+                    .iter()
+                    .map(|step| match step {
+                        Step::Body { body, reads, writes } => {
+                            let views: Vec<bool> =
+                                reads.iter().chain(writes.iter().map(|w| &w[0])).map(unit_last).collect();
+                            let kernel = self.bodies.get(body, &views).map_err(|e| internal(&e))?;
+                            Ok(NativeStep::Code { kernel, reads: reads.clone(), writes: writes.clone() })
+                        }
+                        Step::Gemm { gemm: g, a, b, out } => Ok(NativeStep::Gemm {
+                            gemm: gemm(g)?,
+                            a: *a,
+                            b: *b,
+                            out: *out,
+                            shapes: [g.a.clone(), g.b.clone(), g.out.clone()],
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(Native::Chain { steps, scratch: chain.scratch })
             }
         }
     }
@@ -202,6 +259,25 @@ fn internal(e: &CodegenError) -> String {
 /// unit-stride views.
 fn template_key(op: &Op, shapes: &[Vec<usize>], unit_last: &[bool]) -> String {
     format!("{op:?} {shapes:?} {unit_last:?}")
+}
+
+/// Copies view `from` to view `to` of the same shape, element by element.
+fn copy(arena: &mut [f32], from: &ArenaView, to: &ArenaView) {
+    let rank = from.shape.len();
+    let mut index = vec![0usize; rank];
+    for _ in 0..from.shape.iter().product::<usize>() {
+        let at = |v: &ArenaView| {
+            (v.offset as isize + index.iter().zip(v.strides).map(|(&i, &s)| i as isize * s).sum::<isize>()) as usize
+        };
+        arena[at(to)] = arena[at(from)];
+        for d in (0..rank).rev() {
+            index[d] += 1;
+            if index[d] < from.shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
 }
 
 fn contiguous(shape: &[usize]) -> Vec<isize> {
