@@ -310,8 +310,7 @@ impl Case {
             let scale = want.data.iter().fold(self.floor, |m, v| m.max(v.abs()));
             let bf16_out = storage[self.inputs.len() + o] == Storage::Bf16;
             for (i, (&w, &g)) in want.data.iter().zip(got).enumerate() {
-                let (w, slack) =
-                    if bf16_out { (bf16(w as f32) as f64, 2.0 * bf16_ulp(w)) } else { (w, 0.0) };
+                let (w, slack) = if bf16_out { (bf16(w as f32) as f64, 2.0 * bf16_ulp(w)) } else { (w, 0.0) };
                 if !(g - w).abs().le(&(slack + 1e-5 * scale)) {
                     return Err(format!("output {o} element {i}: got {g}, want {w} (largest |want| {scale})"));
                 }
@@ -393,7 +392,7 @@ fn run_stored(kernel: &cpu::CpuKernel, case: &Case, storage: &[Storage]) -> Resu
 /// bf16 and f32 inputs and outputs.
 fn mixed_storage(body: &Graph, seed: usize) -> Vec<Storage> {
     let views = body.input_nodes().count() + body.outputs.len();
-    (0..views).map(|k| if (k + seed) % 3 == 0 { Storage::F32 } else { Storage::Bf16 }).collect()
+    (0..views).map(|k| if (k + seed).is_multiple_of(3) { Storage::F32 } else { Storage::Bf16 }).collect()
 }
 
 /// Runs a compiled kernel or template on a case and compares.
@@ -533,7 +532,8 @@ fn long_row_bodies() -> Vec<(String, Graph)> {
 fn long_rows_and_vector_bodies_match_the_reference_on_the_cpu() {
     for (name, body) in long_row_bodies() {
         for storage in [vec![], mixed_storage(&body, 0), mixed_storage(&body, 1)] {
-            let full = if storage.is_empty() { vec![Storage::F32; mixed_storage(&body, 0).len()] } else { storage.clone() };
+            let full =
+                if storage.is_empty() { vec![Storage::F32; mixed_storage(&body, 0).len()] } else { storage.clone() };
             let kernel = cpu::compile_stored(&body, SIZES, &[], &storage).unwrap();
             let case = Case::new(&body, 7, -1.0, 1.0).unwrap().stored(&body, &full).unwrap();
             for case in [case.packed(0), case] {

@@ -174,7 +174,7 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
 fn vector_width(body: &Body, nest: &Nest) -> Option<usize> {
     let narrowest = body.storage.iter().map(|s| s.bytes()).min()?;
     let width = VECTOR_BYTES / narrowest;
-    (nest.shape.len() >= 1 && nest.inner() % width == 0 && nest.inner() >= 2 * width).then_some(width)
+    (!nest.shape.is_empty() && nest.inner().is_multiple_of(width) && nest.inner() >= 2 * width).then_some(width)
 }
 
 /// The longest reduced axis among the reductions the nest's outputs reach.
@@ -508,7 +508,11 @@ impl Writer<'_, '_> {
             (Storage::F32, _) => value,
             (Storage::Bf16, Target::Gpu) => {
                 let t = self.fresh();
-                self.emit(format!("{t} = arith.truncf {value} : {} to {}", Self::typed("f32", n), Self::typed("bf16", n)));
+                self.emit(format!(
+                    "{t} = arith.truncf {value} : {} to {}",
+                    Self::typed("f32", n),
+                    Self::typed("bf16", n)
+                ));
                 t
             }
             (Storage::Bf16, Target::Cpu) => {

@@ -2,10 +2,10 @@
 //! a block or chunk, and T = 1, on random strided layouts with the outputs poisoned; and
 //! each template's PTX, assembled by `ptxas` when it is there, with no spills.
 
-use hyb_compiler::codegen::Storage;
 use super::{ptxas, spills, Case, SIZES};
 use hyb_compiler::autodiff::gradients;
 use hyb_compiler::codegen::template::{self, TemplateCode};
+use hyb_compiler::codegen::Storage;
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
