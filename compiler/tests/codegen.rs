@@ -7,11 +7,11 @@
 //!
 //! One test binary for all code generation, so MLIR's libraries are linked once.
 
-use hyb_compiler::codegen::cpu::{self, ArenaView};
+use hyb_compiler::codegen::cpu::{self, ArenaView, RawView};
 use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::template::{self, text::Text, Phase, TemplateCode};
 use hyb_compiler::codegen::unit::{self, Unit};
-use hyb_compiler::codegen::{Func, Symbols};
+use hyb_compiler::codegen::{Func, Storage, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
@@ -145,6 +145,7 @@ impl Rng {
 
 /// A view's place in the arena: strides from a random axis order, sometimes padded, and
 /// (for inputs) sometimes 0 along an axis.
+#[derive(Clone)]
 struct Layout {
     offset: usize,
     shape: Vec<usize>,
@@ -245,16 +246,85 @@ impl Case {
                 arena[o.at(i)] = f32::NAN;
             }
         }
+        let want = Case::reference(body, &inputs, &arena)?;
+        Ok(Case { inputs, outputs, arena, want, floor: 1e-30 })
+    }
+
+    /// What the reference computes from the inputs laid out in `arena`.
+    fn reference(body: &Graph, inputs: &[Layout], arena: &[f32]) -> Result<Vec<Tensor<f64>>, String> {
         let args: HashMap<String, Tensor<f64>> = inputs
             .iter()
             .enumerate()
-            .map(|(k, l)| (k.to_string(), Tensor::new(l.shape.clone(), l.read(&arena))))
+            .map(|(k, l)| (k.to_string(), Tensor::new(l.shape.clone(), l.read(arena))))
             .collect();
         let want = reference::run(body, &HashMap::new(), &args).map_err(|e| format!("reference: {e}"))?;
         if want.iter().any(|t| t.data.iter().any(|v| !v.is_finite())) {
             return Err("the reference is not finite".into());
         }
-        Ok(Case { inputs, outputs, arena, want, floor: 1e-30 })
+        Ok(want)
+    }
+
+    /// The case with the inputs of bf16 views (`storage`: inputs, then outputs) rounded
+    /// to bf16, and the reference recomputed from them.
+    fn stored(&self, body: &Graph, storage: &[Storage]) -> Result<Case, String> {
+        let mut arena = self.arena.clone();
+        for (l, _) in self.inputs.iter().zip(storage).filter(|(_, &s)| s == Storage::Bf16) {
+            for i in 0..l.shape.iter().product() {
+                arena[l.at(i)] = bf16(arena[l.at(i)]);
+            }
+        }
+        let want = Case::reference(body, &self.inputs, &arena)?;
+        Ok(Case { inputs: self.inputs.clone(), outputs: self.outputs.clone(), arena, want, floor: self.floor })
+    }
+
+    /// The case with every view packed row-major, each starting `misalign` elements past a
+    /// 16-element (32-byte) boundary: the layout the GPU's vector path takes when
+    /// `misalign` is 0, and refuses otherwise.
+    fn packed(&self, misalign: usize) -> Case {
+        let mut size = 0usize;
+        let mut place = |l: &Layout| {
+            let offset = size.next_multiple_of(16) + misalign;
+            let mut strides = vec![0isize; l.shape.len()];
+            let mut step = 1;
+            for d in (0..l.shape.len()).rev() {
+                strides[d] = step as isize;
+                step *= l.shape[d];
+            }
+            size = offset + step.max(1);
+            Layout { offset, shape: l.shape.clone(), strides }
+        };
+        let inputs: Vec<Layout> = self.inputs.iter().map(&mut place).collect();
+        let outputs: Vec<Layout> = self.outputs.iter().map(&mut place).collect();
+        let mut arena = vec![0.0f32; size];
+        for (new, old) in inputs.iter().zip(&self.inputs) {
+            for i in 0..new.shape.iter().product() {
+                arena[new.at(i)] = self.arena[old.at(i)];
+            }
+        }
+        for o in &outputs {
+            for i in 0..o.shape.iter().product() {
+                arena[o.at(i)] = f32::NAN;
+            }
+        }
+        Case { inputs, outputs, arena, want: self.want.clone(), floor: self.floor }
+    }
+
+    /// Whether output values `got` (each output's elements in order) match the reference:
+    /// f32 outputs as [`Case::compare`], bf16 ones within two bf16 units in the last place
+    /// of the rounded reference (plus 1e-5 of the largest magnitude, for values that
+    /// cancel).
+    fn compare_stored(&self, got: &[Vec<f64>], storage: &[Storage]) -> Result<(), String> {
+        for (o, (want, got)) in self.want.iter().zip(got).enumerate() {
+            let scale = want.data.iter().fold(self.floor, |m, v| m.max(v.abs()));
+            let bf16_out = storage[self.inputs.len() + o] == Storage::Bf16;
+            for (i, (&w, &g)) in want.data.iter().zip(got).enumerate() {
+                let (w, slack) = if bf16_out { (bf16(w as f32) as f64, 2.0 * bf16_ulp(w)) } else { (w, 0.0) };
+                if !(g - w).abs().le(&(slack + 1e-5 * scale)) {
+                    return Err(format!("output {o} element {i}: got {g}, want {w} (largest |want| {scale})"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A case in (-1, 1), or in (0.5, 1.5) where the body needs positive values (logs,
@@ -277,6 +347,60 @@ impl Case {
         }
         Ok(())
     }
+}
+
+/// `x` rounded to the nearest bf16, to nearest even.
+fn bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// The spacing of bf16 values at `x`'s magnitude (8 significant bits).
+fn bf16_ulp(x: f64) -> f64 {
+    let x = (bf16(x as f32) as f64).abs().max(f32::MIN_POSITIVE as f64);
+    2f64.powi(x.log2().floor() as i32 - 7)
+}
+
+/// Runs a kernel compiled for `storage` on a case: f32 views in an f32 copy of the arena,
+/// bf16 views in a bf16 copy (same element offsets), through [`cpu::CpuKernel::run_raw`];
+/// returns every output's elements in order.
+fn run_stored(kernel: &cpu::CpuKernel, case: &Case, storage: &[Storage]) -> Result<Vec<Vec<f64>>, String> {
+    let mut wide = case.arena.clone();
+    let mut narrow: Vec<u16> = case.arena.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+    let views: Vec<&Layout> = case.inputs.iter().chain(&case.outputs).collect();
+    let raw: Vec<RawView> = views
+        .iter()
+        .zip(storage)
+        .map(|(l, s)| {
+            // Each layout lies inside the arena (Case built it there), in both copies.
+            let base = match s {
+                Storage::F32 => unsafe { wide.as_mut_ptr().add(l.offset) }.cast::<u8>(),
+                Storage::Bf16 => unsafe { narrow.as_mut_ptr().add(l.offset) }.cast::<u8>(),
+            };
+            RawView { base, shape: &l.shape, strides: &l.strides }
+        })
+        .collect();
+    let (inputs, outputs) = raw.split_at(case.inputs.len());
+    // The views lie in the two buffers, which outlive the call; outputs are laid out apart
+    // from everything else (Layout::random places each view after the previous one).
+    unsafe { kernel.run_raw(inputs, outputs) }.map_err(|e| e.to_string())?;
+    Ok(case
+        .outputs
+        .iter()
+        .zip(&storage[case.inputs.len()..])
+        .map(|(l, s)| match s {
+            Storage::F32 => l.read(&wide),
+            Storage::Bf16 => {
+                (0..l.shape.iter().product()).map(|i| half::bf16::from_bits(narrow[l.at(i)]).to_f64()).collect()
+            }
+        })
+        .collect())
+}
+
+/// A storage type per view of `body`: bf16 for most, f32 for every third, so kernels mix
+/// bf16 and f32 inputs and outputs.
+fn mixed_storage(body: &Graph, seed: usize) -> Vec<Storage> {
+    let views = body.input_nodes().count() + body.outputs.len();
+    (0..views).map(|k| if (k + seed).is_multiple_of(3) { Storage::F32 } else { Storage::Bf16 }).collect()
 }
 
 /// Runs a compiled kernel or template on a case and compares.
@@ -329,6 +453,105 @@ fn every_fused_kernel_of_every_model_matches_the_reference() {
     );
 }
 
+#[test]
+fn every_fused_kernel_with_bf16_views_matches_the_reference_to_bf16_rounding() {
+    let kernels = fused_kernels(false);
+    let mut failures = Vec::new();
+    let started = std::time::Instant::now();
+    let mut bf16_outputs = 0;
+    for (name, (origin, body)) in &kernels {
+        let storage = mixed_storage(body, name.len());
+        bf16_outputs += storage[body.input_nodes().count()..].iter().filter(|&&s| s == Storage::Bf16).count();
+        let result = cpu::compile_stored(body, SIZES, &[], &storage).map_err(|e| e.to_string()).and_then(|kernel| {
+            let case = Case::in_domain(body, 5)?.stored(body, &storage)?;
+            case.compare_stored(&run_stored(&kernel, &case, &storage)?, &storage)
+        });
+        if let Err(e) = result {
+            failures.push(format!("{name} ({origin}), storage {storage:?}: {e}\n{body}"));
+        }
+    }
+    println!(
+        "{} of {} fused kernels matched with bf16 views ({bf16_outputs} bf16 outputs, {:.1?})",
+        kernels.len() - failures.len(),
+        kernels.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{} kernels failed with bf16 views:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Bodies the models at test sizes do not have: rows long enough for a block per row on
+/// the GPU (RMSNorm at an odd d above 4096, a log-sum-exp over a 32K vocabulary) and a
+/// pointwise nest with a row broadcast and a per-row scale whose rows take 16-byte vectors.
+fn long_row_bodies() -> Vec<(String, Graph)> {
+    let f32_ty = |shape: &[usize]| TensorType {
+        shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
+        dtype: DType::F32,
+    };
+    let prim = |g: &mut Graph, p: hyb_compiler::ops::Prim, inputs: Vec<usize>, shape: &[usize]| {
+        g.add(Op::Prim(p), inputs, f32_ty(shape))
+    };
+    let reduce = |op, axis| hyb_compiler::ops::Prim::Reduce(hyb_compiler::ops::Reduce { op, axis, keepdim: true });
+    let binary = hyb_compiler::ops::Prim::Binary;
+    let mut bodies = Vec::new();
+    {
+        let (rows, d) = (3, 4099);
+        let mut g = Graph::default();
+        let x = g.add(Op::Input("0".into()), vec![], f32_ty(&[rows, d]));
+        let w = g.add(Op::Input("1".into()), vec![], f32_ty(&[d]));
+        let sq = prim(&mut g, binary(Binary::Mul), vec![x, x], &[rows, d]);
+        let ms = prim(&mut g, reduce(ReduceOp::Mean, -1), vec![sq], &[rows, 1]);
+        let eps = g.add(Op::Constant(1e-6), vec![], f32_ty(&[]));
+        let shifted = prim(&mut g, binary(Binary::Add), vec![ms, eps], &[rows, 1]);
+        let r = prim(&mut g, hyb_compiler::ops::Prim::Unary(Unary::Rsqrt), vec![shifted], &[rows, 1]);
+        let xr = prim(&mut g, binary(Binary::Mul), vec![x, r], &[rows, d]);
+        let y = prim(&mut g, binary(Binary::Mul), vec![xr, w], &[rows, d]);
+        g.outputs = vec![y];
+        bodies.push(("rmsnorm_4099".to_string(), g));
+    }
+    {
+        let (rows, v) = (2, 32768);
+        let mut g = Graph::default();
+        let x = g.add(Op::Input("0".into()), vec![], f32_ty(&[rows, v]));
+        let m = prim(&mut g, reduce(ReduceOp::Max, -1), vec![x], &[rows, 1]);
+        let shifted = prim(&mut g, binary(Binary::Sub), vec![x, m], &[rows, v]);
+        let e = prim(&mut g, hyb_compiler::ops::Prim::Unary(Unary::Exp), vec![shifted], &[rows, v]);
+        let s = prim(&mut g, reduce(ReduceOp::Sum, -1), vec![e], &[rows, 1]);
+        let l = prim(&mut g, hyb_compiler::ops::Prim::Unary(Unary::Log), vec![s], &[rows, 1]);
+        let lse = prim(&mut g, binary(Binary::Add), vec![m, l], &[rows, 1]);
+        g.outputs = vec![lse];
+        bodies.push(("logsumexp_32768".to_string(), g));
+    }
+    {
+        let (rows, d) = (5, 200);
+        let mut g = Graph::default();
+        let x = g.add(Op::Input("0".into()), vec![], f32_ty(&[rows, d]));
+        let bias = g.add(Op::Input("1".into()), vec![], f32_ty(&[d]));
+        let scale = g.add(Op::Input("2".into()), vec![], f32_ty(&[rows, 1]));
+        let sum = prim(&mut g, binary(Binary::Add), vec![x, bias], &[rows, d]);
+        let y = prim(&mut g, binary(Binary::Mul), vec![sum, scale], &[rows, d]);
+        let z = prim(&mut g, hyb_compiler::ops::Prim::Unary(Unary::Silu), vec![y], &[rows, d]);
+        g.outputs = vec![y, z];
+        bodies.push(("bias_scale_silu".to_string(), g));
+    }
+    bodies
+}
+
+#[test]
+fn long_rows_and_vector_bodies_match_the_reference_on_the_cpu() {
+    for (name, body) in long_row_bodies() {
+        for storage in [vec![], mixed_storage(&body, 0), mixed_storage(&body, 1)] {
+            let full =
+                if storage.is_empty() { vec![Storage::F32; mixed_storage(&body, 0).len()] } else { storage.clone() };
+            let kernel = cpu::compile_stored(&body, SIZES, &[], &storage).unwrap();
+            let case = Case::new(&body, 7, -1.0, 1.0).unwrap().stored(&body, &full).unwrap();
+            for case in [case.packed(0), case] {
+                let got = run_stored(&kernel, &case, &full).unwrap();
+                case.compare_stored(&got, &full).unwrap_or_else(|e| panic!("{name}, storage {storage:?}: {e}"));
+            }
+        }
+    }
+}
+
 fn spills(report: &str) -> bool {
     report.lines().any(|l| l.contains("bytes spill stores") && !l.contains(" 0 bytes spill stores"))
 }
@@ -349,6 +572,16 @@ fn gpu_kernels() -> BTreeMap<String, (String, Result<gpu::GpuKernel, hyb_compile
         .iter()
         .map(|(name, (origin, body))| (name.clone(), (origin.clone(), gpu::compile(body, SIZES))))
         .collect();
+    // Every fused kernel again with bf16 views, and the long-row bodies both ways.
+    for (name, (origin, body)) in fused_kernels(true) {
+        let bf16 = vec![Storage::Bf16; body.input_nodes().count() + body.outputs.len()];
+        kernels.insert(format!("{name}_bf16"), (origin, gpu::compile_stored(&body, SIZES, &bf16)));
+    }
+    for (name, body) in long_row_bodies() {
+        let bf16 = vec![Storage::Bf16; body.input_nodes().count() + body.outputs.len()];
+        kernels.insert(format!("{name}_bf16"), ("long rows".into(), gpu::compile_stored(&body, SIZES, &bf16)));
+        kernels.insert(name, ("long rows".into(), gpu::compile(&body, SIZES)));
+    }
     for (origin, graph, _) in compiled_models() {
         for node in 0..graph.nodes.len() {
             let Some(code) = template::for_node(graph, node, SIZES, hyb_compiler::codegen::Target::Gpu) else {
@@ -382,6 +615,7 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     let disassembler = std::env::var_os("HYB_CUOBJDUMP").map(std::path::PathBuf::from);
     let mut machine_code = String::new();
     let mut families = std::collections::BTreeSet::new();
+    let (mut vector_kernels, mut block_kernels) = (0, 0);
     let started = std::time::Instant::now();
     for (name, (origin, kernel)) in &kernels {
         let kernel = match kernel {
@@ -400,6 +634,22 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
             if !kernel.ptx.contains(&format!(".entry {}(", nest.symbol)) {
                 failures.push(format!("{name} ({origin}): no entry {}", nest.symbol));
             }
+        }
+        // A vector path stores 16 bytes at a time; a block reduction meets at barriers in
+        // shared memory.
+        let vectorised = kernel.nests.iter().any(|n| n.vector_width > 1);
+        vector_kernels += vectorised as usize;
+        block_kernels += kernel.nests.iter().any(|n| n.per_block) as usize;
+        if vectorised && !kernel.ptx.contains("st.global.v4") {
+            failures.push(format!("{name} ({origin}): a vector path without st.global.v4"));
+        }
+        if name.starts_with("bias_scale_silu") && !kernel.ptx.contains("ld.global.v4") {
+            failures.push(format!("{name} ({origin}): no ld.global.v4"));
+        }
+        if kernel.nests.iter().any(|n| n.per_block && n.shared_bytes > 0)
+            && !(kernel.ptx.contains("bar.sync") && kernel.ptx.contains(".shared"))
+        {
+            failures.push(format!("{name} ({origin}): a block reduction without bar.sync and shared memory"));
         }
         let Some(ptxas) = &assembler else { continue };
         let file = dir.join(format!("{name}.ptx"));
@@ -451,7 +701,13 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     } else {
         String::new()
     };
-    println!("{covered} of {} kernels and templates became PTX{assembled} ({:.1?})", kernels.len(), started.elapsed());
+    println!(
+        "{covered} of {} kernels and templates became PTX{assembled}; {vector_kernels} with a vector path, \
+         {block_kernels} with block reductions ({:.1?})",
+        kernels.len(),
+        started.elapsed()
+    );
+    assert!(vector_kernels > 0 && block_kernels > 0, "the long-row bodies have vector paths and block reductions");
     assert!(failures.is_empty(), "{} of {} kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
 }
 
@@ -811,64 +1067,99 @@ fn speed() {
     }
 }
 
-/// Writes every fused kernel's PTX with a random case (arena, layouts, the reference's
+/// Writes every fused kernel's PTX with random cases (arena, layouts, the reference's
 /// outputs) to `$HYB_PTX_CASES`, for `ptx_on_device.py` to run on the GPU machine:
 /// `HYB_PTX_CASES=target/ptx-cases cargo test -p hyb-compiler --test codegen -- --ignored
-/// export_cases`.
+/// export_cases`. Each kernel runs with f32 views at random layouts, packed and aligned
+/// (the vector path), packed one element off (the vector path's fallback), and with bf16
+/// views at random and aligned layouts; the long-row bodies (block reductions) too.
 #[test]
 #[ignore = "writes cases for the GPU machine; needs HYB_PTX_CASES and is run by hand before a device call"]
 fn export_cases_for_the_device() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cases: Vec<DeviceCase> = fused_kernels(false)
-        .iter()
-        .map(|(name, (origin, body))| {
-            let kernel = gpu::compile(body, SIZES).unwrap();
-            let nests = kernel.nests.iter().map(|n| (n.symbol.clone(), n.per_warp, n.iterations)).collect();
-            let case = Case::in_domain(body, 1).unwrap();
-            DeviceCase { name: name.clone(), origin: origin.clone(), ptx: kernel.ptx, nests, workspace: vec![], case }
-        })
-        .collect();
+    let bodies = fused_kernels(false).into_iter().map(|(name, (origin, body))| (name, origin, body));
+    let long = long_row_bodies().into_iter().map(|(name, body)| (name, "long rows".to_string(), body));
+    let mut cases: Vec<DeviceCase> = Vec::new();
+    for (name, origin, body) in bodies.chain(long) {
+        let views = body.input_nodes().count() + body.outputs.len();
+        let wide = gpu::compile(&body, SIZES).unwrap();
+        let narrow = gpu::compile_stored(&body, SIZES, &vec![Storage::Bf16; views]).unwrap();
+        let bf16 = vec![Storage::Bf16; views];
+        let random = Case::in_domain(&body, 1).unwrap();
+        let rounded = random.stored(&body, &bf16).unwrap();
+        let variants = [
+            ("_aligned", &wide, Storage::F32, random.packed(0)),
+            ("_misaligned", &wide, Storage::F32, random.packed(1)),
+            ("_bf16_aligned", &narrow, Storage::Bf16, rounded.packed(0)),
+            ("", &wide, Storage::F32, random),
+            ("_bf16", &narrow, Storage::Bf16, rounded),
+        ];
+        for (suffix, kernel, storage, case) in variants {
+            cases.push(DeviceCase {
+                name: format!("{name}{suffix}"),
+                origin: origin.clone(),
+                ptx: kernel.ptx.clone(),
+                nests: kernel.nests.iter().map(launch).collect(),
+                workspace: vec![],
+                storage,
+                case,
+            });
+        }
+    }
     cases.extend(templates::device_cases());
     let index: Vec<_> = cases.iter().map(|c| c.write(&dir)).collect();
     std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
     println!("{} cases in {}", index.len(), dir.display());
 }
 
-/// A kernel to run on the GPU machine: its PTX, launches (symbol, a warp per row, how many
-/// rows or elements), workspace sizes, and a case to compare against.
+/// How the device script launches a nest: the geometry `GpuNest` asks for.
+fn launch(n: &gpu::GpuNest) -> serde_json::Value {
+    serde_json::json!({
+        "symbol": n.symbol,
+        "iterations": n.iterations,
+        "threads_per_block": n.threads_per_block,
+        "rows_per_block": n.rows_per_block,
+        "per_warp": n.per_warp,
+        "per_block": n.per_block,
+        "vector_width": n.vector_width,
+        "shared_bytes": n.shared_bytes,
+    })
+}
+
+/// A kernel to run on the GPU machine: its PTX, launches, workspace sizes, the storage of
+/// every view (one type for the whole case), and a case to compare against.
 struct DeviceCase {
     name: String,
     origin: String,
     ptx: String,
-    nests: Vec<(String, bool, usize)>,
+    nests: Vec<serde_json::Value>,
     workspace: Vec<usize>,
+    storage: Storage,
     case: Case,
 }
 
 impl DeviceCase {
-    /// Writes the PTX, arena and wanted outputs into `dir`; returns the index entry.
+    /// Writes the PTX, arena (f32 or bf16 bits, little-endian) and wanted outputs into
+    /// `dir`; returns the index entry.
     fn write(&self, dir: &std::path::Path) -> serde_json::Value {
         let layout = |l: &Layout| serde_json::json!({"offset": l.offset, "shape": l.shape, "strides": l.strides});
         let name = &self.name;
         std::fs::write(dir.join(format!("{name}.ptx")), &self.ptx).unwrap();
-        let arena: Vec<u8> = self.case.arena.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let arena: Vec<u8> = match self.storage {
+            Storage::F32 => self.case.arena.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Storage::Bf16 => self.case.arena.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        };
         std::fs::write(dir.join(format!("{name}.arena")), arena).unwrap();
         for (o, want) in self.case.want.iter().enumerate() {
             let bytes: Vec<u8> = want.data.iter().flat_map(|v| v.to_le_bytes()).collect();
             std::fs::write(dir.join(format!("{name}.want{o}")), bytes).unwrap();
         }
-        let nests: Vec<_> = self
-            .nests
-            .iter()
-            .map(|(symbol, per_warp, iterations)| {
-                serde_json::json!({"symbol": symbol, "per_warp": per_warp, "iterations": iterations})
-            })
-            .collect();
         serde_json::json!({
             "name": name,
             "origin": self.origin,
-            "nests": nests,
+            "storage": match self.storage { Storage::F32 => "f32", Storage::Bf16 => "bf16" },
+            "nests": self.nests,
             "workspace": self.workspace,
             "floor": self.case.floor,
             "inputs": self.case.inputs.iter().map(layout).collect::<Vec<_>>(),

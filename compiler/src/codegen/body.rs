@@ -5,6 +5,7 @@
 use super::{CodegenError, Symbols};
 use crate::ir::{Graph, NodeId, Op};
 use crate::ops::{Prim, Primitive};
+use hyb_dsl::value::DType;
 
 /// A body with concrete shapes.
 pub struct Body<'g> {
@@ -18,6 +19,44 @@ pub struct Body<'g> {
     /// Per view (inputs, then outputs): whether the code may take its last axis to have
     /// stride 1, which makes the inner loop unit-stride for LLVM's vectoriser.
     pub unit_last: Vec<bool>,
+    /// Per view (inputs, then outputs): the element type it holds in memory. The math is
+    /// f32 whatever a view stores, so the caller picks each view's storage (f32 by default).
+    pub storage: Vec<Storage>,
+}
+
+/// A view's element type in memory: loads widen it to f32, stores round to nearest even.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub enum Storage {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Storage {
+    /// The storage a tensor of `dtype` gets: bf16 for bf16 values, f32 for everything else
+    /// (integers the kernel reads, such as token ids, are stored as f32 in the arena).
+    pub fn of(dtype: DType) -> Storage {
+        if dtype == DType::BF16 {
+            Storage::Bf16
+        } else {
+            Storage::F32
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::Bf16 => 2,
+        }
+    }
+
+    /// The MLIR element type.
+    pub fn mlir(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Outputs of one shape, computed together so they share every value they both read.
@@ -96,7 +135,8 @@ impl<'g> Body<'g> {
             }
         }
         let unit_last = vec![false; inputs.len() + graph.outputs.len()];
-        Ok(Body { graph, symbols, shapes, inputs, nests, unit_last })
+        let storage = vec![Storage::F32; unit_last.len()];
+        Ok(Body { graph, symbols, shapes, inputs, nests, unit_last, storage })
     }
 
     /// The rank of every input and then every output, in launch order.
@@ -108,6 +148,22 @@ impl<'g> Body<'g> {
 
     pub fn output_shapes(&self) -> Vec<Vec<usize>> {
         self.graph.outputs.iter().map(|&n| self.shapes[n].clone()).collect()
+    }
+
+    /// Sets the views' storage; `storage` is empty (all f32) or names every view.
+    pub fn with_storage(mut self, storage: &[Storage]) -> Result<Body<'g>, CodegenError> {
+        if storage.is_empty() {
+            return Ok(self);
+        }
+        if storage.len() != self.storage.len() {
+            return Err(CodegenError::Unsupported {
+                node: 0,
+                primitive: "kernel".into(),
+                why: format!("{} storage types given for {} views", storage.len(), self.storage.len()),
+            });
+        }
+        self.storage = storage.to_vec();
+        Ok(self)
     }
 
     pub fn input_shapes(&self) -> Vec<Vec<usize>> {
@@ -158,4 +214,14 @@ pub fn node_name(graph: &Graph, i: NodeId) -> String {
         Op::Kernel(_) => "kernel".into(),
         Op::Output(k) => format!("output {k}"),
     }
+}
+
+/// The storage each view of `body` (inputs by number, then outputs) gets from its
+/// tensor's IR dtype: what a program that keeps bf16 activations stores.
+pub fn declared_storage(body: &Graph) -> Vec<Storage> {
+    let mut inputs: Vec<(usize, NodeId)> =
+        body.input_nodes().filter_map(|(n, name)| Some((name.parse().ok()?, n))).collect();
+    inputs.sort();
+    let nodes = inputs.into_iter().map(|(_, n)| n).chain(body.outputs.iter().copied());
+    nodes.map(|n| Storage::of(body.nodes[n].ty.dtype)).collect()
 }

@@ -6,8 +6,10 @@
 //! buffers: it checks every view against the arena and the compiled shapes, refuses
 //! outputs that overlap anything but an identical view of an input the kernel reads only
 //! element by element (an in-place update), and only then calls the generated code.
+//! A kernel compiled for bf16 views ([`compile_stored`]) runs through
+//! [`CpuKernel::run_raw`] instead, on buffers the caller owns.
 
-use super::body::Body;
+use super::body::{Body, Storage};
 use super::emit::{self, Access, Target};
 use super::mlir::Session;
 use super::template::TemplateCode;
@@ -73,6 +75,15 @@ pub struct ArenaView<'a> {
     pub strides: &'a [isize],
 }
 
+/// A view of memory the caller owns ([`CpuKernel::run_raw`]): a pointer to its element 0,
+/// its shape and its strides in elements of its storage type.
+#[derive(Clone, Copy, Debug)]
+pub struct RawView<'a> {
+    pub base: *mut u8,
+    pub shape: &'a [usize],
+    pub strides: &'a [isize],
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RunError {
     #[error("kernel `{kernel}` takes {expected} {what} views, got {got}")]
@@ -94,8 +105,18 @@ fn body_module<'g>(
     symbols: Symbols,
     unit_last: &[bool],
 ) -> Result<(String, Vec<NestPlan>, Body<'g>), CodegenError> {
+    stored_module(body, symbols, unit_last, &[])
+}
+
+/// [`body_module`] for views holding `storage` (empty: all f32).
+fn stored_module<'g>(
+    body: &'g Graph,
+    symbols: Symbols,
+    unit_last: &[bool],
+    storage: &[Storage],
+) -> Result<(String, Vec<NestPlan>, Body<'g>), CodegenError> {
     let name = kernel_name(body);
-    let mut resolved = Body::resolve(body, symbols)?;
+    let mut resolved = Body::resolve(body, symbols)?.with_storage(storage)?;
     if unit_last.len() == resolved.unit_last.len() {
         resolved.unit_last = unit_last.to_vec();
     }
@@ -155,8 +176,20 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
 /// outputs) says so: that stride is a constant of the code, so LLVM vectorises the inner
 /// loops, and the kernel refuses views that do not have it.
 pub fn compile_for(body: &Graph, symbols: Symbols, unit_last: &[bool]) -> Result<CpuKernel, CodegenError> {
+    compile_stored(body, symbols, unit_last, &[])
+}
+
+/// [`compile_for`] for views holding `storage` (inputs, then outputs): bf16 views are
+/// widened to f32 on load and rounded to nearest even on store. Run it with
+/// [`CpuKernel::run_raw`] (the f32 arena of [`CpuKernel::run`] cannot hold bf16).
+pub fn compile_stored(
+    body: &Graph,
+    symbols: Symbols,
+    unit_last: &[bool],
+    storage: &[Storage],
+) -> Result<CpuKernel, CodegenError> {
     let name = kernel_name(body);
-    let (mlir, nests, resolved) = body_module(body, symbols, unit_last)?;
+    let (mlir, nests, resolved) = stored_module(body, symbols, unit_last, storage)?;
     let symbols: Vec<&str> = nests.iter().map(|n| n.0.as_str()).collect();
     let (engine, entries) = jit(&name, &mlir, &symbols)?;
     let nests = nests
@@ -256,6 +289,44 @@ impl CpuKernel {
         self.check(arena.len(), inputs, outputs)?;
         let base = arena.as_mut_ptr();
         let views = inputs.iter().chain(outputs);
+        // In bounds (checked above), so each base pointer lies inside the arena.
+        let pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
+        let strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
+        // The views were checked: every element a nest reaches is in the arena, and
+        // outputs overlap nothing they must not.
+        unsafe { self.launch(pointers, strides) };
+        Ok(())
+    }
+
+    /// Runs the kernel on views the caller laid out: each a pointer to its element 0 (in
+    /// the storage the kernel was compiled for, f32 or bf16), its shape and its strides in
+    /// elements. Only the views' number, shapes and the compiled unit last strides are
+    /// checked.
+    ///
+    /// # Safety
+    /// Every element each view reaches through its strides must be valid memory of the
+    /// view's storage type, and no output may overlap another view, except an identical
+    /// view of an input that the kernel reads element by element (an in-place update).
+    pub unsafe fn run_raw(&self, inputs: &[RawView], outputs: &[RawView]) -> Result<(), RunError> {
+        self.check_count("input", inputs.len())?;
+        self.check_count("output", outputs.len())?;
+        for (at, v) in inputs.iter().chain(outputs).enumerate() {
+            self.check_layout(at, &ArenaView { offset: 0, shape: v.shape, strides: v.strides })?;
+        }
+        let views = inputs.iter().chain(outputs);
+        let pointers = views.clone().map(|v| v.base.cast::<f32>()).collect();
+        let strides = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
+        // The caller vouches for the memory (this function's contract).
+        unsafe { self.launch(pointers, strides) };
+        Ok(())
+    }
+
+    /// Calls every nest over views at `pointers` with `strides` (all views' in order),
+    /// appending the workspace, rows split over the machine's cores.
+    ///
+    /// # Safety
+    /// The views must be valid for the kernel, as [`CpuKernel::run_raw`] requires.
+    unsafe fn launch(&self, mut pointers: Vec<*mut f32>, mut strides: Vec<i64>) {
         // The workspace is kept between runs (no page faults on every call) and zeroed.
         let mut workspace = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if workspace.is_empty() {
@@ -263,10 +334,7 @@ impl CpuKernel {
         } else {
             workspace.iter_mut().for_each(|w| w.fill(0.0));
         }
-        // In bounds (checked above), so each base pointer lies inside the arena.
-        let mut pointers: Vec<*mut f32> = views.clone().map(|v| unsafe { base.add(v.offset) }).collect();
         pointers.extend(workspace.iter_mut().map(|w| w.as_mut_ptr()));
-        let mut strides: Vec<i64> = views.flat_map(|v| v.strides.iter().map(|&s| s as i64)).collect();
         strides.extend(self.workspace.iter().map(|_| 1));
         let args = &Args { pointers: pointers.as_ptr(), strides: strides.as_ptr() };
         let cores = rayon::current_num_threads();
@@ -293,27 +361,43 @@ impl CpuKernel {
                 call(0, chunk.min(nest.rows));
             });
         }
+    }
+
+    /// That `got` views are what the kernel takes as `what` ("input" or "output").
+    fn check_count(&self, what: &'static str, got: usize) -> Result<(), RunError> {
+        let expected = if what == "input" { self.inputs.len() } else { self.outputs.len() };
+        if got != expected {
+            return Err(RunError::Count { kernel: self.name.clone(), what, expected, got });
+        }
+        Ok(())
+    }
+
+    /// That view `at` (inputs, then outputs) has the compiled shape and, where compiled
+    /// for it, a unit last stride.
+    fn check_layout(&self, at: usize, v: &ArenaView) -> Result<(), RunError> {
+        let (what, index, shape) = match at.checked_sub(self.inputs.len()) {
+            None => ("input", at, &self.inputs[at]),
+            Some(o) => ("output", o, &self.outputs[o]),
+        };
+        let kernel = self.name.clone();
+        if v.shape != shape.as_slice() || v.strides.len() != shape.len() {
+            return Err(RunError::Shape { kernel, what, index, expected: shape.clone(), got: v.shape.to_vec() });
+        }
+        if self.unit_last.get(at).copied().unwrap_or(false) && !v.unit_last() {
+            return Err(RunError::Layout { kernel, what, index });
+        }
         Ok(())
     }
 
     fn check(&self, len: usize, inputs: &[ArenaView], outputs: &[ArenaView]) -> Result<(), RunError> {
         let kernel = || self.name.clone();
-        for (what, views, shapes) in [("input", inputs, &self.inputs), ("output", outputs, &self.outputs)] {
-            if views.len() != shapes.len() {
-                return Err(RunError::Count { kernel: kernel(), what, expected: shapes.len(), got: views.len() });
-            }
-            for (index, (v, shape)) in views.iter().zip(shapes).enumerate() {
-                if v.shape != shape.as_slice() || v.strides.len() != shape.len() {
-                    let got = v.shape.to_vec();
-                    return Err(RunError::Shape { kernel: kernel(), what, index, expected: shape.clone(), got });
-                }
-                if span(v).is_none_or(|(_, hi)| hi >= len) {
-                    return Err(RunError::OutOfBounds { kernel: kernel(), what, index, len });
-                }
-                let at = if what == "input" { index } else { inputs.len() + index };
-                if self.unit_last.get(at).copied().unwrap_or(false) && !v.unit_last() {
-                    return Err(RunError::Layout { kernel: kernel(), what, index });
-                }
+        self.check_count("input", inputs.len())?;
+        self.check_count("output", outputs.len())?;
+        for (at, v) in inputs.iter().chain(outputs).enumerate() {
+            self.check_layout(at, v)?;
+            if span(v).is_none_or(|(_, hi)| hi >= len) {
+                let (what, index) = if at < inputs.len() { ("input", at) } else { ("output", at - inputs.len()) };
+                return Err(RunError::OutOfBounds { kernel: kernel(), what, index, len });
             }
         }
         let overlap = |index: usize, why: String| RunError::Overlap { kernel: kernel(), index, why };

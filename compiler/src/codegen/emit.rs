@@ -12,11 +12,21 @@
 //! The same walk serves both targets. On the CPU a nest's function runs a range of rows,
 //! so threads share the rows. On the GPU a nest with reductions gives each row to a warp:
 //! lanes split the row's elements and its reductions, which finish with a butterfly of
-//! warp shuffles; a nest without reductions gives each element to a thread. Both loop
-//! grid-stride, so any launch size covers the nest.
+//! warp shuffles. Rows whose reductions are longer than [`BLOCK_ROW`] get a whole block
+//! instead: each warp's butterfly result goes through shared memory, and every thread
+//! combines the warps' partials in the same order, so the block agrees on the result. A
+//! nest without reductions gives each element to a thread; where the inner size allows,
+//! a thread takes 16 bytes of every view at once (`vector_nest`), behind a uniform
+//! run-time check of the pointers and strides, with the scalar loop as the other branch.
+//! All loop grid-stride, so any launch size covers the nest.
+//!
+//! Views hold f32 or bf16 ([`Storage`]); the math is f32 either way. A bf16 element is
+//! widened on load and rounded to nearest even on store: on the GPU by the hardware's
+//! conversions, on the CPU by integer bit operations (x86 without AVX-512 BF16 would
+//! otherwise call a runtime library function).
 
-use super::body::{node_name, Body, Nest};
-use super::index::{delinearise, linearise, Ix, Var};
+use super::body::{node_name, Body, Nest, Storage};
+use super::index::{delinearise, linearise, Atom, Ix, Var};
 use super::math::Func;
 use super::CodegenError;
 use crate::ir::{NodeId, Op};
@@ -50,7 +60,25 @@ pub enum Rows {
     Warps,
     /// An element per thread (the GPU, pointwise nests).
     Threads,
+    /// A row per block (the GPU, nests with reductions longer than [`BLOCK_ROW`]).
+    Blocks,
 }
+
+/// Reductions longer than this get a block per row on the GPU: a warp's 32 lanes would
+/// each walk more than 64 elements, and a row per warp leaves most of the H200's
+/// warps idle when rows are few (a cross-entropy row over the vocabulary, RMSNorm at
+/// d = 4096).
+pub const BLOCK_ROW: usize = 2048;
+
+/// The block size the GPU launcher should use. The code reads the block size at run time,
+/// so any whole number of warps up to 1024 is correct.
+pub const BLOCK_THREADS: usize = 256;
+
+/// The bytes a thread moves per view in the GPU's vector path.
+const VECTOR_BYTES: usize = 16;
+
+/// The shared memory of a block reduction: one partial per warp of the largest block.
+const SHARED: &str = "memref<32xf32, #gpu.address_space<workgroup>>";
 
 /// One nest's function.
 pub struct NestCode {
@@ -62,15 +90,20 @@ pub struct NestCode {
     /// Per kernel input.
     pub access: Vec<Access>,
     pub uses: BTreeSet<Func>,
+    /// Elements a thread takes in the vector path (`Threads` nests), 1 without one.
+    pub vector_width: usize,
+    /// Bytes of shared memory the function declares (block reductions).
+    pub shared_bytes: usize,
 }
 
 /// Writes nest `which` of `body` for `target`, as function `symbol`.
 pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<NestCode, CodegenError> {
     let nest = &body.nests[which];
-    let rows = match target {
-        Target::Cpu => Rows::Range,
-        Target::Gpu if reaches_reduction(body, nest) => Rows::Warps,
-        Target::Gpu => Rows::Threads,
+    let rows = match (target, longest_reduction(body, nest)) {
+        (Target::Cpu, _) => Rows::Range,
+        (Target::Gpu, None) => Rows::Threads,
+        (Target::Gpu, Some(n)) if n > BLOCK_ROW => Rows::Blocks,
+        (Target::Gpu, Some(_)) => Rows::Warps,
     };
     let mut w = Writer {
         body,
@@ -84,34 +117,33 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         access: vec![Access::Unread; body.inputs.len()],
         nest_index: Vec::new(),
         lane: None,
+        lane_step: None,
+        block: None,
+        shared: false,
+        vector: None,
     };
-    let (row_shape, inner) = match (rows, nest.shape.split_last()) {
-        (Rows::Threads, _) | (_, None) => (nest.shape.clone(), None),
-        (_, Some((&last, lead))) => (lead.to_vec(), Some(last)),
+    let width = if rows == Rows::Threads { vector_width(body, nest) } else { None };
+    let vectorised = match width {
+        Some(width) => w.vector_nest(nest, width),
+        None => None,
     };
-    let iterations: usize = row_shape.iter().product();
-    let row = w.new_var(iterations);
-    let header = w.row_loop(&row, iterations);
-    w.open(header, vec![row.id], rows == Rows::Warps);
-    w.floor = if target == Target::Gpu { 1 } else { 0 };
-    let row_index = delinearise(&Ix::var(row), &row_shape);
-    match inner {
-        Some(n) => {
-            let i = w.new_var(n);
-            let (lb, step) = w.lane_range();
-            let header = format!("scf.for {} = {lb} to {} step {step} : i64 {{", w.var(&i), w.i64(n as i64));
-            w.open(header, vec![i.id], false);
-            let mut index = row_index;
-            index.push(Ix::var(i));
-            w.outputs(nest, index, false)?;
-            w.close(&["}"]);
-        }
-        None => {
-            let guard = rows == Rows::Warps;
-            w.outputs(nest, row_index, guard)?;
-        }
+    let vector_width = match vectorised {
+        Some(_) => width.unwrap_or(1),
+        None => 1,
+    };
+    if vectorised.is_some() {
+        w.open(String::new(), vec![], false);
     }
-    w.close(&["}"]);
+    let iterations = w.scalar_nest(nest)?;
+    if let Some((aligned, then)) = vectorised {
+        let otherwise = w.stack.pop().expect("the scalar branch");
+        let lines = &mut w.stack[0].lines;
+        lines.push(format!("scf.if {aligned} {{"));
+        lines.extend(then.lines.into_iter().map(|l| format!("  {l}")));
+        lines.push("} else {".into());
+        lines.extend(otherwise.lines.into_iter().map(|l| format!("  {l}")));
+        lines.push("}".into());
+    }
     let ret = match target {
         Target::Cpu => "return",
         Target::Gpu => "gpu.return",
@@ -125,23 +157,43 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         text.push('\n');
     }
     text.push_str("  }\n");
-    Ok(NestCode { symbol: symbol.to_string(), text, rows, iterations, access: w.access, uses: w.uses })
+    Ok(NestCode {
+        symbol: symbol.to_string(),
+        text,
+        rows,
+        iterations,
+        access: w.access,
+        uses: w.uses,
+        vector_width,
+        shared_bytes: if w.shared { 32 * 4 } else { 0 },
+    })
 }
 
-fn reaches_reduction(body: &Body, nest: &Nest) -> bool {
+/// The elements a thread of a pointwise nest takes at once: 16 bytes of its narrowest
+/// view, when the inner size is a multiple of that and at least two of them.
+fn vector_width(body: &Body, nest: &Nest) -> Option<usize> {
+    let narrowest = body.storage.iter().map(|s| s.bytes()).min()?;
+    let width = VECTOR_BYTES / narrowest;
+    (!nest.shape.is_empty() && nest.inner().is_multiple_of(width) && nest.inner() >= 2 * width).then_some(width)
+}
+
+/// The longest reduced axis among the reductions the nest's outputs reach.
+fn longest_reduction(body: &Body, nest: &Nest) -> Option<usize> {
     let g = body.graph;
     let mut seen = vec![false; g.nodes.len()];
     let mut todo: Vec<NodeId> = nest.outputs.iter().map(|&o| g.outputs[o]).collect();
+    let mut longest = None;
     while let Some(n) = todo.pop() {
         if std::mem::replace(&mut seen[n], true) {
             continue;
         }
-        if matches!(g.nodes[n].op, Op::Prim(Prim::Reduce(_))) {
-            return true;
+        if let Op::Prim(Prim::Reduce(r)) = &g.nodes[n].op {
+            let x = &body.shapes[g.nodes[n].inputs[0]];
+            longest = longest.max(Some(x.get(r.axis_of(x.len())).copied().unwrap_or(1)));
         }
         todo.extend(&g.nodes[n].inputs);
     }
-    false
+    longest
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -149,6 +201,8 @@ enum Key {
     Value(NodeId, Vec<Ix>),
     Index(Ix),
     Base(usize),
+    /// A 16-byte vector of view `k` starting at the index.
+    Vector(usize, Vec<Ix>),
     Stride(usize, usize),
     F32(u32),
     I64(i64),
@@ -185,7 +239,32 @@ struct Writer<'a, 'g> {
     uses: BTreeSet<Func>,
     access: Vec<Access>,
     nest_index: Vec<Ix>,
+    /// This thread's place in its warp or block, and the step between lanes.
     lane: Option<String>,
+    lane_step: Option<String>,
+    block: Option<BlockIds>,
+    /// Whether the function uses the shared memory of block reductions.
+    shared: bool,
+    vector: Option<VectorPath>,
+}
+
+/// A thread's warp within its block, its lane within the warp and the block's warps.
+#[derive(Clone)]
+struct BlockIds {
+    warp: String,
+    lane: String,
+    warps: String,
+}
+
+/// The vector path being written: loop variable `group` numbers the `width`-element
+/// groups of a row, and `views` collects the views read or written as vectors, whose
+/// alignment the run-time check tests.
+struct VectorPath {
+    group: Var,
+    width: usize,
+    views: BTreeSet<usize>,
+    /// Cleared when a view is read in a way the path cannot (along another axis).
+    feasible: bool,
 }
 
 impl Writer<'_, '_> {
@@ -382,13 +461,233 @@ impl Writer<'_, '_> {
         let base = self.base(k);
         let Some(offset) = offset else { return base };
         let p = self.fresh();
-        self.emit(format!("{p} = llvm.getelementptr {base}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, f32"));
+        let ty = self.memory_type(self.body.storage[k]);
+        self.emit(format!("{p} = llvm.getelementptr {base}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, {ty}"));
         p
+    }
+
+    /// How an element of `storage` is loaded and stored: bf16 as its bits on the CPU.
+    fn memory_type(&self, storage: Storage) -> &'static str {
+        match (storage, self.target) {
+            (Storage::Bf16, Target::Cpu) => "i16",
+            (s, _) => s.mlir(),
+        }
+    }
+
+    /// `n` elements of `ty` (a vector for more than one).
+    fn typed(ty: &str, n: usize) -> String {
+        if n == 1 {
+            ty.to_string()
+        } else {
+            format!("vector<{n}x{ty}>")
+        }
+    }
+
+    /// `raw`, `n` elements loaded from a view of `storage`, as f32.
+    fn widen(&mut self, raw: String, storage: Storage, n: usize) -> String {
+        let t = self.fresh();
+        match (storage, self.target) {
+            (Storage::F32, _) => return raw,
+            (Storage::Bf16, Target::Gpu) => {
+                self.emit(format!("{t} = arith.extf {raw} : {} to {}", Self::typed("bf16", n), Self::typed("f32", n)))
+            }
+            (Storage::Bf16, Target::Cpu) => {
+                let (wide, high) = (self.fresh(), self.fresh());
+                let sixteen = self.i32(16);
+                self.emit(format!("{wide} = arith.extui {raw} : i16 to i32"));
+                self.emit(format!("{high} = arith.shli {wide}, {sixteen} : i32"));
+                self.emit(format!("{t} = arith.bitcast {high} : i32 to f32"));
+            }
+        }
+        t
+    }
+
+    /// `n` f32 values as a view of `storage` stores them, rounded to nearest even.
+    fn narrow(&mut self, value: String, storage: Storage, n: usize) -> String {
+        match (storage, self.target) {
+            (Storage::F32, _) => value,
+            (Storage::Bf16, Target::Gpu) => {
+                let t = self.fresh();
+                self.emit(format!(
+                    "{t} = arith.truncf {value} : {} to {}",
+                    Self::typed("f32", n),
+                    Self::typed("bf16", n)
+                ));
+                t
+            }
+            (Storage::Bf16, Target::Cpu) => {
+                let rounded = self.call(Func::RoundBf16, &value);
+                let (bits, high, t) = (self.fresh(), self.fresh(), self.fresh());
+                let sixteen = self.i32(16);
+                self.emit(format!("{bits} = arith.bitcast {rounded} : f32 to i32"));
+                self.emit(format!("{high} = arith.shrui {bits}, {sixteen} : i32"));
+                self.emit(format!("{t} = arith.trunci {high} : i32 to i16"));
+                t
+            }
+        }
     }
 }
 
 /// Loops and the function around them.
 impl Writer<'_, '_> {
+    /// The nest as scalar code: a loop over rows (or elements) and, on a row, one over
+    /// its elements; returns the iterations of the outer loop.
+    fn scalar_nest(&mut self, nest: &Nest) -> Result<usize, CodegenError> {
+        let (row_shape, inner) = match (self.rows, nest.shape.split_last()) {
+            (Rows::Threads, _) | (_, None) => (nest.shape.clone(), None),
+            (_, Some((&last, lead))) => (lead.to_vec(), Some(last)),
+        };
+        let iterations: usize = row_shape.iter().product();
+        let row = self.new_var(iterations);
+        let header = self.row_loop(&row, iterations);
+        self.open(header, vec![row.id], matches!(self.rows, Rows::Warps | Rows::Blocks));
+        self.floor = if self.target == Target::Gpu { self.stack.len() - 1 } else { 0 };
+        let row_index = delinearise(&Ix::var(row), &row_shape);
+        match inner {
+            Some(n) => {
+                let i = self.new_var(n);
+                let (lb, step) = self.lane_range();
+                let header = format!("scf.for {} = {lb} to {} step {step} : i64 {{", self.var(&i), self.i64(n as i64));
+                self.open(header, vec![i.id], false);
+                let mut index = row_index;
+                index.push(Ix::var(i));
+                self.outputs(nest, index, false)?;
+                self.close(&["}"]);
+            }
+            None => {
+                let guard = matches!(self.rows, Rows::Warps | Rows::Blocks);
+                self.outputs(nest, row_index, guard)?;
+            }
+        }
+        self.close(&["}"]);
+        Ok(iterations)
+    }
+
+    /// A pointwise nest with every thread taking `width` consecutive elements of a row
+    /// and moving 16 bytes of each view at once: the branch taken where every view it
+    /// moves so is aligned (base pointer and outer strides in whole vectors, last stride
+    /// 1). Returns that condition and the branch, which the caller writes as an `scf.if`
+    /// around it and the scalar code once the scalar code is written (values placed in the
+    /// function's scope meanwhile must land before both). A nest that reads a view along
+    /// another axis than its own last keeps the scalar code only (`None`).
+    fn vector_nest(&mut self, nest: &Nest, width: usize) -> Option<(String, Scope)> {
+        let (lead, groups) = (&nest.shape[..nest.shape.len() - 1], nest.inner() / width);
+        let rows = nest.rows();
+        let depth = self.stack.len();
+        self.open(String::new(), vec![], false);
+        let t = self.new_var(rows * groups);
+        let header = self.row_loop(&t, rows * groups);
+        self.open(header, vec![t.id], false);
+        self.floor = self.stack.len() - 1;
+        let (row, group) = (self.new_var(rows), self.new_var(groups));
+        let (tv, rv, gv, n) = (self.var(&t), self.var(&row), self.var(&group), self.i64(groups as i64));
+        self.emit(format!("{rv} = arith.divui {tv}, {n} : i64"));
+        self.emit(format!("{gv} = arith.remui {tv}, {n} : i64"));
+        self.stack.last_mut().expect("the loop").binds.extend([row.id, group.id]);
+        self.vector = Some(VectorPath { group, width, views: BTreeSet::new(), feasible: true });
+        let row_index = delinearise(&Ix::var(row), lead);
+        let lanes: Vec<Vec<Ix>> = (0..width)
+            .map(|l| {
+                let mut index = row_index.clone();
+                index.push(Ix::var(group).scale(width as i64).add(&Ix::constant(l as i64)));
+                index
+            })
+            .collect();
+        let written = self.vector_outputs(nest, &lanes);
+        let path = self.vector.take().expect("the vector path");
+        if written.is_err() || !path.feasible {
+            // The scalar code reports any error the walk met.
+            self.stack.truncate(depth);
+            return None;
+        }
+        self.close(&["}"]);
+        let branch = self.stack.pop().expect("the branch");
+        let aligned = self.aligned(&path.views);
+        Some((aligned, branch))
+    }
+
+    /// Computes the nest's outputs at every lane's index and stores them 16 bytes at a time.
+    fn vector_outputs(&mut self, nest: &Nest, lanes: &[Vec<Ix>]) -> Result<(), CodegenError> {
+        self.nest_index = lanes[0].clone();
+        let mut stores = Vec::new();
+        for &o in &nest.outputs {
+            let node = self.body.graph.outputs[o];
+            let values = lanes.iter().map(|idx| self.value(node, idx.clone())).collect::<Result<Vec<_>, _>>()?;
+            stores.push((self.body.inputs.len() + o, values));
+        }
+        for (k, values) in stores {
+            self.vector.as_mut().expect("the vector path").views.insert(k);
+            let storage = self.body.storage[k];
+            let per = VECTOR_BYTES / storage.bytes();
+            for (g, chunk) in values.chunks(per).enumerate() {
+                let packed = self.pack(chunk);
+                let stored = self.narrow(packed, storage, per);
+                let p = self.element(k, &lanes[g * per]);
+                let ty = Self::typed(storage.mlir(), per);
+                self.emit(format!("llvm.store {stored}, {p} {{alignment = 16 : i64}} : {ty}, !llvm.ptr"));
+            }
+        }
+        Ok(())
+    }
+
+    /// f32 scalars as one vector.
+    fn pack(&mut self, values: &[String]) -> String {
+        let ty = Self::typed("f32", values.len());
+        let mut v = self.fresh();
+        self.emit(format!("{v} = llvm.mlir.poison : {ty}"));
+        for (l, x) in values.iter().enumerate() {
+            let (lane, next) = (self.i32(l as i32), self.fresh());
+            self.emit(format!("{next} = llvm.insertelement {x}, {v}[{lane} : i32] : {ty}"));
+            v = next;
+        }
+        v
+    }
+
+    /// Whether every view in `views` may be moved in aligned 16-byte vectors: its base
+    /// pointer is aligned, its last stride is 1 and its other strides are whole vectors.
+    fn aligned(&mut self, views: &BTreeSet<usize>) -> String {
+        let shapes: Vec<Vec<usize>> = self.body.input_shapes().into_iter().chain(self.body.output_shapes()).collect();
+        let (zero, fifteen, one) = (self.i64(0), self.i64(15), self.i64(1));
+        let mut all: Option<String> = None;
+        let mut both = |w: &mut Self, c: String| {
+            all = Some(match all.take() {
+                None => c,
+                Some(a) => {
+                    let t = w.fresh();
+                    w.emit(format!("{t} = arith.andi {a}, {c} : i1"));
+                    t
+                }
+            });
+        };
+        for &k in views {
+            let (address, low, ok) = (self.fresh(), self.fresh(), self.fresh());
+            let base = self.base(k);
+            self.emit(format!("{address} = llvm.ptrtoint {base} : !llvm.ptr to i64"));
+            self.emit(format!("{low} = arith.andi {address}, {fifteen} : i64"));
+            self.emit(format!("{ok} = arith.cmpi eq, {low}, {zero} : i64"));
+            both(self, ok);
+            let per = self.i64((VECTOR_BYTES / self.body.storage[k].bytes()) as i64);
+            let rank = shapes[k].len();
+            for d in (0..rank).filter(|&d| shapes[k][d] > 1) {
+                let s = self.stride(k, d);
+                let ok = self.fresh();
+                if d + 1 == rank {
+                    self.emit(format!("{ok} = arith.cmpi eq, {s}, {one} : i64"));
+                } else {
+                    let r = self.fresh();
+                    self.emit(format!("{r} = arith.remsi {s}, {per} : i64"));
+                    self.emit(format!("{ok} = arith.cmpi eq, {r}, {zero} : i64"));
+                }
+                both(self, ok);
+            }
+        }
+        all.unwrap_or_else(|| {
+            let t = self.fresh();
+            self.emit(format!("{t} = arith.constant true"));
+            t
+        })
+    }
+
     fn row_loop(&mut self, row: &Var, iterations: usize) -> String {
         let r = self.var(row);
         let n = self.i64(iterations as i64);
@@ -397,7 +696,7 @@ impl Writer<'_, '_> {
                 let one = self.i64(1);
                 format!("scf.for {r} = %begin to %end step {one} : i64 {{")
             }
-            Rows::Warps | Rows::Threads => {
+            Rows::Warps | Rows::Threads | Rows::Blocks => {
                 let (first, step) = self.gpu_ids();
                 format!("scf.for {r} = {first} to {n} step {step} : i64 {{")
             }
@@ -421,26 +720,36 @@ impl Writer<'_, '_> {
         self.emit(format!("{base} = arith.muli {bid}, {bdim} : i64"));
         self.emit(format!("{global} = arith.addi {base}, {tid} : i64"));
         self.emit(format!("{threads} = arith.muli {gdim}, {bdim} : i64"));
-        if self.rows == Rows::Threads {
-            return (global, threads);
-        }
         let c32 = self.i64(32);
+        match self.rows {
+            Rows::Threads => return (global, threads),
+            Rows::Blocks => {
+                let (warp, lane, warps, count) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+                self.emit(format!("{warp} = arith.divui {tid}, {c32} : i64"));
+                self.emit(format!("{lane} = arith.remui {tid}, {c32} : i64"));
+                self.emit(format!("{count} = arith.divui {bdim}, {c32} : i64"));
+                self.emit(format!("{warps} = arith.index_cast {count} : i64 to index"));
+                self.block = Some(BlockIds { warp, lane, warps });
+                self.lane = Some(tid.clone());
+                self.lane_step = Some(bdim.clone());
+                return (bid.clone(), gdim.clone());
+            }
+            _ => {}
+        }
         let (lane, warp, warps) = (self.fresh(), self.fresh(), self.fresh());
         self.emit(format!("{lane} = arith.remui {tid}, {c32} : i64"));
         self.emit(format!("{warp} = arith.divui {global}, {c32} : i64"));
         self.emit(format!("{warps} = arith.divui {threads}, {c32} : i64"));
         self.lane = Some(lane);
+        self.lane_step = Some(c32);
         (warp, warps)
     }
 
     /// Where a loop over a row's elements starts and its step: every element on the CPU,
-    /// this lane's share on a warp.
+    /// this lane's share on a warp or a block.
     fn lane_range(&mut self) -> (String, String) {
-        match (&self.lane, self.rows) {
-            (Some(lane), Rows::Warps) => {
-                let lane = lane.clone();
-                (lane, self.i64(32))
-            }
+        match (&self.lane, &self.lane_step, self.rows) {
+            (Some(lane), Some(step), Rows::Warps | Rows::Blocks) => (lane.clone(), step.clone()),
             _ => (self.i64(0), self.i64(1)),
         }
     }
@@ -456,7 +765,8 @@ impl Writer<'_, '_> {
                 for (k, &r) in ranks.iter().enumerate() {
                     params.extend((0..r).map(|d| format!("%s{k}_{d}: i64")));
                 }
-                format!("gpu.func @{symbol}({}) kernel", params.join(", "))
+                let shared = if self.shared { format!(" workgroup(%shared : {SHARED})") } else { String::new() };
+                format!("gpu.func @{symbol}({}){shared} kernel", params.join(", "))
             }
         }
     }
@@ -477,8 +787,12 @@ impl Writer<'_, '_> {
             self.open(format!("scf.if {first} {{"), vec![], false);
         }
         for (o, v) in values {
-            let p = self.element(self.body.inputs.len() + o, &index);
-            self.emit(format!("llvm.store {v}, {p} : f32, !llvm.ptr"));
+            let k = self.body.inputs.len() + o;
+            let storage = self.body.storage[k];
+            let stored = self.narrow(v, storage, 1);
+            let p = self.element(k, &index);
+            let ty = self.memory_type(storage);
+            self.emit(format!("llvm.store {stored}, {p} : {ty}, !llvm.ptr"));
         }
         if lane_zero {
             self.close(&["}"]);
@@ -611,10 +925,61 @@ impl Writer<'_, '_> {
             (Access::Unread | Access::OwnIndex, true) => Access::OwnIndex,
             _ => Access::Elsewhere,
         };
+        if let Some(v) = self.vector_lane(k, idx) {
+            return v;
+        }
+        let storage = self.body.storage[k];
         let p = self.element(k, idx);
         let v = self.fresh();
-        self.emit(format!("{v} = llvm.load {p} : !llvm.ptr -> f32"));
-        v
+        self.emit(format!("{v} = llvm.load {p} : !llvm.ptr -> {}", self.memory_type(storage)));
+        self.widen(v, storage, 1)
+    }
+
+    /// In the vector path, element `idx` of input `k` as a lane of the aligned 16-byte
+    /// vector that holds it (loaded once for all the lanes it serves). `None` where the
+    /// element is the same for every lane of the thread (a broadcast: one scalar load) —
+    /// or where it moves along another axis than the view's last, which the vector path
+    /// cannot take (it is then abandoned).
+    fn vector_lane(&mut self, k: usize, idx: &[Ix]) -> Option<String> {
+        let path = self.vector.as_ref()?;
+        let (group, width) = (path.group, path.width as i64);
+        let moves = |e: &Ix| {
+            let mut deps = BTreeSet::new();
+            e.vars(&mut deps);
+            deps.contains(&group.id)
+        };
+        let (last, lead) = idx.split_last()?;
+        if !moves(last) && !lead.iter().any(moves) {
+            return None;
+        }
+        let storage = self.body.storage[k];
+        let per = (VECTOR_BYTES / storage.bytes()) as i64;
+        let in_vectors = last.terms.iter().all(|(c, a)| match a {
+            Atom::Var(v) if v.id == group.id => *c == width,
+            Atom::Var(_) => c % per == 0,
+            Atom::Div(e, _) | Atom::Rem(e, _) => !moves(e) && c % per == 0,
+        });
+        if lead.iter().any(moves) || !in_vectors {
+            self.vector.as_mut().expect("the vector path").feasible = false;
+            return None;
+        }
+        self.vector.as_mut().expect("the vector path").views.insert(k);
+        let lane = last.constant.rem_euclid(per);
+        let mut start = idx.to_vec();
+        start[idx.len() - 1] = last.add(&Ix::constant(-lane));
+        let mut deps = BTreeSet::new();
+        start.iter().for_each(|e| e.vars(&mut deps));
+        let level = self.level_for(&deps);
+        let vector = self.cached(level, Key::Vector(k, start.clone()), |w| {
+            let p = w.element(k, &start);
+            let raw = w.fresh();
+            let ty = Self::typed(storage.mlir(), per as usize);
+            w.emit(format!("{raw} = llvm.load {p} {{alignment = 16 : i64}} : !llvm.ptr -> {ty}"));
+            w.widen(raw, storage, per as usize)
+        });
+        let (at, v) = (self.i32(lane as i32), self.fresh());
+        self.emit(format!("{v} = llvm.extractelement {vector}[{at} : i32] : vector<{per}xf32>"));
+        Some(v)
     }
 
     /// A reduction loop over the reduced axis, written in the current scope; split over
@@ -653,12 +1018,46 @@ impl Writer<'_, '_> {
                 self.emit(format!("{other}, {valid} = gpu.shuffle xor {total}, {off}, {width} : f32"));
                 total = self.combine(r.op, &total, &other);
             }
+            if self.rows == Rows::Blocks {
+                total = self.across_warps(r.op, &total, &init);
+            }
         }
         if r.op == ReduceOp::Mean {
             let n = self.f32(xs[a] as f32);
             total = self.op2("arith.divf", &total, &n);
         }
         Ok(total)
+    }
+
+    /// Combines every warp's `partial` of a block reduction through shared memory: lane 0
+    /// of each warp writes its partial, and after a barrier every thread combines them all
+    /// in warp order (so the whole block holds the same result); the second barrier lets
+    /// the next reduction reuse the memory.
+    fn across_warps(&mut self, op: ReduceOp, partial: &str, init: &str) -> String {
+        let ids = self.block.clone().expect("blocks have warp ids");
+        self.shared = true;
+        let zero = self.i64(0);
+        let (first, slot, c0, c1) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+        self.emit(format!("{first} = arith.cmpi eq, {}, {zero} : i64", ids.lane));
+        self.emit(format!("{slot} = arith.index_cast {} : i64 to index", ids.warp));
+        self.open(format!("scf.if {first} {{"), vec![], false);
+        self.emit(format!("memref.store {partial}, %shared[{slot}] : {SHARED}"));
+        self.close(&["}"]);
+        self.emit("gpu.barrier".into());
+        self.emit(format!("{c0} = arith.constant 0 : index"));
+        self.emit(format!("{c1} = arith.constant 1 : index"));
+        let (w, acc, loaded, result) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+        let warps = &ids.warps;
+        self.open(
+            format!("{result} = scf.for {w} = {c0} to {warps} step {c1} iter_args({acc} = {init}) -> (f32) {{"),
+            vec![],
+            false,
+        );
+        self.emit(format!("{loaded} = memref.load %shared[{w}] : {SHARED}"));
+        let next = self.combine(op, &acc, &loaded);
+        self.close(&[&format!("  scf.yield {next} : f32"), "}"]);
+        self.emit("gpu.barrier".into());
+        result
     }
 
     fn combine(&mut self, op: ReduceOp, acc: &str, v: &str) -> String {

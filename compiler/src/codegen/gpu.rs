@@ -6,13 +6,16 @@
 //!
 //! Launching: every nest takes the same parameters — the views' base pointers (inputs,
 //! then outputs), then every view's strides in elements, as `i64` — and loops grid-stride,
-//! so any grid covers it; blocks must be a whole number of warps.
+//! so any grid covers it; blocks must be a whole number of warps (at most 1024 threads).
+//! [`GpuNest`] says what block size and grid a nest is written for. Views may hold f32 or
+//! bf16 ([`compile_stored`]); a pointwise nest decides at run time, from the pointers and
+//! strides it is given, whether it moves 16-byte vectors or single elements.
 
-use super::body::Body;
+use super::body::{Body, Storage};
 use super::emit::{self, Rows, Target};
 use super::mlir::Session;
 use super::template::TemplateCode;
-use super::{kernel_name, math, CodegenError, Symbols};
+use super::{kernel_name, math, CodegenError, Symbols, BLOCK_THREADS};
 use crate::ir::Graph;
 use melior::ir::attribute::{ArrayAttribute, AttributeLike};
 use melior::ir::block::BlockLike;
@@ -37,19 +40,65 @@ pub struct GpuKernel {
     pub workspace: Vec<usize>,
 }
 
-/// One `.entry` of the PTX module.
+/// One `.entry` of the PTX module and how to launch it.
 pub struct GpuNest {
     pub symbol: String,
     /// Whether a warp takes a row (nests with reductions) or a thread an element.
     pub per_warp: bool,
-    /// Rows (per warp) or elements (per thread) the grid covers.
+    /// Whether a block takes a row (reductions longer than [`super::BLOCK_ROW`]).
+    pub per_block: bool,
+    /// Rows (per warp or block) or elements (per thread) the grid covers.
     pub iterations: usize,
+    /// The block size to launch with (any whole number of warps up to 1024 is correct).
+    pub threads_per_block: usize,
+    /// Iterations one block takes per grid-stride step: `iterations / rows_per_block`
+    /// blocks (rounded up) give every iteration its own thread, warp or block.
+    pub rows_per_block: usize,
+    /// Elements a thread takes at once where every view is aligned (the vector path); the
+    /// grid then needs `1 / vector_width` of the threads. 1 for nests without one.
+    pub vector_width: usize,
+    /// Static shared memory the entry declares (block reductions); no dynamic shared
+    /// memory is needed at launch.
+    pub shared_bytes: usize,
+}
+
+impl GpuNest {
+    /// How to launch a generated nest.
+    fn new(code: &emit::NestCode) -> GpuNest {
+        let threads = BLOCK_THREADS;
+        let rows_per_block = match code.rows {
+            Rows::Blocks => 1,
+            Rows::Warps => threads / 32,
+            Rows::Threads | Rows::Range => threads,
+        };
+        GpuNest {
+            symbol: code.symbol.clone(),
+            per_warp: code.rows == Rows::Warps,
+            per_block: code.rows == Rows::Blocks,
+            iterations: code.iterations,
+            threads_per_block: threads,
+            rows_per_block,
+            vector_width: code.vector_width,
+            shared_bytes: code.shared_bytes,
+        }
+    }
+
+    /// The grid for this nest: one thread, warp or block per iteration, capped at
+    /// `max_blocks` (the grid-stride loops cover the rest).
+    pub fn blocks(&self, max_blocks: usize) -> usize {
+        self.iterations.div_ceil(self.rows_per_block).clamp(1, max_blocks.max(1))
+    }
 }
 
 /// Compiles a fused kernel body to PTX for a program of `symbols`' sizes.
 pub fn compile(body: &Graph, symbols: Symbols) -> Result<GpuKernel, CodegenError> {
+    compile_stored(body, symbols, &[])
+}
+
+/// [`compile`] for views holding `storage` (inputs, then outputs; empty: all f32).
+pub fn compile_stored(body: &Graph, symbols: Symbols, storage: &[Storage]) -> Result<GpuKernel, CodegenError> {
     let name = kernel_name(body);
-    let resolved = Body::resolve(body, symbols)?;
+    let resolved = Body::resolve(body, symbols)?.with_storage(storage)?;
     let mut functions = String::new();
     let mut uses = BTreeSet::new();
     let mut nests = Vec::new();
@@ -57,7 +106,7 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<GpuKernel, CodegenError
         let code = emit::nest(&resolved, i, Target::Gpu, &format!("{name}_{i}"))?;
         functions.push_str(&code.text);
         uses.extend(code.uses.iter().copied());
-        nests.push(GpuNest { symbol: code.symbol, per_warp: code.rows == Rows::Warps, iterations: code.iterations });
+        nests.push(GpuNest::new(&code));
     }
     let mlir = format!(
         "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{functions} }}\n}}\n",
@@ -79,7 +128,16 @@ pub fn compile_template(code: &TemplateCode) -> Result<GpuKernel, CodegenError> 
     );
     let ptx = lower(&name, &mlir)?;
     let nests = (0..code.phases.len())
-        .map(|i| GpuNest { symbol: code.symbol(i), per_warp: false, iterations: code.phases[i].items })
+        .map(|i| GpuNest {
+            symbol: code.symbol(i),
+            per_warp: false,
+            per_block: false,
+            iterations: code.phases[i].items,
+            threads_per_block: BLOCK_THREADS,
+            rows_per_block: BLOCK_THREADS,
+            vector_width: 1,
+            shared_bytes: 0,
+        })
         .collect();
     let ranks = code.view_ranks();
     let parameters = ranks.len() + ranks.iter().sum::<usize>();

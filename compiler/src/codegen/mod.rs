@@ -22,7 +22,8 @@ mod mlir;
 pub mod template;
 pub mod unit;
 
-pub use emit::Target;
+pub use body::{declared_storage, Storage};
+pub use emit::{Target, BLOCK_ROW, BLOCK_THREADS};
 pub use math::Func;
 
 use hyb_dsl::dim::Dim;

@@ -5,6 +5,7 @@
 use super::{ptxas, spills, Case, SIZES};
 use hyb_compiler::autodiff::gradients;
 use hyb_compiler::codegen::template::{self, TemplateCode};
+use hyb_compiler::codegen::Storage;
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
@@ -337,13 +338,13 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
             let kernel = gpu::compile_template(&code(&body, node, Target::Gpu)).expect("generates");
             let mut case = Case::ranged(&body, 1, values.lo, values.hi, values.ranges).expect("a case");
             case.floor = case.floor.max(values.floor);
-            let nests = kernel.nests.iter().map(|n| (n.symbol.clone(), false, n.iterations)).collect();
             super::DeviceCase {
                 name: format!("template{i}"),
                 origin: what,
+                nests: kernel.nests.iter().map(super::launch).collect(),
                 ptx: kernel.ptx,
-                nests,
                 workspace: kernel.workspace,
+                storage: Storage::F32,
                 case,
             }
         })
