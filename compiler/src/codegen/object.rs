@@ -64,6 +64,20 @@ impl Host {
     }
 }
 
+impl Host {
+    /// What differs between two hosts, for people.
+    pub fn differences(&self, other: &Host) -> Vec<&'static str> {
+        let fields = [
+            ("target", &self.triple, &other.triple),
+            ("CPU", &self.cpu, &other.cpu),
+            ("CPU features", &self.features, &other.features),
+            ("LLVM version", &self.llvm, &other.llvm),
+            ("hyb version", &self.hyb, &other.hyb),
+        ];
+        fields.into_iter().filter(|(_, a, b)| a != b).map(|(what, _, _)| what).collect()
+    }
+}
+
 impl std::fmt::Display for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(f, "{} {} (LLVM {}, hyb {})", self.triple, self.cpu, self.llvm, self.hyb)

@@ -2,13 +2,15 @@
 //! runs the same machine code. `hyb_compiler::codegen::unit` says what each launch gets:
 //! generated code (`hyb_compiler::codegen::cpu`) for kernel bodies and templates, a GEMM
 //! ([`Gemm`]) for a matmul, and a GEMM into scratch space followed by its generated
-//! epilogue for a GEMM kernel.
+//! epilogue for a GEMM kernel. Generated code comes from an [`Objects`] store (an
+//! artifact, the cache on disk) when it holds the kernel's object code, and is compiled
+//! otherwise.
 //!
 //! What has no native code yet runs with the reference semantics; the counts say how much
 //! of the program that is, and why.
 
 use super::gemm::{Gemm, GemmError};
-use hyb_compiler::codegen::cpu::{compile_template_for, ArenaView, Cache, CpuKernel, RunError};
+use hyb_compiler::codegen::cpu::{prepare_template_for, ArenaView, Cache, CpuKernel, NoObjects, Objects, Origin, RunError};
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
 use hyb_compiler::ir::{Graph, NodeId, Op};
@@ -36,9 +38,11 @@ pub struct Kernels {
     by_launch: Vec<Option<Native>>,
     /// Launches left to the reference semantics, with why.
     pub interpreted: Vec<(usize, String)>,
-    /// Distinct generated kernels and templates compiled.
+    /// Distinct generated kernels and templates compiled here.
     pub compiled: usize,
-    /// Wall time of compiling them.
+    /// Distinct generated kernels and templates whose object code was loaded.
+    pub loaded: usize,
+    /// Wall time of preparing them.
     pub seconds: f64,
     /// Elements past the program's arena that GEMM epilogues use for the GEMM's result.
     scratch: usize,
@@ -53,11 +57,18 @@ pub enum NativeError {
 }
 
 impl Kernels {
-    /// Prepares native code for every launch of `program` (planned from `graph`).
+    /// Prepares native code for every launch of `program` (planned from `graph`),
+    /// compiling every kernel.
     pub fn compile(graph: &Graph, program: &Program) -> Kernels {
+        Kernels::prepare(graph, program, &NoObjects)
+    }
+
+    /// [`Kernels::compile`], with the object code `objects` holds, and handing it what is
+    /// compiled.
+    pub fn prepare(graph: &Graph, program: &Program, objects: &dyn Objects) -> Kernels {
         let started = std::time::Instant::now();
         let symbols = Symbols { batch: program.batch, seq: program.seq };
-        let mut builder = Builder { graph, symbols, bodies: Cache::new(symbols), templates: HashMap::new() };
+        let mut builder = Builder { graph, symbols, objects, bodies: Cache::new(symbols), templates: HashMap::new() };
         let mut interpreted = Vec::new();
         let mut scratch = 0;
         let by_launch = program
@@ -89,8 +100,10 @@ impl Kernels {
                 }
             })
             .collect();
-        let compiled = builder.bodies.len() + builder.templates.len();
-        Kernels { by_launch, interpreted, compiled, seconds: started.elapsed().as_secs_f64(), scratch }
+        let kernels: Vec<&Arc<CpuKernel>> = builder.bodies.kernels().chain(builder.templates.values()).collect();
+        let loaded = kernels.iter().filter(|k| k.origin() == Origin::Loaded).count();
+        let compiled = kernels.len() - loaded;
+        Kernels { by_launch, interpreted, compiled, loaded, seconds: started.elapsed().as_secs_f64(), scratch }
     }
 
     /// Elements the executor's arena needs past the program's own.
@@ -137,10 +150,12 @@ impl Kernels {
     /// One line for people: how much of the program is native code, and what is not.
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "{} of {} launches run native code ({} distinct kernels, compiled in {:.2} s)",
+            "{} of {} launches run native code ({} distinct kernels: {} compiled, {} loaded, in {:.2} s)",
             self.generated(),
             self.generated() + self.interpreted.len(),
+            self.compiled + self.loaded,
             self.compiled,
+            self.loaded,
             self.seconds
         );
         if !self.interpreted.is_empty() {
@@ -155,10 +170,11 @@ impl Kernels {
     }
 }
 
-/// Compiles what launches need, each distinct body or template once.
+/// Prepares what launches need, each distinct body or template once.
 struct Builder<'g> {
     graph: &'g Graph,
     symbols: Symbols,
+    objects: &'g dyn Objects,
     bodies: Cache,
     templates: HashMap<String, Arc<CpuKernel>>,
 }
@@ -172,13 +188,13 @@ impl Builder<'_> {
                 .ok_or_else(|| "matmul of unusual shapes".to_string())
         };
         match unit::for_node(self.graph, node, self.symbols, Target::Cpu)? {
-            Unit::Body(body) => self.bodies.get(&body, &views).map(Native::Code).map_err(|e| internal(&e)),
+            Unit::Body(body) => self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e)),
             Unit::Template(code) => {
                 let key = template_key(&self.graph.nodes[node].op, &code.inputs, &views);
                 if let Some(k) = self.templates.get(&key) {
                     return Ok(Native::Code(k.clone()));
                 }
-                let kernel = Arc::new(compile_template_for(&code, &views).map_err(|e| internal(&e))?);
+                let kernel = Arc::new(prepare_template_for(&code, &views, self.objects).map_err(|e| internal(&e))?);
                 self.templates.insert(key, kernel.clone());
                 Ok(Native::Code(kernel))
             }
@@ -187,7 +203,7 @@ impl Builder<'_> {
                 let shape = g.out.clone();
                 // The product is contiguous scratch space.
                 let views = [inputs, &[true], outputs].concat();
-                let epilogue = self.bodies.get(&epilogue, &views).map_err(|e| internal(&e))?;
+                let epilogue = self.bodies.get(&epilogue, &views, self.objects).map_err(|e| internal(&e))?;
                 Ok(Native::GemmEpilogue { gemm: gemm(&g)?, a, b, epilogue, shape })
             }
         }
