@@ -26,6 +26,9 @@ use std::sync::OnceLock;
 #[path = "codegen/templates.rs"]
 mod templates;
 
+#[path = "codegen/object_code.rs"]
+mod object_code;
+
 const SMALL_FALCON: &str = r#"
 import std.layers
 
