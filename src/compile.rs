@@ -6,8 +6,8 @@
 use crate::planning::PlanArgs;
 use anyhow::{Context, Result};
 use hyb_compiler::artifact::{self, Artifact, ObjectCode, Target};
-use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::object::Host;
+use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{self, cpu, gpu, Symbols};
 use hyb_compiler::cost::{Machine, MACHINES};
 use hyb_compiler::elaborate::elaborate;

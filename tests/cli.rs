@@ -644,7 +644,8 @@ fn train_keeps_compiled_kernels_in_a_cache_that_runs_share() {
     let spawn = |out: &str, env: &[(&str, &str)]| {
         let (args, out) = train(out);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        (hyb_with(&args, env).stdout(std::process::Stdio::piped()).spawn().unwrap(), out)
+        let piped = std::process::Stdio::piped;
+        (hyb_with(&args, env).stdout(piped()).stderr(piped()).spawn().unwrap(), out)
     };
     let env = [("HYB_CACHE_DIR", cache_s)];
     let (first, second) = (spawn("first", &env), spawn("second", &env));
@@ -687,7 +688,8 @@ fn an_artifact_runs_its_object_code_here_and_recompiles_elsewhere() {
     let train = |what: &str, out: &str| {
         let out = dir.path().join(out);
         let args = ["train", what, "--steps", "2", "--batch", "2", "--seq", "16", "--mqar-pairs", "3"];
-        let r = hyb(&[&args[..], &["--eval-every", "2", "--eval-batches", "1", "--out", out.to_str().unwrap()]].concat());
+        let r =
+            hyb(&[&args[..], &["--eval-every", "2", "--eval-batches", "1", "--out", out.to_str().unwrap()]].concat());
         assert!(r.status.success(), "{what}: {}", stderr(&r));
         (r, losses_of(&out))
     };

@@ -39,16 +39,17 @@ fn arena_after(kernel: &CpuKernel, case: &Case) -> Vec<u32> {
 }
 
 /// A kernel prepared twice through one store: compiled, then loaded; both run `case`.
-fn compiled_then_loaded(
-    what: &str,
-    case: &Case,
-    prepare: &dyn Fn(&Store) -> CpuKernel,
-) -> Result<(), String> {
+fn compiled_then_loaded(what: &str, case: &Case, prepare: &dyn Fn(&Store) -> CpuKernel) -> Result<(), String> {
     let store = Store::default();
     let compiled = prepare(&store);
     let loaded = prepare(&store);
     if (compiled.origin(), loaded.origin(), *store.puts.borrow()) != (Origin::Compiled, Origin::Loaded, 1) {
-        return Err(format!("{what}: {:?} then {:?}, {} kept", compiled.origin(), loaded.origin(), store.puts.borrow()));
+        return Err(format!(
+            "{what}: {:?} then {:?}, {} kept",
+            compiled.origin(),
+            loaded.origin(),
+            store.puts.borrow()
+        ));
     }
     if arena_after(&compiled, case) != arena_after(&loaded, case) {
         return Err(format!("{what}: the loaded code computes other bits"));

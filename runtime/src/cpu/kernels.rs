@@ -10,7 +10,9 @@
 //! of the program that is, and why.
 
 use super::gemm::{Gemm, GemmError};
-use hyb_compiler::codegen::cpu::{prepare_template_for, ArenaView, Cache, CpuKernel, NoObjects, Objects, Origin, RunError};
+use hyb_compiler::codegen::cpu::{
+    prepare_template_for, ArenaView, Cache, CpuKernel, NoObjects, Objects, Origin, RunError,
+};
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
 use hyb_compiler::ir::{Graph, NodeId, Op};
@@ -188,7 +190,9 @@ impl Builder<'_> {
                 .ok_or_else(|| "matmul of unusual shapes".to_string())
         };
         match unit::for_node(self.graph, node, self.symbols, Target::Cpu)? {
-            Unit::Body(body) => self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e)),
+            Unit::Body(body) => {
+                self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e))
+            }
             Unit::Template(code) => {
                 let key = template_key(&self.graph.nodes[node].op, &code.inputs, &views);
                 if let Some(k) = self.templates.get(&key) {
