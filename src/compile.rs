@@ -1,11 +1,13 @@
 //! `hyb compile`: check a model, run the whole pipeline, plan the program for one batch and
 //! sequence length (fitted to `--device-memory` when given), and write it as an artifact
-//! that runs without the `.hyb` source.
+//! that runs without the `.hyb` source, with the object code of its CPU kernels for this
+//! host (so running it compiles nothing here).
 
 use crate::planning::PlanArgs;
 use anyhow::{Context, Result};
-use hyb_compiler::artifact::{self, Artifact, Target};
+use hyb_compiler::artifact::{self, Artifact, ObjectCode, Target};
 use hyb_compiler::codegen::chain::Step;
+use hyb_compiler::codegen::object::Host;
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{self, cpu, gpu, Symbols};
 use hyb_compiler::cost::{Machine, MACHINES};
@@ -18,6 +20,9 @@ use hyb_compiler::plan::LaunchKind;
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 use hyb_dsl::expand::model::Expanded;
+use hyb_runtime::cpu::objects::{DiskCache, Recording};
+use hyb_runtime::cpu::Kernels;
+use hyb_runtime::train::step::cpu_executable;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -96,7 +101,7 @@ pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
         }
         None => None,
     };
-    let artifact = Artifact {
+    let mut artifact = Artifact {
         compiled: artifact::Compiled {
             model: model.summary.name.clone(),
             target: Target::Cpu,
@@ -108,20 +113,27 @@ pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
         model: forward,
         executable,
         eval,
+        objects: ObjectCode { host: Host::current().clone(), kernels: Default::default() },
     };
     if let Some(stage) = args.emit {
         return emit(&artifact.executable, stage, args.kernel.as_deref());
     }
     let out = args.out.as_ref().expect("clap requires --out without --emit");
+    // The CPU runs one rank; a program for several has nothing to run here.
+    if args.tp == 1 {
+        artifact.objects.kernels = object_code(&artifact)?;
+    }
     let bytes = artifact.to_bytes();
     hyb_runtime::atomic::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     let program = &artifact.executable.program;
     println!(
-        "wrote {}: {} launches, arena {:.1} MiB per rank{}, {} bytes",
+        "wrote {}: {} launches, arena {:.1} MiB per rank{}, object code of {} CPU kernels for {}, {} bytes",
         out.display(),
         program.launches.len(),
         program.memory.arena_bytes as f64 / (1 << 20) as f64,
         crate::explain::recompute_note(&program.recompute),
+        artifact.objects.kernels.len(),
+        artifact.objects.host,
         bytes.len()
     );
     Ok(())
@@ -147,6 +159,20 @@ fn body_code(body: &Graph, name: &str, stage: Stage, symbols: Symbols) -> Result
         Stage::Llvm => cpu::llvm_ir(name, &cpu::body_mlir(body, symbols)?)?,
         Stage::Ptx => gpu::compile(body, symbols)?.ptx,
     })
+}
+
+/// The object code of every CPU kernel the artifact's programs run, placed as the CPU
+/// executor places them, through the cache on disk.
+fn object_code(artifact: &Artifact) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let c = &artifact.compiled;
+    let cache = DiskCache::from_env();
+    let recording = Recording::new(&cache);
+    let programs = [(Some(&artifact.executable), c.training.is_some()), (artifact.eval.as_ref(), false)];
+    for (executable, training) in programs.into_iter().filter_map(|(e, t)| Some((e?, t))) {
+        let cpu = cpu_executable(executable, training, c.batch, c.seq)?;
+        Kernels::prepare(&cpu.graph, &cpu.program, &recording);
+    }
+    Ok(recording.into_objects())
 }
 
 /// Prints the code of every distinct kernel of `executable` at `stage` (or of `kernel`).

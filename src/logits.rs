@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use hyb_compiler::artifact::Artifact;
+use hyb_compiler::codegen::cpu::Objects;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::pipeline::{compile, plan_graph, Target};
 use hyb_compiler::plan::{Precision, Program};
@@ -10,6 +11,7 @@ use hyb_compiler::reference::{self, Real, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_dsl::trace::Trace;
 use hyb_dsl::value::DType;
+use hyb_runtime::cpu::objects::{artifact_then, DiskCache};
 use hyb_runtime::weights::Weights;
 use std::collections::HashMap;
 use std::io::Write;
@@ -61,9 +63,10 @@ pub fn run(
     };
     let graph = program.as_ref().map_or(&forward, |(g, _)| *g);
     let program = program.as_ref().map(|(_, p)| p);
+    let cache = DiskCache::from_env();
     let out = match dtype {
-        DType::F32 => eval::<f32>(graph, program, weights, b, t, &ids)?,
-        _ => eval::<f64>(graph, program, weights, b, t, &ids)?,
+        DType::F32 => eval::<f32>(graph, program, &cache, weights, b, t, &ids)?,
+        _ => eval::<f64>(graph, program, &cache, weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
     Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())
@@ -96,20 +99,23 @@ pub fn run_artifact(
     let dtype = if precision == "f32" { DType::F32 } else { DType::F64 };
     let graph = &artifact.executable.graph;
     let program = plan_graph(graph, false, b, t, Precision::uniform(dtype))?;
+    let cache = DiskCache::from_env();
+    let objects = artifact_then(&artifact.objects, &cache);
     let ids: Vec<f64> = batch.iter().flatten().map(|&i| i as f64).collect();
     let out = match dtype {
-        DType::F32 => eval::<f32>(graph, Some(&program), weights, b, t, &ids)?,
-        _ => eval::<f64>(graph, Some(&program), weights, b, t, &ids)?,
+        DType::F32 => eval::<f32>(graph, Some(&program), &objects, weights, b, t, &ids)?,
+        _ => eval::<f64>(graph, Some(&program), &objects, weights, b, t, &ids)?,
     };
     let vocab = *out.shape.last().unwrap_or(&0);
     Ok(out.data.chunks(t * vocab).map(|seq| seq.chunks(vocab).map(<[f64]>::to_vec).collect()).collect())
 }
 
 /// Consumes the weights so that a large model is held once, in the interpreter's precision;
-/// runs the planned program when there is one.
+/// runs the planned program when there is one, its kernels' object code from `objects`.
 fn eval<T: Real>(
     graph: &hyb_compiler::ir::Graph,
     program: Option<&Program>,
+    objects: &dyn Objects,
     weights: Weights,
     b: usize,
     t: usize,
@@ -128,7 +134,7 @@ fn eval<T: Real>(
     let native = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
     let mut out = match program {
         Some(p) if native => {
-            let kernels = hyb_runtime::cpu::Kernels::compile(graph, p);
+            let kernels = hyb_runtime::cpu::Kernels::prepare(graph, p, objects);
             hyb_runtime::cpu::run_with(graph, p, &kernels, &params, &inputs)?
         }
         Some(p) => hyb_runtime::cpu::run(graph, p, &params, &inputs)?,

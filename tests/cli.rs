@@ -3,13 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `hyb`, with no cache of compiled kernels (the tests of the cache give it one).
 fn hyb(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyb"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    hyb_with(args, &[("HYB_CACHE", "off")]).output().unwrap()
+}
+
+fn hyb_with(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hyb"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1").envs(env.iter().copied());
+    command
 }
 
 fn stdout(o: &Output) -> String {
@@ -607,4 +609,103 @@ fn compile_emits_each_kernel_at_each_stage() {
     assert!(stderr(&run).contains("no kernel named `no_such_kernel`") && stderr(&run).contains(one.as_str()));
     let run = hyb(&["compile", "examples/tiny_hybrid.hyb", "--kernel", "x"]);
     assert!(!run.status.success(), "--kernel needs --emit");
+}
+
+/// The "training step: …" line of a run's output: how many kernels were compiled and loaded.
+fn kernels_line(o: &Output) -> String {
+    stdout(o).lines().find(|l| l.starts_with("training step:")).unwrap_or_default().to_string()
+}
+
+fn losses_of(run: &Path) -> Vec<String> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    metrics
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {}", v["loss"], v["grad_norm"])
+        })
+        .collect()
+}
+
+/// Runs share compiled kernels through the cache: two at once into an empty cache both
+/// train, to the same losses; a later run compiles nothing and trains to them too. Without
+/// the cache every kernel compiles; an unwritable cache is a warning, not a failure.
+#[test]
+fn train_keeps_compiled_kernels_in_a_cache_that_runs_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache_s = cache.to_str().unwrap();
+    let train = |out: &str| {
+        let out = dir.path().join(out);
+        let args = ["train", "examples/tiny_hybrid.hyb", "--steps", "2", "--batch", "2", "--seq", "16"];
+        let args = [&args[..], &["--mqar-pairs", "3", "--eval-every", "0", "--out", out.to_str().unwrap()]].concat();
+        (args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), out)
+    };
+    let spawn = |out: &str, env: &[(&str, &str)]| {
+        let (args, out) = train(out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let piped = std::process::Stdio::piped;
+        (hyb_with(&args, env).stdout(piped()).stderr(piped()).spawn().unwrap(), out)
+    };
+    let env = [("HYB_CACHE_DIR", cache_s)];
+    let (first, second) = (spawn("first", &env), spawn("second", &env));
+    let (a, b) = (first.0.wait_with_output().unwrap(), second.0.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{}{}", stderr(&a), stderr(&b));
+    assert!(kernels_line(&a).contains(" compiled, "), "{}", stdout(&a));
+    assert_eq!(losses_of(&first.1), losses_of(&second.1));
+    let (warm, warm_out) = spawn("warm", &env);
+    let warm = warm.wait_with_output().unwrap();
+    assert!(warm.status.success(), "{}", stderr(&warm));
+    assert!(kernels_line(&warm).contains(": 0 compiled, "), "{}", stdout(&warm));
+    assert_eq!(losses_of(&warm_out), losses_of(&first.1));
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    let (off, _) = spawn("off", &[("HYB_CACHE_DIR", cache_s), ("HYB_CACHE", "off")]);
+    let off = off.wait_with_output().unwrap();
+    assert!(kernels_line(&off).contains(", 0 loaded"), "{}", stdout(&off));
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), entries, "the cache is left alone");
+    // A file where the cache's folder would be.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"").unwrap();
+    let nested = blocked.join("cache");
+    let (unwritable, _) = spawn("unwritable", &[("HYB_CACHE_DIR", nested.to_str().unwrap())]);
+    let unwritable = unwritable.wait_with_output().unwrap();
+    assert!(unwritable.status.success(), "{}", stderr(&unwritable));
+    assert_eq!(stderr(&unwritable).matches("cannot write the kernel cache").count(), 1, "{}", stderr(&unwritable));
+}
+
+/// An artifact carries its CPU kernels' object code: a run of it on this host compiles
+/// nothing (with no cache either) and trains as its source does; the code of another host
+/// is not used, the run says so once and compiles the kernels.
+#[test]
+fn an_artifact_runs_its_object_code_here_and_recompiles_elsewhere() {
+    use hyb_compiler::artifact::{Artifact, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, hybc) = ("examples/tiny_hybrid.hyb", dir.path().join("tiny.hybc"));
+    let hybc_s = hybc.to_str().unwrap();
+    let r = hyb(&["compile", model, "--batch", "2", "--seq", "16", "-o", hybc_s]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("object code of"), "{}", stdout(&r));
+    let train = |what: &str, out: &str| {
+        let out = dir.path().join(out);
+        let args = ["train", what, "--steps", "2", "--batch", "2", "--seq", "16", "--mqar-pairs", "3"];
+        let r =
+            hyb(&[&args[..], &["--eval-every", "2", "--eval-batches", "1", "--out", out.to_str().unwrap()]].concat());
+        assert!(r.status.success(), "{what}: {}", stderr(&r));
+        (r, losses_of(&out))
+    };
+    let (source, want) = train(model, "source");
+    assert!(kernels_line(&source).contains(", 0 loaded"), "{}", stdout(&source));
+    let (here, got) = train(hybc_s, "here");
+    assert!(kernels_line(&here).contains(": 0 compiled, "), "{}", stdout(&here));
+    assert!(stdout(&here).contains("evaluation: ") && stdout(&here).contains("(0 compiled, "), "{}", stdout(&here));
+    assert_eq!(got, want);
+    let mut artifact = Artifact::from_bytes(&std::fs::read(&hybc).unwrap(), Target::Cpu).unwrap();
+    assert!(!artifact.objects.kernels.is_empty());
+    artifact.objects.host.features.push_str(",+imaginary");
+    let elsewhere = dir.path().join("elsewhere.hybc");
+    std::fs::write(&elsewhere, artifact.to_bytes()).unwrap();
+    let (there, got) = train(elsewhere.to_str().unwrap(), "elsewhere");
+    assert_eq!(stderr(&there).matches("built for another host (CPU features differ)").count(), 1, "{}", stderr(&there));
+    assert!(kernels_line(&there).contains(", 0 loaded"), "{}", stdout(&there));
+    assert_eq!(got, want);
 }

@@ -1,22 +1,26 @@
 //! The compiled artifact (`hyb compile … -o model.hybc`): the fused program's graph, its
 //! planned [`Program`](crate::plan::Program), the parameter manifest, the model's forward
 //! graph (its identity, which checkpoints record), the forward program a training run
-//! evaluates with, and what it was compiled for, in one versioned, checksummed file, so a
-//! run needs no `.hyb` source and no recompilation.
+//! evaluates with, what it was compiled for, and the object code of its CPU kernels for the
+//! host that compiled it, in one versioned, checksummed file, so a run needs no `.hyb`
+//! source and, on a matching host, no compiling at all.
 //!
 //! Layout: the magic `HYBC`, a little-endian `u32` format version, the SHA-256 of the body,
 //! the body's length as a little-endian `u64`, then the body (bincode).
 
+use crate::codegen::cpu::Objects;
+use crate::codegen::object::Host;
 use crate::ir::{Graph, ParamSpec};
 use crate::pipeline::Executable;
 use crate::training::AdamW;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 const MAGIC: &[u8; 4] = b"HYBC";
 /// Bumped whenever the body's layout changes; older files are refused with the version.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const HEADER: usize = 4 + 4 + 32 + 8;
 
 fn options() -> impl Options {
@@ -69,6 +73,31 @@ pub struct Artifact {
     pub executable: Executable,
     /// For a training step, the forward pass planned for the same sizes (evaluation).
     pub eval: Option<Executable>,
+    /// The object code of the programs' CPU kernels.
+    pub objects: ObjectCode,
+}
+
+/// Object code of CPU kernels by [`crate::codegen::object::key`], all built for `host`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectCode {
+    pub host: Host,
+    pub kernels: BTreeMap<String, Vec<u8>>,
+}
+
+impl ObjectCode {
+    /// Whether the code can run here (else every kernel compiles again).
+    pub fn runs_here(&self) -> bool {
+        self.host == *Host::current()
+    }
+}
+
+/// The artifact's code, read-only: a run does not change its artifact.
+impl Objects for ObjectCode {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.kernels.get(key).filter(|_| self.runs_here()).cloned()
+    }
+
+    fn put(&self, _: &str, _: &[u8]) {}
 }
 
 impl Artifact {

@@ -2,7 +2,9 @@
 
 mod common;
 
-use hyb_compiler::artifact::{Artifact, ArtifactError, Compiled, Target, Training, VERSION};
+use hyb_compiler::artifact::{Artifact, ArtifactError, Compiled, ObjectCode, Target, Training, VERSION};
+use hyb_compiler::codegen::cpu::Objects;
+use hyb_compiler::codegen::object::Host;
 use hyb_compiler::pipeline::{compile, plan, Sizing, Target as Step};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
@@ -19,7 +21,9 @@ fn artifact() -> Artifact {
     let training = Training { opt: AdamW::default(), width_mult: 1.0 };
     let info =
         Compiled { model: "tiny".into(), target: Target::Cpu, training: Some(training), tp: 2, batch: 2, seq: 8 };
-    Artifact { compiled: info, model: forward, executable, eval: Some(eval) }
+    let kernels = [("k".to_string(), vec![0x7f, b'E', b'L', b'F'])].into();
+    let objects = ObjectCode { host: Host::current().clone(), kernels };
+    Artifact { compiled: info, model: forward, executable, eval: Some(eval), objects }
 }
 
 #[test]
@@ -28,6 +32,17 @@ fn round_trip() {
     let back = Artifact::from_bytes(&a.to_bytes(), Target::Cpu).unwrap();
     assert_eq!(back, a);
     assert!(back.manifest().iter().any(|p| p.shard.is_some()), "the manifest keeps the shards");
+}
+
+#[test]
+fn object_code_is_offered_only_on_the_host_it_was_built_for() {
+    let mut objects = artifact().objects;
+    assert!(objects.runs_here());
+    assert_eq!(objects.get("k").as_deref(), Some([0x7f, b'E', b'L', b'F'].as_slice()));
+    assert_eq!(objects.get("other"), None);
+    objects.host.cpu = format!("not-{}", objects.host.cpu);
+    assert!(!objects.runs_here());
+    assert_eq!(objects.get("k"), None);
 }
 
 #[test]

@@ -302,3 +302,47 @@ fn generated_kernels_give_the_reference_results() {
         }
     }
 }
+
+/// A training step's kernels kept in a cache on disk: the first preparation compiles every
+/// kernel and keeps it, the next loads every kernel and compiles none, and the step it runs
+/// gives the same bits; damaged entries are compiled again and rewritten.
+#[test]
+fn kernels_from_the_disk_cache_run_as_compiled_ones() {
+    use hyb_compiler::pipeline::plan_graph;
+    use hyb_runtime::cpu::objects::DiskCache;
+    let g = graph_of(MODEL.to_string());
+    let (w, x) = values(&g);
+    let c = compile(&g, &Target::Training { opt: AdamW::default(), width_mult: 1.0 }, 1, &Options::default());
+    let program = plan_graph(&c.graph, true, 2, 8, Precision::uniform(DType::F32)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::at(dir.path());
+    let step = |kernels: &cpu::Kernels| {
+        let (w, x): (HashMap<String, Tensor<f32>>, _) = (cast(&w), cast(&x));
+        let out = cpu::run_ranks_with(&c.graph, &program, Some(kernels), &[&w], &[&x]).unwrap();
+        out[0].iter().map(|t| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    let cold = cpu::Kernels::prepare(&c.graph, &program, &cache);
+    assert!(cold.compiled > 10 && cold.loaded == 0, "{}", cold.summary());
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), cold.compiled, "one entry per kernel");
+    let warm = cpu::Kernels::prepare(&c.graph, &program, &cache);
+    assert_eq!((warm.compiled, warm.loaded), (0, cold.compiled), "{}", warm.summary());
+    assert!(warm.summary().contains(&format!("0 compiled, {} loaded", cold.compiled)), "{}", warm.summary());
+    let bits = step(&cold);
+    assert!(bits == step(&warm), "loaded kernels compute other bits");
+    // Truncated, emptied, or another kernel's entry under this one's name.
+    for (k, path) in entries.iter().enumerate() {
+        let whole = std::fs::read(path).unwrap();
+        let damaged = match k % 3 {
+            0 => whole[..whole.len() / 2].to_vec(),
+            1 => Vec::new(),
+            _ => std::fs::read(&entries[(k + 1) % entries.len()]).unwrap(),
+        };
+        std::fs::write(path, damaged).unwrap();
+    }
+    let repaired = cpu::Kernels::prepare(&c.graph, &program, &cache);
+    assert_eq!((repaired.compiled, repaired.loaded), (cold.compiled, 0), "{}", repaired.summary());
+    assert!(bits == step(&repaired));
+    let again = cpu::Kernels::prepare(&c.graph, &program, &cache);
+    assert_eq!((again.compiled, again.loaded), (0, cold.compiled), "the entries were rewritten");
+}

@@ -1,6 +1,8 @@
-//! Native CPU code: a kernel body's nests lowered to the LLVM dialect and compiled by
-//! MLIR's JIT at O3 for the host's CPU features (LLVM's loop vectoriser does the SIMD),
+//! Native CPU code: a kernel body's nests compiled ahead of time to object code for the
+//! host's CPU and features at O3 ([`super::object`]; LLVM's loop vectoriser does the SIMD),
 //! each nest's function taking a range of rows so threads split the rows between them.
+//! A kernel whose object code an [`Objects`] store already holds (an artifact, the cache
+//! on disk) is only linked ([`super::link`]), not compiled.
 //!
 //! [`CpuKernel::run`] works on views of one `f32` arena, as the executor holds a program's
 //! buffers: it checks every view against the arena and the compiled shapes, refuses
@@ -11,17 +13,14 @@
 
 use super::body::{Body, Storage};
 use super::emit::{self, Access, Target};
-use super::mlir::Session;
+use super::link::Linked;
 use super::template::TemplateCode;
-use super::{kernel_name, math, CodegenError, Symbols};
+use super::{kernel_name, math, object, CodegenError, Symbols};
 use crate::ir::Graph;
-use mlir_sys::{mlirExecutionEngineCreate, mlirExecutionEngineDestroy, mlirExecutionEngineLookup, MlirExecutionEngine};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Lowering from the generator's dialects to the LLVM dialect.
-const PIPELINE: &str = "builtin.module(inline, canonicalize, cse, convert-scf-to-cf, \
-                        convert-arith-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)";
+pub use super::object::llvm_ir;
 
 /// Below this many elements a nest runs on the calling thread: spawning costs more.
 const ELEMENTS_PER_THREAD: usize = 1 << 15;
@@ -42,7 +41,37 @@ pub struct CpuKernel {
     workspace: Vec<usize>,
     scratch: std::sync::Mutex<Vec<Vec<f32>>>,
     nests: Vec<CompiledNest>,
-    _engine: Engine,
+    origin: Origin,
+    _code: Linked,
+}
+
+/// Where a kernel's machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled from its MLIR in this process.
+    Compiled,
+    /// Object code an [`Objects`] store held, linked without compiling.
+    Loaded,
+}
+
+/// Where object code is kept between runs (an artifact, a cache on disk), by
+/// [`object::key`]: kernels look there before compiling, and hand over what they compiled.
+pub trait Objects {
+    /// The object code of `key`, if held (it may still be damaged: it is linked before use).
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Keeps `object`, the code of `key`.
+    fn put(&self, key: &str, object: &[u8]);
+}
+
+/// No store: every kernel compiles.
+pub struct NoObjects;
+
+impl Objects for NoObjects {
+    fn get(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn put(&self, _: &str, _: &[u8]) {}
 }
 
 struct CompiledNest {
@@ -51,20 +80,6 @@ struct CompiledNest {
     elements: usize,
     outputs: Vec<usize>,
     access: Vec<Access>,
-}
-
-/// The JIT that owns the generated code.
-struct Engine(MlirExecutionEngine);
-
-// The engine is created once and only read afterwards (its code runs, its symbols were
-// looked up at creation), so sharing it between threads is sound.
-unsafe impl Send for Engine {}
-unsafe impl Sync for Engine {}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        unsafe { mlirExecutionEngineDestroy(self.0) }
-    }
 }
 
 /// A view of the arena a kernel reads or writes, in elements.
@@ -146,27 +161,6 @@ pub fn template_mlir(code: &TemplateCode, unit_last: &[bool]) -> String {
     format!("module {{\n{}{}}}\n", math::definitions(code.uses()), code.functions(Target::Cpu, unit_last))
 }
 
-/// `mlir` lowered to the LLVM dialect and translated to LLVM IR, before LLVM's own
-/// optimisation (`hyb compile --emit llvm`).
-pub fn llvm_ir(name: &str, mlir: &str) -> Result<String, CodegenError> {
-    let session = Session::new(name);
-    let mut module = session.parse(mlir)?;
-    session.lower(&mut module, PIPELINE, mlir)?;
-    let text = unsafe { mlir_sys::mlirTranslateModuleToLLVMIRToString(module.as_operation().to_raw()) };
-    if text.is_null() {
-        return Err(session.failure("translating to LLVM IR", mlir));
-    }
-    // The translation returns a string the caller owns, allocated with malloc.
-    let ir = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy().into_owned();
-    unsafe { libc_free(text.cast()) };
-    Ok(ir)
-}
-
-unsafe extern "C" {
-    #[link_name = "free"]
-    fn libc_free(p: *mut std::ffi::c_void);
-}
-
 /// Compiles a fused kernel body for a program of `symbols`' sizes, for views of any layout.
 pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError> {
     compile_for(body, symbols, &[])
@@ -176,7 +170,7 @@ pub fn compile(body: &Graph, symbols: Symbols) -> Result<CpuKernel, CodegenError
 /// outputs) says so: that stride is a constant of the code, so LLVM vectorises the inner
 /// loops, and the kernel refuses views that do not have it.
 pub fn compile_for(body: &Graph, symbols: Symbols, unit_last: &[bool]) -> Result<CpuKernel, CodegenError> {
-    compile_stored(body, symbols, unit_last, &[])
+    prepare_stored(body, symbols, unit_last, &[], &NoObjects)
 }
 
 /// [`compile_for`] for views holding `storage` (inputs, then outputs): bf16 views are
@@ -188,10 +182,32 @@ pub fn compile_stored(
     unit_last: &[bool],
     storage: &[Storage],
 ) -> Result<CpuKernel, CodegenError> {
+    prepare_stored(body, symbols, unit_last, storage, &NoObjects)
+}
+
+/// [`compile_for`], linking the object code `objects` holds for the kernel instead of
+/// compiling it, and handing `objects` what it compiles.
+pub fn prepare_for(
+    body: &Graph,
+    symbols: Symbols,
+    unit_last: &[bool],
+    objects: &dyn Objects,
+) -> Result<CpuKernel, CodegenError> {
+    prepare_stored(body, symbols, unit_last, &[], objects)
+}
+
+/// [`prepare_for`] for views holding `storage`.
+fn prepare_stored(
+    body: &Graph,
+    symbols: Symbols,
+    unit_last: &[bool],
+    storage: &[Storage],
+    objects: &dyn Objects,
+) -> Result<CpuKernel, CodegenError> {
     let name = kernel_name(body);
     let (mlir, nests, resolved) = stored_module(body, symbols, unit_last, storage)?;
     let symbols: Vec<&str> = nests.iter().map(|n| n.0.as_str()).collect();
-    let (engine, entries) = jit(&name, &mlir, &symbols)?;
+    let (code, entries, origin) = machine_code(&name, &mlir, &resolved.unit_last, &symbols, objects)?;
     let nests = nests
         .into_iter()
         .zip(entries)
@@ -206,7 +222,8 @@ pub fn compile_stored(
         workspace: Vec::new(),
         scratch: Default::default(),
         nests,
-        _engine: engine,
+        origin,
+        _code: code,
     })
 }
 
@@ -218,10 +235,19 @@ pub fn compile_template(code: &TemplateCode) -> Result<CpuKernel, CodegenError> 
 
 /// [`compile_template`] for views whose last axis has stride 1 where `unit_last` says so.
 pub fn compile_template_for(code: &TemplateCode, unit_last: &[bool]) -> Result<CpuKernel, CodegenError> {
+    prepare_template_for(code, unit_last, &NoObjects)
+}
+
+/// [`compile_template_for`], with object code from and for `objects` (see [`prepare_for`]).
+pub fn prepare_template_for(
+    code: &TemplateCode,
+    unit_last: &[bool],
+    objects: &dyn Objects,
+) -> Result<CpuKernel, CodegenError> {
     let mlir = template_mlir(code, unit_last);
     let symbols: Vec<String> = (0..code.phases.len()).map(|i| code.symbol(i)).collect();
     let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-    let (engine, entries) = jit(&code.name, &mlir, &names)?;
+    let (linked, entries, origin) = machine_code(&code.name, &mlir, unit_last, &names, objects)?;
     let every_output: Vec<usize> = (0..code.outputs.len()).collect();
     let nests = code
         .phases
@@ -244,38 +270,58 @@ pub fn compile_template_for(code: &TemplateCode, unit_last: &[bool]) -> Result<C
         workspace: code.workspace.clone(),
         scratch: Default::default(),
         nests,
-        _engine: engine,
+        origin,
+        _code: linked,
     })
 }
 
-/// Lowers `mlir`, JIT-compiles it and looks up `symbols`, each a function with the
-/// [`NestFn`] signature.
-fn jit(name: &str, mlir: &str, symbols: &[&str]) -> Result<(Engine, Vec<NestFn>), CodegenError> {
-    let session = Session::new(name);
-    let mut module = session.parse(mlir)?;
-    session.lower(&mut module, PIPELINE, mlir)?;
-    let raw = unsafe { mlirExecutionEngineCreate(module.to_raw(), 3, 0, std::ptr::null(), false, false) };
-    if raw.ptr.is_null() {
-        return Err(session.failure("creating the JIT", mlir));
+/// The linked machine code of `mlir` and the address of each of `symbols` (functions
+/// with the [`NestFn`] signature): `objects`' object code if it holds some that links,
+/// else freshly compiled object code, which `objects` then keeps.
+fn machine_code(
+    name: &str,
+    mlir: &str,
+    unit_last: &[bool],
+    symbols: &[&str],
+    objects: &dyn Objects,
+) -> Result<(Linked, Vec<NestFn>, Origin), CodegenError> {
+    let key = object::key(mlir, unit_last);
+    // Object code that does not link (damaged, or not this kernel's) is as good as none.
+    if let Some(found) = objects.get(&key).and_then(|o| link(name, &o, symbols).ok()) {
+        return Ok((found.0, found.1, Origin::Loaded));
     }
-    let engine = Engine(raw);
+    let compiled = object::compile(name, mlir)?;
+    let (linked, entries) = link(name, &compiled, symbols).map_err(|message| CodegenError::Mlir {
+        kernel: name.to_string(),
+        stage: "linking the object code",
+        message,
+        dump: None,
+    })?;
+    objects.put(&key, &compiled);
+    Ok((linked, entries, Origin::Compiled))
+}
+
+/// Links `code` and looks up `symbols` in it.
+fn link(name: &str, code: &[u8], symbols: &[&str]) -> Result<(Linked, Vec<NestFn>), String> {
+    let linked = Linked::new(name, code)?;
     let entries = symbols
         .iter()
         .map(|symbol| {
-            let address = unsafe { mlirExecutionEngineLookup(engine.0, melior::StringRef::new(symbol).to_raw()) };
-            if address.is_null() {
-                return Err(session.failure("finding the compiled function", mlir));
-            }
             // The generator wrote every function with exactly this signature.
-            Ok(unsafe { std::mem::transmute::<*mut std::ffi::c_void, NestFn>(address) })
+            linked.lookup(symbol).map(|a| unsafe { std::mem::transmute::<*mut std::ffi::c_void, NestFn>(a) })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((engine, entries))
+    Ok((linked, entries))
 }
 
 impl CpuKernel {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the kernel was compiled here or its object code loaded.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// The generated MLIR, before lowering.
@@ -500,20 +546,30 @@ impl Cache {
         Cache { symbols, kernels: HashMap::new() }
     }
 
-    /// The kernel of `body` for views with `unit_last` (see [`compile_for`]), compiled on
-    /// first use.
-    pub fn get(&mut self, body: &Graph, unit_last: &[bool]) -> Result<Arc<CpuKernel>, CodegenError> {
+    /// The kernel of `body` for views with `unit_last` (see [`prepare_for`]), prepared on
+    /// first use with `objects`' object code.
+    pub fn get(
+        &mut self,
+        body: &Graph,
+        unit_last: &[bool],
+        objects: &dyn Objects,
+    ) -> Result<Arc<CpuKernel>, CodegenError> {
         let key = (bincode::serialize(body).expect("a graph serialises"), unit_last.to_vec());
         if let Some(k) = self.kernels.get(&key) {
             return Ok(k.clone());
         }
-        let kernel = Arc::new(compile_for(body, self.symbols, unit_last)?);
+        let kernel = Arc::new(prepare_for(body, self.symbols, unit_last, objects)?);
         self.kernels.insert(key, kernel.clone());
         Ok(kernel)
     }
 
     pub fn len(&self) -> usize {
         self.kernels.len()
+    }
+
+    /// The kernels prepared so far.
+    pub fn kernels(&self) -> impl Iterator<Item = &Arc<CpuKernel>> {
+        self.kernels.values()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,8 +3,9 @@
 //! The generator ([`emit`]) writes MLIR as text — `scf` loops, `arith` math, `llvm`
 //! pointer arithmetic, and on the GPU `gpu` thread ids and shuffles — because the text is
 //! what a reader (and `--emit mlir`) wants to see, and it reads like the kernel; melior
-//! parses and verifies it, runs the lowering pipelines, and owns the JIT ([`cpu`]) and the
-//! NVPTX backend ([`gpu`]). One walk over the body serves both targets, so the CPU code
+//! parses and verifies it and runs the lowering pipelines; LLVM (through inkwell) turns the
+//! CPU side into object code for the host ([`object`]), which ORC links ([`cpu`]), and
+//! MLIR's NVPTX backend gives PTX ([`gpu`]). One walk over the body serves both targets, so the CPU code
 //! that CI checks against the reference is the code the GPU runs, loop structure aside.
 //!
 //! A body is compiled for one program's sizes ([`Symbols`]): shapes are constants of the
@@ -17,8 +18,10 @@ pub mod cpu;
 mod emit;
 pub mod gpu;
 mod index;
+mod link;
 mod math;
 mod mlir;
+pub mod object;
 pub mod template;
 pub mod unit;
 

@@ -1,8 +1,8 @@
 //! Vertical fusion: after extraction, chains of pointwise operations, row reductions and
 //! views become one kernel, and a GEMM absorbs its pointwise consumers as an epilogue. A
 //! value joins its consumer's kernel when every node that reads it is in that kernel, or
-//! when the others all come later (an activation the backward pass reads again, an
-//! RMSNorm's inverse RMS): the kernel then writes it as an extra output, as it does a value
+//! — for a pointwise value — when the others all come later (an activation the backward
+//! pass reads again, an RMSNorm's inverse RMS): the kernel then writes it as an extra output, as it does a value
 //! the graph returns (an optimizer's new moments). So a norm, a softmax or a cross-entropy
 //! is one kernel in a training step as in the forward pass.
 
@@ -87,7 +87,7 @@ pub fn fuse(g: &Graph) -> Graph {
             let escapes = !outside.is_empty();
             if escapes
                 && (outside.iter().any(|&u| u < r)
-                    || !matches!(role(&g.nodes[p]), Role::Pointwise | Role::Reduce)
+                    || role(&g.nodes[p]) != Role::Pointwise
                     || extra_outputs.get(&r).copied().unwrap_or(0) + 1 > MAX_EXTRA_OUTPUTS)
             {
                 continue;

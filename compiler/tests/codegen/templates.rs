@@ -327,6 +327,23 @@ fn ssd_scan_matches_the_reference() {
     run_all(ssd_cases());
 }
 
+/// The first and last case of each family of templates (a template's code, and a case on
+/// random layouts), for tests of what happens to the code after compiling.
+pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
+    let families = [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases()];
+    families
+        .into_iter()
+        .flat_map(|cases| {
+            let last = cases.len() - 1;
+            cases.into_iter().enumerate().filter(move |&(i, _)| i == 0 || i == last).map(|(_, c)| c)
+        })
+        .map(|(what, body, node, values)| {
+            let case = Case::ranged(&body, 2, values.lo, values.hi, values.ranges).expect("a case");
+            (what, code(&body, node, Target::Cpu), case)
+        })
+        .collect()
+}
+
 /// Every template case, for the GPU machine: the PTX, the arena, the reference's outputs
 /// and the launches (`compiler/tests/ptx_on_device.py` runs them).
 pub fn device_cases() -> Vec<super::DeviceCase> {

@@ -2,14 +2,18 @@
 //! runs the same machine code. `hyb_compiler::codegen::unit` says what each launch gets:
 //! generated code (`hyb_compiler::codegen::cpu`) for kernel bodies and templates, a GEMM
 //! ([`Gemm`]) for a matmul, and a chain of both over scratch space for a kernel with GEMMs
-//! inside (a GEMM kernel's epilogue, a BitLinear's quantisers).
+//! inside (a GEMM kernel's epilogue, a BitLinear's quantisers). Generated code comes from
+//! an [`Objects`] store (an artifact, the cache on disk) when it holds the kernel's object
+//! code, and is compiled otherwise.
 //!
 //! What has no native code yet runs with the reference semantics; the counts say how much
 //! of the program that is, and why.
 
 use super::gemm::{Gemm, GemmError};
 use hyb_compiler::codegen::chain::{Slot, Step};
-use hyb_compiler::codegen::cpu::{compile_template_for, ArenaView, Cache, CpuKernel, RunError};
+use hyb_compiler::codegen::cpu::{
+    prepare_template_for, ArenaView, Cache, CpuKernel, NoObjects, Objects, Origin, RunError,
+};
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
 use hyb_compiler::ir::{Graph, NodeId, Op};
@@ -39,9 +43,11 @@ pub struct Kernels {
     by_launch: Vec<Option<Native>>,
     /// Launches left to the reference semantics, with why.
     pub interpreted: Vec<(usize, String)>,
-    /// Distinct generated kernels and templates compiled.
+    /// Distinct generated kernels and templates compiled here.
     pub compiled: usize,
-    /// Wall time of compiling them.
+    /// Distinct generated kernels and templates whose object code was loaded.
+    pub loaded: usize,
+    /// Wall time of preparing them.
     pub seconds: f64,
     /// Elements past the program's arena that chains use for their scratch buffers.
     scratch: usize,
@@ -56,11 +62,18 @@ pub enum NativeError {
 }
 
 impl Kernels {
-    /// Prepares native code for every launch of `program` (planned from `graph`).
+    /// Prepares native code for every launch of `program` (planned from `graph`),
+    /// compiling every kernel.
     pub fn compile(graph: &Graph, program: &Program) -> Kernels {
+        Kernels::prepare(graph, program, &NoObjects)
+    }
+
+    /// [`Kernels::compile`], with the object code `objects` holds, and handing it what is
+    /// compiled.
+    pub fn prepare(graph: &Graph, program: &Program, objects: &dyn Objects) -> Kernels {
         let started = std::time::Instant::now();
         let symbols = Symbols { batch: program.batch, seq: program.seq };
-        let mut builder = Builder { graph, symbols, bodies: Cache::new(symbols), templates: HashMap::new() };
+        let mut builder = Builder { graph, symbols, objects, bodies: Cache::new(symbols), templates: HashMap::new() };
         let mut interpreted = Vec::new();
         let mut scratch = 0;
         let by_launch = program
@@ -92,8 +105,10 @@ impl Kernels {
                 }
             })
             .collect();
-        let compiled = builder.bodies.len() + builder.templates.len();
-        Kernels { by_launch, interpreted, compiled, seconds: started.elapsed().as_secs_f64(), scratch }
+        let kernels: Vec<&Arc<CpuKernel>> = builder.bodies.kernels().chain(builder.templates.values()).collect();
+        let loaded = kernels.iter().filter(|k| k.origin() == Origin::Loaded).count();
+        let compiled = kernels.len() - loaded;
+        Kernels { by_launch, interpreted, compiled, loaded, seconds: started.elapsed().as_secs_f64(), scratch }
     }
 
     /// Elements the executor's arena needs past the program's own.
@@ -174,10 +189,12 @@ impl Kernels {
     /// One line for people: how much of the program is native code, and what is not.
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "{} of {} launches run native code ({} distinct kernels, compiled in {:.2} s)",
+            "{} of {} launches run native code ({} distinct kernels: {} compiled, {} loaded, in {:.2} s)",
             self.generated(),
             self.generated() + self.interpreted.len(),
+            self.compiled + self.loaded,
             self.compiled,
+            self.loaded,
             self.seconds
         );
         if !self.interpreted.is_empty() {
@@ -192,10 +209,11 @@ impl Kernels {
     }
 }
 
-/// Compiles what launches need, each distinct body or template once.
+/// Prepares what launches need, each distinct body or template once.
 struct Builder<'g> {
     graph: &'g Graph,
     symbols: Symbols,
+    objects: &'g dyn Objects,
     bodies: Cache,
     templates: HashMap<String, Arc<CpuKernel>>,
 }
@@ -209,13 +227,15 @@ impl Builder<'_> {
                 .ok_or_else(|| "matmul of unusual shapes".to_string())
         };
         match unit::for_node(self.graph, node, self.symbols, Target::Cpu)? {
-            Unit::Body(body) => self.bodies.get(&body, &views).map(Native::Code).map_err(|e| internal(&e)),
+            Unit::Body(body) => {
+                self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e))
+            }
             Unit::Template(code) => {
                 let key = template_key(&self.graph.nodes[node].op, &code.inputs, &views);
                 if let Some(k) = self.templates.get(&key) {
                     return Ok(Native::Code(k.clone()));
                 }
-                let kernel = Arc::new(compile_template_for(&code, &views).map_err(|e| internal(&e))?);
+                let kernel = Arc::new(prepare_template_for(&code, &views, self.objects).map_err(|e| internal(&e))?);
                 self.templates.insert(key, kernel.clone());
                 Ok(Native::Code(kernel))
             }
@@ -233,7 +253,7 @@ impl Builder<'_> {
                         Step::Body { body, reads, writes } => {
                             let views: Vec<bool> =
                                 reads.iter().chain(writes.iter().map(|w| &w[0])).map(unit_last).collect();
-                            let kernel = self.bodies.get(body, &views).map_err(|e| internal(&e))?;
+                            let kernel = self.bodies.get(body, &views, self.objects).map_err(|e| internal(&e))?;
                             Ok(NativeStep::Code { kernel, reads: reads.clone(), writes: writes.clone() })
                         }
                         Step::Gemm { gemm: g, a, b, out } => Ok(NativeStep::Gemm {

@@ -11,6 +11,7 @@
 
 mod gemm;
 mod kernels;
+pub mod objects;
 
 pub use kernels::Kernels;
 

@@ -4,8 +4,10 @@
 //! the reference interpreter (the oracle, `--executor reference`).
 
 use super::{TrainConfig, TrainError};
+use crate::cpu::objects::{artifact_then, DiskCache};
 use crate::cpu::Kernels;
 use hyb_compiler::artifact::Artifact;
+use hyb_compiler::codegen::cpu::Objects;
 use hyb_compiler::fit::{fit, Request};
 use hyb_compiler::ir::Graph;
 use hyb_compiler::pipeline::{compile, plan_graph, plan_with, Executable, Sizing, Target};
@@ -76,9 +78,9 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// The executable with its fused kernels compiled to native code.
-    fn compiled(e: Executable) -> Runner {
-        let kernels = Kernels::compile(&e.graph, &e.program);
+    /// The executable with its fused kernels as native code, from `objects` or compiled.
+    fn compiled(e: Executable, objects: &dyn Objects) -> Runner {
+        let kernels = Kernels::prepare(&e.graph, &e.program, objects);
         Runner::Compiled(Box::new(e), kernels)
     }
 
@@ -111,7 +113,19 @@ impl Programs {
     /// What of the step runs as generated code, for people (`None` for the reference).
     pub fn codegen_summary(&self) -> Option<String> {
         match &self.step {
-            Runner::Compiled(_, kernels) => Some(format!("training step: {}", kernels.summary())),
+            Runner::Compiled(_, kernels) => {
+                let eval = match &self.eval {
+                    Runner::Compiled(_, e) => format!(
+                        "; evaluation: {} kernels ({} compiled, {} loaded, in {:.2} s)",
+                        e.compiled + e.loaded,
+                        e.compiled,
+                        e.loaded,
+                        e.seconds
+                    ),
+                    Runner::Reference(_) => String::new(),
+                };
+                Some(format!("training step: {}{eval}", kernels.summary()))
+            }
             Runner::Reference(_) => None,
         }
     }
@@ -147,7 +161,8 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     let step = plan_with(&step, &target, cfg.batch, cfg.seq, cpu_precision(), &levels).map_err(plan_error)?;
     let eval = compile(forward, &Target::Forward, 1, &opts);
     let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, cpu_precision(), &[]).map_err(plan_error)?;
-    Ok(Programs { step: Runner::compiled(step), eval: Runner::compiled(eval) })
+    let cache = DiskCache::from_env();
+    Ok(Programs { step: Runner::compiled(step, &cache), eval: Runner::compiled(eval, &cache) })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
@@ -188,11 +203,18 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig) -> Result<Programs, TrainError
     let Some(eval) = &a.eval else {
         return mismatch("has no forward pass to evaluate with: compile it again".into());
     };
-    let replan = |e: &Executable, training: bool| -> Result<Executable, TrainError> {
-        let mut program = plan_graph(&e.graph, training, c.batch, c.seq, cpu_precision())
-            .map_err(|e| TrainError::Plan(e.to_string()))?;
-        program.recompute = e.program.recompute.clone();
-        Ok(Executable { graph: e.graph.clone(), program })
-    };
-    Ok(Programs { step: Runner::compiled(replan(&a.executable, true)?), eval: Runner::compiled(replan(eval, false)?) })
+    let cache = DiskCache::from_env();
+    let objects = artifact_then(&a.objects, &cache);
+    let step = Runner::compiled(cpu_executable(&a.executable, true, c.batch, c.seq)?, &objects);
+    Ok(Programs { step, eval: Runner::compiled(cpu_executable(eval, false, c.batch, c.seq)?, &objects) })
+}
+
+/// An artifact's program (a training step or a forward pass) placed again for the CPU's
+/// element type, with its recompute: what the CPU executor runs, and so what `hyb compile`
+/// prepares object code for.
+pub fn cpu_executable(e: &Executable, training: bool, batch: usize, seq: usize) -> Result<Executable, TrainError> {
+    let mut program =
+        plan_graph(&e.graph, training, batch, seq, cpu_precision()).map_err(|e| TrainError::Plan(e.to_string()))?;
+    program.recompute = e.program.recompute.clone();
+    Ok(Executable { graph: e.graph.clone(), program })
 }
