@@ -1,10 +1,9 @@
 //! Vertical fusion: after extraction, chains of pointwise operations, row reductions and
 //! views become one kernel, and a GEMM absorbs its pointwise consumers as an epilogue. A
-//! value joins its consumer's kernel when every node that reads it is in that kernel, or
-//! — for a pointwise value — when the others all come later (an activation the backward
-//! pass reads again, an RMSNorm's inverse RMS): the kernel then writes it as an extra output, as it does a value
-//! the graph returns (an optimizer's new moments). So a norm, a softmax or a cross-entropy
-//! is one kernel in a training step as in the forward pass.
+//! value joins its consumer's kernel when every node that reads it is in that kernel; if
+//! the graph also returns it (an optimizer's new moments) the kernel writes it as an extra
+//! output. A value another kernel reads (an activation the backward pass reads again) stays
+//! in memory.
 
 use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
 use crate::ops::{Class, Primitive};
@@ -15,9 +14,6 @@ use std::collections::{BTreeSet, HashMap};
 /// gradient norm over every parameter of a 34B model) is past that and past what `ptxas`
 /// assembles in reasonable time; beyond it a sum is split into kernels of partial sums.
 const MAX_INPUTS: usize = 16;
-
-/// The most values one kernel writes besides its result, for the same reason.
-const MAX_EXTRA_OUTPUTS: usize = 8;
 
 /// How a node takes part in vertical fusion, from its primitive's class.
 #[derive(Clone, Copy, PartialEq)]
@@ -68,7 +64,6 @@ pub fn fuse(g: &Graph) -> Graph {
     // The values each kernel (by root) reads from outside it.
     let computed = |x: &NodeId| !matches!(g.nodes[*x].op, Op::Constant(_));
     let mut reads: HashMap<NodeId, BTreeSet<NodeId>> = HashMap::new();
-    let mut extra_outputs: HashMap<NodeId, usize> = HashMap::new();
     for i in (0..n).rev() {
         let c = role(&g.nodes[i]);
         if matches!(c, Role::Gemm | Role::Other) {
@@ -78,18 +73,7 @@ pub fn fuse(g: &Graph) -> Graph {
         has_reduce[r] |= c == Role::Reduce;
         reads.entry(r).or_insert_with(|| g.nodes[i].inputs.iter().copied().filter(computed).collect());
         for &p in &g.nodes[i].inputs {
-            if group[p] != p {
-                continue;
-            }
-            // Readers outside the kernel must all come after it (ids are topological, and
-            // the root is the kernel's last node), or the kernel would wait on itself.
-            let outside: Vec<NodeId> = consumers[p].iter().copied().filter(|&u| root(&mut group, u) != r).collect();
-            let escapes = !outside.is_empty();
-            if escapes
-                && (outside.iter().any(|&u| u < r)
-                    || role(&g.nodes[p]) != Role::Pointwise
-                    || extra_outputs.get(&r).copied().unwrap_or(0) + 1 > MAX_EXTRA_OUTPUTS)
-            {
+            if group[p] != p || consumers[p].iter().any(|&u| root(&mut group, u) != r) {
                 continue;
             }
             let mut joined = reads[&r].clone();
@@ -109,9 +93,6 @@ pub fn fuse(g: &Graph) -> Graph {
                 Role::Other => false,
             };
             if ok {
-                if escapes || returned[p] {
-                    *extra_outputs.entry(r).or_default() += 1;
-                }
                 reads.insert(r, joined);
                 group[p] = r;
                 has_gemm[r] |= role(&g.nodes[p]) == Role::Gemm;
@@ -143,9 +124,7 @@ pub fn fuse(g: &Graph) -> Graph {
             }
             continue;
         }
-        let escapes = |x: NodeId, group: &mut Vec<NodeId>| consumers[x].iter().any(|&u| root(group, u) != r);
-        let extra: Vec<NodeId> =
-            m.iter().copied().filter(|&x| x != r && (returned[x] || escapes(x, &mut group))).collect();
+        let extra: Vec<NodeId> = m.iter().copied().filter(|&x| x != r && returned[x]).collect();
         let (body, external) = kernel_body(g, m, &extra);
         let kind = if has_gemm[r] { KernelKind::Gemm } else { KernelKind::Fused };
         let inputs = external.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
