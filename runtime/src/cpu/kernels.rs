@@ -29,13 +29,34 @@ enum Native {
     /// Steps in order over the launch's views and contiguous scratch buffers.
     Chain {
         steps: Vec<NativeStep>,
-        scratch: Vec<Vec<usize>>,
+        scratch: Vec<Scratch>,
     },
 }
 
+/// One contiguous scratch buffer of a chain: where it starts past the chain's scratch
+/// base, its shape and strides (fixed when the program is compiled).
+struct Scratch {
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+}
+
 enum NativeStep {
-    Code { kernel: Arc<CpuKernel>, reads: Vec<Slot>, writes: Vec<Vec<Slot>> },
-    Gemm { gemm: Gemm, a: Slot, b: Slot, out: Slot, shapes: [Vec<usize>; 3] },
+    Code {
+        kernel: Arc<CpuKernel>,
+        reads: Vec<Slot>,
+        writes: Vec<Vec<Slot>>,
+    },
+    /// `shapes` and `strides`: how the GEMM sees each of `a`, `b` and `out` when it is
+    /// scratch seen folded.
+    Gemm {
+        gemm: Gemm,
+        a: Slot,
+        b: Slot,
+        out: Slot,
+        shapes: [Vec<usize>; 3],
+        strides: [Vec<isize>; 3],
+    },
 }
 
 /// The native code of one program, by launch.
@@ -94,7 +115,8 @@ impl Kernels {
                 match builder.native(launch.node, &inputs, &outputs) {
                     Ok(native) => {
                         if let Native::Chain { scratch: buffers, .. } = &native {
-                            scratch = scratch.max(buffers.iter().map(|b| b.iter().product::<usize>()).sum());
+                            let end = buffers.last().map_or(0, |b| b.offset + b.shape.iter().product::<usize>());
+                            scratch = scratch.max(end);
                         }
                         Some(native)
                     }
@@ -136,19 +158,13 @@ impl Kernels {
             Native::Code(k) => k.run(arena, inputs, outputs)?,
             Native::Gemm(g) => g.run(arena, &inputs[0], &inputs[1], &outputs[0])?,
             Native::Chain { steps, scratch } => {
-                let strides: Vec<Vec<isize>> = scratch.iter().map(|s| contiguous(s)).collect();
-                let offsets: Vec<usize> = scratch
-                    .iter()
-                    .scan(scratch_at, |at, s| {
-                        let here = *at;
-                        *at += s.iter().product::<usize>();
-                        Some(here)
-                    })
-                    .collect();
                 let view = |slot: Slot| match slot {
                     Slot::Input(k) => inputs[k],
                     Slot::Output(k) => outputs[k],
-                    Slot::Scratch(k) => ArenaView { offset: offsets[k], shape: &scratch[k], strides: &strides[k] },
+                    Slot::Scratch(k) => {
+                        let s = &scratch[k];
+                        ArenaView { offset: scratch_at + s.offset, shape: &s.shape, strides: &s.strides }
+                    }
                 };
                 for step in steps {
                     match step {
@@ -163,8 +179,7 @@ impl Kernels {
                                 }
                             }
                         }
-                        NativeStep::Gemm { gemm, a, b, out, shapes } => {
-                            let strides: Vec<Vec<isize>> = shapes.iter().map(|s| contiguous(s)).collect();
+                        NativeStep::Gemm { gemm, a, b, out, shapes, strides } => {
                             // A scratch operand (contiguous) may be seen folded: `[B, T, d]` as `[B·T, d]`.
                             let seen = |slot: Slot, k: usize| match view(slot) {
                                 v if v.shape != shapes[k].as_slice() && matches!(slot, Slot::Scratch(_)) => {
@@ -262,10 +277,20 @@ impl Builder<'_> {
                             b: *b,
                             out: *out,
                             shapes: [g.a.clone(), g.b.clone(), g.out.clone()],
+                            strides: [contiguous(&g.a), contiguous(&g.b), contiguous(&g.out)],
                         }),
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                Ok(Native::Chain { steps, scratch: chain.scratch })
+                let scratch = chain
+                    .scratch
+                    .into_iter()
+                    .scan(0, |at, shape| {
+                        let offset = *at;
+                        *at += shape.iter().product::<usize>();
+                        Some(Scratch { offset, strides: contiguous(&shape), shape })
+                    })
+                    .collect();
+                Ok(Native::Chain { steps, scratch })
             }
         }
     }
