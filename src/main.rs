@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod compile;
 mod explain;
+mod gpu_check;
 mod logits;
 mod planning;
 mod train;

@@ -14,12 +14,12 @@ use hyb_dsl::expand::model::Expanded;
 use hyb_runtime::train::data::DataSpec;
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
-use hyb_runtime::train::step::{Executor, Model, Planning};
+use hyb_runtime::train::step::{Executor, Model, Placement, Planning};
 use hyb_runtime::train::{checkpoint, Resume, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct TrainArgs {
     /// A `.hyb` model, or a training-step artifact from `hyb compile` (`.hybc`).
     pub file: PathBuf,
@@ -29,6 +29,14 @@ pub struct TrainArgs {
     /// executor, or the reference interpreter on the unoptimised training graph.
     #[arg(long, value_enum, default_value_t = crate::logits::Executor::Compiled)]
     pub executor: crate::logits::Executor,
+    /// Where the compiled program runs [default: the GPU when one is present, else the CPU].
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceFlag>,
+    /// Instead of training: run every launch of the first step and of an evaluation on the
+    /// GPU against the CPU executor, on the same inputs, outputs poisoned with NaN; print
+    /// each launch that differs and a summary. Writes nothing.
+    #[arg(long, conflicts_with_all = ["resume", "device"])]
+    pub check_gpu: bool,
     #[command(flatten)]
     pub plan: crate::planning::PlanArgs,
     /// `mqar` (synthetic associative recall), a UTF-8 text file (byte-level), or a binary
@@ -92,6 +100,27 @@ pub struct TrainArgs {
 
 const DEFAULT_OUT: &str = "runs/latest";
 
+/// `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceFlag {
+    Cpu,
+    /// The first GPU, through the CUDA executor.
+    Cuda,
+}
+
+/// Where the run's compiled programs go.
+fn placement(args: &TrainArgs) -> Result<Placement> {
+    Ok(match (args.device, args.executor) {
+        (_, _) if args.check_gpu => Placement::Cpu,
+        (Some(DeviceFlag::Cuda), crate::logits::Executor::Reference) => {
+            bail!("the reference executor runs on the CPU; leave out --device cuda or --executor reference")
+        }
+        (Some(DeviceFlag::Cuda), _) => Placement::Cuda(0),
+        (Some(DeviceFlag::Cpu), _) | (None, crate::logits::Executor::Reference) => Placement::Cpu,
+        (None, _) => Placement::best(),
+    })
+}
+
 fn schedule(name: &str) -> Result<Schedule> {
     Ok(match name {
         "cosine" => Schedule::Cosine { min_ratio: 0.1 },
@@ -145,8 +174,12 @@ impl Subject<'_> {
                     crate::logits::Executor::Compiled => Executor::Compiled,
                     crate::logits::Executor::Reference => Executor::Reference,
                 };
-                let planning =
-                    Planning { executor, recompute: args.plan.recompute(), device_memory: args.plan.device_memory };
+                let planning = Planning {
+                    executor,
+                    placement: placement(args)?,
+                    recompute: args.plan.recompute(),
+                    device_memory: args.plan.device_memory,
+                };
                 Model::Graph { forward: elaborate(&m.trace), planning }
             }
             Subject::Artifact(_) if args.executor == crate::logits::Executor::Reference => {
@@ -155,7 +188,7 @@ impl Subject<'_> {
             Subject::Artifact(_) if args.plan.device_memory.is_some() => {
                 bail!("--device-memory plans a model; an artifact is planned already (compile it with --device-memory)")
             }
-            Subject::Artifact(a) => Model::Artifact(a),
+            Subject::Artifact(a) => Model::Artifact(a, placement(args)?),
         })
     }
 }
@@ -287,6 +320,18 @@ fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<Tra
 }
 
 pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()> {
+    if args.check_gpu {
+        if args.executor == crate::logits::Executor::Reference {
+            bail!("--check-gpu compares the GPU with the compiled program on the CPU; leave out --executor reference");
+        }
+        let device = hyb_runtime::cuda::Device::open(0)?;
+        // The check writes nothing: the run directory it needs is a temporary one.
+        let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
+        let mut quiet = TrainArgs { out: Some(scratch.path().join("run")), ..args.clone() };
+        quiet.force = false;
+        let trainer = trainer(&quiet, subject, given)?;
+        return crate::gpu_check::run(device, &trainer);
+    }
     let mut trainer = trainer(args, subject, given)?;
     if let Some(line) = trainer.codegen_summary() {
         println!("{line}");

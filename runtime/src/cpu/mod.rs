@@ -90,6 +90,15 @@ pub fn run_ranks<T: Real>(
     run_ranks_with(graph, program, None, params, inputs)
 }
 
+/// Sees a one-rank run's arena around each launch: how another executor is checked
+/// against this one, launch by launch, on the same memory.
+pub trait Observer<T> {
+    /// Before launch `i`, with the arena as it reads it.
+    fn before(&mut self, i: usize, arena: &[T]) -> Result<(), RunError>;
+    /// After launch `i`, with its outputs written.
+    fn after(&mut self, i: usize, arena: &[T]) -> Result<(), RunError>;
+}
+
 /// [`run_ranks`], running fused kernels as the generated code of `kernels` (compiled for
 /// this program) when the element type is `f32`.
 pub fn run_ranks_with<T: Real>(
@@ -98,6 +107,29 @@ pub fn run_ranks_with<T: Real>(
     kernels: Option<&Kernels>,
     params: &[&HashMap<String, Tensor<T>>],
     inputs: &[&HashMap<String, Tensor<T>>],
+) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
+    run_observed_ranks(graph, program, kernels, params, inputs, None)
+}
+
+/// [`run_with`] on one rank, showing `observer` the arena around every launch.
+pub fn run_observed<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: &Kernels,
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+    observer: &mut dyn Observer<T>,
+) -> Result<Vec<Tensor<T>>, RunError> {
+    Ok(run_observed_ranks(graph, program, Some(kernels), &[params], &[inputs], Some(observer))?.remove(0))
+}
+
+fn run_observed_ranks<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: Option<&Kernels>,
+    params: &[&HashMap<String, Tensor<T>>],
+    inputs: &[&HashMap<String, Tensor<T>>],
+    mut observer: Option<&mut dyn Observer<T>>,
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
@@ -144,13 +176,36 @@ pub fn run_ranks_with<T: Real>(
     };
     let bind = |s: &str| Dim::bind_parts(s, &symbol);
     let sizes = Sizes::new(&bind);
-    for (index, launch) in program.launches.iter().enumerate() {
+    for index in 0..program.launches.len() {
+        if let Some(o) = observer.as_deref_mut() {
+            o.before(index, &arenas[0].data)?;
+        }
+        launch_one(graph, program, kernels, &mut arenas, words, sizes, index)?;
+        if let Some(o) = observer.as_deref_mut() {
+            o.after(index, &arenas[0].data)?;
+        }
+    }
+    Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+}
+
+/// Runs launch `index` of `program` on every rank's arena.
+fn launch_one<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: Option<&Kernels>,
+    arenas: &mut [Arena<T>],
+    words: usize,
+    sizes: Sizes,
+    index: usize,
+) -> Result<(), RunError> {
+    let launch = &program.launches[index];
+    {
         let n = &graph.nodes[launch.node];
         if let Op::Prim(Prim::Embedding(_)) = &n.op {
             // Native code selects nothing for a bad id; the program refuses it, as the
             // reference does.
             let vocab = launch.inputs[0].shape[0];
-            for arena in &arenas {
+            for arena in arenas.iter() {
                 let ids = arena.read(program, &launch.inputs[1]);
                 if let Some(&id) =
                     ids.data.iter().find(|id| id.f64() < 0.0 || id.f64() >= vocab as f64 || id.f64().fract() != 0.0)
@@ -171,7 +226,7 @@ pub fn run_ranks_with<T: Real>(
                 kernels.run(index, data, words, &ins, &outs).map_err(|e| RunError::Kernel(e.to_string()))?;
             }
             if ran {
-                continue;
+                return Ok(());
             }
         }
         // The node's inputs: constants are immediates, the rest are the launch's views.
@@ -212,7 +267,7 @@ pub fn run_ranks_with<T: Real>(
             }
         }
     }
-    Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+    Ok(())
 }
 
 /// A view as generated code addresses it: elements from the start of the arena.

@@ -209,9 +209,15 @@ pub enum TrainError {
     /// The plan, fitted to the device's memory, does not fit: what it needs and what would.
     #[error("{0}")]
     Plan(String),
+    /// The GPU could not be used (no driver, no GPU, out of memory, code it refused).
+    #[error("{0}")]
+    Device(String),
     #[error("stopped after {0} consecutive steps with a non-finite loss or gradient; the last checkpoint is intact")]
     Diverged(u64),
 }
+
+/// Tensors by name: a program's parameters or inputs.
+pub type Values = HashMap<String, Tensor<f32>>;
 
 pub struct Trainer {
     cfg: TrainConfig,
@@ -390,9 +396,9 @@ impl Trainer {
         ])
     }
 
-    /// Runs one step; returns its report. Non-finite steps leave the state unchanged.
-    pub fn step(&mut self) -> Result<StepReport, TrainError> {
-        let started = Instant::now();
+    /// The parameters and inputs (batch, learning rate, bias corrections, moments) of the
+    /// next step, with its learning rate.
+    pub fn step_inputs(&self) -> Result<(Values, Values, f64), TrainError> {
         let cfg = &self.cfg;
         let b = self.source.batch(cfg.seed, Split::Train, self.state.step, cfg.batch, cfg.seq)?;
         let lr = learning_rate(cfg.schedule, cfg.lr, cfg.warmup, self.state.step, cfg.steps);
@@ -407,8 +413,29 @@ impl Trainer {
         for (k, v) in &self.state.v {
             inputs.insert(format!("v.{k}"), v.clone());
         }
-        let params: HashMap<String, Tensor<f32>> =
-            self.state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        Ok((self.params(), inputs, lr))
+    }
+
+    /// The parameters and the inputs of evaluation batch `i`.
+    pub fn eval_inputs(&self, i: u64) -> Result<(Values, Values), TrainError> {
+        let b = self.source.batch(self.cfg.seed, Split::Eval, i, self.cfg.batch, self.cfg.seq)?;
+        Ok((self.params(), self.inputs(&b)))
+    }
+
+    fn params(&self) -> Values {
+        self.state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The programs the steps and evaluations run.
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
+    /// Runs one step; returns its report. Non-finite steps leave the state unchanged.
+    pub fn step(&mut self) -> Result<StepReport, TrainError> {
+        let started = Instant::now();
+        let (params, inputs, lr) = self.step_inputs()?;
+        let cfg = &self.cfg;
         let mut out = self.programs.step.run(&params, &inputs)?.into_iter();
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;

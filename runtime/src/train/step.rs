@@ -1,11 +1,12 @@
 //! What runs a training run's steps and evaluations: the compiled programs (sharding,
-//! rewriting, fusion, recompute, planned into one arena) on the CPU executor — compiled here
-//! from the model's forward graph or read from an artifact — or the unoptimised graphs in
-//! the reference interpreter (the oracle, `--executor reference`).
+//! rewriting, fusion, recompute, planned into one arena) on the CPU executor or on a GPU —
+//! compiled here from the model's forward graph or read from an artifact — or the
+//! unoptimised graphs in the reference interpreter (the oracle, `--executor reference`).
 
 use super::{TrainConfig, TrainError};
 use crate::cpu::objects::{artifact_then, DiskCache};
 use crate::cpu::Kernels;
+use crate::cuda::{CudaProgram, Device};
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::codegen::cpu::Objects;
 use hyb_compiler::fit::{fit, Request};
@@ -17,6 +18,7 @@ use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::training_graph;
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Which executor runs the steps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,11 +30,32 @@ pub enum Executor {
     Reference,
 }
 
-/// How a model's programs are planned: by which executor, with what recompute, for how
-/// much device memory. None of it changes what a step computes.
+/// Where compiled programs run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    #[default]
+    Cpu,
+    /// GPU `0`, through the CUDA executor.
+    Cuda(usize),
+}
+
+impl Placement {
+    /// The GPU when one is present, else the CPU: the default of `hyb train`.
+    pub fn best() -> Placement {
+        if Device::available() {
+            Placement::Cuda(0)
+        } else {
+            Placement::Cpu
+        }
+    }
+}
+
+/// How a model's programs are planned: by which executor, where, with what recompute, for
+/// how much device memory. None of it changes what a step computes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Planning {
     pub executor: Executor,
+    pub placement: Placement,
     pub recompute: Recompute,
     /// The device's memory: the plan (under the device's precision policy) must fit it.
     pub device_memory: Option<u64>,
@@ -42,8 +65,9 @@ pub struct Planning {
 pub enum Model {
     /// A forward graph, compiled for the run's configuration.
     Graph { forward: Graph, planning: Planning },
-    /// A compiled artifact: its step and evaluation programs, as compiled.
-    Artifact(Box<Artifact>),
+    /// A compiled artifact: its step and evaluation programs, as compiled, run where
+    /// `placement` says.
+    Artifact(Box<Artifact>, Placement),
 }
 
 impl From<Graph> for Model {
@@ -57,7 +81,7 @@ impl Model {
     pub fn forward(&self) -> &Graph {
         match self {
             Model::Graph { forward, .. } => forward,
-            Model::Artifact(a) => &a.model,
+            Model::Artifact(a, _) => &a.model,
         }
     }
 
@@ -65,7 +89,7 @@ impl Model {
     pub fn programs(&self, cfg: &TrainConfig) -> Result<Programs, TrainError> {
         match self {
             Model::Graph { forward, planning } => compiled(forward, cfg, planning),
-            Model::Artifact(a) => from_artifact(a, cfg),
+            Model::Artifact(a, placement) => from_artifact(a, cfg, *placement),
         }
     }
 }
@@ -75,6 +99,9 @@ pub enum Runner {
     /// On the CPU executor, fused kernels as generated code.
     Compiled(Box<Executable>, Kernels),
     Reference(Graph),
+    /// On a GPU: weights, moments and inputs are copied in for each run, and the outputs
+    /// back.
+    Cuda(Box<Executable>, Mutex<CudaProgram>),
 }
 
 impl Runner {
@@ -92,6 +119,18 @@ impl Runner {
         match self {
             Runner::Compiled(e, kernels) => crate::cpu::run_with(&e.graph, &e.program, kernels, params, inputs),
             Runner::Reference(g) => reference::run(g, params, inputs),
+            Runner::Cuda(e, program) => {
+                let mut program = program.lock().expect("a step that failed leaves no lock poisoned");
+                let run = |p: &mut CudaProgram| {
+                    p.load(&e.graph, params, inputs)?;
+                    p.run()?;
+                    p.outputs()
+                };
+                run(&mut program).map_err(|e| match e {
+                    crate::cuda::CudaError::Run(r) => r,
+                    other => RunError::Kernel(other.to_string()),
+                })
+            }
         }
     }
 
@@ -99,6 +138,7 @@ impl Runner {
         match self {
             Runner::Compiled(e, _) => &e.graph,
             Runner::Reference(g) => g,
+            Runner::Cuda(e, _) => &e.graph,
         }
     }
 }
@@ -122,9 +162,24 @@ impl Programs {
                         e.loaded,
                         e.seconds
                     ),
-                    Runner::Reference(_) => String::new(),
+                    _ => String::new(),
                 };
                 Some(format!("training step: {}{eval}", kernels.summary()))
+            }
+            Runner::Cuda(_, program) => {
+                let p = program.lock().expect("not poisoned");
+                let eval = match &self.eval {
+                    Runner::Cuda(_, e) => format!("; evaluation: {} modules", e.lock().expect("not poisoned").modules),
+                    _ => String::new(),
+                };
+                Some(format!(
+                    "training step on {}: {} launches, {} PTX modules, {:.2} GiB of device memory, prepared in {:.2} s{eval}",
+                    p.device().name(),
+                    p.program().launches.len(),
+                    p.modules,
+                    p.bytes() as f64 / (1u64 << 30) as f64,
+                    p.seconds
+                ))
             }
             Runner::Reference(_) => None,
         }
@@ -161,13 +216,27 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     let step = plan_with(&step, &target, cfg.batch, cfg.seq, cpu_precision(), &levels).map_err(plan_error)?;
     let eval = compile(forward, &Target::Forward, 1, &opts);
     let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, cpu_precision(), &[]).map_err(plan_error)?;
+    if let Placement::Cuda(ordinal) = planning.placement {
+        return on_gpu(ordinal, step, eval);
+    }
     let cache = DiskCache::from_env();
     Ok(Programs { step: Runner::compiled(step, &cache), eval: Runner::compiled(eval, &cache) })
 }
 
+/// The step and evaluation programs prepared on GPU `ordinal`.
+fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs, TrainError> {
+    let device = Arc::new(Device::open(ordinal).map_err(|e| TrainError::Device(e.to_string()))?);
+    let prepare = |e: Executable| -> Result<Runner, TrainError> {
+        let program = CudaProgram::prepare(device.clone(), &e.graph, &e.program)
+            .map_err(|e| TrainError::Device(e.to_string()))?;
+        Ok(Runner::Cuda(Box::new(e), Mutex::new(program)))
+    };
+    Ok(Programs { step: prepare(step)?, eval: prepare(eval)? })
+}
+
 /// The artifact's programs, placed again for the CPU's element type, after checking that
 /// it is a one-rank training step compiled for `cfg`'s sizes and optimizer settings.
-fn from_artifact(a: &Artifact, cfg: &TrainConfig) -> Result<Programs, TrainError> {
+fn from_artifact(a: &Artifact, cfg: &TrainConfig, placement: Placement) -> Result<Programs, TrainError> {
     let c = &a.compiled;
     let mismatch = |what: String| Err(TrainError::Mismatch(format!("the artifact {what}")));
     let Some(training) = &c.training else {
@@ -203,6 +272,10 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig) -> Result<Programs, TrainError
     let Some(eval) = &a.eval else {
         return mismatch("has no forward pass to evaluate with: compile it again".into());
     };
+    if let Placement::Cuda(ordinal) = placement {
+        let step = cpu_executable(&a.executable, true, c.batch, c.seq)?;
+        return on_gpu(ordinal, step, cpu_executable(eval, false, c.batch, c.seq)?);
+    }
     let cache = DiskCache::from_env();
     let objects = artifact_then(&a.objects, &cache);
     let step = Runner::compiled(cpu_executable(&a.executable, true, c.batch, c.seq)?, &objects);

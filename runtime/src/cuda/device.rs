@@ -1,0 +1,84 @@
+//! The GPU a run uses: its driver context, the one stream every launch of a step goes on,
+//! and the cuBLASLt handle GEMMs use. Opening it is where a machine without a driver or
+//! without a GPU is told so, before anything is compiled for it.
+
+use super::CudaError;
+use cudarc::cublaslt::{result as blas, sys as blas_sys};
+use cudarc::driver::{sys, CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// One GPU, ready for launches.
+pub struct Device {
+    pub(crate) context: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: blas_sys::cublasLtHandle_t,
+    name: String,
+    sms: usize,
+}
+
+impl Device {
+    /// Whether a CUDA driver and at least one GPU are present: what picks the default
+    /// device of `hyb train`.
+    pub fn available() -> bool {
+        // Safety: only tries to open the driver library.
+        (unsafe { sys::is_culib_present() }) && CudaContext::device_count().is_ok_and(|n| n > 0)
+    }
+
+    /// Opens GPU `ordinal`.
+    pub fn open(ordinal: usize) -> Result<Device, CudaError> {
+        // Safety: only tries to open the libraries; cudarc panics on a missing one otherwise.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(|e| CudaError::driver("counting GPUs", e))?;
+        if count <= 0 {
+            return Err(CudaError::NoGpu);
+        }
+        if ordinal >= count as usize {
+            return Err(CudaError::NoSuchGpu { ordinal, count: count as usize });
+        }
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(CudaError::NoLibrary("cuBLASLt (libcublasLt.so)"));
+        }
+        let context = CudaContext::new(ordinal).map_err(|e| CudaError::driver("creating a context", e))?;
+        // One stream, ordered launches: cudarc's per-allocation events are not needed.
+        unsafe { context.disable_event_tracking() };
+        let stream = context.new_stream().map_err(|e| CudaError::driver("creating a stream", e))?;
+        let blas = blas::create_handle().map_err(|e| CudaError::blas("creating a cuBLASLt handle", e))?;
+        let name = context.name().unwrap_or_else(|_| "a GPU".into());
+        let sms = context
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| CudaError::driver("reading the SM count", e))? as usize;
+        Ok(Device { context, stream, blas, name, sms })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Streaming multiprocessors: grids are capped at a multiple of them.
+    pub fn sms(&self) -> usize {
+        self.sms
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        self.context.mem_get_info().map_err(|e| CudaError::driver("reading free memory", e))
+    }
+
+    /// Waits for everything queued on the stream, reporting any fault of a launch.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(|e| CudaError::driver("running the launches", e))
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Safety: the handle was created in `open` and nothing uses it past the device.
+        let _ = unsafe { blas::destroy_handle(self.blas) };
+    }
+}

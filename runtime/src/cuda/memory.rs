@@ -1,0 +1,84 @@
+//! Device memory: one allocation per arena, copies in and out on the device's stream.
+//! A plan's arena is allocated once, after checking that it fits, and never resized: a
+//! step allocates nothing.
+
+use super::{CudaError, Device};
+use cudarc::driver::{result, sys};
+
+/// A block of device memory, freed when dropped.
+pub struct DeviceMemory {
+    pub(crate) ptr: sys::CUdeviceptr,
+    bytes: usize,
+}
+
+impl DeviceMemory {
+    /// `bytes` of device memory, refusing before it allocates when they do not fit.
+    pub fn alloc(device: &Device, bytes: usize, what: &str) -> Result<DeviceMemory, CudaError> {
+        let (free, total) = device.memory()?;
+        if bytes > free {
+            return Err(CudaError::OutOfMemory { what: what.to_string(), bytes, free, total });
+        }
+        device.context.bind_to_thread().map_err(|e| CudaError::driver("binding the context", e))?;
+        // Safety: a plain allocation; freed once, in `drop`.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                CudaError::OutOfMemory { what: what.to_string(), bytes, free, total }
+            } else {
+                CudaError::driver("allocating device memory", e)
+            }
+        })?;
+        Ok(DeviceMemory { ptr, bytes })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The device address `offset` bytes in.
+    pub fn at(&self, offset: usize) -> u64 {
+        self.ptr + offset as u64
+    }
+
+    /// Copies `data` to `offset` bytes in, on the stream (waits until it is copied).
+    pub fn upload<T: Copy>(&self, device: &Device, offset: usize, data: &[T]) -> Result<(), CudaError> {
+        self.check(offset, std::mem::size_of_val(data))?;
+        // Safety: the range is inside the allocation; the copy ends before `data` may move.
+        unsafe { result::memcpy_htod_async(self.at(offset), data, device.cu_stream()) }
+            .map_err(|e| CudaError::driver("copying to the GPU", e))?;
+        device.synchronize()
+    }
+
+    /// Copies `out.len()` elements from `offset` bytes in, once the stream has run.
+    pub fn download<T: Copy>(&self, device: &Device, offset: usize, out: &mut [T]) -> Result<(), CudaError> {
+        self.check(offset, std::mem::size_of_val(out))?;
+        // Safety: the range is inside the allocation; synchronised before `out` is read.
+        unsafe { result::memcpy_dtoh_async(out, self.at(offset), device.cu_stream()) }
+            .map_err(|e| CudaError::driver("copying from the GPU", e))?;
+        device.synchronize()
+    }
+
+    /// Sets `bytes` bytes from `offset` to `value` (NaN-poisoning uses 0xFF), on the stream.
+    pub fn fill(&self, device: &Device, offset: usize, bytes: usize, value: u8) -> Result<(), CudaError> {
+        self.check(offset, bytes)?;
+        // Safety: the range is inside the allocation.
+        unsafe { result::memset_d8_async(self.at(offset), value, bytes, device.cu_stream()) }
+            .map_err(|e| CudaError::driver("filling device memory", e))
+    }
+
+    fn check(&self, offset: usize, bytes: usize) -> Result<(), CudaError> {
+        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
+            return Err(CudaError::Internal(format!(
+                "a copy of {bytes} bytes at {offset} reaches past the {} bytes allocated",
+                self.bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        // Safety: allocated in `alloc`, freed once; the driver waits for work using it.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}

@@ -1,0 +1,475 @@
+//! A program prepared for the GPU: every launch's code loaded (generated PTX, cuBLASLt
+//! plans), and one arena allocated — the plan's buffers, then the scratch space chains and
+//! templates use, then cuBLASLt's workspace. Every address a launch uses is fixed here, so
+//! a step queues the same launches over the same memory, and after the first run the
+//! whole sequence is captured as a CUDA graph and replayed.
+
+use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
+use super::module::Module;
+use super::{CudaError, Device};
+use cudarc::driver::{sys, CudaGraph};
+use hyb_compiler::codegen::chain::{Slot, Step};
+use hyb_compiler::codegen::gpu;
+use hyb_compiler::codegen::unit::{self, Unit};
+use hyb_compiler::codegen::{Storage, Symbols, Target};
+use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::ops::Prim;
+use hyb_compiler::plan::{LaunchKind, Program, View};
+use hyb_compiler::reference::{RunError, Tensor};
+use hyb_dsl::value::DType;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Where a launch's kernel finds one view: byte offset in the arena and element strides.
+#[derive(Clone, Debug)]
+struct Placed {
+    offset: usize,
+    strides: Vec<isize>,
+}
+
+/// One generated kernel's launch: its module and the addresses it gets.
+struct Call {
+    module: Arc<Module>,
+    /// Byte offsets of the views (inputs, outputs), then of the workspace buffers.
+    offsets: Vec<usize>,
+    strides: Vec<i64>,
+}
+
+enum Prepared {
+    Call(Call),
+    Gemm(GemmPlan),
+    /// Steps in order, over the launch's views and its scratch buffers.
+    Chain(Vec<Prepared>),
+}
+
+/// A program ready to run on one GPU.
+pub struct CudaProgram {
+    device: Arc<Device>,
+    program: Program,
+    /// Nodes whose launches check token ids before the step (embeddings).
+    embeddings: Vec<(View, usize)>,
+    arena: super::DeviceMemory,
+    /// Byte offset of cuBLASLt's workspace in the arena.
+    workspace_at: usize,
+    launches: Vec<Prepared>,
+    captured: Option<CudaGraph>,
+    /// Whether steps are captured and replayed as a CUDA graph.
+    pub graphs: bool,
+    /// Distinct PTX modules loaded.
+    pub modules: usize,
+    /// Wall time of preparing the program (compiling PTX, loading it, planning GEMMs).
+    pub seconds: f64,
+}
+
+/// The storage of a view's element type on the GPU.
+fn storage(d: DType) -> Storage {
+    Storage::of(d)
+}
+
+fn contiguous(shape: &[usize]) -> Vec<isize> {
+    let mut strides = vec![1isize; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * shape[k + 1] as isize;
+    }
+    strides
+}
+
+impl CudaProgram {
+    /// Compiles and loads the code of every launch of `program` (planned from `graph`),
+    /// and allocates its arena, refusing before allocating when it does not fit.
+    pub fn prepare(device: Arc<Device>, graph: &Graph, program: &Program) -> Result<CudaProgram, CudaError> {
+        let started = std::time::Instant::now();
+        let symbols = Symbols { batch: program.batch, seq: program.seq };
+        let mut builder = Builder { device: &device, graph, symbols, modules: HashMap::new(), scratch: 0 };
+        // Scratch starts past the plan's arena, 256-byte aligned.
+        let scratch_at = program.memory.arena_bytes.next_multiple_of(256);
+        builder.scratch = scratch_at;
+        let mut launches = Vec::with_capacity(program.launches.len());
+        let mut embeddings = Vec::new();
+        for (i, launch) in program.launches.iter().enumerate() {
+            if let LaunchKind::Collective(c) = &launch.kind {
+                return Err(CudaError::Unsupported(format!("launch {i}: the collective `{c}` needs NCCL ranks")));
+            }
+            if let Op::Prim(Prim::Embedding(_)) = &graph.nodes[launch.node].op {
+                embeddings.push((launch.inputs[1].clone(), launch.inputs[0].shape[0]));
+            }
+            let place = |v: &View| Placed {
+                offset: program.buffers[v.buffer].offset + v.offset * v.dtype.size_bytes(),
+                strides: v.strides.clone(),
+            };
+            let inputs: Vec<Placed> = launch.inputs.iter().map(place).collect();
+            let outputs: Vec<Placed> = launch.outputs.iter().map(place).collect();
+            let prepared = builder
+                .launch(launch.node, &launch.inputs, &launch.outputs, &inputs, &outputs)
+                .map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
+            launches.push(prepared);
+        }
+        let workspace_at = builder.scratch.next_multiple_of(256);
+        let modules = builder.modules.len();
+        let bytes = workspace_at + WORKSPACE_BYTES;
+        let arena = super::DeviceMemory::alloc(&device, bytes, &arena_breakdown(program, bytes))?;
+        // Nothing reads memory it did not write: poison it, so a launch that does shows NaN.
+        arena.fill(&device, 0, bytes, 0xFF)?;
+        Ok(CudaProgram {
+            device,
+            program: program.clone(),
+            embeddings,
+            arena,
+            workspace_at,
+            launches,
+            captured: None,
+            graphs: true,
+            modules,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes of device memory the program holds.
+    pub fn bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+
+    /// Copies `params` and `inputs` into their buffers (float32), checking names, shapes
+    /// and token ids.
+    pub fn load(
+        &mut self,
+        graph: &Graph,
+        params: &HashMap<String, Tensor<f32>>,
+        inputs: &HashMap<String, Tensor<f32>>,
+    ) -> Result<(), CudaError> {
+        let program = &self.program;
+        for b in program.buffers.iter().filter(|b| b.persistent()) {
+            let n = &graph.nodes[b.node];
+            let value = match &n.op {
+                Op::Param(p) => {
+                    let spec = &graph.params[*p];
+                    let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+                    if w.shape != spec.shape {
+                        return Err(RunError::ParamShape {
+                            name: spec.name.clone(),
+                            expected: spec.shape.clone(),
+                            got: w.shape.clone(),
+                        }
+                        .into());
+                    }
+                    w
+                }
+                Op::Input(name) => inputs.get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?,
+                _ => continue,
+            };
+            if value.len() != b.elements {
+                return Err(RunError::InputShape {
+                    name: format!("%{}", b.node),
+                    expected: format!("{} elements for B={} T={}", b.elements, program.batch, program.seq),
+                    got: value.shape.clone(),
+                }
+                .into());
+            }
+            if b.dtype != DType::F32 {
+                return Err(CudaError::Unsupported(format!("a {:?} weight or input buffer (f32 only)", b.dtype)));
+            }
+            self.arena.upload(&self.device, b.offset, &value.data)?;
+        }
+        // Token ids outside the vocabulary select nothing on the GPU: refuse them here,
+        // as the reference does.
+        for (view, vocab) in &self.embeddings {
+            let ids = self.read(view)?;
+            if let Some(&id) = ids.data.iter().find(|&&id| id < 0.0 || id >= *vocab as f32 || id.fract() != 0.0) {
+                return Err(RunError::TokenOutOfRange { id: id as f64, vocab: *vocab }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues every launch; the first run is captured as a CUDA graph (when
+    /// [`CudaProgram::graphs`] is set) and later runs replay it. Waits for the step.
+    pub fn run(&mut self) -> Result<(), CudaError> {
+        if let Some(graph) = &self.captured {
+            graph.launch().map_err(|e| CudaError::driver("replaying the step's CUDA graph", e))?;
+            return self.device.synchronize();
+        }
+        if !self.graphs {
+            self.queue(0..self.launches.len())?;
+            return self.device.synchronize();
+        }
+        // The first run runs eagerly (so a fault names its launch), then is captured.
+        self.queue(0..self.launches.len())?;
+        self.device.synchronize()?;
+        let stream = self.device.stream.clone();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| CudaError::driver("capturing the step", e))?;
+        let queued = self.queue(0..self.launches.len());
+        let graph = stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| CudaError::driver("instantiating the step's CUDA graph", e))?;
+        queued?;
+        self.captured = graph;
+        Ok(())
+    }
+
+    /// Queues launches `range` without waiting.
+    pub fn queue(&self, range: std::ops::Range<usize>) -> Result<(), CudaError> {
+        let base = self.arena.at(0);
+        let workspace = self.arena.at(self.workspace_at);
+        for i in range {
+            queue(&self.device, &self.launches[i], base, workspace).map_err(|e| {
+                let node = self.program.launches[i].node;
+                CudaError::Launch {
+                    kernel: format!("launch {i} (node %{node})"),
+                    entry: String::new(),
+                    error: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The elements of `view` (float32 storage), in row-major order.
+    pub fn read(&self, view: &View) -> Result<Tensor<f32>, CudaError> {
+        let n: usize = view.shape.iter().product();
+        if view.dtype != DType::F32 {
+            return Err(CudaError::Unsupported(format!("reading a {:?} view", view.dtype)));
+        }
+        let base = self.program.buffers[view.buffer].offset / 4 + view.offset;
+        // The span of elements the view reaches.
+        let (mut lo, mut hi) = (0isize, 0isize);
+        for (&d, &s) in view.shape.iter().zip(&view.strides) {
+            if d > 1 {
+                let reach = (d as isize - 1) * s;
+                if reach < 0 {
+                    lo += reach
+                } else {
+                    hi += reach
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(Tensor::new(view.shape.clone(), vec![]));
+        }
+        let start = base as isize + lo;
+        let mut span = vec![0f32; (hi - lo + 1) as usize];
+        self.arena.download(&self.device, start as usize * 4, &mut span)?;
+        let mut data = Vec::with_capacity(n);
+        let mut index = vec![0usize; view.shape.len()];
+        for _ in 0..n {
+            let at: isize = -lo + index.iter().zip(&view.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+            data.push(span[at as usize]);
+            for d in (0..index.len()).rev() {
+                index[d] += 1;
+                if index[d] < view.shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+        Ok(Tensor::new(view.shape.clone(), data))
+    }
+
+    /// The program's outputs, read back.
+    pub fn outputs(&self) -> Result<Vec<Tensor<f32>>, CudaError> {
+        self.program.outputs.iter().map(|v| self.read(v)).collect()
+    }
+
+    /// Writes `data` (float32) at byte `offset` of the plan's arena: how a check gives a
+    /// launch the CPU executor's memory.
+    pub fn write_buffer(&self, offset: usize, data: &[f32]) -> Result<(), CudaError> {
+        if offset + 4 * data.len() > self.program.memory.arena_bytes {
+            return Err(CudaError::Internal("a write past the plan's arena".into()));
+        }
+        self.arena.upload(&self.device, offset, data)
+    }
+
+    /// Fills the buffer of `view` with NaN.
+    pub fn poison(&self, view: &View) -> Result<(), CudaError> {
+        let b = &self.program.buffers[view.buffer];
+        self.arena.fill(&self.device, b.offset, b.bytes, 0xFF)
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+}
+
+/// What the arena holds, for the message when it does not fit.
+fn arena_breakdown(program: &Program, bytes: usize) -> String {
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let p = &program.memory.peak;
+    format!(
+        "the program's arena of {:.2} GiB: weights {:.2}, gradients {:.2}, optimizer {:.2}, saved activations {:.2}, \
+         workspace {:.2} GiB at the peak, plus {:.2} GiB of scratch",
+        gib(bytes),
+        gib(p.weights),
+        gib(p.gradients),
+        gib(p.optimizer),
+        gib(p.saved),
+        gib(p.workspace),
+        gib(bytes - program.memory.arena_bytes)
+    )
+}
+
+fn queue(device: &Device, p: &Prepared, base: u64, workspace: u64) -> Result<(), CudaError> {
+    match p {
+        Prepared::Call(c) => {
+            let pointers: Vec<u64> = c.offsets.iter().map(|&o| base + o as u64).collect();
+            c.module.launch(device, &pointers, &c.strides)
+        }
+        Prepared::Gemm(g) => g.launch(device, base, workspace),
+        Prepared::Chain(steps) => steps.iter().try_for_each(|s| queue(device, s, base, workspace)),
+    }
+}
+
+/// Prepares launches, loading each distinct module once.
+struct Builder<'a> {
+    device: &'a Device,
+    graph: &'a Graph,
+    symbols: Symbols,
+    modules: HashMap<String, Arc<Module>>,
+    /// The next free byte of scratch space.
+    scratch: usize,
+}
+
+impl Builder<'_> {
+    /// `bytes` of scratch space, 256-byte aligned; a launch's scratch is its own for the
+    /// whole program (launches run one after another, but captured graphs keep addresses).
+    fn scratch(&mut self, bytes: usize) -> usize {
+        let at = self.scratch.next_multiple_of(256);
+        self.scratch = at + bytes;
+        at
+    }
+
+    fn launch(
+        &mut self,
+        node: usize,
+        in_views: &[View],
+        out_views: &[View],
+        inputs: &[Placed],
+        outputs: &[Placed],
+    ) -> Result<Prepared, CudaError> {
+        let unit = unit::for_node(self.graph, node, self.symbols, Target::Gpu).map_err(CudaError::Unsupported)?;
+        let dtypes: Vec<DType> = in_views.iter().chain(out_views).map(|v| v.dtype).collect();
+        match unit {
+            Unit::Body(body) => {
+                let views: Vec<&Placed> = inputs.iter().chain(outputs).collect();
+                self.body(&body, &dtypes, &views)
+            }
+            Unit::Template(code) => {
+                if dtypes.iter().any(|&d| d != DType::F32) {
+                    return Err(CudaError::Unsupported(format!("template `{}` over bf16 views", code.name)));
+                }
+                let key = format!("{:?} {:?}", self.graph.nodes[node].op, code.inputs);
+                let module = match self.modules.get(&key) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let kernel = gpu::compile_template(&code).map_err(|e| CudaError::Codegen(e.to_string()))?;
+                        let m = Arc::new(Module::load(self.device, kernel)?);
+                        self.modules.insert(key, m.clone());
+                        m
+                    }
+                };
+                let mut offsets: Vec<usize> = inputs.iter().chain(outputs).map(|p| p.offset).collect();
+                for &n in &module.workspace.clone() {
+                    offsets.push(self.scratch(n.max(1) * 4));
+                }
+                let strides = inputs.iter().chain(outputs).flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
+                Ok(Prepared::Call(Call { module, offsets, strides }))
+            }
+            Unit::Gemm(g) => {
+                fn operand<'v>(v: &'v View, p: &'v Placed) -> Operand<'v> {
+                    Operand { offset: p.offset, shape: &v.shape, strides: &p.strides, dtype: v.dtype }
+                }
+                let plan = GemmPlan::new(
+                    self.device,
+                    &g,
+                    &operand(&in_views[0], &inputs[0]),
+                    &operand(&in_views[1], &inputs[1]),
+                    &operand(&out_views[0], &outputs[0]),
+                )?;
+                Ok(Prepared::Gemm(plan))
+            }
+            Unit::Chain(chain) => {
+                // Scratch buffers: contiguous float32, each its own space.
+                let scratch: Vec<(usize, Vec<usize>)> =
+                    chain.scratch.iter().map(|s| (self.scratch(s.iter().product::<usize>() * 4), s.clone())).collect();
+                let slot = |s: Slot| -> (Placed, Vec<usize>, DType) {
+                    match s {
+                        Slot::Input(k) => (inputs[k].clone(), in_views[k].shape.clone(), in_views[k].dtype),
+                        Slot::Output(k) => (outputs[k].clone(), out_views[k].shape.clone(), out_views[k].dtype),
+                        Slot::Scratch(k) => {
+                            let (at, shape) = &scratch[k];
+                            (Placed { offset: *at, strides: contiguous(shape) }, shape.clone(), DType::F32)
+                        }
+                    }
+                };
+                let mut steps = Vec::with_capacity(chain.steps.len());
+                for step in &chain.steps {
+                    match step {
+                        Step::Body { body, reads, writes } => {
+                            // A value written to several slots is the body's output once per slot.
+                            let mut body = body.clone();
+                            let mut views: Vec<(Placed, Vec<usize>, DType)> = reads.iter().map(|&s| slot(s)).collect();
+                            let mut outputs = Vec::new();
+                            for (k, w) in writes.iter().enumerate() {
+                                for &s in w {
+                                    outputs.push(body.outputs[k]);
+                                    views.push(slot(s));
+                                }
+                            }
+                            body.outputs = outputs;
+                            let dtypes: Vec<DType> = views.iter().map(|v| v.2).collect();
+                            let placed: Vec<&Placed> = views.iter().map(|v| &v.0).collect();
+                            steps.push(self.body(&body, &dtypes, &placed)?);
+                        }
+                        Step::Gemm { gemm, a, b, out } => {
+                            // A scratch operand may be seen folded (`[B, T, d]` as `[B·T, d]`).
+                            let seen = |s: Slot, shape: &[usize]| {
+                                let (p, own, dtype) = slot(s);
+                                match s {
+                                    Slot::Scratch(_) if own != shape => {
+                                        (Placed { offset: p.offset, strides: contiguous(shape) }, dtype)
+                                    }
+                                    _ => (p, dtype),
+                                }
+                            };
+                            let (pa, da) = seen(*a, &gemm.a);
+                            let (pb, db) = seen(*b, &gemm.b);
+                            let (po, dout) = seen(*out, &gemm.out);
+                            let plan = GemmPlan::new(
+                                self.device,
+                                gemm,
+                                &Operand { offset: pa.offset, shape: &gemm.a, strides: &pa.strides, dtype: da },
+                                &Operand { offset: pb.offset, shape: &gemm.b, strides: &pb.strides, dtype: db },
+                                &Operand { offset: po.offset, shape: &gemm.out, strides: &po.strides, dtype: dout },
+                            )?;
+                            steps.push(Prepared::Gemm(plan));
+                        }
+                    }
+                }
+                Ok(Prepared::Chain(steps))
+            }
+        }
+    }
+
+    /// A generated body over `views` (inputs, then outputs) of storage `dtypes`.
+    fn body(&mut self, body: &Graph, dtypes: &[DType], views: &[&Placed]) -> Result<Prepared, CudaError> {
+        let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
+        let key = format!("{} {stored:?}", hyb_compiler::codegen::kernel_name(body));
+        let module = match self.modules.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                let kernel =
+                    gpu::compile_stored(body, self.symbols, &stored).map_err(|e| CudaError::Codegen(e.to_string()))?;
+                let m = Arc::new(Module::load(self.device, kernel)?);
+                self.modules.insert(key, m.clone());
+                m
+            }
+        };
+        let offsets = views.iter().map(|p| p.offset).collect();
+        let strides = views.iter().flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
+        Ok(Prepared::Call(Call { module, offsets, strides }))
+    }
+}
