@@ -92,13 +92,14 @@ impl Observer<f32> for Checker<'_> {
     fn before(&mut self, i: usize, arena: &[f32]) -> Result<(), RunError> {
         let launch = &self.program.launches[i];
         let step = || -> Result<(), CudaError> {
+            // Outputs poisoned first: an update in place reads the buffer it writes.
+            for v in &launch.outputs {
+                self.gpu.poison(v)?;
+            }
             for v in &launch.inputs {
                 let b = &self.program.buffers[v.buffer];
                 let (start, end) = (b.offset / 4, (b.offset + b.bytes) / 4);
                 self.gpu.write_buffer(b.offset, &arena[start..end])?;
-            }
-            for v in &launch.outputs {
-                self.gpu.poison(v)?;
             }
             self.gpu.queue(i..i + 1)?;
             self.gpu.device().synchronize()
