@@ -122,7 +122,11 @@ enum Command {
 /// thread with a generous stack so that they report errors instead of overflowing.
 const STACK_BYTES: usize = 512 << 20;
 
+/// When the process started: `hyb train` reports the time from the command to its first step.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     // The matches say which flags were given (`hyb train --resume` checks those).
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -37,6 +37,10 @@ pub struct TrainArgs {
     /// each launch that differs and a summary. Writes nothing.
     #[arg(long, conflicts_with_all = ["resume", "device"])]
     pub check_gpu: bool,
+    /// On a GPU, after training: time every launch of one more step (undone afterwards),
+    /// print where the step's time goes and write it to profile.json in the run directory.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub plan: crate::planning::PlanArgs,
     /// `mqar` (synthetic associative recall), a UTF-8 text file (byte-level), or a binary
@@ -332,6 +336,9 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
         let trainer = trainer(&quiet, subject, given)?;
         return crate::gpu_check::run(device, &trainer);
     }
+    if args.profile && (placement(args)? == Placement::Cpu || args.executor == crate::logits::Executor::Reference) {
+        bail!("--profile times launches on a GPU; this run is on the CPU");
+    }
     let mut trainer = trainer(args, subject, given)?;
     if let Some(line) = trainer.codegen_summary() {
         println!("{line}");
@@ -343,7 +350,19 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
     );
     bar.set_position(trainer.state.step);
     let mut last_eval = String::new();
+    let gpu = trainer.programs().step.on_gpu();
+    // MFU against the H200's dense bf16 peak, from the cost model's FLOPs of a step.
+    let flops = trainer.programs().step.flops();
+    let peak = hyb_compiler::cost::Machine::h200().peak_flops;
+    let tokens = (trainer.config().batch * trainer.config().seq) as f64;
+    let mut first = true;
     let result = trainer.run(&mut |r| {
+        if std::mem::take(&mut first) {
+            let since = crate::STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+            bar.suspend(|| println!("first step done {since:.1} s after the command"));
+        }
+        let mfu =
+            if gpu { format!(" MFU {:.2}%", 100.0 * flops * r.tokens_per_s / tokens / peak) } else { String::new() };
         if let (Some(l), Some(a)) = (r.eval_loss, r.eval_accuracy) {
             last_eval = format!(" | eval loss {l:.4} acc {:.1}%", 100.0 * a);
             bar.println(format!(
@@ -354,14 +373,54 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
             ));
         }
         bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s skipped {}{last_eval}",
+            "loss {:.4} lr {:.2e} {:.0} tok/s{mfu} skipped {}{last_eval}",
             r.loss, r.lr, r.tokens_per_s, r.skipped
         ));
         bar.inc(1);
     });
     bar.finish();
     result?;
+    if args.profile {
+        profile(&trainer, flops, peak)?;
+    }
     print_outputs(&trainer, trainer.dir());
+    Ok(())
+}
+
+/// Times every launch of one step on the GPU and prints where the time goes, by what runs.
+fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
+    let Some(times) = trainer.programs().step.profile() else {
+        bail!("--profile times launches on a GPU; this run is on the CPU");
+    };
+    let times = times?;
+    let total: f64 = times.iter().map(|(_, t)| t).sum();
+    let mut by: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
+    for (what, t) in &times {
+        let e = by.entry(what.as_str()).or_default();
+        e.0 += 1;
+        e.1 += t;
+    }
+    let mut rows: Vec<(&str, usize, f64)> = by.into_iter().map(|(w, (n, t))| (w, n, t)).collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!(
+        "step profile: {} launches, {total:.3} ms of kernels ({:.2}% MFU at {:.0} TFLOP/s)",
+        times.len(),
+        100.0 * flops / (total * 1e-3) / peak,
+        peak / 1e12
+    );
+    println!("{:<28} {:>8} {:>10} {:>7}", "what", "launches", "ms", "share");
+    for (what, n, t) in &rows {
+        println!("{what:<28} {n:>8} {t:>10.3} {:>6.1}%", 100.0 * t / total);
+    }
+    let json = serde_json::json!({
+        "total_ms": total,
+        "flops": flops,
+        "launches": times.iter().map(|(w, t)| serde_json::json!({"what": w, "ms": t})).collect::<Vec<_>>(),
+    });
+    let path = trainer.dir().join("profile.json");
+    hyb_runtime::atomic::write(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("profile:    {}", path.display());
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Storage, Symbols, Target};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Prim;
-use hyb_compiler::plan::{LaunchKind, Program, View};
+use hyb_compiler::plan::{Buffer, LaunchKind, Program, Role, View};
 use hyb_compiler::reference::{RunError, Tensor};
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
@@ -53,6 +53,8 @@ pub struct CudaProgram {
     workspace_at: usize,
     launches: Vec<Prepared>,
     captured: Option<CudaGraph>,
+    /// A copy of the weights and moments taken at the start of each run.
+    snapshot: Option<super::DeviceMemory>,
     /// Whether steps are captured and replayed as a CUDA graph.
     pub graphs: bool,
     /// Distinct PTX modules loaded.
@@ -118,6 +120,7 @@ impl CudaProgram {
             workspace_at,
             launches,
             captured: None,
+            snapshot: None,
             graphs: true,
             modules,
             seconds: started.elapsed().as_secs_f64(),
@@ -141,8 +144,24 @@ impl CudaProgram {
         params: &HashMap<String, Tensor<f32>>,
         inputs: &HashMap<String, Tensor<f32>>,
     ) -> Result<(), CudaError> {
+        self.load_where(graph, params, inputs, |_| true)
+    }
+
+    /// Copies in the program inputs that are not state (a step's batch, learning rate and
+    /// bias corrections), leaving the weights and moments the device holds.
+    pub fn load_inputs(&mut self, graph: &Graph, inputs: &HashMap<String, Tensor<f32>>) -> Result<(), CudaError> {
+        self.load_where(graph, &HashMap::new(), inputs, |b| !is_state(b))
+    }
+
+    fn load_where(
+        &mut self,
+        graph: &Graph,
+        params: &HashMap<String, Tensor<f32>>,
+        inputs: &HashMap<String, Tensor<f32>>,
+        wanted: impl Fn(&Buffer) -> bool,
+    ) -> Result<(), CudaError> {
         let program = &self.program;
-        for b in program.buffers.iter().filter(|b| b.persistent()) {
+        for b in program.buffers.iter().filter(|b| b.persistent() && wanted(b)) {
             let n = &graph.nodes[b.node];
             let value = match &n.op {
                 Op::Param(p) => {
@@ -185,6 +204,34 @@ impl CudaProgram {
         Ok(())
     }
 
+    /// Keeps a copy of the weights and moments on the device before every run, so that a
+    /// step found non-finite afterwards can be undone ([`CudaProgram::restore`]).
+    pub fn keep_snapshots(&mut self) -> Result<(), CudaError> {
+        let bytes: usize = self.state_buffers().map(|(_, n)| n).sum();
+        let memory = super::DeviceMemory::alloc(&self.device, bytes, "the copy of the weights and moments")?;
+        self.snapshot = Some(memory);
+        self.captured = None;
+        Ok(())
+    }
+
+    /// Puts back the weights and moments as they were before the last run.
+    pub fn restore(&self) -> Result<(), CudaError> {
+        let Some(copy) = &self.snapshot else {
+            return Err(CudaError::Internal("no snapshot of the state was kept".into()));
+        };
+        let mut at = 0;
+        for (offset, bytes) in self.state_buffers() {
+            copy_device(&self.device, self.arena.at(offset), copy.at(at), bytes)?;
+            at += bytes;
+        }
+        self.device.synchronize()
+    }
+
+    /// Byte offsets and sizes of the weight and moment buffers.
+    fn state_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.program.buffers.iter().filter(|b| is_state(b)).map(|b| (b.offset, b.bytes))
+    }
+
     /// Queues every launch; the first run is captured as a CUDA graph (when
     /// [`CudaProgram::graphs`] is set) and later runs replay it. Waits for the step.
     pub fn run(&mut self) -> Result<(), CudaError> {
@@ -193,23 +240,70 @@ impl CudaProgram {
             return self.device.synchronize();
         }
         if !self.graphs {
-            self.queue(0..self.launches.len())?;
+            self.queue_run()?;
             return self.device.synchronize();
         }
         // The first run runs eagerly (so a fault names its launch), then is captured.
-        self.queue(0..self.launches.len())?;
+        self.queue_run()?;
         self.device.synchronize()?;
         let stream = self.device.stream.clone();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| CudaError::driver("capturing the step", e))?;
-        let queued = self.queue(0..self.launches.len());
+        let queued = self.queue_run();
         let graph = stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(|e| CudaError::driver("instantiating the step's CUDA graph", e))?;
         queued?;
         self.captured = graph;
         Ok(())
+    }
+
+    /// Runs every launch once more, each between two events, and returns each launch's
+    /// time in milliseconds; then puts the weights and moments back as they were (it needs
+    /// [`CudaProgram::keep_snapshots`] when the program updates them).
+    pub fn profile(&self) -> Result<Vec<f64>, CudaError> {
+        let event = || {
+            self.device
+                .context
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| CudaError::driver("creating an event", e))
+        };
+        let marks: Vec<_> = (0..=self.launches.len()).map(|_| event()).collect::<Result<_, _>>()?;
+        if let Some(copy) = &self.snapshot {
+            let mut at = 0;
+            for (offset, bytes) in self.state_buffers() {
+                copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
+                at += bytes;
+            }
+        }
+        let record =
+            |i: usize| marks[i].record(&self.device.stream).map_err(|e| CudaError::driver("recording an event", e));
+        record(0)?;
+        for i in 0..self.launches.len() {
+            self.queue(i..i + 1)?;
+            record(i + 1)?;
+        }
+        self.device.synchronize()?;
+        let times = (0..self.launches.len())
+            .map(|i| marks[i].elapsed_ms(&marks[i + 1]).map(f64::from).map_err(|e| CudaError::driver("timing", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.snapshot.is_some() {
+            self.restore()?;
+        }
+        Ok(times)
+    }
+
+    /// Queues a whole run: the state's snapshot (if kept), then every launch.
+    fn queue_run(&self) -> Result<(), CudaError> {
+        if let Some(copy) = &self.snapshot {
+            let mut at = 0;
+            for (offset, bytes) in self.state_buffers() {
+                copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
+                at += bytes;
+            }
+        }
+        self.queue(0..self.launches.len())
     }
 
     /// Queues launches `range` without waiting.
@@ -275,6 +369,12 @@ impl CudaProgram {
         self.program.outputs.iter().map(|v| self.read(v)).collect()
     }
 
+    /// Output `i`, read back.
+    pub fn output(&self, i: usize) -> Result<Tensor<f32>, CudaError> {
+        let view = self.program.outputs.get(i).ok_or_else(|| CudaError::Internal(format!("no output {i}")))?;
+        self.read(view)
+    }
+
     /// Writes `data` (float32) at byte `offset` of the plan's arena: how a check gives a
     /// launch the CPU executor's memory.
     pub fn write_buffer(&self, offset: usize, data: &[f32]) -> Result<(), CudaError> {
@@ -293,6 +393,19 @@ impl CudaProgram {
     pub fn program(&self) -> &Program {
         &self.program
     }
+}
+
+/// Whether a buffer holds training state: weights and optimizer moments.
+fn is_state(b: &Buffer) -> bool {
+    matches!(b.role, Role::Weight | Role::Optimizer)
+}
+
+/// Queues a device-to-device copy on the stream.
+fn copy_device(device: &Device, to: u64, from: u64, bytes: usize) -> Result<(), CudaError> {
+    // Safety: both ranges lie inside allocations of at least `bytes` (the arena's buffers
+    // and the snapshot laid out from the same list).
+    unsafe { cudarc::driver::result::memcpy_dtod_async(to, from, bytes, device.cu_stream()) }
+        .map_err(|e| CudaError::driver("copying on the device", e))
 }
 
 /// What the arena holds, for the message when it does not fit.

@@ -230,6 +230,10 @@ pub struct Trainer {
     run: RunDir,
     /// The step of the last checkpoint in the run directory, if there is one.
     saved_at: Option<u64>,
+    /// Whether the step's runner holds the weights and moments (a GPU, after a step).
+    on_device: bool,
+    /// Whether it holds newer ones than `state`.
+    device_ahead: bool,
 }
 
 impl Trainer {
@@ -260,7 +264,18 @@ impl Trainer {
         let programs = model.programs(&cfg)?;
         let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
-        let t = Trainer { cfg, programs, step_params, source, state, identity, run, saved_at: None };
+        let t = Trainer {
+            cfg,
+            programs,
+            step_params,
+            source,
+            state,
+            identity,
+            run,
+            saved_at: None,
+            on_device: false,
+            device_ahead: false,
+        };
         t.write_metrics(b"")?;
         Ok(t)
     }
@@ -329,7 +344,18 @@ impl Trainer {
         let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
-        let mut t = Trainer { cfg, programs, step_params, source, state, identity, run, saved_at };
+        let mut t = Trainer {
+            cfg,
+            programs,
+            step_params,
+            source,
+            state,
+            identity,
+            run,
+            saved_at,
+            on_device: false,
+            device_ahead: false,
+        };
         t.carry_metrics(&how.from.join("metrics.jsonl"))?;
         if fork {
             t.save()?;
@@ -399,6 +425,11 @@ impl Trainer {
     /// The parameters and inputs (batch, learning rate, bias corrections, moments) of the
     /// next step, with its learning rate.
     pub fn step_inputs(&self) -> Result<(Values, Values, f64), TrainError> {
+        self.next_step(true)
+    }
+
+    /// [`Trainer::step_inputs`]; the parameters and moments only `with_state`.
+    fn next_step(&self, with_state: bool) -> Result<(Values, Values, f64), TrainError> {
         let cfg = &self.cfg;
         let b = self.source.batch(cfg.seed, Split::Train, self.state.step, cfg.batch, cfg.seq)?;
         let lr = learning_rate(cfg.schedule, cfg.lr, cfg.warmup, self.state.step, cfg.steps);
@@ -407,6 +438,9 @@ impl Trainer {
         inputs.insert("lr".into(), Tensor::scalar(lr as f32));
         inputs.insert("bias_correction1".into(), Tensor::scalar((1.0 - cfg.beta1.powi(t)) as f32));
         inputs.insert("bias_correction2".into(), Tensor::scalar((1.0 - cfg.beta2.powi(t)) as f32));
+        if !with_state {
+            return Ok((Values::new(), inputs, lr));
+        }
         for (k, m) in &self.state.m {
             inputs.insert(format!("m.{k}"), m.clone());
         }
@@ -414,6 +448,23 @@ impl Trainer {
             inputs.insert(format!("v.{k}"), v.clone());
         }
         Ok((self.params(), inputs, lr))
+    }
+
+    /// Brings `state` up to date with the weights and moments a device holds.
+    pub fn sync_state(&mut self) -> Result<(), TrainError> {
+        if !self.device_ahead {
+            return Ok(());
+        }
+        if let Some(updated) = self.programs.step.resident_state() {
+            let mut it = updated?.into_iter();
+            for name in &self.step_params {
+                self.state.params.insert(name.clone(), it.next().expect("a weight per parameter"));
+                self.state.m.insert(name.clone(), it.next().expect("m per parameter"));
+                self.state.v.insert(name.clone(), it.next().expect("v per parameter"));
+            }
+        }
+        self.device_ahead = false;
+        Ok(())
     }
 
     /// The parameters and the inputs of evaluation batch `i`.
@@ -434,8 +485,16 @@ impl Trainer {
     /// Runs one step; returns its report. Non-finite steps leave the state unchanged.
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let started = Instant::now();
-        let (params, inputs, lr) = self.step_inputs()?;
-        let cfg = &self.cfg;
+        // On a GPU the weights and moments stay there: copied in once, read back when needed.
+        let fresh = !self.on_device;
+        let (params, inputs, lr) = self.next_step(fresh)?;
+        if let Some(result) = self.programs.step.run_resident(&params, &inputs, fresh) {
+            let (loss, grad_norm) = result?;
+            self.on_device = true;
+            let applied = loss.is_finite() && grad_norm.is_finite();
+            self.device_ahead |= applied;
+            return Ok(self.report(started, loss, grad_norm, lr, applied));
+        }
         let mut out = self.programs.step.run(&params, &inputs)?.into_iter();
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;
@@ -450,27 +509,35 @@ impl Trainer {
                 self.state.m.insert(name.clone(), it.next().unwrap());
                 self.state.v.insert(name.clone(), it.next().unwrap());
             }
+        }
+        Ok(self.report(started, loss, grad_norm, lr, finite))
+    }
+
+    /// Counts a step that ran and reports it.
+    fn report(&mut self, started: Instant, loss: f64, grad_norm: f64, lr: f64, applied: bool) -> StepReport {
+        if applied {
             self.state.applied += 1;
         } else {
             self.state.skipped += 1;
         }
         self.state.step += 1;
-        let tokens_per_s = (cfg.batch * cfg.seq) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        Ok(StepReport {
+        let tokens_per_s = (self.cfg.batch * self.cfg.seq) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        StepReport {
             step: self.state.step - 1,
             loss,
             grad_norm,
             lr,
             tokens_per_s,
             skipped: self.state.skipped,
-            applied: finite,
+            applied,
             eval_loss: None,
             eval_accuracy: None,
-        })
+        }
     }
 
     /// Mean loss and accuracy (of the positions that carry loss) on held-out batches.
-    pub fn evaluate(&self) -> Result<(f64, f64), TrainError> {
+    pub fn evaluate(&mut self) -> Result<(f64, f64), TrainError> {
+        self.sync_state()?;
         let params: HashMap<String, Tensor<f32>> =
             self.state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (mut loss, mut hits, mut counted) = (0.0, 0usize, 0usize);
@@ -500,6 +567,7 @@ impl Trainer {
     }
 
     pub fn save(&mut self) -> Result<(), TrainError> {
+        self.sync_state()?;
         let config = serde_json::to_string(&self.cfg).expect("the configuration serialises");
         let identity = serde_json::to_string(&self.identity).expect("the identity serialises");
         checkpoint::save(&self.dir().join(checkpoint::FILE), &self.state, &config, &identity)?;
@@ -555,6 +623,7 @@ impl Trainer {
                 bad_in_a_row += 1;
                 if bad_in_a_row >= self.cfg.max_bad_steps {
                     self.log(&report)?;
+                    self.sync_state()?;
                     return Err(TrainError::Diverged(bad_in_a_row));
                 }
             }
@@ -572,6 +641,6 @@ impl Trainer {
                 self.save()?;
             }
         }
-        Ok(())
+        self.sync_state()
     }
 }

@@ -126,12 +126,81 @@ impl Runner {
                     p.run()?;
                     p.outputs()
                 };
-                run(&mut program).map_err(|e| match e {
-                    crate::cuda::CudaError::Run(r) => r,
-                    other => RunError::Kernel(other.to_string()),
-                })
+                run(&mut program).map_err(cuda_error)
             }
         }
+    }
+
+    /// Runs a training step whose weights and moments stay on the device between steps:
+    /// `params` and the moments in `inputs` are copied in only when `fresh`. Returns the
+    /// loss and gradient norm, or `None` where the runner keeps no state (the CPU). A
+    /// non-finite step is undone on the device before it returns.
+    pub fn run_resident(
+        &self,
+        params: &HashMap<String, Tensor<f32>>,
+        inputs: &HashMap<String, Tensor<f32>>,
+        fresh: bool,
+    ) -> Option<Result<(f64, f64), RunError>> {
+        let Runner::Cuda(e, program) = self else { return None };
+        let mut p = program.lock().expect("a step that failed leaves no lock poisoned");
+        let run = |p: &mut CudaProgram| -> Result<(f64, f64), crate::cuda::CudaError> {
+            if fresh {
+                p.load(&e.graph, params, inputs)?;
+            } else {
+                p.load_inputs(&e.graph, inputs)?;
+            }
+            p.run()?;
+            let (loss, norm) = (p.output(0)?.data[0] as f64, p.output(1)?.data[0] as f64);
+            if !(loss.is_finite() && norm.is_finite()) {
+                p.restore()?;
+            }
+            Ok((loss, norm))
+        };
+        Some(run(&mut p).map_err(cuda_error))
+    }
+
+    /// The step's outputs past the loss and gradient norm (the updated weights and
+    /// moments) as the device holds them, for a runner that keeps them.
+    pub fn resident_state(&self) -> Option<Result<Vec<Tensor<f32>>, RunError>> {
+        let Runner::Cuda(_, program) = self else { return None };
+        let p = program.lock().expect("not poisoned");
+        let n = p.program().outputs.len();
+        Some((2..n).map(|i| p.output(i)).collect::<Result<Vec<_>, _>>().map_err(cuda_error))
+    }
+
+    /// Each launch's time in milliseconds on a GPU (one more step, undone), with what it
+    /// runs; `None` on the CPU.
+    pub fn profile(&self) -> Option<Result<Vec<(String, f64)>, RunError>> {
+        let Runner::Cuda(e, program) = self else { return None };
+        let p = program.lock().expect("not poisoned");
+        let times = match p.profile() {
+            Ok(t) => t,
+            Err(err) => return Some(Err(cuda_error(err))),
+        };
+        let what = |node: usize| match &e.graph.nodes[node].op {
+            hyb_compiler::ir::Op::Prim(p) => {
+                use hyb_compiler::ops::Primitive;
+                p.name().to_string()
+            }
+            hyb_compiler::ir::Op::Kernel(k) => format!("{} kernel", k.kind.name()),
+            _ => "node".into(),
+        };
+        Some(Ok(e.program.launches.iter().zip(times).map(|(l, t)| (what(l.node), t)).collect()))
+    }
+
+    /// FLOPs of one run of the program, as the cost model counts them.
+    pub fn flops(&self) -> f64 {
+        let (batch, seq) = match self {
+            Runner::Compiled(e, _) | Runner::Cuda(e, _) => (e.program.batch, e.program.seq),
+            Runner::Reference(_) => return 0.0,
+        };
+        let machine = hyb_compiler::cost::Machine::h200().with_size(batch as i64, seq as i64);
+        hyb_compiler::cost::total(self.graph(), &machine).flops
+    }
+
+    /// Whether it runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        matches!(self, Runner::Cuda(..))
     }
 
     fn graph(&self) -> &Graph {
@@ -140,6 +209,13 @@ impl Runner {
             Runner::Reference(g) => g,
             Runner::Cuda(e, _) => &e.graph,
         }
+    }
+}
+
+fn cuda_error(e: crate::cuda::CudaError) -> RunError {
+    match e {
+        crate::cuda::CudaError::Run(r) => r,
+        other => RunError::Kernel(other.to_string()),
     }
 }
 
@@ -231,7 +307,11 @@ fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs
             .map_err(|e| TrainError::Device(e.to_string()))?;
         Ok(Runner::Cuda(Box::new(e), Mutex::new(program)))
     };
-    Ok(Programs { step: prepare(step)?, eval: prepare(eval)? })
+    let step = prepare(step)?;
+    if let Runner::Cuda(_, p) = &step {
+        p.lock().expect("fresh").keep_snapshots().map_err(|e| TrainError::Device(e.to_string()))?;
+    }
+    Ok(Programs { step, eval: prepare(eval)? })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
