@@ -2,8 +2,9 @@
 # One call on the GPU machine (`device` tool) for the CUDA executor: every launch of every
 # example model's training step and evaluation against the CPU executor (`hyb train
 # --check-gpu`, outputs poisoned), then a training run of a tiny model on the GPU against
-# the same run on the CPU. Needs dist/hyb.xz (a stripped release binary, xz; carried).
-# Writes its logs under $OUT.
+# the same run on the CPU (the GPU run profiled launch by launch), then, with FALCON_STEPS
+# set, a Falcon-H1-0.5B-shaped model trained on the GPU at B 4, T 4096 and profiled. Needs
+# dist/hyb.xz (a stripped release binary, xz; carried). Writes its logs under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hyb-out}
@@ -24,10 +25,11 @@ for model in ${MODELS:-examples/*.hyb}; do
 done
 steps=${STEPS:-200}
 for device in cuda cpu; do
+    extra=""; [ $device = cuda ] && extra="--profile"
     /usr/bin/time -f "$device: %e s wall" timeout 300 "$work/hyb" train examples/tiny_hybrid.hyb --device $device \
-        --steps "$steps" --eval-every 0 --out "$OUT/run_$device" > "$OUT/train_$device.txt" 2>&1
+        --steps "$steps" --eval-every 50 $extra --out "$OUT/run_$device" > "$OUT/train_$device.txt" 2>&1
     echo "rc $?" >> "$OUT/train_$device.txt"
-    tail -n 6 "$OUT/train_$device.txt"
+    tail -n 24 "$OUT/train_$device.txt"
 done
 python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -51,3 +53,13 @@ if g and c:
 else:
     print("no metrics to compare", len(g), len(c))
 PY
+if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
+    /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout "${FALCON_TIMEOUT_S:-400}" \
+        "$work/hyb" train stdlib/falcon_h1.hyb --model falcon_h1_0_5b --device cuda --batch 4 --seq 4096 \
+        --steps "$FALCON_STEPS" --warmup 2 --eval-every 0 --save-every 0 --profile --out "$work/falcon" \
+        > "$OUT/train_falcon_h1_0_5b.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_falcon_h1_0_5b.txt"
+    cp "$work/falcon/metrics.jsonl" "$OUT/falcon_metrics.jsonl" 2>/dev/null
+    tail -n 30 "$OUT/train_falcon_h1_0_5b.txt"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The PyTorch peer for hyb's GPU benchmark: Falcon-H1 training on one H200, measured the way
-a careful PyTorch user would run it, in one process.
+"""The PyTorch peer for hyb's GPU benchmark: Falcon-H1 training on one H200.
+
+Measured the way a careful PyTorch user would run it, in one process.
 
 Every part trains in bf16 autocast over float32 master weights (backward outside autocast),
 with fused AdamW (`torch.optim.AdamW(fused=True)`) where a step is measured. The mixer uses
@@ -27,8 +28,10 @@ Parts (--what):
          vocab 32784, no gated norm as in that config), one training step (forward, cross
          entropy over all B*T tokens, backward, AdamW step) at B 4, T 4096. Eager and compiled.
   hf     transformers' FalconH1ForCausalLM built from the same config (random init, SDPA,
-         labels = ids), eager. Without causal_conv1d its mixer takes its pure-PyTorch path
-         (naive chunked SSD), which is what such a user gets; the table says which path ran.
+         labels = ids), eager (--hf-compile adds compiled). Its mixer finds mamba-ssm on the
+         path; without causal_conv1d its fused split-conv kernel cannot run, so that one is
+         switched off and the mixer takes its unfused path (torch conv1d, mamba-ssm's chunk scan,
+         gate in PyTorch); the table says which scan ran.
 
 Measured per part: build time; first call (wall, synchronised: Triton autotuning and JIT,
 Dynamo/Inductor compilation, cuBLAS/cuDNN heuristics); then --warmup calls, then --steps calls
@@ -43,20 +46,20 @@ FLOPs per step (the MFU count, against 790 TFLOP/s of dense bf16):
     F = 6 * P * B * T  +  6 * L * B * T^2 * d_attn        (the second term is 12*L*B*T^2*d_attn/2)
   P: parameters other than the token embedding (every matmul weight, lm_head included; norms,
      conv and A/D/dt are in P too and are a rounding error), L: layers, d_attn = query heads *
-     head dim, causal attention counted as half of QK^T and PV (4*B*T^2*d_attn forward, times 3
-     for forward + backward). The SSD scan's own FLOPs (a few % of F here) are not counted. For
+     head dim. QK^T and PV are 4*B*T^2*d_attn FLOPs forward unmasked, half of that causal, times
+     3 for forward + backward. The SSD scan's own FLOPs (a few % of F here) are not counted. For
      the single layer, P is the layer's parameters and L = 1 (no optimizer step).
 
 Each part catches its own exception (out of memory, a compile failure) and reports it in the
 table. --reference-ssd swaps the Triton kernels for naive PyTorch (quadratic SSD, plain gated
-norm) for CPU smoke tests only. On the GPU machine, from the repository root, with the peer
+norm) for CPU smoke tests only (float32 there: autocast is off on the CPU). On the GPU machine, from the repository root, with the peer
 kernels copied to .peer/:
     PYTHONPATH=$PWD/.peer python3 bench/gpu_peer.py --json $OUT/gpu_peer.json --hf
 """
 import argparse
 import gc
+import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -381,6 +384,11 @@ def dynamo_stats():
         return {}
 
 
+def autocast(dev):
+    """bf16 autocast on the GPU; off on the CPU (smoke tests: its bf16 GEMMs are very slow)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
 def part_layer(args, dev, raw, compiled):
     B, T = args.batch or 2, args.seq or 4096
     c = Cfg(**layer_config(raw))
@@ -396,7 +404,7 @@ def part_layer(args, dev, raw, compiled):
     def step():
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with autocast(dev):
             y = fwd(x, cos, sin)
         y.backward(gy)
 
@@ -408,7 +416,7 @@ def part_layer(args, dev, raw, compiled):
 
 def train_step_fn(fwd, opt, ids, dev):
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with autocast(dev):
             loss = fwd(ids, ids)
         loss.backward()
         opt.step()
@@ -449,37 +457,59 @@ def part_model(args, dev, raw, compiled):
 
 
 def part_hf(args, dev, raw, compiled):
-    try:  # the peer copy has no version or package metadata, which transformers may read
-        import mamba_ssm
-        if not hasattr(mamba_ssm, "__version__"):
-            mamba_ssm.__version__ = "2.2.4"
+    """transformers 5.17's FalconH1Mixer calls mamba-ssm's kernels where it can import them. In
+    training its first choice, the fused mamba_split_conv1d_scan_combined, needs causal_conv1d
+    (absent: it would fail), so it is switched off here and the mixer takes its own unfused path:
+    torch conv1d, mamba_chunk_scan_combined, then its gate or gated norm in PyTorch. Calls into
+    mamba-ssm's SSD forward are counted to tell which scan ran."""
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+    hf_mod = sys.modules[FalconH1ForCausalLM.__module__]
+    calls = [0]
+    patches = []
+    no_split = importlib.util.find_spec("causal_conv1d") is None and hasattr(hf_mod, "mamba2_split_conv1d_scan_combined")
+    if no_split:
+        patches.append((hf_mod, "mamba2_split_conv1d_scan_combined", lambda *a, **k: None))
+    try:
+        import mamba_ssm.ops.triton.ssd_combined as sc
+        fwd0 = sc._mamba_chunk_scan_combined_fwd
+
+        def counted(*a, **k):
+            calls[0] += 1
+            return fwd0(*a, **k)
+        patches.append((sc, "_mamba_chunk_scan_combined_fwd", counted))
     except ImportError:
         pass
-    from transformers import FalconH1Config, FalconH1ForCausalLM
-    B, T = args.batch or 4, args.seq or 4096
-    c = model_raw(args, raw)
-    theta = c.pop("rope_theta")
-    c.pop("rope_scaling", None)
-    c.update(rope_parameters={"rope_type": "default", "rope_theta": theta}, use_cache=False)
-    config = FalconH1Config(**c)
-    config._attn_implementation = "sdpa"
-    t0 = time.perf_counter()
-    with torch.device(dev):
-        model = FalconH1ForCausalLM(config).float()
-        ids = torch.randint(0, config.vocab_size, (B, T))
-    model.train()
-    hf_mod = sys.modules[FalconH1ForCausalLM.__module__]
-    path = "cuda_kernels_forward" if getattr(hf_mod, "is_fast_path_available", False) and dev.type == "cuda" \
-        else "torch_forward (naive SSD)"
+    saved = [(m, n, getattr(m, n)) for m, n, _ in patches]
+    for m, n, v in patches:
+        setattr(m, n, v)
+    try:
+        B, T = args.batch or 4, args.seq or 4096
+        c = model_raw(args, raw)
+        theta = c.pop("rope_theta")
+        c.pop("rope_scaling", None)
+        c.update(rope_parameters={"rope_type": "default", "rope_theta": theta}, use_cache=False)
+        config = FalconH1Config(**c)
+        config._attn_implementation = "sdpa"
+        t0 = time.perf_counter()
+        with torch.device(dev):
+            model = FalconH1ForCausalLM(config).float()
+            ids = torch.randint(0, config.vocab_size, (B, T))
+        model.train()
 
-    def forward(i, labels):
-        return model(input_ids=i, labels=labels, use_cache=False).loss
+        def forward(i, labels):
+            return model(input_ids=i, labels=labels, use_cache=False).loss
 
-    fwd = compile_fn(forward) if compiled else forward
-    opt = make_adamw(model, dev)
-    build = time.perf_counter() - t0
-    steps = args.hf_steps or min(args.steps, 5)
-    first, ms, times = Timer(dev).run(train_step_fn(fwd, opt, ids, dev), min(args.warmup, 1), steps)
+        fwd = compile_fn(forward) if compiled else forward
+        opt = make_adamw(model, dev)
+        build = time.perf_counter() - t0
+        steps = args.hf_steps or args.steps
+        first, ms, times = Timer(dev).run(train_step_fn(fwd, opt, ids, dev), args.warmup, steps)
+    finally:
+        for m, n, v in saved:
+            setattr(m, n, v)
+    per_step = calls[0] / (1 + args.warmup + steps)
+    path = f"mamba-ssm SSD ({per_step:.0f}/step)" if calls[0] else "naive PyTorch SSD"
+    path += ", torch conv1d" + (" (split-conv kernel off)" if no_split else "")
     P = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
     return dict(B=B, T=T, build_s=build, first_s=first, ms=ms, times_ms=times, params=P, mixer_path=path,
                 flops=step_flops(P, config.num_hidden_layers, B, T, config.num_attention_heads * config.head_dim))
@@ -546,9 +576,8 @@ def table(rows):
         if "error" in r:
             out.append([r["part"], r["mode"]] + [""] * 9 + [r["error"]])
             continue
-        note = r.get("mixer_path", "")
-        if "unique_graphs" in r:
-            note = f"{r['unique_graphs']} graphs, {r['graph_breaks']} breaks"
+        note = "; ".join(([r["mixer_path"]] if "mixer_path" in r else [])
+                         + ([f"{r['unique_graphs']} graphs, {r['graph_breaks']} breaks"] if "unique_graphs" in r else []))
         out.append([r["part"], r["mode"], str(r["B"]), str(r["T"]), f"{r['ms']:.2f}", f"{r['tok_s']:,.0f}",
                     f"{r['tflops']:.1f}", f"{100 * r['mfu']:.1f}%",
                     f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-", f"{r['build_s']:.1f}",
@@ -565,7 +594,7 @@ def main():
     ap.add_argument("--hf", action="store_true", help="add the hf part")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per part (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
-    ap.add_argument("--hf-steps", type=int, default=0, help="timed steps for hf (default min(steps, 5))")
+    ap.add_argument("--hf-steps", type=int, default=0, help="timed steps for hf (default: --steps)")
     ap.add_argument("--batch", type=int, default=0, help="batch (default 2 for layer, 4 for model/hf)")
     ap.add_argument("--seq", type=int, default=0, help="sequence length (default 4096)")
     ap.add_argument("--layers", type=int, default=0, help="layers of model/hf (default: the config's, 36)")

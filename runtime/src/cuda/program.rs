@@ -82,10 +82,17 @@ impl CudaProgram {
     pub fn prepare(device: Arc<Device>, graph: &Graph, program: &Program) -> Result<CudaProgram, CudaError> {
         let started = std::time::Instant::now();
         let symbols = Symbols { batch: program.batch, seq: program.seq };
-        let mut builder = Builder { device: &device, graph, symbols, modules: HashMap::new(), scratch: 0 };
         // Scratch starts past the plan's arena, 256-byte aligned.
         let scratch_at = program.memory.arena_bytes.next_multiple_of(256);
-        builder.scratch = scratch_at;
+        let mut builder = Builder {
+            device: &device,
+            graph,
+            symbols,
+            modules: HashMap::new(),
+            scratch_at,
+            cursor: scratch_at,
+            scratch_end: scratch_at,
+        };
         let mut launches = Vec::with_capacity(program.launches.len());
         let mut embeddings = Vec::new();
         for (i, launch) in program.launches.iter().enumerate() {
@@ -101,12 +108,13 @@ impl CudaProgram {
             };
             let inputs: Vec<Placed> = launch.inputs.iter().map(place).collect();
             let outputs: Vec<Placed> = launch.outputs.iter().map(place).collect();
+            builder.cursor = builder.scratch_at;
             let prepared = builder
                 .launch(launch.node, &launch.inputs, &launch.outputs, &inputs, &outputs)
                 .map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
             launches.push(prepared);
         }
-        let workspace_at = builder.scratch.next_multiple_of(256);
+        let workspace_at = builder.scratch_end.next_multiple_of(256);
         let modules = builder.modules.len();
         let bytes = workspace_at + WORKSPACE_BYTES;
         let arena = super::DeviceMemory::alloc(&device, bytes, &arena_breakdown(program, bytes))?;
@@ -442,16 +450,22 @@ struct Builder<'a> {
     graph: &'a Graph,
     symbols: Symbols,
     modules: HashMap<String, Arc<Module>>,
-    /// The next free byte of scratch space.
-    scratch: usize,
+    /// Where every launch's scratch starts.
+    scratch_at: usize,
+    /// The next free byte of the current launch's scratch.
+    cursor: usize,
+    /// The end of the largest launch's scratch.
+    scratch_end: usize,
 }
 
 impl Builder<'_> {
-    /// `bytes` of scratch space, 256-byte aligned; a launch's scratch is its own for the
-    /// whole program (launches run one after another, but captured graphs keep addresses).
+    /// `bytes` of scratch space for the launch being prepared, 256-byte aligned. Launches
+    /// run one after another on one stream, so every launch's scratch starts at the same
+    /// place and the region is as large as the largest launch's.
     fn scratch(&mut self, bytes: usize) -> usize {
-        let at = self.scratch.next_multiple_of(256);
-        self.scratch = at + bytes;
+        let at = self.cursor.next_multiple_of(256);
+        self.cursor = at + bytes;
+        self.scratch_end = self.scratch_end.max(self.cursor);
         at
     }
 
