@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod cpu;
+pub mod generate;
 pub mod hf;
 pub mod mup;
 pub mod plot;
