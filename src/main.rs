@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod compile;
 mod explain;
+mod generate;
 mod logits;
 mod planning;
 mod train;
@@ -115,6 +116,9 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Generate tokens from a prompt with KV and SSM caches (compiled prefill and decode
+    /// programs on the CPU); greedy, or temperature and top-p sampling.
+    Generate(generate::GenerateArgs),
 }
 
 /// Deep but legal programs recurse deeply in the checker and formatter; run them on a
@@ -243,6 +247,14 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
             explain::run(&args, m, &checked.program.sources, start.elapsed())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            let checked = check(std::slice::from_ref(&args.file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            generate::run(&args, choose(&checked, &args.file, args.model.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logits { file, weights, ids, json, precision, executor, model } => {

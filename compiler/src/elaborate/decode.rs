@@ -89,7 +89,15 @@ pub fn generation(forward: &Graph, capacity: usize) -> Result<Generation, Decode
     }
     let attentions = attention::find(forward).map_err(|scope| DecodeError::Attention(layer(scope)))?;
     let by_out: HashMap<NodeId, &Attention> = attentions.iter().map(|a| (a.out, a)).collect();
-    let mut b = Builder { forward, prefill: forward.clone(), decode: Graph::default(), caches: Vec::new(), updated: Vec::new(), seeds: Vec::new(), capacity };
+    let mut b = Builder {
+        forward,
+        prefill: forward.clone(),
+        decode: Graph::default(),
+        caches: Vec::new(),
+        updated: Vec::new(),
+        seeds: Vec::new(),
+        capacity,
+    };
     b.decode.params = forward.params.clone();
     let scalar = TensorType { shape: vec![], dtype: DType::F32 };
     let pos = b.decode.add(Op::Input(POSITION.into()), vec![], scalar);
@@ -118,7 +126,10 @@ pub fn generation(forward: &Graph, capacity: usize) -> Result<Generation, Decode
     let decode = b.decode.pruned();
     // What the caches replaced must be gone; anything else that mixes time is unsupported.
     for n in &decode.nodes {
-        if let Op::Prim(p @ (Prim::CausalMask(_) | Prim::Tril(_) | Prim::Rope(_) | Prim::CausalConv1d(_) | Prim::SsdScan(_))) = &n.op {
+        if let Op::Prim(
+            p @ (Prim::CausalMask(_) | Prim::Tril(_) | Prim::Rope(_) | Prim::CausalConv1d(_) | Prim::SsdScan(_)),
+        ) = &n.op
+        {
             return Err(DecodeError::Unsupported { op: crate::ops::Primitive::name(p), layer: layer(n.scope) });
         }
     }
@@ -175,7 +186,8 @@ impl Builder<'_> {
             let written = self.apply(CacheWrite, vec![input, new[x], pos])?;
             self.updated.push(written);
             caches.push(written);
-            let rest = Dim::constant(self.capacity as i64).sub(&time).ok_or_else(|| DecodeError::Shape(format!("{time}")))?;
+            let rest =
+                Dim::constant(self.capacity as i64).sub(&time).ok_or_else(|| DecodeError::Shape(format!("{time}")))?;
             let padded = self.seed(Pad { axis: 1, before: Dim::constant(0), after: rest }, vec![x])?;
             self.seeds.push(padded);
         }

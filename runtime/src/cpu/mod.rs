@@ -119,18 +119,32 @@ pub fn run_ranks_with<T: Real>(
 }
 
 /// A parameter's weights, checked against its declared shape.
-fn param<'w, T: Real>(graph: &Graph, p: usize, params: &'w HashMap<String, Tensor<T>>) -> Result<&'w Tensor<T>, RunError> {
+fn param<'w, T: Real>(
+    graph: &Graph,
+    p: usize,
+    params: &'w HashMap<String, Tensor<T>>,
+) -> Result<&'w Tensor<T>, RunError> {
     let spec = &graph.params[p];
     let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
     if w.shape != spec.shape {
-        return Err(RunError::ParamShape { name: spec.name.clone(), expected: spec.shape.clone(), got: w.shape.clone() });
+        return Err(RunError::ParamShape {
+            name: spec.name.clone(),
+            expected: spec.shape.clone(),
+            got: w.shape.clone(),
+        });
     }
     Ok(w)
 }
 
 impl<T: Real> Arena<T> {
     /// Writes a weight or input into its (persistent, contiguous) buffer.
-    fn fill(&mut self, graph: &Graph, program: &Program, b: &hyb_compiler::plan::Buffer, value: &Tensor<T>) -> Result<(), RunError> {
+    fn fill(
+        &mut self,
+        graph: &Graph,
+        program: &Program,
+        b: &hyb_compiler::plan::Buffer,
+        value: &Tensor<T>,
+    ) -> Result<(), RunError> {
         if value.len() != b.elements {
             let expected = format!("{} elements for B={} T={}", b.elements, program.batch, program.seq);
             return Err(RunError::InputShape { name: node_name(graph, b.node), expected, got: value.shape.clone() });

@@ -6,6 +6,7 @@
 
 pub mod sample;
 pub mod session;
+pub mod text;
 
 use hyb_compiler::elaborate::decode::DecodeError;
 use hyb_compiler::plan::PlanError;
@@ -76,13 +77,7 @@ pub fn generate<T: Real>(
         next = choose(&mut sampler, &logits, tokens.len())?;
         tokens.push(next);
     }
-    Ok(Generated {
-        stopped_at_eos: settings.eos.contains(&next),
-        tokens,
-        prefill,
-        steps,
-        decode: started.elapsed(),
-    })
+    Ok(Generated { stopped_at_eos: settings.eos.contains(&next), tokens, prefill, steps, decode: started.elapsed() })
 }
 
 fn choose<T: Real>(sampler: &mut Sampler, logits: &[T], made: usize) -> Result<u32, GenerateError> {

@@ -10,7 +10,11 @@ pub enum Sampling {
     Greedy,
     /// Softmax of `logits / temperature`, restricted to the most likely tokens whose
     /// probabilities first reach `top_p`, renormalised.
-    TopP { temperature: f64, top_p: f64, seed: u64 },
+    TopP {
+        temperature: f64,
+        top_p: f64,
+        seed: u64,
+    },
 }
 
 /// A [`Sampling`] with its random stream.

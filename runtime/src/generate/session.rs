@@ -31,7 +31,11 @@ pub struct Programs {
 impl Programs {
     /// Plans both programs for one sequence with a prompt of `prompt` tokens, computing in
     /// `T`; in `f32`, kernels are prepared as native code (object code from `objects`).
-    pub fn new<T: Real>(gen: &CompiledGeneration, prompt: usize, objects: &dyn Objects) -> Result<Programs, GenerateError> {
+    pub fn new<T: Real>(
+        gen: &CompiledGeneration,
+        prompt: usize,
+        objects: &dyn Objects,
+    ) -> Result<Programs, GenerateError> {
         if prompt == 0 || prompt > gen.capacity {
             return Err(GenerateError::Prompt { prompt, capacity: gen.capacity });
         }
@@ -90,7 +94,8 @@ impl<'p, T: Real> Session<'p, T> {
         let pre = &programs.prefill;
         let mut run = Resident::new(&pre.graph, &pre.program, pk, params)?;
         run.set(IDS, &ids(prompt))?;
-        let wanted: Vec<usize> = std::iter::once(0).chain(programs.outputs..programs.outputs + programs.caches.len()).collect();
+        let wanted: Vec<usize> =
+            std::iter::once(0).chain(programs.outputs..programs.outputs + programs.caches.len()).collect();
         let mut outs = run.run(&wanted)?.into_iter();
         let logits = outs.next().expect("the logits are asked for");
         drop(run);
