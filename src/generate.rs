@@ -35,14 +35,17 @@ pub struct GenerateArgs {
     /// The prompt as token ids, comma-separated.
     #[arg(long)]
     pub ids: Option<String>,
+    /// The model to run (default: the only model in the file).
     #[arg(long)]
     pub model: Option<String>,
+    /// New tokens to generate at most.
     #[arg(long, default_value_t = 20, value_parser = crate::values::at_least_one)]
     pub max_new_tokens: usize,
     /// 0 chooses the most likely token (greedy); above 0 samples at that temperature.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::values::non_negative_finite)]
     pub temperature: f64,
-    /// Nucleus sampling: the most likely tokens whose probabilities reach P, in (0, 1].
+    /// Nucleus sampling: the most likely tokens whose probabilities reach P, in (0, 1]
+    /// (with a temperature above 0).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = probability)]
     pub top_p: f64,
     /// The sampling stream's seed: the same seed gives the same tokens.
@@ -57,6 +60,7 @@ pub struct GenerateArgs {
     /// caches are planned for prompt + max-new-tokens).
     #[arg(long, default_value_t = 4096, value_parser = crate::values::at_least_one)]
     pub context: usize,
+    /// Where the programs run: the CPU executor (the CUDA executor is not built yet).
     #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
     pub device: String,
     /// Arithmetic of the executor: f32 runs native code; f64 the reference semantics.
