@@ -193,3 +193,24 @@ fn bad_values_are_clear_errors() {
     assert!(!out.status.success() && err.contains("weight"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn weights_come_from_a_run_directory_or_its_checkpoint_as_for_export() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixtures().into_iter().find(|f| f.ends_with("gqa_basic")).unwrap();
+    let (model, _) = import(&fixture, dir.path(), cache.path());
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let trained = hyb(&["train", &model, "--steps", "1", "--batch", "1", "--seq", "32", "--out", run_s], cache.path());
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let generated = |weights: &str| {
+        ids(&json(&hyb(
+            &["generate", &model, "--weights", weights, "--ids", "1,2,3", "--max-new-tokens", "5", "--json"],
+            cache.path(),
+        ))["generated"])
+    };
+    let from_run = generated(run_s);
+    assert_eq!(from_run.len(), 5);
+    assert_eq!(from_run, generated(run.join("checkpoint.safetensors").to_str().unwrap()));
+}
