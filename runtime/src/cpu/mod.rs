@@ -137,6 +137,24 @@ fn param<'w, T: Real>(
 }
 
 impl<T: Real> Arena<T> {
+    /// `cache_write` planned in place (its output is its cache input's buffer): only the
+    /// new rows move, where the reference semantics would copy the whole cache in and out
+    /// on every decode step. Rows past the cache's end are dropped, as there.
+    fn append_rows(&mut self, program: &Program, launch: &hyb_compiler::plan::Launch) {
+        let (cache, new, pos) = (&launch.inputs[0], &launch.inputs[1], &launch.inputs[2]);
+        let rows = self.read(program, new);
+        let at = self.read(program, pos).data[0].f64() as usize;
+        let (b, s, t) = (cache.shape[0], cache.shape[1], new.shape[1]);
+        let row: usize = cache.shape[2..].iter().product();
+        let base = Self::base(program, cache);
+        for bi in 0..b {
+            for ti in 0..t.min(s.saturating_sub(at)) {
+                let (to, from) = (base + (bi * s + at + ti) * row, (bi * t + ti) * row);
+                self.data[to..to + row].copy_from_slice(&rows.data[from..from + row]);
+            }
+        }
+    }
+
     /// Writes a weight or input into its (persistent, contiguous) buffer.
     fn fill(
         &mut self,
@@ -185,6 +203,14 @@ fn execute<T: Real>(
                 {
                     return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
                 }
+            }
+        }
+        if let Op::Prim(Prim::CacheWrite(_)) = &n.op {
+            if launch.outputs[0] == launch.inputs[0] && contiguous(&launch.inputs[0]) {
+                for arena in arenas.iter_mut() {
+                    arena.append_rows(program, launch);
+                }
+                continue;
             }
         }
         if let Some(kernels) = kernels.filter(|k| k.has(index)) {
