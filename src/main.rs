@@ -250,6 +250,9 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
+            if is_artifact(&args.file) {
+                bail!("generate compiles its prefill and decode programs from a .hyb model; give the model, not an artifact");
+            }
             let checked = check(std::slice::from_ref(&args.file))?;
             if report(&checked) {
                 return Ok(ExitCode::from(1));
