@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod compile;
 mod explain;
+mod generate;
 mod gpu_check;
 mod logits;
 mod planning;
@@ -116,6 +117,9 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Generate tokens from a prompt with KV and SSM caches (compiled prefill and decode
+    /// programs on the CPU); greedy, or temperature and top-p sampling.
+    Generate(generate::GenerateArgs),
 }
 
 /// Deep but legal programs recurse deeply in the checker and formatter; run them on a
@@ -248,6 +252,17 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             }
             let m = choose(&checked, &args.file, args.model.as_deref())?;
             explain::run(&args, m, &checked.program.sources, start.elapsed())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            if is_artifact(&args.file) {
+                bail!("generate compiles its prefill and decode programs from a .hyb model; give the model, not an artifact");
+            }
+            let checked = check(std::slice::from_ref(&args.file))?;
+            if report(&checked) {
+                return Ok(ExitCode::from(1));
+            }
+            generate::run(&args, choose(&checked, &args.file, args.model.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logits { file, weights, ids, json, precision, executor, model } => {

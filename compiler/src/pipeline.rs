@@ -1,7 +1,9 @@
 //! The compiler's stages in order, timed: shard the forward graph over the tensor-parallel
 //! ranks, rewrite it (pattern recognition must precede autodiff, so flash attention's
 //! backward is a recomputing kernel too), derive the training step, rewrite that, fuse.
+//! Generation compiles two forward programs the same way: prefill and decode.
 
+use crate::elaborate::decode::{generation, Cache, DecodeError};
 use crate::ir::Graph;
 use crate::plan::{recompute, Level, PlanError, Precision, Program, Recompute, Request};
 use crate::rewrite::{fuse::fuse, saturate, Options, Report};
@@ -191,4 +193,54 @@ pub fn recompute_levels(compiled: &Compiled, target: &Target, sizing: &Sizing) -
         }
     }
     Ok(with_full(lo))
+}
+
+/// Generation's two programs through the same stages as any forward pass: prefill (the
+/// forward pass, also returning what every cache holds after the prompt) and decode (new
+/// tokens from the caches, returning the updated caches). See [`crate::elaborate::decode`].
+pub struct CompiledGeneration {
+    pub prefill: Compiled,
+    pub decode: Compiled,
+    pub caches: Vec<Cache>,
+    /// Tokens the attention caches hold.
+    pub capacity: usize,
+    /// Outputs of the forward pass (the logits first) before the caches.
+    pub outputs: usize,
+}
+
+/// Compiles the prefill and decode programs of `forward` for caches of `capacity` tokens.
+pub fn compile_generation(forward: &Graph, capacity: usize, opts: &Options) -> Result<CompiledGeneration, DecodeError> {
+    let g = generation(forward, capacity)?;
+    Ok(CompiledGeneration {
+        prefill: compile(&g.prefill, &Target::Forward, 1, opts),
+        decode: compile(&g.decode, &Target::Forward, 1, opts),
+        caches: g.caches,
+        capacity: g.capacity,
+        outputs: g.outputs,
+    })
+}
+
+impl CompiledGeneration {
+    /// The prefill program for a batch of prompts of `prompt` tokens.
+    pub fn plan_prefill(&self, batch: usize, prompt: usize, precision: Precision) -> Result<Executable, PlanError> {
+        let graph = self.prefill.graph.clone();
+        let program = plan_graph(&graph, false, batch, prompt, precision)?;
+        Ok(Executable { graph, program })
+    }
+
+    /// The decode program for one new token per sequence, every updated cache written in
+    /// place of its input, so the caches stay in their buffers from step to step.
+    pub fn plan_decode(&self, batch: usize, precision: Precision) -> Result<Executable, PlanError> {
+        let graph = self.decode.graph.clone();
+        let inputs: std::collections::HashMap<&str, usize> = graph.input_nodes().map(|(n, name)| (name, n)).collect();
+        let in_place = self
+            .caches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| inputs.get(c.name.as_str()).map(|&n| (self.outputs + i, n)))
+            .collect();
+        let req = Request { batch, seq: 1, precision, in_place, forward_end: None };
+        let program = crate::plan::plan(&graph, &req)?;
+        Ok(Executable { graph, program })
+    }
 }

@@ -623,7 +623,11 @@ pub fn weights_to_hf(cfg: &FalconConfig, mut ours: Weights) -> Result<Weights, H
     Ok(out)
 }
 
-/// `hyb import`: writes `<out>/<name>.hyb` and `<out>/<name>.safetensors`. Everything is
+/// Files of a checkpoint folder that `hyb import` copies as they are, for generation.
+pub const GENERATION_FILES: &[&str] = &["tokenizer.json", "generation_config.json"];
+
+/// `hyb import`: writes `<out>/<name>.hyb` and `<out>/<name>.safetensors` (and copies
+/// [`GENERATION_FILES`] that the folder has). Everything is
 /// read and checked first; then both files are written as a set (see
 /// [`crate::atomic::write_all`]), the model last, so that a failure leaves the folder as it
 /// was.
@@ -639,11 +643,19 @@ pub fn import(hf_dir: &Path, out_dir: &Path, name: &str) -> Result<FalconConfig,
     let hyb = cfg.to_hyb(name, &config_path.display().to_string());
     check_shapes(&format!("{name}.hyb"), &hyb, &ours)?;
     std::fs::create_dir_all(out_dir).map_err(|error| HfError::Write { path: out_dir.display().to_string(), error })?;
-    crate::atomic::write_all(&[
-        (out_dir.join(format!("{name}.safetensors")), weights::to_bytes(&ours, &Default::default())),
-        (out_dir.join(format!("{name}.hyb")), hyb.into_bytes()),
-    ])
-    .map_err(|(path, error)| HfError::Write { path: path.display().to_string(), error })?;
+    let mut files = vec![(out_dir.join(format!("{name}.safetensors")), weights::to_bytes(&ours, &Default::default()))];
+    // What `hyb generate` reads beside the model: the tokenizer and the end-of-sequence ids.
+    for extra in GENERATION_FILES {
+        let from = hf_dir.join(extra);
+        if from.exists() {
+            let bytes = std::fs::read(&from)
+                .map_err(|e| HfError::Read { path: from.display().to_string(), reason: e.to_string() })?;
+            files.push((out_dir.join(extra), bytes));
+        }
+    }
+    files.push((out_dir.join(format!("{name}.hyb")), hyb.into_bytes()));
+    crate::atomic::write_all(&files)
+        .map_err(|(path, error)| HfError::Write { path: path.display().to_string(), error })?;
     Ok(cfg)
 }
 

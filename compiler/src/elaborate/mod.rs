@@ -4,6 +4,9 @@
 //! every node has one output), parameters enter the manifest. Each node keeps the layer it
 //! belongs to and the source span of the call it computes.
 
+pub mod attention;
+pub mod decode;
+
 use crate::ir::{Graph, Init, Op, Origin, ParamSpec, TensorType};
 use crate::ops::{Prim, Slice, OPS};
 use hyb_dsl::dim::Dim;

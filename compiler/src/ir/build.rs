@@ -59,7 +59,8 @@ impl Graph {
         }
     }
 
-    fn try_apply_all(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> Result<Vec<NodeId>, String> {
+    /// As [`Graph::apply_all`], or an error if the shapes do not fit.
+    pub fn try_apply_all(&mut self, prim: impl Into<Prim>, inputs: Vec<NodeId>) -> Result<Vec<NodeId>, String> {
         let prim = prim.into();
         let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.nodes[i].ty).collect();
         let mut outs = try_infer_types(&prim, &types)?.into_iter();

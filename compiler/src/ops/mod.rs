@@ -269,6 +269,12 @@ registry! {
     conv1d: CausalConv1d, CausalConv1dGrad;
     ssd_scan: SsdScan, SsdScanGrad;
     rope: Rope, RopeGrad;
+    rope_at: RopeAt;
+    cache_write: CacheWrite;
+    cache_attention: CacheAttention;
+    conv_step: ConvStep;
+    ssd_step: SsdStep;
+    ssd_state: SsdState;
     mask: CausalMask, Tril;
     quant: TernaryQuant, Int8Quant;
     collective: AllReduce, AllGather, ReduceScatter, Shard, TpCopy;

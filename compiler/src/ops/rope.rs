@@ -27,7 +27,7 @@ pub(super) const DECLS: &[Decl] = &[
     Decl::Internal { name: "rope_grad", what: "the gradient of `rope`" },
 ];
 
-fn check(inputs: &[Ty]) -> Result<Vec<Ty>, RuleError> {
+pub(super) fn check(inputs: &[Ty]) -> Result<Vec<Ty>, RuleError> {
     let (s, d) = first(inputs);
     if s.len() != 4 {
         return Err(RuleError::rank(0, format!("rope takes [B, T, heads, head_dim], got {}", shape_string(&s))));
@@ -40,12 +40,17 @@ fn check(inputs: &[Ty]) -> Result<Vec<Ty>, RuleError> {
 
 /// Rotates each (j, j + D/2) pair by `direction ·` its angle `t · theta^(-2j/D)`.
 fn rotate<T: Real>(x: &Tensor<T>, theta: f64, direction: f64) -> Tensor<T> {
+    rotate_from(x, theta, direction, 0)
+}
+
+/// [`rotate`] with token `t` at position `start + t` (a decode step's tokens).
+pub(super) fn rotate_from<T: Real>(x: &Tensor<T>, theta: f64, direction: f64, start: usize) -> Tensor<T> {
     let (b, t, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let half = d / 2;
     let mut out = Tensor::zeros(x.shape.clone());
     for ti in 0..t {
         for j in 0..half {
-            let angle = direction * ti as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
+            let angle = direction * (start + ti) as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
             let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
             for bi in 0..b {
                 for hi in 0..h {

@@ -51,7 +51,7 @@ pub(super) const DECLS: &[Decl] = &[
 ];
 
 /// Checks the five inputs' shapes against each other.
-fn check_inputs(inputs: &[Ty], ctx: Ctx) -> Result<(), RuleError> {
+pub(super) fn check_inputs(inputs: &[Ty], ctx: Ctx) -> Result<(), RuleError> {
     let get = |i: usize| inputs.get(i).map(|t| t.0.clone()).unwrap_or_default();
     let (x, dt, a, bm, cm) = (get(0), get(1), get(2), get(3), get(4));
     if x.len() != 4 {
@@ -202,27 +202,27 @@ impl Primitive for SsdScanGrad {
 }
 
 /// Shapes of an SSD scan: x [B,T,H,P], dt [B,T,H], a [H], b and c [B,T,G,N].
-struct ScanDims {
-    b: usize,
-    t: usize,
-    h: usize,
-    p: usize,
-    g: usize,
-    n: usize,
+pub(super) struct ScanDims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub p: usize,
+    pub g: usize,
+    pub n: usize,
 }
 
 impl ScanDims {
-    fn of<T: Real>(x: &Tensor<T>, bm: &Tensor<T>) -> Self {
+    pub fn of<T: Real>(x: &Tensor<T>, bm: &Tensor<T>) -> Self {
         ScanDims { b: x.shape[0], t: x.shape[1], h: x.shape[2], p: x.shape[3], g: bm.shape[2], n: bm.shape[3] }
     }
     /// Head `h` reads B/C group `h / (H / G)` (consecutive heads share a group).
-    fn group(&self, h: usize) -> usize {
+    pub fn group(&self, h: usize) -> usize {
         h / (self.h / self.g)
     }
-    fn x(&self, bi: usize, ti: usize, hi: usize, pi: usize) -> usize {
+    pub fn x(&self, bi: usize, ti: usize, hi: usize, pi: usize) -> usize {
         ((bi * self.t + ti) * self.h + hi) * self.p + pi
     }
-    fn bc(&self, bi: usize, ti: usize, gi: usize, ni: usize) -> usize {
+    pub fn bc(&self, bi: usize, ti: usize, gi: usize, ni: usize) -> usize {
         ((bi * self.t + ti) * self.g + gi) * self.n + ni
     }
 }

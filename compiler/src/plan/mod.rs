@@ -279,7 +279,12 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                     }
                 } else if let Op::Prim(p) = &n.op {
                     let types: Vec<&crate::ir::TensorType> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
-                    for ty in crate::ir::infer_types(p, &types).iter().skip(1) {
+                    for (o, ty) in crate::ir::infer_types(p, &types).iter().enumerate().skip(1) {
+                        let reader = output_readers.get(&(i, o));
+                        if let Some(v) = reader.and_then(|r| aliased.get(r)).and_then(|leaf| view_of[*leaf].clone()) {
+                            outs.push(v);
+                            continue;
+                        }
                         let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
                         outs.push(new_buffer_of(
                             &mut buffers,

@@ -129,7 +129,7 @@ fn run_observed_ranks<T: Real>(
     kernels: Option<&Kernels>,
     params: &[&HashMap<String, Tensor<T>>],
     inputs: &[&HashMap<String, Tensor<T>>],
-    mut observer: Option<&mut dyn Observer<T>>,
+    observer: Option<&mut dyn Observer<T>>,
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
@@ -138,35 +138,82 @@ fn run_observed_ranks<T: Real>(
     // Weights and inputs into their buffers.
     for (r, arena) in arenas.iter_mut().enumerate() {
         for b in program.buffers.iter().filter(|b| b.persistent()) {
-            let n = &graph.nodes[b.node];
-            let value = match &n.op {
-                Op::Param(p) => {
-                    let spec = &graph.params[*p];
-                    let w = params[r].get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
-                    if w.shape != spec.shape {
-                        return Err(RunError::ParamShape {
-                            name: spec.name.clone(),
-                            expected: spec.shape.clone(),
-                            got: w.shape.clone(),
-                        });
-                    }
-                    w
-                }
+            let value = match &graph.nodes[b.node].op {
+                Op::Param(p) => param(graph, *p, params[r])?,
                 Op::Input(name) => inputs[r].get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?,
                 _ => continue,
             };
-            if value.len() != b.elements {
-                let expected = format!("{} elements for B={} T={}", b.elements, program.batch, program.seq);
-                return Err(RunError::InputShape {
-                    name: node_name(graph, b.node),
-                    expected,
-                    got: value.shape.clone(),
-                });
-            }
-            let start = b.offset / slot::<T>();
-            arena.data[start..start + b.elements].copy_from_slice(&value.data);
+            arena.fill(graph, program, b, value)?;
         }
     }
+    execute(graph, program, kernels, &mut arenas, words, observer)?;
+    Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+}
+
+/// A parameter's weights, checked against its declared shape.
+fn param<'w, T: Real>(
+    graph: &Graph,
+    p: usize,
+    params: &'w HashMap<String, Tensor<T>>,
+) -> Result<&'w Tensor<T>, RunError> {
+    let spec = &graph.params[p];
+    let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
+    if w.shape != spec.shape {
+        return Err(RunError::ParamShape {
+            name: spec.name.clone(),
+            expected: spec.shape.clone(),
+            got: w.shape.clone(),
+        });
+    }
+    Ok(w)
+}
+
+impl<T: Real> Arena<T> {
+    /// `cache_write` planned in place (its output is its cache input's buffer): only the
+    /// new rows move, where the reference semantics would copy the whole cache in and out
+    /// on every decode step. Rows past the cache's end are dropped, as there.
+    fn append_rows(&mut self, program: &Program, launch: &hyb_compiler::plan::Launch) {
+        let (cache, new, pos) = (&launch.inputs[0], &launch.inputs[1], &launch.inputs[2]);
+        let rows = self.read(program, new);
+        let at = self.read(program, pos).data[0].f64() as usize;
+        let (b, s, t) = (cache.shape[0], cache.shape[1], new.shape[1]);
+        let row: usize = cache.shape[2..].iter().product();
+        let base = Self::base(program, cache);
+        for bi in 0..b {
+            for ti in 0..t.min(s.saturating_sub(at)) {
+                let (to, from) = (base + (bi * s + at + ti) * row, (bi * t + ti) * row);
+                self.data[to..to + row].copy_from_slice(&rows.data[from..from + row]);
+            }
+        }
+    }
+
+    /// Writes a weight or input into its (persistent, contiguous) buffer.
+    fn fill(
+        &mut self,
+        graph: &Graph,
+        program: &Program,
+        b: &hyb_compiler::plan::Buffer,
+        value: &Tensor<T>,
+    ) -> Result<(), RunError> {
+        if value.len() != b.elements {
+            let expected = format!("{} elements for B={} T={}", b.elements, program.batch, program.seq);
+            return Err(RunError::InputShape { name: node_name(graph, b.node), expected, got: value.shape.clone() });
+        }
+        let start = b.offset / slot::<T>();
+        self.data[start..start + b.elements].copy_from_slice(&value.data);
+        Ok(())
+    }
+}
+
+/// Runs every launch of `program` over the arenas (one per rank) in order.
+fn execute<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: Option<&Kernels>,
+    arenas: &mut [Arena<T>],
+    words: usize,
+    mut observer: Option<&mut dyn Observer<T>>,
+) -> Result<(), RunError> {
     // The planned sizes, for attributes that name the batch or sequence symbols.
     let (batch, seq) = (program.batch as i64, program.seq as i64);
     let symbol = |name: &str| match name {
@@ -180,12 +227,12 @@ fn run_observed_ranks<T: Real>(
         if let Some(o) = observer.as_deref_mut() {
             o.before(index, &arenas[0].data)?;
         }
-        launch_one(graph, program, kernels, &mut arenas, words, sizes, index)?;
+        launch_one(graph, program, kernels, arenas, words, sizes, index)?;
         if let Some(o) = observer.as_deref_mut() {
             o.after(index, &arenas[0].data)?;
         }
     }
-    Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
+    Ok(())
 }
 
 /// Runs launch `index` of `program` on every rank's arena.
@@ -212,6 +259,14 @@ fn launch_one<T: Real>(
                 {
                     return Err(RunError::TokenOutOfRange { id: id.f64(), vocab });
                 }
+            }
+        }
+        if let Op::Prim(Prim::CacheWrite(_)) = &n.op {
+            if launch.outputs[0] == launch.inputs[0] && contiguous(&launch.inputs[0]) {
+                for arena in arenas.iter_mut() {
+                    arena.append_rows(program, launch);
+                }
+                return Ok(());
             }
         }
         if let Some(kernels) = kernels.filter(|k| k.has(index)) {
@@ -268,6 +323,58 @@ fn launch_one<T: Real>(
         }
     }
     Ok(())
+}
+
+/// A program loaded once and run many times on one rank — a decode step per generated
+/// token: the arena keeps the weights and every input between runs, so a run writes only
+/// the inputs it is given, and outputs planned in place of an input (a decoding cache)
+/// carry over to the next run.
+pub struct Resident<'p, T> {
+    graph: &'p Graph,
+    program: &'p Program,
+    kernels: Option<&'p Kernels>,
+    arena: Arena<T>,
+    words: usize,
+}
+
+impl<'p, T: Real> Resident<'p, T> {
+    /// The arena with the weights written; inputs start as zeros. With `kernels`
+    /// (compiled for this program, float32), kernels run as generated code.
+    pub fn new(
+        graph: &'p Graph,
+        program: &'p Program,
+        kernels: Option<&'p Kernels>,
+        params: &HashMap<String, Tensor<T>>,
+    ) -> Result<Self, RunError> {
+        let words = program.memory.arena_bytes.div_ceil(slot::<T>());
+        let scratch = kernels.map_or(0, Kernels::scratch);
+        let mut arena = Arena { data: vec![T::zero(); words + scratch] };
+        for b in program.buffers.iter().filter(|b| b.persistent()) {
+            if let Op::Param(p) = &graph.nodes[b.node].op {
+                arena.fill(graph, program, b, param(graph, *p, params)?)?;
+            }
+        }
+        Ok(Resident { graph, program, kernels, arena, words })
+    }
+
+    /// Writes input `name` (its whole buffer).
+    pub fn set(&mut self, name: &str, value: &Tensor<T>) -> Result<(), RunError> {
+        let graph = self.graph;
+        let b = self
+            .program
+            .buffers
+            .iter()
+            .find(|b| b.persistent() && matches!(&graph.nodes[b.node].op, Op::Input(n) if n == name))
+            .ok_or_else(|| RunError::MissingInput(name.to_string()))?;
+        self.arena.fill(graph, self.program, b, value)
+    }
+
+    /// Runs every launch; returns the program's outputs of index `outputs` (a decode step
+    /// reads its logits, not the caches it updated in place).
+    pub fn run(&mut self, outputs: &[usize]) -> Result<Vec<Tensor<T>>, RunError> {
+        execute(self.graph, self.program, self.kernels, std::slice::from_mut(&mut self.arena), self.words, None)?;
+        Ok(outputs.iter().map(|&o| self.arena.read(self.program, &self.program.outputs[o])).collect())
+    }
 }
 
 /// A view as generated code addresses it: elements from the start of the arena.
