@@ -709,3 +709,33 @@ fn an_artifact_runs_its_object_code_here_and_recompiles_elsewhere() {
     assert!(kernels_line(&there).contains(", 0 loaded"), "{}", stdout(&there));
     assert_eq!(got, want);
 }
+
+#[test]
+fn train_on_a_gpu_that_is_not_there_says_so_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = out_dir.to_str().unwrap();
+    for extra in [&["--device", "cuda"][..], &["--check-gpu"][..]] {
+        let mut args = vec!["train", "examples/tiny_hybrid.hyb", "--steps", "1", "--out", out];
+        args.extend_from_slice(extra);
+        let o = hyb(&args);
+        if o.status.success() {
+            // A machine with a GPU: the run worked there.
+            continue;
+        }
+        let err = stderr(&o);
+        assert!(err.contains("--device cpu"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out_dir.exists() || extra[0] == "--device", "the GPU check wrote {out}");
+    }
+    // Profiling needs a GPU: refused before anything is compiled or written.
+    let cpu = dir.path().join("cpu");
+    let o = hyb(&["train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--profile", "--out", cpu.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--profile times launches on a GPU"), "{}", stderr(&o));
+    assert!(!cpu.exists());
+    // The reference executor runs on the CPU only.
+    let o = hyb(&["train", "examples/tiny_hybrid.hyb", "--device", "cuda", "--executor", "reference"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("reference executor runs on the CPU"), "{}", stderr(&o));
+}
