@@ -151,7 +151,7 @@ fn run_observed_ranks<T: Real>(
 }
 
 /// A parameter's weights, checked against its declared shape.
-fn param<'w, T: Real>(
+pub(crate) fn param<'w, T: Real>(
     graph: &Graph,
     p: usize,
     params: &'w HashMap<String, Tensor<T>>,

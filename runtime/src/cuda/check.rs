@@ -127,7 +127,7 @@ impl Observer<f32> for Checker<'_> {
                 let bad = if w.is_finite() {
                     let e = (g as f64 - w as f64).abs() / scale;
                     error = error.max(if e.is_nan() { f64::INFINITY } else { e });
-                    !(e <= self.tolerance)
+                    e.is_nan() || e > self.tolerance
                 } else {
                     g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan())
                 };

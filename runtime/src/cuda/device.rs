@@ -16,6 +16,12 @@ pub struct Device {
     sms: usize,
 }
 
+// Safety: the context and stream are cudarc's (Send + Sync); the cuBLASLt handle is only
+// used to queue work on the device's one stream, from the thread that runs the programs
+// (each program behind its own lock).
+unsafe impl Send for Device {}
+unsafe impl Sync for Device {}
+
 impl Device {
     /// Whether a CUDA driver and at least one GPU are present: what picks the default
     /// device of `hyb train`.

@@ -172,19 +172,7 @@ impl CudaProgram {
         for b in program.buffers.iter().filter(|b| b.persistent() && wanted(b)) {
             let n = &graph.nodes[b.node];
             let value = match &n.op {
-                Op::Param(p) => {
-                    let spec = &graph.params[*p];
-                    let w = params.get(&spec.name).ok_or_else(|| RunError::MissingParam(spec.name.clone()))?;
-                    if w.shape != spec.shape {
-                        return Err(RunError::ParamShape {
-                            name: spec.name.clone(),
-                            expected: spec.shape.clone(),
-                            got: w.shape.clone(),
-                        }
-                        .into());
-                    }
-                    w
-                }
+                Op::Param(p) => crate::cpu::param(graph, *p, params)?,
                 Op::Input(name) => inputs.get(name).ok_or_else(|| RunError::MissingInput(name.clone()))?,
                 _ => continue,
             };

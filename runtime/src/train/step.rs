@@ -101,7 +101,7 @@ pub enum Runner {
     Reference(Graph),
     /// On a GPU: weights, moments and inputs are copied in for each run, and the outputs
     /// back.
-    Cuda(Box<Executable>, Mutex<CudaProgram>),
+    Cuda(Box<Executable>, Box<Mutex<CudaProgram>>),
 }
 
 impl Runner {
@@ -305,7 +305,7 @@ fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs
     let prepare = |e: Executable| -> Result<Runner, TrainError> {
         let program = CudaProgram::prepare(device.clone(), &e.graph, &e.program)
             .map_err(|e| TrainError::Device(e.to_string()))?;
-        Ok(Runner::Cuda(Box::new(e), Mutex::new(program)))
+        Ok(Runner::Cuda(Box::new(e), Box::new(Mutex::new(program))))
     };
     let step = prepare(step)?;
     if let Runner::Cuda(_, p) = &step {
