@@ -14,7 +14,7 @@ use hyb_dsl::expand::model::Expanded;
 use hyb_runtime::train::data::DataSpec;
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
-use hyb_runtime::train::step::{Executor, Model, Placement, Planning};
+use hyb_runtime::train::step::{Executor, GpuPrecision, Model, Placement, Planning};
 use hyb_runtime::train::{checkpoint, Resume, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,11 @@ pub struct TrainArgs {
     /// each launch that differs and a summary. Writes nothing.
     #[arg(long, conflicts_with_all = ["resume", "device"])]
     pub check_gpu: bool,
+    /// What GPU programs store: bf16 mixed precision (bf16 activations and weight copies,
+    /// f32 master weights, moments, gradients and statistics), or f32 throughout. The CPU
+    /// computes in f32 [default: bf16 on a GPU].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionFlag>,
     /// On a GPU, after training: time every launch of one more step (undone afterwards),
     /// print where the step's time goes and write it to profile.json in the run directory.
     #[arg(long)]
@@ -112,16 +117,33 @@ pub enum DeviceFlag {
     Cuda,
 }
 
+/// `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionFlag {
+    Bf16,
+    F32,
+}
+
 /// Where the run's compiled programs go.
 fn placement(args: &TrainArgs) -> Result<Placement> {
-    Ok(match (args.device, args.executor) {
+    let placement = match (args.device, args.executor) {
         (_, _) if args.check_gpu => Placement::Cpu,
         (Some(DeviceFlag::Cuda), crate::logits::Executor::Reference) => {
             bail!("the reference executor runs on the CPU; leave out --device cuda or --executor reference")
         }
-        (Some(DeviceFlag::Cuda), _) => Placement::Cuda(0),
+        (Some(DeviceFlag::Cuda), _) => Placement::Cuda(0, GpuPrecision::Mixed),
         (Some(DeviceFlag::Cpu), _) | (None, crate::logits::Executor::Reference) => Placement::Cpu,
         (None, _) => Placement::best(),
+    };
+    Ok(match (placement, args.precision) {
+        (Placement::Cuda(ordinal, _), Some(PrecisionFlag::F32)) => Placement::Cuda(ordinal, GpuPrecision::F32),
+        (Placement::Cpu, Some(PrecisionFlag::Bf16)) if args.check_gpu => {
+            bail!("--check-gpu compares the GPU with the CPU launch by launch, in float32; leave out --precision bf16")
+        }
+        (Placement::Cpu, Some(PrecisionFlag::Bf16)) => {
+            bail!("the CPU executor computes in float32; --precision bf16 needs a GPU (--device cuda)")
+        }
+        (p, _) => p,
     })
 }
 

@@ -61,13 +61,7 @@ fn request(batch: usize, seq: usize) -> Request {
 /// The most bytes live at any launch, counted buffer by buffer.
 fn max_live(p: &Program) -> usize {
     (0..p.launches.len().max(1))
-        .map(|t| {
-            p.buffers
-                .iter()
-                .filter(|b| b.first <= t && t <= b.last)
-                .map(|b| b.bytes + if b.role == Role::Weight { b.elements * 2 } else { 0 })
-                .sum::<usize>()
-        })
+        .map(|t| p.buffers.iter().filter(|b| b.first <= t && t <= b.last).map(|b| b.bytes).sum::<usize>())
         .max()
         .unwrap_or(0)
 }
@@ -138,14 +132,44 @@ fn a_training_step_updates_in_place_and_views_copy_nothing() {
             assert!(l.inputs.iter().any(|v| p.buffers[v.buffer].role == Role::Gradient), "{:?}", l.kind);
         }
         assert!(count(Role::Saved) > 0, "the backward pass reads forward values");
-        // Master weights and moments in f32, activations in bf16.
+        // Master weights, moments and gradients in f32, activations and weight copies in
+        // bf16, statistics (a norm's reciprocal, the loss) in f32 though small.
+        let largest_saved = p.buffers.iter().filter(|b| b.role == Role::Saved).map(|b| b.elements).max().unwrap();
         for b in &p.buffers {
             match b.role {
                 Role::Weight | Role::Optimizer | Role::Gradient => assert_eq!(b.dtype, DType::F32),
-                Role::Saved => assert_eq!(b.dtype, DType::BF16),
+                Role::WeightCopy => assert_eq!(b.dtype, DType::BF16),
+                Role::Saved if b.elements == largest_saved => assert_eq!(b.dtype, DType::BF16),
                 _ => {}
             }
         }
+        assert!(p.buffers.iter().any(|b| b.role == Role::Saved && b.dtype == DType::F32), "statistics are kept in f32");
+        for (what, v) in [("loss", &p.outputs[0]), ("gradient norm", &p.outputs[1])] {
+            assert_eq!(v.dtype, DType::F32, "the {what} is a statistic");
+        }
+        // Each weight's copy is made once, before its first reader, and only its update
+        // reads the master weights.
+        assert_eq!(count(Role::WeightCopy), g.params.len());
+        let converts = p.launches.iter().filter(|l| l.kind == plan::LaunchKind::Convert).count();
+        assert_eq!(converts, g.params.len());
+        for (t, l) in p.launches.iter().enumerate() {
+            for v in &l.inputs {
+                let b = &p.buffers[v.buffer];
+                if b.role == Role::Weight {
+                    assert!(l.outputs.iter().any(|o| o.buffer == v.buffer) || l.kind == plan::LaunchKind::Convert);
+                }
+                if b.role == Role::WeightCopy {
+                    assert!(b.first < t, "a copy is made before it is read");
+                }
+            }
+            for v in l.inputs.iter().chain(&l.outputs) {
+                assert_eq!(v.dtype, p.buffers[v.buffer].dtype, "a view says its buffer's type");
+            }
+        }
+        // In one type throughout, nothing is copied.
+        let uniform = plan_with(&compiled, &target, 2, 8, Precision::uniform(DType::F32), &[]).unwrap().program;
+        assert!(uniform.buffers.iter().all(|b| b.dtype == DType::F32 && b.role != Role::WeightCopy));
+        assert_eq!(uniform.memory.weight_copies, 0);
     }
 }
 

@@ -158,7 +158,12 @@ pub fn body_mlir(body: &Graph, symbols: Symbols) -> Result<String, CodegenError>
 /// The MLIR generated for a template, before lowering; views marked in `unit_last` have a
 /// last-axis stride of 1.
 pub fn template_mlir(code: &TemplateCode, unit_last: &[bool]) -> String {
-    format!("module {{\n{}{}}}\n", math::definitions(code.uses()), code.functions(Target::Cpu, unit_last))
+    stored_template_mlir(code, unit_last, &[])
+}
+
+fn stored_template_mlir(code: &TemplateCode, unit_last: &[bool], storage: &[Storage]) -> String {
+    let uses = code.uses(Target::Cpu, storage);
+    format!("module {{\n{}{}}}\n", math::definitions(uses), code.functions(Target::Cpu, unit_last, storage))
 }
 
 /// Compiles a fused kernel body for a program of `symbols`' sizes, for views of any layout.
@@ -238,16 +243,36 @@ pub fn compile_template_for(code: &TemplateCode, unit_last: &[bool]) -> Result<C
     prepare_template_for(code, unit_last, &NoObjects)
 }
 
+/// [`compile_template_for`] for views holding `storage` (inputs, then outputs): how the
+/// GPU's bf16 templates are checked on the CPU. Run it with [`CpuKernel::run_raw`].
+pub fn compile_template_stored(
+    code: &TemplateCode,
+    unit_last: &[bool],
+    storage: &[Storage],
+) -> Result<CpuKernel, CodegenError> {
+    prepare_template_stored(code, unit_last, storage, &NoObjects)
+}
+
 /// [`compile_template_for`], with object code from and for `objects` (see [`prepare_for`]).
 pub fn prepare_template_for(
     code: &TemplateCode,
     unit_last: &[bool],
     objects: &dyn Objects,
 ) -> Result<CpuKernel, CodegenError> {
-    let mlir = template_mlir(code, unit_last);
+    prepare_template_stored(code, unit_last, &[], objects)
+}
+
+fn prepare_template_stored(
+    code: &TemplateCode,
+    unit_last: &[bool],
+    storage: &[Storage],
+    objects: &dyn Objects,
+) -> Result<CpuKernel, CodegenError> {
+    code.check_storage(storage)?;
+    let mlir = stored_template_mlir(code, unit_last, storage);
     let symbols: Vec<String> = (0..code.phases.len()).map(|i| code.symbol(i)).collect();
     let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-    let (linked, entries, origin) = machine_code(&code.name, &mlir, unit_last, &names, objects)?;
+    let (linked, entries, origin) = machine_code(&code.stored_name(storage), &mlir, unit_last, &names, objects)?;
     let every_output: Vec<usize> = (0..code.outputs.len()).collect();
     let nests = code
         .phases

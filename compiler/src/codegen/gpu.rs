@@ -120,11 +120,18 @@ pub fn compile_stored(body: &Graph, symbols: Symbols, storage: &[Storage]) -> Re
 
 /// Compiles a template's phases to PTX, one `.entry` per phase, launched in order.
 pub fn compile_template(code: &TemplateCode) -> Result<GpuKernel, CodegenError> {
-    let name = code.name.clone();
+    compile_template_stored(code, &[])
+}
+
+/// [`compile_template`] for views holding `storage` (inputs, then outputs; empty: all
+/// f32): bf16 views are widened on load and rounded to nearest even on store.
+pub fn compile_template_stored(code: &TemplateCode, storage: &[Storage]) -> Result<GpuKernel, CodegenError> {
+    code.check_storage(storage)?;
+    let name = code.stored_name(storage);
     let mlir = format!(
         "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{} }}\n}}\n",
-        math::definitions(code.uses()),
-        code.functions(Target::Gpu, &[])
+        math::definitions(code.uses(Target::Gpu, storage)),
+        code.functions(Target::Gpu, &[], storage)
     );
     let ptx = lower(&name, &mlir)?;
     let nests = (0..code.phases.len())

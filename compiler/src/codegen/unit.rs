@@ -14,8 +14,11 @@ use super::body::Body;
 use super::chain::{self, Chain};
 use super::template::{self, TemplateCode};
 use super::{Symbols, Target};
-use crate::ir::{Graph, KernelKind, NodeId, Op};
-use crate::ops::{Matmul, Prim, Primitive};
+use crate::ir::{Graph, KernelKind, NodeId, Op, TensorType};
+use crate::ops::{Cast, Matmul, Prim, Primitive};
+use crate::plan::{Launch, LaunchKind};
+use hyb_dsl::dim::Dim;
+use hyb_dsl::value::DType;
 
 /// The code of one launch.
 pub enum Unit {
@@ -46,6 +49,26 @@ impl Unit {
             Unit::Gemm(g) => template::name("gemm", &[&g.a, &g.b]),
         }
     }
+}
+
+/// The unit of `launch` (of a program planned from `graph`) for `target`, or why it has
+/// none: a conversion's copy body, else its node's unit.
+pub fn for_launch(graph: &Graph, launch: &Launch, symbols: Symbols, target: Target) -> Result<Unit, String> {
+    match launch.kind {
+        LaunchKind::Convert => Ok(Unit::Body(conversion(&launch.outputs[0].shape))),
+        _ => for_node(graph, launch.node, symbols, target),
+    }
+}
+
+/// A body copying one view of `shape` to another: compiled for the storage of both, it
+/// converts between them (a weight's bf16 copy, a GEMM operand in the GEMM's type).
+pub fn conversion(shape: &[usize]) -> Graph {
+    let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+    let mut body = Graph::default();
+    let x = body.add(Op::Input("0".into()), vec![], ty);
+    let y = body.apply(Prim::Cast(Cast { dtype: DType::F32 }), vec![x]);
+    body.outputs = vec![y];
+    body
 }
 
 /// The unit of launch node `node` of `graph` for `target`, or why it has none.

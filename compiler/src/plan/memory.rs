@@ -1,7 +1,7 @@
 //! What a program holds, before it runs: the arena's size, the peak of live bytes and the
 //! launch where it occurs, split by what the bytes are for.
 
-use super::{arena, Buffer, Launch, Precision, Role};
+use super::{arena, Buffer, Launch, Role};
 use serde::{Deserialize, Serialize};
 
 /// Bytes by what they hold.
@@ -22,9 +22,9 @@ impl Breakdown {
         self.weights + self.gradients + self.optimizer + self.saved + self.workspace
     }
 
-    fn add(&mut self, b: &Buffer, weight_copy: usize) {
+    fn add(&mut self, b: &Buffer) {
         match b.role {
-            Role::Weight => self.weights += b.bytes + weight_copy,
+            Role::Weight | Role::WeightCopy => self.weights += b.bytes,
             Role::Gradient => self.gradients += b.bytes,
             Role::Optimizer => self.optimizer += b.bytes,
             Role::Saved => self.saved += b.bytes,
@@ -35,26 +35,26 @@ impl Breakdown {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryPlan {
-    /// The arena: every buffer, placed (with the weight copies beside it).
+    /// The arena: every buffer, placed.
     pub arena_bytes: usize,
     /// The most bytes live at once, and their split.
     pub peak_bytes: usize,
     pub peak: Breakdown,
     /// The launch during which the peak occurs.
     pub peak_launch: usize,
-    /// The bf16 copies of the weights GEMMs read, outside the arena's buffers.
+    /// The copies of the weights their readers take (bf16), made each run (they share the
+    /// arena with everything else, live from their first reader to their last).
     pub weight_copies: usize,
 }
 
 impl MemoryPlan {
-    pub fn of(buffers: &[Buffer], launches: &[Launch], p: &Precision) -> MemoryPlan {
-        let copy = |b: &Buffer| if b.role == Role::Weight { b.elements * p.weight_copies.size_bytes() } else { 0 };
-        let weight_copies: usize = buffers.iter().map(copy).sum();
+    pub fn of(buffers: &[Buffer], launches: &[Launch]) -> MemoryPlan {
+        let weight_copies: usize = buffers.iter().filter(|b| b.role == Role::WeightCopy).map(|b| b.bytes).sum();
         // Live bytes at each launch, by a sweep over lifetime starts and ends.
         let steps = launches.len().max(1);
         let mut delta: Vec<i128> = vec![0; steps + 1];
         for b in buffers {
-            let bytes = (b.bytes + copy(b)) as i128;
+            let bytes = b.bytes as i128;
             delta[b.first] += bytes;
             delta[b.last + 1] -= bytes;
         }
@@ -68,10 +68,10 @@ impl MemoryPlan {
         }
         let mut peak = Breakdown::default();
         for b in buffers.iter().filter(|b| b.first <= peak_launch && peak_launch <= b.last) {
-            peak.add(b, copy(b));
+            peak.add(b);
         }
         MemoryPlan {
-            arena_bytes: arena::size(buffers) + weight_copies,
+            arena_bytes: arena::size(buffers),
             peak_bytes: peak_bytes as usize,
             peak,
             peak_launch,

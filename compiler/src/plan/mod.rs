@@ -26,8 +26,11 @@ pub type BufferId = usize;
 /// What a buffer holds, which decides its precision and where the memory report counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
-    /// A learnable parameter: float32 master weights, plus the bfloat16 copy GEMMs read.
+    /// A learnable parameter's float32 master weights, which the optimizer updates.
     Weight,
+    /// A parameter in the storage its readers take (bf16 for tensor-core GEMMs), made from
+    /// the master weights before its first reader, each run.
+    WeightCopy,
     /// Optimizer state (AdamW moments), float32.
     Optimizer,
     /// A program input (token ids, targets, scalars).
@@ -54,6 +57,18 @@ pub struct Precision {
 }
 
 impl Precision {
+    /// Mixed precision as the GPU runs it: bf16 activations and weight copies, f32 master
+    /// weights, moments and gradients, and program inputs (token ids, scalars, caches) in
+    /// f32, which holds every token id below 2^24 exactly.
+    pub fn mixed() -> Precision {
+        Precision { inputs: Some(DType::F32), ..Precision::default() }
+    }
+
+    /// Whether readers other than the optimizer read a copy of the weights in another type.
+    pub fn copies_weights(&self) -> bool {
+        self.weight_copies != self.master_weights
+    }
+
     /// Everything in one type: the CPU executor computes in the reference's element type.
     pub fn uniform(dtype: DType) -> Precision {
         Precision {
@@ -125,6 +140,9 @@ pub enum LaunchKind {
     Collective(String),
     /// A primitive run as its own kernel.
     Primitive(String),
+    /// A copy of its input's buffer in the output's storage type (a weight's bf16 copy);
+    /// its node is the value copied.
+    Convert,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +221,8 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
         .collect();
     let aliased: std::collections::HashMap<NodeId, NodeId> =
         req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
+    let statistics = statistics(g);
+    let mut copies = Copies::default();
 
     for (i, n) in g.nodes.iter().enumerate() {
         let shape = shape_of(i)?;
@@ -241,7 +261,8 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                     // A view the strides cannot express (a reshape of a strided view): a copy.
                     let out =
                         new_buffer(&mut buffers, Role::Workspace, storage(&req.precision, n.ty.dtype), launches.len())?;
-                    launches.push(launch(g, i, &view_of, vec![out.clone()]));
+                    let l = launch(g, i, &view_of, vec![out.clone()]);
+                    copies.push(l, &mut launches, &mut buffers, &req.precision);
                     view_of[i] = Some(out);
                 }
             }
@@ -251,7 +272,14 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 view_of[i] = launches[at].outputs.get(*k).cloned();
             }
             Op::Prim(_) | Op::Kernel(_) => {
-                let dtype = storage(&req.precision, n.ty.dtype);
+                let stored = |o: usize, dtype: DType| {
+                    if statistics[i].get(o).copied().unwrap_or(false) && dtype.is_float() {
+                        DType::F32
+                    } else {
+                        storage(&req.precision, dtype)
+                    }
+                };
+                let dtype = stored(0, n.ty.dtype);
                 let mut outs = Vec::new();
                 let out = match aliased.get(&i).and_then(|leaf| view_of[*leaf].clone()) {
                     Some(v) => v,
@@ -266,13 +294,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                             None => {
                                 let ty = &k.body.nodes[k.body.outputs[o]].ty;
                                 let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
-                                new_buffer_of(
-                                    &mut buffers,
-                                    &shape,
-                                    storage(&req.precision, ty.dtype),
-                                    launches.len(),
-                                    i,
-                                )?
+                                new_buffer_of(&mut buffers, &shape, stored(o, ty.dtype), launches.len(), i)?
                             }
                         };
                         outs.push(v);
@@ -286,16 +308,11 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                             continue;
                         }
                         let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
-                        outs.push(new_buffer_of(
-                            &mut buffers,
-                            &shape,
-                            storage(&req.precision, ty.dtype),
-                            launches.len(),
-                            i,
-                        )?);
+                        outs.push(new_buffer_of(&mut buffers, &shape, stored(o, ty.dtype), launches.len(), i)?);
                     }
                 }
-                launches.push(launch(g, i, &view_of, outs));
+                let l = launch(g, i, &view_of, outs);
+                copies.push(l, &mut launches, &mut buffers, &req.precision);
                 view_of[i] = Some(out);
             }
         }
@@ -319,8 +336,13 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
         b.last = end;
     }
     classify(g, &mut buffers, &launches, forward_end, &req.precision);
+    // Views say the type of the buffer they read, which classifying may have changed.
+    let mut outputs = outputs;
+    for v in launches.iter_mut().flat_map(|l| l.inputs.iter_mut().chain(l.outputs.iter_mut())).chain(&mut outputs) {
+        v.dtype = buffers[v.buffer].dtype;
+    }
     arena::assign(&mut buffers);
-    let memory = MemoryPlan::of(&buffers, &launches, &req.precision);
+    let memory = MemoryPlan::of(&buffers, &launches);
     Ok(Program {
         batch: req.batch,
         seq: req.seq,
@@ -331,6 +353,108 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
         memory,
         recompute: Vec::new(),
     })
+}
+
+/// The copies of weights made so far, by master buffer.
+#[derive(Default)]
+struct Copies {
+    of: std::collections::HashMap<BufferId, BufferId>,
+}
+
+impl Copies {
+    /// Appends `l`, its reads of weights it does not update turned into reads of their
+    /// copies when the policy keeps copies; a weight's copy is made by a `Convert` launch
+    /// just before its first reader.
+    fn push(&mut self, mut l: Launch, launches: &mut Vec<Launch>, buffers: &mut Vec<Buffer>, p: &Precision) {
+        if p.copies_weights() {
+            for k in 0..l.inputs.len() {
+                let master = l.inputs[k].buffer;
+                let updates = l.outputs.iter().any(|o| o.buffer == master);
+                if buffers[master].role != Role::Weight || updates {
+                    continue;
+                }
+                let copy = *self.of.entry(master).or_insert_with(|| {
+                    let m = buffers[master].clone();
+                    let at = launches.len();
+                    let bytes = m.elements * p.weight_copies.size_bytes();
+                    buffers.push(Buffer {
+                        role: Role::WeightCopy,
+                        dtype: p.weight_copies,
+                        bytes,
+                        first: at,
+                        last: at,
+                        ..m
+                    });
+                    let copy = buffers.len() - 1;
+                    let shape = [m.elements];
+                    launches.push(Launch {
+                        kind: LaunchKind::Convert,
+                        node: m.node,
+                        inputs: vec![contiguous(master, &shape, m.dtype)],
+                        outputs: vec![contiguous(copy, &shape, p.weight_copies)],
+                    });
+                    copy
+                });
+                l.inputs[k].buffer = copy;
+                l.inputs[k].dtype = p.weight_copies;
+            }
+        }
+        launches.push(l);
+    }
+}
+
+/// For each node, whether each of its outputs is a statistic — a sum over an axis, or
+/// computed from statistics by pointwise operations only (a mean, a norm's reciprocal, a
+/// loss, a gradient norm summed from partial norms): stored in f32 whatever the
+/// activations' type, as its sum was long.
+fn statistics(g: &Graph) -> Vec<Vec<bool>> {
+    let mut value = vec![false; g.nodes.len()];
+    let mut outputs: Vec<Vec<bool>> = vec![Vec::new(); g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        outputs[i] = match &n.op {
+            Op::Kernel(k) => {
+                let input =
+                    |name: &str| name.parse::<usize>().ok().and_then(|j| n.inputs.get(j)).is_some_and(|&x| value[x]);
+                let inner = statistic_nodes(&k.body, &input);
+                k.body.outputs.iter().map(|&o| inner[o]).collect()
+            }
+            Op::Output(k) => vec![outputs[n.inputs[0]].get(*k).copied().unwrap_or(false)],
+            _ => vec![statistic(g, i, &value)],
+        };
+        value[i] = outputs[i].first().copied().unwrap_or(false);
+    }
+    outputs
+}
+
+/// Whether each node of `g` is a statistic (see [`statistics`]), its inputs as `input` says.
+fn statistic_nodes(g: &Graph, input: &dyn Fn(&str) -> bool) -> Vec<bool> {
+    let mut stat = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        stat[i] = match &n.op {
+            Op::Input(name) => input(name),
+            _ => statistic(g, i, &stat),
+        };
+    }
+    stat
+}
+
+/// Whether node `i` of `g` is a statistic, given whether the nodes before it are.
+fn statistic(g: &Graph, i: NodeId, stat: &[bool]) -> bool {
+    let n = &g.nodes[i];
+    let computed: Vec<NodeId> =
+        n.inputs.iter().copied().filter(|&x| !matches!(g.nodes[x].op, Op::Constant(_))).collect();
+    match &n.op {
+        Op::Prim(p) => match p.class() {
+            Class::Reduction => true,
+            // A sum of partial statistics over ranks is one too.
+            Class::Elementwise | Class::View | Class::Collective => {
+                !computed.is_empty() && computed.iter().all(|&x| stat[x])
+            }
+            _ => false,
+        },
+        Op::Output(_) => stat[n.inputs[0]],
+        _ => false,
+    }
 }
 
 fn new_buffer_of(

@@ -83,7 +83,35 @@ fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Res
         }
         super::check(&kernel, &case).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
     }
-    let gpu = gpu::compile_template(&code(body, node, Target::Gpu)).map_err(|e| format!("{what} (GPU): {e}"))?;
+    // With the storage a bf16 program gives the views, as the GPU runs it.
+    let storage = bf16_storage(body);
+    let kernel = cpu::compile_template_stored(&code(body, node, Target::Cpu), &[], &storage)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut case = Case::ranged(body, 5, values.lo, values.hi, values.ranges).map_err(|e| format!("{what}: {e}"))?;
+    case.floor = case.floor.max(values.floor);
+    let case = case.stored(body, &storage).map_err(|e| format!("{what}: {e}"))?;
+    let got = super::run_stored(&kernel, &case, &storage).map_err(|e| format!("{what}, bf16: {e}"))?;
+    case.compare_stored(&got, &storage).map_err(|e| format!("{what}, storage {storage:?}: {e}"))?;
+    for storage in [vec![], storage] {
+        assembles(what, &gpu::compile_template_stored(&code(body, node, Target::Gpu), &storage))?;
+    }
+    Ok(())
+}
+
+/// Storage as a bf16 program gives a template's views: floats in bf16 (every third in
+/// f32, so kernels mix both), other values (token ids) in f32.
+fn bf16_storage(body: &Graph) -> Vec<Storage> {
+    let types =
+        body.input_nodes().map(|(n, _)| &body.nodes[n].ty).chain(body.outputs.iter().map(|&o| &body.nodes[o].ty));
+    types
+        .enumerate()
+        .map(|(k, ty)| if ty.dtype.is_float() && k % 3 != 2 { Storage::Bf16 } else { Storage::F32 })
+        .collect()
+}
+
+/// Whether the template's PTX calls nothing undefined and assembles without spills.
+fn assembles(what: &str, gpu: &Result<gpu::GpuKernel, hyb_compiler::codegen::CodegenError>) -> Result<(), String> {
+    let gpu = gpu.as_ref().map_err(|e| format!("{what} (GPU): {e}"))?;
     let unresolved = gpu::unresolved_calls(&gpu.ptx);
     if !unresolved.is_empty() {
         return Err(format!("{what}: PTX calls {unresolved:?}"));

@@ -16,8 +16,8 @@ use hyb_compiler::codegen::cpu::{
 };
 use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
-use hyb_compiler::ir::{Graph, NodeId, Op};
-use hyb_compiler::plan::{LaunchKind, Program};
+use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::plan::{Launch, LaunchKind, Program};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -112,7 +112,7 @@ impl Kernels {
                 };
                 let inputs: Vec<bool> = launch.inputs.iter().map(unit).collect();
                 let outputs: Vec<bool> = launch.outputs.iter().map(unit).collect();
-                match builder.native(launch.node, &inputs, &outputs) {
+                match builder.native(launch, &inputs, &outputs) {
                     Ok(native) => {
                         if let Native::Chain { scratch: buffers, .. } = &native {
                             let end = buffers.last().map_or(0, |b| b.offset + b.shape.iter().product::<usize>());
@@ -235,13 +235,14 @@ struct Builder<'g> {
 
 impl Builder<'_> {
     /// The native code of `node`, or why there is none.
-    fn native(&mut self, node: NodeId, inputs: &[bool], outputs: &[bool]) -> Result<Native, String> {
+    fn native(&mut self, launch: &Launch, inputs: &[bool], outputs: &[bool]) -> Result<Native, String> {
+        let node = launch.node;
         let views = [inputs, outputs].concat();
         let gemm = |g: &GemmShape| {
             Gemm::new(g.matmul.transpose_a, g.matmul.transpose_b, &g.a, &g.b, &g.out)
                 .ok_or_else(|| "matmul of unusual shapes".to_string())
         };
-        match unit::for_node(self.graph, node, self.symbols, Target::Cpu)? {
+        match unit::for_launch(self.graph, launch, self.symbols, Target::Cpu)? {
             Unit::Body(body) => {
                 self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e))
             }

@@ -14,7 +14,7 @@ use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Storage, Symbols, Target};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Prim;
-use hyb_compiler::plan::{Buffer, LaunchKind, Program, Role, View};
+use hyb_compiler::plan::{Buffer, Launch, LaunchKind, Program, Role, View};
 use hyb_compiler::reference::{RunError, Tensor};
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
@@ -88,6 +88,7 @@ impl CudaProgram {
             device: &device,
             graph,
             symbols,
+            bf16_scratch: program.precision.activations == DType::BF16,
             modules: HashMap::new(),
             scratch_at,
             cursor: scratch_at,
@@ -109,9 +110,8 @@ impl CudaProgram {
             let inputs: Vec<Placed> = launch.inputs.iter().map(place).collect();
             let outputs: Vec<Placed> = launch.outputs.iter().map(place).collect();
             builder.cursor = builder.scratch_at;
-            let prepared = builder
-                .launch(launch.node, &launch.inputs, &launch.outputs, &inputs, &outputs)
-                .map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
+            let prepared =
+                builder.launch(launch, &inputs, &outputs).map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
             launches.push(prepared);
         }
         let workspace_at = builder.scratch_end.next_multiple_of(256);
@@ -319,13 +319,14 @@ impl CudaProgram {
         Ok(())
     }
 
-    /// The elements of `view` (float32 storage), in row-major order.
+    /// The elements of `view` (f32 or bf16 storage) as f32, in row-major order.
     pub fn read(&self, view: &View) -> Result<Tensor<f32>, CudaError> {
         let n: usize = view.shape.iter().product();
-        if view.dtype != DType::F32 {
+        let size = view.dtype.size_bytes();
+        if !matches!(view.dtype, DType::F32 | DType::BF16) {
             return Err(CudaError::Unsupported(format!("reading a {:?} view", view.dtype)));
         }
-        let base = self.program.buffers[view.buffer].offset / 4 + view.offset;
+        let base = self.program.buffers[view.buffer].offset / size + view.offset;
         // The span of elements the view reaches.
         let (mut lo, mut hi) = (0isize, 0isize);
         for (&d, &s) in view.shape.iter().zip(&view.strides) {
@@ -342,8 +343,16 @@ impl CudaProgram {
             return Ok(Tensor::new(view.shape.clone(), vec![]));
         }
         let start = base as isize + lo;
-        let mut span = vec![0f32; (hi - lo + 1) as usize];
-        self.arena.download(&self.device, start as usize * 4, &mut span)?;
+        let count = (hi - lo + 1) as usize;
+        let span: Vec<f32> = if view.dtype == DType::BF16 {
+            let mut bits = vec![0u16; count];
+            self.arena.download(&self.device, start as usize * size, &mut bits)?;
+            bits.into_iter().map(|b| f32::from_bits(u32::from(b) << 16)).collect()
+        } else {
+            let mut span = vec![0f32; count];
+            self.arena.download(&self.device, start as usize * size, &mut span)?;
+            span
+        };
         let mut data = Vec::with_capacity(n);
         let mut index = vec![0usize; view.shape.len()];
         for _ in 0..n {
@@ -432,11 +441,28 @@ fn queue(device: &Device, p: &Prepared, base: u64, workspace: u64) -> Result<(),
     }
 }
 
+/// A GEMM operand being planned: where it is, its shape and strides as the GEMM sees it,
+/// and its storage.
+struct Owned {
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+    dtype: DType,
+}
+
+impl Owned {
+    fn operand(&self) -> Operand<'_> {
+        Operand { offset: self.offset, shape: &self.shape, strides: &self.strides, dtype: self.dtype }
+    }
+}
+
 /// Prepares launches, loading each distinct module once.
 struct Builder<'a> {
     device: &'a Device,
     graph: &'a Graph,
     symbols: Symbols,
+    /// Whether chain scratch that GEMMs read is stored in bf16 (a mixed-precision program).
+    bf16_scratch: bool,
     modules: HashMap<String, Arc<Module>>,
     /// Where every launch's scratch starts.
     scratch_at: usize,
@@ -457,15 +483,9 @@ impl Builder<'_> {
         at
     }
 
-    fn launch(
-        &mut self,
-        node: usize,
-        in_views: &[View],
-        out_views: &[View],
-        inputs: &[Placed],
-        outputs: &[Placed],
-    ) -> Result<Prepared, CudaError> {
-        let unit = unit::for_node(self.graph, node, self.symbols, Target::Gpu).map_err(CudaError::Unsupported)?;
+    fn launch(&mut self, launch: &Launch, inputs: &[Placed], outputs: &[Placed]) -> Result<Prepared, CudaError> {
+        let (node, in_views, out_views) = (launch.node, &launch.inputs, &launch.outputs);
+        let unit = unit::for_launch(self.graph, launch, self.symbols, Target::Gpu).map_err(CudaError::Unsupported)?;
         let dtypes: Vec<DType> = in_views.iter().chain(out_views).map(|v| v.dtype).collect();
         match unit {
             Unit::Body(body) => {
@@ -473,14 +493,13 @@ impl Builder<'_> {
                 self.body(&body, &dtypes, &views)
             }
             Unit::Template(code) => {
-                if dtypes.iter().any(|&d| d != DType::F32) {
-                    return Err(CudaError::Unsupported(format!("template `{}` over bf16 views", code.name)));
-                }
-                let key = format!("{:?} {:?}", self.graph.nodes[node].op, code.inputs);
+                let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
+                let key = format!("{:?} {:?} {stored:?}", self.graph.nodes[node].op, code.inputs);
                 let module = match self.modules.get(&key) {
                     Some(m) => m.clone(),
                     None => {
-                        let kernel = gpu::compile_template(&code).map_err(|e| CudaError::Codegen(e.to_string()))?;
+                        let kernel = gpu::compile_template_stored(&code, &stored)
+                            .map_err(|e| CudaError::Codegen(e.to_string()))?;
                         let m = Arc::new(Module::load(self.device, kernel)?);
                         self.modules.insert(key, m.clone());
                         m
@@ -494,29 +513,42 @@ impl Builder<'_> {
                 Ok(Prepared::Call(Call { module, offsets, strides }))
             }
             Unit::Gemm(g) => {
-                fn operand<'v>(v: &'v View, p: &'v Placed) -> Operand<'v> {
-                    Operand { offset: p.offset, shape: &v.shape, strides: &p.strides, dtype: v.dtype }
-                }
-                let plan = GemmPlan::new(
-                    self.device,
-                    &g,
-                    &operand(&in_views[0], &inputs[0]),
-                    &operand(&in_views[1], &inputs[1]),
-                    &operand(&out_views[0], &outputs[0]),
-                )?;
-                Ok(Prepared::Gemm(plan))
+                let operand = |v: &View, p: &Placed| Owned {
+                    offset: p.offset,
+                    shape: v.shape.clone(),
+                    strides: p.strides.clone(),
+                    dtype: v.dtype,
+                };
+                let (a, b) = (operand(&in_views[0], &inputs[0]), operand(&in_views[1], &inputs[1]));
+                let out = operand(&out_views[0], &outputs[0]);
+                let mut steps = Vec::new();
+                self.gemm(&g, a, b, out, &mut steps)?;
+                Ok(if steps.len() == 1 { steps.remove(0) } else { Prepared::Chain(steps) })
             }
             Unit::Chain(chain) => {
-                // Scratch buffers: contiguous float32, each its own space.
-                let scratch: Vec<(usize, Vec<usize>)> =
-                    chain.scratch.iter().map(|s| (self.scratch(s.iter().product::<usize>() * 4), s.clone())).collect();
+                // Scratch buffers: contiguous, each its own space; in bf16 where GEMMs read
+                // them in a mixed-precision program, so their writer rounds them once.
+                let gemm_reads = |k: usize| {
+                    chain.steps.iter().any(
+                        |s| matches!(s, Step::Gemm { a, b, .. } if *a == Slot::Scratch(k) || *b == Slot::Scratch(k)),
+                    )
+                };
+                let scratch: Vec<(usize, Vec<usize>, DType)> = chain
+                    .scratch
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| {
+                        let dtype = if self.bf16_scratch && gemm_reads(k) { DType::BF16 } else { DType::F32 };
+                        (self.scratch(s.iter().product::<usize>() * dtype.size_bytes()), s.clone(), dtype)
+                    })
+                    .collect();
                 let slot = |s: Slot| -> (Placed, Vec<usize>, DType) {
                     match s {
                         Slot::Input(k) => (inputs[k].clone(), in_views[k].shape.clone(), in_views[k].dtype),
                         Slot::Output(k) => (outputs[k].clone(), out_views[k].shape.clone(), out_views[k].dtype),
                         Slot::Scratch(k) => {
-                            let (at, shape) = &scratch[k];
-                            (Placed { offset: *at, strides: contiguous(shape) }, shape.clone(), DType::F32)
+                            let (at, shape, dtype) = &scratch[k];
+                            (Placed { offset: *at, strides: contiguous(shape) }, shape.clone(), *dtype)
                         }
                     }
                 };
@@ -550,23 +582,51 @@ impl Builder<'_> {
                                     _ => (p, dtype),
                                 }
                             };
-                            let (pa, da) = seen(*a, &gemm.a);
-                            let (pb, db) = seen(*b, &gemm.b);
-                            let (po, dout) = seen(*out, &gemm.out);
-                            let plan = GemmPlan::new(
-                                self.device,
-                                gemm,
-                                &Operand { offset: pa.offset, shape: &gemm.a, strides: &pa.strides, dtype: da },
-                                &Operand { offset: pb.offset, shape: &gemm.b, strides: &pb.strides, dtype: db },
-                                &Operand { offset: po.offset, shape: &gemm.out, strides: &po.strides, dtype: dout },
-                            )?;
-                            steps.push(Prepared::Gemm(plan));
+                            let owned = |(p, dtype): (Placed, DType), shape: &[usize]| Owned {
+                                offset: p.offset,
+                                shape: shape.to_vec(),
+                                strides: p.strides,
+                                dtype,
+                            };
+                            let pa = owned(seen(*a, &gemm.a), &gemm.a);
+                            let pb = owned(seen(*b, &gemm.b), &gemm.b);
+                            let po = owned(seen(*out, &gemm.out), &gemm.out);
+                            self.gemm(gemm, pa, pb, po, &mut steps)?;
                         }
                     }
                 }
                 Ok(Prepared::Chain(steps))
             }
         }
+    }
+
+    /// A GEMM's plan, pushed onto `steps` after the conversions it needs: a product with
+    /// a bf16 operand or output runs on bf16 operands (tensor cores, f32 accumulation), so
+    /// an f32 operand is first converted into scratch.
+    fn gemm(
+        &mut self,
+        g: &unit::GemmShape,
+        a: Owned,
+        b: Owned,
+        out: Owned,
+        steps: &mut Vec<Prepared>,
+    ) -> Result<(), CudaError> {
+        let narrow = [a.dtype, b.dtype, out.dtype].contains(&DType::BF16);
+        let mut convert = |x: Owned| -> Result<Owned, CudaError> {
+            if !narrow || x.dtype == DType::BF16 {
+                return Ok(x);
+            }
+            let at = self.scratch(x.shape.iter().product::<usize>() * 2);
+            let copy = Placed { offset: at, strides: contiguous(&x.shape) };
+            let from = Placed { offset: x.offset, strides: x.strides.clone() };
+            let body = unit::conversion(&x.shape);
+            steps.push(self.body(&body, &[x.dtype, DType::BF16], &[&from, &copy])?);
+            Ok(Owned { offset: at, strides: copy.strides, dtype: DType::BF16, ..x })
+        };
+        let (a, b) = (convert(a)?, convert(b)?);
+        let plan = GemmPlan::new(self.device, g, &a.operand(), &b.operand(), &out.operand())?;
+        steps.push(Prepared::Gemm(plan));
+        Ok(())
     }
 
     /// A generated body over `views` (inputs, then outputs) of storage `dtypes`.

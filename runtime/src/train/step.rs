@@ -35,17 +35,38 @@ pub enum Executor {
 pub enum Placement {
     #[default]
     Cpu,
-    /// GPU `0`, through the CUDA executor.
-    Cuda(usize),
+    /// A GPU, by ordinal, through the CUDA executor, storing values as the precision says.
+    Cuda(usize, GpuPrecision),
 }
 
 impl Placement {
-    /// The GPU when one is present, else the CPU: the default of `hyb train`.
+    /// The GPU (in mixed precision) when one is present, else the CPU: the default of
+    /// `hyb train`.
     pub fn best() -> Placement {
         if Device::available() {
-            Placement::Cuda(0)
+            Placement::Cuda(0, GpuPrecision::Mixed)
         } else {
             Placement::Cpu
+        }
+    }
+}
+
+/// What a GPU program stores (the CPU computes in float32 throughout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuPrecision {
+    /// bf16 activations and weight copies, f32 master weights, moments, gradients and
+    /// statistics: [`Precision::mixed`].
+    #[default]
+    Mixed,
+    /// float32 throughout: the CPU's program, launch for launch.
+    F32,
+}
+
+impl GpuPrecision {
+    pub fn policy(self) -> Precision {
+        match self {
+            GpuPrecision::Mixed => Precision::mixed(),
+            GpuPrecision::F32 => cpu_precision(),
         }
     }
 }
@@ -289,10 +310,14 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     let request = Request { forward, compiled: &step, target: &target, tp: 1, options: &opts, sizing };
     let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
     let levels = device.program.recompute;
-    let step = plan_with(&step, &target, cfg.batch, cfg.seq, cpu_precision(), &levels).map_err(plan_error)?;
+    let precision = match planning.placement {
+        Placement::Cuda(_, p) => p.policy(),
+        Placement::Cpu => cpu_precision(),
+    };
+    let step = plan_with(&step, &target, cfg.batch, cfg.seq, precision.clone(), &levels).map_err(plan_error)?;
     let eval = compile(forward, &Target::Forward, 1, &opts);
-    let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, cpu_precision(), &[]).map_err(plan_error)?;
-    if let Placement::Cuda(ordinal) = planning.placement {
+    let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, precision, &[]).map_err(plan_error)?;
+    if let Placement::Cuda(ordinal, _) = planning.placement {
         return on_gpu(ordinal, step, eval);
     }
     let cache = DiskCache::from_env();
@@ -352,9 +377,10 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig, placement: Placement) -> Resul
     let Some(eval) = &a.eval else {
         return mismatch("has no forward pass to evaluate with: compile it again".into());
     };
-    if let Placement::Cuda(ordinal) = placement {
-        let step = cpu_executable(&a.executable, true, c.batch, c.seq)?;
-        return on_gpu(ordinal, step, cpu_executable(eval, false, c.batch, c.seq)?);
+    if let Placement::Cuda(ordinal, precision) = placement {
+        let policy = precision.policy();
+        let step = placed(&a.executable, true, c.batch, c.seq, policy.clone())?;
+        return on_gpu(ordinal, step, placed(eval, false, c.batch, c.seq, policy)?);
     }
     let cache = DiskCache::from_env();
     let objects = artifact_then(&a.objects, &cache);
@@ -366,8 +392,12 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig, placement: Placement) -> Resul
 /// element type, with its recompute: what the CPU executor runs, and so what `hyb compile`
 /// prepares object code for.
 pub fn cpu_executable(e: &Executable, training: bool, batch: usize, seq: usize) -> Result<Executable, TrainError> {
-    let mut program =
-        plan_graph(&e.graph, training, batch, seq, cpu_precision()).map_err(|e| TrainError::Plan(e.to_string()))?;
+    placed(e, training, batch, seq, cpu_precision())
+}
+
+/// An artifact's program planned again under `precision`, with its recompute.
+fn placed(e: &Executable, training: bool, batch: usize, seq: usize, p: Precision) -> Result<Executable, TrainError> {
+    let mut program = plan_graph(&e.graph, training, batch, seq, p).map_err(|e| TrainError::Plan(e.to_string()))?;
     program.recompute = e.program.recompute.clone();
     Ok(Executable { graph: e.graph.clone(), program })
 }

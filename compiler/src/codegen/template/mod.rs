@@ -28,7 +28,7 @@ pub use wrap::{cpu_function, gpu_function};
 
 use super::emit::Target;
 use super::math::Func;
-use super::{CodegenError, Symbols};
+use super::{CodegenError, Storage, Symbols};
 use crate::ir::{Graph, KernelKind, NodeId, Op};
 use crate::ops::Prim;
 use std::collections::BTreeSet;
@@ -67,13 +67,39 @@ impl TemplateCode {
         format!("{}_{}{phase}", self.name, self.phases[phase].what)
     }
 
-    pub fn uses(&self) -> BTreeSet<Func> {
-        self.phases.iter().flat_map(|p| p.body.uses.iter().copied()).collect()
+    /// The math functions the phases call, with views stored as `storage`.
+    pub fn uses(&self, target: Target, storage: &[Storage]) -> BTreeSet<Func> {
+        self.phases.iter().flat_map(|p| p.body.uses_with(target, storage)).collect()
     }
 
-    /// Every phase's function for `target`; on the CPU, views marked in `unit_last` (inputs,
-    /// then outputs) have a last-axis stride of 1.
-    pub fn functions(&self, target: Target, unit_last: &[bool]) -> String {
+    /// The name of the template's code for views stored as `storage` (inputs, then
+    /// outputs; f32 where it is shorter): the template's name, marked where a view is not
+    /// f32, so code for each storage compiles once under its own name.
+    pub fn stored_name(&self, storage: &[Storage]) -> String {
+        if storage.iter().all(|&s| s == Storage::F32) {
+            return self.name.clone();
+        }
+        let marks: String = storage.iter().map(|s| if *s == Storage::Bf16 { 'h' } else { 'f' }).collect();
+        format!("{}_{marks}", self.name)
+    }
+
+    /// Checks that `storage` gives one type per input and output view (or none: all f32).
+    pub fn check_storage(&self, storage: &[Storage]) -> Result<(), CodegenError> {
+        let views = self.inputs.len() + self.outputs.len();
+        if storage.is_empty() || storage.len() == views {
+            return Ok(());
+        }
+        Err(CodegenError::Unsupported {
+            node: 0,
+            primitive: self.name.clone(),
+            why: format!("{} storage types given for {views} views", storage.len()),
+        })
+    }
+
+    /// Every phase's function for `target`, views stored as `storage` (inputs, then outputs;
+    /// workspace buffers are f32); on the CPU, views marked in `unit_last` (inputs, then
+    /// outputs) have a last-axis stride of 1.
+    pub fn functions(&self, target: Target, unit_last: &[bool], storage: &[Storage]) -> String {
         let ranks = self.view_ranks();
         // Workspace buffers are contiguous by construction.
         let mut unit = unit_last.to_vec();
@@ -82,8 +108,8 @@ impl TemplateCode {
         let unit_last = unit.as_slice();
         (0..self.phases.len())
             .map(|i| match target {
-                Target::Cpu => cpu_function(&self.symbol(i), &ranks, unit_last, &self.phases[i]),
-                Target::Gpu => gpu_function(&self.symbol(i), &ranks, &self.phases[i]),
+                Target::Cpu => cpu_function(&self.symbol(i), &ranks, unit_last, &self.phases[i], storage),
+                Target::Gpu => gpu_function(&self.symbol(i), &ranks, &self.phases[i], storage),
             })
             .collect()
     }

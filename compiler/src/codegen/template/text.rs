@@ -4,8 +4,12 @@
 //!
 //! Values are strings holding SSA names; integers are `i64` (indices and strides), floats
 //! `f32`. View `k` is addressed through `%p{k}` and its strides `%s{k}_{d}`, which the
-//! target's wrapper defines (`super::wrap`).
+//! target's wrapper defines (`super::wrap`). A view's elements are stored as f32 or bf16
+//! ([`Storage`]); loads and stores of views are kept apart from other lines until the body
+//! is rendered for its views' storage, so one template serves every precision.
 
+use super::super::body::Storage;
+use super::super::emit::Target;
 use super::super::math::Func;
 use std::collections::BTreeSet;
 
@@ -14,10 +18,31 @@ use std::collections::BTreeSet;
 pub struct Text {
     /// Lines at the function's entry (stack arrays, so loops do not grow the stack).
     pub prologue: Vec<String>,
-    lines: Vec<String>,
+    lines: Vec<Line>,
     depth: usize,
     next: usize,
     pub uses: BTreeSet<Func>,
+}
+
+/// A line of the body: code, or an access to a view, whose code depends on its storage.
+enum Line {
+    Code(String),
+    /// `dst` = element `offset` of view `view`, as f32.
+    Load {
+        indent: usize,
+        dst: String,
+        view: usize,
+        offset: String,
+    },
+    /// Element `offset` of view `view` = `value`, rounded to the view's storage; `id` names
+    /// the line's temporaries.
+    Store {
+        indent: usize,
+        id: String,
+        view: usize,
+        offset: String,
+        value: String,
+    },
 }
 
 impl Text {
@@ -25,9 +50,80 @@ impl Text {
         Text::default()
     }
 
-    /// The body's lines.
-    pub fn lines(&self) -> &[String] {
-        &self.lines
+    /// The body's lines for `target`, with view `k` stored as `storage[k]` (f32 where
+    /// `storage` is shorter).
+    pub fn lines(&self, target: Target, storage: &[Storage]) -> Vec<String> {
+        let stored = |k: usize| storage.get(k).copied().unwrap_or_default();
+        let mut out = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            match line {
+                Line::Code(s) => out.push(s.clone()),
+                Line::Load { indent, dst, view, offset } => {
+                    let pad = "  ".repeat(*indent);
+                    let s = stored(*view);
+                    let ty = memory_type(s, target);
+                    out.push(format!(
+                        "{pad}{dst}_a = llvm.getelementptr %p{view}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, {ty}"
+                    ));
+                    match (s, target) {
+                        (Storage::F32, _) => out.push(format!("{pad}{dst} = llvm.load {dst}_a : !llvm.ptr -> f32")),
+                        (Storage::Bf16, Target::Gpu) => {
+                            out.push(format!("{pad}{dst}_r = llvm.load {dst}_a : !llvm.ptr -> bf16"));
+                            out.push(format!("{pad}{dst} = arith.extf {dst}_r : bf16 to f32"));
+                        }
+                        (Storage::Bf16, Target::Cpu) => {
+                            // bf16 is the high half of an f32.
+                            out.push(format!("{pad}{dst}_r = llvm.load {dst}_a : !llvm.ptr -> i16"));
+                            out.push(format!("{pad}{dst}_w = arith.extui {dst}_r : i16 to i32"));
+                            out.push(format!("{pad}{dst}_k = arith.constant 16 : i32"));
+                            out.push(format!("{pad}{dst}_h = arith.shli {dst}_w, {dst}_k : i32"));
+                            out.push(format!("{pad}{dst} = arith.bitcast {dst}_h : i32 to f32"));
+                        }
+                    }
+                }
+                Line::Store { indent, id, view, offset, value } => {
+                    let pad = "  ".repeat(*indent);
+                    let s = stored(*view);
+                    let ty = memory_type(s, target);
+                    out.push(format!(
+                        "{pad}{id}_a = llvm.getelementptr %p{view}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, {ty}"
+                    ));
+                    let stored_value = match (s, target) {
+                        (Storage::F32, _) => value.clone(),
+                        (Storage::Bf16, Target::Gpu) => {
+                            out.push(format!("{pad}{id}_v = arith.truncf {value} : f32 to bf16"));
+                            format!("{id}_v")
+                        }
+                        (Storage::Bf16, Target::Cpu) => {
+                            out.push(format!(
+                                "{pad}{id}_n = func.call @{}({value}) : (f32) -> f32",
+                                Func::RoundBf16.symbol()
+                            ));
+                            out.push(format!("{pad}{id}_b = arith.bitcast {id}_n : f32 to i32"));
+                            out.push(format!("{pad}{id}_k = arith.constant 16 : i32"));
+                            out.push(format!("{pad}{id}_h = arith.shrui {id}_b, {id}_k : i32"));
+                            out.push(format!("{pad}{id}_v = arith.trunci {id}_h : i32 to i16"));
+                            format!("{id}_v")
+                        }
+                    };
+                    out.push(format!("{pad}llvm.store {stored_value}, {id}_a : {ty}, !llvm.ptr"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The functions the body calls when rendered with `storage` on `target`.
+    pub fn uses_with(&self, target: Target, storage: &[Storage]) -> BTreeSet<Func> {
+        let mut uses = self.uses.clone();
+        let rounds = target == Target::Cpu
+            && self.lines.iter().any(|l| {
+                matches!(l, Line::Store { view, .. } if storage.get(*view).copied().unwrap_or_default() == Storage::Bf16)
+            });
+        if rounds {
+            uses.insert(Func::RoundBf16);
+        }
+        uses
     }
 
     pub fn fresh(&mut self) -> String {
@@ -37,7 +133,7 @@ impl Text {
 
     pub fn line(&mut self, s: impl Into<String>) {
         let indent = "  ".repeat(self.depth);
-        self.lines.push(format!("{indent}{}", s.into()));
+        self.lines.push(Line::Code(format!("{indent}{}", s.into())));
     }
 
     fn op(&mut self, rhs: String) -> String {
@@ -158,8 +254,8 @@ impl Text {
         self.op(format!("func.call @{}({x}) : (f32) -> f32", f.symbol()))
     }
 
-    /// The address of element `index` of view `k`.
-    pub fn address(&mut self, k: usize, index: &[&str]) -> String {
+    /// The element offset of `index` in view `k`.
+    fn offset(&mut self, k: usize, index: &[&str]) -> String {
         let mut offset: Option<String> = None;
         for (d, i) in index.iter().enumerate() {
             let term = self.mul(i, &format!("%s{k}_{d}"));
@@ -168,18 +264,22 @@ impl Text {
                 Some(o) => self.add(&o, &term),
             });
         }
-        let offset = offset.unwrap_or_else(|| self.i64(0));
-        self.op(format!("llvm.getelementptr %p{k}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, f32"))
+        offset.unwrap_or_else(|| self.i64(0))
     }
 
+    /// Element `index` of view `k`, as f32 whatever the view stores.
     pub fn load(&mut self, k: usize, index: &[&str]) -> String {
-        let p = self.address(k, index);
-        self.op(format!("llvm.load {p} : !llvm.ptr -> f32"))
+        let offset = self.offset(k, index);
+        let dst = self.fresh();
+        self.lines.push(Line::Load { indent: self.depth, dst: dst.clone(), view: k, offset });
+        dst
     }
 
+    /// Stores `value` (f32) at element `index` of view `k`, rounded to its storage.
     pub fn store(&mut self, k: usize, index: &[&str], value: &str) {
-        let p = self.address(k, index);
-        self.line(format!("llvm.store {value}, {p} : f32, !llvm.ptr"));
+        let offset = self.offset(k, index);
+        let id = self.fresh();
+        self.lines.push(Line::Store { indent: self.depth, id, view: k, offset, value: value.to_string() });
     }
 
     /// A stack array of `n` floats, allocated once at the function's entry.
@@ -271,5 +371,13 @@ impl Text {
         body(self);
         self.depth -= 1;
         self.line("}");
+    }
+}
+
+/// How an element of `storage` is loaded and stored: bf16 as its bits on the CPU.
+fn memory_type(storage: Storage, target: Target) -> &'static str {
+    match (storage, target) {
+        (Storage::Bf16, Target::Cpu) => "i16",
+        (s, _) => s.mlir(),
     }
 }

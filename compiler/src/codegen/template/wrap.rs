@@ -3,6 +3,8 @@
 //! call's range (the fused kernels' signature, so one runner calls both), on the GPU
 //! grid-stride from the thread's global index, one item per thread.
 
+use super::super::body::Storage;
+use super::super::emit::Target;
 use super::Phase;
 
 fn indent(lines: &[String], by: &str) -> String {
@@ -11,7 +13,7 @@ fn indent(lines: &[String], by: &str) -> String {
 
 /// A CPU function `@symbol(%begin, %end, %ptrs, %strides)` running items `begin..end`;
 /// views marked in `unit_last` have a last-axis stride of 1 written in as a constant.
-pub fn cpu_function(symbol: &str, ranks: &[usize], unit_last: &[bool], phase: &Phase) -> String {
+pub fn cpu_function(symbol: &str, ranks: &[usize], unit_last: &[bool], phase: &Phase, storage: &[Storage]) -> String {
     let mut head = Vec::new();
     let mut slot = 0;
     for (k, &r) in ranks.iter().enumerate() {
@@ -32,12 +34,12 @@ pub fn cpu_function(symbol: &str, ranks: &[usize], unit_last: &[bool], phase: &P
     format!(
         "  func.func @{symbol}(%begin: i64, %end: i64, %ptrs: !llvm.ptr, %strides: !llvm.ptr) {{\n{}    scf.for %item = %begin to %end step %one : i64 {{\n{}    }}\n    return\n  }}\n",
         indent(&head, "    "),
-        indent(&body_lines(phase), "      "),
+        indent(&phase.body.lines(Target::Cpu, storage), "      "),
     )
 }
 
 /// A GPU kernel taking every view's pointer, then every view's strides.
-pub fn gpu_function(symbol: &str, ranks: &[usize], phase: &Phase) -> String {
+pub fn gpu_function(symbol: &str, ranks: &[usize], phase: &Phase, storage: &[Storage]) -> String {
     let mut params: Vec<String> = (0..ranks.len()).map(|k| format!("%p{k}: !llvm.ptr")).collect();
     for (k, &r) in ranks.iter().enumerate() {
         params.extend((0..r).map(|d| format!("%s{k}_{d}: i64")));
@@ -61,10 +63,6 @@ pub fn gpu_function(symbol: &str, ranks: &[usize], phase: &Phase) -> String {
         "  gpu.func @{symbol}({}) kernel {{\n{}    scf.for %item = %first to %items step %threads : i64 {{\n{}    }}\n    gpu.return\n  }}\n",
         params.join(", "),
         indent(&head, "    "),
-        indent(&body_lines(phase), "      "),
+        indent(&phase.body.lines(Target::Gpu, storage), "      "),
     )
-}
-
-fn body_lines(phase: &Phase) -> Vec<String> {
-    phase.body.lines().to_vec()
 }
