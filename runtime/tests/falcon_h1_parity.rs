@@ -116,10 +116,13 @@ fn config_with(
     hf::FalconConfig::from_json(&v.to_string())
 }
 
+/// An edit of a checkpoint's config.json.
+type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+
 #[test]
 fn unsupported_config_fields_are_named() {
     let f = &fixtures()[0];
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>)> = vec![
+    let cases: Vec<(&str, ConfigEdit)> = vec![
         (
             "hidden_act",
             Box::new(|m| {

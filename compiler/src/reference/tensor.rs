@@ -9,7 +9,9 @@ pub trait Real: Float + Debug + Send + Sync + 'static {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
     /// `C = A·B` for an `m×k` A and a `k×n` B given by element strides (row, column), into
-    /// a row-major `m×n` C, by a blocked SIMD kernel (`matrixmultiply`).
+    /// a row-major `m×n` C, by a blocked SIMD kernel (`matrixmultiply`). The arguments are
+    /// BLAS's: sizes, then each operand with its strides.
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         m: usize,
         k: usize,

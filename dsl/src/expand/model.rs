@@ -595,12 +595,12 @@ impl<'p> Expander<'p> {
         let mut specs = Vec::with_capacity(layers.len());
         let mut bad = HashSet::new();
         for (letter, offset) in layers {
-            if !letters.contains_key(&letter) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = letters.entry(letter) {
                 let default = DEFAULT_LETTERS.iter().find(|(l, _)| *l == letter).map(|(_, b)| *b);
                 let found = default.and_then(|b| self.prog.lookup(frame.module, b));
                 match found {
                     Some((def, DefKind::Block)) => {
-                        letters.insert(letter, LayerSpec { def, letter: Some(letter), args: Vec::new(), span });
+                        slot.insert(LayerSpec { def, letter: Some(letter), args: Vec::new(), span });
                     }
                     _ => {
                         if bad.insert(letter) {

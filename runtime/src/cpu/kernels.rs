@@ -50,7 +50,7 @@ enum NativeStep {
     /// `shapes` and `strides`: how the GEMM sees each of `a`, `b` and `out` when it is
     /// scratch seen folded.
     Gemm {
-        gemm: Gemm,
+        gemm: Box<Gemm>,
         a: Slot,
         b: Slot,
         out: Slot,
@@ -273,7 +273,7 @@ impl Builder<'_> {
                             Ok(NativeStep::Code { kernel, reads: reads.clone(), writes: writes.clone() })
                         }
                         Step::Gemm { gemm: g, a, b, out } => Ok(NativeStep::Gemm {
-                            gemm: gemm(g)?,
+                            gemm: Box::new(gemm(g)?),
                             a: *a,
                             b: *b,
                             out: *out,
