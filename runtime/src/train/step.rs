@@ -206,7 +206,11 @@ impl Runner {
             hyb_compiler::ir::Op::Kernel(k) => format!("{} kernel", k.kind.name()),
             _ => "node".into(),
         };
-        Some(Ok(e.program.launches.iter().zip(times).map(|(l, t)| (what(l.node), t)).collect()))
+        let label = |l: &hyb_compiler::plan::Launch| match l.kind {
+            hyb_compiler::plan::LaunchKind::Convert => "weight copy".to_string(),
+            _ => what(l.node),
+        };
+        Some(Ok(e.program.launches.iter().zip(times).map(|(l, t)| (label(l), t)).collect()))
     }
 
     /// FLOPs of one run of the program, as the cost model counts them.
