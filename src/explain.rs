@@ -188,7 +188,11 @@ fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
         m.peak_launch,
         p.launches.len(),
     );
-    let weights = format!("weights ({} master + {} copy)", q.master_weights.name(), q.weight_copies.name());
+    let weights = if q.copies_weights() {
+        format!("weights ({} master + live {} copies)", q.master_weights.name(), q.weight_copies.name())
+    } else {
+        format!("weights ({})", q.master_weights.name())
+    };
     for (what, bytes) in [
         (weights.as_str(), b.weights),
         ("gradients", b.gradients),

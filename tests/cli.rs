@@ -416,17 +416,26 @@ fn explain_prints_the_memory_plan_and_refuses_a_plan_that_does_not_fit() {
     let out = hyb(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for want in
-        ["memory per rank", "weights (f32 master + bf16 copy)", "optimizer state", "activations kept for backward"]
-    {
+    for want in [
+        "memory per rank",
+        "weights (f32 master + live bf16 copies)",
+        "optimizer state",
+        "activations kept for backward",
+    ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
-    // 521M parameters: 4 + 2 bytes of weights, 8 of moments.
+    // 521M parameters: 4 bytes of master weights, plus 2 for each bf16 copy still to be
+    // read at the peak (the end of the forward pass: nearly all), 8 of moments.
     let gib = |label: &str| -> f64 {
         let line = text.lines().find(|l| l.contains(label)).unwrap();
         line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()
     };
-    assert!((gib("weights (f32") - 521_411_104.0 * 6.0 / (1u64 << 30) as f64).abs() < 0.01, "{text}");
+    let per_param = gib("weights (f32") * (1u64 << 30) as f64 / 521_411_104.0;
+    assert!(
+        (5.5..=6.0).contains(&per_param),
+        "{per_param} bytes per parameter:
+{text}"
+    );
     assert!((gib("optimizer state") - 521_411_104.0 * 8.0 / (1u64 << 30) as f64).abs() < 0.01, "{text}");
     let out = hyb(&[
         "explain",
