@@ -1216,3 +1216,52 @@ fn an_undefined_callee_in_ptx_is_found() {
     assert_eq!(gpu::unresolved_calls(ptx).len(), 1);
     assert!(gpu::unresolved_calls(".visible .func f()\n{\n ret;\n}\n").is_empty());
 }
+
+/// A GEMM kernel whose epilogue only scales the product and adds a value of its shape is
+/// one GEMM with alpha and beta (the GPU's cuBLASLt runs it so); any other epilogue stays
+/// a body step.
+#[test]
+fn gemm_epilogues_of_a_scale_and_a_residual_fold_into_the_gemm() {
+    use hyb_compiler::codegen::chain::{Epilogue, Slot};
+    let typed = |shape: &[usize]| TensorType {
+        shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
+        dtype: DType::F32,
+    };
+    // Inputs x [2, 8, 4], w [6, 4], r [2, 8, 6]; the product x·wᵀ [2, 8, 6].
+    let kernel = |epilogue: &dyn Fn(&mut Graph, usize, usize, usize) -> usize| {
+        let mut g = Graph::default();
+        let x = g.add(Op::Input("0".into()), vec![], typed(&[2, 8, 4]));
+        let w = g.add(Op::Input("1".into()), vec![], typed(&[6, 4]));
+        let r = g.add(Op::Input("2".into()), vec![], typed(&[2, 8, 6]));
+        let bias = g.add(Op::Input("3".into()), vec![], typed(&[6]));
+        let y = g.matmul(x, w, false, true);
+        let out = epilogue(&mut g, y, r, bias);
+        g.outputs = vec![out];
+        let ty = g.nodes[out].ty.clone();
+        let mut outer = Graph::default();
+        let inputs: Vec<usize> =
+            (0..4).map(|k| outer.add(Op::Input(k.to_string()), vec![], g.nodes[k].ty.clone())).collect();
+        let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Gemm, body: g };
+        let node = outer.add(Op::Kernel(Box::new(kernel)), inputs, ty);
+        match unit::for_node(&outer, node, SIZES, hyb_compiler::codegen::Target::Gpu) {
+            Ok(Unit::Chain(c)) => c.folded().map(|f| f.epilogue),
+            Ok(_) => panic!("a matmul with an epilogue is a chain"),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let residual = Some(Slot::Input(2));
+    let scaled_residual = kernel(&|g, y, r, _| {
+        let s = g.scale(y, 0.5);
+        g.binary(Binary::Add, r, s)
+    });
+    assert_eq!(scaled_residual, Some(Epilogue { alpha: 0.5, residual }));
+    let twice_scaled = kernel(&|g, y, _, _| {
+        let s = g.scale(y, 2.0);
+        g.scale(s, 3.0)
+    });
+    assert_eq!(twice_scaled, Some(Epilogue { alpha: 6.0, residual: None }));
+    assert_eq!(kernel(&|g, y, r, _| g.binary(Binary::Add, y, r)), Some(Epilogue { alpha: 1.0, residual }));
+    assert_eq!(kernel(&|g, y, _, _| g.unary(Unary::Tanh, y)), None, "tanh is no GEMM epilogue");
+    assert_eq!(kernel(&|g, y, _, b| g.binary(Binary::Add, y, b)), None, "a broadcast bias is not beta's C");
+    assert_eq!(kernel(&|g, y, r, _| g.binary(Binary::Mul, y, r)), None);
+}

@@ -65,6 +65,92 @@ impl Chain {
     }
 }
 
+/// What a GEMM library can do at the end of a GEMM: `out = alpha·op(a)·op(b)`, plus
+/// `residual` (beta = 1) when there is one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Epilogue {
+    pub alpha: f32,
+    pub residual: Option<Slot>,
+}
+
+/// A chain that is one GEMM and its epilogue: the GEMM's operands and shapes, the slot the
+/// result goes to, and the epilogue.
+#[derive(Clone, Debug)]
+pub struct Folded<'c> {
+    pub gemm: &'c GemmShape,
+    pub a: Slot,
+    pub b: Slot,
+    pub out: Slot,
+    pub epilogue: Epilogue,
+}
+
+impl Chain {
+    /// The chain as one GEMM with its epilogue, when it is a GEMM into scratch followed by
+    /// a body that only scales the product by a constant and adds an input of the same
+    /// shape (a µP multiplier, a residual): what cuBLASLt's alpha and beta compute, so the
+    /// product never goes through scratch.
+    pub fn folded(&self) -> Option<Folded<'_>> {
+        let [Step::Gemm { gemm, a, b, out: Slot::Scratch(s) }, Step::Body { body, reads, writes }] =
+            self.steps.as_slice()
+        else {
+            return None;
+        };
+        let [write] = writes.as_slice() else { return None };
+        let [out @ Slot::Output(_)] = write.as_slice() else { return None };
+        let product = reads.iter().position(|r| *r == Slot::Scratch(*s))?;
+        if reads.iter().filter(|r| **r == Slot::Scratch(*s)).count() != 1 || [*a, *b].contains(out) {
+            return None;
+        }
+        let root = *body.outputs.first().filter(|_| body.outputs.len() == 1)?;
+        let input = |n: NodeId| match &body.nodes[n].op {
+            Op::Input(name) => name.parse::<usize>().ok(),
+            _ => None,
+        };
+        let same_shape = |x: NodeId| body.nodes[x].ty.shape == body.nodes[root].ty.shape;
+        // `c·…·product`, as alpha.
+        let scaled = |mut n: NodeId| -> Option<f32> {
+            let mut alpha = 1.0f64;
+            loop {
+                if input(n) == Some(product) && same_shape(n) {
+                    return Some(alpha as f32);
+                }
+                let node = &body.nodes[n];
+                let Op::Prim(Prim::Binary(crate::ops::Binary::Mul)) = node.op else { return None };
+                let constant = |x: NodeId| match body.nodes[x].op {
+                    Op::Constant(c) => Some(c),
+                    _ => None,
+                };
+                let (c, rest) = match (constant(node.inputs[0]), constant(node.inputs[1])) {
+                    (Some(c), None) => (c, node.inputs[1]),
+                    (None, Some(c)) => (c, node.inputs[0]),
+                    _ => return None,
+                };
+                alpha *= c;
+                n = rest;
+            }
+        };
+        let epilogue = match &body.nodes[root].op {
+            Op::Prim(Prim::Binary(crate::ops::Binary::Add)) => {
+                let [x, y] = [body.nodes[root].inputs[0], body.nodes[root].inputs[1]];
+                let residual = |r: NodeId| {
+                    input(r)
+                        .filter(|&k| k != product && same_shape(r))
+                        .map(|k| reads[k])
+                        .filter(|r| matches!(r, Slot::Input(_)))
+                };
+                match (scaled(x), residual(y), scaled(y), residual(x)) {
+                    (Some(alpha), Some(r), _, _) | (_, _, Some(alpha), Some(r)) => {
+                        Epilogue { alpha, residual: Some(r) }
+                    }
+                    _ => return None,
+                }
+            }
+            _ => Epilogue { alpha: scaled(root)?, residual: None },
+        };
+        Some(Folded { gemm, a: *a, b: *b, out: *out, epilogue })
+    }
+}
+
 /// Whether `body` needs a chain: it holds a matmul, or a primitive the generator only
 /// compiles through its expansion.
 pub fn needed(body: &Graph) -> bool {

@@ -272,12 +272,10 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 view_of[i] = launches[at].outputs.get(*k).cloned();
             }
             Op::Prim(_) | Op::Kernel(_) => {
-                let stored = |o: usize, dtype: DType| {
-                    if statistics[i].get(o).copied().unwrap_or(false) && dtype.is_float() {
-                        DType::F32
-                    } else {
-                        storage(&req.precision, dtype)
-                    }
+                // A statistic is kept in f32 at least.
+                let stored = |o: usize, dtype: DType| match storage(&req.precision, dtype) {
+                    DType::BF16 | DType::F16 if statistics[i].get(o).copied().unwrap_or(false) => DType::F32,
+                    d => d,
                 };
                 let dtype = stored(0, n.ty.dtype);
                 let mut outs = Vec::new();

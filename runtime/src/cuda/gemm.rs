@@ -37,6 +37,12 @@ pub struct GemmPlan {
     offsets: [usize; 3],
     /// Batch axes looped over: extent and byte strides of A, B and C.
     loops: Vec<(usize, [isize; 3])>,
+    /// The epilogue: `C = alpha·op(A)·op(B) + R` with R (beta = 1) `residual` bytes past
+    /// C, laid out as C is.
+    alpha: f32,
+    residual: Option<isize>,
+    /// The alignment the algorithm was chosen for at C and D.
+    out_alignment: u32,
 }
 
 // Safety: descriptors are plain cuBLASLt handles, used from one thread at a time.
@@ -232,13 +238,51 @@ impl GemmPlan {
                 "cuBLASLt has no algorithm for it ({e}; rows {rows}, n {n}, k {k}, alignments {aligns:?})"
             ))
         })?;
-        Ok(GemmPlan { desc, layouts, algo: heuristic.algo, offsets, loops })
+        Ok(GemmPlan {
+            desc,
+            layouts,
+            algo: heuristic.algo,
+            offsets,
+            loops,
+            alpha: 1.0,
+            residual: None,
+            out_alignment: aligns[2],
+        })
+    }
+
+    /// The plan with an epilogue: the product scaled by `alpha`, plus `residual` (beta = 1),
+    /// which must be laid out as the output is (its strides and storage), so it is read
+    /// through the output's layout.
+    pub fn with_epilogue(
+        mut self,
+        alpha: f32,
+        residual: Option<&Operand>,
+        out: &Operand,
+    ) -> Result<GemmPlan, CudaError> {
+        if let Some(r) = residual {
+            if r.shape != out.shape || r.strides != out.strides || r.dtype != out.dtype {
+                return Err(CudaError::Unsupported(format!(
+                    "a residual {:?} {:?} {:?} laid out unlike the GEMM's output {:?} {:?} {:?}",
+                    r.shape, r.strides, r.dtype, out.shape, out.strides, out.dtype
+                )));
+            }
+            let delta = r.offset as isize - out.offset as isize;
+            if alignment([delta]) < self.out_alignment {
+                return Err(CudaError::Unsupported(format!(
+                    "a residual less aligned than the GEMM's output ({} bytes)",
+                    self.out_alignment
+                )));
+            }
+            self.residual = Some(delta);
+        }
+        self.alpha = alpha;
+        Ok(self)
     }
 
     /// Queues the GEMM on the device's stream over the arena at `base`, with cuBLASLt's
     /// workspace at `workspace`.
     pub fn launch(&self, device: &Device, base: u64, workspace: u64) -> Result<(), CudaError> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (self.alpha, if self.residual.is_some() { 1.0f32 } else { 0.0 });
         let count: usize = self.loops.iter().map(|(e, _)| e).product();
         let mut index = vec![0usize; self.loops.len()];
         for _ in 0..count {
@@ -246,7 +290,8 @@ impl GemmPlan {
                 let step: isize = index.iter().zip(&self.loops).map(|(&i, (_, s))| i as isize * s[which]).sum();
                 (base as i64 + self.offsets[which] as i64 + step as i64) as u64
             };
-            let (pa, pb, pc) = (at(0), at(1), at(2));
+            let (pa, pb, pd) = (at(0), at(1), at(2));
+            let pc = (pd as i64 + self.residual.unwrap_or(0) as i64) as u64;
             // Safety: descriptors made in `new`; the addresses are inside the arena the
             // launch's views were planned in.
             unsafe {
@@ -261,7 +306,7 @@ impl GemmPlan {
                     self.layouts[1],
                     pc as *const c_void,
                     self.layouts[2],
-                    pc as *mut c_void,
+                    pd as *mut c_void,
                     self.layouts[2],
                     &self.algo,
                     workspace as *mut c_void,

@@ -8,7 +8,7 @@ use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
 use super::module::Module;
 use super::{CudaError, Device};
 use cudarc::driver::{sys, CudaGraph};
-use hyb_compiler::codegen::chain::{Slot, Step};
+use hyb_compiler::codegen::chain::{self, Slot, Step};
 use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Storage, Symbols, Target};
@@ -522,10 +522,15 @@ impl Builder<'_> {
                 let (a, b) = (operand(&in_views[0], &inputs[0]), operand(&in_views[1], &inputs[1]));
                 let out = operand(&out_views[0], &outputs[0]);
                 let mut steps = Vec::new();
-                self.gemm(&g, a, b, out, &mut steps)?;
+                self.gemm(&g, a, b, out, (1.0, None), &mut steps)?;
                 Ok(if steps.len() == 1 { steps.remove(0) } else { Prepared::Chain(steps) })
             }
             Unit::Chain(chain) => {
+                if let Some(folded) = chain.folded() {
+                    if let Some(p) = self.folded(&folded, in_views, out_views, inputs, outputs)? {
+                        return Ok(p);
+                    }
+                }
                 // Scratch buffers: contiguous, each its own space; in bf16 where GEMMs read
                 // them in a mixed-precision program, so their writer rounds them once.
                 let gemm_reads = |k: usize| {
@@ -591,7 +596,7 @@ impl Builder<'_> {
                             let pa = owned(seen(*a, &gemm.a), &gemm.a);
                             let pb = owned(seen(*b, &gemm.b), &gemm.b);
                             let po = owned(seen(*out, &gemm.out), &gemm.out);
-                            self.gemm(gemm, pa, pb, po, &mut steps)?;
+                            self.gemm(gemm, pa, pb, po, (1.0, None), &mut steps)?;
                         }
                     }
                 }
@@ -603,12 +608,14 @@ impl Builder<'_> {
     /// A GEMM's plan, pushed onto `steps` after the conversions it needs: a product with
     /// a bf16 operand or output runs on bf16 operands (tensor cores, f32 accumulation), so
     /// an f32 operand is first converted into scratch.
+    /// `epilogue` is alpha and the residual added (beta = 1), laid out as `out`.
     fn gemm(
         &mut self,
         g: &unit::GemmShape,
         a: Owned,
         b: Owned,
         out: Owned,
+        epilogue: (f32, Option<Owned>),
         steps: &mut Vec<Prepared>,
     ) -> Result<(), CudaError> {
         let narrow = [a.dtype, b.dtype, out.dtype].contains(&DType::BF16);
@@ -625,8 +632,58 @@ impl Builder<'_> {
         };
         let (a, b) = (convert(a)?, convert(b)?);
         let plan = GemmPlan::new(self.device, g, &a.operand(), &b.operand(), &out.operand())?;
+        let (alpha, residual) = epilogue;
+        let plan = plan.with_epilogue(alpha, residual.as_ref().map(Owned::operand).as_ref(), &out.operand())?;
         steps.push(Prepared::Gemm(plan));
         Ok(())
+    }
+
+    /// A GEMM kernel whose epilogue is a scale and a residual, as one cuBLASLt call with
+    /// alpha and beta writing the launch's output; `None` when its views do not allow it
+    /// (then the chain runs step by step).
+    fn folded(
+        &mut self,
+        f: &chain::Folded,
+        in_views: &[View],
+        out_views: &[View],
+        inputs: &[Placed],
+        outputs: &[Placed],
+    ) -> Result<Option<Prepared>, CudaError> {
+        // A launch view seen with the GEMM's shape: as it is, or re-viewed when contiguous.
+        let seen = |slot: Slot, shape: &[usize]| -> Option<Owned> {
+            let (v, p) = match slot {
+                Slot::Input(k) => (&in_views[k], &inputs[k]),
+                Slot::Output(k) => (&out_views[k], &outputs[k]),
+                Slot::Scratch(_) => return None,
+            };
+            let strides = if v.shape == shape {
+                p.strides.clone()
+            } else if p.strides == contiguous(&v.shape)
+                && v.shape.iter().product::<usize>() == shape.iter().product::<usize>()
+            {
+                contiguous(shape)
+            } else {
+                return None;
+            };
+            Some(Owned { offset: p.offset, shape: shape.to_vec(), strides, dtype: v.dtype })
+        };
+        let g = f.gemm;
+        let (Some(a), Some(b), Some(out)) = (seen(f.a, &g.a), seen(f.b, &g.b), seen(f.out, &g.out)) else {
+            return Ok(None);
+        };
+        let residual = match f.epilogue.residual {
+            Some(r) => match seen(r, &g.out) {
+                Some(r) if r.strides == out.strides && r.dtype == out.dtype => Some(r),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let mut steps = Vec::new();
+        match self.gemm(g, a, b, out, (f.epilogue.alpha, residual), &mut steps) {
+            Ok(()) => Ok(Some(if steps.len() == 1 { steps.remove(0) } else { Prepared::Chain(steps) })),
+            Err(CudaError::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// A generated body over `views` (inputs, then outputs) of storage `dtypes`.
