@@ -18,6 +18,7 @@ if [ -z "$hyb" ]; then
     xz -dc dist/hyb.xz > "$hyb" && chmod +x "$hyb"
 fi
 export HYB_STDLIB="$PWD/stdlib" HYB_CACHE_DIR="${HYB_CACHE_DIR:-$work/cache}"
+export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 python3 - "$hyb" "$work" "$OUT" <<'PY'
 import json, os, subprocess, sys
 hyb, work, out = sys.argv[1:4]
