@@ -3,9 +3,11 @@
 # example model's training step and evaluation against the CPU executor (`hyb train
 # --check-gpu`, float32, outputs poisoned), then a training run of a tiny model on the GPU
 # in bf16 mixed precision and in float32 against the same run on the CPU (the bf16 run
-# profiled launch by launch), then, with FALCON_STEPS set, a Falcon-H1-0.5B-shaped model
-# trained on the GPU at B 4, T 4096 in bf16 and profiled. Needs dist/hyb.xz (a stripped
-# release binary, xz; carried). Writes its logs under $OUT.
+# profiled launch by launch), then generation on the GPU and the CPU against Hugging Face's
+# greedy output on every Falcon-H1 fixture (bench/gpu_generate.sh), then, with FALCON_STEPS
+# set, a Falcon-H1-0.5B-shaped model trained on the GPU at B 4, T 4096 in bf16 and
+# profiled. Needs dist/hyb.xz (a stripped release binary, xz; carried). Writes its logs
+# under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hyb-out}
@@ -65,6 +67,7 @@ for run in ["cuda_bf16", "cuda_f32"]:
 tc = [r.get("tokens_per_s") for r in cpu if r.get("tokens_per_s")]
 print(f"cpu: median tokens/s {med(tc):.0f} (16 cores)")
 PY
+bash bench/gpu_generate.sh "$work/hyb"
 if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
     /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout "${FALCON_TIMEOUT_S:-400}" \
         "$work/hyb" train stdlib/falcon_h1.hyb --model falcon_h1_0_5b --device cuda --precision "${FALCON_PRECISION:-bf16}" --batch 4 --seq 4096 \

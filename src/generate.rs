@@ -1,22 +1,29 @@
 //! `hyb generate`: text or token ids from a prompt, with the compiled prefill and decode
-//! programs on the CPU executor (float32 native code, or float64 through the reference
-//! semantics); prefill and decode tokens/s on stderr, or in `--json`.
+//! programs on a GPU (the CUDA executor, float32) or on the CPU executor (float32 native
+//! code, or float64 through the reference semantics); prefill and decode tokens/s on
+//! stderr, or in `--json`.
 
+use crate::train::DeviceFlag;
 use anyhow::{bail, Context, Result};
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::pipeline::compile_generation;
+use hyb_compiler::pipeline::{compile_generation, CompiledGeneration};
 use hyb_compiler::reference::{Real, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_dsl::expand::model::Expanded;
 use hyb_runtime::cpu::objects::DiskCache;
+use hyb_runtime::cuda::Device;
+use hyb_runtime::generate::cpu::Cpu;
+use hyb_runtime::generate::gpu::Gpu;
 use hyb_runtime::generate::sample::Sampling;
-use hyb_runtime::generate::session::Programs;
+use hyb_runtime::generate::session::{Backend, Programs};
 use hyb_runtime::generate::text::{eos_ids, Text};
 use hyb_runtime::generate::{generate, Generated, Settings};
+use hyb_runtime::train::step::{GpuPrecision, Placement};
 use hyb_runtime::weights::Weights;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -60,10 +67,12 @@ pub struct GenerateArgs {
     /// caches are planned for prompt + max-new-tokens).
     #[arg(long, default_value_t = 4096, value_parser = crate::values::at_least_one)]
     pub context: usize,
-    /// Where the programs run: the CPU executor (the CUDA executor is not built yet).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
-    pub device: String,
-    /// Arithmetic of the executor: f32 runs native code; f64 the reference semantics.
+    /// Where the programs run [default: the first GPU when one is present, else the CPU;
+    /// the CPU with --precision f64].
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceFlag>,
+    /// Arithmetic of the executor: f32 runs native code (on the GPU, f32 only); f64 the
+    /// reference semantics on the CPU.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
     pub precision: String,
     /// Print `{"prompt": […], "generated": […], …}` with the timings.
@@ -94,7 +103,24 @@ fn parse_ids(text: &str, vocab: usize, flag: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// Where the programs go: generation on the GPU is planned in float32 only.
+fn placement(args: &GenerateArgs) -> Result<Placement> {
+    let f64 = args.precision == "f64";
+    let gpu = Placement::Cuda(0, GpuPrecision::F32);
+    Ok(match args.device {
+        Some(DeviceFlag::Cuda) if f64 => {
+            bail!("the CUDA executor computes in float32: leave out --precision f64, or run with --device cpu")
+        }
+        Some(DeviceFlag::Cuda) => gpu,
+        Some(DeviceFlag::Cpu) => Placement::Cpu,
+        None if f64 => Placement::Cpu,
+        None if !Device::available() => Placement::Cpu,
+        None => gpu,
+    })
+}
+
 pub fn run(args: &GenerateArgs, m: &Expanded) -> Result<()> {
+    let placement = placement(args)?;
     let vocab = m.summary.vocab as usize;
     let near_model = |name: &str| args.file.parent().map(|d| d.join(name));
     let text = match (&args.prompt, &args.tokenizer) {
@@ -137,31 +163,56 @@ pub fn run(args: &GenerateArgs, m: &Expanded) -> Result<()> {
         Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
     };
     let settings = Settings { max_new_tokens: args.max_new_tokens, sampling, eos };
+    // A missing driver or GPU is told before anything is read or compiled.
+    let device = match placement {
+        Placement::Cuda(ordinal, _) => Some(Arc::new(Device::open(ordinal)?)),
+        Placement::Cpu => None,
+    };
     let weights = crate::export_weights(&args.weights)?;
     let started = Instant::now();
     let forward = elaborate(&m.trace);
     let gen = compile_generation(&forward, capacity, &Options::default())?;
-    let (out, native) = match args.precision.as_str() {
-        "f64" => timed::<f64>(&gen, weights, &prompt, &settings)?,
-        _ => timed::<f32>(&gen, weights, &prompt, &settings)?,
+    let (out, summary) = match (device, args.precision.as_str()) {
+        (Some(device), _) => on_gpu(device, &gen, weights, &prompt, &settings)?,
+        (None, "f64") => on_cpu::<f64>(&gen, weights, &prompt, &settings)?,
+        (None, _) => on_cpu::<f32>(&gen, weights, &prompt, &settings)?,
     };
     let prepare = started.elapsed().as_secs_f64() - out.prefill.as_secs_f64() - out.decode.as_secs_f64();
-    report(args, &prompt, &out, &settings, text.as_ref(), prepare, native)
+    let device = if matches!(placement, Placement::Cuda(..)) { "cuda" } else { "cpu" };
+    report(args, &prompt, &out, &settings, text.as_ref(), prepare, (device, &summary))
 }
 
-/// Plans, prepares and runs the generation in `T`; also returns (native launches, all
-/// launches).
-fn timed<T: Real>(
-    gen: &hyb_compiler::pipeline::CompiledGeneration,
+/// Plans, prepares and runs the generation on the CPU in `T`; also returns what ran.
+fn on_cpu<T: Real>(
+    gen: &CompiledGeneration,
     weights: Weights,
     prompt: &[u32],
     settings: &Settings,
-) -> Result<(Generated, (usize, usize))> {
-    let params: HashMap<String, Tensor<T>> =
-        weights.into_iter().map(|(k, w)| (k, Tensor::from_f64(w.tensor.shape, &w.tensor.data))).collect();
+) -> Result<(Generated, String)> {
+    let params = params::<T>(weights);
     let programs = Programs::new::<T>(gen, prompt.len(), &DiskCache::from_env())?;
-    let out = generate(&programs, &params, prompt, settings)?;
-    Ok((out, programs.native_launches()))
+    let mut cpu = Cpu::new(&programs, &params);
+    let out = generate(&mut cpu, prompt, settings)?;
+    Ok((out, cpu.summary()))
+}
+
+/// Plans, prepares and runs the generation on `device` in float32; also returns what ran.
+fn on_gpu(
+    device: Arc<Device>,
+    gen: &CompiledGeneration,
+    weights: Weights,
+    prompt: &[u32],
+    settings: &Settings,
+) -> Result<(Generated, String)> {
+    let params = params::<f32>(weights);
+    let programs = Programs::for_gpu(gen, prompt.len())?;
+    let mut gpu = Gpu::prepare(device, &programs, &params)?;
+    let out = generate(&mut gpu, prompt, settings)?;
+    Ok((out, gpu.summary()))
+}
+
+fn params<T: Real>(weights: Weights) -> HashMap<String, Tensor<T>> {
+    weights.into_iter().map(|(k, w)| (k, Tensor::from_f64(w.tensor.shape, &w.tensor.data))).collect()
 }
 
 /// `eos_token_id` of the first `generation_config.json` beside the tokenizer, the weights
@@ -197,7 +248,7 @@ fn report(
     settings: &Settings,
     text: Option<&Text>,
     prepare: f64,
-    (native, launches): (usize, usize),
+    (device, summary): (&str, &str),
 ) -> Result<()> {
     let (pre, dec) = (out.prefill.as_secs_f64(), out.decode.as_secs_f64());
     let (pre_rate, dec_rate) = (per_second(prompt.len(), pre), per_second(out.steps, dec));
@@ -216,6 +267,7 @@ fn report(
             "decode_seconds": dec,
             "decode_tokens_per_s": dec_rate,
             "prepare_seconds": prepare,
+            "device": device,
         });
         if let Some(t) = &decoded {
             v["text"] = serde_json::Value::String(t.clone());
@@ -233,7 +285,7 @@ fn report(
     }
     eprintln!(
         "prefill: {} tokens in {:.1} ms ({pre_rate:.1} tokens/s); decode: {} tokens in {:.1} ms ({dec_rate:.1} tokens/s); \
-         compile and prepare {prepare:.2} s, {native} of {launches} launches native{}",
+         compile and prepare {prepare:.2} s, {summary}{}",
         prompt.len(),
         pre * 1e3,
         out.steps,

@@ -174,7 +174,8 @@ fn bad_values_are_clear_errors() {
         (vec!["--ids", "1", "--max-new-tokens", "0"], "must be at least 1"),
         (vec!["--ids", "1", "--eos", "500"], "token id 500 in --eos is outside"),
         (vec!["--ids", "1,2,3", "--max-new-tokens", "8", "--context", "10"], "more than the context of 10"),
-        (vec!["--ids", "1", "--device", "cuda"], "invalid value 'cuda'"),
+        (vec!["--ids", "1", "--device", "tpu"], "invalid value 'tpu'"),
+        (vec!["--ids", "1", "--device", "cuda", "--precision", "f64"], "computes in float32"),
         (vec!["--prompt", "w1 w2"], "--prompt needs a tokenizer"),
         (vec!["--prompt", "w1", "--tokenizer", &big], "has 200 tokens but the model's vocabulary has 96"),
         (vec!["--prompt", "", "--tokenizer", &small], "the prompt is empty"),
@@ -192,6 +193,26 @@ fn bad_values_are_clear_errors() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("weight"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn generate_on_a_gpu_that_is_not_there_says_so_and_writes_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixtures().into_iter().find(|f| f.ends_with("gqa_basic")).unwrap();
+    let (model, weights) = import(&fixture, dir.path(), cache.path());
+    let untouched = tempfile::tempdir().unwrap();
+    let args = ["generate", &model, "--weights", &weights, "--ids", "1,2,3", "--device", "cuda", "--json"];
+    let out = hyb(&args, untouched.path());
+    if out.status.success() {
+        // A machine with a GPU: generation ran there (bench/gpu_generate.sh checks it).
+        return;
+    }
+    let err = stderr(&out);
+    assert!(err.contains("--device cpu"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(std::fs::read_dir(untouched.path()).unwrap().next().is_none(), "something was compiled into the cache");
 }
 
 #[test]

@@ -12,7 +12,8 @@ use hyb_compiler::ir::Graph;
 use hyb_compiler::pipeline::compile_generation;
 use hyb_compiler::reference::{run, Real, Tensor};
 use hyb_compiler::rewrite::Options;
-use hyb_runtime::generate::session::{Programs, Session};
+use hyb_runtime::generate::cpu::Cpu;
+use hyb_runtime::generate::session::{Backend, Programs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -79,10 +80,10 @@ fn mismatch<T: Real>(g: &Graph, prompt: usize, steps: usize) -> f64 {
     let full = run(g, &params64, &HashMap::from([("ids".to_string(), x)])).unwrap().remove(0);
     let gen = compile_generation(g, total, &Options::default()).unwrap();
     let programs = Programs::new::<T>(&gen, prompt, &NoObjects).unwrap();
-    let (mut session, first) = Session::prefill(&programs, &params, &ids[..prompt]).unwrap();
-    let mut got: Vec<f64> = first.to_f64();
-    for &token in &ids[prompt..] {
-        got.extend(session.step(token).unwrap().iter().map(|x| x.f64()));
+    let mut cpu = Cpu::new(&programs, &params);
+    let mut got: Vec<f64> = cpu.prefill_logits(&ids[..prompt]).unwrap().to_f64();
+    for (position, &token) in (prompt..).zip(&ids[prompt..]) {
+        got.extend(cpu.step(token, position).unwrap());
     }
     assert_eq!(got.len(), full.data.len());
     let scale = full.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));

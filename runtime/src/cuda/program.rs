@@ -398,6 +398,95 @@ impl CudaProgram {
     pub fn program(&self) -> &Program {
         &self.program
     }
+
+    /// Copies `params` into the weight buffers only, leaving every input as it is: for a
+    /// program whose inputs are then written one by one ([`CudaProgram::set`]), as
+    /// generation's are, so weights go up once and caches are never overwritten.
+    pub fn load_params(&mut self, graph: &Graph, params: &HashMap<String, Tensor<f32>>) -> Result<(), CudaError> {
+        for b in self.program.buffers.iter().filter(|b| is_state(b)) {
+            if let Op::Param(p) = &graph.nodes[b.node].op {
+                let value = crate::cpu::param(graph, *p, params)?;
+                fits(&format!("%{}", b.node), b, &value.shape)?;
+                self.arena.upload(&self.device, b.offset, &value.data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes input `name` (its whole buffer, float32), as the CPU executor's
+    /// [`Resident::set`](crate::cpu::Resident::set) does: a decode step writes its token
+    /// and position this way while the weights and the caches updated in place stay as the
+    /// device holds them, so a captured graph replays over the new values. Token ids are
+    /// checked against the vocabulary on the host, before the copy.
+    pub fn set(&mut self, graph: &Graph, name: &str, value: &Tensor<f32>) -> Result<(), CudaError> {
+        let (id, b) = self.input(graph, name)?;
+        fits(name, b, &value.shape)?;
+        for (_, vocab) in self.embeddings.iter().filter(|(v, _)| v.buffer == id) {
+            if let Some(&x) = value.data.iter().find(|&&x| x < 0.0 || x >= *vocab as f32 || x.fract() != 0.0) {
+                return Err(RunError::TokenOutOfRange { id: x as f64, vocab: *vocab }.into());
+            }
+        }
+        self.arena.upload(&self.device, b.offset, &value.data)
+    }
+
+    /// Copies `view` of `from`, another program on the same GPU, into input `name` of this
+    /// one (float32, as many elements): how prefill's caches become decode's without a trip
+    /// through the host. A contiguous view is one device-to-device copy; any other is
+    /// gathered through the host. Token ids are refused: [`CudaProgram::set`] checks them.
+    pub fn copy_input(&mut self, graph: &Graph, name: &str, from: &CudaProgram, view: &View) -> Result<(), CudaError> {
+        if !Arc::ptr_eq(&self.device, &from.device) {
+            return Err(CudaError::Internal(format!("copying `{name}` between programs on different GPUs")));
+        }
+        let (id, b) = self.input(graph, name)?;
+        if self.embeddings.iter().any(|(v, _)| v.buffer == id) {
+            return Err(CudaError::Internal(format!(
+                "the token ids `{name}` are written with `set`, which checks them"
+            )));
+        }
+        fits(name, b, &view.shape)?;
+        if view.dtype != DType::F32 {
+            return Err(CudaError::Unsupported(format!("copying a {:?} view into `{name}`", view.dtype)));
+        }
+        let strides = contiguous(&view.shape);
+        if view.shape.iter().zip(&view.strides).zip(strides).any(|((&d, &s), c)| d != 1 && s != c) {
+            return self.arena.upload(&self.device, b.offset, &from.read(view)?.data);
+        }
+        let source = from.program.buffers.get(view.buffer).ok_or_else(|| {
+            CudaError::Internal(format!("the view copied into `{name}` names no buffer of its program"))
+        })?;
+        let at = source.offset + view.offset * 4;
+        if at + 4 * b.elements > from.program.memory.arena_bytes {
+            return Err(CudaError::Internal(format!("the view copied into `{name}` reaches past its program's arena")));
+        }
+        copy_device(&self.device, self.arena.at(b.offset), from.arena.at(at), 4 * b.elements)?;
+        self.device.synchronize()
+    }
+
+    /// The persistent buffer (and its index) of input `name`.
+    fn input(&self, graph: &Graph, name: &str) -> Result<(usize, &Buffer), CudaError> {
+        self.program
+            .buffers
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.persistent() && matches!(&graph.nodes[b.node].op, Op::Input(n) if n == name))
+            .ok_or_else(|| RunError::MissingInput(name.to_string()).into())
+    }
+}
+
+/// Whether a value of `shape` fills float32 buffer `b` (named `name` in errors).
+fn fits(name: &str, b: &Buffer, shape: &[usize]) -> Result<(), CudaError> {
+    if shape.iter().product::<usize>() != b.elements {
+        return Err(RunError::InputShape {
+            name: name.to_string(),
+            expected: format!("{} elements", b.elements),
+            got: shape.to_vec(),
+        }
+        .into());
+    }
+    if b.dtype != DType::F32 {
+        return Err(CudaError::Unsupported(format!("a {:?} buffer for `{name}` (f32 only)", b.dtype)));
+    }
+    Ok(())
 }
 
 /// Whether a buffer holds training state: weights and optimizer moments.

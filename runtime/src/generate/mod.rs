@@ -1,19 +1,23 @@
-//! Generation on the CPU executor: the prefill and decode programs
+//! Generation: the prefill and decode programs
 //! ([`hyb_compiler::pipeline::compile_generation`]) run prompt-then-token-by-token over
-//! caches that stay in the decode program's arena ([`session`]), the next token chosen by
-//! [`sample`]. Prefill and decode are timed apart: their speeds differ by orders of
-//! magnitude and are reported as tokens/s each.
+//! caches that stay with the decode program ([`session`]), on the CPU executor ([`cpu`]) or
+//! on a GPU ([`gpu`]) behind one [`Backend`] trait, so the loop here — prefill, then a
+//! decode step per token, the next token chosen by [`sample`] — is the same for both.
+//! Prefill and decode are timed apart: their speeds differ by orders of magnitude and are
+//! reported as tokens/s each.
 
+pub mod cpu;
+pub mod gpu;
 pub mod sample;
 pub mod session;
 pub mod text;
 
+use crate::cuda::CudaError;
 use hyb_compiler::elaborate::decode::DecodeError;
 use hyb_compiler::plan::PlanError;
-use hyb_compiler::reference::{Real, RunError, Tensor};
+use hyb_compiler::reference::RunError;
 use sample::{Sampler, Sampling};
-use session::{Programs, Session};
-use std::collections::HashMap;
+use session::Backend;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +28,16 @@ pub enum GenerateError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
     #[error("a prompt of {prompt} tokens does not fit: the programs hold {capacity}")]
     Prompt { prompt: usize, capacity: usize },
     #[error("the caches are full ({capacity} tokens)")]
     Full { capacity: usize },
     #[error("the logits after {0} generated tokens are not finite")]
     NonFinite(usize),
+    #[error("a decode step needs the caches of a prefill first")]
+    NotPrefilled,
 }
 
 /// When to stop and how to choose.
@@ -54,25 +62,18 @@ pub struct Generated {
     pub decode: Duration,
 }
 
-/// Generates from `prompt` with the planned `programs` and the weights `params`.
-pub fn generate<T: Real>(
-    programs: &Programs,
-    params: &HashMap<String, Tensor<T>>,
-    prompt: &[u32],
-    settings: &Settings,
-) -> Result<Generated, GenerateError> {
+/// Generates from `prompt` with `backend` (its programs planned for the prompt's length).
+pub fn generate(backend: &mut dyn Backend, prompt: &[u32], settings: &Settings) -> Result<Generated, GenerateError> {
     let mut sampler = Sampler::new(settings.sampling.clone());
     let started = Instant::now();
-    let (mut session, logits) = Session::prefill(programs, params, prompt)?;
-    let vocab = *logits.shape.last().unwrap_or(&0);
-    let last = &logits.data[logits.data.len() - vocab..];
-    let mut next = choose(&mut sampler, last, 0)?;
+    let logits = backend.prefill(prompt)?;
+    let mut next = choose(&mut sampler, &logits, 0)?;
     let prefill = started.elapsed();
     let started = Instant::now();
     let mut tokens = vec![next];
     let mut steps = 0;
     while !settings.eos.contains(&next) && tokens.len() < settings.max_new_tokens {
-        let logits = session.step(next)?;
+        let logits = backend.step(next, prompt.len() + steps)?;
         steps += 1;
         next = choose(&mut sampler, &logits, tokens.len())?;
         tokens.push(next);
@@ -80,7 +81,6 @@ pub fn generate<T: Real>(
     Ok(Generated { stopped_at_eos: settings.eos.contains(&next), tokens, prefill, steps, decode: started.elapsed() })
 }
 
-fn choose<T: Real>(sampler: &mut Sampler, logits: &[T], made: usize) -> Result<u32, GenerateError> {
-    let row: Vec<f64> = logits.iter().map(|x| x.f64()).collect();
-    sampler.next(&row).ok_or(GenerateError::NonFinite(made))
+fn choose(sampler: &mut Sampler, logits: &[f64], made: usize) -> Result<u32, GenerateError> {
+    sampler.next(logits).ok_or(GenerateError::NonFinite(made))
 }
