@@ -4,10 +4,12 @@
 # --check-gpu`, float32, outputs poisoned), then a training run of a tiny model on the GPU
 # in bf16 mixed precision and in float32 against the same run on the CPU (the bf16 run
 # profiled launch by launch), then generation on the GPU and the CPU against Hugging Face's
-# greedy output on every Falcon-H1 fixture (bench/gpu_generate.sh), then, with FALCON_STEPS
+# greedy output on every Falcon-H1 fixture (bench/gpu_generate.sh, first), then, with FALCON_STEPS
 # set, a Falcon-H1-0.5B-shaped model trained on the GPU at B 4, T 4096 in bf16 and
 # profiled. Needs dist/hyb.xz (a stripped release binary, xz; carried). Writes its logs
-# under $OUT.
+# and summaries under $OUT (run directories stay in a temporary folder: only their metrics
+# come back). DEADLINE_S (default 570) bounds the whole call: a phase that would not finish
+# in the time left is skipped and says so, so one device call always returns its logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hyb-out}
@@ -16,11 +18,25 @@ work=$(mktemp -d)
 xz -dc dist/hyb.xz > "$work/hyb" && chmod +x "$work/hyb"
 export HYB_STDLIB="$PWD/stdlib" LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 export HYB_CACHE_DIR="$work/cache"
+deadline=${DEADLINE_S:-570}
+SECONDS=0
+# Whether a phase that needs $1 seconds still fits; prints why it is skipped otherwise.
+fits() {
+    if [ $((deadline - SECONDS)) -lt "$1" ]; then
+        echo "== skipped $2: $((deadline - SECONDS)) s left, it needs about $1 s"
+        return 1
+    fi
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+if fits 60 "generation"; then
+    timeout $((deadline - SECONDS)) bash bench/gpu_generate.sh "$work/hyb"
+fi
 for model in ${MODELS:-examples/*.hyb}; do
     name=$(basename "$model" .hyb)
+    fits 20 "check of $name" || continue
     echo "== $name"
-    timeout "${PER_MODEL_S:-150}" "$work/hyb" train "$model" --check-gpu --batch "${BATCH:-2}" --seq "${SEQ:-32}" \
+    left=$((deadline - SECONDS - ${RESERVE_S:-60}))
+    timeout "$(( left < ${PER_MODEL_S:-150} ? (left < 20 ? 20 : left) : ${PER_MODEL_S:-150} ))" "$work/hyb" train "$model" --check-gpu --batch "${BATCH:-2}" --seq "${SEQ:-32}" \
         > "$OUT/check_$name.txt" 2>&1
     echo "rc $?" >> "$OUT/check_$name.txt"
     grep -v "^FAIL" "$OUT/check_$name.txt" | tail -n 4
@@ -33,9 +49,11 @@ for run in cuda_bf16 cuda_f32 cpu; do
         cuda_f32) flags="--device cuda --precision f32" ;;
         cpu) flags="--device cpu" ;;
     esac
-    /usr/bin/time -f "$run: %e s wall" timeout 300 "$work/hyb" train examples/tiny_hybrid.hyb $flags \
-        --steps "$steps" --eval-every 50 --out "$OUT/run_$run" > "$OUT/train_$run.txt" 2>&1
+    fits 30 "tiny_hybrid on $run" || continue
+    /usr/bin/time -f "$run: %e s wall" timeout $((deadline - SECONDS)) "$work/hyb" train examples/tiny_hybrid.hyb $flags \
+        --steps "$steps" --eval-every 50 --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
     echo "rc $?" >> "$OUT/train_$run.txt"
+    mkdir -p "$OUT/run_$run" && cp "$work/run_$run/metrics.jsonl" "$OUT/run_$run/" 2>/dev/null
     tail -n 16 "$OUT/train_$run.txt"
 done
 python3 - "$OUT" <<'PY'
@@ -67,14 +85,14 @@ for run in ["cuda_bf16", "cuda_f32"]:
 tc = [r.get("tokens_per_s") for r in cpu if r.get("tokens_per_s")]
 print(f"cpu: median tokens/s {med(tc):.0f} (16 cores)")
 PY
-bash bench/gpu_generate.sh "$work/hyb"
-if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
-    /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout "${FALCON_TIMEOUT_S:-400}" \
+if [ "${FALCON_STEPS:-0}" -gt 0 ] && fits "${FALCON_NEEDS_S:-150}" "Falcon-H1-0.5B"; then
+    /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout $((deadline - SECONDS)) \
         "$work/hyb" train stdlib/falcon_h1.hyb --model falcon_h1_0_5b --device cuda --precision "${FALCON_PRECISION:-bf16}" --batch 4 --seq 4096 \
         --steps "$FALCON_STEPS" --warmup 2 --eval-every 0 --save-every 0 --profile --out "$work/falcon" \
         > "$OUT/train_falcon_h1_0_5b.txt" 2>&1
     echo "rc $?" >> "$OUT/train_falcon_h1_0_5b.txt"
     cp "$work/falcon/metrics.jsonl" "$OUT/falcon_metrics.jsonl" 2>/dev/null
+    grep -E "training step on|first step|arena|device memory|tokens/s|MFU" "$OUT/train_falcon_h1_0_5b.txt" | head -n 20
     tail -n 30 "$OUT/train_falcon_h1_0_5b.txt"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
 fi

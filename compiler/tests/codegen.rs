@@ -949,6 +949,7 @@ fn sin_and_cos_match_the_reference_at_special_values() {
         inputs: vec![vec![n]],
         outputs: vec![vec![n], vec![n]],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "apply", items: n, work_per_item: 1, body }],
     };
     let kernel = cpu::compile_template(&code).unwrap();

@@ -6,6 +6,8 @@
 //! multiples of the scan's chunk.
 
 use hyb_compiler::codegen::cpu::NoObjects;
+use hyb_compiler::codegen::unit::{self, Unit};
+use hyb_compiler::codegen::{gpu, Symbols, Target};
 use hyb_compiler::elaborate::decode::DecodeError;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::Graph;
@@ -80,6 +82,9 @@ fn mismatch<T: Real>(g: &Graph, prompt: usize, steps: usize) -> f64 {
     let full = run(g, &params64, &HashMap::from([("ids".to_string(), x)])).unwrap().remove(0);
     let gen = compile_generation(g, total, &Options::default()).unwrap();
     let programs = Programs::new::<T>(&gen, prompt, &NoObjects).unwrap();
+    // In float32 every launch runs generated code: none is left to the interpreter.
+    let (native, launches) = programs.native_launches();
+    assert!(native == 0 || native == launches, "{native} of {launches} launches native");
     let mut cpu = Cpu::new(&programs, &params);
     let mut got: Vec<f64> = cpu.prefill_logits(&ids[..prompt]).unwrap().to_f64();
     for (position, &token) in (prompt..).zip(&ids[prompt..]) {
@@ -110,6 +115,32 @@ fn decoding_with_native_kernels_gives_the_full_pass_logits_in_float32() {
             let err = mismatch::<f32>(&g, prompt, steps);
             eprintln!("{name}: prompt {prompt}: {err:e}");
             assert!(err < 1e-5, "{name}: prompt {prompt}: relative error {err:e}");
+        }
+    }
+}
+
+/// What the CUDA executor needs of a generation and can be checked without a GPU: every
+/// launch of prefill and decode has code for the GPU (no launch falls back to the
+/// interpreter there), and every template among them makes PTX. The templates' values
+/// are checked against the reference on the CPU (`compiler/tests/codegen/templates.rs`).
+#[test]
+fn every_launch_of_generation_has_gpu_code() {
+    for path in examples() {
+        let g = forward(&path);
+        let gen = compile_generation(&g, 24, &Options::default()).unwrap();
+        for prompt in [1, 6] {
+            let programs = Programs::for_gpu(&gen, prompt).unwrap();
+            for exe in programs.executables() {
+                let symbols = Symbols { batch: exe.program.batch, seq: exe.program.seq };
+                for (i, launch) in exe.program.launches.iter().enumerate() {
+                    let unit = unit::for_launch(&exe.graph, launch, symbols, Target::Gpu)
+                        .unwrap_or_else(|why| panic!("{}: launch {i} has no GPU code: {why}", path.display()));
+                    if let Unit::Template(code) = unit {
+                        gpu::compile_template_stored(&code, &[])
+                            .unwrap_or_else(|e| panic!("{}: launch {i} ({}): {e}", path.display(), code.name));
+                    }
+                }
+            }
         }
     }
 }

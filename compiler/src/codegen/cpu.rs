@@ -283,7 +283,9 @@ fn prepare_template_stored(
             rows: p.items,
             elements: p.items * p.work_per_item.max(1),
             outputs: every_output.clone(),
-            access: vec![Access::Elsewhere; code.inputs.len()],
+            access: (0..code.inputs.len())
+                .map(|k| if code.in_place.iter().any(|&(_, i)| i == k) { Access::OwnIndex } else { Access::Elsewhere })
+                .collect(),
         })
         .collect();
     Ok(CpuKernel {

@@ -56,7 +56,20 @@ impl Unit {
 pub fn for_launch(graph: &Graph, launch: &Launch, symbols: Symbols, target: Target) -> Result<Unit, String> {
     match launch.kind {
         LaunchKind::Convert => Ok(Unit::Body(conversion(&launch.outputs[0].shape))),
+        _ if matches!(graph.nodes[launch.node].op, Op::Prim(Prim::CacheWrite(_))) && writes_in_place(launch) => {
+            let shapes = launch.inputs.iter().map(|v| v.shape.clone()).collect::<Vec<_>>();
+            Ok(Unit::Template(template::pieces::cache_write(&shapes, true)))
+        }
         _ => for_node(graph, launch.node, symbols, target),
+    }
+}
+
+/// Whether a launch's first output is its first input's memory (a cache planned in place
+/// of the cache it updates), so it need write only what changes.
+fn writes_in_place(launch: &Launch) -> bool {
+    match (launch.inputs.first(), launch.outputs.first()) {
+        (Some(i), Some(o)) => i.buffer == o.buffer && i.offset == o.offset && i.strides == o.strides,
+        _ => false,
     }
 }
 

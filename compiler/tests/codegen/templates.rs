@@ -9,8 +9,8 @@ use hyb_compiler::codegen::Storage;
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
-    Binary, CausalConv1d, CausalConv1dGrad, Concat, Embedding, EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeGrad,
-    SsdScan, SsdScanGrad, Tril, F64,
+    Binary, CacheAttention, CacheWrite, CausalConv1d, CausalConv1dGrad, Concat, ConvStep, Embedding, EmbeddingGrad,
+    OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState, SsdStep, Tril, F64,
 };
 use hyb_compiler::rewrite::kernels::flash_attention;
 use hyb_dsl::dim::Dim;
@@ -355,10 +355,62 @@ fn ssd_scan_matches_the_reference() {
     run_all(ssd_cases());
 }
 
+/// The decode step's templates: the scan's final state and its recurrence from a cached
+/// state, the conv from its cache, the rotation at a run-time position, and the append to
+/// and attention over an attention cache. Positions are drawn over the whole cache and
+/// past its end (rows past the end are dropped, queries see at most the cache), and are
+/// fractional, as the reference reads them: truncated to whole tokens.
+fn decode_cases() -> Vec<TemplateCase> {
+    let values = Values { ranges: SSD_RANGES, ..UNIT };
+    let mut cases = Vec::new();
+    for &(b, t, h, p, g, n, _) in SSD_SHAPES {
+        let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let (body, node) = prim_body(SsdState, &shapes);
+        cases.push((format!("ssd_state {shapes:?}"), body, node, values));
+        shapes.push(vec![b, h, p, n]);
+        let (body, node) = prim_body(SsdStep, &shapes);
+        cases.push((format!("ssd_step {shapes:?}"), body, node, values));
+    }
+    for &(b, t, c, k) in CONV_SHAPES {
+        for bias in [false, true] {
+            let mut shapes = vec![vec![b, t, c], vec![b, k - 1, c], vec![c, k]];
+            if bias {
+                shapes.push(vec![c]);
+            }
+            let (body, node) = prim_body(ConvStep, &shapes);
+            cases.push((format!("conv_step {shapes:?}"), body, node, UNIT));
+        }
+    }
+    const ROPE_POSITIONS: Ranges = &[(1, 0.0, 40.0)];
+    for (shape, theta) in [(vec![1, 1, 2, 4], 10000.0), (vec![2, 3, 3, 8], 500.0)] {
+        let (body, node) = prim_body(RopeAt { theta: F64(theta) }, &[shape.clone(), vec![]]);
+        cases.push((format!("rope_at {shape:?} theta {theta}"), body, node, Values { ranges: ROPE_POSITIONS, ..UNIT }));
+    }
+    // (B, heads, kv heads, T, S, D): one decode token, a few, grouped and not.
+    const CACHE_POSITIONS: Ranges = &[(3, 0.0, 9.0)];
+    const WRITE_POSITIONS: Ranges = &[(2, 0.0, 9.0)];
+    for (b, h, kv, t, s_len, d) in [(1, 2, 1, 1, 7, 4), (2, 4, 2, 3, 7, 5), (1, 3, 3, 2, 5, 8)] {
+        let shapes = vec![vec![b, h, t, d], vec![b, s_len, kv, d], vec![b, s_len, kv, d], vec![]];
+        let (body, node) = prim_body(CacheAttention { scale: F64(0.4) }, &shapes);
+        let positions = Values { ranges: CACHE_POSITIONS, ..UNIT };
+        cases.push((format!("cache_attention {shapes:?}"), body, node, positions));
+        let shapes = vec![vec![b, s_len, kv, d], vec![b, t, kv, d], vec![]];
+        let (body, node) = prim_body(CacheWrite, &shapes);
+        cases.push((format!("cache_write {shapes:?}"), body, node, Values { ranges: WRITE_POSITIONS, ..UNIT }));
+    }
+    cases
+}
+
+#[test]
+fn decoding_steps_match_the_reference() {
+    run_all(decode_cases());
+}
+
 /// The first and last case of each family of templates (a template's code, and a case on
 /// random layouts), for tests of what happens to the code after compiling.
 pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
-    let families = [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases()];
+    let families =
+        [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases(), decode_cases()];
     families
         .into_iter()
         .flat_map(|cases| {

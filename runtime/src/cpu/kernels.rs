@@ -247,7 +247,7 @@ impl Builder<'_> {
                 self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e))
             }
             Unit::Template(code) => {
-                let key = template_key(&self.graph.nodes[node].op, &code.inputs, &views);
+                let key = template_key(&code.name, &self.graph.nodes[node].op, &code.inputs, &views);
                 if let Some(k) = self.templates.get(&key) {
                     return Ok(Native::Code(k.clone()));
                 }
@@ -301,10 +301,10 @@ fn internal(e: &CodegenError) -> String {
     format!("codegen: {e}")
 }
 
-/// What makes two template instances the same code: the node's operation, shapes and
-/// unit-stride views.
-fn template_key(op: &Op, shapes: &[Vec<usize>], unit_last: &[bool]) -> String {
-    format!("{op:?} {shapes:?} {unit_last:?}")
+/// What makes two template instances the same code: the template (one node may have two,
+/// in place or not), the node's operation, shapes and unit-stride views.
+fn template_key(name: &str, op: &Op, shapes: &[Vec<usize>], unit_last: &[bool]) -> String {
+    format!("{name} {op:?} {shapes:?} {unit_last:?}")
 }
 
 /// Copies view `from` to view `to` of the same shape, element by element.

@@ -583,7 +583,7 @@ impl Builder<'_> {
             }
             Unit::Template(code) => {
                 let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
-                let key = format!("{:?} {:?} {stored:?}", self.graph.nodes[node].op, code.inputs);
+                let key = format!("{} {:?} {:?} {stored:?}", code.name, self.graph.nodes[node].op, code.inputs);
                 let module = match self.modules.get(&key) {
                     Some(m) => m.clone(),
                     None => {

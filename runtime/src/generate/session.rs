@@ -87,6 +87,11 @@ impl Programs {
         })
     }
 
+    /// The prefill and decode programs, for tools that inspect what each launch runs.
+    pub fn executables(&self) -> [&Executable; 2] {
+        [&self.prefill, &self.decode]
+    }
+
     /// Kernels running as generated code on the CPU, of all launches, over both programs.
     pub fn native_launches(&self) -> (usize, usize) {
         let launches = self.prefill.program.launches.len() + self.decode.program.launches.len();

@@ -17,9 +17,13 @@
 //! rotated, head-major copies of q and k to the workspace, so the trig runs once per
 //! element, not once per (query, key) pair; gradients are rotated back (by minus the
 //! angle) as they are stored.
+//!
+//! Decoding attends over a cache instead (`cache_attention`): the same online softmax for
+//! each new query row, over the cached keys up to its position.
 
 use super::super::emit::Target;
 use super::super::math::Func;
+use super::position::runtime_position;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
@@ -181,7 +185,42 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
         inputs: inputs.to_vec(),
         outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
         workspace: dims.rotated_sizes(),
+        in_place: vec![],
         phases,
+    }
+}
+
+/// `cache_attention` (decode) for inputs `q [B, H, T, D]`, caches `k, v [B, S, KV, D]`
+/// (token-major, so a step appends rows) and the position `pos []`: query `t` sees cached
+/// positions `0 ..= pos + t`, at most the cache's `S` (`ops::cache_attention`). An item is
+/// a query row, with the forward pass's online softmax.
+pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
+    let (q, k) = (&inputs[0], &inputs[1]);
+    let params = Params { scale, groups: q[1] / k[2].max(1), rope: None };
+    let dims = Dims { b: q[0], h: q[1], kv: k[2], t: q[2], d: q[3], params };
+    let mut s = Text::new();
+    let (b, h, i) = query_row(&mut s, &dims);
+    let hk = kv_head(&mut s, &dims, &h);
+    let pos = runtime_position(&mut s, 3);
+    let at = s.add(&pos, &i);
+    let last = s.i64(k[1] as i64 - 1);
+    let newest = s.int("minsi", &at, &last);
+    let (this, keys) = (Row { b: &b, head: &h, t: &i }, Row { b: &b, head: &hk, t: &newest });
+    let scale = s.f32(scale as f32);
+    let qa = read_row(&mut s, &dims, Rows::HeadMajor(0), this, Some(&scale));
+    let o = s.array(dims.d);
+    let cache = (Rows::TokenMajor(1), Rows::TokenMajor(2));
+    let (_, l) = online_softmax(&mut s, &dims, &qa, cache, keys, &o);
+    let one = s.f32(1.0);
+    let inv = s.fdiv(&one, &l);
+    store_row(&mut s, &dims, Rows::HeadMajor(4), this, &o, &inv, false);
+    TemplateCode {
+        name: dims.name("cache_attention", inputs),
+        inputs: inputs.to_vec(),
+        outputs: vec![q.clone()],
+        workspace: vec![],
+        in_place: vec![],
+        phases: vec![Phase { what: "attend", items: dims.rows(), work_per_item: k[1] * dims.d, body: s }],
     }
 }
 
@@ -199,6 +238,7 @@ pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templa
         inputs: inputs.to_vec(),
         outputs: inputs[..3].to_vec(),
         workspace,
+        in_place: vec![],
         phases,
     }
 }

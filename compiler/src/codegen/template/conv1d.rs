@@ -1,5 +1,6 @@
-//! The causal depthwise conv1d, `y[b,t,c] = bias[c] + Σ_k w[c,k]·x[b,t-(K-1)+k,c]`, and
-//! its gradient (`ops::conv1d` is the meaning).
+//! The causal depthwise conv1d, `y[b,t,c] = bias[c] + Σ_k w[c,k]·x[b,t-(K-1)+k,c]`, its
+//! gradient (`ops::conv1d` is the meaning), and its decode step from a cache of the last
+//! `K − 1` inputs (`ops::conv_step`).
 //!
 //! Forward and `dx` are a tap-weighted sum of nearby time steps: on the CPU an item is a
 //! time step of a sequence, its channels the innermost loop (unit stride, so LLVM
@@ -66,7 +67,68 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
         inputs: inputs.to_vec(),
         outputs: vec![x.clone()],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "forward", items, work_per_item: per_item, body }],
+    }
+}
+
+/// `conv_step` (decode) for inputs `x [B,T,C]`, the cache `state [B,K-1,C]`, `w [C,K]`
+/// and optionally `bias [C]`: outputs `y [B,T,C]` and the new cache, the last `K − 1` rows
+/// of `concat(state, x)` along time (`ops::conv_step`). An item is one channel of one
+/// sequence on both targets (a decode step has few time steps), so neighbouring threads
+/// read neighbouring channels. It computes every output before it writes the cache, and
+/// writes cache rows in increasing order, each from a later row: the new cache may be
+/// planned in place of the old.
+pub fn step(inputs: &[Vec<usize>]) -> TemplateCode {
+    let (x, state, w) = (&inputs[0], &inputs[1], &inputs[2]);
+    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
+    let past = k - 1;
+    let bias = inputs.len() > 3;
+    let (y, next) = (inputs.len(), inputs.len() + 1);
+    let mut s = Text::new();
+    let (bi, ci) = s.split("%item", c);
+    // Row `r` of the window: the cache for r < K − 1, then the new tokens. Both indices are
+    // clamped into their tensors, so each load is in bounds and a select keeps one.
+    let window = |s: &mut Text, r: &str| -> String {
+        let from_x = s.add_c(r, -(past as i64));
+        if past == 0 {
+            return s.load(0, &[&bi, &from_x, &ci]);
+        }
+        let zero = s.i64(0);
+        let xi = s.int("maxsi", &from_x, &zero);
+        let xv = s.load(0, &[&bi, &xi, &ci]);
+        let last = s.i64(past as i64 - 1);
+        let si = s.int("minsi", r, &last);
+        let sv = s.load(1, &[&bi, &si, &ci]);
+        let first_new = s.i64(past as i64);
+        let cached = s.cmp("slt", r, &first_new);
+        s.select(&cached, &sv, &xv, "f32")
+    };
+    let (zero, tn, kn) = (s.i64(0), s.i64(t as i64), s.i64(k as i64));
+    s.each(&zero, &tn, |s, ti| {
+        let start = if bias { s.load(3, &[&ci]) } else { s.f32(0.0) };
+        let acc = s.fold(&zero, &kn, &[start], |s, kk, acc| {
+            let r = s.add(ti, kk);
+            let xv = window(s, &r);
+            let wv = s.load(2, &[&ci, kk]);
+            vec![s.fma(&wv, &xv, &acc[0])]
+        });
+        s.store(y, &[&bi, ti, &ci], &acc[0]);
+    });
+    let pn = s.i64(past as i64);
+    s.each(&zero, &pn, |s, r| {
+        let from = s.add_c(r, t as i64);
+        let v = window(s, &from);
+        s.store(next, &[&bi, r, &ci], &v);
+    });
+    let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+    TemplateCode {
+        name: name(if bias { "conv_step_bias" } else { "conv_step" }, &shapes),
+        inputs: inputs.to_vec(),
+        outputs: vec![x.clone(), state.clone()],
+        workspace: vec![],
+        in_place: vec![(1, 1)],
+        phases: vec![Phase { what: "step", items: b * c, work_per_item: t * k + past, body: s }],
     }
 }
 
@@ -147,6 +209,7 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
         inputs: inputs.to_vec(),
         outputs,
         workspace: vec![],
+        in_place: vec![],
         phases: vec![
             Phase { what: "input_grad", items, work_per_item: per_item, body: input_grad },
             Phase { what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: weight_grad },

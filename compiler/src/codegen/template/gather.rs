@@ -48,6 +48,7 @@ pub fn embedding(table: &[usize], ids: &[usize]) -> TemplateCode {
         inputs: vec![table.to_vec(), ids.to_vec()],
         outputs: vec![shape],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "gather", items: tokens, work_per_item: d, body }],
     }
 }
@@ -76,6 +77,7 @@ pub fn one_hot(ids: &[usize], depth: usize) -> TemplateCode {
         inputs: vec![ids.to_vec()],
         outputs: vec![shape],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "indicate", items: tokens, work_per_item: depth, body }],
     }
 }
@@ -113,6 +115,7 @@ pub fn embedding_grad(ids: &[usize], dy: &[usize], vocab: usize) -> TemplateCode
         inputs: vec![ids.to_vec(), dy.to_vec()],
         outputs: vec![vec![vocab, d]],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![
             Phase { what: "zero", items: vocab, work_per_item: d, body: zeros },
             Phase { what: "scatter", items: d, work_per_item: tokens, body: add },

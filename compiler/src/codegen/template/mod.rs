@@ -1,6 +1,6 @@
 //! Templates: the loop structure of the primitives whose meaning is a sequence algorithm
-//! (the causal conv1d, the SSD scan, flash attention), written once per primitive and
-//! generated for each program's shapes. The kernel generator walks pointwise bodies; these
+//! (the causal conv1d, the SSD scan, flash attention, and their decoding steps over caches),
+//! written once per primitive and generated for each program's shapes. The kernel generator walks pointwise bodies; these
 //! need an order of work (a scan's recurrence, attention's online softmax) that a body does
 //! not say, so each template says it.
 //!
@@ -18,7 +18,7 @@
 pub mod attention;
 pub mod conv1d;
 mod gather;
-mod pieces;
+pub mod pieces;
 mod position;
 pub mod ssd_scan;
 pub mod text;
@@ -41,6 +41,10 @@ pub struct TemplateCode {
     pub outputs: Vec<Vec<usize>>,
     /// Elements of each workspace buffer (contiguous, one axis).
     pub workspace: Vec<usize>,
+    /// `(output, input)` pairs the output may be planned over in place (a decoding cache
+    /// updated in its own buffer): every item reads what it overwrites of the input
+    /// before writing it, and nothing another item writes.
+    pub in_place: Vec<(usize, usize)>,
     pub phases: Vec<Phase>,
 }
 
@@ -163,6 +167,12 @@ pub fn for_node(
             _ => None,
         },
         Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, target))),
+        Op::Prim(Prim::SsdState(_)) => Some(inputs().map(|s| ssd_scan::final_state(&s, target))),
+        Op::Prim(Prim::SsdStep(_)) => Some(inputs().map(|s| ssd_scan::step_from_state(&s, target))),
+        Op::Prim(Prim::ConvStep(_)) => Some(inputs().map(|s| conv1d::step(&s))),
+        Op::Prim(Prim::RopeAt(r)) => Some(inputs().map(|s| position::rope_at(&s[0], r.theta.0))),
+        Op::Prim(Prim::CacheAttention(c)) => Some(inputs().map(|s| attention::cached(&s, c.scale.0))),
+        Op::Prim(Prim::CacheWrite(_)) => Some(inputs().map(|s| pieces::cache_write(&s, false))),
         Op::Prim(Prim::SsdScanGrad(g)) => {
             Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, target))))
         }

@@ -1,8 +1,10 @@
-//! Tensors built from pieces along one axis: `concat` (each piece an input) and `pad`
-//! (zeros, the input, zeros). A phase per piece writes the piece's part of the output, so
-//! the phases write disjoint elements; an item is a row of the piece (every axis but the
-//! last), its last axis the inner, unit-stride loop.
+//! Tensors built from pieces along one axis: `concat` (each piece an input), `pad`
+//! (zeros, the input, zeros) and `cache_write` (a cache with new rows at a run-time
+//! position). A phase per piece writes the piece's part of the output, so the phases write
+//! disjoint elements; an item is a row of the piece (every axis but the last), its last
+//! axis the inner, unit-stride loop.
 
+use super::position::runtime_position;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
@@ -90,7 +92,66 @@ fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pi
             }
         })
         .collect();
-    TemplateCode { name, inputs, outputs: vec![out], workspace: vec![], phases }
+    TemplateCode { name, inputs, outputs: vec![out], workspace: vec![], in_place: vec![], phases }
+}
+
+/// `cache_write` of inputs `cache [B, S, …]`, `new [B, T, …]` and the position `pos []`:
+/// the cache with `new` at rows `pos .. pos + T` (rows past its end dropped). `in_place`:
+/// the output is the cache's own buffer, so only the new rows are written; otherwise every
+/// row is, from the cache or from `new`.
+pub fn cache_write(shapes: &[Vec<usize>], in_place: bool) -> TemplateCode {
+    let (cache, new) = (&shapes[0], &shapes[1]);
+    let (s_len, t_len) = (cache[1], new[1]);
+    let written = if in_place { new } else { cache };
+    let (last, rows) = written.split_last().expect("a cache has a batch and a time axis");
+    let mut body = Text::new();
+    let mut index = delinearise(&mut body, "%item", rows);
+    let pos = runtime_position(&mut body, 2);
+    let (zero, n) = (body.i64(0), body.i64(*last as i64));
+    body.each(&zero, &n, |s, j| {
+        index.push(j.to_string());
+        let time = index[1].clone();
+        if in_place {
+            let to = s.add(&pos, &time);
+            let s_end = s.i64(s_len as i64);
+            let fits = s.cmp("slt", &to, &s_end);
+            let at: Vec<&str> = index.iter().map(String::as_str).collect();
+            let mut out_at = at.clone();
+            out_at[1] = &to;
+            s.when(&fits, |s| {
+                let v = s.load(1, &at);
+                s.store(3, &out_at, &v);
+            });
+        } else {
+            // Row `time` of the cache, or row `time − pos` of the new rows, both clamped
+            // in bounds so either load is safe; a select keeps the one that applies.
+            let from = s.int("subi", &time, &pos);
+            let (lo, hi) = (s.i64(0), s.i64(t_len as i64 - 1));
+            let clamped = s.int("maxsi", &from, &lo);
+            let clamped = s.int("minsi", &clamped, &hi);
+            let after = s.cmp("sge", &from, &lo);
+            let before = s.cmp("sle", &from, &hi);
+            let fresh = s.line_value(format!("arith.andi {after}, {before} : i1"));
+            let at: Vec<&str> = index.iter().map(String::as_str).collect();
+            let mut new_at = at.clone();
+            new_at[1] = &clamped;
+            let old = s.load(0, &at);
+            let v = s.load(1, &new_at);
+            let v = s.select(&fresh, &v, &old, "f32");
+            s.store(3, &at, &v);
+        }
+        index.pop();
+    });
+    let all: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+    let template = if in_place { "cache_write_in_place" } else { "cache_write" };
+    TemplateCode {
+        name: name(template, &all),
+        inputs: shapes.to_vec(),
+        outputs: vec![cache.clone()],
+        workspace: vec![],
+        in_place: vec![(0, 0)],
+        phases: vec![Phase { what: "rows", items: rows.iter().product(), work_per_item: *last, body }],
+    }
 }
 
 /// The indices of `item` over `dims` (row-major).

@@ -1,6 +1,7 @@
 //! Primitives that depend on a token's position (`ops::rope`, `ops::mask` are the
 //! meaning): the rotary embedding and its gradient (the rotation by minus the angle) when
-//! launched alone, and the causal masks of a score matrix (`causal_mask` fills above the
+//! launched alone, the rotary embedding from a run-time position (`rope_at`, decoding), and
+//! the causal masks of a score matrix (`causal_mask` fills above the
 //! diagonal with −∞, `tril` with 0). An item is a row: a token's heads for the rotation
 //! (its cosines and sines computed once for all heads), a score row for the masks.
 
@@ -11,31 +12,65 @@ use super::{name, Phase, TemplateCode};
 
 /// `rope` (`inverse`: `rope_grad`) of `x [B, T, heads, D]` with base `theta`.
 pub fn rope(x: &[usize], theta: f64, inverse: bool) -> TemplateCode {
+    rotation(x, theta, inverse, false)
+}
+
+/// `rope_at` of `x [B, T, heads, D]` whose first token sits at the position held by the
+/// scalar input `pos` (view 1).
+pub fn rope_at(x: &[usize], theta: f64) -> TemplateCode {
+    rotation(x, theta, false, true)
+}
+
+/// A scalar view holding a position (a whole number of tokens, as f32), as an index.
+pub(super) fn runtime_position(s: &mut Text, view: usize) -> String {
+    let v = s.load(view, &[]);
+    let pos = s.line_value(format!("arith.fptosi {v} : f32 to i64"));
+    let zero = s.i64(0);
+    s.int("maxsi", &pos, &zero)
+}
+
+/// The rotation of every token of `x`, each by its time step, plus the position input's
+/// value when `at_position`.
+fn rotation(x: &[usize], theta: f64, inverse: bool, at_position: bool) -> TemplateCode {
     let (b, t, h, d) = (x[0], x[1], x[2], x[3]);
     let half = d / 2;
+    let out = if at_position { 2 } else { 1 };
     let mut body = Text::new();
     let freq = frequencies(&mut body, d, theta);
     let at = delinearise(&mut body, "%item", &[b, t]);
-    let (bi, ti) = (at[0].clone(), at[1].clone());
+    let bi = at[0].clone();
+    let ti = if at_position {
+        let pos = runtime_position(&mut body, 1);
+        body.add(&at[1], &pos)
+    } else {
+        at[1].clone()
+    };
+    let step = at[1].clone();
     let (zero, pairs, heads) = (body.i64(0), body.i64(half as i64), body.i64(h as i64));
     body.each(&zero, &pairs, |s, p| {
         let (cos, sin) = trig(s, &freq, &ti, p);
         let sin = if inverse { s.fneg(&sin) } else { sin };
         let q = s.add_c(p, half as i64);
         s.each(&zero, &heads, |s, hi| {
-            let x1 = s.load(0, &[&bi, &ti, hi, p]);
-            let x2 = s.load(0, &[&bi, &ti, hi, &q]);
+            let x1 = s.load(0, &[&bi, &step, hi, p]);
+            let x2 = s.load(0, &[&bi, &step, hi, &q]);
             let (y1, y2) = rotate(s, (&x1, &x2), &cos, &sin);
-            s.store(1, &[&bi, &ti, hi, p], &y1);
-            s.store(1, &[&bi, &ti, hi, &q], &y2);
+            s.store(out, &[&bi, &step, hi, p], &y1);
+            s.store(out, &[&bi, &step, hi, &q], &y2);
         });
     });
-    let what = if inverse { "rope_grad" } else { "rope" };
+    let what = match (inverse, at_position) {
+        (_, true) => "rope_at",
+        (true, false) => "rope_grad",
+        (false, false) => "rope",
+    };
+    let inputs = if at_position { vec![x.to_vec(), vec![]] } else { vec![x.to_vec()] };
     TemplateCode {
         name: format!("{}_theta{:x}", name(what, &[x]), theta.to_bits()),
-        inputs: vec![x.to_vec()],
+        inputs,
         outputs: vec![x.to_vec()],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "rotate", items: b * t, work_per_item: h * d, body }],
     }
 }
@@ -61,6 +96,7 @@ pub fn mask(x: &[usize], fill: f32, what: &str) -> TemplateCode {
         inputs: vec![x.to_vec()],
         outputs: vec![x.to_vec()],
         workspace: vec![],
+        in_place: vec![],
         phases: vec![Phase { what: "mask", items: rows.iter().product(), work_per_item: *last, body }],
     }
 }

@@ -1,6 +1,8 @@
 //! The Mamba-2 SSD scan, `h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`, `y_t = h_t·C_t`, and
 //! its gradient (`ops::ssd_scan` is the meaning), in the recurrent form: the chunked
-//! algorithm is the same math, and a recurrence keeps only the state.
+//! algorithm is the same math, and a recurrence keeps only the state. Decoding runs the
+//! same recurrence with its state as an input or an output: `ssd_state` (the state after
+//! a prompt, zero at its start) and `ssd_step` (from a cached state; `ops::ssd_step`).
 //!
 //! An item owns a block of one head's P×N state: on the CPU the whole state (its inner
 //! loops run over the block, unit stride in stack arrays, so LLVM vectorises them); on
@@ -31,6 +33,8 @@ const A: usize = 2;
 const B: usize = 3;
 const C: usize = 4;
 const DY: usize = 5;
+/// `ssd_step`'s starting state, `[B, H, P, N]`, after the scan's inputs.
+const STATE: usize = 5;
 
 /// The sizes of `x [B,T,H,P]` and `b [B,T,G,N]`.
 struct Dims {
@@ -86,16 +90,51 @@ impl Head {
     }
 }
 
-/// The forward template for inputs `x, dt, a, b, c`: an item per head and block of
-/// channels, its rows of the state `[n][p]` so the innermost loop is over channels.
+/// The forward template for inputs `x, dt, a, b, c`: output `y`.
 pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+    recurrence(inputs, Recurrence { from_state: false, y: true, state: false }, target)
+}
+
+/// `ssd_state` (prefill) for inputs `x, dt, a, b, c`: output the state after the last
+/// step, `[B, H, P, N]`.
+pub fn final_state(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+    recurrence(inputs, Recurrence { from_state: false, y: false, state: true }, target)
+}
+
+/// `ssd_step` (decode) for inputs `x, dt, a, b, c, state`: outputs `y` and the new state.
+/// An item reads its block of the state before it writes it, so the new state may be
+/// planned in place of the old.
+pub fn step_from_state(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+    recurrence(inputs, Recurrence { from_state: true, y: true, state: true }, target)
+}
+
+/// Which of the recurrence's ends a template has: a starting state (input 5, else zero),
+/// the outputs `y` and the final state (outputs in that order).
+#[derive(Clone, Copy)]
+struct Recurrence {
+    from_state: bool,
+    y: bool,
+    state: bool,
+}
+
+/// The recurrence forward in time: an item per head and block of channels, its rows of
+/// the state `[n][p]` so the innermost loop is over channels.
+fn recurrence(inputs: &[Vec<usize>], ends: Recurrence, target: Target) -> TemplateCode {
     let d = Dims::of(inputs);
     let y = inputs.len();
+    let final_state = y + usize::from(ends.y);
     let w = width(target, d.p);
     let mut s = Text::new();
     let hd = Head::of(&mut s, &d, d.p / w, w);
     let (state, xdt, acc) = (s.array(d.n * w), s.array(w), s.array(w));
-    zero(&mut s, &state, d.n * w);
+    if ends.from_state {
+        each_state(&mut s, &d, &hd, w, |s, k, index| {
+            let v = s.load(STATE, index);
+            s.set(&state, k, &v);
+        });
+    } else {
+        zero(&mut s, &state, d.n * w);
+    }
     let av = s.load(A, &[&hd.h]);
     range(&mut s, d.t, |s, ti| {
         let (dtv, decay) = step(s, &hd, ti, &av);
@@ -109,7 +148,7 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
         });
         range(s, d.n, |s, ni| {
             let bv = s.load(B, &[&hd.b, ti, &hd.g, ni]);
-            let cv = s.load(C, &[&hd.b, ti, &hd.g, ni]);
+            let cv = if ends.y { Some(s.load(C, &[&hd.b, ti, &hd.g, ni])) } else { None };
             let row = s.mul_c(ni, w as i64);
             range(s, w, |s, j| {
                 let k = s.add(&row, j);
@@ -117,28 +156,65 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
                 let input = s.fmul(&xj, &bv);
                 let new = s.fma(&decay, &old, &input);
                 s.set(&state, &k, &new);
-                accumulate(s, &acc, j, &new, &cv);
+                if let Some(cv) = &cv {
+                    accumulate(s, &acc, j, &new, cv);
+                }
             });
         });
-        range(s, w, |s, j| {
-            let pi = hd.at(s, j);
-            let v = s.get(&acc, j);
-            s.store(y, &[&hd.b, ti, &hd.h, &pi], &v);
-        });
+        if ends.y {
+            range(s, w, |s, j| {
+                let pi = hd.at(s, j);
+                let v = s.get(&acc, j);
+                s.store(y, &[&hd.b, ti, &hd.h, &pi], &v);
+            });
+        }
     });
+    if ends.state {
+        each_state(&mut s, &d, &hd, w, |s, k, index| {
+            let v = s.get(&state, k);
+            s.store(final_state, index, &v);
+        });
+    }
+    let state_shape = vec![d.b, d.h, d.p, d.n];
+    let mut outputs = Vec::new();
+    if ends.y {
+        outputs.push(inputs[X].clone());
+    }
+    if ends.state {
+        outputs.push(state_shape);
+    }
+    let template = match (ends.from_state, ends.y) {
+        (false, true) => "ssd_scan",
+        (false, false) => "ssd_state",
+        (true, _) => "ssd_step",
+    };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     TemplateCode {
-        name: name("ssd_scan", &shapes),
+        name: name(template, &shapes),
         inputs: inputs.to_vec(),
-        outputs: vec![inputs[X].clone()],
+        outputs,
         workspace: vec![],
+        in_place: if ends.from_state && ends.state { vec![(1, STATE)] } else { vec![] },
         phases: vec![Phase {
-            what: "forward",
+            what: if ends.y { "forward" } else { "state" },
             items: d.b * d.h * (d.p / w),
             work_per_item: 2 * d.t * d.n * w,
             body: s,
         }],
     }
+}
+
+/// `body(k, [b, h, p, n])` for every element of an item's block of the state: `k` its
+/// place in the block's array, the index its place in a `[B, H, P, N]` state view.
+fn each_state(s: &mut Text, d: &Dims, hd: &Head, w: usize, body: impl Fn(&mut Text, &str, &[&str])) {
+    range(s, d.n, |s, ni| {
+        let row = s.mul_c(ni, w as i64);
+        range(s, w, |s, j| {
+            let k = s.add(&row, j);
+            let pi = hd.at(s, j);
+            body(s, &k, &[&hd.b, &hd.h, &pi, ni]);
+        });
+    });
 }
 
 /// Views of the backward's outputs and workspace (per-head `v` and `u`, `[B,T,H,N]`).
@@ -189,6 +265,7 @@ pub fn backward(inputs: &[Vec<usize>], chunk: usize, target: Target) -> Template
         inputs: inputs.to_vec(),
         outputs: inputs[..5].to_vec(),
         workspace: vec![per_head, per_head, entering, d.b * ch.count * d.h * d.n],
+        in_place: vec![],
         phases: vec![
             Phase {
                 what: "columns",
