@@ -6,7 +6,8 @@
 # float32, the fixture's eos 2). Prints PASS/FAIL per fixture and device with decode
 # tokens/s, then one longer greedy run per device (256 tokens, no end) for steady decode
 # speeds. Usage: bash bench/gpu_generate.sh [HYB_BINARY] (default: dist/hyb.xz unpacked);
-# gpu_check.sh calls it. Logs under $OUT; exits 1 when a case fails.
+# gpu_check.sh calls it. DEVICES (default "cuda cpu") picks the devices. Logs under $OUT;
+# exits 1 when a case fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hyb-out}
@@ -19,9 +20,10 @@ if [ -z "$hyb" ]; then
 fi
 export HYB_STDLIB="$PWD/stdlib" HYB_CACHE_DIR="${HYB_CACHE_DIR:-$work/cache}"
 export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
-python3 - "$hyb" "$work" "$OUT" <<'PY'
+python3 - "$hyb" "$work" "$OUT" "${DEVICES:-cuda cpu}" <<'PY'
 import json, os, subprocess, sys
 hyb, work, out = sys.argv[1:4]
+devices = sys.argv[4].split()
 root = "tests/fixtures/falcon_h1"
 log = open(os.path.join(out, "generate_gpu.txt"), "w")
 
@@ -49,7 +51,7 @@ for name in sorted(os.listdir(root)):
     models[name] = (model, weights)
     expected = json.load(open(os.path.join(fixture, "generate.json")))
     n = str(expected["max_new_tokens"])
-    for device in ["cuda", "cpu"]:
+    for device in devices:
         bad, rates = [], []
         for case in expected["cases"]:
             prompt = ",".join(map(str, case["prompt"]))
@@ -74,7 +76,7 @@ for name in sorted(os.listdir(root)):
 if "gqa_basic" in models:
     model, weights = models["gqa_basic"]
     ids = {}
-    for device in ["cuda", "cpu"]:
+    for device in devices:
         got, err = run(["generate", model, "--weights", weights, "--ids", "85,55,42,45,21,54,45,62,73,77",
                         "--max-new-tokens", "256", "--eos", "none", "--device", device, "--json"])
         if got is None:
