@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod decode;
+pub mod packed;
 
 use crate::ir::{Graph, Init, Op, Origin, ParamSpec, TensorType};
 use crate::ops::{Prim, Slice, OPS};

@@ -190,6 +190,8 @@ pub trait Primitive {
     }
 }
 
+pub mod documents;
+
 /// The registration of every primitive: each line is a module of `ops` and the primitive
 /// types it defines. Defines the modules, [`Prim`] (one variant per type, named like it),
 /// its dispatch to each type's [`Primitive`] impl, and [`DECLS`], the modules' places in
@@ -266,16 +268,16 @@ registry! {
     concat: Concat;
     embedding: Embedding, EmbeddingGrad, OneHot, VocabEmbedding, VocabEmbeddingGrad;
     matmul: Matmul;
-    conv1d: CausalConv1d, CausalConv1dGrad;
-    ssd_scan: SsdScan, SsdScanGrad;
-    rope: Rope, RopeGrad;
+    conv1d: CausalConv1d, CausalConv1dGrad, DocumentConv1d, DocumentConv1dGrad;
+    ssd_scan: SsdScan, SsdScanGrad, DocumentSsdScan, DocumentSsdScanGrad;
+    rope: Rope, RopeGrad, DocumentRope, DocumentRopeGrad;
     rope_at: RopeAt;
     cache_write: CacheWrite;
     cache_attention: CacheAttention;
     conv_step: ConvStep;
     ssd_step: SsdStep;
     ssd_state: SsdState;
-    mask: CausalMask, Tril;
+    mask: CausalMask, Tril, DocumentMask, DocumentTril;
     quant: TernaryQuant, Int8Quant;
     collective: AllReduce, AllGather, ReduceScatter, Shard, TpCopy;
 }

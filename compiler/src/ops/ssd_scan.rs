@@ -1,8 +1,10 @@
 //! `ssd_scan`: the Mamba-2 state-space scan (`h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`,
 //! `y_t = h_t·C_t`, heads sharing B/C groups), computed by the chunked state-space-dual
 //! algorithm, and its gradient: one primitive with the five input gradients as outputs, so
-//! one backward pass serves them all.
+//! one backward pass serves them all. For packed rows, `document_ssd_scan` and its
+//! gradient: the state starts from zero at every document's start (`ops::documents`).
 
+use super::documents::{check_positions, starts};
 use super::{callable, Args, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty};
 use crate::cost::{Machine, Work};
 use crate::ir::{Graph, NodeId, TensorType};
@@ -27,6 +29,20 @@ pub struct SsdScanGrad {
     pub chunk: Dim,
 }
 
+/// [`SsdScan`] of inputs `(x, dt, a, b, c, positions [B, T])`, the state reset to zero
+/// where a document starts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DocumentSsdScan {
+    pub chunk: Dim,
+}
+
+/// Gradients of [`DocumentSsdScan`] from inputs `(x, dt, a, b, c, dy, positions)`: outputs
+/// `dx, ddt, da, db, dc`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DocumentSsdScanGrad {
+    pub chunk: Dim,
+}
+
 pub(super) const DECLS: &[Decl] = &[
     callable!(
         "ssd_scan",
@@ -48,6 +64,8 @@ pub(super) const DECLS: &[Decl] = &[
     )
     .counting(Heads::Ssm(|y| y[2].as_const().unwrap_or(0) as u64)),
     Decl::Internal { name: "ssd_scan_grad", what: "the gradient of `ssd_scan`" },
+    Decl::Internal { name: "document_ssd_scan", what: "`ssd_scan` within each document of a packed row" },
+    Decl::Internal { name: "document_ssd_scan_grad", what: "the gradient of `document_ssd_scan`" },
 ];
 
 /// Checks the five inputs' shapes against each other.
@@ -301,6 +319,19 @@ pub fn chunked<T: Real>(
 /// The defining recurrence, one step at a time:
 /// `h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ`, `y_t = h_t·C_t`.
 pub fn sequential<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Tensor<T>, cm: &Tensor<T>) -> Tensor<T> {
+    recurrence(x, dt, a, bm, cm, &|_, _| true)
+}
+
+/// The recurrence with the state carried into step `t` of row `b` only where
+/// `carries(b, t)` (elsewhere it restarts from zero: a document's first token).
+fn recurrence<T: Real>(
+    x: &Tensor<T>,
+    dt: &Tensor<T>,
+    a: &Tensor<T>,
+    bm: &Tensor<T>,
+    cm: &Tensor<T>,
+    carries: &dyn Fn(usize, usize) -> bool,
+) -> Tensor<T> {
     let d = ScanDims::of(x, bm);
     let mut y = Tensor::zeros(x.shape.clone());
     for bi in 0..d.b {
@@ -309,7 +340,7 @@ pub fn sequential<T: Real>(x: &Tensor<T>, dt: &Tensor<T>, a: &Tensor<T>, bm: &Te
             let mut state = vec![T::zero(); d.p * d.n];
             for ti in 0..d.t {
                 let dtt = dt.data[(bi * d.t + ti) * d.h + hi];
-                let decay = (dtt * a.data[hi]).exp();
+                let decay = if carries(bi, ti) { (dtt * a.data[hi]).exp() } else { T::zero() };
                 for pi in 0..d.p {
                     let mut acc = T::zero();
                     for ni in 0..d.n {
@@ -339,6 +370,22 @@ pub fn gradients<T: Real>(
     dy: &Tensor<T>,
     chunk: usize,
 ) -> [Tensor<T>; 5] {
+    gradients_in(x, dt, a, bm, cm, dy, chunk, &|_, _| true)
+}
+
+/// [`gradients`] of the recurrence that carries its state into step `t` of row `b` only
+/// where `carries(b, t)`: there the decay is zero, so no adjoint flows back across it.
+#[allow(clippy::too_many_arguments)]
+fn gradients_in<T: Real>(
+    x: &Tensor<T>,
+    dt: &Tensor<T>,
+    a: &Tensor<T>,
+    bm: &Tensor<T>,
+    cm: &Tensor<T>,
+    dy: &Tensor<T>,
+    chunk: usize,
+    carries: &dyn Fn(usize, usize) -> bool,
+) -> [Tensor<T>; 5] {
     let d = ScanDims::of(x, bm);
     let chunk = chunk.max(1);
     let mut dx = Tensor::zeros(x.shape.clone());
@@ -352,9 +399,11 @@ pub fn gradients<T: Real>(
         for hi in 0..d.h {
             let gi = d.group(hi);
             let dt_at = |ti: usize| dt.data[(bi * d.t + ti) * d.h + hi];
+            // The factor by which the state entering step t shrinks: zero at a restart.
+            let decay_at = |ti: usize| if carries(bi, ti) { (dt_at(ti) * a.data[hi]).exp() } else { T::zero() };
             // h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t·B_tᵀ, one step.
             let advance = |ti: usize, prev: &[T], out: &mut [T]| {
-                let decay = (dt_at(ti) * a.data[hi]).exp();
+                let decay = decay_at(ti);
                 for pi in 0..d.p {
                     for ni in 0..d.n {
                         out[pi * d.n + ni] = decay * prev[pi * d.n + ni]
@@ -384,14 +433,14 @@ pub fn gradients<T: Real>(
                     before.copy_from_slice(&rest[..pn]);
                 }
                 for ti in (s..e).rev() {
-                    let next_decay = if ti + 1 < d.t { (dt_at(ti + 1) * a.data[hi]).exp() } else { T::zero() };
+                    let next_decay = if ti + 1 < d.t { decay_at(ti + 1) } else { T::zero() };
                     for pi in 0..d.p {
                         for ni in 0..d.n {
                             let idx = pi * d.n + ni;
                             g[idx] = dy.data[d.x(bi, ti, hi, pi)] * cm.data[d.bc(bi, ti, gi, ni)] + next_decay * g[idx];
                         }
                     }
-                    let decay = (dt_at(ti) * a.data[hi]).exp();
+                    let decay = decay_at(ti);
                     let here = &states[(ti - s) * pn..(ti - s + 1) * pn];
                     let prev_state: &[T] =
                         if ti > s { &states[(ti - s - 1) * pn..(ti - s) * pn] } else { &entering[c] };
@@ -420,4 +469,93 @@ pub fn gradients<T: Real>(
         }
     }
     [dx, ddt, da, db, dc]
+}
+
+/// `carries(b, t)` of a packed row: the state carries into every token but a document's
+/// first.
+fn within_documents<T: Real>(positions: &Tensor<T>) -> impl Fn(usize, usize) -> bool {
+    let t = positions.shape[1];
+    let start = starts(positions);
+    move |bi, ti| start[bi * t + ti] < ti
+}
+
+impl Primitive for DocumentSsdScan {
+    fn name(&self) -> &'static str {
+        "document_ssd_scan"
+    }
+
+    fn class(&self) -> Class {
+        Class::Sequence
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        check_inputs(inputs, ctx)?;
+        let x = &inputs[0].0;
+        check_positions(inputs, 5, &x[0], &x[1], ctx, self.name())?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    /// The recurrence itself (the chunked form is the same math; the reference keeps to
+    /// the definition where documents restart it).
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        let carries = within_documents(inputs[5]);
+        vec![recurrence(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], &carries)]
+    }
+
+    fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        let ins = g.nodes[node].inputs.clone();
+        let mut inputs = ins[..5].to_vec();
+        inputs.extend([dy, ins[5]]);
+        let mut grads: Vec<Option<NodeId>> =
+            g.apply_all(DocumentSsdScanGrad { chunk: self.chunk.clone() }, inputs).into_iter().map(Some).collect();
+        grads.push(None);
+        Ok(grads)
+    }
+
+    /// As `ssd_scan`, with the positions following batch (time is whole).
+    fn shard_axes(&self, ax: &mut Axes, g: &Graph, y: NodeId) {
+        SsdScan { chunk: self.chunk.clone() }.shard_axes(ax, g, y);
+        let positions = g.nodes[y].inputs[5];
+        ax.same(positions, 0, y, 0);
+        ax.block(ax.var(positions, 1));
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        scan_work(m, inputs, outputs, &self.chunk, 1.0)
+    }
+}
+
+impl Primitive for DocumentSsdScanGrad {
+    fn name(&self) -> &'static str {
+        "document_ssd_scan_grad"
+    }
+
+    fn class(&self) -> Class {
+        Class::Sequence
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        let out = SsdScanGrad { chunk: self.chunk.clone() }.infer(&inputs[..6.min(inputs.len())], ctx)?;
+        let x = &inputs[0].0;
+        check_positions(inputs, 6, &x[0], &x[1], ctx, self.name())?;
+        Ok(out)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
+        let chunk = sizes.of(&self.chunk) as usize;
+        let carries = within_documents(inputs[6]);
+        gradients_in(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5], chunk, &carries).into()
+    }
+
+    fn single_output(&self) -> bool {
+        false
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Err(NoGradient(self.name()))
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        scan_work(m, inputs, outputs, &self.chunk, 2.0)
+    }
 }
