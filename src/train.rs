@@ -11,7 +11,7 @@ use clap::ArgMatches;
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
-use hyb_runtime::train::data::DataSpec;
+use hyb_runtime::train::data::{DataSpec, Packing};
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
 use hyb_runtime::train::step::{Executor, GpuPrecision, Model, Placement, Planning};
@@ -61,6 +61,11 @@ pub struct TrainArgs {
     /// Key-value pairs per MQAR sequence.
     #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     mqar_pairs: usize,
+    /// Pack whole documents into rows, attention, conv and scan confined to each document:
+    /// `eod=ID` (a token id ends each document) or `lengths=FILE` (document lengths in
+    /// tokens, whitespace-separated, summing to the data's length).
+    #[arg(long, value_parser = packing, value_name = "eod=ID|lengths=FILE")]
+    pack: Option<Packing>,
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
     /// Sequences per step [default: 16, or the artifact's].
@@ -256,7 +261,26 @@ fn data_spec(args: &TrainArgs, explicit: &dyn Fn(&str) -> bool) -> Result<DataSp
     if explicit("mqar_pairs") && !matches!(spec, DataSpec::Mqar { .. }) {
         bail!("--mqar-pairs applies to --data mqar only");
     }
+    let spec = match &args.pack {
+        Some(_) if matches!(spec, DataSpec::Mqar { .. }) => {
+            bail!("--pack packs the documents of a --data file; MQAR sequences are generated one per row")
+        }
+        Some(documents) => DataSpec::Packed { of: Box::new(spec), documents: documents.clone() },
+        None => spec,
+    };
     Ok(spec.absolute()?)
+}
+
+/// `--pack`'s value: `eod=ID` or `lengths=FILE`.
+fn packing(value: &str) -> Result<Packing, String> {
+    match value.split_once('=') {
+        Some(("eod", id)) => id
+            .parse()
+            .map(|id| Packing::Eod { id })
+            .map_err(|_| format!("eod=ID takes a token id (a whole number ≥ 0), not `{id}`")),
+        Some(("lengths", path)) if !path.is_empty() => Ok(Packing::Lengths { path: PathBuf::from(path) }),
+        _ => Err(format!("expected eod=ID or lengths=FILE, not `{value}`")),
+    }
 }
 
 /// The flags given with `--resume` whose values differ from the stored run's.
@@ -296,7 +320,7 @@ fn conflicts(
         format!("{:?} (width multiplier {})", args.base_width.unwrap_or_default(), given.width_mult),
         format!("width multiplier {}", stored.width_mult),
     );
-    if ["data", "tokenizer", "token_bytes", "mqar_pairs"].iter().any(|id| explicit(id)) {
+    if ["data", "tokenizer", "token_bytes", "mqar_pairs", "pack"].iter().any(|id| explicit(id)) {
         let given = data_spec(args, explicit)?;
         if &given != data {
             out.push(format!("--data: {given} (the run trained on {data})"));

@@ -1,7 +1,9 @@
-//! Packed rows against their documents run one by one, in the float64 reference: the
+//! Packed rows against their documents run one by one: in the float64 reference, the
 //! packed graph (`elaborate::packed`) of every example model gives each document's logits
 //! as if it were alone, and the gradient of a loss over a packed row equals the sum of the
-//! gradients of its documents' losses.
+//! gradients of its documents' losses; packed batches mark documents from an
+//! end-of-document id or a file of lengths; and a training step on packed rows on the CPU
+//! executor has the loss of its documents alone.
 
 use hyb_compiler::autodiff::gradients;
 use hyb_compiler::elaborate::elaborate;
@@ -9,6 +11,10 @@ use hyb_compiler::elaborate::packed::{packed, POSITIONS};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Binary;
 use hyb_compiler::reference::{run, Tensor};
+use hyb_runtime::train::data::{Batch, DataSpec, Mqar, Packing, Source, Split};
+use hyb_runtime::train::run_dir::Existing;
+use hyb_runtime::train::schedule::Schedule;
+use hyb_runtime::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -128,4 +134,120 @@ fn a_packed_row_computes_what_its_documents_compute_alone() {
         }
         eprintln!("{name}: logits and {} gradients match", grads.len());
     }
+}
+
+/// Tokens `0, 1, …` with an end-of-document id (0) after documents of `lengths`.
+fn documents(lengths: &[usize]) -> Vec<u32> {
+    let mut tokens = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        tokens.extend((1..n).map(|i| 1 + ((k * 7 + i) % 30) as u32));
+        tokens.push(0);
+    }
+    tokens
+}
+
+#[test]
+fn packed_batches_mark_documents_and_weigh_only_targets_inside_them() {
+    let lengths: Vec<usize> = (0..60).map(|k| 1 + (k * 5) % 11).collect();
+    let tokens = documents(&lengths);
+    let raw = || Source::Tokens { tokens: tokens.clone(), vocab: 32, origin: DataSpec::InMemory, documents: None };
+    let by_eod = raw().packed(&Packing::Eod { id: 0 }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lengths.txt");
+    let text: Vec<String> = lengths.iter().map(usize::to_string).collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    let by_lengths = raw().packed(&Packing::Lengths { path: file.clone() }).unwrap();
+    for step in 0..4 {
+        let b = by_eod.batch(9, Split::Train, step, 3, 16).unwrap();
+        assert_eq!(b, by_lengths.batch(9, Split::Train, step, 3, 16).unwrap());
+        let positions = b.positions.as_ref().unwrap();
+        let counted = b.weights.iter().filter(|&&w| w > 0.0).count();
+        assert!((b.weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for (i, (&id, &p)) in b.ids.iter().zip(positions).enumerate() {
+            let t = i % 16;
+            // A row starts a document; after an end-of-document id another starts.
+            let expected = if t == 0 { 0 } else if b.ids[i - 1] == 0 { 0 } else { positions[i - 1] + 1 };
+            assert_eq!(p, expected, "token {i} of {:?}", b.ids);
+            // The target of an end-of-document id is the next document's first token.
+            assert_eq!(b.weights[i] == 0.0, id == 0, "weight of token {i}");
+            assert!(b.weights[i] == 0.0 || (b.weights[i] - 1.0 / counted as f64).abs() < 1e-12);
+        }
+    }
+    for (text, why) in [("3 0 2", "not a positive"), ("5 x", "not a positive"), ("1 2", "sum to 3"), ("100000", "past")] {
+        std::fs::write(&file, text).unwrap();
+        let err = raw().packed(&Packing::Lengths { path: file.clone() }).unwrap_err().to_string();
+        assert!(err.contains(why), "{text}: {err}");
+    }
+    let mqar = Source::Mqar(Mqar { vocab: 32, pairs: 2 });
+    assert!(mqar.packed(&Packing::Eod { id: 0 }).unwrap_err().to_string().contains("MQAR"));
+}
+
+/// The loss of each document alone, in the float64 reference: `Σ w · nll` over the
+/// positions the packed batch weighs, each document run as its own sequence.
+fn loss_of_documents_alone(forward: &Graph, params: &HashMap<String, Tensor<f64>>, b: &Batch) -> f64 {
+    let positions = b.positions.as_ref().unwrap();
+    let mut loss = 0.0;
+    let mut start = 0;
+    while start < b.ids.len() {
+        let mut end = start + 1;
+        while end < b.ids.len() && end % b.seq != 0 && positions[end] != 0 {
+            end += 1;
+        }
+        let ids: Vec<f64> = b.ids[start..end].iter().map(|&i| i as f64).collect();
+        let n = ids.len();
+        let inputs = HashMap::from([("ids".to_string(), Tensor::new(vec![1, n], ids))]);
+        let logits = run(forward, params, &inputs).unwrap().remove(0);
+        let vocab = logits.shape[2];
+        for (k, row) in logits.data.chunks(vocab).enumerate() {
+            let w = b.weights[start + k];
+            if w > 0.0 {
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                loss += w * (lse - row[b.targets[start + k] as usize]);
+            }
+        }
+        start = end;
+    }
+    loss
+}
+
+#[test]
+fn training_on_packed_rows_gives_the_loss_of_the_documents_alone() {
+    let g = forward(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny_hybrid.hyb"));
+    let lengths: Vec<usize> = (0..200).map(|k| 1 + (k * 7) % 23).collect();
+    let tokens = documents(&lengths);
+    let source = Source::Tokens { tokens, vocab: 32, origin: DataSpec::InMemory, documents: None }
+        .packed(&Packing::Eod { id: 0 })
+        .unwrap();
+    let cfg = TrainConfig {
+        steps: 2,
+        batch: 2,
+        seq: 24,
+        lr: 1e-3,
+        warmup: 1,
+        schedule: Schedule::Constant,
+        seed: 3,
+        eval_every: 0,
+        eval_batches: 1,
+        save_every: 0,
+        max_bad_steps: 3,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.0,
+        decay_all: false,
+        clip: None,
+        width_mult: 1.0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(g.clone(), source.clone(), cfg.clone(), &dir.path().join("run"), Existing::Refuse).unwrap();
+    // The compiled program on the CPU executor (document primitives interpreted, the rest
+    // native code) against the reference on each document alone, from the same weights.
+    let (params, _, _) = trainer.step_inputs().unwrap();
+    let params: HashMap<String, Tensor<f64>> =
+        params.iter().map(|(k, t)| (k.clone(), Tensor::new(t.shape.clone(), t.to_f64()))).collect();
+    let b = source.batch(cfg.seed, Split::Train, 0, cfg.batch, cfg.seq).unwrap();
+    assert!(b.positions.as_ref().unwrap().iter().filter(|&&p| p == 0).count() > 2 * cfg.batch, "several documents per row");
+    let want = loss_of_documents_alone(&g, &params, &b);
+    let got = trainer.step().unwrap().loss;
+    assert!((got - want).abs() < 1e-5 * want.abs(), "packed step loss {got}, documents alone {want}");
 }

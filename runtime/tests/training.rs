@@ -150,7 +150,12 @@ fn batches_are_deterministic_and_splits_disjoint() {
         }
     }
     let text =
-        Source::Tokens { tokens: (0..1000).map(|i| (i % 50) as u32).collect(), vocab: 50, origin: DataSpec::InMemory };
+        Source::Tokens {
+            tokens: (0..1000).map(|i| (i % 50) as u32).collect(),
+            vocab: 50,
+            origin: DataSpec::InMemory,
+            documents: None,
+        };
     let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
     assert!(b.ids.iter().zip(&b.targets).all(|(a, t)| (a + 1) % 50 == *t));
 }

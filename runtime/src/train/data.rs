@@ -6,7 +6,8 @@ use super::rng::Rng;
 use std::path::{Path, PathBuf};
 
 /// One batch: `ids` and next-token `targets` `[B, T]`, and the weight of each position's
-/// loss (summing to one over the batch).
+/// loss (summing to one over the batch); from packed data, each token's place in its
+/// document (`positions`, 0 where a document or a row starts).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub batch: usize,
@@ -14,6 +15,7 @@ pub struct Batch {
     pub ids: Vec<u32>,
     pub targets: Vec<u32>,
     pub weights: Vec<f64>,
+    pub positions: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +43,28 @@ pub enum Source {
         vocab: usize,
         /// Where the tokens came from.
         origin: DataSpec,
+        /// Packed data: where each document starts in `tokens` (increasing, 0 first).
+        documents: Option<Vec<usize>>,
     },
+}
+
+/// How packed data marks its documents.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Packing {
+    /// An end-of-document token id: it ends its document, the next token starts one.
+    Eod { id: u32 },
+    /// A text file of document lengths in tokens, in order, summing to the stream's length.
+    Lengths { path: PathBuf },
+}
+
+impl std::fmt::Display for Packing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Packing::Eod { id } => write!(f, "documents ended by token {id}"),
+            Packing::Lengths { path } => write!(f, "documents of the lengths in {}", path.display()),
+        }
+    }
 }
 
 /// Where a run's data comes from, as stored in its checkpoint so that a resumed run reads
@@ -65,6 +88,8 @@ pub enum DataSpec {
     },
     /// Tokens given in memory (tests).
     InMemory,
+    /// Another token source whose rows are packed with whole documents (`hyb train --pack`).
+    Packed { of: Box<DataSpec>, documents: Packing },
 }
 
 impl std::fmt::Display for DataSpec {
@@ -79,6 +104,7 @@ impl std::fmt::Display for DataSpec {
                 write!(f, "the {token_bytes}-byte token ids of {}", path.display())
             }
             DataSpec::InMemory => f.write_str("tokens given in memory"),
+            DataSpec::Packed { of, documents } => write!(f, "{of}, packed ({documents})"),
         }
     }
 }
@@ -96,6 +122,13 @@ impl DataSpec {
                 DataSpec::TokenizedText { path: absolute(&path)?, tokenizer: absolute(&tokenizer)? }
             }
             DataSpec::TokenFile { path, token_bytes } => DataSpec::TokenFile { path: absolute(&path)?, token_bytes },
+            DataSpec::Packed { of, documents } => DataSpec::Packed {
+                of: Box::new(of.absolute()?),
+                documents: match documents {
+                    Packing::Lengths { path } => Packing::Lengths { path: absolute(&path)? },
+                    eod => eod,
+                },
+            },
             other => other,
         })
     }
@@ -108,6 +141,7 @@ impl DataSpec {
             DataSpec::TokenizedText { path, tokenizer } => Source::tokenized_text(path, tokenizer),
             DataSpec::TokenFile { path, token_bytes } => Source::token_file(path, *token_bytes),
             DataSpec::InMemory => Err(DataError::Invalid("tokens given in memory cannot be read again".into())),
+            DataSpec::Packed { of, documents } => of.open(vocab)?.packed(documents),
         }
     }
 }
@@ -128,7 +162,7 @@ impl Source {
             DataError::Invalid(format!("{} is not UTF-8 text (byte {})", path.display(), e.valid_up_to()))
         })?;
         let origin = DataSpec::Text { path: path.to_path_buf() };
-        Ok(Source::Tokens { tokens: bytes.into_iter().map(u32::from).collect(), vocab: 256, origin })
+        Ok(Source::Tokens { tokens: bytes.into_iter().map(u32::from).collect(), vocab: 256, origin, documents: None })
     }
 
     /// A UTF-8 text file tokenized with a Hugging Face `tokenizer.json`.
@@ -141,7 +175,12 @@ impl Source {
             .encode(text, false)
             .map_err(|e| DataError::Invalid(format!("cannot tokenize {}: {e}", path.display())))?;
         let origin = DataSpec::TokenizedText { path: path.to_path_buf(), tokenizer: tokenizer.to_path_buf() };
-        Ok(Source::Tokens { tokens: encoding.get_ids().to_vec(), vocab: tok.get_vocab_size(true), origin })
+        Ok(Source::Tokens {
+            tokens: encoding.get_ids().to_vec(),
+            vocab: tok.get_vocab_size(true),
+            origin,
+            documents: None,
+        })
     }
 
     /// A pre-tokenized file of little-endian u16 or u32 ids.
@@ -166,7 +205,32 @@ impl Source {
             tokens,
             vocab,
             origin: DataSpec::TokenFile { path: path.to_path_buf(), token_bytes: width },
+            documents: None,
         })
+    }
+
+    /// The same tokens with their documents marked as `packing` says, so that batches pack
+    /// whole documents into rows (each token's place in its document in `positions`).
+    pub fn packed(self, packing: &Packing) -> Result<Source, DataError> {
+        let Source::Tokens { tokens, vocab, origin, documents: None } = self else {
+            return Err(DataError::Invalid(
+                "only token data (--data FILE) can be packed: MQAR sequences are generated one per row".into(),
+            ));
+        };
+        let starts = match packing {
+            Packing::Eod { id } => {
+                let ends = tokens.iter().enumerate().filter(|&(_, t)| t == id).map(|(i, _)| i + 1);
+                std::iter::once(0).chain(ends.filter(|&s| s < tokens.len())).collect()
+            }
+            Packing::Lengths { path } => lengths(path, tokens.len())?,
+        };
+        let origin = DataSpec::Packed { of: Box::new(origin), documents: packing.clone() };
+        Ok(Source::Tokens { tokens, vocab, origin, documents: Some(starts) })
+    }
+
+    /// Whether batches hold packed documents (and so carry positions).
+    pub fn packs(&self) -> bool {
+        matches!(self, Source::Tokens { documents: Some(_), .. })
     }
 
     /// Where the data came from.
@@ -183,10 +247,16 @@ impl Source {
         let mut h = sha2::Sha256::new();
         match self {
             Source::Mqar(m) => h.update(format!("mqar vocab {} pairs {}", m.vocab, m.pairs)),
-            Source::Tokens { tokens, vocab, .. } => {
+            Source::Tokens { tokens, vocab, documents, .. } => {
                 h.update(format!("tokens vocab {vocab}"));
                 for t in tokens {
                     h.update(t.to_le_bytes());
+                }
+                if let Some(starts) = documents {
+                    h.update(format!("documents {}", starts.len()));
+                    for s in starts {
+                        h.update((*s as u64).to_le_bytes());
+                    }
                 }
             }
         }
@@ -205,7 +275,7 @@ impl Source {
         let mut rng = Rng::for_step(seed, if split == Split::Train { 1 } else { 2 }, step);
         match self {
             Source::Mqar(m) => m.batch(&mut rng, batch, seq),
-            Source::Tokens { tokens, .. } => {
+            Source::Tokens { tokens, documents, .. } => {
                 let held = tokens.len() / 10;
                 let (lo, hi) = match split {
                     Split::Train => (0, tokens.len() - held),
@@ -223,16 +293,76 @@ impl Source {
                     ids: vec![],
                     targets: vec![],
                     weights: vec![1.0 / (batch * seq) as f64; batch * seq],
+                    positions: documents.as_ref().map(|_| Vec::with_capacity(batch * seq)),
                 };
+                let mut counted = Vec::with_capacity(batch * seq);
                 for _ in 0..batch {
                     let start = lo + rng.below((hi - lo - seq) as u64) as usize;
                     b.ids.extend_from_slice(&tokens[start..start + seq]);
                     b.targets.extend_from_slice(&tokens[start + 1..start + seq + 1]);
+                    if let (Some(starts), Some(positions)) = (documents, b.positions.as_mut()) {
+                        pack_row(starts, start, seq, positions, &mut counted);
+                    }
+                }
+                if documents.is_some() {
+                    // Only targets in their own document count (a document's last token
+                    // would predict the next one's first), equally, summing to one.
+                    let n = counted.iter().filter(|&&c| c).count();
+                    for (w, &c) in b.weights.iter_mut().zip(&counted) {
+                        *w = if c { 1.0 / n as f64 } else { 0.0 };
+                    }
                 }
                 Ok(b)
             }
         }
     }
+}
+
+/// Appends the places in their documents of tokens `start .. start + seq` (a document's
+/// first token is 0, and so is the row's first: a document cut by the row starts there),
+/// and whether each token's target, the token after it, is in its document.
+fn pack_row(starts: &[usize], start: usize, seq: usize, positions: &mut Vec<u32>, counted: &mut Vec<bool>) {
+    let is_start = |t: usize| starts.binary_search(&t).is_ok();
+    let mut from = start;
+    for t in start..start + seq {
+        if is_start(t) {
+            from = t;
+        }
+        positions.push((t - from) as u32);
+        counted.push(!is_start(t + 1));
+    }
+}
+
+/// Document starts from a file of lengths (whitespace-separated positive integers) that
+/// sum to `total` tokens.
+fn lengths(path: &Path, total: usize) -> Result<Vec<usize>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
+    let mut starts = Vec::new();
+    let mut at = 0usize;
+    for (k, word) in text.split_whitespace().enumerate() {
+        let n: usize = word.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            DataError::Invalid(format!(
+                "{}: length {} is `{word}`, not a positive whole number of tokens",
+                path.display(),
+                k + 1
+            ))
+        })?;
+        starts.push(at);
+        at = at.checked_add(n).filter(|&a| a <= total).ok_or_else(|| {
+            DataError::Invalid(format!(
+                "{}: the first {} lengths already sum past the data's {total} tokens",
+                path.display(),
+                k + 1
+            ))
+        })?;
+    }
+    if at != total {
+        return Err(DataError::Invalid(format!(
+            "{}: the lengths sum to {at} tokens but the data has {total}",
+            path.display()
+        )));
+    }
+    Ok(starts)
 }
 
 impl Mqar {
@@ -262,7 +392,7 @@ impl Mqar {
     fn batch(&self, rng: &mut Rng, batch: usize, seq: usize) -> Result<Batch, DataError> {
         self.validate(seq)?;
         let half = self.vocab / 2;
-        let mut b = Batch { batch, seq, ids: vec![], targets: vec![], weights: vec![] };
+        let mut b = Batch { batch, seq, ids: vec![], targets: vec![], weights: vec![], positions: None };
         let mut answers = 0usize;
         for _ in 0..batch {
             // Distinct keys in [1, half), values in [half, vocab).

@@ -261,7 +261,7 @@ impl Trainer {
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
         let identity = Identity::of(&forward, &source);
-        let programs = model.programs(&cfg)?;
+        let programs = model.programs(&cfg, source.packs())?;
         let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
         let t = Trainer {
@@ -340,7 +340,7 @@ impl Trainer {
         }
         check_data(&forward, &source, &cfg)?;
         let fork = !same_dir(how.from, how.into);
-        let programs = model.programs(&cfg)?;
+        let programs = model.programs(&cfg, source.packs())?;
         let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
@@ -415,11 +415,15 @@ impl Trainer {
     fn inputs(&self, b: &Batch) -> HashMap<String, Tensor<f32>> {
         let shape = vec![b.batch, b.seq];
         let as_f32 = |v: &[u32]| Tensor::new(shape.clone(), v.iter().map(|&x| x as f32).collect());
-        HashMap::from([
+        let mut inputs = HashMap::from([
             ("ids".to_string(), as_f32(&b.ids)),
             ("targets".to_string(), as_f32(&b.targets)),
             ("loss_weights".to_string(), Tensor::new(shape.clone(), b.weights.iter().map(|&w| w as f32).collect())),
-        ])
+        ]);
+        if let Some(positions) = &b.positions {
+            inputs.insert(hyb_compiler::elaborate::packed::POSITIONS.to_string(), as_f32(positions));
+        }
+        inputs
     }
 
     /// The parameters and inputs (batch, learning rate, bias corrections, moments) of the

@@ -106,10 +106,20 @@ impl Model {
         }
     }
 
-    /// The programs for `cfg`'s steps and evaluations.
-    pub fn programs(&self, cfg: &TrainConfig) -> Result<Programs, TrainError> {
+    /// The programs for `cfg`'s steps and evaluations; for batches of packed documents
+    /// (`packed`), of the forward graph confined to each row's documents.
+    pub fn programs(&self, cfg: &TrainConfig, packed: bool) -> Result<Programs, TrainError> {
         match self {
+            Model::Graph { forward, planning } if packed => {
+                let forward = hyb_compiler::elaborate::packed::packed(forward)
+                    .map_err(|e| TrainError::Config(format!("packed data: {e}")))?;
+                compiled(&forward, cfg, planning)
+            }
             Model::Graph { forward, planning } => compiled(forward, cfg, planning),
+            Model::Artifact(..) if packed => Err(TrainError::Config(
+                "packed data needs programs compiled for packed rows: train from the .hyb file, not an artifact"
+                    .into(),
+            )),
             Model::Artifact(a, placement) => from_artifact(a, cfg, *placement),
         }
     }
