@@ -748,3 +748,37 @@ fn train_on_a_gpu_that_is_not_there_says_so_and_writes_nothing() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("reference executor runs on the CPU"), "{}", stderr(&o));
 }
+
+#[test]
+fn train_packs_documents_into_rows_and_refuses_what_it_cannot_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("docs.txt");
+    let docs: Vec<String> = (0..400).map(|k| "ab cd ef ".repeat(1 + k % 7)).collect();
+    std::fs::write(&text, docs.join("\n")).unwrap();
+    let data = text.to_str().unwrap();
+    let run = dir.path().join("run");
+    let o = hyb(&[
+        "train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--data", data, "--pack", "eod=10", "--steps", "2",
+        "--batch", "2", "--seq", "32", "--out", run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("document_mask"), "the packed program: {}", stdout(&o));
+    // Resuming reads the same packed data from the checkpoint.
+    let o = hyb(&["train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lengths = format!("lengths={}", dir.path().join("lengths.txt").display());
+    for (args, why) in [
+        (vec!["--pack", "eod=10"], "MQAR sequences are generated"),
+        (vec!["--data", data, "--pack", "eod=x"], "takes a token id"),
+        (vec!["--data", data, "--pack", "sizes=3"], "expected eod=ID or lengths=FILE"),
+        (vec!["--data", data, "--pack", &lengths], "cannot read"),
+    ] {
+        let out = dir.path().join("refused");
+        let mut all = vec!["train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--steps", "1", "--out", out.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let o = hyb(&all);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(why) && !stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+}
