@@ -9,8 +9,10 @@ use hyb_compiler::codegen::Storage;
 use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
-    Binary, CacheAttention, CacheWrite, CausalConv1d, CausalConv1dGrad, Concat, ConvStep, Embedding, EmbeddingGrad,
-    OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState, SsdStep, Tril, F64,
+    Binary, CacheAttention, CacheWrite, CausalConv1d, CausalConv1dGrad, Concat, ConvStep, DocumentConv1d,
+    DocumentConv1dGrad, DocumentRope, DocumentRopeGrad, DocumentSsdScan, DocumentSsdScanGrad,
+    DocumentTril, Embedding, EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState,
+    SsdStep, Tril, F64,
 };
 use hyb_compiler::rewrite::kernels::flash_attention;
 use hyb_dsl::dim::Dim;
@@ -406,11 +408,79 @@ fn decoding_steps_match_the_reference() {
     run_all(decode_cases());
 }
 
+/// Positions of packed rows drawn over `0..range` for input `k`: fractional and past a
+/// token's own index too, which the templates read as the reference does (truncated,
+/// clamped to the token's index), so rows hold documents of every length, one token among
+/// them.
+fn positions(k: usize, range: f64) -> Values {
+    let ranges: Ranges = Box::leak(Box::new([(k, 0.0, range)]));
+    Values { ranges, ..UNIT }
+}
+
+/// The packed-row (`document_`) twins of the sequence templates.
+fn document_cases() -> Vec<TemplateCase> {
+    let mut cases = Vec::new();
+    for &(b, t, h, p, g, n, chunk) in SSD_SHAPES {
+        let chunk = Dim::constant(chunk as i64);
+        let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n], vec![b, t]];
+        // Positions mostly small, so documents are short and restarts frequent.
+        let ranges: Ranges = Box::leak(Box::new([SSD_RANGES[0], SSD_RANGES[1], (5, 0.0, 3.0)]));
+        let values = Values { ranges, ..UNIT };
+        let (body, node) = prim_body(DocumentSsdScan { chunk: chunk.clone() }, &shapes);
+        cases.push((format!("document_ssd_scan {shapes:?}"), body, node, values));
+        shapes.insert(5, vec![b, t, h, p]);
+        let ranges: Ranges = Box::leak(Box::new([SSD_RANGES[0], SSD_RANGES[1], (6, 0.0, 3.0)]));
+        let (body, node) = prim_body(DocumentSsdScanGrad { chunk }, &shapes);
+        cases.push((format!("document_ssd_scan grad {shapes:?}"), body, node, Values { ranges, ..UNIT }));
+    }
+    for &(b, t, c, k) in CONV_SHAPES {
+        for bias in [false, true] {
+            let mut shapes = vec![vec![b, t, c], vec![c, k]];
+            if bias {
+                shapes.push(vec![c]);
+            }
+            shapes.push(vec![b, t]);
+            let (body, node) = prim_body(DocumentConv1d { bias }, &shapes);
+            cases.push((format!("document_conv1d {shapes:?}"), body, node, positions(shapes.len() - 1, 4.0)));
+            let grad = vec![vec![b, t, c], vec![c, k], vec![b, t, c], vec![b, t]];
+            let (body, node) = prim_body(DocumentConv1dGrad { bias }, &grad);
+            cases.push((format!("document_conv1d grad (bias {bias}) {grad:?}"), body, node, positions(3, 4.0)));
+        }
+    }
+    for (shape, theta) in [(vec![1, 1, 2, 4], 10000.0), (vec![2, 5, 3, 8], 10000.0), (vec![1, 9, 2, 6], 500.0)] {
+        let rows = vec![shape[0], shape[1]];
+        let (body, node) = prim_body(DocumentRope { theta: F64(theta) }, &[shape.clone(), rows.clone()]);
+        cases.push((format!("document_rope {shape:?} theta {theta}"), body, node, positions(1, 12.0)));
+        let (body, node) = prim_body(DocumentRopeGrad { theta: F64(theta) }, &[shape.clone(), rows]);
+        cases.push((format!("document_rope_grad {shape:?} theta {theta}"), body, node, positions(1, 12.0)));
+    }
+    // `document_mask` is the same template with −∞ (which the comparison cannot take) for 0.
+    for shape in [vec![2, 4, 4], vec![3, 1, 1], vec![2, 2, 7, 7]] {
+        let rows = vec![shape[0], *shape.last().unwrap()];
+        let (body, node) = prim_body(DocumentTril, &[shape.clone(), rows]);
+        cases.push((format!("document_tril {shape:?}"), body, node, positions(1, 5.0)));
+    }
+    cases
+}
+
+#[test]
+fn packed_row_templates_match_the_reference() {
+    run_all(document_cases());
+}
+
 /// The first and last case of each family of templates (a template's code, and a case on
 /// random layouts), for tests of what happens to the code after compiling.
 pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
-    let families =
-        [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases(), decode_cases()];
+    let families = [
+        conv1d_cases(),
+        attention_cases(),
+        piece_cases(),
+        position_cases(),
+        lookup_cases(),
+        ssd_cases(),
+        decode_cases(),
+        document_cases(),
+    ];
     families
         .into_iter()
         .flat_map(|cases| {

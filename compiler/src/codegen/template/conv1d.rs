@@ -1,6 +1,7 @@
 //! The causal depthwise conv1d, `y[b,t,c] = bias[c] + Σ_k w[c,k]·x[b,t-(K-1)+k,c]`, its
-//! gradient (`ops::conv1d` is the meaning), and its decode step from a cache of the last
-//! `K − 1` inputs (`ops::conv_step`).
+//! gradient (`ops::conv1d` is the meaning), their `document_` twins for packed rows (no
+//! tap reads before its output's document; `ops::documents`), and its decode step from a
+//! cache of the last `K − 1` inputs (`ops::conv_step`).
 //!
 //! Forward and `dx` are a tap-weighted sum of nearby time steps: on the CPU an item is a
 //! time step of a sequence, its channels the innermost loop (unit stride, so LLVM
@@ -10,15 +11,19 @@
 //! sums in time order, so they do not depend on how items are shared out.
 
 use super::super::emit::Target;
+use super::position::place_in_document;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
-/// The forward template for inputs `x [B,T,C]`, `w [C,K]` and optionally `bias [C]`.
-pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
+/// The forward template for inputs `x [B,T,C]`, `w [C,K]` and optionally `bias [C]`; with
+/// `documents`, a last input `positions [B,T]` (`document_conv1d`): no tap reads before
+/// the start of its output's document.
+pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> TemplateCode {
     let (x, w) = (&inputs[0], &inputs[1]);
     let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
-    let bias = inputs.len() > 2;
+    let bias = inputs.len() > 2 + usize::from(documents);
     let out = inputs.len();
+    let positions = documents.then(|| inputs.len() - 1);
     let taps = |s: &mut Text, bi: &str, ti: &str, ci: &str, acc: String, lo: &str| {
         // Tap kk reads time ti - (K-1) + kk.
         let kk_hi = s.i64(k as i64);
@@ -42,7 +47,7 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
     let (items, per_item) = match target {
         Target::Cpu => {
             let (bi, ti) = body.split("%item", t);
-            let lo = first_tap(&mut body, &ti, k);
+            let lo = first_tap(&mut body, &bi, &ti, k, positions);
             let (zero, cn) = (body.i64(0), body.i64(c as i64));
             body.each(&zero, &cn, |s, ci| {
                 let acc = start(s, ci);
@@ -54,7 +59,7 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
         Target::Gpu => {
             let (bt, ci) = body.split("%item", c);
             let (bi, ti) = body.split(&bt, t);
-            let lo = first_tap(&mut body, &ti, k);
+            let lo = first_tap(&mut body, &bi, &ti, k, positions);
             let acc = start(&mut body, &ci);
             let y = taps(&mut body, &bi, &ti, &ci, acc, &lo);
             body.store(out, &[&bi, &ti, &ci], &y);
@@ -63,7 +68,7 @@ pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
     };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     TemplateCode {
-        name: name("conv1d", &shapes),
+        name: name(if documents { "document_conv1d" } else { "conv1d" }, &shapes),
         inputs: inputs.to_vec(),
         outputs: vec![x.clone()],
         workspace: vec![],
@@ -132,12 +137,24 @@ pub fn step(inputs: &[Vec<usize>]) -> TemplateCode {
     }
 }
 
-/// The gradient template for inputs `x [B,T,C]`, `w [C,K]`, `dy [B,T,C]`: outputs `dx`,
-/// `dw` and, with `bias`, `dbias`.
-pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCode {
+/// The gradient template for inputs `x [B,T,C]`, `w [C,K]`, `dy [B,T,C]` and, with
+/// `documents`, `positions [B,T]`: outputs `dx`, `dw` and, with `bias`, `dbias`.
+pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Target) -> TemplateCode {
     let (x, w) = (&inputs[0], &inputs[1]);
     let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
-    let (dx, dw, db) = (3, 4, 5);
+    let positions = documents.then_some(3);
+    let shift = usize::from(documents);
+    let (dx, dw, db) = (3 + shift, 4 + shift, 5 + shift);
+    // `term` where output time `ti` reads tap `kk` (its document reaches back that far),
+    // else nothing: `acc` unchanged.
+    let within = |s: &mut Text, bi: &str, ti: &str, kk: &str, term: String, acc: &str| -> String {
+        let Some(view) = positions else { return term };
+        let p = place_in_document(s, view, bi, ti);
+        let top = s.i64(k as i64 - 1);
+        let reach = s.int("subi", &top, kk);
+        let reads = s.cmp("sge", &p, &reach);
+        s.select(&reads, &term, acc, "f32")
+    };
     // dx[b,s,c] = Σ_k w[c,k]·dy[b, s+(K-1)-k, c] over the taps that land before T.
     let taps = |s: &mut Text, bi: &str, si: &str, ci: &str| {
         let lo = last_tap(s, si, k, t);
@@ -147,7 +164,8 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
             let dst = s.add_c(&back, k as i64 - 1);
             let g = s.load(2, &[bi, &dst, ci]);
             let wv = s.load(1, &[ci, kk]);
-            vec![s.fma(&wv, &g, &acc[0])]
+            let term = s.fma(&wv, &g, &acc[0]);
+            vec![within(s, bi, &dst, kk, term, &acc[0])]
         });
         s.store(dx, &[bi, si, ci], &v[0]);
     };
@@ -179,11 +197,12 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
             let z = s.f32(0.0);
             let sum = s.fold(&zero, &bn, &[z], |s, bi, acc| {
                 s.fold(&lo, &tn, &[acc[0].clone()], |s, ti, acc| {
-                    let shift = s.add_c(kk, 1 - k as i64);
-                    let src = s.add(ti, &shift);
+                    let back = s.add_c(kk, 1 - k as i64);
+                    let src = s.add(ti, &back);
                     let g = s.load(2, &[bi, ti, ci]);
                     let xv = s.load(0, &[bi, &src, ci]);
-                    vec![s.fma(&g, &xv, &acc[0])]
+                    let term = s.fma(&g, &xv, &acc[0]);
+                    vec![within(s, bi, ti, kk, term, &acc[0])]
                 })
             });
             s.store(dw, &[ci, kk], &sum[0]);
@@ -204,8 +223,14 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
         outputs.push(vec![c]);
     }
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+    let template = match (documents, bias) {
+        (false, false) => "conv1d_grad",
+        (false, true) => "conv1d_grad_bias",
+        (true, false) => "document_conv1d_grad",
+        (true, true) => "document_conv1d_grad_bias",
+    };
     TemplateCode {
-        name: name(if bias { "conv1d_grad_bias" } else { "conv1d_grad" }, &shapes),
+        name: name(template, &shapes),
         inputs: inputs.to_vec(),
         outputs,
         workspace: vec![],
@@ -217,10 +242,16 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, target: Target) -> TemplateCo
     }
 }
 
-/// The first tap that reads at or after time 0 for output time `t`: `max(0, K-1-t)`.
-fn first_tap(s: &mut Text, t: &str, k: usize) -> String {
+/// The first tap that reads at or after time 0 for output time `t`: `max(0, K-1-t)`; with
+/// `positions` (a view), at or after the start of its document: `max(0, K-1-p)` for `t`'s
+/// place `p ≤ t` in its document.
+fn first_tap(s: &mut Text, b: &str, t: &str, k: usize, positions: Option<usize>) -> String {
+    let back = match positions {
+        Some(view) => place_in_document(s, view, b, t),
+        None => t.to_string(),
+    };
     let top = s.i64(k as i64 - 1);
-    let lo = s.int("subi", &top, t);
+    let lo = s.int("subi", &top, &back);
     let zero = s.i64(0);
     s.int("maxsi", &lo, &zero)
 }

@@ -135,8 +135,10 @@ pub fn for_node(
             .ok_or_else(|| CodegenError::Unbound { node, shape: d.to_string() })
     };
     match &n.op {
-        Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, target))),
-        Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, target))),
+        Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, false, target))),
+        Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, false, target))),
+        Op::Prim(Prim::DocumentConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, true, target))),
+        Op::Prim(Prim::DocumentConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, true, target))),
         Op::Prim(Prim::Embedding(_)) => Some(inputs().map(|s| gather::embedding(&s[0], &s[1]))),
         Op::Prim(Prim::OneHot(h)) => Some(inputs().and_then(|s| Ok(gather::one_hot(&s[0], size(&h.depth)?)))),
         Op::Prim(Prim::EmbeddingGrad(e)) => {
@@ -145,9 +147,15 @@ pub fn for_node(
         Op::Prim(Prim::Rope(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, false))),
         Op::Prim(Prim::RopeGrad(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, true))),
         Op::Prim(Prim::CausalMask(_)) => {
-            Some(inputs().map(|s| position::mask(&s[0], f32::NEG_INFINITY, "causal_mask")))
+            Some(inputs().map(|s| position::mask(&s[0], f32::NEG_INFINITY, "causal_mask", false)))
         }
-        Op::Prim(Prim::Tril(_)) => Some(inputs().map(|s| position::mask(&s[0], 0.0, "tril"))),
+        Op::Prim(Prim::Tril(_)) => Some(inputs().map(|s| position::mask(&s[0], 0.0, "tril", false))),
+        Op::Prim(Prim::DocumentMask(_)) => {
+            Some(inputs().map(|s| position::mask(&s[0], f32::NEG_INFINITY, "document_mask", true)))
+        }
+        Op::Prim(Prim::DocumentTril(_)) => Some(inputs().map(|s| position::mask(&s[0], 0.0, "document_tril", true))),
+        Op::Prim(Prim::DocumentRope(r)) => Some(inputs().map(|s| position::document_rope(&s[0], r.theta.0, false))),
+        Op::Prim(Prim::DocumentRopeGrad(r)) => Some(inputs().map(|s| position::document_rope(&s[0], r.theta.0, true))),
         Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
         Op::Prim(Prim::Pad(p)) => {
             Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))
@@ -166,7 +174,8 @@ pub fn for_node(
             },
             _ => None,
         },
-        Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, target))),
+        Op::Prim(Prim::SsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, false, target))),
+        Op::Prim(Prim::DocumentSsdScan(_)) => Some(inputs().map(|s| ssd_scan::forward(&s, true, target))),
         Op::Prim(Prim::SsdState(_)) => Some(inputs().map(|s| ssd_scan::final_state(&s, target))),
         Op::Prim(Prim::SsdStep(_)) => Some(inputs().map(|s| ssd_scan::step_from_state(&s, target))),
         Op::Prim(Prim::ConvStep(_)) => Some(inputs().map(|s| conv1d::step(&s))),
@@ -174,7 +183,10 @@ pub fn for_node(
         Op::Prim(Prim::CacheAttention(c)) => Some(inputs().map(|s| attention::cached(&s, c.scale.0))),
         Op::Prim(Prim::CacheWrite(_)) => Some(inputs().map(|s| pieces::cache_write(&s, false))),
         Op::Prim(Prim::SsdScanGrad(g)) => {
-            Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, target))))
+            Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, false, target))))
+        }
+        Op::Prim(Prim::DocumentSsdScanGrad(g)) => {
+            Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, true, target))))
         }
         _ => None,
     }

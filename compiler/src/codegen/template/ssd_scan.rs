@@ -23,6 +23,7 @@
 
 use super::super::emit::Target;
 use super::super::math::Func;
+use super::position::place_in_document;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
@@ -36,7 +37,9 @@ const DY: usize = 5;
 /// `ssd_step`'s starting state, `[B, H, P, N]`, after the scan's inputs.
 const STATE: usize = 5;
 
-/// The sizes of `x [B,T,H,P]` and `b [B,T,G,N]`.
+/// The sizes of `x [B,T,H,P]` and `b [B,T,G,N]`; for packed rows the view of the
+/// positions (`resets`: the state restarts where a document does); and the view of the
+/// backward's first output (its outputs and workspace follow the inputs).
 struct Dims {
     b: usize,
     t: usize,
@@ -44,12 +47,21 @@ struct Dims {
     p: usize,
     g: usize,
     n: usize,
+    resets: Option<usize>,
+    out: usize,
 }
 
 impl Dims {
-    fn of(inputs: &[Vec<usize>]) -> Dims {
+    /// The sizes of `inputs`, whose last is the positions when `documents`.
+    fn of(inputs: &[Vec<usize>], documents: bool) -> Dims {
         let (x, bm) = (&inputs[X], &inputs[B]);
-        Dims { b: x[0], t: x[1], h: x[2], p: x[3], g: bm[2], n: bm[3] }
+        let resets = documents.then(|| inputs.len() - 1);
+        Dims { b: x[0], t: x[1], h: x[2], p: x[3], g: bm[2], n: bm[3], resets, out: inputs.len() }
+    }
+
+    /// View `v` of the backward's outputs and workspace.
+    fn at(&self, v: usize) -> usize {
+        self.out + v
     }
 
     fn heads_per_group(&self) -> usize {
@@ -72,6 +84,7 @@ struct Head {
     h: String,
     g: String,
     first: String,
+    resets: Option<usize>,
 }
 
 impl Head {
@@ -81,7 +94,7 @@ impl Head {
         let per = s.i64(d.heads_per_group() as i64);
         let g = s.int("divui", &h, &per);
         let first = s.mul_c(&block, width as i64);
-        Head { b, h, g, first }
+        Head { b, h, g, first, resets: d.resets }
     }
 
     /// Index `j` of the block.
@@ -90,37 +103,40 @@ impl Head {
     }
 }
 
-/// The forward template for inputs `x, dt, a, b, c`: output `y`.
-pub fn forward(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
-    recurrence(inputs, Recurrence { from_state: false, y: true, state: false }, target)
+/// The forward template for inputs `x, dt, a, b, c` and, with `documents`, `positions`:
+/// output `y`.
+pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> TemplateCode {
+    recurrence(inputs, Recurrence { from_state: false, y: true, state: false, documents }, target)
 }
 
 /// `ssd_state` (prefill) for inputs `x, dt, a, b, c`: output the state after the last
 /// step, `[B, H, P, N]`.
 pub fn final_state(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
-    recurrence(inputs, Recurrence { from_state: false, y: false, state: true }, target)
+    recurrence(inputs, Recurrence { from_state: false, y: false, state: true, documents: false }, target)
 }
 
 /// `ssd_step` (decode) for inputs `x, dt, a, b, c, state`: outputs `y` and the new state.
 /// An item reads its block of the state before it writes it, so the new state may be
 /// planned in place of the old.
 pub fn step_from_state(inputs: &[Vec<usize>], target: Target) -> TemplateCode {
-    recurrence(inputs, Recurrence { from_state: true, y: true, state: true }, target)
+    recurrence(inputs, Recurrence { from_state: true, y: true, state: true, documents: false }, target)
 }
 
 /// Which of the recurrence's ends a template has: a starting state (input 5, else zero),
-/// the outputs `y` and the final state (outputs in that order).
+/// the outputs `y` and the final state (outputs in that order); and whether input 5 is
+/// instead the positions of packed rows, restarting the state at each document.
 #[derive(Clone, Copy)]
 struct Recurrence {
     from_state: bool,
     y: bool,
     state: bool,
+    documents: bool,
 }
 
 /// The recurrence forward in time: an item per head and block of channels, its rows of
 /// the state `[n][p]` so the innermost loop is over channels.
 fn recurrence(inputs: &[Vec<usize>], ends: Recurrence, target: Target) -> TemplateCode {
-    let d = Dims::of(inputs);
+    let d = Dims::of(inputs, ends.documents);
     let y = inputs.len();
     let final_state = y + usize::from(ends.y);
     let w = width(target, d.p);
@@ -183,10 +199,11 @@ fn recurrence(inputs: &[Vec<usize>], ends: Recurrence, target: Target) -> Templa
     if ends.state {
         outputs.push(state_shape);
     }
-    let template = match (ends.from_state, ends.y) {
-        (false, true) => "ssd_scan",
-        (false, false) => "ssd_state",
-        (true, _) => "ssd_step",
+    let template = match (ends.from_state, ends.y, ends.documents) {
+        (false, true, true) => "document_ssd_scan",
+        (false, true, false) => "ssd_scan",
+        (false, false, _) => "ssd_state",
+        (true, _, _) => "ssd_step",
     };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     TemplateCode {
@@ -217,18 +234,19 @@ fn each_state(s: &mut Text, d: &Dims, hd: &Head, w: usize, body: impl Fn(&mut Te
     });
 }
 
-/// Views of the backward's outputs and workspace (per-head `v` and `u`, `[B,T,H,N]`).
-const DX: usize = 6;
-const DDT: usize = 7;
-const DA: usize = 8;
-const DB: usize = 9;
-const DC: usize = 10;
-const V: usize = 11;
-const U: usize = 12;
+/// The backward's outputs and workspace (per-head `v` and `u`, `[B,T,H,N]`), counted from
+/// its first output (`Dims::at`).
+const DX: usize = 0;
+const DDT: usize = 1;
+const DA: usize = 2;
+const DB: usize = 3;
+const DC: usize = 4;
+const V: usize = 5;
+const U: usize = 6;
 /// The state entering each chunk, `[B, chunks, H, P, N]`, and each chunk start's
 /// `G_tᵀ·h_{t-1}`, `[B, chunks, H, N]`.
-const ENTERING: usize = 13;
-const ANCHOR: usize = 14;
+const ENTERING: usize = 7;
+const ANCHOR: usize = 8;
 
 /// Time in chunks of `len` steps.
 #[derive(Clone, Copy)]
@@ -251,17 +269,17 @@ impl Chunks {
     }
 }
 
-/// The gradient template for inputs `x, dt, a, b, c, dy`: outputs `dx, ddt, da, db, dc`;
-/// `da` sums by chunks of `chunk` time steps.
-pub fn backward(inputs: &[Vec<usize>], chunk: usize, target: Target) -> TemplateCode {
-    let d = Dims::of(inputs);
+/// The gradient template for inputs `x, dt, a, b, c, dy` and, with `documents`,
+/// `positions`: outputs `dx, ddt, da, db, dc`; `da` sums by chunks of `chunk` time steps.
+pub fn backward(inputs: &[Vec<usize>], chunk: usize, documents: bool, target: Target) -> TemplateCode {
+    let d = Dims::of(inputs, documents);
     let (wn, wp) = (width(target, d.n), width(target, d.p));
     let per_head = d.b * d.t * d.h * d.n;
     let ch = Chunks::of(chunk, d.t);
     let entering = d.b * ch.count * d.h * d.p * d.n;
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     TemplateCode {
-        name: name("ssd_scan_grad", &shapes),
+        name: name(if documents { "document_ssd_scan_grad" } else { "ssd_scan_grad" }, &shapes),
         inputs: inputs.to_vec(),
         outputs: inputs[..5].to_vec(),
         workspace: vec![per_head, per_head, entering, d.b * ch.count * d.h * d.n],
@@ -346,7 +364,7 @@ fn columns(d: &Dims, ch: Chunks, w: usize) -> Text {
                     let k = s.add(&row, j);
                     let v = s.get(&state, &k);
                     let at = entering(s, &c, pi, j);
-                    s.store(ENTERING, &[&at], &v);
+                    s.store(d.at(ENTERING), &[&at], &v);
                 });
             });
         });
@@ -356,13 +374,13 @@ fn columns(d: &Dims, ch: Chunks, w: usize) -> Text {
             let xv = s.load(X, &[&hd.b, ti, &hd.h, pi]);
             (s.fmul(&dtv, &xv), s.load(DY, &[&hd.b, ti, &hd.h, pi]))
         });
-        finish(s, d, &hd, V, ti, &acc, w);
+        finish(s, d, &hd, d.at(V), ti, &acc, w);
     });
     zero(&mut s, &state, d.p * w);
     reverse(&mut s, d.t, &hd, &av, |s, ti, later| {
         start(s, C, ti);
         sweep(s, later, &|s, pi| (s.load(DY, &[&hd.b, ti, &hd.h, pi]), s.load(X, &[&hd.b, ti, &hd.h, pi])));
-        finish(s, d, &hd, U, ti, &acc, w);
+        finish(s, d, &hd, d.at(U), ti, &acc, w);
         let (starts, c) = ch.at(s, ti);
         s.when(&starts, |s| {
             zero(s, &acc, w);
@@ -372,7 +390,7 @@ fn columns(d: &Dims, ch: Chunks, w: usize) -> Text {
                     let k = s.add(&row, j);
                     let g = s.get(&state, &k);
                     let at = entering(s, &c, pi, j);
-                    let h = s.load(ENTERING, &[&at]);
+                    let h = s.load(d.at(ENTERING), &[&at]);
                     accumulate(s, &acc, j, &g, &h);
                 });
             });
@@ -381,7 +399,7 @@ fn columns(d: &Dims, ch: Chunks, w: usize) -> Text {
                 let ni = hd.at(s, j);
                 let flat = s.add(&row, &ni);
                 let v = s.get(&acc, j);
-                s.store(ANCHOR, &[&flat], &v);
+                s.store(d.at(ANCHOR), &[&flat], &v);
             });
         });
     });
@@ -431,7 +449,7 @@ fn rows(d: &Dims, w: usize) -> Text {
             let pi = hd.at(s, j);
             let r = s.get(&acc, j);
             let v = s.fmul(&dtv, &r);
-            s.store(DX, &[&hd.b, ti, &hd.h, &pi], &v);
+            s.store(d.at(DX), &[&hd.b, ti, &hd.h, &pi], &v);
         });
     });
     s
@@ -465,7 +483,7 @@ fn decay_grad(d: &Dims, ch: Chunks) -> Text {
                 let (nn, z) = (s.i64(d.n as i64), s.f32(0.0));
                 let inner = s.fold(&zero_i, &nn, &[z], |s, ni, acc| {
                     let flat = s.add(&row, ni);
-                    let v = s.load(ANCHOR, &[&flat]);
+                    let v = s.load(d.at(ANCHOR), &[&flat]);
                     vec![s.fadd(&acc[0], &v)]
                 });
                 let e = s.fmul(&dtv, &av);
@@ -473,14 +491,18 @@ fn decay_grad(d: &Dims, ch: Chunks) -> Text {
                 let exact = s.fmul(&decay, &inner[0]);
                 s.set(&decay_term, &zero_i, &exact);
             });
+            // Where a document starts nothing decays into the step: the term is zero
+            // exactly, which also ends the reverse sum's rounding there.
             let term = s.get(&decay_term, &zero_i);
+            let term = restarted(s, d.resets, bi, ti, term);
+            s.set(&decay_term, &zero_i, &term);
             let ddt = s.fma(&av, &term, &into_x);
-            s.store(DDT, &[bi, ti, hi], &ddt);
+            s.store(d.at(DDT), &[bi, ti, hi], &ddt);
             vec![term.clone(), s.fma(&dtv, &term, &carried[1])]
         });
         vec![sums[1].clone()]
     });
-    s.store(DA, &[hi], &da[0]);
+    s.store(d.at(DA), &[hi], &da[0]);
     s
 }
 
@@ -502,22 +524,34 @@ fn group_sum(d: &Dims, w: usize) -> Text {
             let hi = s.add(&head0, k);
             let row = state_row(s, d, &bi, &ti, &hi);
             let flat = s.add(&row, &ni);
-            let (vv, uv) = (s.load(V, &[&flat]), s.load(U, &[&flat]));
+            let (vv, uv) = (s.load(d.at(V), &[&flat]), s.load(d.at(U), &[&flat]));
             let dtv = s.load(DT, &[&bi, &ti, &hi]);
             vec![s.fadd(&acc[0], &vv), s.fma(&dtv, &uv, &acc[1])]
         });
-        s.store(DC, &[&bi, &ti, &gi, &ni], &sums[0]);
-        s.store(DB, &[&bi, &ti, &gi, &ni], &sums[1]);
+        s.store(d.at(DC), &[&bi, &ti, &gi, &ni], &sums[0]);
+        s.store(d.at(DB), &[&bi, &ti, &gi, &ni], &sums[1]);
     });
     s
 }
 
-/// `dt_t` and the decay `exp(dt_t·a)` of an item's head at time `ti`.
+/// `dt_t` and the decay `exp(dt_t·a)` of an item's head at time `ti` (zero where a
+/// document starts in a packed row: the state restarts).
 fn step(s: &mut Text, hd: &Head, ti: &str, av: &str) -> (String, String) {
     let dtv = s.load(DT, &[&hd.b, ti, &hd.h]);
     let e = s.fmul(&dtv, av);
     let decay = s.call(Func::Exp, &e);
-    (dtv, decay)
+    (dtv.clone(), restarted(s, hd.resets, &hd.b, ti, decay))
+}
+
+/// `value`, or zero where a document starts at `(b, t)` (with the positions in view
+/// `resets`).
+fn restarted(s: &mut Text, resets: Option<usize>, b: &str, t: &str, value: String) -> String {
+    let Some(view) = resets else { return value };
+    let p = place_in_document(s, view, b, t);
+    let zero_i = s.i64(0);
+    let starts = s.cmp("eq", &p, &zero_i);
+    let zero = s.f32(0.0);
+    s.select(&starts, &zero, &value, "f32")
 }
 
 /// Time last to first; `body(t, later)` with `later` the decay of step t+1 (0 at the
@@ -570,8 +604,8 @@ fn dots(s: &mut Text, d: &Dims, bi: &str, ti: &str, gi: &str, row: &str) -> (Str
     let z = s.f32(0.0);
     let sums = s.fold(&zero_i, &nn, &[z.clone(), z], |s, ni, acc| {
         let flat = s.add(row, ni);
-        let (cv, vv) = (s.load(C, &[bi, ti, gi, ni]), s.load(V, &[&flat]));
-        let (bv, uv) = (s.load(B, &[bi, ti, gi, ni]), s.load(U, &[&flat]));
+        let (cv, vv) = (s.load(C, &[bi, ti, gi, ni]), s.load(d.at(V), &[&flat]));
+        let (bv, uv) = (s.load(B, &[bi, ti, gi, ni]), s.load(d.at(U), &[&flat]));
         vec![s.fma(&cv, &vv, &acc[0]), s.fma(&bv, &uv, &acc[1])]
     });
     (sums[0].clone(), sums[1].clone())
