@@ -758,14 +758,37 @@ fn train_packs_documents_into_rows_and_refuses_what_it_cannot_pack() {
     let data = text.to_str().unwrap();
     let run = dir.path().join("run");
     let o = hyb(&[
-        "train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--data", data, "--pack", "eod=10", "--steps", "2",
-        "--batch", "2", "--seq", "32", "--out", run.to_str().unwrap(),
+        "train",
+        "examples/tiny_hybrid.hyb",
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--pack",
+        "eod=10",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The packed program's document primitives run as generated code like the rest.
     assert!(stdout(&o).contains("launches run native code") && !stdout(&o).contains("interpreted"), "{}", stdout(&o));
     // Resuming reads the same packed data from the checkpoint.
-    let o = hyb(&["train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "3"]);
+    let o = hyb(&[
+        "train",
+        "examples/tiny_hybrid.hyb",
+        "--device",
+        "cpu",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lengths = format!("lengths={}", dir.path().join("lengths.txt").display());
     for (args, why) in [
@@ -775,7 +798,16 @@ fn train_packs_documents_into_rows_and_refuses_what_it_cannot_pack() {
         (vec!["--data", data, "--pack", &lengths], "cannot read"),
     ] {
         let out = dir.path().join("refused");
-        let mut all = vec!["train", "examples/tiny_hybrid.hyb", "--device", "cpu", "--steps", "1", "--out", out.to_str().unwrap()];
+        let mut all = vec![
+            "train",
+            "examples/tiny_hybrid.hyb",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
         all.extend(args.iter().copied());
         let o = hyb(&all);
         assert!(!o.status.success(), "{args:?}");

@@ -166,14 +166,15 @@ fn packed_batches_mark_documents_and_weigh_only_targets_inside_them() {
         for (i, (&id, &p)) in b.ids.iter().zip(positions).enumerate() {
             let t = i % 16;
             // A row starts a document; after an end-of-document id another starts.
-            let expected = if t == 0 { 0 } else if b.ids[i - 1] == 0 { 0 } else { positions[i - 1] + 1 };
+            let expected = if t == 0 || b.ids[i - 1] == 0 { 0 } else { positions[i - 1] + 1 };
             assert_eq!(p, expected, "token {i} of {:?}", b.ids);
             // The target of an end-of-document id is the next document's first token.
             assert_eq!(b.weights[i] == 0.0, id == 0, "weight of token {i}");
             assert!(b.weights[i] == 0.0 || (b.weights[i] - 1.0 / counted as f64).abs() < 1e-12);
         }
     }
-    for (text, why) in [("3 0 2", "not a positive"), ("5 x", "not a positive"), ("1 2", "sum to 3"), ("100000", "past")] {
+    for (text, why) in [("3 0 2", "not a positive"), ("5 x", "not a positive"), ("1 2", "sum to 3"), ("100000", "past")]
+    {
         std::fs::write(&file, text).unwrap();
         let err = raw().packed(&Packing::Lengths { path: file.clone() }).unwrap_err().to_string();
         assert!(err.contains(why), "{text}: {err}");
@@ -239,14 +240,18 @@ fn training_on_packed_rows_gives_the_loss_of_the_documents_alone() {
         width_mult: 1.0,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(g.clone(), source.clone(), cfg.clone(), &dir.path().join("run"), Existing::Refuse).unwrap();
+    let mut trainer =
+        Trainer::new(g.clone(), source.clone(), cfg.clone(), &dir.path().join("run"), Existing::Refuse).unwrap();
     // The compiled program on the CPU executor (document primitives interpreted, the rest
     // native code) against the reference on each document alone, from the same weights.
     let (params, _, _) = trainer.step_inputs().unwrap();
     let params: HashMap<String, Tensor<f64>> =
         params.iter().map(|(k, t)| (k.clone(), Tensor::new(t.shape.clone(), t.to_f64()))).collect();
     let b = source.batch(cfg.seed, Split::Train, 0, cfg.batch, cfg.seq).unwrap();
-    assert!(b.positions.as_ref().unwrap().iter().filter(|&&p| p == 0).count() > 2 * cfg.batch, "several documents per row");
+    assert!(
+        b.positions.as_ref().unwrap().iter().filter(|&&p| p == 0).count() > 2 * cfg.batch,
+        "several documents per row"
+    );
     let want = loss_of_documents_alone(&g, &params, &b);
     let got = trainer.step().unwrap().loss;
     assert!((got - want).abs() < 1e-5 * want.abs(), "packed step loss {got}, documents alone {want}");

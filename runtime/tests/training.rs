@@ -149,13 +149,12 @@ fn batches_are_deterministic_and_splits_disjoint() {
             assert!((0..pos).any(|p| ids[p] == key && ids[p + 1] == want), "query {key} → {want} not in {ids:?}");
         }
     }
-    let text =
-        Source::Tokens {
-            tokens: (0..1000).map(|i| (i % 50) as u32).collect(),
-            vocab: 50,
-            origin: DataSpec::InMemory,
-            documents: None,
-        };
+    let text = Source::Tokens {
+        tokens: (0..1000).map(|i| (i % 50) as u32).collect(),
+        vocab: 50,
+        origin: DataSpec::InMemory,
+        documents: None,
+    };
     let b = text.batch(0, Split::Eval, 0, 2, 8).unwrap();
     assert!(b.ids.iter().zip(&b.targets).all(|(a, t)| (a + 1) % 50 == *t));
 }

@@ -40,11 +40,7 @@ pub fn packed(forward: &Graph) -> Result<Graph, PackError> {
         return Err(PackError::NoIds);
     }
     let mut g = Graph { params: forward.params.clone(), ..Graph::default() };
-    let positions = g.add(
-        Op::Input(POSITIONS.into()),
-        vec![],
-        TensorType { shape: rows.clone(), dtype: DType::F32 },
-    );
+    let positions = g.add(Op::Input(POSITIONS.into()), vec![], TensorType { shape: rows.clone(), dtype: DType::F32 });
     let mut new = vec![usize::MAX; forward.nodes.len()];
     for (i, n) in forward.nodes.iter().enumerate() {
         g.scope = n.scope;

@@ -28,7 +28,14 @@ pub fn starts<T: Real>(positions: &Tensor<T>) -> Vec<usize> {
 }
 
 /// Checks that input `i` is `positions [B, T]` for a batch of `b` rows of `t` tokens.
-pub fn check_positions(inputs: &[Ty], i: usize, b: &hyb_dsl::dim::Dim, t: &hyb_dsl::dim::Dim, ctx: Ctx, name: &str) -> Result<(), RuleError> {
+pub fn check_positions(
+    inputs: &[Ty],
+    i: usize,
+    b: &hyb_dsl::dim::Dim,
+    t: &hyb_dsl::dim::Dim,
+    ctx: Ctx,
+    name: &str,
+) -> Result<(), RuleError> {
     match inputs.get(i) {
         Some((s, _)) if s.len() == 2 && !ctx.differ(&s[0], b) && !ctx.differ(&s[1], t) => Ok(()),
         other => {

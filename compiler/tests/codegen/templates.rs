@@ -10,9 +10,8 @@ use hyb_compiler::codegen::{cpu, gpu, Target};
 use hyb_compiler::ir::{Graph, Kernel, KernelKind, NodeId, Op, TensorType};
 use hyb_compiler::ops::{
     Binary, CacheAttention, CacheWrite, CausalConv1d, CausalConv1dGrad, Concat, ConvStep, DocumentConv1d,
-    DocumentConv1dGrad, DocumentRope, DocumentRopeGrad, DocumentSsdScan, DocumentSsdScanGrad,
-    DocumentTril, Embedding, EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState,
-    SsdStep, Tril, F64,
+    DocumentConv1dGrad, DocumentRope, DocumentRopeGrad, DocumentSsdScan, DocumentSsdScanGrad, DocumentTril, Embedding,
+    EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState, SsdStep, Tril, F64,
 };
 use hyb_compiler::rewrite::kernels::flash_attention;
 use hyb_dsl::dim::Dim;

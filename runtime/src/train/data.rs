@@ -89,7 +89,10 @@ pub enum DataSpec {
     /// Tokens given in memory (tests).
     InMemory,
     /// Another token source whose rows are packed with whole documents (`hyb train --pack`).
-    Packed { of: Box<DataSpec>, documents: Packing },
+    Packed {
+        of: Box<DataSpec>,
+        documents: Packing,
+    },
 }
 
 impl std::fmt::Display for DataSpec {
@@ -336,7 +339,8 @@ fn pack_row(starts: &[usize], start: usize, seq: usize, positions: &mut Vec<u32>
 /// Document starts from a file of lengths (whitespace-separated positive integers) that
 /// sum to `total` tokens.
 fn lengths(path: &Path, total: usize) -> Result<Vec<usize>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|error| DataError::Read { path: path.display().to_string(), error })?;
     let mut starts = Vec::new();
     let mut at = 0usize;
     for (k, word) in text.split_whitespace().enumerate() {

@@ -117,8 +117,7 @@ impl Model {
             }
             Model::Graph { forward, planning } => compiled(forward, cfg, planning),
             Model::Artifact(..) if packed => Err(TrainError::Config(
-                "packed data needs programs compiled for packed rows: train from the .hyb file, not an artifact"
-                    .into(),
+                "packed data needs programs compiled for packed rows: train from the .hyb file, not an artifact".into(),
             )),
             Model::Artifact(a, placement) => from_artifact(a, cfg, *placement),
         }
