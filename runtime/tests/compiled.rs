@@ -279,14 +279,20 @@ fn generated_kernels_give_the_reference_results() {
                 .unwrap();
                 let f64s = |t: &Tensor<f32>| Tensor::new(t.shape.clone(), t.to_f64());
                 let what = |o: &str| format!("{}: {o}, {ranks} ranks", file.display());
+                // BitNet's quantisers round: where the generated code sums in another order
+                // than the interpreter (the vector width is the host's), an activation can
+                // land one int8 level away, which moves the outputs by far more than f32
+                // rounding. Its kernels are checked exactly on their own (tests/ops.rs,
+                // compiler/tests/codegen.rs); here the whole model must agree to that level.
+                let (tight, loose) = if quantised(&g) { (1e-2, 1e-2) } else { (1e-5, 1e-4) };
                 if !training {
                     for rank in &got {
-                        close(&f64s(&want_logits[0]), &rank[0].to_f64(), 1e-5, &what("logits"));
+                        close(&f64s(&want_logits[0]), &rank[0].to_f64(), tight, &what("logits"));
                     }
                     continue;
                 }
-                close(&f64s(&want[0]), &got[0][0].to_f64(), 1e-5, &what("loss"));
-                close(&f64s(&want[1]), &got[0][1].to_f64(), 1e-5, &what("gradient norm"));
+                close(&f64s(&want[0]), &got[0][0].to_f64(), tight, &what("loss"));
+                close(&f64s(&want[1]), &got[0][1].to_f64(), tight, &what("gradient norm"));
                 for (k, spec) in c.graph.params.iter().enumerate() {
                     for j in 0..3 {
                         let parts: Vec<Tensor<f64>> = got.iter().map(|r| f64s(&r[2 + 3 * k + j])).collect();
@@ -295,12 +301,18 @@ fn generated_kernels_give_the_reference_results() {
                             None => parts[0].clone(),
                         };
                         let idx = 2 + 3 * plain.params.iter().position(|p| *p == spec.name).unwrap() + j;
-                        close(&f64s(&want[idx]), &full.data, 1e-4, &what(&format!("{} output {j}", spec.name)));
+                        close(&f64s(&want[idx]), &full.data, loose, &what(&format!("{} output {j}", spec.name)));
                     }
                 }
             }
         }
     }
+}
+
+/// Whether `g` quantises (BitNet's `int8_quant` and `ternary_quant` round their inputs).
+fn quantised(g: &Graph) -> bool {
+    use hyb_compiler::ops::Prim;
+    g.nodes.iter().any(|n| matches!(n.op, hyb_compiler::ir::Op::Prim(Prim::Int8Quant(_) | Prim::TernaryQuant(_))))
 }
 
 /// A training step's kernels kept in a cache on disk: the first preparation compiles every
