@@ -5,6 +5,9 @@
 //! in float32 with native kernels. Prompts of one token and of lengths that are not
 //! multiples of the scan's chunk.
 
+mod common;
+
+use common::{examples, forward, lcg};
 use hyb_compiler::codegen::cpu::NoObjects;
 use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{gpu, Symbols, Target};
@@ -17,37 +20,7 @@ use hyb_compiler::rewrite::Options;
 use hyb_runtime::generate::cpu::Cpu;
 use hyb_runtime::generate::session::{Backend, Programs};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn examples() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hyb"))
-        .collect();
-    out.sort();
-    out
-}
-
-fn forward(path: &Path) -> Graph {
-    let path = path.to_path_buf();
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(move || {
-            let checked = hyb_compiler::check::check_paths(&[&path]).unwrap();
-            assert!(checked.diagnostics.is_empty(), "{}", path.display());
-            elaborate(&checked.models[0].1.trace)
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn lcg(s: &mut u64) -> f64 {
-    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-}
+use std::path::Path;
 
 /// Initial weights (norms at one, `A_log` and `dt_bias` in Mamba's ranges) perturbed, so
 /// no weight keeps a value that hides a mistake.

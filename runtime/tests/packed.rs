@@ -5,8 +5,10 @@
 //! end-of-document id or a file of lengths; and a training step on packed rows on the CPU
 //! executor has the loss of its documents alone.
 
+mod common;
+
+use common::{examples, forward, lcg};
 use hyb_compiler::autodiff::gradients;
-use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::elaborate::packed::{packed, POSITIONS};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Binary;
@@ -16,37 +18,7 @@ use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
 use hyb_runtime::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn examples() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hyb"))
-        .collect();
-    out.sort();
-    out
-}
-
-fn forward(path: &Path) -> Graph {
-    let path = path.to_path_buf();
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(move || {
-            let checked = hyb_compiler::check::check_paths(&[&path]).unwrap();
-            assert!(checked.diagnostics.is_empty(), "{}", path.display());
-            elaborate(&checked.models[0].1.trace)
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn lcg(s: &mut u64) -> f64 {
-    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-}
+use std::path::Path;
 
 /// Initial weights perturbed, so that no weight keeps a value that hides a mistake.
 fn weights(g: &Graph) -> HashMap<String, Tensor<f64>> {
