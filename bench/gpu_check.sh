@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (`device` tool) for the CUDA executor: every launch of every
-# example model's training step and evaluation against the CPU executor (`hyb train
-# --check-gpu`, float32, outputs poisoned), then a training run of a tiny model on the GPU
-# in bf16 mixed precision and in float32 against the same run on the CPU (the bf16 run
-# profiled launch by launch), then generation on the GPU and the CPU against Hugging Face's
-# greedy output on every Falcon-H1 fixture (bench/gpu_generate.sh, first), then, with FALCON_STEPS
-# set, a Falcon-H1-0.5B-shaped model trained on the GPU at B 4, T 4096 in bf16 and
-# profiled. Needs dist/hyb.xz (a stripped release binary, xz; carried). Writes its logs
-# and summaries under $OUT (run directories stay in a temporary folder: only their metrics
-# come back). DEADLINE_S (default 570) bounds the whole call: a phase that would not finish
-# in the time left is skipped and says so, so one device call always returns its logs.
+# One call on the GPU machine (`device` tool) for the CUDA executor, in this order:
+# generation on the GPU and the CPU against Hugging Face's greedy output on every Falcon-H1
+# fixture (bench/gpu_generate.sh); every launch of every example model's training step and
+# evaluation against the CPU executor (`hyb train --check-gpu`, float32, outputs
+# poisoned), and of a packed-documents step; a training run of a tiny model on the GPU in
+# bf16 mixed precision and in float32 against the same run on the CPU (the bf16 run
+# profiled launch by launch); then, with FALCON_STEPS set, a Falcon-H1-0.5B-shaped model
+# trained on the GPU at B 4, T 4096 in bf16 and profiled. Needs dist/hyb.xz (a stripped
+# release binary, xz; carried). Writes its logs and summaries under $OUT (run directories
+# stay in a temporary folder: only their metrics come back). DEADLINE_S (default 570)
+# bounds the whole call: a phase that would not finish in the time left is skipped and says
+# so, so one device call always returns its logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hyb-out}
@@ -42,6 +43,20 @@ for model in ${MODELS:-examples/*.hyb}; do
     grep -v "^FAIL" "$OUT/check_$name.txt" | tail -n 4
     grep "^FAIL" "$OUT/check_$name.txt" | head -n 8
 done
+# Packed documents: every launch of a packed training step and evaluation (the document_*
+# templates) against the CPU, on a text of short documents.
+python3 -c "
+import random; random.seed(1)
+w = ['alpha', 'beta', 'gamma', 'delta', 'state', 'space', 'model', 'hybrid', 'attention', 'scan']
+open('$work/docs.txt', 'w').write('\n'.join(' '.join(random.choice(w) for _ in range(random.randint(2, 30))) for _ in range(3000)) + '\n')"
+if fits 30 "the packed check"; then
+    echo "== tiny_hybrid, packed"
+    timeout 60 "$work/hyb" train examples/tiny_hybrid.hyb --check-gpu --data "$work/docs.txt" --pack eod=10 \
+        --batch "${BATCH:-2}" --seq "${SEQ:-32}" > "$OUT/check_packed.txt" 2>&1
+    echo "rc $?" >> "$OUT/check_packed.txt"
+    grep -v "^FAIL" "$OUT/check_packed.txt" | tail -n 4
+    grep "^FAIL" "$OUT/check_packed.txt" | head -n 8
+fi
 steps=${STEPS:-200}
 for run in cuda_bf16 cuda_f32 cpu; do
     case $run in
