@@ -50,11 +50,17 @@ fn square(name: &str, inputs: &[Ty]) -> Result<Vec<Ty>, RuleError> {
 }
 
 fn fill_above_diagonal<T: Real>(x: &Tensor<T>, value: T) -> Tensor<T> {
+    fill_where(x, value, |_, i, j| j > i)
+}
+
+/// `x` with `value` wherever `masked(batch, row, column)` of its last two axes.
+fn fill_where<T: Real>(x: &Tensor<T>, value: T, masked: impl Fn(usize, usize, usize) -> bool) -> Tensor<T> {
     let r = x.rank();
     let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+    let per_batch = (x.data.len() / x.shape[0].max(1)).max(1);
     let mut out = x.clone();
-    for (i, v) in out.data.iter_mut().enumerate() {
-        if i % cols > (i / cols) % rows {
+    for (k, v) in out.data.iter_mut().enumerate() {
+        if masked(k / per_batch, (k / cols) % rows, k % cols) {
             *v = value;
         }
     }
@@ -73,19 +79,9 @@ fn square_with_positions(name: &str, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>,
 /// Fills `value` where query `i` may not see key `j`: `j > i`, or `j` before the start of
 /// `i`'s document.
 fn fill_outside_document<T: Real>(x: &Tensor<T>, positions: &Tensor<T>, value: T) -> Tensor<T> {
-    let r = x.rank();
-    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
-    let per_batch = x.data.len() / x.shape[0].max(1);
+    let rows = x.shape[x.rank() - 2];
     let start = starts(positions);
-    let mut out = x.clone();
-    for (k, v) in out.data.iter_mut().enumerate() {
-        let (i, j) = ((k / cols) % rows, k % cols);
-        let b = k / per_batch.max(1);
-        if j > i || j < start[b * rows + i] {
-            *v = value;
-        }
-    }
-    out
+    fill_where(x, value, |b, i, j| j > i || j < start[b * rows + i])
 }
 
 /// Leading axes split; the square of the last two stays whole.

@@ -77,8 +77,9 @@ fn rotate_at<T: Real>(x: &Tensor<T>, theta: f64, direction: f64, at: &dyn Fn(usi
     let mut out = Tensor::zeros(x.shape.clone());
     for ti in 0..t {
         for j in 0..half {
+            let frequency = theta.powf(-(2.0 * j as f64) / d as f64);
             for bi in 0..b {
-                let angle = direction * at(bi, ti) as f64 * theta.powf(-(2.0 * j as f64) / d as f64);
+                let angle = direction * at(bi, ti) as f64 * frequency;
                 let (sin, cos) = (T::of(angle.sin()), T::of(angle.cos()));
                 for hi in 0..h {
                     let base = ((bi * t + ti) * h + hi) * d;

@@ -44,18 +44,21 @@ enum Angle {
 /// `0..=t` as `ops::documents` reads it.
 pub(super) fn place_in_document(s: &mut Text, view: usize, b: &str, t: &str) -> String {
     let v = s.load(view, &[b, t]);
-    let p = s.line_value(format!("arith.fptosi {v} : f32 to i64"));
-    let zero = s.i64(0);
-    let p = s.int("maxsi", &p, &zero);
+    let p = whole_tokens(s, &v);
     s.int("minsi", &p, t)
 }
 
 /// A scalar view holding a position (a whole number of tokens, as f32), as an index.
 pub(super) fn runtime_position(s: &mut Text, view: usize) -> String {
     let v = s.load(view, &[]);
-    let pos = s.line_value(format!("arith.fptosi {v} : f32 to i64"));
+    whole_tokens(s, &v)
+}
+
+/// A float holding a number of tokens as an index: truncated, at least 0.
+fn whole_tokens(s: &mut Text, v: &str) -> String {
+    let n = s.line_value(format!("arith.fptosi {v} : f32 to i64"));
     let zero = s.i64(0);
-    s.int("maxsi", &pos, &zero)
+    s.int("maxsi", &n, &zero)
 }
 
 /// The rotation of every token of `x` by the angle of its position (`angle`).
