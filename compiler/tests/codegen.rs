@@ -950,7 +950,7 @@ fn sin_and_cos_match_the_reference_at_special_values() {
         outputs: vec![vec![n], vec![n]],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { what: "apply", items: n, work_per_item: 1, body }],
+        phases: vec![Phase { what: "apply", items: n, work_per_item: 1, body, cooperative: None }],
     };
     let kernel = cpu::compile_template(&code).unwrap();
     let mut arena = values.clone();

@@ -14,7 +14,7 @@
 use super::body::{Body, Storage};
 use super::emit::{self, Rows, Target};
 use super::mlir::Session;
-use super::template::TemplateCode;
+use super::template::{self, TemplateCode};
 use super::{kernel_name, math, CodegenError, Symbols, BLOCK_THREADS};
 use crate::ir::Graph;
 use melior::ir::attribute::{ArrayAttribute, AttributeLike};
@@ -57,9 +57,10 @@ pub struct GpuNest {
     /// Elements a thread takes at once where every view is aligned (the vector path); the
     /// grid then needs `1 / vector_width` of the threads. 1 for nests without one.
     pub vector_width: usize,
-    /// Static shared memory the entry declares (block reductions); no dynamic shared
-    /// memory is needed at launch.
+    /// Static shared memory the entry declares (block reductions).
     pub shared_bytes: usize,
+    /// Dynamic shared memory to launch with (cooperative template phases: tiles).
+    pub dynamic_shared_bytes: usize,
 }
 
 impl GpuNest {
@@ -80,6 +81,7 @@ impl GpuNest {
             rows_per_block,
             vector_width: code.vector_width,
             shared_bytes: code.shared_bytes,
+            dynamic_shared_bytes: 0,
         }
     }
 
@@ -128,22 +130,32 @@ pub fn compile_template(code: &TemplateCode) -> Result<GpuKernel, CodegenError> 
 pub fn compile_template_stored(code: &TemplateCode, storage: &[Storage]) -> Result<GpuKernel, CodegenError> {
     code.check_storage(storage)?;
     let name = code.stored_name(storage);
+    let cooperative = |i: usize| code.phases[i].cooperative;
+    let shared = (0..code.phases.len()).any(|i| cooperative(i).is_some());
     let mlir = format!(
-        "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{} }}\n}}\n",
+        "module attributes {{gpu.container_module}} {{\n gpu.module @{name} {{\n{}{}{} }}\n}}\n",
+        if shared { template::SHARED_MEMORY } else { "" },
         math::definitions(code.uses(Target::Gpu, storage)),
         code.functions(Target::Gpu, &[], storage)
     );
     let ptx = lower(&name, &mlir)?;
     let nests = (0..code.phases.len())
-        .map(|i| GpuNest {
-            symbol: code.symbol(i),
-            per_warp: false,
-            per_block: false,
-            iterations: code.phases[i].items,
-            threads_per_block: BLOCK_THREADS,
-            rows_per_block: BLOCK_THREADS,
-            vector_width: 1,
-            shared_bytes: 0,
+        .map(|i| {
+            let (threads, rows, dynamic) = match cooperative(i) {
+                Some(c) => (c.threads, 1, c.shared_bytes),
+                None => (BLOCK_THREADS, BLOCK_THREADS, 0),
+            };
+            GpuNest {
+                symbol: code.symbol(i),
+                per_warp: false,
+                per_block: false,
+                iterations: code.phases[i].items,
+                threads_per_block: threads,
+                rows_per_block: rows,
+                vector_width: 1,
+                shared_bytes: 0,
+                dynamic_shared_bytes: dynamic,
+            }
         })
         .collect();
     let ranks = code.view_ranks();

@@ -516,3 +516,40 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
         })
         .collect()
 }
+
+/// Attention on tensor cores at head dimensions 64 and 128, with and without RoPE and GQA,
+/// at a T that is not a whole number of tiles: the PTX calls nothing undefined, assembles
+/// without spills, and its machine code multiplies on the tensor cores (`HMMA` with bf16
+/// operands). Its values are checked on the GPU (`device_cases`).
+#[test]
+fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
+    for (d, rope, groups) in [(64, None, 1), (128, Some(10_000.0), 4), (64, Some(500.0), 2), (128, None, 2)] {
+        let kv = 2;
+        let (b, t, h) = (2, 100, kv * groups);
+        let shapes = match rope {
+            Some(_) => [vec![b, t, h, d], vec![b, t, kv, d], vec![b, kv, t, d]],
+            None => [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]],
+        };
+        let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups, rope };
+        let code = template::attention::forward_on_tensor_cores(&shapes, p).expect("a tensor-core template");
+        let what = format!("tensor-core attention d {d}, rope {rope:?}, groups {groups}");
+        let storage = vec![Storage::Bf16; 4];
+        let kernel = gpu::compile_template_stored(&code, &storage);
+        assembles(&what, &kernel).unwrap();
+        let kernel = kernel.unwrap();
+        assert!(kernel.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{what}: no mma.sync");
+        assert!(kernel.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{what}: no transposed ldmatrix");
+        if let (Some(ptxas), Some(cuobjdump)) = (ptxas(), std::env::var_os("HYB_CUOBJDUMP")) {
+            let dir = std::env::temp_dir().join(format!("hyb-mma-{}-{d}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (ptx, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
+            std::fs::write(&ptx, &kernel.ptx).unwrap();
+            let out = std::process::Command::new(ptxas).args(["-arch=sm_90", "-o"]).arg(&cubin).arg(&ptx).output().unwrap();
+            assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+            let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
+            let text = String::from_utf8_lossy(&sass.stdout);
+            std::fs::remove_dir_all(&dir).ok();
+            assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
+        }
+    }
+}

@@ -63,6 +63,22 @@ impl Module {
                     error: e.to_string(),
                     log: format!("no entry `{}`", nest.symbol),
                 })?;
+            if nest.dynamic_shared_bytes > 0 {
+                // Above 48 KiB a kernel must opt in to its dynamic shared memory.
+                // Safety: a function of the loaded module.
+                unsafe {
+                    result::function::set_function_attribute(
+                        function,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        nest.dynamic_shared_bytes as i32,
+                    )
+                }
+                .map_err(|e| CudaError::ModuleLoad {
+                    kernel: loaded.name.clone(),
+                    error: e.to_string(),
+                    log: format!("entry `{}` asks for {} bytes of shared memory", nest.symbol, nest.dynamic_shared_bytes),
+                })?;
+            }
             loaded.entries.push((function, nest));
         }
         Ok(loaded)
@@ -83,7 +99,8 @@ impl Module {
             let block = (nest.threads_per_block as u32, 1, 1);
             // Safety: the parameters are the ones every generated entry declares, in its
             // order; the addresses are inside the arena the views were checked against.
-            unsafe { result::launch_kernel(*function, grid, block, 0, device.cu_stream(), &mut params) }.map_err(
+            let shared = nest.dynamic_shared_bytes as u32;
+            unsafe { result::launch_kernel(*function, grid, block, shared, device.cu_stream(), &mut params) }.map_err(
                 |e| CudaError::Launch { kernel: self.name.clone(), entry: nest.symbol.clone(), error: e.to_string() },
             )?;
         }

@@ -24,8 +24,9 @@
 use super::super::emit::Target;
 use super::super::math::Func;
 use super::position::runtime_position;
+use super::tensor_core::{barrier, exp2, mma, pack, quad, Lane, Tile, THREADS};
 use super::text::Text;
-use super::{name, Phase, TemplateCode};
+use super::{name, Cooperative, Phase, TemplateCode};
 
 /// What `KernelKind::FlashAttention` says beyond the shapes.
 #[derive(Clone, Copy, Debug)]
@@ -179,7 +180,7 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     let one = s.f32(1.0);
     let inv = s.fdiv(&one, &l);
     store_row(&mut s, &dims, Rows::HeadMajor(OUT), this, &o, &inv, false);
-    phases.push(Phase { what: "attend", items: dims.rows(), work_per_item: dims.t * dims.d, body: s });
+    phases.push(Phase { cooperative: None,  what: "attend", items: dims.rows(), work_per_item: dims.t * dims.d, body: s });
     TemplateCode {
         name: dims.name("flash_attention", inputs),
         inputs: inputs.to_vec(),
@@ -187,6 +188,186 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
         workspace: dims.rotated_sizes(),
         in_place: vec![],
         phases,
+    }
+}
+
+/// Query rows, and key rows, of a tensor-core tile: 16 per warp of [`tensor_core::THREADS`].
+const TILE: usize = 64;
+
+/// The forward template on tensor cores, for head dimensions a multiple of 32 up to 128
+/// (else `None`): an item is a tile of 64 query rows of one head, a warp taking 16. Key and
+/// value tiles are staged in shared memory as bf16; `q kᵀ` and `p v` are `mma.sync`
+/// products with f32 accumulators, and the online softmax runs on the accumulators in
+/// base 2 (q is pre-scaled by `scale · log2 e`). Items run from the longest causal row of
+/// tiles to the shortest, so the last blocks launched are the cheap ones.
+pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
+    let dims = Dims::new(&inputs[0], &inputs[1], params);
+    if dims.d % 32 != 0 || dims.d > 128 {
+        return None;
+    }
+    let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
+    phases.push(attend_tiles(&dims));
+    Some(TemplateCode {
+        name: dims.name("flash_attention_mma", inputs),
+        inputs: inputs.to_vec(),
+        outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
+        workspace: dims.rotated_sizes(),
+        in_place: vec![],
+        phases,
+    })
+}
+
+fn attend_tiles(dims: &Dims) -> Phase {
+    let (q, k) = dims.rotated(FORWARD_ROTATED);
+    let d = dims.d;
+    let tiles = dims.t.div_ceil(TILE);
+    let q_tile = Tile { at: 0, rows: TILE, cols: d };
+    let k_tile = Tile { at: q_tile.bytes(), ..q_tile };
+    let v_tile = Tile { at: 2 * q_tile.bytes(), ..q_tile };
+    let mut body = Text::new();
+    let s = &mut body;
+    let lane = Lane::new(s);
+    let (rev, bh) = s.split("%item", dims.b * dims.h);
+    let last = s.i64(tiles as i64 - 1);
+    let qt = s.int("subi", &last, &rev);
+    let (b, h) = s.split(&bh, dims.h);
+    let hk = kv_head(s, dims, &h);
+    let q0 = s.mul_c(&qt, TILE as i64);
+    let (tn, t_last) = (s.i64(dims.t as i64), s.i64(dims.t as i64 - 1));
+    // Row `first + r` of a tile: whether it is a time step, and the step clamped into T.
+    let step = |s: &mut Text, first: &str, r: &str| {
+        let t = s.add(first, r);
+        (s.cmp("slt", &t, &tn), s.int("minsi", &t, &t_last))
+    };
+    let scale = s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
+    q_tile.stage(s, &|s, r| step(s, &q0, r).0, &|s, r, c| {
+        let t = step(s, &q0, r).1;
+        let x = q.load(s, dims, Row { b: &b, head: &h, t: &t }, c);
+        s.fmul(&x, &scale)
+    });
+    barrier(s);
+    // This warp's 16 query rows as A fragments, one per 16 columns of the head.
+    let first_row = s.mul_c(&lane.warp, 16);
+    let (l16, half) = s.split(&lane.lane, 16);
+    let a_row = s.add(&first_row, &l16);
+    let half8 = s.mul_c(&half, 8);
+    let qf: Vec<[String; 4]> = (0..d / 16)
+        .map(|kk| {
+            let col = s.add_c(&half8, 16 * kk as i64);
+            q_tile.load_x4(s, &a_row, &col, false)
+        })
+        .collect();
+    let (l8, quarter) = s.split(&lane.lane, 8);
+    let quarter8 = s.mul_c(&quarter, 8);
+    // The rows `g` and `g + 8` of the warp, as time steps.
+    let warp_row = s.add(&q0, &first_row);
+    let row0 = s.add(&warp_row, &lane.g);
+    let rows = [row0.clone(), s.add_c(&row0, 8)];
+    let c2 = s.mul_c(&lane.c, 2);
+    let groups = d / 8;
+    let mut init: Vec<String> = (0..groups * 4).map(|_| s.f32(0.0)).collect();
+    init.extend([s.f32(f32::NEG_INFINITY), s.f32(f32::NEG_INFINITY), s.f32(0.0), s.f32(0.0)]);
+    let (zero, key_tiles) = (s.i64(0), s.add_c(&qt, 1));
+    let carried = s.fold(&zero, &key_tiles, &init, |s, kt, c| {
+        let (o, ml) = c.split_at(groups * 4);
+        barrier(s);
+        let k0 = s.mul_c(kt, TILE as i64);
+        for (tile, rows_of) in [(k_tile, k), (v_tile, V)] {
+            tile.stage(s, &|s, r| step(s, &k0, r).0, &|s, r, col| {
+                let t = step(s, &k0, r).1;
+                rows_of.load(s, dims, Row { b: &b, head: &hk, t: &t }, col)
+            });
+        }
+        barrier(s);
+        // Scores: 16 rows × 64 keys per warp, in 8 groups of 8 keys.
+        let mut scores: Vec<Vec<String>> = Vec::new();
+        for n in 0..TILE / 8 {
+            let mut acc: Vec<String> = (0..4).map(|_| s.f32(0.0)).collect();
+            let key = s.add_c(&l8, 8 * n as i64);
+            for kk in (0..d / 16).step_by(2) {
+                let col = s.add_c(&quarter8, 16 * kk as i64);
+                let f = k_tile.load_x4(s, &key, &col, false);
+                acc = mma(s, &qf[kk], &f[..2], &acc).to_vec();
+                acc = mma(s, &qf[kk + 1], &f[2..], &acc).to_vec();
+            }
+            // Causal: key j sees rows i ≥ j.
+            let group_key = s.add_c(&k0, 8 * n as i64);
+            let key0 = s.add(&group_key, &c2);
+            let minus = s.f32(f32::NEG_INFINITY);
+            for (e, x) in acc.iter_mut().enumerate() {
+                let j = s.add_c(&key0, (e % 2) as i64);
+                let after = s.cmp("sgt", &j, &rows[e / 2]);
+                *x = s.select(&after, &minus, x, "f32");
+            }
+            scores.push(acc);
+        }
+        let mut next_o: Vec<String> = o.to_vec();
+        let mut next_ml = Vec::new();
+        let mut m_new = Vec::new();
+        for r in 0..2 {
+            let mut mx = ml[r].clone();
+            for x in scores.iter().flat_map(|g| [&g[2 * r], &g[2 * r + 1]]) {
+                mx = s.float("maximumf", &mx, x);
+            }
+            let mx = quad(s, &mx, "maximumf");
+            let shift = s.fsub(&ml[r], &mx);
+            let rescale = exp2(s, &shift);
+            for g in 0..groups {
+                for e in [2 * r, 2 * r + 1] {
+                    next_o[4 * g + e] = s.fmul(&o[4 * g + e], &rescale);
+                }
+            }
+            m_new.push(mx);
+            next_ml.push(rescale);
+        }
+        let mut sums = [s.f32(0.0), s.f32(0.0)];
+        for g in scores.iter_mut() {
+            for (e, x) in g.iter_mut().enumerate() {
+                let shifted = s.fsub(x, &m_new[e / 2]);
+                *x = exp2(s, &shifted);
+                sums[e / 2] = s.fadd(&sums[e / 2], x);
+            }
+        }
+        let l: Vec<String> = (0..2).map(|r| s.fma(&ml[2 + r], &next_ml[r], &sums[r])).collect();
+        // o += p v: p from the score accumulators as A fragments, 16 keys at a time.
+        for kk in 0..TILE / 16 {
+            let (lo, hi) = (&scores[2 * kk], &scores[2 * kk + 1]);
+            let a = [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
+            let key = s.add_c(&l16, 16 * kk as i64);
+            for g in (0..groups).step_by(2) {
+                let col = s.add_c(&half8, 8 * g as i64);
+                let f = v_tile.load_x4(s, &key, &col, true);
+                let (left, right) = (next_o[4 * g..4 * g + 4].to_vec(), next_o[4 * g + 4..4 * g + 8].to_vec());
+                next_o.splice(4 * g..4 * g + 4, mma(s, &a, &f[..2], &left));
+                next_o.splice(4 * g + 4..4 * g + 8, mma(s, &a, &f[2..], &right));
+            }
+        }
+        next_o.extend(m_new);
+        next_o.extend(l);
+        next_o
+    });
+    let one = s.f32(1.0);
+    for r in 0..2 {
+        let l = quad(s, &carried[groups * 4 + 2 + r], "addf");
+        let inv = s.fdiv(&one, &l);
+        let valid = s.cmp("slt", &rows[r], &tn);
+        s.when(&valid, |s| {
+            for g in 0..groups {
+                for e in [2 * r, 2 * r + 1] {
+                    let col = s.add_c(&c2, (8 * g + e % 2) as i64);
+                    let y = s.fmul(&carried[4 * g + e], &inv);
+                    Rows::HeadMajor(OUT).store(s, dims, Row { b: &b, head: &h, t: &rows[r] }, &col, &y);
+                }
+            }
+        });
+    }
+    let shared_bytes = 3 * q_tile.bytes();
+    Phase {
+        what: "attend_tiles",
+        items: dims.b * dims.h * tiles,
+        work_per_item: dims.t * d,
+        body,
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes }),
     }
 }
 
@@ -220,7 +401,7 @@ pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
         outputs: vec![q.clone()],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { what: "attend", items: dims.rows(), work_per_item: k[1] * dims.d, body: s }],
+        phases: vec![Phase { cooperative: None,  what: "attend", items: dims.rows(), work_per_item: k[1] * dims.d, body: s }],
     }
 }
 
@@ -275,7 +456,7 @@ fn query_grad(dims: &Dims) -> Phase {
         accumulate(s, dims, &grad, &ds, |s, d| k.load(s, dims, key, d));
     });
     store_row(s, dims, dims.qk(DQ), this, &grad, &scale, true);
-    Phase { what: "query_grad", items: dims.rows(), work_per_item: 2 * dims.t * dims.d, body }
+    Phase { cooperative: None,  what: "query_grad", items: dims.rows(), work_per_item: 2 * dims.t * dims.d, body }
 }
 
 /// Per key row: `dv_j = Σ p_ij dO_i` and `dk_j = scale·Σ ds_ij q_i` over the rows `i ≥ j`
@@ -314,7 +495,7 @@ fn key_value_grad(dims: &Dims) -> Phase {
     let one = s.f32(1.0);
     store_row(s, dims, Rows::HeadMajor(DV), this, &grad_v, &one, false);
     let items = dims.b * dims.kv * dims.t;
-    Phase { what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
+    Phase { cooperative: None,  what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
 }
 
 /// The index of query row `r` among all rows, as the query phases number their items.
@@ -505,7 +686,7 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
             (dims.b * dims.t * half, heads * 2)
         }
     };
-    vec![Phase { what: "rotate", items, work_per_item: per_item, body: s }]
+    vec![Phase { cooperative: None,  what: "rotate", items, work_per_item: per_item, body: s }]
 }
 
 /// The rotation frequencies `theta^(−2p/D)` of the pairs `(p, p + D/2)` (`ops::rope`'s

@@ -21,10 +21,11 @@ mod gather;
 pub mod pieces;
 mod position;
 pub mod ssd_scan;
+pub mod tensor_core;
 pub mod text;
 mod wrap;
 
-pub use wrap::{cpu_function, gpu_function};
+pub use wrap::{cpu_function, gpu_function, SHARED_MEMORY};
 
 use super::emit::Target;
 use super::math::Func;
@@ -57,6 +58,19 @@ pub struct Phase {
     pub work_per_item: usize,
     /// The body of one item, with `%item` its index.
     pub body: text::Text,
+    /// Set where a whole thread block works on each item together (tensor-core tiles);
+    /// else a thread takes an item.
+    pub cooperative: Option<Cooperative>,
+}
+
+/// How a phase whose item is a thread block runs: its body also sees `%tid` (the thread
+/// in the block, `i64`) and `%smem` (the block's dynamic shared memory, `!llvm.ptr<3>`).
+/// GPU only: a template gives such phases for the GPU alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooperative {
+    pub threads: usize,
+    /// Dynamic shared memory each block needs.
+    pub shared_bytes: usize,
 }
 
 impl TemplateCode {
@@ -188,6 +202,26 @@ pub fn for_node(
         Op::Prim(Prim::DocumentSsdScanGrad(g)) => {
             Some(inputs().and_then(|s| Ok(ssd_scan::backward(&s, size(&g.chunk)?, true, target))))
         }
+        _ => None,
+    }
+}
+
+/// The tensor-core template of `node`, where one implements it at these shapes: chosen
+/// by the launch (bf16 operands on the GPU), since it rounds its operands to bf16.
+pub fn on_tensor_cores(graph: &Graph, node: NodeId, symbols: Symbols) -> Option<Result<TemplateCode, CodegenError>> {
+    let n = &graph.nodes[node];
+    let inputs = || n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>();
+    match &n.op {
+        Op::Kernel(k) => match &k.kind {
+            KernelKind::FlashAttention { scale, groups, rope } => {
+                let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+                match inputs() {
+                    Ok(s) => attention::forward_on_tensor_cores(&s, p).map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            _ => None,
+        },
         _ => None,
     }
 }

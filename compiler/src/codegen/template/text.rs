@@ -364,6 +364,13 @@ impl Text {
         }
     }
 
+    /// Lines written by `body` one level deeper, inside a region the caller opened.
+    pub fn nest(&mut self, body: impl FnOnce(&mut Text)) {
+        self.depth += 1;
+        body(self);
+        self.depth -= 1;
+    }
+
     /// `if cond { body }`.
     pub fn when(&mut self, cond: &str, body: impl FnOnce(&mut Text)) {
         self.line(format!("scf.if {cond} {{"));

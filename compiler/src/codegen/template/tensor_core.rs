@@ -1,0 +1,134 @@
+//! Warp-level tensor-core pieces for cooperative GPU phases: tiles staged from views into
+//! shared memory as bf16, `ldmatrix` fragments, `mma.sync.m16n8k16` (bf16 in, f32
+//! accumulate), quad reductions and the base-2 exponential, written as NVVM operations
+//! (MLIR's `nvgpu.mma.sync` has no bf16 form in MLIR 22).
+//!
+//! Fragment layouts are PTX's for m16n8k16 (lane `l`, `g = l / 4`, `c = l % 4`): the
+//! accumulator holds rows `g` and `g + 8` at columns `2c, 2c + 1` of an 8-wide group; an A
+//! fragment is four `i32`s, each two bf16 — rows `g`, `g + 8` at columns `2c..` then `2c +
+//! 8..`; a B fragment two `i32`s, rows `2c..` and `2c + 8..` (the k axis) at column `g`.
+
+use super::text::Text;
+
+/// Threads of a cooperative tile phase: four warps.
+pub const THREADS: usize = 128;
+
+/// A shared-memory tile of bf16, `rows × cols`, rows `pitch` elements apart (padded by 8
+/// so the eight row addresses of an `ldmatrix` fall in different banks).
+#[derive(Clone, Copy)]
+pub struct Tile {
+    /// Byte offset in the block's shared memory.
+    pub at: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Tile {
+    pub fn pitch(&self) -> usize {
+        self.cols + 8
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.rows * self.pitch() * 2
+    }
+
+    /// The `!llvm.ptr<3>` of element `(row, col)` (i64 values).
+    pub fn address(&self, s: &mut Text, row: &str, col: &str) -> String {
+        let r = s.mul_c(row, self.pitch() as i64);
+        let e = s.add(&r, col);
+        let e2 = s.mul_c(&e, 2);
+        let at = s.add_c(&e2, self.at as i64);
+        s.line_value(format!("llvm.getelementptr %smem[{at}] : (!llvm.ptr<3>, i64) -> !llvm.ptr<3>, i8"))
+    }
+
+    /// Fills the tile from `load(row, col)` (f32, any view storage) for rows below
+    /// `valid_rows`, zeros elsewhere (so no poisoned or stale value reaches a product), all
+    /// threads of the block sharing the elements; the caller synchronises after.
+    pub fn stage(&self, s: &mut Text, valid: &dyn Fn(&mut Text, &str) -> String, load: &dyn Fn(&mut Text, &str, &str) -> String) {
+        let (end, step) = (s.i64((self.rows * self.cols) as i64), s.i64(THREADS as i64));
+        let e = s.fresh();
+        s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
+        s.nest(|s| {
+            let (row, col) = s.split(&e, self.cols);
+            let ok = valid(s, &row);
+            let x = load(s, &row, &col);
+            let zero = s.f32(0.0);
+            let x = s.select(&ok, &x, &zero, "f32");
+            let h = s.line_value(format!("arith.truncf {x} : f32 to bf16"));
+            let p = self.address(s, &row, &col);
+            s.line(format!("llvm.store {h}, {p} : bf16, !llvm.ptr<3>"));
+        });
+        s.line("}");
+    }
+
+    /// Four 8×8 matrices by `ldmatrix` (`transpose`: each lane gets a column pair), lane
+    /// `l` giving the address of row `row(l)` at column `col(l)`.
+    pub fn load_x4(&self, s: &mut Text, row: &str, col: &str, transpose: bool) -> [String; 4] {
+        let p = self.address(s, row, col);
+        let layout = if transpose { "col" } else { "row" };
+        let frag = s.line_value(format!(
+            "nvvm.ldmatrix {p} {{num = 4 : i32, layout = #nvvm.mma_layout<{layout}>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, eltType = #nvvm.ld_st_matrix_elt_type<b16>}} : (!llvm.ptr<3>) -> {X4}"
+        ));
+        [0, 1, 2, 3].map(|k| s.line_value(format!("llvm.extractvalue {frag}[{k}] : {X4}")))
+    }
+}
+
+const X4: &str = "!llvm.struct<(i32, i32, i32, i32)>";
+const F4: &str = "!llvm.struct<(f32, f32, f32, f32)>";
+
+/// `c + a·b` for one m16n8k16 tile: `a` four `i32`, `b` two, `c` four f32.
+pub fn mma(s: &mut Text, a: &[String], b: &[String], c: &[String]) -> [String; 4] {
+    let d = s.line_value(format!(
+        "nvvm.mma.sync A[{}] B[{}] C[{}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {F4}",
+        a.join(", "),
+        b.join(", "),
+        c.join(", ")
+    ));
+    [0, 1, 2, 3].map(|k| s.line_value(format!("llvm.extractvalue {d}[{k}] : {F4}")))
+}
+
+/// Two f32 rounded to bf16 and packed in an `i32`, `lo` in the low half (an operand pair).
+pub fn pack(s: &mut Text, lo: &str, hi: &str) -> String {
+    let l = s.line_value(format!("arith.truncf {lo} : f32 to bf16"));
+    let h = s.line_value(format!("arith.truncf {hi} : f32 to bf16"));
+    let v = s.line_value(format!("vector.from_elements {l}, {h} : vector<2xbf16>"));
+    s.line_value(format!("llvm.bitcast {v} : vector<2xbf16> to i32"))
+}
+
+/// `combine` of `x` over the four lanes of a quad (the lanes sharing accumulator rows).
+pub fn quad(s: &mut Text, x: &str, combine: &str) -> String {
+    let (all, clamp) = (s.line_value("arith.constant -1 : i32".into()), s.line_value("arith.constant 31 : i32".into()));
+    let mut v = x.to_string();
+    for offset in [1, 2] {
+        let o = s.line_value(format!("arith.constant {offset} : i32"));
+        let other = s.line_value(format!("nvvm.shfl.sync bfly {all}, {v}, {o}, {clamp} : f32 -> f32"));
+        v = s.float(combine, &v, &other);
+    }
+    v
+}
+
+/// `2^x` by the special-function unit (`ex2.approx`; 2^−∞ = 0): softmax in base 2.
+pub fn exp2(s: &mut Text, x: &str) -> String {
+    s.line_value(format!("llvm.inline_asm asm_dialect = att \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"))
+}
+
+/// Waits for every thread of the block.
+pub fn barrier(s: &mut Text) {
+    s.line("gpu.barrier");
+}
+
+/// The lane, its quad row `g = lane / 4` and column pair `c = lane % 4`, and the warp.
+pub struct Lane {
+    pub warp: String,
+    pub lane: String,
+    pub g: String,
+    pub c: String,
+}
+
+impl Lane {
+    pub fn new(s: &mut Text) -> Lane {
+        let (warp, lane) = s.split("%tid", 32);
+        let (g, c) = s.split(&lane, 4);
+        Lane { warp, lane, g, c }
+    }
+}
