@@ -1144,6 +1144,7 @@ fn export_cases_for_the_device() {
                 nests: kernel.nests.iter().map(launch).collect(),
                 workspace: vec![],
                 storage,
+                tolerance: 0.0,
                 case,
             });
         }
@@ -1165,6 +1166,7 @@ fn launch(n: &gpu::GpuNest) -> serde_json::Value {
         "per_block": n.per_block,
         "vector_width": n.vector_width,
         "shared_bytes": n.shared_bytes,
+        "dynamic_shared_bytes": n.dynamic_shared_bytes,
     })
 }
 
@@ -1177,6 +1179,9 @@ struct DeviceCase {
     nests: Vec<serde_json::Value>,
     workspace: Vec<usize>,
     storage: Storage,
+    /// Error allowed beyond the storage's rounding, as a fraction of each output's scale
+    /// (kernels that round their operands: tensor cores).
+    tolerance: f64,
     case: Case,
 }
 
@@ -1203,6 +1208,7 @@ impl DeviceCase {
             "nests": self.nests,
             "workspace": self.workspace,
             "floor": self.case.floor,
+            "tolerance": self.tolerance,
             "inputs": self.case.inputs.iter().map(layout).collect::<Vec<_>>(),
             "outputs": self.case.outputs.iter().map(layout).collect::<Vec<_>>(),
         })

@@ -511,6 +511,44 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
                 ptx: kernel.ptx,
                 workspace: kernel.workspace,
                 storage: Storage::F32,
+                tolerance: 0.0,
+                case,
+            }
+        })
+        .chain(tensor_core_cases())
+        .collect()
+}
+
+/// Attention on tensor cores in bf16 (RoPE with GQA at head dimension 64; 128 without,
+/// T not a whole number of tiles), against the reference on the same bf16-rounded inputs:
+/// within 1% of the output's scale, the error of bf16 probabilities.
+fn tensor_core_cases() -> Vec<super::DeviceCase> {
+    let shapes = [
+        Attention { b: 2, h: 4, groups: 2, t: 200, d: 64, rope: Some(10000.0) },
+        Attention { b: 1, h: 2, groups: 1, t: 130, d: 128, rope: None },
+    ];
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let [(forward, _), _] = attention_bodies(a);
+            let kv = a.h / a.groups;
+            let layout = |heads| if a.rope.is_some() { vec![a.b, a.t, heads, a.d] } else { vec![a.b, heads, a.t, a.d] };
+            let inputs = [layout(a.h), layout(kv), vec![a.b, kv, a.t, a.d]];
+            let p = template::attention::Params { scale: 1.0 / (a.d as f64).sqrt(), groups: a.groups, rope: a.rope };
+            let code = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
+            let bf16 = vec![Storage::Bf16; 4];
+            let kernel = gpu::compile_template_stored(&code, &bf16).expect("generates");
+            let case =
+                Case::ranged(&forward, 1, -1.0, 1.0, &[]).expect("a case").stored(&forward, &bf16).expect("rounds");
+            super::DeviceCase {
+                name: format!("tensor_core{i}"),
+                origin: format!("{a:?} on tensor cores"),
+                nests: kernel.nests.iter().map(super::launch).collect(),
+                ptx: kernel.ptx,
+                workspace: kernel.workspace,
+                storage: Storage::Bf16,
+                tolerance: 1e-2,
                 case,
             }
         })
@@ -544,7 +582,8 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
             std::fs::create_dir_all(&dir).unwrap();
             let (ptx, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
             std::fs::write(&ptx, &kernel.ptx).unwrap();
-            let out = std::process::Command::new(ptxas).args(["-arch=sm_90", "-o"]).arg(&cubin).arg(&ptx).output().unwrap();
+            let out =
+                std::process::Command::new(ptxas).args(["-arch=sm_90", "-o"]).arg(&cubin).arg(&ptx).output().unwrap();
             assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
             let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
             let text = String::from_utf8_lossy(&sass.stdout);
@@ -552,4 +591,28 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
             assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
         }
     }
+}
+
+/// The tensor-core attention forward at the peer's shapes (causal GQA, `[B, H, T, D]`
+/// contiguous, bf16), for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test
+/// --release -p hyb-compiler --test codegen export_attention_benchmark -- --ignored`.
+#[test]
+#[ignore]
+fn export_attention_benchmark() {
+    let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut index = Vec::new();
+    for (b, h, kv, t, d) in [(2, 16, 4, 4096, 128), (4, 8, 2, 4096, 64)] {
+        let inputs = [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]];
+        let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups: h / kv, rope: None };
+        let code = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
+        let kernel = gpu::compile_template_stored(&code, &[Storage::Bf16; 4]).expect("generates");
+        let name = format!("attention_b{b}_h{h}_kv{kv}_t{t}_d{d}");
+        std::fs::write(dir.join(format!("{name}.ptx")), &kernel.ptx).unwrap();
+        index.push(serde_json::json!({
+            "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d,
+            "nests": kernel.nests.iter().map(super::launch).collect::<Vec<_>>(),
+        }));
+    }
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
 }

@@ -76,7 +76,10 @@ impl Module {
                 .map_err(|e| CudaError::ModuleLoad {
                     kernel: loaded.name.clone(),
                     error: e.to_string(),
-                    log: format!("entry `{}` asks for {} bytes of shared memory", nest.symbol, nest.dynamic_shared_bytes),
+                    log: format!(
+                        "entry `{}` asks for {} bytes of shared memory",
+                        nest.symbol, nest.dynamic_shared_bytes
+                    ),
                 })?;
             }
             loaded.entries.push((function, nest));

@@ -180,7 +180,13 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     let one = s.f32(1.0);
     let inv = s.fdiv(&one, &l);
     store_row(&mut s, &dims, Rows::HeadMajor(OUT), this, &o, &inv, false);
-    phases.push(Phase { cooperative: None,  what: "attend", items: dims.rows(), work_per_item: dims.t * dims.d, body: s });
+    phases.push(Phase {
+        cooperative: None,
+        what: "attend",
+        items: dims.rows(),
+        work_per_item: dims.t * dims.d,
+        body: s,
+    });
     TemplateCode {
         name: dims.name("flash_attention", inputs),
         inputs: inputs.to_vec(),
@@ -202,7 +208,7 @@ const TILE: usize = 64;
 /// tiles to the shortest, so the last blocks launched are the cheap ones.
 pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
     let dims = Dims::new(&inputs[0], &inputs[1], params);
-    if dims.d % 32 != 0 || dims.d > 128 {
+    if !dims.d.is_multiple_of(32) || dims.d > 128 {
         return None;
     }
     let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
@@ -248,7 +254,7 @@ fn attend_tiles(dims: &Dims) -> Phase {
     barrier(s);
     // This warp's 16 query rows as A fragments, one per 16 columns of the head.
     let first_row = s.mul_c(&lane.warp, 16);
-    let (l16, half) = s.split(&lane.lane, 16);
+    let (half, l16) = s.split(&lane.lane, 16);
     let a_row = s.add(&first_row, &l16);
     let half8 = s.mul_c(&half, 8);
     let qf: Vec<[String; 4]> = (0..d / 16)
@@ -257,7 +263,7 @@ fn attend_tiles(dims: &Dims) -> Phase {
             q_tile.load_x4(s, &a_row, &col, false)
         })
         .collect();
-    let (l8, quarter) = s.split(&lane.lane, 8);
+    let (quarter, l8) = s.split(&lane.lane, 8);
     let quarter8 = s.mul_c(&quarter, 8);
     // The rows `g` and `g + 8` of the warp, as time steps.
     let warp_row = s.add(&q0, &first_row);
@@ -332,7 +338,8 @@ fn attend_tiles(dims: &Dims) -> Phase {
         // o += p v: p from the score accumulators as A fragments, 16 keys at a time.
         for kk in 0..TILE / 16 {
             let (lo, hi) = (&scores[2 * kk], &scores[2 * kk + 1]);
-            let a = [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
+            let a =
+                [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
             let key = s.add_c(&l16, 16 * kk as i64);
             for g in (0..groups).step_by(2) {
                 let col = s.add_c(&half8, 8 * g as i64);
@@ -401,7 +408,13 @@ pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
         outputs: vec![q.clone()],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "attend", items: dims.rows(), work_per_item: k[1] * dims.d, body: s }],
+        phases: vec![Phase {
+            cooperative: None,
+            what: "attend",
+            items: dims.rows(),
+            work_per_item: k[1] * dims.d,
+            body: s,
+        }],
     }
 }
 
@@ -456,7 +469,7 @@ fn query_grad(dims: &Dims) -> Phase {
         accumulate(s, dims, &grad, &ds, |s, d| k.load(s, dims, key, d));
     });
     store_row(s, dims, dims.qk(DQ), this, &grad, &scale, true);
-    Phase { cooperative: None,  what: "query_grad", items: dims.rows(), work_per_item: 2 * dims.t * dims.d, body }
+    Phase { cooperative: None, what: "query_grad", items: dims.rows(), work_per_item: 2 * dims.t * dims.d, body }
 }
 
 /// Per key row: `dv_j = Σ p_ij dO_i` and `dk_j = scale·Σ ds_ij q_i` over the rows `i ≥ j`
@@ -495,7 +508,7 @@ fn key_value_grad(dims: &Dims) -> Phase {
     let one = s.f32(1.0);
     store_row(s, dims, Rows::HeadMajor(DV), this, &grad_v, &one, false);
     let items = dims.b * dims.kv * dims.t;
-    Phase { cooperative: None,  what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
+    Phase { cooperative: None, what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
 }
 
 /// The index of query row `r` among all rows, as the query phases number their items.
@@ -686,7 +699,7 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
             (dims.b * dims.t * half, heads * 2)
         }
     };
-    vec![Phase { cooperative: None,  what: "rotate", items, work_per_item: per_item, body: s }]
+    vec![Phase { cooperative: None, what: "rotate", items, work_per_item: per_item, body: s }]
 }
 
 /// The rotation frequencies `theta^(−2p/D)` of the pairs `(p, p + D/2)` (`ops::rope`'s

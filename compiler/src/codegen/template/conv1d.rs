@@ -73,7 +73,7 @@ pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> Templa
         outputs: vec![x.clone()],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "forward", items, work_per_item: per_item, body }],
+        phases: vec![Phase { cooperative: None, what: "forward", items, work_per_item: per_item, body }],
     }
 }
 
@@ -133,7 +133,7 @@ pub fn step(inputs: &[Vec<usize>]) -> TemplateCode {
         outputs: vec![x.clone(), state.clone()],
         workspace: vec![],
         in_place: vec![(1, 1)],
-        phases: vec![Phase { cooperative: None,  what: "step", items: b * c, work_per_item: t * k + past, body: s }],
+        phases: vec![Phase { cooperative: None, what: "step", items: b * c, work_per_item: t * k + past, body: s }],
     }
 }
 
@@ -236,8 +236,14 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
         workspace: vec![],
         in_place: vec![],
         phases: vec![
-            Phase { cooperative: None,  what: "input_grad", items, work_per_item: per_item, body: input_grad },
-            Phase { cooperative: None,  what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: weight_grad },
+            Phase { cooperative: None, what: "input_grad", items, work_per_item: per_item, body: input_grad },
+            Phase {
+                cooperative: None,
+                what: "weight_grad",
+                items: c,
+                work_per_item: b * t * (k + 1),
+                body: weight_grad,
+            },
         ],
     }
 }

@@ -49,7 +49,7 @@ pub fn embedding(table: &[usize], ids: &[usize]) -> TemplateCode {
         outputs: vec![shape],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "gather", items: tokens, work_per_item: d, body }],
+        phases: vec![Phase { cooperative: None, what: "gather", items: tokens, work_per_item: d, body }],
     }
 }
 
@@ -78,7 +78,7 @@ pub fn one_hot(ids: &[usize], depth: usize) -> TemplateCode {
         outputs: vec![shape],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "indicate", items: tokens, work_per_item: depth, body }],
+        phases: vec![Phase { cooperative: None, what: "indicate", items: tokens, work_per_item: depth, body }],
     }
 }
 
@@ -117,8 +117,8 @@ pub fn embedding_grad(ids: &[usize], dy: &[usize], vocab: usize) -> TemplateCode
         workspace: vec![],
         in_place: vec![],
         phases: vec![
-            Phase { cooperative: None,  what: "zero", items: vocab, work_per_item: d, body: zeros },
-            Phase { cooperative: None,  what: "scatter", items: d, work_per_item: tokens, body: add },
+            Phase { cooperative: None, what: "zero", items: vocab, work_per_item: d, body: zeros },
+            Phase { cooperative: None, what: "scatter", items: d, work_per_item: tokens, body: add },
         ],
     }
 }

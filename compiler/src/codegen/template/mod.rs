@@ -210,7 +210,8 @@ pub fn for_node(
 /// by the launch (bf16 operands on the GPU), since it rounds its operands to bf16.
 pub fn on_tensor_cores(graph: &Graph, node: NodeId, symbols: Symbols) -> Option<Result<TemplateCode, CodegenError>> {
     let n = &graph.nodes[node];
-    let inputs = || n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>();
+    let inputs =
+        || n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>();
     match &n.op {
         Op::Kernel(k) => match &k.kind {
             KernelKind::FlashAttention { scale, groups, rope } => {

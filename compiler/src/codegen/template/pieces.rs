@@ -84,7 +84,8 @@ fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pi
                 s.store(output, &at, &value);
                 index.pop();
             });
-            Phase { cooperative: None, 
+            Phase {
+                cooperative: None,
                 what: if p.input.is_some() { "copy" } else { "zeros" },
                 items: rows.iter().product(),
                 work_per_item: *last,
@@ -150,7 +151,13 @@ pub fn cache_write(shapes: &[Vec<usize>], in_place: bool) -> TemplateCode {
         outputs: vec![cache.clone()],
         workspace: vec![],
         in_place: vec![(0, 0)],
-        phases: vec![Phase { cooperative: None,  what: "rows", items: rows.iter().product(), work_per_item: *last, body }],
+        phases: vec![Phase {
+            cooperative: None,
+            what: "rows",
+            items: rows.iter().product(),
+            work_per_item: *last,
+            body,
+        }],
     }
 }
 

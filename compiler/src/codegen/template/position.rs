@@ -110,7 +110,7 @@ fn rotation(x: &[usize], theta: f64, inverse: bool, angle: Angle) -> TemplateCod
         outputs: vec![x.to_vec()],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "rotate", items: b * t, work_per_item: h * d, body }],
+        phases: vec![Phase { cooperative: None, what: "rotate", items: b * t, work_per_item: h * d, body }],
     }
 }
 
@@ -155,6 +155,12 @@ pub fn mask(x: &[usize], fill: f32, what: &str, documents: bool) -> TemplateCode
         outputs: vec![x.to_vec()],
         workspace: vec![],
         in_place: vec![],
-        phases: vec![Phase { cooperative: None,  what: "mask", items: rows.iter().product(), work_per_item: *last, body }],
+        phases: vec![Phase {
+            cooperative: None,
+            what: "mask",
+            items: rows.iter().product(),
+            work_per_item: *last,
+            body,
+        }],
     }
 }

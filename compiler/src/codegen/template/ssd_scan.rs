@@ -212,7 +212,8 @@ fn recurrence(inputs: &[Vec<usize>], ends: Recurrence, target: Target) -> Templa
         outputs,
         workspace: vec![],
         in_place: if ends.from_state && ends.state { vec![(1, STATE)] } else { vec![] },
-        phases: vec![Phase { cooperative: None, 
+        phases: vec![Phase {
+            cooperative: None,
             what: if ends.y { "forward" } else { "state" },
             items: d.b * d.h * (d.p / w),
             work_per_item: 2 * d.t * d.n * w,
@@ -285,20 +286,29 @@ pub fn backward(inputs: &[Vec<usize>], chunk: usize, documents: bool, target: Ta
         workspace: vec![per_head, per_head, entering, d.b * ch.count * d.h * d.n],
         in_place: vec![],
         phases: vec![
-            Phase { cooperative: None, 
+            Phase {
+                cooperative: None,
                 what: "columns",
                 items: d.b * d.h * (d.n / wn),
                 work_per_item: 4 * d.t * d.p * wn,
                 body: columns(&d, ch, wn),
             },
-            Phase { cooperative: None, 
+            Phase {
+                cooperative: None,
                 what: "rows",
                 items: d.b * d.h * (d.p / wp),
                 work_per_item: 2 * d.t * d.n * wp,
                 body: rows(&d, wp),
             },
-            Phase { cooperative: None,  what: "decay_grad", items: d.h, work_per_item: 2 * d.b * d.t * d.n, body: decay_grad(&d, ch) },
-            Phase { cooperative: None, 
+            Phase {
+                cooperative: None,
+                what: "decay_grad",
+                items: d.h,
+                work_per_item: 2 * d.b * d.t * d.n,
+                body: decay_grad(&d, ch),
+            },
+            Phase {
+                cooperative: None,
                 what: "group_sum",
                 items: d.b * d.t * d.g * (d.n / wn),
                 work_per_item: 2 * d.heads_per_group() * wn,

@@ -44,7 +44,12 @@ impl Tile {
     /// Fills the tile from `load(row, col)` (f32, any view storage) for rows below
     /// `valid_rows`, zeros elsewhere (so no poisoned or stale value reaches a product), all
     /// threads of the block sharing the elements; the caller synchronises after.
-    pub fn stage(&self, s: &mut Text, valid: &dyn Fn(&mut Text, &str) -> String, load: &dyn Fn(&mut Text, &str, &str) -> String) {
+    pub fn stage(
+        &self,
+        s: &mut Text,
+        valid: &dyn Fn(&mut Text, &str) -> String,
+        load: &dyn Fn(&mut Text, &str, &str) -> String,
+    ) {
         let (end, step) = (s.i64((self.rows * self.cols) as i64), s.i64(THREADS as i64));
         let e = s.fresh();
         s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
@@ -109,7 +114,9 @@ pub fn quad(s: &mut Text, x: &str, combine: &str) -> String {
 
 /// `2^x` by the special-function unit (`ex2.approx`; 2^−∞ = 0): softmax in base 2.
 pub fn exp2(s: &mut Text, x: &str) -> String {
-    s.line_value(format!("llvm.inline_asm asm_dialect = att \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"))
+    s.line_value(format!(
+        "llvm.inline_asm asm_dialect = att \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"
+    ))
 }
 
 /// Waits for every thread of the block.
