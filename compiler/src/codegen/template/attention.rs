@@ -187,14 +187,7 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
         work_per_item: dims.t * dims.d,
         body: s,
     });
-    TemplateCode {
-        name: dims.name("flash_attention", inputs),
-        inputs: inputs.to_vec(),
-        outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
-        workspace: dims.rotated_sizes(),
-        in_place: vec![],
-        phases,
-    }
+    forward_code(&dims, "flash_attention", inputs, phases)
 }
 
 /// Query rows, and key rows, of a tensor-core tile: 16 per warp of [`tensor_core::THREADS`].
@@ -213,14 +206,19 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<
     }
     let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
     phases.push(attend_tiles(&dims));
-    Some(TemplateCode {
-        name: dims.name("flash_attention_mma", inputs),
+    Some(forward_code(&dims, "flash_attention_mma", inputs, phases))
+}
+
+/// A forward template's code: output `[B, H, T, D]`, the rotated copies as workspace.
+fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<Phase>) -> TemplateCode {
+    TemplateCode {
+        name: dims.name(template, inputs),
         inputs: inputs.to_vec(),
         outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
         workspace: dims.rotated_sizes(),
         in_place: vec![],
         phases,
-    })
+    }
 }
 
 fn attend_tiles(dims: &Dims) -> Phase {
