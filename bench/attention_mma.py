@@ -1,10 +1,13 @@
-"""Times hyb's tensor-core attention forward against PyTorch's SDPA (flash) in one process.
+"""Times hyb's tensor-core attention, forward and backward, against PyTorch's SDPA (flash)
+in one process.
 
 Reads bench.json and the PTX from `export_attention_benchmark` (compiler/tests/codegen/
 templates.rs): causal GQA at the peer's shapes, contiguous `[B, H, T, D]` bf16. Both run on
-the same random inputs; hyb's output is compared with SDPA's (largest difference relative
-to SDPA's largest magnitude; NaN fails). Times are medians of 20 CUDA-event timings after
-3 warm-up runs; TFLOP/s counts the causal half, 2·2·B·H·T²·D / 2.
+the same random inputs, hyb's outputs poisoned with NaN first; hyb's output and gradients
+are compared with SDPA's (largest difference relative to SDPA's largest magnitude; NaN
+fails). Times are medians of 20 CUDA-event timings after 3 warm-up runs. FLOPs count the
+causal half: forward 2·2·B·H·T²·D / 2; backward 2.5× that (five products, of which the
+forward's two are recomputed by FlashAttention-2's backward and by hyb's).
 Usage: python3 bench/attention_mma.py DIR
 """
 import json, os, sys
@@ -29,46 +32,80 @@ def median_ms(fn):
     return sorted(times)[len(times) // 2]
 
 
+def launcher(folder, spec, views):
+    """A function launching every nest of one pass over `views` and its workspace."""
+    module = cp.RawModule(path=os.path.join(folder, spec["ptx"]))
+    workspace = [torch.zeros(max(n, 1), device="cuda", dtype=torch.float32) for n in spec["workspace"]]
+    args = [cp.uint64(x.data_ptr()) for x in views + workspace]
+    args += [cp.int64(s) for x in views for s in x.stride()] + [cp.int64(1) for _ in workspace]
+    launches = []
+    for nest in spec["nests"]:
+        fn = module.get_function(nest["symbol"])
+        shared = int(nest.get("dynamic_shared_bytes", 0))
+        if shared > 48 * 1024:
+            fn.max_dynamic_shared_size_bytes = shared
+        blocks = max(1, min(-(-nest["iterations"] // max(1, nest["rows_per_block"])), SMS * 16))
+        launches.append((fn, blocks, nest["threads_per_block"], shared))
+
+    def run():
+        for fn, blocks, threads, shared in launches:
+            fn((blocks,), (threads,), tuple(args), shared_mem=shared)
+
+    return run
+
+
+def difference(have, want):
+    have, want = have.float(), want.float()
+    if not torch.isfinite(have).all():
+        return float("inf")
+    return ((have - want).abs().max() / want.abs().max()).item()
+
+
 def main():
     folder = sys.argv[1]
     failed = 0
     for case in json.load(open(os.path.join(folder, "bench.json"))):
         b, h, kv, t, d = (case[k] for k in ("b", "h", "kv", "t", "d"))
         torch.manual_seed(0)
-        q = torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, kv, t, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, kv, t, d, device="cuda", dtype=torch.bfloat16)
-        out = torch.full((b, h, t, d), float("nan"), device="cuda", dtype=torch.bfloat16)
-        module = cp.RawModule(path=os.path.join(folder, case["name"] + ".ptx"))
-        views = [q, k, v, out]
-        args = [cp.uint64(x.data_ptr()) for x in views] + [cp.int64(s) for x in views for s in x.stride()]
-        launches = []
-        for nest in case["nests"]:
-            fn = module.get_function(nest["symbol"])
-            shared = int(nest.get("dynamic_shared_bytes", 0))
-            if shared > 48 * 1024:
-                fn.max_dynamic_shared_size_bytes = shared
-            blocks = max(1, min(-(-nest["iterations"] // max(1, nest["rows_per_block"])), SMS * 16))
-            launches.append((fn, blocks, nest["threads_per_block"], shared))
-
-        def hyb():
-            for fn, blocks, threads, shared in launches:
-                fn((blocks,), (threads,), tuple(args), shared_mem=shared)
+        bf16 = dict(device="cuda", dtype=torch.bfloat16)
+        q, k, v = torch.randn(b, h, t, d, **bf16), torch.randn(b, kv, t, d, **bf16), torch.randn(b, kv, t, d, **bf16)
+        dy = torch.randn(b, h, t, d, **bf16)
+        out = torch.full((b, h, t, d), float("nan"), **bf16)
+        grads = [torch.full_like(x, float("nan")) for x in (q, k, v)]
+        forward = launcher(folder, case["passes"]["forward"], [q, k, v, out])
+        backward = launcher(folder, case["passes"]["backward"], [q, k, v, dy] + grads)
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
 
         def sdpa():
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(*leaves, is_causal=True, enable_gqa=True)
 
-        hyb()
+        def sdpa_both():
+            y = sdpa()
+            torch.autograd.grad(y, leaves, dy)
+
+        def hyb_both():
+            forward()
+            backward()
+
+        forward()
+        backward()
         torch.cuda.synchronize()
-        want = sdpa().float()
-        diff = ((out.float() - want).abs().max() / want.abs().max()).item()
-        ok = torch.isfinite(out.float()).all().item() and diff < 2e-2
+        y = sdpa()
+        want = [y.detach()] + list(torch.autograd.grad(y, leaves, dy))
+        diffs = [difference(x, w) for x, w in zip([out] + grads, want)]
+        ok = all(x < 2e-2 for x in diffs)
         failed += not ok
         flops = 2 * 2 * b * h * t * t * d / 2
-        ours, peer = median_ms(hyb), median_ms(sdpa)
-        print(f"{'PASS' if ok else 'FAIL'} attention forward B {b} T {t} H {h} KV {kv} D {d}: hyb {ours:.3f} ms "
-              f"({flops / ours / 1e9:.0f} TFLOP/s), SDPA {peer:.3f} ms ({flops / peer / 1e9:.0f} TFLOP/s), "
-              f"hyb/SDPA time {ours / peer:.2f}x; largest difference from SDPA {diff:.2e} of its scale")
+        with torch.no_grad():
+            times = [(median_ms(forward), median_ms(sdpa))]
+        times.append((median_ms(hyb_both), median_ms(sdpa_both)))
+        shape = f"B {b} T {t} H {h} KV {kv} D {d}"
+        for what, (ours, peer), work in zip(["forward", "forward + backward"], times, [flops, 3.5 * flops]):
+            print(f"{'PASS' if ok else 'FAIL'} attention {what} {shape}: hyb {ours:.3f} ms "
+                  f"({work / ours / 1e9:.0f} TFLOP/s), SDPA {peer:.3f} ms ({work / peer / 1e9:.0f} TFLOP/s), "
+                  f"hyb/SDPA time {ours / peer:.2f}x")
+        print(f"  largest difference from SDPA, of its scale: out {diffs[0]:.2e}, dq {diffs[1]:.2e}, "
+              f"dk {diffs[2]:.2e}, dv {diffs[3]:.2e}")
     sys.exit(1 if failed else 0)
 
 

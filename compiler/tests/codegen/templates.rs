@@ -519,44 +519,49 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
         .collect()
 }
 
-/// Attention on tensor cores in bf16 (RoPE with GQA at head dimension 64; 128 without,
-/// T not a whole number of tiles), against the reference on the same bf16-rounded inputs:
-/// within 1% of the output's scale, the error of bf16 probabilities.
+/// Attention on tensor cores in bf16, forward and gradient (RoPE with GQA at head
+/// dimension 64; 128 without, T not a whole number of tiles), against the reference on the
+/// same bf16-rounded inputs: within 1% of the output's scale, the error of bf16
+/// probabilities.
 fn tensor_core_cases() -> Vec<super::DeviceCase> {
     let shapes = [
         Attention { b: 2, h: 4, groups: 2, t: 200, d: 64, rope: Some(10000.0) },
         Attention { b: 1, h: 2, groups: 1, t: 130, d: 128, rope: None },
+        Attention { b: 1, h: 4, groups: 4, t: 96, d: 128, rope: Some(500.0) },
     ];
-    shapes
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let [(forward, _), _] = attention_bodies(a);
-            let kv = a.h / a.groups;
-            let layout = |heads| if a.rope.is_some() { vec![a.b, a.t, heads, a.d] } else { vec![a.b, heads, a.t, a.d] };
-            let inputs = [layout(a.h), layout(kv), vec![a.b, kv, a.t, a.d]];
-            let p = template::attention::Params { scale: 1.0 / (a.d as f64).sqrt(), groups: a.groups, rope: a.rope };
-            let code = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
-            let bf16 = vec![Storage::Bf16; 4];
-            let kernel = gpu::compile_template_stored(&code, &bf16).expect("generates");
-            let case =
-                Case::ranged(&forward, 1, -1.0, 1.0, &[]).expect("a case").stored(&forward, &bf16).expect("rounds");
-            super::DeviceCase {
-                name: format!("tensor_core{i}"),
-                origin: format!("{a:?} on tensor cores"),
+    let mut cases = Vec::new();
+    for a in &shapes {
+        let [forward, backward] = attention_bodies(a);
+        let p = template::attention::Params { scale: 1.0 / (a.d as f64).sqrt(), groups: a.groups, rope: a.rope };
+        let kv = a.h / a.groups;
+        let layout = |heads| if a.rope.is_some() { vec![a.b, a.t, heads, a.d] } else { vec![a.b, heads, a.t, a.d] };
+        let inputs = [layout(a.h), layout(kv), vec![a.b, kv, a.t, a.d], vec![a.b, a.h, a.t, a.d]];
+        for (pass, (body, _)) in [("forward", forward), ("gradient", backward)] {
+            let code = match pass {
+                "forward" => template::attention::forward_on_tensor_cores(&inputs[..3], p),
+                _ => template::attention::backward_on_tensor_cores(&inputs, p),
+            }
+            .expect("a tensor-core template");
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
+            let case = Case::ranged(&body, 1, -1.0, 1.0, &[]).expect("a case").stored(&body, &storage).expect("rounds");
+            cases.push(super::DeviceCase {
+                name: format!("tensor_core{}", cases.len()),
+                origin: format!("{a:?} {pass} on tensor cores"),
                 nests: kernel.nests.iter().map(super::launch).collect(),
                 ptx: kernel.ptx,
                 workspace: kernel.workspace,
                 storage: Storage::Bf16,
                 tolerance: 1e-2,
                 case,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    cases
 }
 
-/// Attention on tensor cores at head dimensions 64 and 128, with and without RoPE and GQA,
-/// at a T that is not a whole number of tiles: the PTX calls nothing undefined, assembles
+/// Attention on tensor cores, forward and gradient, at head dimensions 64 and 128, with and
+/// without RoPE and GQA, at a T that is not a whole number of tiles: the PTX calls nothing undefined, assembles
 /// without spills, and its machine code multiplies on the tensor cores (`HMMA` with bf16
 /// operands). Its values are checked on the GPU (`device_cases`).
 #[test]
@@ -569,32 +574,41 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
             None => [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]],
         };
         let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups, rope };
-        let code = template::attention::forward_on_tensor_cores(&shapes, p).expect("a tensor-core template");
-        let what = format!("tensor-core attention d {d}, rope {rope:?}, groups {groups}");
-        let storage = vec![Storage::Bf16; 4];
-        let kernel = gpu::compile_template_stored(&code, &storage);
-        assembles(&what, &kernel).unwrap();
-        let kernel = kernel.unwrap();
-        assert!(kernel.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{what}: no mma.sync");
-        assert!(kernel.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{what}: no transposed ldmatrix");
-        if let (Some(ptxas), Some(cuobjdump)) = (ptxas(), std::env::var_os("HYB_CUOBJDUMP")) {
-            let dir = std::env::temp_dir().join(format!("hyb-mma-{}-{d}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let (ptx, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
-            std::fs::write(&ptx, &kernel.ptx).unwrap();
-            let out =
-                std::process::Command::new(ptxas).args(["-arch=sm_90", "-o"]).arg(&cubin).arg(&ptx).output().unwrap();
-            assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-            let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
-            let text = String::from_utf8_lossy(&sass.stdout);
-            std::fs::remove_dir_all(&dir).ok();
-            assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
+        let mut with_dy = shapes.to_vec();
+        with_dy.push(vec![b, h, t, d]);
+        let forward = template::attention::forward_on_tensor_cores(&shapes, p).expect("a tensor-core template");
+        let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
+        for (pass, code) in [("forward", forward), ("gradient", backward)] {
+            let what = format!("tensor-core attention {pass}, d {d}, rope {rope:?}, groups {groups}");
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage);
+            assembles(&what, &kernel).unwrap();
+            let kernel = kernel.unwrap();
+            assert!(kernel.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{what}: no mma.sync");
+            assert!(kernel.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{what}: no transposed ldmatrix");
+            if let (Some(ptxas), Some(cuobjdump)) = (ptxas(), std::env::var_os("HYB_CUOBJDUMP")) {
+                let dir = std::env::temp_dir().join(format!("hyb-mma-{}-{d}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let (ptx, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
+                std::fs::write(&ptx, &kernel.ptx).unwrap();
+                let out = std::process::Command::new(ptxas)
+                    .args(["-arch=sm_90", "-o"])
+                    .arg(&cubin)
+                    .arg(&ptx)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+                let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
+                let text = String::from_utf8_lossy(&sass.stdout);
+                std::fs::remove_dir_all(&dir).ok();
+                assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
+            }
         }
     }
 }
 
-/// The tensor-core attention forward at the peer's shapes (causal GQA, `[B, H, T, D]`
-/// contiguous, bf16), for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test
+/// The tensor-core attention forward and gradient at the peer's shapes (causal GQA, `[B,
+/// H, T, D]` contiguous, bf16), for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test
 /// --release -p hyb-compiler --test codegen export_attention_benchmark -- --ignored`.
 #[test]
 #[ignore]
@@ -603,16 +617,26 @@ fn export_attention_benchmark() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut index = Vec::new();
     for (b, h, kv, t, d) in [(2, 16, 4, 4096, 128), (4, 8, 2, 4096, 64)] {
-        let inputs = [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]];
+        let inputs = [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d], vec![b, h, t, d]];
         let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups: h / kv, rope: None };
-        let code = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
-        let kernel = gpu::compile_template_stored(&code, &[Storage::Bf16; 4]).expect("generates");
+        let forward = template::attention::forward_on_tensor_cores(&inputs[..3], p).expect("a tensor-core template");
+        let backward = template::attention::backward_on_tensor_cores(&inputs, p).expect("a tensor-core gradient");
         let name = format!("attention_b{b}_h{h}_kv{kv}_t{t}_d{d}");
-        std::fs::write(dir.join(format!("{name}.ptx")), &kernel.ptx).unwrap();
-        index.push(serde_json::json!({
-            "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d,
-            "nests": kernel.nests.iter().map(super::launch).collect::<Vec<_>>(),
-        }));
+        let mut passes = serde_json::Map::new();
+        for (pass, code) in [("forward", forward), ("backward", backward)] {
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
+            std::fs::write(dir.join(format!("{name}_{pass}.ptx")), &kernel.ptx).unwrap();
+            passes.insert(
+                pass.into(),
+                serde_json::json!({
+                    "ptx": format!("{name}_{pass}.ptx"),
+                    "workspace": kernel.workspace,
+                    "nests": kernel.nests.iter().map(super::launch).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        index.push(serde_json::json!({ "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d, "passes": passes }));
     }
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
 }

@@ -210,20 +210,17 @@ pub fn for_node(
 /// by the launch (bf16 operands on the GPU), since it rounds its operands to bf16.
 pub fn on_tensor_cores(graph: &Graph, node: NodeId, symbols: Symbols) -> Option<Result<TemplateCode, CodegenError>> {
     let n = &graph.nodes[node];
-    let inputs =
-        || n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>();
-    match &n.op {
-        Op::Kernel(k) => match &k.kind {
-            KernelKind::FlashAttention { scale, groups, rope } => {
-                let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
-                match inputs() {
-                    Ok(s) => attention::forward_on_tensor_cores(&s, p).map(Ok),
-                    Err(e) => Some(Err(e)),
-                }
-            }
-            _ => None,
-        },
-        _ => None,
+    let Op::Kernel(k) = &n.op else { return None };
+    let (kind, gradient) = match &k.kind {
+        KernelKind::Grad { of } => (&**of, true),
+        kind => (kind, false),
+    };
+    let KernelKind::FlashAttention { scale, groups, rope } = kind else { return None };
+    let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+    match n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>() {
+        Ok(s) if gradient => attention::backward_on_tensor_cores(&s, p).map(Ok),
+        Ok(s) => attention::forward_on_tensor_cores(&s, p).map(Ok),
+        Err(e) => Some(Err(e)),
     }
 }
 

@@ -66,23 +66,154 @@ impl Tile {
         s.line("}");
     }
 
+    /// Fills the tile eight columns at a time, `copy(row, col, dst)` copying the elements
+    /// `(row, col ..)` to the shared address `dst`; the caller waits for the copies and
+    /// synchronises after.
+    pub fn stage_by_eight(&self, s: &mut Text, copy: &dyn Fn(&mut Text, &str, &str, &str)) {
+        let (end, step) = (s.i64((self.rows * self.cols / 8) as i64), s.i64(THREADS as i64));
+        let e = s.fresh();
+        s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
+        s.nest(|s| {
+            let (row, chunk) = s.split(&e, self.cols / 8);
+            let col = s.mul_c(&chunk, 8);
+            let p = self.address(s, &row, &col);
+            copy(s, &row, &col, &p);
+        });
+        s.line("}");
+    }
+
     /// Four 8×8 matrices by `ldmatrix` (`transpose`: each lane gets a column pair), lane
     /// `l` giving the address of row `row(l)` at column `col(l)`.
     pub fn load_x4(&self, s: &mut Text, row: &str, col: &str, transpose: bool) -> [String; 4] {
         let p = self.address(s, row, col);
-        let layout = if transpose { "col" } else { "row" };
-        let frag = s.line_value(format!(
-            "nvvm.ldmatrix {p} {{num = 4 : i32, layout = #nvvm.mma_layout<{layout}>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, eltType = #nvvm.ld_st_matrix_elt_type<b16>}} : (!llvm.ptr<3>) -> {X4}"
-        ));
-        [0, 1, 2, 3].map(|k| s.line_value(format!("llvm.extractvalue {frag}[{k}] : {X4}")))
+        ldmatrix(s, &p, 0, transpose)
     }
+
+    /// The byte offset of `rows` rows and `cols` columns into the tile.
+    fn bytes_to(&self, rows: usize, cols: usize) -> usize {
+        (rows * self.pitch() + cols) * 2
+    }
+
+    /// Element `(row, col)` as f32.
+    pub fn get(&self, s: &mut Text, row: &str, col: &str) -> String {
+        let p = self.address(s, row, col);
+        let h = s.line_value(format!("llvm.load {p} : !llvm.ptr<3> -> bf16"));
+        s.line_value(format!("arith.extf {h} : bf16 to f32"))
+    }
+
+    /// The A fragment of a warp's 16 rows from `first` at columns `16·kk ..`.
+    pub fn fragment(&self, s: &mut Text, lane: &Lane, first: &str, kk: usize) -> [String; 4] {
+        let (half, l16) = s.split(&lane.lane, 16);
+        let row = s.add(first, &l16);
+        let half8 = s.mul_c(&half, 8);
+        let p = self.address(s, &row, &half8);
+        ldmatrix(s, &p, self.bytes_to(0, 16 * kk), false)
+    }
+}
+
+/// A shared-memory vector of `len` f32 (per-row statistics a tile's lanes read often).
+#[derive(Clone, Copy)]
+pub struct Floats {
+    /// Byte offset in the block's shared memory.
+    pub at: usize,
+    pub len: usize,
+}
+
+impl Floats {
+    pub fn bytes(&self) -> usize {
+        self.len * 4
+    }
+
+    fn address(&self, s: &mut Text, i: &str) -> String {
+        let e4 = s.mul_c(i, 4);
+        let at = s.add_c(&e4, self.at as i64);
+        s.line_value(format!("llvm.getelementptr %smem[{at}] : (!llvm.ptr<3>, i64) -> !llvm.ptr<3>, i8"))
+    }
+
+    /// Fills the vector from `load(i)`, the block's threads sharing the elements; the
+    /// caller synchronises after.
+    pub fn stage(&self, s: &mut Text, load: &dyn Fn(&mut Text, &str) -> String) {
+        let (end, step) = (s.i64(self.len as i64), s.i64(THREADS as i64));
+        let i = s.fresh();
+        s.line(format!("scf.for {i} = %tid to {end} step {step} : i64 {{"));
+        s.nest(|s| {
+            let x = load(s, &i);
+            let p = self.address(s, &i);
+            s.line(format!("llvm.store {x}, {p} : f32, !llvm.ptr<3>"));
+        });
+        s.line("}");
+    }
+
+    pub fn get(&self, s: &mut Text, i: &str) -> String {
+        let p = self.address(s, i);
+        s.line_value(format!("llvm.load {p} : !llvm.ptr<3> -> f32"))
+    }
+}
+
+/// An m16n8 accumulator: rows `g`, `g + 8` at columns `2c, 2c + 1` of its 8 columns.
+pub type Acc = [String; 4];
+
+/// Where a product's A operand comes from: its fragment of columns `16·kk ..` for `kk`
+/// (from registers, or loaded from a tile as needed).
+pub type Fragments<'a> = &'a dyn Fn(&mut Text, usize) -> [String; 4];
+
+/// Zeroed accumulators for `columns` columns.
+pub fn zeros(s: &mut Text, columns: usize) -> Vec<Acc> {
+    (0..columns / 8).map(|_| [(); 4].map(|_| s.f32(0.0))).collect()
+}
+
+/// `a · tileᵀ` for a warp's 16 rows of `a` against the tile's rows `first .. first + n`
+/// (the product's columns, `n / 8` accumulators): `a(kk)` gives the A fragment of
+/// columns `16·kk ..`, the contraction running over the tile's columns (a multiple of 32).
+pub fn times_transposed(s: &mut Text, lane: &Lane, a: Fragments, tile: &Tile, first: usize, n: usize) -> Vec<Acc> {
+    let mut acc = zeros(s, n);
+    let (quarter, l8) = s.split(&lane.lane, 8);
+    let quarter8 = s.mul_c(&quarter, 8);
+    let p = tile.address(s, &l8, &quarter8);
+    for kk in (0..tile.cols / 16).step_by(2) {
+        let (a0, a1) = (a(s, kk), a(s, kk + 1));
+        for (j, x) in acc.iter_mut().enumerate() {
+            let f = ldmatrix(s, &p, tile.bytes_to(first + 8 * j, 16 * kk), false);
+            *x = mma(s, &a0, &f[..2], x);
+            *x = mma(s, &a1, &f[2..], x);
+        }
+    }
+    acc
+}
+
+/// `acc += p · tile[first ..]`: `p` a warp's 16 × K product in accumulators (rounded to
+/// bf16 as A fragments), the tile's K rows from `first` the contraction, its columns
+/// `acc`'s (a multiple of 16).
+pub fn accumulate(s: &mut Text, lane: &Lane, p: &[Acc], tile: &Tile, first: usize, acc: &mut [Acc]) {
+    let (half, l16) = s.split(&lane.lane, 16);
+    let half8 = s.mul_c(&half, 8);
+    let at = tile.address(s, &l16, &half8);
+    for kk in 0..p.len() / 2 {
+        let (lo, hi) = (&p[2 * kk], &p[2 * kk + 1]);
+        let a = [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
+        for g in (0..acc.len()).step_by(2) {
+            let f = ldmatrix(s, &at, tile.bytes_to(first + 16 * kk, 8 * g), true);
+            acc[g] = mma(s, &a, &f[..2], &acc[g]);
+            acc[g + 1] = mma(s, &a, &f[2..], &acc[g + 1]);
+        }
+    }
+}
+
+/// `ldmatrix.x4` from `p` plus `bytes` (a constant: a lane computes one address per tile).
+fn ldmatrix(s: &mut Text, p: &str, bytes: usize, transpose: bool) -> [String; 4] {
+    let at = s.line_value(format!("llvm.getelementptr {p}[{bytes}] : (!llvm.ptr<3>) -> !llvm.ptr<3>, i8"));
+    let layout = if transpose { "col" } else { "row" };
+    let frag = s.line_value(format!(
+        "nvvm.ldmatrix {at} {{num = 4 : i32, layout = #nvvm.mma_layout<{layout}>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, eltType = #nvvm.ld_st_matrix_elt_type<b16>}} : (!llvm.ptr<3>) -> {X4}"
+    ));
+    [0, 1, 2, 3].map(|k| s.line_value(format!("llvm.extractvalue {frag}[{k}] : {X4}")))
 }
 
 const X4: &str = "!llvm.struct<(i32, i32, i32, i32)>";
 const F4: &str = "!llvm.struct<(f32, f32, f32, f32)>";
 
 /// `c + a·b` for one m16n8k16 tile: `a` four `i32`, `b` two, `c` four f32.
-pub fn mma(s: &mut Text, a: &[String], b: &[String], c: &[String]) -> [String; 4] {
+pub fn mma(s: &mut Text, a: &[String], b: &[String], c: &[String]) -> Acc {
     let d = s.line_value(format!(
         "nvvm.mma.sync A[{}] B[{}] C[{}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {F4}",
         a.join(", "),

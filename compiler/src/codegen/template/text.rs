@@ -34,6 +34,16 @@ enum Line {
         view: usize,
         offset: String,
     },
+    /// Eight elements from `offset` of view `view` (unit stride) to the bf16 shared memory
+    /// at `dst`: one asynchronous 16-byte copy when the view is bf16 (16-byte aligned, as
+    /// the caller checked), else eight rounded loads. GPU only.
+    Copy {
+        indent: usize,
+        id: String,
+        view: usize,
+        offset: String,
+        dst: String,
+    },
     /// Element `offset` of view `view` = `value`, rounded to the view's storage; `id` names
     /// the line's temporaries.
     Store {
@@ -78,6 +88,36 @@ impl Text {
                             out.push(format!("{pad}{dst}_k = arith.constant 16 : i32"));
                             out.push(format!("{pad}{dst}_h = arith.shli {dst}_w, {dst}_k : i32"));
                             out.push(format!("{pad}{dst} = arith.bitcast {dst}_h : i32 to f32"));
+                        }
+                    }
+                }
+                Line::Copy { indent, id, view, offset, dst } => {
+                    assert_eq!(target, Target::Gpu, "copies to shared memory are GPU code");
+                    let pad = "  ".repeat(*indent);
+                    let s = stored(*view);
+                    let ty = memory_type(s, target);
+                    out.push(format!(
+                        "{pad}{id}_a = llvm.getelementptr %p{view}[{offset}] : (!llvm.ptr, i64) -> !llvm.ptr, {ty}"
+                    ));
+                    match s {
+                        Storage::Bf16 => {
+                            out.push(format!("{pad}{id}_g = llvm.addrspacecast {id}_a : !llvm.ptr to !llvm.ptr<1>"));
+                            out.push(format!(
+                                "{pad}nvvm.cp.async.shared.global {dst}, {id}_g, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
+                            ));
+                        }
+                        Storage::F32 => {
+                            for i in 0..8 {
+                                out.push(format!(
+                                    "{pad}{id}_p{i} = llvm.getelementptr {id}_a[{i}] : (!llvm.ptr) -> !llvm.ptr, f32"
+                                ));
+                                out.push(format!("{pad}{id}_x{i} = llvm.load {id}_p{i} : !llvm.ptr -> f32"));
+                                out.push(format!("{pad}{id}_h{i} = arith.truncf {id}_x{i} : f32 to bf16"));
+                                out.push(format!(
+                                    "{pad}{id}_d{i} = llvm.getelementptr {dst}[{i}] : (!llvm.ptr<3>) -> !llvm.ptr<3>, bf16"
+                                ));
+                                out.push(format!("{pad}llvm.store {id}_h{i}, {id}_d{i} : bf16, !llvm.ptr<3>"));
+                            }
                         }
                     }
                 }
@@ -273,6 +313,51 @@ impl Text {
         let dst = self.fresh();
         self.lines.push(Line::Load { indent: self.depth, dst: dst.clone(), view: k, offset });
         dst
+    }
+
+    /// Copies eight elements from `index` of view `k` (unit stride on the last axis, 16-byte
+    /// aligned) to the bf16 shared memory at `dst`; the caller waits for the copies
+    /// ([`Text::wait_copies`]) before reading them.
+    pub fn copy8(&mut self, k: usize, index: &[&str], dst: &str) {
+        let offset = self.offset(k, index);
+        let id = self.fresh();
+        self.lines.push(Line::Copy { indent: self.depth, id, view: k, offset, dst: dst.to_string() });
+    }
+
+    /// Waits for this thread's asynchronous copies (none outstanding is fine).
+    pub fn wait_copies(&mut self) {
+        self.line("nvvm.cp.async.commit.group");
+        self.line("nvvm.cp.async.wait.group 0");
+    }
+
+    /// Whether view `k` (of `rank` axes) can be copied eight elements at a time: its last
+    /// stride is 1, its others multiples of 8, and its base 16-byte aligned.
+    pub fn copies_by_eight(&mut self, k: usize, rank: usize) -> String {
+        let (one, eight, sixteen, zero) = (self.i64(1), self.i64(8), self.i64(16), self.i64(0));
+        let unit = self.cmp("eq", &format!("%s{k}_{}", rank - 1), &one);
+        let mut ok = unit;
+        for d in 0..rank - 1 {
+            let r = self.int("remui", &format!("%s{k}_{d}"), &eight);
+            let whole = self.cmp("eq", &r, &zero);
+            ok = self.op(format!("arith.andi {ok}, {whole} : i1"));
+        }
+        let address = self.op(format!("llvm.ptrtoint %p{k} : !llvm.ptr to i64"));
+        let r = self.int("remui", &address, &sixteen);
+        let aligned = self.cmp("eq", &r, &zero);
+        self.op(format!("arith.andi {ok}, {aligned} : i1"))
+    }
+
+    /// `if cond { then } else { otherwise }`.
+    pub fn either(&mut self, cond: &str, then: impl FnOnce(&mut Text), otherwise: impl FnOnce(&mut Text)) {
+        self.line(format!("scf.if {cond} {{"));
+        self.depth += 1;
+        then(self);
+        self.depth -= 1;
+        self.line("} else {");
+        self.depth += 1;
+        otherwise(self);
+        self.depth -= 1;
+        self.line("}");
     }
 
     /// Stores `value` (f32) at element `index` of view `k`, rounded to its storage.

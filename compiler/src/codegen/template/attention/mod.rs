@@ -21,12 +21,15 @@
 //! Decoding attends over a cache instead (`cache_attention`): the same online softmax for
 //! each new query row, over the cached keys up to its position.
 
+mod tiles;
+
+pub use tiles::{backward_on_tensor_cores, forward_on_tensor_cores};
+
 use super::super::emit::Target;
 use super::super::math::Func;
 use super::position::runtime_position;
-use super::tensor_core::{barrier, exp2, mma, pack, quad, Lane, Tile, THREADS};
 use super::text::Text;
-use super::{name, Cooperative, Phase, TemplateCode};
+use super::{name, Phase, TemplateCode};
 
 /// What `KernelKind::FlashAttention` says beyond the shapes.
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +144,20 @@ impl Rows {
         s.load(k, &index.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// Copies the eight elements from `d` of row `r` to the bf16 shared memory at `dst`.
+    fn copy8(self, s: &mut Text, dims: &Dims, r: Row, d: &str, dst: &str) {
+        let (k, index) = self.place(s, dims, r, d);
+        s.copy8(k, &index.iter().map(String::as_str).collect::<Vec<_>>(), dst);
+    }
+
+    /// Whether the rows can be copied eight elements at a time ([`Text::copies_by_eight`]).
+    fn copies_by_eight(self, s: &mut Text) -> String {
+        match self {
+            Rows::HeadMajor(k) | Rows::TokenMajor(k) => s.copies_by_eight(k, 4),
+            Rows::Flat { view, .. } => s.copies_by_eight(view, 1),
+        }
+    }
+
     fn store(self, s: &mut Text, dims: &Dims, r: Row, d: &str, value: &str) {
         let (k, index) = self.place(s, dims, r, d);
         s.store(k, &index.iter().map(String::as_str).collect::<Vec<_>>(), value);
@@ -190,25 +207,6 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     forward_code(&dims, "flash_attention", inputs, phases)
 }
 
-/// Query rows, and key rows, of a tensor-core tile: 16 per warp of [`tensor_core::THREADS`].
-const TILE: usize = 64;
-
-/// The forward template on tensor cores, for head dimensions a multiple of 32 up to 128
-/// (else `None`): an item is a tile of 64 query rows of one head, a warp taking 16. Key and
-/// value tiles are staged in shared memory as bf16; `q kᵀ` and `p v` are `mma.sync`
-/// products with f32 accumulators, and the online softmax runs on the accumulators in
-/// base 2 (q is pre-scaled by `scale · log2 e`). Items run from the longest causal row of
-/// tiles to the shortest, so the last blocks launched are the cheap ones.
-pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
-    let dims = Dims::new(&inputs[0], &inputs[1], params);
-    if !dims.d.is_multiple_of(32) || dims.d > 128 {
-        return None;
-    }
-    let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
-    phases.push(attend_tiles(&dims));
-    Some(forward_code(&dims, "flash_attention_mma", inputs, phases))
-}
-
 /// A forward template's code: output `[B, H, T, D]`, the rotated copies as workspace.
 fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<Phase>) -> TemplateCode {
     TemplateCode {
@@ -218,161 +216,6 @@ fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<
         workspace: dims.rotated_sizes(),
         in_place: vec![],
         phases,
-    }
-}
-
-fn attend_tiles(dims: &Dims) -> Phase {
-    let (q, k) = dims.rotated(FORWARD_ROTATED);
-    let d = dims.d;
-    let tiles = dims.t.div_ceil(TILE);
-    let q_tile = Tile { at: 0, rows: TILE, cols: d };
-    let k_tile = Tile { at: q_tile.bytes(), ..q_tile };
-    let v_tile = Tile { at: 2 * q_tile.bytes(), ..q_tile };
-    let mut body = Text::new();
-    let s = &mut body;
-    let lane = Lane::new(s);
-    let (rev, bh) = s.split("%item", dims.b * dims.h);
-    let last = s.i64(tiles as i64 - 1);
-    let qt = s.int("subi", &last, &rev);
-    let (b, h) = s.split(&bh, dims.h);
-    let hk = kv_head(s, dims, &h);
-    let q0 = s.mul_c(&qt, TILE as i64);
-    let (tn, t_last) = (s.i64(dims.t as i64), s.i64(dims.t as i64 - 1));
-    // Row `first + r` of a tile: whether it is a time step, and the step clamped into T.
-    let step = |s: &mut Text, first: &str, r: &str| {
-        let t = s.add(first, r);
-        (s.cmp("slt", &t, &tn), s.int("minsi", &t, &t_last))
-    };
-    let scale = s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
-    q_tile.stage(s, &|s, r| step(s, &q0, r).0, &|s, r, c| {
-        let t = step(s, &q0, r).1;
-        let x = q.load(s, dims, Row { b: &b, head: &h, t: &t }, c);
-        s.fmul(&x, &scale)
-    });
-    barrier(s);
-    // This warp's 16 query rows as A fragments, one per 16 columns of the head.
-    let first_row = s.mul_c(&lane.warp, 16);
-    let (half, l16) = s.split(&lane.lane, 16);
-    let a_row = s.add(&first_row, &l16);
-    let half8 = s.mul_c(&half, 8);
-    let qf: Vec<[String; 4]> = (0..d / 16)
-        .map(|kk| {
-            let col = s.add_c(&half8, 16 * kk as i64);
-            q_tile.load_x4(s, &a_row, &col, false)
-        })
-        .collect();
-    let (quarter, l8) = s.split(&lane.lane, 8);
-    let quarter8 = s.mul_c(&quarter, 8);
-    // The rows `g` and `g + 8` of the warp, as time steps.
-    let warp_row = s.add(&q0, &first_row);
-    let row0 = s.add(&warp_row, &lane.g);
-    let rows = [row0.clone(), s.add_c(&row0, 8)];
-    let c2 = s.mul_c(&lane.c, 2);
-    let groups = d / 8;
-    let mut init: Vec<String> = (0..groups * 4).map(|_| s.f32(0.0)).collect();
-    init.extend([s.f32(f32::NEG_INFINITY), s.f32(f32::NEG_INFINITY), s.f32(0.0), s.f32(0.0)]);
-    let (zero, key_tiles) = (s.i64(0), s.add_c(&qt, 1));
-    let carried = s.fold(&zero, &key_tiles, &init, |s, kt, c| {
-        let (o, ml) = c.split_at(groups * 4);
-        barrier(s);
-        let k0 = s.mul_c(kt, TILE as i64);
-        for (tile, rows_of) in [(k_tile, k), (v_tile, V)] {
-            tile.stage(s, &|s, r| step(s, &k0, r).0, &|s, r, col| {
-                let t = step(s, &k0, r).1;
-                rows_of.load(s, dims, Row { b: &b, head: &hk, t: &t }, col)
-            });
-        }
-        barrier(s);
-        // Scores: 16 rows × 64 keys per warp, in 8 groups of 8 keys.
-        let mut scores: Vec<Vec<String>> = Vec::new();
-        for n in 0..TILE / 8 {
-            let mut acc: Vec<String> = (0..4).map(|_| s.f32(0.0)).collect();
-            let key = s.add_c(&l8, 8 * n as i64);
-            for kk in (0..d / 16).step_by(2) {
-                let col = s.add_c(&quarter8, 16 * kk as i64);
-                let f = k_tile.load_x4(s, &key, &col, false);
-                acc = mma(s, &qf[kk], &f[..2], &acc).to_vec();
-                acc = mma(s, &qf[kk + 1], &f[2..], &acc).to_vec();
-            }
-            // Causal: key j sees rows i ≥ j.
-            let group_key = s.add_c(&k0, 8 * n as i64);
-            let key0 = s.add(&group_key, &c2);
-            let minus = s.f32(f32::NEG_INFINITY);
-            for (e, x) in acc.iter_mut().enumerate() {
-                let j = s.add_c(&key0, (e % 2) as i64);
-                let after = s.cmp("sgt", &j, &rows[e / 2]);
-                *x = s.select(&after, &minus, x, "f32");
-            }
-            scores.push(acc);
-        }
-        let mut next_o: Vec<String> = o.to_vec();
-        let mut next_ml = Vec::new();
-        let mut m_new = Vec::new();
-        for r in 0..2 {
-            let mut mx = ml[r].clone();
-            for x in scores.iter().flat_map(|g| [&g[2 * r], &g[2 * r + 1]]) {
-                mx = s.float("maximumf", &mx, x);
-            }
-            let mx = quad(s, &mx, "maximumf");
-            let shift = s.fsub(&ml[r], &mx);
-            let rescale = exp2(s, &shift);
-            for g in 0..groups {
-                for e in [2 * r, 2 * r + 1] {
-                    next_o[4 * g + e] = s.fmul(&o[4 * g + e], &rescale);
-                }
-            }
-            m_new.push(mx);
-            next_ml.push(rescale);
-        }
-        let mut sums = [s.f32(0.0), s.f32(0.0)];
-        for g in scores.iter_mut() {
-            for (e, x) in g.iter_mut().enumerate() {
-                let shifted = s.fsub(x, &m_new[e / 2]);
-                *x = exp2(s, &shifted);
-                sums[e / 2] = s.fadd(&sums[e / 2], x);
-            }
-        }
-        let l: Vec<String> = (0..2).map(|r| s.fma(&ml[2 + r], &next_ml[r], &sums[r])).collect();
-        // o += p v: p from the score accumulators as A fragments, 16 keys at a time.
-        for kk in 0..TILE / 16 {
-            let (lo, hi) = (&scores[2 * kk], &scores[2 * kk + 1]);
-            let a =
-                [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
-            let key = s.add_c(&l16, 16 * kk as i64);
-            for g in (0..groups).step_by(2) {
-                let col = s.add_c(&half8, 8 * g as i64);
-                let f = v_tile.load_x4(s, &key, &col, true);
-                let (left, right) = (next_o[4 * g..4 * g + 4].to_vec(), next_o[4 * g + 4..4 * g + 8].to_vec());
-                next_o.splice(4 * g..4 * g + 4, mma(s, &a, &f[..2], &left));
-                next_o.splice(4 * g + 4..4 * g + 8, mma(s, &a, &f[2..], &right));
-            }
-        }
-        next_o.extend(m_new);
-        next_o.extend(l);
-        next_o
-    });
-    let one = s.f32(1.0);
-    for r in 0..2 {
-        let l = quad(s, &carried[groups * 4 + 2 + r], "addf");
-        let inv = s.fdiv(&one, &l);
-        let valid = s.cmp("slt", &rows[r], &tn);
-        s.when(&valid, |s| {
-            for g in 0..groups {
-                for e in [2 * r, 2 * r + 1] {
-                    let col = s.add_c(&c2, (8 * g + e % 2) as i64);
-                    let y = s.fmul(&carried[4 * g + e], &inv);
-                    Rows::HeadMajor(OUT).store(s, dims, Row { b: &b, head: &h, t: &rows[r] }, &col, &y);
-                }
-            }
-        });
-    }
-    let shared_bytes = 3 * q_tile.bytes();
-    Phase {
-        what: "attend_tiles",
-        items: dims.b * dims.h * tiles,
-        work_per_item: dims.t * d,
-        body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes }),
     }
 }
 
@@ -423,10 +266,23 @@ pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templa
     let mut phases = rotation(&dims, BACKWARD_ROTATED, target);
     phases.push(query_grad(&dims));
     phases.push(key_value_grad(&dims));
+    backward_code(&dims, "flash_attention_grad", inputs, phases, vec![])
+}
+
+/// A gradient template's code: `dq`, `dk`, `dv` in the layouts of `q`, `k`, `v`; the rows'
+/// statistics, the rotated copies and `more` as workspace.
+fn backward_code(
+    dims: &Dims,
+    template: &str,
+    inputs: &[Vec<usize>],
+    phases: Vec<Phase>,
+    more: Vec<usize>,
+) -> TemplateCode {
     let mut workspace = vec![dims.rows(), dims.rows()];
     workspace.extend(dims.rotated_sizes());
+    workspace.extend(more);
     TemplateCode {
-        name: dims.name("flash_attention_grad", inputs),
+        name: dims.name(template, inputs),
         inputs: inputs.to_vec(),
         outputs: inputs[..3].to_vec(),
         workspace,
@@ -654,20 +510,34 @@ fn store_row(s: &mut Text, dims: &Dims, rows: Rows, r: Row, array: &str, factor:
 /// the GPU an item is one pair index of a time step, so neighbouring threads touch
 /// neighbouring elements, and it rotates that pair of every head.
 fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
+    let (q, k) = dims.rotated(at);
+    rotation_phase(dims, [(Rows::TokenMajor(0), q), (Rows::TokenMajor(1), k)], false, target)
+}
+
+/// With RoPE, the phase rotating back (by minus the angle) gradients held head-major in
+/// workspace views `dq` and `dk` into the outputs `dq` and `dk` (token-major).
+fn unrotation(dims: &Dims, (dq, dk): (usize, usize), target: Target) -> Vec<Phase> {
+    let from = (Rows::Flat { view: dq, heads: dims.h }, Rows::Flat { view: dk, heads: dims.kv });
+    rotation_phase(dims, [(from.0, Rows::TokenMajor(DQ)), (from.1, Rows::TokenMajor(DK))], true, target)
+}
+
+/// The phase rotating the rows of q's heads and then of k's, `[from, to]` for each, by the
+/// angle (or by minus it, `inverse`).
+fn rotation_phase(dims: &Dims, views: [(Rows, Rows); 2], inverse: bool, target: Target) -> Vec<Phase> {
     let Some(theta) = dims.params.rope else { return vec![] };
     let half = dims.d / 2;
-    let (q, k) = dims.rotated(at);
     let heads = dims.h + dims.kv;
     let mut s = Text::new();
     let freq = frequencies(&mut s, dims.d, theta);
     let pair = |s: &mut Text, b: &str, t: &str, p: &str, cos: &str, sin: &str| {
-        for (from, to, n) in [(Rows::TokenMajor(0), q, dims.h), (Rows::TokenMajor(1), k, dims.kv)] {
+        let sin = if inverse { s.fneg(sin) } else { sin.to_string() };
+        for ((from, to), n) in views.into_iter().zip([dims.h, dims.kv]) {
             let (zero, hn) = (s.i64(0), s.i64(n as i64));
             s.each(&zero, &hn, |s, head| {
                 let r = Row { b, head, t };
                 let other = s.add_c(p, half as i64);
                 let (x1, x2) = (from.load(s, dims, r, p), from.load(s, dims, r, &other));
-                let (y1, y2) = rotate(s, (&x1, &x2), cos, sin);
+                let (y1, y2) = rotate(s, (&x1, &x2), cos, &sin);
                 to.store(s, dims, r, p, &y1);
                 to.store(s, dims, r, &other, &y2);
             });
@@ -697,7 +567,8 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
             (dims.b * dims.t * half, heads * 2)
         }
     };
-    vec![Phase { cooperative: None, what: "rotate", items, work_per_item: per_item, body: s }]
+    let what = if inverse { "unrotate" } else { "rotate" };
+    vec![Phase { cooperative: None, what, items, work_per_item: per_item, body: s }]
 }
 
 /// The rotation frequencies `theta^(−2p/D)` of the pairs `(p, p + D/2)` (`ops::rope`'s
