@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HYB := target/release/hyb
 MQAR := --data mqar --mqar-pairs 4 --seq 32 --batch 32 --lr 1e-2 --steps 400 --eval-every 100 --eval-batches 8
 
-.PHONY: deps build demo test
+.PHONY: deps build demo test device-tc
 
 ## Installs LLVM/MLIR 22 from Debian when they are missing (the compiler's code generator needs them).
 deps:
@@ -38,3 +38,12 @@ test: deps
 	cargo test --workspace --release
 	cargo fmt --all -- --check
 	cargo run --release -q -- fmt --check stdlib/*.hyb examples/*.hyb
+
+## Writes what bench/tensor_core_check.sh needs on the GPU machine, to carry there:
+## dist/hyb.xz (the stripped release binary) and dist/tc (the tensor-core device cases and
+## the attention benchmark's PTX).
+device-tc: build
+	rm -rf dist/tc && mkdir -p dist/tc
+	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
+	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_attention_benchmark -- --ignored
+	strip -o dist/hyb $(HYB) && xz -f -T0 dist/hyb

@@ -18,6 +18,9 @@
 //! element, not once per (query, key) pair; gradients are rotated back (by minus the
 //! angle) as they are stored.
 //!
+//! On tensor cores (`tiles`, bf16 operands on the GPU) an item is a tile of 64 rows for a
+//! block of four warps instead, with the same phases and the same single writer per output.
+//!
 //! Decoding attends over a cache instead (`cache_attention`): the same online softmax for
 //! each new query row, over the cached keys up to its position.
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (`device` tool) for the tensor-core templates, in this order:
+# the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: the tensor-core
+# attention forward and gradient against the reference, outputs poisoned); the attention
+# benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); a small hybrid whose
+# attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
+# run in the training step) against the same run on the CPU; then, with FALCON_STEPS set,
+# Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. Needs dist/hyb.xz and dist/tc (carried;
+# `make device-tc` writes both). Logs come back under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/hyb-out}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+xz -dc dist/hyb.xz > "$work/hyb" && chmod +x "$work/hyb"
+export HYB_STDLIB="$PWD/stdlib" LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+export HYB_CACHE_DIR="$work/cache"
+python3 compiler/tests/ptx_on_device.py dist/tc/cases 2>&1 | tail -n 12
+python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
+steps=${STEPS:-60}
+for run in cuda_bf16 cpu; do
+    case $run in
+        cuda_bf16) flags="--device cuda --precision bf16 --profile" ;;
+        cpu) flags="--device cpu" ;;
+    esac
+    timeout 240 "$work/hyb" train bench/models/tensor_core_hybrid.hyb $flags --batch 4 --seq 256 \
+        --steps "$steps" --eval-every 0 --save-every 0 --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_$run.txt"
+    cp "$work/run_$run/metrics.jsonl" "$OUT/metrics_$run.jsonl" 2>/dev/null
+    grep -E "attention|rc " "$OUT/train_$run.txt" | head -n 12
+done
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def losses(run):
+    p = os.path.join(out, f"metrics_{run}.jsonl")
+    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else []
+g, c = losses("cuda_bf16"), losses("cpu")
+n = min(len(g), len(c))
+if n == 0:
+    print("no losses to compare", len(g), len(c))
+else:
+    d = [abs(a - b) for a, b in zip(g, c)]
+    print(f"tensor_core_hybrid bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} (diff {d[0]:.2e}); "
+          f"{n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
+PY
+if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
+    /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout "${FALCON_LIMIT_S:-300}" \
+        "$work/hyb" train stdlib/falcon_h1.hyb --model falcon_h1_0_5b --device cuda --precision bf16 --batch 4 --seq 4096 \
+        --steps "$FALCON_STEPS" --warmup 2 --eval-every 0 --save-every 0 --profile --out "$work/falcon" \
+        > "$OUT/train_falcon_h1_0_5b.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_falcon_h1_0_5b.txt"
+    cp "$work/falcon/metrics.jsonl" "$OUT/falcon_metrics.jsonl" 2>/dev/null
+    tail -n 45 "$OUT/train_falcon_h1_0_5b.txt"
+fi
