@@ -15,12 +15,14 @@ pub const THREADS: usize = 128;
 
 /// A shared-memory tile of bf16, `rows × cols`, rows `pitch` elements apart (padded by 8
 /// so the eight row addresses of an `ldmatrix` fall in different banks).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Tile {
     /// Byte offset in the block's shared memory.
     pub at: usize,
     pub rows: usize,
     pub cols: usize,
+    /// A runtime byte offset added to `at` (an `i64` value): which of several buffers.
+    pub shift: Option<String>,
 }
 
 impl Tile {
@@ -32,12 +34,25 @@ impl Tile {
         self.rows * self.pitch() * 2
     }
 
+    /// A tile of `rows × cols` at byte offset `at`.
+    pub fn new(at: usize, rows: usize, cols: usize) -> Tile {
+        Tile { at, rows, cols, shift: None }
+    }
+
+    /// The same tile `by` bytes further (an `i64` value): one of several buffers.
+    pub fn shifted(&self, by: &str) -> Tile {
+        Tile { shift: Some(by.to_string()), ..self.clone() }
+    }
+
     /// The `!llvm.ptr<3>` of element `(row, col)` (i64 values).
     pub fn address(&self, s: &mut Text, row: &str, col: &str) -> String {
         let r = s.mul_c(row, self.pitch() as i64);
         let e = s.add(&r, col);
         let e2 = s.mul_c(&e, 2);
-        let at = s.add_c(&e2, self.at as i64);
+        let mut at = s.add_c(&e2, self.at as i64);
+        if let Some(by) = &self.shift {
+            at = s.add(&at, by);
+        }
         s.line_value(format!("llvm.getelementptr %smem[{at}] : (!llvm.ptr<3>, i64) -> !llvm.ptr<3>, i8"))
     }
 

@@ -317,17 +317,22 @@ impl Text {
 
     /// Copies eight elements from `index` of view `k` (unit stride on the last axis, 16-byte
     /// aligned) to the bf16 shared memory at `dst`; the caller waits for the copies
-    /// ([`Text::wait_copies`]) before reading them.
+    /// ([`Text::commit_copies`], [`Text::wait_copies`]) before reading them.
     pub fn copy8(&mut self, k: usize, index: &[&str], dst: &str) {
         let offset = self.offset(k, index);
         let id = self.fresh();
         self.lines.push(Line::Copy { indent: self.depth, id, view: k, offset, dst: dst.to_string() });
     }
 
-    /// Waits for this thread's asynchronous copies (none outstanding is fine).
-    pub fn wait_copies(&mut self) {
+    /// Closes a group of this thread's asynchronous copies, to wait for together.
+    pub fn commit_copies(&mut self) {
         self.line("nvvm.cp.async.commit.group");
-        self.line("nvvm.cp.async.wait.group 0");
+    }
+
+    /// Waits until at most `outstanding` of this thread's committed groups of copies are
+    /// still in flight (the oldest finish first).
+    pub fn wait_copies(&mut self, outstanding: usize) {
+        self.line(format!("nvvm.cp.async.wait.group {outstanding}"));
     }
 
     /// Whether view `k` (of `rank` axes) can be copied eight elements at a time: its last

@@ -78,7 +78,7 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option
 fn tiles<const N: usize>(rows: [usize; N], d: usize) -> [Tile; N] {
     let mut at = 0;
     rows.map(|rows| {
-        let tile = Tile { at, rows, cols: d };
+        let tile = Tile::new(at, rows, d);
         at += tile.bytes();
         tile
     })
@@ -133,7 +133,8 @@ fn stage(s: &mut Text, dims: &Dims, tile: &Tile, rows: Rows, b: &str, head: &str
 
 /// Waits for this thread's copies, then for the block: the staged tiles are ready.
 fn staged(s: &mut Text) {
-    s.wait_copies();
+    s.commit_copies();
+    s.wait_copies(0);
     barrier(s);
 }
 
@@ -204,21 +205,40 @@ fn attend(
     lane: &Lane,
     head: &Head,
     (q, rows): (Fragments, &[String; 2]),
-    (keys, kv): (Rows, [&Tile; 2]),
+    (keys, kv): (Rows, &Tile),
     key_tiles: &str,
 ) -> Softmax {
     let groups = dims.d / 8;
     let scale = &s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
     let mut init = flat(&zeros(s, dims.d));
     init.extend([s.f32(f32::NEG_INFINITY), s.f32(f32::NEG_INFINITY), s.f32(0.0), s.f32(0.0)]);
+    // Two buffers of a key and a value tile, `kv` the first: tile `kt` goes to buffer
+    // `kt % 2`, and the next tile is copied while this one is multiplied.
+    let buffers = |s: &mut Text, kt: &str| {
+        let (_, odd) = s.split(kt, 2);
+        let shift = s.mul_c(&odd, 2 * kv.bytes() as i64);
+        (kv.shifted(&shift), Tile { at: kv.at + kv.bytes(), ..kv.shifted(&shift) })
+    };
+    let fill = |s: &mut Text, kt: &str| {
+        let (k_tile, v_tile) = buffers(s, kt);
+        let k0 = s.mul_c(kt, TILE as i64);
+        stage(s, dims, &k_tile, keys, &head.b, &head.hk, &k0);
+        stage(s, dims, &v_tile, V, &head.b, &head.hk, &k0);
+        s.commit_copies();
+    };
     let zero = s.i64(0);
+    fill(s, &zero);
     let carried = s.fold(&zero, key_tiles, &init, |s, kt, c| {
         let (o, ml) = c.split_at(groups * 4);
+        let next = s.add_c(kt, 1);
+        let ahead = s.cmp("slt", &next, key_tiles);
+        s.when(&ahead, |s| fill(s, &next));
+        // Tile `kt`'s copies are done once at most the next tile's are outstanding.
+        s.wait_copies(1);
         barrier(s);
+        let (k_tile, v_tile) = buffers(s, kt);
+        let kv = [&k_tile, &v_tile];
         let k0 = s.mul_c(kt, TILE as i64);
-        stage(s, dims, kv[0], keys, &head.b, &head.hk, &k0);
-        stage(s, dims, kv[1], V, &head.b, &head.hk, &k0);
-        staged(s);
         let mut scores = times_transposed(s, lane, q, kv[0], 0, TILE);
         scaled(s, &mut scores, scale);
         // Causal: key j sees rows i ≥ j.
@@ -251,6 +271,8 @@ fn attend(
         }
         let l: Vec<String> = (0..2).map(|r| s.fma(&ml[2 + r], &rescale[r], &sums[r])).collect();
         accumulate(s, lane, &scores, kv[1], 0, &mut o);
+        // Everyone is done with this buffer before the next iteration fills it again.
+        barrier(s);
         let mut next = flat(&o);
         next.extend(m);
         next.extend(l);
@@ -292,7 +314,8 @@ fn store_rows(
 /// in registers while key and value tiles stream through shared memory.
 fn attend_tiles(dims: &Dims) -> Phase {
     let (q, k) = dims.rotated(FORWARD_ROTATED);
-    let [q_tile, k_tile, v_tile] = tiles([TILE; 3], dims.d);
+    // q, then two buffers of a key and a value tile.
+    let [q_tile, k_tile, ..] = tiles([TILE; 5], dims.d);
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
@@ -304,7 +327,7 @@ fn attend_tiles(dims: &Dims) -> Phase {
     let qf: Vec<[String; 4]> = (0..dims.d / 16).map(|kk| q_tile.fragment(s, &lane, &warp_first, kk)).collect();
     let rows = lane_rows(s, &lane, &q0);
     let key_tiles = s.add_c(&qt, 1);
-    let out = attend(s, dims, &lane, &head, (&|_, kk| qf[kk].clone(), &rows), (k, [&k_tile, &v_tile]), &key_tiles);
+    let out = attend(s, dims, &lane, &head, (&|_, kk| qf[kk].clone(), &rows), (k, &k_tile), &key_tiles);
     let (one, o) = (s.f32(1.0), normalised(s, &out));
     store_rows(s, dims, &lane, (Rows::HeadMajor(OUT), &head.b, &head.h), &rows, &o, &one);
     Phase {
@@ -312,7 +335,7 @@ fn attend_tiles(dims: &Dims) -> Phase {
         items: dims.b * dims.h * dims.t.div_ceil(TILE),
         work_per_item: dims.t * dims.d,
         body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 3 * q_tile.bytes() }),
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 5 * q_tile.bytes() }),
     }
 }
 
@@ -327,7 +350,8 @@ fn normalised(s: &mut Text, out: &Softmax) -> Vec<Acc> {
 /// base-2 logsumexp and `Δ` (stored to the workspace), then `dq` over the same key tiles.
 fn query_grad_tiles(dims: &Dims) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
-    let [q_tile, dy_tile, k_tile, v_tile] = tiles([TILE; 4], dims.d);
+    // q and dO, then two buffers of a key and a value tile (the first pass's).
+    let [q_tile, dy_tile, k_tile, v_tile, ..] = tiles([TILE; 6], dims.d);
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
@@ -340,7 +364,7 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
     let warp_first = s.mul_c(&lane.warp, 16);
     let rows = lane_rows(s, &lane, &q0);
     let key_tiles = s.add_c(&qt, 1);
-    let kv = (k, [&k_tile, &v_tile]);
+    let kv = (k, &k_tile);
     // q's fragments are read from shared memory as needed: kept in registers with dq's
     // accumulators, they would spill.
     let q_of = |s: &mut Text, kk| q_tile.fragment(s, &lane, &warp_first, kk);
@@ -376,7 +400,7 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
     // Keys in blocks of `width` rows (the tiles' first rows), so the scores and their
     // gradients fit in registers beside dq's accumulators.
     let width = key_slice(dims.d);
-    let (k_block, v_block) = (Tile { rows: width, ..k_tile }, Tile { rows: width, ..v_tile });
+    let (k_block, v_block) = (Tile { rows: width, ..k_tile.clone() }, Tile { rows: width, ..v_tile });
     let init = flat(&zeros(s, dims.d));
     let blocks = s.mul_c(&key_tiles, (TILE / width) as i64);
     let grad = s.fold(&zero, &blocks, &init, |s, kb, dq| {
@@ -410,7 +434,7 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
         items: dims.b * dims.h * dims.t.div_ceil(TILE),
         work_per_item: 3 * dims.t * dims.d,
         body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 4 * q_tile.bytes() }),
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 6 * q_tile.bytes() }),
     }
 }
 
