@@ -51,5 +51,6 @@ if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
         > "$OUT/train_falcon_h1_0_5b.txt" 2>&1
     echo "rc $?" >> "$OUT/train_falcon_h1_0_5b.txt"
     cp "$work/falcon/metrics.jsonl" "$OUT/falcon_metrics.jsonl" 2>/dev/null
+    cp "$work/falcon/profile.json" "$OUT/falcon_profile.json" 2>/dev/null
     tail -n 45 "$OUT/train_falcon_h1_0_5b.txt"
 fi

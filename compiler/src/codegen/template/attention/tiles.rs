@@ -224,16 +224,18 @@ fn attend(
         let k0 = s.mul_c(kt, TILE as i64);
         stage(s, dims, &k_tile, keys, &head.b, &head.hk, &k0);
         stage(s, dims, &v_tile, V, &head.b, &head.hk, &k0);
-        s.commit_copies();
     };
     let zero = s.i64(0);
     fill(s, &zero);
+    s.commit_copies();
     let carried = s.fold(&zero, key_tiles, &init, |s, kt, c| {
         let (o, ml) = c.split_at(groups * 4);
         let next = s.add_c(kt, 1);
         let ahead = s.cmp("slt", &next, key_tiles);
         s.when(&ahead, |s| fill(s, &next));
-        // Tile `kt`'s copies are done once at most the next tile's are outstanding.
+        // One group per iteration (empty after the last tile), so tile `kt`'s copies are
+        // done once at most one group is outstanding.
+        s.commit_copies();
         s.wait_copies(1);
         barrier(s);
         let (k_tile, v_tile) = buffers(s, kt);
