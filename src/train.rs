@@ -439,12 +439,12 @@ fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
         bail!("--profile times launches on a GPU; this run is on the CPU");
     };
     let times = times?;
-    let total: f64 = times.iter().map(|(_, t)| t).sum();
+    let total: f64 = times.iter().map(|t| t.ms).sum();
     let mut by: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
-    for (what, t) in &times {
-        let e = by.entry(what.as_str()).or_default();
+    for t in &times {
+        let e = by.entry(t.what.as_str()).or_default();
         e.0 += 1;
-        e.1 += t;
+        e.1 += t.ms;
     }
     let mut rows: Vec<(&str, usize, f64)> = by.into_iter().map(|(w, (n, t))| (w, n, t)).collect();
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
@@ -458,10 +458,19 @@ fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
     for (what, n, t) in &rows {
         println!("{what:<28} {n:>8} {t:>10.3} {:>6.1}%", 100.0 * t / total);
     }
+    let mut slowest: Vec<(usize, &hyb_runtime::train::step::LaunchTime)> = times.iter().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
+    println!("slowest launches:");
+    for (i, t) in slowest.iter().take(8) {
+        println!("  #{i:<5} {:>10.3} ms  {}: {}", t.ms, t.what, t.detail);
+    }
     let json = serde_json::json!({
         "total_ms": total,
         "flops": flops,
-        "launches": times.iter().map(|(w, t)| serde_json::json!({"what": w, "ms": t})).collect::<Vec<_>>(),
+        "launches": times
+            .iter()
+            .map(|t| serde_json::json!({"what": t.what, "detail": t.detail, "ms": t.ms}))
+            .collect::<Vec<_>>(),
     });
     let path = trainer.dir().join("profile.json");
     hyb_runtime::atomic::write(&path, serde_json::to_string_pretty(&json)?.as_bytes())

@@ -198,9 +198,9 @@ impl Runner {
         Some((2..n).map(|i| p.output(i)).collect::<Result<Vec<_>, _>>().map_err(cuda_error))
     }
 
-    /// Each launch's time in milliseconds on a GPU (one more step, undone), with what it
-    /// runs; `None` on the CPU.
-    pub fn profile(&self) -> Option<Result<Vec<(String, f64)>, RunError>> {
+    /// Each launch's time on a GPU (one more step, undone), with what it runs; `None` on
+    /// the CPU.
+    pub fn profile(&self) -> Option<Result<Vec<LaunchTime>, RunError>> {
         let Runner::Cuda(e, program) = self else { return None };
         let p = program.lock().expect("not poisoned");
         let times = match p.profile() {
@@ -219,7 +219,8 @@ impl Runner {
             hyb_compiler::plan::LaunchKind::Convert => "weight copy".to_string(),
             _ => what(l.node),
         };
-        Some(Ok(e.program.launches.iter().zip(times).map(|(l, t)| (label(l), t)).collect()))
+        let launches = e.program.launches.iter().zip(times);
+        Some(Ok(launches.map(|(l, ms)| LaunchTime { what: label(l), detail: detail(&e.graph, l), ms }).collect()))
     }
 
     /// FLOPs of one run of the program, as the cost model counts them.
@@ -413,4 +414,38 @@ fn placed(e: &Executable, training: bool, batch: usize, seq: usize, p: Precision
     let mut program = plan_graph(&e.graph, training, batch, seq, p).map_err(|e| TrainError::Plan(e.to_string()))?;
     program.recompute = e.program.recompute.clone();
     Ok(Executable { graph: e.graph.clone(), program })
+}
+
+/// One launch of a profiled step.
+#[derive(Clone, Debug)]
+pub struct LaunchTime {
+    /// What runs, as the profile's table groups launches.
+    pub what: String,
+    /// Which launch it is: its node, the operations of a fused body, the views' shapes.
+    pub detail: String,
+    pub ms: f64,
+}
+
+/// A launch told apart from the others of its kind: the node, a fused kernel's operations
+/// in order (each once), and the shapes it reads and writes.
+fn detail(graph: &Graph, launch: &hyb_compiler::plan::Launch) -> String {
+    use hyb_compiler::ops::Primitive;
+    let shapes = |views: &[hyb_compiler::plan::View]| {
+        views.iter().map(|v| format!("{:?}", v.shape)).collect::<Vec<_>>().join(" ")
+    };
+    let ops = match &graph.nodes[launch.node].op {
+        hyb_compiler::ir::Op::Kernel(k) => {
+            let mut names: Vec<&str> = Vec::new();
+            for n in &k.body.nodes {
+                if let hyb_compiler::ir::Op::Prim(p) = &n.op {
+                    if !names.contains(&p.name()) {
+                        names.push(p.name());
+                    }
+                }
+            }
+            format!(" ({})", names.join(", "))
+        }
+        _ => String::new(),
+    };
+    format!("node {}{ops}: {} -> {}", launch.node, shapes(&launch.inputs), shapes(&launch.outputs))
 }
