@@ -573,7 +573,37 @@ fn long_row_bodies() -> Vec<(String, Graph)> {
         g.outputs = vec![y, z];
         bodies.push(("bias_scale_silu".to_string(), g));
     }
+    {
+        // A per-channel gradient: summed over the inner, time and batch axes into few
+        // elements (Mamba-2's `D`), a chain of sums the GPU splits as one loop.
+        let (b, t, h, p) = (4, 96, 6, 16);
+        let mut g = Graph::default();
+        let x = g.add(Op::Input("0".into()), vec![], f32_ty(&[b, t, h, p]));
+        let y = g.add(Op::Input("1".into()), vec![], f32_ty(&[b, t, h, p]));
+        let xy = prim(&mut g, binary(Binary::Mul), vec![x, y], &[b, t, h, p]);
+        let sum = |axis| {
+            hyb_compiler::ops::Prim::Reduce(hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false })
+        };
+        let over_p = prim(&mut g, sum(-1), vec![xy], &[b, t, h]);
+        let over_t = prim(&mut g, sum(1), vec![over_p], &[b, h]);
+        let over_b = prim(&mut g, sum(0), vec![over_t], &[h]);
+        g.outputs = vec![over_b];
+        bodies.push(("channel_grad_6".to_string(), g));
+    }
     bodies
+}
+
+/// A gradient summed into a few channels takes a block per channel on the GPU, its whole
+/// chain of sums (batch × time × inner: 6,144 elements) one loop the block's lanes share,
+/// instead of a lane per channel summing alone.
+#[test]
+fn a_sum_into_few_channels_takes_a_block_per_channel() {
+    let (_, body) = long_row_bodies().into_iter().find(|(name, _)| name == "channel_grad_6").expect("the body");
+    let kernel = gpu::compile(&body, SIZES).unwrap();
+    let nest = &kernel.nests[0];
+    assert_eq!((nest.iterations, nest.rows_per_block), (6, 1), "a block per channel");
+    assert!(kernel.ptx.contains("6144"), "one loop over the chain's 6144 elements");
+    assert!(kernel.ptx.contains("bar.sync"), "the block's warps combine their partial sums");
 }
 
 #[test]

@@ -96,6 +96,12 @@ pub struct NestCode {
     pub shared_bytes: usize,
 }
 
+/// Nests with fewer rows than this whose reductions a lane would run alone (a reduction
+/// per element of the row, not one per row) take an element per warp or block instead: a
+/// gradient summed into a few dozen elements would otherwise keep a few dozen lanes busy
+/// and the GPU idle.
+const FEW_ROWS: usize = 1024;
+
 /// Writes nest `which` of `body` for `target`, as function `symbol`.
 pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<NestCode, CodegenError> {
     let nest = &body.nests[which];
@@ -105,6 +111,24 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         (Target::Gpu, Some(n)) if n > BLOCK_ROW => Rows::Blocks,
         (Target::Gpu, Some(_)) => Rows::Warps,
     };
+    let (code, sequential) = write_nest(body, nest, target, rows, symbol, false)?;
+    if sequential && nest.rows() < FEW_ROWS {
+        return Ok(write_nest(body, nest, target, rows, symbol, true)?.0);
+    }
+    Ok(code)
+}
+
+/// The nest's function with its iterations shared out as `rows` says (with
+/// `element_rows`, every output element a row), and whether a lane runs some reduction
+/// alone.
+fn write_nest(
+    body: &Body,
+    nest: &Nest,
+    target: Target,
+    rows: Rows,
+    symbol: &str,
+    element_rows: bool,
+) -> Result<(NestCode, bool), CodegenError> {
     let mut w = Writer {
         body,
         target,
@@ -121,6 +145,8 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         block: None,
         shared: false,
         vector: None,
+        element_rows,
+        sequential: false,
     };
     let width = if rows == Rows::Threads { vector_width(body, nest) } else { None };
     let vectorised = match width {
@@ -157,7 +183,7 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         text.push('\n');
     }
     text.push_str("  }\n");
-    Ok(NestCode {
+    let code = NestCode {
         symbol: symbol.to_string(),
         text,
         rows,
@@ -166,7 +192,8 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
         uses: w.uses,
         vector_width,
         shared_bytes: if w.shared { 32 * 4 } else { 0 },
-    })
+    };
+    Ok((code, w.sequential))
 }
 
 /// The elements a thread of a pointwise nest takes at once: 16 bytes of its narrowest
@@ -188,12 +215,32 @@ fn longest_reduction(body: &Body, nest: &Nest) -> Option<usize> {
             continue;
         }
         if let Op::Prim(Prim::Reduce(r)) = &g.nodes[n].op {
-            let x = &body.shapes[g.nodes[n].inputs[0]];
-            longest = longest.max(Some(x.get(r.axis_of(x.len())).copied().unwrap_or(1)));
+            let extent = |m: NodeId| {
+                let Op::Prim(Prim::Reduce(rm)) = &g.nodes[m].op else { return 1 };
+                let x = &body.shapes[g.nodes[m].inputs[0]];
+                x.get(rm.axis_of(x.len())).copied().unwrap_or(1)
+            };
+            longest = longest.max(Some(chain(g, n, r).into_iter().map(extent).product()));
         }
         todo.extend(&g.nodes[n].inputs);
     }
     longest
+}
+
+/// `node` (a reduction `r`) and the reductions of the same kind (sum or maximum) it
+/// reduces directly, outermost first: on the GPU one loop takes them together.
+fn chain(g: &crate::ir::Graph, node: NodeId, r: &Reduce) -> Vec<NodeId> {
+    let mut chain = vec![node];
+    if !matches!(r.op, ReduceOp::Sum | ReduceOp::Max) {
+        return chain;
+    }
+    loop {
+        let x = g.nodes[*chain.last().expect("a reduction")].inputs[0];
+        match &g.nodes[x].op {
+            Op::Prim(Prim::Reduce(inner)) if inner.op == r.op => chain.push(x),
+            _ => return chain,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -239,6 +286,10 @@ struct Writer<'a, 'g> {
     uses: BTreeSet<Func>,
     access: Vec<Access>,
     nest_index: Vec<Ix>,
+    /// Every output element is a row (a warp's or block's lanes share its reductions).
+    element_rows: bool,
+    /// Set when a lane of a warp or block runs a reduction alone.
+    sequential: bool,
     /// This thread's place in its warp or block, and the step between lanes.
     lane: Option<String>,
     lane_step: Option<String>,
@@ -535,6 +586,7 @@ impl Writer<'_, '_> {
     fn scalar_nest(&mut self, nest: &Nest) -> Result<usize, CodegenError> {
         let (row_shape, inner) = match (self.rows, nest.shape.split_last()) {
             (Rows::Threads, _) | (_, None) => (nest.shape.clone(), None),
+            _ if self.element_rows => (nest.shape.clone(), None),
             (_, Some((&last, lead))) => (lead.to_vec(), Some(last)),
         };
         let iterations: usize = row_shape.iter().product();
@@ -984,21 +1036,44 @@ impl Writer<'_, '_> {
 
     /// A reduction loop over the reduced axis, written in the current scope; split over
     /// the lanes when the scope is a warp's row.
+    ///
+    /// Split over lanes, a chain of sums (or maxima) — a gradient summed over batch, time
+    /// and channel — is one loop over all the chain's elements, so the lanes share all of
+    /// them, not only the outermost axis's few.
     fn reduce(&mut self, node: NodeId, idx: &[Ix], r: &Reduce) -> Result<String, CodegenError> {
-        let x = self.body.graph.nodes[node].inputs[0];
-        let xs = self.body.shapes[x].clone();
-        let a = r.axis_of(xs.len());
-        let j = self.new_var(xs[a]);
-        let mut at = idx.to_vec();
-        if r.keepdim {
-            at[a] = Ix::var(j);
-        } else {
-            at.insert(a, Ix::var(j));
-        }
         let split = self.stack.last().expect("a scope").lane_split;
+        self.sequential |= !split && matches!(self.rows, Rows::Warps | Rows::Blocks);
+        let chain = if split { chain(self.body.graph, node, r) } else { vec![node] };
+        let extents: Vec<usize> = chain
+            .iter()
+            .map(|&n| {
+                let Op::Prim(Prim::Reduce(rn)) = &self.body.graph.nodes[n].op else {
+                    unreachable!("a chain of reductions")
+                };
+                let xs = &self.body.shapes[self.body.graph.nodes[n].inputs[0]];
+                xs[rn.axis_of(xs.len())]
+            })
+            .collect();
+        let j = self.new_var(extents.iter().product());
+        let parts = delinearise(&Ix::var(j), &extents);
+        let mut at = idx.to_vec();
+        for (&n, part) in chain.iter().zip(parts) {
+            let Op::Prim(Prim::Reduce(rn)) = &self.body.graph.nodes[n].op else {
+                unreachable!("a chain of reductions")
+            };
+            let a = rn.axis_of(self.body.shapes[self.body.graph.nodes[n].inputs[0]].len());
+            if rn.keepdim {
+                at[a] = part;
+            } else {
+                at.insert(a, part);
+            }
+        }
+        let x = self.body.graph.nodes[*chain.last().expect("a reduction")].inputs[0];
+        let xs = self.body.shapes[self.body.graph.nodes[node].inputs[0]].clone();
+        let a = r.axis_of(xs.len());
         let init = self.f32(if r.op == ReduceOp::Max { f32::NEG_INFINITY } else { 0.0 });
         let (lb, step) = if split { self.lane_range() } else { (self.i64(0), self.i64(1)) };
-        let ub = self.i64(xs[a] as i64);
+        let ub = self.i64(extents.iter().product::<usize>() as i64);
         let (acc, result) = (self.fresh(), self.fresh());
         let jv = self.var(&j);
         self.open(
