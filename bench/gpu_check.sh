@@ -11,14 +11,7 @@
 # stay in a temporary folder: only their metrics come back). DEADLINE_S (default 570)
 # bounds the whole call: a phase that would not finish in the time left is skipped and says
 # so, so one device call always returns its logs.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/hyb-out}
-mkdir -p "$OUT"
-work=$(mktemp -d)
-xz -dc dist/hyb.xz > "$work/hyb" && chmod +x "$work/hyb"
-export HYB_STDLIB="$PWD/stdlib" LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
-export HYB_CACHE_DIR="$work/cache"
+source "$(dirname "$0")/device_env.sh"
 deadline=${DEADLINE_S:-570}
 SECONDS=0
 # Whether a phase that needs $1 seconds still fits; prints why it is skipped otherwise.

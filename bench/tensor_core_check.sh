@@ -7,14 +7,7 @@
 # run in the training step) against the same run on the CPU; then, with FALCON_STEPS set,
 # Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. Needs dist/hyb.xz and dist/tc (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/hyb-out}
-mkdir -p "$OUT"
-work=$(mktemp -d)
-xz -dc dist/hyb.xz > "$work/hyb" && chmod +x "$work/hyb"
-export HYB_STDLIB="$PWD/stdlib" LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
-export HYB_CACHE_DIR="$work/cache"
+source "$(dirname "$0")/device_env.sh"
 python3 compiler/tests/ptx_on_device.py dist/tc/cases 2>&1 | tail -n 12
 python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
 steps=${STEPS:-60}

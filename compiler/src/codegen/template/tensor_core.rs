@@ -97,13 +97,6 @@ impl Tile {
         s.line("}");
     }
 
-    /// Four 8×8 matrices by `ldmatrix` (`transpose`: each lane gets a column pair), lane
-    /// `l` giving the address of row `row(l)` at column `col(l)`.
-    pub fn load_x4(&self, s: &mut Text, row: &str, col: &str, transpose: bool) -> [String; 4] {
-        let p = self.address(s, row, col);
-        ldmatrix(s, &p, 0, transpose)
-    }
-
     /// The byte offset of `rows` rows and `cols` columns into the tile.
     fn bytes_to(&self, rows: usize, cols: usize) -> usize {
         (rows * self.pitch() + cols) * 2

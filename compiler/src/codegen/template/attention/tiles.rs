@@ -39,20 +39,18 @@ fn gradient_rows(dims: &Dims) -> (Rows, Rows) {
 /// Rows of a block's tile: 16 per warp of [`THREADS`].
 const TILE: usize = 64;
 
-/// Whether the tensor-core templates take head dimension `d`: the products contract over
-/// it 32 columns at a time, and at 128 the accumulators fill the registers.
-fn fits(d: usize) -> bool {
-    d.is_multiple_of(32) && d <= 128
+/// The sizes, where the tensor-core templates take the head dimension: the products
+/// contract over it 32 columns at a time, and at 128 the accumulators fill the registers.
+fn tile_dims(inputs: &[Vec<usize>], params: Params) -> Option<Dims> {
+    let dims = Dims::new(&inputs[0], &inputs[1], params);
+    (dims.d.is_multiple_of(32) && dims.d <= 128).then_some(dims)
 }
 
 /// The forward template on tensor cores, for head dimensions a multiple of 32 up to 128
 /// (else `None`). Items run from the longest causal row of tiles to the shortest, so the
 /// last blocks launched are the cheap ones.
 pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
-    let dims = Dims::new(&inputs[0], &inputs[1], params);
-    if !fits(dims.d) {
-        return None;
-    }
+    let dims = tile_dims(inputs, params)?;
     let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
     phases.push(attend_tiles(&dims));
     Some(forward_code(&dims, "flash_attention_mma", inputs, phases))
@@ -60,10 +58,7 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<
 
 /// The gradient template on tensor cores, for the head dimensions of the forward's.
 pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
-    let dims = Dims::new(&inputs[0], &inputs[1], params);
-    if !fits(dims.d) {
-        return None;
-    }
+    let dims = tile_dims(inputs, params)?;
     let mut phases = rotation(&dims, BACKWARD_ROTATED, Target::Gpu);
     phases.push(query_grad_tiles(&dims));
     phases.push(key_value_grad_tiles(&dims));
