@@ -46,4 +46,6 @@ device-tc: build
 	rm -rf dist/tc && mkdir -p dist/tc
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_attention_benchmark -- --ignored
+	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_ssd_benchmark -- --ignored
+	cp -r ../shared/peer dist/tc/peer
 	strip -o dist/hyb $(HYB) && xz -f -T0 dist/hyb

@@ -2,7 +2,8 @@
 # One call on the GPU machine (`device` tool) for the tensor-core templates, in this order:
 # the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: the tensor-core
 # attention forward and gradient against the reference, outputs poisoned); the attention
-# benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); a small hybrid whose
+# benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); the SSD scan against
+# mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer); a small hybrid whose
 # attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
 # run in the training step) against the same run on the CPU; then, with FALCON_STEPS set,
 # Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. Needs dist/hyb.xz and dist/tc (carried;
@@ -10,6 +11,7 @@
 source "$(dirname "$0")/device_env.sh"
 python3 compiler/tests/ptx_on_device.py dist/tc/cases 2>&1 | tail -n 12
 python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
+PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
 steps=${STEPS:-60}
 for run in cuda_bf16 cpu; do
     case $run in

@@ -60,8 +60,9 @@ pub fn for_launch(graph: &Graph, launch: &Launch, symbols: Symbols, target: Targ
             let shapes = launch.inputs.iter().map(|v| v.shape.clone()).collect::<Vec<_>>();
             Ok(Unit::Template(template::pieces::cache_write(&shapes, true)))
         }
-        _ if target == Target::Gpu && launch.inputs.iter().take(3).all(|v| v.dtype == DType::BF16) => {
-            match template::on_tensor_cores(graph, launch.node, symbols) {
+        _ if target == Target::Gpu => {
+            let bf16: Vec<bool> = launch.inputs.iter().map(|v| v.dtype == DType::BF16).collect();
+            match template::on_tensor_cores(graph, launch.node, symbols, &bf16) {
                 Some(code) => code.map(Unit::Template).map_err(|e| format!("codegen: {e}")),
                 None => for_node(graph, launch.node, symbols, target),
             }

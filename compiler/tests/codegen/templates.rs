@@ -516,7 +516,73 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
             }
         })
         .chain(tensor_core_cases())
+        .chain(ssd_tensor_core_cases())
         .collect()
+}
+
+/// The SSD scan on tensor cores in bf16 against the reference on the same bf16-rounded
+/// inputs, within 1% of the output's scale: Mamba's ranges of `dt` and `a`; adversarial
+/// ones (decays from 1 − 1e-8 to e^{-2500}, so states that barely decay and ones that
+/// vanish within a step); packed rows with frequent document starts; state size 256.
+fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
+    const ADVERSARIAL: Ranges = &[(1, 1e-4, 50.0), (2, -50.0, -1e-4)];
+    const PACKED: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1), (5, 0.0, 3.0)];
+    // (B, T, heads, channels, groups, state), the values of dt and a, packed.
+    type Shape = (usize, usize, usize, usize, usize, usize);
+    let shapes: [(Shape, Ranges, bool); 4] = [
+        ((2, 200, 4, 64, 2, 64), SSD_RANGES, false),
+        ((1, 130, 2, 32, 1, 128), ADVERSARIAL, false),
+        ((2, 150, 4, 32, 1, 32), PACKED, true),
+        ((1, 64, 2, 128, 1, 256), SSD_RANGES, false),
+    ];
+    let mut cases = Vec::new();
+    for ((b, t, h, p, g, n), ranges, documents) in shapes {
+        let mut inputs = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let mut with_dy = inputs.clone();
+        with_dy.push(vec![b, t, h, p]);
+        let chunk = Dim::constant(16);
+        let (forward, backward) = if documents {
+            inputs.push(vec![b, t]);
+            with_dy.push(vec![b, t]);
+            (
+                prim_body(DocumentSsdScan { chunk: chunk.clone() }, &inputs).0,
+                prim_body(DocumentSsdScanGrad { chunk }, &with_dy).0,
+            )
+        } else {
+            (prim_body(SsdScan { chunk: chunk.clone() }, &inputs).0, prim_body(SsdScanGrad { chunk }, &with_dy).0)
+        };
+        // The gradient's ranges: its positions come after dy.
+        let grad_ranges: Ranges = Box::leak(
+            ranges.iter().map(|&(i, lo, hi)| (if i == 5 { 6 } else { i }, lo, hi)).collect::<Vec<_>>().into(),
+        );
+        let passes = [
+            ("forward", forward, template::ssd_scan::forward_on_tensor_cores(&inputs, documents), ranges),
+            ("gradient", backward, template::ssd_scan::backward_on_tensor_cores(&with_dy, documents), grad_ranges),
+        ];
+        // The gradient stops at state size 128 (its own SIMT template takes larger ones).
+        for (pass, body, code, ranges) in passes.into_iter().filter(|p| p.2.is_some()) {
+            let code = code.expect("a tensor-core template");
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
+            let mut case =
+                Case::ranged(&body, 1, -1.0, 1.0, ranges).expect("a case").stored(&body, &storage).expect("rounds");
+            // A gradient is judged on the scale of its terms where the sum cancels.
+            if pass == "gradient" {
+                case.floor = case.floor.max(0.1);
+            }
+            cases.push(super::DeviceCase {
+                name: format!("tensor_core_ssd{}", cases.len()),
+                origin: format!("ssd_scan {pass} {inputs:?} documents {documents} on tensor cores"),
+                nests: kernel.nests.iter().map(super::launch).collect(),
+                ptx: kernel.ptx,
+                workspace: kernel.workspace,
+                storage: Storage::Bf16,
+                tolerance: 1e-2,
+                case,
+            });
+        }
+    }
+    cases
 }
 
 /// Attention on tensor cores in bf16, forward and gradient (RoPE with GQA at head
@@ -591,25 +657,63 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
             let kernel = kernel.unwrap();
             assert!(kernel.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{what}: no mma.sync");
             assert!(kernel.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{what}: no transposed ldmatrix");
-            if let (Some(ptxas), Some(cuobjdump)) = (ptxas(), std::env::var_os("HYB_CUOBJDUMP")) {
-                let dir = std::env::temp_dir().join(format!("hyb-mma-{}-{d}", std::process::id()));
-                std::fs::create_dir_all(&dir).unwrap();
-                let (ptx, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
-                std::fs::write(&ptx, &kernel.ptx).unwrap();
-                let out = std::process::Command::new(ptxas)
-                    .args(["-arch=sm_90", "-o"])
-                    .arg(&cubin)
-                    .arg(&ptx)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-                let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
-                let text = String::from_utf8_lossy(&sass.stdout);
-                std::fs::remove_dir_all(&dir).ok();
-                assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
-            }
+            assert_tensor_core_sass(&what, &kernel.ptx);
         }
     }
+}
+
+/// With ptxas and cuobjdump (`HYB_PTXAS`, `HYB_CUOBJDUMP`), that `ptx` assembles for sm_90
+/// into machine code that multiplies on the tensor cores (`HMMA` with bf16 operands).
+fn assert_tensor_core_sass(what: &str, ptx: &str) {
+    let (Some(ptxas), Some(cuobjdump)) = (ptxas(), std::env::var_os("HYB_CUOBJDUMP")) else { return };
+    let dir = std::env::temp_dir().join(format!("hyb-mma-{}-{}", std::process::id(), what.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, cubin) = (dir.join("k.ptx"), dir.join("k.cubin"));
+    std::fs::write(&file, ptx).unwrap();
+    let out = std::process::Command::new(ptxas).args(["-arch=sm_90", "-o"]).arg(&cubin).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    let sass = std::process::Command::new(cuobjdump).arg("-sass").arg(&cubin).output().unwrap();
+    let text = String::from_utf8_lossy(&sass.stdout);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(text.contains("HMMA.16816.F32.BF16"), "{what}: no HMMA in the machine code");
+}
+
+/// The SSD scan on tensor cores, forward and gradient, at one and two channel slices and
+/// four, state sizes 32 to 128 (the forward also 256), for whole rows and packed ones, T not
+/// a whole number of tiles: assembles without spills into `HMMA`; sizes it does not take
+/// fall back (`None`). Values are checked on the GPU (`device_cases`).
+#[test]
+fn ssd_scan_on_tensor_cores_assembles_to_matrix_instructions() {
+    for (p, n, g, documents) in [(32, 32, 1, false), (64, 128, 1, false), (64, 128, 2, true), (128, 64, 1, false)] {
+        let (b, t, h) = (2, 100, 4);
+        let mut shapes = vec![vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let mut with_dy = shapes.clone();
+        with_dy.push(vec![b, t, h, p]);
+        if documents {
+            shapes.push(vec![b, t]);
+            with_dy.push(vec![b, t]);
+        }
+        let forward = template::ssd_scan::forward_on_tensor_cores(&shapes, documents).expect("a tensor-core template");
+        let backward =
+            template::ssd_scan::backward_on_tensor_cores(&with_dy, documents).expect("a tensor-core gradient");
+        for (pass, code) in [("forward", forward), ("gradient", backward)] {
+            let what = format!("tensor-core ssd_scan {pass}, p {p} n {n} groups {g} documents {documents}");
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage);
+            assembles(&what, &kernel).unwrap();
+            let kernel = kernel.unwrap();
+            assert!(kernel.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{what}: no mma.sync");
+            assert_tensor_core_sass(&what, &kernel.ptx);
+        }
+    }
+    let wide = [vec![2, 100, 4, 128], vec![2, 100, 4], vec![4], vec![2, 100, 1, 256], vec![2, 100, 1, 256]];
+    let code = template::ssd_scan::forward_on_tensor_cores(&wide, false).expect("a forward at state 256");
+    let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+    assembles("tensor-core ssd_scan forward, n 256", &gpu::compile_template_stored(&code, &storage)).unwrap();
+    let with_dy = [wide.to_vec(), vec![wide[0].clone()]].concat();
+    assert!(template::ssd_scan::backward_on_tensor_cores(&with_dy, false).is_none(), "the gradient stops at 128");
+    let odd = [vec![1, 64, 2, 48], vec![1, 64, 2], vec![2], vec![1, 64, 1, 64], vec![1, 64, 1, 64]];
+    assert!(template::ssd_scan::forward_on_tensor_cores(&odd, false).is_none(), "48 channels are not whole slices");
 }
 
 /// The tensor-core attention forward and gradient at the peer's shapes (causal GQA, `[B,
@@ -644,4 +748,41 @@ fn export_attention_benchmark() {
         index.push(serde_json::json!({ "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d, "passes": passes }));
     }
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
+}
+
+/// The tensor-core SSD scan at the peer's shape (B 2, T 4096, 32 heads × 64, one group of
+/// state 128, mamba-ssm's chunk 256; `x [B, T, H, P]` contiguous, bf16), for
+/// `bench/ssd_mma.py`: `HYB_PTX_CASES=DIR cargo test --release -p hyb-compiler --test
+/// codegen export_ssd_benchmark -- --ignored`.
+#[test]
+#[ignore]
+fn export_ssd_benchmark() {
+    let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut index = Vec::new();
+    for (b, t, h, p, g, n, chunk) in [(2, 4096, 32, 64, 1, 128, 256)] {
+        let inputs = [vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
+        let forward = template::ssd_scan::forward_on_tensor_cores(&inputs, false).expect("a tensor-core template");
+        let with_dy = [inputs.to_vec(), vec![inputs[0].clone()]].concat();
+        let backward = template::ssd_scan::backward_on_tensor_cores(&with_dy, false).expect("a tensor-core gradient");
+        let name = format!("ssd_b{b}_t{t}_h{h}_p{p}_g{g}_n{n}");
+        let mut passes = serde_json::Map::new();
+        for (pass, code) in [("forward", forward), ("backward", backward)] {
+            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
+            std::fs::write(dir.join(format!("{name}_{pass}.ptx")), &kernel.ptx).unwrap();
+            passes.insert(
+                pass.into(),
+                serde_json::json!({
+                    "ptx": format!("{name}_{pass}.ptx"),
+                    "workspace": kernel.workspace,
+                    "nests": kernel.nests.iter().map(super::launch).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        index.push(serde_json::json!({
+            "name": name, "b": b, "t": t, "h": h, "p": p, "g": g, "n": n, "chunk": chunk, "passes": passes
+        }));
+    }
+    std::fs::write(dir.join("ssd.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
 }

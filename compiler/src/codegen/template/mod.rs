@@ -206,21 +206,46 @@ pub fn for_node(
     }
 }
 
-/// The tensor-core template of `node`, where one implements it at these shapes: chosen
-/// by the launch (bf16 operands on the GPU), since it rounds its operands to bf16.
-pub fn on_tensor_cores(graph: &Graph, node: NodeId, symbols: Symbols) -> Option<Result<TemplateCode, CodegenError>> {
+/// The tensor-core template of `node`, where one implements it at these shapes and its
+/// product operands are stored as bf16 (`bf16[i]` for input `i`): chosen by the launch,
+/// since it rounds its operands to bf16.
+pub fn on_tensor_cores(
+    graph: &Graph,
+    node: NodeId,
+    symbols: Symbols,
+    bf16: &[bool],
+) -> Option<Result<TemplateCode, CodegenError>> {
     let n = &graph.nodes[node];
-    let Op::Kernel(k) = &n.op else { return None };
-    let (kind, gradient) = match &k.kind {
-        KernelKind::Grad { of } => (&**of, true),
-        kind => (kind, false),
-    };
-    let KernelKind::FlashAttention { scale, groups, rope } = kind else { return None };
-    let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
-    match n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>() {
-        Ok(s) if gradient => attention::backward_on_tensor_cores(&s, p).map(Ok),
-        Ok(s) => attention::forward_on_tensor_cores(&s, p).map(Ok),
-        Err(e) => Some(Err(e)),
+    let all_bf16 = |operands: &[usize]| operands.iter().all(|&i| bf16.get(i).copied().unwrap_or(false));
+    let shapes =
+        || n.inputs.iter().map(|&x| super::body::Body::shape_of(graph, x, symbols)).collect::<Result<Vec<_>, _>>();
+    let chosen = |code: Result<Option<TemplateCode>, CodegenError>| code.transpose();
+    match &n.op {
+        Op::Prim(Prim::SsdScan(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::forward_on_tensor_cores(&s, false)))
+        }
+        Op::Prim(Prim::DocumentSsdScan(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::forward_on_tensor_cores(&s, true)))
+        }
+        Op::Prim(Prim::SsdScanGrad(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::backward_on_tensor_cores(&s, false)))
+        }
+        Op::Prim(Prim::DocumentSsdScanGrad(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::backward_on_tensor_cores(&s, true)))
+        }
+        Op::Kernel(k) if all_bf16(&[0, 1, 2]) => {
+            let (kind, gradient) = match &k.kind {
+                KernelKind::Grad { of } => (&**of, true),
+                kind => (kind, false),
+            };
+            let KernelKind::FlashAttention { scale, groups, rope } = kind else { return None };
+            let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+            chosen(shapes().map(|s| match gradient {
+                true => attention::backward_on_tensor_cores(&s, p),
+                false => attention::forward_on_tensor_cores(&s, p),
+            }))
+        }
+        _ => None,
     }
 }
 

@@ -21,13 +21,14 @@ pub struct Tile {
     pub at: usize,
     pub rows: usize,
     pub cols: usize,
+    pub pitch: usize,
     /// A runtime byte offset added to `at` (an `i64` value): which of several buffers.
     pub shift: Option<String>,
 }
 
 impl Tile {
     pub fn pitch(&self) -> usize {
-        self.cols + 8
+        self.pitch
     }
 
     pub fn bytes(&self) -> usize {
@@ -36,7 +37,12 @@ impl Tile {
 
     /// A tile of `rows × cols` at byte offset `at`.
     pub fn new(at: usize, rows: usize, cols: usize) -> Tile {
-        Tile { at, rows, cols, shift: None }
+        Tile { at, rows, cols, pitch: cols + 8, shift: None }
+    }
+
+    /// Columns `from .. from + n` of the tile, as a tile of their own.
+    pub fn columns(&self, from: usize, n: usize) -> Tile {
+        Tile { at: self.at + 2 * from, cols: n, ..self.clone() }
     }
 
     /// The same tile `by` bytes further (an `i64` value): one of several buffers.
@@ -117,6 +123,31 @@ impl Tile {
         let p = self.address(s, &row, &half8);
         ldmatrix(s, &p, self.bytes_to(0, 16 * kk), false)
     }
+
+    /// The A fragment of the transposed tile's 16 rows from column `16·m` at its columns
+    /// (the tile's rows) `16·kk ..`: a product whose contraction runs down the tile.
+    pub fn fragment_transposed(&self, s: &mut Text, lane: &Lane, m: usize, kk: usize) -> [String; 4] {
+        let (matrix, r) = s.split(&lane.lane, 8);
+        let (upper, right) = s.split(&matrix, 2);
+        let (row8, col8) = (s.mul_c(&upper, 8), s.mul_c(&right, 8));
+        let row = s.add(&row8, &r);
+        let p = self.address(s, &row, &col8);
+        ldmatrix(s, &p, self.bytes_to(16 * kk, 16 * m), true)
+    }
+
+    /// Stores an f32 at `(row, col)` as bf16.
+    pub fn put(&self, s: &mut Text, row: &str, col: &str, x: &str) {
+        let h = s.line_value(format!("arith.truncf {x} : f32 to bf16"));
+        let p = self.address(s, row, col);
+        s.line(format!("llvm.store {h}, {p} : bf16, !llvm.ptr<3>"));
+    }
+
+    /// Stores two f32 at `(row, col)` and `(row, col + 1)` as bf16 (`col` even).
+    pub fn put_pair(&self, s: &mut Text, row: &str, col: &str, lo: &str, hi: &str) {
+        let v = pack(s, lo, hi);
+        let p = self.address(s, row, col);
+        s.line(format!("llvm.store {v}, {p} : i32, !llvm.ptr<3>"));
+    }
 }
 
 /// A shared-memory vector of `len` f32 (per-row statistics a tile's lanes read often).
@@ -156,6 +187,11 @@ impl Floats {
         let p = self.address(s, i);
         s.line_value(format!("llvm.load {p} : !llvm.ptr<3> -> f32"))
     }
+
+    pub fn set(&self, s: &mut Text, i: &str, x: &str) {
+        let p = self.address(s, i);
+        s.line(format!("llvm.store {x}, {p} : f32, !llvm.ptr<3>"));
+    }
 }
 
 /// An m16n8 accumulator: rows `g`, `g + 8` at columns `2c, 2c + 1` of its 8 columns.
@@ -193,18 +229,67 @@ pub fn times_transposed(s: &mut Text, lane: &Lane, a: Fragments, tile: &Tile, fi
 /// bf16 as A fragments), the tile's K rows from `first` the contraction, its columns
 /// `acc`'s (a multiple of 16).
 pub fn accumulate(s: &mut Text, lane: &Lane, p: &[Acc], tile: &Tile, first: usize, acc: &mut [Acc]) {
+    let packed = |s: &mut Text, kk: usize| {
+        let (lo, hi) = (&p[2 * kk], &p[2 * kk + 1]);
+        [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])]
+    };
+    product(s, lane, &packed, p.len() / 2, tile, first, acc);
+}
+
+/// `acc += a · tile[first ..]`: `a(kk)` the A fragment of a warp's 16 rows at columns
+/// `16·kk ..` for `kk < k_tiles`, the tile's `16·k_tiles` rows from `first` the
+/// contraction, its columns `acc`'s (a multiple of 16).
+pub fn product(s: &mut Text, lane: &Lane, a: Fragments, k_tiles: usize, tile: &Tile, first: usize, acc: &mut [Acc]) {
     let (half, l16) = s.split(&lane.lane, 16);
     let half8 = s.mul_c(&half, 8);
     let at = tile.address(s, &l16, &half8);
-    for kk in 0..p.len() / 2 {
-        let (lo, hi) = (&p[2 * kk], &p[2 * kk + 1]);
-        let a = [pack(s, &lo[0], &lo[1]), pack(s, &lo[2], &lo[3]), pack(s, &hi[0], &hi[1]), pack(s, &hi[2], &hi[3])];
+    for kk in 0..k_tiles {
+        let a = a(s, kk);
         for g in (0..acc.len()).step_by(2) {
             let f = ldmatrix(s, &at, tile.bytes_to(first + 16 * kk, 8 * g), true);
             acc[g] = mma(s, &a, &f[..2], &acc[g]);
             acc[g + 1] = mma(s, &a, &f[2..], &acc[g + 1]);
         }
     }
+}
+
+/// `acc[m] += a(m, ·) · tile[.., col .. col + 8]` for a warp's eight columns from `col`
+/// (an `i64` value): `a(m, kk)` the A fragment of rows `16·m ..` at columns `16·kk ..`, the
+/// tile's rows the contraction (a multiple of 32), one accumulator per 16 rows.
+pub fn columns_product(
+    s: &mut Text,
+    lane: &Lane,
+    a: &dyn Fn(&mut Text, usize, usize) -> [String; 4],
+    tile: &Tile,
+    col: &str,
+    acc: &mut [Acc],
+) {
+    let at = tile.address(s, &lane.lane, col);
+    for kp in 0..tile.rows / 32 {
+        let f = ldmatrix(s, &at, tile.bytes_to(32 * kp, 0), true);
+        for (m, x) in acc.iter_mut().enumerate() {
+            let (a0, a1) = (a(s, m, 2 * kp), a(s, m, 2 * kp + 1));
+            *x = mma(s, &a0, &f[..2], x);
+            *x = mma(s, &a1, &f[2..], x);
+        }
+    }
+}
+
+/// The two rows (`g`, `g + 8`) of the lane's accumulators, as time steps, for the warp's
+/// 16 rows of a tile from `first`.
+pub fn lane_rows(s: &mut Text, lane: &Lane, first: &str) -> [String; 2] {
+    let warp_first = s.mul_c(&lane.warp, 16);
+    let at = s.add(first, &warp_first);
+    let row = s.add(&at, &lane.g);
+    let below = s.add_c(&row, 8);
+    [row, below]
+}
+
+/// The column of element `e` of accumulator `j` for the lane, counting from `first`.
+pub fn column(s: &mut Text, lane: &Lane, first: &str, j: usize, e: usize) -> String {
+    let c2 = s.mul_c(&lane.c, 2);
+    let at = s.add(first, &c2);
+    s.add_c(&at, (8 * j + e % 2) as i64)
 }
 
 /// `ldmatrix.x4` from `p` plus `bytes` (a constant: a lane computes one address per tile).
@@ -241,9 +326,19 @@ pub fn pack(s: &mut Text, lo: &str, hi: &str) -> String {
 
 /// `combine` of `x` over the four lanes of a quad (the lanes sharing accumulator rows).
 pub fn quad(s: &mut Text, x: &str, combine: &str) -> String {
+    shuffle(s, x, combine, &[1, 2])
+}
+
+/// The sum of `x` over the lanes that differ in the bits of `offsets` (`[1, 2]` a quad,
+/// `[4, 8, 16]` the lanes of an accumulator column, all five the warp).
+pub fn shuffle_sum(s: &mut Text, x: &str, offsets: &[i32]) -> String {
+    shuffle(s, x, "addf", offsets)
+}
+
+fn shuffle(s: &mut Text, x: &str, combine: &str, offsets: &[i32]) -> String {
     let (all, clamp) = (s.line_value("arith.constant -1 : i32".into()), s.line_value("arith.constant 31 : i32".into()));
     let mut v = x.to_string();
-    for offset in [1, 2] {
+    for offset in offsets {
         let o = s.line_value(format!("arith.constant {offset} : i32"));
         let other = s.line_value(format!("nvvm.shfl.sync bfly {all}, {v}, {o}, {clamp} : f32 -> f32"));
         v = s.float(combine, &v, &other);

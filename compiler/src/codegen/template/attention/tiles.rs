@@ -13,7 +13,8 @@
 use super::super::super::emit::Target;
 use super::super::super::math::Func;
 use super::super::tensor_core::{
-    accumulate, barrier, exp2, quad, times_transposed, zeros, Acc, Floats, Fragments, Lane, Tile, THREADS,
+    accumulate, barrier, column, exp2, lane_rows, quad, times_transposed, zeros, Acc, Floats, Fragments, Lane, Tile,
+    THREADS,
 };
 use super::super::text::Text;
 use super::super::{Cooperative, Phase, TemplateCode};
@@ -138,23 +139,6 @@ fn scaled(s: &mut Text, scores: &mut [Acc], factor: &str) {
     for x in scores.iter_mut().flatten() {
         *x = s.fmul(x, factor);
     }
-}
-
-/// The two rows (`g`, `g + 8`) of the lane's accumulators, as time steps, for the warp's
-/// 16 rows of a tile from `first`.
-fn lane_rows(s: &mut Text, lane: &Lane, first: &str) -> [String; 2] {
-    let warp_first = s.mul_c(&lane.warp, 16);
-    let at = s.add(first, &warp_first);
-    let row = s.add(&at, &lane.g);
-    let below = s.add_c(&row, 8);
-    [row, below]
-}
-
-/// The column of element `e` of accumulator `j` for the lane, counting from `first`.
-fn column(s: &mut Text, lane: &Lane, first: &str, j: usize, e: usize) -> String {
-    let c2 = s.mul_c(&lane.c, 2);
-    let at = s.add(first, &c2);
-    s.add_c(&at, (8 * j + e % 2) as i64)
 }
 
 /// Sets to −∞ the scores whose (row, column) `hidden` says are not seen.

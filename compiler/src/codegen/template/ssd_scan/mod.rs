@@ -21,6 +21,12 @@
 //! `dC = Σ_heads v` and `dB = Σ_heads dt·u`. The sums over heads and over batches are
 //! later phases with items that own their outputs, summing in a fixed order.
 
+mod chunk_grad;
+mod chunks;
+
+pub use chunk_grad::backward_on_tensor_cores;
+pub use chunks::forward_on_tensor_cores;
+
 use super::super::emit::Target;
 use super::super::math::Func;
 use super::position::place_in_document;
