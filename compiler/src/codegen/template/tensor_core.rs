@@ -335,6 +335,13 @@ pub fn shuffle_sum(s: &mut Text, x: &str, offsets: &[i32]) -> String {
     shuffle(s, x, "addf", offsets)
 }
 
+/// `x` of the lane `offset` below (a lane below `offset` gets its own back).
+pub fn shuffle_up(s: &mut Text, x: &str, offset: i32) -> String {
+    let (all, none) = (s.line_value("arith.constant -1 : i32".into()), s.line_value("arith.constant 0 : i32".into()));
+    let o = s.line_value(format!("arith.constant {offset} : i32"));
+    s.line_value(format!("nvvm.shfl.sync up {all}, {x}, {o}, {none} : f32 -> f32"))
+}
+
 fn shuffle(s: &mut Text, x: &str, combine: &str, offsets: &[i32]) -> String {
     let (all, clamp) = (s.line_value("arith.constant -1 : i32".into()), s.line_value("arith.constant 31 : i32".into()));
     let mut v = x.to_string();

@@ -24,8 +24,8 @@ use super::super::tensor_core::{
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
 use super::chunks::{
-    entering_decay, fits, put_state, seen, stage_rows, stage_steps, state_element, state_index, step, store_rows,
-    sweep, tile_decay, weigh_pairs, Keep, Layout, Slice, L, SLICE,
+    entering_decay, fits, put_state, scale_tile, seen, stage_rows, stage_steps, staged, state_element, state_index,
+    step, store_rows, sweep, tile_decay, weigh_pairs, Keep, Layout, Slice, L, SLICE,
 };
 use super::{Dims, A, B, C, DY, X};
 
@@ -327,8 +327,9 @@ fn adjoint_tiles(d: &Dims) -> Phase {
         stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
         stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
         stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
-        let into = |s: &mut Text, r: &str| entering_decay(s, d, &lay, r);
-        stage_rows(s, d, &lay.xw, DY, (&sl.b, &sl.h, &sl.p0), &t0, Some(&into));
+        stage_rows(s, d, &lay.xw, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
+        staged(s);
+        scale_tile(s, &lay.xw, &|s, r| entering_decay(s, d, &lay, r));
         barrier(s);
         let rows = lane_rows(s, &lane, &zero);
         let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
@@ -407,7 +408,7 @@ fn pair_tiles(d: &Dims) -> Phase {
     stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
     stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
     stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
-    barrier(s);
+    staged(s);
     let rows = lane_rows(s, &lane, &zero);
     let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
     let b_of = |s: &mut Text, kk| lay.b.fragment(s, &lane, &warp_first, kk);
@@ -520,7 +521,7 @@ fn entering_tiles(d: &Dims) -> Phase {
         let at = state_index(s, d, &sl, &k, n, &ch);
         s.load(d.at(STATES), &[&at])
     });
-    barrier(s);
+    staged(s);
     let rows = lane_rows(s, &lane, &zero);
     let dy_of = |s: &mut Text, kk| adj.dy.fragment(s, &lane, &warp_first, kk);
     // dC over rows i: the entering state's part (and its `dy·y`), then the pairs.

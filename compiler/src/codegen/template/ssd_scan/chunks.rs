@@ -16,8 +16,8 @@
 
 use super::super::position::place_in_document;
 use super::super::tensor_core::{
-    accumulate, barrier, column, columns_product, exp2, lane_rows, product, times_transposed, zeros, Acc, Floats, Lane,
-    Tile, THREADS,
+    accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_up, times_transposed, zeros, Acc,
+    Floats, Lane, Tile, THREADS,
 };
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
@@ -149,29 +149,53 @@ pub fn stage_steps(s: &mut Text, d: &Dims, sl: &Slice, lay: &Layout, t0: &str, a
         });
     }
     barrier(s);
-    // Each step sums its prefix itself: 64 adds, in the same order for every reader.
-    lay.l.stage(s, &|s, r| {
-        let (zero, upto) = (s.i64(0), s.add_c(r, 1));
-        let z = s.f32(0.0);
-        let sum = s.fold(&zero, &upto, &[z], |s, j, acc| {
-            let v = lay.dt.get(s, j);
-            vec![s.fadd(&acc[0], &v)]
-        });
-        s.fmul(&sum[0], a2)
+    // `l`: the prefix sums of `dt` (times `a` in base 2); and the last start at or before
+    // each step, a running maximum.
+    let lane = Lane::new(s);
+    let zero = s.i64(0);
+    let first_warp = s.cmp("eq", &lane.warp, &zero);
+    s.when(&first_warp, |s| {
+        warp_scan(s, &lane, (&lay.dt, &lay.l), "addf", 0.0, Some(a2));
+        if d.resets.is_some() {
+            warp_scan(s, &lane, (&lay.start, &lay.start), "maximumf", -1.0, None);
+        }
     });
-    if d.resets.is_some() {
-        // The last start at or before each step: a running maximum, in place.
-        let (zero, one) = (s.i64(0), s.i64(1));
-        let first = s.cmp("eq", "%tid", &zero);
-        s.when(&first, |s| {
-            let (lo, hi) = (one.clone(), s.i64(L as i64));
-            s.each(&lo, &hi, |s, r| {
-                let before = s.int("subi", r, &one);
-                let (prev, here) = (lay.start.get(s, &before), lay.start.get(s, r));
-                let m = s.float("maximumf", &prev, &here);
-                lay.start.set(s, r, &m);
-            });
-        });
+}
+
+/// The inclusive scan of the [`L`] values of `from` by `combine` into `to` (times `scale`),
+/// by one warp (each lane two consecutive values): the same order for every reader.
+fn warp_scan(
+    s: &mut Text,
+    lane: &Lane,
+    (from, to): (&Floats, &Floats),
+    combine: &str,
+    identity: f32,
+    scale: Option<&str>,
+) {
+    let first = s.mul_c(&lane.lane, 2);
+    let second = s.add_c(&first, 1);
+    let (v0, v1) = (from.get(s, &first), from.get(s, &second));
+    let pair = s.float(combine, &v0, &v1);
+    let mut inclusive = pair;
+    let none = s.f32(identity);
+    for offset in [1, 2, 4, 8, 16] {
+        let other = shuffle_up(s, &inclusive, offset);
+        let off = s.i64(offset as i64);
+        let has = s.cmp("sge", &lane.lane, &off);
+        let other = s.select(&has, &other, &none, "f32");
+        inclusive = s.float(combine, &other, &inclusive);
+    }
+    let before = shuffle_up(s, &inclusive, 1);
+    let one = s.i64(1);
+    let has = s.cmp("sge", &lane.lane, &one);
+    let before = s.select(&has, &before, &none, "f32");
+    let at_first = s.float(combine, &before, &v0);
+    for (i, v) in [(&first, at_first), (&second, inclusive)] {
+        let v = match scale {
+            Some(f) => s.fmul(&v, f),
+            None => v,
+        };
+        to.set(s, i, &v);
     }
 }
 
@@ -229,18 +253,69 @@ pub fn stage_rows(
     t0: &str,
     scale: Option<RowFactor>,
 ) {
-    tile.stage(s, &|s, r| step(s, d, t0, r).0, &|s, r, c| {
-        let t = step(s, d, t0, r).1;
-        let col = s.add(col0, c);
-        let v = s.load(view, &[b, &t, head, &col]);
-        match scale {
-            Some(f) => {
-                let w = f(s, r);
-                s.fmul(&v, &w)
+    let elements = |s: &mut Text| {
+        tile.stage(s, &|s, r| step(s, d, t0, r).0, &|s, r, c| {
+            let t = step(s, d, t0, r).1;
+            let col = s.add(col0, c);
+            let v = s.load(view, &[b, &t, head, &col]);
+            match scale {
+                Some(f) => {
+                    let w = f(s, r);
+                    s.fmul(&v, &w)
+                }
+                None => v,
             }
-            None => v,
-        }
+        })
+    };
+    if scale.is_some() {
+        return elements(s);
+    }
+    let by_eight = s.copies_by_eight(view, 4);
+    s.either(
+        &by_eight,
+        |s| {
+            tile.stage_by_eight(s, &|s, r, c, dst| {
+                let (ok, t) = step(s, d, t0, r);
+                s.either(
+                    &ok,
+                    |s| {
+                        let col = s.add(col0, c);
+                        s.copy8(view, &[b, &t, head, &col], dst);
+                    },
+                    |s| {
+                        let zeros = s.line_value("arith.constant dense<0> : vector<4xi32>".into());
+                        s.line(format!(
+                            "llvm.store {zeros}, {dst} {{alignment = 16 : i64}} : vector<4xi32>, !llvm.ptr<3>"
+                        ));
+                    },
+                )
+            })
+        },
+        elements,
+    );
+}
+
+/// Waits for this thread's copies, then for the block: the staged tiles are ready.
+pub fn staged(s: &mut Text) {
+    s.commit_copies();
+    s.wait_copies(0);
+    barrier(s);
+}
+
+/// Multiplies each row `r` of `tile` by `scale(r)` in place, the block's threads sharing
+/// the elements; the caller synchronises after.
+pub fn scale_tile(s: &mut Text, tile: &Tile, scale: RowFactor) {
+    let (end, step) = (s.i64((tile.rows * tile.cols) as i64), s.i64(THREADS as i64));
+    let e = s.fresh();
+    s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
+    s.nest(|s| {
+        let (row, col) = s.split(&e, tile.cols);
+        let v = tile.get(s, &row, &col);
+        let w = scale(s, &row);
+        let x = s.fmul(&v, &w);
+        tile.put(s, &row, &col, &x);
     });
+    s.line("}");
 }
 
 /// The state's accumulators of a warp, as carried: rows `n` in 16s (every row), the
@@ -306,11 +381,12 @@ pub fn sweep(d: &Dims, keep: Keep) -> Phase {
         }
         stage_steps(s, d, &sl, &lay, &t0, &a2);
         barrier(s);
-        let scale_xw = |s: &mut Text, r: &str| weight_to_last(s, d, &lay, r);
         stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
         stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
         stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
-        stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &t0, Some(&scale_xw));
+        stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
+        staged(s);
+        scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, &lay, r));
         barrier(s);
         if let Keep::Outputs = keep {
             let rows = lane_rows(s, &lane, &zero);
