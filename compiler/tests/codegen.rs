@@ -606,6 +606,37 @@ fn a_sum_into_few_channels_takes_a_block_per_channel() {
     assert!(kernel.ptx.contains("bar.sync"), "the block's warps combine their partial sums");
 }
 
+/// A long sum into one element (a loss over tokens × vocabulary, summed axis by axis) runs
+/// in two steps: first the last sum that leaves at least 1,024 elements (here the
+/// vocabulary's 1,500 columns, each over 8 × 64 rows), then the short one to the scalar; a
+/// short chain stays one body.
+#[test]
+fn a_long_sum_into_one_element_runs_in_two_steps() {
+    let (b, t, v) = (8, 64, 1500);
+    let ty = TensorType { shape: [b, t, v].iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+    let mut body = Graph::default();
+    let x = body.add(Op::Input("0".into()), vec![], ty.clone());
+    let y = body.add(Op::Input("1".into()), vec![], ty.clone());
+    let product = body.binary(Binary::Mul, x, y);
+    let loss = body.sum_all(product);
+    body.outputs = vec![loss];
+    let scalar = body.nodes[loss].ty.clone();
+    let mut program = Graph::default();
+    let inputs =
+        vec![program.add(Op::Input("x".into()), vec![], ty.clone()), program.add(Op::Input("y".into()), vec![], ty)];
+    let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
+    let out = program.add(Op::Kernel(Box::new(kernel)), inputs, scalar);
+    program.outputs = vec![out];
+    match unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu) {
+        Ok(Unit::Chain(chain)) => {
+            assert_eq!(chain.steps.len(), 2, "the column sums, then the scalar");
+            assert_eq!(chain.scratch, vec![vec![v]], "the vocabulary's sums in scratch");
+        }
+        Ok(_) => panic!("a long sum into one element should be a chain"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[test]
 fn long_rows_and_vector_bodies_match_the_reference_on_the_cpu() {
     for (name, body) in long_row_bodies() {

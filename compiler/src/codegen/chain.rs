@@ -169,6 +169,43 @@ fn expandable(body: &Graph, p: &Prim, inputs: &[NodeId]) -> bool {
     p.expand(&mut g, &inputs).is_some()
 }
 
+/// Elements a reduction inside a chain into one element must leave to be computed as a
+/// step of its own: its elements are then summed in parallel and the last sum is short,
+/// where one loop would sum everything in one block.
+const SPLIT_ROWS: usize = 1024;
+
+/// In each chain of reductions of one kind into a single element (a loss summed over
+/// tokens and vocabulary), the last reduction that leaves at least [`SPLIT_ROWS`] elements.
+fn split_reductions(g: &Graph, elements: &dyn Fn(NodeId) -> usize) -> Vec<NodeId> {
+    let reduce = |n: NodeId| match &g.nodes[n].op {
+        Op::Prim(Prim::Reduce(r)) => Some(r.op),
+        _ => None,
+    };
+    let mut split = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Some(op) = reduce(i) else { continue };
+        if elements(i) != 1 {
+            continue;
+        }
+        let mut m = n.inputs[0];
+        while reduce(m) == Some(op) {
+            if elements(m) >= SPLIT_ROWS {
+                split.push(m);
+                break;
+            }
+            m = g.nodes[m].inputs[0];
+        }
+    }
+    split
+}
+
+/// Whether `body` at `symbols`' sizes sums something long into a single element through a
+/// chain of reductions that [`split`] computes in two steps.
+pub fn splits_reduction(body: &Graph, symbols: Symbols) -> bool {
+    let elements = |n: NodeId| Body::shape_of(body, n, symbols).map_or(0, |s| s.iter().product::<usize>());
+    !split_reductions(body, &elements).is_empty()
+}
+
 /// Splits `body` (inputs numbered as the launch's) into steps for a program of `symbols`'
 /// sizes.
 pub fn split(body: &Graph, symbols: Symbols) -> Result<Chain, String> {
@@ -210,6 +247,9 @@ pub fn split(body: &Graph, symbols: Symbols) -> Result<Chain, String> {
         if matches!(n.op, Op::Prim(Prim::Reduce(_))) && elements(i) == 1 && elements(n.inputs[0]) > 1 {
             materialised[i] = true;
         }
+    }
+    for i in split_reductions(&g, &elements) {
+        materialised[i] = true;
     }
     for &o in &g.outputs {
         materialised[o] = true;

@@ -107,7 +107,7 @@ pub fn for_node(graph: &Graph, node: NodeId, symbols: Symbols, target: Target) -
         Op::Prim(p) if p.is_collective() => Err("collective".into()),
         Op::Prim(p) => {
             let body = one_node_body(graph, node);
-            if chain::needed(&body) {
+            if chain::needed(&body) || chain::splits_reduction(&body, symbols) {
                 return chained(&body, symbols);
             }
             Body::resolve(&body, symbols).map_err(|_| p.name().to_string())?;
@@ -115,7 +115,7 @@ pub fn for_node(graph: &Graph, node: NodeId, symbols: Symbols, target: Target) -
         }
         Op::Kernel(k) => {
             let body = specialised(graph, &k.body, node);
-            if chain::needed(&body) {
+            if chain::needed(&body) || chain::splits_reduction(&body, symbols) {
                 return chained(&body, symbols);
             }
             match k.kind {
