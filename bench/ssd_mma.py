@@ -52,15 +52,26 @@ def main():
             forward()
             backward()
 
+        # The peer first, on its own copies; again after hyb has run, so that a write of
+        # hyb's outside its outputs shows as a change in the peer's results.
+        y = peer()
+        want = [y.detach().clone()]
+        if backward:
+            want += [g.clone() for g in torch.autograd.grad(y, leaves, dy)]
         forward()
         if backward:
             backward()
         torch.cuda.synchronize()
-        y = peer()
-        want = [y.detach()]
-        if backward:
-            want += list(torch.autograd.grad(y, leaves, dy))
+        again = peer().detach()
+        moved = (again.float() - want[0].float()).abs().max() > 1e-2 * want[0].float().abs().max()
+        if moved or not all(torch.equal(u, v) for u, v in zip(leaves, [x, dt, a.float(), bm, cm])):
+            print("FAIL hyb wrote outside its outputs: the peer's inputs or results changed")
+            failed += 1
         have = [out] + (grads if backward else [])
+        for name, u in zip(["y", "dx", "ddt", "da", "db", "dc"], have):
+            bad = (~torch.isfinite(u.float())).sum().item()
+            if bad:
+                print(f"  hyb's {name}: {bad} of {u.numel()} elements not finite")
         diffs = [difference(u, w) for u, w in zip(have, want)]
         ok = all(d < 2e-2 for d in diffs)
         failed += not ok

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (`device` tool) for the tensor-core templates, in this order:
 # the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: the tensor-core
-# attention forward and gradient against the reference, outputs poisoned); the attention
+# attention and SSD forward and gradient against the reference, outputs poisoned; with
+# SANITIZE=1 the SSD cases of dist/tc/ssd_cases under compute-sanitizer); the attention
 # benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); the SSD scan against
 # mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer); a small hybrid whose
 # attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
@@ -9,7 +10,16 @@
 # Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. Needs dist/hyb.xz and dist/tc (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
-python3 compiler/tests/ptx_on_device.py dist/tc/cases 2>&1 | tail -n 12
+python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
+grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
+# With SANITIZE=1, the SSD cases again under compute-sanitizer's memcheck and racecheck.
+if [ "${SANITIZE:-0}" = 1 ] && [ -d dist/tc/ssd_cases ]; then
+    for tool in memcheck racecheck; do
+        timeout 150 /usr/local/cuda-13.0/bin/compute-sanitizer --tool "$tool" \
+            python3 compiler/tests/ptx_on_device.py dist/tc/ssd_cases > "$OUT/sanitize_$tool.txt" 2>&1
+        echo "$tool rc $?"; grep -E "ERROR SUMMARY|Invalid|hazard" "$OUT/sanitize_$tool.txt" | sort | uniq -c | head -n 8
+    done
+fi
 python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
 PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
 steps=${STEPS:-60}

@@ -527,12 +527,16 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
 fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
     const ADVERSARIAL: Ranges = &[(1, 1e-4, 50.0), (2, -50.0, -1e-4)];
     const PACKED: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1), (5, 0.0, 3.0)];
+    // One document per row: positions past T are clamped to the token's own place.
+    const ONE_DOCUMENT: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1), (5, 1000.0, 2000.0)];
     // (B, T, heads, channels, groups, state), the values of dt and a, packed.
     type Shape = (usize, usize, usize, usize, usize, usize);
-    let shapes: [(Shape, Ranges, bool); 4] = [
+    let shapes: [(Shape, Ranges, bool); 6] = [
         ((2, 200, 4, 64, 2, 64), SSD_RANGES, false),
         ((1, 130, 2, 32, 1, 128), ADVERSARIAL, false),
         ((2, 150, 4, 32, 1, 32), PACKED, true),
+        ((2, 150, 4, 32, 1, 32), ONE_DOCUMENT, true),
+        ((2, 150, 4, 32, 1, 32), SSD_RANGES, false),
         ((1, 64, 2, 128, 1, 256), SSD_RANGES, false),
     ];
     let mut cases = Vec::new();

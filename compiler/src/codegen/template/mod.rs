@@ -170,9 +170,9 @@ pub fn for_node(
         Op::Prim(Prim::DocumentTril(_)) => Some(inputs().map(|s| position::mask(&s[0], 0.0, "document_tril", true))),
         Op::Prim(Prim::DocumentRope(r)) => Some(inputs().map(|s| position::document_rope(&s[0], r.theta.0, false))),
         Op::Prim(Prim::DocumentRopeGrad(r)) => Some(inputs().map(|s| position::document_rope(&s[0], r.theta.0, true))),
-        Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis))),
+        Op::Prim(Prim::Concat(c)) => Some(inputs().map(|s| pieces::concat(&s, c.axis, target))),
         Op::Prim(Prim::Pad(p)) => {
-            Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?))))
+            Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?, target))))
         }
         Op::Kernel(k) => match &k.kind {
             KernelKind::FlashAttention { scale, groups, rope } => {

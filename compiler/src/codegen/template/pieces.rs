@@ -1,9 +1,11 @@
 //! Tensors built from pieces along one axis: `concat` (each piece an input), `pad`
 //! (zeros, the input, zeros) and `cache_write` (a cache with new rows at a run-time
 //! position). A phase per piece writes the piece's part of the output, so the phases write
-//! disjoint elements; an item is a row of the piece (every axis but the last), its last
-//! axis the inner, unit-stride loop.
+//! disjoint elements. On the CPU an item is a row of the piece (every axis but the last),
+//! its last axis the inner, unit-stride loop; on the GPU an item is an element, so that
+//! neighbouring threads touch neighbouring elements.
 
+use super::super::emit::Target;
 use super::position::runtime_position;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
@@ -17,7 +19,7 @@ struct Piece {
 }
 
 /// `concat` of inputs of `shapes` along `axis`.
-pub fn concat(shapes: &[Vec<usize>], axis: i64) -> TemplateCode {
+pub fn concat(shapes: &[Vec<usize>], axis: i64, target: Target) -> TemplateCode {
     let rank = shapes[0].len();
     let axis = normalise(axis, rank);
     let mut out = shapes[0].clone();
@@ -33,11 +35,11 @@ pub fn concat(shapes: &[Vec<usize>], axis: i64) -> TemplateCode {
         })
         .collect();
     let all: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-    build(name(&format!("concat{axis}"), &all), shapes.to_vec(), out, axis, pieces)
+    build(name(&format!("concat{axis}"), &all), shapes.to_vec(), out, (axis, pieces), target)
 }
 
 /// `pad` of `x` with `before` and `after` zeros along `axis`.
-pub fn pad(x: &[usize], axis: i64, before: usize, after: usize) -> TemplateCode {
+pub fn pad(x: &[usize], axis: i64, before: usize, after: usize, target: Target) -> TemplateCode {
     let axis = normalise(axis, x.len());
     let mut out = x.to_vec();
     out[axis] += before + after;
@@ -46,7 +48,7 @@ pub fn pad(x: &[usize], axis: i64, before: usize, after: usize) -> TemplateCode 
         Piece { start: before, len: x[axis], input: Some(0) },
         Piece { start: before + x[axis], len: after, input: None },
     ];
-    build(name(&format!("pad{axis}_{before}_{after}"), &[x]), vec![x.to_vec()], out, axis, pieces)
+    build(name(&format!("pad{axis}_{before}_{after}"), &[x]), vec![x.to_vec()], out, (axis, pieces), target)
 }
 
 fn normalise(axis: i64, rank: usize) -> usize {
@@ -57,7 +59,13 @@ fn normalise(axis: i64, rank: usize) -> usize {
     }
 }
 
-fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pieces: Vec<Piece>) -> TemplateCode {
+fn build(
+    name: String,
+    inputs: Vec<Vec<usize>>,
+    out: Vec<usize>,
+    (axis, pieces): (usize, Vec<Piece>),
+    target: Target,
+) -> TemplateCode {
     let output = inputs.len();
     let phases = pieces
         .iter()
@@ -66,11 +74,18 @@ fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pi
             let mut shape = out.clone();
             shape[axis] = p.len;
             let (last, rows) = shape.split_last().expect("rank ≥ 1");
+            let width = match target {
+                Target::Cpu => *last,
+                Target::Gpu => 1,
+            };
             let mut body = Text::new();
-            let mut index = delinearise(&mut body, "%item", rows);
-            let (zero, n) = (body.i64(0), body.i64(*last as i64));
+            let (row, block) = body.split("%item", last / width);
+            let mut index = delinearise(&mut body, &row, rows);
+            let first = body.mul_c(&block, width as i64);
+            let (zero, n) = (body.i64(0), body.i64(width as i64));
             body.each(&zero, &n, |s, j| {
-                index.push(j.to_string());
+                let col = s.add(&first, j);
+                index.push(col);
                 let value = match p.input {
                     Some(k) => {
                         let at: Vec<&str> = index.iter().map(String::as_str).collect();
@@ -87,8 +102,8 @@ fn build(name: String, inputs: Vec<Vec<usize>>, out: Vec<usize>, axis: usize, pi
             Phase {
                 cooperative: None,
                 what: if p.input.is_some() { "copy" } else { "zeros" },
-                items: rows.iter().product(),
-                work_per_item: *last,
+                items: rows.iter().product::<usize>() * (last / width),
+                work_per_item: width,
                 body,
             }
         })
