@@ -41,11 +41,10 @@ test: deps
 
 ## Writes what bench/tensor_core_check.sh needs on the GPU machine, to carry there:
 ## dist/hyb.xz (the stripped release binary) and dist/tc (the tensor-core device cases, the
-## SSD ones again alone for compute-sanitizer, the benchmarks' PTX and the mamba-ssm peer).
+## benchmarks' PTX and the mamba-ssm peer).
 device-tc: build
 	rm -rf dist/tc && mkdir -p dist/tc
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
-	HYB_PTX_CASES=$(CURDIR)/dist/tc/ssd_cases HYB_PTX_ONLY=tensor_core_ssd cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_attention_benchmark -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_ssd_benchmark -- --ignored
 	cp -r ../shared/peer dist/tc/peer

@@ -51,6 +51,7 @@ def launcher(folder, spec, views):
         for fn, blocks, threads, shared in launches:
             fn((blocks,), (threads,), tuple(args), shared_mem=shared)
 
+    run.workspace = workspace
     return run
 
 

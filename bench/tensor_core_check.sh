@@ -2,28 +2,46 @@
 # One call on the GPU machine (`device` tool) for the tensor-core templates, in this order:
 # the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: the tensor-core
 # attention and SSD forward and gradient against the reference, outputs poisoned; with
-# SANITIZE=1 the SSD cases of dist/tc/ssd_cases under compute-sanitizer); the attention
+# SANITIZE=1 the SSD cases again under compute-sanitizer); the attention
 # benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); the SSD scan against
-# mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer); a small hybrid whose
+# mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer; before it bench/ssd_debug.py, the
+# gradient's workspace phase by phase); a small hybrid whose
 # attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
 # run in the training step) against the same run on the CPU; then, with FALCON_STEPS set,
-# Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. Needs dist/hyb.xz and dist/tc (carried;
+# Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. ATTENTION=0 and HYBRID=0 leave out the
+# attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
 python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
 grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
 # With SANITIZE=1, the SSD cases again under compute-sanitizer's memcheck and racecheck.
-if [ "${SANITIZE:-0}" = 1 ] && [ -d dist/tc/ssd_cases ]; then
+if [ "${SANITIZE:-0}" = 1 ]; then
+    python3 - dist/tc/cases "$work/ssd_cases" <<'PY'
+import json, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+cases = [c for c in json.load(open(os.path.join(src, "cases.json"))) if c["name"].startswith("tensor_core_ssd")]
+for c in cases:
+    for f in os.listdir(src):
+        if f.startswith(c["name"] + "."):
+            os.symlink(os.path.abspath(os.path.join(src, f)), os.path.join(dst, f))
+json.dump(cases, open(os.path.join(dst, "cases.json"), "w"))
+PY
     for tool in memcheck racecheck; do
         timeout 150 /usr/local/cuda-13.0/bin/compute-sanitizer --tool "$tool" \
-            python3 compiler/tests/ptx_on_device.py dist/tc/ssd_cases > "$OUT/sanitize_$tool.txt" 2>&1
+            python3 compiler/tests/ptx_on_device.py "$work/ssd_cases" > "$OUT/sanitize_$tool.txt" 2>&1
         echo "$tool rc $?"; grep -E "ERROR SUMMARY|Invalid|hazard" "$OUT/sanitize_$tool.txt" | sort | uniq -c | head -n 8
     done
 fi
-python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
+if [ "${ATTENTION:-1}" = 1 ]; then
+    python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
+fi
+python3 bench/ssd_debug.py dist/tc/bench 2>&1 | tail -n 12
 PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
 steps=${STEPS:-60}
-for run in cuda_bf16 cpu; do
+runs="cuda_bf16 cpu"
+[ "${HYBRID:-1}" = 1 ] || runs=""
+for run in $runs; do
     case $run in
         cuda_bf16) flags="--device cuda --precision bf16 --profile" ;;
         cpu) flags="--device cpu" ;;

@@ -764,7 +764,8 @@ fn export_ssd_benchmark() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut index = Vec::new();
-    for (b, t, h, p, g, n, chunk) in [(2, 4096, 32, 64, 1, 128, 256)] {
+    // The peer's shape, and a small one whose workspace `bench/ssd_debug.py` checks.
+    for (b, t, h, p, g, n, chunk) in [(2, 4096, 32, 64, 1, 128, 256), (1, 128, 1, 32, 1, 32, 64)] {
         let inputs = [vec![b, t, h, p], vec![b, t, h], vec![h], vec![b, t, g, n], vec![b, t, g, n]];
         let forward = template::ssd_scan::forward_on_tensor_cores(&inputs, false).expect("a tensor-core template");
         let with_dy = [inputs.to_vec(), vec![inputs[0].clone()]].concat();

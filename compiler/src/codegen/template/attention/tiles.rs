@@ -300,6 +300,8 @@ fn attend_tiles(dims: &Dims) -> Phase {
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
+    // A block may take several items: the last one's readers of the tiles are done.
+    barrier(s);
     let (head, qt) = query_tile(s, dims);
     let q0 = s.mul_c(&qt, TILE as i64);
     stage(s, dims, &q_tile, q, &head.b, &head.h, &q0);
@@ -336,6 +338,8 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
+    // A block may take several items: the last one's readers of the tiles are done.
+    barrier(s);
     let (head, qt) = query_tile(s, dims);
     let q0 = s.mul_c(&qt, TILE as i64);
     let scale = s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
@@ -453,6 +457,8 @@ fn key_value_grad_tiles(dims: &Dims) -> Phase {
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
+    // A block may take several items: the last one's readers of the tiles are done.
+    barrier(s);
     let (kt, bk) = s.split("%item", dims.b * dims.kv);
     let (b, hk) = s.split(&bk, dims.kv);
     let k0 = s.mul_c(&kt, TILE as i64);

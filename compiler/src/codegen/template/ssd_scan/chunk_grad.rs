@@ -401,6 +401,8 @@ fn pair_tiles(d: &Dims) -> Phase {
     let a2 = log2_decay(s, &sl);
     let zero = s.i64(0);
     let warp_first = s.mul_c(&lane.warp, 16);
+    // A block may take several items: the last one's readers are done.
+    barrier(s);
     let t0 = s.mul_c(&k, L as i64);
     stage_steps(s, d, &sl, lay, &t0, &a2);
     barrier(s);
@@ -500,6 +502,8 @@ fn entering_tiles(d: &Dims) -> Phase {
     let a2 = log2_decay(s, &sl);
     let zero = s.i64(0);
     let warp_first = s.mul_c(&lane.warp, 16);
+    // A block may take several items: the last one's readers are done.
+    barrier(s);
     let t0 = s.mul_c(&k, L as i64);
     stage_steps(s, d, &sl, lay, &t0, &a2);
     for (to, view) in [(&adj.leaving, LEAVING), (&adj.neg, PAIRS_DL)] {
