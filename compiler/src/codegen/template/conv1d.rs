@@ -184,7 +184,8 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
             (b * t * c, k)
         }
     };
-    // dw[c,k] = Σ_b Σ_t dy[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t dy[b,t,c].
+    // dw[c,k] = Σ_b Σ_t dy[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t dy[b,t,c]: on the CPU
+    // an item per channel; on the GPU spans of time first (`weight_partials`).
     let mut weight_grad = Text::new();
     {
         let s = &mut weight_grad;
@@ -218,6 +219,19 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
             s.store(db, &[ci], &sum[0]);
         }
     }
+    let (weight_phases, workspace) = match target {
+        Target::Cpu => {
+            let phase = Phase {
+                cooperative: None,
+                what: "weight_grad",
+                items: c,
+                work_per_item: b * t * (k + 1),
+                body: weight_grad,
+            };
+            (vec![phase], vec![])
+        }
+        Target::Gpu => weight_partials(inputs, bias, positions, (dw, db)),
+    };
     let mut outputs = vec![x.clone(), w.clone()];
     if bias {
         outputs.push(vec![c]);
@@ -233,19 +247,118 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
         name: name(template, &shapes),
         inputs: inputs.to_vec(),
         outputs,
-        workspace: vec![],
+        workspace,
         in_place: vec![],
-        phases: vec![
-            Phase { cooperative: None, what: "input_grad", items, work_per_item: per_item, body: input_grad },
-            Phase {
-                cooperative: None,
-                what: "weight_grad",
-                items: c,
-                work_per_item: b * t * (k + 1),
-                body: weight_grad,
-            },
-        ],
+        phases: std::iter::once(Phase {
+            cooperative: None,
+            what: "input_grad",
+            items,
+            work_per_item: per_item,
+            body: input_grad,
+        })
+        .chain(weight_phases)
+        .collect(),
     }
+}
+
+/// Time steps a GPU thread sums the weight gradient over: [`weight_partials`] has an item
+/// per span and channel, so that a few thousand channels still fill the GPU.
+const SPAN: usize = 128;
+
+/// The GPU's weight (and bias) gradient in two phases: per span of [`SPAN`] steps and
+/// channel, the sums of its taps (and of `dy`) to the workspace `[spans, C, K + 1]`; then per
+/// channel, the spans summed in order.
+fn weight_partials(
+    inputs: &[Vec<usize>],
+    bias: bool,
+    positions: Option<usize>,
+    (dw, db): (usize, usize),
+) -> (Vec<Phase>, Vec<usize>) {
+    let (x, w) = (&inputs[0], &inputs[1]);
+    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
+    let spans_per_row = t.div_ceil(SPAN);
+    let spans = b * spans_per_row;
+    let part = dw + usize::from(bias) + 1;
+    let mut partial = Text::new();
+    {
+        let s = &mut partial;
+        let (span, ci) = s.split("%item", c);
+        let (bi, sp) = s.split(&span, spans_per_row);
+        let lo = s.mul_c(&sp, SPAN as i64);
+        let end = s.add_c(&lo, SPAN as i64);
+        let tn = s.i64(t as i64);
+        let hi = s.int("minsi", &end, &tn);
+        let init: Vec<String> = (0..=k).map(|_| s.f32(0.0)).collect();
+        let sums = s.fold(&lo, &hi, &init, |s, ti, acc| {
+            let g = s.load(2, &[&bi, ti, &ci]);
+            let mut next: Vec<String> = (0..k)
+                .map(|kk| {
+                    let src = s.add_c(ti, kk as i64 + 1 - k as i64);
+                    let zero = s.i64(0);
+                    let inside = s.cmp("sge", &src, &zero);
+                    let clamped = s.int("maxsi", &src, &zero);
+                    let xv = s.load(0, &[&bi, &clamped, &ci]);
+                    let term = s.fma(&g, &xv, &acc[kk]);
+                    let term = s.select(&inside, &term, &acc[kk], "f32");
+                    match positions {
+                        Some(view) => {
+                            let p = place_in_document(s, view, &bi, ti);
+                            let reach = s.i64((k - 1 - kk) as i64);
+                            let reads = s.cmp("sge", &p, &reach);
+                            s.select(&reads, &term, &acc[kk], "f32")
+                        }
+                        None => term,
+                    }
+                })
+                .collect();
+            next.push(s.fadd(&acc[k], &g));
+            next
+        });
+        let row = s.mul_c(&span, c as i64);
+        let row = s.add(&row, &ci);
+        let row = s.mul_c(&row, k as i64 + 1);
+        for (kk, v) in sums.iter().enumerate() {
+            let at = s.add_c(&row, kk as i64);
+            s.store(part, &[&at], v);
+        }
+    }
+    let mut total = Text::new();
+    {
+        let s = &mut total;
+        let ci = "%item";
+        let init: Vec<String> = (0..=k).map(|_| s.f32(0.0)).collect();
+        let (zero, count) = (s.i64(0), s.i64(spans as i64));
+        let sums = s.fold(&zero, &count, &init, |s, span, acc| {
+            let row = s.mul_c(span, c as i64);
+            let row = s.add(&row, ci);
+            let row = s.mul_c(&row, k as i64 + 1);
+            (0..=k)
+                .map(|kk| {
+                    let at = s.add_c(&row, kk as i64);
+                    let v = s.load(part, &[&at]);
+                    s.fadd(&acc[kk], &v)
+                })
+                .collect()
+        });
+        for (kk, v) in sums.iter().take(k).enumerate() {
+            let tap = s.i64(kk as i64);
+            s.store(dw, &[ci, &tap], v);
+        }
+        if bias {
+            s.store(db, &[ci], &sums[k]);
+        }
+    }
+    let phases = vec![
+        Phase {
+            cooperative: None,
+            what: "weight_partials",
+            items: spans * c,
+            work_per_item: SPAN * (k + 1),
+            body: partial,
+        },
+        Phase { cooperative: None, what: "weight_sums", items: c, work_per_item: spans * (k + 1), body: total },
+    ];
+    (phases, vec![spans * c * (k + 1)])
 }
 
 /// The first tap that reads at or after time 0 for output time `t`: `max(0, K-1-t)`; with
