@@ -16,6 +16,10 @@
 //!
 //! The sums over channel slices, the heads of a group and the batch are later phases whose
 //! items own their outputs and sum in a fixed order; every output has one writer.
+//!
+//! Not yet chosen by the executor (`template::on_tensor_cores`): on the H200 its `dx`, `dB`
+//! and `dC` match the reference and mamba-ssm, its `ddt` and `da` do not;
+//! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
 use super::super::tensor_core::{
     accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
