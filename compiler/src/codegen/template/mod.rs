@@ -209,8 +209,8 @@ pub fn for_node(
 /// The tensor-core template of `node`, where one implements it at these shapes and its
 /// product operands are stored as bf16 (`bf16[i]` for input `i`): chosen by the launch,
 /// since it rounds its operands to bf16. The SSD scan's gradient on tensor cores
-/// (`ssd_scan::backward_on_tensor_cores`) is not chosen yet: on the H200 its `ddt` and
-/// `da` differ from the reference (its `dx`, `dB` and `dC` match).
+/// (`ssd_scan::backward_on_tensor_cores`) is not chosen until the H200 has checked its fix:
+/// its `ddt` and `da` differed from the reference there (its `dx`, `dB` and `dC` matched).
 pub fn on_tensor_cores(
     graph: &Graph,
     node: NodeId,

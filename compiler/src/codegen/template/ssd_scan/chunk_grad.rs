@@ -18,8 +18,9 @@
 //! items own their outputs and sum in a fixed order; every output has one writer.
 //!
 //! Not yet chosen by the executor (`template::on_tensor_cores`): on the H200 its `dx`, `dB`
-//! and `dC` match the reference and mamba-ssm, its `ddt` and `da` do not;
-//! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
+//! and `dC` matched the reference and mamba-ssm but its `ddt` and `da` did not, from a
+//! second `dl` pass that read the first's `Σ dt·D` as the pairs' `dl` (removed, not yet
+//! re-run there); `bench/ssd_debug.py` checks the workspace phase by phase.
 
 use super::super::tensor_core::{
     accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
@@ -552,9 +553,6 @@ fn entering_tiles(d: &Dims) -> Phase {
         store_part(s, d, &lane, (d.at(DC_PART), &sl.b, &hs), (&t0, &rows), (&dc, first));
     }
     put_rows(s, &lane, &adj.entering, &rows, &dy_y);
-    barrier(s);
-    let decay = tile_decay(s, d, lay);
-    decay_terms(s, d, &adj, (&sl, &hs), (&k, &t0), &decay);
     barrier(s);
     let decay = tile_decay(s, d, lay);
     decay_terms(s, d, &adj, (&sl, &hs), (&k, &t0), &decay);
