@@ -724,7 +724,7 @@ fn ssd_scan_on_tensor_cores_assembles_to_matrix_instructions() {
 /// H, T, D]` contiguous, bf16), for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test
 /// --release -p hyb-compiler --test codegen export_attention_benchmark -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "writes the attention benchmark's PTX for the GPU machine; needs HYB_PTX_CASES"]
 fn export_attention_benchmark() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -759,7 +759,7 @@ fn export_attention_benchmark() {
 /// `bench/ssd_mma.py`: `HYB_PTX_CASES=DIR cargo test --release -p hyb-compiler --test
 /// codegen export_ssd_benchmark -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "writes the SSD benchmark's PTX for the GPU machine; needs HYB_PTX_CASES"]
 fn export_ssd_benchmark() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
