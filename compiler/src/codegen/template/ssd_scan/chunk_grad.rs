@@ -390,17 +390,21 @@ fn adjoint_tiles(d: &Dims) -> Phase {
     }
 }
 
-/// The tiles' pairs, every tile at once (an item per tile of one head's slice): `dx` and
-/// `x·dx̃` from the pairs and the adjoint phase's part; `dB`'s pairs added to its part; and
-/// the pairs' part of `dl`.
-fn pair_tiles(d: &Dims) -> Phase {
-    let adj = Adjoint::new(d.n);
-    let lay = &adj.lay;
-    let tiles = d.t.div_ceil(L);
-    let mut body = Text::new();
-    let s = &mut body;
+/// An item of the phases parallel over tiles: a tile `k` (from step `t0`) of one head's
+/// slice, its per-step values staged (after waiting for the block's last item).
+struct TileItem {
+    lane: Lane,
+    sl: Slice,
+    hs: String,
+    k: String,
+    t0: String,
+    zero: String,
+    warp_first: String,
+}
+
+fn tile_item(s: &mut Text, d: &Dims, lay: &Layout) -> TileItem {
     let lane = Lane::new(s);
-    let (item, k) = s.split("%item", tiles);
+    let (item, k) = s.split("%item", d.t.div_ceil(L));
     let sl = Slice::of_index(s, d, &item);
     let hs = head_slice(s, d, &sl);
     let a2 = log2_decay(s, &sl);
@@ -410,11 +414,30 @@ fn pair_tiles(d: &Dims) -> Phase {
     barrier(s);
     let t0 = s.mul_c(&k, L as i64);
     stage_steps(s, d, &sl, lay, &t0, &a2);
+    TileItem { lane, sl, hs, k, t0, zero, warp_first }
+}
+
+/// Stages the tile's `C`, `B`, `x` and `dy` (the caller waits for the copies).
+fn stage_operands(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, t0): (&Slice, &str)) {
+    let (lay, zero) = (&adj.lay, s.i64(0));
+    stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), t0, None);
+    stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), t0, None);
+    stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), t0, None);
+    stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), t0, None);
+}
+
+/// The tiles' pairs, every tile at once (an item per tile of one head's slice): `dx` and
+/// `x·dx̃` from the pairs and the adjoint phase's part; `dB`'s pairs added to its part; and
+/// the pairs' part of `dl`.
+fn pair_tiles(d: &Dims) -> Phase {
+    let adj = Adjoint::new(d.n);
+    let lay = &adj.lay;
+    let tiles = d.t.div_ceil(L);
+    let mut body = Text::new();
+    let s = &mut body;
+    let TileItem { lane, sl, hs, k: _, t0, zero, warp_first } = tile_item(s, d, lay);
     barrier(s);
-    stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
-    stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
-    stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
-    stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
+    stage_operands(s, d, &adj, (&sl, &t0));
     staged(s);
     let rows = lane_rows(s, &lane, &zero);
     let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
@@ -500,17 +523,7 @@ fn entering_tiles(d: &Dims) -> Phase {
     let tiles = d.t.div_ceil(L);
     let mut body = Text::new();
     let s = &mut body;
-    let lane = Lane::new(s);
-    let (item, k) = s.split("%item", tiles);
-    let sl = Slice::of_index(s, d, &item);
-    let hs = head_slice(s, d, &sl);
-    let a2 = log2_decay(s, &sl);
-    let zero = s.i64(0);
-    let warp_first = s.mul_c(&lane.warp, 16);
-    // A block may take several items: the last one's readers are done.
-    barrier(s);
-    let t0 = s.mul_c(&k, L as i64);
-    stage_steps(s, d, &sl, lay, &t0, &a2);
+    let TileItem { lane, sl, hs, k, t0, zero, warp_first } = tile_item(s, d, lay);
     for (to, view) in [(&adj.leaving, LEAVING), (&adj.neg, PAIRS_DL)] {
         to.stage(s, &|s, r| {
             let (ok, t) = step(s, d, &t0, r);
@@ -521,10 +534,7 @@ fn entering_tiles(d: &Dims) -> Phase {
         });
     }
     barrier(s);
-    stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
-    stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
-    stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
-    stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
+    stage_operands(s, d, &adj, (&sl, &t0));
     adj.h0t.stage(s, &|s, _| s.line_value("arith.constant true".into()), &|s, p, n| {
         let ch = s.add(&sl.p0, p);
         let at = state_index(s, d, &sl, &k, n, &ch);
