@@ -208,9 +208,7 @@ pub fn for_node(
 
 /// The tensor-core template of `node`, where one implements it at these shapes and its
 /// product operands are stored as bf16 (`bf16[i]` for input `i`): chosen by the launch,
-/// since it rounds its operands to bf16. The SSD scan's gradient on tensor cores
-/// (`ssd_scan::backward_on_tensor_cores`) is not chosen until the H200 has checked its fix:
-/// its `ddt` and `da` differed from the reference there (its `dx`, `dB` and `dC` matched).
+/// since it rounds its operands to bf16.
 pub fn on_tensor_cores(
     graph: &Graph,
     node: NodeId,
@@ -228,6 +226,12 @@ pub fn on_tensor_cores(
         }
         Op::Prim(Prim::DocumentSsdScan(_)) if all_bf16(&[0, 3, 4]) => {
             chosen(shapes().map(|s| ssd_scan::forward_on_tensor_cores(&s, true)))
+        }
+        Op::Prim(Prim::SsdScanGrad(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::backward_on_tensor_cores(&s, false)))
+        }
+        Op::Prim(Prim::DocumentSsdScanGrad(_)) if all_bf16(&[0, 3, 4]) => {
+            chosen(shapes().map(|s| ssd_scan::backward_on_tensor_cores(&s, true)))
         }
         Op::Kernel(k) if all_bf16(&[0, 1, 2]) => {
             let (kind, gradient) = match &k.kind {

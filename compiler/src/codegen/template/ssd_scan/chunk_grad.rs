@@ -17,10 +17,7 @@
 //! The sums over channel slices, the heads of a group and the batch are later phases whose
 //! items own their outputs and sum in a fixed order; every output has one writer.
 //!
-//! Not yet chosen by the executor (`template::on_tensor_cores`): on the H200 its `dx`, `dB`
-//! and `dC` matched the reference and mamba-ssm but its `ddt` and `da` did not, from a
-//! second `dl` pass that read the first's `Σ dt·D` as the pairs' `dl` (removed, not yet
-//! re-run there); `bench/ssd_debug.py` checks the workspace phase by phase.
+//! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
 use super::super::tensor_core::{
     accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
