@@ -232,6 +232,64 @@ fn movement() {
     c.check(y, TOL);
 }
 
+/// The pieces of a split reach the whole's gradient as pads over adjacent ranges, which
+/// autodiff joins into one concat (a run short of the whole axis, padded after): the
+/// gradient still matches finite differences, with a piece used twice and an overlapping
+/// slice added to the concat as before.
+#[test]
+fn the_pieces_of_a_split_join_into_one_concat() {
+    let build = |c: &mut Case| {
+        let x = c.param(&[3, 10], 0.0, 1.0);
+        let w = c.param(&[2, 8], 0.0, 1.0);
+        let slice = |c: &mut Case, x, axis, start, end| {
+            c.g.apply(Slice { axis, start: Dim::constant(start), end: Dim::constant(end) }, vec![x])
+        };
+        let (a, b, d) = (slice(c, x, 1, 0, 3), slice(c, x, -1, 3, 7), slice(c, x, 1, 7, 10));
+        let overlap = slice(c, x, 1, 2, 5);
+        let (u, v) = (slice(c, w, 1, 1, 3), slice(c, w, 1, 3, 6));
+        let aa = c.g.binary(Binary::Mul, a, a);
+        let eb = c.g.unary(Unary::Exp, b);
+        let uv = c.g.apply(Concat { axis: 1 }, vec![u, v]);
+        let uv = c.g.unary(Unary::Tanh, uv);
+        let y = c.g.apply(Concat { axis: 1 }, vec![aa, eb, d, overlap, d]);
+        let uv = c.g.reshape(uv, ints(&[2, 5]));
+        let pad = c.g.apply(Pad { axis: 0, before: Dim::constant(0), after: Dim::constant(1) }, vec![uv]);
+        let pad = c.g.apply(Pad { axis: 1, before: Dim::constant(0), after: Dim::constant(11) }, vec![pad]);
+        c.g.binary(Binary::Add, y, pad)
+    };
+    let mut c = Case::new(90);
+    let y = build(&mut c);
+    let loss = c.g.sum_all(y);
+    let mut g = c.g.clone();
+    let grads = gradients(&mut g, loss, &c.wrt).unwrap();
+    // The terms of a gradient's sum, and the inputs of each that is a concat.
+    let terms = |n: NodeId| {
+        let (mut todo, mut terms) = (vec![n], vec![]);
+        while let Some(n) = todo.pop() {
+            match &g.nodes[n].op {
+                Op::Prim(Prim::Binary(Binary::Add)) => todo.extend(&g.nodes[n].inputs),
+                _ => terms.push(n),
+            }
+        }
+        terms
+    };
+    let concat_inputs = |n: NodeId| match &g.nodes[n].op {
+        Op::Prim(Prim::Concat(_)) => Some(g.nodes[n].inputs.len()),
+        Op::Prim(Prim::Pad(_)) => match &g.nodes[g.nodes[n].inputs[0]].op {
+            Op::Prim(Prim::Concat(_)) => Some(g.nodes[g.nodes[n].inputs[0]].inputs.len()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let x_terms = terms(grads[0]);
+    assert_eq!(x_terms.len(), 2, "x: the three pieces joined, and the overlapping slice");
+    assert_eq!(x_terms.iter().filter_map(|&t| concat_inputs(t)).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(terms(grads[1]).iter().map(|&t| concat_inputs(t)).collect::<Vec<_>>(), vec![Some(2)], "w: padded");
+    let mut c = Case::new(91);
+    let y = build(&mut c);
+    c.check(y, TOL);
+}
+
 #[test]
 fn embedding_table_gradient() {
     let mut c = Case::new(40);

@@ -3,6 +3,8 @@
 //! vector-Jacobian rule per primitive lives next to its meaning in `ops`. Backward nodes
 //! take the scope and source origin of the forward node they differentiate.
 
+mod accumulate;
+
 use crate::ir::{Graph, Kernel, KernelKind, NodeId, Op};
 use crate::ops::{Binary, NoGradient, Primitive};
 
@@ -23,17 +25,19 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
             needs[i] = true;
         }
     }
-    let mut adjoint: Vec<Option<NodeId>> = vec![None; n];
+    // Every node's gradient contributions, summed when the walk reaches the node.
+    let mut adjoint: Vec<Vec<NodeId>> = vec![Vec::new(); n];
     let dtype = g.nodes[loss].ty.dtype;
-    adjoint[loss] = Some(g.constant_of(1.0, dtype));
+    adjoint[loss].push(g.constant_of(1.0, dtype));
     for i in (0..n).rev() {
-        let Some(dy) = adjoint[i] else { continue };
-        if !needs[i] || !matches!(g.nodes[i].op, Op::Prim { .. } | Op::Kernel(_)) {
+        if adjoint[i].is_empty() || !needs[i] || !matches!(g.nodes[i].op, Op::Prim { .. } | Op::Kernel(_)) {
             continue;
         }
         let inputs = g.nodes[i].inputs.clone();
         g.scope = g.nodes[i].scope;
         g.origin = g.nodes[i].origin;
+        let dy = accumulate::sum(g, &adjoint[i]);
+        adjoint[i] = vec![dy];
         let contributions = match &g.nodes[i].op {
             Op::Kernel(_) => kernel_vjp(g, i, dy)?,
             Op::Prim(p) => p.clone().vjp(g, i, dy)?,
@@ -43,21 +47,27 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
             let Some(c) = c.filter(|_| needs[x]) else {
                 continue;
             };
-            adjoint[x] = Some(match adjoint[x] {
-                Some(prev) => g.binary(Binary::Add, prev, c),
-                None => c,
-            });
+            adjoint[x].push(c);
         }
+    }
+    let mut grads = Vec::with_capacity(wrt.len());
+    for &w in wrt {
+        let contributions = adjoint.get(w).cloned().unwrap_or_default();
+        g.scope = g.nodes[w].scope;
+        g.origin = g.nodes[w].origin;
+        grads.push(match contributions[..] {
+            [] => g.scale(w, 0.0),
+            [one] => one,
+            _ => {
+                let grad = accumulate::sum(g, &contributions);
+                adjoint[w] = vec![grad];
+                grad
+            }
+        });
     }
     g.scope = 0;
     g.origin = None;
-    Ok(wrt
-        .iter()
-        .map(|&w| match adjoint.get(w).copied().flatten() {
-            Some(grad) => grad,
-            None => g.scale(w, 0.0),
-        })
-        .collect())
+    Ok(grads)
 }
 
 /// The gradient of a kernel with respect to each floating-point input: one kernel, with an

@@ -1054,19 +1054,30 @@ impl Writer<'_, '_> {
                 xs[rn.axis_of(xs.len())]
             })
             .collect();
-        let j = self.new_var(extents.iter().product());
-        let parts = delinearise(&Ix::var(j), &extents);
+        // Where each reduction's index goes in the innermost input's index (`owner`), so
+        // the loop can walk the reduced axes in that input's order, its last axis fastest:
+        // neighbouring lanes then read neighbouring elements, whatever order the chain
+        // summed the axes in.
         let mut at = idx.to_vec();
-        for (&n, part) in chain.iter().zip(parts) {
+        let mut owner: Vec<Option<usize>> = vec![None; at.len()];
+        for (k, &n) in chain.iter().enumerate() {
             let Op::Prim(Prim::Reduce(rn)) = &self.body.graph.nodes[n].op else {
                 unreachable!("a chain of reductions")
             };
             let a = rn.axis_of(self.body.shapes[self.body.graph.nodes[n].inputs[0]].len());
             if rn.keepdim {
-                at[a] = part;
+                owner[a] = Some(k);
             } else {
-                at.insert(a, part);
+                at.insert(a, Ix::constant(0));
+                owner.insert(a, Some(k));
             }
+        }
+        let reduced: Vec<(usize, usize)> =
+            owner.iter().enumerate().filter_map(|(pos, k)| k.map(|k| (pos, extents[k]))).collect();
+        let j = self.new_var(extents.iter().product());
+        let in_order: Vec<usize> = reduced.iter().map(|&(_, e)| e).collect();
+        for (&(pos, _), part) in reduced.iter().zip(delinearise(&Ix::var(j), &in_order)) {
+            at[pos] = part;
         }
         let x = self.body.graph.nodes[*chain.last().expect("a reduction")].inputs[0];
         let xs = self.body.shapes[self.body.graph.nodes[node].inputs[0]].clone();

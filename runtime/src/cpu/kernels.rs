@@ -127,9 +127,17 @@ impl Kernels {
                 }
             })
             .collect();
-        let kernels: Vec<&Arc<CpuKernel>> = builder.bodies.kernels().chain(builder.templates.values()).collect();
-        let loaded = kernels.iter().filter(|k| k.origin() == Origin::Loaded).count();
-        let compiled = kernels.len() - loaded;
+        // Two bodies or templates may generate the same code; the second then links the
+        // object code the first just kept, and both are one kernel, compiled here.
+        let mut origins: HashMap<&str, Origin> = HashMap::new();
+        for k in builder.bodies.kernels().chain(builder.templates.values()) {
+            let origin = origins.entry(k.mlir()).or_insert(k.origin());
+            if k.origin() == Origin::Compiled {
+                *origin = Origin::Compiled;
+            }
+        }
+        let loaded = origins.values().filter(|&&o| o == Origin::Loaded).count();
+        let compiled = origins.len() - loaded;
         Kernels { by_launch, interpreted, compiled, loaded, seconds: started.elapsed().as_secs_f64(), scratch }
     }
 
