@@ -7,8 +7,10 @@
 # mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer; before it bench/ssd_debug.py, the
 # gradient's workspace phase by phase); a small hybrid whose
 # attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
-# run in the training step) against the same run on the CPU; then, with FALCON_STEPS set,
-# Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled. ATTENTION=0 and HYBRID=0 leave out the
+# run in the training step) against the same run on the CPU; with LAYER_STEPS set, the
+# peer's Falcon-H1 layer (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2,
+# T 4096 in bf16, profiled per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4,
+# T 4096 in bf16, profiled. ATTENTION=0 and HYBRID=0 leave out the
 # attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
@@ -67,6 +69,14 @@ else:
     print(f"tensor_core_hybrid bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} (diff {d[0]:.2e}); "
           f"{n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
 PY
+if [ "${LAYER_STEPS:-0}" -gt 0 ]; then
+    timeout "${LAYER_LIMIT_S:-150}" "$work/hyb" train bench/models/falcon_h1_layer.hyb --device cuda --precision bf16 \
+        --batch 2 --seq 4096 --steps "$LAYER_STEPS" --warmup 2 --eval-every 0 --save-every 0 --profile \
+        --out "$work/layer" > "$OUT/train_falcon_h1_layer.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_falcon_h1_layer.txt"
+    cp "$work/layer/profile.json" "$OUT/layer_profile.json" 2>/dev/null
+    grep -E "per layer|step profile|rc |error" "$OUT/train_falcon_h1_layer.txt" | head -n 6
+fi
 if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
     /usr/bin/time -f "falcon_h1_0_5b: %e s wall, %M KiB host memory" timeout "${FALCON_LIMIT_S:-300}" \
         "$work/hyb" train stdlib/falcon_h1.hyb --model falcon_h1_0_5b --device cuda --precision bf16 --batch 4 --seq 4096 \

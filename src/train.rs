@@ -434,6 +434,31 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
 }
 
 /// Times every launch of one step on the GPU and prints where the time goes, by what runs.
+/// A layer's share of the step (its forward, backward and update): the spread over the
+/// layers, so one layer's time compares with a one-layer benchmark.
+fn print_layers(times: &[hyb_runtime::train::step::LaunchTime]) {
+    let mut layers: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
+    let mut outside = 0.0;
+    for t in times {
+        match t.layer {
+            Some(l) => *layers.entry(l).or_default() += t.ms,
+            None => outside += t.ms,
+        }
+    }
+    let mut each: Vec<f64> = layers.into_values().collect();
+    if each.is_empty() {
+        return;
+    }
+    each.sort_by(f64::total_cmp);
+    println!(
+        "per layer: median {:.3} ms (min {:.3}, max {:.3}) over {} layers; outside the layers {outside:.3} ms",
+        each[each.len() / 2],
+        each[0],
+        each[each.len() - 1],
+        each.len()
+    );
+}
+
 fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
     let Some(times) = trainer.programs().step.profile() else {
         bail!("--profile times launches on a GPU; this run is on the CPU");
@@ -458,6 +483,7 @@ fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
     for (what, n, t) in &rows {
         println!("{what:<28} {n:>8} {t:>10.3} {:>6.1}%", 100.0 * t / total);
     }
+    print_layers(&times);
     let mut slowest: Vec<(usize, &hyb_runtime::train::step::LaunchTime)> = times.iter().enumerate().collect();
     slowest.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
     println!("slowest launches:");
@@ -469,7 +495,7 @@ fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
         "flops": flops,
         "launches": times
             .iter()
-            .map(|t| serde_json::json!({"what": t.what, "detail": t.detail, "ms": t.ms}))
+            .map(|t| serde_json::json!({"what": t.what, "detail": t.detail, "layer": t.layer, "ms": t.ms}))
             .collect::<Vec<_>>(),
     });
     let path = trainer.dir().join("profile.json");

@@ -1010,6 +1010,7 @@ fn sin_and_cos_match_the_reference_at_special_values() {
         inputs: vec![vec![n]],
         outputs: vec![vec![n], vec![n]],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase { what: "apply", items: n, work_per_item: 1, body, cooperative: None }],
     };

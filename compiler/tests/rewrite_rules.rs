@@ -7,8 +7,8 @@
 use egg::Id;
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{
-    AllGather, AllReduce, Binary, CausalMask, Concat, Int8Quant, ReduceOp, Rope, Shard, TernaryQuant, TpCopy,
-    Transpose, Unary, F64,
+    AllGather, AllReduce, Binary, CausalConv1d, CausalMask, Concat, DocumentConv1d, Int8Quant, ReduceOp, Rope, Shard,
+    Slice, TernaryQuant, TpCopy, Transpose, Unary, F64,
 };
 use hyb_compiler::reference::{run_ranks, Tensor};
 use hyb_compiler::rewrite::lang::{EGraph, OpKind};
@@ -74,6 +74,38 @@ impl Case {
 
     fn concat(&mut self, xs: Vec<NodeId>, axis: i64) -> NodeId {
         self.g.apply(Concat { axis }, xs)
+    }
+
+    /// Packed-row positions `[b, t]`: each token's place in its document, whole numbers
+    /// below 3, so documents are short.
+    fn positions(&mut self, b: usize, t: usize) -> NodeId {
+        let p = self.param(&[b, t]);
+        let name = self.g.params.last().expect("just added").name.clone();
+        let places = self.values[&name].map(|v| ((v + 1.0) * 1.5).floor());
+        self.values.insert(name, places);
+        p
+    }
+
+    /// The causal conv of `x [b, t, c]` with taps `[c, k]`, a bias if `bias`, over packed
+    /// rows if `documents`.
+    fn conv(&mut self, x: NodeId, k: usize, bias: bool, documents: bool) -> NodeId {
+        let (b, t, c) = match self.g.shape(x) {
+            [b, t, c] => {
+                (b.as_const().unwrap() as usize, t.as_const().unwrap() as usize, c.as_const().unwrap() as usize)
+            }
+            _ => unreachable!("x is [B, T, C]"),
+        };
+        let mut inputs = vec![x, self.param(&[c, k])];
+        if bias {
+            inputs.push(self.param(&[c]));
+        }
+        match documents {
+            true => {
+                inputs.push(self.positions(b, t));
+                self.g.apply(DocumentConv1d { bias }, inputs)
+            }
+            false => self.g.apply(CausalConv1d, inputs),
+        }
     }
 
     /// Saturates with `rule` alone, checks it fired, and checks every e-node.
@@ -347,6 +379,46 @@ proptest! {
         let wq = k.g.apply(TernaryQuant, vec![w]);
         let y = k.g.matmul(xq, wq, false, true);
         k.check(vec![y], "bitlinear");
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn conv1d_silu(t in 1..6usize, c in 1..5usize, k in 1..5usize, bias in any::<bool>(), documents in any::<bool>(),
+                   seed in 0..1000u64) {
+        let mut g = Case::new(seed);
+        let x = g.param(&[2, t, c]);
+        let conv = g.conv(x, k, bias, documents);
+        let y = g.g.unary(Unary::Silu, conv);
+        g.check(vec![y], "conv1d-silu");
+    }
+
+    #[test]
+    fn conv_scale_taps(t in 1..5usize, c1 in 1..4usize, c2 in 1..4usize, c3 in 1..3usize, k in 1..5usize,
+                       s1 in -2.0..2.0f64, s2 in -2.0..2.0f64, bias in any::<bool>(), documents in any::<bool>(),
+                       seed in 0..1000u64) {
+        let mut g = Case::new(seed);
+        let (a, b, c) = (g.param(&[2, t, c1]), g.param(&[2, t, c2]), g.param(&[2, t, c3]));
+        let (a, b) = (g.g.scale(a, s1), g.g.scale(b, s2));
+        let x = g.concat(vec![a, b, c], -1);
+        let y = g.conv(x, k, bias, documents);
+        g.check(vec![y], "conv-scale-taps");
+    }
+
+    #[test]
+    fn concat_slices(t in 1..4usize, n in 4..9usize, cut in 0..100usize, whole in any::<bool>(), seed in 0..1000u64) {
+        let mut g = Case::new(seed);
+        let x = g.param(&[2, t, n]);
+        let (lo, hi) = if whole { (0, n) } else { (1, n - 1) };
+        let mid = lo + 1 + cut % (hi - lo - 1);
+        let piece = |g: &mut Case, a: usize, b: usize| {
+            g.g.apply(Slice::new(2, Dim::constant(a as i64), Dim::constant(b as i64)), vec![x])
+        };
+        let parts = vec![piece(&mut g, lo, mid), piece(&mut g, mid, hi)];
+        let y = g.concat(parts, -1);
+        g.check(vec![y], "concat-slices");
     }
 }
 

@@ -12,6 +12,13 @@ use crate::ops::{Binary, NoGradient, Primitive};
 /// the gradient nodes, in order. A node `loss` does not depend on gets a zero gradient. A
 /// gradient primitive on the path is an error: second-order gradients are not defined.
 pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeId>, NoGradient> {
+    let reached = reached_gradients(g, loss, wrt)?;
+    Ok(wrt.iter().zip(reached).map(|(&w, grad)| grad.unwrap_or_else(|| g.scale(w, 0.0))).collect())
+}
+
+/// [`gradients`], with `None` for a node no gradient reaches (an integer-valued input such
+/// as a packed row's positions, which only selects).
+fn reached_gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Option<NodeId>>, NoGradient> {
     assert!(g.shape(loss).is_empty(), "the loss must be a scalar");
     let n = loss + 1;
     let mut needs = vec![false; n];
@@ -56,12 +63,12 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
         g.scope = g.nodes[w].scope;
         g.origin = g.nodes[w].origin;
         grads.push(match contributions[..] {
-            [] => g.scale(w, 0.0),
-            [one] => one,
+            [] => None,
+            [one] => Some(one),
             _ => {
                 let grad = accumulate::sum(g, &contributions);
                 adjoint[w] = vec![grad];
-                grad
+                Some(grad)
             }
         });
     }
@@ -70,8 +77,8 @@ pub fn gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<Node
     Ok(grads)
 }
 
-/// The gradient of a kernel with respect to each floating-point input: one kernel, with an
-/// output per input, whose body is the kernel's own body differentiated, so it recomputes
+/// The gradient of a kernel with respect to each floating-point input its output depends
+/// on: one kernel, with an output per such input, whose body is the kernel's own body differentiated, so it recomputes
 /// what it needs of the forward pass (as flash attention's backward pass does) instead of
 /// storing it.
 fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
@@ -90,12 +97,13 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<Node
             body.input_nodes().find(|(_, n)| *n == name).map(|(id, _)| id).expect("numbered inputs")
         })
         .collect();
-    let grads = gradients(&mut body, loss, &wrt)?;
+    let grads = reached_gradients(&mut body, loss, &wrt)?;
     let mut args = inputs.clone();
     args.push(dy);
-    let float: Vec<usize> = (0..arity).filter(|&j| g.nodes[inputs[j]].ty.dtype.is_float()).collect();
+    let float: Vec<usize> =
+        (0..arity).filter(|&j| g.nodes[inputs[j]].ty.dtype.is_float() && grads[j].is_some()).collect();
     let Some(&first) = float.first() else { return Ok(vec![None; arity]) };
-    body.outputs = float.iter().map(|&j| grads[j]).collect();
+    body.outputs = float.iter().filter_map(|&j| grads[j]).collect();
     let kind = KernelKind::Grad { of: Box::new(k.kind.clone()) };
     let ty = g.nodes[inputs[first]].ty.clone();
     let kernel = g.add(Op::Kernel(Box::new(Kernel { kind, body: body.pruned() })), args, ty);

@@ -269,6 +269,14 @@ fn prepare_template_stored(
     objects: &dyn Objects,
 ) -> Result<CpuKernel, CodegenError> {
     code.check_storage(storage)?;
+    // The CPU keeps its workspace as f32 buffers.
+    if code.workspace_storage.iter().any(|&s| s != Storage::F32) {
+        return Err(CodegenError::Unsupported {
+            node: 0,
+            primitive: code.name.clone(),
+            why: "a bf16 workspace is GPU code".into(),
+        });
+    }
     let mlir = stored_template_mlir(code, unit_last, storage);
     let symbols: Vec<String> = (0..code.phases.len()).map(|i| code.symbol(i)).collect();
     let names: Vec<&str> = symbols.iter().map(String::as_str).collect();

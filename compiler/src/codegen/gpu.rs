@@ -35,9 +35,11 @@ pub struct GpuKernel {
     pub nests: Vec<GpuNest>,
     /// 64-bit parameters every nest takes (pointers and strides).
     pub parameters: usize,
-    /// Elements of each workspace buffer (f32) the launcher allocates and passes after
-    /// the outputs.
+    /// Elements of each workspace buffer the launcher allocates and passes after the
+    /// outputs (f32 unless the template keeps one in bf16).
     pub workspace: Vec<usize>,
+    /// Bytes of each workspace buffer, at its storage.
+    pub workspace_bytes: Vec<usize>,
 }
 
 /// One `.entry` of the PTX module and how to launch it.
@@ -117,7 +119,7 @@ pub fn compile_stored(body: &Graph, symbols: Symbols, storage: &[Storage]) -> Re
     let ptx = lower(&name, &mlir)?;
     let ranks = resolved.view_ranks();
     let parameters = ranks.len() + ranks.iter().sum::<usize>();
-    Ok(GpuKernel { name, mlir, ptx, nests, parameters, workspace: Vec::new() })
+    Ok(GpuKernel { name, mlir, ptx, nests, parameters, workspace: Vec::new(), workspace_bytes: Vec::new() })
 }
 
 /// Compiles a template's phases to PTX, one `.entry` per phase, launched in order.
@@ -160,7 +162,15 @@ pub fn compile_template_stored(code: &TemplateCode, storage: &[Storage]) -> Resu
         .collect();
     let ranks = code.view_ranks();
     let parameters = ranks.len() + ranks.iter().sum::<usize>();
-    Ok(GpuKernel { name, mlir, ptx, nests, parameters, workspace: code.workspace.clone() })
+    Ok(GpuKernel {
+        name,
+        mlir,
+        ptx,
+        nests,
+        parameters,
+        workspace: code.workspace.clone(),
+        workspace_bytes: code.workspace_bytes(),
+    })
 }
 
 /// Runs the NVVM pipeline over `mlir` and returns the PTX.

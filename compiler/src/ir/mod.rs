@@ -57,6 +57,9 @@ pub enum KernelKind {
     FlashAttention { scale: f64, groups: usize, rope: Option<f64> },
     /// BitNet b1.58: per-token int8 activations times ternary weights.
     BitLinear,
+    /// `silu(causal_conv1d(x, w, bias))` (with `documents`, of `document_conv1d`): Mamba's
+    /// conv and activation in one pass, so the pre-activation never reaches memory.
+    ConvSilu { documents: bool },
     /// A GEMM whose pointwise consumers run in its epilogue.
     Gemm,
     /// Pointwise operations and row reductions in one pass.

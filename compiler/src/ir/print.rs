@@ -55,6 +55,7 @@ impl KernelKind {
         match self {
             KernelKind::FlashAttention { .. } => "flash_attention".into(),
             KernelKind::BitLinear => "bitlinear".into(),
+            KernelKind::ConvSilu { .. } => "conv1d_silu".into(),
             KernelKind::Gemm => "gemm".into(),
             KernelKind::Fused => "fused".into(),
             KernelKind::Grad { of } => format!("{}_grad", of.name()),

@@ -3,7 +3,9 @@
 //! must match.
 
 use crate::ir::{Graph, Kernel, KernelKind, Op, TensorType};
-use crate::ops::{Binary, CausalMask, Int8Quant, ReduceOp, Rope, TernaryQuant, Transpose, Unary, F64};
+use crate::ops::{
+    Binary, CausalConv1d, CausalMask, DocumentConv1d, Int8Quant, ReduceOp, Rope, TernaryQuant, Transpose, Unary, F64,
+};
 use hyb_dsl::dim::Dim;
 
 fn input(g: &mut Graph, i: usize, ty: &TensorType) -> usize {
@@ -68,4 +70,27 @@ pub fn bitlinear(x: &TensorType, w: &TensorType) -> Kernel {
     let y = g.matmul(xq, wq, false, true);
     g.outputs = vec![y];
     Kernel { kind: KernelKind::BitLinear, body: g }
+}
+
+/// Mamba's conv and its activation: `silu(causal_conv1d(x, w, bias))` over `x [B, T, C]`,
+/// `w [C, K]` and `bias [C]` when there is one; with `positions [B, T]` (packed rows), of
+/// `document_conv1d`. Inputs in that order: x, w, bias, positions.
+pub fn conv1d_silu(
+    x: &TensorType,
+    w: &TensorType,
+    bias: Option<&TensorType>,
+    positions: Option<&TensorType>,
+) -> Kernel {
+    let mut g = Graph::default();
+    let mut inputs = vec![input(&mut g, 0, x), input(&mut g, 1, w)];
+    for ty in bias.into_iter().chain(positions) {
+        inputs.push(input(&mut g, inputs.len(), ty));
+    }
+    let conv = match positions {
+        Some(_) => g.apply(DocumentConv1d { bias: bias.is_some() }, inputs),
+        None => g.apply(CausalConv1d, inputs),
+    };
+    let y = g.unary(Unary::Silu, conv);
+    g.outputs = vec![y];
+    Kernel { kind: KernelKind::ConvSilu { documents: positions.is_some() }, body: g }
 }

@@ -13,7 +13,7 @@ use hyb_compiler::ops::{
     DocumentConv1dGrad, DocumentRope, DocumentRopeGrad, DocumentSsdScan, DocumentSsdScanGrad, DocumentTril, Embedding,
     EmbeddingGrad, OneHot, Pad, Prim, Rope, RopeAt, RopeGrad, SsdScan, SsdScanGrad, SsdState, SsdStep, Tril, F64,
 };
-use hyb_compiler::rewrite::kernels::flash_attention;
+use hyb_compiler::rewrite::kernels::{conv1d_silu, flash_attention};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
 
@@ -171,6 +171,38 @@ fn causal_conv1d_matches_the_reference() {
     run_all(conv1d_cases());
 }
 
+/// `conv1d_silu` and its gradient kernel, with and without a bias, on whole sequences and
+/// (with `positions`, mostly small so documents are short) on packed rows; inputs up to ±3
+/// so SiLU's curve, not its linear middle, is tested.
+fn conv1d_silu_cases() -> Vec<TemplateCase> {
+    let mut cases = Vec::new();
+    for &(b, t, c, k) in CONV_SHAPES {
+        for (bias, documents) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (x, w) = (f32_type(&[b, t, c]), f32_type(&[c, k]));
+            let bias_ty = bias.then(|| f32_type(&[c]));
+            let positions = documents.then(|| f32_type(&[b, t]));
+            let kernel = conv1d_silu(&x, &w, bias_ty.as_ref(), positions.as_ref());
+            let types: Vec<TensorType> = [Some(x), Some(w), bias_ty, positions.clone()].into_iter().flatten().collect();
+            let at = types.len() - 1;
+            let ranges: Ranges = match documents {
+                true => Box::leak(Box::new([(at, 0.0, 4.0)])),
+                false => &[],
+            };
+            let values = Values { lo: -3.0, hi: 3.0, ranges, floor: 0.0 };
+            let [(forward, y), (backward, dx)] = kernel_bodies(kernel, &types);
+            let what = format!("conv1d_silu [{b}, {t}, {c}] k {k} (bias {bias}, documents {documents})");
+            cases.push((what.clone(), forward, y, values));
+            cases.push((format!("{what}, gradient"), backward, dx, values));
+        }
+    }
+    cases
+}
+
+#[test]
+fn conv1d_with_silu_matches_the_reference() {
+    run_all(conv1d_silu_cases());
+}
+
 /// A gradient may cancel to zero: keys broadcast along time (stride 0) make a row's scores
 /// equal, so `Σ_j ds_ij = 0` and `dq = 0`, which f32 meets only to the rounding of its
 /// terms (inputs in (−1, 1), so terms of order 0.1); such an output is compared to 1e-5 of
@@ -201,25 +233,20 @@ const ATTENTION_SHAPES: &[Attention] = &[
     Attention { b: 1, h: 4, groups: 4, t: 9, d: 4, rope: Some(10000.0) },
 ];
 
-/// The flash-attention kernel node over inputs `0..3`, and its gradient kernel (as
-/// autodiff makes it) over inputs `0..4` with outputs `dq`, `dk`, `dv`.
-fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
-    let Attention { b, h, groups, t, d, rope } = *a;
-    let kv = h / groups;
-    let layout = |heads| if rope.is_some() { vec![b, t, heads, d] } else { vec![b, heads, t, d] };
-    let types = [f32_type(&layout(h)), f32_type(&layout(kv)), f32_type(&[b, kv, t, d])];
-    let kernel = flash_attention(&types[0], &types[1], &types[2], 1.0 / (d as f64).sqrt(), groups, rope);
+/// `kernel` as a node over inputs `0..` of `types`, and its gradient kernel (as autodiff
+/// makes it) over those inputs and `dy` last, with an output per input it reaches.
+fn kernel_bodies(kernel: Kernel, types: &[TensorType]) -> [(Graph, NodeId); 2] {
     let out = kernel.body.nodes[kernel.body.outputs[0]].ty.clone();
     let mut forward = Graph::default();
-    let inputs = numbered_inputs(&mut forward, &types);
+    let inputs = numbered_inputs(&mut forward, types);
     let y = forward.add(Op::Kernel(Box::new(kernel)), inputs.clone(), out.clone());
     forward.outputs = vec![y];
 
     let mut training = forward.clone();
-    let dy = training.add(Op::Input("3".into()), vec![], out.clone());
+    let dy = training.add(Op::Input(types.len().to_string()), vec![], out.clone());
     let weighted = training.binary(Binary::Mul, y, dy);
     let loss = training.sum_all(weighted);
-    gradients(&mut training, loss, &inputs).expect("attention has a gradient");
+    gradients(&mut training, loss, &inputs).expect("the kernel has a gradient");
     let grad: Kernel = training
         .nodes
         .iter()
@@ -229,12 +256,28 @@ fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
         })
         .expect("the gradient is one kernel");
     let mut backward = Graph::default();
-    let inputs = numbered_inputs(&mut backward, &[types[0].clone(), types[1].clone(), types[2].clone(), out]);
-    let dq = backward.add(Op::Kernel(Box::new(grad)), inputs, types[0].clone());
-    let dk = backward.add(Op::Output(1), vec![dq], types[1].clone());
-    let dv = backward.add(Op::Output(2), vec![dq], types[2].clone());
-    backward.outputs = vec![dq, dk, dv];
-    [(forward, y), (backward, dq)]
+    let mut grad_types = types.to_vec();
+    grad_types.push(out);
+    let inputs = numbered_inputs(&mut backward, &grad_types);
+    let outputs: Vec<TensorType> = grad.body.outputs.iter().map(|&o| grad.body.nodes[o].ty.clone()).collect();
+    let first = backward.add(Op::Kernel(Box::new(grad)), inputs, outputs[0].clone());
+    backward.outputs = vec![first];
+    for (k, ty) in outputs.into_iter().enumerate().skip(1) {
+        let o = backward.add(Op::Output(k), vec![first], ty);
+        backward.outputs.push(o);
+    }
+    [(forward, y), (backward, first)]
+}
+
+/// The flash-attention kernel node over inputs `0..3`, and its gradient kernel over inputs
+/// `0..4` with outputs `dq`, `dk`, `dv`.
+fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
+    let Attention { b, h, groups, t, d, rope } = *a;
+    let kv = h / groups;
+    let layout = |heads| if rope.is_some() { vec![b, t, heads, d] } else { vec![b, heads, t, d] };
+    let types = [f32_type(&layout(h)), f32_type(&layout(kv)), f32_type(&[b, kv, t, d])];
+    let kernel = flash_attention(&types[0], &types[1], &types[2], 1.0 / (d as f64).sqrt(), groups, rope);
+    kernel_bodies(kernel, &types)
 }
 
 fn attention_cases() -> Vec<TemplateCase> {
@@ -472,6 +515,7 @@ fn packed_row_templates_match_the_reference() {
 pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
     let families = [
         conv1d_cases(),
+        conv1d_silu_cases(),
         attention_cases(),
         piece_cases(),
         position_cases(),
@@ -496,8 +540,16 @@ pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
 /// Every template case, for the GPU machine: the PTX, the arena, the reference's outputs
 /// and the launches (`compiler/tests/ptx_on_device.py` runs them).
 pub fn device_cases() -> Vec<super::DeviceCase> {
-    let all =
-        [conv1d_cases(), attention_cases(), piece_cases(), position_cases(), lookup_cases(), ssd_cases()].concat();
+    let all = [
+        conv1d_cases(),
+        conv1d_silu_cases(),
+        attention_cases(),
+        piece_cases(),
+        position_cases(),
+        lookup_cases(),
+        ssd_cases(),
+    ]
+    .concat();
     all.into_iter()
         .enumerate()
         .map(|(i, (what, body, node, values))| {
@@ -655,6 +707,9 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
         let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
         for (pass, code) in [("forward", forward), ("gradient", backward)] {
             let what = format!("tensor-core attention {pass}, d {d}, rope {rope:?}, groups {groups}");
+            // The rotated q and k, which the tiles stage by asynchronous copies, are bf16.
+            let bf16 = code.workspace.iter().zip(code.workspace_bytes()).filter(|&(&n, bytes)| bytes == 2 * n).count();
+            assert_eq!(bf16, if rope.is_some() { 2 } else { 0 }, "{what}: bf16 workspace buffers");
             let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
             let kernel = gpu::compile_template_stored(&code, &storage);
             assembles(&what, &kernel).unwrap();

@@ -15,7 +15,7 @@ pub struct Module {
     pub name: String,
     module: sys::CUmodule,
     entries: Vec<(sys::CUfunction, GpuNest)>,
-    /// Elements of each f32 workspace buffer its phases share (templates).
+    /// Bytes of each workspace buffer its phases share (templates).
     pub workspace: Vec<usize>,
 }
 
@@ -53,7 +53,7 @@ impl Module {
                 log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
             });
         }
-        let mut loaded = Module { name: kernel.name, module, entries: Vec::new(), workspace: kernel.workspace };
+        let mut loaded = Module { name: kernel.name, module, entries: Vec::new(), workspace: kernel.workspace_bytes };
         for nest in kernel.nests {
             let symbol = CString::new(nest.symbol.as_str()).expect("generated symbols are identifiers");
             // Safety: the module is loaded and not yet unloaded.

@@ -595,8 +595,8 @@ impl Builder<'_> {
                     }
                 };
                 let mut offsets: Vec<usize> = inputs.iter().chain(outputs).map(|p| p.offset).collect();
-                for &n in &module.workspace.clone() {
-                    offsets.push(self.scratch(n.max(1) * 4));
+                for &bytes in &module.workspace.clone() {
+                    offsets.push(self.scratch(bytes));
                 }
                 let strides = inputs.iter().chain(outputs).flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
                 Ok(Prepared::Call(Call { module, offsets, strides }))

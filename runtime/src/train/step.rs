@@ -220,7 +220,11 @@ impl Runner {
             _ => what(l.node),
         };
         let launches = e.program.launches.iter().zip(times);
-        Some(Ok(launches.map(|(l, ms)| LaunchTime { what: label(l), detail: detail(&e.graph, l), ms }).collect()))
+        // Layer `i` is scope `i + 1`; scope 0 is outside every layer.
+        let layer = |l: &hyb_compiler::plan::Launch| e.graph.nodes[l.node].scope.checked_sub(1);
+        Some(Ok(launches
+            .map(|(l, ms)| LaunchTime { what: label(l), detail: detail(&e.graph, l), layer: layer(l), ms })
+            .collect()))
     }
 
     /// FLOPs of one run of the program, as the cost model counts them.
@@ -423,6 +427,9 @@ pub struct LaunchTime {
     pub what: String,
     /// Which launch it is: its node, the operations of a fused body, the views' shapes.
     pub detail: String,
+    /// The layer whose forward, backward or update it computes; `None` outside the layers
+    /// (embedding, loss, global gradient norm).
+    pub layer: Option<u32>,
     pub ms: f64,
 }
 

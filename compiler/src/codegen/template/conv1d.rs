@@ -11,36 +11,27 @@
 //! sums in time order, so they do not depend on how items are shared out.
 
 use super::super::emit::Target;
+use super::super::math::Func;
 use super::position::place_in_document;
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
 /// The forward template for inputs `x [B,T,C]`, `w [C,K]` and optionally `bias [C]`; with
 /// `documents`, a last input `positions [B,T]` (`document_conv1d`): no tap reads before
-/// the start of its output's document.
-pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> TemplateCode {
-    let (x, w) = (&inputs[0], &inputs[1]);
-    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
-    let bias = inputs.len() > 2 + usize::from(documents);
+/// the start of its output's document. With `silu`, the output is `silu` of the conv
+/// (`KernelKind::ConvSilu`, whose inputs are in the same order).
+pub fn forward(inputs: &[Vec<usize>], documents: bool, silu: bool, target: Target) -> TemplateCode {
+    let x = &inputs[0];
+    let (b, t, c, k) = (x[0], x[1], x[2], inputs[1][1]);
+    let bias = (inputs.len() > 2 + usize::from(documents)).then_some(2);
     let out = inputs.len();
     let positions = documents.then(|| inputs.len() - 1);
-    let taps = |s: &mut Text, bi: &str, ti: &str, ci: &str, acc: String, lo: &str| {
-        // Tap kk reads time ti - (K-1) + kk.
-        let kk_hi = s.i64(k as i64);
-        s.fold(lo, &kk_hi, &[acc], |s, kk, acc| {
-            let shift = s.add_c(kk, 1 - k as i64);
-            let src = s.add(ti, &shift);
-            let xv = s.load(0, &[bi, &src, ci]);
-            let wv = s.load(1, &[ci, kk]);
-            vec![s.fma(&wv, &xv, &acc[0])]
-        })
-        .remove(0)
-    };
-    let start = |s: &mut Text, ci: &str| -> String {
-        if bias {
-            s.load(2, &[ci])
+    let value = |s: &mut Text, bi: &str, ti: &str, ci: &str, lo: &str| {
+        let y = pre_activation(s, k, bias, bi, ti, ci, lo);
+        if silu {
+            silu_of(s, &y)
         } else {
-            s.f32(0.0)
+            y
         }
     };
     let mut body = Text::new();
@@ -50,8 +41,7 @@ pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> Templa
             let lo = first_tap(&mut body, &bi, &ti, k, positions);
             let (zero, cn) = (body.i64(0), body.i64(c as i64));
             body.each(&zero, &cn, |s, ci| {
-                let acc = start(s, ci);
-                let y = taps(s, &bi, &ti, ci, acc, &lo);
+                let y = value(s, &bi, &ti, ci, &lo);
                 s.store(out, &[&bi, &ti, ci], &y);
             });
             (b * t, c * k)
@@ -60,21 +50,58 @@ pub fn forward(inputs: &[Vec<usize>], documents: bool, target: Target) -> Templa
             let (bt, ci) = body.split("%item", c);
             let (bi, ti) = body.split(&bt, t);
             let lo = first_tap(&mut body, &bi, &ti, k, positions);
-            let acc = start(&mut body, &ci);
-            let y = taps(&mut body, &bi, &ti, &ci, acc, &lo);
+            let y = value(&mut body, &bi, &ti, &ci, &lo);
             body.store(out, &[&bi, &ti, &ci], &y);
             (b * t * c, k)
         }
     };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+    let template = match (documents, silu) {
+        (false, false) => "conv1d",
+        (false, true) => "conv1d_silu",
+        (true, false) => "document_conv1d",
+        (true, true) => "document_conv1d_silu",
+    };
     TemplateCode {
-        name: name(if documents { "document_conv1d" } else { "conv1d" }, &shapes),
+        name: name(template, &shapes),
         inputs: inputs.to_vec(),
         outputs: vec![x.clone()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase { cooperative: None, what: "forward", items, work_per_item: per_item, body }],
     }
+}
+
+/// `bias[c] + Σ_{kk ≥ lo} w[c,kk]·x[b, t-(K-1)+kk, c]` (views 0 and 1 are `x` and `w`).
+fn pre_activation(s: &mut Text, k: usize, bias: Option<usize>, bi: &str, ti: &str, ci: &str, lo: &str) -> String {
+    let start = match bias {
+        Some(view) => s.load(view, &[ci]),
+        None => s.f32(0.0),
+    };
+    let kk_hi = s.i64(k as i64);
+    s.fold(lo, &kk_hi, &[start], |s, kk, acc| {
+        let shift = s.add_c(kk, 1 - k as i64);
+        let src = s.add(ti, &shift);
+        let xv = s.load(0, &[bi, &src, ci]);
+        let wv = s.load(1, &[ci, kk]);
+        vec![s.fma(&wv, &xv, &acc[0])]
+    })
+    .remove(0)
+}
+
+/// `σ(v) = 1 / (1 + e^{−v})`; `e^{−v}` overflowing to ∞ gives 0, as it should.
+fn sigmoid_of(s: &mut Text, v: &str) -> String {
+    let minus = s.fneg(v);
+    let e = s.call(Func::Exp, &minus);
+    let one = s.f32(1.0);
+    let denominator = s.fadd(&one, &e);
+    s.fdiv(&one, &denominator)
+}
+
+fn silu_of(s: &mut Text, v: &str) -> String {
+    let sigmoid = sigmoid_of(s, v);
+    s.fmul(v, &sigmoid)
 }
 
 /// `conv_step` (decode) for inputs `x [B,T,C]`, the cache `state [B,K-1,C]`, `w [C,K]`
@@ -132,40 +159,116 @@ pub fn step(inputs: &[Vec<usize>]) -> TemplateCode {
         inputs: inputs.to_vec(),
         outputs: vec![x.clone(), state.clone()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![(1, 1)],
         phases: vec![Phase { cooperative: None, what: "step", items: b * c, work_per_item: t * k + past, body: s }],
     }
 }
 
-/// The gradient template for inputs `x [B,T,C]`, `w [C,K]`, `dy [B,T,C]` and, with
-/// `documents`, `positions [B,T]`: outputs `dx`, `dw` and, with `bias`, `dbias`.
-pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Target) -> TemplateCode {
-    let (x, w) = (&inputs[0], &inputs[1]);
-    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
-    let positions = documents.then_some(3);
-    let shift = usize::from(documents);
-    let (dx, dw, db) = (3 + shift, 4 + shift, 5 + shift);
-    // `term` where output time `ti` reads tap `kk` (its document reaches back that far),
-    // else nothing: `acc` unchanged.
-    let within = |s: &mut Text, bi: &str, ti: &str, kk: &str, term: String, acc: &str| -> String {
-        let Some(view) = positions else { return term };
+/// Where a gradient template finds its operands: the prim's `(x, w, dy, positions)`, or
+/// the `conv1d_silu` kernel gradient's `(x, w, bias, positions, dy)`, which needs the bias
+/// to recompute the pre-activation that SiLU's derivative reads.
+#[derive(Clone, Copy, Debug)]
+pub struct GradOperands {
+    dy: usize,
+    positions: Option<usize>,
+    bias: Option<usize>,
+    dbias: bool,
+    silu: bool,
+}
+
+impl GradOperands {
+    /// `causal_conv1d_grad` (`document_conv1d_grad` with `documents`).
+    pub fn of_prim(dbias: bool, documents: bool) -> GradOperands {
+        GradOperands { dy: 2, positions: documents.then_some(3), bias: None, dbias, silu: false }
+    }
+
+    /// The gradient kernel of `conv1d_silu` over `arity` inputs.
+    pub fn of_silu(arity: usize, documents: bool) -> GradOperands {
+        let bias = (arity == 4 + usize::from(documents)).then_some(2);
+        let positions = documents.then(|| arity - 2);
+        GradOperands { dy: arity - 1, positions, bias, dbias: bias.is_some(), silu: true }
+    }
+
+    /// The gradient at the conv's output `(bi, ti, ci)`: `dy`, times `silu'` of the
+    /// recomputed pre-activation under SiLU.
+    fn dy_at(&self, s: &mut Text, k: usize, bi: &str, ti: &str, ci: &str) -> String {
+        let dy = s.load(self.dy, &[bi, ti, ci]);
+        if !self.silu {
+            return dy;
+        }
+        let lo = first_tap(s, bi, ti, k, self.positions);
+        let pre = pre_activation(s, k, self.bias, bi, ti, ci, &lo);
+        // silu'(v) = σ(v)·(1 + v·(1 − σ(v)))
+        let sigmoid = sigmoid_of(s, &pre);
+        let one = s.f32(1.0);
+        let rest = s.fsub(&one, &sigmoid);
+        let slope = s.fma(&pre, &rest, &one);
+        let derivative = s.fmul(&sigmoid, &slope);
+        s.fmul(&dy, &derivative)
+    }
+
+    /// `term` where output time `ti` of sequence `bi` reads tap `kk` (its document reaches
+    /// back that far), else nothing: `acc` unchanged.
+    fn within(&self, s: &mut Text, k: usize, (bi, ti): (&str, &str), kk: &str, term: String, acc: &str) -> String {
+        let Some(view) = self.positions else { return term };
         let p = place_in_document(s, view, bi, ti);
         let top = s.i64(k as i64 - 1);
         let reach = s.int("subi", &top, kk);
         let reads = s.cmp("sge", &p, &reach);
         s.select(&reads, &term, acc, "f32")
-    };
-    // dx[b,s,c] = Σ_k w[c,k]·dy[b, s+(K-1)-k, c] over the taps that land before T.
+    }
+
+    /// Over times `lo..hi` of sequence `bi`, channel `ci`: each tap's `Σ dy·x` and `Σ dy`
+    /// added to `init` (`K + 1` sums), in time order.
+    fn tap_sums(
+        &self,
+        s: &mut Text,
+        k: usize,
+        bi: &str,
+        (lo, hi): (&str, &str),
+        ci: &str,
+        init: &[String],
+    ) -> Vec<String> {
+        s.fold(lo, hi, init, |s, ti, acc| {
+            let g = self.dy_at(s, k, bi, ti, ci);
+            let mut next: Vec<String> = (0..k)
+                .map(|kk| {
+                    let src = s.add_c(ti, kk as i64 + 1 - k as i64);
+                    let zero = s.i64(0);
+                    let inside = s.cmp("sge", &src, &zero);
+                    let clamped = s.int("maxsi", &src, &zero);
+                    let xv = s.load(0, &[bi, &clamped, ci]);
+                    let term = s.fma(&g, &xv, &acc[kk]);
+                    let term = s.select(&inside, &term, &acc[kk], "f32");
+                    let tap = s.i64(kk as i64);
+                    self.within(s, k, (bi, ti), &tap, term, &acc[kk])
+                })
+                .collect();
+            next.push(s.fadd(&acc[k], &g));
+            next
+        })
+    }
+}
+
+/// The gradient template over `inputs` laid out as `operands` says (`x [B,T,C]`, `w [C,K]`,
+/// `dy [B,T,C]`, …): outputs `dx`, `dw` and, with a bias, `dbias`.
+pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -> TemplateCode {
+    let (x, w) = (&inputs[0], &inputs[1]);
+    let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
+    let ops = operands;
+    let (dx, dw, db) = (inputs.len(), inputs.len() + 1, inputs.len() + 2);
+    // dx[b,s,c] = Σ_k w[c,k]·g[b, s+(K-1)-k, c] over the taps that land before T.
     let taps = |s: &mut Text, bi: &str, si: &str, ci: &str| {
         let lo = last_tap(s, si, k, t);
         let (zero, hi) = (s.f32(0.0), s.i64(k as i64));
         let v = s.fold(&lo, &hi, &[zero], |s, kk, acc| {
             let back = s.int("subi", si, kk);
             let dst = s.add_c(&back, k as i64 - 1);
-            let g = s.load(2, &[bi, &dst, ci]);
+            let g = ops.dy_at(s, k, bi, &dst, ci);
             let wv = s.load(1, &[ci, kk]);
             let term = s.fma(&wv, &g, &acc[0]);
-            vec![within(s, bi, &dst, kk, term, &acc[0])]
+            vec![ops.within(s, k, (bi, &dst), kk, term, &acc[0])]
         });
         s.store(dx, &[bi, si, ci], &v[0]);
     };
@@ -184,70 +287,36 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
             (b * t * c, k)
         }
     };
-    // dw[c,k] = Σ_b Σ_t dy[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t dy[b,t,c]: on the CPU
-    // an item per channel; on the GPU spans of time first (`weight_partials`).
-    let mut weight_grad = Text::new();
-    {
-        let s = &mut weight_grad;
-        let ci = "%item";
-        let (zero, bn, tn, kn) = (s.i64(0), s.i64(b as i64), s.i64(t as i64), s.i64(k as i64));
-        s.each(&zero, &kn, |s, kk| {
-            // Time steps whose tap kk reads inside the sequence: t ≥ K-1-kk.
-            let top = s.i64(k as i64 - 1);
-            let lo = s.int("subi", &top, kk);
-            let z = s.f32(0.0);
-            let sum = s.fold(&zero, &bn, &[z], |s, bi, acc| {
-                s.fold(&lo, &tn, &[acc[0].clone()], |s, ti, acc| {
-                    let back = s.add_c(kk, 1 - k as i64);
-                    let src = s.add(ti, &back);
-                    let g = s.load(2, &[bi, ti, ci]);
-                    let xv = s.load(0, &[bi, &src, ci]);
-                    let term = s.fma(&g, &xv, &acc[0]);
-                    vec![within(s, bi, ti, kk, term, &acc[0])]
-                })
-            });
-            s.store(dw, &[ci, kk], &sum[0]);
-        });
-        if bias {
-            let z = s.f32(0.0);
-            let sum = s.fold(&zero, &bn, &[z], |s, bi, acc| {
-                s.fold(&zero, &tn, &[acc[0].clone()], |s, ti, acc| {
-                    let g = s.load(2, &[bi, ti, ci]);
-                    vec![s.fadd(&acc[0], &g)]
-                })
-            });
-            s.store(db, &[ci], &sum[0]);
-        }
-    }
+    // dw[c,k] = Σ_b Σ_t g[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t g[b,t,c]: on the CPU an
+    // item per channel; on the GPU spans of time first (`weight_partials`).
     let (weight_phases, workspace) = match target {
         Target::Cpu => {
-            let phase = Phase {
-                cooperative: None,
-                what: "weight_grad",
-                items: c,
-                work_per_item: b * t * (k + 1),
-                body: weight_grad,
-            };
+            let mut s = Text::new();
+            let ci = "%item";
+            let (zero, bn, tn) = (s.i64(0), s.i64(b as i64), s.i64(t as i64));
+            let init: Vec<String> = (0..=k).map(|_| s.f32(0.0)).collect();
+            let sums = s.fold(&zero, &bn, &init, |s, bi, acc| ops.tap_sums(s, k, bi, (&zero, &tn), ci, acc));
+            store_weight_grads(&mut s, ci, &sums, ops.dbias, (dw, db));
+            let phase =
+                Phase { cooperative: None, what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: s };
             (vec![phase], vec![])
         }
-        Target::Gpu => weight_partials(inputs, bias, positions, (dw, db)),
+        Target::Gpu => weight_partials(inputs, ops, (dw, db)),
     };
     let mut outputs = vec![x.clone(), w.clone()];
-    if bias {
+    if ops.dbias {
         outputs.push(vec![c]);
     }
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
-    let template = match (documents, bias) {
-        (false, false) => "conv1d_grad",
-        (false, true) => "conv1d_grad_bias",
-        (true, false) => "document_conv1d_grad",
-        (true, true) => "document_conv1d_grad_bias",
-    };
+    let documents = if ops.positions.is_some() { "document_" } else { "" };
+    let silu = if ops.silu { "_silu" } else { "" };
+    let bias = if ops.dbias { "_bias" } else { "" };
     TemplateCode {
-        name: name(template, &shapes),
+        name: name(&format!("{documents}conv1d{silu}_grad{bias}"), &shapes),
         inputs: inputs.to_vec(),
         outputs,
         workspace,
+        workspace_storage: vec![],
         in_place: vec![],
         phases: std::iter::once(Phase {
             cooperative: None,
@@ -261,6 +330,19 @@ pub fn backward(inputs: &[Vec<usize>], bias: bool, documents: bool, target: Targ
     }
 }
 
+/// Stores the `K` tap sums of channel `ci` as `dw[ci, ·]` and, with `dbias`, the last sum
+/// as `dbias[ci]`.
+fn store_weight_grads(s: &mut Text, ci: &str, sums: &[String], dbias: bool, (dw, db): (usize, usize)) {
+    let k = sums.len() - 1;
+    for (kk, v) in sums.iter().take(k).enumerate() {
+        let tap = s.i64(kk as i64);
+        s.store(dw, &[ci, &tap], v);
+    }
+    if dbias {
+        s.store(db, &[ci], &sums[k]);
+    }
+}
+
 /// Time steps a GPU thread sums the weight gradient over: [`weight_partials`] has an item
 /// per span and channel, so that a few thousand channels still fill the GPU.
 const SPAN: usize = 128;
@@ -268,17 +350,12 @@ const SPAN: usize = 128;
 /// The GPU's weight (and bias) gradient in two phases: per span of [`SPAN`] steps and
 /// channel, the sums of its taps (and of `dy`) to the workspace `[spans, C, K + 1]`; then per
 /// channel, the spans summed in order.
-fn weight_partials(
-    inputs: &[Vec<usize>],
-    bias: bool,
-    positions: Option<usize>,
-    (dw, db): (usize, usize),
-) -> (Vec<Phase>, Vec<usize>) {
+fn weight_partials(inputs: &[Vec<usize>], ops: GradOperands, (dw, db): (usize, usize)) -> (Vec<Phase>, Vec<usize>) {
     let (x, w) = (&inputs[0], &inputs[1]);
     let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
     let spans_per_row = t.div_ceil(SPAN);
     let spans = b * spans_per_row;
-    let part = dw + usize::from(bias) + 1;
+    let part = dw + usize::from(ops.dbias) + 1;
     let mut partial = Text::new();
     {
         let s = &mut partial;
@@ -289,31 +366,7 @@ fn weight_partials(
         let tn = s.i64(t as i64);
         let hi = s.int("minsi", &end, &tn);
         let init: Vec<String> = (0..=k).map(|_| s.f32(0.0)).collect();
-        let sums = s.fold(&lo, &hi, &init, |s, ti, acc| {
-            let g = s.load(2, &[&bi, ti, &ci]);
-            let mut next: Vec<String> = (0..k)
-                .map(|kk| {
-                    let src = s.add_c(ti, kk as i64 + 1 - k as i64);
-                    let zero = s.i64(0);
-                    let inside = s.cmp("sge", &src, &zero);
-                    let clamped = s.int("maxsi", &src, &zero);
-                    let xv = s.load(0, &[&bi, &clamped, &ci]);
-                    let term = s.fma(&g, &xv, &acc[kk]);
-                    let term = s.select(&inside, &term, &acc[kk], "f32");
-                    match positions {
-                        Some(view) => {
-                            let p = place_in_document(s, view, &bi, ti);
-                            let reach = s.i64((k - 1 - kk) as i64);
-                            let reads = s.cmp("sge", &p, &reach);
-                            s.select(&reads, &term, &acc[kk], "f32")
-                        }
-                        None => term,
-                    }
-                })
-                .collect();
-            next.push(s.fadd(&acc[k], &g));
-            next
-        });
+        let sums = ops.tap_sums(s, k, &bi, (&lo, &hi), &ci, &init);
         let row = s.mul_c(&span, c as i64);
         let row = s.add(&row, &ci);
         let row = s.mul_c(&row, k as i64 + 1);
@@ -340,13 +393,7 @@ fn weight_partials(
                 })
                 .collect()
         });
-        for (kk, v) in sums.iter().take(k).enumerate() {
-            let tap = s.i64(kk as i64);
-            s.store(dw, &[ci, &tap], v);
-        }
-        if bias {
-            s.store(db, &[ci], &sums[k]);
-        }
+        store_weight_grads(s, ci, &sums, ops.dbias, (dw, db));
     }
     let phases = vec![
         Phase {

@@ -48,6 +48,7 @@ pub fn embedding(table: &[usize], ids: &[usize]) -> TemplateCode {
         inputs: vec![table.to_vec(), ids.to_vec()],
         outputs: vec![shape],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase { cooperative: None, what: "gather", items: tokens, work_per_item: d, body }],
     }
@@ -77,6 +78,7 @@ pub fn one_hot(ids: &[usize], depth: usize) -> TemplateCode {
         inputs: vec![ids.to_vec()],
         outputs: vec![shape],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase { cooperative: None, what: "indicate", items: tokens, work_per_item: depth, body }],
     }
@@ -115,6 +117,7 @@ pub fn embedding_grad(ids: &[usize], dy: &[usize], vocab: usize) -> TemplateCode
         inputs: vec![ids.to_vec(), dy.to_vec()],
         outputs: vec![vec![vocab, d]],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
             Phase { cooperative: None, what: "zero", items: vocab, work_per_item: d, body: zeros },

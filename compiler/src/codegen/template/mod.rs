@@ -32,6 +32,7 @@ use super::math::Func;
 use super::{CodegenError, Storage, Symbols};
 use crate::ir::{Graph, KernelKind, NodeId, Op};
 use crate::ops::Prim;
+use conv1d::GradOperands;
 use std::collections::BTreeSet;
 
 /// A template's code for one node at one program's sizes.
@@ -42,6 +43,10 @@ pub struct TemplateCode {
     pub outputs: Vec<Vec<usize>>,
     /// Elements of each workspace buffer (contiguous, one axis).
     pub workspace: Vec<usize>,
+    /// How each workspace buffer stores its elements (f32 where this is shorter): a
+    /// tensor-core template keeps the copies it stages into shared memory in bf16, so that
+    /// they stage by 16-byte asynchronous copies.
+    pub workspace_storage: Vec<Storage>,
     /// `(output, input)` pairs the output may be planned over in place (a decoding cache
     /// updated in its own buffer): every item reads what it overwrites of the input
     /// before writing it, and nothing another item writes.
@@ -87,7 +92,26 @@ impl TemplateCode {
 
     /// The math functions the phases call, with views stored as `storage`.
     pub fn uses(&self, target: Target, storage: &[Storage]) -> BTreeSet<Func> {
-        self.phases.iter().flat_map(|p| p.body.uses_with(target, storage)).collect()
+        let storage = self.every_storage(storage);
+        self.phases.iter().flat_map(|p| p.body.uses_with(target, &storage)).collect()
+    }
+
+    /// The storage of every view: `storage` for the inputs and outputs (f32 where it is
+    /// shorter), then the workspace buffers'.
+    fn every_storage(&self, storage: &[Storage]) -> Vec<Storage> {
+        let mut every = storage.to_vec();
+        every.resize(self.inputs.len() + self.outputs.len(), Storage::F32);
+        every.extend((0..self.workspace.len()).map(|i| self.workspace_storage.get(i).copied().unwrap_or_default()));
+        every
+    }
+
+    /// Bytes of each workspace buffer, as the launcher allocates them.
+    pub fn workspace_bytes(&self) -> Vec<usize> {
+        let bytes = |i: usize| match self.workspace_storage.get(i).copied().unwrap_or_default() {
+            Storage::F32 => 4,
+            Storage::Bf16 => 2,
+        };
+        self.workspace.iter().enumerate().map(|(i, &n)| n.max(1) * bytes(i)).collect()
     }
 
     /// The name of the template's code for views stored as `storage` (inputs, then
@@ -115,10 +139,11 @@ impl TemplateCode {
     }
 
     /// Every phase's function for `target`, views stored as `storage` (inputs, then outputs;
-    /// workspace buffers are f32); on the CPU, views marked in `unit_last` (inputs, then
-    /// outputs) have a last-axis stride of 1.
+    /// the workspace as `workspace_storage` says); on the CPU, views marked in `unit_last`
+    /// (inputs, then outputs) have a last-axis stride of 1.
     pub fn functions(&self, target: Target, unit_last: &[bool], storage: &[Storage]) -> String {
         let ranks = self.view_ranks();
+        let storage = &self.every_storage(storage);
         // Workspace buffers are contiguous by construction.
         let mut unit = unit_last.to_vec();
         unit.resize(self.inputs.len() + self.outputs.len(), false);
@@ -149,10 +174,14 @@ pub fn for_node(
             .ok_or_else(|| CodegenError::Unbound { node, shape: d.to_string() })
     };
     match &n.op {
-        Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, false, target))),
-        Op::Prim(Prim::CausalConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, false, target))),
-        Op::Prim(Prim::DocumentConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, true, target))),
-        Op::Prim(Prim::DocumentConv1dGrad(g)) => Some(inputs().map(|s| conv1d::backward(&s, g.bias, true, target))),
+        Op::Prim(Prim::CausalConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, false, false, target))),
+        Op::Prim(Prim::CausalConv1dGrad(g)) => {
+            Some(inputs().map(|s| conv1d::backward(&s, GradOperands::of_prim(g.bias, false), target)))
+        }
+        Op::Prim(Prim::DocumentConv1d(_)) => Some(inputs().map(|s| conv1d::forward(&s, true, false, target))),
+        Op::Prim(Prim::DocumentConv1dGrad(g)) => {
+            Some(inputs().map(|s| conv1d::backward(&s, GradOperands::of_prim(g.bias, true), target)))
+        }
         Op::Prim(Prim::Embedding(_)) => Some(inputs().map(|s| gather::embedding(&s[0], &s[1]))),
         Op::Prim(Prim::OneHot(h)) => Some(inputs().and_then(|s| Ok(gather::one_hot(&s[0], size(&h.depth)?)))),
         Op::Prim(Prim::EmbeddingGrad(e)) => {
@@ -179,11 +208,16 @@ pub fn for_node(
                 let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
                 Some(inputs().map(|s| attention::forward(&s, p, target)))
             }
+            KernelKind::ConvSilu { documents } => Some(inputs().map(|s| conv1d::forward(&s, *documents, true, target))),
             KernelKind::Grad { of } => match **of {
                 KernelKind::FlashAttention { scale, groups, rope } => {
                     let p = attention::Params { scale, groups, rope };
                     Some(inputs().map(|s| attention::backward(&s, p, target)))
                 }
+                KernelKind::ConvSilu { documents } => Some(inputs().map(|s| {
+                    let operands = GradOperands::of_silu(s.len(), documents);
+                    conv1d::backward(&s, operands, target)
+                })),
                 _ => None,
             },
             _ => None,

@@ -108,7 +108,15 @@ fn build(
             }
         })
         .collect();
-    TemplateCode { name, inputs, outputs: vec![out], workspace: vec![], in_place: vec![], phases }
+    TemplateCode {
+        name,
+        inputs,
+        outputs: vec![out],
+        workspace: vec![],
+        workspace_storage: vec![],
+        in_place: vec![],
+        phases,
+    }
 }
 
 /// `cache_write` of inputs `cache [B, S, …]`, `new [B, T, …]` and the position `pos []`:
@@ -165,6 +173,7 @@ pub fn cache_write(shapes: &[Vec<usize>], in_place: bool) -> TemplateCode {
         inputs: shapes.to_vec(),
         outputs: vec![cache.clone()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![(0, 0)],
         phases: vec![Phase {
             cooperative: None,

@@ -109,6 +109,7 @@ fn rotation(x: &[usize], theta: f64, inverse: bool, angle: Angle) -> TemplateCod
         inputs,
         outputs: vec![x.to_vec()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase { cooperative: None, what: "rotate", items: b * t, work_per_item: h * d, body }],
     }
@@ -154,6 +155,7 @@ pub fn mask(x: &[usize], fill: f32, what: &str, documents: bool) -> TemplateCode
         inputs,
         outputs: vec![x.to_vec()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase {
             cooperative: None,

@@ -1,8 +1,9 @@
 //! Algebra and layout: cancel inverse views, drop identities, fold scalar multipliers
-//! together and across matmuls, and split or merge a linear layer over a concatenated input.
+//! together and across matmuls and into a depthwise conv's taps, join adjacent slices, and
+//! split or merge a linear layer over a concatenated input.
 
 use super::Rule;
-use crate::ops::{Binary, Matmul, Prim, ReduceScatter, Slice};
+use crate::ops::{Binary, Concat, Matmul, Prim, ReduceScatter, Slice};
 use crate::rewrite::lang::{
     add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, EGraph, ENode,
 };
@@ -18,6 +19,12 @@ pub fn rules() -> Vec<Rule> {
         Rule::custom("linear-concat-merge", |p| *p == Prim::Binary(Binary::Add), linear_concat_merge),
         Rule::custom("collective-scale", |p| matches!(p, Prim::TpCopy(_) | Prim::AllGather(_)), collective_scale),
         Rule::custom("reduce-scatter", |p| matches!(p, Prim::Shard(_)), reduce_scatter),
+        Rule::custom(
+            "conv-scale-taps",
+            |p| matches!(p, Prim::CausalConv1d(_) | Prim::DocumentConv1d(_)),
+            conv_scale_taps,
+        ),
+        Rule::custom("concat-slices", |p| matches!(p, Prim::Concat(_)), concat_slices),
     ]
 }
 
@@ -220,4 +227,89 @@ fn linear_concat_merge(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
         }
     }
     out
+}
+
+/// A depthwise conv of channels scaled section by section is the conv with its taps
+/// scaled: `conv(concat(a·c₁, b·c₂, …), W) = conv(concat(a, b, …), concat(W_a·c₁, W_b·c₂, …))`
+/// with `W_a` the channels (rows) of `a` (the bias is added after the taps, unscaled). Mamba's `x|B|C` multipliers then touch
+/// a `[C, K]` weight instead of three activations, and the conv reads `in_proj`'s output
+/// where it lies (`concat-slices`).
+fn conv_scale_taps(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some(conv) = as_prim(eg, n).cloned() else { return vec![] };
+    let (x, w) = (n.children[0], n.children[1]);
+    let rank = shape(eg, x).len();
+    let dtype = eg[w].data.ty.dtype;
+    let concats = nodes_of(eg, x, |p| match p {
+        Prim::Concat(c) => Some(c.axis_of(rank) + 1 == rank),
+        _ => None,
+    });
+    let mut out = Vec::new();
+    for (cat, _) in concats.into_iter().filter(|(_, last)| *last) {
+        let parts: Vec<(Id, f64)> = cat
+            .children
+            .iter()
+            .map(|&part| {
+                let scaled = nodes_matching!(eg, part, Prim::Binary(Binary::Mul)).iter().find_map(|m| scaled(eg, m));
+                scaled.unwrap_or((part, 1.0))
+            })
+            .collect();
+        if parts.iter().all(|&(_, c)| c == 1.0) {
+            continue;
+        }
+        let mut start = Dim::constant(0);
+        let rows: Vec<Id> = parts
+            .iter()
+            .map(|&(part, c)| {
+                let end = start.add(&shape(eg, part)[rank - 1]).expect("sizes add");
+                let rows = add_prim(eg, Slice::new(0, start.clone(), end.clone()), vec![w]);
+                start = end;
+                match c == 1.0 {
+                    true => rows,
+                    false => {
+                        let k = add_const(eg, c, dtype);
+                        add_prim(eg, Binary::Mul, vec![rows, k])
+                    }
+                }
+            })
+            .collect();
+        let taps = add_prim(eg, Concat::new(0), rows);
+        let joined = add_prim(eg, Concat::new(rank - 1), parts.iter().map(|&(p, _)| p).collect());
+        let mut children = n.children.clone();
+        children[0] = joined;
+        children[1] = taps;
+        out.push((class, add_prim(eg, conv.clone(), children)));
+    }
+    out
+}
+
+/// `concat(x[…, a:b], x[…, b:c], …) = x[…, a:z]` along the slices' axis (`x` itself when
+/// they cover it): re-joining what a split cut apart reads it where it lies.
+fn concat_slices(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let Some(Prim::Concat(c)) = as_prim(eg, n) else { return vec![] };
+    let ax = c.axis_of(shape(eg, class).len());
+    let slices: Option<Vec<(Id, Dim, Dim)>> = n
+        .children
+        .iter()
+        .map(|&part| {
+            nodes_of(eg, part, |p| match p {
+                Prim::Slice(s) => Some(s.clone()),
+                _ => None,
+            })
+            .into_iter()
+            .find_map(|(node, s)| {
+                let src = node.children[0];
+                (s.axis_of(shape(eg, src).len()) == ax).then(|| (eg.find(src), s.start, s.end))
+            })
+        })
+        .collect();
+    let Some(slices) = slices else { return vec![] };
+    let src = slices[0].0;
+    if !slices.iter().all(|s| s.0 == src) || !slices.windows(2).all(|w| w[0].2 == w[1].1) {
+        return vec![];
+    }
+    let (start, end) = (slices[0].1.clone(), slices[slices.len() - 1].2.clone());
+    if start.as_const() == Some(0) && Some(&end) == shape(eg, src).get(ax) {
+        return vec![(class, src)];
+    }
+    vec![(class, add_prim(eg, Slice::new(ax, start, end), vec![src]))]
 }

@@ -1,5 +1,6 @@
 //! Pattern recognition: composites a library kernel computes better than their parts —
-//! softmax attention (with grouped-query heads) and BitNet's quantise-then-multiply.
+//! softmax attention (with grouped-query heads), BitNet's quantise-then-multiply, and
+//! Mamba's conv with its activation.
 
 use super::Rule;
 use crate::ops::{Binary, Prim, ReduceOp, Reshape, Transpose, Unary};
@@ -11,6 +12,7 @@ pub fn rules() -> Vec<Rule> {
     vec![
         Rule::custom("flash-attention", |p| matches!(p, Prim::Matmul(_)), flash_attention),
         Rule::custom("bitlinear", |p| matches!(p, Prim::Matmul(_)), bitlinear),
+        Rule::custom("conv1d-silu", |p| *p == Prim::Unary(Unary::Silu), conv1d_silu),
     ]
 }
 
@@ -143,4 +145,26 @@ fn bitlinear(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let ty = |x: Id| eg[x].data.ty.clone();
     let kernel = kernels::bitlinear(&ty(x), &ty(w));
     vec![(class, kernel_node(eg, kernel, vec![x, w]))]
+}
+
+/// `silu(causal_conv1d(x, w, bias))` (or of `document_conv1d`) → `conv1d_silu`.
+fn conv1d_silu(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    let convs = nodes_of(eg, n.children[0], |p| match p {
+        Prim::CausalConv1d(_) => Some(false),
+        Prim::DocumentConv1d(_) => Some(true),
+        _ => None,
+    });
+    let ty = |x: Id| eg[x].data.ty.clone();
+    let kernels: Vec<_> = convs
+        .into_iter()
+        .map(|(conv, documents)| {
+            let c = &conv.children;
+            // Document convs take their positions last, after the bias if there is one.
+            let bias_at = (c.len() == 3 + usize::from(documents)).then_some(2);
+            let positions = documents.then(|| ty(c[c.len() - 1]));
+            let bias = bias_at.map(|i| ty(c[i]));
+            (kernels::conv1d_silu(&ty(c[0]), &ty(c[1]), bias.as_ref(), positions.as_ref()), c.clone())
+        })
+        .collect();
+    kernels.into_iter().map(|(kernel, children)| (class, kernel_node(eg, kernel, children))).collect()
 }

@@ -217,6 +217,7 @@ fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<
         inputs: inputs.to_vec(),
         outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
         workspace: dims.rotated_sizes(),
+        workspace_storage: vec![],
         in_place: vec![],
         phases,
     }
@@ -251,6 +252,7 @@ pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
         inputs: inputs.to_vec(),
         outputs: vec![q.clone()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![Phase {
             cooperative: None,
@@ -289,6 +291,7 @@ fn backward_code(
         inputs: inputs.to_vec(),
         outputs: inputs[..3].to_vec(),
         workspace,
+        workspace_storage: vec![],
         in_place: vec![],
         phases,
     }

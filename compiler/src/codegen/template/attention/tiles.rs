@@ -22,18 +22,28 @@ use super::{
     backward_code, forward_code, kv_head, rotation, unrotation, Dims, Params, Row, Rows, BACKWARD_ROTATED, DELTA, DK,
     DQ, DV, DY, FORWARD_ROTATED, LSE, OUT, V,
 };
+use crate::codegen::Storage;
 
-/// The workspace view of the rotated dq, after the rotated q and k.
+/// The workspace views of the rotated dq and dk (f32), after the rotated q and k (bf16).
 const ROTATED_DQ: usize = BACKWARD_ROTATED + 2;
+const ROTATED_DK: usize = BACKWARD_ROTATED + 3;
 
 /// Where the gradient phases write dq and dk: with RoPE head-major to the workspace, for
 /// [`unrotation`], else the outputs.
 fn gradient_rows(dims: &Dims) -> (Rows, Rows) {
     match dims.params.rope {
-        Some(_) => {
-            (Rows::Flat { view: ROTATED_DQ, heads: dims.h }, Rows::Flat { view: BACKWARD_ROTATED + 1, heads: dims.kv })
-        }
+        Some(_) => (Rows::Flat { view: ROTATED_DQ, heads: dims.h }, Rows::Flat { view: ROTATED_DK, heads: dims.kv }),
         None => (Rows::HeadMajor(DQ), Rows::HeadMajor(DK)),
+    }
+}
+
+/// The rotated q and k as bf16, the precision the tensor cores read them in: they stage
+/// into shared memory by 16-byte asynchronous copies, at half the bytes. `before` workspace
+/// buffers (f32) come first.
+fn rotated_in_bf16(code: &mut TemplateCode, dims: &Dims, before: usize) {
+    if dims.params.rope.is_some() {
+        code.workspace_storage = vec![Storage::F32; before];
+        code.workspace_storage.extend([Storage::Bf16, Storage::Bf16]);
     }
 }
 
@@ -54,7 +64,9 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<
     let dims = tile_dims(inputs, params)?;
     let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
     phases.push(attend_tiles(&dims));
-    Some(forward_code(&dims, "flash_attention_mma", inputs, phases))
+    let mut code = forward_code(&dims, "flash_attention_mma", inputs, phases);
+    rotated_in_bf16(&mut code, &dims, 0);
+    Some(code)
 }
 
 /// The gradient template on tensor cores, for the head dimensions of the forward's.
@@ -63,11 +75,14 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option
     let mut phases = rotation(&dims, BACKWARD_ROTATED, Target::Gpu);
     phases.push(query_grad_tiles(&dims));
     phases.push(key_value_grad_tiles(&dims));
-    // With RoPE, dq and dk are written head-major to the workspace (dk over the rotated k,
-    // which only its own block reads) and rotated back by a last phase.
-    phases.extend(unrotation(&dims, (ROTATED_DQ, BACKWARD_ROTATED + 1), Target::Gpu));
-    let more = dims.rotated_sizes().into_iter().take(1).collect();
-    Some(backward_code(&dims, "flash_attention_grad_mma", inputs, phases, more))
+    // With RoPE, dq and dk are written head-major to the workspace in f32 and rotated back
+    // by a last phase.
+    phases.extend(unrotation(&dims, (ROTATED_DQ, ROTATED_DK), Target::Gpu));
+    let more = dims.rotated_sizes();
+    let mut code = backward_code(&dims, "flash_attention_grad_mma", inputs, phases, more);
+    // The rows' logsumexp and `Σ dO·O` come first.
+    rotated_in_bf16(&mut code, &dims, 2);
+    Some(code)
 }
 
 /// `n` tiles of `rows × d` laid out one after another in shared memory.

@@ -90,6 +90,7 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
             d.b * d.h * slices * tiles * 4,
             per_head,
         ],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
             sweep(&d, Keep::States(d.at(STATES))),

@@ -49,6 +49,7 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Option
         inputs: inputs.to_vec(),
         outputs: vec![inputs[X].clone()],
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![sweep(&d, Keep::Outputs)],
     })

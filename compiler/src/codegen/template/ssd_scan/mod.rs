@@ -217,6 +217,7 @@ fn recurrence(inputs: &[Vec<usize>], ends: Recurrence, target: Target) -> Templa
         inputs: inputs.to_vec(),
         outputs,
         workspace: vec![],
+        workspace_storage: vec![],
         in_place: if ends.from_state && ends.state { vec![(1, STATE)] } else { vec![] },
         phases: vec![Phase {
             cooperative: None,
@@ -290,6 +291,7 @@ pub fn backward(inputs: &[Vec<usize>], chunk: usize, documents: bool, target: Ta
         inputs: inputs.to_vec(),
         outputs: inputs[..5].to_vec(),
         workspace: vec![per_head, per_head, entering, d.b * ch.count * d.h * d.n],
+        workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
             Phase {
