@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (`device` tool) for the tensor-core templates, in this order:
-# the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: the tensor-core
-# attention and SSD forward and gradient against the reference, outputs poisoned; with
-# SANITIZE=1 the SSD cases again under compute-sanitizer); the attention
+# the device cases (compiler/tests/ptx_on_device.py on dist/tc/cases: every template, and
+# the tensor-core attention and SSD forward and gradient, against the reference, outputs
+# poisoned; with SANITIZE=1 the SSD cases again under compute-sanitizer); the attention
 # benchmark against SDPA (bench/attention_mma.py on dist/tc/bench); the SSD scan against
 # mamba-ssm (bench/ssd_mma.py, the peer in dist/tc/peer; before it bench/ssd_debug.py, the
-# gradient's workspace phase by phase); a small hybrid whose
-# attention has head dimension 64 trained in bf16 on the GPU (so the tensor-core templates
-# run in the training step) against the same run on the CPU; with LAYER_STEPS set, the
-# peer's Falcon-H1 layer (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2,
-# T 4096 in bf16, profiled per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4,
-# T 4096 in bf16, profiled. ATTENTION=0 and HYBRID=0 leave out the
-# attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc (carried;
-# `make device-tc` writes both). Logs come back under $OUT.
+# gradient's workspace phase by phase); a small hybrid whose attention has head dimension
+# 64 trained in bf16 on the GPU (so the tensor-core templates run in the training step)
+# against the same run on the CPU; with CHECK=1, every launch of that hybrid's step at
+# 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
+# (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
+# per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
+# ATTENTION=0 and HYBRID=0 leave out the attention benchmark and the small hybrid. Needs
+# dist/hyb.xz and dist/tc (carried; `make device-tc` writes both). Logs come back under
+# $OUT.
 source "$(dirname "$0")/device_env.sh"
 python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
 grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
@@ -69,6 +70,15 @@ else:
     print(f"tensor_core_hybrid bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} (diff {d[0]:.2e}); "
           f"{n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
 PY
+# With CHECK=1, every launch of the small hybrid's training step at 2,048 tokens (sums over
+# tokens split into partial steps) on the GPU against the CPU executor, outputs poisoned.
+if [ "${CHECK:-0}" = 1 ]; then
+    timeout 150 "$work/hyb" train bench/models/tensor_core_hybrid.hyb --check-gpu --batch 4 --seq 512 \
+        > "$OUT/check_tensor_core_hybrid.txt" 2>&1
+    echo "rc $?" >> "$OUT/check_tensor_core_hybrid.txt"
+    grep -v "^FAIL" "$OUT/check_tensor_core_hybrid.txt" | tail -n 4
+    grep "^FAIL" "$OUT/check_tensor_core_hybrid.txt" | head -n 8
+fi
 if [ "${LAYER_STEPS:-0}" -gt 0 ]; then
     timeout "${LAYER_LIMIT_S:-150}" "$work/hyb" train bench/models/falcon_h1_layer.hyb --device cuda --precision bf16 \
         --batch 2 --seq 4096 --steps "$LAYER_STEPS" --warmup 2 --eval-every 0 --save-every 0 --profile \

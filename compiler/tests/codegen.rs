@@ -1212,9 +1212,9 @@ fn export_cases_for_the_device() {
         }
     }
     cases.extend(templates::device_cases());
-    // `HYB_PTX_ONLY=PREFIX` keeps the cases whose names start with it (one family).
-    if let Ok(prefix) = std::env::var("HYB_PTX_ONLY") {
-        cases.retain(|c| c.name.starts_with(&prefix));
+    // `HYB_PTX_ONLY=PREFIX,…` keeps the cases whose names or origins start with one of them.
+    if let Ok(prefixes) = std::env::var("HYB_PTX_ONLY") {
+        cases.retain(|c| prefixes.split(',').any(|p| c.name.starts_with(p) || c.origin.starts_with(p)));
     }
     let index: Vec<_> = cases.iter().map(|c| c.write(&dir)).collect();
     std::fs::write(dir.join("cases.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();

@@ -67,14 +67,21 @@ fn random(shape: &[usize], s: &mut u64, scale: f64, offset: f64) -> Tensor<f64> 
 
 /// Weights, and the inputs of a training step on a `[2, 8]` batch.
 fn values(g: &Graph) -> (HashMap<String, Tensor<f64>>, HashMap<String, Tensor<f64>>) {
+    values_at(g, 2, 8)
+}
+
+/// Weights, and the inputs of a training step on a `[batch, seq]` batch.
+fn values_at(g: &Graph, batch: usize, seq: usize) -> (HashMap<String, Tensor<f64>>, HashMap<String, Tensor<f64>>) {
     let mut s = 3;
     let w: HashMap<_, _> = g.params.iter().map(|p| (p.name.clone(), random(&p.shape, &mut s, 0.3, 0.0))).collect();
     let vocab = g.params.iter().find(|p| p.name == "embed_tokens.weight").map_or(64, |p| p.shape[0]);
-    let ids = |k: usize| Tensor::new(vec![2, 8], (0..16).map(|i| ((i * 29 + 7 * k) % vocab) as f64).collect());
+    let tokens = batch * seq;
+    let ids =
+        |k: usize| Tensor::new(vec![batch, seq], (0..tokens).map(|i| ((i * 29 + 7 * k) % vocab) as f64).collect());
     let mut x = HashMap::from([
         ("ids".to_string(), ids(1)),
         ("targets".to_string(), ids(2)),
-        ("loss_weights".to_string(), Tensor::new(vec![2, 8], vec![1.0 / 16.0; 16])),
+        ("loss_weights".to_string(), Tensor::new(vec![batch, seq], vec![1.0 / tokens as f64; tokens])),
         ("lr".to_string(), Tensor::scalar(1e-2)),
         ("bias_correction1".to_string(), Tensor::scalar(0.1)),
         ("bias_correction2".to_string(), Tensor::scalar(0.05)),
@@ -306,6 +313,57 @@ fn generated_kernels_give_the_reference_results() {
                 }
             }
         }
+    }
+}
+
+/// At 2,048 tokens of a 300-word vocabulary, the sums into few outputs (norm weights and
+/// Mamba-2's `D` summed over every token, the loss over tokens of rows summed over the
+/// vocabulary) run as steps of partial sums (`codegen::reductions`); the training step
+/// still gives the reference interpreter's loss, gradient norm and updated weights.
+#[test]
+fn sums_over_many_tokens_split_into_partial_steps() {
+    use hyb_compiler::codegen::chain::Slot;
+    use hyb_compiler::codegen::unit::{self, Unit};
+    use hyb_compiler::codegen::Symbols;
+    use hyb_compiler::pipeline::plan_graph;
+    let (batch, seq) = (4, 512);
+    let g = graph_of(MODEL.replace("vocab = 64", "vocab = 300"));
+    let (w, x) = values_at(&g, batch, seq);
+    let opt = AdamW::default();
+    let plain = training_graph(&g, &opt, 1.0);
+    let want = run::<f32>(&plain.graph, &cast(&w), &cast(&x)).unwrap();
+    let c = compile(&g, &Target::Training { opt, width_mult: 1.0 }, 1, &Options::default());
+    let symbols = Symbols { batch, seq };
+    let split = (0..c.graph.nodes.len())
+        .filter(|&n| matches!(c.graph.nodes[n].op, Op::Kernel(_)))
+        .filter_map(|n| match unit::for_node(&c.graph, n, symbols, hyb_compiler::codegen::Target::Cpu) {
+            Ok(Unit::Chain(chain)) => Some(chain),
+            _ => None,
+        })
+        .filter(|chain| {
+            chain.steps.iter().all(|s| matches!(s, hyb_compiler::codegen::chain::Step::Body { .. }))
+                && chain.steps.len() >= 2
+                && chain.steps.iter().any(|s| match s {
+                    hyb_compiler::codegen::chain::Step::Body { reads, .. } => {
+                        reads.iter().any(|r| matches!(r, Slot::Scratch(_)))
+                    }
+                    _ => false,
+                })
+        })
+        .count();
+    assert!(split >= 3, "sums into few outputs as steps of partial sums: {split} chains");
+    let program = plan_graph(&c.graph, true, batch, seq, Precision::uniform(DType::F32)).unwrap();
+    let kernels = cpu::Kernels::compile(&c.graph, &program);
+    let failed: Vec<_> = kernels.interpreted.iter().filter(|(_, why)| why.starts_with("codegen")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let (ws, xs) = (cast::<f32>(&w), cast::<f32>(&x));
+    let got = cpu::run_ranks_with(&c.graph, &program, Some(&kernels), &[&ws], &[&xs]).unwrap();
+    let f64s = |t: &Tensor<f32>| Tensor::new(t.shape.clone(), t.to_f64());
+    close(&f64s(&want[0]), &got[0][0].to_f64(), 1e-5, "loss");
+    close(&f64s(&want[1]), &got[0][1].to_f64(), 1e-5, "gradient norm");
+    for (k, spec) in c.graph.params.iter().enumerate() {
+        let idx = 2 + 3 * plain.params.iter().position(|p| *p == spec.name).unwrap();
+        close(&f64s(&want[idx]), &got[0][2 + 3 * k].to_f64(), 1e-4, &spec.name);
     }
 }
 

@@ -6,7 +6,7 @@
 //! [`Primitive::expand`]). Values that cross from one step to the next are *materialised*:
 //! the inputs, each GEMM's operands and product, the outputs, and every reduction to a
 //! single value (a quantiser's scale), so that it is computed once and not by every
-//! element that reads it. Everything else is recomputed inside the body step that needs
+//! element that reads it, and the reductions [`reductions`] splits for parallelism. Everything else is recomputed inside the body step that needs
 //! it. A materialised value lives in the launch's input or output view, or in contiguous
 //! scratch space the chain asks for.
 //!
@@ -14,6 +14,7 @@
 //! GEMM with the batch folded into its inner dimension, not a batch of products summed.
 
 use super::body::Body;
+use super::reductions;
 use super::unit::GemmShape;
 use super::{kernel_name, Symbols};
 use crate::ir::{Graph, NodeId, Op};
@@ -203,7 +204,12 @@ fn split_reductions(g: &Graph, elements: &dyn Fn(NodeId) -> usize) -> Vec<NodeId
 /// chain of reductions that [`split`] computes in two steps.
 pub fn splits_reduction(body: &Graph, symbols: Symbols) -> bool {
     let elements = |n: NodeId| Body::shape_of(body, n, symbols).map_or(0, |s| s.iter().product::<usize>());
-    !split_reductions(body, &elements).is_empty()
+    if !split_reductions(body, &elements).is_empty() {
+        return true;
+    }
+    let g = expanded(body);
+    let shapes: Option<Vec<Vec<usize>>> = (0..g.nodes.len()).map(|n| Body::shape_of(&g, n, symbols).ok()).collect();
+    shapes.is_some_and(|shapes| reductions::needed(&g, &shapes))
 }
 
 /// Splits `body` (inputs numbered as the launch's) into steps for a program of `symbols`'
@@ -213,6 +219,7 @@ pub fn split(body: &Graph, symbols: Symbols) -> Result<Chain, String> {
     let shapes: Vec<Vec<usize>> = (0..g.nodes.len())
         .map(|n| Body::shape_of(&g, n, symbols).map_err(|e| format!("codegen: {e}")))
         .collect::<Result<_, _>>()?;
+    let (g, parallel, shapes) = reductions::parallel(&g, &shapes);
     let elements = |n: NodeId| shapes[n].iter().product::<usize>();
     let mut users = vec![0usize; g.nodes.len()];
     for n in &g.nodes {
@@ -248,7 +255,7 @@ pub fn split(body: &Graph, symbols: Symbols) -> Result<Chain, String> {
             materialised[i] = true;
         }
     }
-    for i in split_reductions(&g, &elements) {
+    for i in split_reductions(&g, &elements).into_iter().chain(parallel) {
         materialised[i] = true;
     }
     for &o in &g.outputs {

@@ -102,6 +102,13 @@ pub struct NestCode {
 /// and the GPU idle.
 const FEW_ROWS: usize = 1024;
 
+/// Lanes of a warp.
+const WARP: usize = 32;
+
+/// Output elements from which a nest of few rows whose lanes would reduce alone gives each
+/// element a thread: enough threads to keep the GPU's memory busy.
+const COLUMN_THREADS: usize = 4096;
+
 /// Writes nest `which` of `body` for `target`, as function `symbol`.
 pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<NestCode, CodegenError> {
     let nest = &body.nests[which];
@@ -113,7 +120,12 @@ pub fn nest(body: &Body, which: usize, target: Target, symbol: &str) -> Result<N
     };
     let (code, sequential) = write_nest(body, nest, target, rows, symbol, false)?;
     if sequential && nest.rows() < FEW_ROWS {
-        return Ok(write_nest(body, nest, target, rows, symbol, true)?.0);
+        // Consecutive output elements along a wide last axis (a column sum's columns) read
+        // neighbouring elements at every step of their reductions: a thread each keeps the
+        // reads together. Otherwise a warp or block per element shares its reductions.
+        let columns = nest.inner() >= WARP && nest.rows() * nest.inner() >= COLUMN_THREADS;
+        let (rows, element_rows) = if columns { (Rows::Threads, false) } else { (rows, true) };
+        return Ok(write_nest(body, nest, target, rows, symbol, element_rows)?.0);
     }
     Ok(code)
 }
@@ -148,7 +160,8 @@ fn write_nest(
         element_rows,
         sequential: false,
     };
-    let width = if rows == Rows::Threads { vector_width(body, nest) } else { None };
+    let pointwise = longest_reduction(body, nest).is_none();
+    let width = if rows == Rows::Threads && pointwise { vector_width(body, nest) } else { None };
     let vectorised = match width {
         Some(width) => w.vector_nest(nest, width),
         None => None,

@@ -22,6 +22,7 @@ mod link;
 mod math;
 mod mlir;
 pub mod object;
+mod reductions;
 pub mod template;
 pub mod unit;
 

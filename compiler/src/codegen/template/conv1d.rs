@@ -175,24 +175,41 @@ pub struct GradOperands {
     bias: Option<usize>,
     dbias: bool,
     silu: bool,
+    /// Under SiLU, the workspace view (flat `[B, T, C]`) holding `dy · silu'` once the
+    /// first phase has written it.
+    gated: Option<usize>,
+    /// `T` and `C`, to index the flat workspace.
+    dims: (usize, usize),
 }
 
 impl GradOperands {
     /// `causal_conv1d_grad` (`document_conv1d_grad` with `documents`).
     pub fn of_prim(dbias: bool, documents: bool) -> GradOperands {
-        GradOperands { dy: 2, positions: documents.then_some(3), bias: None, dbias, silu: false }
+        GradOperands {
+            dy: 2,
+            positions: documents.then_some(3),
+            bias: None,
+            dbias,
+            silu: false,
+            gated: None,
+            dims: (0, 0),
+        }
     }
 
     /// The gradient kernel of `conv1d_silu` over `arity` inputs.
     pub fn of_silu(arity: usize, documents: bool) -> GradOperands {
         let bias = (arity == 4 + usize::from(documents)).then_some(2);
         let positions = documents.then(|| arity - 2);
-        GradOperands { dy: arity - 1, positions, bias, dbias: bias.is_some(), silu: true }
+        GradOperands { dy: arity - 1, positions, bias, dbias: bias.is_some(), silu: true, gated: None, dims: (0, 0) }
     }
 
     /// The gradient at the conv's output `(bi, ti, ci)`: `dy`, times `silu'` of the
-    /// recomputed pre-activation under SiLU.
+    /// pre-activation under SiLU (read back from the workspace once it is there).
     fn dy_at(&self, s: &mut Text, k: usize, bi: &str, ti: &str, ci: &str) -> String {
+        if let Some(view) = self.gated {
+            let at = flat(s, self.dims, bi, ti, ci);
+            return s.load(view, &[&at]);
+        }
         let dy = s.load(self.dy, &[bi, ti, ci]);
         if !self.silu {
             return dy;
@@ -253,11 +270,26 @@ impl GradOperands {
 
 /// The gradient template over `inputs` laid out as `operands` says (`x [B,T,C]`, `w [C,K]`,
 /// `dy [B,T,C]`, …): outputs `dx`, `dw` and, with a bias, `dbias`.
+///
+/// Under SiLU a first phase writes `dy · silu'` of the recomputed pre-activation to the
+/// workspace, once per element: the later phases read it at every tap instead of
+/// recomputing a pre-activation (`K` taps) per tap.
 pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -> TemplateCode {
     let (x, w) = (&inputs[0], &inputs[1]);
     let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
-    let ops = operands;
     let (dx, dw, db) = (inputs.len(), inputs.len() + 1, inputs.len() + 2);
+    let first_workspace = dw + usize::from(operands.dbias) + 1;
+    let mut workspace = Vec::new();
+    let mut phases = Vec::new();
+    let ops = match operands.silu {
+        true => {
+            let view = first_workspace;
+            workspace.push(b * t * c);
+            phases.push(gate_grad(&operands, (b, t, c, k), view, target));
+            GradOperands { gated: Some(view), dims: (t, c), ..operands }
+        }
+        false => operands,
+    };
     // dx[b,s,c] = Σ_k w[c,k]·g[b, s+(K-1)-k, c] over the taps that land before T.
     let taps = |s: &mut Text, bi: &str, si: &str, ci: &str| {
         let lo = last_tap(s, si, k, t);
@@ -289,7 +321,7 @@ pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -
     };
     // dw[c,k] = Σ_b Σ_t g[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t g[b,t,c]: on the CPU an
     // item per channel; on the GPU spans of time first (`weight_partials`).
-    let (weight_phases, workspace) = match target {
+    let (weight_phases, partials) = match target {
         Target::Cpu => {
             let mut s = Text::new();
             let ci = "%item";
@@ -301,8 +333,9 @@ pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -
                 Phase { cooperative: None, what: "weight_grad", items: c, work_per_item: b * t * (k + 1), body: s };
             (vec![phase], vec![])
         }
-        Target::Gpu => weight_partials(inputs, ops, (dw, db)),
+        Target::Gpu => weight_partials(inputs, ops, (dw, db), first_workspace + workspace.len()),
     };
+    workspace.extend(partials);
     let mut outputs = vec![x.clone(), w.clone()];
     if ops.dbias {
         outputs.push(vec![c]);
@@ -318,16 +351,46 @@ pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -
         workspace,
         workspace_storage: vec![],
         in_place: vec![],
-        phases: std::iter::once(Phase {
-            cooperative: None,
-            what: "input_grad",
-            items,
-            work_per_item: per_item,
-            body: input_grad,
-        })
-        .chain(weight_phases)
-        .collect(),
+        phases: phases
+            .into_iter()
+            .chain([Phase { cooperative: None, what: "input_grad", items, work_per_item: per_item, body: input_grad }])
+            .chain(weight_phases)
+            .collect(),
     }
+}
+
+/// Element `(bi, ti, ci)` of a flat `[B, T, C]` workspace.
+fn flat(s: &mut Text, (t, c): (usize, usize), bi: &str, ti: &str, ci: &str) -> String {
+    let row = s.mul_c(bi, t as i64);
+    let row = s.add(&row, ti);
+    let row = s.mul_c(&row, c as i64);
+    s.add(&row, ci)
+}
+
+/// The phase writing `dy · silu'(pre-activation)` to workspace view `view`: on the CPU an
+/// item per time step (channels innermost), on the GPU one per element.
+fn gate_grad(ops: &GradOperands, (b, t, c, k): (usize, usize, usize, usize), view: usize, target: Target) -> Phase {
+    let mut body = Text::new();
+    let write = |s: &mut Text, bi: &str, ti: &str, ci: &str| {
+        let g = ops.dy_at(s, k, bi, ti, ci);
+        let at = flat(s, (t, c), bi, ti, ci);
+        s.store(view, &[&at], &g);
+    };
+    let items = match target {
+        Target::Cpu => {
+            let (bi, ti) = body.split("%item", t);
+            let (zero, cn) = (body.i64(0), body.i64(c as i64));
+            body.each(&zero, &cn, |s, ci| write(s, &bi, &ti, ci));
+            b * t
+        }
+        Target::Gpu => {
+            let (bt, ci) = body.split("%item", c);
+            let (bi, ti) = body.split(&bt, t);
+            write(&mut body, &bi, &ti, &ci);
+            b * t * c
+        }
+    };
+    Phase { cooperative: None, what: "gate_grad", items, work_per_item: b * t * c * (k + 2) / items, body }
 }
 
 /// Stores the `K` tap sums of channel `ci` as `dw[ci, ·]` and, with `dbias`, the last sum
@@ -349,13 +412,17 @@ const SPAN: usize = 128;
 
 /// The GPU's weight (and bias) gradient in two phases: per span of [`SPAN`] steps and
 /// channel, the sums of its taps (and of `dy`) to the workspace `[spans, C, K + 1]`; then per
-/// channel, the spans summed in order.
-fn weight_partials(inputs: &[Vec<usize>], ops: GradOperands, (dw, db): (usize, usize)) -> (Vec<Phase>, Vec<usize>) {
+/// channel, the spans summed in order. `part` is the partials' workspace view.
+fn weight_partials(
+    inputs: &[Vec<usize>],
+    ops: GradOperands,
+    (dw, db): (usize, usize),
+    part: usize,
+) -> (Vec<Phase>, Vec<usize>) {
     let (x, w) = (&inputs[0], &inputs[1]);
     let (b, t, c, k) = (x[0], x[1], x[2], w[1]);
     let spans_per_row = t.div_ceil(SPAN);
     let spans = b * spans_per_row;
-    let part = dw + usize::from(ops.dbias) + 1;
     let mut partial = Text::new();
     {
         let s = &mut partial;

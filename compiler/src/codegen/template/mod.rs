@@ -183,9 +183,9 @@ pub fn for_node(
             Some(inputs().map(|s| conv1d::backward(&s, GradOperands::of_prim(g.bias, true), target)))
         }
         Op::Prim(Prim::Embedding(_)) => Some(inputs().map(|s| gather::embedding(&s[0], &s[1]))),
-        Op::Prim(Prim::OneHot(h)) => Some(inputs().and_then(|s| Ok(gather::one_hot(&s[0], size(&h.depth)?)))),
+        Op::Prim(Prim::OneHot(h)) => Some(inputs().and_then(|s| Ok(gather::one_hot(&s[0], size(&h.depth)?, target)))),
         Op::Prim(Prim::EmbeddingGrad(e)) => {
-            Some(inputs().and_then(|s| Ok(gather::embedding_grad(&s[0], &s[1], size(&e.vocab)?))))
+            Some(inputs().and_then(|s| Ok(gather::embedding_grad(&s[0], &s[1], size(&e.vocab)?, target))))
         }
         Op::Prim(Prim::Rope(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, false))),
         Op::Prim(Prim::RopeGrad(r)) => Some(inputs().map(|s| position::rope(&s[0], r.theta.0, true))),
