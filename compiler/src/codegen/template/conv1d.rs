@@ -5,8 +5,9 @@
 //!
 //! Forward and `dx` are a tap-weighted sum of nearby time steps: on the CPU an item is a
 //! time step of a sequence, its channels the innermost loop (unit stride, so LLVM
-//! vectorises it) under the taps that reach inside the sequence; on the GPU an item is
-//! one element, so neighbouring threads read neighbouring channels. `dw` and `dbias` sum
+//! vectorises it) under the taps that reach inside the sequence; on the GPU neighbouring
+//! threads take neighbouring channels, each a run of time steps with the taps' inputs
+//! sliding along in registers. `dw` and `dbias` sum
 //! over every time step of every sequence: an item per channel (on either target), the
 //! sums in time order, so they do not depend on how items are shared out.
 
@@ -47,12 +48,15 @@ pub fn forward(inputs: &[Vec<usize>], documents: bool, silu: bool, target: Targe
             (b * t, c * k)
         }
         Target::Gpu => {
-            let (bt, ci) = body.split("%item", c);
-            let (bi, ti) = body.split(&bt, t);
-            let lo = first_tap(&mut body, &bi, &ti, k, positions);
-            let y = value(&mut body, &bi, &ti, &ci, &lo);
-            body.store(out, &[&bi, &ti, &ci], &y);
-            (b * t * c, k)
+            let (run, runs) = Run::of_item(&mut body, (t, c), STEPS);
+            let (w, start) = channel_taps(&mut body, k, bias, &run.ci);
+            run.slide(&mut body, k, |s, ti, window| {
+                let lo = first_tap(s, &run.bi, ti, k, positions);
+                let y = windowed(s, (&w, &start), window, &lo);
+                let y = if silu { silu_of(s, &y) } else { y };
+                s.store(out, &[&run.bi, ti, &run.ci], &y);
+            });
+            (b * runs * c, STEPS * k)
         }
     };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
@@ -71,6 +75,97 @@ pub fn forward(inputs: &[Vec<usize>], documents: bool, silu: bool, target: Targe
         in_place: vec![],
         phases: vec![Phase { cooperative: None, what: "forward", items, work_per_item: per_item, body }],
     }
+}
+
+/// Time steps a GPU item of the forward, `dx` and the SiLU gradient's first phase walks: the
+/// taps' inputs slide along in registers, so each input is read once rather than `K`
+/// times, and the item's index arithmetic is shared by its steps.
+const STEPS: usize = 16;
+
+/// A GPU item: channel `ci` of sequence `bi` at times `t0 .. hi`; neighbouring items are
+/// neighbouring channels.
+struct Run {
+    bi: String,
+    ci: String,
+    t0: String,
+    hi: String,
+}
+
+impl Run {
+    /// Item `%item` of `[B, ⌈T / steps⌉, C]`, and the runs per sequence.
+    fn of_item(s: &mut Text, (t, c): (usize, usize), steps: usize) -> (Run, usize) {
+        let runs = t.div_ceil(steps);
+        let (rest, ci) = s.split("%item", c);
+        let (bi, run) = s.split(&rest, runs);
+        let t0 = s.mul_c(&run, steps as i64);
+        let end = s.add_c(&t0, steps as i64);
+        let tn = s.i64(t as i64);
+        let hi = s.int("minsi", &end, &tn);
+        (Run { bi, ci, t0, hi }, runs)
+    }
+
+    /// Walks the run's steps: `at(s, ti, window)` with `window[kk] = x[bi, ti-(K-1)+kk, ci]`
+    /// (view 0; steps before 0 read step 0, which the caller's first tap masks).
+    fn slide(&self, s: &mut Text, k: usize, at: impl FnOnce(&mut Text, &str, &[String])) {
+        let read = |s: &mut Text, time: &str| {
+            let zero = s.i64(0);
+            let clamped = s.int("maxsi", time, &zero);
+            s.load(0, &[&self.bi, &clamped, &self.ci])
+        };
+        self.slide_over(s, k, 1 - k as i64, &read, at);
+    }
+
+    /// Walks the run's steps: `at(s, ti, window)` with `window[j] = read(ti + from + j)`
+    /// for `j < K`, each value read once.
+    fn slide_over(
+        &self,
+        s: &mut Text,
+        k: usize,
+        from: i64,
+        read: &dyn Fn(&mut Text, &str) -> String,
+        at: impl FnOnce(&mut Text, &str, &[String]),
+    ) {
+        let before: Vec<String> = (0..k - 1)
+            .map(|j| {
+                let time = s.add_c(&self.t0, from + j as i64);
+                read(s, &time)
+            })
+            .collect();
+        s.fold(&self.t0, &self.hi, &before, |s, ti, carried| {
+            let mut window = carried.to_vec();
+            let newest = s.add_c(ti, from + k as i64 - 1);
+            window.push(read(s, &newest));
+            at(s, ti, &window);
+            window[1..].to_vec()
+        });
+    }
+}
+
+/// Channel `ci`'s taps `w[ci, ·]` (view 1) and its bias (or 0), read once per item.
+fn channel_taps(s: &mut Text, k: usize, bias: Option<usize>, ci: &str) -> (Vec<String>, String) {
+    let w = (0..k)
+        .map(|kk| {
+            let tap = s.i64(kk as i64);
+            s.load(1, &[ci, &tap])
+        })
+        .collect();
+    let start = match bias {
+        Some(view) => s.load(view, &[ci]),
+        None => s.f32(0.0),
+    };
+    (w, start)
+}
+
+/// `bias + Σ_{kk ≥ lo} w[kk]·window[kk]`, in tap order as [`pre_activation`] sums.
+fn windowed(s: &mut Text, (w, bias): (&[String], &str), window: &[String], lo: &str) -> String {
+    let mut acc = bias.to_string();
+    for (kk, (wv, xv)) in w.iter().zip(window).enumerate() {
+        let term = s.fma(wv, xv, &acc);
+        let tap = s.i64(kk as i64);
+        let reads = s.cmp("sge", &tap, lo);
+        acc = s.select(&reads, &term, &acc, "f32");
+    }
+    acc
 }
 
 /// `bias[c] + Σ_{kk ≥ lo} w[c,kk]·x[b, t-(K-1)+kk, c]` (views 0 and 1 are `x` and `w`).
@@ -97,6 +192,15 @@ fn sigmoid_of(s: &mut Text, v: &str) -> String {
     let one = s.f32(1.0);
     let denominator = s.fadd(&one, &e);
     s.fdiv(&one, &denominator)
+}
+
+/// `silu'(v) = σ(v)·(1 + v·(1 − σ(v)))`.
+fn silu_slope(s: &mut Text, v: &str) -> String {
+    let sigmoid = sigmoid_of(s, v);
+    let one = s.f32(1.0);
+    let rest = s.fsub(&one, &sigmoid);
+    let slope = s.fma(v, &rest, &one);
+    s.fmul(&sigmoid, &slope)
 }
 
 fn silu_of(s: &mut Text, v: &str) -> String {
@@ -216,12 +320,7 @@ impl GradOperands {
         }
         let lo = first_tap(s, bi, ti, k, self.positions);
         let pre = pre_activation(s, k, self.bias, bi, ti, ci, &lo);
-        // silu'(v) = σ(v)·(1 + v·(1 − σ(v)))
-        let sigmoid = sigmoid_of(s, &pre);
-        let one = s.f32(1.0);
-        let rest = s.fsub(&one, &sigmoid);
-        let slope = s.fma(&pre, &rest, &one);
-        let derivative = s.fmul(&sigmoid, &slope);
+        let derivative = silu_slope(s, &pre);
         s.fmul(&dy, &derivative)
     }
 
@@ -313,10 +412,32 @@ pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -
             (b * t, c * k)
         }
         Target::Gpu => {
-            let (bs, ci) = input_grad.split("%item", c);
-            let (bi, si) = input_grad.split(&bs, t);
-            taps(&mut input_grad, &bi, &si, &ci);
-            (b * t * c, k)
+            // A run of steps per item, `g[si .. si + K]` sliding along in registers: tap
+            // `kk` reads `window[K − 1 − kk]`.
+            let s = &mut input_grad;
+            let (run, runs) = Run::of_item(s, (t, c), STEPS);
+            let (w, _) = channel_taps(s, k, None, &run.ci);
+            let last = s.i64(t as i64 - 1);
+            let read = |s: &mut Text, time: &str| {
+                let clamped = s.int("minsi", time, &last);
+                ops.dy_at(s, k, &run.bi, &clamped, &run.ci)
+            };
+            run.slide_over(s, k, 0, &read, |s, si, window| {
+                let lo = last_tap(s, si, k, t);
+                let mut acc = s.f32(0.0);
+                for (kk, wv) in w.iter().enumerate() {
+                    // Taps past T are masked; their document lookup reads step T − 1.
+                    let back = s.add_c(si, k as i64 - 1 - kk as i64);
+                    let back = s.int("minsi", &back, &last);
+                    let term = s.fma(wv, &window[k - 1 - kk], &acc);
+                    let tap = s.i64(kk as i64);
+                    let reads = s.cmp("sge", &tap, &lo);
+                    let term = s.select(&reads, &term, &acc, "f32");
+                    acc = ops.within(s, k, (&run.bi, &back), &tap, term, &acc);
+                }
+                s.store(dx, &[&run.bi, si, &run.ci], &acc);
+            });
+            (b * runs * c, STEPS * k)
         }
     };
     // dw[c,k] = Σ_b Σ_t g[b,t,c]·x[b,t-(K-1)+k,c]; dbias[c] = Σ_b Σ_t g[b,t,c]: on the CPU an
@@ -384,10 +505,18 @@ fn gate_grad(ops: &GradOperands, (b, t, c, k): (usize, usize, usize, usize), vie
             b * t
         }
         Target::Gpu => {
-            let (bt, ci) = body.split("%item", c);
-            let (bi, ti) = body.split(&bt, t);
-            write(&mut body, &bi, &ti, &ci);
-            b * t * c
+            let (run, runs) = Run::of_item(&mut body, (t, c), STEPS);
+            let (w, start) = channel_taps(&mut body, k, ops.bias, &run.ci);
+            run.slide(&mut body, k, |s, ti, window| {
+                let lo = first_tap(s, &run.bi, ti, k, ops.positions);
+                let pre = windowed(s, (&w, &start), window, &lo);
+                let dy = s.load(ops.dy, &[&run.bi, ti, &run.ci]);
+                let derivative = silu_slope(s, &pre);
+                let g = s.fmul(&dy, &derivative);
+                let at = flat(s, (t, c), &run.bi, ti, &run.ci);
+                s.store(view, &[&at], &g);
+            });
+            b * runs * c
         }
     };
     Phase { cooperative: None, what: "gate_grad", items, work_per_item: b * t * c * (k + 2) / items, body }
@@ -426,17 +555,11 @@ fn weight_partials(
     let mut partial = Text::new();
     {
         let s = &mut partial;
-        let (span, ci) = s.split("%item", c);
-        let (bi, sp) = s.split(&span, spans_per_row);
-        let lo = s.mul_c(&sp, SPAN as i64);
-        let end = s.add_c(&lo, SPAN as i64);
-        let tn = s.i64(t as i64);
-        let hi = s.int("minsi", &end, &tn);
+        let (run, _) = Run::of_item(s, (t, c), SPAN);
         let init: Vec<String> = (0..=k).map(|_| s.f32(0.0)).collect();
-        let sums = ops.tap_sums(s, k, &bi, (&lo, &hi), &ci, &init);
-        let row = s.mul_c(&span, c as i64);
-        let row = s.add(&row, &ci);
-        let row = s.mul_c(&row, k as i64 + 1);
+        let sums = ops.tap_sums(s, k, &run.bi, (&run.t0, &run.hi), &run.ci, &init);
+        // The item is `span · C + channel`, its partials' row.
+        let row = s.mul_c("%item", k as i64 + 1);
         for (kk, v) in sums.iter().enumerate() {
             let at = s.add_c(&row, kk as i64);
             s.store(part, &[&at], v);
