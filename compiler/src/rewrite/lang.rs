@@ -211,16 +211,21 @@ pub fn param_slice(eg: &EGraph, id: Id) -> Option<(Id, usize, Dim, Dim)> {
     if is_param(eg, id) {
         return None;
     }
+    slices_of(eg, id).into_iter().find(|&(src, ..)| is_param(eg, src))
+}
+
+/// The slices in class `id`: `(source, axis, start, end)`, the source canonical.
+pub fn slices_of(eg: &EGraph, id: Id) -> Vec<(Id, usize, Dim, Dim)> {
     nodes_of(eg, id, |p| match p {
         Prim::Slice(s) => Some(s.clone()),
         _ => None,
     })
     .into_iter()
-    .find_map(|(n, s)| {
+    .map(|(n, s)| {
         let src = n.children[0];
-        let ax = s.axis_of(shape(eg, src).len());
-        is_param(eg, src).then(|| (eg.find(src), ax, s.start, s.end))
+        (eg.find(src), s.axis_of(shape(eg, src).len()), s.start, s.end)
     })
+    .collect()
 }
 
 /// `concat(parts, axis)`, written as the source itself (or one slice of it) when the parts

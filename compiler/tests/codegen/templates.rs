@@ -510,10 +510,9 @@ fn packed_row_templates_match_the_reference() {
     run_all(document_cases());
 }
 
-/// The first and last case of each family of templates (a template's code, and a case on
-/// random layouts), for tests of what happens to the code after compiling.
-pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
-    let families = [
+/// The families of template cases a training step's templates come from.
+fn training_families() -> [Vec<TemplateCase>; 7] {
+    [
         conv1d_cases(),
         conv1d_silu_cases(),
         attention_cases(),
@@ -521,9 +520,14 @@ pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
         position_cases(),
         lookup_cases(),
         ssd_cases(),
-        decode_cases(),
-        document_cases(),
-    ];
+    ]
+}
+
+/// The first and last case of each family of templates (a template's code, and a case on
+/// random layouts), for tests of what happens to the code after compiling.
+pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
+    let mut families: Vec<Vec<TemplateCase>> = training_families().into();
+    families.extend([decode_cases(), document_cases()]);
     families
         .into_iter()
         .flat_map(|cases| {
@@ -540,17 +544,9 @@ pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
 /// Every template case, for the GPU machine: the PTX, the arena, the reference's outputs
 /// and the launches (`compiler/tests/ptx_on_device.py` runs them).
 pub fn device_cases() -> Vec<super::DeviceCase> {
-    let all = [
-        conv1d_cases(),
-        conv1d_silu_cases(),
-        attention_cases(),
-        piece_cases(),
-        position_cases(),
-        lookup_cases(),
-        ssd_cases(),
-    ]
-    .concat();
-    all.into_iter()
+    training_families()
+        .concat()
+        .into_iter()
         .enumerate()
         .map(|(i, (what, body, node, values))| {
             let kernel = gpu::compile_template(&code(&body, node, Target::Gpu)).expect("generates");

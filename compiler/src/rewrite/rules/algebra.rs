@@ -5,7 +5,8 @@
 use super::Rule;
 use crate::ops::{Binary, Concat, Matmul, Prim, ReduceScatter, Slice};
 use crate::rewrite::lang::{
-    add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, EGraph, ENode,
+    add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, slices_of,
+    EGraph, ENode,
 };
 use egg::Id;
 use hyb_dsl::dim::Dim;
@@ -290,17 +291,7 @@ fn concat_slices(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let slices: Option<Vec<(Id, Dim, Dim)>> = n
         .children
         .iter()
-        .map(|&part| {
-            nodes_of(eg, part, |p| match p {
-                Prim::Slice(s) => Some(s.clone()),
-                _ => None,
-            })
-            .into_iter()
-            .find_map(|(node, s)| {
-                let src = node.children[0];
-                (s.axis_of(shape(eg, src).len()) == ax).then(|| (eg.find(src), s.start, s.end))
-            })
-        })
+        .map(|&part| slices_of(eg, part).into_iter().find(|s| s.1 == ax).map(|(src, _, start, end)| (src, start, end)))
         .collect();
     let Some(slices) = slices else { return vec![] };
     let src = slices[0].0;
