@@ -433,7 +433,6 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
     Ok(())
 }
 
-/// Times every launch of one step on the GPU and prints where the time goes, by what runs.
 /// A layer's share of the step (its forward, backward and update): the spread over the
 /// layers, so one layer's time compares with a one-layer benchmark.
 fn print_layers(times: &[hyb_runtime::train::step::LaunchTime]) {
@@ -459,6 +458,7 @@ fn print_layers(times: &[hyb_runtime::train::step::LaunchTime]) {
     );
 }
 
+/// Times every launch of one step on the GPU and prints where the time goes, by what runs.
 fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
     let Some(times) = trainer.programs().step.profile() else {
         bail!("--profile times launches on a GPU; this run is on the CPU");

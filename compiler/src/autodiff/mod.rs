@@ -78,9 +78,9 @@ fn reached_gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<
 }
 
 /// The gradient of a kernel with respect to each floating-point input its output depends
-/// on: one kernel, with an output per such input, whose body is the kernel's own body differentiated, so it recomputes
-/// what it needs of the forward pass (as flash attention's backward pass does) instead of
-/// storing it.
+/// on: one kernel, with an output per such input, whose body is the kernel's own body
+/// differentiated, so it recomputes what it needs of the forward pass (as flash
+/// attention's backward pass does) instead of storing it.
 fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
     let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
     let k = (**k).clone();

@@ -6,9 +6,10 @@
 //! [`Primitive::expand`]). Values that cross from one step to the next are *materialised*:
 //! the inputs, each GEMM's operands and product, the outputs, and every reduction to a
 //! single value (a quantiser's scale), so that it is computed once and not by every
-//! element that reads it, and the reductions [`reductions`] splits for parallelism. Everything else is recomputed inside the body step that needs
-//! it. A materialised value lives in the launch's input or output view, or in contiguous
-//! scratch space the chain asks for.
+//! element that reads it, and the reductions [`reductions`] splits for parallelism.
+//! Everything else is recomputed inside the body step that needs it. A materialised value
+//! lives in the launch's input or output view, or in contiguous scratch space the chain
+//! asks for.
 //!
 //! `sum(op(a)ᵀ·b, axis 0)` over a batch of contiguous operands (a weight gradient) is one
 //! GEMM with the batch folded into its inner dimension, not a batch of products summed.

@@ -241,8 +241,9 @@ fn longest_reduction(body: &Body, nest: &Nest) -> Option<usize> {
 }
 
 /// `node` (a reduction `r`) and the reductions of the same kind (sum or maximum) it
-/// reduces directly, outermost first: on the GPU one loop takes them together.
-fn chain(g: &crate::ir::Graph, node: NodeId, r: &Reduce) -> Vec<NodeId> {
+/// reduces directly, outermost first: on the GPU one loop takes them together, and
+/// `reductions` factors them as one.
+pub(super) fn chain(g: &crate::ir::Graph, node: NodeId, r: &Reduce) -> Vec<NodeId> {
     let mut chain = vec![node];
     if !matches!(r.op, ReduceOp::Sum | ReduceOp::Max) {
         return chain;

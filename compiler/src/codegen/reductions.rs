@@ -66,7 +66,7 @@ pub fn parallel(g: &Graph, shapes: &[Vec<usize>]) -> (Graph, Vec<NodeId>, Vec<Ve
 
 /// Whether `parallel` changes anything in `g`.
 pub fn needed(g: &Graph, shapes: &[Vec<usize>]) -> bool {
-    !nested_reductions(g, shapes).is_empty() || (0..g.nodes.len()).any(|n| factoring(g, shapes, n).is_some())
+    !parallel(g, shapes).1.is_empty()
 }
 
 fn reduction(g: &Graph, n: NodeId) -> Option<&Reduce> {
@@ -127,14 +127,7 @@ fn factoring(g: &Graph, shapes: &[Vec<usize>], top: NodeId) -> Option<Factoring>
     if g.nodes.iter().any(|n| matches!(&n.op, Op::Prim(Prim::Reduce(u)) if u.op == r.op && n.inputs[0] == top)) {
         return None;
     }
-    let mut chain = vec![top];
-    loop {
-        let next = g.nodes[*chain.last()?].inputs[0];
-        match reduction(g, next) {
-            Some(u) if u.op == r.op => chain.push(next),
-            _ => break,
-        }
-    }
+    let chain = super::emit::chain(g, top, r);
     let x = g.nodes[*chain.last()?].inputs[0];
     let (outputs, elements) = (shapes[top].iter().product::<usize>(), shapes[x].iter().product::<usize>());
     // One output is the split into two steps of the chain's own (`chain::split`).

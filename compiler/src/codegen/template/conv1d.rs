@@ -149,11 +149,15 @@ fn channel_taps(s: &mut Text, k: usize, bias: Option<usize>, ci: &str) -> (Vec<S
             s.load(1, &[ci, &tap])
         })
         .collect();
-    let start = match bias {
+    (w, bias_of(s, bias, ci))
+}
+
+/// Channel `ci`'s bias (view `bias`), or 0 without one.
+fn bias_of(s: &mut Text, bias: Option<usize>, ci: &str) -> String {
+    match bias {
         Some(view) => s.load(view, &[ci]),
         None => s.f32(0.0),
-    };
-    (w, start)
+    }
 }
 
 /// `bias + Σ_{kk ≥ lo} w[kk]·window[kk]`, in tap order as [`pre_activation`] sums.
@@ -170,10 +174,7 @@ fn windowed(s: &mut Text, (w, bias): (&[String], &str), window: &[String], lo: &
 
 /// `bias[c] + Σ_{kk ≥ lo} w[c,kk]·x[b, t-(K-1)+kk, c]` (views 0 and 1 are `x` and `w`).
 fn pre_activation(s: &mut Text, k: usize, bias: Option<usize>, bi: &str, ti: &str, ci: &str, lo: &str) -> String {
-    let start = match bias {
-        Some(view) => s.load(view, &[ci]),
-        None => s.f32(0.0),
-    };
+    let start = bias_of(s, bias, ci);
     let kk_hi = s.i64(k as i64);
     s.fold(lo, &kk_hi, &[start], |s, kk, acc| {
         let shift = s.add_c(kk, 1 - k as i64);
@@ -279,39 +280,36 @@ pub struct GradOperands {
     bias: Option<usize>,
     dbias: bool,
     silu: bool,
-    /// Under SiLU, the workspace view (flat `[B, T, C]`) holding `dy · silu'` once the
-    /// first phase has written it.
-    gated: Option<usize>,
-    /// `T` and `C`, to index the flat workspace.
+    /// Under SiLU, where `dy · silu'` is once the first phase has written it.
+    gated: Option<Gated>,
+}
+
+/// The workspace view holding `dy · silu'` as a flat `[B, T, C]`, with `T` and `C` to
+/// index it.
+#[derive(Clone, Copy, Debug)]
+struct Gated {
+    view: usize,
     dims: (usize, usize),
 }
 
 impl GradOperands {
     /// `causal_conv1d_grad` (`document_conv1d_grad` with `documents`).
     pub fn of_prim(dbias: bool, documents: bool) -> GradOperands {
-        GradOperands {
-            dy: 2,
-            positions: documents.then_some(3),
-            bias: None,
-            dbias,
-            silu: false,
-            gated: None,
-            dims: (0, 0),
-        }
+        GradOperands { dy: 2, positions: documents.then_some(3), bias: None, dbias, silu: false, gated: None }
     }
 
     /// The gradient kernel of `conv1d_silu` over `arity` inputs.
     pub fn of_silu(arity: usize, documents: bool) -> GradOperands {
         let bias = (arity == 4 + usize::from(documents)).then_some(2);
         let positions = documents.then(|| arity - 2);
-        GradOperands { dy: arity - 1, positions, bias, dbias: bias.is_some(), silu: true, gated: None, dims: (0, 0) }
+        GradOperands { dy: arity - 1, positions, bias, dbias: bias.is_some(), silu: true, gated: None }
     }
 
     /// The gradient at the conv's output `(bi, ti, ci)`: `dy`, times `silu'` of the
     /// pre-activation under SiLU (read back from the workspace once it is there).
     fn dy_at(&self, s: &mut Text, k: usize, bi: &str, ti: &str, ci: &str) -> String {
-        if let Some(view) = self.gated {
-            let at = flat(s, self.dims, bi, ti, ci);
+        if let Some(Gated { view, dims }) = self.gated {
+            let at = flat(s, dims, bi, ti, ci);
             return s.load(view, &[&at]);
         }
         let dy = s.load(self.dy, &[bi, ti, ci]);
@@ -385,7 +383,7 @@ pub fn backward(inputs: &[Vec<usize>], operands: GradOperands, target: Target) -
             let view = first_workspace;
             workspace.push(b * t * c);
             phases.push(gate_grad(&operands, (b, t, c, k), view, target));
-            GradOperands { gated: Some(view), dims: (t, c), ..operands }
+            GradOperands { gated: Some(Gated { view, dims: (t, c) }), ..operands }
         }
         false => operands,
     };
