@@ -40,12 +40,13 @@ test: deps
 	cargo run --release -q -- fmt --check stdlib/*.hyb examples/*.hyb
 
 ## Writes what bench/tensor_core_check.sh needs on the GPU machine, to carry there:
-## dist/hyb.xz (the stripped release binary) and dist/tc (the tensor-core device cases, the
-## benchmarks' PTX and the mamba-ssm peer).
+## dist/hyb.xz (the stripped release binary) and dist/tc.tar.xz (dist/tc packed: the
+## tensor-core device cases, the benchmarks' PTX and the mamba-ssm peer).
 device-tc: build
 	rm -rf dist/tc && mkdir -p dist/tc
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core,template cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_attention_benchmark -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_ssd_benchmark -- --ignored
 	cp -r ../shared/peer dist/tc/peer
+	tar -cf - -C dist tc | xz -T0 > dist/tc.tar.xz
 	strip -o dist/hyb $(HYB) && xz -f -T0 dist/hyb

@@ -2,7 +2,10 @@
 in one process.
 
 Reads bench.json and the PTX from `export_attention_benchmark` (compiler/tests/codegen/
-templates.rs): causal GQA at the peer's shapes, contiguous `[B, H, T, D]` bf16. Both run on
+templates.rs): causal GQA at the peer's shapes, contiguous `[B, H, T, D]` bf16. A case with
+`documents` L is packed rows of L-token documents (positions `t mod L`, f32): the peer is SDPA
+on the documents as separate sequences (`[B·T/L, H, L, D]`), what a packed row must equal;
+its FLOPs count the causal half of each document. Both run on
 the same random inputs, hyb's outputs poisoned with NaN first; hyb's output and gradients
 are compared with SDPA's (largest difference relative to SDPA's largest magnitude; NaN
 fails). Times are medians of 20 CUDA-event timings after 3 warm-up runs. FLOPs count the
@@ -67,22 +70,40 @@ def main():
     failed = 0
     for case in json.load(open(os.path.join(folder, "bench.json"))):
         b, h, kv, t, d = (case[k] for k in ("b", "h", "kv", "t", "d"))
+        length = case.get("documents") or t
         torch.manual_seed(0)
         bf16 = dict(device="cuda", dtype=torch.bfloat16)
         q, k, v = torch.randn(b, h, t, d, **bf16), torch.randn(b, kv, t, d, **bf16), torch.randn(b, kv, t, d, **bf16)
         dy = torch.randn(b, h, t, d, **bf16)
         out = torch.full((b, h, t, d), float("nan"), **bf16)
         grads = [torch.full_like(x, float("nan")) for x in (q, k, v)]
-        forward = launcher(folder, case["passes"]["forward"], [q, k, v, out])
-        backward = launcher(folder, case["passes"]["backward"], [q, k, v, dy] + grads)
-        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        positions = []
+        if case.get("documents"):
+            steps = torch.arange(t, device="cuda", dtype=torch.float32) % length
+            positions = [steps.expand(b, t).contiguous()]
+        forward = launcher(folder, case["passes"]["forward"], [q, k, v] + positions + [out])
+        backward = launcher(folder, case["passes"]["backward"], [q, k, v] + positions + [dy] + grads)
+
+        def documents(x):
+            """`[B, heads, T, D]` as `[B·T/L, heads, L, D]`: each document its own sequence."""
+            n = x.shape[1]
+            return x.reshape(b, n, t // length, length, d).transpose(1, 2).reshape(-1, n, length, d).contiguous()
+
+        def rows(x):
+            """The inverse of `documents`."""
+            n = x.shape[1]
+            return x.reshape(b, t // length, n, length, d).transpose(1, 2).reshape(b, n, t, d)
+
+        # The peer's operands are laid out as separate sequences once, outside its timings.
+        leaves = [documents(x).requires_grad_() for x in (q, k, v)]
+        peer_dy = documents(dy)
 
         def sdpa():
             return F.scaled_dot_product_attention(*leaves, is_causal=True, enable_gqa=True)
 
         def sdpa_both():
             y = sdpa()
-            torch.autograd.grad(y, leaves, dy)
+            torch.autograd.grad(y, leaves, peer_dy)
 
         def hyb_both():
             forward()
@@ -92,15 +113,15 @@ def main():
         backward()
         torch.cuda.synchronize()
         y = sdpa()
-        want = [y.detach()] + list(torch.autograd.grad(y, leaves, dy))
+        want = [rows(x) for x in [y.detach()] + list(torch.autograd.grad(y, leaves, peer_dy))]
         diffs = [difference(x, w) for x, w in zip([out] + grads, want)]
         ok = all(x < 2e-2 for x in diffs)
         failed += not ok
-        flops = 2 * 2 * b * h * t * t * d / 2
+        flops = 2 * 2 * b * h * t * length * d / 2
         with torch.no_grad():
             times = [(median_ms(forward), median_ms(sdpa))]
         times.append((median_ms(hyb_both), median_ms(sdpa_both)))
-        shape = f"B {b} T {t} H {h} KV {kv} D {d}"
+        shape = f"B {b} T {t} H {h} KV {kv} D {d}" + (f" documents of {length}" if length < t else "")
         for what, (ours, peer), work in zip(["forward", "forward + backward"], times, [flops, 3.5 * flops]):
             print(f"{'PASS' if ok else 'FAIL'} attention {what} {shape}: hyb {ours:.3f} ms "
                   f"({work / ours / 1e9:.0f} TFLOP/s), SDPA {peer:.3f} ms ({work / peer / 1e9:.0f} TFLOP/s), "

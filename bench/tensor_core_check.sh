@@ -11,9 +11,9 @@
 # 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
 # (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
 # per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
-# ATTENTION=0 and HYBRID=0 leave out the attention benchmark and the small hybrid. Needs
-# dist/hyb.xz and dist/tc (carried; `make device-tc` writes both). Logs come back under
-# $OUT.
+# PACKED=1 adds the small hybrid on packed rows. ATTENTION=0 and HYBRID=0 leave out the
+# attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
+# `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
 python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
 grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
@@ -41,13 +41,18 @@ if [ "${ATTENTION:-1}" = 1 ]; then
 fi
 python3 bench/ssd_debug.py dist/tc/bench 2>&1 | tail -n 12
 PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
+# With PACKED=1 the same pair again on packed rows (this README's lines as documents, so
+# attention, conv and scan restart every few dozen tokens).
 steps=${STEPS:-60}
 runs="cuda_bf16 cpu"
+[ "${PACKED:-0}" = 1 ] && runs="$runs packed_cuda_bf16 packed_cpu"
 [ "${HYBRID:-1}" = 1 ] || runs=""
 for run in $runs; do
     case $run in
         cuda_bf16) flags="--device cuda --precision bf16 --profile" ;;
         cpu) flags="--device cpu" ;;
+        packed_cuda_bf16) flags="--device cuda --precision bf16 --profile --data README.md --pack eod=10" ;;
+        packed_cpu) flags="--device cpu --data README.md --pack eod=10" ;;
     esac
     timeout 240 "$work/hyb" train bench/models/tensor_core_hybrid.hyb $flags --batch 4 --seq 256 \
         --steps "$steps" --eval-every 0 --save-every 0 --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
@@ -61,14 +66,15 @@ out = sys.argv[1]
 def losses(run):
     p = os.path.join(out, f"metrics_{run}.jsonl")
     return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else []
-g, c = losses("cuda_bf16"), losses("cpu")
-n = min(len(g), len(c))
-if n == 0:
-    print("no losses to compare", len(g), len(c))
-else:
+for rows in ["", "packed_"]:
+    g, c = losses(rows + "cuda_bf16"), losses(rows + "cpu")
+    n = min(len(g), len(c))
+    if n == 0:
+        print(f"{rows}: no losses to compare", len(g), len(c))
+        continue
     d = [abs(a - b) for a, b in zip(g, c)]
-    print(f"tensor_core_hybrid bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} (diff {d[0]:.2e}); "
-          f"{n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
+    print(f"tensor_core_hybrid {rows}bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} "
+          f"(diff {d[0]:.2e}); {n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
 PY
 # With CHECK=1, every launch of the small hybrid's training step at 2,048 tokens (sums over
 # tokens split into partial steps) on the GPU against the CPU executor, outputs poisoned.

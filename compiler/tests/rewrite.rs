@@ -6,6 +6,7 @@
 mod common;
 
 use common::{forward, inputs, weights};
+use hyb_compiler::elaborate::packed::{packed, POSITIONS};
 use hyb_compiler::ir::{Graph, KernelKind, Op};
 use hyb_compiler::ops::Prim;
 use hyb_compiler::reference::{run, Tensor};
@@ -102,6 +103,38 @@ fn rewritten_training_step_gives_the_same_update() {
     assert!(names.iter().any(|n| n == "flash_attention_grad"), "{names:?}");
     assert!(names.iter().any(|n| n == "gemm"), "{names:?}");
     assert_eq!(packed_projections(&fused), 3, "{:?}", report.fired);
+}
+
+/// Packed rows: the packed graph's attention (document mask, RoPE by the place in the
+/// document) becomes one flash-attention kernel over the documents per layer, and the
+/// training step with it updates as the plain packed graph does.
+#[test]
+fn packed_attention_becomes_flash_attention_over_documents() {
+    let g = packed(&forward(MODEL)).unwrap();
+    let w = weights(&g, 7);
+    let (b, t) = (2, 9);
+    let mut x = inputs(&w, b, t, 61);
+    // Documents of 1 to 4 tokens, starting anywhere in the row.
+    let places = (0..b * t).scan(0.0, |p, i| {
+        *p = if i % t == 0 || i % 5 == 3 || *p >= 3.0 { 0.0 } else { *p + 1.0 };
+        Some(*p)
+    });
+    x.insert(POSITIONS.to_string(), Tensor::new(vec![b, t], places.collect()));
+    let opts = Options::default();
+    let (saturated, _) = saturate(&g, &opts);
+    let documents = kernels(&saturated)
+        .into_iter()
+        .filter(|k| matches!(k.kind, KernelKind::FlashAttention { documents: true, rope: Some(_), .. }))
+        .count();
+    assert_eq!(documents, 3, "one flash attention over documents per layer");
+    assert_close(&run(&g, &w, &x).unwrap(), &run(&saturated, &w, &x).unwrap(), 1e-12);
+
+    let opt = AdamW::default();
+    let want = run(&training_graph(&g, &opt, 1.0).graph, &w, &x).unwrap();
+    let (fused, _) = optimize(&training_graph(&saturated, &opt, 1.0).graph, &opts);
+    assert_close(&want, &run(&fused, &w, &x).unwrap(), 1e-10);
+    let masks = fused.nodes.iter().filter(|n| matches!(n.op, Op::Prim(Prim::DocumentMask(_)))).count();
+    assert_eq!(masks, 0, "no score matrix is masked outside the kernel");
 }
 
 /// Weights packed so that q, k, v and Mamba's in_proj run as one GEMM.

@@ -7,8 +7,8 @@
 use egg::Id;
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{
-    AllGather, AllReduce, Binary, CausalConv1d, CausalMask, Concat, DocumentConv1d, Int8Quant, ReduceOp, Rope, Shard,
-    Slice, TernaryQuant, TpCopy, Transpose, Unary, F64,
+    AllGather, AllReduce, Binary, CausalConv1d, CausalMask, Concat, DocumentConv1d, DocumentMask, DocumentRope,
+    Int8Quant, ReduceOp, Rope, Shard, Slice, TernaryQuant, TpCopy, Transpose, Unary, F64,
 };
 use hyb_compiler::reference::{run_ranks, Tensor};
 use hyb_compiler::rewrite::lang::{EGraph, OpKind};
@@ -318,10 +318,16 @@ proptest! {
 
     #[test]
     fn flash_attention(b in 1..3usize, t in 1..6usize, kv in 1..3usize, groups in 1..4usize, half in 1..3usize,
-                       rope in any::<bool>(), seed in 0..1000u64) {
+                       rope in any::<bool>(), packed in any::<bool>(), seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let (h, hd) = (kv * groups, 2 * half);
-        let roped = |k: &mut Case, x| if rope { k.g.apply(Rope { theta: F64(500.0) }, vec![x]) } else { x };
+        let positions = packed.then(|| k.positions(b, t));
+        let theta = F64(500.0);
+        let roped = |k: &mut Case, x| match (rope, positions) {
+            (false, _) => x,
+            (true, None) => k.g.apply(Rope { theta }, vec![x]),
+            (true, Some(p)) => k.g.apply(DocumentRope { theta }, vec![x, p]),
+        };
         let q = k.param(&[b, t, h, hd]);
         let q = roped(&mut k, q);
         let mut kvs = Vec::new();
@@ -336,7 +342,10 @@ proptest! {
         let qt = k.transpose(q, 1, 2);
         let s = k.g.matmul(qt, kvs[0], false, true);
         let s = k.g.scale(s, 1.0 / (hd as f64).sqrt());
-        let s = k.g.apply(CausalMask, vec![s]);
+        let s = match positions {
+            Some(p) => k.g.apply(DocumentMask, vec![s, p]),
+            None => k.g.apply(CausalMask, vec![s]),
+        };
         let keep = |k: &mut Case, op, x| k.g.reduce(op, x, -1, true);
         let m = keep(&mut k, ReduceOp::Max, s);
         let s = k.g.binary(Binary::Sub, s, m);

@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod cpu;
 pub mod cuda;
+pub mod dist;
 pub mod generate;
 pub mod hf;
 pub mod mup;

@@ -53,8 +53,16 @@ pub struct Kernel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum KernelKind {
     /// Causal softmax attention, `groups` query heads per key/value head; with `rope`, the
-    /// rotary embedding (of that base) is applied to q and k inside the kernel.
-    FlashAttention { scale: f64, groups: usize, rope: Option<f64> },
+    /// rotary embedding (of that base) is applied to q and k inside the kernel. With
+    /// `documents` (packed rows) a last input `positions [B, T]` confines every query to
+    /// the keys of its document and RoPE to the place in it (`ops::documents`).
+    FlashAttention {
+        scale: f64,
+        groups: usize,
+        rope: Option<f64>,
+        #[serde(default)]
+        documents: bool,
+    },
     /// BitNet b1.58: per-token int8 activations times ternary weights.
     BitLinear,
     /// `silu(causal_conv1d(x, w, bias))` (with `documents`, of `document_conv1d`): Mamba's

@@ -4,7 +4,8 @@
 
 use crate::ir::{Graph, Kernel, KernelKind, Op, TensorType};
 use crate::ops::{
-    Binary, CausalConv1d, CausalMask, DocumentConv1d, Int8Quant, ReduceOp, Rope, TernaryQuant, Transpose, Unary, F64,
+    Binary, CausalConv1d, CausalMask, DocumentConv1d, DocumentMask, DocumentRope, Int8Quant, ReduceOp, Rope,
+    TernaryQuant, Transpose, Unary, F64,
 };
 use hyb_dsl::dim::Dim;
 
@@ -19,19 +20,24 @@ fn row(g: &mut Graph, op: ReduceOp, x: usize) -> usize {
 /// Causal attention over `q [B, H, T, D]`, `k, v [B, H/groups, T, D]`:
 /// `softmax(causal_mask(q kᵀ · scale)) v`, each key/value head serving `groups` query heads.
 /// With `rope`, q and k arrive token-major (`[B, T, heads, D]`) and are rotated first.
+/// With `positions [B, T]` (packed rows, input 3), of `document_mask` and `document_rope`.
 pub fn flash_attention(
-    q: &TensorType,
-    k: &TensorType,
-    v: &TensorType,
+    (q, k, v): (&TensorType, &TensorType, &TensorType),
     scale: f64,
     groups: usize,
     rope: Option<f64>,
+    positions: Option<&TensorType>,
 ) -> Kernel {
     let mut g = Graph::default();
     let (mut qi, mut ki, mut vi) = (input(&mut g, 0, q), input(&mut g, 1, k), input(&mut g, 2, v));
+    let pos = positions.map(|ty| input(&mut g, 3, ty));
     if let Some(theta) = rope {
         for x in [&mut qi, &mut ki] {
-            let r = g.apply(Rope { theta: F64(theta) }, vec![*x]);
+            let theta = F64(theta);
+            let r = match pos {
+                Some(p) => g.apply(DocumentRope { theta }, vec![*x, p]),
+                None => g.apply(Rope { theta }, vec![*x]),
+            };
             *x = g.apply(Transpose { dim0: 1, dim1: 2 }, vec![r]);
         }
     }
@@ -50,7 +56,10 @@ pub fn flash_attention(
     }
     let s = g.matmul(qi, ki, false, true);
     let s = g.scale(s, scale);
-    let s = g.apply(CausalMask, vec![s]);
+    let s = match pos {
+        Some(p) => g.apply(DocumentMask, vec![s, p]),
+        None => g.apply(CausalMask, vec![s]),
+    };
     let m = row(&mut g, ReduceOp::Max, s);
     let s = g.binary(Binary::Sub, s, m);
     let e = g.unary(Unary::Exp, s);
@@ -58,7 +67,7 @@ pub fn flash_attention(
     let p = g.binary(Binary::Div, e, z);
     let o = g.matmul(p, vi, false, false);
     g.outputs = vec![o];
-    Kernel { kind: KernelKind::FlashAttention { scale, groups, rope }, body: g }
+    Kernel { kind: KernelKind::FlashAttention { scale, groups, rope, documents: pos.is_some() }, body: g }
 }
 
 /// BitNet b1.58 linear: `int8_quant(x) @ ternary_quant(w)ᵀ`.

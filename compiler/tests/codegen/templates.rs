@@ -210,7 +210,7 @@ fn conv1d_with_silu_matches_the_reference() {
 const ATTENTION_FLOOR: f64 = 1e-2;
 
 /// An attention test's sizes: batch, query heads, query heads per key/value head, time,
-/// head dimension, and the RoPE base.
+/// head dimension, the RoPE base, and whether rows are packed (a positions input).
 #[derive(Debug)]
 struct Attention {
     b: usize,
@@ -219,18 +219,28 @@ struct Attention {
     t: usize,
     d: usize,
     rope: Option<f64>,
+    documents: bool,
+}
+
+impl Attention {
+    fn params(&self) -> template::attention::Params {
+        let scale = 1.0 / (self.d as f64).sqrt();
+        template::attention::Params { scale, groups: self.groups, rope: self.rope, documents: self.documents }
+    }
 }
 
 /// T = 1, odd T, odd D (without RoPE, which pairs halves), a single key/value head serving
-/// four.
+/// four; packed rows with and without RoPE.
 const ATTENTION_SHAPES: &[Attention] = &[
-    Attention { b: 1, h: 1, groups: 1, t: 1, d: 4, rope: None },
-    Attention { b: 2, h: 2, groups: 1, t: 5, d: 8, rope: None },
-    Attention { b: 1, h: 4, groups: 2, t: 7, d: 3, rope: None },
-    Attention { b: 2, h: 4, groups: 4, t: 3, d: 5, rope: None },
-    Attention { b: 1, h: 2, groups: 1, t: 1, d: 4, rope: Some(10000.0) },
-    Attention { b: 2, h: 4, groups: 2, t: 5, d: 8, rope: Some(10000.0) },
-    Attention { b: 1, h: 4, groups: 4, t: 9, d: 4, rope: Some(10000.0) },
+    Attention { b: 1, h: 1, groups: 1, t: 1, d: 4, rope: None, documents: false },
+    Attention { b: 2, h: 2, groups: 1, t: 5, d: 8, rope: None, documents: false },
+    Attention { b: 1, h: 4, groups: 2, t: 7, d: 3, rope: None, documents: false },
+    Attention { b: 2, h: 4, groups: 4, t: 3, d: 5, rope: None, documents: false },
+    Attention { b: 1, h: 2, groups: 1, t: 1, d: 4, rope: Some(10000.0), documents: false },
+    Attention { b: 2, h: 4, groups: 2, t: 5, d: 8, rope: Some(10000.0), documents: false },
+    Attention { b: 1, h: 4, groups: 4, t: 9, d: 4, rope: Some(10000.0), documents: false },
+    Attention { b: 2, h: 4, groups: 2, t: 11, d: 5, rope: None, documents: true },
+    Attention { b: 2, h: 2, groups: 2, t: 13, d: 6, rope: Some(500.0), documents: true },
 ];
 
 /// `kernel` as a node over inputs `0..` of `types`, and its gradient kernel (as autodiff
@@ -269,24 +279,33 @@ fn kernel_bodies(kernel: Kernel, types: &[TensorType]) -> [(Graph, NodeId); 2] {
     [(forward, y), (backward, first)]
 }
 
-/// The flash-attention kernel node over inputs `0..3`, and its gradient kernel over inputs
-/// `0..4` with outputs `dq`, `dk`, `dv`.
+/// The flash-attention kernel node over inputs `0..3` (and the positions with documents),
+/// and its gradient kernel over those and `dy` with outputs `dq`, `dk`, `dv`.
 fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
-    let Attention { b, h, groups, t, d, rope } = *a;
+    let Attention { b, h, groups, t, d, rope, documents } = *a;
     let kv = h / groups;
     let layout = |heads| if rope.is_some() { vec![b, t, heads, d] } else { vec![b, heads, t, d] };
-    let types = [f32_type(&layout(h)), f32_type(&layout(kv)), f32_type(&[b, kv, t, d])];
-    let kernel = flash_attention(&types[0], &types[1], &types[2], 1.0 / (d as f64).sqrt(), groups, rope);
+    let mut types = vec![f32_type(&layout(h)), f32_type(&layout(kv)), f32_type(&[b, kv, t, d])];
+    let positions = documents.then(|| f32_type(&[b, t]));
+    let operands = (&types[0], &types[1], &types[2]);
+    let kernel = flash_attention(operands, 1.0 / (d as f64).sqrt(), groups, rope, positions.as_ref());
+    types.extend(positions);
     kernel_bodies(kernel, &types)
 }
 
+/// How an attention case draws its inputs: with documents, positions (input 3) mostly
+/// below 4, so a row holds documents of a few tokens (and single tokens) at any offset.
+fn attention_values(a: &Attention) -> Values {
+    let ranges: Ranges = if a.documents { &[(3, 0.0, 4.0)] } else { &[] };
+    Values { floor: ATTENTION_FLOOR, ranges, ..UNIT }
+}
+
 fn attention_cases() -> Vec<TemplateCase> {
-    let values = Values { floor: ATTENTION_FLOOR, ..UNIT };
     let mut cases = Vec::new();
     for a in ATTENTION_SHAPES {
         let [(forward, y), (backward, dq)] = attention_bodies(a);
-        cases.push((format!("{a:?}"), forward, y, values));
-        cases.push((format!("{a:?}, gradient"), backward, dq, values));
+        cases.push((format!("{a:?}"), forward, y, attention_values(a)));
+        cases.push((format!("{a:?}, gradient"), backward, dq, attention_values(a)));
     }
     cases
 }
@@ -642,28 +661,41 @@ fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
 /// same bf16-rounded inputs: within 1% of the output's scale, the error of bf16
 /// probabilities.
 fn tensor_core_cases() -> Vec<super::DeviceCase> {
+    // Packed rows: documents of up to ~100 tokens (tiles skipped and partly masked), and of
+    // a few (rows that see no key of a tile).
     let shapes = [
-        Attention { b: 2, h: 4, groups: 2, t: 200, d: 64, rope: Some(10000.0) },
-        Attention { b: 1, h: 2, groups: 1, t: 130, d: 128, rope: None },
-        Attention { b: 1, h: 4, groups: 4, t: 96, d: 128, rope: Some(500.0) },
+        (Attention { b: 2, h: 4, groups: 2, t: 200, d: 64, rope: Some(10000.0), documents: false }, 0.0),
+        (Attention { b: 1, h: 2, groups: 1, t: 130, d: 128, rope: None, documents: false }, 0.0),
+        (Attention { b: 1, h: 4, groups: 4, t: 96, d: 128, rope: Some(500.0), documents: false }, 0.0),
+        (Attention { b: 2, h: 4, groups: 2, t: 300, d: 64, rope: Some(10000.0), documents: true }, 100.0),
+        (Attention { b: 1, h: 4, groups: 2, t: 200, d: 128, rope: None, documents: true }, 5.0),
     ];
     let mut cases = Vec::new();
-    for a in &shapes {
+    for (a, places) in &shapes {
         let [forward, backward] = attention_bodies(a);
-        let p = template::attention::Params { scale: 1.0 / (a.d as f64).sqrt(), groups: a.groups, rope: a.rope };
+        let p = a.params();
         let kv = a.h / a.groups;
         let layout = |heads| if a.rope.is_some() { vec![a.b, a.t, heads, a.d] } else { vec![a.b, heads, a.t, a.d] };
-        let inputs = [layout(a.h), layout(kv), vec![a.b, kv, a.t, a.d], vec![a.b, a.h, a.t, a.d]];
+        let mut inputs = vec![layout(a.h), layout(kv), vec![a.b, kv, a.t, a.d]];
+        if a.documents {
+            inputs.push(vec![a.b, a.t]);
+        }
+        let mut with_dy = inputs.clone();
+        with_dy.push(vec![a.b, a.h, a.t, a.d]);
+        let ranges: Ranges = Box::leak(Box::new([(3, 0.0, *places)]));
+        let ranges = if a.documents { ranges } else { &[] };
         for (pass, (body, _)) in [("forward", forward), ("gradient", backward)] {
             let code = match pass {
-                "forward" => template::attention::forward_on_tensor_cores(&inputs[..3], p),
-                _ => template::attention::backward_on_tensor_cores(&inputs, p),
+                "forward" => template::attention::forward_on_tensor_cores(&inputs, p),
+                _ => template::attention::backward_on_tensor_cores(&with_dy, p),
             }
             .expect("a tensor-core template");
+            // One arena of bf16 on the device, the positions too (the reference reads them
+            // rounded alike).
             let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
             let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
             let mut case =
-                Case::ranged(&body, 1, -1.0, 1.0, &[]).expect("a case").stored(&body, &storage).expect("rounds");
+                Case::ranged(&body, 1, -1.0, 1.0, ranges).expect("a case").stored(&body, &storage).expect("rounds");
             // A gradient the reference finds exactly zero (a constant v makes dq and dk
             // vanish) is judged on the scale of its terms, `|dO|·|v|·|k|·scale` ≈ 0.1 for
             // inputs in [-1, 1], not on its own (bf16 rounding leaves ~1e-4 there).
@@ -689,20 +721,32 @@ fn tensor_core_cases() -> Vec<super::DeviceCase> {
 /// operands). Its values are checked on the GPU (`device_cases`).
 #[test]
 fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
-    for (d, rope, groups) in [(64, None, 1), (128, Some(10_000.0), 4), (64, Some(500.0), 2), (128, None, 2)] {
+    let variants = [
+        (64, None, 1, false),
+        (128, Some(10_000.0), 4, false),
+        (64, Some(500.0), 2, false),
+        (128, None, 2, false),
+        (64, Some(500.0), 2, true),
+        (128, None, 4, true),
+    ];
+    for (d, rope, groups, documents) in variants {
         let kv = 2;
         let (b, t, h) = (2, 100, kv * groups);
-        let shapes = match rope {
-            Some(_) => [vec![b, t, h, d], vec![b, t, kv, d], vec![b, kv, t, d]],
-            None => [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]],
+        let mut shapes = match rope {
+            Some(_) => vec![vec![b, t, h, d], vec![b, t, kv, d], vec![b, kv, t, d]],
+            None => vec![vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]],
         };
-        let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups, rope };
+        if documents {
+            shapes.push(vec![b, t]);
+        }
+        let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups, rope, documents };
         let mut with_dy = shapes.to_vec();
         with_dy.push(vec![b, h, t, d]);
         let forward = template::attention::forward_on_tensor_cores(&shapes, p).expect("a tensor-core template");
         let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
         for (pass, code) in [("forward", forward), ("gradient", backward)] {
-            let what = format!("tensor-core attention {pass}, d {d}, rope {rope:?}, groups {groups}");
+            let what =
+                format!("tensor-core attention {pass}, d {d}, rope {rope:?}, groups {groups}, documents {documents}");
             // The rotated q and k, which the tiles stage by asynchronous copies, are bf16.
             let bf16 = code.workspace.iter().zip(code.workspace_bytes()).filter(|&(&n, bytes)| bytes == 2 * n).count();
             assert_eq!(bf16, if rope.is_some() { 2 } else { 0 }, "{what}: bf16 workspace buffers");
@@ -772,23 +816,33 @@ fn ssd_scan_on_tensor_cores_assembles_to_matrix_instructions() {
 }
 
 /// The tensor-core attention forward and gradient at the peer's shapes (causal GQA, `[B,
-/// H, T, D]` contiguous, bf16), for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test
-/// --release -p hyb-compiler --test codegen export_attention_benchmark -- --ignored`.
+/// H, T, D]` contiguous, bf16), and packed rows of 1,024-token documents (positions f32),
+/// for `bench/attention_mma.py`: `HYB_PTX_CASES=DIR cargo test --release -p hyb-compiler
+/// --test codegen export_attention_benchmark -- --ignored`.
 #[test]
 #[ignore = "writes the attention benchmark's PTX for the GPU machine; needs HYB_PTX_CASES"]
 fn export_attention_benchmark() {
     let dir = std::path::PathBuf::from(std::env::var("HYB_PTX_CASES").expect("HYB_PTX_CASES names a folder"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut index = Vec::new();
-    for (b, h, kv, t, d) in [(2, 16, 4, 4096, 128), (4, 8, 2, 4096, 64)] {
-        let inputs = [vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d], vec![b, h, t, d]];
-        let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups: h / kv, rope: None };
-        let forward = template::attention::forward_on_tensor_cores(&inputs[..3], p).expect("a tensor-core template");
-        let backward = template::attention::backward_on_tensor_cores(&inputs, p).expect("a tensor-core gradient");
-        let name = format!("attention_b{b}_h{h}_kv{kv}_t{t}_d{d}");
+    let shapes = [(2, 16, 4, 4096, 128, None), (4, 8, 2, 4096, 64, None), (2, 16, 4, 4096, 128, Some(1024))];
+    for (b, h, kv, t, d, documents) in shapes {
+        let mut inputs = vec![vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]];
+        inputs.extend(documents.map(|_| vec![b, t]));
+        let mut with_dy = inputs.clone();
+        with_dy.push(vec![b, h, t, d]);
+        let scale = 1.0 / (d as f64).sqrt();
+        let p = template::attention::Params { scale, groups: h / kv, rope: None, documents: documents.is_some() };
+        let forward = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
+        let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
+        let packed = documents.map_or(String::new(), |l| format!("_doc{l}"));
+        let name = format!("attention_b{b}_h{h}_kv{kv}_t{t}_d{d}{packed}");
         let mut passes = serde_json::Map::new();
         for (pass, code) in [("forward", forward), ("backward", backward)] {
-            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let mut storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            if documents.is_some() {
+                storage[3] = Storage::F32;
+            }
             let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
             std::fs::write(dir.join(format!("{name}_{pass}.ptx")), &kernel.ptx).unwrap();
             passes.insert(
@@ -800,7 +854,10 @@ fn export_attention_benchmark() {
                 }),
             );
         }
-        index.push(serde_json::json!({ "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d, "passes": passes }));
+        let case = serde_json::json!({
+            "name": name, "b": b, "h": h, "kv": kv, "t": t, "d": d, "documents": documents, "passes": passes,
+        });
+        index.push(case);
     }
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
 }

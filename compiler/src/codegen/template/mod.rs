@@ -204,14 +204,14 @@ pub fn for_node(
             Some(inputs().and_then(|s| Ok(pieces::pad(&s[0], p.axis, size(&p.before)?, size(&p.after)?, target))))
         }
         Op::Kernel(k) => match &k.kind {
-            KernelKind::FlashAttention { scale, groups, rope } => {
-                let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+            KernelKind::FlashAttention { scale, groups, rope, documents } => {
+                let p = attention::Params { scale: *scale, groups: *groups, rope: *rope, documents: *documents };
                 Some(inputs().map(|s| attention::forward(&s, p, target)))
             }
             KernelKind::ConvSilu { documents } => Some(inputs().map(|s| conv1d::forward(&s, *documents, true, target))),
             KernelKind::Grad { of } => match **of {
-                KernelKind::FlashAttention { scale, groups, rope } => {
-                    let p = attention::Params { scale, groups, rope };
+                KernelKind::FlashAttention { scale, groups, rope, documents } => {
+                    let p = attention::Params { scale, groups, rope, documents };
                     Some(inputs().map(|s| attention::backward(&s, p, target)))
                 }
                 KernelKind::ConvSilu { documents } => Some(inputs().map(|s| {
@@ -272,8 +272,8 @@ pub fn on_tensor_cores(
                 KernelKind::Grad { of } => (&**of, true),
                 kind => (kind, false),
             };
-            let KernelKind::FlashAttention { scale, groups, rope } = kind else { return None };
-            let p = attention::Params { scale: *scale, groups: *groups, rope: *rope };
+            let KernelKind::FlashAttention { scale, groups, rope, documents } = kind else { return None };
+            let p = attention::Params { scale: *scale, groups: *groups, rope: *rope, documents: *documents };
             chosen(shapes().map(|s| match gradient {
                 true => attention::backward_on_tensor_cores(&s, p),
                 false => attention::forward_on_tensor_cores(&s, p),

@@ -365,6 +365,34 @@ impl Text {
         self.line("}");
     }
 
+    /// `if cond { then() } else { otherwise }` over f32 values: the values of the branch
+    /// taken (a loop's carried values updated only where there is work).
+    pub fn choose(
+        &mut self,
+        cond: &str,
+        then: impl FnOnce(&mut Text) -> Vec<String>,
+        otherwise: &[String],
+    ) -> Vec<String> {
+        let results: String = self.fresh();
+        let types = vec!["f32"; otherwise.len()].join(", ");
+        let named = if otherwise.len() == 1 { results.clone() } else { format!("{results}:{}", otherwise.len()) };
+        self.line(format!("{named} = scf.if {cond} -> ({types}) {{"));
+        self.depth += 1;
+        let taken = then(self);
+        assert_eq!(taken.len(), otherwise.len(), "both branches yield the same values");
+        self.line(format!("scf.yield {} : {types}", taken.join(", ")));
+        self.depth -= 1;
+        self.line("} else {");
+        self.depth += 1;
+        self.line(format!("scf.yield {} : {types}", otherwise.join(", ")));
+        self.depth -= 1;
+        self.line("}");
+        match otherwise.len() {
+            1 => vec![results],
+            n => (0..n).map(|j| format!("{results}#{j}")).collect(),
+        }
+    }
+
     /// Stores `value` (f32) at element `index` of view `k`, rounded to its storage.
     pub fn store(&mut self, k: usize, index: &[&str], value: &str) {
         let offset = self.offset(k, index);

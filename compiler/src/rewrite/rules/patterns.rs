@@ -44,7 +44,8 @@ fn swaps_heads_and_time(p: &Prim) -> Option<()> {
     matches!(p, Prim::Transpose(t) if t.pair(4) == (1, 2)).then_some(())
 }
 
-/// `softmax(causal_mask(q kᵀ · c)) v` over `[B, H, T, D]` operands → `flash_attention`.
+/// `softmax(causal_mask(q kᵀ · c)) v` over `[B, H, T, D]` operands → `flash_attention`;
+/// of `document_mask` (packed rows), the kernel over the documents of its positions.
 fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let Some(Prim::Matmul(m)) = as_prim(eg, n) else { return vec![] };
     if m.transpose_a || m.transpose_b || shape(eg, class).len() != 4 {
@@ -52,7 +53,7 @@ fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     }
     let (p, v) = (n.children[0], n.children[1]);
     let Some(found) = softmax_of_masked_scores(eg, p) else { return vec![] };
-    let (q, k, scale) = found;
+    let Scores { q, k, scale, positions } = found;
     if shape(eg, q).len() != 4 || shape(eg, k) != shape(eg, q) || shape(eg, v) != shape(eg, q) {
         return vec![];
     }
@@ -62,31 +63,50 @@ fn flash_attention(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     };
     let (k, v) = if groups > 1 { (heads_first(eg, k), heads_first(eg, v)) } else { (k, v) };
     let ty = |eg: &EGraph, x: Id| eg[x].data.ty.clone();
-    let kernel = kernels::flash_attention(&ty(eg, q), &ty(eg, k), &ty(eg, v), scale, groups, None);
-    let mut out = vec![(class, kernel_node(eg, kernel, vec![q, k, v]))];
-    // With RoPE applied to q and k just before, the kernel can rotate them itself.
-    if let (Some((qr, t1)), Some((kr, t2))) = (roped(eg, q), roped(eg, k)) {
+    let pos_ty = positions.map(|p| ty(eg, p));
+    let children = |operands: [Id; 3]| operands.into_iter().chain(positions).collect::<Vec<_>>();
+    let kernel = kernels::flash_attention((&ty(eg, q), &ty(eg, k), &ty(eg, v)), scale, groups, None, pos_ty.as_ref());
+    let mut out = vec![(class, kernel_node(eg, kernel, children([q, k, v])))];
+    // With RoPE (by the same positions) applied to q and k just before, the kernel can
+    // rotate them itself.
+    if let (Some((qr, t1)), Some((kr, t2))) = (roped(eg, q, positions), roped(eg, k, positions)) {
         if t1.to_bits() == t2.to_bits() {
-            let kernel = kernels::flash_attention(&ty(eg, qr), &ty(eg, kr), &ty(eg, v), scale, groups, Some(t1));
-            out.push((class, kernel_node(eg, kernel, vec![qr, kr, v])));
+            let operands = (&ty(eg, qr), &ty(eg, kr), &ty(eg, v));
+            let kernel = kernels::flash_attention(operands, scale, groups, Some(t1), pos_ty.as_ref());
+            out.push((class, kernel_node(eg, kernel, children([qr, kr, v]))));
         }
     }
     out
 }
 
-/// `transpose(rope(x, θ), 1, 2)`: `(x, θ)`, `x` token-major `[B, T, heads, D]`.
-fn roped(eg: &EGraph, id: Id) -> Option<(Id, f64)> {
+/// `transpose(rope(x, θ), 1, 2)`, or of `document_rope(x, positions, θ)` where the scores
+/// are masked by those `positions`: `(x, θ)`, `x` token-major `[B, T, heads, D]`.
+fn roped(eg: &EGraph, id: Id, positions: Option<Id>) -> Option<(Id, f64)> {
     nodes_of(eg, id, swaps_heads_and_time).into_iter().find_map(|(t, ())| {
-        let ropes = nodes_of(eg, t.children[0], |p| match p {
-            Prim::Rope(r) => Some(r.theta.0),
+        let ropes = nodes_of(eg, t.children[0], |p| match (p, positions) {
+            (Prim::Rope(r), None) => Some(r.theta.0),
+            (Prim::DocumentRope(r), Some(_)) => Some(r.theta.0),
             _ => None,
         });
-        ropes.into_iter().next().map(|(r, theta)| (r.children[0], theta))
+        ropes
+            .into_iter()
+            .find(|(r, _)| positions.is_none_or(|p| eg.find(r.children[1]) == eg.find(p)))
+            .map(|(r, theta)| (r.children[0], theta))
     })
 }
 
-/// `p = e / sum(e)`, `e = exp(s − max(s))`, `s = causal_mask(q kᵀ · c)`: `(q, k, c)`.
-fn softmax_of_masked_scores(eg: &EGraph, p: Id) -> Option<(Id, Id, f64)> {
+/// What softmax attention's scores are made of.
+struct Scores {
+    q: Id,
+    k: Id,
+    scale: f64,
+    /// The positions of `document_mask`, for packed rows.
+    positions: Option<Id>,
+}
+
+/// `p = e / sum(e)`, `e = exp(s − max(s))`, `s = causal_mask(q kᵀ · c)` (or
+/// `document_mask(q kᵀ · c, positions)`).
+fn softmax_of_masked_scores(eg: &EGraph, p: Id) -> Option<Scores> {
     let div = nodes_matching!(eg, p, Prim::Binary(Binary::Div)).into_iter().find(|d| {
         last_axis_reduce(eg, d.children[1], ReduceOp::Sum).is_some_and(|e| eg.find(e) == eg.find(d.children[0]))
     })?;
@@ -95,8 +115,15 @@ fn softmax_of_masked_scores(eg: &EGraph, p: Id) -> Option<(Id, Id, f64)> {
     let sub = nodes_matching!(eg, shifted, Prim::Binary(Binary::Sub)).into_iter().find(|s| {
         last_axis_reduce(eg, s.children[1], ReduceOp::Max).is_some_and(|m| eg.find(m) == eg.find(s.children[0]))
     })?;
-    let scores = unary_in(eg, sub.children[0], Prim::CausalMask(crate::ops::CausalMask))?;
-    nodes_matching!(eg, scores, Prim::Binary(Binary::Mul)).into_iter().find_map(|mul| {
+    let (masked, positions) = nodes_of(eg, sub.children[0], |p| match p {
+        Prim::CausalMask(_) => Some(false),
+        Prim::DocumentMask(_) => Some(true),
+        _ => None,
+    })
+    .into_iter()
+    .next()
+    .map(|(n, documents)| (n.children[0], documents.then(|| n.children[1])))?;
+    nodes_matching!(eg, masked, Prim::Binary(Binary::Mul)).into_iter().find_map(|mul| {
         let (a, b) = (mul.children[0], mul.children[1]);
         let (mm, c) = match (eg[a].data.constant, eg[b].data.constant) {
             (_, Some(c)) if shape(eg, b).is_empty() => (a, c),
@@ -106,7 +133,7 @@ fn softmax_of_masked_scores(eg: &EGraph, p: Id) -> Option<(Id, Id, f64)> {
         nodes_matching!(eg, mm, Prim::Matmul(crate::ops::Matmul { transpose_a: false, transpose_b: true }))
             .into_iter()
             .next()
-            .map(|m| (m.children[0], m.children[1], c))
+            .map(|m| Scores { q: m.children[0], k: m.children[1], scale: c, positions })
     })
 }
 

@@ -21,6 +21,12 @@
 //! On tensor cores (`tiles`, bf16 operands on the GPU) an item is a tile of 64 rows for a
 //! block of four warps instead, with the same phases and the same single writer per output.
 //!
+//! Packed rows (`documents`) read a last input, `positions [B, T]`: query `i` sees the keys
+//! from its document's start, `i − place(i)`, to `i`, and RoPE rotates by the place. The
+//! SIMT phases loop over exactly those keys (the key phase masks the queries of later
+//! documents); the tile phases skip the tiles no row of theirs sees, from the first key of
+//! every query tile (a first phase's workspace), and mask the rest.
+//!
 //! Decoding attends over a cache instead (`cache_attention`): the same online softmax for
 //! each new query row, over the cached keys up to its position.
 
@@ -30,7 +36,7 @@ pub use tiles::{backward_on_tensor_cores, forward_on_tensor_cores};
 
 use super::super::emit::Target;
 use super::super::math::Func;
-use super::position::runtime_position;
+use super::position::{place_in_document, runtime_position};
 use super::text::Text;
 use super::{name, Phase, TemplateCode};
 
@@ -40,6 +46,8 @@ pub struct Params {
     pub scale: f64,
     pub groups: usize,
     pub rope: Option<f64>,
+    /// Packed rows: a last input `positions [B, T]`.
+    pub documents: bool,
 }
 
 /// The sizes: batch, query heads, key/value heads, time, head dimension.
@@ -66,8 +74,20 @@ impl Dims {
         Dims { b: q[0], h, kv, t, d: q[3], params }
     }
 
-    /// Layout of q and k (and of their gradients) as the kernel receives them.
+    /// View `v` of the layout without positions (the constants below): with documents the
+    /// positions input comes before the outputs, so every view from there on is one later.
+    fn view(&self, v: usize) -> usize {
+        v + usize::from(self.params.documents && v >= POSITIONS)
+    }
+
+    /// The gradient of the output, `[B, H, T, D]`.
+    fn dy(&self) -> Rows {
+        Rows::HeadMajor(self.view(DY))
+    }
+
+    /// Layout of q and k (and of their gradients, views `view`) as the kernel receives them.
     fn qk(&self, view: usize) -> Rows {
+        let view = self.view(view);
         match self.params.rope {
             Some(_) => Rows::TokenMajor(view),
             None => Rows::HeadMajor(view),
@@ -77,9 +97,30 @@ impl Dims {
     /// Where q and k are read by the attention phases: with RoPE their rotated copies in
     /// workspace views `at` and `at + 1`, else the inputs.
     fn rotated(&self, at: usize) -> (Rows, Rows) {
+        let at = self.view(at);
         match self.params.rope {
             Some(_) => (Rows::Flat { view: at, heads: self.h }, Rows::Flat { view: at + 1, heads: self.kv }),
             None => (Rows::HeadMajor(0), Rows::HeadMajor(1)),
+        }
+    }
+
+    /// The first key query `t` of row `b` sees: its document's start with documents, else 0.
+    fn first_key(&self, s: &mut Text, b: &str, t: &str) -> String {
+        match self.params.documents {
+            true => {
+                let place = place_in_document(s, POSITIONS, b, t);
+                s.int("subi", t, &place)
+            }
+            false => s.i64(0),
+        }
+    }
+
+    /// The position RoPE rotates token `t` of row `b` by: its place in its document with
+    /// documents, else `t`.
+    fn angle_step(&self, s: &mut Text, b: &str, t: &str) -> String {
+        match self.params.documents {
+            true => place_in_document(s, POSITIONS, b, t),
+            false => t.to_string(),
         }
     }
 
@@ -96,6 +137,7 @@ impl Dims {
         let p = self.params;
         let rope = p.rope.map_or(String::new(), |theta| format!("_rope{:x}", theta.to_bits()));
         let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
+        let template = if p.documents { format!("document_{template}") } else { template.to_string() };
         name(&format!("{template}_s{:x}{rope}", (p.scale as f32).to_bits()), &shapes)
     }
 }
@@ -167,13 +209,17 @@ impl Rows {
     }
 }
 
+/// The positions input of packed rows, after q, k, v; the views below are numbered without
+/// it ([`Dims::view`] places them).
+const POSITIONS: usize = 3;
+
 /// The forward template's views: inputs q, k, v; the output; the rotated q and k.
 const OUT: usize = 3;
 const FORWARD_ROTATED: usize = 4;
 
 /// The gradient template's views: inputs q, k, v, dy; outputs dq, dk, dv; workspace
 /// logsumexp and `Σ dO·O` per query row, then the rotated q and k.
-const DY: Rows = Rows::HeadMajor(3);
+const DY: usize = 3;
 const DQ: usize = 4;
 const DK: usize = 5;
 const DV: usize = 6;
@@ -196,10 +242,11 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     let scale = s.f32(params.scale as f32);
     let qa = read_row(&mut s, &dims, q, this, Some(&scale));
     let o = s.array(dims.d);
-    let (_, l) = online_softmax(&mut s, &dims, &qa, (k, V), keys, &o);
+    let first = dims.first_key(&mut s, &b, &i);
+    let (_, l) = online_softmax(&mut s, &dims, &qa, (k, V), (keys, &first), &o);
     let one = s.f32(1.0);
     let inv = s.fdiv(&one, &l);
-    store_row(&mut s, &dims, Rows::HeadMajor(OUT), this, &o, &inv, false);
+    store_row(&mut s, &dims, Rows::HeadMajor(dims.view(OUT)), this, &o, &inv, false);
     phases.push(Phase {
         cooperative: None,
         what: "attend",
@@ -229,7 +276,7 @@ fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<
 /// a query row, with the forward pass's online softmax.
 pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
     let (q, k) = (&inputs[0], &inputs[1]);
-    let params = Params { scale, groups: q[1] / k[2].max(1), rope: None };
+    let params = Params { scale, groups: q[1] / k[2].max(1), rope: None, documents: false };
     let dims = Dims { b: q[0], h: q[1], kv: k[2], t: q[2], d: q[3], params };
     let mut s = Text::new();
     let (b, h, i) = query_row(&mut s, &dims);
@@ -243,7 +290,8 @@ pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
     let qa = read_row(&mut s, &dims, Rows::HeadMajor(0), this, Some(&scale));
     let o = s.array(dims.d);
     let cache = (Rows::TokenMajor(1), Rows::TokenMajor(2));
-    let (_, l) = online_softmax(&mut s, &dims, &qa, cache, keys, &o);
+    let zero = s.i64(0);
+    let (_, l) = online_softmax(&mut s, &dims, &qa, cache, (keys, &zero), &o);
     let one = s.f32(1.0);
     let inv = s.fdiv(&one, &l);
     store_row(&mut s, &dims, Rows::HeadMajor(4), this, &o, &inv, false);
@@ -309,18 +357,19 @@ fn query_grad(dims: &Dims) -> Phase {
     let scale = s.f32(dims.params.scale as f32);
     let qa = read_row(s, dims, q, this, Some(&scale));
     let o = s.array(dims.d);
-    let (m, l) = online_softmax(s, dims, &qa, (k, V), keys, &o);
+    let first = dims.first_key(s, &b, &i);
+    let (m, l) = online_softmax(s, dims, &qa, (k, V), (keys, &first), &o);
     let log_l = s.call(Func::Log, &l);
     let lse = s.fadd(&m, &log_l);
-    let g = read_row(s, dims, DY, this, None);
+    let g = read_row(s, dims, dims.dy(), this, None);
     let go = sum_over_d(s, dims, |s, d| (s.get(&g, d), s.get(&o, d)));
     let delta = s.fdiv(&go, &l);
-    s.store(LSE, &["%item"], &lse);
-    s.store(DELTA, &["%item"], &delta);
+    s.store(dims.view(LSE), &["%item"], &lse);
+    s.store(dims.view(DELTA), &["%item"], &delta);
     let grad = s.array(dims.d);
     fill(s, dims, &grad);
-    let (zero, hi) = (s.i64(0), s.add_c(&i, 1));
-    s.each(&zero, &hi, |s, j| {
+    let hi = s.add_c(&i, 1);
+    s.each(&first, &hi, |s, j| {
         let key = Row { t: j, ..keys };
         let score = sum_over_d(s, dims, |s, d| (s.get(&qa, d), k.load(s, dims, key, d)));
         let p = probability(s, &score, &lse);
@@ -333,7 +382,8 @@ fn query_grad(dims: &Dims) -> Phase {
 }
 
 /// Per key row: `dv_j = Σ p_ij dO_i` and `dk_j = scale·Σ ds_ij q_i` over the rows `i ≥ j`
-/// of every query head of the key's group, in that order.
+/// of every query head of the key's group, in that order (with documents, `p_ij = 0` for
+/// the rows of later documents).
 fn key_value_grad(dims: &Dims) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
     let groups = dims.params.groups;
@@ -356,17 +406,27 @@ fn key_value_grad(dims: &Dims) -> Phase {
             let query = Row { b: &b, head: &h, t: i };
             let score = sum_over_d(s, dims, |s, d| (q.load(s, dims, query, d), s.get(&ka, d)));
             let at = row_index(s, dims, query);
-            let (lse, delta) = (s.load(LSE, &[&at]), s.load(DELTA, &[&at]));
+            let (lse, delta) = (s.load(dims.view(LSE), &[&at]), s.load(dims.view(DELTA), &[&at]));
             let p = probability(s, &score, &lse);
-            let dp = sum_over_d(s, dims, |s, d| (DY.load(s, dims, query, d), s.get(&va, d)));
+            let p = match dims.params.documents {
+                true => {
+                    let first = dims.first_key(s, &b, i);
+                    let seen = s.cmp("sle", &first, &j);
+                    let none = s.f32(0.0);
+                    s.select(&seen, &p, &none, "f32")
+                }
+                false => p,
+            };
+            let dy = dims.dy();
+            let dp = sum_over_d(s, dims, |s, d| (dy.load(s, dims, query, d), s.get(&va, d)));
             let ds = score_grad(s, &p, &dp, &delta);
-            accumulate(s, dims, &grad_v, &p, |s, d| DY.load(s, dims, query, d));
+            accumulate(s, dims, &grad_v, &p, |s, d| dy.load(s, dims, query, d));
             accumulate(s, dims, &grad_k, &ds, |s, d| q.load(s, dims, query, d));
         });
     });
     store_row(s, dims, dims.qk(DK), this, &grad_k, &scale, true);
     let one = s.f32(1.0);
-    store_row(s, dims, Rows::HeadMajor(DV), this, &grad_v, &one, false);
+    store_row(s, dims, Rows::HeadMajor(dims.view(DV)), this, &grad_v, &one, false);
     let items = dims.b * dims.kv * dims.t;
     Phase { cooperative: None, what: "key_value_grad", items, work_per_item: 2 * groups * dims.t * dims.d, body }
 }
@@ -389,7 +449,7 @@ fn kv_head(s: &mut Text, dims: &Dims, h: &str) -> String {
     s.int("divui", h, &groups)
 }
 
-/// The running maximum `m` and sum `l` of `exp(q·k_j − m)` over keys `j ≤ i` of
+/// The running maximum `m` and sum `l` of `exp(q·k_j − m)` over keys `first ≤ j ≤ i` of
 /// `key_row`'s head, and `o = Σ_j exp(q·k_j − m) v_j` left in the array `o`, for the
 /// pre-scaled query row in the array `qa`. The accumulator is rescaled by `exp(m_old −
 /// m_new)` whenever the maximum grows, so no row of scores is kept.
@@ -398,13 +458,13 @@ fn online_softmax(
     dims: &Dims,
     qa: &str,
     (k, v): (Rows, Rows),
-    key_row: Row,
+    (key_row, first): (Row, &str),
     o: &str,
 ) -> (String, String) {
     fill(s, dims, o);
     let (no_max, no_sum) = (s.f32(f32::NEG_INFINITY), s.f32(0.0));
-    let (zero, hi) = (s.i64(0), s.add_c(key_row.t, 1));
-    let ml = s.fold(&zero, &hi, &[no_max, no_sum], |s, j, c| {
+    let hi = s.add_c(key_row.t, 1);
+    let ml = s.fold(first, &hi, &[no_max, no_sum], |s, j, c| {
         let key = Row { t: j, ..key_row };
         let score = sum_over_d(s, dims, |s, d| (s.get(qa, d), k.load(s, dims, key, d)));
         let m = s.float("maximumf", &c[0], &score);
@@ -496,8 +556,9 @@ fn store_row(s: &mut Text, dims: &Dims, rows: Rows, r: Row, array: &str, factor:
             let freq = frequencies(s, dims.d, theta);
             let half = dims.d / 2;
             let hn = s.i64(half as i64);
+            let at = dims.angle_step(s, r.b, r.t);
             s.each(&zero, &hn, |s, p| {
-                let (cos, sin) = trig(s, &freq, r.t, p);
+                let (cos, sin) = trig(s, &freq, &at, p);
                 let minus_sin = s.fneg(&sin);
                 let other = s.add_c(p, half as i64);
                 let (x1, x2) = (s.get(array, p), s.get(array, &other));
@@ -523,8 +584,10 @@ fn rotation(dims: &Dims, at: usize, target: Target) -> Vec<Phase> {
 /// With RoPE, the phase rotating back (by minus the angle) gradients held head-major in
 /// workspace views `dq` and `dk` into the outputs `dq` and `dk` (token-major).
 fn unrotation(dims: &Dims, (dq, dk): (usize, usize), target: Target) -> Vec<Phase> {
+    let (dq, dk) = (dims.view(dq), dims.view(dk));
     let from = (Rows::Flat { view: dq, heads: dims.h }, Rows::Flat { view: dk, heads: dims.kv });
-    rotation_phase(dims, [(from.0, Rows::TokenMajor(DQ)), (from.1, Rows::TokenMajor(DK))], true, target)
+    let to = (dims.qk(DQ), dims.qk(DK));
+    rotation_phase(dims, [(from.0, to.0), (from.1, to.1)], true, target)
 }
 
 /// The phase rotating the rows of q's heads and then of k's, `[from, to]` for each, by the
@@ -554,8 +617,9 @@ fn rotation_phase(dims: &Dims, views: [(Rows, Rows); 2], inverse: bool, target: 
             let (b, t) = s.split("%item", dims.t);
             let (cosines, sines) = (s.array(half), s.array(half));
             let (zero, hn) = (s.i64(0), s.i64(half as i64));
+            let at = dims.angle_step(&mut s, &b, &t);
             s.each(&zero, &hn, |s, p| {
-                let (cos, sin) = trig(s, &freq, &t, p);
+                let (cos, sin) = trig(s, &freq, &at, p);
                 s.set(&cosines, p, &cos);
                 s.set(&sines, p, &sin);
             });
@@ -568,7 +632,8 @@ fn rotation_phase(dims: &Dims, views: [(Rows, Rows); 2], inverse: bool, target: 
         Target::Gpu => {
             let (bt, p) = s.split("%item", half);
             let (b, t) = s.split(&bt, dims.t);
-            let (cos, sin) = trig(&mut s, &freq, &t, &p);
+            let at = dims.angle_step(&mut s, &b, &t);
+            let (cos, sin) = trig(&mut s, &freq, &at, &p);
             pair(&mut s, &b, &t, &p, &cos, &sin);
             (dims.b * dims.t * half, heads * 2)
         }

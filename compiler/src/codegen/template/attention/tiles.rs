@@ -20,7 +20,7 @@ use super::super::text::Text;
 use super::super::{Cooperative, Phase, TemplateCode};
 use super::{
     backward_code, forward_code, kv_head, rotation, unrotation, Dims, Params, Row, Rows, BACKWARD_ROTATED, DELTA, DK,
-    DQ, DV, DY, FORWARD_ROTATED, LSE, OUT, V,
+    DQ, DV, FORWARD_ROTATED, LSE, OUT, V,
 };
 use crate::codegen::Storage;
 
@@ -32,8 +32,71 @@ const ROTATED_DK: usize = BACKWARD_ROTATED + 3;
 /// [`unrotation`], else the outputs.
 fn gradient_rows(dims: &Dims) -> (Rows, Rows) {
     match dims.params.rope {
-        Some(_) => (Rows::Flat { view: ROTATED_DQ, heads: dims.h }, Rows::Flat { view: ROTATED_DK, heads: dims.kv }),
-        None => (Rows::HeadMajor(DQ), Rows::HeadMajor(DK)),
+        Some(_) => {
+            let (dq, dk) = (dims.view(ROTATED_DQ), dims.view(ROTATED_DK));
+            (Rows::Flat { view: dq, heads: dims.h }, Rows::Flat { view: dk, heads: dims.kv })
+        }
+        None => (dims.qk(DQ), dims.qk(DK)),
+    }
+}
+
+/// With documents, the first phase: per query tile of each row of the batch, the first key
+/// any of its rows sees (the smallest start of their documents), as f32 in the workspace
+/// view `view`, so the tile phases skip the key tiles before it.
+fn first_keys(dims: &Dims, view: usize) -> Vec<Phase> {
+    if !dims.params.documents {
+        return vec![];
+    }
+    let tiles = dims.t.div_ceil(TILE);
+    let mut body = Text::new();
+    let s = &mut body;
+    let (b, qt) = s.split("%item", tiles);
+    let q0 = s.mul_c(&qt, TILE as i64);
+    let (zero, rows, none) = (s.i64(0), s.i64(TILE as i64), s.f32(dims.t as f32));
+    let first = s.fold(&zero, &rows, &[none], |s, r, c| {
+        let t = step(s, dims, &q0, r).1;
+        let key = dims.first_key(s, &b, &t);
+        let key = s.sitofp(&key);
+        vec![s.float("minimumf", &c[0], &key)]
+    });
+    s.store(view, &["%item"], &first[0]);
+    vec![Phase { cooperative: None, what: "first_keys", items: dims.b * tiles, work_per_item: TILE, body }]
+}
+
+/// The first key tile of query tile `qt` of row `b`: from [`first_keys`]' view `view` with
+/// documents, else 0.
+fn first_key_tile(s: &mut Text, dims: &Dims, view: usize, b: &str, qt: &str) -> String {
+    if !dims.params.documents {
+        return s.i64(0);
+    }
+    let row = s.mul_c(b, dims.t.div_ceil(TILE) as i64);
+    let at = s.add(&row, qt);
+    let key = s.load(view, &[&at]);
+    let key = s.line_value(format!("arith.fptosi {key} : f32 to i64"));
+    s.split(&key, TILE).0
+}
+
+/// The rows' first keys with documents: per lane row, its document's start.
+fn row_starts(s: &mut Text, dims: &Dims, b: &str, rows: &[String; 2]) -> Option<[String; 2]> {
+    dims.params.documents.then(|| {
+        rows.clone().map(|t| {
+            let tn = s.i64(dims.t as i64 - 1);
+            let t = s.int("minsi", &t, &tn);
+            dims.first_key(s, b, &t)
+        })
+    })
+}
+
+/// Whether query row `row` (of lane row index `r`) does not see key `col`: a key after it,
+/// or with documents one before its document's start.
+fn hidden_key(s: &mut Text, rows: &[String; 2], starts: &Option<[String; 2]>, r: usize, col: &str) -> String {
+    let after = s.cmp("sgt", col, &rows[r]);
+    match starts {
+        Some(starts) => {
+            let before = s.cmp("slt", col, &starts[r]);
+            s.line_value(format!("arith.ori {after}, {before} : i1"))
+        }
+        None => after,
     }
 }
 
@@ -62,19 +125,25 @@ fn tile_dims(inputs: &[Vec<usize>], params: Params) -> Option<Dims> {
 /// last blocks launched are the cheap ones.
 pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
     let dims = tile_dims(inputs, params)?;
+    let starts = dims.view(FORWARD_ROTATED + dims.rotated_sizes().len());
     let mut phases = rotation(&dims, FORWARD_ROTATED, Target::Gpu);
-    phases.push(attend_tiles(&dims));
+    phases.extend(first_keys(&dims, starts));
+    phases.push(attend_tiles(&dims, starts));
     let mut code = forward_code(&dims, "flash_attention_mma", inputs, phases);
     rotated_in_bf16(&mut code, &dims, 0);
+    code.workspace.extend(first_keys_size(&dims));
     Some(code)
 }
 
 /// The gradient template on tensor cores, for the head dimensions of the forward's.
 pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option<TemplateCode> {
     let dims = tile_dims(inputs, params)?;
+    // After the rotated q and k and the rotated dq and dk.
+    let starts = dims.view(BACKWARD_ROTATED + 2 * dims.rotated_sizes().len());
     let mut phases = rotation(&dims, BACKWARD_ROTATED, Target::Gpu);
-    phases.push(query_grad_tiles(&dims));
-    phases.push(key_value_grad_tiles(&dims));
+    phases.extend(first_keys(&dims, starts));
+    phases.push(query_grad_tiles(&dims, starts));
+    phases.push(key_value_grad_tiles(&dims, starts));
     // With RoPE, dq and dk are written head-major to the workspace in f32 and rotated back
     // by a last phase.
     phases.extend(unrotation(&dims, (ROTATED_DQ, ROTATED_DK), Target::Gpu));
@@ -82,7 +151,13 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option
     let mut code = backward_code(&dims, "flash_attention_grad_mma", inputs, phases, more);
     // The rows' logsumexp and `Σ dO·O` come first.
     rotated_in_bf16(&mut code, &dims, 2);
+    code.workspace.extend(first_keys_size(&dims));
     Some(code)
+}
+
+/// The workspace of [`first_keys`]: one per query tile of each row, with documents.
+fn first_keys_size(dims: &Dims) -> Option<usize> {
+    dims.params.documents.then(|| dims.b * dims.t.div_ceil(TILE))
 }
 
 /// `n` tiles of `rows × d` laid out one after another in shared memory.
@@ -156,20 +231,13 @@ fn scaled(s: &mut Text, scores: &mut [Acc], factor: &str) {
     }
 }
 
-/// Sets to −∞ the scores whose (row, column) `hidden` says are not seen.
-fn mask(
-    s: &mut Text,
-    lane: &Lane,
-    scores: &mut [Acc],
-    rows: &[String; 2],
-    first: &str,
-    hidden: &dyn Fn(&mut Text, &str, &str) -> String,
-) {
+/// Sets to −∞ the scores whose (lane row `r`, column) `hidden` says are not seen.
+fn mask(s: &mut Text, lane: &Lane, scores: &mut [Acc], first: &str, hidden: &dyn Fn(&mut Text, usize, &str) -> String) {
     let minus = s.f32(f32::NEG_INFINITY);
     for (j, acc) in scores.iter_mut().enumerate() {
         for (e, x) in acc.iter_mut().enumerate() {
             let col = column(s, lane, first, j, e);
-            let h = hidden(s, &rows[e / 2], &col);
+            let h = hidden(s, e / 2, &col);
             *x = s.select(&h, &minus, x, "f32");
         }
     }
@@ -192,15 +260,16 @@ struct Softmax {
 }
 
 /// The online softmax of a warp's 16 query rows (`q(kk)` their A fragments, `rows` the
-/// lane's time steps) over the key tiles `0 .. key_tiles` of `head`, staged into `kv`.
+/// lane's time steps, `starts` their documents' with documents) over the key tiles
+/// `first_tile .. key_tiles` of `head`, staged into `kv`.
 fn attend(
     s: &mut Text,
     dims: &Dims,
     lane: &Lane,
     head: &Head,
-    (q, rows): (Fragments, &[String; 2]),
+    (q, rows, starts): (Fragments, &[String; 2], &Option<[String; 2]>),
     (keys, kv): (Rows, &Tile),
-    key_tiles: &str,
+    (first_tile, key_tiles): (&str, &str),
 ) -> Softmax {
     let groups = dims.d / 8;
     let scale = &s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
@@ -219,10 +288,9 @@ fn attend(
         stage(s, dims, &k_tile, keys, &head.b, &head.hk, &k0);
         stage(s, dims, &v_tile, V, &head.b, &head.hk, &k0);
     };
-    let zero = s.i64(0);
-    fill(s, &zero);
+    fill(s, first_tile);
     s.commit_copies();
-    let carried = s.fold(&zero, key_tiles, &init, |s, kt, c| {
+    let carried = s.fold(first_tile, key_tiles, &init, |s, kt, c| {
         let (o, ml) = c.split_at(groups * 4);
         let next = s.add_c(kt, 1);
         let ahead = s.cmp("slt", &next, key_tiles);
@@ -237,17 +305,27 @@ fn attend(
         let k0 = s.mul_c(kt, TILE as i64);
         let mut scores = times_transposed(s, lane, q, kv[0], 0, TILE);
         scaled(s, &mut scores, scale);
-        // Causal: key j sees rows i ≥ j.
-        mask(s, lane, &mut scores, rows, &k0, &|s, row, col| s.cmp("sgt", col, row));
+        // Causal: key j sees rows i ≥ j (of its document).
+        mask(s, lane, &mut scores, &k0, &|s, r, col| hidden_key(s, rows, starts, r, col));
         let mut o = unflat(o);
-        let (mut m, mut rescale) = (Vec::new(), Vec::new());
+        let (mut m, mut offsets, mut rescale) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..2 {
             let mut mx = ml[r].clone();
             for x in scores.iter().flat_map(|a| [&a[2 * r], &a[2 * r + 1]]) {
                 mx = s.float("maximumf", &mx, x);
             }
             let mx = quad(s, &mx, "maximumf");
-            let shift = s.fsub(&ml[r], &mx);
+            // With documents a row may see no key of a tile yet (all −∞): it subtracts 0
+            // instead of −∞, so its factors and probabilities are 0, not NaN.
+            let offset = match starts {
+                Some(_) => {
+                    let (minus, zero) = (s.f32(f32::NEG_INFINITY), s.f32(0.0));
+                    let none = s.fcmp("oeq", &mx, &minus);
+                    s.select(&none, &zero, &mx, "f32")
+                }
+                None => mx.clone(),
+            };
+            let shift = s.fsub(&ml[r], &offset);
             let factor = exp2(s, &shift);
             for a in o.iter_mut() {
                 for e in [2 * r, 2 * r + 1] {
@@ -255,12 +333,13 @@ fn attend(
                 }
             }
             m.push(mx);
+            offsets.push(offset);
             rescale.push(factor);
         }
         let mut sums = [s.f32(0.0), s.f32(0.0)];
         for a in scores.iter_mut() {
             for (e, x) in a.iter_mut().enumerate() {
-                let shifted = s.fsub(x, &m[e / 2]);
+                let shifted = s.fsub(x, &offsets[e / 2]);
                 *x = exp2(s, &shifted);
                 sums[e / 2] = s.fadd(&sums[e / 2], x);
             }
@@ -308,7 +387,7 @@ fn store_rows(
 
 /// The forward phase: an item is a tile of 64 query rows of one head; q's fragments stay
 /// in registers while key and value tiles stream through shared memory.
-fn attend_tiles(dims: &Dims) -> Phase {
+fn attend_tiles(dims: &Dims, starts_view: usize) -> Phase {
     let (q, k) = dims.rotated(FORWARD_ROTATED);
     // q, then two buffers of a key and a value tile.
     let [q_tile, k_tile, ..] = tiles([TILE; 5], dims.d);
@@ -324,10 +403,13 @@ fn attend_tiles(dims: &Dims) -> Phase {
     let warp_first = s.mul_c(&lane.warp, 16);
     let qf: Vec<[String; 4]> = (0..dims.d / 16).map(|kk| q_tile.fragment(s, &lane, &warp_first, kk)).collect();
     let rows = lane_rows(s, &lane, &q0);
+    let starts = row_starts(s, dims, &head.b, &rows);
     let key_tiles = s.add_c(&qt, 1);
-    let out = attend(s, dims, &lane, &head, (&|_, kk| qf[kk].clone(), &rows), (k, &k_tile), &key_tiles);
+    let first = first_key_tile(s, dims, starts_view, &head.b, &qt);
+    let out =
+        attend(s, dims, &lane, &head, (&|_, kk| qf[kk].clone(), &rows, &starts), (k, &k_tile), (&first, &key_tiles));
     let (one, o) = (s.f32(1.0), normalised(s, &out));
-    store_rows(s, dims, &lane, (Rows::HeadMajor(OUT), &head.b, &head.h), &rows, &o, &one);
+    store_rows(s, dims, &lane, (Rows::HeadMajor(dims.view(OUT)), &head.b, &head.h), &rows, &o, &one);
     Phase {
         what: "attend_tiles",
         items: dims.b * dims.h * dims.t.div_ceil(TILE),
@@ -346,7 +428,7 @@ fn normalised(s: &mut Text, out: &Softmax) -> Vec<Acc> {
 
 /// The gradient's query phase: per tile of 64 query rows, the forward pass for the rows'
 /// base-2 logsumexp and `Δ` (stored to the workspace), then `dq` over the same key tiles.
-fn query_grad_tiles(dims: &Dims) -> Phase {
+fn query_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
     // q and dO, then two buffers of a key and a value tile (the first pass's).
     let [q_tile, dy_tile, k_tile, v_tile, ..] = tiles([TILE; 6], dims.d);
@@ -359,16 +441,18 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
     let q0 = s.mul_c(&qt, TILE as i64);
     let scale = s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
     stage(s, dims, &q_tile, q, &head.b, &head.h, &q0);
-    stage(s, dims, &dy_tile, DY, &head.b, &head.h, &q0);
+    stage(s, dims, &dy_tile, dims.dy(), &head.b, &head.h, &q0);
     staged(s);
     let warp_first = s.mul_c(&lane.warp, 16);
     let rows = lane_rows(s, &lane, &q0);
+    let starts = row_starts(s, dims, &head.b, &rows);
     let key_tiles = s.add_c(&qt, 1);
+    let first_tile = first_key_tile(s, dims, starts_view, &head.b, &qt);
     let kv = (k, &k_tile);
     // q's fragments are read from shared memory as needed: kept in registers with dq's
     // accumulators, they would spill.
     let q_of = |s: &mut Text, kk| q_tile.fragment(s, &lane, &warp_first, kk);
-    let out = attend(s, dims, &lane, &head, (&q_of, &rows), kv, &key_tiles);
+    let out = attend(s, dims, &lane, &head, (&q_of, &rows, &starts), kv, (&first_tile, &key_tiles));
     let (zero, tn, log2e) = (s.i64(0), s.i64(dims.t as i64), s.f32(std::f64::consts::LOG2_E as f32));
     let o = normalised(s, &out);
     let mut lse = Vec::new();
@@ -391,8 +475,8 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
         let writes = s.line_value(format!("arith.andi {valid}, {first_of_quad} : i1"));
         s.when(&writes, |s| {
             let at = Row { b: &head.b, head: &head.h, t: row }.index(s, dims.h, dims.t);
-            s.store(LSE, &[&at], &lse2);
-            s.store(DELTA, &[&at], &d);
+            s.store(dims.view(LSE), &[&at], &lse2);
+            s.store(dims.view(DELTA), &[&at], &d);
         });
         lse.push(lse2);
         delta.push(d);
@@ -403,7 +487,8 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
     let (k_block, v_block) = (Tile { rows: width, ..k_tile.clone() }, Tile { rows: width, ..v_tile });
     let init = flat(&zeros(s, dims.d));
     let blocks = s.mul_c(&key_tiles, (TILE / width) as i64);
-    let grad = s.fold(&zero, &blocks, &init, |s, kb, dq| {
+    let first_block = s.mul_c(&first_tile, (TILE / width) as i64);
+    let grad = s.fold(&first_block, &blocks, &init, |s, kb, dq| {
         barrier(s);
         let k0 = s.mul_c(kb, width as i64);
         stage(s, dims, &k_block, k, &head.b, &head.hk, &k0);
@@ -412,7 +497,7 @@ fn query_grad_tiles(dims: &Dims) -> Phase {
         let q_of = |s: &mut Text, kk| q_tile.fragment(s, &lane, &warp_first, kk);
         let mut p = times_transposed(s, &lane, &q_of, &k_block, 0, width);
         scaled(s, &mut p, &scale);
-        mask(s, &lane, &mut p, &rows, &k0, &|s, row, col| s.cmp("sgt", col, row));
+        mask(s, &lane, &mut p, &k0, &|s, r, col| hidden_key(s, &rows, &starts, r, col));
         let dy_of = |s: &mut Text, kk| dy_tile.fragment(s, &lane, &warp_first, kk);
         let dp = times_transposed(s, &lane, &dy_of, &v_block, 0, width);
         for (a, g) in p.iter_mut().zip(&dp) {
@@ -462,12 +547,15 @@ fn query_chunk(d: usize) -> usize {
 /// The gradient's key phase: per tile of 64 key rows of a key/value head (tiles with the
 /// most query rows after them first), `dk` and `dv` over the query chunks at or after the
 /// tile of every query head of the group, reading the rows' statistics from the workspace.
-fn key_value_grad_tiles(dims: &Dims) -> Phase {
+fn key_value_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
     let chunk = query_chunk(dims.d);
     let [k_tile, v_tile, q_tile, dy_tile] = tiles([TILE, TILE, chunk, chunk], dims.d);
     let lse_of = Floats { at: dy_tile.at + dy_tile.bytes(), len: chunk };
     let delta_of = Floats { at: lse_of.at + lse_of.bytes(), ..lse_of };
+    // With documents, the first key of each query row of the chunk.
+    let start_of = Floats { at: delta_of.at + delta_of.bytes(), ..lse_of };
+    let documents = dims.params.documents;
     let groups = dims.params.groups;
     let mut body = Text::new();
     let s = &mut body;
@@ -490,63 +578,89 @@ fn key_value_grad_tiles(dims: &Dims) -> Phase {
         let first = s.mul_c(&hk, groups as i64);
         let h = s.add(&first, gi);
         s.fold(&first_chunk, &chunks, c, |s, qc, c| {
-            let (dk, dv) = c.split_at(c.len() / 2);
-            let (mut dk, mut dv) = (unflat(dk), unflat(dv));
-            barrier(s);
             let q0 = s.mul_c(qc, chunk as i64);
-            stage(s, dims, &q_tile, q, &b, &h, &q0);
-            stage(s, dims, &dy_tile, DY, &b, &h, &q0);
-            for (to, view) in [(&lse_of, LSE), (&delta_of, DELTA)] {
-                to.stage(s, &|s, i| {
-                    let t = step(s, dims, &q0, i).1;
-                    let at = Row { b: &b, head: &h, t: &t }.index(s, dims.h, dims.t);
-                    s.load(view, &[&at])
+            let work = |s: &mut Text| {
+                let (dk, dv) = c.split_at(c.len() / 2);
+                let (mut dk, mut dv) = (unflat(dk), unflat(dv));
+                barrier(s);
+                stage(s, dims, &q_tile, q, &b, &h, &q0);
+                stage(s, dims, &dy_tile, dims.dy(), &b, &h, &q0);
+                for (to, view) in [(&lse_of, LSE), (&delta_of, DELTA)] {
+                    to.stage(s, &|s, i| {
+                        let t = step(s, dims, &q0, i).1;
+                        let at = Row { b: &b, head: &h, t: &t }.index(s, dims.h, dims.t);
+                        s.load(dims.view(view), &[&at])
+                    });
+                }
+                if documents {
+                    start_of.stage(s, &|s, i| {
+                        let t = step(s, dims, &q0, i).1;
+                        let first = dims.first_key(s, &b, &t);
+                        s.sitofp(&first)
+                    });
+                }
+                staged(s);
+                let zero = s.i64(0);
+                let k_of = |s: &mut Text, kk| k_tile.fragment(s, &lane, &warp_first, kk);
+                let mut p = times_transposed(s, &lane, &k_of, &q_tile, 0, chunk);
+                scaled(s, &mut p, &scale);
+                // Rows are keys, columns queries: query i sees key j ≤ i (of its document), and
+                // rows past T none.
+                mask(s, &lane, &mut p, &q0, &|s, r, col| {
+                    let before = s.cmp("slt", col, &rows[r]);
+                    let past = s.cmp("sge", col, &tn);
+                    let hidden = s.line_value(format!("arith.ori {before}, {past} : i1"));
+                    if !documents {
+                        return hidden;
+                    }
+                    let i = s.int("subi", col, &q0);
+                    let start = start_of.get(s, &i);
+                    let key = s.sitofp(&rows[r]);
+                    let later = s.fcmp("ogt", &start, &key);
+                    s.line_value(format!("arith.ori {hidden}, {later} : i1"))
                 });
-            }
-            staged(s);
-            let zero = s.i64(0);
-            let k_of = |s: &mut Text, kk| k_tile.fragment(s, &lane, &warp_first, kk);
-            let mut p = times_transposed(s, &lane, &k_of, &q_tile, 0, chunk);
-            scaled(s, &mut p, &scale);
-            // Rows are keys, columns queries: query i sees key j ≤ i, and rows past T none.
-            mask(s, &lane, &mut p, &rows, &q0, &|s, row, col| {
-                let before = s.cmp("slt", col, row);
-                let past = s.cmp("sge", col, &tn);
-                s.line_value(format!("arith.ori {before}, {past} : i1"))
-            });
-            for (j, a) in p.iter_mut().enumerate() {
-                for (e, x) in a.iter_mut().enumerate() {
-                    let col = column(s, &lane, &zero, j, e);
-                    let lse = lse_of.get(s, &col);
-                    let shifted = s.fsub(x, &lse);
-                    *x = exp2(s, &shifted);
+                for (j, a) in p.iter_mut().enumerate() {
+                    for (e, x) in a.iter_mut().enumerate() {
+                        let col = column(s, &lane, &zero, j, e);
+                        let lse = lse_of.get(s, &col);
+                        let shifted = s.fsub(x, &lse);
+                        *x = exp2(s, &shifted);
+                    }
                 }
-            }
-            accumulate(s, &lane, &p, &dy_tile, 0, &mut dv);
-            let v_of = |s: &mut Text, kk| v_tile.fragment(s, &lane, &warp_first, kk);
-            let dp = times_transposed(s, &lane, &v_of, &dy_tile, 0, chunk);
-            for (j, (a, g)) in p.iter_mut().zip(&dp).enumerate() {
-                for e in 0..4 {
-                    let col = column(s, &lane, &zero, j, e);
-                    let delta = delta_of.get(s, &col);
-                    let centred = s.fsub(&g[e], &delta);
-                    a[e] = s.fmul(&a[e], &centred);
+                accumulate(s, &lane, &p, &dy_tile, 0, &mut dv);
+                let v_of = |s: &mut Text, kk| v_tile.fragment(s, &lane, &warp_first, kk);
+                let dp = times_transposed(s, &lane, &v_of, &dy_tile, 0, chunk);
+                for (j, (a, g)) in p.iter_mut().zip(&dp).enumerate() {
+                    for e in 0..4 {
+                        let col = column(s, &lane, &zero, j, e);
+                        let delta = delta_of.get(s, &col);
+                        let centred = s.fsub(&g[e], &delta);
+                        a[e] = s.fmul(&a[e], &centred);
+                    }
                 }
+                accumulate(s, &lane, &p, &q_tile, 0, &mut dk);
+                [flat(&dk), flat(&dv)].concat()
+            };
+            if !documents {
+                return work(s);
             }
-            accumulate(s, &lane, &p, &q_tile, 0, &mut dk);
-            [flat(&dk), flat(&dv)].concat()
+            // With documents, a chunk whose rows all start after the key tile is skipped.
+            let qt = s.split(qc, TILE / chunk).0;
+            let first = first_key_tile(s, dims, starts_view, &b, &qt);
+            let seen = s.cmp("sle", &first, &kt);
+            s.choose(&seen, work, c)
         })
     });
     let (dk, dv) = grads.split_at(grads.len() / 2);
     let factor = s.f32(dims.params.scale as f32);
     store_rows(s, dims, &lane, (gradient_rows(dims).1, &b, &hk), &rows, &unflat(dk), &factor);
     let one = s.f32(1.0);
-    store_rows(s, dims, &lane, (Rows::HeadMajor(DV), &b, &hk), &rows, &unflat(dv), &one);
+    store_rows(s, dims, &lane, (Rows::HeadMajor(dims.view(DV)), &b, &hk), &rows, &unflat(dv), &one);
     Phase {
         what: "key_value_grad_tiles",
         items: dims.b * dims.kv * dims.t.div_ceil(TILE),
         work_per_item: 4 * groups * dims.t * dims.d,
         body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: delta_of.at + delta_of.bytes() }),
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: start_of.at + start_of.bytes() }),
     }
 }
