@@ -67,7 +67,7 @@ pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: 
         Target::Forward
     } else {
         let width_mult = model.summary.base_width.map_or(1.0, |b| model.summary.d as f64 / b as f64);
-        Target::Training { opt: AdamW::default(), width_mult }
+        Target::Training { opt: AdamW::default(), width_mult, data_parallel: false }
     };
     let compiled = compile(&forward, &target, args.tp, &opts);
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];

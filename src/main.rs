@@ -11,6 +11,7 @@ mod compile;
 mod explain;
 mod generate;
 mod gpu_check;
+mod launch;
 mod logits;
 mod planning;
 mod train;
@@ -215,6 +216,13 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
                 println!("plot: {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) if args.nproc_per_node > 1 && !launch::in_a_job() => {
+            // The model is checked once here, so its diagnostics print once, not per rank.
+            if !is_artifact(&args.file) && report(&check(std::slice::from_ref(&args.file))?) {
+                return Ok(ExitCode::from(1));
+            }
+            launch::launch(args.nproc_per_node, std::time::Duration::from_secs(args.rendezvous_timeout))
         }
         Command::Train(args) if is_artifact(&args.file) => {
             let given = matches.subcommand_matches("train").context("train's arguments")?;

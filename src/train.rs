@@ -11,6 +11,7 @@ use clap::ArgMatches;
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
+use hyb_runtime::dist::{TcpGroup, World};
 use hyb_runtime::train::data::{DataSpec, Packing};
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
@@ -18,6 +19,7 @@ use hyb_runtime::train::step::{Executor, GpuPrecision, Model, Placement, Plannin
 use hyb_runtime::train::{checkpoint, Resume, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
 pub struct TrainArgs {
@@ -110,6 +112,16 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its checkpoint (--steps may extend it).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start this many worker processes, as torchrun does: data-parallel replicas that
+    /// split every batch (--batch stays the whole batch, so results do not depend on the
+    /// number), their gradients summed. Workers also start from torchrun's or Slurm's
+    /// environment (RANK, WORLD_SIZE, … or SLURM_PROCID, SLURM_NTASKS, …).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub nproc_per_node: usize,
+    /// Seconds a rank waits for the others, at the rendezvous and at every collective: a
+    /// rank that dies or hangs ends the job on every rank within it.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub rendezvous_timeout: u64,
 }
 
 const DEFAULT_OUT: &str = "runs/latest";
@@ -198,7 +210,8 @@ impl Subject<'_> {
         }
     }
 
-    fn into_model(self, args: &TrainArgs) -> Result<Model> {
+    /// The model to train, as one of `replicas` data-parallel ones (1: alone).
+    fn into_model(self, args: &TrainArgs, replicas: usize) -> Result<Model> {
         Ok(match self {
             Subject::Model(m) => {
                 let executor = match args.executor {
@@ -210,8 +223,12 @@ impl Subject<'_> {
                     placement: placement(args)?,
                     recompute: args.plan.recompute(),
                     device_memory: args.plan.device_memory,
+                    data_parallel: (replicas > 1).then_some(replicas),
                 };
                 Model::Graph { forward: elaborate(&m.trace), planning }
+            }
+            Subject::Artifact(_) if replicas > 1 => {
+                bail!("an artifact is compiled for one process; train the .hyb model to run data-parallel ranks")
             }
             Subject::Artifact(_) if args.executor == crate::logits::Executor::Reference => {
                 bail!("an artifact is a compiled program; the reference executor runs a `.hyb` model")
@@ -337,15 +354,16 @@ fn existing(force: bool) -> Existing {
     }
 }
 
-/// The trainer for a fresh or resumed run, after every check.
-fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<Trainer> {
+/// The trainer for a fresh or resumed run, after every check, as one of `replicas`
+/// data-parallel ones.
+fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches, replicas: usize) -> Result<Trainer> {
     let explicit = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
     let vocab = subject.vocab();
     let Some(from) = &args.resume else {
         let source = data_spec(args, &explicit)?.open(vocab)?;
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
         let cfg = config(args, &subject)?;
-        return Ok(Trainer::new(subject.into_model(args)?, source, cfg, &out, existing(args.force))?);
+        return Ok(Trainer::new(subject.into_model(args, replicas)?, source, cfg, &out, existing(args.force))?);
     };
     let cannot = || format!("cannot resume {}", from.display());
     let (stored, identity) = Trainer::stored(from).with_context(cannot)?;
@@ -366,7 +384,7 @@ fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<Tra
         existing: existing(args.force),
         steps: explicit("steps").then_some(args.steps),
     };
-    Trainer::resume(subject.into_model(args)?, source, &how).with_context(cannot)
+    Trainer::resume(subject.into_model(args, replicas)?, source, &how).with_context(cannot)
 }
 
 pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()> {
@@ -379,13 +397,16 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
         let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
         let mut quiet = TrainArgs { out: Some(scratch.path().join("run")), ..args.clone() };
         quiet.force = false;
-        let trainer = trainer(&quiet, subject, given)?;
+        let trainer = trainer(&quiet, subject, given, 1)?;
         return crate::gpu_check::run(device, &trainer);
+    }
+    if let Some(world) = World::from_env()?.filter(|w| w.size > 1) {
+        return replica(args, subject, given, &world);
     }
     if args.profile && (placement(args)? == Placement::Cpu || args.executor == crate::logits::Executor::Reference) {
         bail!("--profile times launches on a GPU; this run is on the CPU");
     }
-    let mut trainer = trainer(args, subject, given)?;
+    let mut trainer = trainer(args, subject, given, 1)?;
     if let Some(line) = trainer.codegen_summary() {
         println!("{line}");
     }
@@ -428,6 +449,63 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
     result?;
     if args.profile {
         profile(&trainer, flops, peak)?;
+    }
+    print_outputs(&trainer, trainer.dir());
+    Ok(())
+}
+
+/// One rank of a data-parallel job: rank 0 trains as a single process would, showing the
+/// progress and writing the run directory; the others train alike, silently, with their
+/// run directory in a temporary folder (resuming, as a fork of rank 0's run).
+fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World) -> Result<()> {
+    if args.profile {
+        bail!("--profile times one process's launches on a GPU; run it without data-parallel ranks");
+    }
+    if placement(args)? != Placement::Cpu {
+        bail!("data-parallel ranks run on the CPU in this build (--device cpu): GPUs need NCCL, which is not wired up yet");
+    }
+    let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let args = match world.rank {
+        0 => args.clone(),
+        _ => TrainArgs { out: Some(scratch.path().join("run")), force: false, ..args.clone() },
+    };
+    let rank = world.rank;
+    let mut trainer = trainer(&args, subject, given, world.size).with_context(|| format!("rank {rank}"))?;
+    let timeout = Duration::from_secs(args.rendezvous_timeout);
+    let (group, _) =
+        TcpGroup::join(world, &trainer.fingerprint(), b"", timeout).with_context(|| format!("rank {rank}"))?;
+    trainer.join(group)?;
+    if rank != 0 {
+        return trainer.run(&mut |_| {}).map_err(|e| {
+            trainer.abort(&e.to_string());
+            anyhow::Error::from(e).context(format!("rank {rank}"))
+        });
+    }
+    println!(
+        "rank 0 of {} data-parallel ranks, {} rows of each batch of {}",
+        world.size,
+        trainer.config().batch / world.size,
+        trainer.config().batch
+    );
+    if let Some(line) = trainer.codegen_summary() {
+        println!("{line}");
+    }
+    let bar = ProgressBar::new(trainer.config().steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").expect("valid template"),
+    );
+    bar.set_position(trainer.state.step);
+    let result = trainer.run(&mut |r| {
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s skipped {}",
+            r.loss, r.lr, r.tokens_per_s, r.skipped
+        ));
+        bar.inc(1);
+    });
+    bar.finish();
+    if let Err(e) = result {
+        trainer.abort(&e.to_string());
+        return Err(anyhow::Error::from(e).context("rank 0"));
     }
     print_outputs(&trainer, trainer.dir());
     Ok(())

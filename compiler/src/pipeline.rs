@@ -8,7 +8,7 @@ use crate::ir::Graph;
 use crate::plan::{recompute, Level, PlanError, Precision, Program, Recompute, Request};
 use crate::rewrite::{fuse::fuse, saturate, Options, Report};
 use crate::shard::{shard, Sharded};
-use crate::training::{in_place_updates, training_graph, AdamW};
+use crate::training::{data_parallel_training_graph, in_place_updates, training_graph, AdamW};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 pub enum Target {
     /// The forward pass alone (inference).
     Forward,
-    /// One training step: forward, loss, backward, clipping, AdamW.
-    Training { opt: AdamW, width_mult: f64 },
+    /// One training step: forward, loss, backward, clipping, AdamW; with `data_parallel`,
+    /// of one replica of several, its gradients summed over them before the update.
+    Training { opt: AdamW, width_mult: f64, data_parallel: bool },
 }
 
 pub struct Compiled {
@@ -46,8 +47,9 @@ pub fn compile(forward: &Graph, target: &Target, ranks: usize, opts: &Options) -
             lap("fuse", &mut stages);
             g
         }
-        Target::Training { opt, width_mult } => {
-            let step = training_graph(&rewritten, opt, *width_mult).graph;
+        Target::Training { opt, width_mult, data_parallel } => {
+            let build = if *data_parallel { data_parallel_training_graph } else { training_graph };
+            let step = build(&rewritten, opt, *width_mult).graph;
             lap("autodiff + optimizer", &mut stages);
             let (g, step_report) = saturate(&step, opts);
             lap("rewrite step", &mut stages);

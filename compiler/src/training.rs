@@ -10,7 +10,7 @@
 
 use crate::autodiff::gradients;
 use crate::ir::{Graph, NodeId, Op, TensorType};
-use crate::ops::{AllGather, AllReduce, Binary, OneHot, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
+use crate::ops::{AllGather, AllReduce, Binary, DataAllReduce, OneHot, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
@@ -87,6 +87,18 @@ fn vocab_parallel_terms(g: &mut Graph, local: NodeId, onehot: NodeId, ranks: usi
 
 /// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
 pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
+    step_graph(forward, opt, width_mult, false)
+}
+
+/// [`training_graph`] for one of several data-parallel replicas, each given its rows of the
+/// batch (with the whole batch's loss weights): the gradients and the loss are summed over
+/// the replicas ([`DataAllReduce`]) before the norm, the clipping and the update, so every
+/// replica applies the whole batch's update and the weights stay equal.
+pub fn data_parallel_training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
+    step_graph(forward, opt, width_mult, true)
+}
+
+fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool) -> TrainingGraph {
     let mut g = forward.clone();
     let logits = g.outputs[0];
     let shape = g.shape(logits).to_vec();
@@ -117,8 +129,20 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
 
     let param_nodes: Vec<NodeId> =
         (0..g.params.len()).map(|p| g.param_node(p).expect("every parameter is used")).collect();
-    let grads = gradients(&mut g, loss, &param_nodes)
+    let mut grads = gradients(&mut g, loss, &param_nodes)
         .expect("a checked model holds no gradient primitives (the language refuses them)");
+    let loss = if data_parallel {
+        for (&w, gr) in param_nodes.iter().zip(grads.iter_mut()) {
+            g.scope = g.nodes[w].scope;
+            g.origin = g.nodes[w].origin;
+            *gr = g.apply(DataAllReduce, vec![*gr]);
+        }
+        g.scope = 0;
+        g.origin = None;
+        g.apply(DataAllReduce, vec![loss])
+    } else {
+        loss
+    };
 
     // Σ g² over whole parameters, and over the parts of sharded ones each rank holds alone
     // (summed over ranks).

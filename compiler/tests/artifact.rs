@@ -13,7 +13,7 @@ const TINY: &str = "import std.layers\n\nmodel tiny {\n    vocab = 32\n    d = 1
 
 fn artifact() -> Artifact {
     let forward = common::forward(TINY);
-    let step = Step::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let step = Step::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     let compiled = compile(&forward, &step, 2, &Options::default());
     let executable = plan(&compiled, &step, &Sizing::new(2, 8)).unwrap();
     let forward_pass = compile(&forward, &Step::Forward, 2, &Options::default());

@@ -88,7 +88,10 @@ fn compiled_models() -> &'static Vec<(String, Graph, bool)> {
             for forward in models(name.clone(), text) {
                 for (what, target) in [
                     ("forward", Target::Forward),
-                    ("training step", Target::Training { opt: AdamW::default(), width_mult: 1.0 }),
+                    (
+                        "training step",
+                        Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false },
+                    ),
                 ] {
                     let graph = compile(&forward, &target, 1, &Options::default()).graph;
                     graphs.push((format!("{name}, {what}"), graph, small));

@@ -100,7 +100,7 @@ mod common;
 #[test]
 fn a_training_step_updates_in_place_and_views_copy_nothing() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     for ranks in [1, 2] {
         let compiled = compile(&forward, &target, ranks, &Options::default());
         let p = plan(&compiled, &target, &Sizing::new(2, 8)).unwrap().program;
@@ -176,7 +176,7 @@ fn a_training_step_updates_in_place_and_views_copy_nothing() {
 #[test]
 fn sizes_scale_with_batch_and_sequence() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let small = plan(&compiled, &target, &Sizing::new(1, 8)).unwrap().program;
     let large = plan(&compiled, &target, &Sizing::new(4, 8)).unwrap().program;
@@ -198,7 +198,7 @@ fn kept(compiled: &hyb_compiler::pipeline::Compiled, target: &Target, level: Lev
 #[test]
 fn recompute_keeps_less_for_backward() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let (none, none_arena) = kept(&compiled, &target, Level::Keep);
     let (selective, selective_arena) = kept(&compiled, &target, Level::Selective);
@@ -211,7 +211,7 @@ fn recompute_keeps_less_for_backward() {
 #[test]
 fn auto_recompute_takes_the_least_that_fits() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let (_, none) = kept(&compiled, &target, Level::Keep);
     let (_, full) = kept(&compiled, &target, Level::Full);
@@ -235,7 +235,7 @@ fn auto_recompute_takes_the_least_that_fits() {
 fn a_plan_that_does_not_fit_is_refused_with_what_fits() {
     use hyb_compiler::fit::{fit, FitError, Request as Fit};
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     let options = Options::default();
     let compiled = compile(&forward, &target, 1, &options);
     let (_, full) = kept(&compiled, &target, Level::Full);

@@ -106,7 +106,8 @@ fn check(ranks: usize, text: &'static str) {
     // The whole pipeline too: shard, rewrite the forward pass (flash attention, packed
     // GEMMs), differentiate, rewrite the step, fuse.
     let opts = Options { machine: free_links(), ..Options::default() };
-    let compiled = compile(&g, &Target::Training { opt: opt.clone(), width_mult: 1.0 }, ranks, &opts);
+    let compiled =
+        compile(&g, &Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: false }, ranks, &opts);
     assert!(compiled.graph.nodes.iter().any(|n| matches!(n.op, Op::Kernel(_))));
     let got_fused = run_ranks(&compiled.graph, &lrefs, &xrefs).unwrap();
     for got in [&got, &got_fused] {

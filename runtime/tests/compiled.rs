@@ -156,7 +156,7 @@ fn check_graph(g: Graph, ranks: usize) {
     let opt = AdamW::default();
     let plain = training_graph(&g, &opt, 1.0);
     let want = run(&plain.graph, &w, &x).unwrap();
-    let target = Target::Training { opt, width_mult: 1.0 };
+    let target = Target::Training { opt, width_mult: 1.0, data_parallel: false };
     let c = compile(&g, &target, ranks, &opts);
     if ranks > 1 {
         let shards = c.graph.nodes.iter().any(|n| matches!(n.op, Op::Prim(Prim::Shard(_))));
@@ -216,7 +216,7 @@ fn recompute_gives_the_same_step() {
     use hyb_compiler::plan::Level;
     let g = forward();
     let (w, x) = values(&g);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0 };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
     for ranks in [1, 2] {
         let c = compile(&g, &target, ranks, &Options::default());
         let layers = hyb_compiler::plan::recompute::layers(&c.graph);
@@ -263,9 +263,10 @@ fn generated_kernels_give_the_reference_results() {
         let want = run::<f32>(&plain.graph, &cast(&w), &cast(&x)).unwrap();
         let want_logits = run::<f32>(&g, &cast(&w), &cast(&x)).unwrap();
         for ranks in [1, 2] {
-            for (target, training) in
-                [(Target::Forward, false), (Target::Training { opt: opt.clone(), width_mult: 1.0 }, true)]
-            {
+            for (target, training) in [
+                (Target::Forward, false),
+                (Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: false }, true),
+            ] {
                 let c = compile(&g, &target, ranks, &Options::default());
                 let program = plan_graph(&c.graph, training, 2, 8, Precision::uniform(DType::F32)).unwrap();
                 let kernels = cpu::Kernels::compile(&c.graph, &program);
@@ -332,7 +333,7 @@ fn sums_over_many_tokens_split_into_partial_steps() {
     let opt = AdamW::default();
     let plain = training_graph(&g, &opt, 1.0);
     let want = run::<f32>(&plain.graph, &cast(&w), &cast(&x)).unwrap();
-    let c = compile(&g, &Target::Training { opt, width_mult: 1.0 }, 1, &Options::default());
+    let c = compile(&g, &Target::Training { opt, width_mult: 1.0, data_parallel: false }, 1, &Options::default());
     let symbols = Symbols { batch, seq };
     let split = (0..c.graph.nodes.len())
         .filter(|&n| matches!(c.graph.nodes[n].op, Op::Kernel(_)))
@@ -382,7 +383,12 @@ fn kernels_from_the_disk_cache_run_as_compiled_ones() {
     use hyb_runtime::cpu::objects::DiskCache;
     let g = graph_of(MODEL.to_string());
     let (w, x) = values(&g);
-    let c = compile(&g, &Target::Training { opt: AdamW::default(), width_mult: 1.0 }, 1, &Options::default());
+    let c = compile(
+        &g,
+        &Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false },
+        1,
+        &Options::default(),
+    );
     let program = plan_graph(&c.graph, true, 2, 8, Precision::uniform(DType::F32)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::at(dir.path());

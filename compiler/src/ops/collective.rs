@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllReduce;
 
+/// Sum over the data-parallel replicas, each of which ran the step on its part of the batch:
+/// a gradient (or the loss) of the whole batch on every replica, so their updates stay
+/// equal. A group apart from the tensor-parallel ranks' [`AllReduce`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DataAllReduce;
+
 /// Every rank's slice along `axis`, concatenated in rank order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllGather {
@@ -43,6 +49,7 @@ pub struct TpCopy;
 
 pub(super) const DECLS: &[Decl] = &[
     Decl::Internal { name: "all_reduce", what: "a tensor-parallel collective" },
+    Decl::Internal { name: "data_all_reduce", what: "a data-parallel collective" },
     Decl::Internal { name: "all_gather", what: "a tensor-parallel collective" },
     Decl::Internal { name: "reduce_scatter", what: "a tensor-parallel collective" },
     Decl::Internal { name: "shard", what: "a tensor-parallel rank's slice" },
@@ -117,6 +124,37 @@ impl Primitive for AllReduce {
     }
 
     /// A ring all-reduce moves each byte twice.
+    fn work(&self, m: &Machine, inputs: &[&TensorType], _: &[&TensorType]) -> Work {
+        communication(2.0 * m.bytes(inputs[0]))
+    }
+}
+
+impl Primitive for DataAllReduce {
+    fn name(&self) -> &'static str {
+        "data_all_reduce"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        vec![vec![sum(ranks)]; ranks.len()]
+    }
+
+    /// Replicas sum what they computed alike: the transpose of the sum is the sum.
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(DataAllReduce, vec![dy]))])
+    }
+
     fn work(&self, m: &Machine, inputs: &[&TensorType], _: &[&TensorType]) -> Work {
         communication(2.0 * m.bytes(inputs[0]))
     }

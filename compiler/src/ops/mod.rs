@@ -279,7 +279,7 @@ registry! {
     ssd_state: SsdState;
     mask: CausalMask, Tril, DocumentMask, DocumentTril;
     quant: TernaryQuant, Int8Quant;
-    collective: AllReduce, AllGather, ReduceScatter, Shard, TpCopy;
+    collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy;
 }
 
 impl Prim {

@@ -29,6 +29,9 @@ pub enum RunError {
     /// before any code ran).
     #[error("generated kernel: {0}")]
     Kernel(String),
+    /// Another process of the job failed, or could not be reached, during a collective.
+    #[error("{0}")]
+    Collective(String),
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the

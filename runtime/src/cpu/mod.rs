@@ -108,7 +108,7 @@ pub fn run_ranks_with<T: Real>(
     params: &[&HashMap<String, Tensor<T>>],
     inputs: &[&HashMap<String, Tensor<T>>],
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
-    run_observed_ranks(graph, program, kernels, params, inputs, None)
+    run_observed_ranks(graph, program, kernels, params, inputs, Hooks::none())
 }
 
 /// [`run_with`] on one rank, showing `observer` the arena around every launch.
@@ -120,7 +120,46 @@ pub fn run_observed<T: Real>(
     inputs: &HashMap<String, Tensor<T>>,
     observer: &mut dyn Observer<T>,
 ) -> Result<Vec<Tensor<T>>, RunError> {
-    Ok(run_observed_ranks(graph, program, Some(kernels), &[params], &[inputs], Some(observer))?.remove(0))
+    let hooks = Hooks { observer: Some(observer), exchange: None };
+    Ok(run_observed_ranks(graph, program, Some(kernels), &[params], &[inputs], hooks)?.remove(0))
+}
+
+/// Sums a data-parallel collective's values with the replicas in other processes (a
+/// process group, [`crate::dist::TcpGroup`]): a one-rank run given one does its
+/// `data_all_reduce` launches through it; without one, they run over the simulated ranks.
+pub trait Exchange {
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), String>;
+}
+
+impl Exchange for crate::dist::TcpGroup {
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), String> {
+        crate::dist::TcpGroup::all_reduce_sum(self, data).map_err(|e| e.to_string())
+    }
+}
+
+/// What a run shows its launches to, or does them through, beside the arenas.
+struct Hooks<'a, T> {
+    observer: Option<&'a mut dyn Observer<T>>,
+    exchange: Option<&'a mut dyn Exchange>,
+}
+
+impl<T> Hooks<'_, T> {
+    fn none() -> Self {
+        Hooks { observer: None, exchange: None }
+    }
+}
+
+/// [`run_with`] as one replica of a data-parallel job: its collectives through `exchange`.
+pub fn run_exchanging<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    kernels: &Kernels,
+    params: &HashMap<String, Tensor<T>>,
+    inputs: &HashMap<String, Tensor<T>>,
+    exchange: &mut dyn Exchange,
+) -> Result<Vec<Tensor<T>>, RunError> {
+    let hooks = Hooks { observer: None, exchange: Some(exchange) };
+    Ok(run_observed_ranks(graph, program, Some(kernels), &[params], &[inputs], hooks)?.remove(0))
 }
 
 fn run_observed_ranks<T: Real>(
@@ -129,7 +168,7 @@ fn run_observed_ranks<T: Real>(
     kernels: Option<&Kernels>,
     params: &[&HashMap<String, Tensor<T>>],
     inputs: &[&HashMap<String, Tensor<T>>],
-    observer: Option<&mut dyn Observer<T>>,
+    hooks: Hooks<T>,
 ) -> Result<Vec<Vec<Tensor<T>>>, RunError> {
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
@@ -146,7 +185,7 @@ fn run_observed_ranks<T: Real>(
             arena.fill(graph, program, b, value)?;
         }
     }
-    execute(graph, program, kernels, &mut arenas, words, observer)?;
+    execute(graph, program, kernels, &mut arenas, words, hooks)?;
     Ok(arenas.iter().map(|arena| program.outputs.iter().map(|v| arena.read(program, v)).collect()).collect())
 }
 
@@ -212,7 +251,7 @@ fn execute<T: Real>(
     kernels: Option<&Kernels>,
     arenas: &mut [Arena<T>],
     words: usize,
-    mut observer: Option<&mut dyn Observer<T>>,
+    mut hooks: Hooks<T>,
 ) -> Result<(), RunError> {
     // The planned sizes, for attributes that name the batch or sequence symbols.
     let (batch, seq) = (program.batch as i64, program.seq as i64);
@@ -224,15 +263,44 @@ fn execute<T: Real>(
     let bind = |s: &str| Dim::bind_parts(s, &symbol);
     let sizes = Sizes::new(&bind);
     for index in 0..program.launches.len() {
-        if let Some(o) = observer.as_deref_mut() {
+        if let Some(o) = hooks.observer.as_deref_mut() {
             o.before(index, &arenas[0].data)?;
         }
-        launch_one(graph, program, kernels, arenas, words, sizes, index)?;
-        if let Some(o) = observer.as_deref_mut() {
+        let exchanged = match hooks.exchange.as_deref_mut() {
+            Some(exchange) => exchange_one(graph, program, arenas, index, exchange)?,
+            None => false,
+        };
+        if !exchanged {
+            launch_one(graph, program, kernels, arenas, words, sizes, index)?;
+        }
+        if let Some(o) = hooks.observer.as_deref_mut() {
             o.after(index, &arenas[0].data)?;
         }
     }
     Ok(())
+}
+
+/// Runs launch `index` through `exchange` if it is a data-parallel all-reduce (its sum over
+/// the job's processes into its output); whether it was.
+fn exchange_one<T: Real>(
+    graph: &Graph,
+    program: &Program,
+    arenas: &mut [Arena<T>],
+    index: usize,
+    exchange: &mut dyn Exchange,
+) -> Result<bool, RunError> {
+    let launch = &program.launches[index];
+    if !matches!(graph.nodes[launch.node].op, Op::Prim(Prim::DataAllReduce(_))) {
+        return Ok(false);
+    }
+    for arena in arenas.iter_mut() {
+        let t = arena.read(program, &launch.inputs[0]);
+        let mut data: Vec<f32> = t.data.iter().map(|x| x.f64() as f32).collect();
+        exchange.all_reduce_sum(&mut data).map_err(RunError::Collective)?;
+        let summed = Tensor::new(t.shape, data.into_iter().map(|x| T::of(x as f64)).collect());
+        arena.write(program, &launch.outputs[0], &summed);
+    }
+    Ok(true)
 }
 
 /// Runs launch `index` of `program` on every rank's arena.
@@ -380,7 +448,8 @@ impl<'p, T: Real> Resident<'p, T> {
     /// Runs every launch; returns the program's outputs of index `outputs` (a decode step
     /// reads its logits, not the caches it updated in place).
     pub fn run(&mut self, outputs: &[usize]) -> Result<Vec<Tensor<T>>, RunError> {
-        execute(self.graph, self.program, self.kernels, std::slice::from_mut(&mut self.arena), self.words, None)?;
+        let arena = std::slice::from_mut(&mut self.arena);
+        execute(self.graph, self.program, self.kernels, arena, self.words, Hooks::none())?;
         Ok(outputs.iter().map(|&o| self.arena.read(self.program, &self.program.outputs[o])).collect())
     }
 }

@@ -234,6 +234,9 @@ pub struct Trainer {
     on_device: bool,
     /// Whether it holds newer ones than `state`.
     device_ahead: bool,
+    /// The other replicas of a data-parallel job, which the step's gradients are summed
+    /// with ([`Trainer::join`]).
+    group: Option<crate::dist::TcpGroup>,
 }
 
 impl Trainer {
@@ -275,6 +278,7 @@ impl Trainer {
             saved_at: None,
             on_device: false,
             device_ahead: false,
+            group: None,
         };
         t.write_metrics(b"")?;
         Ok(t)
@@ -355,12 +359,49 @@ impl Trainer {
             saved_at,
             on_device: false,
             device_ahead: false,
+            group: None,
         };
         t.carry_metrics(&how.from.join("metrics.jsonl"))?;
         if fork {
             t.save()?;
         }
         Ok(t)
+    }
+
+    /// Trains as one replica of a data-parallel job with the other processes of `group`:
+    /// this rank's rows of every batch, the gradients summed over the ranks. The programs
+    /// must be planned for as many replicas as the group has ranks.
+    pub fn join(&mut self, group: crate::dist::TcpGroup) -> Result<(), TrainError> {
+        if group.size() != self.programs.replicas {
+            return Err(TrainError::Config(format!(
+                "the step is planned for {} data-parallel ranks but the job has {}",
+                self.programs.replicas,
+                group.size()
+            )));
+        }
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Tells the job's other ranks this one stops, and why (after an error, before exiting).
+    pub fn abort(&mut self, reason: &str) {
+        if let Some(group) = self.group.as_mut() {
+            group.abort(reason);
+        }
+    }
+
+    /// Whether this process writes the run's metrics and checkpoints: alone, or rank 0 of a
+    /// job (every replica holds the same state).
+    pub fn leads(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// A digest of what the run trains and how (model, data, configuration): the ranks of a
+    /// job must agree on it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let what = serde_json::to_vec(&(&self.identity, &self.cfg)).expect("the run's settings serialise");
+        crate::weights::hex(&sha2::Sha256::digest(what))
     }
 
     /// What of the step runs as generated native code (`None` on the reference executor).
@@ -438,7 +479,7 @@ impl Trainer {
         let b = self.source.batch(cfg.seed, Split::Train, self.state.step, cfg.batch, cfg.seq)?;
         let lr = learning_rate(cfg.schedule, cfg.lr, cfg.warmup, self.state.step, cfg.steps);
         let t = (self.state.applied + 1) as i32;
-        let mut inputs = self.inputs(&b);
+        let mut inputs = self.inputs(&self.rows_of(b));
         inputs.insert("lr".into(), Tensor::scalar(lr as f32));
         inputs.insert("bias_correction1".into(), Tensor::scalar((1.0 - cfg.beta1.powi(t)) as f32));
         inputs.insert("bias_correction2".into(), Tensor::scalar((1.0 - cfg.beta2.powi(t)) as f32));
@@ -452,6 +493,26 @@ impl Trainer {
             inputs.insert(format!("v.{k}"), v.clone());
         }
         Ok((self.params(), inputs, lr))
+    }
+
+    /// This replica's rows of a batch: rank `r` of `n` takes rows `r·B/n ..`, the loss
+    /// weights those of the whole batch, so the replicas' sums add up to its step.
+    fn rows_of(&self, b: Batch) -> Batch {
+        let n = self.programs.replicas;
+        let r = self.group.as_ref().map_or(0, |g| g.rank());
+        if n <= 1 {
+            return b;
+        }
+        let per = b.batch / n;
+        let cut = |v: &[u32]| v[r * per * b.seq..(r + 1) * per * b.seq].to_vec();
+        Batch {
+            batch: per,
+            seq: b.seq,
+            ids: cut(&b.ids),
+            targets: cut(&b.targets),
+            weights: b.weights[r * per * b.seq..(r + 1) * per * b.seq].to_vec(),
+            positions: b.positions.as_deref().map(cut),
+        }
     }
 
     /// Brings `state` up to date with the weights and moments a device holds.
@@ -499,7 +560,14 @@ impl Trainer {
             self.device_ahead |= applied;
             return Ok(self.report(started, loss, grad_norm, lr, applied));
         }
-        let mut out = self.programs.step.run(&params, &inputs)?.into_iter();
+        let out = match self.group.as_mut() {
+            Some(group) => self.programs.step.run_exchanging(&params, &inputs, group)?,
+            None if self.programs.replicas > 1 => {
+                return Err(TrainError::Config("a data-parallel step needs its process group (Trainer::join)".into()))
+            }
+            None => self.programs.step.run(&params, &inputs)?,
+        };
+        let mut out = out.into_iter();
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;
         let updated: Vec<Tensor<f32>> = out.collect();
@@ -626,7 +694,9 @@ impl Trainer {
             } else {
                 bad_in_a_row += 1;
                 if bad_in_a_row >= self.cfg.max_bad_steps {
-                    self.log(&report)?;
+                    if self.leads() {
+                        self.log(&report)?;
+                    }
                     self.sync_state()?;
                     return Err(TrainError::Diverged(bad_in_a_row));
                 }
@@ -637,11 +707,12 @@ impl Trainer {
                 report.eval_loss = Some(l);
                 report.eval_accuracy = Some(a);
             }
-            self.log(&report)?;
+            if self.leads() {
+                self.log(&report)?;
+            }
             on_step(&report);
-            if bad_in_a_row == 0
-                && ((self.cfg.save_every > 0 && done.is_multiple_of(self.cfg.save_every)) || done == self.cfg.steps)
-            {
+            let due = (self.cfg.save_every > 0 && done.is_multiple_of(self.cfg.save_every)) || done == self.cfg.steps;
+            if bad_in_a_row == 0 && due && self.leads() {
                 self.save()?;
             }
         }

@@ -5,7 +5,7 @@
 
 use super::{TrainConfig, TrainError};
 use crate::cpu::objects::{artifact_then, DiskCache};
-use crate::cpu::Kernels;
+use crate::cpu::{Exchange, Kernels};
 use crate::cuda::{CudaProgram, Device};
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::codegen::cpu::Objects;
@@ -80,6 +80,10 @@ pub struct Planning {
     pub recompute: Recompute,
     /// The device's memory: the plan (under the device's precision policy) must fit it.
     pub device_memory: Option<u64>,
+    /// With `Some(n)`, the step is one replica's of `n` data-parallel ones: planned for its
+    /// `batch / n` rows, its gradients and loss summed over the replicas before the update
+    /// (so the run computes what one process does on the whole batch).
+    pub data_parallel: Option<usize>,
 }
 
 /// What a run trains.
@@ -158,6 +162,25 @@ impl Runner {
                 };
                 run(&mut program).map_err(cuda_error)
             }
+        }
+    }
+
+    /// [`Runner::run`] as one replica of a data-parallel job, exchanging its collectives
+    /// through `exchange`: only compiled programs on the CPU take part in one so far.
+    pub fn run_exchanging(
+        &self,
+        params: &HashMap<String, Tensor<f32>>,
+        inputs: &HashMap<String, Tensor<f32>>,
+        exchange: &mut dyn Exchange,
+    ) -> Result<Vec<Tensor<f32>>, RunError> {
+        match self {
+            Runner::Compiled(e, kernels) => {
+                crate::cpu::run_exchanging(&e.graph, &e.program, kernels, params, inputs, exchange)
+            }
+            Runner::Reference(_) => Err(RunError::Collective("the reference executor runs one process".into())),
+            Runner::Cuda(..) => Err(RunError::Collective(
+                "data parallelism on GPUs exchanges through NCCL, which this build does not run yet".into(),
+            )),
         }
     }
 
@@ -262,6 +285,9 @@ fn cuda_error(e: crate::cuda::CudaError) -> RunError {
 pub struct Programs {
     pub step: Runner,
     pub eval: Runner,
+    /// The data-parallel replicas the step is one of (1: it trains alone); evaluation runs
+    /// the whole batch on every replica.
+    pub replicas: usize,
 }
 
 impl Programs {
@@ -313,18 +339,31 @@ fn cpu_precision() -> Precision {
 
 fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<Programs, TrainError> {
     let plan_error = |e: hyb_compiler::plan::PlanError| TrainError::Plan(e.to_string());
+    let replicas = planning.data_parallel.unwrap_or(1).max(1);
+    if replicas > 1 && planning.executor == Executor::Reference {
+        return Err(TrainError::Config(
+            "the reference executor runs one process: leave out --executor reference".into(),
+        ));
+    }
+    if !cfg.batch.is_multiple_of(replicas) {
+        return Err(TrainError::Config(format!(
+            "--batch {} does not split over {replicas} data-parallel ranks: make it a multiple of {replicas}",
+            cfg.batch
+        )));
+    }
+    let rows = cfg.batch / replicas;
     if planning.executor == Executor::Reference {
         return Ok(Programs {
             step: Runner::Reference(training_graph(forward, &cfg.adamw(), cfg.width_mult).graph),
             eval: Runner::Reference(forward.clone()),
+            replicas: 1,
         });
     }
-    let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult };
+    let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel: replicas > 1 };
     let opts = Options::default();
     let step = compile(forward, &target, 1, &opts);
     // Recompute is chosen, and the budget checked, on what the device would hold.
-    let sizing =
-        Sizing { batch: cfg.batch, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
+    let sizing = Sizing { batch: rows, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
     let request = Request { forward, compiled: &step, target: &target, tp: 1, options: &opts, sizing };
     let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
     let levels = device.program.recompute;
@@ -332,14 +371,14 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
         Placement::Cuda(_, p) => p.policy(),
         Placement::Cpu => cpu_precision(),
     };
-    let step = plan_with(&step, &target, cfg.batch, cfg.seq, precision.clone(), &levels).map_err(plan_error)?;
+    let step = plan_with(&step, &target, rows, cfg.seq, precision.clone(), &levels).map_err(plan_error)?;
     let eval = compile(forward, &Target::Forward, 1, &opts);
     let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, precision, &[]).map_err(plan_error)?;
     if let Placement::Cuda(ordinal, _) = planning.placement {
-        return on_gpu(ordinal, step, eval);
+        return Ok(Programs { replicas, ..on_gpu(ordinal, step, eval)? });
     }
     let cache = DiskCache::from_env();
-    Ok(Programs { step: Runner::compiled(step, &cache), eval: Runner::compiled(eval, &cache) })
+    Ok(Programs { step: Runner::compiled(step, &cache), eval: Runner::compiled(eval, &cache), replicas })
 }
 
 /// The step and evaluation programs prepared on GPU `ordinal`.
@@ -354,7 +393,7 @@ fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs
     if let Runner::Cuda(_, p) = &step {
         p.lock().expect("fresh").keep_snapshots().map_err(|e| TrainError::Device(e.to_string()))?;
     }
-    Ok(Programs { step, eval: prepare(eval)? })
+    Ok(Programs { step, eval: prepare(eval)?, replicas: 1 })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
@@ -403,7 +442,8 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig, placement: Placement) -> Resul
     let cache = DiskCache::from_env();
     let objects = artifact_then(&a.objects, &cache);
     let step = Runner::compiled(cpu_executable(&a.executable, true, c.batch, c.seq)?, &objects);
-    Ok(Programs { step, eval: Runner::compiled(cpu_executable(eval, false, c.batch, c.seq)?, &objects) })
+    let eval = Runner::compiled(cpu_executable(eval, false, c.batch, c.seq)?, &objects);
+    Ok(Programs { step, eval, replicas: 1 })
 }
 
 /// An artifact's program (a training step or a forward pass) placed again for the CPU's

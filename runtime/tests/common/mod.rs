@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! What the runtime's tests share: the example models, elaborated, and a small generator
 //! of reproducible numbers.
 

@@ -1,0 +1,83 @@
+//! Data parallelism on simulated replicas: each runs the data-parallel training step on its
+//! rows of the batch, and every replica's loss, gradient norm and updated weights and
+//! moments equal the single-process step on the whole batch — with clipping active, at 2
+//! and 4 replicas, on a hybrid with attention, Mamba-2 and an MLP — and a NaN on one
+//! replica is every replica's.
+
+mod common;
+
+use common::{forward, inputs, weights};
+use hyb_compiler::reference::{run, run_ranks, Tensor};
+use hyb_compiler::training::{data_parallel_training_graph, training_graph, AdamW};
+use std::collections::HashMap;
+
+const MODEL: &str = r#"
+import std.layers
+
+model tiny_falcon {
+    vocab = 37
+    d = 16
+    layers = pattern("H{2}", H = falcon_h1_layer)
+    heads = 2
+    kv_heads = 1
+    head_dim = 8
+    ssm_heads = 2
+    ssm_head_dim = 8
+    d_state = 4
+    chunk = 4
+    d_ff = 24
+}
+"#;
+
+/// Rows `rank·b/n ..` of every `[B, T]` input; the rest (scalars, moments) as they are.
+fn rows_of(all: &HashMap<String, Tensor<f64>>, b: usize, rank: usize, replicas: usize) -> HashMap<String, Tensor<f64>> {
+    let per = b / replicas;
+    all.iter()
+        .map(|(name, t)| {
+            let batched = ["ids", "targets", "loss_weights"].contains(&name.as_str());
+            let t = if batched {
+                let row = t.shape[1];
+                let data = t.data[rank * per * row..(rank + 1) * per * row].to_vec();
+                Tensor::new(vec![per, row], data)
+            } else {
+                t.clone()
+            };
+            (name.clone(), t)
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_on_their_rows_update_as_one_process_on_the_batch() {
+    let g = forward(MODEL);
+    let w = weights(&g, 11);
+    let (b, t) = (4, 6);
+    let x = inputs(&w, b, t, 37);
+    // A clip well below the gradient's norm, so the norm must be the whole batch's.
+    let opt = AdamW { clip: Some(0.05), ..AdamW::default() };
+    let want = run(&training_graph(&g, &opt, 1.0).graph, &w, &x).unwrap();
+    let dp = data_parallel_training_graph(&g, &opt, 1.0).graph;
+    for replicas in [2, 4] {
+        let rows: Vec<_> = (0..replicas).map(|r| rows_of(&x, b, r, replicas)).collect();
+        let params = vec![&w; replicas];
+        let got = run_ranks(&dp, &params, &rows.iter().collect::<Vec<_>>()).unwrap();
+        for (r, outs) in got.iter().enumerate() {
+            for (k, (a, e)) in outs.iter().zip(&want).enumerate() {
+                let scale = e.data.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                let err = a.data.iter().zip(&e.data).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+                assert!(err <= 1e-12 * scale, "{replicas} replicas, rank {r}, output {k}: |Δ| {err:e}");
+            }
+        }
+    }
+    // A non-finite value on one replica reaches every replica's loss and norm, so all skip
+    // the step together.
+    let mut rows: Vec<_> = (0..2).map(|r| rows_of(&x, b, r, 2)).collect();
+    rows[1].get_mut("loss_weights").unwrap().data[3] = f64::NAN;
+    let got = run_ranks(&dp, &[&w, &w], &rows.iter().collect::<Vec<_>>()).unwrap();
+    for (r, outs) in got.iter().enumerate() {
+        assert!(outs[0].data[0].is_nan() && outs[1].data[0].is_nan(), "rank {r} sees the other's NaN");
+    }
+    // One replica's step alone is the step on its rows: the sum over replicas matters.
+    let alone = run(&dp, &w, &rows_of(&x, b, 0, 2)).unwrap();
+    assert!((alone[0].data[0] - want[0].data[0]).abs() > 1e-6, "the loss is of the whole batch");
+}

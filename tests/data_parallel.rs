@@ -1,0 +1,170 @@
+//! Data-parallel jobs of `hyb train` on the CPU, as real processes: `--nproc-per-node 2`
+//! and 4 end with the weights of one process (f32 rounding); workers started from
+//! torchrun's or Slurm's environment instead of the launcher; a run resumed on another
+//! number of ranks; and a rank killed mid-run ends the job naming it, within the timeout,
+//! the last checkpoint intact.
+
+use hyb_runtime::train::checkpoint;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "examples/tiny_hybrid.hyb";
+/// A short run: rows of 32 tokens, a checkpoint every 2 steps.
+const RUN: &[&str] = &["--device", "cpu", "--seq", "32", "--eval-every", "0", "--save-every", "2"];
+
+fn hyb(args: &[&str], out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyb"));
+    c.arg("train").arg(MODEL).args(RUN).args(args).arg("--out").arg(out);
+    if !args.contains(&"--batch") {
+        c.args(["--batch", "4"]);
+    }
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1");
+    // The tests' own environment must not make the processes workers of some job.
+    for v in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"] {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn succeeds(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The largest difference between two runs' weights, after checking both hold the same
+/// names and steps.
+fn difference(a: &Path, b: &Path) -> f32 {
+    let (a, b) =
+        (checkpoint::load(&checkpoint::path_in(a)).unwrap(), checkpoint::load(&checkpoint::path_in(b)).unwrap());
+    assert_eq!(a.state.step, b.state.step);
+    assert_eq!(a.state.params.keys().collect::<Vec<_>>(), b.state.params.keys().collect::<Vec<_>>());
+    a.state
+        .params
+        .iter()
+        .flat_map(|(k, t)| t.data.iter().zip(&b.state.params[k].data).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+}
+
+#[test]
+fn ranks_train_to_the_weights_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    succeeds(hyb(&["--steps", "4"], &alone));
+    for n in ["2", "4"] {
+        let job = dir.path().join(format!("ranks{n}"));
+        let text = succeeds(hyb(&["--steps", "4", "--nproc-per-node", n], &job));
+        assert!(text.contains(&format!("rank 0 of {n} data-parallel ranks")), "{text}");
+        let d = difference(&alone, &job);
+        assert!(d <= 1e-6, "{n} ranks: weights differ by {d:e}");
+        // Only rank 0 writes: the run directory holds one run.
+        assert!(job.join("metrics.jsonl").exists());
+    }
+}
+
+#[test]
+fn workers_start_from_torchrun_and_slurm_environments() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    succeeds(hyb(&["--steps", "2"], &alone));
+    type Env = fn(usize, &str) -> Vec<(String, String)>;
+    let torchrun: Env = |rank, port| {
+        [
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".into()),
+            ("LOCAL_RANK", rank.to_string()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            ("MASTER_PORT", port.into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    };
+    let slurm: Env = |rank, port| {
+        [
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_NTASKS", "2".into()),
+            ("SLURM_LOCALID", rank.to_string()),
+            ("SLURM_JOB_NODELIST", "localhost".into()),
+            ("MASTER_PORT", port.into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    };
+    for (name, env) in [("torchrun", torchrun), ("slurm", slurm)] {
+        let port = free_port();
+        let job = dir.path().join(name);
+        let workers: Vec<_> = (0..2)
+            .map(|rank| {
+                let mut c = hyb(&["--steps", "2"], &job);
+                c.envs(env(rank, &port)).stdout(Stdio::piped()).stderr(Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        for w in workers {
+            let out = w.wait_with_output().unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let d = difference(&alone, &job);
+        assert!(d <= 1e-6, "{name}: weights differ by {d:e}");
+    }
+}
+
+#[test]
+fn a_run_resumes_on_another_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alone, job) = (dir.path().join("alone"), dir.path().join("job"));
+    succeeds(hyb(&["--steps", "4"], &alone));
+    succeeds(hyb(&["--steps", "2", "--nproc-per-node", "2"], &job));
+    let from = job.to_str().unwrap();
+    succeeds(hyb(&["--steps", "4", "--nproc-per-node", "4", "--resume", from], &job));
+    let d = difference(&alone, &job);
+    assert!(d <= 1e-6, "resumed on 4 ranks: weights differ by {d:e}");
+}
+
+/// The pid of the process whose parent is `parent` and whose environment sets `RANK=rank`.
+fn worker(parent: u32, rank: usize) -> Option<u32> {
+    let want = format!("RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        (ppid == parent && env.split(|&b| b == 0).any(|v| v == want.as_bytes())).then_some(pid)
+    })
+}
+
+#[test]
+fn killing_a_rank_ends_the_job_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let job: PathBuf = dir.path().join("job");
+    // Two rows each for three ranks.
+    let args = ["--steps", "100000", "--batch", "6", "--nproc-per-node", "3", "--rendezvous-timeout", "5"];
+    let mut launcher = hyb(&args, &job).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while !checkpoint::path_in(&job).exists() {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the job ended before its first checkpoint ({status}): {err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim = worker(launcher.id(), 1).expect("rank 1 runs");
+    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    let killed = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rank 1 failed (killed by signal 9)"), "{err}");
+    assert!(err.contains("rank 1 exited"), "the others name it: {err}");
+    assert!(killed.elapsed() < Duration::from_secs(20), "ended within the timeout");
+    let ckpt = checkpoint::load(&checkpoint::path_in(&job)).expect("the last checkpoint loads");
+    assert!(ckpt.state.step >= 2 && ckpt.state.step.is_multiple_of(2));
+}
