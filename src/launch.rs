@@ -56,19 +56,23 @@ fn free_port(addr: &str) -> Result<u16> {
 }
 
 /// Waits for every worker; on the first failure, gives the others the timeout (and a
-/// little) to stop on their own, then kills them.
+/// little) to stop on their own, then kills them. Of ranks found failed at the same
+/// moment, one killed by a signal is the cause, not the ranks that saw it go.
 fn watch(mut workers: Vec<(usize, Child)>, timeout: Duration) -> Result<ExitCode> {
     let mut failed: Option<(usize, ExitStatus, Instant)> = None;
     loop {
         let mut running = 0;
+        let mut now_failed = Vec::new();
         for (rank, child) in &mut workers {
             match child.try_wait().with_context(|| format!("cannot watch rank {rank}"))? {
-                Some(status) if !status.success() && failed.is_none() => {
-                    failed = Some((*rank, status, Instant::now()));
-                }
+                Some(status) if !status.success() => now_failed.push((*rank, status)),
                 Some(_) => {}
                 None => running += 1,
             }
+        }
+        if failed.is_none() {
+            let cause = now_failed.iter().find(|(_, s)| s.code().is_none()).or(now_failed.first());
+            failed = cause.map(|&(rank, status)| (rank, status, Instant::now()));
         }
         match failed {
             None if running == 0 => return Ok(ExitCode::SUCCESS),

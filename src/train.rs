@@ -11,7 +11,7 @@ use clap::ArgMatches;
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
-use hyb_runtime::dist::{TcpGroup, World};
+use hyb_runtime::dist::{Mesh, TcpGroup, World};
 use hyb_runtime::train::data::{DataSpec, Packing};
 use hyb_runtime::train::run_dir::Existing;
 use hyb_runtime::train::schedule::Schedule;
@@ -118,6 +118,11 @@ pub struct TrainArgs {
     /// environment (RANK, WORLD_SIZE, … or SLURM_PROCID, SLURM_NTASKS, …).
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub nproc_per_node: usize,
+    /// Tensor-parallel ranks: the job's ranks run the program the compiler's sharding plan
+    /// chose (`hyb explain --tp N` shows it), each on its parts of the parameters. Needs as
+    /// many ranks (--nproc-per-node N); with data parallelism together not yet.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub tp: usize,
     /// Seconds a rank waits for the others, at the rendezvous and at every collective: a
     /// rank that dies or hangs ends the job on every rank within it.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -210,8 +215,16 @@ impl Subject<'_> {
         }
     }
 
-    /// The model to train, as one of `replicas` data-parallel ones (1: alone).
-    fn into_model(self, args: &TrainArgs, replicas: usize) -> Result<Model> {
+    /// The model to train, as one of a job's `ranks` (1: alone): tensor-parallel ranks
+    /// with `--tp`, else data-parallel replicas.
+    fn into_model(self, args: &TrainArgs, ranks: usize) -> Result<Model> {
+        if args.tp > 1 && ranks == 1 {
+            bail!("--tp {} needs {} ranks: add --nproc-per-node {}", args.tp, args.tp, args.tp);
+        }
+        if !ranks.is_multiple_of(args.tp) {
+            bail!("--tp {} does not divide the job's {ranks} ranks into tensor-parallel groups", args.tp);
+        }
+        let (replicas, tp) = (ranks / args.tp, args.tp);
         Ok(match self {
             Subject::Model(m) => {
                 let executor = match args.executor {
@@ -224,10 +237,11 @@ impl Subject<'_> {
                     recompute: args.plan.recompute(),
                     device_memory: args.plan.device_memory,
                     data_parallel: (replicas > 1).then_some(replicas),
+                    tensor_parallel: (tp > 1).then_some(tp),
                 };
                 Model::Graph { forward: elaborate(&m.trace), planning }
             }
-            Subject::Artifact(_) if replicas > 1 => {
+            Subject::Artifact(_) if ranks > 1 => {
                 bail!("an artifact is compiled for one process; train the .hyb model to run data-parallel ranks")
             }
             Subject::Artifact(_) if args.executor == crate::logits::Executor::Reference => {
@@ -472,19 +486,22 @@ fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World
     let rank = world.rank;
     let mut trainer = trainer(&args, subject, given, world.size).with_context(|| format!("rank {rank}"))?;
     let timeout = Duration::from_secs(args.rendezvous_timeout);
-    let (group, _) =
-        TcpGroup::join(world, &trainer.fingerprint(), b"", timeout).with_context(|| format!("rank {rank}"))?;
-    trainer.join(group)?;
+    let job = trainer.fingerprint();
+    let (group, _) = TcpGroup::join(world, &job, b"", timeout).with_context(|| format!("rank {rank}"))?;
+    let mesh = Mesh::new(group, args.tp, &job).with_context(|| format!("rank {rank}"))?;
+    trainer.join(mesh)?;
     if rank != 0 {
         return trainer.run(&mut |_| {}).map_err(|e| {
             trainer.abort(&e.to_string());
             anyhow::Error::from(e).context(format!("rank {rank}"))
         });
     }
+    let replicas = world.size / args.tp;
     println!(
-        "rank 0 of {} data-parallel ranks, {} rows of each batch of {}",
+        "rank 0 of {} ranks: {replicas} data-parallel × {} tensor-parallel, {} rows of each batch of {} per replica",
         world.size,
-        trainer.config().batch / world.size,
+        args.tp,
+        trainer.config().batch / replicas,
         trainer.config().batch
     );
     if let Some(line) = trainer.codegen_summary() {

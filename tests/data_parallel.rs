@@ -1,5 +1,6 @@
-//! Data-parallel jobs of `hyb train` on the CPU, as real processes: `--nproc-per-node 2`
-//! and 4 end with the weights of one process (f32 rounding); workers started from
+//! Jobs of `hyb train` on the CPU, as real processes: `--nproc-per-node 2` and 4 end with
+//! the weights of one process (f32 rounding), and so do 2 tensor-parallel ranks and 2 × 2
+//! (`--tp 2`, to Adam's amplification of that rounding); workers started from
 //! torchrun's or Slurm's environment instead of the launcher; a run resumed on another
 //! number of ranks; and a rank killed mid-run ends the job naming it, within the timeout,
 //! the last checkpoint intact.
@@ -60,12 +61,32 @@ fn ranks_train_to_the_weights_of_one_process() {
     for n in ["2", "4"] {
         let job = dir.path().join(format!("ranks{n}"));
         let text = succeeds(hyb(&["--steps", "4", "--nproc-per-node", n], &job));
-        assert!(text.contains(&format!("rank 0 of {n} data-parallel ranks")), "{text}");
+        assert!(text.contains(&format!("rank 0 of {n} ranks: {n} data-parallel × 1 tensor-parallel")), "{text}");
         let d = difference(&alone, &job);
         assert!(d <= 1e-6, "{n} ranks: weights differ by {d:e}");
         // Only rank 0 writes: the run directory holds one run.
         assert!(job.join("metrics.jsonl").exists());
     }
+}
+
+#[test]
+fn tensor_parallel_ranks_train_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alone, job) = (dir.path().join("alone"), dir.path().join("tp"));
+    succeeds(hyb(&["--steps", "4"], &alone));
+    for (n, dp) in [("2", 1), ("4", 2)] {
+        let job = job.join(n);
+        let text = succeeds(hyb(&["--steps", "4", "--nproc-per-node", n, "--tp", "2"], &job));
+        assert!(text.contains(&format!("rank 0 of {n} ranks: {dp} data-parallel × 2 tensor-parallel")), "{text}");
+        // Sharded products sum in another order; Adam's first steps amplify it where a
+        // gradient is near 0, to a few hundredths of one step's size (`runtime/tests`).
+        let d = difference(&alone, &job);
+        assert!(d <= 1e-4, "{n} ranks: weights differ by {d:e}");
+    }
+    let out = hyb(&["--steps", "4", "--nproc-per-node", "3", "--tp", "2"], &dir.path().join("three")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 does not divide the job's 3 ranks"));
+    let out = hyb(&["--steps", "4", "--tp", "2"], &dir.path().join("one")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 needs 2 ranks: add --nproc-per-node 2"));
 }
 
 #[test]

@@ -124,16 +124,57 @@ pub fn run_observed<T: Real>(
     Ok(run_observed_ranks(graph, program, Some(kernels), &[params], &[inputs], hooks)?.remove(0))
 }
 
-/// Sums a data-parallel collective's values with the replicas in other processes (a
-/// process group, [`crate::dist::TcpGroup`]): a one-rank run given one does its
-/// `data_all_reduce` launches through it; without one, they run over the simulated ranks.
-pub trait Exchange {
-    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), String>;
+/// Which of a rank's groups a collective exchanges with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// The tensor-parallel ranks of its replica (`all_reduce`, `all_gather`, …).
+    Tensor,
+    /// The replicas holding the same parts (`data_all_reduce`).
+    Data,
 }
 
-impl Exchange for crate::dist::TcpGroup {
-    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), String> {
-        crate::dist::TcpGroup::all_reduce_sum(self, data).map_err(|e| e.to_string())
+/// The other processes of a job, for the collectives of a one-rank run (its groups,
+/// [`crate::dist::Mesh`]): given one, the run is rank [`Exchange::rank`] of the program's
+/// tensor-parallel ranks, and its collective launches exchange values with the others;
+/// without one, collectives run over the simulated ranks.
+pub trait Exchange {
+    fn rank(&self, axis: Axis) -> usize;
+    fn size(&self, axis: Axis) -> usize;
+    fn all_reduce_sum(&mut self, axis: Axis, data: &mut [f32]) -> Result<(), String>;
+    /// Every rank's `local`, in rank order.
+    fn all_gather(&mut self, axis: Axis, local: &[f32]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+impl crate::dist::Mesh {
+    fn group(&mut self, axis: Axis) -> &mut crate::dist::TcpGroup {
+        match axis {
+            Axis::Tensor => &mut self.tensor,
+            Axis::Data => &mut self.data,
+        }
+    }
+}
+
+impl Exchange for crate::dist::Mesh {
+    fn rank(&self, axis: Axis) -> usize {
+        match axis {
+            Axis::Tensor => self.tensor.rank(),
+            Axis::Data => self.data.rank(),
+        }
+    }
+
+    fn size(&self, axis: Axis) -> usize {
+        match axis {
+            Axis::Tensor => self.tensor.size(),
+            Axis::Data => self.data.size(),
+        }
+    }
+
+    fn all_reduce_sum(&mut self, axis: Axis, data: &mut [f32]) -> Result<(), String> {
+        self.group(axis).all_reduce_sum(data).map_err(|e| e.to_string())
+    }
+
+    fn all_gather(&mut self, axis: Axis, local: &[f32]) -> Result<Vec<Vec<f32>>, String> {
+        self.group(axis).all_gather(local).map_err(|e| e.to_string())
     }
 }
 
@@ -149,7 +190,7 @@ impl<T> Hooks<'_, T> {
     }
 }
 
-/// [`run_with`] as one replica of a data-parallel job: its collectives through `exchange`.
+/// [`run_with`] as one rank of a job of processes: its collectives through `exchange`.
 pub fn run_exchanging<T: Real>(
     graph: &Graph,
     program: &Program,
@@ -267,7 +308,7 @@ fn execute<T: Real>(
             o.before(index, &arenas[0].data)?;
         }
         let exchanged = match hooks.exchange.as_deref_mut() {
-            Some(exchange) => exchange_one(graph, program, arenas, index, exchange)?,
+            Some(exchange) => exchange_one(graph, program, arenas, sizes, index, exchange)?,
             None => false,
         };
         if !exchanged {
@@ -280,25 +321,68 @@ fn execute<T: Real>(
     Ok(())
 }
 
-/// Runs launch `index` through `exchange` if it is a data-parallel all-reduce (its sum over
-/// the job's processes into its output); whether it was.
+/// Runs launch `index` through `exchange` if it is a collective; whether it was. A
+/// data-parallel all-reduce sums through the group; the tensor-parallel collectives gather
+/// every rank's inputs and take this rank's part of what the simulated ranks compute (the
+/// same order of sums on every rank); a rank's own slice or lookup needs no other rank.
 fn exchange_one<T: Real>(
     graph: &Graph,
     program: &Program,
     arenas: &mut [Arena<T>],
+    sizes: Sizes,
     index: usize,
     exchange: &mut dyn Exchange,
 ) -> Result<bool, RunError> {
     let launch = &program.launches[index];
-    if !matches!(graph.nodes[launch.node].op, Op::Prim(Prim::DataAllReduce(_))) {
+    let n = &graph.nodes[launch.node];
+    let Op::Prim(p) = &n.op else { return Ok(false) };
+    if !p.is_collective() {
         return Ok(false);
     }
+    let (rank, size) = (exchange.rank(Axis::Tensor), exchange.size(Axis::Tensor));
+    let to_f32 = |t: &Tensor<T>| t.data.iter().map(|x| x.f64() as f32).collect::<Vec<f32>>();
+    let of_f32 = |shape: &[usize], data: Vec<f32>| {
+        Tensor::new(shape.to_vec(), data.into_iter().map(|x| T::of(x as f64)).collect())
+    };
     for arena in arenas.iter_mut() {
-        let t = arena.read(program, &launch.inputs[0]);
-        let mut data: Vec<f32> = t.data.iter().map(|x| x.f64() as f32).collect();
-        exchange.all_reduce_sum(&mut data).map_err(RunError::Collective)?;
-        let summed = Tensor::new(t.shape, data.into_iter().map(|x| T::of(x as f64)).collect());
-        arena.write(program, &launch.outputs[0], &summed);
+        let mut views = launch.inputs.iter();
+        let xs: Vec<Tensor<T>> = n
+            .inputs
+            .iter()
+            .map(|&x| match graph.nodes[x].op {
+                Op::Constant(c) => Tensor::scalar(T::of(c)),
+                _ => arena.read(program, views.next().expect("a view per non-constant input")),
+            })
+            .collect();
+        let outs: Vec<Tensor<T>> = match p {
+            Prim::DataAllReduce(_) => {
+                let mut data = to_f32(&xs[0]);
+                exchange.all_reduce_sum(Axis::Data, &mut data).map_err(RunError::Collective)?;
+                vec![of_f32(&xs[0].shape, data)]
+            }
+            Prim::AllReduce(_) | Prim::AllGather(_) | Prim::ReduceScatter(_) => {
+                let mut ranks: Vec<Vec<Tensor<T>>> = vec![Vec::new(); size];
+                for x in &xs {
+                    let parts = exchange.all_gather(Axis::Tensor, &to_f32(x)).map_err(RunError::Collective)?;
+                    for (r, part) in parts.into_iter().enumerate() {
+                        if part.len() != x.len() {
+                            let why = format!("rank {r} sent {} values to a collective of {}", part.len(), x.len());
+                            return Err(RunError::Collective(why));
+                        }
+                        ranks[r].push(of_f32(&x.shape, part));
+                    }
+                }
+                let refs: Vec<Vec<&Tensor<T>>> = ranks.iter().map(|xs| xs.iter().collect()).collect();
+                p.eval_ranks(&refs, sizes).swap_remove(rank)
+            }
+            _ => {
+                let copies: Vec<Vec<&Tensor<T>>> = (0..size).map(|_| xs.iter().collect()).collect();
+                p.eval_ranks(&copies, sizes).swap_remove(rank)
+            }
+        };
+        for (v, t) in launch.outputs.iter().zip(&outs) {
+            arena.write(program, v, t);
+        }
     }
     Ok(true)
 }

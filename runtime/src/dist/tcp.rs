@@ -196,6 +196,12 @@ impl TcpGroup {
 
     /// Every rank's `local`, in rank order, on every rank.
     pub fn all_gather(&mut self, local: &[f32]) -> Result<Vec<Vec<f32>>, CommError> {
+        let parts = self.all_gather_bytes(&bytes_of(local))?;
+        parts.iter().enumerate().map(|(r, p)| floats_of(r, p)).collect()
+    }
+
+    /// Every rank's `local` bytes, in rank order, on every rank.
+    pub fn all_gather_bytes(&mut self, local: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
         let during = "an all-gather";
         if self.world.size == 1 {
             return Ok(vec![local.to_vec()]);
@@ -203,7 +209,7 @@ impl TcpGroup {
         if self.world.rank != 0 {
             let wait = self.patience();
             let root = &mut self.peers[0];
-            root.send(Kind::Data, &bytes_of(local))?;
+            root.send(Kind::Data, local)?;
             return match root.recv(wait, during)? {
                 (Kind::Data, reply) => decode_parts(&reply),
                 (kind, _) => Err(CommError::Protocol { rank: 0, what: format!("{kind:?} for data") }),
@@ -216,7 +222,7 @@ impl TcpGroup {
             .iter_mut()
             .try_for_each(|p| match p.recv(timeout, during)? {
                 (Kind::Data, bytes) => {
-                    parts.push(floats_of(p.rank, &bytes)?);
+                    parts.push(bytes);
                     Ok(())
                 }
                 (kind, _) => Err(CommError::Protocol { rank: p.rank, what: format!("{kind:?} for data") }),
@@ -232,6 +238,39 @@ impl TcpGroup {
                 Err(e)
             }
         }
+    }
+
+    /// Where every rank can be reached, in rank order: the address each other rank's
+    /// connection to rank 0 comes from, and rank 0's own.
+    pub fn hosts(&mut self) -> Result<Vec<String>, CommError> {
+        let mine = match (self.world.rank, self.peers.first()) {
+            (0, _) | (_, None) => self.world.master_addr.clone(),
+            (_, Some(root)) => {
+                root.stream.local_addr().map_err(|error| CommError::Io { rank: 0, error })?.ip().to_string()
+            }
+        };
+        let hosts = self.all_gather_bytes(mine.as_bytes())?;
+        Ok(hosts.into_iter().map(|h| String::from_utf8_lossy(&h).into_owned()).collect())
+    }
+
+    /// The group of the ranks `members` (this rank among them, in increasing order), met
+    /// at the first member's host on port `MASTER_PORT + offset`; every member calls it
+    /// with the same members, offset and `job`.
+    pub fn subgroup(&mut self, members: &[usize], offset: u16, job: &str) -> Result<TcpGroup, CommError> {
+        let hosts = self.hosts()?;
+        let rank = members.iter().position(|&m| m == self.world.rank).expect("a rank joins its own groups");
+        let port = self.world.master_port.checked_add(offset).ok_or_else(|| CommError::Listen {
+            addr: format!("port {} + {offset}", self.world.master_port),
+            error: std::io::Error::new(ErrorKind::InvalidInput, "past the last port"),
+        })?;
+        let world = World {
+            rank,
+            size: members.len(),
+            local_rank: self.world.local_rank,
+            master_addr: hosts[members[0]].clone(),
+            master_port: port,
+        };
+        Ok(TcpGroup::join(&world, job, b"", self.timeout)?.0)
     }
 
     /// Waits until every rank has reached this point.
@@ -307,19 +346,19 @@ fn floats_of(rank: usize, bytes: &[u8]) -> Result<Vec<f32>, CommError> {
     Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("four bytes"))).collect())
 }
 
-/// Parts of floats as one message: their count and lengths (u64 each), then their values.
-fn encode_parts(parts: &[Vec<f32>]) -> Vec<u8> {
+/// Parts of bytes as one message: their count and lengths (u64 each), then their bytes.
+fn encode_parts(parts: &[Vec<u8>]) -> Vec<u8> {
     let mut message = (parts.len() as u64).to_le_bytes().to_vec();
     for p in parts {
         message.extend_from_slice(&(p.len() as u64).to_le_bytes());
     }
     for p in parts {
-        message.extend(bytes_of(p));
+        message.extend_from_slice(p);
     }
     message
 }
 
-fn decode_parts(bytes: &[u8]) -> Result<Vec<Vec<f32>>, CommError> {
+fn decode_parts(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
     let bad = || CommError::Protocol { rank: 0, what: "gathered parts that do not add up".into() };
     let word = |i: usize| -> Result<u64, CommError> {
         let b = bytes.get(8 * i..8 * i + 8).ok_or_else(bad)?;
@@ -327,7 +366,7 @@ fn decode_parts(bytes: &[u8]) -> Result<Vec<Vec<f32>>, CommError> {
     };
     let count = usize::try_from(word(0)?).map_err(|_| bad())?;
     let lens: Vec<usize> = (1..=count).map(|i| word(i).map(|n| n as usize)).collect::<Result<_, _>>()?;
-    let values = floats_of(0, bytes.get(8 * (count + 1)..).ok_or_else(bad)?)?;
+    let values = bytes.get(8 * (count + 1)..).ok_or_else(bad)?;
     if lens.iter().sum::<usize>() != values.len() {
         return Err(bad());
     }

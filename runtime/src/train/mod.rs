@@ -11,6 +11,7 @@ pub mod rng;
 pub mod run_dir;
 pub mod schedule;
 pub mod step;
+mod tensor_parallel;
 
 use checkpoint::State;
 use data::{Batch, DataSpec, Source, Split};
@@ -236,7 +237,7 @@ pub struct Trainer {
     device_ahead: bool,
     /// The other replicas of a data-parallel job, which the step's gradients are summed
     /// with ([`Trainer::join`]).
-    group: Option<crate::dist::TcpGroup>,
+    group: Option<crate::dist::Mesh>,
 }
 
 impl Trainer {
@@ -368,15 +369,18 @@ impl Trainer {
         Ok(t)
     }
 
-    /// Trains as one replica of a data-parallel job with the other processes of `group`:
-    /// this rank's rows of every batch, the gradients summed over the ranks. The programs
-    /// must be planned for as many replicas as the group has ranks.
-    pub fn join(&mut self, group: crate::dist::TcpGroup) -> Result<(), TrainError> {
-        if group.size() != self.programs.replicas {
+    /// Trains as one rank of a job with the other processes of `group`: as a data-parallel
+    /// replica, on this rank's rows of every batch, the gradients summed over the replicas;
+    /// as a tensor-parallel rank, on its parts of the parameters (the state stays whole on
+    /// every rank: each step's updated parts are gathered). The programs must be planned
+    /// for the groups' sizes.
+    pub fn join(&mut self, group: crate::dist::Mesh) -> Result<(), TrainError> {
+        let (dp, tp) = (self.programs.replicas, self.programs.tensor_parallel);
+        if (group.data.size(), group.tensor.size()) != (dp, tp) {
             return Err(TrainError::Config(format!(
-                "the step is planned for {} data-parallel ranks but the job has {}",
-                self.programs.replicas,
-                group.size()
+                "the step is planned for {dp} data-parallel × {tp} tensor-parallel ranks but the job has {} × {}",
+                group.data.size(),
+                group.tensor.size()
             )));
         }
         self.group = Some(group);
@@ -393,7 +397,7 @@ impl Trainer {
     /// Whether this process writes the run's metrics and checkpoints: alone, or rank 0 of a
     /// job (every replica holds the same state).
     pub fn leads(&self) -> bool {
-        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+        self.group.as_ref().is_none_or(crate::dist::Mesh::leads)
     }
 
     /// A digest of what the run trains and how (model, data, configuration): the ranks of a
@@ -499,7 +503,7 @@ impl Trainer {
     /// weights those of the whole batch, so the replicas' sums add up to its step.
     fn rows_of(&self, b: Batch) -> Batch {
         let n = self.programs.replicas;
-        let r = self.group.as_ref().map_or(0, |g| g.rank());
+        let r = self.group.as_ref().map_or(0, |g| g.data.rank());
         if n <= 1 {
             return b;
         }
@@ -560,10 +564,20 @@ impl Trainer {
             self.device_ahead |= applied;
             return Ok(self.report(started, loss, grad_norm, lr, applied));
         }
+        let tp = self.programs.tensor_parallel;
         let out = match self.group.as_mut() {
+            Some(group) if tp > 1 => {
+                let rank = group.tensor.rank();
+                let graph = self.programs.step.graph();
+                let (params, inputs) = tensor_parallel::local_step(graph, rank, &params, &inputs);
+                let out = self.programs.step.run_exchanging(&params, &inputs, group)?;
+                tensor_parallel::gather_outputs(graph, &mut group.tensor, out)?
+            }
             Some(group) => self.programs.step.run_exchanging(&params, &inputs, group)?,
-            None if self.programs.replicas > 1 => {
-                return Err(TrainError::Config("a data-parallel step needs its process group (Trainer::join)".into()))
+            None if self.programs.replicas > 1 || tp > 1 => {
+                return Err(TrainError::Config(
+                    "a step of several ranks needs its process group (Trainer::join)".into(),
+                ))
             }
             None => self.programs.step.run(&params, &inputs)?,
         };

@@ -84,6 +84,9 @@ pub struct Planning {
     /// `batch / n` rows, its gradients and loss summed over the replicas before the update
     /// (so the run computes what one process does on the whole batch).
     pub data_parallel: Option<usize>,
+    /// With `Some(n)`, the step is one rank's of the `n`-way tensor-parallel program the
+    /// compiler's sharding plan chose: its parameters and moments that rank's parts.
+    pub tensor_parallel: Option<usize>,
 }
 
 /// What a run trains.
@@ -265,7 +268,8 @@ impl Runner {
         matches!(self, Runner::Cuda(..))
     }
 
-    fn graph(&self) -> &Graph {
+    /// The graph the runner runs (a tensor-parallel rank's: its parameters the rank's parts).
+    pub fn graph(&self) -> &Graph {
         match self {
             Runner::Compiled(e, _) => &e.graph,
             Runner::Reference(g) => g,
@@ -288,6 +292,9 @@ pub struct Programs {
     /// The data-parallel replicas the step is one of (1: it trains alone); evaluation runs
     /// the whole batch on every replica.
     pub replicas: usize,
+    /// The tensor-parallel ranks the step is one of (1: unsharded); evaluation runs the
+    /// unsharded forward pass.
+    pub tensor_parallel: usize,
 }
 
 impl Programs {
@@ -352,19 +359,29 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
         )));
     }
     let rows = cfg.batch / replicas;
+    let tp = planning.tensor_parallel.unwrap_or(1).max(1);
+    if tp > 1 && planning.executor == Executor::Reference {
+        return Err(TrainError::Config(
+            "the reference executor runs one process: leave out --executor reference".into(),
+        ));
+    }
+    if tp > 1 && planning.placement != Placement::Cpu {
+        return Err(TrainError::Config("tensor-parallel ranks run on the CPU in this build (--device cpu)".into()));
+    }
     if planning.executor == Executor::Reference {
         return Ok(Programs {
             step: Runner::Reference(training_graph(forward, &cfg.adamw(), cfg.width_mult).graph),
             eval: Runner::Reference(forward.clone()),
             replicas: 1,
+            tensor_parallel: 1,
         });
     }
     let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel: replicas > 1 };
     let opts = Options::default();
-    let step = compile(forward, &target, 1, &opts);
+    let step = compile(forward, &target, tp, &opts);
     // Recompute is chosen, and the budget checked, on what the device would hold.
     let sizing = Sizing { batch: rows, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
-    let request = Request { forward, compiled: &step, target: &target, tp: 1, options: &opts, sizing };
+    let request = Request { forward, compiled: &step, target: &target, tp, options: &opts, sizing };
     let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
     let levels = device.program.recompute;
     let precision = match planning.placement {
@@ -378,7 +395,8 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
         return Ok(Programs { replicas, ..on_gpu(ordinal, step, eval)? });
     }
     let cache = DiskCache::from_env();
-    Ok(Programs { step: Runner::compiled(step, &cache), eval: Runner::compiled(eval, &cache), replicas })
+    let (step, eval) = (Runner::compiled(step, &cache), Runner::compiled(eval, &cache));
+    Ok(Programs { step, eval, replicas, tensor_parallel: tp })
 }
 
 /// The step and evaluation programs prepared on GPU `ordinal`.
@@ -393,7 +411,7 @@ fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs
     if let Runner::Cuda(_, p) = &step {
         p.lock().expect("fresh").keep_snapshots().map_err(|e| TrainError::Device(e.to_string()))?;
     }
-    Ok(Programs { step, eval: prepare(eval)?, replicas: 1 })
+    Ok(Programs { step, eval: prepare(eval)?, replicas: 1, tensor_parallel: 1 })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
@@ -443,7 +461,7 @@ fn from_artifact(a: &Artifact, cfg: &TrainConfig, placement: Placement) -> Resul
     let objects = artifact_then(&a.objects, &cache);
     let step = Runner::compiled(cpu_executable(&a.executable, true, c.batch, c.seq)?, &objects);
     let eval = Runner::compiled(cpu_executable(eval, false, c.batch, c.seq)?, &objects);
-    Ok(Programs { step, eval, replicas: 1 })
+    Ok(Programs { step, eval, replicas: 1, tensor_parallel: 1 })
 }
 
 /// An artifact's program (a training step or a forward pass) placed again for the CPU's
