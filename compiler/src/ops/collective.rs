@@ -138,16 +138,17 @@ impl Primitive for DataAllReduce {
         Class::Collective
     }
 
-    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
-        Ok(vec![first(inputs)])
+    /// The same sum as [`AllReduce`]'s, over the other group.
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        AllReduce.infer(inputs, ctx)
     }
 
-    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
-        vec![inputs[0].clone()]
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], sizes: Sizes) -> Vec<Tensor<T>> {
+        AllReduce.eval(inputs, sizes)
     }
 
-    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
-        vec![vec![sum(ranks)]; ranks.len()]
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+        AllReduce.eval_ranks(ranks, sizes)
     }
 
     /// Replicas sum what they computed alike: the transpose of the sum is the sum.
@@ -155,8 +156,8 @@ impl Primitive for DataAllReduce {
         Ok(vec![Some(g.apply(DataAllReduce, vec![dy]))])
     }
 
-    fn work(&self, m: &Machine, inputs: &[&TensorType], _: &[&TensorType]) -> Work {
-        communication(2.0 * m.bytes(inputs[0]))
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        AllReduce.work(m, inputs, outputs)
     }
 }
 
