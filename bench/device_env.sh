@@ -14,3 +14,7 @@ if [ ! -d dist/tc ] && [ -f dist/tc.tar.xz ]; then
 fi
 export HYB_STDLIB="$PWD/stdlib" LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 export HYB_CACHE_DIR="$work/cache"
+# NCCL from PyTorch's wheel, under the name the runtime loads it by (libnccl.so).
+mkdir -p "$work/lib"
+nccl=$(find / -name 'libnccl.so*' -not -path '/proc/*' 2>/dev/null | head -n 1)
+[ -n "$nccl" ] && ln -sf "$nccl" "$work/lib/libnccl.so" && export LD_LIBRARY_PATH="$work/lib:$LD_LIBRARY_PATH"

@@ -11,7 +11,7 @@
 # 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
 # (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
 # per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
-# PACKED=1 adds the small hybrid on packed rows. ATTENTION=0 and HYBRID=0 leave out the
+# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL. ATTENTION=0 and HYBRID=0 leave out the
 # attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
@@ -76,6 +76,32 @@ for rows in ["", "packed_"]:
     print(f"tensor_core_hybrid {rows}bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} "
           f"(diff {d[0]:.2e}); {n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
 PY
+# With NCCL=1, the small hybrid again as a job of one rank started from torchrun's
+# environment: its gradients and loss summed through NCCL inside the captured graph.
+if [ "${NCCL:-0}" = 1 ]; then
+    RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 NCCL_DEBUG=WARN timeout 240 \
+        "$work/hyb" train bench/models/tensor_core_hybrid.hyb --device cuda --precision bf16 --batch 4 --seq 256 \
+        --steps "$steps" --eval-every 0 --save-every 0 --out "$work/run_nccl" > "$OUT/train_nccl.txt" 2>&1
+    echo "rc $?" >> "$OUT/train_nccl.txt"
+    cp "$work/run_nccl/metrics.jsonl" "$OUT/metrics_nccl.jsonl" 2>/dev/null
+    grep -E "rank 0|NCCL|error|rc " "$OUT/train_nccl.txt" | head -n 8
+    python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def losses(run):
+    p = os.path.join(out, f"metrics_{run}.jsonl")
+    return [json.loads(l) for l in open(p) if '"loss"' in l] if os.path.exists(p) else []
+a, b = losses("nccl"), losses("cuda_bf16")
+n = min(len(a), len(b))
+if n:
+    d = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b))
+    tok = lambda rows: sum(r["tokens_per_s"] for r in rows[5:n]) / max(1, n - 5)
+    print(f"NCCL job of one rank vs alone: {n} steps, largest loss difference {d:.2e}, "
+          f"last {a[n-1]['loss']:.4f} vs {b[n-1]['loss']:.4f}; {tok(a):.0f} vs {tok(b):.0f} tok/s")
+else:
+    print("NCCL: no losses to compare", len(a), len(b))
+PY
+fi
 # With CHECK=1, every launch of the small hybrid's training step at 2,048 tokens (sums over
 # tokens split into partial steps) on the GPU against the CPU executor, outputs poisoned.
 if [ "${CHECK:-0}" = 1 ]; then

@@ -119,8 +119,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub nproc_per_node: usize,
     /// Tensor-parallel ranks: the job's ranks run the program the compiler's sharding plan
-    /// chose (`hyb explain --tp N` shows it), each on its parts of the parameters. Needs as
-    /// many ranks (--nproc-per-node N); with data parallelism together not yet.
+    /// chose (`hyb explain --tp N` shows it), each on its parts of the parameters. Needs a
+    /// multiple of N ranks (--nproc-per-node): each N of them form one data-parallel replica.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub tp: usize,
     /// Seconds a rank waits for the others, at the rendezvous and at every collective: a
@@ -215,9 +215,10 @@ impl Subject<'_> {
         }
     }
 
-    /// The model to train, as one of a job's `ranks` (1: alone): tensor-parallel ranks
-    /// with `--tp`, else data-parallel replicas.
-    fn into_model(self, args: &TrainArgs, ranks: usize) -> Result<Model> {
+    /// The model to train, alone or as one rank of the job `world`: tensor-parallel ranks
+    /// with `--tp`, else data-parallel replicas (each on GPU `LOCAL_RANK`).
+    fn into_model(self, args: &TrainArgs, world: Option<&World>) -> Result<Model> {
+        let ranks = world.map_or(1, |w| w.size);
         if args.tp > 1 && ranks == 1 {
             bail!("--tp {} needs {} ranks: add --nproc-per-node {}", args.tp, args.tp, args.tp);
         }
@@ -231,12 +232,16 @@ impl Subject<'_> {
                     crate::logits::Executor::Compiled => Executor::Compiled,
                     crate::logits::Executor::Reference => Executor::Reference,
                 };
+                let placement = match (placement(args)?, world) {
+                    (Placement::Cuda(_, precision), Some(w)) => Placement::Cuda(w.local_rank, precision),
+                    (p, _) => p,
+                };
                 let planning = Planning {
                     executor,
-                    placement: placement(args)?,
+                    placement,
                     recompute: args.plan.recompute(),
                     device_memory: args.plan.device_memory,
-                    data_parallel: (replicas > 1).then_some(replicas),
+                    data_parallel: (world.is_some() || replicas > 1).then_some(replicas),
                     tensor_parallel: (tp > 1).then_some(tp),
                 };
                 Model::Graph { forward: elaborate(&m.trace), planning }
@@ -368,16 +373,16 @@ fn existing(force: bool) -> Existing {
     }
 }
 
-/// The trainer for a fresh or resumed run, after every check, as one of `replicas`
-/// data-parallel ones.
-fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches, replicas: usize) -> Result<Trainer> {
+/// The trainer for a fresh or resumed run, after every check: alone, or as one rank of
+/// the job `world`.
+fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: Option<&World>) -> Result<Trainer> {
     let explicit = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
     let vocab = subject.vocab();
     let Some(from) = &args.resume else {
         let source = data_spec(args, &explicit)?.open(vocab)?;
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
         let cfg = config(args, &subject)?;
-        return Ok(Trainer::new(subject.into_model(args, replicas)?, source, cfg, &out, existing(args.force))?);
+        return Ok(Trainer::new(subject.into_model(args, world)?, source, cfg, &out, existing(args.force))?);
     };
     let cannot = || format!("cannot resume {}", from.display());
     let (stored, identity) = Trainer::stored(from).with_context(cannot)?;
@@ -398,7 +403,7 @@ fn trainer(args: &TrainArgs, subject: Subject, given: &ArgMatches, replicas: usi
         existing: existing(args.force),
         steps: explicit("steps").then_some(args.steps),
     };
-    Trainer::resume(subject.into_model(args, replicas)?, source, &how).with_context(cannot)
+    Trainer::resume(subject.into_model(args, world)?, source, &how).with_context(cannot)
 }
 
 pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()> {
@@ -411,16 +416,18 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
         let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
         let mut quiet = TrainArgs { out: Some(scratch.path().join("run")), ..args.clone() };
         quiet.force = false;
-        let trainer = trainer(&quiet, subject, given, 1)?;
+        let trainer = trainer(&quiet, subject, given, None)?;
         return crate::gpu_check::run(device, &trainer);
     }
-    if let Some(world) = World::from_env()?.filter(|w| w.size > 1) {
+    // A launched job runs as one, even of one rank (its collectives then go through NCCL
+    // or the TCP group all the same).
+    if let Some(world) = World::from_env()? {
         return replica(args, subject, given, &world);
     }
     if args.profile && (placement(args)? == Placement::Cpu || args.executor == crate::logits::Executor::Reference) {
         bail!("--profile times launches on a GPU; this run is on the CPU");
     }
-    let mut trainer = trainer(args, subject, given, 1)?;
+    let mut trainer = trainer(args, subject, given, None)?;
     if let Some(line) = trainer.codegen_summary() {
         println!("{line}");
     }
@@ -475,16 +482,13 @@ fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World
     if args.profile {
         bail!("--profile times one process's launches on a GPU; run it without data-parallel ranks");
     }
-    if placement(args)? != Placement::Cpu {
-        bail!("data-parallel ranks run on the CPU in this build (--device cpu): GPUs need NCCL, which is not wired up yet");
-    }
     let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
     let args = match world.rank {
         0 => args.clone(),
         _ => TrainArgs { out: Some(scratch.path().join("run")), force: false, ..args.clone() },
     };
     let rank = world.rank;
-    let mut trainer = trainer(&args, subject, given, world.size).with_context(|| format!("rank {rank}"))?;
+    let mut trainer = trainer(&args, subject, given, Some(world)).with_context(|| format!("rank {rank}"))?;
     let timeout = Duration::from_secs(args.rendezvous_timeout);
     let job = trainer.fingerprint();
     let (group, _) = TcpGroup::join(world, &job, b"", timeout).with_context(|| format!("rank {rank}"))?;

@@ -94,11 +94,11 @@ fn workers_start_from_torchrun_and_slurm_environments() {
     let dir = tempfile::tempdir().unwrap();
     let alone = dir.path().join("alone");
     succeeds(hyb(&["--steps", "2"], &alone));
-    type Env = fn(usize, &str) -> Vec<(String, String)>;
-    let torchrun: Env = |rank, port| {
+    type Env = fn(usize, usize, &str) -> Vec<(String, String)>;
+    let torchrun: Env = |rank, size, port| {
         [
             ("RANK", rank.to_string()),
-            ("WORLD_SIZE", "2".into()),
+            ("WORLD_SIZE", size.to_string()),
             ("LOCAL_RANK", rank.to_string()),
             ("MASTER_ADDR", "127.0.0.1".into()),
             ("MASTER_PORT", port.into()),
@@ -106,10 +106,10 @@ fn workers_start_from_torchrun_and_slurm_environments() {
         .map(|(k, v)| (k.to_string(), v))
         .to_vec()
     };
-    let slurm: Env = |rank, port| {
+    let slurm: Env = |rank, size, port| {
         [
             ("SLURM_PROCID", rank.to_string()),
-            ("SLURM_NTASKS", "2".into()),
+            ("SLURM_NTASKS", size.to_string()),
             ("SLURM_LOCALID", rank.to_string()),
             ("SLURM_JOB_NODELIST", "localhost".into()),
             ("MASTER_PORT", port.into()),
@@ -117,19 +117,22 @@ fn workers_start_from_torchrun_and_slurm_environments() {
         .map(|(k, v)| (k.to_string(), v))
         .to_vec()
     };
-    for (name, env) in [("torchrun", torchrun), ("slurm", slurm)] {
+    // A job of one rank runs as a job too: its collectives go through its group.
+    for (name, env, size) in [("torchrun", torchrun, 2), ("slurm", slurm, 2), ("one_rank", torchrun, 1)] {
         let port = free_port();
         let job = dir.path().join(name);
-        let workers: Vec<_> = (0..2)
+        let workers: Vec<_> = (0..size)
             .map(|rank| {
                 let mut c = hyb(&["--steps", "2"], &job);
-                c.envs(env(rank, &port)).stdout(Stdio::piped()).stderr(Stdio::piped());
+                c.envs(env(rank, size, &port)).stdout(Stdio::piped()).stderr(Stdio::piped());
                 c.spawn().unwrap()
             })
             .collect();
-        for w in workers {
+        for (rank, w) in workers.into_iter().enumerate() {
             let out = w.wait_with_output().unwrap();
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(rank > 0 || said.contains(&format!("rank 0 of {size} ranks")), "{name}: {said}");
         }
         let d = difference(&alone, &job);
         assert!(d <= 1e-6, "{name}: weights differ by {d:e}");

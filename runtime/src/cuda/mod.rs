@@ -12,11 +12,13 @@ mod device;
 mod gemm;
 mod memory;
 mod module;
+mod nccl;
 mod program;
 
 pub use check::{check_launches, LaunchCheck};
 pub use device::Device;
 pub use memory::DeviceMemory;
+pub use nccl::Communicators;
 pub use program::CudaProgram;
 
 use hyb_compiler::reference::RunError;
@@ -46,6 +48,8 @@ pub enum CudaError {
     OutOfMemory { what: String, bytes: usize, free: usize, total: usize },
     #[error("not supported on the GPU yet: {0}")]
     Unsupported(String),
+    #[error("NCCL error in {0}")]
+    Nccl(String),
     #[error("code generation: {0}")]
     Codegen(String),
     #[error(transparent)]

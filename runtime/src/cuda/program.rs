@@ -6,7 +6,9 @@
 
 use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
 use super::module::Module;
+use super::nccl::{Collective, Communicators, Exchange};
 use super::{CudaError, Device};
+use crate::cpu::Axis;
 use cudarc::driver::{sys, CudaGraph};
 use hyb_compiler::codegen::chain::{self, Slot, Step};
 use hyb_compiler::codegen::gpu;
@@ -38,6 +40,14 @@ struct Call {
 enum Prepared {
     Call(Call),
     Gemm(GemmPlan),
+    /// An NCCL collective over contiguous arena bytes.
+    Collective(Collective),
+    /// A copy whose source depends on the rank: its first view starts `step` bytes further
+    /// on for every tensor-parallel rank before this one (a rank's shard).
+    Ranked {
+        call: Call,
+        step: usize,
+    },
     /// Steps in order, over the launch's views and its scratch buffers.
     Chain(Vec<Prepared>),
 }
@@ -53,6 +63,9 @@ pub struct CudaProgram {
     workspace_at: usize,
     launches: Vec<Prepared>,
     captured: Option<CudaGraph>,
+    /// The job's NCCL communicators, which the collective launches need
+    /// ([`CudaProgram::connect`]).
+    comms: Option<Arc<Communicators>>,
     /// A copy of the weights and moments taken at the start of each run.
     snapshot: Option<super::DeviceMemory>,
     /// Whether steps are captured and replayed as a CUDA graph.
@@ -97,9 +110,6 @@ impl CudaProgram {
         let mut launches = Vec::with_capacity(program.launches.len());
         let mut embeddings = Vec::new();
         for (i, launch) in program.launches.iter().enumerate() {
-            if let LaunchKind::Collective(c) = &launch.kind {
-                return Err(CudaError::Unsupported(format!("launch {i}: the collective `{c}` needs NCCL ranks")));
-            }
             if let Op::Prim(Prim::Embedding(_)) = &graph.nodes[launch.node].op {
                 embeddings.push((launch.inputs[1].clone(), launch.inputs[0].shape[0]));
             }
@@ -128,6 +138,7 @@ impl CudaProgram {
             workspace_at,
             launches,
             captured: None,
+            comms: None,
             snapshot: None,
             graphs: true,
             modules,
@@ -137,6 +148,18 @@ impl CudaProgram {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Gives the program the job's communicators, through which its collective launches
+    /// exchange with the other ranks; a program with collectives refuses to run without.
+    pub fn connect(&mut self, comms: Arc<Communicators>) {
+        self.comms = Some(comms);
+        self.captured = None;
+    }
+
+    /// Whether the program exchanges with other ranks.
+    pub fn has_collectives(&self) -> bool {
+        self.program.launches.iter().any(|l| matches!(l.kind, LaunchKind::Collective(_)))
     }
 
     /// Bytes of device memory the program holds.
@@ -304,10 +327,9 @@ impl CudaProgram {
 
     /// Queues launches `range` without waiting.
     pub fn queue(&self, range: std::ops::Range<usize>) -> Result<(), CudaError> {
-        let base = self.arena.at(0);
-        let workspace = self.arena.at(self.workspace_at);
+        let at = Addresses { base: self.arena.at(0), workspace: self.arena.at(self.workspace_at) };
         for i in range {
-            queue(&self.device, &self.launches[i], base, workspace).map_err(|e| {
+            self.queue_one(&self.launches[i], &at).map_err(|e| {
                 let node = self.program.launches[i].node;
                 CudaError::Launch {
                     kernel: format!("launch {i} (node %{node})"),
@@ -519,14 +541,36 @@ fn arena_breakdown(program: &Program, bytes: usize) -> String {
     )
 }
 
-fn queue(device: &Device, p: &Prepared, base: u64, workspace: u64) -> Result<(), CudaError> {
-    match p {
-        Prepared::Call(c) => {
-            let pointers: Vec<u64> = c.offsets.iter().map(|&o| base + o as u64).collect();
-            c.module.launch(device, &pointers, &c.strides)
+/// Where the arena and cuBLASLt's workspace are on the device.
+struct Addresses {
+    base: u64,
+    workspace: u64,
+}
+
+impl CudaProgram {
+    fn queue_one(&self, p: &Prepared, at: &Addresses) -> Result<(), CudaError> {
+        let device = &self.device;
+        let comms = || {
+            self.comms.as_deref().ok_or_else(|| {
+                CudaError::Unsupported("a collective outside a job of several ranks (its NCCL communicators)".into())
+            })
+        };
+        match p {
+            Prepared::Call(c) => c.launch(device, at.base, 0),
+            Prepared::Ranked { call, step } => call.launch(device, at.base, comms()?.rank(Axis::Tensor) * step),
+            Prepared::Gemm(g) => g.launch(device, at.base, at.workspace),
+            Prepared::Collective(c) => c.queue(device, comms()?, at.base),
+            Prepared::Chain(steps) => steps.iter().try_for_each(|s| self.queue_one(s, at)),
         }
-        Prepared::Gemm(g) => g.launch(device, base, workspace),
-        Prepared::Chain(steps) => steps.iter().try_for_each(|s| queue(device, s, base, workspace)),
+    }
+}
+
+impl Call {
+    /// Launches the kernel over the arena at `base`, its first view `shift` bytes on.
+    fn launch(&self, device: &Device, base: u64, shift: usize) -> Result<(), CudaError> {
+        let mut pointers: Vec<u64> = self.offsets.iter().map(|&o| base + o as u64).collect();
+        pointers[0] += shift as u64;
+        self.module.launch(device, &pointers, &self.strides)
     }
 }
 
@@ -574,6 +618,11 @@ impl Builder<'_> {
 
     fn launch(&mut self, launch: &Launch, inputs: &[Placed], outputs: &[Placed]) -> Result<Prepared, CudaError> {
         let (node, in_views, out_views) = (launch.node, &launch.inputs, &launch.outputs);
+        if let Op::Prim(p) = &self.graph.nodes[node].op {
+            if p.is_collective() {
+                return self.collective(p, launch, inputs, outputs);
+            }
+        }
         let unit = unit::for_launch(self.graph, launch, self.symbols, Target::Gpu).map_err(CudaError::Unsupported)?;
         let dtypes: Vec<DType> = in_views.iter().chain(out_views).map(|v| v.dtype).collect();
         match unit {
@@ -792,5 +841,128 @@ impl Builder<'_> {
         let offsets = views.iter().map(|p| p.offset).collect();
         let strides = views.iter().flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
         Ok(Prepared::Call(Call { module, offsets, strides }))
+    }
+}
+
+/// Axis `axis` (negative from the end) of a shape of `rank` dimensions.
+fn axis_index(axis: i64, rank: usize) -> usize {
+    if axis < 0 {
+        (axis + rank as i64) as usize
+    } else {
+        axis as usize
+    }
+}
+
+/// A shape whose axis `a` is split into `(ranks, local)`: how a whole view and the
+/// rank-major buffer NCCL exchanges index the same elements.
+fn split_shape(local: &[usize], a: usize, ranks: usize) -> Vec<usize> {
+    [&local[..a], &[ranks, local[a]], &local[a + 1..]].concat()
+}
+
+/// The strides of a whole view (`strides`, of the local shape with axis `a` times
+/// `ranks`) over its [`split_shape`].
+fn split_strides(strides: &[isize], a: usize, local_a: usize) -> Vec<isize> {
+    [&strides[..a], &[local_a as isize * strides[a], strides[a]], &strides[a + 1..]].concat()
+}
+
+/// The strides of the rank-major buffer (`[ranks, local…]`, contiguous) over the
+/// [`split_shape`] of `local`.
+fn rank_major_strides(local: &[usize], a: usize) -> Vec<isize> {
+    let c = contiguous(local);
+    let block = local.iter().product::<usize>() as isize;
+    [&c[..a], &[block, c[a]], &c[a + 1..]].concat()
+}
+
+impl Builder<'_> {
+    /// A collective launch: the NCCL call, with copies around it where the launch's views
+    /// are not the contiguous, rank-major buffers NCCL exchanges (a gathered or scattered
+    /// axis other than the outermost, a strided view, another storage).
+    fn collective(
+        &mut self,
+        p: &Prim,
+        launch: &Launch,
+        inputs: &[Placed],
+        outputs: &[Placed],
+    ) -> Result<Prepared, CudaError> {
+        let ([iv], [ov], [input], [output]) = (&launch.inputs[..], &launch.outputs[..], inputs, outputs) else {
+            return Err(CudaError::Internal("a collective launch has one input and one output view".into()));
+        };
+        let (exchange, axis, split) = match p {
+            Prim::AllReduce(_) => (Exchange::AllReduce, Axis::Tensor, None),
+            Prim::DataAllReduce(_) => (Exchange::AllReduce, Axis::Data, None),
+            Prim::AllGather(g) => {
+                (Exchange::AllGather, Axis::Tensor, Some((axis_index(g.axis, ov.shape.len()), g.ranks)))
+            }
+            Prim::ReduceScatter(r) => {
+                (Exchange::ReduceScatter, Axis::Tensor, Some((axis_index(r.axis, iv.shape.len()), r.ranks)))
+            }
+            Prim::Shard(s) => {
+                let a = axis_index(s.axis, iv.shape.len());
+                let stride = usize::try_from(input.strides[a])
+                    .map_err(|_| CudaError::Unsupported("a shard of a view with a negative stride".into()))?;
+                let call = self.copy(&ov.shape, (input, iv.dtype), (output, ov.dtype))?;
+                return Ok(Prepared::Ranked { call, step: ov.shape[a] * stride * iv.dtype.size_bytes() });
+            }
+            Prim::TpCopy(_) => {
+                return Ok(Prepared::Call(self.copy(&iv.shape, (input, iv.dtype), (output, ov.dtype))?))
+            }
+            other => return Err(CudaError::Unsupported(format!("the collective {other:?}"))),
+        };
+        let dtype = ov.dtype;
+        let size = dtype.size_bytes();
+        let mut steps = Vec::new();
+        // A whole view over which the outermost axes before `a` are all 1 is rank-major.
+        let rank_major = |shape: &[usize], p: &Placed| {
+            p.strides == contiguous(shape) && split.is_none_or(|(a, _)| shape[..a].iter().all(|&d| d == 1))
+        };
+        let send = match (exchange, split) {
+            (Exchange::ReduceScatter, Some((a, ranks))) if !(rank_major(&iv.shape, input) && iv.dtype == dtype) => {
+                let local = &ov.shape;
+                let at = self.scratch(iv.shape.iter().product::<usize>() * size);
+                let packed = Placed { offset: at, strides: rank_major_strides(local, a) };
+                let seen = Placed { offset: input.offset, strides: split_strides(&input.strides, a, local[a]) };
+                let shape = split_shape(local, a, ranks);
+                steps.push(Prepared::Call(self.copy(&shape, (&seen, iv.dtype), (&packed, dtype))?));
+                at
+            }
+            _ if iv.dtype == dtype && input.strides == contiguous(&iv.shape) => input.offset,
+            _ => {
+                let at = self.scratch(iv.shape.iter().product::<usize>() * size);
+                let packed = Placed { offset: at, strides: contiguous(&iv.shape) };
+                steps.push(Prepared::Call(self.copy(&iv.shape, (input, iv.dtype), (&packed, dtype))?));
+                at
+            }
+        };
+        let direct = match (exchange, split) {
+            (Exchange::AllGather, Some(_)) => rank_major(&ov.shape, output),
+            _ => output.strides == contiguous(&ov.shape),
+        };
+        let recv = if direct { output.offset } else { self.scratch(ov.shape.iter().product::<usize>() * size) };
+        let count = match exchange {
+            Exchange::AllGather => iv.shape.iter().product(),
+            _ => ov.shape.iter().product(),
+        };
+        steps.push(Prepared::Collective(Collective { exchange, axis, send, recv, count, dtype }));
+        if !direct {
+            let (shape, from, to) = match (exchange, split) {
+                (Exchange::AllGather, Some((a, ranks))) => {
+                    let local = &iv.shape;
+                    let from = Placed { offset: recv, strides: rank_major_strides(local, a) };
+                    let to = Placed { offset: output.offset, strides: split_strides(&output.strides, a, local[a]) };
+                    (split_shape(local, a, ranks), from, to)
+                }
+                _ => (ov.shape.clone(), Placed { offset: recv, strides: contiguous(&ov.shape) }, output.clone()),
+            };
+            steps.push(Prepared::Call(self.copy(&shape, (&from, dtype), (&to, dtype))?));
+        }
+        Ok(Prepared::Chain(steps))
+    }
+
+    /// A kernel copying `from` to `to` (each a placed view and its storage) over `shape`.
+    fn copy(&mut self, shape: &[usize], from: (&Placed, DType), to: (&Placed, DType)) -> Result<Call, CudaError> {
+        match self.body(&unit::conversion(shape), &[from.1, to.1], &[from.0, to.0])? {
+            Prepared::Call(call) => Ok(call),
+            _ => Err(CudaError::Internal("a copy is one kernel".into())),
+        }
     }
 }

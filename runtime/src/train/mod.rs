@@ -374,7 +374,7 @@ impl Trainer {
     /// as a tensor-parallel rank, on its parts of the parameters (the state stays whole on
     /// every rank: each step's updated parts are gathered). The programs must be planned
     /// for the groups' sizes.
-    pub fn join(&mut self, group: crate::dist::Mesh) -> Result<(), TrainError> {
+    pub fn join(&mut self, mut group: crate::dist::Mesh) -> Result<(), TrainError> {
         let (dp, tp) = (self.programs.replicas, self.programs.tensor_parallel);
         if (group.data.size(), group.tensor.size()) != (dp, tp) {
             return Err(TrainError::Config(format!(
@@ -383,6 +383,7 @@ impl Trainer {
                 group.tensor.size()
             )));
         }
+        self.programs.step.connect(&mut group)?;
         self.group = Some(group);
         Ok(())
     }
@@ -525,7 +526,11 @@ impl Trainer {
             return Ok(());
         }
         if let Some(updated) = self.programs.step.resident_state() {
-            let mut it = updated?.into_iter();
+            let mut updated = updated?;
+            if let (Some(group), true) = (self.group.as_mut(), self.programs.tensor_parallel > 1) {
+                updated = tensor_parallel::gather_state(self.programs.step.graph(), &mut group.tensor, updated)?;
+            }
+            let mut it = updated.into_iter();
             for name in &self.step_params {
                 self.state.params.insert(name.clone(), it.next().expect("a weight per parameter"));
                 self.state.m.insert(name.clone(), it.next().expect("m per parameter"));
@@ -556,7 +561,13 @@ impl Trainer {
         let started = Instant::now();
         // On a GPU the weights and moments stay there: copied in once, read back when needed.
         let fresh = !self.on_device;
-        let (params, inputs, lr) = self.next_step(fresh)?;
+        let (mut params, mut inputs, lr) = self.next_step(fresh)?;
+        let tp = self.programs.tensor_parallel;
+        if let (Some(group), true) = (self.group.as_ref(), tp > 1 && self.programs.step.on_gpu()) {
+            // The device holds this rank's parts of the weights and moments.
+            (params, inputs) =
+                tensor_parallel::local_step(self.programs.step.graph(), group.tensor.rank(), &params, &inputs);
+        }
         if let Some(result) = self.programs.step.run_resident(&params, &inputs, fresh) {
             let (loss, grad_norm) = result?;
             self.on_device = true;
@@ -564,7 +575,6 @@ impl Trainer {
             self.device_ahead |= applied;
             return Ok(self.report(started, loss, grad_norm, lr, applied));
         }
-        let tp = self.programs.tensor_parallel;
         let out = match self.group.as_mut() {
             Some(group) if tp > 1 => {
                 let rank = group.tensor.rank();
@@ -726,8 +736,14 @@ impl Trainer {
             }
             on_step(&report);
             let due = (self.cfg.save_every > 0 && done.is_multiple_of(self.cfg.save_every)) || done == self.cfg.steps;
-            if bad_in_a_row == 0 && due && self.leads() {
-                self.save()?;
+            if bad_in_a_row == 0 && due {
+                // Tensor-parallel parts on GPUs are gathered by every rank of the group.
+                if self.programs.tensor_parallel > 1 {
+                    self.sync_state()?;
+                }
+                if self.leads() {
+                    self.save()?;
+                }
             }
         }
         self.sync_state()

@@ -168,8 +168,21 @@ impl Runner {
         }
     }
 
-    /// [`Runner::run`] as one replica of a data-parallel job, exchanging its collectives
-    /// through `exchange`: only compiled programs on the CPU take part in one so far.
+    /// Joins the NCCL communicators of `mesh` when the step runs on a GPU and exchanges with
+    /// other ranks; every rank of the job calls it, in step. On the CPU the collectives go
+    /// through the mesh itself, at every run ([`Runner::run_exchanging`]).
+    pub fn connect(&self, mesh: &mut crate::dist::Mesh) -> Result<(), RunError> {
+        let Runner::Cuda(_, program) = self else { return Ok(()) };
+        let mut program = program.lock().expect("a step that failed leaves no lock poisoned");
+        if program.has_collectives() {
+            let comms = crate::cuda::Communicators::join(program.device(), mesh).map_err(cuda_error)?;
+            program.connect(Arc::new(comms));
+        }
+        Ok(())
+    }
+
+    /// [`Runner::run`] as one rank of a job, exchanging its collectives through `exchange`
+    /// (compiled programs on the CPU; a GPU's go through NCCL, [`Runner::connect`]).
     pub fn run_exchanging(
         &self,
         params: &HashMap<String, Tensor<f32>>,
@@ -365,9 +378,6 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
             "the reference executor runs one process: leave out --executor reference".into(),
         ));
     }
-    if tp > 1 && planning.placement != Placement::Cpu {
-        return Err(TrainError::Config("tensor-parallel ranks run on the CPU in this build (--device cpu)".into()));
-    }
     if planning.executor == Executor::Reference {
         return Ok(Programs {
             step: Runner::Reference(training_graph(forward, &cfg.adamw(), cfg.width_mult).graph),
@@ -376,7 +386,8 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
             tensor_parallel: 1,
         });
     }
-    let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel: replicas > 1 };
+    let data_parallel = planning.data_parallel.is_some();
+    let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel };
     let opts = Options::default();
     let step = compile(forward, &target, tp, &opts);
     // Recompute is chosen, and the budget checked, on what the device would hold.
@@ -392,7 +403,7 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     let eval = compile(forward, &Target::Forward, 1, &opts);
     let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, precision, &[]).map_err(plan_error)?;
     if let Placement::Cuda(ordinal, _) = planning.placement {
-        return Ok(Programs { replicas, ..on_gpu(ordinal, step, eval)? });
+        return Ok(Programs { replicas, tensor_parallel: tp, ..on_gpu(ordinal, step, eval)? });
     }
     let cache = DiskCache::from_env();
     let (step, eval) = (Runner::compiled(step, &cache), Runner::compiled(eval, &cache));

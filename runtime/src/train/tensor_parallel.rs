@@ -1,7 +1,8 @@
 //! A tensor-parallel rank's view of a training step: the parts of the whole parameters and
 //! moments its program takes (each parameter's `ParamShard`), and the whole updated state
-//! from every rank's updated parts. The trainer keeps the state whole on every rank, so its
-//! checkpoints are a single process's and resume on any number of ranks.
+//! from every rank's updated parts. The trainer keeps the state whole on every rank (on a
+//! GPU, which holds the rank's parts between steps, it is gathered whenever it is read), so
+//! its checkpoints are a single process's and resume on any number of ranks.
 
 use super::{TrainError, Values};
 use crate::dist::TcpGroup;
@@ -54,10 +55,23 @@ pub fn gather_outputs(
     group: &mut TcpGroup,
     out: Vec<Tensor<f32>>,
 ) -> Result<Vec<Tensor<f32>>, TrainError> {
-    let collective =
-        |e: crate::dist::CommError| TrainError::Run(hyb_compiler::reference::RunError::Collective(e.to_string()));
     let mut it = out.into_iter();
     let mut whole: Vec<Tensor<f32>> = it.by_ref().take(2).collect();
+    whole.extend(gather_state(graph, group, it.collect())?);
+    Ok(whole)
+}
+
+/// Each parameter's value and moments (three tensors per parameter, in the graph's order)
+/// gathered whole from every rank's parts.
+pub fn gather_state(
+    graph: &Graph,
+    group: &mut TcpGroup,
+    parts: Vec<Tensor<f32>>,
+) -> Result<Vec<Tensor<f32>>, TrainError> {
+    let collective =
+        |e: crate::dist::CommError| TrainError::Run(hyb_compiler::reference::RunError::Collective(e.to_string()));
+    let mut it = parts.into_iter();
+    let mut whole = Vec::with_capacity(3 * graph.params.len());
     for spec in &graph.params {
         for _ in 0..3 {
             let local = it.next().expect("a value and two moments per parameter");

@@ -1,0 +1,151 @@
+//! NCCL communicators for a job's GPU ranks: one for the rank's tensor-parallel group and
+//! one for its data-parallel group ([`crate::dist::Mesh`]). The ranks have already met over
+//! TCP, so NCCL's unique id travels that way: the group's first rank makes it, the others
+//! receive it, and every rank then joins the communicator on its GPU. Collectives are
+//! queued on the device's one stream, so they run in order with the step's kernels and are
+//! captured in its CUDA graph like any launch.
+
+use super::{CudaError, Device};
+use crate::cpu::Axis;
+use crate::dist::{Mesh, TcpGroup};
+use cudarc::nccl::{result, sys};
+use hyb_dsl::value::DType;
+use std::ffi::c_void;
+
+/// One NCCL communicator: this rank's handle to its group.
+struct Communicator {
+    raw: sys::ncclComm_t,
+    rank: usize,
+    size: usize,
+}
+
+// Safety: the handle is only used to queue collectives on the device's stream, from the
+// thread that runs the program (the program sits behind a lock).
+unsafe impl Send for Communicator {}
+unsafe impl Sync for Communicator {}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        // Safety: made in `Communicator::join`, destroyed once, after the stream's work
+        // (every run synchronises before it returns).
+        let _ = unsafe { result::comm_destroy(self.raw) };
+    }
+}
+
+impl Communicator {
+    /// Joins the NCCL communicator of `group` on `device`, its unique id sent from the
+    /// group's first rank over the group's TCP links.
+    fn join(device: &Device, group: &mut TcpGroup, what: &str) -> Result<Communicator, CudaError> {
+        let failed = |e: String| CudaError::Nccl(format!("{what}: {e}"));
+        let (rank, size) = (group.rank(), group.size());
+        let id = if rank == 0 {
+            let id = result::get_uniqueid().map_err(|e| failed(format!("making the unique id: {e:?}")))?;
+            id.internal.iter().map(|&c| c as u8).collect()
+        } else {
+            Vec::new()
+        };
+        let parts = group.all_gather_bytes(&id).map_err(|e| failed(format!("sending the unique id: {e}")))?;
+        let internal: [std::ffi::c_char; 128] = parts[0]
+            .iter()
+            .map(|&b| b as std::ffi::c_char)
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| failed(format!("rank 0 sent a unique id of {} bytes, not 128", parts[0].len())))?;
+        device.context.bind_to_thread().map_err(|e| CudaError::driver("making the GPU current", e))?;
+        let mut raw = std::mem::MaybeUninit::uninit();
+        let (n, r) = (size as std::ffi::c_int, rank as std::ffi::c_int);
+        // Safety: `raw` is written by NCCL before it is read; the id is the group's.
+        unsafe { result::comm_init_rank(raw.as_mut_ptr(), n, sys::ncclUniqueId { internal }, r) }
+            .map_err(|e| failed(format!("joining the communicator as rank {rank} of {size}: {e:?}")))?;
+        Ok(Communicator { raw: unsafe { raw.assume_init() }, rank, size })
+    }
+}
+
+/// A rank's communicators, one per axis of its [`Mesh`].
+pub struct Communicators {
+    tensor: Communicator,
+    data: Communicator,
+}
+
+impl Communicators {
+    /// The communicators of `mesh`'s two groups on `device`. Every rank of the job must
+    /// call it, in the same order of groups (tensor, then data).
+    pub fn join(device: &Device, mesh: &mut Mesh) -> Result<Communicators, CudaError> {
+        // Safety: only tries to open the library; cudarc panics on a missing one otherwise.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(CudaError::NoLibrary(
+                "NCCL (libnccl.so; the nvidia-nccl wheel names it libnccl.so.2: link it)",
+            ));
+        }
+        let tensor = Communicator::join(device, &mut mesh.tensor, "the tensor-parallel group")?;
+        let data = Communicator::join(device, &mut mesh.data, "the data-parallel group")?;
+        Ok(Communicators { tensor, data })
+    }
+
+    fn of(&self, axis: Axis) -> &Communicator {
+        match axis {
+            Axis::Tensor => &self.tensor,
+            Axis::Data => &self.data,
+        }
+    }
+
+    /// This rank's place on `axis`.
+    pub fn rank(&self, axis: Axis) -> usize {
+        self.of(axis).rank
+    }
+
+    pub fn size(&self, axis: Axis) -> usize {
+        self.of(axis).size
+    }
+}
+
+/// What an NCCL call does with its contiguous buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// `count` elements summed over the group.
+    AllReduce,
+    /// `count` elements from each rank, received rank-major.
+    AllGather,
+    /// `count` elements of the sum kept by each rank: its block of the rank-major input.
+    ReduceScatter,
+}
+
+/// One NCCL collective over arena bytes: the queued form of a collective launch, after the
+/// copies that give it contiguous buffers.
+#[derive(Clone, Debug)]
+pub struct Collective {
+    pub exchange: Exchange,
+    pub axis: Axis,
+    /// Byte offsets in the arena.
+    pub send: usize,
+    pub recv: usize,
+    pub count: usize,
+    pub dtype: DType,
+}
+
+impl Collective {
+    /// Queues the collective on the device's stream.
+    pub fn queue(&self, device: &Device, comms: &Communicators, base: u64) -> Result<(), CudaError> {
+        let comm = comms.of(self.axis);
+        let dtype = match self.dtype {
+            DType::F32 => sys::ncclDataType_t::ncclFloat32,
+            DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+            other => return Err(CudaError::Unsupported(format!("a {other:?} collective"))),
+        };
+        let send = (base + self.send as u64) as *const c_void;
+        let recv = (base + self.recv as u64) as *mut c_void;
+        let stream = device.cu_stream() as sys::cudaStream_t;
+        let sum = sys::ncclRedOp_t::ncclSum;
+        // Safety: both ranges lie inside the arena (the builder laid them out there) and
+        // hold `count` elements, times the group's size for a gathered receive or a
+        // scattered send.
+        let queued = unsafe {
+            match self.exchange {
+                Exchange::AllReduce => result::all_reduce(send, recv, self.count, dtype, sum, comm.raw, stream),
+                Exchange::AllGather => result::all_gather(send, recv, self.count, dtype, comm.raw, stream),
+                Exchange::ReduceScatter => result::reduce_scatter(send, recv, self.count, dtype, sum, comm.raw, stream),
+            }
+        };
+        queued.map(|_| ()).map_err(|e| CudaError::Nccl(format!("{:?} over {:?}: {e:?}", self.exchange, self.axis)))
+    }
+}
