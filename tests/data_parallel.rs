@@ -15,8 +15,12 @@ const MODEL: &str = "examples/tiny_hybrid.hyb";
 const RUN: &[&str] = &["--device", "cpu", "--seq", "32", "--eval-every", "0", "--save-every", "2"];
 
 fn hyb(args: &[&str], out: &Path) -> Command {
+    train(MODEL, args, out)
+}
+
+fn train(model: &str, args: &[&str], out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hyb"));
-    c.arg("train").arg(MODEL).args(RUN).args(args).arg("--out").arg(out);
+    c.arg("train").arg(model).args(RUN).args(args).arg("--out").arg(out);
     if !args.contains(&"--batch") {
         c.args(["--batch", "4"]);
     }
@@ -87,6 +91,19 @@ fn tensor_parallel_ranks_train_as_one_process() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 does not divide the job's 3 ranks"));
     let out = hyb(&["--steps", "4", "--tp", "2"], &dir.path().join("one")).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 needs 2 ranks: add --nproc-per-node 2"));
+}
+
+/// BitNet linears split over the tensor-parallel ranks (each quantising its part with the
+/// scales of the whole) train as one process does.
+#[test]
+fn bitnet_linears_train_tensor_parallel_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alone, job) = (dir.path().join("alone"), dir.path().join("tp"));
+    let model = "examples/bitnet_hybrid.hyb";
+    succeeds(train(model, &["--steps", "4"], &alone));
+    succeeds(train(model, &["--steps", "4", "--nproc-per-node", "2", "--tp", "2"], &job));
+    let d = difference(&alone, &job);
+    assert!(d <= 1e-4, "weights differ by {d:e}");
 }
 
 #[test]

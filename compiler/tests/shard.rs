@@ -147,6 +147,40 @@ fn tied_embeddings_split_the_table_once_for_lookup_and_head() {
     check(2, MODEL.replace("tie_embeddings = false", "tie_embeddings = true").leak());
 }
 
+fn example(name: &str) -> Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let checked = hyb_compiler::check::check_paths(&[&path]).unwrap();
+            elaborate(&checked.models[0].1.trace)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// BitNet linears split as Megatron's BitNet parallel linears do: every projection's
+/// ternary weight is split, quantised with the whole weight's absmean, and a row-parallel
+/// projection's int8 activations with the whole token's absmax (which
+/// `every_example_shards_exactly` checks against the unsharded step).
+#[test]
+fn bitnet_linears_split_with_the_scales_of_the_whole() {
+    let g = example("bitnet_hybrid.hyb");
+    for ranks in [2, 4] {
+        let sharded = shard(&g, ranks, &free_links());
+        for family in ["q_proj", "o_proj", "gate_proj", "down_proj"] {
+            assert!(sharded.split.iter().any(|s| s.contains(family)), "{family} not split: {:?}", sharded.split);
+        }
+        let count = |p: fn(&Prim) -> bool| {
+            sharded.graph.nodes.iter().filter(|n| matches!(&n.op, Op::Prim(prim) if p(prim))).count()
+        };
+        assert_eq!(count(|p| matches!(p, Prim::TernaryQuant(_))), 0, "every ternary weight is split");
+        assert!(count(|p| matches!(p, Prim::ScaledTernary(_))) > 0);
+        assert!(count(|p| matches!(p, Prim::ScaledInt8(_))) > 0, "row-parallel activations share their absmax");
+    }
+}
+
 /// Every example model (parallel hybrids, interleaved and pure stacks, BitNet, per-layer
 /// ratio overrides) gives the unsharded logits and training step over 2 and 4 ranks,
 /// whatever the planner splits.
@@ -156,16 +190,7 @@ fn every_example_shards_exactly() {
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for path in files.iter().filter(|p| p.extension().is_some_and(|x| x == "hyb")) {
-        let p = path.clone();
-        let g = std::thread::Builder::new()
-            .stack_size(256 << 20)
-            .spawn(move || {
-                let checked = hyb_compiler::check::check_paths(&[&p]).unwrap();
-                elaborate(&checked.models[0].1.trace)
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        let g = example(path.file_name().unwrap().to_str().unwrap());
         let w = weights(&g, 11);
         let vocab = g.nodes[g.outputs[0]].ty.shape[2].as_const().unwrap() as usize;
         let x = inputs(&w, 1, 8, vocab);

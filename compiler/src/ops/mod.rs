@@ -278,7 +278,7 @@ registry! {
     ssd_step: SsdStep;
     ssd_state: SsdState;
     mask: CausalMask, Tril, DocumentMask, DocumentTril;
-    quant: TernaryQuant, Int8Quant;
+    quant: TernaryQuant, Int8Quant, ScaledTernary, ScaledInt8;
     collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy;
 }
 

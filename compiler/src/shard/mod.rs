@@ -15,8 +15,8 @@ pub mod sequence;
 
 use crate::cost::{total_time, Machine};
 use crate::ir::{generic_name, Graph, NodeId, Op, Origin, ParamShard, Section, TensorType};
-use crate::ops::{AllGather, AllReduce, Broadcast, Prim, Primitive, ReduceOp, ReduceScatter, Reshape, Shard, Slice};
-use crate::ops::{TpCopy, VocabEmbedding};
+use crate::ops::{AllGather, AllReduce, Binary, Broadcast, Prim, Primitive, ReduceOp, ReduceScatter, Reshape, Shard};
+use crate::ops::{ScaledInt8, ScaledTernary, Slice, TpCopy, Unary, VocabEmbedding};
 use crate::reference::Tensor;
 use axes::Axes;
 use hyb_dsl::dim::Dim;
@@ -378,8 +378,14 @@ impl Emitter<'_> {
                 return Ok(());
             }
         }
-        let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
         let want = self.wanted(i);
+        if let Layout::Split(a) = want {
+            let last = n.ty.shape.len() - 1;
+            if matches!(prim, Prim::TernaryQuant(_)) || (matches!(prim, Prim::Int8Quant(_)) && a == last) {
+                return self.quantise_split(i, &prim, a);
+            }
+        }
+        let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
         let mut inputs = Vec::new();
         let mut in_layouts = Vec::new();
         let out_layout =
@@ -450,6 +456,46 @@ impl Emitter<'_> {
         }
         self.new_id[i] = y;
         self.layout[i] = out_layout;
+        Ok(())
+    }
+}
+
+impl Emitter<'_> {
+    /// A BitNet quantiser of a value split along `a`: each rank quantises its part with the
+    /// scale of the whole, as Megatron's BitNet parallel linears do. A ternary weight's
+    /// absmean is the sum of every rank's partial sums (an all-reduce of one number); a
+    /// token's int8 absmax, when its row is split, the largest of every rank's (an
+    /// all-gather of one number per token and rank).
+    fn quantise_split(&mut self, i: NodeId, prim: &Prim, a: usize) -> Result<(), String> {
+        let n = &self.g.nodes[i];
+        let x = n.inputs[0];
+        let local = self.convert(self.new_id[x], self.layout[x], Layout::Split(a))?;
+        let shape = self.local_shape(&n.ty.shape, Layout::Split(a));
+        let ranks = self.ranks;
+        let o = &mut self.out;
+        let magnitude = o.unary(Unary::Abs, local);
+        let floor = o.constant(1e-5);
+        let y = if matches!(prim, Prim::TernaryQuant(_)) {
+            let count =
+                shape.iter().map(Dim::as_const).product::<Option<i64>>().ok_or("a ternary weight of constant shape")?;
+            let flat = o.reshape(magnitude, vec![Dim::constant(count)]);
+            let part = o.reduce(ReduceOp::Sum, flat, 0, false);
+            let total = o.try_apply(AllReduce, vec![part])?;
+            let mean = o.scale(total, 1.0 / (count * ranks as i64) as f64);
+            let s = o.binary(Binary::Maximum, mean, floor);
+            o.try_apply(ScaledTernary, vec![local, s])?
+        } else {
+            let peak = o.reduce(ReduceOp::Max, magnitude, -1, true);
+            let peaks = o.try_apply(AllGather { axis: a as i64, ranks }, vec![peak])?;
+            let whole = o.reduce(ReduceOp::Max, peaks, -1, true);
+            let m = o.binary(Binary::Maximum, whole, floor);
+            o.try_apply(ScaledInt8, vec![local, m])?
+        };
+        if o.nodes[y].ty.shape != shape {
+            return Err(format!("{} does not carry the split", prim.name()));
+        }
+        self.new_id[i] = y;
+        self.layout[i] = Layout::Split(a);
         Ok(())
     }
 }
