@@ -79,7 +79,11 @@ pub fn run(args: &CompileArgs, model: &Expanded) -> Result<()> {
     let training = (!args.forward).then(|| artifact::Training { opt: AdamW::default(), width_mult });
     let target = match &training {
         None => pipeline::Target::Forward,
-        Some(t) => pipeline::Target::Training { opt: t.opt.clone(), width_mult: t.width_mult, data_parallel: false },
+        Some(t) => pipeline::Target::Training {
+            opt: t.opt.clone(),
+            width_mult: t.width_mult,
+            data_parallel: pipeline::DataParallel::Alone,
+        },
     };
     let forward = elaborate(&model.trace);
     let compiled = compile(&forward, &target, args.tp, &opts);

@@ -10,7 +10,7 @@ use hyb_compiler::explain::{dot, kernels};
 use hyb_compiler::fit::{fit, gib, Request};
 use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op, Origin};
 use hyb_compiler::ops::{Binary, Prim};
-use hyb_compiler::pipeline::{compile, Compiled, Executable, Target};
+use hyb_compiler::pipeline::{compile, Compiled, DataParallel, Executable, Target};
 use hyb_compiler::plan::{Level, MemoryPlan, Program};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
@@ -67,7 +67,7 @@ pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: 
         Target::Forward
     } else {
         let width_mult = model.summary.base_width.map_or(1.0, |b| model.summary.d as f64 / b as f64);
-        Target::Training { opt: AdamW::default(), width_mult, data_parallel: false }
+        Target::Training { opt: AdamW::default(), width_mult, data_parallel: DataParallel::Alone }
     };
     let compiled = compile(&forward, &target, args.tp, &opts);
     let mut stages = vec![("check", check_time), ("elaborate", elaborate_time)];

@@ -123,6 +123,11 @@ pub struct TrainArgs {
     /// multiple of N ranks (--nproc-per-node): each N of them form one data-parallel replica.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub tp: usize,
+    /// ZeRO-1: each data-parallel replica keeps the optimizer moments of its 1/N of every
+    /// parameter (gradients reduce-scattered, weights all-gathered), so the moments take
+    /// N times less memory per rank; the step is the same.
+    #[arg(long)]
+    pub zero: bool,
     /// Seconds a rank waits for the others, at the rendezvous and at every collective: a
     /// rank that dies or hangs ends the job on every rank within it.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -226,6 +231,9 @@ impl Subject<'_> {
             bail!("--tp {} does not divide the job's {ranks} ranks into tensor-parallel groups", args.tp);
         }
         let (replicas, tp) = (ranks / args.tp, args.tp);
+        if args.zero && world.is_none() {
+            bail!("--zero shards the optimizer state over data-parallel ranks: add --nproc-per-node N");
+        }
         Ok(match self {
             Subject::Model(m) => {
                 let executor = match args.executor {
@@ -242,6 +250,7 @@ impl Subject<'_> {
                     recompute: args.plan.recompute(),
                     device_memory: args.plan.device_memory,
                     data_parallel: (world.is_some() || replicas > 1).then_some(replicas),
+                    zero: args.zero,
                     tensor_parallel: (tp > 1).then_some(tp),
                 };
                 Model::Graph { forward: elaborate(&m.trace), planning }

@@ -1,7 +1,8 @@
 //! Jobs of `hyb train` on the CPU, as real processes: `--nproc-per-node 2` and 4 end with
 //! the weights of one process (f32 rounding), and so do 2 tensor-parallel ranks and 2 × 2
 //! (`--tp 2`, to Adam's amplification of that rounding); workers started from
-//! torchrun's or Slurm's environment instead of the launcher; a run resumed on another
+//! torchrun's or Slurm's environment instead of the launcher; ZeRO-1 replicas; BitNet
+//! linears split over tensor-parallel ranks; a run resumed on another
 //! number of ranks; and a rank killed mid-run ends the job naming it, within the timeout,
 //! the last checkpoint intact.
 
@@ -91,6 +92,34 @@ fn tensor_parallel_ranks_train_as_one_process() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 does not divide the job's 3 ranks"));
     let out = hyb(&["--steps", "4", "--tp", "2"], &dir.path().join("one")).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2 needs 2 ranks: add --nproc-per-node 2"));
+}
+
+/// ZeRO-1 replicas (each holding its run of the moments), alone and with tensor
+/// parallelism, train to one process's weights; their checkpoint holds the whole moments,
+/// so the run resumes without ZeRO on another number of ranks.
+#[test]
+fn zero_ranks_train_to_the_weights_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    succeeds(hyb(&["--steps", "4"], &alone));
+    for (name, args, tolerance) in [
+        ("zero2", &["--nproc-per-node", "2"][..], 1e-6),
+        ("zero4", &["--nproc-per-node", "4"][..], 1e-6),
+        ("zero4_tp2", &["--nproc-per-node", "4", "--tp", "2"][..], 1e-4),
+    ] {
+        let job = dir.path().join(name);
+        succeeds(hyb(&[&["--steps", "4", "--zero"][..], args].concat(), &job));
+        let d = difference(&alone, &job);
+        assert!(d <= tolerance, "{name}: weights differ by {d:e}");
+    }
+    let job = dir.path().join("resumed");
+    succeeds(hyb(&["--steps", "2", "--nproc-per-node", "2", "--zero"], &job));
+    let from = job.to_str().unwrap();
+    succeeds(hyb(&["--steps", "4", "--nproc-per-node", "4", "--resume", from], &job));
+    let d = difference(&alone, &job);
+    assert!(d <= 1e-6, "resumed without ZeRO: weights differ by {d:e}");
+    let out = hyb(&["--steps", "2", "--zero"], &dir.path().join("one")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--zero shards the optimizer state over data-parallel ranks"));
 }
 
 /// BitNet linears split over the tensor-parallel ranks (each quantising its part with the

@@ -8,7 +8,8 @@ use crate::ir::Graph;
 use crate::plan::{recompute, Level, PlanError, Precision, Program, Recompute, Request};
 use crate::rewrite::{fuse::fuse, saturate, Options, Report};
 use crate::shard::{shard, Sharded};
-use crate::training::{data_parallel_training_graph, in_place_updates, training_graph, AdamW};
+pub use crate::training::DataParallel;
+use crate::training::{data_parallel_training_graph, in_place_updates, training_graph, zero_training_graph, AdamW};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 pub enum Target {
     /// The forward pass alone (inference).
     Forward,
-    /// One training step: forward, loss, backward, clipping, AdamW; with `data_parallel`,
-    /// of one replica of several, its gradients summed over them before the update.
-    Training { opt: AdamW, width_mult: f64, data_parallel: bool },
+    /// One training step: forward, loss, backward, clipping, AdamW, alone or as one
+    /// replica of several.
+    Training { opt: AdamW, width_mult: f64, data_parallel: DataParallel },
 }
 
 pub struct Compiled {
@@ -48,8 +49,12 @@ pub fn compile(forward: &Graph, target: &Target, ranks: usize, opts: &Options) -
             g
         }
         Target::Training { opt, width_mult, data_parallel } => {
-            let build = if *data_parallel { data_parallel_training_graph } else { training_graph };
-            let step = build(&rewritten, opt, *width_mult).graph;
+            let step = match *data_parallel {
+                DataParallel::Alone => training_graph(&rewritten, opt, *width_mult),
+                DataParallel::Replicated => data_parallel_training_graph(&rewritten, opt, *width_mult),
+                DataParallel::Zero1(replicas) => zero_training_graph(&rewritten, opt, *width_mult, replicas),
+            }
+            .graph;
             lap("autodiff + optimizer", &mut stages);
             let (g, step_report) = saturate(&step, opts);
             lap("rewrite step", &mut stages);

@@ -9,8 +9,9 @@
 //! global norm (before clipping), then for each parameter its new value, `m` and `v`.
 
 use crate::autodiff::gradients;
-use crate::ir::{Graph, NodeId, Op, TensorType};
-use crate::ops::{AllGather, AllReduce, Binary, DataAllReduce, OneHot, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
+use crate::ir::{Graph, MomentShard, NodeId, Op, ParamSpec, TensorType};
+use crate::ops::{AllGather, AllReduce, Binary, DataAllGather, DataAllReduce, DataReduceScatter, DataShard, OneHot};
+use crate::ops::{Pad, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
@@ -87,7 +88,20 @@ fn vocab_parallel_terms(g: &mut Graph, local: NodeId, onehot: NodeId, ranks: usi
 
 /// Builds the training step of a forward graph whose output 0 is the logits `[B, T, V]`.
 pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
-    step_graph(forward, opt, width_mult, false)
+    step_graph(forward, opt, width_mult, DataParallel::Alone)
+}
+
+/// How a training step's data-parallel replicas share the update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataParallel {
+    /// One process trains on the whole batch.
+    Alone,
+    /// One of several replicas: gradients summed over them (all-reduced), and every
+    /// replica applies the whole update with the whole optimizer state.
+    Replicated,
+    /// ZeRO-1 over this many replicas: gradients reduce-scattered, each replica updating
+    /// its run of every parameter with its run of the moments, the weights all-gathered.
+    Zero1(usize),
 }
 
 /// [`training_graph`] for one of several data-parallel replicas, each given its rows of the
@@ -95,10 +109,56 @@ pub fn training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> Training
 /// the replicas ([`DataAllReduce`]) before the norm, the clipping and the update, so every
 /// replica applies the whole batch's update and the weights stay equal.
 pub fn data_parallel_training_graph(forward: &Graph, opt: &AdamW, width_mult: f64) -> TrainingGraph {
-    step_graph(forward, opt, width_mult, true)
+    step_graph(forward, opt, width_mult, DataParallel::Replicated)
 }
 
-fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool) -> TrainingGraph {
+/// [`data_parallel_training_graph`] with ZeRO-1 over `replicas`: each replica holds the
+/// moments of its run of every parameter ([`MomentShard`]), so the optimizer state per
+/// replica shrinks `replicas` times. Gradients are reduce-scattered instead of
+/// all-reduced, each replica updates its run, and the updated runs are all-gathered into
+/// every replica's weights: the same bytes on the links as an all-reduce, and the same
+/// step. A parameter whose tensor-parallel part mixes split and replicated sections keeps
+/// its whole moments (its gradient norm is summed section by section).
+pub fn zero_training_graph(forward: &Graph, opt: &AdamW, width_mult: f64, replicas: usize) -> TrainingGraph {
+    step_graph(forward, opt, width_mult, DataParallel::Zero1(replicas))
+}
+
+/// Whether ZeRO-1 partitions the moments of `spec`: all of a parameter whose part is whole
+/// or split throughout (the norm of its run is then summed over one kind of rank).
+fn zero_partitions(spec: &ParamSpec) -> bool {
+    spec.shard.as_ref().is_none_or(|s| s.sections.iter().all(|x| x.split))
+}
+
+/// A parameter's gradient, weight and update seen as its replica's run under ZeRO-1.
+struct Run {
+    /// Elements of the (local) parameter and of its zero-padded flat form.
+    elements: usize,
+    padded: usize,
+    replicas: usize,
+}
+
+impl Run {
+    fn flat(&self, g: &mut Graph, x: NodeId) -> NodeId {
+        let flat = g.reshape(x, vec![Dim::constant(self.elements as i64)]);
+        if self.padded == self.elements {
+            return flat;
+        }
+        let after = Dim::constant((self.padded - self.elements) as i64);
+        g.apply(Pad { axis: 0, before: Dim::constant(0), after }, vec![flat])
+    }
+
+    /// The updated run gathered from every replica, back in the parameter's shape.
+    fn gathered(&self, g: &mut Graph, run: NodeId, shape: Vec<Dim>) -> NodeId {
+        let mut whole = g.apply(DataAllGather { ranks: self.replicas }, vec![run]);
+        if self.padded != self.elements {
+            let end = Dim::constant(self.elements as i64);
+            whole = g.apply(Slice::new(0, Dim::constant(0), end), vec![whole]);
+        }
+        g.reshape(whole, shape)
+    }
+}
+
+fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel) -> TrainingGraph {
     let mut g = forward.clone();
     let logits = g.outputs[0];
     let shape = g.shape(logits).to_vec();
@@ -131,22 +191,41 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool
         (0..g.params.len()).map(|p| g.param_node(p).expect("every parameter is used")).collect();
     let mut grads = gradients(&mut g, loss, &param_nodes)
         .expect("a checked model holds no gradient primitives (the language refuses them)");
-    let loss = if data_parallel {
-        for (&w, gr) in param_nodes.iter().zip(grads.iter_mut()) {
+    // Under ZeRO-1, each partitioned parameter's run and its summed gradient's run.
+    let mut runs: Vec<Option<Run>> = Vec::with_capacity(param_nodes.len());
+    let loss = if mode == DataParallel::Alone {
+        runs.resize_with(param_nodes.len(), || None);
+        loss
+    } else {
+        for (p, (&w, gr)) in param_nodes.iter().zip(grads.iter_mut()).enumerate() {
             g.scope = g.nodes[w].scope;
             g.origin = g.nodes[w].origin;
-            *gr = g.apply(DataAllReduce, vec![*gr]);
+            let run = match mode {
+                DataParallel::Zero1(replicas) if zero_partitions(&g.params[p]) => {
+                    let elements = g.params[p].shape.iter().product::<usize>();
+                    g.params[p].moments = Some(MomentShard { replicas });
+                    Some(Run { elements, padded: elements.div_ceil(replicas) * replicas, replicas })
+                }
+                _ => None,
+            };
+            *gr = match &run {
+                Some(r) => {
+                    let flat = r.flat(&mut g, *gr);
+                    g.apply(DataReduceScatter { ranks: r.replicas }, vec![flat])
+                }
+                None => g.apply(DataAllReduce, vec![*gr]),
+            };
+            runs.push(run);
         }
         g.scope = 0;
         g.origin = None;
         g.apply(DataAllReduce, vec![loss])
-    } else {
-        loss
     };
 
     // Σ g² over whole parameters, and over the parts of sharded ones each rank holds alone
-    // (summed over ranks).
+    // (summed over ranks); a ZeRO-1 run's sums are summed over the replicas too.
     let (mut whole_sq, mut sharded_sq) = (None, None);
+    let (mut whole_runs_sq, mut sharded_runs_sq) = (None, None);
     let add = |g: &mut Graph, acc: &mut Option<NodeId>, x: NodeId| {
         let sq = g.binary(Binary::Mul, x, x);
         let s = g.sum_all(sq);
@@ -158,6 +237,11 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool
     for (p, (&w, &gr)) in param_nodes.iter().zip(&grads).enumerate() {
         g.scope = g.nodes[w].scope;
         g.origin = g.nodes[w].origin;
+        if runs[p].is_some() {
+            let acc = if g.params[p].shard.is_some() { &mut sharded_runs_sq } else { &mut whole_runs_sq };
+            add(&mut g, acc, gr);
+            continue;
+        }
         match g.params[p].shard.clone() {
             None => add(&mut g, &mut whole_sq, gr),
             Some(shard) => {
@@ -174,6 +258,14 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool
     }
     g.scope = 0;
     g.origin = None;
+    let plus = |g: &mut Graph, a: Option<NodeId>, b: Option<NodeId>| match (a, b) {
+        (Some(a), Some(b)) => Some(g.binary(Binary::Add, a, b)),
+        (a, b) => a.or(b),
+    };
+    let whole_runs_sq = whole_runs_sq.map(|s| g.apply(DataAllReduce, vec![s]));
+    let sharded_runs_sq = sharded_runs_sq.map(|s| g.apply(DataAllReduce, vec![s]));
+    let whole_sq = plus(&mut g, whole_sq, whole_runs_sq);
+    let sharded_sq = plus(&mut g, sharded_sq, sharded_runs_sq);
     let sharded_sq = sharded_sq.map(|s| g.apply(AllReduce, vec![s]));
     let norm_sq = match (whole_sq, sharded_sq) {
         (Some(a), Some(b)) => g.binary(Binary::Add, a, b),
@@ -200,7 +292,15 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool
         let spec = g.params[p].clone();
         g.scope = g.nodes[w].scope;
         g.origin = g.nodes[w].origin;
-        let ty = g.nodes[w].ty.clone();
+        let shape = g.nodes[w].ty.shape.clone();
+        let (w, ty) = match &runs[p] {
+            Some(r) => {
+                let flat = r.flat(&mut g, w);
+                let run = g.apply(DataShard { ranks: r.replicas }, vec![flat]);
+                (run, g.nodes[run].ty.clone())
+            }
+            None => (w, g.nodes[w].ty.clone()),
+        };
         let m = g.add(Op::Input(format!("m.{}", spec.name)), vec![], ty.clone());
         let v = g.add(Op::Input(format!("v.{}", spec.name)), vec![], ty);
         let gr = match clip_scale {
@@ -227,7 +327,10 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, data_parallel: bool
         }
         let rate = g.scale(lr, mup_lr_multiplier(spec.role, width_mult));
         let delta = g.binary(Binary::Mul, step, rate);
-        let w_new = g.binary(Binary::Sub, w, delta);
+        let mut w_new = g.binary(Binary::Sub, w, delta);
+        if let Some(r) = &runs[p] {
+            w_new = r.gathered(&mut g, w_new, shape);
+        }
         outputs.extend([w_new, m_new, v_new]);
         names.push(spec.name);
     }

@@ -5,7 +5,7 @@ mod common;
 use hyb_compiler::artifact::{Artifact, ArtifactError, Compiled, ObjectCode, Target, Training, VERSION};
 use hyb_compiler::codegen::cpu::Objects;
 use hyb_compiler::codegen::object::Host;
-use hyb_compiler::pipeline::{compile, plan, Sizing, Target as Step};
+use hyb_compiler::pipeline::{compile, plan, DataParallel, Sizing, Target as Step};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
 
@@ -13,7 +13,7 @@ const TINY: &str = "import std.layers\n\nmodel tiny {\n    vocab = 32\n    d = 1
 
 fn artifact() -> Artifact {
     let forward = common::forward(TINY);
-    let step = Step::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let step = Step::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     let compiled = compile(&forward, &step, 2, &Options::default());
     let executable = plan(&compiled, &step, &Sizing::new(2, 8)).unwrap();
     let forward_pass = compile(&forward, &Step::Forward, 2, &Options::default());

@@ -15,7 +15,7 @@ use hyb_compiler::codegen::{Func, Storage, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
-use hyb_compiler::pipeline::{compile, Target};
+use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{self, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::training::AdamW;
@@ -90,7 +90,7 @@ fn compiled_models() -> &'static Vec<(String, Graph, bool)> {
                     ("forward", Target::Forward),
                     (
                         "training step",
-                        Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false },
+                        Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone },
                     ),
                 ] {
                     let graph = compile(&forward, &target, 1, &Options::default()).graph;

@@ -8,7 +8,7 @@ mod common;
 
 use common::{forward, inputs, weights};
 use hyb_compiler::reference::{run, run_ranks, Tensor};
-use hyb_compiler::training::{data_parallel_training_graph, training_graph, AdamW};
+use hyb_compiler::training::{data_parallel_training_graph, training_graph, zero_training_graph, AdamW};
 use std::collections::HashMap;
 
 const MODEL: &str = r#"
@@ -80,4 +80,67 @@ fn replicas_on_their_rows_update_as_one_process_on_the_batch() {
     // One replica's step alone is the step on its rows: the sum over replicas matters.
     let alone = run(&dp, &w, &rows_of(&x, b, 0, 2)).unwrap();
     assert!((alone[0].data[0] - want[0].data[0]).abs() > 1e-6, "the loss is of the whole batch");
+}
+
+/// ZeRO-1: each replica updates its run of every parameter with its run of the moments,
+/// and every replica ends with the single-process step's weights, loss and norm, its
+/// moments' runs making up the whole moments — at 2 and 3 replicas (3 divides no
+/// parameter here, so every run is padded).
+#[test]
+fn zero_replicas_hold_runs_of_the_moments_and_update_as_one_process() {
+    let g = forward(MODEL);
+    let w = weights(&g, 11);
+    let (b, t) = (6, 6);
+    let x = inputs(&w, b, t, 37);
+    let opt = AdamW { clip: Some(0.05), ..AdamW::default() };
+    let plain = training_graph(&g, &opt, 1.0);
+    let want = run(&plain.graph, &w, &x).unwrap();
+    for replicas in [2, 3] {
+        let zero = zero_training_graph(&g, &opt, 1.0, replicas);
+        let rows: Vec<_> = (0..replicas).map(|r| rows_of(&x, b, r, replicas)).collect();
+        // Each replica's inputs carry its runs of the moments.
+        let rows: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(r, mut xs)| {
+                for spec in &zero.graph.params {
+                    let shard = spec.moments.as_ref().expect("every parameter's moments are partitioned");
+                    for key in [format!("m.{}", spec.name), format!("v.{}", spec.name)] {
+                        let full = &xs[&key];
+                        let local = shard.local(&full.data, r);
+                        xs.insert(key, Tensor::new(vec![local.len()], local));
+                    }
+                }
+                xs
+            })
+            .collect();
+        let got = run_ranks(&zero.graph, &vec![&w; replicas], &rows.iter().collect::<Vec<_>>()).unwrap();
+        let close = |a: &[f64], e: &[f64], what: &str| {
+            assert_eq!(a.len(), e.len(), "{what}");
+            let scale = e.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(e).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+            assert!(err <= 1e-12 * scale, "{replicas} replicas, {what}: |Δ| {err:e}");
+        };
+        for (r, outs) in got.iter().enumerate() {
+            close(&outs[0].data, &want[0].data, &format!("rank {r} loss"));
+            close(&outs[1].data, &want[1].data, &format!("rank {r} norm"));
+        }
+        for (k, spec) in zero.graph.params.iter().enumerate() {
+            let shard = spec.moments.as_ref().unwrap();
+            let elements = spec.shape.iter().product();
+            for (r, outs) in got.iter().enumerate() {
+                assert_eq!(outs[2 + 3 * k].shape, spec.shape, "rank {r} holds all of {}", spec.name);
+                close(&outs[2 + 3 * k].data, &want[2 + 3 * k].data, &format!("rank {r} {}", spec.name));
+            }
+            for j in [1, 2] {
+                let runs: Vec<Vec<f64>> = got.iter().map(|outs| outs[2 + 3 * k + j].data.clone()).collect();
+                assert!(runs.iter().all(|run| run.len() == shard.run(elements)));
+                close(
+                    &shard.gather(&runs, elements),
+                    &want[2 + 3 * k + j].data,
+                    &format!("moment {j} of {}", spec.name),
+                );
+            }
+        }
+    }
 }

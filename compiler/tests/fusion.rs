@@ -23,6 +23,7 @@ fn build(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> (Graph, HashMa
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
             shard: None,
+            moments: None,
         });
         let data = (0..shape.iter().product::<usize>())
             .map(|_| {

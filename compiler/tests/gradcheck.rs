@@ -52,6 +52,7 @@ impl Case {
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
             shard: None,
+            moments: None,
         });
         let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype };
         let n: usize = shape.iter().product();

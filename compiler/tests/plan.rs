@@ -4,7 +4,7 @@
 
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{Binary, ReduceOp, Transpose, Unary};
-use hyb_compiler::pipeline::{compile, plan, plan_with, Sizing, Target};
+use hyb_compiler::pipeline::{compile, plan, plan_with, DataParallel, Sizing, Target};
 use hyb_compiler::plan::{self, Level, Precision, Program, Recompute, Request, Role};
 use hyb_compiler::rewrite::{fuse::fuse, Options};
 use hyb_compiler::training::AdamW;
@@ -22,6 +22,7 @@ fn random_graph(ops: &[(u8, usize, usize)], rows: usize, cols: usize) -> Graph {
             init: Init { name: "zeros".into(), args: vec![] },
             role: inits::Role::Hidden,
             shard: None,
+            moments: None,
         });
         let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
         g.add(Op::Param(g.params.len() - 1), vec![], ty)
@@ -100,7 +101,7 @@ mod common;
 #[test]
 fn a_training_step_updates_in_place_and_views_copy_nothing() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     for ranks in [1, 2] {
         let compiled = compile(&forward, &target, ranks, &Options::default());
         let p = plan(&compiled, &target, &Sizing::new(2, 8)).unwrap().program;
@@ -176,7 +177,7 @@ fn a_training_step_updates_in_place_and_views_copy_nothing() {
 #[test]
 fn sizes_scale_with_batch_and_sequence() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let small = plan(&compiled, &target, &Sizing::new(1, 8)).unwrap().program;
     let large = plan(&compiled, &target, &Sizing::new(4, 8)).unwrap().program;
@@ -198,7 +199,7 @@ fn kept(compiled: &hyb_compiler::pipeline::Compiled, target: &Target, level: Lev
 #[test]
 fn recompute_keeps_less_for_backward() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let (none, none_arena) = kept(&compiled, &target, Level::Keep);
     let (selective, selective_arena) = kept(&compiled, &target, Level::Selective);
@@ -211,7 +212,7 @@ fn recompute_keeps_less_for_backward() {
 #[test]
 fn auto_recompute_takes_the_least_that_fits() {
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     let compiled = compile(&forward, &target, 1, &Options::default());
     let (_, none) = kept(&compiled, &target, Level::Keep);
     let (_, full) = kept(&compiled, &target, Level::Full);
@@ -235,7 +236,7 @@ fn auto_recompute_takes_the_least_that_fits() {
 fn a_plan_that_does_not_fit_is_refused_with_what_fits() {
     use hyb_compiler::fit::{fit, FitError, Request as Fit};
     let forward = common::forward(TINY);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     let options = Options::default();
     let compiled = compile(&forward, &target, 1, &options);
     let (_, full) = kept(&compiled, &target, Level::Full);

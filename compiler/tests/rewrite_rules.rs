@@ -53,6 +53,7 @@ impl Case {
             init: Init { name: "zeros".into(), args: vec![] },
             role: Role::Hidden,
             shard: None,
+            moments: None,
         });
         let data = (0..shape.iter().product::<usize>()).map(|_| self.rand()).collect();
         self.values.insert(name, Tensor::new(shape.to_vec(), data));

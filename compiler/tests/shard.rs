@@ -9,7 +9,7 @@ use hyb_compiler::cost::Machine;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Prim;
-use hyb_compiler::pipeline::{compile, Target};
+use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{run, run_ranks, Tensor};
 use hyb_compiler::rewrite::Options;
 use hyb_compiler::shard::{rank_values, shard};
@@ -106,8 +106,12 @@ fn check(ranks: usize, text: &'static str) {
     // The whole pipeline too: shard, rewrite the forward pass (flash attention, packed
     // GEMMs), differentiate, rewrite the step, fuse.
     let opts = Options { machine: free_links(), ..Options::default() };
-    let compiled =
-        compile(&g, &Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: false }, ranks, &opts);
+    let compiled = compile(
+        &g,
+        &Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: DataParallel::Alone },
+        ranks,
+        &opts,
+    );
     assert!(compiled.graph.nodes.iter().any(|n| matches!(n.op, Op::Kernel(_))));
     let got_fused = run_ranks(&compiled.graph, &lrefs, &xrefs).unwrap();
     for got in [&got, &got_fused] {

@@ -7,7 +7,7 @@ use hyb_compiler::cost::Machine;
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Prim;
-use hyb_compiler::pipeline::{compile, Compiled, Target};
+use hyb_compiler::pipeline::{compile, Compiled, DataParallel, Target};
 use hyb_compiler::plan::{self, Precision, Request};
 use hyb_compiler::reference::{run, Real, Tensor};
 use hyb_compiler::rewrite::Options;
@@ -156,7 +156,7 @@ fn check_graph(g: Graph, ranks: usize) {
     let opt = AdamW::default();
     let plain = training_graph(&g, &opt, 1.0);
     let want = run(&plain.graph, &w, &x).unwrap();
-    let target = Target::Training { opt, width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt, width_mult: 1.0, data_parallel: DataParallel::Alone };
     let c = compile(&g, &target, ranks, &opts);
     if ranks > 1 {
         let shards = c.graph.nodes.iter().any(|n| matches!(n.op, Op::Prim(Prim::Shard(_))));
@@ -216,7 +216,7 @@ fn recompute_gives_the_same_step() {
     use hyb_compiler::plan::Level;
     let g = forward();
     let (w, x) = values(&g);
-    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false };
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
     for ranks in [1, 2] {
         let c = compile(&g, &target, ranks, &Options::default());
         let layers = hyb_compiler::plan::recompute::layers(&c.graph);
@@ -265,7 +265,7 @@ fn generated_kernels_give_the_reference_results() {
         for ranks in [1, 2] {
             for (target, training) in [
                 (Target::Forward, false),
-                (Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: false }, true),
+                (Target::Training { opt: opt.clone(), width_mult: 1.0, data_parallel: DataParallel::Alone }, true),
             ] {
                 let c = compile(&g, &target, ranks, &Options::default());
                 let program = plan_graph(&c.graph, training, 2, 8, Precision::uniform(DType::F32)).unwrap();
@@ -333,7 +333,12 @@ fn sums_over_many_tokens_split_into_partial_steps() {
     let opt = AdamW::default();
     let plain = training_graph(&g, &opt, 1.0);
     let want = run::<f32>(&plain.graph, &cast(&w), &cast(&x)).unwrap();
-    let c = compile(&g, &Target::Training { opt, width_mult: 1.0, data_parallel: false }, 1, &Options::default());
+    let c = compile(
+        &g,
+        &Target::Training { opt, width_mult: 1.0, data_parallel: DataParallel::Alone },
+        1,
+        &Options::default(),
+    );
     let symbols = Symbols { batch, seq };
     let split = (0..c.graph.nodes.len())
         .filter(|&n| matches!(c.graph.nodes[n].op, Op::Kernel(_)))
@@ -385,7 +390,7 @@ fn kernels_from_the_disk_cache_run_as_compiled_ones() {
     let (w, x) = values(&g);
     let c = compile(
         &g,
-        &Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: false },
+        &Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone },
         1,
         &Options::default(),
     );

@@ -60,6 +60,7 @@ pub fn elaborate_outputs(trace: &Trace, outputs: &[usize]) -> Graph {
                     },
                     role: param.role,
                     shard: None,
+                    moments: None,
                 });
                 let idx = g.params.len() - 1;
                 node_of.insert(*out, g.add(Op::Param(idx), vec![], ty(*out)));

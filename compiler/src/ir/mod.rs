@@ -122,6 +122,36 @@ pub struct ParamSpec {
     /// The part each rank holds in a tensor-parallel program (`None`: the whole tensor).
     #[serde(default)]
     pub shard: Option<ParamShard>,
+    /// How a ZeRO-1 step holds the parameter's optimizer moments (`None`: whole, as the
+    /// parameter or its tensor-parallel part).
+    #[serde(default)]
+    pub moments: Option<MomentShard>,
+}
+
+/// ZeRO-1's layout of a parameter's moments: the (tensor-parallel rank's) parameter
+/// flattened, zero-padded to a multiple of `replicas`, each data-parallel replica holding
+/// its run of [`MomentShard::run`] elements, in replica order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MomentShard {
+    pub replicas: usize,
+}
+
+impl MomentShard {
+    /// Elements per replica of a parameter of `elements`.
+    pub fn run(&self, elements: usize) -> usize {
+        elements.div_ceil(self.replicas)
+    }
+
+    /// Replica `rank`'s run of the whole moment `full`.
+    pub fn local<T: Copy + Default>(&self, full: &[T], rank: usize) -> Vec<T> {
+        let n = self.run(full.len());
+        (rank * n..(rank + 1) * n).map(|i| full.get(i).copied().unwrap_or_default()).collect()
+    }
+
+    /// The whole moment of `elements` from every replica's run, the padding dropped.
+    pub fn gather<T: Copy>(&self, runs: &[Vec<T>], elements: usize) -> Vec<T> {
+        runs.iter().flatten().copied().take(elements).collect()
+    }
 }
 
 /// How a tensor-parallel program holds a parameter: along `axis` the parameter is a run of

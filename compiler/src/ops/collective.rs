@@ -21,6 +21,27 @@ pub struct AllReduce;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DataAllReduce;
 
+/// ZeRO-1's gradient exchange: the sum over the `ranks` data-parallel replicas of a
+/// flattened gradient, of which each replica keeps its run (`1/ranks` of it, in replica
+/// order) — the part whose optimizer state it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DataReduceScatter {
+    pub ranks: usize,
+}
+
+/// ZeRO-1's weight exchange: every replica's run of a flattened updated weight,
+/// concatenated in replica order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DataAllGather {
+    pub ranks: usize,
+}
+
+/// This replica's run of a flattened value every replica holds alike (no communication).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DataShard {
+    pub ranks: usize,
+}
+
 /// Every rank's slice along `axis`, concatenated in rank order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllGather {
@@ -51,6 +72,9 @@ pub(super) const DECLS: &[Decl] = &[
     Decl::Internal { name: "all_reduce", what: "a tensor-parallel collective" },
     Decl::Internal { name: "data_all_reduce", what: "a data-parallel collective" },
     Decl::Internal { name: "all_gather", what: "a tensor-parallel collective" },
+    Decl::Internal { name: "data_reduce_scatter", what: "a data-parallel collective" },
+    Decl::Internal { name: "data_all_gather", what: "a data-parallel collective" },
+    Decl::Internal { name: "data_shard", what: "a data-parallel replica's run" },
     Decl::Internal { name: "reduce_scatter", what: "a tensor-parallel collective" },
     Decl::Internal { name: "shard", what: "a tensor-parallel rank's slice" },
     Decl::Internal { name: "tp_copy", what: "a tensor-parallel rank's copy" },
@@ -278,5 +302,100 @@ impl Primitive for TpCopy {
     /// The identity: no data moves.
     fn work(&self, _: &Machine, _: &[&TensorType], _: &[&TensorType]) -> Work {
         Work::default()
+    }
+}
+
+/// The optimizer's exchanges run after the gradients exist: nothing differentiates them.
+fn after_gradients() -> NoGradient {
+    NoGradient("a ZeRO-1 exchange of the optimizer update, which is not differentiated")
+}
+
+impl Primitive for DataReduceScatter {
+    fn name(&self) -> &'static str {
+        "data_reduce_scatter"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        ReduceScatter { axis: 0, ranks: self.ranks }.infer(inputs, ctx)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+        ReduceScatter { axis: 0, ranks: self.ranks }.eval_ranks(ranks, sizes)
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Err(after_gradients())
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        ReduceScatter { axis: 0, ranks: self.ranks }.work(m, inputs, outputs)
+    }
+}
+
+impl Primitive for DataAllGather {
+    fn name(&self) -> &'static str {
+        "data_all_gather"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        AllGather { axis: 0, ranks: self.ranks }.infer(inputs, ctx)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+        AllGather { axis: 0, ranks: self.ranks }.eval_ranks(ranks, sizes)
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Err(after_gradients())
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        AllGather { axis: 0, ranks: self.ranks }.work(m, inputs, outputs)
+    }
+}
+
+impl Primitive for DataShard {
+    fn name(&self) -> &'static str {
+        "data_shard"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Shard { axis: 0, ranks: self.ranks }.infer(inputs, ctx)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], sizes: Sizes) -> Vec<Vec<Tensor<T>>> {
+        Shard { axis: 0, ranks: self.ranks }.eval_ranks(ranks, sizes)
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Err(after_gradients())
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        Shard { axis: 0, ranks: self.ranks }.work(m, inputs, outputs)
     }
 }

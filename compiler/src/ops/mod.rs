@@ -279,7 +279,8 @@ registry! {
     ssd_state: SsdState;
     mask: CausalMask, Tril, DocumentMask, DocumentTril;
     quant: TernaryQuant, Int8Quant, ScaledTernary, ScaledInt8;
-    collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy;
+    collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy, DataReduceScatter, DataAllGather,
+        DataShard;
 }
 
 impl Prim {
@@ -287,6 +288,15 @@ impl Prim {
     /// (`shard`, `tp_copy`) do not, their readers read through strides.
     pub fn moves_data(&self) -> bool {
         !matches!(self.class(), Class::View) && !matches!(self, Prim::Shard(_) | Prim::TpCopy(_))
+    }
+
+    /// Whether it is a collective of the data-parallel replicas rather than of the
+    /// tensor-parallel ranks.
+    pub fn over_replicas(&self) -> bool {
+        matches!(
+            self,
+            Prim::DataAllReduce(_) | Prim::DataReduceScatter(_) | Prim::DataAllGather(_) | Prim::DataShard(_)
+        )
     }
 
     /// Whether evaluating it needs every rank's inputs (or the rank's index).

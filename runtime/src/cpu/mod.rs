@@ -339,7 +339,8 @@ fn exchange_one<T: Real>(
     if !p.is_collective() {
         return Ok(false);
     }
-    let (rank, size) = (exchange.rank(Axis::Tensor), exchange.size(Axis::Tensor));
+    let axis = if p.over_replicas() { Axis::Data } else { Axis::Tensor };
+    let (rank, size) = (exchange.rank(axis), exchange.size(axis));
     let to_f32 = |t: &Tensor<T>| t.data.iter().map(|x| x.f64() as f32).collect::<Vec<f32>>();
     let of_f32 = |shape: &[usize], data: Vec<f32>| {
         Tensor::new(shape.to_vec(), data.into_iter().map(|x| T::of(x as f64)).collect())
@@ -360,10 +361,14 @@ fn exchange_one<T: Real>(
                 exchange.all_reduce_sum(Axis::Data, &mut data).map_err(RunError::Collective)?;
                 vec![of_f32(&xs[0].shape, data)]
             }
-            Prim::AllReduce(_) | Prim::AllGather(_) | Prim::ReduceScatter(_) => {
+            Prim::AllReduce(_)
+            | Prim::AllGather(_)
+            | Prim::ReduceScatter(_)
+            | Prim::DataReduceScatter(_)
+            | Prim::DataAllGather(_) => {
                 let mut ranks: Vec<Vec<Tensor<T>>> = vec![Vec::new(); size];
                 for x in &xs {
-                    let parts = exchange.all_gather(Axis::Tensor, &to_f32(x)).map_err(RunError::Collective)?;
+                    let parts = exchange.all_gather(axis, &to_f32(x)).map_err(RunError::Collective)?;
                     for (r, part) in parts.into_iter().enumerate() {
                         if part.len() != x.len() {
                             let why = format!("rank {r} sent {} values to a collective of {}", part.len(), x.len());

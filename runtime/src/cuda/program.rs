@@ -43,10 +43,11 @@ enum Prepared {
     /// An NCCL collective over contiguous arena bytes.
     Collective(Collective),
     /// A copy whose source depends on the rank: its first view starts `step` bytes further
-    /// on for every tensor-parallel rank before this one (a rank's shard).
+    /// on for every rank before this one on `axis` (a rank's shard, a replica's run).
     Ranked {
         call: Call,
         step: usize,
+        axis: Axis,
     },
     /// Steps in order, over the launch's views and its scratch buffers.
     Chain(Vec<Prepared>),
@@ -557,7 +558,7 @@ impl CudaProgram {
         };
         match p {
             Prepared::Call(c) => c.launch(device, at.base, 0),
-            Prepared::Ranked { call, step } => call.launch(device, at.base, comms()?.rank(Axis::Tensor) * step),
+            Prepared::Ranked { call, step, axis } => call.launch(device, at.base, comms()?.rank(*axis) * step),
             Prepared::Gemm(g) => g.launch(device, at.base, at.workspace),
             Prepared::Collective(c) => c.queue(device, comms()?, at.base),
             Prepared::Chain(steps) => steps.iter().try_for_each(|s| self.queue_one(s, at)),
@@ -896,12 +897,17 @@ impl Builder<'_> {
             Prim::ReduceScatter(r) => {
                 (Exchange::ReduceScatter, Axis::Tensor, Some((axis_index(r.axis, iv.shape.len()), r.ranks)))
             }
-            Prim::Shard(s) => {
-                let a = axis_index(s.axis, iv.shape.len());
+            Prim::DataAllGather(g) => (Exchange::AllGather, Axis::Data, Some((0, g.ranks))),
+            Prim::DataReduceScatter(r) => (Exchange::ReduceScatter, Axis::Data, Some((0, r.ranks))),
+            Prim::Shard(_) | Prim::DataShard(_) => {
+                let (a, axis) = match p {
+                    Prim::Shard(s) => (axis_index(s.axis, iv.shape.len()), Axis::Tensor),
+                    _ => (0, Axis::Data),
+                };
                 let stride = usize::try_from(input.strides[a])
                     .map_err(|_| CudaError::Unsupported("a shard of a view with a negative stride".into()))?;
                 let call = self.copy(&ov.shape, (input, iv.dtype), (output, ov.dtype))?;
-                return Ok(Prepared::Ranked { call, step: ov.shape[a] * stride * iv.dtype.size_bytes() });
+                return Ok(Prepared::Ranked { call, step: ov.shape[a] * stride * iv.dtype.size_bytes(), axis });
             }
             Prim::TpCopy(_) => {
                 return Ok(Prepared::Call(self.copy(&iv.shape, (input, iv.dtype), (output, ov.dtype))?))

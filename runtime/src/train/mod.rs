@@ -12,6 +12,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod step;
 mod tensor_parallel;
+mod zero;
 
 use checkpoint::State;
 use data::{Batch, DataSpec, Source, Split};
@@ -520,6 +521,11 @@ impl Trainer {
         }
     }
 
+    /// Whether a rank holds only parts of the state (tensor-parallel parts, ZeRO-1 runs).
+    fn state_is_split(&self) -> bool {
+        self.programs.tensor_parallel > 1 || self.programs.step.graph().params.iter().any(|p| p.moments.is_some())
+    }
+
     /// Brings `state` up to date with the weights and moments a device holds.
     pub fn sync_state(&mut self) -> Result<(), TrainError> {
         if !self.device_ahead {
@@ -527,8 +533,12 @@ impl Trainer {
         }
         if let Some(updated) = self.programs.step.resident_state() {
             let mut updated = updated?;
-            if let (Some(group), true) = (self.group.as_mut(), self.programs.tensor_parallel > 1) {
-                updated = tensor_parallel::gather_state(self.programs.step.graph(), &mut group.tensor, updated)?;
+            if let Some(group) = self.group.as_mut() {
+                let graph = self.programs.step.graph();
+                updated = zero::gather_state(graph, &mut group.data, updated)?;
+                if self.programs.tensor_parallel > 1 {
+                    updated = tensor_parallel::gather_state(graph, &mut group.tensor, updated)?;
+                }
             }
             let mut it = updated.into_iter();
             for name in &self.step_params {
@@ -563,10 +573,13 @@ impl Trainer {
         let fresh = !self.on_device;
         let (mut params, mut inputs, lr) = self.next_step(fresh)?;
         let tp = self.programs.tensor_parallel;
-        if let (Some(group), true) = (self.group.as_ref(), tp > 1 && self.programs.step.on_gpu()) {
-            // The device holds this rank's parts of the weights and moments.
-            (params, inputs) =
-                tensor_parallel::local_step(self.programs.step.graph(), group.tensor.rank(), &params, &inputs);
+        let graph = self.programs.step.graph();
+        // A rank of a job runs on its parts of the weights and moments (and a GPU keeps them).
+        if let Some(group) = self.group.as_ref() {
+            if tp > 1 {
+                (params, inputs) = tensor_parallel::local_step(graph, group.tensor.rank(), &params, &inputs);
+            }
+            inputs = zero::local_moments(graph, group.data.rank(), inputs);
         }
         if let Some(result) = self.programs.step.run_resident(&params, &inputs, fresh) {
             let (loss, grad_norm) = result?;
@@ -576,14 +589,14 @@ impl Trainer {
             return Ok(self.report(started, loss, grad_norm, lr, applied));
         }
         let out = match self.group.as_mut() {
-            Some(group) if tp > 1 => {
-                let rank = group.tensor.rank();
-                let graph = self.programs.step.graph();
-                let (params, inputs) = tensor_parallel::local_step(graph, rank, &params, &inputs);
+            Some(group) => {
                 let out = self.programs.step.run_exchanging(&params, &inputs, group)?;
-                tensor_parallel::gather_outputs(graph, &mut group.tensor, out)?
+                let out = zero::gather_outputs(graph, &mut group.data, out)?;
+                match tp {
+                    1 => out,
+                    _ => tensor_parallel::gather_outputs(graph, &mut group.tensor, out)?,
+                }
             }
-            Some(group) => self.programs.step.run_exchanging(&params, &inputs, group)?,
             None if self.programs.replicas > 1 || tp > 1 => {
                 return Err(TrainError::Config(
                     "a step of several ranks needs its process group (Trainer::join)".into(),
@@ -737,8 +750,8 @@ impl Trainer {
             on_step(&report);
             let due = (self.cfg.save_every > 0 && done.is_multiple_of(self.cfg.save_every)) || done == self.cfg.steps;
             if bad_in_a_row == 0 && due {
-                // Tensor-parallel parts on GPUs are gathered by every rank of the group.
-                if self.programs.tensor_parallel > 1 {
+                // Parts of the state on GPUs are gathered by every rank of their group.
+                if self.state_is_split() {
                     self.sync_state()?;
                 }
                 if self.leads() {

@@ -11,7 +11,7 @@ use hyb_compiler::artifact::Artifact;
 use hyb_compiler::codegen::cpu::Objects;
 use hyb_compiler::fit::{fit, Request};
 use hyb_compiler::ir::Graph;
-use hyb_compiler::pipeline::{compile, plan_graph, plan_with, Executable, Sizing, Target};
+use hyb_compiler::pipeline::{compile, plan_graph, plan_with, DataParallel, Executable, Sizing, Target};
 use hyb_compiler::plan::{Precision, Recompute};
 use hyb_compiler::reference::{self, RunError, Tensor};
 use hyb_compiler::rewrite::Options;
@@ -84,6 +84,9 @@ pub struct Planning {
     /// `batch / n` rows, its gradients and loss summed over the replicas before the update
     /// (so the run computes what one process does on the whole batch).
     pub data_parallel: Option<usize>,
+    /// With data parallelism, ZeRO-1: each replica holds the optimizer moments of its
+    /// `1/n` of every parameter.
+    pub zero: bool,
     /// With `Some(n)`, the step is one rank's of the `n`-way tensor-parallel program the
     /// compiler's sharding plan chose: its parameters and moments that rank's parts.
     pub tensor_parallel: Option<usize>,
@@ -386,7 +389,11 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
             tensor_parallel: 1,
         });
     }
-    let data_parallel = planning.data_parallel.is_some();
+    let data_parallel = match planning.data_parallel {
+        None => DataParallel::Alone,
+        Some(n) if planning.zero => DataParallel::Zero1(n.max(1)),
+        Some(_) => DataParallel::Replicated,
+    };
     let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel };
     let opts = Options::default();
     let step = compile(forward, &target, tp, &opts);
