@@ -14,6 +14,7 @@ mod gpu_check;
 mod launch;
 mod logits;
 mod planning;
+mod sweep;
 mod train;
 mod values;
 
@@ -70,6 +71,9 @@ enum Command {
     },
     /// Train a model, or a compiled training step, on the CPU (the compiled program, float32).
     Train(train::TrainArgs),
+    /// Explore variants of a model: a grid of settings, each point checked, predicted
+    /// (parameters, FLOPs, step time and memory) and trained briefly, side by side.
+    Sweep(sweep::SweepArgs),
     /// µP coordinate check: train a few steps at several widths (the model's `d`) under µP
     /// and under standard parametrisation; print and plot mean |activation| per layer.
     MupCheck {
@@ -219,18 +223,23 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
         }
         Command::Train(args) if args.nproc_per_node > 1 && !launch::in_a_job() => {
             // The model is checked once here, so its diagnostics print once, not per rank.
-            if !is_artifact(&args.file) && report(&check(std::slice::from_ref(&args.file))?) {
+            if !is_artifact(&args.file) && report(&check_variant(&args.file, args.model.as_deref(), &args.sets)?) {
                 return Ok(ExitCode::from(1));
             }
             launch::launch(args.nproc_per_node, std::time::Duration::from_secs(args.rendezvous_timeout))
         }
+        Command::Sweep(args) => {
+            sweep::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Train(args) if is_artifact(&args.file) => {
+            anyhow::ensure!(args.sets.is_empty(), "--set changes a .hyb model; an artifact is compiled already");
             let given = matches.subcommand_matches("train").context("train's arguments")?;
             train::run(&args, train::Subject::Artifact(Box::new(load_artifact(&args.file)?)), given)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => {
-            let checked = check(std::slice::from_ref(&args.file))?;
+            let checked = check_variant(&args.file, args.model.as_deref(), &args.sets)?;
             if report(&checked) {
                 return Ok(ExitCode::from(1));
             }
@@ -349,6 +358,14 @@ fn model_name_from(dir: &Path) -> String {
         name.insert_str(0, "model_");
     }
     name
+}
+
+/// Checks `file` with `sets` applied to its model `model` (as written when there are none).
+fn check_variant(file: &Path, model: Option<&str>, sets: &[hyb_dsl::variant::Set]) -> Result<Checked> {
+    if sets.is_empty() {
+        return check(&[file.to_path_buf()]);
+    }
+    hyb_compiler::check::check_variant(file, model, sets).map_err(anyhow::Error::msg)
 }
 
 fn check(files: &[PathBuf]) -> Result<Checked> {

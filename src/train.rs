@@ -4,13 +4,14 @@
 //! DIR, or forks it into `--out` when that names another directory; flags that contradict
 //! what the run stored are an error naming them, never silently dropped.
 
-use crate::values::{at_least_one, non_negative_finite, positive_finite, token_width};
+use crate::values::{at_least_one, non_negative_finite, parse_set, positive_finite, token_width};
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use hyb_compiler::artifact::Artifact;
 use hyb_compiler::elaborate::elaborate;
 use hyb_dsl::expand::model::Expanded;
+use hyb_dsl::variant::Set;
 use hyb_runtime::dist::{Mesh, TcpGroup, World};
 use hyb_runtime::train::data::{DataSpec, Packing};
 use hyb_runtime::train::run_dir::Existing;
@@ -128,6 +129,10 @@ pub struct TrainArgs {
     /// N times less memory per rank; the step is the same.
     #[arg(long)]
     pub zero: bool,
+    /// Replace a model setting for this run, e.g. `--set heads=8`, `--set
+    /// 'layers=pattern("(M{3}H){2}")'` or `--set layers[0..2].ssm_heads=4` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+    pub sets: Vec<Set>,
     /// Seconds a rank waits for the others, at the rendezvous and at every collective: a
     /// rank that dies or hangs ends the job on every rank within it.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -614,7 +619,31 @@ fn profile(trainer: &Trainer, flops: f64, peak: f64) -> Result<()> {
 }
 
 /// Names the files the run left, and only those.
+/// Writes `summary.json` in the run directory: the memory the run held (the process's
+/// peak resident memory; the GPU memory of its programs), which `hyb sweep` reports.
+fn write_summary(trainer: &Trainer, dir: &Path) -> Result<()> {
+    let summary = serde_json::json!({
+        "steps": trainer.state.step,
+        "peak_host_bytes": peak_resident_bytes(),
+        "device_bytes": trainer.programs().device_bytes(),
+    });
+    let path = dir.join("summary.json");
+    hyb_runtime::atomic::write(&path, summary.to_string().as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The process's peak resident memory (Linux's `VmHWM`), if the system says.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn print_outputs(trainer: &Trainer, dir: &Path) {
+    if let Err(e) = write_summary(trainer, dir) {
+        eprintln!("warning: {e:#}");
+    }
     match trainer.saved_at() {
         Some(step) => println!("checkpoint: {} (step {step})", dir.join(checkpoint::FILE).display()),
         None => println!("checkpoint: none written (the steps were non-finite and skipped)"),

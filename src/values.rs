@@ -66,6 +66,11 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// `NAME=VALUE` or `layers[A..B].NAME=VALUE`: a model setting replaced for one run.
+pub fn parse_set(s: &str) -> Result<hyb_dsl::variant::Set, String> {
+    hyb_dsl::variant::Set::parse(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

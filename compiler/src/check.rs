@@ -22,3 +22,8 @@ pub fn check_text(name: &str, text: &str) -> Checked {
 pub fn check_paths_with(paths: &[&Path], settings: &HashMap<String, Value>) -> Result<Checked, String> {
     hyb_dsl::check::check_paths_with(&OPS, paths, settings)
 }
+
+/// Checks the file at `path` with `sets` applied to its model `model`.
+pub fn check_variant(path: &Path, model: Option<&str>, sets: &[hyb_dsl::variant::Set]) -> Result<Checked, String> {
+    hyb_dsl::check::check_variant(&OPS, path, model, sets)
+}

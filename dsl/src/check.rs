@@ -35,6 +35,21 @@ pub fn check_text(prims: &dyn Primitives, name: &str, text: &str) -> Checked {
     finish(prims, loader, &HashMap::new())
 }
 
+/// Checks the file at `path` with `sets` applied to its model `model` ([`crate::variant`]):
+/// its imports resolve as the file's do, and diagnostics point into the variant's text.
+pub fn check_variant(
+    prims: &dyn Primitives,
+    path: &Path,
+    model: Option<&str>,
+    sets: &[crate::variant::Set],
+) -> Result<Checked, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::variant::apply(&text, model, sets)?;
+    let mut loader = Loader::new();
+    loader.add_text_at(path, &text)?;
+    Ok(finish(prims, loader, &HashMap::new()))
+}
+
 /// Checks files with some model settings replaced (every root model sees the same values).
 pub fn check_paths_with(
     prims: &dyn Primitives,

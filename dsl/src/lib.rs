@@ -17,3 +17,4 @@ pub mod resolve;
 pub mod source;
 pub mod trace;
 pub mod value;
+pub mod variant;

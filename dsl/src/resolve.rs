@@ -119,6 +119,19 @@ impl Loader {
     }
 
     /// Loads text that is not on disk (tests, fuzzing); imports resolve from `dir`.
+    /// Adds `text` as a variant of the file at `path` ([`Sources::add_text_at`]).
+    pub fn add_text_at(&mut self, path: &Path, text: &str) -> Result<(), String> {
+        let id = self.program.sources.add_text_at(path, text).map_err(|e| match e {
+            ReadError::NotFound => format!("{}: no such file", path.display()),
+            ReadError::Io(e) => format!("{}: {e}", path.display()),
+            ReadError::NotUtf8 { .. } => format!("{}: not UTF-8", path.display()),
+        })?;
+        if let Some(m) = self.module(id) {
+            self.program.roots.push(m);
+        }
+        Ok(())
+    }
+
     pub fn add_text(&mut self, name: &str, text: &str) {
         let id = self.program.sources.add_text(name, text);
         if let Some(m) = self.module(id) {

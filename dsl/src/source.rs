@@ -39,6 +39,17 @@ impl Sources {
         FileId(self.files.len() - 1)
     }
 
+    /// Adds `text` in place of the file at `path` (a variant of it): its imports resolve
+    /// next to `path`, and diagnostics name it.
+    pub fn add_text_at(&mut self, path: &Path, text: impl Into<Arc<str>>) -> Result<FileId, ReadError> {
+        let canonical = path.canonicalize().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ReadError::NotFound,
+            _ => ReadError::Io(e),
+        })?;
+        self.files.push(SourceFile { path: Some(canonical), name: path.display().to_string(), text: text.into() });
+        Ok(FileId(self.files.len() - 1))
+    }
+
     /// Reads a file, or returns the already-read copy when the same path was loaded before.
     pub fn load(&mut self, path: &Path) -> Result<FileId, ReadError> {
         let canonical = path.canonicalize().map_err(|e| match e.kind() {

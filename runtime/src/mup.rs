@@ -150,7 +150,14 @@ pub fn plot_rows(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>, MupError> {
             .push(Series { name: "logits".into(), points: mine.iter().map(|r| (r.width as f64, r.logits)).collect() });
         let path = dir.join(format!("coord_check_{}.png", if p == Parametrisation::Mup { "mup" } else { "sp" }));
         let title = format!("coordinate check, {}", p.name());
-        let chart = Chart { title: &title, x_label: "width d", y_label: "mean |activation|", log_x: true, log_y: true };
+        let chart = Chart {
+            title: &title,
+            x_label: "width d",
+            y_label: "mean |activation|",
+            log_x: true,
+            log_y: true,
+            scatter: false,
+        };
         plot::draw(&path, &chart, &series)?;
         paths.push(path);
     }

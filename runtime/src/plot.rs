@@ -18,6 +18,8 @@ pub struct Chart<'a> {
     pub y_label: &'a str,
     pub log_x: bool,
     pub log_y: bool,
+    /// Each series as dots (one point per series: a scatter plot) instead of a line.
+    pub scatter: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +78,17 @@ pub fn draw(path: &Path, chart: &Chart, series: &[Series]) -> Result<(), PlotErr
                 for (i, s) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
                     let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| finite.contains(p)).collect();
-                    ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                        .map_err(|e| fail(e.to_string()))?
-                        .label(s.name.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    if chart.scatter {
+                        ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 6, color.filled())))
+                            .map_err(|e| fail(e.to_string()))?
+                            .label(s.name.clone())
+                            .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+                    } else {
+                        ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                            .map_err(|e| fail(e.to_string()))?
+                            .label(s.name.clone())
+                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    }
                 }
                 ctx.configure_series_labels()
                     .background_style(WHITE.mix(0.8))

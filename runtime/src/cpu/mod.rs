@@ -12,6 +12,7 @@
 mod gemm;
 mod kernels;
 pub mod objects;
+pub mod probe;
 
 pub use kernels::Kernels;
 

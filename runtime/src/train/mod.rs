@@ -711,8 +711,14 @@ impl Trainer {
             }
         }
         let path = self.dir().join("loss.png");
-        let chart =
-            crate::plot::Chart { title: "loss", x_label: "step", y_label: "cross-entropy", log_x: false, log_y: false };
+        let chart = crate::plot::Chart {
+            title: "loss",
+            x_label: "step",
+            y_label: "cross-entropy",
+            log_x: false,
+            log_y: false,
+            scatter: false,
+        };
         let series = [
             crate::plot::Series { name: "train".into(), points: train },
             crate::plot::Series { name: "eval".into(), points: eval },

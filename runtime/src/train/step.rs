@@ -314,6 +314,15 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// Bytes of GPU memory the step and evaluation programs hold (`None` off the GPU).
+    pub fn device_bytes(&self) -> Option<usize> {
+        let held = |r: &Runner| match r {
+            Runner::Cuda(_, p) => Some(p.lock().expect("not poisoned").bytes()),
+            _ => None,
+        };
+        Some(held(&self.step)? + held(&self.eval).unwrap_or(0))
+    }
+
     /// What of the step runs as generated code, for people (`None` for the reference).
     pub fn codegen_summary(&self) -> Option<String> {
         match &self.step {
