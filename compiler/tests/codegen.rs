@@ -76,7 +76,11 @@ fn compiled_models() -> &'static Vec<(String, Graph, bool)> {
     static GRAPHS: OnceLock<Vec<(String, Graph, bool)>> = OnceLock::new();
     GRAPHS.get_or_init(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut files: Vec<_> = std::fs::read_dir(root.join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(root.join("examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "hyb"))
+            .collect();
         files.sort();
         files.push(root.join("stdlib/falcon_h1.hyb"));
         let mut sources: Vec<(String, String)> =
