@@ -79,6 +79,7 @@ pub struct SweepArgs {
 pub struct Record {
     pub label: String,
     pub sets: Vec<Set>,
+    /// The point's directory, inside the sweep's.
     pub dir: String,
     /// `invalid` (did not check), `predicted`, `trained` or `failed` (training stopped).
     pub status: String,
@@ -140,7 +141,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut sets = sets.clone();
-        let mut record = Record { label: label.clone(), dir: dir.display().to_string(), ..Record::default() };
+        let slug = grid::slug(&sets);
+        let mut record = Record { label: label.clone(), dir: slug, ..Record::default() };
         match predict::point(file, args.model.as_deref(), &mut sets, &machine, args, args.match_params) {
             Err(diagnostic) => {
                 println!("[{}/{}] {label}: does not check, skipped\n{diagnostic}", i + 1, points.len());

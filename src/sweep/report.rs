@@ -203,7 +203,7 @@ pub fn write(dir: &Path, records: &[Record], predict_only: bool) -> Result<()> {
         .iter()
         .map(|r| Series {
             name: r.label.clone(),
-            points: json_lines(&Path::new(&r.dir).join("run/metrics.jsonl"))
+            points: json_lines(&dir.join(&r.dir).join("run/metrics.jsonl"))
                 .iter()
                 .filter_map(|v| Some((v["step"].as_f64()? + 1.0, v["loss"].as_f64()?)))
                 .collect(),
