@@ -167,11 +167,31 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         record.sets = sets;
         save_point(&dir, &record)?;
-        if record.status == "predicted" && !args.predict_only {
-            train(file, args, &device, &dir, &mut record)?;
-            save_point(&dir, &record)?;
-        }
         records.push(record);
+    }
+    // Every point is screened before any trains; then the points train one after another,
+    // or side by side with one GPU each when there are several.
+    if !args.predict_only {
+        let gpus = if device == "cuda" { hyb_runtime::cuda::Device::count().max(1) } else { 1 };
+        let pending: Vec<&mut Record> = records.iter_mut().rev().filter(|r| r.status == "predicted").collect();
+        let queue = std::sync::Mutex::new(pending);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..gpus)
+                .map(|gpu| {
+                    let (queue, device) = (&queue, &device);
+                    scope.spawn(move || -> Result<()> {
+                        let slot = (gpus > 1).then_some(gpu);
+                        while let Some(record) = queue.lock().expect("no worker panics").pop() {
+                            let dir = args.out.join(&record.dir);
+                            train(file, args, device, slot, &dir, record)?;
+                            save_point(&dir, record)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().expect("no worker panics"))
+        })?;
     }
     report::write(&args.out, &records, args.predict_only)
 }
@@ -186,12 +206,22 @@ fn save_point(dir: &Path, r: &Record) -> Result<()> {
     hyb_runtime::atomic::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Trains one point with `hyb train` (this executable), resuming its run if one was
-/// started, and reads back what it measured.
-fn train(file: &Path, args: &SweepArgs, device: &str, dir: &Path, record: &mut Record) -> Result<()> {
+/// Trains one point with `hyb train` (this executable), on GPU `gpu` alone when given,
+/// resuming its run if one was started, and reads back what it measured.
+fn train(
+    file: &Path,
+    args: &SweepArgs,
+    device: &str,
+    gpu: Option<usize>,
+    dir: &Path,
+    record: &mut Record,
+) -> Result<()> {
     let run = dir.join("run");
     let mut cmd = Command::new(std::env::current_exe().context("cannot find this executable")?);
     cmd.arg("train");
+    if let Some(g) = gpu {
+        cmd.env("CUDA_VISIBLE_DEVICES", g.to_string());
+    }
     if run.join(hyb_runtime::train::checkpoint::FILE).exists() {
         cmd.arg("--resume").arg(&run);
     } else {
@@ -214,13 +244,14 @@ fn train(file: &Path, args: &SweepArgs, device: &str, dir: &Path, record: &mut R
         record.status = "failed".into();
         let text = String::from_utf8_lossy(&out.stderr);
         record.diagnostic = Some(text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string());
-        println!("  training failed: {}", record.diagnostic.as_deref().unwrap_or(""));
+        println!("{}: training failed: {}", record.label, record.diagnostic.as_deref().unwrap_or(""));
         return Ok(());
     }
     report::measured(&run, args.batch * args.seq, record)?;
     record.status = "trained".into();
     println!(
-        "  trained: loss {:.4}{}, {:.1} ms per step",
+        "{}: trained: loss {:.4}{}, {:.1} ms per step",
+        record.label,
         record.train_loss.unwrap_or(f64::NAN),
         record.eval_loss.map_or(String::new(), |l| format!(", eval {l:.4}")),
         record.step_s.unwrap_or(f64::NAN) * 1e3

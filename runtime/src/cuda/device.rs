@@ -30,6 +30,15 @@ impl Device {
         (unsafe { sys::is_culib_present() }) && CudaContext::device_count().is_ok_and(|n| n > 0)
     }
 
+    /// How many GPUs the driver sees (0 without a driver).
+    pub fn count() -> usize {
+        // Safety: only tries to open the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+
     /// Opens GPU `ordinal`.
     pub fn open(ordinal: usize) -> Result<Device, CudaError> {
         // Safety: only tries to open the libraries; cudarc panics on a missing one otherwise.
