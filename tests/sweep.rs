@@ -129,4 +129,15 @@ fn bad_grids_are_refused_before_anything_runs() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["params"].as_f64().unwrap())
         .collect();
     assert!(params.iter().all(|p| (p - 150000.0).abs() < 0.02 * 150000.0), "{params:?}");
+    // Or their predicted step time.
+    let out = dir.path().join("timed");
+    let (ok, text) =
+        output(sweep(&["--grid", "ssm_heads=2,4", "--predict-only", "--match-time", "0.8", "--machine", "h200"], &out));
+    assert!(ok, "{text}");
+    for line in std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ms = r["predicted_step_s"].as_f64().unwrap() * 1e3;
+        assert!((ms - 0.8).abs() < 0.05 * 0.8, "{r}");
+        assert!(r["label"].as_str().unwrap().contains("d_ff="), "{r}");
+    }
 }

@@ -58,8 +58,12 @@ pub struct SweepArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// Scale `d_ff` of every point so that its parameter count is the closest to this.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "match_time")]
     pub match_params: Option<u64>,
+    /// Scale `d_ff` of every point so that its predicted step time (on --machine) is the
+    /// closest to this many milliseconds.
+    #[arg(long, value_parser = crate::values::positive_finite)]
+    pub match_time: Option<f64>,
     /// The sweep's directory: one run directory per point, and the table, CSV and plots.
     #[arg(long, default_value = "runs/sweep")]
     pub out: PathBuf,
@@ -143,7 +147,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         let mut sets = sets.clone();
         let slug = grid::slug(&sets);
         let mut record = Record { label: label.clone(), dir: slug, ..Record::default() };
-        match predict::point(file, args.model.as_deref(), &mut sets, &machine, args, args.match_params) {
+        let matching = match (args.match_params, args.match_time) {
+            (Some(p), _) => Some(predict::Matching::Params(p)),
+            (None, Some(ms)) => Some(predict::Matching::StepTime(ms * 1e-3)),
+            (None, None) => None,
+        };
+        match predict::point(file, args.model.as_deref(), &mut sets, &machine, args, matching) {
             Err(diagnostic) => {
                 println!("[{}/{}] {label}: does not check, skipped\n{diagnostic}", i + 1, points.len());
                 record.status = "invalid".into();
@@ -165,6 +174,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
                 );
             }
         }
+        // The label shows what matching added (`d_ff=…`).
+        record.label = grid::label(&sets);
         record.sets = sets;
         save_point(&dir, &record)?;
         records.push(record);

@@ -49,34 +49,55 @@ fn checked(file: &Path, model: Option<&str>, sets: &[Set]) -> Result<hyb_dsl::ex
     found.map(|(_, m)| m).ok_or_else(|| format!("no model `{}`", model.unwrap_or_default()))
 }
 
-/// Predicts a point; with `match_params`, first adds the `d_ff` (a multiple of 8) whose
-/// parameter count is the closest to it to `sets`.
+/// What every point is made equal in, by scaling its `d_ff`.
+#[derive(Clone, Copy, Debug)]
+pub enum Matching {
+    /// `--match-params`: this many parameters.
+    Params(u64),
+    /// `--match-time`: this predicted step time, in seconds.
+    StepTime(f64),
+}
+
+/// Predicts a point; with `matching`, first adds to `sets` the `d_ff` (a multiple of 8)
+/// that brings its parameters or predicted step time the closest to the target (both
+/// grow linearly with `d_ff`, so two trial values fix it).
 pub fn point(
     file: &Path,
     model: Option<&str>,
     sets: &mut Vec<Set>,
     m: &Machine,
     args: &SweepArgs,
-    match_params: Option<u64>,
+    matching: Option<Matching>,
 ) -> Result<Prediction, String> {
-    if let Some(target) = match_params {
+    if let Some(matching) = matching {
         if sets.iter().any(|s| s.name == "d_ff") {
-            return Err("--match-params sets d_ff, which the grid sweeps".into());
+            return Err("matching parameters or step time sets d_ff, which the grid sweeps".into());
         }
-        let params_at = |d_ff: u64| -> Result<f64, String> {
-            let trial =
-                [sets.clone(), vec![Set { layers: None, name: "d_ff".into(), value: d_ff.to_string() }]].concat();
-            Ok(checked(file, model, &trial)?.summary.total_params as f64)
+        let at = |d_ff: u64| -> Result<f64, String> {
+            let d_ff = Set { layers: None, name: "d_ff".into(), value: d_ff.to_string() };
+            let trial = checked(file, model, &[sets.clone(), vec![d_ff]].concat())?;
+            Ok(match matching {
+                Matching::Params(_) => trial.summary.total_params as f64,
+                Matching::StepTime(_) => predict(&trial, m, args).step_s,
+            })
         };
-        let (p1, p2) = (params_at(64)?, params_at(128)?);
-        let per = (p2 - p1) / 64.0;
+        let target = match matching {
+            Matching::Params(p) => p as f64,
+            Matching::StepTime(s) => s,
+        };
+        let (v1, v2) = (at(64)?, at(128)?);
+        let per = (v2 - v1) / 64.0;
         if per <= 0.0 {
-            return Err("--match-params scales d_ff, which does not change this model's parameters".into());
+            return Err("matching scales d_ff, which changes neither this model's parameters nor its time".into());
         }
-        let d_ff = (((target as f64 - p1) / per + 64.0) / 8.0).round().max(1.0) as u64 * 8;
+        let d_ff = (((target - v1) / per + 64.0) / 8.0).round().max(1.0) as u64 * 8;
         sets.push(Set { layers: None, name: "d_ff".into(), value: d_ff.to_string() });
     }
-    let expanded = checked(file, model, sets)?;
+    Ok(predict(&checked(file, model, sets)?, m, args))
+}
+
+/// The prediction for a checked model.
+fn predict(expanded: &hyb_dsl::expand::model::Expanded, m: &Machine, args: &SweepArgs) -> Prediction {
     let forward = elaborate(&expanded.trace);
     let s = &expanded.summary;
     let width_mult = s.base_width.map_or(1.0, |b| s.d as f64 / b as f64);
@@ -89,10 +110,10 @@ pub fn point(
     let request =
         Request { forward: &forward, compiled: &compiled, target: &target, tp: args.tp, options: &options, sizing };
     let peak_bytes = fit(&request).ok().map(|e| e.program.memory.peak_bytes as u64);
-    Ok(Prediction {
+    Prediction {
         params: s.total_params as u64,
         flops_per_token: work.flops * args.tp as f64 / (args.batch * args.seq) as f64,
         step_s: total_time(&compiled.graph, &m),
         peak_bytes,
-    })
+    }
 }
