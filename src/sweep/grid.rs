@@ -141,6 +141,6 @@ mod tests {
         let twice = [Axis::parse("heads=4").unwrap(), Axis::parse("heads=8").unwrap()];
         assert!(points(&twice, false, 10).unwrap_err().contains("swept by two axes"));
         assert_ne!(slug(&p[0]), slug(&p[1]));
-        assert!(slug(&p[0]).starts_with("heads=4_layers.0..2_.ssm_heads=1-"), "{}", slug(&p[0]));
+        assert!(slug(&p[0]).starts_with("heads=4_layers_0..2_.ssm_heads=1-"), "{}", slug(&p[0]));
     }
 }

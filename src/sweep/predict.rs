@@ -111,7 +111,7 @@ fn predict(expanded: &hyb_dsl::expand::model::Expanded, m: &Machine, args: &Swee
         Request { forward: &forward, compiled: &compiled, target: &target, tp: args.tp, options: &options, sizing };
     let peak_bytes = fit(&request).ok().map(|e| e.program.memory.peak_bytes as u64);
     Prediction {
-        params: s.total_params as u64,
+        params: s.total_params,
         flops_per_token: work.flops * args.tp as f64 / (args.batch * args.seq) as f64,
         step_s: total_time(&compiled.graph, &m),
         peak_bytes,
