@@ -53,6 +53,9 @@ pub struct ExplainArgs {
     pub memory: bool,
     #[command(flatten)]
     pub plan: crate::planning::PlanArgs,
+    /// Replace a model setting, as `hyb train --set` does (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = crate::values::parse_set)]
+    pub sets: Vec<hyb_dsl::variant::Set>,
 }
 
 pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: Duration) -> Result<()> {

@@ -249,6 +249,7 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) if is_artifact(&args.file) => {
+            anyhow::ensure!(args.sets.is_empty(), "--set changes a .hyb model; an artifact is compiled already");
             explain::run_artifact(&args, &load_artifact(&args.file)?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -263,7 +264,7 @@ fn run(cli: Cli, matches: ArgMatches) -> Result<ExitCode> {
         }
         Command::Explain(args) => {
             let start = std::time::Instant::now();
-            let checked = check(std::slice::from_ref(&args.file))?;
+            let checked = check_variant(&args.file, args.model.as_deref(), &args.sets)?;
             if report(&checked) {
                 return Ok(ExitCode::from(1));
             }

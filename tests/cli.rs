@@ -815,3 +815,21 @@ fn train_packs_documents_into_rows_and_refuses_what_it_cannot_pack() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
+
+/// `--set` replaces a model's setting for one command (`explain` here; `train` alike): a
+/// variant that checks is compiled, one that does not gets the checker's diagnostic
+/// pointing into the variant, and a malformed one is refused by the argument parser.
+#[test]
+fn set_replaces_a_setting_for_one_command() {
+    let model = "examples/tiny_hybrid.hyb";
+    let plain = hyb(&["explain", model]);
+    let wider = hyb(&["explain", model, "--set", "heads=8", "--set", "kv_heads=8", "--set", "layers[0].d_ff=256"]);
+    assert!(plain.status.success() && wider.status.success(), "{}", stderr(&wider));
+    let params = |o: &Output| stdout(o).lines().next().unwrap().split(", ").nth(1).unwrap().to_string();
+    assert_ne!(params(&plain), params(&wider), "{}", stdout(&wider));
+    let bad = hyb(&["explain", model, "--set", "heads=7"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("64 / 7 is not a whole number"), "{}", stderr(&bad));
+    let malformed = hyb(&["explain", model, "--set", "layers[2..1].heads=2"]);
+    assert!(!malformed.status.success() && stderr(&malformed).contains("the range is empty"), "{}", stderr(&malformed));
+}
