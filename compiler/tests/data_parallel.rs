@@ -144,3 +144,36 @@ fn zero_replicas_hold_runs_of_the_moments_and_update_as_one_process() {
         }
     }
 }
+
+/// A step that keeps its state on the device (a GPU's) sees its updates only where they
+/// are written in place: every updated weight and moment of the ZeRO-1 step — whose
+/// weights are gathered, padded runs reshaped back — is planned into the buffer of the leaf
+/// it replaces, as the replicated step's are.
+#[test]
+fn zero_updates_are_planned_in_place() {
+    use hyb_compiler::ir::Op;
+    use hyb_compiler::pipeline::{compile, plan_with, DataParallel, Target};
+    use hyb_compiler::plan::Precision;
+    use hyb_compiler::rewrite::Options;
+    use hyb_compiler::training::in_place_updates;
+    let g = forward(MODEL);
+    for data_parallel in [DataParallel::Replicated, DataParallel::Zero1(3)] {
+        let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel };
+        let compiled = compile(&g, &target, 1, &Options::default());
+        let e = plan_with(&compiled, &target, 2, 8, Precision::default(), &[]).unwrap();
+        let updates = in_place_updates(&e.graph);
+        assert_eq!(updates.len(), 3 * e.graph.params.len());
+        for (output, leaf) in updates {
+            let leaf_buffer = e.program.buffers.iter().position(|b| b.node == leaf).unwrap();
+            let what = match &e.graph.nodes[leaf].op {
+                Op::Param(p) => e.graph.params[*p].name.clone(),
+                Op::Input(name) => name.clone(),
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                e.program.outputs[output].buffer, leaf_buffer,
+                "{data_parallel:?}: {what} is not updated in place"
+            );
+        }
+    }
+}

@@ -253,14 +253,25 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
             // A rank's shard is a copy of its slice here (its offset depends on the rank).
             Op::Prim(p) if !p.moves_data() && !matches!(p, Prim::Shard(_)) => {
                 let src = n.inputs[0];
-                view_of[i] = match &view_of[src] {
-                    Some(v) => fold_view(p, v, &shape_of(src)?, &shape, &sizes)?,
-                    None => None,
+                // A view that is an update in place (ZeRO-1's gathered weight, reshaped)
+                // is copied into the leaf it replaces, which a view of another buffer
+                // would not update.
+                let in_place = aliased.get(&i).and_then(|leaf| view_of[*leaf].clone());
+                view_of[i] = match (&view_of[src], &in_place) {
+                    (Some(v), None) => fold_view(p, v, &shape_of(src)?, &shape, &sizes)?,
+                    _ => None,
                 };
                 if view_of[i].is_none() {
                     // A view the strides cannot express (a reshape of a strided view): a copy.
-                    let out =
-                        new_buffer(&mut buffers, Role::Workspace, storage(&req.precision, n.ty.dtype), launches.len())?;
+                    let out = match in_place {
+                        Some(v) => v,
+                        None => new_buffer(
+                            &mut buffers,
+                            Role::Workspace,
+                            storage(&req.precision, n.ty.dtype),
+                            launches.len(),
+                        )?,
+                    };
                     let l = launch(g, i, &view_of, vec![out.clone()]);
                     copies.push(l, &mut launches, &mut buffers, &req.precision);
                     view_of[i] = Some(out);
