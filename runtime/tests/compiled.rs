@@ -267,7 +267,11 @@ fn recompute_gives_the_same_step() {
 fn generated_kernels_give_the_reference_results() {
     use hyb_compiler::pipeline::plan_graph;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hyb"))
+        .collect();
     files.sort();
     files.push(std::path::PathBuf::from("tiny"));
     let opt = AdamW::default();
