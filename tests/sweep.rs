@@ -63,6 +63,7 @@ fn a_grid_is_checked_predicted_trained_and_reported() {
         assert!(std::fs::metadata(out.join(plot)).unwrap().len() > 1000, "{plot}");
     }
     assert!(text.contains("cost model, step time: measured / predicted"), "{text}");
+    assert!(text.contains("cost model, host memory (the whole process): measured / predicted"), "{text}");
     // The directory holds a sweep: a second one there needs --resume.
     let (ok, again) = output(sweep(&["--grid", "heads=4"], &out));
     assert!(!ok && again.contains("already holds a sweep: add --resume"), "{again}");
