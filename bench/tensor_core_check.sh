@@ -76,37 +76,10 @@ for rows in ["", "packed_"]:
     print(f"tensor_core_hybrid {rows}bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} "
           f"(diff {d[0]:.2e}); {n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
 PY
-# With NCCL=1, the small hybrid again as a job of one rank started from torchrun's
-# environment: its gradients and loss summed through NCCL inside the captured graph; and
-# with --zero, reduce-scattered and the weights all-gathered (ZeRO-1).
+# With NCCL=1, bench/nccl_check.sh: the small hybrid as a job of one rank through NCCL,
+# with and without --zero, against the run alone.
 if [ "${NCCL:-0}" = 1 ]; then
-    for run in nccl nccl_zero; do
-        flags=""; [ "$run" = nccl_zero ] && flags="--zero"
-        RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 NCCL_DEBUG=WARN timeout 240 \
-            "$work/hyb" train bench/models/tensor_core_hybrid.hyb --device cuda --precision bf16 --batch 4 --seq 256 \
-            --steps "$steps" --eval-every 0 --save-every 0 $flags --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
-        echo "rc $?" >> "$OUT/train_$run.txt"
-        cp "$work/run_$run/metrics.jsonl" "$OUT/metrics_$run.jsonl" 2>/dev/null
-        grep -E "rank 0|NCCL|error|rc " "$OUT/train_$run.txt" | head -n 8
-    done
-    python3 - "$OUT" <<'PY'
-import json, sys, os
-out = sys.argv[1]
-def losses(run):
-    p = os.path.join(out, f"metrics_{run}.jsonl")
-    return [json.loads(l) for l in open(p) if '"loss"' in l] if os.path.exists(p) else []
-b = losses("cuda_bf16")
-for run in ["nccl", "nccl_zero"]:
-    a = losses(run)
-    n = min(len(a), len(b))
-    if not n:
-        print(f"{run}: no losses to compare", len(a), len(b))
-        continue
-    d = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b))
-    tok = lambda rows: sum(r["tokens_per_s"] for r in rows[5:n]) / max(1, n - 5)
-    print(f"{run}: job of one rank vs alone: {n} steps, largest loss difference {d:.2e}, "
-          f"last {a[n-1]['loss']:.4f} vs {b[n-1]['loss']:.4f}; {tok(a):.0f} vs {tok(b):.0f} tok/s")
-PY
+    STEPS=$steps bash "$(dirname "$0")/nccl_check.sh" | tail -n 3
 fi
 # With CHECK=1, every launch of the small hybrid's training step at 2,048 tokens (sums over
 # tokens split into partial steps) on the GPU against the CPU executor, outputs poisoned.

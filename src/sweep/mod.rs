@@ -135,7 +135,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     );
     let mut records = Vec::with_capacity(points.len());
     for (i, sets) in points.iter().enumerate() {
-        let dir = args.out.join(grid::slug(sets));
+        let slug = grid::slug(sets);
+        let dir = args.out.join(&slug);
         let kept = load_point(&dir);
         let label = grid::label(sets);
         if let Some(r) = kept.filter(|r| r.status == "trained" || (args.predict_only && r.status == "predicted")) {
@@ -145,7 +146,6 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut sets = sets.clone();
-        let slug = grid::slug(&sets);
         let mut record = Record { label: label.clone(), dir: slug, ..Record::default() };
         let matching = match (args.match_params, args.match_time) {
             (Some(p), _) => Some(predict::Matching::Params(p)),

@@ -94,10 +94,7 @@ impl Primitive for TernaryQuant {
         let mean = g.reduce(ReduceOp::Mean, flat, 0, false);
         let floor = g.constant(1e-5);
         let s = g.binary(Binary::Maximum, mean, floor);
-        let ratio = g.binary(Binary::Div, w, s);
-        let clamped = g.apply(Clamp { low: F64(-1.0), high: F64(1.0) }, vec![ratio]);
-        let level = g.unary(Unary::Round, clamped);
-        Some(vec![g.binary(Binary::Mul, level, s)])
+        ScaledTernary.expand(g, &[w, s])
     }
 }
 
@@ -132,12 +129,7 @@ impl Primitive for Int8Quant {
         let peak = g.reduce(ReduceOp::Max, magnitude, -1, true);
         let floor = g.constant(1e-5);
         let m = g.binary(Binary::Maximum, peak, floor);
-        let levels = g.constant(127.0);
-        let s = g.binary(Binary::Div, levels, m);
-        let scaled = g.binary(Binary::Mul, x, s);
-        let clamped = g.apply(Clamp { low: F64(-128.0), high: F64(127.0) }, vec![scaled]);
-        let level = g.unary(Unary::Round, clamped);
-        Some(vec![g.binary(Binary::Div, level, s)])
+        ScaledInt8.expand(g, &[x, m])
     }
 
     /// Elementwise but for a token's scale, which the sharder exchanges when the row is

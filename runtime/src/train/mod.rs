@@ -241,6 +241,27 @@ pub struct Trainer {
     group: Option<crate::dist::Mesh>,
 }
 
+/// The whole state (each parameter's value and moments, in the step graph's order) from a
+/// rank's parts: ZeRO-1 runs gathered over the data group, then tensor-parallel parts over
+/// the tensor group.
+fn whole_state(
+    graph: &Graph,
+    tp: usize,
+    group: &mut crate::dist::Mesh,
+    parts: Vec<Tensor<f32>>,
+) -> Result<Vec<Tensor<f32>>, TrainError> {
+    let state = zero::gather_state(graph, &mut group.data, parts)?;
+    match tp {
+        1 => Ok(state),
+        _ => tensor_parallel::gather_state(graph, &mut group.tensor, state),
+    }
+}
+
+/// A collective that failed, as the trainer reports it.
+fn collective_error(e: crate::dist::CommError) -> TrainError {
+    TrainError::Run(hyb_compiler::reference::RunError::Collective(e.to_string()))
+}
+
 impl Trainer {
     /// A fresh run in `dir` (created), parameters initialised from the manifest. Everything
     /// is validated, and the programs compiled, before the directory is touched.
@@ -534,11 +555,7 @@ impl Trainer {
         if let Some(updated) = self.programs.step.resident_state() {
             let mut updated = updated?;
             if let Some(group) = self.group.as_mut() {
-                let graph = self.programs.step.graph();
-                updated = zero::gather_state(graph, &mut group.data, updated)?;
-                if self.programs.tensor_parallel > 1 {
-                    updated = tensor_parallel::gather_state(graph, &mut group.tensor, updated)?;
-                }
+                updated = whole_state(self.programs.step.graph(), self.programs.tensor_parallel, group, updated)?;
             }
             let mut it = updated.into_iter();
             for name in &self.step_params {
@@ -590,12 +607,11 @@ impl Trainer {
         }
         let out = match self.group.as_mut() {
             Some(group) => {
-                let out = self.programs.step.run_exchanging(&params, &inputs, group)?;
-                let out = zero::gather_outputs(graph, &mut group.data, out)?;
-                match tp {
-                    1 => out,
-                    _ => tensor_parallel::gather_outputs(graph, &mut group.tensor, out)?,
-                }
+                // The loss and gradient norm are every rank's alike; the state is gathered.
+                let mut out = self.programs.step.run_exchanging(&params, &inputs, group)?;
+                let state = out.split_off(2);
+                out.extend(whole_state(graph, tp, group, state)?);
+                out
             }
             None if self.programs.replicas > 1 || tp > 1 => {
                 return Err(TrainError::Config(

@@ -48,19 +48,6 @@ pub fn local_step(graph: &Graph, rank: usize, params: &Values, inputs: &Values) 
     (local_params, local_inputs)
 }
 
-/// The step's outputs made whole: the loss and gradient norm (every rank's alike), then
-/// each parameter's updated value and moments gathered from every rank's parts.
-pub fn gather_outputs(
-    graph: &Graph,
-    group: &mut TcpGroup,
-    out: Vec<Tensor<f32>>,
-) -> Result<Vec<Tensor<f32>>, TrainError> {
-    let mut it = out.into_iter();
-    let mut whole: Vec<Tensor<f32>> = it.by_ref().take(2).collect();
-    whole.extend(gather_state(graph, group, it.collect())?);
-    Ok(whole)
-}
-
 /// Each parameter's value and moments (three tensors per parameter, in the graph's order)
 /// gathered whole from every rank's parts.
 pub fn gather_state(
@@ -68,8 +55,6 @@ pub fn gather_state(
     group: &mut TcpGroup,
     parts: Vec<Tensor<f32>>,
 ) -> Result<Vec<Tensor<f32>>, TrainError> {
-    let collective =
-        |e: crate::dist::CommError| TrainError::Run(hyb_compiler::reference::RunError::Collective(e.to_string()));
     let mut it = parts.into_iter();
     let mut whole = Vec::with_capacity(3 * graph.params.len());
     for spec in &graph.params {
@@ -79,7 +64,7 @@ pub fn gather_state(
                 whole.push(local);
                 continue;
             };
-            let parts = group.all_gather(&local.data).map_err(collective)?;
+            let parts = group.all_gather(&local.data).map_err(super::collective_error)?;
             let parts: Vec<Tensor<f64>> =
                 parts.into_iter().map(|p| f64_of(&Tensor::new(local.shape.clone(), p))).collect();
             whole.push(f32_of(&shard.gather(&parts)));

@@ -24,19 +24,6 @@ pub fn local_moments(graph: &Graph, rank: usize, mut inputs: Values) -> Values {
     inputs
 }
 
-/// The step's outputs with whole moments: the loss and gradient norm, then each
-/// parameter's value and moments, the partitioned moments gathered from every replica.
-pub fn gather_outputs(
-    graph: &Graph,
-    group: &mut TcpGroup,
-    out: Vec<Tensor<f32>>,
-) -> Result<Vec<Tensor<f32>>, TrainError> {
-    let mut it = out.into_iter();
-    let mut whole: Vec<Tensor<f32>> = it.by_ref().take(2).collect();
-    whole.extend(gather_state(graph, group, it.collect())?);
-    Ok(whole)
-}
-
 /// Each parameter's value and moments (three tensors per parameter, in the graph's order)
 /// with the partitioned moments gathered whole, in the parameter's shape.
 pub fn gather_state(
@@ -47,8 +34,6 @@ pub fn gather_state(
     if graph.params.iter().all(|p| p.moments.is_none()) {
         return Ok(parts);
     }
-    let collective =
-        |e: crate::dist::CommError| TrainError::Run(hyb_compiler::reference::RunError::Collective(e.to_string()));
     let mut it = parts.into_iter();
     let mut whole = Vec::with_capacity(3 * graph.params.len());
     for spec in &graph.params {
@@ -59,7 +44,7 @@ pub fn gather_state(
                 whole.push(run);
                 continue;
             };
-            let runs = group.all_gather(&run.data).map_err(collective)?;
+            let runs = group.all_gather(&run.data).map_err(super::collective_error)?;
             let elements = spec.shape.iter().product();
             whole.push(Tensor::new(spec.shape.clone(), shard.gather(&runs, elements)));
         }
