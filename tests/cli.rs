@@ -345,19 +345,37 @@ fn explain_falcon_h1_34b_training_step_at_tp_1_and_8() {
         assert!(text.contains("flash_attention kernels: 72"), "{text}");
         assert!(text.contains("×72: layers.*.self_attn.q_proj | layers.*.self_attn.k_proj"), "{text}");
         if tp == "8" {
-            // MLP width and vocabulary divide by 8; 20 query heads and 2 B/C groups do not.
-            let up = text
-                .lines()
-                .find(|l| l.contains("layers.*.feed_forward.up_proj.weight ") && l.contains("×72"))
-                .unwrap();
+            // MLP width and vocabulary divide by 8; 20 query heads (with their 4 key/value
+            // heads) split into 4 parts, each on 2 ranks; Mamba's heads, read by 2 B/C groups
+            // and normed in 2 groups, into 2 parts.
+            let param = |name: &str| {
+                text.lines().find(|l| l.contains(&format!("layers.*.{name}.weight ")) && l.contains("×72")).unwrap()
+            };
+            let up = param("feed_forward.up_proj");
             assert!(up.contains("[2688, 5120]") && up.contains("axis 0 split 8 ways"), "{up}");
-            assert!(text.contains("its outer factor 20 (e.g. a head count) does not divide into 8"), "{text}");
+            for name in ["self_attn.q_proj", "self_attn.k_proj"] {
+                assert!(param(name).contains("axis 0 in 4 parts over 8 ranks"), "{}", param(name));
+            }
+            assert!(param("mamba.in_proj").contains("[4096 in 2 parts, 4096 in 2 parts,"), "{}", param("mamba.in_proj"));
         }
         // The budget is for an optimised build (debug builds are several times slower).
         if !cfg!(debug_assertions) {
             assert!(compile_ms(&text) < 10_000.0, "{text}");
         }
     }
+}
+
+/// Fewer key/value heads than ranks (2 over 4): each rank holds the one its query heads
+/// read, the query heads split 4 ways.
+#[test]
+fn explain_duplicates_key_value_heads_over_more_ranks() {
+    let out = hyb(&["explain", "examples/tiny_hybrid.hyb", "--tp", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let split = text.lines().find(|l| l.contains("split ") && l.contains("q_proj.weight axis 0,")).unwrap();
+    assert!(split.contains("k_proj.weight axis 0 in 2 parts"), "{split}");
+    let k = text.lines().find(|l| l.contains("layers.*.self_attn.k_proj.weight ") && l.contains("×4")).unwrap();
+    assert!(k.contains("[16, 64]") && k.contains("axis 0 in 2 parts over 4 ranks"), "{k}");
 }
 
 #[test]

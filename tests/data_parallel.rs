@@ -1,6 +1,6 @@
 //! Jobs of `hyb train` on the CPU, as real processes: `--nproc-per-node 2` and 4 end with
-//! the weights of one process (f32 rounding), and so do 2 tensor-parallel ranks and 2 × 2
-//! (`--tp 2`, to Adam's amplification of that rounding); workers started from
+//! the weights of one process (f32 rounding), and so do 2 tensor-parallel ranks, 2 × 2 and
+//! 4 (`--tp 4`, key/value heads duplicated; to Adam's amplification of that rounding); workers started from
 //! torchrun's or Slurm's environment instead of the launcher; ZeRO-1 replicas; BitNet
 //! linears split over tensor-parallel ranks; a run resumed on another
 //! number of ranks; and a rank killed mid-run ends the job naming it, within the timeout,
@@ -79,10 +79,12 @@ fn tensor_parallel_ranks_train_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (alone, job) = (dir.path().join("alone"), dir.path().join("tp"));
     succeeds(hyb(&["--steps", "4"], &alone));
-    for (n, dp) in [("2", 1), ("4", 2)] {
-        let job = job.join(n);
-        let text = succeeds(hyb(&["--steps", "4", "--nproc-per-node", n, "--tp", "2"], &job));
-        assert!(text.contains(&format!("rank 0 of {n} ranks: {dp} data-parallel × 2 tensor-parallel")), "{text}");
+    // At tp 4 the model's 2 key/value heads are duplicated: each rank holds the one its
+    // query heads read, its gradient summed over the 2 ranks that share it.
+    for (n, dp, tp) in [("2", 1, "2"), ("4", 2, "2"), ("4", 1, "4")] {
+        let job = job.join(format!("{n}_{tp}"));
+        let text = succeeds(hyb(&["--steps", "4", "--nproc-per-node", n, "--tp", tp], &job));
+        assert!(text.contains(&format!("rank 0 of {n} ranks: {dp} data-parallel × {tp} tensor-parallel")), "{text}");
         // Sharded products sum in another order; Adam's first steps amplify it where a
         // gradient is near 0, to a few hundredths of one step's size (`runtime/tests`).
         let d = difference(&alone, &job);

@@ -126,7 +126,7 @@ pub fn zero_training_graph(forward: &Graph, opt: &AdamW, width_mult: f64, replic
 /// Whether ZeRO-1 partitions the moments of `spec`: all of a parameter whose part is whole
 /// or split throughout (the norm of its run is then summed over one kind of rank).
 fn zero_partitions(spec: &ParamSpec) -> bool {
-    spec.shard.as_ref().is_none_or(|s| s.sections.iter().all(|x| x.split))
+    spec.shard.as_ref().is_none_or(|s| s.sections.iter().all(|x| x.parts == s.ranks))
 }
 
 /// A parameter's gradient, weight and update seen as its replica's run under ZeRO-1.
@@ -226,9 +226,13 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
     // (summed over ranks); a ZeRO-1 run's sums are summed over the replicas too.
     let (mut whole_sq, mut sharded_sq) = (None, None);
     let (mut whole_runs_sq, mut sharded_runs_sq) = (None, None);
-    let add = |g: &mut Graph, acc: &mut Option<NodeId>, x: NodeId| {
+    // `weight`: the share of the sum one rank adds (a part held by several ranks alike).
+    let add = |g: &mut Graph, acc: &mut Option<NodeId>, x: NodeId, weight: f64| {
         let sq = g.binary(Binary::Mul, x, x);
-        let s = g.sum_all(sq);
+        let mut s = g.sum_all(sq);
+        if weight != 1.0 {
+            s = g.scale(s, weight);
+        }
         *acc = Some(match *acc {
             Some(a) => g.binary(Binary::Add, a, s),
             None => s,
@@ -239,18 +243,23 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
         g.origin = g.nodes[w].origin;
         if runs[p].is_some() {
             let acc = if g.params[p].shard.is_some() { &mut sharded_runs_sq } else { &mut whole_runs_sq };
-            add(&mut g, acc, gr);
+            add(&mut g, acc, gr, 1.0);
             continue;
         }
         match g.params[p].shard.clone() {
-            None => add(&mut g, &mut whole_sq, gr),
+            None => add(&mut g, &mut whole_sq, gr, 1.0),
             Some(shard) => {
                 let mut start = 0;
                 for s in &shard.sections {
-                    let n = if s.split { s.size / shard.ranks } else { s.size };
+                    let n = s.local();
                     let slice = Slice::new(shard.axis, Dim::constant(start as i64), Dim::constant((start + n) as i64));
                     let part = g.apply(slice, vec![gr]);
-                    add(&mut g, if s.split { &mut sharded_sq } else { &mut whole_sq }, part);
+                    // A part held by a group of ranks is summed once per rank holding it.
+                    let (acc, weight) = match s.parts {
+                        1 => (&mut whole_sq, 1.0),
+                        p => (&mut sharded_sq, p as f64 / shard.ranks as f64),
+                    };
+                    add(&mut g, acc, part, weight);
                     start += n;
                 }
             }

@@ -151,6 +151,28 @@ fn tied_embeddings_split_the_table_once_for_lookup_and_head() {
     check(2, MODEL.replace("tie_embeddings = false", "tie_embeddings = true").leak());
 }
 
+/// Fewer key/value heads and B/C groups than ranks (2 of each over 4 ranks): each rank
+/// holds the one its heads read, duplicated over the ranks that share it, as Megatron
+/// does; a single one (multi-query attention, one group) is held whole by every rank.
+#[test]
+fn key_value_heads_and_groups_fewer_than_ranks_are_duplicated() {
+    for (kv, groups) in [("2", "2"), ("1", "1"), ("2", "1")] {
+        let text = MODEL.replace("kv_heads = 4", &format!("kv_heads = {kv}")).replace("groups = 4", &format!("groups = {groups}"));
+        check(4, text.leak());
+    }
+}
+
+/// Head counts the ranks do not divide split into as many parts as do (6 query heads and
+/// 6 Mamba heads over 4 ranks: 2 parts, each on 2 ranks).
+#[test]
+fn heads_the_ranks_do_not_divide_split_into_fewer_parts() {
+    let text = MODEL
+        .replace("heads = 8", "heads = 6")
+        .replace("kv_heads = 4", "kv_heads = 2")
+        .replace("groups = 4", "groups = 2");
+    check(4, text.leak());
+}
+
 fn example(name: &str) -> Graph {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
     std::thread::Builder::new()

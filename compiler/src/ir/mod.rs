@@ -155,8 +155,8 @@ impl MomentShard {
 }
 
 /// How a tensor-parallel program holds a parameter: along `axis` the parameter is a run of
-/// sections; each rank holds, in order, its `1/ranks` slice of every split section and all
-/// of every replicated one.
+/// sections, each cut into its [`Section::parts`]; each rank holds, in order, its part of
+/// every section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamShard {
     pub axis: usize,
@@ -164,10 +164,30 @@ pub struct ParamShard {
     pub sections: Vec<Section>,
 }
 
+/// `size` rows of a parameter in `parts` equal parts: 1 (every rank holds it whole), the
+/// rank count (each rank its own), or fewer, each part held by `ranks / parts` consecutive
+/// ranks alike (a key/value head shared by several ranks' query heads).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Section {
     pub size: usize,
-    pub split: bool,
+    pub parts: usize,
+}
+
+impl Section {
+    /// Rows of the section a rank holds.
+    pub fn local(&self) -> usize {
+        self.size / self.parts
+    }
+
+    /// The part rank `rank` of `ranks` holds.
+    pub fn part_of(&self, rank: usize, ranks: usize) -> usize {
+        rank / (ranks / self.parts)
+    }
+
+    /// The first of the ranks holding part `part`.
+    pub fn holder(&self, part: usize, ranks: usize) -> usize {
+        part * (ranks / self.parts)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

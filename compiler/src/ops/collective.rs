@@ -68,6 +68,23 @@ pub struct Shard {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TpCopy;
 
+/// The sum over each group of `ranks / parts` consecutive ranks, which hold the same part
+/// of a value split into `parts` (a key/value head shared by several ranks' query heads):
+/// the ranks of a group get their group's total.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupAllReduce {
+    pub ranks: usize,
+    pub parts: usize,
+}
+
+/// Identity on a part held alike by a group of ranks (a duplicated key/value head's
+/// weight); its gradient is summed over the group, as [`TpCopy`]'s is over all ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupCopy {
+    pub ranks: usize,
+    pub parts: usize,
+}
+
 pub(super) const DECLS: &[Decl] = &[
     Decl::Internal { name: "all_reduce", what: "a tensor-parallel collective" },
     Decl::Internal { name: "data_all_reduce", what: "a data-parallel collective" },
@@ -78,6 +95,8 @@ pub(super) const DECLS: &[Decl] = &[
     Decl::Internal { name: "reduce_scatter", what: "a tensor-parallel collective" },
     Decl::Internal { name: "shard", what: "a tensor-parallel rank's slice" },
     Decl::Internal { name: "tp_copy", what: "a tensor-parallel rank's copy" },
+    Decl::Internal { name: "group_all_reduce", what: "a collective of tensor-parallel sub-groups" },
+    Decl::Internal { name: "group_copy", what: "a tensor-parallel sub-group's copy" },
 ];
 
 /// The type after the axis is gathered (`whole`) or split over `ranks`.
@@ -297,6 +316,68 @@ impl Primitive for TpCopy {
 
     fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Ok(vec![Some(g.apply(AllReduce, vec![dy]))])
+    }
+
+    /// The identity: no data moves.
+    fn work(&self, _: &Machine, _: &[&TensorType], _: &[&TensorType]) -> Work {
+        Work::default()
+    }
+}
+
+impl Primitive for GroupAllReduce {
+    fn name(&self) -> &'static str {
+        "group_all_reduce"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        if self.parts == 0 || self.ranks % self.parts != 0 {
+            return Err(RuleError::at(1, format!("{} parts do not group {} ranks", self.parts, self.ranks)));
+        }
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn eval_ranks<T: Real>(&self, ranks: &[Vec<&Tensor<T>>], _: Sizes) -> Vec<Vec<Tensor<T>>> {
+        let per = ranks.len() / self.parts;
+        ranks.chunks(per).flat_map(|group| vec![vec![sum(group)]; group.len()]).collect()
+    }
+
+    /// As [`AllReduce`]'s: the group's total is held alike by its ranks.
+    fn vjp(&self, _: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(dy)])
+    }
+
+    fn work(&self, m: &Machine, inputs: &[&TensorType], outputs: &[&TensorType]) -> Work {
+        AllReduce.work(m, inputs, outputs)
+    }
+}
+
+impl Primitive for GroupCopy {
+    fn name(&self) -> &'static str {
+        "group_copy"
+    }
+
+    fn class(&self) -> Class {
+        Class::Collective
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        GroupAllReduce { ranks: self.ranks, parts: self.parts }.infer(inputs, ctx)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn vjp(&self, g: &mut Graph, _: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![Some(g.apply(GroupAllReduce { ranks: self.ranks, parts: self.parts }, vec![dy]))])
     }
 
     /// The identity: no data moves.

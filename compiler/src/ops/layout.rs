@@ -129,7 +129,9 @@ impl Primitive for Reshape {
     /// A reshape maps groups of input axes to groups of output axes with equal products.
     /// A one-to-one group unifies; a merge or split unifies its major (outermost non-unit)
     /// axes — splitting `heads · head_dim` contiguously is splitting `heads` — and blocks
-    /// the rest.
+    /// the rest. Grouped-query heads expanded from fewer key/value heads than ranks
+    /// (`[kv, g] → [heads]` of a broadcast along `g`) link the two instead: each rank keeps
+    /// the one key/value head its query heads read.
     fn shard_axes(&self, ax: &mut Axes, g: &Graph, y: NodeId) {
         let x = g.nodes[y].inputs[0];
         let ranks = ax.ranks;
@@ -173,14 +175,10 @@ impl Primitive for Reshape {
             let major = |s: &[Dim], from: usize, to: usize| (from..to).find(|&k| s[k].as_const() != Some(1));
             let (mx, my) = (major(&xs, gi, i), major(&ys, gj, j));
             if let (Some(a), Some(b)) = (mx, my) {
-                let divisible = |d: &Dim| d.as_const().is_some_and(|c| c % ranks == 0);
-                if (i - gi == 1 && j - gj == 1) || (divisible(&xs[a]) && divisible(&ys[b])) {
-                    ax.same(x, a, y, b);
-                } else {
-                    let factor = if divisible(&xs[a]) { &ys[b] } else { &xs[a] };
-                    ax.because = format!("its outer factor {factor} (e.g. a head count) does not divide into {ranks}");
-                    ax.block(ax.var(x, a));
-                    ax.block(ax.var(y, b));
+                let kv = xs[a].as_const().filter(|&kv| kv % ranks != 0 && ranks % kv == 0);
+                match kv.filter(|_| i - gi == 2 && j - gj == 1 && a == gi && expands(g, x, a + 1)) {
+                    Some(kv) => ax.link(ax.var(x, a), ax.var(y, b), kv),
+                    None => ax.same(x, a, y, b),
                 }
                 for k in (gi..i).filter(|&k| k != a) {
                     ax.block(ax.var(x, k));
@@ -202,6 +200,15 @@ impl Primitive for Reshape {
 }
 
 /// The permutation `perm` of `x`'s axes, copied.
+/// Whether `x` is a broadcast that expands its input's unit axis `axis` (the copies of
+/// a key/value head its query heads share).
+pub(crate) fn expands(g: &Graph, x: NodeId, axis: usize) -> bool {
+    let n = &g.nodes[x];
+    matches!(n.op, crate::ir::Op::Prim(Prim::Broadcast(_)))
+        && g.nodes[n.inputs[0]].ty.shape.len() == n.ty.shape.len()
+        && g.nodes[n.inputs[0]].ty.shape[axis].as_const() == Some(1)
+}
+
 fn permute<T: Real>(x: &Tensor<T>, perm: &[usize]) -> Tensor<T> {
     let r = x.rank();
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();

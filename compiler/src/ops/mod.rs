@@ -279,15 +279,15 @@ registry! {
     ssd_state: SsdState;
     mask: CausalMask, Tril, DocumentMask, DocumentTril;
     quant: TernaryQuant, Int8Quant, ScaledTernary, ScaledInt8;
-    collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy, DataReduceScatter, DataAllGather,
-        DataShard;
+    collective: AllReduce, DataAllReduce, AllGather, ReduceScatter, Shard, TpCopy, GroupAllReduce, GroupCopy,
+        DataReduceScatter, DataAllGather, DataShard;
 }
 
 impl Prim {
     /// Whether the primitive moves data: views and a rank's view of a replicated value
-    /// (`shard`, `tp_copy`) do not, their readers read through strides.
+    /// (`shard`, `tp_copy`, `group_copy`) do not, their readers read through strides.
     pub fn moves_data(&self) -> bool {
-        !matches!(self.class(), Class::View) && !matches!(self, Prim::Shard(_) | Prim::TpCopy(_))
+        !matches!(self.class(), Class::View) && !matches!(self, Prim::Shard(_) | Prim::TpCopy(_) | Prim::GroupCopy(_))
     }
 
     /// Whether it is a collective of the data-parallel replicas rather than of the
@@ -484,6 +484,7 @@ macro_rules! callable {
     };
 }
 pub(crate) use callable;
+pub(crate) use layout::expands;
 
 /// Normalises a possibly negative axis (shapes were checked by the front end).
 pub fn axis(a: i64, rank: usize) -> usize {

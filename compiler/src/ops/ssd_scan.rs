@@ -151,8 +151,9 @@ impl Primitive for SsdScan {
     }
 
     /// Batch, heads and channels split (time and the state size do not); head h reads
-    /// group h / (heads / groups), so splitting heads splits the groups with them, or needs
-    /// the groups whole when there is only one.
+    /// group h / (heads / groups), so splitting heads splits the groups with them; one
+    /// group stays whole, and fewer groups than ranks are linked to the heads (each rank
+    /// holds the group its heads read).
     fn shard_axes(&self, ax: &mut Axes, g: &Graph, y: NodeId) {
         let ins = &g.nodes[y].inputs;
         let (x, dt, a, b, c) = (ins[0], ins[1], ins[2], ins[3], ins[4]);
@@ -167,12 +168,13 @@ impl Primitive for SsdScan {
             ax.block(ax.var(bc, 3));
         }
         let groups = g.nodes[b].ty.shape[2].as_const().unwrap_or(0);
-        if groups % ax.ranks == 0 {
+        if groups > 1 && groups < ax.ranks && ax.ranks % groups == 0 {
+            for bc in [b, c] {
+                ax.link(ax.var(bc, 2), ax.var(y, 2), groups);
+            }
+        } else if groups != 1 {
             ax.same(b, 2, y, 2);
             ax.same(c, 2, y, 2);
-        } else if groups != 1 {
-            ax.because = format!("ssd_scan's {groups} B/C groups neither divide into {} nor are 1", ax.ranks);
-            ax.block(ax.var(y, 2));
         }
     }
 

@@ -206,6 +206,16 @@ pub fn is_param(eg: &EGraph, id: Id) -> bool {
     eg[id].nodes.iter().any(|n| matches!(eg.analysis.op(n), OpKind::Leaf(l) if eg.analysis.leaves[*l].weight))
 }
 
+/// A weight as the step stores it: a parameter, a slice of one, or either read as a part a
+/// group of tensor-parallel ranks holds alike (`group_copy`, the identity).
+pub fn is_stored(eg: &EGraph, id: Id) -> bool {
+    is_param(eg, id)
+        || param_slice(eg, id).is_some()
+        || nodes_of(eg, id, |p| matches!(p, Prim::GroupCopy(_)).then_some(()))
+            .iter()
+            .any(|(n, _)| is_param(eg, n.children[0]) || param_slice(eg, n.children[0]).is_some())
+}
+
 /// A parameter or a contiguous slice of one: `(parameter, axis, start, end)`.
 pub fn param_slice(eg: &EGraph, id: Id) -> Option<(Id, usize, Dim, Dim)> {
     if is_param(eg, id) {

@@ -4,6 +4,13 @@
 //! and blocks axes that cannot be split without changing the result (a softmax's keys,
 //! RoPE's pairs, the time axis of a scan). A class of axes split across ranks is a way
 //! to shard the program; the planner picks among the classes that touch parameters.
+//!
+//! A class splits into as many parts as divide every axis in it and the rank count. With
+//! fewer parts than ranks, each part is held by a group of ranks alike (20 query heads over
+//! 8 ranks: 4 parts, each on 2 ranks). Key/value heads and B/C groups that fewer than the
+//! ranks are *linked* to the heads that read them instead: each rank holds the one
+//! key/value head or group its heads read, duplicated over the ranks that share it, as
+//! Megatron does.
 
 use crate::ir::{Graph, NodeId, Op, Origin};
 use crate::ops::{Prim, Primitive};
@@ -25,6 +32,30 @@ pub struct Axes {
     offset: Vec<usize>,
     /// Parameters read only through slices along one axis: that axis.
     pub sectioned: Vec<Option<usize>>,
+    /// Per class (at its root): how many parts it splits into, the greatest common divisor
+    /// of the rank count and every dimension in it.
+    parts: Vec<i64>,
+    /// Classes split into different numbers of parts that must be split together.
+    links: Vec<Link>,
+}
+
+/// `count` key/value heads (or B/C groups) read by the heads of another class: with
+/// `count` dividing the ranks, each rank holds the one its heads read. Valid when the
+/// group class splits into exactly `count` parts (or `count` is 1 and it stays whole) and
+/// the heads' parts are a multiple of `count`, so every rank's heads read one group.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    group: usize,
+    heads: usize,
+    count: i64,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl Axes {
@@ -33,15 +64,30 @@ impl Axes {
     }
 
     pub fn class(&self, node: NodeId, axis: usize) -> usize {
-        let mut v = self.var(node, axis);
-        while self.parent[v] != v {
-            v = self.parent[v];
-        }
-        v
+        self.class_of(self.var(node, axis))
     }
 
     pub fn is_blocked(&self, class: usize) -> bool {
         self.blocked[class]
+    }
+
+    /// How many parts class `class` splits into: the rank count, or fewer, each part then
+    /// held alike by `ranks / parts` ranks.
+    pub fn parts(&self, class: usize) -> i64 {
+        self.parts[class]
+    }
+
+    /// Pairs of classes that are split together or not at all (a group class and the
+    /// heads class that reads it).
+    pub fn linked(&self) -> Vec<(usize, usize)> {
+        self.links.iter().map(|l| (self.class_of(l.group), self.class_of(l.heads))).collect()
+    }
+
+    fn class_of(&self, mut v: usize) -> usize {
+        while self.parent[v] != v {
+            v = self.parent[v];
+        }
+        v
     }
 
     /// Why class `class` cannot be split, if it cannot, and where in the source.
@@ -65,7 +111,28 @@ impl Axes {
             if self.why[ra].is_none() {
                 self.why[ra] = self.why[rb].take();
             }
+            self.parts[ra] = gcd(self.parts[ra], self.parts[rb]);
+            if self.parts[ra] == 1 {
+                let reason = format!("the axes split with it share no divisor of {}", self.ranks);
+                let rule = std::mem::replace(&mut self.because, reason);
+                self.block(ra);
+                self.because = rule;
+            }
         }
+    }
+
+    /// Variable `v` has size `size`: its class splits into parts that divide it.
+    fn size(&mut self, v: usize, size: i64) {
+        let r = self.find(v);
+        self.parts[r] = gcd(self.parts[r], size);
+        if self.parts[r] == 1 {
+            self.block(r);
+        }
+    }
+
+    /// `count` groups (variable `group`) read by the heads of variable `heads`.
+    pub fn link(&mut self, group: usize, heads: usize, count: i64) {
+        self.links.push(Link { group, heads, count });
     }
 
     /// Marks variable `v`'s class as unsplittable, for the current reason.
@@ -94,17 +161,20 @@ impl Axes {
             ranks,
             offset,
             sectioned: vec![],
+            parts: vec![ranks; total],
+            links: vec![],
         };
         ax.sectioned = sectioned_params(g);
         for (i, n) in g.nodes.iter().enumerate() {
             ax.because_at = n.origin;
             let shape = &n.ty.shape;
             // Symbolic dimensions (batch, time) are never split by tensor parallelism, and
-            // neither is a dimension the ranks do not divide.
+            // neither is a dimension that shares no divisor with the ranks.
             for (a, d) in shape.iter().enumerate() {
-                if d.as_const().is_none_or(|c| c % ranks != 0) {
-                    ax.because = format!("{d} does not divide into {ranks} equal parts");
-                    ax.block(ax.var(i, a));
+                ax.because = format!("{d} does not divide into {ranks} equal parts");
+                match d.as_const() {
+                    Some(c) => ax.size(ax.var(i, a), c),
+                    None => ax.block(ax.var(i, a)),
                 }
             }
             if let Op::Prim(prim) = &n.op {
@@ -112,7 +182,25 @@ impl Axes {
                 ax.op(g, i, prim);
             }
         }
+        ax.check_links();
         ax
+    }
+
+    /// Blocks both sides of every link whose classes do not split together.
+    fn check_links(&mut self) {
+        for l in self.links.clone() {
+            let (gc, hc) = (self.find(l.group), self.find(l.heads));
+            let one_each = !self.blocked[gc] && self.parts[gc] == l.count;
+            let fits = (l.count == 1 || one_each) && self.parts[hc] % l.count == 0;
+            if !fits {
+                self.because = format!(
+                    "{} key/value heads or B/C groups and the heads that read them do not split together over {} ranks",
+                    l.count, self.ranks
+                );
+                self.block(gc);
+                self.block(hc);
+            }
+        }
     }
 
     /// Axis `xa` of `x` and axis `ya` of `y` split together.

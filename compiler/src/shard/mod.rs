@@ -16,7 +16,7 @@ pub mod sequence;
 use crate::cost::{total_time, Machine};
 use crate::ir::{generic_name, Graph, NodeId, Op, Origin, ParamShard, Section, TensorType};
 use crate::ops::{AllGather, AllReduce, Binary, Broadcast, Prim, Primitive, ReduceOp, ReduceScatter, Reshape, Shard};
-use crate::ops::{ScaledInt8, ScaledTernary, Slice, TpCopy, Unary, VocabEmbedding};
+use crate::ops::{GroupCopy, ScaledInt8, ScaledTernary, Slice, TpCopy, Unary, VocabEmbedding};
 use crate::reference::Tensor;
 use axes::Axes;
 use hyb_dsl::dim::Dim;
@@ -26,7 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Layout {
     Replicated,
+    /// Rank `r` holds part `r` of as many as there are ranks, along the axis.
     Split(usize),
+    /// Rank `r` holds part `r / (ranks / parts)` of `parts` along the axis: each part on a
+    /// group of ranks alike.
+    Grouped(usize, usize),
+    /// Every rank holds a term; the value is their sum.
     Partial,
 }
 
@@ -157,10 +162,13 @@ fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
             if axes.is_blocked(c) {
                 continue;
             }
-            let key = match &section {
+            let mut key = match &section {
                 Some(s) => format!("{name}[{s}..] axis {a}"),
                 None => format!("{name} axis {a}"),
             };
+            if axes.parts(c) < axes.ranks {
+                key += &format!(" in {} parts", axes.parts(c));
+            }
             keys.entry(c).or_default().insert(key);
         }
     }
@@ -168,7 +176,21 @@ fn families(g: &Graph, axes: &Axes) -> Vec<(String, Vec<usize>)> {
     for (c, k) in keys {
         by_key.entry(k.into_iter().collect::<Vec<_>>().join(", ")).or_default().push(c);
     }
-    by_key.into_iter().collect()
+    // Linked classes (key/value heads and the query heads reading them) split together.
+    let mut families: Vec<(String, Vec<usize>)> = by_key.into_iter().collect();
+    let links = axes.linked();
+    loop {
+        let family = |c: usize, fs: &[(String, Vec<usize>)]| fs.iter().position(|f| f.1.contains(&c));
+        let join = links.iter().find_map(|&(g, h)| match (family(g, &families), family(h, &families)) {
+            (Some(a), Some(b)) if a != b => Some((a.min(b), a.max(b))),
+            _ => None,
+        });
+        let Some((a, b)) = join else { break };
+        let (key, classes) = families.remove(b);
+        families[a].0 = format!("{}, {key}", families[a].0);
+        families[a].1.extend(classes);
+    }
+    families
 }
 
 /// A parameter axis tensor parallelism cannot split, why, and the operation in the source
@@ -222,8 +244,8 @@ struct Emitter<'a> {
     out: Graph,
     new_id: Vec<NodeId>,
     layout: Vec<Layout>,
-    /// Sectioned parameters: per section `(full start, local start, local size, split)`.
-    sections: HashMap<NodeId, Vec<(Dim, i64, i64, bool)>>,
+    /// Sectioned parameters: per section `(full start, local start, local size, parts)`.
+    sections: HashMap<NodeId, Vec<(Dim, i64, i64, usize)>>,
     /// How many nodes read each node of the original graph.
     readers: Vec<usize>,
     converted: HashMap<(NodeId, Layout), NodeId>,
@@ -235,14 +257,28 @@ impl Emitter<'_> {
     }
 
     fn wanted(&self, i: NodeId) -> Layout {
-        self.split_axis(i).map_or(Layout::Replicated, Layout::Split)
+        match self.split_axis(i) {
+            None => Layout::Replicated,
+            Some(a) => match self.axes.parts(self.axes.class(i, a)) as usize {
+                p if p == self.ranks => Layout::Split(a),
+                p => Layout::Grouped(a, p),
+            },
+        }
+    }
+
+    /// How many parts of a split class `class` is in (the rank count, unless grouped).
+    fn parts_of(&self, class: usize) -> Option<usize> {
+        self.classes.contains(&class).then(|| self.axes.parts(class) as usize)
     }
 
     fn local_shape(&self, shape: &[Dim], layout: Layout) -> Vec<Dim> {
         let mut s = shape.to_vec();
-        if let Layout::Split(a) = layout {
-            s[a] = s[a].div_exact(&Dim::constant(self.ranks as i64)).expect("divisible (checked by the analysis)");
-        }
+        let (a, parts) = match layout {
+            Layout::Split(a) => (a, self.ranks),
+            Layout::Grouped(a, p) => (a, p),
+            _ => return s,
+        };
+        s[a] = s[a].div_exact(&Dim::constant(parts as i64)).expect("divisible (checked by the analysis)");
         s
     }
 
@@ -269,12 +305,45 @@ impl Emitter<'_> {
             (Partial, Split(a)) => self.collective(ReduceScatter { axis: a as i64, ranks: self.ranks }, x),
             (Split(a), Replicated) => self.collective(AllGather { axis: a as i64, ranks: self.ranks }, x),
             (Replicated, Split(a)) => self.collective(Shard { axis: a as i64, ranks: self.ranks }, x),
-            (Split(a), Split(b)) => {
-                let full = self.collective(AllGather { axis: a as i64, ranks: self.ranks }, x)?;
-                self.collective(Shard { axis: b as i64, ranks: self.ranks }, full)
+            (Grouped(a, p), Grouped(b, q)) if a == b && p == q => Ok(x),
+            (Replicated, Grouped(a, p)) => self.group_shard(x, a, p),
+            (Grouped(a, p), Replicated) => self.group_gather(x, a, p),
+            (Split(_) | Grouped(..), Split(_) | Grouped(..)) => {
+                let full = self.convert(x, have, Replicated)?;
+                self.convert(full, Replicated, want)
+            }
+            (Partial, Grouped(..)) => {
+                let full = self.collective(AllReduce, x)?;
+                self.convert(full, Replicated, want)
             }
             (_, Partial) => Err("nothing asks for a partial sum".into()),
         }
+    }
+
+    /// This rank's group's part of replicated `x` along `axis`, of `parts`: each part
+    /// repeated for the ranks of its group, then this rank's slice. The slice's gradient
+    /// (an all-gather) sums the group's ranks' gradients of their part.
+    fn group_shard(&mut self, x: NodeId, axis: usize, parts: usize) -> Emitted {
+        let s = self.out.nodes[x].ty.shape.clone();
+        let (p, d) = (Dim::constant(parts as i64), Dim::constant((self.ranks / parts) as i64));
+        let part = s[axis].div_exact(&p).ok_or("a grouped axis divides into its parts")?;
+        let around = |mid: Vec<Dim>| [&s[..axis], &mid[..], &s[axis + 1..]].concat();
+        let one = self.out.reshape(x, around(vec![p.clone(), Dim::constant(1), part.clone()]));
+        let copies = self.out.try_apply(Broadcast { shape: around(vec![p, d.clone(), part]) }, vec![one])?;
+        let wide = self.out.reshape(copies, around(vec![s[axis].mul(&d).ok_or("sizes multiply")?]));
+        self.collective(Shard { axis: axis as i64, ranks: self.ranks }, wide)
+    }
+
+    /// Replicated `x` from its grouped parts along `axis`: every rank's part gathered, and
+    /// the first copy of each part kept.
+    fn group_gather(&mut self, x: NodeId, axis: usize, parts: usize) -> Emitted {
+        let s = self.out.nodes[x].ty.shape.clone();
+        let (p, d) = (Dim::constant(parts as i64), Dim::constant((self.ranks / parts) as i64));
+        let around = |mid: Vec<Dim>| [&s[..axis], &mid[..], &s[axis + 1..]].concat();
+        let all = self.collective(AllGather { axis: axis as i64, ranks: self.ranks }, x)?;
+        let copies = self.out.reshape(all, around(vec![p.clone(), d, s[axis].clone()]));
+        let first = self.out.try_apply(Slice::new(axis + 1, Dim::constant(0), Dim::constant(1)), vec![copies])?;
+        self.out.try_apply(Reshape { shape: around(vec![s[axis].mul(&p).ok_or("sizes multiply")?]) }, vec![first])
     }
 
     fn param(&mut self, i: NodeId, p: usize) -> Result<(), String> {
@@ -282,13 +351,13 @@ impl Emitter<'_> {
         let mut spec = self.g.params[p].clone();
         let (shard, layout) = match self.axes.sectioned[i] {
             Some(ax) => {
-                let mut views: Vec<(Dim, Dim, bool)> = Vec::new();
+                let mut views: Vec<(Dim, Dim, usize)> = Vec::new();
                 for (v, m) in self.g.nodes.iter().enumerate() {
                     if m.inputs.first() == Some(&i) {
                         if let Op::Prim(Prim::Slice(Slice { start, end, .. })) = &m.op {
-                            let split = self.classes.contains(&self.axes.class(v, ax));
+                            let parts = self.parts_of(self.axes.class(v, ax)).unwrap_or(1);
                             if !views.iter().any(|(vs, ..)| vs == start) {
-                                views.push((start.clone(), end.clone(), split));
+                                views.push((start.clone(), end.clone(), parts));
                             }
                         }
                     }
@@ -298,43 +367,54 @@ impl Emitter<'_> {
                 let mut table = Vec::new();
                 let mut sections = Vec::new();
                 let mut expected_start = 0;
-                for (s, e, split) in &views {
+                for &(ref s, ref e, parts) in &views {
                     let (s, e) = (s.as_const().expect("constant"), e.as_const().expect("constant"));
                     if s != expected_start {
                         return Err(format!("the sections of {} do not tile it", spec.name));
                     }
                     expected_start = e;
-                    let size = if *split { (e - s) / self.ranks as i64 } else { e - s };
-                    table.push((Dim::constant(s), local, size, *split));
-                    sections.push(Section { size: (e - s) as usize, split: *split });
+                    let size = (e - s) / parts as i64;
+                    table.push((Dim::constant(s), local, size, parts));
+                    sections.push(Section { size: (e - s) as usize, parts });
                     local += size;
                 }
                 self.sections.insert(i, table);
-                let any = sections.iter().any(|s| s.split);
+                let any = sections.iter().any(|s| s.parts > 1);
                 let mut shape = n.ty.shape.clone();
                 shape[ax] = Dim::constant(local);
                 spec.shape[ax] = local as usize;
                 (any.then_some(ParamShard { axis: ax, ranks: self.ranks, sections }), shape)
             }
             None => match self.wanted(i) {
-                Layout::Split(a) => {
+                want @ (Layout::Split(a) | Layout::Grouped(a, _)) => {
                     let size = spec.shape[a];
-                    spec.shape[a] /= self.ranks;
-                    let shard =
-                        ParamShard { axis: a, ranks: self.ranks, sections: vec![Section { size, split: true }] };
-                    (Some(shard), self.local_shape(&n.ty.shape, Layout::Split(a)))
+                    let parts = if let Layout::Grouped(_, p) = want { p } else { self.ranks };
+                    spec.shape[a] /= parts;
+                    let shard = ParamShard { axis: a, ranks: self.ranks, sections: vec![Section { size, parts }] };
+                    (Some(shard), self.local_shape(&n.ty.shape, want))
                 }
                 _ => (None, n.ty.shape.clone()),
             },
         };
         spec.shard = shard;
         self.out.params[p] = spec;
-        self.layout[i] = self.wanted(i);
-        if self.axes.sectioned[i].is_some() {
-            self.layout[i] = Layout::Replicated;
-        }
-        self.new_id[i] = self.out.add(Op::Param(p), vec![], TensorType { shape: layout, dtype: n.ty.dtype });
+        let node = self.out.add(Op::Param(p), vec![], TensorType { shape: layout, dtype: n.ty.dtype });
+        self.layout[i] = match self.axes.sectioned[i] {
+            Some(_) => Layout::Replicated,
+            None => self.wanted(i),
+        };
+        self.new_id[i] = self.held_by_group(node, self.layout[i])?;
         Ok(())
+    }
+
+    /// A part held alike by a group of ranks is read through a [`GroupCopy`], which sums
+    /// its gradient over the group (Megatron's reduction of a duplicated key/value head's
+    /// gradient within the ranks that share it).
+    fn held_by_group(&mut self, x: NodeId, layout: Layout) -> Emitted {
+        match layout {
+            Layout::Grouped(_, parts) => self.out.try_apply(GroupCopy { ranks: self.ranks, parts }, vec![x]),
+            _ => Ok(x),
+        }
     }
 
     /// Whether node `i` keeps its partial-sum inputs partial: it is linear in them, it is
@@ -369,23 +449,36 @@ impl Emitter<'_> {
         if let Prim::Slice(view) = &prim {
             if self.sections.contains_key(&n.inputs[0]) {
                 let table = &self.sections[&n.inputs[0]];
-                let &(_, local, size, split) =
+                let &(_, local, size, parts) =
                     table.iter().find(|(s, ..)| *s == view.start).ok_or("a view is not a section")?;
                 let ax = view.axis_of(n.ty.shape.len());
                 let local_view = Slice::new(ax, Dim::constant(local), Dim::constant(local + size));
-                self.new_id[i] = self.out.try_apply(local_view, vec![self.new_id[n.inputs[0]]])?;
-                self.layout[i] = if split { Layout::Split(ax) } else { Layout::Replicated };
+                let y = self.out.try_apply(local_view, vec![self.new_id[n.inputs[0]]])?;
+                self.layout[i] = match parts {
+                    1 => Layout::Replicated,
+                    p if p == self.ranks => Layout::Split(ax),
+                    p => Layout::Grouped(ax, p),
+                };
+                self.new_id[i] = self.held_by_group(y, self.layout[i])?;
                 return Ok(());
             }
         }
         let want = self.wanted(i);
-        if let Layout::Split(a) = want {
+        if let Layout::Split(a) | Layout::Grouped(a, _) = want {
             let last = n.ty.shape.len() - 1;
             if matches!(prim, Prim::TernaryQuant(_)) || (matches!(prim, Prim::Int8Quant(_)) && a == last) {
-                return self.quantise_split(i, &prim, a);
+                return self.quantise_split(i, &prim, want);
+            }
+            if let (Prim::Reshape(_), Layout::Split(h)) = (&prim, want) {
+                if let Some(y) = self.expand_heads(i, h)? {
+                    self.new_id[i] = y;
+                    self.layout[i] = want;
+                    return Ok(());
+                }
             }
         }
         let partial: Vec<bool> = n.inputs.iter().map(|&x| self.layout[x] == Layout::Partial).collect();
+        let mut duplicates = 1;
         let mut inputs = Vec::new();
         let mut in_layouts = Vec::new();
         let out_layout =
@@ -403,26 +496,23 @@ impl Emitter<'_> {
                     inputs.push(self.convert(self.new_id[x], self.layout[x], target)?);
                     in_layouts.push(target);
                 }
-                match &prim {
-                    Prim::Matmul(m) => {
-                        let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
-                        let k = if m.transpose_a { ra - 2 } else { ra - 1 };
-                        if self.classes.contains(&self.axes.class(n.inputs[0], k)) {
-                            Layout::Partial
-                        } else {
-                            want
-                        }
+                let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
+                let summed = match &prim {
+                    Prim::Matmul(m) => Some(if m.transpose_a { ra - 2 } else { ra - 1 }),
+                    Prim::Embedding(_) => Some(0),
+                    Prim::Reduce(r) if r.op != ReduceOp::Max => Some(r.axis_of(ra)),
+                    _ => None,
+                };
+                match summed.and_then(|k| self.parts_of(self.axes.class(n.inputs[0], k))) {
+                    Some(p) if p < self.ranks && matches!(prim, Prim::Embedding(_)) => {
+                        return Err("a vocabulary is split into as many parts as ranks".into())
                     }
-                    Prim::Embedding(_) if self.classes.contains(&self.axes.class(n.inputs[0], 0)) => Layout::Partial,
-                    Prim::Reduce(r) if r.op != ReduceOp::Max => {
-                        let ra = self.g.nodes[n.inputs[0]].ty.shape.len();
-                        if self.classes.contains(&self.axes.class(n.inputs[0], r.axis_of(ra))) {
-                            Layout::Partial
-                        } else {
-                            want
-                        }
+                    // Each term is held by ranks / p ranks alike: their sum counts it that often.
+                    Some(p) => {
+                        duplicates = self.ranks / p;
+                        Layout::Partial
                     }
-                    _ => want,
+                    None => want,
                 }
             };
         // A replicated value entering rank-local work: its gradient is summed over ranks.
@@ -448,6 +538,8 @@ impl Emitter<'_> {
         let mut y = self.out.try_apply(prim, inputs)?;
         if is_mean && out_layout == Layout::Partial && !partial.iter().any(|&p| p) {
             y = self.out.scale(y, 1.0 / self.ranks as f64);
+        } else if duplicates > 1 {
+            y = self.out.scale(y, 1.0 / duplicates as f64);
         }
         // Every value must have the shape its layout says; otherwise the analysis let an
         // axis split that this operation does not carry, and the plan is refused.
@@ -466,11 +558,14 @@ impl Emitter<'_> {
     /// absmean is the sum of every rank's partial sums (an all-reduce of one number); a
     /// token's int8 absmax, when its row is split, the largest of every rank's (an
     /// all-gather of one number per token and rank).
-    fn quantise_split(&mut self, i: NodeId, prim: &Prim, a: usize) -> Result<(), String> {
+    ///
+    /// Grouped parts are counted once per rank holding them, in the sum as in its count.
+    fn quantise_split(&mut self, i: NodeId, prim: &Prim, layout: Layout) -> Result<(), String> {
         let n = &self.g.nodes[i];
         let x = n.inputs[0];
-        let local = self.convert(self.new_id[x], self.layout[x], Layout::Split(a))?;
-        let shape = self.local_shape(&n.ty.shape, Layout::Split(a));
+        let (Layout::Split(a) | Layout::Grouped(a, _)) = layout else { unreachable!("a split layout") };
+        let local = self.convert(self.new_id[x], self.layout[x], layout)?;
+        let shape = self.local_shape(&n.ty.shape, layout);
         let ranks = self.ranks;
         let o = &mut self.out;
         let magnitude = o.unary(Unary::Abs, local);
@@ -495,8 +590,39 @@ impl Emitter<'_> {
             return Err(format!("{} does not carry the split", prim.name()));
         }
         self.new_id[i] = y;
-        self.layout[i] = Layout::Split(a);
+        self.layout[i] = layout;
         Ok(())
+    }
+
+    /// Grouped-query heads `[.., heads, D]` split over the ranks, expanded from linked
+    /// key/value heads `reshape(broadcast(k, [.., kv, g, D]))`: each rank broadcasts the
+    /// key/value heads it holds to just its query heads. `None` where node `i` is not such
+    /// an expansion.
+    fn expand_heads(&mut self, i: NodeId, h: usize) -> Result<Option<NodeId>, String> {
+        let x = self.g.nodes[i].inputs[0];
+        let xs = &self.g.nodes[x].ty.shape;
+        if xs.len() != self.g.nodes[i].ty.shape.len() + 1 || !crate::ops::expands(self.g, x, h + 1) {
+            return Ok(None);
+        }
+        let one = self.g.nodes[x].inputs[0];
+        let kv = match self.layout[one] {
+            Layout::Grouped(a, p) if a == h => xs[h].as_const().ok_or("constant heads")? / p as i64,
+            Layout::Replicated if xs[h].as_const() == Some(1) => 1,
+            _ => return Ok(None),
+        };
+        let shape = self.local_shape(&self.g.nodes[i].ty.shape, Layout::Split(h));
+        let heads = shape[h].as_const().ok_or("constant heads")?;
+        if heads % kv != 0 {
+            return Err("a rank's query heads do not share its key/value heads".into());
+        }
+        let mut source = self.new_id[one];
+        if self.layout[one] == Layout::Replicated && self.g.nodes[one].ty.dtype.is_float() {
+            source = self.out.try_apply(TpCopy, vec![source])?;
+        }
+        let mut wide = self.out.nodes[source].ty.shape.clone();
+        wide[h + 1] = Dim::constant(heads / kv);
+        let copies = self.out.try_apply(Broadcast { shape: wide }, vec![source])?;
+        self.out.try_apply(Reshape { shape }, vec![copies]).map(Some)
     }
 }
 
@@ -533,7 +659,9 @@ fn emit(g: &Graph, axes: &Axes, classes: &BTreeSet<usize>, ranks: usize) -> Resu
     e.out.outputs = outputs;
     e.out.scope = 0;
     e.out.origin = None;
-    Ok(e.out)
+    // Key/value heads expanded whole and then broadcast again per rank leave the first
+    // expansion unread.
+    Ok(e.out.pruned())
 }
 
 impl ParamShard {
@@ -542,46 +670,41 @@ impl ParamShard {
         let mut parts = Vec::new();
         let mut start = 0;
         for s in &self.sections {
-            let (a, b) = if s.split {
-                let n = s.size / self.ranks;
-                (start + rank * n, start + (rank + 1) * n)
-            } else {
-                (start, start + s.size)
-            };
-            parts.push(crate::ops::slice(full, self.axis, a, b));
+            let a = start + s.part_of(rank, self.ranks) * s.local();
+            parts.push(crate::ops::slice(full, self.axis, a, a + s.local()));
             start += s.size;
         }
         crate::ops::concat(&parts.iter().collect::<Vec<_>>(), self.axis)
     }
 
-    /// The full parameter from every rank's part.
+    /// The full parameter from every rank's part (each part from the first rank holding it).
     pub fn gather(&self, locals: &[Tensor<f64>]) -> Tensor<f64> {
         let mut parts = Vec::new();
         let mut offset = 0;
         for s in &self.sections {
-            let n = if s.split { s.size / self.ranks } else { s.size };
-            if s.split {
-                for l in locals {
-                    parts.push(crate::ops::slice(l, self.axis, offset, offset + n));
-                }
-            } else {
-                parts.push(crate::ops::slice(&locals[0], self.axis, offset, offset + n));
+            for part in 0..s.parts {
+                let l = &locals[s.holder(part, self.ranks)];
+                parts.push(crate::ops::slice(l, self.axis, offset, offset + s.local()));
             }
-            offset += n;
+            offset += s.local();
         }
         crate::ops::concat(&parts.iter().collect::<Vec<_>>(), self.axis)
     }
 
-    /// `axis 0: 64 split, 16 replicated, …` for people.
+    /// `axis 0 sections [64 split, 16 in 2 parts, 16 replicated] over 4 ranks` for people.
     pub fn describe(&self) -> String {
-        if self.sections.len() == 1 {
-            return format!("axis {} split {} ways", self.axis, self.ranks);
+        let how = |s: &Section| match s.parts {
+            1 => "replicated".to_string(),
+            p if p == self.ranks => "split".to_string(),
+            p => format!("in {p} parts"),
+        };
+        if let [s] = &self.sections[..] {
+            return match s.parts {
+                p if p == self.ranks => format!("axis {} split {p} ways", self.axis),
+                p => format!("axis {} in {p} parts over {} ranks", self.axis, self.ranks),
+            };
         }
-        let parts: Vec<String> = self
-            .sections
-            .iter()
-            .map(|s| format!("{} {}", s.size, if s.split { "split" } else { "replicated" }))
-            .collect();
+        let parts: Vec<String> = self.sections.iter().map(|s| format!("{} {}", s.size, how(s))).collect();
         format!("axis {} sections [{}] over {} ranks", self.axis, parts.join(", "), self.ranks)
     }
 }

@@ -363,6 +363,7 @@ fn exchange_one<T: Real>(
                 vec![of_f32(&xs[0].shape, data)]
             }
             Prim::AllReduce(_)
+            | Prim::GroupAllReduce(_)
             | Prim::AllGather(_)
             | Prim::ReduceScatter(_)
             | Prim::DataReduceScatter(_)

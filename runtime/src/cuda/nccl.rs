@@ -1,7 +1,9 @@
-//! NCCL communicators for a job's GPU ranks: one for the rank's tensor-parallel group and
-//! one for its data-parallel group ([`crate::dist::Mesh`]). The ranks have already met over
-//! TCP, so NCCL's unique id travels that way: the group's first rank makes it, the others
-//! receive it, and every rank then joins the communicator on its GPU. Collectives are
+//! NCCL communicators for a job's GPU ranks: one for the rank's tensor-parallel group, one
+//! for its data-parallel group ([`crate::dist::Mesh`]), and one for each sub-group of
+//! tensor-parallel ranks that hold the same part of a value split into fewer parts than
+//! ranks (a duplicated key/value head). The ranks have already met over TCP, so NCCL's
+//! unique id travels that way: the group's first rank makes it, the others receive it, and
+//! every rank then joins the communicator on its GPU. Collectives are
 //! queued on the device's one stream, so they run in order with the step's kernels and are
 //! captured in its CUDA graph like any launch.
 
@@ -36,21 +38,29 @@ impl Communicator {
     /// Joins the NCCL communicator of `group` on `device`, its unique id sent from the
     /// group's first rank over the group's TCP links.
     fn join(device: &Device, group: &mut TcpGroup, what: &str) -> Result<Communicator, CudaError> {
+        Communicator::join_sharing(device, group, 1, what)
+    }
+
+    /// Joins the communicator of this rank's sub-group of `group` when its ranks are cut
+    /// into `parts` runs of consecutive ranks (every rank of `group` calls it): each run's
+    /// first rank makes the run's unique id, and all ids travel over `group`'s links.
+    fn join_sharing(device: &Device, group: &mut TcpGroup, parts: usize, what: &str) -> Result<Communicator, CudaError> {
         let failed = |e: String| CudaError::Nccl(format!("{what}: {e}"));
-        let (rank, size) = (group.rank(), group.size());
+        let per = group.size() / parts;
+        let (rank, size, first) = (group.rank() % per, per, group.rank() - group.rank() % per);
         let id = if rank == 0 {
             let id = result::get_uniqueid().map_err(|e| failed(format!("making the unique id: {e:?}")))?;
             id.internal.iter().map(|&c| c as u8).collect()
         } else {
             Vec::new()
         };
-        let parts = group.all_gather_bytes(&id).map_err(|e| failed(format!("sending the unique id: {e}")))?;
-        let internal: [std::ffi::c_char; 128] = parts[0]
+        let ids = group.all_gather_bytes(&id).map_err(|e| failed(format!("sending the unique id: {e}")))?;
+        let internal: [std::ffi::c_char; 128] = ids[first]
             .iter()
             .map(|&b| b as std::ffi::c_char)
             .collect::<Vec<_>>()
             .try_into()
-            .map_err(|_| failed(format!("rank 0 sent a unique id of {} bytes, not 128", parts[0].len())))?;
+            .map_err(|_| failed(format!("rank {first} sent a unique id of {} bytes, not 128", ids[first].len())))?;
         device.context.bind_to_thread().map_err(|e| CudaError::driver("making the GPU current", e))?;
         let mut raw = std::mem::MaybeUninit::uninit();
         let (n, r) = (size as std::ffi::c_int, rank as std::ffi::c_int);
@@ -61,16 +71,30 @@ impl Communicator {
     }
 }
 
-/// A rank's communicators, one per axis of its [`Mesh`].
+/// The ranks an NCCL call exchanges with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// The rank's group on one axis of its [`Mesh`].
+    Of(Axis),
+    /// The tensor-parallel ranks holding the same part as this one of a value split into
+    /// this many parts.
+    Sharing(usize),
+}
+
+/// A rank's communicators, one per axis of its [`Mesh`] and one per sub-group its program
+/// exchanges within.
 pub struct Communicators {
     tensor: Communicator,
     data: Communicator,
+    /// By number of parts.
+    sharing: Vec<(usize, Communicator)>,
 }
 
 impl Communicators {
-    /// The communicators of `mesh`'s two groups on `device`. Every rank of the job must
-    /// call it, in the same order of groups (tensor, then data).
-    pub fn join(device: &Device, mesh: &mut Mesh) -> Result<Communicators, CudaError> {
+    /// The communicators of `mesh`'s two groups on `device`, and of the tensor-parallel
+    /// sub-groups for each number of parts in `sharing`. Every rank of the job must call
+    /// it, with the same `sharing` (the same program), in the same order of groups.
+    pub fn join(device: &Device, mesh: &mut Mesh, sharing: &[usize]) -> Result<Communicators, CudaError> {
         // Safety: only tries to open the library; cudarc panics on a missing one otherwise.
         if !unsafe { sys::is_culib_present() } {
             return Err(CudaError::NoLibrary(
@@ -79,13 +103,31 @@ impl Communicators {
         }
         let tensor = Communicator::join(device, &mut mesh.tensor, "the tensor-parallel group")?;
         let data = Communicator::join(device, &mut mesh.data, "the data-parallel group")?;
-        Ok(Communicators { tensor, data })
+        let mut joined = Vec::new();
+        for &parts in sharing {
+            if parts == 0 || mesh.tensor.size() % parts != 0 {
+                let size = mesh.tensor.size();
+                return Err(CudaError::Nccl(format!("{parts} parts do not group the {size} tensor-parallel ranks")));
+            }
+            let what = format!("the tensor-parallel ranks sharing one of {parts} parts");
+            joined.push((parts, Communicator::join_sharing(device, &mut mesh.tensor, parts, &what)?));
+        }
+        Ok(Communicators { tensor, data, sharing: joined })
     }
 
     fn of(&self, axis: Axis) -> &Communicator {
         match axis {
             Axis::Tensor => &self.tensor,
             Axis::Data => &self.data,
+        }
+    }
+
+    fn peers(&self, peers: Peers) -> Result<&Communicator, CudaError> {
+        match peers {
+            Peers::Of(axis) => Ok(self.of(axis)),
+            Peers::Sharing(parts) => self.sharing.iter().find(|(p, _)| *p == parts).map(|(_, c)| c).ok_or_else(|| {
+                CudaError::Internal(format!("no communicator for the ranks sharing one of {parts} parts"))
+            }),
         }
     }
 
@@ -115,7 +157,7 @@ pub enum Exchange {
 #[derive(Clone, Debug)]
 pub struct Collective {
     pub exchange: Exchange,
-    pub axis: Axis,
+    pub peers: Peers,
     /// Byte offsets in the arena.
     pub send: usize,
     pub recv: usize,
@@ -126,7 +168,7 @@ pub struct Collective {
 impl Collective {
     /// Queues the collective on the device's stream.
     pub fn queue(&self, device: &Device, comms: &Communicators, base: u64) -> Result<(), CudaError> {
-        let comm = comms.of(self.axis);
+        let comm = comms.peers(self.peers)?;
         let dtype = match self.dtype {
             DType::F32 => sys::ncclDataType_t::ncclFloat32,
             DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
@@ -146,6 +188,6 @@ impl Collective {
                 Exchange::ReduceScatter => result::reduce_scatter(send, recv, self.count, dtype, sum, comm.raw, stream),
             }
         };
-        queued.map(|_| ()).map_err(|e| CudaError::Nccl(format!("{:?} over {:?}: {e:?}", self.exchange, self.axis)))
+        queued.map(|_| ()).map_err(|e| CudaError::Nccl(format!("{:?} over {:?}: {e:?}", self.exchange, self.peers)))
     }
 }

@@ -6,7 +6,7 @@
 
 use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
 use super::module::Module;
-use super::nccl::{Collective, Communicators, Exchange};
+use super::nccl::{Collective, Communicators, Exchange, Peers};
 use super::{CudaError, Device};
 use crate::cpu::Axis;
 use cudarc::driver::{sys, CudaGraph};
@@ -67,6 +67,9 @@ pub struct CudaProgram {
     /// The job's NCCL communicators, which the collective launches need
     /// ([`CudaProgram::connect`]).
     comms: Option<Arc<Communicators>>,
+    /// The numbers of parts whose sharing ranks the collectives exchange within
+    /// ([`Communicators::join`]).
+    sharing: Vec<usize>,
     /// A copy of the weights and moments taken at the start of each run.
     snapshot: Option<super::DeviceMemory>,
     /// Whether steps are captured and replayed as a CUDA graph.
@@ -107,6 +110,7 @@ impl CudaProgram {
             scratch_at,
             cursor: scratch_at,
             scratch_end: scratch_at,
+            sharing: Default::default(),
         };
         let mut launches = Vec::with_capacity(program.launches.len());
         let mut embeddings = Vec::new();
@@ -127,6 +131,7 @@ impl CudaProgram {
         }
         let workspace_at = builder.scratch_end.next_multiple_of(256);
         let modules = builder.modules.len();
+        let sharing = builder.sharing.iter().copied().collect();
         let bytes = workspace_at + WORKSPACE_BYTES;
         let arena = super::DeviceMemory::alloc(&device, bytes, &arena_breakdown(program, bytes))?;
         // Nothing reads memory it did not write: poison it, so a launch that does shows NaN.
@@ -140,6 +145,7 @@ impl CudaProgram {
             launches,
             captured: None,
             comms: None,
+            sharing,
             snapshot: None,
             graphs: true,
             modules,
@@ -156,6 +162,11 @@ impl CudaProgram {
     pub fn connect(&mut self, comms: Arc<Communicators>) {
         self.comms = Some(comms);
         self.captured = None;
+    }
+
+    /// The numbers of parts whose sharing ranks the program's collectives exchange within.
+    pub fn sharing(&self) -> &[usize] {
+        &self.sharing
     }
 
     /// Whether the program exchanges with other ranks.
@@ -604,6 +615,8 @@ struct Builder<'a> {
     cursor: usize,
     /// The end of the largest launch's scratch.
     scratch_end: usize,
+    /// The numbers of parts whose sharing ranks the collectives exchange within.
+    sharing: std::collections::BTreeSet<usize>,
 }
 
 impl Builder<'_> {
@@ -888,17 +901,20 @@ impl Builder<'_> {
         let ([iv], [ov], [input], [output]) = (&launch.inputs[..], &launch.outputs[..], inputs, outputs) else {
             return Err(CudaError::Internal("a collective launch has one input and one output view".into()));
         };
-        let (exchange, axis, split) = match p {
-            Prim::AllReduce(_) => (Exchange::AllReduce, Axis::Tensor, None),
-            Prim::DataAllReduce(_) => (Exchange::AllReduce, Axis::Data, None),
-            Prim::AllGather(g) => {
-                (Exchange::AllGather, Axis::Tensor, Some((axis_index(g.axis, ov.shape.len()), g.ranks)))
+        let (tensor, data) = (Peers::Of(Axis::Tensor), Peers::Of(Axis::Data));
+        let (exchange, peers, split) = match p {
+            Prim::AllReduce(_) => (Exchange::AllReduce, tensor, None),
+            Prim::DataAllReduce(_) => (Exchange::AllReduce, data, None),
+            Prim::GroupAllReduce(g) => {
+                self.sharing.insert(g.parts);
+                (Exchange::AllReduce, Peers::Sharing(g.parts), None)
             }
+            Prim::AllGather(g) => (Exchange::AllGather, tensor, Some((axis_index(g.axis, ov.shape.len()), g.ranks))),
             Prim::ReduceScatter(r) => {
-                (Exchange::ReduceScatter, Axis::Tensor, Some((axis_index(r.axis, iv.shape.len()), r.ranks)))
+                (Exchange::ReduceScatter, tensor, Some((axis_index(r.axis, iv.shape.len()), r.ranks)))
             }
-            Prim::DataAllGather(g) => (Exchange::AllGather, Axis::Data, Some((0, g.ranks))),
-            Prim::DataReduceScatter(r) => (Exchange::ReduceScatter, Axis::Data, Some((0, r.ranks))),
+            Prim::DataAllGather(g) => (Exchange::AllGather, data, Some((0, g.ranks))),
+            Prim::DataReduceScatter(r) => (Exchange::ReduceScatter, data, Some((0, r.ranks))),
             Prim::Shard(_) | Prim::DataShard(_) => {
                 let (a, axis) = match p {
                     Prim::Shard(s) => (axis_index(s.axis, iv.shape.len()), Axis::Tensor),
@@ -909,7 +925,7 @@ impl Builder<'_> {
                 let call = self.copy(&ov.shape, (input, iv.dtype), (output, ov.dtype))?;
                 return Ok(Prepared::Ranked { call, step: ov.shape[a] * stride * iv.dtype.size_bytes(), axis });
             }
-            Prim::TpCopy(_) => {
+            Prim::TpCopy(_) | Prim::GroupCopy(_) => {
                 return Ok(Prepared::Call(self.copy(&iv.shape, (input, iv.dtype), (output, ov.dtype))?))
             }
             other => return Err(CudaError::Unsupported(format!("the collective {other:?}"))),
@@ -948,7 +964,7 @@ impl Builder<'_> {
             Exchange::AllGather => iv.shape.iter().product(),
             _ => ov.shape.iter().product(),
         };
-        steps.push(Prepared::Collective(Collective { exchange, axis, send, recv, count, dtype }));
+        steps.push(Prepared::Collective(Collective { exchange, peers, send, recv, count, dtype }));
         if !direct {
             let (shape, from, to) = match (exchange, split) {
                 (Exchange::AllGather, Some((a, ranks))) => {

@@ -178,7 +178,8 @@ impl Runner {
         let Runner::Cuda(_, program) = self else { return Ok(()) };
         let mut program = program.lock().expect("a step that failed leaves no lock poisoned");
         if program.has_collectives() {
-            let comms = crate::cuda::Communicators::join(program.device(), mesh).map_err(cuda_error)?;
+            let sharing = program.sharing().to_vec();
+            let comms = crate::cuda::Communicators::join(program.device(), mesh, &sharing).map_err(cuda_error)?;
             program.connect(Arc::new(comms));
         }
         Ok(())

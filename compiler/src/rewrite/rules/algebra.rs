@@ -5,7 +5,7 @@
 use super::Rule;
 use crate::ops::{Binary, Concat, Matmul, Prim, ReduceScatter, Slice};
 use crate::rewrite::lang::{
-    add_concat, add_const, add_prim, as_prim, is_param, nodes_matching, nodes_of, param_slice, shape, slices_of,
+    add_concat, add_const, add_prim, as_prim, is_stored, nodes_matching, nodes_of, shape, slices_of,
     EGraph, ENode,
 };
 use egg::Id;
@@ -218,8 +218,7 @@ fn linear_concat_merge(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
             {
                 continue;
             }
-            let stored = |w: Id| is_param(eg, w) || param_slice(eg, w).is_some();
-            if !stored(w1) || !stored(w2) {
+            if !is_stored(eg, w1) || !is_stored(eg, w2) {
                 continue;
             }
             let x = add_concat(eg, vec![a, b], sa.len() - 1);

@@ -4,7 +4,7 @@
 
 use super::Rule;
 use crate::ops::{Matmul, Prim, Slice};
-use crate::rewrite::lang::{add_concat, as_prim, is_param, param_slice, shape, EGraph, ENode, OpKind};
+use crate::rewrite::lang::{add_concat, as_prim, is_stored, shape, EGraph, ENode, OpKind};
 use egg::Id;
 use hyb_dsl::dim::Dim;
 
@@ -30,7 +30,7 @@ fn merge_gemms(eg: &mut EGraph, _class: Id, n: &ENode) -> Vec<(Id, Id)> {
                 !m.transpose_a
                     && m.transpose_b == tb
                     && eg.find(p.children[0]) == x
-                    && (is_param(eg, p.children[1]) || param_slice(eg, p.children[1]).is_some())
+                    && is_stored(eg, p.children[1])
             }
             _ => false,
         };
