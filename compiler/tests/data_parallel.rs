@@ -148,7 +148,7 @@ fn zero_replicas_hold_runs_of_the_moments_and_update_as_one_process() {
 /// A step that keeps its state on the device (a GPU's) sees its updates only where they
 /// are written in place: every updated weight and moment of the ZeRO-1 step — whose
 /// weights are gathered, padded runs reshaped back — is planned into the buffer of the leaf
-/// it replaces, as the replicated step's are.
+/// it replaces, as the replicated step's are, and in the leaf's precision.
 #[test]
 fn zero_updates_are_planned_in_place() {
     use hyb_compiler::ir::Op;
@@ -174,6 +174,16 @@ fn zero_updates_are_planned_in_place() {
                 e.program.outputs[output].buffer, leaf_buffer,
                 "{data_parallel:?}: {what} is not updated in place"
             );
+        }
+        // In mixed precision the new weights reach their float32 leaves unrounded: every
+        // launch on the way (the update of a run, its all-gather) writes float32.
+        for l in &e.program.launches {
+            if let Op::Prim(hyb_compiler::ops::Prim::DataAllGather(_)) = &e.graph.nodes[l.node].op {
+                let input = e.program.launches.iter().rev().find(|w| w.outputs.iter().any(|o| o.buffer == l.inputs[0].buffer));
+                for v in l.outputs.iter().chain(&l.inputs).chain(input.iter().flat_map(|w| &w.outputs)) {
+                    assert_eq!(v.dtype, hyb_dsl::value::DType::F32, "{data_parallel:?}: a gathered weight in {:?}", v.dtype);
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod recompute;
 pub use memory::{Breakdown, MemoryPlan};
 pub use recompute::{Level, Recompute};
 
+use std::collections::HashMap;
 use crate::ir::{Graph, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
 use hyb_dsl::dim::Dim;
@@ -210,7 +211,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
     let mut launches: Vec<Launch> = Vec::new();
     let mut view_of: Vec<Option<View>> = vec![None; g.nodes.len()];
     // The node reading output `k` of each multi-output node.
-    let output_readers: std::collections::HashMap<(NodeId, usize), NodeId> = g
+    let output_readers: HashMap<(NodeId, usize), NodeId> = g
         .nodes
         .iter()
         .enumerate()
@@ -219,9 +220,10 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
             _ => None,
         })
         .collect();
-    let aliased: std::collections::HashMap<NodeId, NodeId> =
+    let aliased: HashMap<NodeId, NodeId> =
         req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
     let statistics = statistics(g);
+    let state_updates = state_updates(g, &aliased);
     let mut copies = Copies::default();
 
     for (i, n) in g.nodes.iter().enumerate() {
@@ -238,15 +240,11 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
             };
         match &n.op {
             Op::Param(_) => {
-                view_of[i] = Some(new_buffer(&mut buffers, Role::Weight, req.precision.master_weights, 0)?);
+                view_of[i] = Some(new_buffer(&mut buffers, Role::Weight, leaf_storage(g, i, req), 0)?);
             }
             Op::Input(name) => {
-                let (role, dtype) = if name.starts_with("m.") || name.starts_with("v.") {
-                    (Role::Optimizer, req.precision.optimizer)
-                } else {
-                    (Role::Input, req.precision.inputs.unwrap_or(n.ty.dtype))
-                };
-                view_of[i] = Some(new_buffer(&mut buffers, role, dtype, 0)?);
+                let role = if name.starts_with("m.") || name.starts_with("v.") { Role::Optimizer } else { Role::Input };
+                view_of[i] = Some(new_buffer(&mut buffers, role, leaf_storage(g, i, req), 0)?);
             }
             // Constants are immediates of the launches that read them.
             Op::Constant(_) => {}
@@ -283,8 +281,9 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 view_of[i] = launches[at].outputs.get(*k).cloned();
             }
             Op::Prim(_) | Op::Kernel(_) => {
-                // A statistic is kept in f32 at least.
+                // A statistic is kept in f32 at least, and a state's new value as the state.
                 let stored = |o: usize, dtype: DType| match storage(&req.precision, dtype) {
+                    _ if state_updates.contains_key(&(i, o)) => leaf_storage(g, state_updates[&(i, o)], req),
                     DType::BF16 | DType::F16 if statistics[i].get(o).copied().unwrap_or(false) => DType::F32,
                     d => d,
                 };
@@ -367,7 +366,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
 /// The copies of weights made so far, by master buffer.
 #[derive(Default)]
 struct Copies {
-    of: std::collections::HashMap<BufferId, BufferId>,
+    of: HashMap<BufferId, BufferId>,
 }
 
 impl Copies {
@@ -409,6 +408,38 @@ impl Copies {
             }
         }
         launches.push(l);
+    }
+}
+
+/// The outputs `(node, output)` whose value becomes a state leaf's new value through views
+/// and collectives only (ZeRO-1's updated run of a weight, all-gathered and reshaped), with
+/// that leaf: stored as the leaf is, so the update does not round the master weights to the
+/// activations' type on the way.
+fn state_updates(g: &Graph, aliased: &HashMap<NodeId, NodeId>) -> HashMap<(NodeId, usize), NodeId> {
+    let mut out = HashMap::new();
+    for (&update, &leaf) in aliased {
+        let (mut x, mut k) = (update, 0);
+        loop {
+            out.insert((x, k), leaf);
+            let n = &g.nodes[x];
+            match &n.op {
+                Op::Output(j) => (x, k) = (n.inputs[0], *j),
+                Op::Prim(p) if matches!(p.class(), Class::View | Class::Collective) && n.inputs.len() == 1 => {
+                    (x, k) = (n.inputs[0], 0)
+                }
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// How leaf `leaf` (a parameter or a program input) is stored.
+fn leaf_storage(g: &Graph, leaf: NodeId, req: &Request) -> DType {
+    match &g.nodes[leaf].op {
+        Op::Param(_) => req.precision.master_weights,
+        Op::Input(name) if name.starts_with("m.") || name.starts_with("v.") => req.precision.optimizer,
+        _ => req.precision.inputs.unwrap_or(g.nodes[leaf].ty.dtype),
     }
 }
 
