@@ -356,7 +356,11 @@ fn explain_falcon_h1_34b_training_step_at_tp_1_and_8() {
             for name in ["self_attn.q_proj", "self_attn.k_proj"] {
                 assert!(param(name).contains("axis 0 in 4 parts over 8 ranks"), "{}", param(name));
             }
-            assert!(param("mamba.in_proj").contains("[4096 in 2 parts, 4096 in 2 parts,"), "{}", param("mamba.in_proj"));
+            assert!(
+                param("mamba.in_proj").contains("[4096 in 2 parts, 4096 in 2 parts,"),
+                "{}",
+                param("mamba.in_proj")
+            );
         }
         // The budget is for an optimised build (debug builds are several times slower).
         if !cfg!(debug_assertions) {

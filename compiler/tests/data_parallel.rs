@@ -179,9 +179,15 @@ fn zero_updates_are_planned_in_place() {
         // launch on the way (the update of a run, its all-gather) writes float32.
         for l in &e.program.launches {
             if let Op::Prim(hyb_compiler::ops::Prim::DataAllGather(_)) = &e.graph.nodes[l.node].op {
-                let input = e.program.launches.iter().rev().find(|w| w.outputs.iter().any(|o| o.buffer == l.inputs[0].buffer));
+                let input =
+                    e.program.launches.iter().rev().find(|w| w.outputs.iter().any(|o| o.buffer == l.inputs[0].buffer));
                 for v in l.outputs.iter().chain(&l.inputs).chain(input.iter().flat_map(|w| &w.outputs)) {
-                    assert_eq!(v.dtype, hyb_dsl::value::DType::F32, "{data_parallel:?}: a gathered weight in {:?}", v.dtype);
+                    assert_eq!(
+                        v.dtype,
+                        hyb_dsl::value::DType::F32,
+                        "{data_parallel:?}: a gathered weight in {:?}",
+                        v.dtype
+                    );
                 }
             }
         }

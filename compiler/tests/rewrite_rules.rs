@@ -8,7 +8,7 @@ use egg::Id;
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{
     AllGather, AllReduce, Binary, CausalConv1d, CausalMask, Concat, DocumentConv1d, DocumentMask, DocumentRope,
-    Int8Quant, ReduceOp, Rope, Shard, Slice, TernaryQuant, TpCopy, Transpose, Unary, F64,
+    Int8Quant, ReduceOp, Rope, ScaledInt8, ScaledTernary, Shard, Slice, TernaryQuant, TpCopy, Transpose, Unary, F64,
 };
 use hyb_compiler::reference::{run_ranks, Tensor};
 use hyb_compiler::rewrite::lang::{EGraph, OpKind};
@@ -381,14 +381,37 @@ proptest! {
     }
 
     #[test]
-    fn bitlinear(t in 1..4usize, d in 1..6usize, n in 1..5usize, seed in 0..1000u64) {
+    fn bitlinear(t in 1..4usize, d in 1..6usize, n in 1..5usize, scaled_x in any::<bool>(), scaled_w in any::<bool>(),
+                 seed in 0..1000u64) {
         let mut k = Case::new(seed);
         let x = k.param(&[2, t, d]);
         let w = k.param(&[n, d]);
-        let xq = k.g.apply(Int8Quant, vec![x]);
-        let wq = k.g.apply(TernaryQuant, vec![w]);
+        // The scaled forms take their scales as values (a tensor-parallel part's, of the whole).
+        let xq = if scaled_x {
+            let peak = k.param(&[2, t, 1]);
+            let m = k.g.unary(Unary::Abs, peak);
+            k.g.apply(ScaledInt8, vec![x, m])
+        } else {
+            k.g.apply(Int8Quant, vec![x])
+        };
+        let wq = if scaled_w {
+            let s = k.param(&[]);
+            let s = k.g.unary(Unary::Abs, s);
+            k.g.apply(ScaledTernary, vec![w, s])
+        } else {
+            k.g.apply(TernaryQuant, vec![w])
+        };
         let y = k.g.matmul(xq, wq, false, true);
         k.check(vec![y], "bitlinear");
+    }
+
+    #[test]
+    fn copy_int8_quant(t in 1..4usize, d in 1..6usize, ranks in 1..5usize, seed in 0..1000u64) {
+        let mut k = Case::on_ranks(ranks, seed);
+        let x = k.param(&[2, t, d]);
+        let q = k.g.apply(Int8Quant, vec![x]);
+        let y = k.g.apply(TpCopy, vec![q]);
+        k.check(vec![y], "copy-int8-quant");
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::{forward, inputs, weights};
 use hyb_compiler::cost::Machine;
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::{Graph, Op};
+use hyb_compiler::ir::{Graph, KernelKind, Op};
 use hyb_compiler::ops::Prim;
 use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{run, run_ranks, Tensor};
@@ -157,7 +157,9 @@ fn tied_embeddings_split_the_table_once_for_lookup_and_head() {
 #[test]
 fn key_value_heads_and_groups_fewer_than_ranks_are_duplicated() {
     for (kv, groups) in [("2", "2"), ("1", "1"), ("2", "1")] {
-        let text = MODEL.replace("kv_heads = 4", &format!("kv_heads = {kv}")).replace("groups = 4", &format!("groups = {groups}"));
+        let text = MODEL
+            .replace("kv_heads = 4", &format!("kv_heads = {kv}"))
+            .replace("groups = 4", &format!("groups = {groups}"));
         check(4, text.leak());
     }
 }
@@ -204,6 +206,19 @@ fn bitnet_linears_split_with_the_scales_of_the_whole() {
         assert_eq!(count(|p| matches!(p, Prim::TernaryQuant(_))), 0, "every ternary weight is split");
         assert!(count(|p| matches!(p, Prim::ScaledTernary(_))) > 0);
         assert!(count(|p| matches!(p, Prim::ScaledInt8(_))) > 0, "row-parallel activations share their absmax");
+    }
+    // Split or whole, every projection is one `bitlinear` kernel (its quantisers fused
+    // around the GEMM, the scales of the whole given).
+    let bitlinears = |ranks: usize| {
+        let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
+        let compiled = compile(&g, &target, ranks, &Options { machine: free_links(), ..Options::default() });
+        let kind = |n: &hyb_compiler::ir::Node| matches!(&n.op, Op::Kernel(k) if k.kind == KernelKind::BitLinear);
+        compiled.graph.nodes.iter().filter(|n| kind(n)).count()
+    };
+    let whole = bitlinears(1);
+    assert!(whole > 0);
+    for ranks in [2, 4] {
+        assert_eq!(bitlinears(ranks), whole, "bitlinear kernels over {ranks} ranks");
     }
 }
 

@@ -14,12 +14,12 @@ pub mod recompute;
 pub use memory::{Breakdown, MemoryPlan};
 pub use recompute::{Level, Recompute};
 
-use std::collections::HashMap;
 use crate::ir::{Graph, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Index of a buffer in [`Program::buffers`].
 pub type BufferId = usize;
@@ -220,8 +220,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
             _ => None,
         })
         .collect();
-    let aliased: HashMap<NodeId, NodeId> =
-        req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
+    let aliased: HashMap<NodeId, NodeId> = req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
     let statistics = statistics(g);
     let state_updates = state_updates(g, &aliased);
     let mut copies = Copies::default();

@@ -4,8 +4,8 @@
 
 use crate::ir::{Graph, Kernel, KernelKind, Op, TensorType};
 use crate::ops::{
-    Binary, CausalConv1d, CausalMask, DocumentConv1d, DocumentMask, DocumentRope, Int8Quant, ReduceOp, Rope,
-    TernaryQuant, Transpose, Unary, F64,
+    Binary, CausalConv1d, CausalMask, DocumentConv1d, DocumentMask, DocumentRope, Int8Quant, Prim, ReduceOp, Rope,
+    ScaledInt8, ScaledTernary, TernaryQuant, Transpose, Unary, F64,
 };
 use hyb_dsl::dim::Dim;
 
@@ -71,11 +71,27 @@ pub fn flash_attention(
 }
 
 /// BitNet b1.58 linear: `int8_quant(x) @ ternary_quant(w)ᵀ`.
-pub fn bitlinear(x: &TensorType, w: &TensorType) -> Kernel {
+///
+/// Each operand comes with its scale when its quantiser is the scaled form (a
+/// tensor-parallel part quantised with the scale of the whole): inputs `x`, `x`'s scale,
+/// `W`, `W`'s scale, those present, in that order.
+pub fn bitlinear(x: (&TensorType, Option<&TensorType>), w: (&TensorType, Option<&TensorType>)) -> Kernel {
     let mut g = Graph::default();
-    let (xi, wi) = (input(&mut g, 0, x), input(&mut g, 1, w));
-    let xq = g.apply(Int8Quant, vec![xi]);
-    let wq = g.apply(TernaryQuant, vec![wi]);
+    let mut next = 0;
+    let mut quantised = |g: &mut Graph, (v, scale): (&TensorType, Option<&TensorType>), plain: Prim, scaled: Prim| {
+        let vi = input(g, next, v);
+        next += 1;
+        match scale {
+            Some(s) => {
+                let si = input(g, next, s);
+                next += 1;
+                g.apply(scaled, vec![vi, si])
+            }
+            None => g.apply(plain, vec![vi]),
+        }
+    };
+    let xq = quantised(&mut g, x, Int8Quant.into(), ScaledInt8.into());
+    let wq = quantised(&mut g, w, TernaryQuant.into(), ScaledTernary.into());
     let y = g.matmul(xq, wq, false, true);
     g.outputs = vec![y];
     Kernel { kind: KernelKind::BitLinear, body: g }

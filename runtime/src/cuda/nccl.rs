@@ -44,7 +44,12 @@ impl Communicator {
     /// Joins the communicator of this rank's sub-group of `group` when its ranks are cut
     /// into `parts` runs of consecutive ranks (every rank of `group` calls it): each run's
     /// first rank makes the run's unique id, and all ids travel over `group`'s links.
-    fn join_sharing(device: &Device, group: &mut TcpGroup, parts: usize, what: &str) -> Result<Communicator, CudaError> {
+    fn join_sharing(
+        device: &Device,
+        group: &mut TcpGroup,
+        parts: usize,
+        what: &str,
+    ) -> Result<Communicator, CudaError> {
         let failed = |e: String| CudaError::Nccl(format!("{what}: {e}"));
         let per = group.size() / parts;
         let (rank, size, first) = (group.rank() % per, per, group.rank() - group.rank() % per);

@@ -3,10 +3,9 @@
 //! split or merge a linear layer over a concatenated input.
 
 use super::Rule;
-use crate::ops::{Binary, Concat, Matmul, Prim, ReduceScatter, Slice};
+use crate::ops::{Binary, Concat, Int8Quant, Matmul, Prim, ReduceScatter, Slice, TpCopy};
 use crate::rewrite::lang::{
-    add_concat, add_const, add_prim, as_prim, is_stored, nodes_matching, nodes_of, shape, slices_of,
-    EGraph, ENode,
+    add_concat, add_const, add_prim, as_prim, is_stored, nodes_matching, nodes_of, shape, slices_of, EGraph, ENode,
 };
 use egg::Id;
 use hyb_dsl::dim::Dim;
@@ -20,6 +19,7 @@ pub fn rules() -> Vec<Rule> {
         Rule::custom("linear-concat-merge", |p| *p == Prim::Binary(Binary::Add), linear_concat_merge),
         Rule::custom("collective-scale", |p| matches!(p, Prim::TpCopy(_) | Prim::AllGather(_)), collective_scale),
         Rule::custom("reduce-scatter", |p| matches!(p, Prim::Shard(_)), reduce_scatter),
+        Rule::custom("copy-int8-quant", |p| matches!(p, Prim::TpCopy(_)), copy_int8_quant),
         Rule::custom(
             "conv-scale-taps",
             |p| matches!(p, Prim::CausalConv1d(_) | Prim::DocumentConv1d(_)),
@@ -37,6 +37,20 @@ fn reduce_scatter(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     nodes_matching!(eg, n.children[0], Prim::AllReduce(_))
         .into_iter()
         .map(|sum| (class, add_prim(eg, scatter.clone(), vec![sum.children[0]])))
+        .collect()
+}
+
+/// `tp_copy(int8_quant(x)) = int8_quant(tp_copy(x))`: the copy is the identity and the
+/// quantiser's gradient (straight through) is the same linear map on every rank of a
+/// replicated `x`, so the all-reduce of the gradient commutes with it — and a
+/// column-parallel BitNet linear's quantised input meets its weight in one `bitlinear`.
+fn copy_int8_quant(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
+    nodes_matching!(eg, n.children[0], Prim::Int8Quant(_))
+        .into_iter()
+        .map(|q| {
+            let copy = add_prim(eg, TpCopy, vec![q.children[0]]);
+            (class, add_prim(eg, Int8Quant, vec![copy]))
+        })
         .collect()
 }
 

@@ -27,10 +27,7 @@ fn merge_gemms(eg: &mut EGraph, _class: Id, n: &ENode) -> Vec<(Id, Id)> {
         let p = eg.id_to_node(pid).clone();
         let is_sibling = match eg.analysis.op(&p) {
             OpKind::Prim(Prim::Matmul(m)) => {
-                !m.transpose_a
-                    && m.transpose_b == tb
-                    && eg.find(p.children[0]) == x
-                    && is_stored(eg, p.children[1])
+                !m.transpose_a && m.transpose_b == tb && eg.find(p.children[0]) == x && is_stored(eg, p.children[1])
             }
             _ => false,
         };

@@ -3,7 +3,7 @@
 //! Mamba's conv with its activation.
 
 use super::Rule;
-use crate::ops::{Binary, Prim, ReduceOp, Reshape, Transpose, Unary};
+use crate::ops::{Binary, Prim, ReduceOp, Reshape, ScaledInt8, ScaledTernary, Transpose, Unary};
 use crate::rewrite::kernels;
 use crate::rewrite::lang::{add_prim, as_prim, nodes_matching, nodes_of, shape, EGraph, ENode};
 use egg::Id;
@@ -158,20 +158,32 @@ fn heads_first(eg: &mut EGraph, one: Id) -> Id {
     add_prim(eg, Transpose { dim0: 1, dim1: 2 }, vec![x])
 }
 
-/// `int8_quant(x) @ ternary_quant(W)ᵀ` → `bitlinear(x, W)`.
+/// `int8_quant(x) @ ternary_quant(W)ᵀ` → `bitlinear(x, W)`; either quantiser may be its
+/// scaled form, the scale given (a tensor-parallel part quantised with the whole's scale):
+/// `scaled_int8(x, m)`, `scaled_ternary(W, s)`.
 fn bitlinear(eg: &mut EGraph, class: Id, n: &ENode) -> Vec<(Id, Id)> {
     let Some(Prim::Matmul(m)) = as_prim(eg, n) else { return vec![] };
     if m.transpose_a || !m.transpose_b {
         return vec![];
     }
-    let x = unary_in(eg, n.children[0], Prim::Int8Quant(crate::ops::Int8Quant));
-    let w = unary_in(eg, n.children[1], Prim::TernaryQuant(crate::ops::TernaryQuant));
+    let x = quantised(eg, n.children[0], Prim::Int8Quant(crate::ops::Int8Quant), Prim::ScaledInt8(ScaledInt8));
+    let w =
+        quantised(eg, n.children[1], Prim::TernaryQuant(crate::ops::TernaryQuant), Prim::ScaledTernary(ScaledTernary));
     let (Some(x), Some(w)) = (x, w) else {
         return vec![];
     };
     let ty = |x: Id| eg[x].data.ty.clone();
-    let kernel = kernels::bitlinear(&ty(x), &ty(w));
-    vec![(class, kernel_node(eg, kernel, vec![x, w]))]
+    let (xt, wt) = ((ty(x.0), x.1.map(ty)), (ty(w.0), w.1.map(ty)));
+    let kernel = kernels::bitlinear((&xt.0, xt.1.as_ref()), (&wt.0, wt.1.as_ref()));
+    let inputs = [x.0].into_iter().chain(x.1).chain([w.0]).chain(w.1).collect();
+    vec![(class, kernel_node(eg, kernel, inputs))]
+}
+
+/// The value class `id` quantises with `plain(v)`, or with `scaled(v, scale)`, and the scale.
+fn quantised(eg: &EGraph, id: Id, plain: Prim, scaled: Prim) -> Option<(Id, Option<Id>)> {
+    unary_in(eg, id, plain).map(|v| (v, None)).or_else(|| {
+        nodes_of(eg, id, |p| (*p == scaled).then_some(())).first().map(|(n, ())| (n.children[0], Some(n.children[1])))
+    })
 }
 
 /// `silu(causal_conv1d(x, w, bias))` (or of `document_conv1d`) → `conv1d_silu`.
