@@ -11,7 +11,7 @@
 use crate::autodiff::gradients;
 use crate::ir::{Graph, MomentShard, NodeId, Op, ParamSpec, TensorType};
 use crate::ops::{AllGather, AllReduce, Binary, DataAllGather, DataAllReduce, DataReduceScatter, DataShard, OneHot};
-use crate::ops::{Pad, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
+use crate::ops::{Concat, Pad, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
@@ -137,6 +137,49 @@ struct Run {
     replicas: usize,
 }
 
+/// Bytes of gradients summed over the replicas in one exchange (PyTorch DDP's default):
+/// large enough that an exchange's fixed cost is small against its transfer, small enough
+/// that the first exchange need not wait for most of the backward pass.
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// Sums gradients `grads[p]` of parameters `params` over the replicas, in buckets of at
+/// most [`BUCKET_BYTES`] (one larger gradient is a bucket of its own): each bucket's
+/// gradients flattened and concatenated, one all-reduce, sliced back. Buckets follow the
+/// parameters in reverse, the order the backward pass finishes their gradients.
+fn all_reduce_in_buckets(g: &mut Graph, grads: &mut [NodeId], params: &[usize]) {
+    let bytes = |g: &Graph, p: usize| g.params[p].shape.iter().product::<usize>() * 4;
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut filled = 0;
+    for &p in params.iter().rev() {
+        match buckets.last_mut() {
+            Some(bucket) if filled + bytes(g, p) <= BUCKET_BYTES => bucket.push(p),
+            _ => {
+                buckets.push(vec![p]);
+                filled = 0;
+            }
+        }
+        filled += bytes(g, p);
+    }
+    for bucket in buckets {
+        if let [p] = bucket[..] {
+            grads[p] = g.apply(DataAllReduce, vec![grads[p]]);
+            continue;
+        }
+        let sizes: Vec<i64> = bucket.iter().map(|&p| g.params[p].shape.iter().product::<usize>() as i64).collect();
+        let flat: Vec<NodeId> =
+            bucket.iter().zip(&sizes).map(|(&p, &n)| g.reshape(grads[p], vec![Dim::constant(n)])).collect();
+        let joined = g.apply(Concat::new(0), flat);
+        let summed = g.apply(DataAllReduce, vec![joined]);
+        let mut start = 0;
+        for (&p, &n) in bucket.iter().zip(&sizes) {
+            let part = g.apply(Slice::new(0, Dim::constant(start), Dim::constant(start + n)), vec![summed]);
+            let shape = g.params[p].shape.iter().map(|&d| Dim::constant(d as i64)).collect();
+            grads[p] = g.reshape(part, shape);
+            start += n;
+        }
+    }
+}
+
 impl Run {
     fn flat(&self, g: &mut Graph, x: NodeId) -> NodeId {
         let flat = g.reshape(x, vec![Dim::constant(self.elements as i64)]);
@@ -208,17 +251,16 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
                 }
                 _ => None,
             };
-            *gr = match &run {
-                Some(r) => {
-                    let flat = r.flat(&mut g, *gr);
-                    g.apply(DataReduceScatter { ranks: r.replicas }, vec![flat])
-                }
-                None => g.apply(DataAllReduce, vec![*gr]),
-            };
+            if let Some(r) = &run {
+                let flat = r.flat(&mut g, *gr);
+                *gr = g.apply(DataReduceScatter { ranks: r.replicas }, vec![flat]);
+            }
             runs.push(run);
         }
         g.scope = 0;
         g.origin = None;
+        let whole: Vec<usize> = (0..param_nodes.len()).filter(|&p| runs[p].is_none()).collect();
+        all_reduce_in_buckets(&mut g, &mut grads, &whole);
         g.apply(DataAllReduce, vec![loss])
     };
 

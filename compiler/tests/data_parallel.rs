@@ -7,6 +7,8 @@
 mod common;
 
 use common::{forward, inputs, weights};
+use hyb_compiler::ir::Op;
+use hyb_compiler::ops::Prim;
 use hyb_compiler::reference::{run, run_ranks, Tensor};
 use hyb_compiler::training::{data_parallel_training_graph, training_graph, zero_training_graph, AdamW};
 use std::collections::HashMap;
@@ -57,6 +59,10 @@ fn replicas_on_their_rows_update_as_one_process_on_the_batch() {
     let opt = AdamW { clip: Some(0.05), ..AdamW::default() };
     let want = run(&training_graph(&g, &opt, 1.0).graph, &w, &x).unwrap();
     let dp = data_parallel_training_graph(&g, &opt, 1.0).graph;
+    // The model's gradients (well under a bucket) cross the replicas in one exchange, the
+    // loss in another.
+    let exchanges = dp.nodes.iter().filter(|n| matches!(n.op, Op::Prim(Prim::DataAllReduce(_)))).count();
+    assert_eq!(exchanges, 2, "{} parameters", dp.params.len());
     for replicas in [2, 4] {
         let rows: Vec<_> = (0..replicas).map(|r| rows_of(&x, b, r, replicas)).collect();
         let params = vec![&w; replicas];
@@ -151,7 +157,6 @@ fn zero_replicas_hold_runs_of_the_moments_and_update_as_one_process() {
 /// it replaces, as the replicated step's are, and in the leaf's precision.
 #[test]
 fn zero_updates_are_planned_in_place() {
-    use hyb_compiler::ir::Op;
     use hyb_compiler::pipeline::{compile, plan_with, DataParallel, Target};
     use hyb_compiler::plan::Precision;
     use hyb_compiler::rewrite::Options;
@@ -178,7 +183,7 @@ fn zero_updates_are_planned_in_place() {
         // In mixed precision the new weights reach their float32 leaves unrounded: every
         // launch on the way (the update of a run, its all-gather) writes float32.
         for l in &e.program.launches {
-            if let Op::Prim(hyb_compiler::ops::Prim::DataAllGather(_)) = &e.graph.nodes[l.node].op {
+            if let Op::Prim(Prim::DataAllGather(_)) = &e.graph.nodes[l.node].op {
                 let input =
                     e.program.launches.iter().rev().find(|w| w.outputs.iter().any(|o| o.buffer == l.inputs[0].buffer));
                 for v in l.outputs.iter().chain(&l.inputs).chain(input.iter().flat_map(|w| &w.outputs)) {
