@@ -253,3 +253,38 @@ fn a_plan_that_does_not_fit_is_refused_with_what_fits() {
     let text = refusal.to_string();
     assert!(text.contains("activations kept for backward") && text.contains("these fit"), "{text}");
 }
+
+/// A parallel hybrid's attention ∥ Mamba outputs, computed only to be joined for the
+/// shared projection, are written where they lie in the joined buffer: the concat is not
+/// launched.
+#[test]
+fn pieces_computed_only_for_a_concat_are_written_in_place() {
+    use hyb_compiler::ir::KernelKind;
+    use hyb_compiler::ops::{Class, Prim, Primitive};
+    let forward = common::forward(TINY);
+    let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel: DataParallel::Alone };
+    let compiled = compile(&forward, &target, 1, &Options::default());
+    let p = plan(&compiled, &target, &Sizing::new(2, 8)).unwrap().program;
+    let g = &compiled.graph;
+    let readers = |x: NodeId| g.nodes.iter().filter(|n| n.inputs.contains(&x)).count();
+    let generated = |x: NodeId| match &g.nodes[x].op {
+        Op::Kernel(k) => k.kind == KernelKind::Fused,
+        Op::Prim(prim) => prim.class() == Class::Elementwise,
+        _ => false,
+    };
+    let mut joined = 0;
+    for (c, n) in g.nodes.iter().enumerate() {
+        if !matches!(&n.op, Op::Prim(Prim::Concat(_))) || !n.inputs.iter().all(|&x| readers(x) == 1 && generated(x)) {
+            continue;
+        }
+        assert!(p.launches.iter().all(|l| l.node != c), "concat {c} is launched");
+        let buffer = p.buffers.iter().position(|b| b.node == c).expect("the concat's buffer");
+        for &x in &n.inputs {
+            let l = p.launches.iter().find(|l| l.node == x).unwrap();
+            assert_eq!(l.outputs[0].buffer, buffer, "piece {x} of concat {c} writes its own buffer");
+        }
+        joined += 1;
+    }
+    assert!(joined > 0, "the hybrid's outputs are joined for the shared projection");
+    assert_no_overlap(&p);
+}

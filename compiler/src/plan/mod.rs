@@ -14,7 +14,7 @@ pub mod recompute;
 pub use memory::{Breakdown, MemoryPlan};
 pub use recompute::{Level, Recompute};
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{Graph, KernelKind, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
@@ -223,6 +223,15 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
     let aliased: HashMap<NodeId, NodeId> = req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
     let statistics = statistics(g);
     let state_updates = state_updates(g, &aliased);
+    // A statistic is kept in f32 at least, and a state's new value as the state.
+    let stored = |i: NodeId, o: usize, dtype: DType| match storage(&req.precision, dtype) {
+        _ if state_updates.contains_key(&(i, o)) => leaf_storage(g, state_updates[&(i, o)], req),
+        DType::BF16 | DType::F16 if statistics[i].get(o).copied().unwrap_or(false) => DType::F32,
+        d => d,
+    };
+    let blocks = concat_blocks(g, &aliased, &|x| shape_of(x), &|x| stored(x, 0, g.nodes[x].ty.dtype))?;
+    // The buffer of each concat whose pieces are written in place, made by its first piece.
+    let mut joined: HashMap<NodeId, View> = HashMap::new();
     let mut copies = Copies::default();
 
     for (i, n) in g.nodes.iter().enumerate() {
@@ -279,18 +288,26 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 let at = launches.iter().rposition(|l| l.node == source).expect("outputs follow their source");
                 view_of[i] = launches[at].outputs.get(*k).cloned();
             }
+            // Its pieces were written into its buffer.
+            Op::Prim(Prim::Concat(_)) if joined.contains_key(&i) => view_of[i] = joined.remove(&i),
             Op::Prim(_) | Op::Kernel(_) => {
-                // A statistic is kept in f32 at least, and a state's new value as the state.
-                let stored = |o: usize, dtype: DType| match storage(&req.precision, dtype) {
-                    _ if state_updates.contains_key(&(i, o)) => leaf_storage(g, state_updates[&(i, o)], req),
-                    DType::BF16 | DType::F16 if statistics[i].get(o).copied().unwrap_or(false) => DType::F32,
-                    d => d,
-                };
+                let stored = |o: usize, dtype: DType| stored(i, o, dtype);
                 let dtype = stored(0, n.ty.dtype);
                 let mut outs = Vec::new();
-                let out = match aliased.get(&i).and_then(|leaf| view_of[*leaf].clone()) {
-                    Some(v) => v,
-                    None => new_buffer(&mut buffers, Role::Workspace, dtype, launches.len())?,
+                let out = match (aliased.get(&i).and_then(|leaf| view_of[*leaf].clone()), blocks.get(&i)) {
+                    (Some(v), _) => v,
+                    (None, Some(&(concat, axis, start))) => {
+                        let whole = match joined.get(&concat) {
+                            Some(v) => v.clone(),
+                            None => {
+                                let v = new_buffer_of(&mut buffers, &shape_of(concat)?, dtype, launches.len(), concat)?;
+                                joined.insert(concat, v.clone());
+                                v
+                            }
+                        };
+                        View { offset: start * whole.strides[axis] as usize, shape: shape.clone(), ..whole }
+                    }
+                    (None, None) => new_buffer(&mut buffers, Role::Workspace, dtype, launches.len())?,
                 };
                 outs.push(out.clone());
                 if let Op::Kernel(k) = &n.op {
@@ -408,6 +425,62 @@ impl Copies {
         }
         launches.push(l);
     }
+}
+
+/// The pieces of concats written in place: for each input of a concat whose pieces are
+/// computed only for it, in the concat's storage, by launches of their own that can write
+/// where the piece lies — the concat, its axis and the piece's start along it. Its
+/// producer then writes its block of the concat's buffer, and the concat moves nothing
+/// (Falcon-H1's attention ∥ Mamba outputs joined for the shared projection). A block with
+/// nothing but unit axes before the joined one is contiguous, which any launch writes; a
+/// strided one only generated code (a fused kernel, a pointwise primitive) does, whose
+/// views carry their strides — templates and GEMMs write contiguous outputs.
+fn concat_blocks(
+    g: &Graph,
+    aliased: &HashMap<NodeId, NodeId>,
+    shape_of: &dyn Fn(NodeId) -> Result<Vec<usize>, PlanError>,
+    stored: &dyn Fn(NodeId) -> DType,
+) -> Result<HashMap<NodeId, (NodeId, usize, usize)>, PlanError> {
+    let mut readers = vec![0usize; g.nodes.len()];
+    for n in &g.nodes {
+        for &x in &n.inputs {
+            readers[x] += 1;
+        }
+    }
+    for &o in &g.outputs {
+        readers[o] += 1;
+    }
+    // A launch of its own with one output (a multi-output primitive's other outputs are
+    // read through `Output` nodes), writing a contiguous block, or a strided one too.
+    let writes = |x: NodeId, strided: bool| match &g.nodes[x].op {
+        Op::Kernel(k) => k.body.outputs.len() == 1 && (!strided || k.kind == KernelKind::Fused),
+        Op::Prim(p) => p.moves_data() && !matches!(p, Prim::Concat(_)) && (!strided || p.class() == Class::Elementwise),
+        _ => false,
+    };
+    let mut blocks = HashMap::new();
+    for (c, n) in g.nodes.iter().enumerate() {
+        let Op::Prim(Prim::Concat(concat)) = &n.op else { continue };
+        let shape = shape_of(c)?;
+        let axis = concat.axis_of(shape.len());
+        let mut distinct = n.inputs.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let strided = shape[..axis].iter().any(|&d| d != 1);
+        let eligible = !aliased.contains_key(&c)
+            && distinct.len() == n.inputs.len()
+            && n.inputs
+                .iter()
+                .all(|&x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
+        if !eligible {
+            continue;
+        }
+        let mut start = 0;
+        for &x in &n.inputs {
+            blocks.insert(x, (c, axis, start));
+            start += shape_of(x)?[axis];
+        }
+    }
+    Ok(blocks)
 }
 
 /// The outputs `(node, output)` whose value becomes a state leaf's new value through views

@@ -44,12 +44,29 @@ impl<T: Real> Arena<T> {
             let base = Self::base(program, v);
             return Tensor::new(v.shape.clone(), self.data[base..base + n].to_vec());
         }
+        let data = Self::positions(program, v).map(|at| self.data[at]).collect();
+        Tensor::new(v.shape.clone(), data)
+    }
+
+    /// Writes a tensor into an output view (a strided one: a piece of a concat's buffer).
+    fn write(&mut self, program: &Program, v: &View, t: &Tensor<T>) {
+        if contiguous(v) {
+            let base = Self::base(program, v);
+            self.data[base..base + t.data.len()].copy_from_slice(&t.data);
+            return;
+        }
+        for (at, &x) in Self::positions(program, v).zip(&t.data) {
+            self.data[at] = x;
+        }
+    }
+
+    /// Where the view's elements lie in the arena, in row-major order of its shape.
+    fn positions<'v>(program: &Program, v: &'v View) -> impl Iterator<Item = usize> + 'v {
         let base = Self::base(program, v) as isize;
-        let mut data = Vec::with_capacity(n);
+        let n: usize = v.shape.iter().product();
         let mut index = vec![0usize; v.shape.len()];
-        for _ in 0..n {
-            let at: isize = base + index.iter().zip(&v.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
-            data.push(self.data[at as usize]);
+        (0..n).map(move |_| {
+            let at = base + index.iter().zip(&v.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
             for d in (0..index.len()).rev() {
                 index[d] += 1;
                 if index[d] < v.shape[d] {
@@ -57,14 +74,8 @@ impl<T: Real> Arena<T> {
                 }
                 index[d] = 0;
             }
-        }
-        Tensor::new(v.shape.clone(), data)
-    }
-
-    /// Writes a tensor into a (contiguous) output view.
-    fn write(&mut self, program: &Program, v: &View, t: &Tensor<T>) {
-        let base = Self::base(program, v);
-        self.data[base..base + t.data.len()].copy_from_slice(&t.data);
+            at as usize
+        })
     }
 }
 
