@@ -334,7 +334,7 @@ impl Primitive for GroupAllReduce {
     }
 
     fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
-        if self.parts == 0 || self.ranks % self.parts != 0 {
+        if self.parts == 0 || !self.ranks.is_multiple_of(self.parts) {
             return Err(RuleError::at(1, format!("{} parts do not group {} ranks", self.parts, self.ranks)));
         }
         Ok(vec![first(inputs)])

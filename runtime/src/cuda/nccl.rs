@@ -110,7 +110,7 @@ impl Communicators {
         let data = Communicator::join(device, &mut mesh.data, "the data-parallel group")?;
         let mut joined = Vec::new();
         for &parts in sharing {
-            if parts == 0 || mesh.tensor.size() % parts != 0 {
+            if parts == 0 || !mesh.tensor.size().is_multiple_of(parts) {
                 let size = mesh.tensor.size();
                 return Err(CudaError::Nccl(format!("{parts} parts do not group the {size} tensor-parallel ranks")));
             }
