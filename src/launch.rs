@@ -22,7 +22,7 @@ pub fn launch(nproc: usize, timeout: Duration) -> Result<ExitCode> {
     let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
     let port = match std::env::var("MASTER_PORT") {
         Ok(p) => p,
-        Err(_) => free_port(&addr)?.to_string(),
+        Err(_) => free_ports(&addr, nproc + 2)?.to_string(),
     };
     let mut workers: Vec<(usize, Child)> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
@@ -49,10 +49,25 @@ pub fn launch(nproc: usize, timeout: Duration) -> Result<ExitCode> {
     watch(workers, timeout)
 }
 
-/// A port nothing listens on at `addr` now, for the rendezvous.
-fn free_port(addr: &str) -> Result<u16> {
-    let l = std::net::TcpListener::bind((addr, 0)).with_context(|| format!("cannot find a free port on {addr}"))?;
-    Ok(l.local_addr()?.port())
+/// The first of `count` consecutive ports nothing listens on at `addr` now: the
+/// rendezvous's, then the groups' of a job of both kinds (`MASTER_PORT + 1 …`). Taken below
+/// Linux's ephemeral range (32768 and up), where the ranks' own outgoing connections and
+/// another job's choice by the system would land, from a start that differs between
+/// launchers started together.
+fn free_ports(addr: &str, count: usize) -> Result<u16> {
+    const FIRST: u64 = 20_000;
+    const END: u64 = 32_768;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let seed = (u64::from(std::process::id()) << 32 | u64::from(nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let span = END - FIRST - count as u64;
+    for attempt in 0..256u64 {
+        let start = FIRST + (seed.rotate_left(attempt as u32 % 64) ^ attempt.wrapping_mul(7919)) % span;
+        let free = (start..start + count as u64).all(|p| std::net::TcpListener::bind((addr, p as u16)).is_ok());
+        if free {
+            return Ok(start as u16);
+        }
+    }
+    bail!("cannot find {count} consecutive free ports on {addr} between {FIRST} and {END}: set MASTER_PORT")
 }
 
 /// Waits for every worker; on the first failure, gives the others the timeout (and a
