@@ -199,7 +199,6 @@ impl Primitive for Reshape {
     }
 }
 
-/// The permutation `perm` of `x`'s axes, copied.
 /// Whether `x` is a broadcast that expands its input's unit axis `axis` (the copies of
 /// a key/value head its query heads share).
 pub(crate) fn expands(g: &Graph, x: NodeId, axis: usize) -> bool {
@@ -209,6 +208,7 @@ pub(crate) fn expands(g: &Graph, x: NodeId, axis: usize) -> bool {
         && g.nodes[n.inputs[0]].ty.shape[axis].as_const() == Some(1)
 }
 
+/// The permutation `perm` of `x`'s axes, copied.
 fn permute<T: Real>(x: &Tensor<T>, perm: &[usize]) -> Tensor<T> {
     let r = x.rank();
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();

@@ -209,11 +209,9 @@ pub fn is_param(eg: &EGraph, id: Id) -> bool {
 /// A weight as the step stores it: a parameter, a slice of one, or either read as a part a
 /// group of tensor-parallel ranks holds alike (`group_copy`, the identity).
 pub fn is_stored(eg: &EGraph, id: Id) -> bool {
-    is_param(eg, id)
-        || param_slice(eg, id).is_some()
-        || nodes_of(eg, id, |p| matches!(p, Prim::GroupCopy(_)).then_some(()))
-            .iter()
-            .any(|(n, _)| is_param(eg, n.children[0]) || param_slice(eg, n.children[0]).is_some())
+    let held = |id: Id| is_param(eg, id) || param_slice(eg, id).is_some();
+    held(id)
+        || nodes_of(eg, id, |p| matches!(p, Prim::GroupCopy(_)).then_some(())).iter().any(|(n, _)| held(n.children[0]))
 }
 
 /// A parameter or a contiguous slice of one: `(parameter, axis, start, end)`.

@@ -7,7 +7,7 @@
 //!
 //! A class splits into as many parts as divide every axis in it and the rank count. With
 //! fewer parts than ranks, each part is held by a group of ranks alike (20 query heads over
-//! 8 ranks: 4 parts, each on 2 ranks). Key/value heads and B/C groups that fewer than the
+//! 8 ranks: 4 parts, each on 2 ranks). Key/value heads and B/C groups fewer than the
 //! ranks are *linked* to the heads that read them instead: each rank holds the one
 //! key/value head or group its heads read, duplicated over the ranks that share it, as
 //! Megatron does.

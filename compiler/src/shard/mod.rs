@@ -308,12 +308,9 @@ impl Emitter<'_> {
             (Grouped(a, p), Grouped(b, q)) if a == b && p == q => Ok(x),
             (Replicated, Grouped(a, p)) => self.group_shard(x, a, p),
             (Grouped(a, p), Replicated) => self.group_gather(x, a, p),
-            (Split(_) | Grouped(..), Split(_) | Grouped(..)) => {
+            // Through the whole value (a partial sum's to a split was a reduce-scatter above).
+            (Split(_) | Grouped(..) | Partial, Split(_) | Grouped(..)) => {
                 let full = self.convert(x, have, Replicated)?;
-                self.convert(full, Replicated, want)
-            }
-            (Partial, Grouped(..)) => {
-                let full = self.collective(AllReduce, x)?;
                 self.convert(full, Replicated, want)
             }
             (_, Partial) => Err("nothing asks for a partial sum".into()),
