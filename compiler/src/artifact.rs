@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 const MAGIC: &[u8; 4] = b"HYBC";
 /// Bumped whenever the body's layout changes; older files are refused with the version.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 const HEADER: usize = 4 + 4 + 32 + 8;
 
 fn options() -> impl Options {

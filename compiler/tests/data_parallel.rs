@@ -198,3 +198,85 @@ fn zero_updates_are_planned_in_place() {
         }
     }
 }
+
+/// The replicas' exchanges run on a stream of their own, beside the backward pass: each
+/// gradient exchange starts before the pass ends, nothing between it and the launch that
+/// waits for it touches what it writes or overwrites what it reads, and no buffer live in
+/// between shares its memory (alone and with tensor parallelism, where ZeRO-1 sums some
+/// gradients in buckets and reduce-scatters others). In mixed precision what they sum is float32 all the way
+/// from the backward pass, and ZeRO-1's update reads the master weights, not their copies.
+#[test]
+fn exchanges_overlap_the_backward_pass_on_memory_of_their_own() {
+    use hyb_compiler::pipeline::{compile, plan_with, DataParallel, Target};
+    use hyb_compiler::plan::{LaunchKind, Precision, Role, Stream};
+    use hyb_compiler::rewrite::Options;
+    use hyb_dsl::value::DType;
+    // Wide enough for several 25 MiB buckets.
+    let wide =
+        MODEL.replace("vocab = 37", "vocab = 16384").replace("d = 16", "d = 512").replace("d_ff = 24", "d_ff = 2048");
+    let wide: &'static str = Box::leak(wide.into_boxed_str());
+    let runs =
+        [(wide, DataParallel::Replicated, 1), (MODEL, DataParallel::Zero1(2), 1), (MODEL, DataParallel::Zero1(2), 2)];
+    for (model, data_parallel, ranks) in runs {
+        let g = forward(model);
+        let target = Target::Training { opt: AdamW::default(), width_mult: 1.0, data_parallel };
+        let compiled = compile(&g, &target, ranks, &Options::default());
+        let e = plan_with(&compiled, &target, 2, 8, Precision::default(), &[]).unwrap();
+        let (launches, buffers) = (&e.program.launches, &e.program.buffers);
+        let data_parallel = format!("{data_parallel:?} over tp {ranks}");
+        let op = |i: usize| &e.graph.nodes[launches[i].node].op;
+        let gradient_exchanges: Vec<usize> = (0..launches.len())
+            .filter(|&i| matches!(op(i), Op::Prim(Prim::DataAllReduce(_) | Prim::DataReduceScatter(_))))
+            .filter(|&i| buffers[launches[i].inputs[0].buffer].elements > 1)
+            .collect();
+        assert!(gradient_exchanges.len() >= 2, "{data_parallel:?}: {} gradient exchanges", gradient_exchanges.len());
+        // Moved or not, every launch comes after whatever writes what it reads.
+        for (q, l) in launches.iter().enumerate() {
+            for v in l.inputs.iter().filter(|v| !buffers[v.buffer].persistent()) {
+                let late = (q + 1..launches.len()).find(|&w| launches[w].outputs.iter().any(|o| o.buffer == v.buffer));
+                assert!(
+                    late.is_none(),
+                    "{data_parallel:?}: launch {q} reads buffer {} before launch {late:?} writes it",
+                    v.buffer
+                );
+            }
+        }
+        let last_gemm = (0..launches.len()).rev().find(|&i| launches[i].kind == LaunchKind::Gemm).unwrap();
+        assert!(gradient_exchanges[0] < last_gemm, "{data_parallel:?}: the first exchange waits for the whole pass");
+        for &p in &gradient_exchanges {
+            let l = &launches[p];
+            assert_eq!(l.stream, Stream::Exchange, "{data_parallel:?}: exchange {p} on the compute stream");
+            for v in l.inputs.iter().chain(&l.outputs) {
+                assert_eq!(v.dtype, DType::F32, "{data_parallel:?}: exchange {p} moves {:?}", v.dtype);
+            }
+            let join = (p + 1..launches.len()).find(|&q| launches[q].waits_for.is_some_and(|w| w >= p));
+            let join = join.unwrap_or(launches.len());
+            let ins: Vec<usize> = l.inputs.iter().map(|v| v.buffer).collect();
+            let outs: Vec<usize> = l.outputs.iter().map(|v| v.buffer).collect();
+            for (q, m) in launches.iter().enumerate().take(join).skip(p + 1) {
+                assert!(
+                    m.inputs.iter().chain(&m.outputs).all(|v| !outs.contains(&v.buffer))
+                        && m.outputs.iter().all(|v| !ins.contains(&v.buffer)),
+                    "{data_parallel:?}: launch {q} touches exchange {p}'s buffers before waiting for it"
+                );
+            }
+            let mine = |b: usize| ins.contains(&b) || outs.contains(&b);
+            for &x in ins.iter().chain(&outs) {
+                let (a, z) = (buffers[x].offset, buffers[x].offset + buffers[x].bytes);
+                assert!(
+                    buffers[x].last >= join.min(launches.len() - 1),
+                    "{data_parallel:?}: exchange {p} outlives its input"
+                );
+                for (b, other) in buffers.iter().enumerate().filter(|&(b, o)| !mine(b) && o.bytes > 0) {
+                    let live = other.first <= join && other.last > p;
+                    let apart = other.offset + other.bytes <= a || z <= other.offset;
+                    assert!(!live || apart, "{data_parallel:?}: buffer {b} shares exchange {p}'s memory while it runs");
+                }
+            }
+        }
+        // ZeRO-1's runs of the weights come from the float32 masters.
+        for l in launches.iter().filter(|l| matches!(&e.graph.nodes[l.node].op, Op::Prim(Prim::DataShard(_)))) {
+            assert!(buffers[l.inputs[0].buffer].role != Role::WeightCopy && l.inputs[0].dtype == DType::F32);
+        }
+    }
+}

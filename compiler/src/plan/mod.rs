@@ -10,16 +10,18 @@
 mod arena;
 mod memory;
 pub mod recompute;
+mod streams;
 
 pub use memory::{Breakdown, MemoryPlan};
 pub use recompute::{Level, Recompute};
+pub use streams::Stream;
 
 use crate::ir::{Graph, KernelKind, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Index of a buffer in [`Program::buffers`].
 pub type BufferId = usize;
@@ -153,6 +155,10 @@ pub struct Launch {
     pub node: NodeId,
     pub inputs: Vec<View>,
     pub outputs: Vec<View>,
+    pub stream: Stream,
+    /// The exchange launch (on [`Stream::Exchange`]) this one waits for before it runs,
+    /// and so for every exchange queued before that one.
+    pub waits_for: Option<usize>,
 }
 
 /// The compiled program for one batch and sequence length.
@@ -223,9 +229,13 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
     let aliased: HashMap<NodeId, NodeId> = req.in_place.iter().map(|&(o, leaf)| (g.outputs[o], leaf)).collect();
     let statistics = statistics(g);
     let state_updates = state_updates(g, &aliased);
-    // A statistic is kept in f32 at least, and a state's new value as the state.
+    let updated = update_inputs(g, &state_updates);
+    // A statistic is kept in f32 at least, a state's new value and a state on its way to
+    // its update as the state, and a gradient on its way to an update as gradients are.
     let stored = |i: NodeId, o: usize, dtype: DType| match storage(&req.precision, dtype) {
         _ if state_updates.contains_key(&(i, o)) => leaf_storage(g, state_updates[&(i, o)], req),
+        _ if updated.states.contains_key(&(i, o)) => leaf_storage(g, updated.states[&(i, o)], req),
+        _ if updated.gradients.contains(&(i, o)) && dtype.is_float() => req.precision.gradients,
         DType::BF16 | DType::F16 if statistics[i].get(o).copied().unwrap_or(false) => DType::F32,
         d => d,
     };
@@ -279,7 +289,7 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                         )?,
                     };
                     let l = launch(g, i, &view_of, vec![out.clone()]);
-                    copies.push(l, &mut launches, &mut buffers, &req.precision);
+                    copies.push(l, &mut launches, &mut buffers, &req.precision, updated.reads_state(i));
                     view_of[i] = Some(out);
                 }
             }
@@ -305,7 +315,12 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                                 v
                             }
                         };
-                        View { offset: start * whole.strides[axis] as usize, shape: shape.clone(), ..whole }
+                        let offset = start * whole.strides[axis] as usize;
+                        if whole.shape[..axis].iter().all(|&d| d == 1) {
+                            View { offset, ..contiguous(whole.buffer, &shape, whole.dtype) }
+                        } else {
+                            View { offset, shape: shape.clone(), ..whole }
+                        }
                     }
                     (None, None) => new_buffer(&mut buffers, Role::Workspace, dtype, launches.len())?,
                 };
@@ -336,19 +351,27 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                     }
                 }
                 let l = launch(g, i, &view_of, outs);
-                copies.push(l, &mut launches, &mut buffers, &req.precision);
+                copies.push(l, &mut launches, &mut buffers, &req.precision, updated.reads_state(i));
                 view_of[i] = Some(out);
             }
         }
     }
 
-    // Lifetimes: a buffer lives from its writer to its last reader; graph outputs and
-    // persistent buffers to the end.
+    let joins = streams::overlap_exchanges(g, &mut launches, &mut buffers);
+    // Lifetimes: a buffer lives from its writer to its last reader, and what an exchange
+    // reads until the launch that waits for it; graph outputs and persistent buffers to
+    // the end.
     let end = launches.len().saturating_sub(1);
     for (t, l) in launches.iter().enumerate() {
         for v in l.inputs.iter().chain(&l.outputs) {
             let b = &mut buffers[v.buffer];
             b.last = b.last.max(t);
+        }
+    }
+    for (p, join) in joins {
+        for v in launches[p].inputs.iter().chain(&launches[p].outputs) {
+            let b = &mut buffers[v.buffer];
+            b.last = b.last.max(join.min(end));
         }
     }
     let outputs: Vec<View> = g.outputs.iter().map(|&o| view_of[o].clone().expect("outputs are computed")).collect();
@@ -387,10 +410,17 @@ struct Copies {
 
 impl Copies {
     /// Appends `l`, its reads of weights it does not update turned into reads of their
-    /// copies when the policy keeps copies; a weight's copy is made by a `Convert` launch
-    /// just before its first reader.
-    fn push(&mut self, mut l: Launch, launches: &mut Vec<Launch>, buffers: &mut Vec<Buffer>, p: &Precision) {
-        if p.copies_weights() {
+    /// copies when the policy keeps copies (unless it `reads_masters`, on the way to an
+    /// update); a weight's copy is made by a `Convert` launch just before its first reader.
+    fn push(
+        &mut self,
+        mut l: Launch,
+        launches: &mut Vec<Launch>,
+        buffers: &mut Vec<Buffer>,
+        p: &Precision,
+        reads_masters: bool,
+    ) {
+        if p.copies_weights() && !reads_masters {
             for k in 0..l.inputs.len() {
                 let master = l.inputs[k].buffer;
                 let updates = l.outputs.iter().any(|o| o.buffer == master);
@@ -416,6 +446,8 @@ impl Copies {
                         node: m.node,
                         inputs: vec![contiguous(master, &shape, m.dtype)],
                         outputs: vec![contiguous(copy, &shape, p.weight_copies)],
+                        stream: Stream::Compute,
+                        waits_for: None,
                     });
                     copy
                 });
@@ -466,17 +498,24 @@ fn concat_blocks(
         distinct.sort_unstable();
         distinct.dedup();
         let strided = shape[..axis].iter().any(|&d| d != 1);
+        // A contiguous block may also be written as another shape, reshaped for the concat
+        // (a gradient flattened into its bucket).
+        let producer = |x: NodeId| match &g.nodes[x].op {
+            Op::Prim(Prim::Reshape(_)) if !strided && readers[x] == 1 => g.nodes[x].inputs[0],
+            _ => x,
+        };
         let eligible = !aliased.contains_key(&c)
             && distinct.len() == n.inputs.len()
             && n.inputs
                 .iter()
-                .all(|&x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
+                .map(|&x| producer(x))
+                .all(|x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
         if !eligible {
             continue;
         }
         let mut start = 0;
         for &x in &n.inputs {
-            blocks.insert(x, (c, axis, start));
+            blocks.insert(producer(x), (c, axis, start));
             start += shape_of(x)?[axis];
         }
     }
@@ -500,6 +539,60 @@ fn state_updates(g: &Graph, aliased: &HashMap<NodeId, NodeId>) -> HashMap<(NodeI
                     (x, k) = (n.inputs[0], 0)
                 }
                 _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// What the updates of state read, traced from each update through the views, movements
+/// and collectives on the way (a bucket's flattened and concatenated gradients, their sum
+/// over the replicas, ZeRO-1's padded runs of a weight and of its gradient).
+struct UpdateInputs {
+    /// Values `(node, output)` on the way from where the backward pass computes a
+    /// gradient: stored in the gradients' precision, so the replicas sum what the backward
+    /// pass computed, not its rounding to the activations' type.
+    gradients: HashSet<(NodeId, usize)>,
+    /// Values on the way from a state leaf (a weight, a moment), with the leaf: stored and
+    /// read as the leaf is, so an update never starts from a weight's bf16 copy.
+    states: HashMap<(NodeId, usize), NodeId>,
+}
+
+impl UpdateInputs {
+    fn reads_state(&self, x: NodeId) -> bool {
+        self.states.contains_key(&(x, 0))
+    }
+}
+
+fn update_inputs(g: &Graph, state_updates: &HashMap<(NodeId, usize), NodeId>) -> UpdateInputs {
+    let passes = |x: NodeId| match &g.nodes[x].op {
+        Op::Prim(p) => matches!(p.class(), Class::View | Class::Movement | Class::Collective),
+        Op::Output(_) => true,
+        _ => false,
+    };
+    let mut out = UpdateInputs { gradients: HashSet::new(), states: HashMap::new() };
+    for &(update, _) in state_updates.keys().filter(|&&(x, _)| !passes(x)) {
+        for &input in &g.nodes[update].inputs {
+            let (mut path, mut todo, mut leaves, mut computed) = (Vec::new(), vec![(input, 0)], Vec::new(), Vec::new());
+            while let Some((x, k)) = todo.pop() {
+                let n = &g.nodes[x];
+                match &n.op {
+                    Op::Param(_) | Op::Input(_) => leaves.push(x),
+                    Op::Constant(_) => {}
+                    Op::Output(j) => todo.push((n.inputs[0], *j)),
+                    _ if passes(x) => {
+                        path.push((x, 0));
+                        todo.extend(n.inputs.iter().map(|&y| (y, 0)));
+                    }
+                    _ => computed.push((x, k)),
+                }
+            }
+            match (&leaves[..], computed.is_empty()) {
+                ([], _) => out.gradients.extend(path.into_iter().chain(computed)),
+                ([leaf, ..], true) if matches!(g.nodes[*leaf].op, Op::Param(_)) => {
+                    out.states.extend(path.into_iter().map(|x| (x, *leaf)))
+                }
+                _ => {}
             }
         }
     }
@@ -671,7 +764,7 @@ fn launch(g: &Graph, i: NodeId, view_of: &[Option<View>], outputs: Vec<View>) ->
         _ => unreachable!("only computed nodes launch"),
     };
     let inputs = n.inputs.iter().filter_map(|&x| view_of[x].clone()).collect();
-    Launch { kind, node: i, inputs, outputs }
+    Launch { kind, node: i, inputs, outputs, stream: Stream::Compute, waits_for: None }
 }
 
 /// Roles of computed buffers: a parameter's gradient (it has the parameter's type and an

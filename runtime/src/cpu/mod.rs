@@ -18,7 +18,7 @@ pub use kernels::Kernels;
 
 use hyb_compiler::ir::{Dim, Graph, Op};
 use hyb_compiler::ops::{Prim, Primitive, Sizes};
-use hyb_compiler::plan::{LaunchKind, Program, View};
+use hyb_compiler::plan::{LaunchKind, Program, Stream, View};
 use hyb_compiler::reference::{self, Real, RunError, Tensor};
 use std::collections::HashMap;
 
@@ -297,7 +297,11 @@ impl<T: Real> Arena<T> {
     }
 }
 
-/// Runs every launch of `program` over the arenas (one per rank) in order.
+/// Runs every launch of `program` over the arenas (one per rank) in order, except that an
+/// exchange-stream launch runs as late as the program allows: when a launch waits for it,
+/// or at the end. The GPU runs it anywhere in between, beside the computation; running it
+/// last is the case in which a plan that let its inputs be overwritten, or read its
+/// outputs early, shows.
 fn execute<T: Real>(
     graph: &Graph,
     program: &Program,
@@ -315,7 +319,7 @@ fn execute<T: Real>(
     };
     let bind = |s: &str| Dim::bind_parts(s, &symbol);
     let sizes = Sizes::new(&bind);
-    for index in 0..program.launches.len() {
+    let mut run = |index: usize, arenas: &mut [Arena<T>]| -> Result<(), RunError> {
         if let Some(o) = hooks.observer.as_deref_mut() {
             o.before(index, &arenas[0].data)?;
         }
@@ -329,8 +333,22 @@ fn execute<T: Real>(
         if let Some(o) = hooks.observer.as_deref_mut() {
             o.after(index, &arenas[0].data)?;
         }
+        Ok(())
+    };
+    // Exchange-stream launches not run yet, in their stream's order.
+    let mut pending = std::collections::VecDeque::new();
+    for (index, launch) in program.launches.iter().enumerate() {
+        if let Some(waited) = launch.waits_for {
+            while pending.front().is_some_and(|&e| e <= waited) {
+                run(pending.pop_front().expect("checked"), arenas)?;
+            }
+        }
+        match launch.stream {
+            Stream::Exchange => pending.push_back(index),
+            Stream::Compute => run(index, arenas)?,
+        }
     }
-    Ok(())
+    pending.into_iter().try_for_each(|e| run(e, arenas))
 }
 
 /// Runs launch `index` through `exchange` if it is a collective; whether it was. A

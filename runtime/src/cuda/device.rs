@@ -1,5 +1,5 @@
-//! The GPU a run uses: its driver context, the one stream every launch of a step goes on,
-//! and the cuBLASLt handle GEMMs use. Opening it is where a machine without a driver or
+//! The GPU a run uses: its driver context, the stream the launches of a step go on (and
+//! the one the replicas' exchanges overlap it on), and the cuBLASLt handle GEMMs use. Opening it is where a machine without a driver or
 //! without a GPU is told so, before anything is compiled for it.
 
 use super::CudaError;
@@ -11,13 +11,17 @@ use std::sync::Arc;
 pub struct Device {
     pub(crate) context: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
+    /// The stream the replicas' exchanges run on, beside the step's computation
+    /// ([`hyb_compiler::plan::Stream::Exchange`]); joined back into `stream` before
+    /// anything waits on it.
+    pub(crate) exchange: Arc<CudaStream>,
     pub(crate) blas: blas_sys::cublasLtHandle_t,
     name: String,
     sms: usize,
 }
 
 // Safety: the context and stream are cudarc's (Send + Sync); the cuBLASLt handle is only
-// used to queue work on the device's one stream, from the thread that runs the programs
+// used to queue work on the device's compute stream, from the thread that runs the programs
 // (each program behind its own lock).
 unsafe impl Send for Device {}
 unsafe impl Sync for Device {}
@@ -56,15 +60,17 @@ impl Device {
             return Err(CudaError::NoLibrary("cuBLASLt (libcublasLt.so)"));
         }
         let context = CudaContext::new(ordinal).map_err(|e| CudaError::driver("creating a context", e))?;
-        // One stream, ordered launches: cudarc's per-allocation events are not needed.
+        // Launches ordered on the stream, or by the program's own events between the two:
+        // cudarc's per-allocation events are not needed.
         unsafe { context.disable_event_tracking() };
         let stream = context.new_stream().map_err(|e| CudaError::driver("creating a stream", e))?;
+        let exchange = context.new_stream().map_err(|e| CudaError::driver("creating a stream", e))?;
         let blas = blas::create_handle().map_err(|e| CudaError::blas("creating a cuBLASLt handle", e))?;
         let name = context.name().unwrap_or_else(|_| "a GPU".into());
         let sms = context
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| CudaError::driver("reading the SM count", e))? as usize;
-        Ok(Device { context, stream, blas, name, sms })
+        Ok(Device { context, stream, exchange, blas, name, sms })
     }
 
     pub fn name(&self) -> &str {

@@ -279,9 +279,15 @@ impl GemmPlan {
         Ok(self)
     }
 
-    /// Queues the GEMM on the device's stream over the arena at `base`, with cuBLASLt's
-    /// workspace at `workspace`.
-    pub fn launch(&self, device: &Device, base: u64, workspace: u64) -> Result<(), CudaError> {
+    /// Queues the GEMM on `stream` over the arena at `base`, with cuBLASLt's workspace at
+    /// `workspace`.
+    pub fn launch(
+        &self,
+        device: &Device,
+        stream: cudarc::driver::sys::CUstream,
+        base: u64,
+        workspace: u64,
+    ) -> Result<(), CudaError> {
         let (alpha, beta) = (self.alpha, if self.residual.is_some() { 1.0f32 } else { 0.0 });
         let count: usize = self.loops.iter().map(|(e, _)| e).product();
         let mut index = vec![0usize; self.loops.len()];
@@ -311,7 +317,7 @@ impl GemmPlan {
                     &self.algo,
                     workspace as *mut c_void,
                     WORKSPACE_BYTES,
-                    device.cu_stream() as sys::cudaStream_t,
+                    stream as sys::cudaStream_t,
                 )
             }
             .map_err(|e| CudaError::blas("queuing a GEMM", e))?;

@@ -1,8 +1,9 @@
 //! The CUDA executor: runs a planned [`Program`](hyb_compiler::plan::Program) on one GPU —
 //! the same program the CPU executor runs. Generated kernels are PTX from
 //! `hyb_compiler::codegen::gpu`, JIT-compiled by the driver when the program is prepared;
-//! GEMMs go to cuBLASLt; the arena is one allocation; a step is one stream of launches,
-//! captured as a CUDA graph after its first run and replayed.
+//! GEMMs go to cuBLASLt; the arena is one allocation; a step is one stream of launches
+//! (with the replicas' exchanges beside it on a second, joined by events), captured as a
+//! CUDA graph after its first run and replayed.
 //!
 //! Built on `cudarc`'s driver and cuBLASLt bindings, loaded at run time, so the same
 //! binary runs on machines without a GPU (where [`Device::open`] says so).

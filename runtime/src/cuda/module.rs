@@ -87,10 +87,16 @@ impl Module {
         Ok(loaded)
     }
 
-    /// Queues every entry, in order, on the device's stream. `pointers`: the device
-    /// addresses of the views (inputs, outputs) then of the workspace buffers; `strides`:
-    /// every view's strides in elements.
-    pub fn launch(&self, device: &Device, pointers: &[u64], strides: &[i64]) -> Result<(), CudaError> {
+    /// Queues every entry, in order, on `stream`. `pointers`: the device addresses of the
+    /// views (inputs, outputs) then of the workspace buffers; `strides`: every view's
+    /// strides in elements.
+    pub fn launch(
+        &self,
+        device: &Device,
+        stream: sys::CUstream,
+        pointers: &[u64],
+        strides: &[i64],
+    ) -> Result<(), CudaError> {
         let mut values: Vec<u64> = pointers.to_vec();
         values.extend(strides.iter().map(|&s| s as u64));
         // A workspace buffer is one contiguous axis.
@@ -103,9 +109,9 @@ impl Module {
             // Safety: the parameters are the ones every generated entry declares, in its
             // order; the addresses are inside the arena the views were checked against.
             let shared = nest.dynamic_shared_bytes as u32;
-            unsafe { result::launch_kernel(*function, grid, block, shared, device.cu_stream(), &mut params) }.map_err(
-                |e| CudaError::Launch { kernel: self.name.clone(), entry: nest.symbol.clone(), error: e.to_string() },
-            )?;
+            unsafe { result::launch_kernel(*function, grid, block, shared, stream, &mut params) }.map_err(|e| {
+                CudaError::Launch { kernel: self.name.clone(), entry: nest.symbol.clone(), error: e.to_string() }
+            })?;
         }
         Ok(())
     }

@@ -3,9 +3,10 @@
 //! tensor-parallel ranks that hold the same part of a value split into fewer parts than
 //! ranks (a duplicated key/value head). The ranks have already met over TCP, so NCCL's
 //! unique id travels that way: the group's first rank makes it, the others receive it, and
-//! every rank then joins the communicator on its GPU. Collectives are
-//! queued on the device's one stream, so they run in order with the step's kernels and are
-//! captured in its CUDA graph like any launch.
+//! every rank then joins the communicator on its GPU. Collectives are queued on the
+//! device's compute stream, in order with the step's kernels, or (the replicas' exchanges)
+//! on its exchange stream, in order with each other; either way they are captured in the
+//! step's CUDA graph like any launch.
 
 use super::{CudaError, Device};
 use crate::cpu::Axis;
@@ -171,8 +172,13 @@ pub struct Collective {
 }
 
 impl Collective {
-    /// Queues the collective on the device's stream.
-    pub fn queue(&self, device: &Device, comms: &Communicators, base: u64) -> Result<(), CudaError> {
+    /// Queues the collective on `stream`.
+    pub fn queue(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        comms: &Communicators,
+        base: u64,
+    ) -> Result<(), CudaError> {
         let comm = comms.peers(self.peers)?;
         let dtype = match self.dtype {
             DType::F32 => sys::ncclDataType_t::ncclFloat32,
@@ -181,7 +187,7 @@ impl Collective {
         };
         let send = (base + self.send as u64) as *const c_void;
         let recv = (base + self.recv as u64) as *mut c_void;
-        let stream = device.cu_stream() as sys::cudaStream_t;
+        let stream = stream as sys::cudaStream_t;
         let sum = sys::ncclRedOp_t::ncclSum;
         // Safety: both ranges lie inside the arena (the builder laid them out there) and
         // hold `count` elements, times the group's size for a gathered receive or a

@@ -9,14 +9,14 @@ use super::module::Module;
 use super::nccl::{Collective, Communicators, Exchange, Peers};
 use super::{CudaError, Device};
 use crate::cpu::Axis;
-use cudarc::driver::{sys, CudaGraph};
+use cudarc::driver::{sys, CudaEvent, CudaGraph};
 use hyb_compiler::codegen::chain::{self, Slot, Step};
 use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Storage, Symbols, Target};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::ops::Prim;
-use hyb_compiler::plan::{Buffer, Launch, LaunchKind, Program, Role, View};
+use hyb_compiler::plan::{Buffer, Launch, LaunchKind, Program, Role, Stream, View};
 use hyb_compiler::reference::{RunError, Tensor};
 use hyb_dsl::value::DType;
 use std::collections::HashMap;
@@ -63,6 +63,9 @@ pub struct CudaProgram {
     /// Byte offset of cuBLASLt's workspace in the arena.
     workspace_at: usize,
     launches: Vec<Prepared>,
+    /// For each launch on the exchange stream, the events it starts after (recorded on
+    /// the compute stream) and its end (recorded on the exchange stream).
+    exchanges: HashMap<usize, (CudaEvent, CudaEvent)>,
     captured: Option<CudaGraph>,
     /// The job's NCCL communicators, which the collective launches need
     /// ([`CudaProgram::connect`]).
@@ -112,23 +115,40 @@ impl CudaProgram {
             scratch_end: scratch_at,
             sharing: Default::default(),
         };
-        let mut launches = Vec::with_capacity(program.launches.len());
-        let mut embeddings = Vec::new();
-        for (i, launch) in program.launches.iter().enumerate() {
-            if let Op::Prim(Prim::Embedding(_)) = &graph.nodes[launch.node].op {
-                embeddings.push((launch.inputs[1].clone(), launch.inputs[0].shape[0]));
+        let mut launches: Vec<Option<Prepared>> = (0..program.launches.len()).map(|_| None).collect();
+        let embeddings = program
+            .launches
+            .iter()
+            .filter(|l| matches!(&graph.nodes[l.node].op, Op::Prim(Prim::Embedding(_))))
+            .map(|l| (l.inputs[1].clone(), l.inputs[0].shape[0]))
+            .collect();
+        // The compute stream's launches share one scratch region, and the exchange
+        // stream's, which run beside them, another after it.
+        for stream in [Stream::Compute, Stream::Exchange] {
+            if stream == Stream::Exchange {
+                builder.scratch_at = builder.scratch_end.next_multiple_of(256);
+                builder.scratch_end = builder.scratch_at;
             }
-            let place = |v: &View| Placed {
-                offset: program.buffers[v.buffer].offset + v.offset * v.dtype.size_bytes(),
-                strides: v.strides.clone(),
-            };
-            let inputs: Vec<Placed> = launch.inputs.iter().map(place).collect();
-            let outputs: Vec<Placed> = launch.outputs.iter().map(place).collect();
-            builder.cursor = builder.scratch_at;
-            let prepared =
-                builder.launch(launch, &inputs, &outputs).map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
-            launches.push(prepared);
+            for (i, launch) in program.launches.iter().enumerate().filter(|(_, l)| l.stream == stream) {
+                let place = |v: &View| Placed {
+                    offset: program.buffers[v.buffer].offset + v.offset * v.dtype.size_bytes(),
+                    strides: v.strides.clone(),
+                };
+                let inputs: Vec<Placed> = launch.inputs.iter().map(place).collect();
+                let outputs: Vec<Placed> = launch.outputs.iter().map(place).collect();
+                builder.cursor = builder.scratch_at;
+                let prepared = builder
+                    .launch(launch, &inputs, &outputs)
+                    .map_err(|e| e.at_launch(i, &graph.nodes[launch.node].op))?;
+                launches[i] = Some(prepared);
+            }
         }
+        let launches = launches.into_iter().map(|p| p.expect("every launch is on a stream")).collect();
+        let event = || device.context.new_event(None).map_err(|e| CudaError::driver("creating an event", e));
+        let exchanges = (0..program.launches.len())
+            .filter(|&i| program.launches[i].stream == Stream::Exchange)
+            .map(|i| Ok((i, (event()?, event()?))))
+            .collect::<Result<_, CudaError>>()?;
         let workspace_at = builder.scratch_end.next_multiple_of(256);
         let modules = builder.modules.len();
         let sharing = builder.sharing.iter().copied().collect();
@@ -143,6 +163,7 @@ impl CudaProgram {
             arena,
             workspace_at,
             launches,
+            exchanges,
             captured: None,
             comms: None,
             sharing,
@@ -337,18 +358,45 @@ impl CudaProgram {
         self.queue(0..self.launches.len())
     }
 
-    /// Queues launches `range` without waiting.
+    /// Queues launches `range` without waiting: an exchange-stream launch after the
+    /// compute launches queued before it, a compute launch after the exchange it waits for;
+    /// by the end of the range the compute stream has joined every exchange in it.
     pub fn queue(&self, range: std::ops::Range<usize>) -> Result<(), CudaError> {
         let at = Addresses { base: self.arena.at(0), workspace: self.arena.at(self.workspace_at) };
+        let (compute, exchange) = (&self.device.stream, &self.device.exchange);
+        let driver = |what: &'static str| move |e| CudaError::driver(what, e);
+        let start = range.start;
+        // The last exchange queued and not yet joined.
+        let mut open = None;
         for i in range {
-            self.queue_one(&self.launches[i], &at).map_err(|e| {
-                let node = self.program.launches[i].node;
-                CudaError::Launch {
-                    kernel: format!("launch {i} (node %{node})"),
-                    entry: String::new(),
-                    error: e.to_string(),
+            let launch = &self.program.launches[i];
+            if let Some(e) = launch.waits_for.filter(|&e| e >= start) {
+                compute.wait(&self.exchanges[&e].1).map_err(driver("waiting for an exchange"))?;
+                if open.is_some_and(|o| o <= e) {
+                    open = None;
                 }
+            }
+            let stream = match launch.stream {
+                Stream::Compute => compute,
+                Stream::Exchange => {
+                    let after = &self.exchanges[&i].0;
+                    after.record(compute).map_err(driver("starting an exchange"))?;
+                    exchange.wait(after).map_err(driver("starting an exchange"))?;
+                    open = Some(i);
+                    exchange
+                }
+            };
+            self.queue_one(&self.launches[i], &at, stream.cu_stream()).map_err(|e| CudaError::Launch {
+                kernel: format!("launch {i} (node %{})", launch.node),
+                entry: String::new(),
+                error: e.to_string(),
             })?;
+            if launch.stream == Stream::Exchange {
+                self.exchanges[&i].1.record(exchange).map_err(driver("ending an exchange"))?;
+            }
+        }
+        if let Some(e) = open {
+            compute.wait(&self.exchanges[&e].1).map_err(driver("waiting for an exchange"))?;
         }
         Ok(())
     }
@@ -560,7 +608,7 @@ struct Addresses {
 }
 
 impl CudaProgram {
-    fn queue_one(&self, p: &Prepared, at: &Addresses) -> Result<(), CudaError> {
+    fn queue_one(&self, p: &Prepared, at: &Addresses, stream: sys::CUstream) -> Result<(), CudaError> {
         let device = &self.device;
         let comms = || {
             self.comms.as_deref().ok_or_else(|| {
@@ -568,21 +616,22 @@ impl CudaProgram {
             })
         };
         match p {
-            Prepared::Call(c) => c.launch(device, at.base, 0),
-            Prepared::Ranked { call, step, axis } => call.launch(device, at.base, comms()?.rank(*axis) * step),
-            Prepared::Gemm(g) => g.launch(device, at.base, at.workspace),
-            Prepared::Collective(c) => c.queue(device, comms()?, at.base),
-            Prepared::Chain(steps) => steps.iter().try_for_each(|s| self.queue_one(s, at)),
+            Prepared::Call(c) => c.launch(device, stream, at.base, 0),
+            Prepared::Ranked { call, step, axis } => call.launch(device, stream, at.base, comms()?.rank(*axis) * step),
+            Prepared::Gemm(g) => g.launch(device, stream, at.base, at.workspace),
+            Prepared::Collective(c) => c.queue(stream, comms()?, at.base),
+            Prepared::Chain(steps) => steps.iter().try_for_each(|s| self.queue_one(s, at, stream)),
         }
     }
 }
 
 impl Call {
-    /// Launches the kernel over the arena at `base`, its first view `shift` bytes on.
-    fn launch(&self, device: &Device, base: u64, shift: usize) -> Result<(), CudaError> {
+    /// Launches the kernel on `stream` over the arena at `base`, its first view `shift`
+    /// bytes on.
+    fn launch(&self, device: &Device, stream: sys::CUstream, base: u64, shift: usize) -> Result<(), CudaError> {
         let mut pointers: Vec<u64> = self.offsets.iter().map(|&o| base + o as u64).collect();
         pointers[0] += shift as u64;
-        self.module.launch(device, &pointers, &self.strides)
+        self.module.launch(device, stream, &pointers, &self.strides)
     }
 }
 
