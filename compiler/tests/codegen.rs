@@ -819,6 +819,33 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
     assert!(failures.is_empty(), "{} of {} kernels failed:\n{}", failures.len(), kernels.len(), failures.join("\n"));
 }
 
+/// The CUDA executor generates a program's kernels on many threads at once (MLIR contexts
+/// of their own, one pass registry): each must be the PTX it is when generated alone.
+#[test]
+fn kernels_generated_on_many_threads_are_those_generated_one_at_a_time() {
+    use rayon::prelude::*;
+    let (origin, graph, _) = &compiled_models()[0];
+    let mut templates: Vec<template::TemplateCode> = (0..graph.nodes.len())
+        .filter_map(|node| template::for_node(graph, node, SIZES, hyb_compiler::codegen::Target::Gpu)?.ok())
+        .collect();
+    templates.dedup_by(|a, b| a.name == b.name);
+    let bodies: Vec<Graph> = fused_kernels(true).into_values().map(|(_, body)| body).take(40).collect();
+    assert!(!templates.is_empty() && bodies.len() == 40, "{origin}: templates and bodies to generate");
+    let ptx =
+        |r: Result<gpu::GpuKernel, hyb_compiler::codegen::CodegenError>| r.map(|k| k.ptx).map_err(|e| e.to_string());
+    let generate = |i: usize| match i.checked_sub(bodies.len()) {
+        None => ptx(gpu::compile(&bodies[i], SIZES)),
+        Some(t) => ptx(gpu::compile_template(&templates[t])),
+    };
+    let n = bodies.len() + templates.len();
+    let alone: Vec<_> = (0..n).map(generate).collect();
+    let together: Vec<_> = (0..n).into_par_iter().map(generate).collect();
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!(a.is_ok(), "kernel {i}: {a:?}");
+        assert_eq!(a, t, "kernel {i} differs when generated beside others");
+    }
+}
+
 /// A body reading input `0` of `shape`.
 fn body_with_input(shape: &[usize]) -> (Graph, usize) {
     let mut g = Graph::default();

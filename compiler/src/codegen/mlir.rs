@@ -25,7 +25,9 @@ pub struct Session {
 impl Session {
     /// A single-threaded context (compiles run on the caller's threads) for kernel `kernel`.
     pub fn new(kernel: &str) -> Session {
-        register_all_passes();
+        // The pass registry is global and unguarded: filled once, before any thread reads it.
+        static PASSES: std::sync::Once = std::sync::Once::new();
+        PASSES.call_once(register_all_passes);
         let registry = DialectRegistry::new();
         register_all_dialects(&registry);
         let context = Context::new_with_registry(&registry, false);

@@ -11,6 +11,7 @@
 mod check;
 mod device;
 mod gemm;
+mod kernels;
 mod memory;
 mod module;
 mod nccl;

@@ -5,13 +5,12 @@
 //! whole sequence is captured as a CUDA graph and replayed.
 
 use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
-use super::module::Module;
+use super::kernels::{Kernel, Kernels, Source};
 use super::nccl::{Collective, Communicators, Exchange, Peers};
 use super::{CudaError, Device};
 use crate::cpu::Axis;
 use cudarc::driver::{sys, CudaEvent, CudaGraph};
 use hyb_compiler::codegen::chain::{self, Slot, Step};
-use hyb_compiler::codegen::gpu;
 use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Storage, Symbols, Target};
 use hyb_compiler::ir::{Graph, Op};
@@ -29,9 +28,9 @@ struct Placed {
     strides: Vec<isize>,
 }
 
-/// One generated kernel's launch: its module and the addresses it gets.
+/// One generated kernel's launch: its kernel and the addresses it gets.
 struct Call {
-    module: Arc<Module>,
+    kernel: Arc<Kernel>,
     /// Byte offsets of the views (inputs, outputs), then of the workspace buffers.
     offsets: Vec<usize>,
     strides: Vec<i64>,
@@ -109,7 +108,7 @@ impl CudaProgram {
             graph,
             symbols,
             bf16_scratch: program.precision.activations == DType::BF16,
-            modules: HashMap::new(),
+            kernels: Kernels::default(),
             scratch_at,
             cursor: scratch_at,
             scratch_end: scratch_at,
@@ -150,7 +149,8 @@ impl CudaProgram {
             .map(|i| Ok((i, (event()?, event()?))))
             .collect::<Result<_, CudaError>>()?;
         let workspace_at = builder.scratch_end.next_multiple_of(256);
-        let modules = builder.modules.len();
+        builder.kernels.load(&device)?;
+        let modules = builder.kernels.count();
         let sharing = builder.sharing.iter().copied().collect();
         let bytes = workspace_at + WORKSPACE_BYTES;
         let arena = super::DeviceMemory::alloc(&device, bytes, &arena_breakdown(program, bytes))?;
@@ -631,7 +631,7 @@ impl Call {
     fn launch(&self, device: &Device, stream: sys::CUstream, base: u64, shift: usize) -> Result<(), CudaError> {
         let mut pointers: Vec<u64> = self.offsets.iter().map(|&o| base + o as u64).collect();
         pointers[0] += shift as u64;
-        self.module.launch(device, stream, &pointers, &self.strides)
+        self.kernel.module().launch(device, stream, &pointers, &self.strides)
     }
 }
 
@@ -650,14 +650,14 @@ impl Owned {
     }
 }
 
-/// Prepares launches, loading each distinct module once.
+/// Prepares launches, asking for each distinct kernel once.
 struct Builder<'a> {
     device: &'a Device,
     graph: &'a Graph,
     symbols: Symbols,
     /// Whether chain scratch that GEMMs read is stored in bf16 (a mixed-precision program).
     bf16_scratch: bool,
-    modules: HashMap<String, Arc<Module>>,
+    kernels: Kernels,
     /// Where every launch's scratch starts.
     scratch_at: usize,
     /// The next free byte of the current launch's scratch.
@@ -695,23 +695,18 @@ impl Builder<'_> {
             }
             Unit::Template(code) => {
                 let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
+                code.check_storage(&stored).map_err(|e| CudaError::Codegen(e.to_string()))?;
                 let key = format!("{} {:?} {:?} {stored:?}", code.name, self.graph.nodes[node].op, code.inputs);
-                let module = match self.modules.get(&key) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let kernel = gpu::compile_template_stored(&code, &stored)
-                            .map_err(|e| CudaError::Codegen(e.to_string()))?;
-                        let m = Arc::new(Module::load(self.device, kernel)?);
-                        self.modules.insert(key, m.clone());
-                        m
-                    }
-                };
+                let kernel = self.kernels.get(key, || {
+                    let workspace = code.workspace_bytes();
+                    (Source::Template { code, stored }, workspace)
+                });
                 let mut offsets: Vec<usize> = inputs.iter().chain(outputs).map(|p| p.offset).collect();
-                for &bytes in &module.workspace.clone() {
+                for &bytes in &kernel.workspace {
                     offsets.push(self.scratch(bytes));
                 }
                 let strides = inputs.iter().chain(outputs).flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
-                Ok(Prepared::Call(Call { module, offsets, strides }))
+                Ok(Prepared::Call(Call { kernel, offsets, strides }))
             }
             Unit::Gemm(g) => {
                 let operand = |v: &View, p: &Placed| Owned {
@@ -891,19 +886,11 @@ impl Builder<'_> {
     fn body(&mut self, body: &Graph, dtypes: &[DType], views: &[&Placed]) -> Result<Prepared, CudaError> {
         let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
         let key = format!("{} {stored:?}", hyb_compiler::codegen::kernel_name(body));
-        let module = match self.modules.get(&key) {
-            Some(m) => m.clone(),
-            None => {
-                let kernel =
-                    gpu::compile_stored(body, self.symbols, &stored).map_err(|e| CudaError::Codegen(e.to_string()))?;
-                let m = Arc::new(Module::load(self.device, kernel)?);
-                self.modules.insert(key, m.clone());
-                m
-            }
-        };
+        let symbols = self.symbols;
+        let kernel = self.kernels.get(key, || (Source::Body { body: body.clone(), symbols, stored }, Vec::new()));
         let offsets = views.iter().map(|p| p.offset).collect();
         let strides = views.iter().flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();
-        Ok(Prepared::Call(Call { module, offsets, strides }))
+        Ok(Prepared::Call(Call { kernel, offsets, strides }))
     }
 }
 

@@ -12,6 +12,12 @@ impl Rng {
         r
     }
 
+    /// The stream `draws` draws further on: SplitMix64's state advances by a constant per
+    /// draw, so a stream splits into chunks that threads fill with the same values.
+    pub fn skipped(&self, draws: u64) -> Rng {
+        Rng(self.0.wrapping_add(draws.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -35,5 +41,20 @@ impl Rng {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn a_skipped_stream_continues_where_the_draws_would_have_left_it() {
+        let mut r = Rng::for_step(7, 3, 11);
+        let skipped = r.skipped(1000);
+        for _ in 0..1000 {
+            r.next_u64();
+        }
+        assert_eq!(skipped.clone().next_u64(), r.next_u64());
     }
 }

@@ -406,19 +406,28 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
     };
     let target = Target::Training { opt: cfg.adamw(), width_mult: cfg.width_mult, data_parallel };
     let opts = Options::default();
-    let step = compile(forward, &target, tp, &opts);
-    // Recompute is chosen, and the budget checked, on what the device would hold.
-    let sizing = Sizing { batch: rows, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
-    let request = Request { forward, compiled: &step, target: &target, tp, options: &opts, sizing };
-    let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
-    let levels = device.program.recompute;
     let precision = match planning.placement {
         Placement::Cuda(_, p) => p.policy(),
         Placement::Cpu => cpu_precision(),
     };
-    let step = plan_with(&step, &target, rows, cfg.seq, precision.clone(), &levels).map_err(plan_error)?;
-    let eval = compile(forward, &Target::Forward, 1, &opts);
-    let eval = plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, precision, &[]).map_err(plan_error)?;
+    // The step and the evaluation pass compile side by side: each is seconds for a large model.
+    let (step, eval) = rayon::join(
+        || {
+            let step = compile(forward, &target, tp, &opts);
+            // Recompute is chosen, and the budget checked, on what the device would hold.
+            let sizing =
+                Sizing { batch: rows, seq: cfg.seq, recompute: planning.recompute, budget: planning.device_memory };
+            let request = Request { forward, compiled: &step, target: &target, tp, options: &opts, sizing };
+            let device = fit(&request).map_err(|e| TrainError::Plan(e.to_string()))?;
+            let levels = device.program.recompute;
+            plan_with(&step, &target, rows, cfg.seq, precision.clone(), &levels).map_err(plan_error)
+        },
+        || {
+            let eval = compile(forward, &Target::Forward, 1, &opts);
+            plan_with(&eval, &Target::Forward, cfg.batch, cfg.seq, precision.clone(), &[]).map_err(plan_error)
+        },
+    );
+    let (step, eval) = (step?, eval?);
     if let Placement::Cuda(ordinal, _) = planning.placement {
         return Ok(Programs { replicas, tensor_parallel: tp, ..on_gpu(ordinal, step, eval)? });
     }
