@@ -445,6 +445,7 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
     if let Some(line) = trainer.codegen_summary() {
         println!("{line}");
     }
+    print_startup(&trainer);
     let total = trainer.config().steps;
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -548,6 +549,17 @@ fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World
 
 /// A layer's share of the step (its forward, backward and update): the spread over the
 /// layers, so one layer's time compares with a one-layer benchmark.
+/// Where the start went, before the first step's own time.
+fn print_startup(trainer: &Trainer) {
+    let s = trainer.startup();
+    let init = if s.initialised_s > 0.0 {
+        format!("parameters initialised in {:.1} s, ", s.initialised_s)
+    } else {
+        String::new()
+    };
+    println!("start: {init}programs compiled and prepared in {:.1} s", s.programs_s);
+}
+
 fn print_layers(times: &[hyb_runtime::train::step::LaunchTime]) {
     let mut layers: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
     let mut outside = 0.0;

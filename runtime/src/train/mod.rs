@@ -239,6 +239,17 @@ pub struct Trainer {
     /// The other replicas of a data-parallel job, which the step's gradients are summed
     /// with ([`Trainer::join`]).
     group: Option<crate::dist::Mesh>,
+    /// Seconds the run took to start, by stage.
+    startup: Startup,
+}
+
+/// Where a run's start went: what a researcher waits for before the first step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Startup {
+    /// Initialising the parameters (0 when resumed from a checkpoint).
+    pub initialised_s: f64,
+    /// Compiling the step and evaluation programs, and preparing them for their executor.
+    pub programs_s: f64,
 }
 
 /// The whole state (each parameter's value and moments, in the step graph's order) from a
@@ -276,6 +287,7 @@ impl Trainer {
         let forward = model.forward().clone();
         cfg.validate()?;
         check_data(&forward, &source, &cfg)?;
+        let started = Instant::now();
         let params: BTreeMap<String, Tensor<f32>> = forward
             .params
             .iter()
@@ -287,7 +299,10 @@ impl Trainer {
         let v = params.iter().map(|(k, t)| (k.clone(), zeros(t))).collect();
         let state = State { step: 0, applied: 0, skipped: 0, params, m, v };
         let identity = Identity::of(&forward, &source);
+        let initialised_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
+        let startup = Startup { initialised_s, programs_s: started.elapsed().as_secs_f64() };
         let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
         let t = Trainer {
@@ -302,6 +317,7 @@ impl Trainer {
             on_device: false,
             device_ahead: false,
             group: None,
+            startup,
         };
         t.write_metrics(b"")?;
         Ok(t)
@@ -367,7 +383,9 @@ impl Trainer {
         }
         check_data(&forward, &source, &cfg)?;
         let fork = !same_dir(how.from, how.into);
+        let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
+        let startup = Startup { initialised_s: 0.0, programs_s: started.elapsed().as_secs_f64() };
         let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
@@ -383,6 +401,7 @@ impl Trainer {
             on_device: false,
             device_ahead: false,
             group: None,
+            startup,
         };
         t.carry_metrics(&how.from.join("metrics.jsonl"))?;
         if fork {
@@ -434,6 +453,11 @@ impl Trainer {
     /// What of the step runs as generated native code (`None` on the reference executor).
     pub fn codegen_summary(&self) -> Option<String> {
         self.programs.codegen_summary()
+    }
+
+    /// Where the run's start went.
+    pub fn startup(&self) -> Startup {
+        self.startup
     }
 
     pub fn config(&self) -> &TrainConfig {
