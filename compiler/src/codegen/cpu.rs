@@ -17,6 +17,7 @@ use super::link::Linked;
 use super::template::TemplateCode;
 use super::{kernel_name, math, object, CodegenError, Symbols};
 use crate::ir::Graph;
+use rayon::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ pub enum Origin {
 
 /// Where object code is kept between runs (an artifact, a cache on disk), by
 /// [`object::key`]: kernels look there before compiling, and hand over what they compiled.
-pub trait Objects {
+pub trait Objects: Sync {
     /// The object code of `key`, if held (it may still be damaged: it is linked before use).
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Keeps `object`, the code of `key`.
@@ -596,6 +597,24 @@ impl Cache {
         let kernel = Arc::new(prepare_for(body, self.symbols, unit_last, objects)?);
         self.kernels.insert(key, kernel.clone());
         Ok(kernel)
+    }
+
+    /// Prepares every body of `wanted` not yet held, in parallel (each in an MLIR context
+    /// and LLVM module of its own); one that fails is left for [`Cache::get`] to report.
+    pub fn prepare_all(&mut self, wanted: Vec<(Graph, Vec<bool>)>, objects: &dyn Objects) {
+        let mut missing = HashMap::new();
+        for (body, unit_last) in wanted {
+            let key = (bincode::serialize(&body).expect("a graph serialises"), unit_last);
+            if !self.kernels.contains_key(&key) && !missing.contains_key(&key) {
+                missing.insert(key, body);
+            }
+        }
+        let symbols = self.symbols;
+        let prepared: Vec<_> = missing
+            .into_par_iter()
+            .filter_map(|(key, body)| Some((key.clone(), Arc::new(prepare_for(&body, symbols, &key.1, objects).ok()?))))
+            .collect();
+        self.kernels.extend(prepared);
     }
 
     pub fn len(&self) -> usize {

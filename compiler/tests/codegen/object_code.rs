@@ -7,24 +7,24 @@ use super::{fused_kernels, Case, SIZES};
 use hyb_compiler::codegen::cpu::{self, ArenaView, CpuKernel, Objects, Origin};
 use hyb_compiler::codegen::object::{self, Host};
 use hyb_compiler::ir::Graph;
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Object code in memory, counting what is asked for and kept.
 #[derive(Default)]
 pub(super) struct Store {
-    objects: RefCell<HashMap<String, Vec<u8>>>,
-    puts: RefCell<usize>,
+    objects: Mutex<HashMap<String, Vec<u8>>>,
+    puts: Mutex<usize>,
 }
 
 impl Objects for Store {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.objects.borrow().get(key).cloned()
+        self.objects.lock().unwrap().get(key).cloned()
     }
 
     fn put(&self, key: &str, object: &[u8]) {
-        *self.puts.borrow_mut() += 1;
-        self.objects.borrow_mut().insert(key.to_string(), object.to_vec());
+        *self.puts.lock().unwrap() += 1;
+        self.objects.lock().unwrap().insert(key.to_string(), object.to_vec());
     }
 }
 
@@ -43,12 +43,12 @@ fn compiled_then_loaded(what: &str, case: &Case, prepare: &dyn Fn(&Store) -> Cpu
     let store = Store::default();
     let compiled = prepare(&store);
     let loaded = prepare(&store);
-    if (compiled.origin(), loaded.origin(), *store.puts.borrow()) != (Origin::Compiled, Origin::Loaded, 1) {
+    if (compiled.origin(), loaded.origin(), *store.puts.lock().unwrap()) != (Origin::Compiled, Origin::Loaded, 1) {
         return Err(format!(
             "{what}: {:?} then {:?}, {} kept",
             compiled.origin(),
             loaded.origin(),
-            store.puts.borrow()
+            store.puts.lock().unwrap()
         ));
     }
     if arena_after(&compiled, case) != arena_after(&loaded, case) {
@@ -106,10 +106,10 @@ fn object_code_that_does_not_link_is_compiled_again() {
     let (key, code) = whole.objects.into_inner().into_iter().next().expect("the object is kept");
     for damaged in [Vec::new(), b"not an object".to_vec(), code[..code.len() / 2].to_vec()] {
         let store = Store::default();
-        store.objects.borrow_mut().insert(key.clone(), damaged);
+        store.objects.lock().unwrap().insert(key.clone(), damaged);
         let kernel = cpu::prepare_for(body, SIZES, &[], &store).expect("compiles");
         assert_eq!(kernel.origin(), Origin::Compiled);
-        assert_eq!(store.objects.borrow()[&key], code, "the compiled object replaces the damaged one");
+        assert_eq!(store.objects.lock().unwrap()[&key], code, "the compiled object replaces the damaged one");
         assert_eq!(arena_after(&kernel, &case), arena_after(&fresh, &case));
     }
 }

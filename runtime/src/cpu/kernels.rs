@@ -18,6 +18,7 @@ use hyb_compiler::codegen::unit::{self, GemmShape, Unit};
 use hyb_compiler::codegen::{CodegenError, Symbols, Target};
 use hyb_compiler::ir::{Graph, Op};
 use hyb_compiler::plan::{Launch, LaunchKind, Program};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -97,22 +98,24 @@ impl Kernels {
         let mut builder = Builder { graph, symbols, objects, bodies: Cache::new(symbols), templates: HashMap::new() };
         let mut interpreted = Vec::new();
         let mut scratch = 0;
-        let by_launch = program
+        // Which views step one element at a time along their last axis, so the code can
+        // take that stride as a constant.
+        let unit =
+            |v: &hyb_compiler::plan::View| v.shape.last().is_none_or(|&n| n <= 1) || v.strides.last() == Some(&1);
+        let launches: Vec<(&Launch, Vec<bool>, Vec<bool>)> = program
             .launches
             .iter()
+            .map(|l| (l, l.inputs.iter().map(unit).collect(), l.outputs.iter().map(unit).collect()))
+            .collect();
+        builder.prepare_all(&launches);
+        let by_launch = launches
+            .iter()
             .enumerate()
-            .map(|(i, launch)| {
+            .map(|(i, (launch, inputs, outputs))| {
                 if matches!(launch.kind, LaunchKind::Collective(_)) {
                     return None;
                 }
-                // Which views step one element at a time along their last axis, so the
-                // code can take that stride as a constant.
-                let unit = |v: &hyb_compiler::plan::View| {
-                    v.shape.last().is_none_or(|&n| n <= 1) || v.strides.last() == Some(&1)
-                };
-                let inputs: Vec<bool> = launch.inputs.iter().map(unit).collect();
-                let outputs: Vec<bool> = launch.outputs.iter().map(unit).collect();
-                match builder.native(launch, &inputs, &outputs) {
+                match builder.native(launch, inputs, outputs) {
                     Ok(native) => {
                         if let Native::Chain { scratch: buffers, .. } = &native {
                             let end = buffers.last().map_or(0, |b| b.offset + b.shape.iter().product::<usize>());
@@ -242,6 +245,47 @@ struct Builder<'g> {
 }
 
 impl Builder<'_> {
+    /// Compiles every distinct body and template of `launches` (with their views'
+    /// unit-stride flags) on all cores, so that [`Builder::native`] finds each prepared; one
+    /// that fails is compiled again there, which reports why.
+    fn prepare_all(&mut self, launches: &[(&Launch, Vec<bool>, Vec<bool>)]) {
+        let mut bodies = Vec::new();
+        let mut templates = HashMap::new();
+        for (launch, inputs, outputs) in launches {
+            if matches!(launch.kind, LaunchKind::Collective(_)) {
+                continue;
+            }
+            let Ok(unit) = unit::for_launch(self.graph, launch, self.symbols, Target::Cpu) else { continue };
+            let views = [inputs.as_slice(), outputs].concat();
+            match unit {
+                Unit::Body(body) => bodies.push((body, views)),
+                Unit::Template(code) => {
+                    let key = template_key(&code.name, &self.graph.nodes[launch.node].op, &code.inputs, &views);
+                    if !self.templates.contains_key(&key) {
+                        templates.entry(key).or_insert((code, views));
+                    }
+                }
+                Unit::Chain(chain) => {
+                    for step in chain.steps {
+                        if let Step::Body { body, reads, writes } = step {
+                            bodies.push((body, step_views(&reads, &writes, inputs, outputs)));
+                        }
+                    }
+                }
+                Unit::Gemm(_) => {}
+            }
+        }
+        self.bodies.prepare_all(bodies, self.objects);
+        let objects = self.objects;
+        let prepared: Vec<(String, Arc<CpuKernel>)> = templates
+            .into_par_iter()
+            .filter_map(|(key, (code, views))| {
+                Some((key, Arc::new(prepare_template_for(&code, &views, objects).ok()?)))
+            })
+            .collect();
+        self.templates.extend(prepared);
+    }
+
     /// The native code of `node`, or why there is none.
     fn native(&mut self, launch: &Launch, inputs: &[bool], outputs: &[bool]) -> Result<Native, String> {
         let node = launch.node;
@@ -265,18 +309,12 @@ impl Builder<'_> {
             }
             Unit::Gemm(g) => gemm(&g).map(Native::Gemm),
             Unit::Chain(chain) => {
-                let unit_last = |slot: &Slot| match *slot {
-                    Slot::Input(k) => inputs[k],
-                    Slot::Output(k) => outputs[k],
-                    Slot::Scratch(_) => true,
-                };
                 let steps = chain
                     .steps
                     .iter()
                     .map(|step| match step {
                         Step::Body { body, reads, writes } => {
-                            let views: Vec<bool> =
-                                reads.iter().chain(writes.iter().map(|w| &w[0])).map(unit_last).collect();
+                            let views = step_views(reads, writes, inputs, outputs);
                             let kernel = self.bodies.get(body, &views, self.objects).map_err(|e| internal(&e))?;
                             Ok(NativeStep::Code { kernel, reads: reads.clone(), writes: writes.clone() })
                         }
@@ -303,6 +341,17 @@ impl Builder<'_> {
             }
         }
     }
+}
+
+/// Unit-stride flags of a chain step's views: what it reads, then the first slot of each
+/// value it writes; scratch is contiguous.
+fn step_views(reads: &[Slot], writes: &[Vec<Slot>], inputs: &[bool], outputs: &[bool]) -> Vec<bool> {
+    let unit_last = |slot: &Slot| match *slot {
+        Slot::Input(k) => inputs[k],
+        Slot::Output(k) => outputs[k],
+        Slot::Scratch(_) => true,
+    };
+    reads.iter().chain(writes.iter().map(|w| &w[0])).map(unit_last).collect()
 }
 
 fn internal(e: &CodegenError) -> String {
