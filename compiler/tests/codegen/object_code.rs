@@ -103,7 +103,7 @@ fn object_code_that_does_not_link_is_compiled_again() {
     let fresh = cpu::compile(body, SIZES).expect("compiles");
     let whole = Store::default();
     cpu::prepare_for(body, SIZES, &[], &whole).expect("compiles");
-    let (key, code) = whole.objects.into_inner().into_iter().next().expect("the object is kept");
+    let (key, code) = whole.objects.into_inner().unwrap().into_iter().next().expect("the object is kept");
     for damaged in [Vec::new(), b"not an object".to_vec(), code[..code.len() / 2].to_vec()] {
         let store = Store::default();
         store.objects.lock().unwrap().insert(key.clone(), damaged);
