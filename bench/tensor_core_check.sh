@@ -11,12 +11,14 @@
 # 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
 # (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
 # per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
-# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL. ATTENTION=0 and HYBRID=0 leave out the
-# attention benchmark and the small hybrid. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
+# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL. ATTENTION=0, HYBRID=0, CASES=0 and
+# SSD=0 leave out the attention benchmark, the small hybrid, the device cases and the SSD benchmarks. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
-python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
-grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
+if [ "${CASES:-1}" = 1 ]; then
+    python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
+    grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
+fi
 # With SANITIZE=1, the SSD cases again under compute-sanitizer's memcheck and racecheck.
 if [ "${SANITIZE:-0}" = 1 ]; then
     python3 - dist/tc/cases "$work/ssd_cases" <<'PY'
@@ -39,8 +41,10 @@ fi
 if [ "${ATTENTION:-1}" = 1 ]; then
     python3 bench/attention_mma.py dist/tc/bench 2>&1 | tail -n 12
 fi
-python3 bench/ssd_debug.py dist/tc/bench 2>&1 | tail -n 12
-PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
+if [ "${SSD:-1}" = 1 ]; then
+    python3 bench/ssd_debug.py dist/tc/bench 2>&1 | tail -n 12
+    PYTHONPATH=dist/tc/peer python3 bench/ssd_mma.py dist/tc/bench 2>&1 | tail -n 12
+fi
 # With PACKED=1 the same pair again on packed rows (this README's lines as documents, so
 # attention, conv and scan restart every few dozen tokens).
 steps=${STEPS:-60}
