@@ -800,6 +800,8 @@ fn train_packs_documents_into_rows_and_refuses_what_it_cannot_pack() {
     assert!(o.status.success(), "{}", stderr(&o));
     // The packed program's document primitives run as generated code like the rest.
     assert!(stdout(&o).contains("launches run native code") && !stdout(&o).contains("interpreted"), "{}", stdout(&o));
+    // It says where its start went.
+    assert!(stdout(&o).contains("start: parameters initialised in"), "{}", stdout(&o));
     // Resuming reads the same packed data from the checkpoint.
     let o = hyb(&[
         "train",
