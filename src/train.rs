@@ -547,19 +547,15 @@ fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World
     Ok(())
 }
 
-/// A layer's share of the step (its forward, backward and update): the spread over the
-/// layers, so one layer's time compares with a one-layer benchmark.
 /// Where the start went, before the first step's own time.
 fn print_startup(trainer: &Trainer) {
     let s = trainer.startup();
-    let init = if s.initialised_s > 0.0 {
-        format!("parameters initialised in {:.1} s, ", s.initialised_s)
-    } else {
-        String::new()
-    };
+    let init = s.initialised_s.map_or(String::new(), |t| format!("parameters initialised in {t:.1} s, "));
     println!("start: {init}programs compiled and prepared in {:.1} s", s.programs_s);
 }
 
+/// A layer's share of the step (its forward, backward and update): the spread over the
+/// layers, so one layer's time compares with a one-layer benchmark.
 fn print_layers(times: &[hyb_runtime::train::step::LaunchTime]) {
     let mut layers: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
     let mut outside = 0.0;

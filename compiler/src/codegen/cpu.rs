@@ -601,10 +601,10 @@ impl Cache {
 
     /// Prepares every body of `wanted` not yet held, in parallel (each in an MLIR context
     /// and LLVM module of its own); one that fails is left for [`Cache::get`] to report.
-    pub fn prepare_all(&mut self, wanted: Vec<(Graph, Vec<bool>)>, objects: &dyn Objects) {
+    pub fn prepare_all(&mut self, wanted: Vec<(&Graph, Vec<bool>)>, objects: &dyn Objects) {
         let mut missing = HashMap::new();
         for (body, unit_last) in wanted {
-            let key = (bincode::serialize(&body).expect("a graph serialises"), unit_last);
+            let key = (bincode::serialize(body).expect("a graph serialises"), unit_last);
             if !self.kernels.contains_key(&key) && !missing.contains_key(&key) {
                 missing.insert(key, body);
             }
@@ -612,7 +612,7 @@ impl Cache {
         let symbols = self.symbols;
         let prepared: Vec<_> = missing
             .into_par_iter()
-            .filter_map(|(key, body)| Some((key.clone(), Arc::new(prepare_for(&body, symbols, &key.1, objects).ok()?))))
+            .filter_map(|(key, body)| Some((key.clone(), Arc::new(prepare_for(body, symbols, &key.1, objects).ok()?))))
             .collect();
         self.kernels.extend(prepared);
     }

@@ -104,6 +104,7 @@ pub fn overlap_exchanges(g: &Graph, launches: &mut Vec<Launch>, buffers: &mut [B
     // Exchanges on their stream; the first launch touching what one writes, or writing
     // what it reads, waits for it. An exchange that stays in order waits for the ones
     // before it, so the replicas' exchanges reach their communicator in program order.
+    let sets: Vec<_> = launches.iter().map(|l| (reads(l), writes(l))).collect();
     let mut joins = Vec::new();
     let mut last_exchange = None;
     for p in 0..n {
@@ -119,11 +120,11 @@ pub fn overlap_exchanges(g: &Graph, launches: &mut Vec<Launch>, buffers: &mut [B
         }
         last_exchange = Some(p);
         launches[p].stream = Stream::Exchange;
-        let (ins, outs) = (reads(&launches[p]), writes(&launches[p]));
+        let (ins, outs) = &sets[p];
         let join = (p + 1..n)
             .find(|&q| {
-                let (r, w) = (reads(&launches[q]), writes(&launches[q]));
-                !outs.is_disjoint(&r) || !outs.is_disjoint(&w) || !ins.is_disjoint(&w)
+                let (r, w) = &sets[q];
+                !outs.is_disjoint(r) || !outs.is_disjoint(w) || !ins.is_disjoint(w)
             })
             .unwrap_or(n);
         if join < n {

@@ -95,27 +95,32 @@ impl Kernels {
     pub fn prepare(graph: &Graph, program: &Program, objects: &dyn Objects) -> Kernels {
         let started = std::time::Instant::now();
         let symbols = Symbols { batch: program.batch, seq: program.seq };
-        let mut builder = Builder { graph, symbols, objects, bodies: Cache::new(symbols), templates: HashMap::new() };
+        let mut builder = Builder { graph, objects, bodies: Cache::new(symbols), templates: HashMap::new() };
         let mut interpreted = Vec::new();
         let mut scratch = 0;
         // Which views step one element at a time along their last axis, so the code can
         // take that stride as a constant.
-        let unit =
+        let unit_stride =
             |v: &hyb_compiler::plan::View| v.shape.last().is_none_or(|&n| n <= 1) || v.strides.last() == Some(&1);
-        let launches: Vec<(&Launch, Vec<bool>, Vec<bool>)> = program
+        // What each launch gets (collectives: nothing), decided once for both passes.
+        let launches: Vec<Planned> = program
             .launches
             .iter()
-            .map(|l| (l, l.inputs.iter().map(unit).collect(), l.outputs.iter().map(unit).collect()))
+            .map(|l| Planned {
+                launch: l,
+                inputs: l.inputs.iter().map(unit_stride).collect(),
+                outputs: l.outputs.iter().map(unit_stride).collect(),
+                unit: (!matches!(l.kind, LaunchKind::Collective(_)))
+                    .then(|| unit::for_launch(graph, l, symbols, Target::Cpu)),
+            })
             .collect();
         builder.prepare_all(&launches);
         let by_launch = launches
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, (launch, inputs, outputs))| {
-                if matches!(launch.kind, LaunchKind::Collective(_)) {
-                    return None;
-                }
-                match builder.native(launch, inputs, outputs) {
+            .map(|(i, Planned { launch, inputs, outputs, unit })| {
+                let unit = unit?;
+                match builder.native(launch, unit, &inputs, &outputs) {
                     Ok(native) => {
                         if let Native::Chain { scratch: buffers, .. } = &native {
                             let end = buffers.last().map_or(0, |b| b.offset + b.shape.iter().product::<usize>());
@@ -235,10 +240,18 @@ impl Kernels {
     }
 }
 
+/// A launch, its views' unit-stride flags (inputs, outputs) and what it gets (`None`: a
+/// collective, which the executor exchanges).
+struct Planned<'p> {
+    launch: &'p Launch,
+    inputs: Vec<bool>,
+    outputs: Vec<bool>,
+    unit: Option<Result<Unit, String>>,
+}
+
 /// Prepares what launches need, each distinct body or template once.
 struct Builder<'g> {
     graph: &'g Graph,
-    symbols: Symbols,
     objects: &'g dyn Objects,
     bodies: Cache,
     templates: HashMap<String, Arc<CpuKernel>>,
@@ -248,27 +261,25 @@ impl Builder<'_> {
     /// Compiles every distinct body and template of `launches` (with their views'
     /// unit-stride flags) on all cores, so that [`Builder::native`] finds each prepared; one
     /// that fails is compiled again there, which reports why.
-    fn prepare_all(&mut self, launches: &[(&Launch, Vec<bool>, Vec<bool>)]) {
+    fn prepare_all(&mut self, launches: &[Planned]) {
         let mut bodies = Vec::new();
         let mut templates = HashMap::new();
-        for (launch, inputs, outputs) in launches {
-            if matches!(launch.kind, LaunchKind::Collective(_)) {
-                continue;
-            }
-            let Ok(unit) = unit::for_launch(self.graph, launch, self.symbols, Target::Cpu) else { continue };
+        for planned in launches {
+            let Some(Ok(unit)) = &planned.unit else { continue };
+            let (inputs, outputs) = (&planned.inputs, &planned.outputs);
             let views = [inputs.as_slice(), outputs].concat();
             match unit {
                 Unit::Body(body) => bodies.push((body, views)),
                 Unit::Template(code) => {
-                    let key = template_key(&code.name, &self.graph.nodes[launch.node].op, &code.inputs, &views);
+                    let key = template_key(&code.name, &self.graph.nodes[planned.launch.node].op, &code.inputs, &views);
                     if !self.templates.contains_key(&key) {
                         templates.entry(key).or_insert((code, views));
                     }
                 }
                 Unit::Chain(chain) => {
-                    for step in chain.steps {
+                    for step in &chain.steps {
                         if let Step::Body { body, reads, writes } = step {
-                            bodies.push((body, step_views(&reads, &writes, inputs, outputs)));
+                            bodies.push((body, step_views(reads, writes, inputs, outputs)));
                         }
                     }
                 }
@@ -280,21 +291,27 @@ impl Builder<'_> {
         let prepared: Vec<(String, Arc<CpuKernel>)> = templates
             .into_par_iter()
             .filter_map(|(key, (code, views))| {
-                Some((key, Arc::new(prepare_template_for(&code, &views, objects).ok()?)))
+                Some((key, Arc::new(prepare_template_for(code, &views, objects).ok()?)))
             })
             .collect();
         self.templates.extend(prepared);
     }
 
     /// The native code of `node`, or why there is none.
-    fn native(&mut self, launch: &Launch, inputs: &[bool], outputs: &[bool]) -> Result<Native, String> {
+    fn native(
+        &mut self,
+        launch: &Launch,
+        unit: Result<Unit, String>,
+        inputs: &[bool],
+        outputs: &[bool],
+    ) -> Result<Native, String> {
         let node = launch.node;
         let views = [inputs, outputs].concat();
         let gemm = |g: &GemmShape| {
             Gemm::new(g.matmul.transpose_a, g.matmul.transpose_b, &g.a, &g.b, &g.out)
                 .ok_or_else(|| "matmul of unusual shapes".to_string())
         };
-        match unit::for_launch(self.graph, launch, self.symbols, Target::Cpu)? {
+        match unit? {
             Unit::Body(body) => {
                 self.bodies.get(&body, &views, self.objects).map(Native::Code).map_err(|e| internal(&e))
             }

@@ -1,6 +1,7 @@
 //! The GPU a run uses: its driver context, the stream the launches of a step go on (and
-//! the one the replicas' exchanges overlap it on), and the cuBLASLt handle GEMMs use. Opening it is where a machine without a driver or
-//! without a GPU is told so, before anything is compiled for it.
+//! the one the replicas' exchanges overlap it on), and the cuBLASLt handle GEMMs use.
+//! Opening it is where a machine without a driver or without a GPU is told so, before
+//! anything is compiled for it.
 
 use super::CudaError;
 use cudarc::cublaslt::{result as blas, sys as blas_sys};

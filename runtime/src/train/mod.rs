@@ -246,8 +246,8 @@ pub struct Trainer {
 /// Where a run's start went: what a researcher waits for before the first step.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Startup {
-    /// Initialising the parameters (0 when resumed from a checkpoint).
-    pub initialised_s: f64,
+    /// Initialising the parameters (`None`: resumed from a checkpoint).
+    pub initialised_s: Option<f64>,
     /// Compiling the step and evaluation programs, and preparing them for their executor.
     pub programs_s: f64,
 }
@@ -302,7 +302,7 @@ impl Trainer {
         let initialised_s = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
-        let startup = Startup { initialised_s, programs_s: started.elapsed().as_secs_f64() };
+        let startup = Startup { initialised_s: Some(initialised_s), programs_s: started.elapsed().as_secs_f64() };
         let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
         let t = Trainer {
@@ -385,7 +385,7 @@ impl Trainer {
         let fork = !same_dir(how.from, how.into);
         let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
-        let startup = Startup { initialised_s: 0.0, programs_s: started.elapsed().as_secs_f64() };
+        let startup = Startup { initialised_s: None, programs_s: started.elapsed().as_secs_f64() };
         let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
