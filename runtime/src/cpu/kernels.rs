@@ -290,9 +290,7 @@ impl Builder<'_> {
         let objects = self.objects;
         let prepared: Vec<(String, Arc<CpuKernel>)> = templates
             .into_par_iter()
-            .filter_map(|(key, (code, views))| {
-                Some((key, Arc::new(prepare_template_for(code, &views, objects).ok()?)))
-            })
+            .filter_map(|(key, (code, views))| Some((key, Arc::new(prepare_template_for(code, &views, objects).ok()?))))
             .collect();
         self.templates.extend(prepared);
     }
