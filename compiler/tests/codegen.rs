@@ -613,6 +613,49 @@ fn a_sum_into_few_channels_takes_a_block_per_channel() {
     assert!(kernel.ptx.contains("bar.sync"), "the block's warps combine their partial sums");
 }
 
+/// Index arithmetic (a loop index split into batch, time, head and channel) runs in 32
+/// bits where every value it takes is below 2³¹, and in 64 where one is not: Mamba-2's
+/// `D` gradient at Falcon-H1-0.5B's size, and a product element by element (an element
+/// per GPU thread: 63 channels, so no 16-byte path) at that size and at 256 times its
+/// batch (6.3e9 elements).
+#[test]
+fn index_arithmetic_is_32_bit_below_two_to_the_31() {
+    let (t, h, p) = (4096, 24, 64);
+    let ty = |shape: &[usize]| TensorType {
+        shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
+        dtype: DType::F32,
+    };
+    let product = |g: &mut Graph, b: usize, p: usize| {
+        let x = g.add(Op::Input("0".into()), vec![], ty(&[b, t, h, p]));
+        let y = g.add(Op::Input("1".into()), vec![], ty(&[b, t, h, p]));
+        g.binary(Binary::Mul, x, y)
+    };
+    let divisions = |mlir: &str, width: &str| {
+        mlir.lines().filter(|l| (l.contains("arith.divui") || l.contains("arith.remui")) && l.ends_with(width)).count()
+    };
+    let sum =
+        |axis| hyb_compiler::ops::Prim::Reduce(hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false });
+    let mut d_grad = Graph::default();
+    let xy = product(&mut d_grad, 4, p);
+    let over_p = d_grad.add(Op::Prim(sum(-1)), vec![xy], ty(&[4, t, h]));
+    let over_t = d_grad.add(Op::Prim(sum(1)), vec![over_p], ty(&[4, h]));
+    d_grad.outputs = vec![over_t];
+    let d_grad = gpu::compile(&d_grad, SIZES).unwrap().mlir;
+    // The thread ids' warp and lane (once per thread) are 64-bit in every kernel.
+    let ids = 3;
+    assert!(divisions(&d_grad, ": i32") >= 2, "the loop index split in 32 bits:\n{d_grad}");
+    assert!(divisions(&d_grad, ": i64") <= ids, "no 64-bit division but the thread ids':\n{d_grad}");
+    let pointwise = |b: usize| {
+        let mut g = Graph::default();
+        let xy = product(&mut g, b, p - 1);
+        g.outputs = vec![xy];
+        gpu::compile(&g, SIZES).unwrap().mlir
+    };
+    let (small, large) = (pointwise(4), pointwise(1024));
+    assert!(divisions(&small, ": i32") >= 2 && divisions(&small, ": i64") == 0, "{small}");
+    assert!(divisions(&large, ": i32") == 0 && divisions(&large, ": i64") >= 2, "{large}");
+}
+
 /// A long sum into one element (a loss over tokens × vocabulary, summed axis by axis) runs
 /// in two steps: first the last sum that leaves at least 1,024 elements (here the
 /// vocabulary's 1,500 columns, each over 8 × 64 rows), then the short one to the scalar; a

@@ -260,7 +260,9 @@ pub(super) fn chain(g: &crate::ir::Graph, node: NodeId, r: &Reduce) -> Vec<NodeI
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Value(NodeId, Vec<Ix>),
-    Index(Ix),
+    Index(Ix, Int),
+    /// A loop variable's 32-bit value.
+    Narrow(usize),
     Base(usize),
     /// A 16-byte vector of view `k` starting at the index.
     Vector(usize, Vec<Ix>),
@@ -314,6 +316,22 @@ struct Writer<'a, 'g> {
 }
 
 /// A thread's warp within its block, its lane within the warp and the block's warps.
+/// The width index arithmetic runs in.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Int {
+    I32,
+    I64,
+}
+
+impl Int {
+    fn mlir(self) -> &'static str {
+        match self {
+            Int::I32 => "i32",
+            Int::I64 => "i64",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct BlockIds {
     warp: String,
@@ -421,36 +439,51 @@ impl Writer<'_, '_> {
         })
     }
 
-    /// An index expression as an `i64`, computed where its variables are bound.
+    /// An index expression as an `i64`, computed where its variables are bound: in 32
+    /// bits and then widened where it [fits](Ix::fits_32_bits).
     fn index(&mut self, e: &Ix) -> String {
+        self.index_in(e, Int::I64)
+    }
+
+    fn index_in(&mut self, e: &Ix, ty: Int) -> String {
         if let Some(c) = e.as_constant() {
-            return self.i64(c);
+            return match ty {
+                Int::I32 => self.i32(c as i32),
+                Int::I64 => self.i64(c),
+            };
         }
         let mut deps = BTreeSet::new();
         e.vars(&mut deps);
         let level = self.level_for(&deps);
-        self.cached(level, Key::Index(e.clone()), |w| {
+        self.cached(level, Key::Index(e.clone(), ty), |w| {
+            if ty == Int::I64 && e.fits_32_bits() {
+                let (narrow, wide) = (w.index_in(e, Int::I32), w.fresh());
+                w.emit(format!("{wide} = arith.extui {narrow} : i32 to i64"));
+                return wide;
+            }
+            let t = ty.mlir();
             let mut sum: Option<String> = None;
             for (c, atom) in &e.terms {
                 let a = match atom {
-                    super::index::Atom::Var(v) => w.var(v),
-                    super::index::Atom::Div(x, d) => w.int_op("arith.divui", x, *d),
-                    super::index::Atom::Rem(x, m) => w.int_op("arith.remui", x, *m),
+                    Atom::Var(v) if ty == Int::I32 => w.narrow_var(v),
+                    Atom::Var(v) => w.var(v),
+                    Atom::Div(x, d) => w.int_op("arith.divui", x, *d, ty),
+                    Atom::Rem(x, m) => w.int_op("arith.remui", x, *m, ty),
                 };
                 let term = if *c == 1 {
                     a
                 } else {
-                    let k = w.i64(*c);
-                    let t = w.fresh();
-                    w.emit(format!("{t} = arith.muli {a}, {k} : i64"));
-                    t
+                    let k = w.index_in(&Ix::constant(*c), ty);
+                    let t2 = w.fresh();
+                    w.emit(format!("{t2} = arith.muli {a}, {k} : {t}"));
+                    t2
                 };
                 sum = Some(match sum {
                     None => term,
                     Some(s) => {
-                        let t = w.fresh();
-                        w.emit(format!("{t} = arith.addi {s}, {term} : i64"));
-                        t
+                        let t2 = w.fresh();
+                        w.emit(format!("{t2} = arith.addi {s}, {term} : {t}"));
+                        t2
                     }
                 });
             }
@@ -458,18 +491,28 @@ impl Writer<'_, '_> {
             if e.constant == 0 {
                 return sum;
             }
-            let k = w.i64(e.constant);
-            let t = w.fresh();
-            w.emit(format!("{t} = arith.addi {sum}, {k} : i64"));
-            t
+            let k = w.index_in(&Ix::constant(e.constant), ty);
+            let t2 = w.fresh();
+            w.emit(format!("{t2} = arith.addi {sum}, {k} : {t}"));
+            t2
         })
     }
 
-    fn int_op(&mut self, op: &str, x: &Ix, k: u64) -> String {
-        let a = self.index(x);
-        let k = self.i64(k as i64);
+    /// Loop variable `v` truncated to 32 bits (its extent fits), once where it is bound.
+    fn narrow_var(&mut self, v: &Var) -> String {
+        let level = self.level_for(&BTreeSet::from([v.id]));
+        self.cached(level, Key::Narrow(v.id), |w| {
+            let (wide, narrow) = (w.var(v), w.fresh());
+            w.emit(format!("{narrow} = arith.trunci {wide} : i64 to i32"));
+            narrow
+        })
+    }
+
+    fn int_op(&mut self, op: &str, x: &Ix, k: u64, ty: Int) -> String {
+        let a = self.index_in(x, ty);
+        let k = self.index_in(&Ix::constant(k as i64), ty);
         let t = self.fresh();
-        self.emit(format!("{t} = {op} {a}, {k} : i64"));
+        self.emit(format!("{t} = {op} {a}, {k} : {}", ty.mlir()));
         t
     }
 
@@ -646,9 +689,8 @@ impl Writer<'_, '_> {
         self.open(header, vec![t.id], false);
         self.floor = self.stack.len() - 1;
         let (row, group) = (self.new_var(rows), self.new_var(groups));
-        let (tv, rv, gv, n) = (self.var(&t), self.var(&row), self.var(&group), self.i64(groups as i64));
-        self.emit(format!("{rv} = arith.divui {tv}, {n} : i64"));
-        self.emit(format!("{gv} = arith.remui {tv}, {n} : i64"));
+        self.vars[row.id] = self.index(&Ix::var(t).div(groups as u64));
+        self.vars[group.id] = self.index(&Ix::var(t).rem(groups as u64));
         self.stack.last_mut().expect("the loop").binds.extend([row.id, group.id]);
         self.vector = Some(VectorPath { group, width, views: BTreeSet::new(), feasible: true });
         let row_index = delinearise(&Ix::var(row), lead);

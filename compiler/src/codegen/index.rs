@@ -79,6 +79,24 @@ impl Ix {
         self.constant + self.terms.iter().map(|(c, a)| c * a.largest()).sum::<i64>()
     }
 
+    /// Whether the expression can be computed in 32-bit arithmetic: every coefficient and
+    /// the constant are positive, so no partial sum exceeds the whole, and the whole and
+    /// every quotient's or remainder's operand stay below 2³¹. (GPUs run 64-bit division
+    /// by a constant as several multiplies; in 32 bits it is one high multiply and a
+    /// shift.)
+    pub fn fits_32_bits(&self) -> bool {
+        const LIMIT: i64 = 1 << 31;
+        self.constant >= 0
+            && self.largest() < LIMIT
+            && self.terms.iter().all(|(c, a)| {
+                *c > 0
+                    && match a {
+                        Atom::Var(v) => v.extent <= LIMIT as u64,
+                        Atom::Div(x, k) | Atom::Rem(x, k) => *k < LIMIT as u64 && x.fits_32_bits(),
+                    }
+            })
+    }
+
     fn non_negative(&self) -> bool {
         self.constant >= 0 && self.terms.iter().all(|(c, _)| *c > 0)
     }
@@ -194,6 +212,17 @@ mod tests {
         assert!(matches!(idx[0].terms[0].1, Atom::Div(_, 4)));
         assert!(matches!(idx[1].terms[0].1, Atom::Rem(_, 4)));
         assert_eq!(linearise(&idx, &[3, 4]).largest(), 11);
+    }
+
+    #[test]
+    fn only_non_negative_sums_below_two_to_the_31_fit_32_bits() {
+        let row = v(0, 1 << 20);
+        assert!(delinearise(&row, &[1 << 10, 1 << 10]).iter().all(Ix::fits_32_bits));
+        assert!(row.scale(2048).fits_32_bits(), "(2²⁰ − 1) · 2¹¹ is below 2³¹");
+        assert!(!row.scale(2049).fits_32_bits(), "(2²⁰ − 1) · 2049 is not");
+        assert!(!v(1, 1 << 32).rem(7).fits_32_bits(), "the remainder's operand is wide");
+        assert!(!row.add(&v(1, 8).scale(-1)).fits_32_bits(), "a negative term");
+        assert!(!row.add(&Ix::constant(-1)).fits_32_bits(), "a negative constant");
     }
 
     #[test]
