@@ -529,11 +529,11 @@ pub struct LaunchTime {
 }
 
 /// A launch told apart from the others of its kind: the node, a fused kernel's operations
-/// in order (each once), and the shapes it reads and writes.
+/// in order (each once), and the shapes and element types it reads and writes.
 fn detail(graph: &Graph, launch: &hyb_compiler::plan::Launch) -> String {
     use hyb_compiler::ops::Primitive;
     let shapes = |views: &[hyb_compiler::plan::View]| {
-        views.iter().map(|v| format!("{:?}", v.shape)).collect::<Vec<_>>().join(" ")
+        views.iter().map(|v| format!("{:?}{}", v.shape, v.dtype.name())).collect::<Vec<_>>().join(" ")
     };
     let ops = match &graph.nodes[launch.node].op {
         hyb_compiler::ir::Op::Kernel(k) => {
