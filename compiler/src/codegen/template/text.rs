@@ -453,21 +453,7 @@ impl Text {
         init: &[String],
         body: impl FnOnce(&mut Text, &str, &[String]) -> Vec<String>,
     ) -> Vec<String> {
-        let one = self.i64(1);
-        self.fold_step(lo, hi, &one, init, body)
-    }
-
-    /// [`Text::fold`] over every `step`-th index from `lo` (a thread's share of a block's
-    /// elements, from `%tid` by the block size).
-    pub fn fold_step(
-        &mut self,
-        lo: &str,
-        hi: &str,
-        one: &str,
-        init: &[String],
-        body: impl FnOnce(&mut Text, &str, &[String]) -> Vec<String>,
-    ) -> Vec<String> {
-        let i = self.fresh();
+        let (i, one) = (self.fresh(), self.i64(1));
         let carried: Vec<String> = init.iter().map(|_| self.fresh()).collect();
         let results: Vec<String> = init.iter().map(|_| self.fresh()).collect();
         let types = vec!["f32"; init.len()].join(", ");

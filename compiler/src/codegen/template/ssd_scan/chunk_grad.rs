@@ -1,12 +1,13 @@
-//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]. Two
-//! sequential sweeps ([`super::states`]) write the state entering every tile and the
-//! adjoint `G` of the state leaving it (`G ← e^{l_last}·G + Σ_i e^{l_i}·C_iᵀ·dy_i` from
-//! the last tile back), exact, to the workspace; every tile of one head's channel slice
-//! is then an item of its own:
+//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]. A
+//! first phase runs the forward sweep again for the state entering every tile (exact, to
+//! the workspace); the adjoint phase then walks the tiles last to first with the adjoint
+//! `G` of the state leaving the tile in f32 accumulators, per block of one head's channel
+//! slice:
 //!
 //! - `dx̃_j = Σ_{i≥j} (C_i·B_j)·e^{l_i−l_j}·dy_i + e^{l_last−l_j}·B_j·G` (`x̃ = dt·x`);
 //! - `dB_j = dt_j·(Σ_{i≥j} e^{l_i−l_j}·(dy_i·x_j)·C_i + e^{l_last−l_j}·x_j·Gᵀ)`;
 //! - `dC_i = Σ_{j≤i} e^{l_i−l_j}·dt_j·(dy_i·x_j)·B_j + e^{l_i}·dy_i·H₀ᵀ`;
+//! - `G ← e^{l_last}·G + Σ_i e^{l_i}·C_iᵀ·dy_i`, the adjoint of the state entering the tile;
 //! - the gradient of the cumulative decay, `dl_i`: `+w_ij` for `i` and `−w_ij` for `j` for
 //!   every pair seen (`w_ij = (C_i·B_j)·e^{l_i−l_j}·dt_j·(dy_i·x_j)`, `i > j`), `+dy_i·y_i`
 //!   of the entering state's part of `y`, `−x̃_j·dx̃_j` of the part into the last state and
@@ -19,16 +20,15 @@
 //! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
 use super::super::tensor_core::{
-    accumulate, barrier, column, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc, Floats, Lane,
-    Tile, THREADS,
+    accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
+    Floats, Lane, Tile, THREADS,
 };
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
 use super::chunks::{
-    entering_decay, fits, seen, stage_rows, stage_steps, staged, state_index, step, store_rows, tile_decay,
-    weigh_pairs, Layout, Slice, L, SLICE,
+    entering_decay, fits, put_state, scale_tile, seen, stage_rows, stage_steps, staged, state_element, state_index,
+    step, store_rows, sweep, tile_decay, weigh_pairs, Keep, Layout, Slice, L, SLICE,
 };
-use super::states::{sweep, Sweep};
 use super::{Dims, A, B, C, DY, X};
 
 /// The gradient's outputs and workspace, counted from its first output (`Dims::at`).
@@ -37,27 +37,28 @@ const DDT: usize = 1;
 const DA: usize = 2;
 const DB: usize = 3;
 const DC: usize = 4;
-/// The state entering every tile and the adjoint of the state leaving it, `[B, H, tiles,
-/// P, N]`.
+/// The state entering every tile, `[B, H, tiles, P, N]`.
 const STATES: usize = 5;
-const ADJOINTS: usize = 6;
 /// Per head and slice: `dB` and `dC`, `[B, T, H·slices, N]`; `x·dx̃` and `D`, `[B, T,
 /// H·slices]`; and per tile `Σ dt·D`, `[B, H·slices, tiles]`.
-const DB_PART: usize = 7;
-const DC_PART: usize = 8;
-const XDX_PART: usize = 9;
-const D_PART: usize = 10;
-const DA_PART: usize = 11;
-/// `x̃·dx̃` of the part of `dx̃` from the state leaving each tile, and the pairs' part of
-/// `dl`, `[B, T, H·slices]`.
+const DB_PART: usize = 6;
+const DC_PART: usize = 7;
+const XDX_PART: usize = 8;
+const D_PART: usize = 9;
+const DA_PART: usize = 10;
+/// `dx̃`'s part from the state leaving each tile, `[B, T, H, P]`; `x̃·dx̃` of it, `[B, T,
+/// H·slices]`; and each warp's part of `⟨G, H₀⟩`, `[B, H·slices, tiles, 4]`.
+const DX_LAST: usize = 11;
 const LEAVING: usize = 12;
-const PAIRS_DL: usize = 13;
+const GH: usize = 13;
+/// The pairs' part of `dl`, `[B, T, H·slices]`.
+const PAIRS_DL: usize = 14;
 
 /// Columns of `dB` and `dC` a warp accumulates at a time (16 registers).
 const COLUMNS: usize = 32;
 
-/// The largest state size the gradient takes: its tile phases stage `B`, `C`, `G` and `H₀`
-/// whole, and at 256 their shared memory leaves one block per SM.
+/// The largest state size the adjoint phase takes: at 256 its `G` (64 registers a thread)
+/// and the tile products spill.
 const MAX_STATE: usize = 128;
 
 /// The gradient template on tensor cores for inputs `x, dt, a, b, c, dy` (and, with
@@ -79,20 +80,21 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
         outputs: inputs[..5].to_vec(),
         workspace: vec![
             d.b * d.h * tiles * d.p * d.n,
-            d.b * d.h * tiles * d.p * d.n,
             per_head * d.n,
             per_head * d.n,
             per_head,
             per_head,
             d.b * d.h * slices * tiles,
+            d.b * d.t * d.h * d.p,
             per_head,
+            d.b * d.h * slices * tiles * 4,
             per_head,
         ],
         workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
-            sweep(&d, Sweep::States, d.at(STATES)),
-            sweep(&d, Sweep::Adjoints, d.at(ADJOINTS)),
+            sweep(&d, Keep::States(d.at(STATES))),
+            adjoint_tiles(&d),
             pair_tiles(&d),
             entering_tiles(&d),
             group_sums(&d),
@@ -102,9 +104,8 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
     })
 }
 
-/// Shared memory of the tile phases: the forward's tiles, `dy`, `[SLICE, N]` for `H₀ᵀ`
-/// (the entering phase) or `Gᵀ` (the pair phase, which stages `G` in `lay.h`), and per-step
-/// sums.
+/// Shared memory of the pair phase: the forward's tiles, `dy`, `H₀ᵀ` as `[SLICE, N]`, and
+/// per-step sums.
 struct Adjoint {
     lay: Layout,
     dy: Tile,
@@ -117,8 +118,6 @@ struct Adjoint {
     dl: Floats,
     /// Each warp's column sums `Σ_{j<i} w_ij`, `[4, L]`.
     pos: Floats,
-    /// Each warp's part of `⟨G, H₀⟩`.
-    gh: Floats,
 }
 
 impl Adjoint {
@@ -137,12 +136,12 @@ impl Adjoint {
             f
         };
         let (neg, entering, leaving, dl) = (floats(L), floats(L), floats(L), floats(L));
-        let (pos, gh) = (floats(4 * L), floats(4));
-        Adjoint { lay, dy, h0t, neg, entering, leaving, dl, pos, gh }
+        let pos = floats(4 * L);
+        Adjoint { lay, dy, h0t, neg, entering, leaving, dl, pos }
     }
 
     fn bytes(&self) -> usize {
-        self.gh.at + self.gh.bytes()
+        self.pos.at + self.pos.bytes()
     }
 }
 
@@ -259,6 +258,136 @@ fn log2_decay(s: &mut Text, sl: &Slice) -> String {
     s.fmul(&a, &log2e)
 }
 
+/// The flat index of `[b, t, h, p]` in a `[B, T, H, P]` workspace view.
+fn channel_index(s: &mut Text, d: &Dims, (b, t, h): (&str, &str, &str), p: &str) -> String {
+    let bt = s.mul_c(b, d.t as i64);
+    let bt = s.add(&bt, t);
+    let bth = s.mul_c(&bt, d.h as i64);
+    let bth = s.add(&bth, h);
+    let at = s.mul_c(&bth, d.p as i64);
+    s.add(&at, p)
+}
+
+/// The flat index of `[b, hs, k, 0]` in the `[B, H·slices, tiles, 4]` warp parts of `⟨G, H₀⟩`.
+fn warp_parts_index(s: &mut Text, d: &Dims, b: &str, hs: &str, k: &str) -> String {
+    let tiles = d.t.div_ceil(L) as i64;
+    let bh = s.mul_c(b, (d.h * d.p / SLICE) as i64);
+    let bh = s.add(&bh, hs);
+    let bhk = s.mul_c(&bh, tiles);
+    let bhk = s.add(&bhk, k);
+    s.mul_c(&bhk, 4)
+}
+
+/// The adjoint phase: an item is one head's channel slice, its tiles last to first with
+/// `G` carried. It writes what needs `G`: the parts of `dx̃` and `dB` from the state leaving
+/// the tile, `x̃·dx̃` of that part, and `⟨G, H₀⟩`; [`pair_tiles`] does the rest.
+fn adjoint_tiles(d: &Dims) -> Phase {
+    let lay = Layout::new(d.n);
+    let gt = Tile::new(lay.bytes(), SLICE, d.n);
+    let tiles = d.t.div_ceil(L);
+    let mut body = Text::new();
+    let s = &mut body;
+    let lane = Lane::new(s);
+    let sl = Slice::of(s, d);
+    let hs = head_slice(s, d, &sl);
+    let a2 = log2_decay(s, &sl);
+    let init: Vec<String> = zeros(s, d.n / 2).into_iter().flatten().collect();
+    let (zero, count, last_tile) = (s.i64(0), s.i64(tiles as i64), s.i64(tiles as i64 - 1));
+    let warp_first = s.mul_c(&lane.warp, 16);
+    s.fold(&zero, &count, &init, |s, kr, carried| {
+        let mut g: Vec<Acc> =
+            carried.chunks(4).map(|c| [c[0].clone(), c[1].clone(), c[2].clone(), c[3].clone()]).collect();
+        let k = s.int("subi", &last_tile, kr);
+        barrier(s);
+        let t0 = s.mul_c(&k, L as i64);
+        put_state(s, &lane, &lay.h, &g);
+        for (m, acc) in g.iter().enumerate() {
+            for (e, x) in acc.iter().enumerate() {
+                let (n, c) = state_element(s, &lane, m, e);
+                gt.put(s, &c, &n, x);
+            }
+        }
+        // `⟨G, H₀⟩`, a warp's part each.
+        let mut gh = s.f32(0.0);
+        for (m, acc) in g.iter().enumerate() {
+            for (e, x) in acc.iter().enumerate() {
+                let (n, c) = state_element(s, &lane, m, e);
+                let ch = s.add(&sl.p0, &c);
+                let at = state_index(s, d, &sl, &k, &n, &ch);
+                let h0 = s.load(d.at(STATES), &[&at]);
+                gh = s.fma(x, &h0, &gh);
+            }
+        }
+        let gh = shuffle_sum(s, &gh, &[1, 2, 4, 8, 16]);
+        let first_lane = s.cmp("eq", &lane.lane, &zero);
+        s.when(&first_lane, |s| {
+            let row = warp_parts_index(s, d, &sl.b, &hs, &k);
+            let at = s.add(&row, &lane.warp);
+            s.store(d.at(GH), &[&at], &gh);
+        });
+        stage_steps(s, d, &sl, &lay, &t0, &a2);
+        barrier(s);
+        stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
+        stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
+        stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
+        stage_rows(s, d, &lay.xw, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
+        staged(s);
+        scale_tile(s, &lay.xw, &|s, r| entering_decay(s, d, &lay, r));
+        barrier(s);
+        let rows = lane_rows(s, &lane, &zero);
+        let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
+        let to_last = [0, 1].map(|r| decay_to_last(s, d, &lay, &rows[r]));
+        let b_of = |s: &mut Text, kk| lay.b.fragment(s, &lane, &warp_first, kk);
+        let x_of = |s: &mut Text, kk| lay.x.fragment(s, &lane, &warp_first, kk);
+        let mut dx = zeros(s, SLICE);
+        product(s, &lane, &b_of, d.n / 16, &lay.h, 0, &mut dx);
+        scale_rows(s, &mut dx, &to_last);
+        let x_dot = row_dots(s, &lane, &dx, &lay.x, &rows, 0);
+        for (r, row) in rows.iter().enumerate() {
+            let (ok, t) = step(s, d, &t0, row);
+            let first = s.cmp("eq", &lane.c, &zero);
+            let writes = s.line_value(format!("arith.andi {ok}, {first} : i1"));
+            s.when(&writes, |s| {
+                let at = step_index(s, d, &sl.b, &t, &hs);
+                let v = s.fmul(&x_dot[r], &dt_rows[r]);
+                s.store(d.at(LEAVING), &[&at], &v);
+            });
+            s.when(&ok, |s| {
+                for (j, acc) in dx.iter().enumerate() {
+                    for e in [2 * r, 2 * r + 1] {
+                        let c = column(s, &lane, &sl.p0, j, e);
+                        let at = channel_index(s, d, (&sl.b, &t, &sl.h), &c);
+                        s.store(d.at(DX_LAST), &[&at], &acc[e]);
+                    }
+                }
+            });
+        }
+        let factor = [0, 1].map(|r| s.fmul(&to_last[r], &dt_rows[r]));
+        for first in (0..d.n).step_by(COLUMNS.min(d.n)) {
+            let width = COLUMNS.min(d.n);
+            let mut db = zeros(s, width);
+            product(s, &lane, &x_of, SLICE / 16, &gt.columns(first, width), 0, &mut db);
+            scale_rows(s, &mut db, &factor);
+            store_part(s, d, &lane, (d.at(DB_PART), &sl.b, &hs), (&t0, &rows), (&db, first));
+        }
+        // The adjoint of the state entering the tile: `xw` holds `e^{l_i}·dy_i`.
+        let decay = tile_decay(s, d, &lay);
+        for x in g.iter_mut().flatten() {
+            *x = s.fmul(x, &decay);
+        }
+        let w8 = s.mul_c(&lane.warp, 8);
+        columns_product(s, &lane, &|s, m, kk| lay.c.fragment_transposed(s, &lane, m, kk), &lay.xw, &w8, &mut g);
+        g.into_iter().flatten().collect()
+    });
+    Phase {
+        what: "adjoint_tiles",
+        items: d.b * d.h * (d.p / SLICE),
+        work_per_item: d.t * d.n * SLICE * 2,
+        body,
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: gt.at + gt.bytes() }),
+    }
+}
+
 /// An item of the phases parallel over tiles: a tile `k` (from step `t0`) of one head's
 /// slice, its per-step values staged (after waiting for the block's last item).
 struct TileItem {
@@ -296,53 +425,40 @@ fn stage_operands(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, t0): (&Slice, &str
 }
 
 /// The tiles' pairs, every tile at once (an item per tile of one head's slice): `dx` and
-/// `x·dx̃` from the pairs and from `G` (with `x̃·dx̃` of `G`'s part), `dB`, and the pairs'
-/// part of `dl`.
+/// `x·dx̃` from the pairs and the adjoint phase's part; `dB`'s pairs added to its part; and
+/// the pairs' part of `dl`.
 fn pair_tiles(d: &Dims) -> Phase {
     let adj = Adjoint::new(d.n);
     let lay = &adj.lay;
     let tiles = d.t.div_ceil(L);
     let mut body = Text::new();
     let s = &mut body;
-    let TileItem { lane, sl, hs, k, t0, zero, warp_first } = tile_item(s, d, lay);
+    let TileItem { lane, sl, hs, k: _, t0, zero, warp_first } = tile_item(s, d, lay);
     barrier(s);
     stage_operands(s, d, &adj, (&sl, &t0));
-    // `G` of the state leaving the tile, as `[N, SLICE]` and as `[SLICE, N]`.
-    let adjoint = |s: &mut Text, n: &str, c: &str| {
-        let ch = s.add(&sl.p0, c);
-        let at = state_index(s, d, &sl, &k, n, &ch);
-        s.load(d.at(ADJOINTS), &[&at])
-    };
-    let all = |s: &mut Text, _: &str| s.line_value("arith.constant true".into());
-    lay.h.stage(s, &all, &adjoint);
-    adj.h0t.stage(s, &all, &|s, c, n| adjoint(s, n, c));
     staged(s);
     let rows = lane_rows(s, &lane, &zero);
     let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
-    let to_last = [0, 1].map(|r| decay_to_last(s, d, lay, &rows[r]));
     let b_of = |s: &mut Text, kk| lay.b.fragment(s, &lane, &warp_first, kk);
     let x_of = |s: &mut Text, kk| lay.x.fragment(s, &lane, &warp_first, kk);
 
-    // dx̃ over rows j: `G`'s part `e^{l_last−l_j}·B_j·G` (and its `x̃·dx̃`), then the pairs
-    // `(C_i·B_j)·e^{l_i−l_j}`.
-    let mut dx: Vec<Acc> = zeros(s, SLICE);
-    product(s, &lane, &b_of, d.n / 16, &lay.h, 0, &mut dx);
-    scale_rows(s, &mut dx, &to_last);
-    let leaving = row_dots(s, &lane, &dx, &lay.x, &rows, 0);
-    for (r, row) in rows.iter().enumerate() {
-        let (ok, t) = step(s, d, &t0, row);
-        let first = s.cmp("eq", &lane.c, &zero);
-        let writes = s.line_value(format!("arith.andi {ok}, {first} : i1"));
-        s.when(&writes, |s| {
-            let at = step_index(s, d, &sl.b, &t, &hs);
-            let v = s.fmul(&leaving[r], &dt_rows[r]);
-            s.store(d.at(LEAVING), &[&at], &v);
-        });
-    }
+    // dx̃ over rows j: the pairs `(C_i·B_j)·e^{l_i−l_j}`, then the adjoint phase's part.
     let later = |s: &mut Text, j: &str, i: &str| seen(s, d, lay, i, j);
     let decay_ij = |s: &mut Text, j: &str, i: &str| pair_decay(s, lay, i, j);
     let mut cb = times_transposed(s, &lane, &b_of, &lay.c, 0, L);
     weigh_pairs(s, &lane, &rows, &mut cb, &later, &decay_ij);
+    let mut dx: Vec<Acc> = zeros(s, SLICE);
+    for (r, row) in rows.iter().enumerate() {
+        let (ok, t) = step(s, d, &t0, row);
+        for (j, acc) in dx.iter_mut().enumerate() {
+            for e in [2 * r, 2 * r + 1] {
+                let c = column(s, &lane, &sl.p0, j, e);
+                let at = channel_index(s, d, (&sl.b, &t, &sl.h), &c);
+                let v = s.load(d.at(DX_LAST), &[&at]);
+                acc[e] = s.select(&ok, &v, &acc[e], "f32");
+            }
+        }
+    }
     accumulate(s, &lane, &cb, &adj.dy, 0, &mut dx);
     let xdx = row_dots(s, &lane, &dx, &lay.x, &rows, 0);
     for (r, row) in rows.iter().enumerate() {
@@ -359,16 +475,14 @@ fn pair_tiles(d: &Dims) -> Phase {
     // The pairs' part of dl: `w_ij` at (j, i), for i strictly after j.
     let mut xdy = times_transposed(s, &lane, &x_of, &adj.dy, 0, L);
     pair_sums(s, &lane, &adj, &rows, &dt_rows, &cb, &xdy);
-    // dB: `G`'s part `e^{l_last−l_j}·x_j·Gᵀ` and the pairs, times `dt_j`.
+    // dB's pairs, added to the adjoint phase's part.
     weigh_pairs(s, &lane, &rows, &mut xdy, &later, &decay_ij);
     for first in (0..d.n).step_by(COLUMNS.min(d.n)) {
         let width = COLUMNS.min(d.n);
         let mut db = zeros(s, width);
-        product(s, &lane, &x_of, SLICE / 16, &adj.h0t.columns(first, width), 0, &mut db);
-        scale_rows(s, &mut db, &to_last);
         accumulate(s, &lane, &xdy, &lay.c.columns(first, width), 0, &mut db);
         scale_rows(s, &mut db, &dt_rows);
-        store_part(s, d, &lane, (d.at(DB_PART), &sl.b, &hs), (&t0, &rows), (&db, first));
+        add_part(s, d, &lane, (d.at(DB_PART), &sl.b, &hs), (&t0, &rows), (&db, first));
     }
     // `Σ_{j<i} w_ij − Σ_{i>j} w_ij` per step, for the entering phase's `dl`.
     barrier(s);
@@ -447,19 +561,6 @@ fn entering_tiles(d: &Dims) -> Phase {
         store_part(s, d, &lane, (d.at(DC_PART), &sl.b, &hs), (&t0, &rows), (&dc, first));
     }
     put_rows(s, &lane, &adj.entering, &rows, &dy_y);
-    // `⟨G, H₀⟩` from both exact, each warp's part to shared memory.
-    let (end, stride) = (s.i64((SLICE * d.n) as i64), s.i64(THREADS as i64));
-    let z = s.f32(0.0);
-    let gh = s.fold_step("%tid", &end, &stride, &[z], |s, e, acc| {
-        let (c, n) = s.split(e, d.n);
-        let ch = s.add(&sl.p0, &c);
-        let at = state_index(s, d, &sl, &k, &n, &ch);
-        let (g, h0) = (s.load(d.at(ADJOINTS), &[&at]), s.load(d.at(STATES), &[&at]));
-        vec![s.fma(&g, &h0, &acc[0])]
-    });
-    let gh = shuffle_sum(s, &gh[0], &[1, 2, 4, 8, 16]);
-    let first_lane = s.cmp("eq", &lane.lane, &zero);
-    s.when(&first_lane, |s| adj.gh.set(s, &lane.warp, &gh));
     barrier(s);
     let decay = tile_decay(s, d, lay);
     decay_terms(s, d, &adj, (&sl, &hs), (&k, &t0), &decay);
@@ -470,6 +571,34 @@ fn entering_tiles(d: &Dims) -> Phase {
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
     }
+}
+
+/// Adds a warp's rows of `acc` to what the `[B, T, H·slices, N]` view `view` holds.
+fn add_part(
+    s: &mut Text,
+    d: &Dims,
+    lane: &Lane,
+    at: (usize, &str, &str),
+    (t0, rows): (&str, &[String; 2]),
+    (acc, col0): (&[Acc], usize),
+) {
+    let (view, b, hs) = at;
+    let mut sum = acc.to_vec();
+    for (r, row) in rows.iter().enumerate() {
+        let t = step(s, d, t0, row).1;
+        let base = part_row(s, d, b, &t, hs);
+        let zero = s.i64(0);
+        for (j, a) in sum.iter_mut().enumerate() {
+            for e in [2 * r, 2 * r + 1] {
+                let c = column(s, lane, &zero, j, e);
+                let col = s.add_c(&c, col0 as i64);
+                let i = s.add(&base, &col);
+                let v = s.load(view, &[&i]);
+                a[e] = s.fadd(&a[e], &v);
+            }
+        }
+    }
+    store_part(s, d, lane, at, (t0, rows), (&sum, col0));
 }
 
 /// From the pair products at (j, i) (`cb` weighted by the decays, `xdy = x_j·dy_i`):
@@ -530,9 +659,10 @@ fn decay_terms(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, hs): (&Slice, &str), 
     barrier(s);
     // The last step's own terms reach every D_k: `⟨G, e^{l_last}·H₀⟩` and `Σ_j x̃_j·dx̃_j`.
     let mut gh = s.f32(0.0);
+    let row = warp_parts_index(s, d, &sl.b, hs, k);
     for w in 0..4 {
-        let at = s.i64(w);
-        let v = adj.gh.get(s, &at);
+        let at = s.add_c(&row, w);
+        let v = s.load(d.at(GH), &[&at]);
         gh = s.fadd(&gh, &v);
     }
     let z = s.f32(0.0);

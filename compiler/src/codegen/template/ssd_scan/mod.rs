@@ -23,7 +23,6 @@
 
 mod chunk_grad;
 mod chunks;
-mod states;
 
 pub use chunk_grad::backward_on_tensor_cores;
 pub use chunks::forward_on_tensor_cores;
