@@ -315,7 +315,6 @@ struct Writer<'a, 'g> {
     vector: Option<VectorPath>,
 }
 
-/// A thread's warp within its block, its lane within the warp and the block's warps.
 /// The width index arithmetic runs in.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Int {
@@ -332,6 +331,7 @@ impl Int {
     }
 }
 
+/// A thread's warp within its block, its lane within the warp and the block's warps.
 #[derive(Clone)]
 struct BlockIds {
     warp: String,

@@ -79,10 +79,10 @@ impl Ix {
         self.constant + self.terms.iter().map(|(c, a)| c * a.largest()).sum::<i64>()
     }
 
-    /// Whether the expression can be computed in 32-bit arithmetic: every coefficient and
-    /// the constant are positive, so no partial sum exceeds the whole, and the whole and
-    /// every quotient's or remainder's operand stay below 2³¹. (GPUs run 64-bit division
-    /// by a constant as several multiplies; in 32 bits it is one high multiply and a
+    /// Whether the expression can be computed in 32-bit arithmetic: every coefficient is
+    /// positive and the constant not negative, so no partial sum exceeds the whole, and
+    /// the whole and every quotient's or remainder's operand stay below 2³¹. (A 64-bit
+    /// division by a constant is several instructions; in 32 bits, a high multiply and a
     /// shift.)
     pub fn fits_32_bits(&self) -> bool {
         const LIMIT: i64 = 1 << 31;
