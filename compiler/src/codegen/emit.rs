@@ -440,7 +440,7 @@ impl Writer<'_, '_> {
     }
 
     /// An index expression as an `i64`, computed where its variables are bound: in 32
-    /// bits and then widened where it [fits](Ix::fits_32_bits).
+    /// bits and then widened where it divides and [fits](Ix::fits_32_bits).
     fn index(&mut self, e: &Ix) -> String {
         self.index_in(e, Int::I64)
     }
@@ -456,12 +456,12 @@ impl Writer<'_, '_> {
         e.vars(&mut deps);
         let level = self.level_for(&deps);
         self.cached(level, Key::Index(e.clone(), ty), |w| {
-            if ty == Int::I64 && e.fits_32_bits() {
+            if ty == Int::I64 && e.divides() && e.fits_32_bits() {
                 let (narrow, wide) = (w.index_in(e, Int::I32), w.fresh());
                 w.emit(format!("{wide} = arith.extui {narrow} : i32 to i64"));
                 return wide;
             }
-            let t = ty.mlir();
+            let width = ty.mlir();
             let mut sum: Option<String> = None;
             for (c, atom) in &e.terms {
                 let a = match atom {
@@ -474,16 +474,16 @@ impl Writer<'_, '_> {
                     a
                 } else {
                     let k = w.index_in(&Ix::constant(*c), ty);
-                    let t2 = w.fresh();
-                    w.emit(format!("{t2} = arith.muli {a}, {k} : {t}"));
-                    t2
+                    let t = w.fresh();
+                    w.emit(format!("{t} = arith.muli {a}, {k} : {width}"));
+                    t
                 };
                 sum = Some(match sum {
                     None => term,
                     Some(s) => {
-                        let t2 = w.fresh();
-                        w.emit(format!("{t2} = arith.addi {s}, {term} : {t}"));
-                        t2
+                        let t = w.fresh();
+                        w.emit(format!("{t} = arith.addi {s}, {term} : {width}"));
+                        t
                     }
                 });
             }
@@ -492,9 +492,9 @@ impl Writer<'_, '_> {
                 return sum;
             }
             let k = w.index_in(&Ix::constant(e.constant), ty);
-            let t2 = w.fresh();
-            w.emit(format!("{t2} = arith.addi {sum}, {k} : {t}"));
-            t2
+            let t = w.fresh();
+            w.emit(format!("{t} = arith.addi {sum}, {k} : {width}"));
+            t
         })
     }
 

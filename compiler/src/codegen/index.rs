@@ -97,6 +97,12 @@ impl Ix {
             })
     }
 
+    /// Whether the expression divides or takes a remainder anywhere (what 32 bits make
+    /// cheaper; sums and products of loop variables gain nothing from narrowing).
+    pub fn divides(&self) -> bool {
+        self.terms.iter().any(|(_, a)| !matches!(a, Atom::Var(_)))
+    }
+
     fn non_negative(&self) -> bool {
         self.constant >= 0 && self.terms.iter().all(|(c, _)| *c > 0)
     }
