@@ -214,8 +214,9 @@ struct Case {
     /// `want`, per element: a sum that cancels may be off by a few times that in any
     /// summation order, however small the result.
     conditioning: Vec<Vec<f64>>,
-    /// The least magnitude errors are measured against (tiny: each output's largest).
-    floor: f64,
+    /// Per output, the least magnitude its errors are measured against (tiny: each
+    /// output's largest).
+    floors: Vec<f64>,
 }
 
 impl Case {
@@ -261,7 +262,8 @@ impl Case {
             }
         }
         let (want, conditioning) = Case::reference(body, &inputs, &arena)?;
-        Ok(Case { inputs, outputs, arena, want, conditioning, floor: 1e-30 })
+        let floors = vec![1e-30; outputs.len()];
+        Ok(Case { inputs, outputs, arena, want, conditioning, floors })
     }
 
     /// What the reference computes from the inputs laid out in `arena`, and how far its
@@ -296,6 +298,13 @@ impl Case {
         Ok((want, conditioning))
     }
 
+    /// Raises every output's floor to at least `floor`.
+    fn at_least(&mut self, floor: f64) {
+        for f in &mut self.floors {
+            *f = f.max(floor);
+        }
+    }
+
     /// The case with the inputs of bf16 views (`storage`: inputs, then outputs) rounded
     /// to bf16, and the reference recomputed from them.
     fn stored(&self, body: &Graph, storage: &[Storage]) -> Result<Case, String> {
@@ -312,7 +321,7 @@ impl Case {
             arena,
             want,
             conditioning,
-            floor: self.floor,
+            floors: self.floors.clone(),
         })
     }
 
@@ -351,7 +360,7 @@ impl Case {
             arena,
             want: self.want.clone(),
             conditioning: self.conditioning.clone(),
-            floor: self.floor,
+            floors: self.floors.clone(),
         }
     }
 
@@ -361,7 +370,7 @@ impl Case {
     /// cancel).
     fn compare_stored(&self, got: &[Vec<f64>], storage: &[Storage]) -> Result<(), String> {
         for (o, (want, got)) in self.want.iter().zip(got).enumerate() {
-            let scale = want.data.iter().fold(self.floor, |m, v| m.max(v.abs()));
+            let scale = want.data.iter().fold(self.floors[o], |m, v| m.max(v.abs()));
             let bf16_out = storage[self.inputs.len() + o] == Storage::Bf16;
             for (i, (&w, &g)) in want.data.iter().zip(got).enumerate() {
                 let (w, slack) = if bf16_out { (bf16(w as f32) as f64, 2.0 * bf16_ulp(w)) } else { (w, 0.0) };
@@ -380,12 +389,12 @@ impl Case {
     }
 
     /// Whether `arena` holds the reference's outputs, to 1e-5 of each output's largest
-    /// magnitude or of `floor`, or to four times a plain f32 evaluation's error where that
+    /// magnitude or of its floor, or to four times a plain f32 evaluation's error where that
     /// is larger (NaN never passes).
     fn compare(&self, arena: &[f32]) -> Result<(), String> {
         for (o, (layout, want)) in self.outputs.iter().zip(&self.want).enumerate() {
             let got = layout.read(arena);
-            let scale = want.data.iter().fold(self.floor, |m, v| m.max(v.abs()));
+            let scale = want.data.iter().fold(self.floors[o], |m, v| m.max(v.abs()));
             for (i, (&w, &g)) in want.data.iter().zip(&got).enumerate() {
                 if !(g - w).abs().le(&(1e-5 * scale).max(4.0 * self.conditioning[o][i])) {
                     return Err(format!("output {o} element {i}: got {g}, want {w} (largest |want| {scale})"));
@@ -1350,7 +1359,7 @@ impl DeviceCase {
             "storage": match self.storage { Storage::F32 => "f32", Storage::Bf16 => "bf16" },
             "nests": self.nests,
             "workspace": self.workspace,
-            "floor": self.case.floor,
+            "floors": self.case.floors,
             "tolerance": self.tolerance,
             "inputs": self.case.inputs.iter().map(layout).collect::<Vec<_>>(),
             "outputs": self.case.outputs.iter().map(layout).collect::<Vec<_>>(),
