@@ -665,33 +665,84 @@ fn index_arithmetic_is_32_bit_below_two_to_the_31() {
     assert!(divisions(&large, ": i32") == 0 && divisions(&large, ": i64") >= 2, "{large}");
 }
 
-/// A long sum into one element (a loss over tokens × vocabulary, summed axis by axis) runs
-/// in two steps: first the last sum that leaves at least 1,024 elements (here the
-/// vocabulary's 1,500 columns, each over 8 × 64 rows), then the short one to the scalar; a
-/// short chain stays one body.
+/// A long sum into one element (a loss over tokens × vocabulary, a weight's squares, summed
+/// axis by axis from the last) runs in two steps: first the last sum that leaves at least
+/// 1,024 elements (rows of the vocabulary, of a weight), or where none does the first sum
+/// (its rows in parallel), then the short one to the scalar; a short chain stays one body.
 #[test]
 fn a_long_sum_into_one_element_runs_in_two_steps() {
-    let (b, t, v) = (8, 64, 1500);
-    let ty = TensorType { shape: [b, t, v].iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+    let cases: [(&[usize], Option<Vec<usize>>); 5] = [
+        (&[8, 64, 1500], Some(vec![8, 64])),
+        (&[8, 200, 1500], Some(vec![8, 200])),
+        (&[1024, 2048], Some(vec![1024])),
+        (&[3352, 1024], Some(vec![3352])),
+        (&[24, 64], None),
+    ];
+    for (shape, scratch) in cases {
+        let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+        let mut body = Graph::default();
+        let x = body.add(Op::Input("0".into()), vec![], ty.clone());
+        let y = body.add(Op::Input("1".into()), vec![], ty.clone());
+        let product = body.binary(Binary::Mul, x, y);
+        let loss = body.sum_all(product);
+        body.outputs = vec![loss];
+        let scalar = body.nodes[loss].ty.clone();
+        let mut program = Graph::default();
+        let inputs = vec![
+            program.add(Op::Input("x".into()), vec![], ty.clone()),
+            program.add(Op::Input("y".into()), vec![], ty),
+        ];
+        let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
+        let out = program.add(Op::Kernel(Box::new(kernel)), inputs, scalar);
+        program.outputs = vec![out];
+        match (unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu), scratch) {
+            (Ok(Unit::Chain(chain)), Some(rows)) => {
+                assert_eq!(chain.steps.len(), 2, "{shape:?}: the rows' sums, then the scalar");
+                assert_eq!(chain.scratch, vec![rows], "{shape:?}: the rows' sums in scratch");
+            }
+            (Ok(Unit::Body(_)), None) => {}
+            (Ok(_), _) => panic!("{shape:?}: a chain only for a long sum"),
+            (Err(e), _) => panic!("{e}"),
+        }
+    }
+}
+
+/// Mamba-2's `D` gradient as the backward pass sums it, over the batch and time into
+/// `[H, P]` and then over P into `[H]`: the chain is factored (chunks of time summed in
+/// parallel, then their total), and the `[H, P]` sum inside it, long enough to be a nested
+/// reduction of its own, is not also computed for no reader.
+#[test]
+fn a_factored_chain_computes_its_inner_sums_once() {
+    let (b, t, h, p) = (4, 4096, 24, 64);
+    let ty = |shape: &[usize]| TensorType {
+        shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
+        dtype: DType::F32,
+    };
+    let sum =
+        |axis| hyb_compiler::ops::Prim::Reduce(hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false });
     let mut body = Graph::default();
-    let x = body.add(Op::Input("0".into()), vec![], ty.clone());
-    let y = body.add(Op::Input("1".into()), vec![], ty.clone());
-    let product = body.binary(Binary::Mul, x, y);
-    let loss = body.sum_all(product);
-    body.outputs = vec![loss];
-    let scalar = body.nodes[loss].ty.clone();
+    let x = body.add(Op::Input("0".into()), vec![], ty(&[b, t, h, p]));
+    let y = body.add(Op::Input("1".into()), vec![], ty(&[b, t, h, p]));
+    let xy = body.binary(Binary::Mul, x, y);
+    let over_b = body.add(Op::Prim(sum(0)), vec![xy], ty(&[t, h, p]));
+    let over_t = body.add(Op::Prim(sum(0)), vec![over_b], ty(&[h, p]));
+    let over_p = body.add(Op::Prim(sum(1)), vec![over_t], ty(&[h]));
+    body.outputs = vec![over_p];
     let mut program = Graph::default();
-    let inputs =
-        vec![program.add(Op::Input("x".into()), vec![], ty.clone()), program.add(Op::Input("y".into()), vec![], ty)];
+    let inputs = vec![
+        program.add(Op::Input("x".into()), vec![], ty(&[b, t, h, p])),
+        program.add(Op::Input("y".into()), vec![], ty(&[b, t, h, p])),
+    ];
     let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
-    let out = program.add(Op::Kernel(Box::new(kernel)), inputs, scalar);
+    let out = program.add(Op::Kernel(Box::new(kernel)), inputs, ty(&[h]));
     program.outputs = vec![out];
     match unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu) {
         Ok(Unit::Chain(chain)) => {
-            assert_eq!(chain.steps.len(), 2, "the column sums, then the scalar");
-            assert_eq!(chain.scratch, vec![vec![v]], "the vocabulary's sums in scratch");
+            assert_eq!(chain.steps.len(), 2, "the partial sums, then their total");
+            assert_eq!(chain.scratch.len(), 1, "only the partial sums in scratch: {:?}", chain.scratch);
+            assert_eq!(chain.scratch[0].iter().product::<usize>(), t / 16 * h, "per head, chunks of 16 steps");
         }
-        Ok(_) => panic!("a long sum into one element should be a chain"),
+        Ok(_) => panic!("a long sum into few outputs should be a chain"),
         Err(e) => panic!("{e}"),
     }
 }

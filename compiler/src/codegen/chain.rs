@@ -176,8 +176,15 @@ fn expandable(body: &Graph, p: &Prim, inputs: &[NodeId]) -> bool {
 /// where one loop would sum everything in one block.
 const SPLIT_ROWS: usize = 1024;
 
+/// Elements from which a chain into one element whose reductions all leave fewer than
+/// [`SPLIT_ROWS`] is still split, after its first reduction: one block would walk them
+/// alone.
+const SPLIT_INPUT: usize = 65536;
+
 /// In each chain of reductions of one kind into a single element (a loss summed over
-/// tokens and vocabulary), the last reduction that leaves at least [`SPLIT_ROWS`] elements.
+/// tokens and vocabulary, a weight's squares), the last reduction that leaves at least
+/// [`SPLIT_ROWS`] elements; else, over at least [`SPLIT_INPUT`] elements, the first
+/// reduction (its rows summed in parallel).
 fn split_reductions(g: &Graph, elements: &dyn Fn(NodeId) -> usize) -> Vec<NodeId> {
     let reduce = |n: NodeId| match &g.nodes[n].op {
         Op::Prim(Prim::Reduce(r)) => Some(r.op),
@@ -190,13 +197,17 @@ fn split_reductions(g: &Graph, elements: &dyn Fn(NodeId) -> usize) -> Vec<NodeId
             continue;
         }
         let mut m = n.inputs[0];
+        let mut first = None;
         while reduce(m) == Some(op) {
             if elements(m) >= SPLIT_ROWS {
+                first = None;
                 split.push(m);
                 break;
             }
+            first = Some(m);
             m = g.nodes[m].inputs[0];
         }
+        split.extend(first.filter(|&f| elements(f) > 1 && elements(g.nodes[f].inputs[0]) >= SPLIT_INPUT));
     }
     split
 }

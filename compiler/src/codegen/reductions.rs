@@ -42,12 +42,19 @@ pub fn parallel(g: &Graph, shapes: &[Vec<usize>]) -> (Graph, Vec<NodeId>, Vec<Ve
     let mut out_shapes = Vec::new();
     let mut map = Vec::with_capacity(g.nodes.len());
     let mut materialise = Vec::new();
+    // Reductions a factored chain computes from its innermost input itself: materialising
+    // one as a nested reduction too would compute it for no reader.
+    let mut subsumed = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         let inputs: Vec<NodeId> = n.inputs.iter().map(|&x| map[x]).collect();
-        let factored = plans[i].as_ref().and_then(|plan| plan.build(g, shapes, &map, &mut out, &mut out_shapes));
+        let plan = plans[i].as_ref();
+        let factored = plan.and_then(|plan| plan.build(g, shapes, &map, &mut out, &mut out_shapes));
         let id = match factored {
             Some((partial, total)) => {
                 materialise.push(partial);
+                for &inner in &plan.expect("a plan").chain[1..] {
+                    subsumed[inner] = true;
+                }
                 total
             }
             None => {
@@ -55,11 +62,9 @@ pub fn parallel(g: &Graph, shapes: &[Vec<usize>]) -> (Graph, Vec<NodeId>, Vec<Ve
                 out.add(n.op.clone(), inputs, n.ty.clone())
             }
         };
-        if nested.contains(&i) {
-            materialise.push(id);
-        }
         map.push(id);
     }
+    materialise.extend(nested.into_iter().filter(|&n| !subsumed[n]).map(|n| map[n]));
     out.outputs = g.outputs.iter().map(|&o| map[o]).collect();
     (out, materialise, out_shapes)
 }

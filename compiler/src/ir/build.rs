@@ -115,11 +115,13 @@ impl Graph {
         self.reduce(ReduceOp::Sum, x, axis, keepdim)
     }
 
-    /// Sum over every element: a scalar.
+    /// Sum over every element: a scalar. The last axis goes first, so each step sums
+    /// rows of neighbouring elements (a weight's rows, a row's tokens) rather than columns
+    /// strided through memory.
     pub fn sum_all(&mut self, x: NodeId) -> NodeId {
         let mut y = x;
         while !self.shape(y).is_empty() {
-            y = self.sum(y, 0, false);
+            y = self.sum(y, -1, false);
         }
         y
     }
