@@ -707,44 +707,59 @@ fn a_long_sum_into_one_element_runs_in_two_steps() {
     }
 }
 
-/// Mamba-2's `D` gradient as the backward pass sums it, over the batch and time into
-/// `[H, P]` and then over P into `[H]`: the chain is factored (chunks of time summed in
-/// parallel, then their total), and the `[H, P]` sum inside it, long enough to be a nested
-/// reduction of its own, is not also computed for no reader.
-#[test]
-fn a_factored_chain_computes_its_inner_sums_once() {
-    let (b, t, h, p) = (4, 4096, 24, 64);
+/// The chain of a fused kernel that sums the product of two `shape` inputs by `sums`
+/// (each an axis and the shape it leaves), as the GPU runs it.
+fn summed_product(shape: &[usize], sums: &[(i64, &[usize])]) -> hyb_compiler::codegen::chain::Chain {
     let ty = |shape: &[usize]| TensorType {
         shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
         dtype: DType::F32,
     };
-    let sum =
-        |axis| hyb_compiler::ops::Prim::Reduce(hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false });
     let mut body = Graph::default();
-    let x = body.add(Op::Input("0".into()), vec![], ty(&[b, t, h, p]));
-    let y = body.add(Op::Input("1".into()), vec![], ty(&[b, t, h, p]));
-    let xy = body.binary(Binary::Mul, x, y);
-    let over_b = body.add(Op::Prim(sum(0)), vec![xy], ty(&[t, h, p]));
-    let over_t = body.add(Op::Prim(sum(0)), vec![over_b], ty(&[h, p]));
-    let over_p = body.add(Op::Prim(sum(1)), vec![over_t], ty(&[h]));
-    body.outputs = vec![over_p];
+    let x = body.add(Op::Input("0".into()), vec![], ty(shape));
+    let y = body.add(Op::Input("1".into()), vec![], ty(shape));
+    let mut value = body.binary(Binary::Mul, x, y);
+    for &(axis, left) in sums {
+        let sum = hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false };
+        value = body.add(Op::Prim(hyb_compiler::ops::Prim::Reduce(sum)), vec![value], ty(left));
+    }
+    body.outputs = vec![value];
+    let out_ty = body.nodes[value].ty.clone();
     let mut program = Graph::default();
     let inputs = vec![
-        program.add(Op::Input("x".into()), vec![], ty(&[b, t, h, p])),
-        program.add(Op::Input("y".into()), vec![], ty(&[b, t, h, p])),
+        program.add(Op::Input("x".into()), vec![], ty(shape)),
+        program.add(Op::Input("y".into()), vec![], ty(shape)),
     ];
     let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
-    let out = program.add(Op::Kernel(Box::new(kernel)), inputs, ty(&[h]));
+    let out = program.add(Op::Kernel(Box::new(kernel)), inputs, out_ty);
     program.outputs = vec![out];
     match unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu) {
-        Ok(Unit::Chain(chain)) => {
-            assert_eq!(chain.steps.len(), 2, "the partial sums, then their total");
-            assert_eq!(chain.scratch.len(), 1, "only the partial sums in scratch: {:?}", chain.scratch);
-            assert_eq!(chain.scratch[0].iter().product::<usize>(), t / 16 * h, "per head, chunks of 16 steps");
-        }
-        Ok(_) => panic!("a long sum into few outputs should be a chain"),
+        Ok(Unit::Chain(chain)) => chain,
+        Ok(_) => panic!("{shape:?} {sums:?}: a long sum into few outputs should be a chain"),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Mamba-2's `D` gradient as the backward pass sums it, over the batch and time into
+/// `[H, P]` and then over P into `[H]`: the chain is factored (chunks of time summed in
+/// parallel, a warp or block each, then their total), and the `[H, P]` sum inside it, long
+/// enough to be a nested reduction of its own, is not also computed for no reader.
+#[test]
+fn a_factored_chain_computes_its_inner_sums_once() {
+    let (b, t, h, p) = (4, 4096, 24, 64);
+    let chain = summed_product(&[b, t, h, p], &[(0, &[t, h, p]), (0, &[h, p]), (1, &[h])]);
+    assert_eq!(chain.steps.len(), 2, "the partial sums, then their total");
+    assert_eq!(chain.scratch.len(), 1, "only the partial sums in scratch: {:?}", chain.scratch);
+    assert_eq!(chain.scratch[0].iter().product::<usize>(), t / 16 * h, "per head, chunks of 16 steps");
+}
+
+/// A column sum (a norm weight's gradient, `[B, T, d] → [d]`) is factored into four times
+/// as many partial sums as a row sum would be: each is a thread's, not a warp's.
+#[test]
+fn a_column_sum_is_factored_into_a_thread_per_partial() {
+    let (b, t, d) = (4, 4096, 1024);
+    let chain = summed_product(&[b, t, d], &[(0, &[t, d]), (0, &[d])]);
+    assert_eq!(chain.steps.len(), 2, "the partial sums, then their total");
+    assert_eq!(chain.scratch, vec![vec![t / 16, d]], "chunks of 16 steps, each summed over the batch");
 }
 
 #[test]

@@ -27,6 +27,9 @@ const NESTED_EXTENT: usize = 256;
 /// Partial results a factored chain aims for: enough threads (or warps) to fill the GPU.
 const PARTIALS: usize = 65536;
 
+/// Partial results a factored column sum aims for: a thread each, so four times as many.
+const COLUMN_PARTIALS: usize = 4 * PARTIALS;
+
 /// The smallest chunk a factored axis is cut into.
 const MIN_CHUNK: usize = 16;
 
@@ -139,8 +142,13 @@ fn factoring(g: &Graph, shapes: &[Vec<usize>], top: NodeId) -> Option<Factoring>
     if outputs <= 1 || outputs > PARTIALS / 4 || elements < outputs * LONG_CHAIN {
         return None;
     }
-    let (axis, extent) = reduced_axes(g, shapes, &chain).into_iter().max_by_key(|&(a, e)| (e, std::cmp::Reverse(a)))?;
-    let least = MIN_CHUNK.max((outputs * extent).div_ceil(PARTIALS));
+    let reduced = reduced_axes(g, shapes, &chain);
+    // A column sum (the last axis kept) gives each partial a thread, not a warp: more of
+    // them keep enough loads in flight.
+    let columns = !reduced.iter().any(|&(a, _)| a + 1 == shapes[x].len());
+    let partials = if columns { COLUMN_PARTIALS } else { PARTIALS };
+    let (axis, extent) = reduced.into_iter().max_by_key(|&(a, e)| (e, std::cmp::Reverse(a)))?;
+    let least = MIN_CHUNK.max((outputs * extent).div_ceil(partials));
     let chunk = (least..=extent / 2).find(|c| extent.is_multiple_of(*c))?;
     Some(Factoring { chain, axis, chunk })
 }
