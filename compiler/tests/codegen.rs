@@ -14,7 +14,7 @@ use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Func, Storage, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Op, TensorType};
-use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Unary, F64};
+use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Reshape, Unary, F64};
 use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{self, Tensor};
 use hyb_compiler::rewrite::Options;
@@ -606,6 +606,22 @@ fn long_row_bodies() -> Vec<(String, Graph)> {
         g.outputs = vec![over_b];
         bodies.push(("channel_grad_6".to_string(), g));
     }
+    {
+        // Mamba-2's skip, `y + D·x` with `D [H, 1]`, its heads merged back into channels:
+        // the vector path's lanes cross the reshape (P a multiple of the vector) and D is
+        // one scalar per head.
+        let (b, t, h, p) = (2, 40, 6, 64);
+        let mut g = Graph::default();
+        let y = g.add(Op::Input("0".into()), vec![], f32_ty(&[b, t, h, p]));
+        let d = g.add(Op::Input("1".into()), vec![], f32_ty(&[h, 1]));
+        let x = g.add(Op::Input("2".into()), vec![], f32_ty(&[b, t, h, p]));
+        let dx = prim(&mut g, binary(Binary::Mul), vec![d, x], &[b, t, h, p]);
+        let sum = prim(&mut g, binary(Binary::Add), vec![y, dx], &[b, t, h, p]);
+        let merged = [b, t, h * p].map(|n| Dim::constant(n as i64)).to_vec();
+        let out = prim(&mut g, hyb_compiler::ops::Prim::Reshape(Reshape { shape: merged }), vec![sum], &[b, t, h * p]);
+        g.outputs = vec![out];
+        bodies.push(("skip_merged_heads".to_string(), g));
+    }
     bodies
 }
 
@@ -869,7 +885,8 @@ fn every_kernel_of_every_model_becomes_self_contained_ptx() {
         if vectorised && !kernel.ptx.contains("st.global.v4") {
             failures.push(format!("{name} ({origin}): a vector path without st.global.v4"));
         }
-        if name.starts_with("bias_scale_silu") && !kernel.ptx.contains("ld.global.v4") {
+        let vector_reads = ["bias_scale_silu", "skip_merged_heads"];
+        if vector_reads.iter().any(|v| name.starts_with(v)) && !kernel.ptx.contains("ld.global.v4") {
             failures.push(format!("{name} ({origin}): no ld.global.v4"));
         }
         if kernel.nests.iter().any(|n| n.per_block && n.shared_bytes > 0)

@@ -344,8 +344,10 @@ struct BlockIds {
 /// alignment the run-time check tests.
 struct VectorPath {
     group: Var,
-    width: usize,
     views: BTreeSet<usize>,
+    /// Per vector loaded (view and first element), the lanes of it read: the path pays
+    /// only where every vector is read whole.
+    lanes_read: HashMap<(usize, Vec<Ix>), BTreeSet<i64>>,
     /// Cleared when a view is read in a way the path cannot (along another axis).
     feasible: bool,
 }
@@ -692,7 +694,7 @@ impl Writer<'_, '_> {
         self.vars[row.id] = self.index(&Ix::var(t).div(groups as u64));
         self.vars[group.id] = self.index(&Ix::var(t).rem(groups as u64));
         self.stack.last_mut().expect("the loop").binds.extend([row.id, group.id]);
-        self.vector = Some(VectorPath { group, width, views: BTreeSet::new(), feasible: true });
+        self.vector = Some(VectorPath { group, views: BTreeSet::new(), lanes_read: HashMap::new(), feasible: true });
         let row_index = delinearise(&Ix::var(row), lead);
         let lanes: Vec<Vec<Ix>> = (0..width)
             .map(|l| {
@@ -703,7 +705,10 @@ impl Writer<'_, '_> {
             .collect();
         let written = self.vector_outputs(nest, &lanes);
         let path = self.vector.take().expect("the vector path");
-        if written.is_err() || !path.feasible {
+        // A vector some of whose lanes go unread (rows read across the vector, a transpose)
+        // would load more bytes than the scalar path.
+        let whole = path.lanes_read.iter().all(|((k, _), lanes)| lanes.len() == self.per_vector(*k));
+        if written.is_err() || !path.feasible || !whole {
             // The scalar code reports any error the walk met.
             self.stack.truncate(depth);
             return None;
@@ -1043,38 +1048,42 @@ impl Writer<'_, '_> {
         self.widen(v, storage, 1)
     }
 
+    /// Elements of view `k` in one 16-byte vector.
+    fn per_vector(&self, k: usize) -> usize {
+        VECTOR_BYTES / self.body.storage[k].bytes()
+    }
+
     /// In the vector path, element `idx` of input `k` as a lane of the aligned 16-byte
     /// vector that holds it (loaded once for all the lanes it serves). `None` where the
-    /// element is the same for every lane of the thread (a broadcast: one scalar load) —
-    /// or where it moves along another axis than the view's last, which the vector path
-    /// cannot take (it is then abandoned).
+    /// element's place along the view's last axis does not move with the group (a
+    /// broadcast, or a column: a scalar load, as the scalar path's) — and where that place
+    /// is not a whole vector plus the lane's offset, which the vector path cannot take (it
+    /// is then abandoned). The other axes may move with the group (a reshape that splits
+    /// the row in multiples of the vector).
     fn vector_lane(&mut self, k: usize, idx: &[Ix]) -> Option<String> {
         let path = self.vector.as_ref()?;
-        let (group, width) = (path.group, path.width as i64);
+        let group = path.group;
         let moves = |e: &Ix| {
             let mut deps = BTreeSet::new();
             e.vars(&mut deps);
             deps.contains(&group.id)
         };
-        let (last, lead) = idx.split_last()?;
-        if !moves(last) && !lead.iter().any(moves) {
+        let (last, _) = idx.split_last()?;
+        if !moves(last) {
             return None;
         }
         let storage = self.body.storage[k];
-        let per = (VECTOR_BYTES / storage.bytes()) as i64;
-        let in_vectors = last.terms.iter().all(|(c, a)| match a {
-            Atom::Var(v) if v.id == group.id => *c == width,
-            Atom::Var(_) => c % per == 0,
-            Atom::Div(e, _) | Atom::Rem(e, _) => !moves(e) && c % per == 0,
-        });
-        if lead.iter().any(moves) || !in_vectors {
+        let per = self.per_vector(k) as i64;
+        if !last.terms.iter().all(|(c, _)| c % per == 0) {
             self.vector.as_mut().expect("the vector path").feasible = false;
             return None;
         }
-        self.vector.as_mut().expect("the vector path").views.insert(k);
         let lane = last.constant.rem_euclid(per);
         let mut start = idx.to_vec();
         start[idx.len() - 1] = last.add(&Ix::constant(-lane));
+        let path = self.vector.as_mut().expect("the vector path");
+        path.views.insert(k);
+        path.lanes_read.entry((k, start.clone())).or_default().insert(lane);
         let mut deps = BTreeSet::new();
         start.iter().for_each(|e| e.vars(&mut deps));
         let level = self.level_for(&deps);

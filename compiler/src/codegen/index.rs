@@ -117,6 +117,9 @@ impl Ix {
         if rest.non_negative() && rest.largest() < d as i64 {
             return whole;
         }
+        if let Some((f, scaled, _)) = rest.common_factor(d) {
+            return whole.add(&scaled.div(d / f));
+        }
         if rest.non_negative() {
             return whole.add(&Ix { terms: vec![(1, Atom::Div(Box::new(rest), d))], constant: 0 });
         }
@@ -132,8 +135,26 @@ impl Ix {
         if rest.non_negative() && rest.largest() < m as i64 {
             return rest;
         }
+        if let Some((f, scaled, c)) = rest.common_factor(m) {
+            return scaled.rem(m / f).scale(f as i64).add(&Ix::constant(c));
+        }
         let x = if rest.non_negative() { rest } else { self.clone() };
         Ix { terms: vec![(1, Atom::Rem(Box::new(x), m))], constant: 0 }
+    }
+
+    /// For a non-negative `f·X + c` with `f > 1` dividing `d` and every coefficient, and
+    /// `c < f`: `(f, X, c)`. Then `(f·X + c) / d = X / (d/f)` and `(f·X + c) % d =
+    /// f·(X % (d/f)) + c`, so a lane's offset inside a vector (`8·g + l`, `l < 8`) leaves a
+    /// reshape's split of a multiple of 8 without a division of its own.
+    fn common_factor(&self, d: u64) -> Option<(u64, Ix, i64)> {
+        if !self.non_negative() || self.terms.is_empty() {
+            return None;
+        }
+        let f = self.terms.iter().fold(d, |g, (c, _)| gcd(g, c.unsigned_abs()));
+        (f > 1 && self.constant < f as i64).then(|| {
+            let terms = self.terms.iter().map(|(c, a)| (c / f as i64, a.clone())).collect();
+            (f, Ix::normalised(terms, 0), self.constant)
+        })
     }
 
     /// `(Σ of terms d divides, divided by d; the rest)`.
@@ -171,6 +192,14 @@ impl Atom {
             Atom::Div(e, d) => e.largest() / *d as i64,
             Atom::Rem(e, m) => e.largest().min(*m as i64 - 1),
         }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -229,6 +258,37 @@ mod tests {
         assert!(!v(1, 1 << 32).rem(7).fits_32_bits(), "the remainder's operand is wide");
         assert!(!row.add(&v(1, 8).scale(-1)).fits_32_bits(), "a negative term");
         assert!(!row.add(&Ix::constant(-1)).fits_32_bits(), "a negative constant");
+    }
+
+    /// A lane of a vector, `8·g + l`, split by a reshape into 64s: the quotient is the
+    /// group's alone, and the remainder keeps the lane's offset outside any division.
+    #[test]
+    fn a_common_factor_leaves_the_lane_outside_the_division() {
+        let g = v(0, 1536 / 8);
+        for l in 0..8 {
+            let lane = g.scale(8).add(&Ix::constant(l));
+            assert_eq!(lane.div(64), g.div(8), "lane {l}");
+            assert_eq!(lane.rem(64), g.rem(8).scale(8).add(&Ix::constant(l)), "lane {l}");
+        }
+        // Every value agrees with plain integer division (a sum of two variables too).
+        let (x, y) = (v(1, 5), v(2, 3));
+        let e = x.scale(6).add(&y.scale(9)).add(&Ix::constant(2));
+        for (xv, yv) in (0..5).flat_map(|a| (0..3).map(move |b| (a, b))) {
+            let value = 6 * xv + 9 * yv + 2;
+            let at = |ix: &Ix| evaluate(ix, &[(1, xv), (2, yv)]);
+            assert_eq!(at(&e.div(12)), value / 12);
+            assert_eq!(at(&e.rem(12)), value % 12);
+        }
+    }
+
+    /// The value of `ix` with the loop variables `values` (id, value).
+    fn evaluate(ix: &Ix, values: &[(usize, i64)]) -> i64 {
+        let atom = |a: &Atom| match a {
+            Atom::Var(var) => values.iter().find(|(id, _)| *id == var.id).map_or(0, |&(_, x)| x),
+            Atom::Div(e, d) => evaluate(e, values).div_euclid(*d as i64),
+            Atom::Rem(e, m) => evaluate(e, values).rem_euclid(*m as i64),
+        };
+        ix.constant + ix.terms.iter().map(|(c, a)| c * atom(a)).sum::<i64>()
     }
 
     #[test]
