@@ -44,7 +44,7 @@ test: deps
 ## tensor-core device cases, the benchmarks' PTX and the mamba-ssm peer).
 device-tc: build
 	rm -rf dist/tc && mkdir -p dist/tc
-	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core,template cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
+	HYB_PTX_CASES=$(CURDIR)/dist/tc/cases HYB_PTX_ONLY=tensor_core,template,long cargo test -p hyb-compiler --test codegen export_cases_for_the_device -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_attention_benchmark -- --ignored
 	HYB_PTX_CASES=$(CURDIR)/dist/tc/bench cargo test -p hyb-compiler --test codegen export_ssd_benchmark -- --ignored
 	cp -r ../shared/peer dist/tc/peer

@@ -348,7 +348,8 @@ struct VectorPath {
     /// Per vector loaded (view and first element), the lanes of it read: the path pays
     /// only where every vector is read whole.
     lanes_read: HashMap<(usize, Vec<Ix>), BTreeSet<i64>>,
-    /// Cleared when a view is read in a way the path cannot (along another axis).
+    /// Cleared when a view is read in a way the path cannot (its last axis not in whole
+    /// vectors).
     feasible: bool,
 }
 
