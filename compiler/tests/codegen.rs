@@ -13,7 +13,7 @@ use hyb_compiler::codegen::template::{self, text::Text, Phase, TemplateCode};
 use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Func, Storage, Symbols};
 use hyb_compiler::elaborate::elaborate;
-use hyb_compiler::ir::{Graph, Op, TensorType};
+use hyb_compiler::ir::{Graph, NodeId, Op, TensorType};
 use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Reshape, Unary, F64};
 use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{self, Tensor};
@@ -695,23 +695,7 @@ fn a_long_sum_into_one_element_runs_in_two_steps() {
         (&[24, 64], None),
     ];
     for (shape, scratch) in cases {
-        let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
-        let mut body = Graph::default();
-        let x = body.add(Op::Input("0".into()), vec![], ty.clone());
-        let y = body.add(Op::Input("1".into()), vec![], ty.clone());
-        let product = body.binary(Binary::Mul, x, y);
-        let loss = body.sum_all(product);
-        body.outputs = vec![loss];
-        let scalar = body.nodes[loss].ty.clone();
-        let mut program = Graph::default();
-        let inputs = vec![
-            program.add(Op::Input("x".into()), vec![], ty.clone()),
-            program.add(Op::Input("y".into()), vec![], ty),
-        ];
-        let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
-        let out = program.add(Op::Kernel(Box::new(kernel)), inputs, scalar);
-        program.outputs = vec![out];
-        match (unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu), scratch) {
+        match (product_unit(shape, &|body, product| body.sum_all(product)), scratch) {
             (Ok(Unit::Chain(chain)), Some(rows)) => {
                 assert_eq!(chain.steps.len(), 2, "{shape:?}: the rows' sums, then the scalar");
                 assert_eq!(chain.scratch, vec![rows], "{shape:?}: the rows' sums in scratch");
@@ -723,32 +707,38 @@ fn a_long_sum_into_one_element_runs_in_two_steps() {
     }
 }
 
-/// The chain of a fused kernel that sums the product of two `shape` inputs by `sums`
-/// (each an axis and the shape it leaves), as the GPU runs it.
-fn summed_product(shape: &[usize], sums: &[(i64, &[usize])]) -> hyb_compiler::codegen::chain::Chain {
-    let ty = |shape: &[usize]| TensorType {
-        shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(),
-        dtype: DType::F32,
-    };
+/// The GPU's unit for a fused kernel of two `shape` inputs whose body `reduce` computes
+/// from their product.
+fn product_unit(shape: &[usize], reduce: &dyn Fn(&mut Graph, NodeId) -> NodeId) -> Result<Unit, String> {
+    let ty = TensorType { shape: shape.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
     let mut body = Graph::default();
-    let x = body.add(Op::Input("0".into()), vec![], ty(shape));
-    let y = body.add(Op::Input("1".into()), vec![], ty(shape));
-    let mut value = body.binary(Binary::Mul, x, y);
-    for &(axis, left) in sums {
-        let sum = hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false };
-        value = body.add(Op::Prim(hyb_compiler::ops::Prim::Reduce(sum)), vec![value], ty(left));
-    }
+    let x = body.add(Op::Input("0".into()), vec![], ty.clone());
+    let y = body.add(Op::Input("1".into()), vec![], ty.clone());
+    let product = body.binary(Binary::Mul, x, y);
+    let value = reduce(&mut body, product);
     body.outputs = vec![value];
     let out_ty = body.nodes[value].ty.clone();
     let mut program = Graph::default();
-    let inputs = vec![
-        program.add(Op::Input("x".into()), vec![], ty(shape)),
-        program.add(Op::Input("y".into()), vec![], ty(shape)),
-    ];
+    let inputs =
+        vec![program.add(Op::Input("x".into()), vec![], ty.clone()), program.add(Op::Input("y".into()), vec![], ty)];
     let kernel = hyb_compiler::ir::Kernel { kind: hyb_compiler::ir::KernelKind::Fused, body };
     let out = program.add(Op::Kernel(Box::new(kernel)), inputs, out_ty);
     program.outputs = vec![out];
-    match unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu) {
+    unit::for_node(&program, out, SIZES, hyb_compiler::codegen::Target::Gpu)
+}
+
+/// The chain of a fused kernel that sums the product of two `shape` inputs by `sums`
+/// (each an axis and the shape it leaves), as the GPU runs it.
+fn summed_product(shape: &[usize], sums: &[(i64, &[usize])]) -> hyb_compiler::codegen::chain::Chain {
+    let reduce = |body: &mut Graph, mut value: NodeId| {
+        for &(axis, left) in sums {
+            let ty = TensorType { shape: left.iter().map(|&d| Dim::constant(d as i64)).collect(), dtype: DType::F32 };
+            let sum = hyb_compiler::ops::Reduce { op: ReduceOp::Sum, axis, keepdim: false };
+            value = body.add(Op::Prim(hyb_compiler::ops::Prim::Reduce(sum)), vec![value], ty);
+        }
+        value
+    };
+    match product_unit(shape, &reduce) {
         Ok(Unit::Chain(chain)) => chain,
         Ok(_) => panic!("{shape:?} {sums:?}: a long sum into few outputs should be a chain"),
         Err(e) => panic!("{e}"),

@@ -196,18 +196,13 @@ fn split_reductions(g: &Graph, elements: &dyn Fn(NodeId) -> usize) -> Vec<NodeId
         if elements(i) != 1 {
             continue;
         }
-        let mut m = n.inputs[0];
-        let mut first = None;
-        while reduce(m) == Some(op) {
-            if elements(m) >= SPLIT_ROWS {
-                first = None;
-                split.push(m);
-                break;
-            }
+        let (mut m, mut first) = (n.inputs[0], None);
+        while reduce(m) == Some(op) && elements(m) < SPLIT_ROWS {
             first = Some(m);
             m = g.nodes[m].inputs[0];
         }
-        split.extend(first.filter(|&f| elements(f) > 1 && elements(g.nodes[f].inputs[0]) >= SPLIT_INPUT));
+        let long = (reduce(m) == Some(op)).then_some(m);
+        split.extend(long.or(first.filter(|&f| elements(f) > 1 && elements(g.nodes[f].inputs[0]) >= SPLIT_INPUT)));
     }
     split
 }

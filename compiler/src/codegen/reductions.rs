@@ -50,12 +50,14 @@ pub fn parallel(g: &Graph, shapes: &[Vec<usize>]) -> (Graph, Vec<NodeId>, Vec<Ve
     let mut subsumed = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         let inputs: Vec<NodeId> = n.inputs.iter().map(|&x| map[x]).collect();
-        let plan = plans[i].as_ref();
-        let factored = plan.and_then(|plan| plan.build(g, shapes, &map, &mut out, &mut out_shapes));
+        let factored = plans[i].as_ref().and_then(|plan| {
+            let (partial, total) = plan.build(g, shapes, &map, &mut out, &mut out_shapes)?;
+            Some((plan, partial, total))
+        });
         let id = match factored {
-            Some((partial, total)) => {
+            Some((plan, partial, total)) => {
                 materialise.push(partial);
-                for &inner in &plan.expect("a plan").chain[1..] {
+                for &inner in &plan.chain[1..] {
                     subsumed[inner] = true;
                 }
                 total
