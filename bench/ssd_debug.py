@@ -67,21 +67,18 @@ def main():
         D[i] = np.array([dl[r:].sum() + extra for r in range(L)])
         xdx[i] = (Xt * dxt).sum(1)
         want[0][k * N * P:(k + 1) * N * P] = H0[k].T.ravel()
-        want[6][k * L * P:(k + 1) * L * P] = dx_last.ravel()
+        want[6][k * N * P:(k + 1) * N * P] = G.T.ravel()
         want[7][i] = leaving
-        want[8][k * 4:(k + 1) * 4] = gh / 4
-        want[9][i] = pairs
+        want[8][i] = pairs
+        want[9][k] = np.exp(l[-1])
         want[3][i] = xdx[i]
         want[4][i] = D[i]
         G = np.exp(l[-1]) * G + (Ct * into[:, None]).T @ Dyt
-    names = ["states", "db_part", "dc_part", "xdx", "d", "da_part", "dx_last", "leaving", "gh", "pairs_dl"]
+    names = ["states", "db_part", "dc_part", "xdx", "d", "da_part", "adjoints", "leaving", "pairs_dl", "decays"]
     for k, name in enumerate(names):
         have, w = ws[k], want[k]
         if name in ("db_part", "dc_part", "da_part"):
             continue
-        if name == "gh":
-            have = have.reshape(-1, 4).sum(1)
-            w = w.reshape(-1, 4).sum(1)
         scale = max(np.abs(w).max(), 1e-9)
         worst = int(np.argmax(np.abs(have - w)))
         print(f"{name:9s} largest difference {np.abs(have - w).max() / scale:.2e} of scale {scale:.3g}"

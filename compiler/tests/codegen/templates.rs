@@ -590,7 +590,8 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
 /// The SSD scan on tensor cores in bf16 against the reference on the same bf16-rounded
 /// inputs, within 1% of the output's scale: Mamba's ranges of `dt` and `a`; adversarial
 /// ones (decays from 1 − 1e-8 to e^{-2500}, so states that barely decay and ones that
-/// vanish within a step); packed rows with frequent document starts; state size 256.
+/// vanish within a step); packed rows with frequent document starts; state size 256; a
+/// group of many heads.
 fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
     const ADVERSARIAL: Ranges = &[(1, 1e-4, 50.0), (2, -50.0, -1e-4)];
     const PACKED: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1), (5, 0.0, 3.0)];
@@ -598,8 +599,10 @@ fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
     const ONE_DOCUMENT: Ranges = &[(1, 0.05, 1.0), (2, -1.0, -0.1), (5, 1000.0, 2000.0)];
     // (B, T, heads, channels, groups, state), the values of dt and a, packed.
     type Shape = (usize, usize, usize, usize, usize, usize);
-    let shapes: [(Shape, Ranges, bool); 6] = [
+    let shapes: [(Shape, Ranges, bool); 7] = [
         ((2, 200, 4, 64, 2, 64), SSD_RANGES, false),
+        // A group of 24 head slices: the gradient's items take runs of 8, three partial sums.
+        ((1, 130, 12, 64, 1, 64), SSD_RANGES, false),
         ((1, 130, 2, 32, 1, 128), ADVERSARIAL, false),
         ((2, 150, 4, 32, 1, 32), PACKED, true),
         ((2, 150, 4, 32, 1, 32), ONE_DOCUMENT, true),

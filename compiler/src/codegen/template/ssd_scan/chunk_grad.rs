@@ -1,8 +1,11 @@
-//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]. A
-//! first phase runs the forward sweep again for the state entering every tile (exact, to
-//! the workspace); the adjoint phase then walks the tiles last to first with the adjoint
-//! `G` of the state leaving the tile in f32 accumulators, per block of one head's channel
-//! slice:
+//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]. Only
+//! two recurrences run along time, the state `H` forward and its adjoint `G` backward, and
+//! both are linear: a tile's own part of each (`ΔH = Σ_j e^{l_last−l_j}·dt_j·x_jᵀ·B_j`,
+//! `ΔG = Σ_i e^{l_i}·C_iᵀ·dy_i`) is a product every tile computes at once, and the scan
+//! left, `H ← e^{l_last}·H + ΔH`, is elementwise over the state, a thread per element (f32
+//! throughout, so the states are as exact as one sweep's). Every tile then knows the state
+//! entering it and the adjoint `G` of the state leaving it, and the rest is parallel over
+//! tiles of one head's channel slice:
 //!
 //! - `dx̃_j = Σ_{i≥j} (C_i·B_j)·e^{l_i−l_j}·dy_i + e^{l_last−l_j}·B_j·G` (`x̃ = dt·x`);
 //! - `dB_j = dt_j·(Σ_{i≥j} e^{l_i−l_j}·(dy_i·x_j)·C_i + e^{l_last−l_j}·x_j·Gᵀ)`;
@@ -16,6 +19,8 @@
 //!
 //! The sums over channel slices, the heads of a group and the batch are later phases whose
 //! items own their outputs and sum in a fixed order; every output has one writer.
+//! A sequential sweep per head slice instead (the state in registers, a tile step at a time)
+//! keeps only B·H·P/32 blocks busy, waiting on latency: 1.15 of 1.85 ms at B 2, 32 heads.
 //!
 //! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
@@ -26,8 +31,8 @@ use super::super::tensor_core::{
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
 use super::chunks::{
-    entering_decay, fits, put_state, scale_tile, seen, stage_rows, stage_steps, staged, state_element, state_index,
-    step, store_rows, sweep, tile_decay, weigh_pairs, Keep, Layout, Slice, L, SLICE,
+    entering_decay, fits, scale_tile, seen, stage_rows, stage_steps, staged, state_index, step, store_rows,
+    store_state, tile_decay, weigh_pairs, weight_to_last, Layout, Slice, L, SLICE,
 };
 use super::{Dims, A, B, C, DY, X};
 
@@ -37,29 +42,48 @@ const DDT: usize = 1;
 const DA: usize = 2;
 const DB: usize = 3;
 const DC: usize = 4;
-/// The state entering every tile, `[B, H, tiles, P, N]`.
+/// The state entering every tile, `[B, H, tiles, P, N]` (first each tile's `ΔH`, one slot
+/// on).
 const STATES: usize = 5;
-/// Per head and slice: `dB` and `dC`, `[B, T, H·slices, N]`; `x·dx̃` and `D`, `[B, T,
-/// H·slices]`; and per tile `Σ dt·D`, `[B, H·slices, tiles]`.
+/// Per run of head slices: `dB` and `dC`, `[B, T, G·runs, N]`; per head and slice: `x·dx̃`
+/// and `D`, `[B, T, H·slices]`, and per tile `Σ dt·D`, `[B, H·slices, tiles]`.
 const DB_PART: usize = 6;
 const DC_PART: usize = 7;
 const XDX_PART: usize = 8;
 const D_PART: usize = 9;
 const DA_PART: usize = 10;
-/// `dx̃`'s part from the state leaving each tile, `[B, T, H, P]`; `x̃·dx̃` of it, `[B, T,
-/// H·slices]`; and each warp's part of `⟨G, H₀⟩`, `[B, H·slices, tiles, 4]`.
-const DX_LAST: usize = 11;
+/// The adjoint `G` of the state leaving every tile, `[B, H, tiles, P, N]` (first each
+/// tile's `ΔG`, one slot back).
+const ADJOINTS: usize = 11;
+/// `x̃·dx̃` of `dx̃`'s part from the state leaving each tile, and the pairs' part of `dl`,
+/// `[B, T, H·slices]`.
 const LEAVING: usize = 12;
-const GH: usize = 13;
-/// The pairs' part of `dl`, `[B, T, H·slices]`.
-const PAIRS_DL: usize = 14;
+const PAIRS_DL: usize = 13;
+/// Each tile's decay `e^{l_last}`, `[B, H·slices, tiles]`.
+const DECAYS: usize = 14;
 
 /// Columns of `dB` and `dC` a warp accumulates at a time (16 registers).
 const COLUMNS: usize = 32;
 
-/// The largest state size the adjoint phase takes: at 256 its `G` (64 registers a thread)
-/// and the tile products spill.
+/// The largest state size the pair phase takes: at 256 the tile products spill.
 const MAX_STATE: usize = 128;
+
+/// Tiles the state scan's thread loads at once, so its loads are in flight together.
+const SCAN_LOADS: usize = 8;
+
+/// The most head slices an item of the tile phases takes in turn (see [`Run`]).
+const RUN: usize = 8;
+
+/// Head slices per item: the largest divisor of a group's head slices up to [`RUN`].
+fn run_length(d: &Dims) -> usize {
+    let group = d.heads_per_group() * (d.p / SLICE);
+    (1..=RUN.min(group)).rev().find(|k| group.is_multiple_of(*k)).unwrap_or(1)
+}
+
+/// Partial sums of `dB` and `dC` per group, batch and step: one per run.
+fn runs(d: &Dims) -> usize {
+    d.heads_per_group() * (d.p / SLICE) / run_length(d)
+}
 
 /// The gradient template on tensor cores for inputs `x, dt, a, b, c, dy` (and, with
 /// `documents`, `positions`): outputs `dx, ddt, da, db, dc`; `None` where the forward's
@@ -72,6 +96,8 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
     let tiles = d.t.div_ceil(L);
     let slices = d.p / SLICE;
     let per_head = d.b * d.t * d.h * slices;
+    let per_run = d.b * d.t * d.g * runs(&d);
+    let states = d.b * d.h * tiles * d.p * d.n;
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     let template = if documents { "document_ssd_scan_grad_mma" } else { "ssd_scan_grad_mma" };
     Some(TemplateCode {
@@ -79,22 +105,22 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
         inputs: inputs.to_vec(),
         outputs: inputs[..5].to_vec(),
         workspace: vec![
-            d.b * d.h * tiles * d.p * d.n,
-            per_head * d.n,
-            per_head * d.n,
+            states,
+            per_run * d.n,
+            per_run * d.n,
             per_head,
             per_head,
             d.b * d.h * slices * tiles,
-            d.b * d.t * d.h * d.p,
+            states,
             per_head,
-            d.b * d.h * slices * tiles * 4,
             per_head,
+            d.b * d.h * slices * tiles,
         ],
         workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
-            sweep(&d, Keep::States(d.at(STATES))),
-            adjoint_tiles(&d),
+            tile_parts(&d),
+            state_scan(&d),
             pair_tiles(&d),
             entering_tiles(&d),
             group_sums(&d),
@@ -104,20 +130,25 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
     })
 }
 
-/// Shared memory of the pair phase: the forward's tiles, `dy`, `H₀ᵀ` as `[SLICE, N]`, and
-/// per-step sums.
+/// Shared memory of the tile phases: the forward's tiles, `dy`, a state transposed (`[SLICE,
+/// N]`: `Gᵀ` in the pair phase beside `G` in the layout's `h`, `H₀ᵀ` in the entering
+/// phase), per-step sums, and the run's sums of `dB` or `dC` (`[L, N]` f32, rows
+/// [`Adjoint::pitch`] apart).
 struct Adjoint {
     lay: Layout,
     dy: Tile,
-    h0t: Tile,
+    state_t: Tile,
     /// Per step: `Σ_{i>j} w_ij` (in the entering phase, the pairs' `dl`), `dy·y` of the
     /// entering state, `x̃·dx̃` into the last state, and `dl`.
     neg: Floats,
     entering: Floats,
     leaving: Floats,
     dl: Floats,
-    /// Each warp's column sums `Σ_{j<i} w_ij`, `[4, L]`.
+    /// Each warp's column sums `Σ_{j<i} w_ij`, `[4, L]`; in the entering phase, first each
+    /// warp's part of `⟨G, H₀⟩`.
     pos: Floats,
+    sums: Floats,
+    pitch: usize,
 }
 
 impl Adjoint {
@@ -129,7 +160,7 @@ impl Adjoint {
             at += t.bytes();
             t
         };
-        let (dy, h0t) = (tile(L, SLICE), tile(SLICE, n));
+        let (dy, state_t) = (tile(L, SLICE), tile(SLICE, n));
         let mut floats = |len| {
             let f = Floats { at, len };
             at += f.bytes();
@@ -137,12 +168,78 @@ impl Adjoint {
         };
         let (neg, entering, leaving, dl) = (floats(L), floats(L), floats(L), floats(L));
         let pos = floats(4 * L);
-        Adjoint { lay, dy, h0t, neg, entering, leaving, dl, pos }
+        // Eight floats of padding: a warp's accumulator rows fall in different banks.
+        let pitch = n + 8;
+        let sums = floats(L * pitch);
+        Adjoint { lay, dy, state_t, neg, entering, leaving, dl, pos, sums, pitch }
     }
 
     fn bytes(&self) -> usize {
-        self.pos.at + self.pos.bytes()
+        self.sums.at + self.sums.bytes()
     }
+
+    /// The shared memory of a phase that sums nothing over the run.
+    fn bytes_without_sums(&self) -> usize {
+        self.sums.at
+    }
+
+    /// Sets the run's sums to zero, the block's threads sharing the elements.
+    fn zero_sums(&self, s: &mut Text) {
+        each_of_block(s, self.sums.len, |s, e| {
+            let zero = s.f32(0.0);
+            self.sums.set(s, e, &zero);
+        });
+    }
+
+    /// Adds a warp's rows (`rows`, tile rows) of `acc`, columns from `col0`, to the run's
+    /// sums: each element is one thread's, so no other thread touches it in the run.
+    fn add_to_sums(&self, s: &mut Text, lane: &Lane, rows: &[String; 2], (acc, col0): (&[Acc], usize)) {
+        let zero = s.i64(0);
+        for (r, row) in rows.iter().enumerate() {
+            let base = s.mul_c(row, self.pitch as i64);
+            for (j, a) in acc.iter().enumerate() {
+                for e in [2 * r, 2 * r + 1] {
+                    let c = column(s, lane, &zero, j, e);
+                    let col = s.add_c(&c, col0 as i64);
+                    let at = s.add(&base, &col);
+                    let v = self.sums.get(s, &at);
+                    let v = s.fadd(&v, &a[e]);
+                    self.sums.set(s, &at, &v);
+                }
+            }
+        }
+    }
+
+    /// Writes the run's sums to its partial in the `[B, T, G·runs, N]` view `view`, steps
+    /// past T left alone (after the block's last additions).
+    fn store_sums(&self, s: &mut Text, d: &Dims, view: usize, run: &Run) {
+        barrier(s);
+        each_of_block(s, L * d.n, |s, e| {
+            let (r, n) = s.split(e, d.n);
+            let (ok, t) = step(s, d, &run.t0, &r);
+            s.when(&ok, |s| {
+                let row = s.mul_c(&r, self.pitch as i64);
+                let at = s.add(&row, &n);
+                let v = self.sums.get(s, &at);
+                let bt = s.mul_c(&run.b, d.t as i64);
+                let bt = s.add(&bt, &t);
+                let part = s.mul_c(&bt, (d.g * runs(d)) as i64);
+                let part = s.add(&part, &run.part);
+                let base = s.mul_c(&part, d.n as i64);
+                let to = s.add(&base, &n);
+                s.store(view, &[&to], &v);
+            });
+        });
+    }
+}
+
+/// `body(e)` for `e < count`, the block's threads sharing the elements.
+fn each_of_block(s: &mut Text, count: usize, body: impl FnOnce(&mut Text, &str)) {
+    let (end, step) = (s.i64(count as i64), s.i64(THREADS as i64));
+    let e = s.fresh();
+    s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
+    s.nest(|s| body(s, &e));
+    s.line("}");
 }
 
 /// `e^{l_last − l_j}` for step `j` (0 where a document starts after it): the decay from
@@ -202,53 +299,12 @@ fn put_rows(s: &mut Text, lane: &Lane, to: &Floats, rows: &[String; 2], values: 
     });
 }
 
-/// Stores a warp's rows of `acc` (its columns from `col0`) to the `[B, T, H·slices, N]`
-/// workspace view `view` at head-slice `hs`, steps past T left alone.
-fn store_part(
-    s: &mut Text,
-    d: &Dims,
-    lane: &Lane,
-    (view, b, hs): (usize, &str, &str),
-    (t0, rows): (&str, &[String; 2]),
-    (acc, col0): (&[Acc], usize),
-) {
-    for (r, row) in rows.iter().enumerate() {
-        let (ok, t) = step(s, d, t0, row);
-        s.when(&ok, |s| {
-            let base = part_row(s, d, b, &t, hs);
-            let zero = s.i64(0);
-            for (j, a) in acc.iter().enumerate() {
-                for e in [2 * r, 2 * r + 1] {
-                    let c = column(s, lane, &zero, j, e);
-                    let col = s.add_c(&c, col0 as i64);
-                    let at = s.add(&base, &col);
-                    s.store(view, &[&at], &a[e]);
-                }
-            }
-        });
-    }
-}
-
-/// The flat index of `[b, t, hs, 0]` in a `[B, T, H·slices, N]` workspace view.
-fn part_row(s: &mut Text, d: &Dims, b: &str, t: &str, hs: &str) -> String {
-    let at = step_index(s, d, b, t, hs);
-    s.mul_c(&at, d.n as i64)
-}
-
 /// The flat index of `[b, t, hs]` in a `[B, T, H·slices]` workspace view.
 fn step_index(s: &mut Text, d: &Dims, b: &str, t: &str, hs: &str) -> String {
     let bt = s.mul_c(b, d.t as i64);
     let bt = s.add(&bt, t);
     let bth = s.mul_c(&bt, (d.h * d.p / SLICE) as i64);
     s.add(&bth, hs)
-}
-
-/// The item's index `h·slices + slice`, batch apart, of the per-slice workspace views.
-fn head_slice(s: &mut Text, d: &Dims, sl: &Slice) -> String {
-    let width = s.i64(SLICE as i64);
-    let slice = s.int("divui", &sl.p0, &width);
-    let first = s.mul_c(&sl.h, (d.p / SLICE) as i64);
-    s.add(&first, &slice)
 }
 
 /// `a` in base 2, the log decay's factor.
@@ -258,231 +314,312 @@ fn log2_decay(s: &mut Text, sl: &Slice) -> String {
     s.fmul(&a, &log2e)
 }
 
-/// The flat index of `[b, t, h, p]` in a `[B, T, H, P]` workspace view.
-fn channel_index(s: &mut Text, d: &Dims, (b, t, h): (&str, &str, &str), p: &str) -> String {
-    let bt = s.mul_c(b, d.t as i64);
-    let bt = s.add(&bt, t);
-    let bth = s.mul_c(&bt, d.h as i64);
-    let bth = s.add(&bth, h);
-    let at = s.mul_c(&bth, d.p as i64);
-    s.add(&at, p)
-}
-
-/// The flat index of `[b, hs, k, 0]` in the `[B, H·slices, tiles, 4]` warp parts of `⟨G, H₀⟩`.
-fn warp_parts_index(s: &mut Text, d: &Dims, b: &str, hs: &str, k: &str) -> String {
+/// The flat index of `[b, hs, k]` in a `[B, H·slices, tiles]` workspace view.
+fn tile_index(s: &mut Text, d: &Dims, b: &str, hs: &str, k: &str) -> String {
     let tiles = d.t.div_ceil(L) as i64;
-    let bh = s.mul_c(b, (d.h * d.p / SLICE) as i64);
-    let bh = s.add(&bh, hs);
-    let bhk = s.mul_c(&bh, tiles);
-    let bhk = s.add(&bhk, k);
-    s.mul_c(&bhk, 4)
+    let row = s.mul_c(b, (d.h * d.p / SLICE) as i64);
+    let row = s.add(&row, hs);
+    let at = s.mul_c(&row, tiles);
+    s.add(&at, k)
 }
 
-/// The adjoint phase: an item is one head's channel slice, its tiles last to first with
-/// `G` carried. It writes what needs `G`: the parts of `dx̃` and `dB` from the state leaving
-/// the tile, `x̃·dx̃` of that part, and `⟨G, H₀⟩`; [`pair_tiles`] does the rest.
-fn adjoint_tiles(d: &Dims) -> Phase {
-    let lay = Layout::new(d.n);
-    let gt = Tile::new(lay.bytes(), SLICE, d.n);
+/// Every tile's own parts of the two recurrences at once (an item per tile of a [`Run`]):
+/// `ΔH` to the next tile's slot of the states, `ΔG` to the previous tile's slot of the
+/// adjoints, and the tile's decay.
+fn tile_parts(d: &Dims) -> Phase {
+    let adj = Adjoint::new(d.n);
+    let lay = &adj.lay;
     let tiles = d.t.div_ceil(L);
     let mut body = Text::new();
     let s = &mut body;
-    let lane = Lane::new(s);
-    let sl = Slice::of(s, d);
-    let hs = head_slice(s, d, &sl);
-    let a2 = log2_decay(s, &sl);
-    let init: Vec<String> = zeros(s, d.n / 2).into_iter().flatten().collect();
-    let (zero, count, last_tile) = (s.i64(0), s.i64(tiles as i64), s.i64(tiles as i64 - 1));
-    let warp_first = s.mul_c(&lane.warp, 16);
-    s.fold(&zero, &count, &init, |s, kr, carried| {
-        let mut g: Vec<Acc> =
-            carried.chunks(4).map(|c| [c[0].clone(), c[1].clone(), c[2].clone(), c[3].clone()]).collect();
-        let k = s.int("subi", &last_tile, kr);
-        barrier(s);
-        let t0 = s.mul_c(&k, L as i64);
-        put_state(s, &lane, &lay.h, &g);
-        for (m, acc) in g.iter().enumerate() {
-            for (e, x) in acc.iter().enumerate() {
-                let (n, c) = state_element(s, &lane, m, e);
-                gt.put(s, &c, &n, x);
-            }
-        }
-        // `⟨G, H₀⟩`, a warp's part each.
-        let mut gh = s.f32(0.0);
-        for (m, acc) in g.iter().enumerate() {
-            for (e, x) in acc.iter().enumerate() {
-                let (n, c) = state_element(s, &lane, m, e);
-                let ch = s.add(&sl.p0, &c);
-                let at = state_index(s, d, &sl, &k, &n, &ch);
-                let h0 = s.load(d.at(STATES), &[&at]);
-                gh = s.fma(x, &h0, &gh);
-            }
-        }
-        let gh = shuffle_sum(s, &gh, &[1, 2, 4, 8, 16]);
-        let first_lane = s.cmp("eq", &lane.lane, &zero);
-        s.when(&first_lane, |s| {
-            let row = warp_parts_index(s, d, &sl.b, &hs, &k);
-            let at = s.add(&row, &lane.warp);
-            s.store(d.at(GH), &[&at], &gh);
-        });
-        stage_steps(s, d, &sl, &lay, &t0, &a2);
-        barrier(s);
-        stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
-        stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
-        stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
-        stage_rows(s, d, &lay.xw, DY, (&sl.b, &sl.h, &sl.p0), &t0, None);
+    let run = Run::of(s, d, lay);
+    let lane = &run.lane;
+    run.each_slice(s, d, lay, |s, sl, hs| {
+        stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
+        stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
         staged(s);
-        scale_tile(s, &lay.xw, &|s, r| entering_decay(s, d, &lay, r));
+        scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, lay, r));
+        scale_tile(s, &adj.dy, &|s, r| entering_decay(s, d, lay, r));
         barrier(s);
-        let rows = lane_rows(s, &lane, &zero);
-        let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
-        let to_last = [0, 1].map(|r| decay_to_last(s, d, &lay, &rows[r]));
-        let b_of = |s: &mut Text, kk| lay.b.fragment(s, &lane, &warp_first, kk);
-        let x_of = |s: &mut Text, kk| lay.x.fragment(s, &lane, &warp_first, kk);
-        let mut dx = zeros(s, SLICE);
-        product(s, &lane, &b_of, d.n / 16, &lay.h, 0, &mut dx);
-        scale_rows(s, &mut dx, &to_last);
-        let x_dot = row_dots(s, &lane, &dx, &lay.x, &rows, 0);
-        for (r, row) in rows.iter().enumerate() {
-            let (ok, t) = step(s, d, &t0, row);
-            let first = s.cmp("eq", &lane.c, &zero);
-            let writes = s.line_value(format!("arith.andi {ok}, {first} : i1"));
-            s.when(&writes, |s| {
-                let at = step_index(s, d, &sl.b, &t, &hs);
-                let v = s.fmul(&x_dot[r], &dt_rows[r]);
-                s.store(d.at(LEAVING), &[&at], &v);
-            });
-            s.when(&ok, |s| {
-                for (j, acc) in dx.iter().enumerate() {
-                    for e in [2 * r, 2 * r + 1] {
-                        let c = column(s, &lane, &sl.p0, j, e);
-                        let at = channel_index(s, d, (&sl.b, &t, &sl.h), &c);
-                        s.store(d.at(DX_LAST), &[&at], &acc[e]);
-                    }
-                }
-            });
-        }
-        let factor = [0, 1].map(|r| s.fmul(&to_last[r], &dt_rows[r]));
-        for first in (0..d.n).step_by(COLUMNS.min(d.n)) {
-            let width = COLUMNS.min(d.n);
-            let mut db = zeros(s, width);
-            product(s, &lane, &x_of, SLICE / 16, &gt.columns(first, width), 0, &mut db);
-            scale_rows(s, &mut db, &factor);
-            store_part(s, d, &lane, (d.at(DB_PART), &sl.b, &hs), (&t0, &rows), (&db, first));
-        }
-        // The adjoint of the state entering the tile: `xw` holds `e^{l_i}·dy_i`.
-        let decay = tile_decay(s, d, &lay);
-        for x in g.iter_mut().flatten() {
-            *x = s.fmul(x, &decay);
-        }
+        let (k, zero) = (&run.k, &run.zero);
         let w8 = s.mul_c(&lane.warp, 8);
-        columns_product(s, &lane, &|s, m, kk| lay.c.fragment_transposed(s, &lane, m, kk), &lay.xw, &w8, &mut g);
-        g.into_iter().flatten().collect()
+        let mut state = zeros(s, d.n / 2);
+        columns_product(s, lane, &|s, m, kk| lay.b.fragment_transposed(s, lane, m, kk), &lay.xw, &w8, &mut state);
+        let last = s.i64(tiles as i64 - 1);
+        let before_last = s.cmp("slt", k, &last);
+        s.when(&before_last, |s| {
+            let next = s.add_c(k, 1);
+            store_state(s, d, lane, sl, d.at(STATES), &next, &state);
+        });
+        let mut adjoint = zeros(s, d.n / 2);
+        columns_product(s, lane, &|s, m, kk| lay.c.fragment_transposed(s, lane, m, kk), &adj.dy, &w8, &mut adjoint);
+        let after_first = s.cmp("sgt", k, zero);
+        s.when(&after_first, |s| {
+            let previous = s.add_c(k, -1);
+            store_state(s, d, lane, sl, d.at(ADJOINTS), &previous, &adjoint);
+        });
+        let first_thread = s.cmp("eq", "%tid", zero);
+        s.when(&first_thread, |s| {
+            let decay = tile_decay(s, d, lay);
+            let at = tile_index(s, d, &sl.b, hs, k);
+            s.store(d.at(DECAYS), &[&at], &decay);
+        });
     });
     Phase {
-        what: "adjoint_tiles",
-        items: d.b * d.h * (d.p / SLICE),
-        work_per_item: d.t * d.n * SLICE * 2,
+        what: "tile_parts",
+        items: Run::items(d),
+        work_per_item: 2 * L * d.n * SLICE * run_length(d),
         body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: gt.at + gt.bytes() }),
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes_without_sums() }),
     }
 }
 
-/// An item of the phases parallel over tiles: a tile `k` (from step `t0`) of one head's
-/// slice, its per-step values staged (after waiting for the block's last item).
-struct TileItem {
+/// The two recurrences along the tiles, a thread per element of a head's state, over the
+/// parts [`tile_parts`] left, in their place: the states `H_{k+1} = e^{l_last,k}·H_k + ΔH_k`
+/// from a zero state, then the adjoints `G_{k−1} = e^{l_last,k}·G_k + ΔG_k` from a zero
+/// adjoint after the last tile.
+fn state_scan(d: &Dims) -> Phase {
+    let tiles = d.t.div_ceil(L);
+    let mut body = Text::new();
+    let s = &mut body;
+    let (bh, pn) = s.split("%item", d.p * d.n);
+    let (b, h) = s.split(&bh, d.h);
+    let p = s.split(&pn, d.n).0;
+    let width = s.i64(SLICE as i64);
+    let slice = s.int("divui", &p, &width);
+    let hs = s.mul_c(&h, (d.p / SLICE) as i64);
+    let hs = s.add(&hs, &slice);
+    let first = s.mul_c(&bh, (tiles * d.p * d.n) as i64);
+    let first = s.add(&first, &pn);
+    let slot = |s: &mut Text, k: &str| {
+        let at = s.mul_c(k, (d.p * d.n) as i64);
+        s.add(&first, &at)
+    };
+    let (zero, none) = (s.i64(0), s.f32(0.0));
+    let at = slot(s, &zero);
+    s.store(d.at(STATES), &[&at], &none);
+    let last = s.i64(tiles as i64 - 1);
+    let at = slot(s, &last);
+    s.store(d.at(ADJOINTS), &[&at], &none);
+    linear_scan(s, tiles - 1, (d.at(DECAYS), d.at(STATES)), &|s, i| {
+        let next = s.add_c(i, 1);
+        (tile_index(s, d, &b, &hs, i), slot(s, &next))
+    });
+    linear_scan(s, tiles - 1, (d.at(DECAYS), d.at(ADJOINTS)), &|s, i| {
+        let k = s.int("subi", &last, i);
+        let previous = s.add_c(&k, -1);
+        (tile_index(s, d, &b, &hs, &k), slot(s, &previous))
+    });
+    Phase { what: "state_scan", items: d.b * d.h * d.p * d.n, work_per_item: 4 * tiles, body, cooperative: None }
+}
+
+/// `v ← decay_i·v + part_i` from `v = 0` for steps `i < count`, each result stored in its
+/// part's place: `at(i)` gives the flat indices of step `i`'s decay and part in views
+/// `decays` and `parts`. The loads of [`SCAN_LOADS`] steps are issued together, ahead of
+/// their chain of multiply-adds.
+fn linear_scan(
+    s: &mut Text,
+    count: usize,
+    (decays, parts): (usize, usize),
+    at: &dyn Fn(&mut Text, &str) -> (String, String),
+) {
+    if count == 0 {
+        return;
+    }
+    let (zero, groups) = (s.i64(0), s.i64(count.div_ceil(SCAN_LOADS) as i64));
+    let (steps, last) = (s.i64(count as i64), s.i64(count as i64 - 1));
+    let init = [s.f32(0.0)];
+    s.fold(&zero, &groups, &init, |s, group, carried| {
+        let first = s.mul_c(group, SCAN_LOADS as i64);
+        let loaded: Vec<_> = (0..SCAN_LOADS)
+            .map(|u| {
+                let i = s.add_c(&first, u as i64);
+                let valid = s.cmp("slt", &i, &steps);
+                let i = s.int("minsi", &i, &last);
+                let (decay_at, part_at) = at(s, &i);
+                let (decay, part) = (s.load(decays, &[&decay_at]), s.load(parts, &[&part_at]));
+                (valid, decay, part, part_at)
+            })
+            .collect();
+        let mut v = carried[0].clone();
+        for (valid, decay, part, part_at) in loaded {
+            let next = s.fma(&decay, &v, &part);
+            s.when(&valid, |s| s.store(parts, &[&part_at], &next));
+            v = s.select(&valid, &next, &v, "f32");
+        }
+        vec![v]
+    });
+}
+
+/// An item of the tile phases: tile `k` (from step `t0`) of a run of [`run_length`] head
+/// slices of group `g`, taken in turn. They share the group's `C` and `B`, staged once
+/// (the copies are waited for with the first slice's), and sum their `dB` or `dC` in
+/// shared memory into one partial, `part` of the batch's `G·runs`.
+struct Run {
     lane: Lane,
-    sl: Slice,
-    hs: String,
+    b: String,
+    g: String,
+    part: String,
     k: String,
     t0: String,
     zero: String,
     warp_first: String,
 }
 
-fn tile_item(s: &mut Text, d: &Dims, lay: &Layout) -> TileItem {
-    let lane = Lane::new(s);
-    let (item, k) = s.split("%item", d.t.div_ceil(L));
-    let sl = Slice::of_index(s, d, &item);
-    let hs = head_slice(s, d, &sl);
-    let a2 = log2_decay(s, &sl);
-    let zero = s.i64(0);
-    let warp_first = s.mul_c(&lane.warp, 16);
-    // A block may take several items: the last one's readers are done.
-    barrier(s);
-    let t0 = s.mul_c(&k, L as i64);
-    stage_steps(s, d, &sl, lay, &t0, &a2);
-    TileItem { lane, sl, hs, k, t0, zero, warp_first }
+impl Run {
+    fn of(s: &mut Text, d: &Dims, lay: &Layout) -> Run {
+        let lane = Lane::new(s);
+        let (item, k) = s.split("%item", d.t.div_ceil(L));
+        let (b, part) = s.split(&item, d.g * runs(d));
+        let g = s.split(&part, runs(d)).0;
+        let zero = s.i64(0);
+        let warp_first = s.mul_c(&lane.warp, 16);
+        // A block may take several items: the last one's readers are done.
+        barrier(s);
+        let t0 = s.mul_c(&k, L as i64);
+        stage_rows(s, d, &lay.c, C, (&b, &g, &zero), &t0, None);
+        stage_rows(s, d, &lay.b, B, (&b, &g, &zero), &t0, None);
+        Run { lane, b, g, part, k, t0, zero, warp_first }
+    }
+
+    /// `body(slice, hs)` for each head slice of the run in turn (`hs = h·slices + slice`),
+    /// after the last one's readers of the shared memory are done and with its per-step
+    /// values staged (the caller synchronises before reading them).
+    fn each_slice(&self, s: &mut Text, d: &Dims, lay: &Layout, body: impl FnOnce(&mut Text, &Slice, &str)) {
+        let count = s.i64(run_length(d) as i64);
+        s.each(&self.zero, &count, |s, j| {
+            let first = s.mul_c(&self.part, run_length(d) as i64);
+            let hs = s.add(&first, j);
+            let (h, slice) = s.split(&hs, d.p / SLICE);
+            let p0 = s.mul_c(&slice, SLICE as i64);
+            let sl = Slice { b: self.b.clone(), h, g: self.g.clone(), p0 };
+            barrier(s);
+            let a2 = log2_decay(s, &sl);
+            stage_steps(s, d, &sl, lay, &self.t0, &a2);
+            body(s, &sl, &hs);
+        });
+    }
+
+    fn items(d: &Dims) -> usize {
+        d.b * d.g * runs(d) * d.t.div_ceil(L)
+    }
 }
 
-/// Stages the tile's `C`, `B`, `x` and `dy` (the caller waits for the copies).
+/// Stages the head slice's `x` and `dy` for the tile (the caller waits for the copies).
 fn stage_operands(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, t0): (&Slice, &str)) {
-    let (lay, zero) = (&adj.lay, s.i64(0));
-    stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), t0, None);
-    stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), t0, None);
-    stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), t0, None);
+    stage_rows(s, d, &adj.lay.x, X, (&sl.b, &sl.h, &sl.p0), t0, None);
     stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), t0, None);
 }
 
-/// The tiles' pairs, every tile at once (an item per tile of one head's slice): `dx` and
-/// `x·dx̃` from the pairs and the adjoint phase's part; `dB`'s pairs added to its part; and
-/// the pairs' part of `dl`.
+/// Stages the adjoint of the state leaving tile `k` (f32 in the workspace) as bf16 `G`
+/// (`[N, SLICE]`, the layout's `h`) and `Gᵀ` (`state_t`), one load for both.
+fn stage_adjoint(s: &mut Text, d: &Dims, adj: &Adjoint, sl: &Slice, k: &str) {
+    each_of_block(s, SLICE * d.n, |s, e| {
+        let (p, n) = s.split(e, d.n);
+        let ch = s.add(&sl.p0, &p);
+        let at = state_index(s, d, sl, k, &n, &ch);
+        let g = s.load(d.at(ADJOINTS), &[&at]);
+        adj.lay.h.put(s, &n, &p, &g);
+        adj.state_t.put(s, &p, &n, &g);
+    });
+}
+
+/// Stages the state entering tile `k` as bf16 `H₀ᵀ` (`state_t`), and returns this thread's
+/// part of `⟨G, H₀⟩` in f32 (`G` the adjoint of the state leaving the tile).
+fn stage_entering_state(s: &mut Text, d: &Dims, adj: &Adjoint, sl: &Slice, k: &str) -> String {
+    let (zero, count) = (s.i64(0), s.i64((SLICE * d.n / THREADS) as i64));
+    let init = [s.f32(0.0)];
+    let part = s.fold(&zero, &count, &init, |s, i, acc| {
+        let e = s.mul_c(i, THREADS as i64);
+        let e = s.add(&e, "%tid");
+        let (p, n) = s.split(&e, d.n);
+        let ch = s.add(&sl.p0, &p);
+        let at = state_index(s, d, sl, k, &n, &ch);
+        let (h0, g) = (s.load(d.at(STATES), &[&at]), s.load(d.at(ADJOINTS), &[&at]));
+        adj.state_t.put(s, &p, &n, &h0);
+        vec![s.fma(&g, &h0, &acc[0])]
+    });
+    part[0].clone()
+}
+
+/// The tiles' terms of `G` and their pairs, every tile at once (an item per tile of a
+/// [`Run`]): `dx`, `x·dx̃`, and `x̃·dx̃` of the part from `G`; `dB`; and the pairs' part of
+/// `dl`.
 fn pair_tiles(d: &Dims) -> Phase {
     let adj = Adjoint::new(d.n);
     let lay = &adj.lay;
-    let tiles = d.t.div_ceil(L);
     let mut body = Text::new();
     let s = &mut body;
-    let TileItem { lane, sl, hs, k: _, t0, zero, warp_first } = tile_item(s, d, lay);
-    barrier(s);
-    stage_operands(s, d, &adj, (&sl, &t0));
-    staged(s);
-    let rows = lane_rows(s, &lane, &zero);
-    let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
-    let b_of = |s: &mut Text, kk| lay.b.fragment(s, &lane, &warp_first, kk);
-    let x_of = |s: &mut Text, kk| lay.x.fragment(s, &lane, &warp_first, kk);
+    let run = Run::of(s, d, lay);
+    adj.zero_sums(s);
+    run.each_slice(s, d, lay, |s, sl, hs| pair_slice(s, d, &adj, &run, (sl, hs)));
+    adj.store_sums(s, d, d.at(DB_PART), &run);
+    Phase {
+        what: "pair_tiles",
+        items: Run::items(d),
+        work_per_item: L * d.n * SLICE * 3 * run_length(d),
+        body,
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
+    }
+}
 
-    // dx̃ over rows j: the pairs `(C_i·B_j)·e^{l_i−l_j}`, then the adjoint phase's part.
+/// [`pair_tiles`] for one head slice `sl` (`hs`) of the run.
+fn pair_slice(s: &mut Text, d: &Dims, adj: &Adjoint, run: &Run, (sl, hs): (&Slice, &str)) {
+    let lay = &adj.lay;
+    let Run { lane, k, t0, zero, warp_first, .. } = run;
+    stage_operands(s, d, adj, (sl, t0));
+    stage_adjoint(s, d, adj, sl, k);
+    staged(s);
+    let rows = lane_rows(s, lane, zero);
+    let dt_rows = [0, 1].map(|r| lay.dt.get(s, &rows[r]));
+    let b_of = |s: &mut Text, kk| lay.b.fragment(s, lane, warp_first, kk);
+    let x_of = |s: &mut Text, kk| lay.x.fragment(s, lane, warp_first, kk);
+
+    // dx̃ over rows j: the part from G, then the pairs `(C_i·B_j)·e^{l_i−l_j}`.
     let later = |s: &mut Text, j: &str, i: &str| seen(s, d, lay, i, j);
     let decay_ij = |s: &mut Text, j: &str, i: &str| pair_decay(s, lay, i, j);
-    let mut cb = times_transposed(s, &lane, &b_of, &lay.c, 0, L);
-    weigh_pairs(s, &lane, &rows, &mut cb, &later, &decay_ij);
-    let mut dx: Vec<Acc> = zeros(s, SLICE);
+    let mut cb = times_transposed(s, lane, &b_of, &lay.c, 0, L);
+    weigh_pairs(s, lane, &rows, &mut cb, &later, &decay_ij);
+    let to_last = [0, 1].map(|r| decay_to_last(s, d, lay, &rows[r]));
+    let first_of_quad = s.cmp("eq", &lane.c, zero);
+    let mut dx = zeros(s, SLICE);
+    product(s, lane, &b_of, d.n / 16, &lay.h, 0, &mut dx);
+    scale_rows(s, &mut dx, &to_last);
+    let x_dot = row_dots(s, lane, &dx, &lay.x, &rows, 0);
     for (r, row) in rows.iter().enumerate() {
-        let (ok, t) = step(s, d, &t0, row);
-        for (j, acc) in dx.iter_mut().enumerate() {
-            for e in [2 * r, 2 * r + 1] {
-                let c = column(s, &lane, &sl.p0, j, e);
-                let at = channel_index(s, d, (&sl.b, &t, &sl.h), &c);
-                let v = s.load(d.at(DX_LAST), &[&at]);
-                acc[e] = s.select(&ok, &v, &acc[e], "f32");
-            }
-        }
-    }
-    accumulate(s, &lane, &cb, &adj.dy, 0, &mut dx);
-    let xdx = row_dots(s, &lane, &dx, &lay.x, &rows, 0);
-    for (r, row) in rows.iter().enumerate() {
-        let (ok, t) = step(s, d, &t0, row);
-        let first = s.cmp("eq", &lane.c, &zero);
-        let writes = s.line_value(format!("arith.andi {ok}, {first} : i1"));
+        let (ok, t) = step(s, d, t0, row);
+        let writes = s.line_value(format!("arith.andi {ok}, {first_of_quad} : i1"));
         s.when(&writes, |s| {
-            let at = step_index(s, d, &sl.b, &t, &hs);
+            let at = step_index(s, d, &sl.b, &t, hs);
+            let v = s.fmul(&x_dot[r], &dt_rows[r]);
+            s.store(d.at(LEAVING), &[&at], &v);
+        });
+    }
+    accumulate(s, lane, &cb, &adj.dy, 0, &mut dx);
+    let xdx = row_dots(s, lane, &dx, &lay.x, &rows, 0);
+    for (r, row) in rows.iter().enumerate() {
+        let (ok, t) = step(s, d, t0, row);
+        let writes = s.line_value(format!("arith.andi {ok}, {first_of_quad} : i1"));
+        s.when(&writes, |s| {
+            let at = step_index(s, d, &sl.b, &t, hs);
             s.store(d.at(XDX_PART), &[&at], &xdx[r]);
         });
     }
     scale_rows(s, &mut dx, &dt_rows);
-    store_rows(s, d, &lane, (d.at(DX), &sl.b, &sl.h, &sl.p0), &t0, &rows, &dx);
+    store_rows(s, d, lane, (d.at(DX), &sl.b, &sl.h, &sl.p0), t0, &rows, &dx);
     // The pairs' part of dl: `w_ij` at (j, i), for i strictly after j.
-    let mut xdy = times_transposed(s, &lane, &x_of, &adj.dy, 0, L);
-    pair_sums(s, &lane, &adj, &rows, &dt_rows, &cb, &xdy);
-    // dB's pairs, added to the adjoint phase's part.
-    weigh_pairs(s, &lane, &rows, &mut xdy, &later, &decay_ij);
+    let mut xdy = times_transposed(s, lane, &x_of, &adj.dy, 0, L);
+    pair_sums(s, lane, adj, &rows, &dt_rows, &cb, &xdy);
+    // dB: the part from G, then the pairs.
+    weigh_pairs(s, lane, &rows, &mut xdy, &later, &decay_ij);
     for first in (0..d.n).step_by(COLUMNS.min(d.n)) {
         let width = COLUMNS.min(d.n);
         let mut db = zeros(s, width);
-        accumulate(s, &lane, &xdy, &lay.c.columns(first, width), 0, &mut db);
+        product(s, lane, &x_of, SLICE / 16, &adj.state_t.columns(first, width), 0, &mut db);
+        scale_rows(s, &mut db, &to_last);
+        accumulate(s, lane, &xdy, &lay.c.columns(first, width), 0, &mut db);
         scale_rows(s, &mut db, &dt_rows);
-        add_part(s, d, &lane, (d.at(DB_PART), &sl.b, &hs), (&t0, &rows), (&db, first));
+        adj.add_to_sums(s, lane, &rows, (&db, first));
     }
     // `Σ_{j<i} w_ij − Σ_{i>j} w_ij` per step, for the entering phase's `dl`.
     barrier(s);
@@ -497,53 +634,59 @@ fn pair_tiles(d: &Dims) -> Phase {
             let p = adj.pos.get(s, &at);
             dl = s.fadd(&dl, &p);
         }
-        let (ok, t) = step(s, d, &t0, r);
+        let (ok, t) = step(s, d, t0, r);
         s.when(&ok, |s| {
-            let at = step_index(s, d, &sl.b, &t, &hs);
+            let at = step_index(s, d, &sl.b, &t, hs);
             s.store(d.at(PAIRS_DL), &[&at], &dl);
         });
     });
+}
+
+/// The entering state's terms and `dl`, every tile at once (an item per tile of a
+/// [`Run`]): `dC` (the entering state's part and the pairs) and `dy·y` of that part; with
+/// the pair phase's parts, `dl`, then `D` and the tile's `Σ dt·D`.
+fn entering_tiles(d: &Dims) -> Phase {
+    let adj = Adjoint::new(d.n);
+    let lay = &adj.lay;
+    let mut body = Text::new();
+    let s = &mut body;
+    let run = Run::of(s, d, lay);
+    adj.zero_sums(s);
+    run.each_slice(s, d, lay, |s, sl, hs| entering_slice(s, d, &adj, &run, (sl, hs)));
+    adj.store_sums(s, d, d.at(DC_PART), &run);
     Phase {
-        what: "pair_tiles",
-        items: d.b * d.h * (d.p / SLICE) * tiles,
-        work_per_item: L * d.n * SLICE * 3,
+        what: "entering_tiles",
+        items: Run::items(d),
+        work_per_item: L * d.n * SLICE * 3 * run_length(d),
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
     }
 }
 
-/// The entering state's terms and `dl`, every tile at once: `dC` (the entering state's part
-/// and the pairs) and `dy·y` of that part; with the pair and adjoint phases' parts, `dl`,
-/// then `D` and the tile's `Σ dt·D`.
-fn entering_tiles(d: &Dims) -> Phase {
-    let adj = Adjoint::new(d.n);
+/// [`entering_tiles`] for one head slice `sl` (`hs`) of the run.
+fn entering_slice(s: &mut Text, d: &Dims, adj: &Adjoint, run: &Run, (sl, hs): (&Slice, &str)) {
     let lay = &adj.lay;
-    let tiles = d.t.div_ceil(L);
-    let mut body = Text::new();
-    let s = &mut body;
-    let TileItem { lane, sl, hs, k, t0, zero, warp_first } = tile_item(s, d, lay);
+    let Run { lane, k, t0, zero, warp_first, .. } = run;
     for (to, view) in [(&adj.leaving, LEAVING), (&adj.neg, PAIRS_DL)] {
         to.stage(s, &|s, r| {
-            let (ok, t) = step(s, d, &t0, r);
-            let at = step_index(s, d, &sl.b, &t, &hs);
+            let (ok, t) = step(s, d, t0, r);
+            let at = step_index(s, d, &sl.b, &t, hs);
             let v = s.load(d.at(view), &[&at]);
             let none = s.f32(0.0);
             s.select(&ok, &v, &none, "f32")
         });
     }
-    barrier(s);
-    stage_operands(s, d, &adj, (&sl, &t0));
-    adj.h0t.stage(s, &|s, _| s.line_value("arith.constant true".into()), &|s, p, n| {
-        let ch = s.add(&sl.p0, p);
-        let at = state_index(s, d, &sl, &k, n, &ch);
-        s.load(d.at(STATES), &[&at])
-    });
+    stage_operands(s, d, adj, (sl, t0));
+    let gh = stage_entering_state(s, d, adj, sl, k);
+    let gh = shuffle_sum(s, &gh, &[1, 2, 4, 8, 16]);
+    let first_lane = s.cmp("eq", &lane.lane, zero);
+    s.when(&first_lane, |s| adj.pos.set(s, &lane.warp, &gh));
     staged(s);
-    let rows = lane_rows(s, &lane, &zero);
-    let dy_of = |s: &mut Text, kk| adj.dy.fragment(s, &lane, &warp_first, kk);
+    let rows = lane_rows(s, lane, zero);
+    let dy_of = |s: &mut Text, kk| adj.dy.fragment(s, lane, warp_first, kk);
     // dC over rows i: the entering state's part (and its `dy·y`), then the pairs.
-    let mut dyx = times_transposed(s, &lane, &dy_of, &lay.x, 0, L);
-    weigh_pairs(s, &lane, &rows, &mut dyx, &|s, i, j| seen(s, d, lay, i, j), &|s, i, j| {
+    let mut dyx = times_transposed(s, lane, &dy_of, &lay.x, 0, L);
+    weigh_pairs(s, lane, &rows, &mut dyx, &|s, i, j| seen(s, d, lay, i, j), &|s, i, j| {
         let e = pair_decay(s, lay, i, j);
         let dt = lay.dt.get(s, j);
         s.fmul(&e, &dt)
@@ -553,52 +696,17 @@ fn entering_tiles(d: &Dims) -> Phase {
     for first in (0..d.n).step_by(COLUMNS.min(d.n)) {
         let width = COLUMNS.min(d.n);
         let mut dc = zeros(s, width);
-        product(s, &lane, &dy_of, SLICE / 16, &adj.h0t.columns(first, width), 0, &mut dc);
+        product(s, lane, &dy_of, SLICE / 16, &adj.state_t.columns(first, width), 0, &mut dc);
         scale_rows(s, &mut dc, &into_rows);
-        let part = row_dots(s, &lane, &dc, &lay.c, &rows, first);
+        let part = row_dots(s, lane, &dc, &lay.c, &rows, first);
         dy_y = [0, 1].map(|r| s.fadd(&dy_y[r], &part[r]));
-        accumulate(s, &lane, &dyx, &lay.b.columns(first, width), 0, &mut dc);
-        store_part(s, d, &lane, (d.at(DC_PART), &sl.b, &hs), (&t0, &rows), (&dc, first));
+        accumulate(s, lane, &dyx, &lay.b.columns(first, width), 0, &mut dc);
+        adj.add_to_sums(s, lane, &rows, (&dc, first));
     }
-    put_rows(s, &lane, &adj.entering, &rows, &dy_y);
+    put_rows(s, lane, &adj.entering, &rows, &dy_y);
     barrier(s);
     let decay = tile_decay(s, d, lay);
-    decay_terms(s, d, &adj, (&sl, &hs), (&k, &t0), &decay);
-    Phase {
-        what: "entering_tiles",
-        items: d.b * d.h * (d.p / SLICE) * tiles,
-        work_per_item: L * d.n * SLICE * 3,
-        body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
-    }
-}
-
-/// Adds a warp's rows of `acc` to what the `[B, T, H·slices, N]` view `view` holds.
-fn add_part(
-    s: &mut Text,
-    d: &Dims,
-    lane: &Lane,
-    at: (usize, &str, &str),
-    (t0, rows): (&str, &[String; 2]),
-    (acc, col0): (&[Acc], usize),
-) {
-    let (view, b, hs) = at;
-    let mut sum = acc.to_vec();
-    for (r, row) in rows.iter().enumerate() {
-        let t = step(s, d, t0, row).1;
-        let base = part_row(s, d, b, &t, hs);
-        let zero = s.i64(0);
-        for (j, a) in sum.iter_mut().enumerate() {
-            for e in [2 * r, 2 * r + 1] {
-                let c = column(s, lane, &zero, j, e);
-                let col = s.add_c(&c, col0 as i64);
-                let i = s.add(&base, &col);
-                let v = s.load(view, &[&i]);
-                a[e] = s.fadd(&a[e], &v);
-            }
-        }
-    }
-    store_part(s, d, lane, at, (t0, rows), (&sum, col0));
+    decay_terms(s, d, adj, (sl, hs), (k, t0), &decay);
 }
 
 /// From the pair products at (j, i) (`cb` weighted by the decays, `xdy = x_j·dy_i`):
@@ -659,10 +767,9 @@ fn decay_terms(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, hs): (&Slice, &str), 
     barrier(s);
     // The last step's own terms reach every D_k: `⟨G, e^{l_last}·H₀⟩` and `Σ_j x̃_j·dx̃_j`.
     let mut gh = s.f32(0.0);
-    let row = warp_parts_index(s, d, &sl.b, hs, k);
-    for w in 0..4 {
-        let at = s.add_c(&row, w);
-        let v = s.load(d.at(GH), &[&at]);
+    for w in 0..THREADS / 32 {
+        let at = s.i64(w as i64);
+        let v = adj.pos.get(s, &at);
         gh = s.fadd(&gh, &v);
     }
     let z = s.f32(0.0);
@@ -702,29 +809,24 @@ fn decay_terms(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, hs): (&Slice, &str), 
             let v = adj.neg.get(s, r);
             vec![s.fadd(&acc[0], &v)]
         });
-        let tiles = d.t.div_ceil(L) as i64;
-        let row = s.mul_c(hs, tiles);
-        let bh = s.mul_c(&sl.b, (d.h * d.p / SLICE) as i64 * tiles);
-        let at = s.add(&bh, &row);
-        let at = s.add(&at, k);
+        let at = tile_index(s, d, &sl.b, hs, k);
         s.store(d.at(DA_PART), &[&at], &sum[0]);
     });
 }
 
-/// Per `(b, t, g, n)`: `dB` and `dC`, the group's heads and their slices summed in order.
+/// Per `(b, t, g, n)`: `dB` and `dC`, the group's runs of head slices summed in order.
 fn group_sums(d: &Dims) -> Phase {
-    let slices = d.p / SLICE;
     let mut s = Text::new();
     let (btg, n) = s.split("%item", d.n);
     let (bt, g) = s.split(&btg, d.g);
-    let per = d.heads_per_group() * slices;
+    let per = runs(d);
     let first = s.mul_c(&g, per as i64);
     let (zero, count) = (s.i64(0), s.i64(per as i64));
     let z = s.f32(0.0);
     let sums = s.fold(&zero, &count, &[z.clone(), z], |s, j, acc| {
-        let hs = s.add(&first, j);
-        let row = s.mul_c(&bt, (d.h * slices) as i64);
-        let row = s.add(&row, &hs);
+        let part = s.add(&first, j);
+        let row = s.mul_c(&bt, (d.g * per) as i64);
+        let row = s.add(&row, &part);
         let base = s.mul_c(&row, d.n as i64);
         let at = s.add(&base, &n);
         let (db, dc) = (s.load(d.at(DB_PART), &[&at]), s.load(d.at(DC_PART), &[&at]));

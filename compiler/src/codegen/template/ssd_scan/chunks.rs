@@ -51,16 +51,8 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Option
         workspace: vec![],
         workspace_storage: vec![],
         in_place: vec![],
-        phases: vec![sweep(&d, Keep::Outputs)],
+        phases: vec![sweep(&d)],
     })
-}
-
-/// What the forward sweep keeps of each tile: `y` (the forward), or the state entering
-/// each tile in workspace view `view`, `[B, H, tiles, P, N]` (for a gradient).
-#[derive(Clone, Copy)]
-pub enum Keep {
-    Outputs,
-    States(usize),
 }
 
 /// Shared memory of a tile step: its operand tiles and per-step values.
@@ -360,7 +352,7 @@ pub fn tile_decay(s: &mut Text, d: &Dims, lay: &Layout) -> String {
 
 /// The forward sweep: an item is one head's slice of channels; the state's slice stays
 /// in registers while tiles of `x`, `B`, `C` stream through shared memory.
-pub fn sweep(d: &Dims, keep: Keep) -> Phase {
+fn sweep(d: &Dims) -> Phase {
     let lay = Layout::new(d.n);
     let mut body = Text::new();
     let s = &mut body;
@@ -377,9 +369,6 @@ pub fn sweep(d: &Dims, keep: Keep) -> Phase {
         barrier(s);
         let t0 = s.mul_c(k, L as i64);
         put_state(s, &lane, &lay.h, &state);
-        if let Keep::States(view) = keep {
-            store_state(s, d, &lane, &sl, view, k, &state);
-        }
         stage_steps(s, d, &sl, &lay, &t0, &a2);
         barrier(s);
         stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
@@ -389,37 +378,32 @@ pub fn sweep(d: &Dims, keep: Keep) -> Phase {
         staged(s);
         scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, &lay, r));
         barrier(s);
-        if let Keep::Outputs = keep {
-            let rows = lane_rows(s, &lane, &zero);
-            let c_of = |s: &mut Text, kk| lay.c.fragment(s, &lane, &warp_first, kk);
-            let mut y = zeros(s, SLICE);
-            product(s, &lane, &c_of, d.n / 16, &lay.h, 0, &mut y);
-            let into = [0, 1].map(|r| entering_decay(s, d, &lay, &rows[r]));
-            for a in y.iter_mut() {
-                for (e, x) in a.iter_mut().enumerate() {
-                    *x = s.fmul(x, &into[e / 2]);
-                }
+        let rows = lane_rows(s, &lane, &zero);
+        let c_of = |s: &mut Text, kk| lay.c.fragment(s, &lane, &warp_first, kk);
+        let mut y = zeros(s, SLICE);
+        product(s, &lane, &c_of, d.n / 16, &lay.h, 0, &mut y);
+        let into = [0, 1].map(|r| entering_decay(s, d, &lay, &rows[r]));
+        for a in y.iter_mut() {
+            for (e, x) in a.iter_mut().enumerate() {
+                *x = s.fmul(x, &into[e / 2]);
             }
-            let mut scores = times_transposed(s, &lane, &c_of, &lay.b, 0, L);
-            weigh_pairs(s, &lane, &rows, &mut scores, &|s, i, j| seen(s, d, &lay, i, j), &|s, i, j| {
-                let (li, lj) = (lay.l.get(s, i), lay.l.get(s, j));
-                let diff = s.fsub(&li, &lj);
-                let e = exp2(s, &diff);
-                let dt = lay.dt.get(s, j);
-                s.fmul(&e, &dt)
-            });
-            accumulate(s, &lane, &scores, &lay.x, 0, &mut y);
-            store_rows(s, d, &lane, (d.out, &sl.b, &sl.h, &sl.p0), &t0, &rows, &y);
         }
+        let mut scores = times_transposed(s, &lane, &c_of, &lay.b, 0, L);
+        weigh_pairs(s, &lane, &rows, &mut scores, &|s, i, j| seen(s, d, &lay, i, j), &|s, i, j| {
+            let (li, lj) = (lay.l.get(s, i), lay.l.get(s, j));
+            let diff = s.fsub(&li, &lj);
+            let e = exp2(s, &diff);
+            let dt = lay.dt.get(s, j);
+            s.fmul(&e, &dt)
+        });
+        accumulate(s, &lane, &scores, &lay.x, 0, &mut y);
+        store_rows(s, d, &lane, (d.out, &sl.b, &sl.h, &sl.p0), &t0, &rows, &y);
         let decay = tile_decay(s, d, &lay);
         advance_state(s, &lane, &lay, &decay, &mut state);
         state.into_iter().flatten().collect()
     });
     Phase {
-        what: match keep {
-            Keep::Outputs => "scan_tiles",
-            Keep::States(_) => "state_tiles",
-        },
+        what: "scan_tiles",
         items: d.b * d.h * (d.p / SLICE),
         work_per_item: d.t * d.n * SLICE,
         body,
@@ -488,8 +472,9 @@ pub fn state_index(s: &mut Text, d: &Dims, sl: &Slice, k: &str, n: &str, p: &str
     s.add(&at, n)
 }
 
-/// Writes the state accumulators (exact, f32) entering tile `k` to the workspace.
-fn store_state(s: &mut Text, d: &Dims, lane: &Lane, sl: &Slice, view: usize, k: &str, accs: &[Acc]) {
+/// Writes a warp's state accumulators (f32) to slot `k` of the `[B, H, tiles, P, N]`
+/// workspace view `view`.
+pub fn store_state(s: &mut Text, d: &Dims, lane: &Lane, sl: &Slice, view: usize, k: &str, accs: &[Acc]) {
     for (m, a) in accs.iter().enumerate() {
         for (e, x) in a.iter().enumerate() {
             let (n, c) = state_element(s, lane, m, e);
