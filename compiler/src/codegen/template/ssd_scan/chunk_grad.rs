@@ -546,22 +546,31 @@ fn stage_entering_state(s: &mut Text, d: &Dims, adj: &Adjoint, sl: &Slice, k: &s
 /// [`Run`]): `dx`, `x·dx̃`, and `x̃·dx̃` of the part from `G`; `dB`; and the pairs' part of
 /// `dl`.
 fn pair_tiles(d: &Dims) -> Phase {
+    summing_tiles(d, "pair_tiles", d.at(DB_PART), pair_slice)
+}
+
+/// A phase of items of a [`Run`] that sum a `[L, N]` term over the run's head slices into
+/// the partials of view `sums`: `slice` adds one head slice's.
+fn summing_tiles(d: &Dims, what: &'static str, sums: usize, slice: SliceTerms) -> Phase {
     let adj = Adjoint::new(d.n);
     let lay = &adj.lay;
     let mut body = Text::new();
     let s = &mut body;
     let run = Run::of(s, d, lay);
     adj.zero_sums(s);
-    run.each_slice(s, d, lay, |s, sl, hs| pair_slice(s, d, &adj, &run, (sl, hs)));
-    adj.store_sums(s, d, d.at(DB_PART), &run);
+    run.each_slice(s, d, lay, |s, sl, hs| slice(s, d, &adj, &run, (sl, hs)));
+    adj.store_sums(s, d, sums, &run);
     Phase {
-        what: "pair_tiles",
+        what,
         items: Run::items(d),
         work_per_item: L * d.n * SLICE * 3 * run_length(d),
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
     }
 }
+
+/// One head slice's work in a [`summing_tiles`] phase.
+type SliceTerms = fn(&mut Text, &Dims, &Adjoint, &Run, (&Slice, &str));
 
 /// [`pair_tiles`] for one head slice `sl` (`hs`) of the run.
 fn pair_slice(s: &mut Text, d: &Dims, adj: &Adjoint, run: &Run, (sl, hs): (&Slice, &str)) {
@@ -646,21 +655,7 @@ fn pair_slice(s: &mut Text, d: &Dims, adj: &Adjoint, run: &Run, (sl, hs): (&Slic
 /// [`Run`]): `dC` (the entering state's part and the pairs) and `dy·y` of that part; with
 /// the pair phase's parts, `dl`, then `D` and the tile's `Σ dt·D`.
 fn entering_tiles(d: &Dims) -> Phase {
-    let adj = Adjoint::new(d.n);
-    let lay = &adj.lay;
-    let mut body = Text::new();
-    let s = &mut body;
-    let run = Run::of(s, d, lay);
-    adj.zero_sums(s);
-    run.each_slice(s, d, lay, |s, sl, hs| entering_slice(s, d, &adj, &run, (sl, hs)));
-    adj.store_sums(s, d, d.at(DC_PART), &run);
-    Phase {
-        what: "entering_tiles",
-        items: Run::items(d),
-        work_per_item: L * d.n * SLICE * 3 * run_length(d),
-        body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
-    }
+    summing_tiles(d, "entering_tiles", d.at(DC_PART), entering_slice)
 }
 
 /// [`entering_tiles`] for one head slice `sl` (`hs`) of the run.
