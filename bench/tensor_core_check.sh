@@ -11,16 +11,14 @@
 # 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
 # (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
 # per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
-# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL. ATTENTION=0, HYBRID=0, CASES=0 and
+# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL; CASES=ssd runs the SSD scan's
+# device cases only. ATTENTION=0, HYBRID=0, CASES=0 and
 # SSD=0 leave out the attention benchmark, the small hybrid, the device cases and the SSD benchmarks. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
 source "$(dirname "$0")/device_env.sh"
-if [ "${CASES:-1}" = 1 ]; then
-    python3 compiler/tests/ptx_on_device.py dist/tc/cases > "$OUT/cases.txt" 2>&1
-    grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
-fi
-# With SANITIZE=1, the SSD cases again under compute-sanitizer's memcheck and racecheck.
-if [ "${SANITIZE:-0}" = 1 ]; then
+# The SSD scan's tensor-core cases alone, in a folder of their own (for CASES=ssd and the
+# sanitizer).
+ssd_cases() {
     python3 - dist/tc/cases "$work/ssd_cases" <<'PY'
 import json, os, sys
 src, dst = sys.argv[1], sys.argv[2]
@@ -32,6 +30,19 @@ for c in cases:
             os.symlink(os.path.abspath(os.path.join(src, f)), os.path.join(dst, f))
 json.dump(cases, open(os.path.join(dst, "cases.json"), "w"))
 PY
+}
+case "${CASES:-1}" in
+    1) cases=dist/tc/cases ;;
+    ssd) ssd_cases; cases="$work/ssd_cases" ;;
+    *) cases="" ;;
+esac
+if [ -n "$cases" ]; then
+    python3 compiler/tests/ptx_on_device.py "$cases" > "$OUT/cases.txt" 2>&1
+    grep FAIL "$OUT/cases.txt" | head -n 12; tail -n 1 "$OUT/cases.txt"
+fi
+# With SANITIZE=1, the SSD cases again under compute-sanitizer's memcheck and racecheck.
+if [ "${SANITIZE:-0}" = 1 ]; then
+    [ -d "$work/ssd_cases" ] || ssd_cases
     for tool in memcheck racecheck; do
         timeout 150 /usr/local/cuda-13.0/bin/compute-sanitizer --tool "$tool" \
             python3 compiler/tests/ptx_on_device.py "$work/ssd_cases" > "$OUT/sanitize_$tool.txt" 2>&1

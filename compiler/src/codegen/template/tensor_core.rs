@@ -360,6 +360,15 @@ pub fn exp2(s: &mut Text, x: &str) -> String {
     ))
 }
 
+/// `body(e)` for `e < count`, the block's threads sharing the elements.
+pub fn each_of_block(s: &mut Text, count: usize, body: impl FnOnce(&mut Text, &str)) {
+    let (end, step) = (s.i64(count as i64), s.i64(THREADS as i64));
+    let e = s.fresh();
+    s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
+    s.nest(|s| body(s, &e));
+    s.line("}");
+}
+
 /// Waits for every thread of the block.
 pub fn barrier(s: &mut Text) {
     s.line("gpu.barrier");

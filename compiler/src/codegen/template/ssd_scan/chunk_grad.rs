@@ -1,11 +1,6 @@
-//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]. Only
-//! two recurrences run along time, the state `H` forward and its adjoint `G` backward, and
-//! both are linear: a tile's own part of each (`ΔH = Σ_j e^{l_last−l_j}·dt_j·x_jᵀ·B_j`,
-//! `ΔG = Σ_i e^{l_i}·C_iᵀ·dy_i`) is a product every tile computes at once, and the scan
-//! left, `H ← e^{l_last}·H + ΔH`, is elementwise over the state, a thread per element (f32
-//! throughout, so the states are as exact as one sweep's). Every tile then knows the state
-//! entering it and the adjoint `G` of the state leaving it, and the rest is parallel over
-//! tiles of one head's channel slice:
+//! The SSD scan's gradient on tensor cores, in the chunked form of [`super::chunks`]: the
+//! states entering every tile and the adjoints `G` of the states leaving them come from
+//! [`super::recurrences`], and the rest is parallel over tiles of one head's channel slice:
 //!
 //! - `dx̃_j = Σ_{i≥j} (C_i·B_j)·e^{l_i−l_j}·dy_i + e^{l_last−l_j}·B_j·G` (`x̃ = dt·x`);
 //! - `dB_j = dt_j·(Σ_{i≥j} e^{l_i−l_j}·(dy_i·x_j)·C_i + e^{l_last−l_j}·x_j·Gᵀ)`;
@@ -19,22 +14,21 @@
 //!
 //! The sums over channel slices, the heads of a group and the batch are later phases whose
 //! items own their outputs and sum in a fixed order; every output has one writer.
-//! A sequential sweep per head slice instead (the state in registers, a tile step at a time)
-//! keeps only B·H·P/32 blocks busy, waiting on latency: 1.15 of 1.85 ms at B 2, 32 heads.
 //!
 //! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
 use super::super::tensor_core::{
-    accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
+    accumulate, barrier, column, each_of_block, exp2, lane_rows, product, shuffle_sum, times_transposed, zeros, Acc,
     Floats, Lane, Tile, THREADS,
 };
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
 use super::chunks::{
-    entering_decay, fits, scale_tile, seen, stage_rows, stage_steps, staged, state_index, step, store_rows,
-    store_state, tile_decay, weigh_pairs, weight_to_last, Layout, Slice, L, SLICE,
+    entering_decay, fits, seen, stage_rows, staged, state_index, step, store_rows, tile_decay, weigh_pairs, Layout,
+    Slice, L, SLICE,
 };
-use super::{Dims, A, B, C, DY, X};
+use super::recurrences::{longest_run, runs, state_scan, tile_index, tile_parts, Recurrences, Run};
+use super::{Dims, A, DY, X};
 
 /// The gradient's outputs and workspace, counted from its first output (`Dims::at`).
 const DX: usize = 0;
@@ -68,23 +62,6 @@ const COLUMNS: usize = 32;
 /// The largest state size the pair phase takes: at 256 the tile products spill.
 const MAX_STATE: usize = 128;
 
-/// Tiles the state scan's thread loads at once, so its loads are in flight together.
-const SCAN_LOADS: usize = 8;
-
-/// The most head slices an item of the tile phases takes in turn (see [`Run`]).
-const RUN: usize = 8;
-
-/// Head slices per item: the largest divisor of a group's head slices up to [`RUN`].
-fn run_length(d: &Dims) -> usize {
-    let group = d.heads_per_group() * (d.p / SLICE);
-    (1..=RUN.min(group)).rev().find(|k| group.is_multiple_of(*k)).unwrap_or(1)
-}
-
-/// Partial sums of `dB` and `dC` per group, batch and step: one per run.
-fn runs(d: &Dims) -> usize {
-    d.heads_per_group() * (d.p / SLICE) / run_length(d)
-}
-
 /// The gradient template on tensor cores for inputs `x, dt, a, b, c, dy` (and, with
 /// `documents`, `positions`): outputs `dx, ddt, da, db, dc`; `None` where the forward's
 /// [`fits`] does not hold or the state is larger than [`MAX_STATE`].
@@ -96,8 +73,9 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
     let tiles = d.t.div_ceil(L);
     let slices = d.p / SLICE;
     let per_head = d.b * d.t * d.h * slices;
-    let per_run = d.b * d.t * d.g * runs(&d);
+    let per_run = d.b * d.t * d.g * runs(&d, longest_run(&d));
     let states = d.b * d.h * tiles * d.p * d.n;
+    let recurrences = Recurrences { states: d.at(STATES), adjoints: Some(d.at(ADJOINTS)), decays: d.at(DECAYS) };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     let template = if documents { "document_ssd_scan_grad_mma" } else { "ssd_scan_grad_mma" };
     Some(TemplateCode {
@@ -119,8 +97,8 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
         workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
-            tile_parts(&d),
-            state_scan(&d),
+            tile_parts(&d, recurrences, longest_run(&d)),
+            state_scan(&d, recurrences),
             pair_tiles(&d),
             entering_tiles(&d),
             group_sums(&d),
@@ -178,11 +156,6 @@ impl Adjoint {
         self.sums.at + self.sums.bytes()
     }
 
-    /// The shared memory of a phase that sums nothing over the run.
-    fn bytes_without_sums(&self) -> usize {
-        self.sums.at
-    }
-
     /// Sets the run's sums to zero, the block's threads sharing the elements.
     fn zero_sums(&self, s: &mut Text) {
         each_of_block(s, self.sums.len, |s, e| {
@@ -223,7 +196,7 @@ impl Adjoint {
                 let v = self.sums.get(s, &at);
                 let bt = s.mul_c(&run.b, d.t as i64);
                 let bt = s.add(&bt, &t);
-                let part = s.mul_c(&bt, (d.g * runs(d)) as i64);
+                let part = s.mul_c(&bt, (d.g * runs(d, run.length)) as i64);
                 let part = s.add(&part, &run.part);
                 let base = s.mul_c(&part, d.n as i64);
                 let to = s.add(&base, &n);
@@ -231,15 +204,6 @@ impl Adjoint {
             });
         });
     }
-}
-
-/// `body(e)` for `e < count`, the block's threads sharing the elements.
-fn each_of_block(s: &mut Text, count: usize, body: impl FnOnce(&mut Text, &str)) {
-    let (end, step) = (s.i64(count as i64), s.i64(THREADS as i64));
-    let e = s.fresh();
-    s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
-    s.nest(|s| body(s, &e));
-    s.line("}");
 }
 
 /// `e^{l_last − l_j}` for step `j` (0 where a document starts after it): the decay from
@@ -307,204 +271,6 @@ fn step_index(s: &mut Text, d: &Dims, b: &str, t: &str, hs: &str) -> String {
     s.add(&bth, hs)
 }
 
-/// `a` in base 2, the log decay's factor.
-fn log2_decay(s: &mut Text, sl: &Slice) -> String {
-    let a = s.load(A, &[&sl.h]);
-    let log2e = s.f32(std::f64::consts::LOG2_E as f32);
-    s.fmul(&a, &log2e)
-}
-
-/// The flat index of `[b, hs, k]` in a `[B, H·slices, tiles]` workspace view.
-fn tile_index(s: &mut Text, d: &Dims, b: &str, hs: &str, k: &str) -> String {
-    let tiles = d.t.div_ceil(L) as i64;
-    let row = s.mul_c(b, (d.h * d.p / SLICE) as i64);
-    let row = s.add(&row, hs);
-    let at = s.mul_c(&row, tiles);
-    s.add(&at, k)
-}
-
-/// Every tile's own parts of the two recurrences at once (an item per tile of a [`Run`]):
-/// `ΔH` to the next tile's slot of the states, `ΔG` to the previous tile's slot of the
-/// adjoints, and the tile's decay.
-fn tile_parts(d: &Dims) -> Phase {
-    let adj = Adjoint::new(d.n);
-    let lay = &adj.lay;
-    let tiles = d.t.div_ceil(L);
-    let mut body = Text::new();
-    let s = &mut body;
-    let run = Run::of(s, d, lay);
-    let lane = &run.lane;
-    run.each_slice(s, d, lay, |s, sl, hs| {
-        stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
-        stage_rows(s, d, &adj.dy, DY, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
-        staged(s);
-        scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, lay, r));
-        scale_tile(s, &adj.dy, &|s, r| entering_decay(s, d, lay, r));
-        barrier(s);
-        let (k, zero) = (&run.k, &run.zero);
-        let w8 = s.mul_c(&lane.warp, 8);
-        let mut state = zeros(s, d.n / 2);
-        columns_product(s, lane, &|s, m, kk| lay.b.fragment_transposed(s, lane, m, kk), &lay.xw, &w8, &mut state);
-        let last = s.i64(tiles as i64 - 1);
-        let before_last = s.cmp("slt", k, &last);
-        s.when(&before_last, |s| {
-            let next = s.add_c(k, 1);
-            store_state(s, d, lane, sl, d.at(STATES), &next, &state);
-        });
-        let mut adjoint = zeros(s, d.n / 2);
-        columns_product(s, lane, &|s, m, kk| lay.c.fragment_transposed(s, lane, m, kk), &adj.dy, &w8, &mut adjoint);
-        let after_first = s.cmp("sgt", k, zero);
-        s.when(&after_first, |s| {
-            let previous = s.add_c(k, -1);
-            store_state(s, d, lane, sl, d.at(ADJOINTS), &previous, &adjoint);
-        });
-        let first_thread = s.cmp("eq", "%tid", zero);
-        s.when(&first_thread, |s| {
-            let decay = tile_decay(s, d, lay);
-            let at = tile_index(s, d, &sl.b, hs, k);
-            s.store(d.at(DECAYS), &[&at], &decay);
-        });
-    });
-    Phase {
-        what: "tile_parts",
-        items: Run::items(d),
-        work_per_item: 2 * L * d.n * SLICE * run_length(d),
-        body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes_without_sums() }),
-    }
-}
-
-/// The two recurrences along the tiles, a thread per element of a head's state, over the
-/// parts [`tile_parts`] left, in their place: the states `H_{k+1} = e^{l_last,k}·H_k + ΔH_k`
-/// from a zero state, then the adjoints `G_{k−1} = e^{l_last,k}·G_k + ΔG_k` from a zero
-/// adjoint after the last tile.
-fn state_scan(d: &Dims) -> Phase {
-    let tiles = d.t.div_ceil(L);
-    let mut body = Text::new();
-    let s = &mut body;
-    let (bh, pn) = s.split("%item", d.p * d.n);
-    let (b, h) = s.split(&bh, d.h);
-    let p = s.split(&pn, d.n).0;
-    let width = s.i64(SLICE as i64);
-    let slice = s.int("divui", &p, &width);
-    let hs = s.mul_c(&h, (d.p / SLICE) as i64);
-    let hs = s.add(&hs, &slice);
-    let first = s.mul_c(&bh, (tiles * d.p * d.n) as i64);
-    let first = s.add(&first, &pn);
-    let slot = |s: &mut Text, k: &str| {
-        let at = s.mul_c(k, (d.p * d.n) as i64);
-        s.add(&first, &at)
-    };
-    let (zero, none) = (s.i64(0), s.f32(0.0));
-    let at = slot(s, &zero);
-    s.store(d.at(STATES), &[&at], &none);
-    let last = s.i64(tiles as i64 - 1);
-    let at = slot(s, &last);
-    s.store(d.at(ADJOINTS), &[&at], &none);
-    linear_scan(s, tiles - 1, (d.at(DECAYS), d.at(STATES)), &|s, i| {
-        let next = s.add_c(i, 1);
-        (tile_index(s, d, &b, &hs, i), slot(s, &next))
-    });
-    linear_scan(s, tiles - 1, (d.at(DECAYS), d.at(ADJOINTS)), &|s, i| {
-        let k = s.int("subi", &last, i);
-        let previous = s.add_c(&k, -1);
-        (tile_index(s, d, &b, &hs, &k), slot(s, &previous))
-    });
-    Phase { what: "state_scan", items: d.b * d.h * d.p * d.n, work_per_item: 4 * tiles, body, cooperative: None }
-}
-
-/// `v ← decay_i·v + part_i` from `v = 0` for steps `i < count`, each result stored in its
-/// part's place: `at(i)` gives the flat indices of step `i`'s decay and part in views
-/// `decays` and `parts`. The loads of [`SCAN_LOADS`] steps are issued together, ahead of
-/// their chain of multiply-adds.
-fn linear_scan(
-    s: &mut Text,
-    count: usize,
-    (decays, parts): (usize, usize),
-    at: &dyn Fn(&mut Text, &str) -> (String, String),
-) {
-    if count == 0 {
-        return;
-    }
-    let (zero, groups) = (s.i64(0), s.i64(count.div_ceil(SCAN_LOADS) as i64));
-    let (steps, last) = (s.i64(count as i64), s.i64(count as i64 - 1));
-    let init = [s.f32(0.0)];
-    s.fold(&zero, &groups, &init, |s, group, carried| {
-        let first = s.mul_c(group, SCAN_LOADS as i64);
-        let loaded: Vec<_> = (0..SCAN_LOADS)
-            .map(|u| {
-                let i = s.add_c(&first, u as i64);
-                let valid = s.cmp("slt", &i, &steps);
-                let i = s.int("minsi", &i, &last);
-                let (decay_at, part_at) = at(s, &i);
-                let (decay, part) = (s.load(decays, &[&decay_at]), s.load(parts, &[&part_at]));
-                (valid, decay, part, part_at)
-            })
-            .collect();
-        let mut v = carried[0].clone();
-        for (valid, decay, part, part_at) in loaded {
-            let next = s.fma(&decay, &v, &part);
-            s.when(&valid, |s| s.store(parts, &[&part_at], &next));
-            v = s.select(&valid, &next, &v, "f32");
-        }
-        vec![v]
-    });
-}
-
-/// An item of the tile phases: tile `k` (from step `t0`) of a run of [`run_length`] head
-/// slices of group `g`, taken in turn. They share the group's `C` and `B`, staged once
-/// (the copies are waited for with the first slice's), and sum their `dB` or `dC` in
-/// shared memory into one partial, `part` of the batch's `G·runs`.
-struct Run {
-    lane: Lane,
-    b: String,
-    g: String,
-    part: String,
-    k: String,
-    t0: String,
-    zero: String,
-    warp_first: String,
-}
-
-impl Run {
-    fn of(s: &mut Text, d: &Dims, lay: &Layout) -> Run {
-        let lane = Lane::new(s);
-        let (item, k) = s.split("%item", d.t.div_ceil(L));
-        let (b, part) = s.split(&item, d.g * runs(d));
-        let g = s.split(&part, runs(d)).0;
-        let zero = s.i64(0);
-        let warp_first = s.mul_c(&lane.warp, 16);
-        // A block may take several items: the last one's readers are done.
-        barrier(s);
-        let t0 = s.mul_c(&k, L as i64);
-        stage_rows(s, d, &lay.c, C, (&b, &g, &zero), &t0, None);
-        stage_rows(s, d, &lay.b, B, (&b, &g, &zero), &t0, None);
-        Run { lane, b, g, part, k, t0, zero, warp_first }
-    }
-
-    /// `body(slice, hs)` for each head slice of the run in turn (`hs = h·slices + slice`),
-    /// after the last one's readers of the shared memory are done and with its per-step
-    /// values staged (the caller synchronises before reading them).
-    fn each_slice(&self, s: &mut Text, d: &Dims, lay: &Layout, body: impl FnOnce(&mut Text, &Slice, &str)) {
-        let count = s.i64(run_length(d) as i64);
-        s.each(&self.zero, &count, |s, j| {
-            let first = s.mul_c(&self.part, run_length(d) as i64);
-            let hs = s.add(&first, j);
-            let (h, slice) = s.split(&hs, d.p / SLICE);
-            let p0 = s.mul_c(&slice, SLICE as i64);
-            let sl = Slice { b: self.b.clone(), h, g: self.g.clone(), p0 };
-            barrier(s);
-            let a2 = log2_decay(s, &sl);
-            stage_steps(s, d, &sl, lay, &self.t0, &a2);
-            body(s, &sl, &hs);
-        });
-    }
-
-    fn items(d: &Dims) -> usize {
-        d.b * d.g * runs(d) * d.t.div_ceil(L)
-    }
-}
-
 /// Stages the head slice's `x` and `dy` for the tile (the caller waits for the copies).
 fn stage_operands(s: &mut Text, d: &Dims, adj: &Adjoint, (sl, t0): (&Slice, &str)) {
     stage_rows(s, d, &adj.lay.x, X, (&sl.b, &sl.h, &sl.p0), t0, None);
@@ -556,14 +322,14 @@ fn summing_tiles(d: &Dims, what: &'static str, sums: usize, slice: SliceTerms) -
     let lay = &adj.lay;
     let mut body = Text::new();
     let s = &mut body;
-    let run = Run::of(s, d, lay);
+    let run = Run::of(s, d, lay, longest_run(d));
     adj.zero_sums(s);
     run.each_slice(s, d, lay, |s, sl, hs| slice(s, d, &adj, &run, (sl, hs)));
     adj.store_sums(s, d, sums, &run);
     Phase {
         what,
-        items: Run::items(d),
-        work_per_item: L * d.n * SLICE * 3 * run_length(d),
+        items: Run::items(d, run.length),
+        work_per_item: L * d.n * SLICE * 3 * run.length,
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
     }
@@ -814,7 +580,7 @@ fn group_sums(d: &Dims) -> Phase {
     let mut s = Text::new();
     let (btg, n) = s.split("%item", d.n);
     let (bt, g) = s.split(&btg, d.g);
-    let per = runs(d);
+    let per = runs(d, longest_run(d));
     let first = s.mul_c(&g, per as i64);
     let (zero, count) = (s.i64(0), s.i64(per as i64));
     let z = s.f32(0.0);

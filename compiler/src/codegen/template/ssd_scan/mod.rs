@@ -23,6 +23,7 @@
 
 mod chunk_grad;
 mod chunks;
+mod recurrences;
 
 pub use chunk_grad::backward_on_tensor_cores;
 pub use chunks::forward_on_tensor_cores;
