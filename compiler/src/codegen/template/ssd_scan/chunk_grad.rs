@@ -27,7 +27,7 @@ use super::chunks::{
     entering_decay, fits, seen, stage_rows, staged, state_index, step, store_rows, tile_decay, weigh_pairs, Layout,
     Slice, L, SLICE,
 };
-use super::recurrences::{longest_run, runs, state_scan, tile_index, tile_parts, Recurrences, Run};
+use super::recurrences::{run_length, runs, state_scan, tile_index, tile_parts, Recurrences, Run};
 use super::{Dims, A, DY, X};
 
 /// The gradient's outputs and workspace, counted from its first output (`Dims::at`).
@@ -73,9 +73,9 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
     let tiles = d.t.div_ceil(L);
     let slices = d.p / SLICE;
     let per_head = d.b * d.t * d.h * slices;
-    let per_run = d.b * d.t * d.g * runs(&d, longest_run(&d));
+    let per_run = d.b * d.t * d.g * runs(&d);
     let states = d.b * d.h * tiles * d.p * d.n;
-    let recurrences = Recurrences { states: d.at(STATES), adjoints: Some(d.at(ADJOINTS)), decays: d.at(DECAYS) };
+    let recurrences = Recurrences { states: d.at(STATES), adjoints: d.at(ADJOINTS), decays: d.at(DECAYS) };
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     let template = if documents { "document_ssd_scan_grad_mma" } else { "ssd_scan_grad_mma" };
     Some(TemplateCode {
@@ -97,7 +97,7 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Optio
         workspace_storage: vec![],
         in_place: vec![],
         phases: vec![
-            tile_parts(&d, recurrences, longest_run(&d)),
+            tile_parts(&d, recurrences),
             state_scan(&d, recurrences),
             pair_tiles(&d),
             entering_tiles(&d),
@@ -196,7 +196,7 @@ impl Adjoint {
                 let v = self.sums.get(s, &at);
                 let bt = s.mul_c(&run.b, d.t as i64);
                 let bt = s.add(&bt, &t);
-                let part = s.mul_c(&bt, (d.g * runs(d, run.length)) as i64);
+                let part = s.mul_c(&bt, (d.g * runs(d)) as i64);
                 let part = s.add(&part, &run.part);
                 let base = s.mul_c(&part, d.n as i64);
                 let to = s.add(&base, &n);
@@ -322,14 +322,14 @@ fn summing_tiles(d: &Dims, what: &'static str, sums: usize, slice: SliceTerms) -
     let lay = &adj.lay;
     let mut body = Text::new();
     let s = &mut body;
-    let run = Run::of(s, d, lay, longest_run(d));
+    let run = Run::of(s, d, lay);
     adj.zero_sums(s);
     run.each_slice(s, d, lay, |s, sl, hs| slice(s, d, &adj, &run, (sl, hs)));
     adj.store_sums(s, d, sums, &run);
     Phase {
         what,
-        items: Run::items(d, run.length),
-        work_per_item: L * d.n * SLICE * 3 * run.length,
+        items: Run::items(d),
+        work_per_item: L * d.n * SLICE * 3 * run_length(d),
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: adj.bytes() }),
     }
@@ -580,7 +580,7 @@ fn group_sums(d: &Dims) -> Phase {
     let mut s = Text::new();
     let (btg, n) = s.split("%item", d.n);
     let (bt, g) = s.split(&btg, d.g);
-    let per = runs(d, longest_run(d));
+    let per = runs(d);
     let first = s.mul_c(&g, per as i64);
     let (zero, count) = (s.i64(0), s.i64(per as i64));
     let z = s.f32(0.0);

@@ -2,14 +2,13 @@
 //! [`L`] steps, within which `y_i = Σ_{j≤i} (C_i·B_j)·e^{l_i−l_j}·dt_j·x_j + e^{l_i}·C_i·H₀`
 //! (`l` the tile's cumulative `dt·a`, `H₀` the state entering it) and after which `H =
 //! e^{l_last}·H₀ + Σ_j e^{l_last−l_j}·dt_j·B_jᵀ·x_j`. Every product is `mma.sync` (bf16
-//! operands, f32 accumulators); the states entering the tiles come from
-//! [`super::recurrences`] in f32 and are rounded to bf16 only as an operand. Decays are only
-//! ever taken of differences `l_i − l_j` with `j ≤ i`, which are at most 0, so no
-//! exponential overflows whatever `dt` and `a` are.
+//! operands, f32 accumulators); the state stays in f32 accumulators across tiles and is
+//! rounded to bf16 only as an operand. Decays are only ever taken of differences `l_i − l_j`
+//! with `j ≤ i`, which are at most 0, so no exponential overflows whatever `dt` and `a` are.
 //!
-//! A block of four warps takes a tile of a run of head slices of [`SLICE`] channels (rows
-//! of the state are independent across channels), staging the group's `C` and `B` once;
-//! `C·Bᵀ` is recomputed per slice, which costs less than splitting it would.
+//! A block of four warps owns one head's slice of [`SLICE`] channels (rows of the state are
+//! independent across channels), so the block count is `B·H·P/SLICE`; `C·Bᵀ` is recomputed
+//! per slice, which costs less than splitting it would.
 //!
 //! For packed rows a document's start ends every decay across it: each step knows the last
 //! start at or before it in its tile (`start`, −1 for none), and a pair `(i, j)` is seen only
@@ -17,13 +16,12 @@
 
 use super::super::position::place_in_document;
 use super::super::tensor_core::{
-    accumulate, barrier, column, each_of_block, exp2, lane_rows, product, shuffle_up, times_transposed, zeros, Acc,
+    accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_up, times_transposed, zeros, Acc,
     Floats, Lane, Tile, THREADS,
 };
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
-use super::recurrences::{longest_run, state_scan, tile_parts, Recurrences, Run};
-use super::{Dims, DT, X};
+use super::{Dims, A, B, C, DT, X};
 
 /// Time steps of a tile: 16 rows per warp of [`THREADS`].
 pub const L: usize = 64;
@@ -46,21 +44,14 @@ pub fn forward_on_tensor_cores(inputs: &[Vec<usize>], documents: bool) -> Option
     }
     let shapes: Vec<&[usize]> = inputs.iter().map(Vec::as_slice).collect();
     let template = if documents { "document_ssd_scan_mma" } else { "ssd_scan_mma" };
-    let tiles = d.t.div_ceil(L);
-    // After the output `y`: the states entering every tile and the tiles' decays.
-    let recurrences = Recurrences { states: d.at(1), adjoints: None, decays: d.at(2) };
     Some(TemplateCode {
         name: name(template, &shapes),
         inputs: inputs.to_vec(),
         outputs: vec![inputs[X].clone()],
-        workspace: vec![d.b * d.h * tiles * d.p * d.n, d.b * d.h * (d.p / SLICE) * tiles],
+        workspace: vec![],
         workspace_storage: vec![],
         in_place: vec![],
-        phases: vec![
-            tile_parts(&d, recurrences, longest_run(&d)),
-            state_scan(&d, recurrences),
-            output_tiles(&d, recurrences.states),
-        ],
+        phases: vec![sweep(&d)],
     })
 }
 
@@ -98,11 +89,28 @@ impl Layout {
     }
 }
 
-/// A head's slice of channels: batch, head, and the slice's first channel.
+/// A block's item: batch, head, the head's group, and the first channel of its slice.
 pub struct Slice {
     pub b: String,
     pub h: String,
+    pub g: String,
     pub p0: String,
+}
+
+impl Slice {
+    pub fn of(s: &mut Text, d: &Dims) -> Slice {
+        Slice::of_index(s, d, "%item")
+    }
+
+    /// The slice numbered `i` (batch, head, slice; the slice fastest).
+    pub fn of_index(s: &mut Text, d: &Dims, i: &str) -> Slice {
+        let (bh, block) = s.split(i, d.p / SLICE);
+        let (b, h) = s.split(&bh, d.h);
+        let per = s.i64(d.heads_per_group() as i64);
+        let g = s.int("divui", &h, &per);
+        let p0 = s.mul_c(&block, SLICE as i64);
+        Slice { b, h, g, p0 }
+    }
 }
 
 /// A tile's first step `t0` and, for its row `r`, whether it is a time step and the step
@@ -303,6 +311,12 @@ pub fn scale_tile(s: &mut Text, tile: &Tile, scale: RowFactor) {
     s.line("}");
 }
 
+/// The state's accumulators of a warp, as carried: rows `n` in 16s (every row), the
+/// warp's eight channels of the slice.
+fn state_accs(carried: &[String]) -> Vec<Acc> {
+    carried.chunks(4).map(|c| [c[0].clone(), c[1].clone(), c[2].clone(), c[3].clone()]).collect()
+}
+
 /// Element `e` of state accumulator `m` of the lane: `(n, channel in the slice)`.
 pub fn state_element(s: &mut Text, lane: &Lane, m: usize, e: usize) -> (String, String) {
     let row = s.add_c(&lane.g, (16 * m + 8 * (e / 2)) as i64);
@@ -311,57 +325,87 @@ pub fn state_element(s: &mut Text, lane: &Lane, m: usize, e: usize) -> (String, 
     (row, col)
 }
 
+/// Writes the state accumulators to the `[N, SLICE]` tile as bf16.
+pub fn put_state(s: &mut Text, lane: &Lane, tile: &Tile, accs: &[Acc]) {
+    for (m, a) in accs.iter().enumerate() {
+        for e in [0, 2] {
+            let (row, col) = state_element(s, lane, m, e);
+            tile.put_pair(s, &row, &col, &a[e], &a[e + 1]);
+        }
+    }
+}
+
+/// `H ← decay·H + (B ∘ w)ᵀ·x` over the tile: `xw` holds `x` with its rows weighted.
+pub fn advance_state(s: &mut Text, lane: &Lane, lay: &Layout, decay: &str, accs: &mut [Acc]) {
+    for x in accs.iter_mut().flatten() {
+        *x = s.fmul(x, decay);
+    }
+    let w8 = s.mul_c(&lane.warp, 8);
+    columns_product(s, lane, &|s, m, kk| lay.b.fragment_transposed(s, lane, m, kk), &lay.xw, &w8, accs);
+}
+
 /// The decay of the whole tile, `e^{l_last}` (0 if a document starts in it).
 pub fn tile_decay(s: &mut Text, d: &Dims, lay: &Layout) -> String {
     let last = s.i64(L as i64 - 1);
     entering_decay(s, d, lay, &last)
 }
 
-/// The outputs, every tile at once (an item per tile of a [`Run`]): each row's part from
-/// the state entering the tile (staged from `states` as bf16 `[N, SLICE]`), then the
-/// tile's pairs.
-fn output_tiles(d: &Dims, states: usize) -> Phase {
+/// The forward sweep: an item is one head's slice of channels; the state's slice stays
+/// in registers while tiles of `x`, `B`, `C` stream through shared memory.
+fn sweep(d: &Dims) -> Phase {
     let lay = Layout::new(d.n);
     let mut body = Text::new();
     let s = &mut body;
-    // A head slice an item: with documents a longer run spills.
-    let run = Run::of(s, d, &lay, 1);
-    let Run { lane, k, t0, zero, warp_first, .. } = &run;
-    run.each_slice(s, d, &lay, |s, sl, _| {
-        stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), t0, None);
-        each_of_block(s, SLICE * d.n, |s, e| {
-            let (p, n) = s.split(e, d.n);
-            let ch = s.add(&sl.p0, &p);
-            let at = state_index(s, d, sl, k, &n, &ch);
-            let h = s.load(states, &[&at]);
-            lay.h.put(s, &n, &p, &h);
-        });
+    let lane = Lane::new(s);
+    let sl = Slice::of(s, d);
+    let a = s.load(A, &[&sl.h]);
+    let log2e = s.f32(std::f64::consts::LOG2_E as f32);
+    let a2 = s.fmul(&a, &log2e);
+    let init: Vec<String> = zeros(s, d.n / 2).into_iter().flatten().collect();
+    let (zero, tiles) = (s.i64(0), s.i64(d.t.div_ceil(L) as i64));
+    let warp_first = s.mul_c(&lane.warp, 16);
+    s.fold(&zero, &tiles, &init, |s, k, carried| {
+        let mut state = state_accs(carried);
+        barrier(s);
+        let t0 = s.mul_c(k, L as i64);
+        put_state(s, &lane, &lay.h, &state);
+        stage_steps(s, d, &sl, &lay, &t0, &a2);
+        barrier(s);
+        stage_rows(s, d, &lay.c, C, (&sl.b, &sl.g, &zero), &t0, None);
+        stage_rows(s, d, &lay.b, B, (&sl.b, &sl.g, &zero), &t0, None);
+        stage_rows(s, d, &lay.x, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
+        stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &t0, None);
         staged(s);
-        let rows = lane_rows(s, lane, zero);
-        let c_of = |s: &mut Text, kk| lay.c.fragment(s, lane, warp_first, kk);
+        scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, &lay, r));
+        barrier(s);
+        let rows = lane_rows(s, &lane, &zero);
+        let c_of = |s: &mut Text, kk| lay.c.fragment(s, &lane, &warp_first, kk);
         let mut y = zeros(s, SLICE);
-        product(s, lane, &c_of, d.n / 16, &lay.h, 0, &mut y);
+        product(s, &lane, &c_of, d.n / 16, &lay.h, 0, &mut y);
         let into = [0, 1].map(|r| entering_decay(s, d, &lay, &rows[r]));
         for a in y.iter_mut() {
             for (e, x) in a.iter_mut().enumerate() {
                 *x = s.fmul(x, &into[e / 2]);
             }
         }
-        let mut scores = times_transposed(s, lane, &c_of, &lay.b, 0, L);
-        weigh_pairs(s, lane, &rows, &mut scores, &|s, i, j| seen(s, d, &lay, i, j), &|s, i, j| {
+        let mut scores = times_transposed(s, &lane, &c_of, &lay.b, 0, L);
+        weigh_pairs(s, &lane, &rows, &mut scores, &|s, i, j| seen(s, d, &lay, i, j), &|s, i, j| {
             let (li, lj) = (lay.l.get(s, i), lay.l.get(s, j));
             let diff = s.fsub(&li, &lj);
             let e = exp2(s, &diff);
             let dt = lay.dt.get(s, j);
             s.fmul(&e, &dt)
         });
-        accumulate(s, lane, &scores, &lay.x, 0, &mut y);
-        store_rows(s, d, lane, (d.out, &sl.b, &sl.h, &sl.p0), t0, &rows, &y);
+        accumulate(s, &lane, &scores, &lay.x, 0, &mut y);
+        store_rows(s, d, &lane, (d.out, &sl.b, &sl.h, &sl.p0), &t0, &rows, &y);
+        let decay = tile_decay(s, d, &lay);
+        advance_state(s, &lane, &lay, &decay, &mut state);
+        state.into_iter().flatten().collect()
     });
     Phase {
-        what: "output_tiles",
-        items: Run::items(d, run.length),
-        work_per_item: 2 * L * d.n * SLICE,
+        what: "scan_tiles",
+        items: d.b * d.h * (d.p / SLICE),
+        work_per_item: d.t * d.n * SLICE,
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: lay.bytes() }),
     }

@@ -1,5 +1,5 @@
-//! The SSD scan's two recurrences along time on tensor cores, the state `H` forward and
-//! (for the gradient) its adjoint `G` backward, and the items the tile phases share. Both
+//! The SSD scan gradient's two recurrences along time on tensor cores, the state `H`
+//! forward and its adjoint `G` backward, and the items its tile phases share. Both
 //! recurrences are linear: a tile's own part of each (`ΔH = Σ_j e^{l_last−l_j}·dt_j·x_jᵀ·B_j`,
 //! `ΔG = Σ_i e^{l_i}·C_iᵀ·dy_i`) is a product every tile computes at once ([`tile_parts`]),
 //! and the scan left, `H ← e^{l_last}·H + ΔH`, is elementwise over the state, a thread per
@@ -18,13 +18,13 @@ use super::chunks::{
 };
 use super::{Dims, A, B, C, DY, X};
 
-/// Where the recurrences' workspace is (view indices): the states entering every tile and,
-/// for a gradient, the adjoints of the states leaving every tile, both `[B, H, tiles, P,
-/// N]` f32; and each tile's decay `e^{l_last}`, `[B, H·slices, tiles]`.
+/// Where the recurrences' workspace is (view indices): the states entering every tile and
+/// the adjoints of the states leaving every tile, both `[B, H, tiles, P, N]` f32; and each
+/// tile's decay `e^{l_last}`, `[B, H·slices, tiles]`.
 #[derive(Clone, Copy)]
 pub struct Recurrences {
     pub states: usize,
-    pub adjoints: Option<usize>,
+    pub adjoints: usize,
     pub decays: usize,
 }
 
@@ -34,27 +34,25 @@ const SCAN_LOADS: usize = 8;
 /// The most head slices an item of the tile phases takes in turn (see [`Run`]).
 const RUN: usize = 8;
 
-/// The longest run: the largest divisor of a group's head slices up to [`RUN`].
-pub fn longest_run(d: &Dims) -> usize {
+/// Head slices per item: the largest divisor of a group's head slices up to [`RUN`].
+pub fn run_length(d: &Dims) -> usize {
     let group = d.heads_per_group() * (d.p / SLICE);
     (1..=RUN.min(group)).rev().find(|k| group.is_multiple_of(*k)).unwrap_or(1)
 }
 
-/// Runs of `length` head slices per group.
-pub fn runs(d: &Dims, length: usize) -> usize {
-    d.heads_per_group() * (d.p / SLICE) / length
+/// Runs of head slices per group: the partial sums of `dB` and `dC` per batch and step.
+pub fn runs(d: &Dims) -> usize {
+    d.heads_per_group() * (d.p / SLICE) / run_length(d)
 }
 
-/// An item of the tile phases: tile `k` (from step `t0`) of a run of `length` head slices
-/// of one group (a divisor of its head slices), taken in turn. They share the group's `C`
-/// and `B`, staged once (the copies are waited for with the first slice's), and a gradient
-/// sums their `dB` or `dC` in shared memory into one partial, `part` of the batch's
-/// `G·runs`. A longer run costs registers: ptxas keeps the staged tiles' addresses across
-/// the slices.
+/// An item of the tile phases: tile `k` (from step `t0`) of a run of [`run_length`] head
+/// slices of group `g`, taken in turn. They share the group's `C` and `B`, staged once
+/// (the copies are waited for with the first slice's), and sum their `dB` or `dC` in
+/// shared memory into one partial, `part` of the batch's `G·runs`.
 pub struct Run {
-    pub length: usize,
     pub lane: Lane,
     pub b: String,
+    pub g: String,
     pub part: String,
     pub k: String,
     pub t0: String,
@@ -63,11 +61,11 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn of(s: &mut Text, d: &Dims, lay: &Layout, length: usize) -> Run {
+    pub fn of(s: &mut Text, d: &Dims, lay: &Layout) -> Run {
         let lane = Lane::new(s);
         let (item, k) = s.split("%item", d.t.div_ceil(L));
-        let (b, part) = s.split(&item, d.g * runs(d, length));
-        let g = s.split(&part, runs(d, length)).0;
+        let (b, part) = s.split(&item, d.g * runs(d));
+        let g = s.split(&part, runs(d)).0;
         let zero = s.i64(0);
         let warp_first = s.mul_c(&lane.warp, 16);
         // A block may take several items: the last one's readers are done.
@@ -75,20 +73,20 @@ impl Run {
         let t0 = s.mul_c(&k, L as i64);
         stage_rows(s, d, &lay.c, C, (&b, &g, &zero), &t0, None);
         stage_rows(s, d, &lay.b, B, (&b, &g, &zero), &t0, None);
-        Run { length, lane, b, part, k, t0, zero, warp_first }
+        Run { lane, b, g, part, k, t0, zero, warp_first }
     }
 
     /// `body(slice, hs)` for each head slice of the run in turn (`hs = h·slices + slice`),
     /// after the last one's readers of the shared memory are done and with its per-step
     /// values staged (the caller synchronises before reading them).
     pub fn each_slice(&self, s: &mut Text, d: &Dims, lay: &Layout, body: impl FnOnce(&mut Text, &Slice, &str)) {
-        let count = s.i64(self.length as i64);
+        let count = s.i64(run_length(d) as i64);
         s.each(&self.zero, &count, |s, j| {
-            let first = s.mul_c(&self.part, self.length as i64);
+            let first = s.mul_c(&self.part, run_length(d) as i64);
             let hs = s.add(&first, j);
             let (h, slice) = s.split(&hs, d.p / SLICE);
             let p0 = s.mul_c(&slice, SLICE as i64);
-            let sl = Slice { b: self.b.clone(), h, p0 };
+            let sl = Slice { b: self.b.clone(), h, g: self.g.clone(), p0 };
             barrier(s);
             let a2 = log2_decay(s, &sl);
             stage_steps(s, d, &sl, lay, &self.t0, &a2);
@@ -96,9 +94,8 @@ impl Run {
         });
     }
 
-    /// Items of a phase of runs of `length`.
-    pub fn items(d: &Dims, length: usize) -> usize {
-        d.b * d.g * runs(d, length) * d.t.div_ceil(L)
+    pub fn items(d: &Dims) -> usize {
+        d.b * d.g * runs(d) * d.t.div_ceil(L)
     }
 }
 
@@ -113,25 +110,21 @@ pub fn tile_index(s: &mut Text, d: &Dims, b: &str, hs: &str, k: &str) -> String 
 
 /// Every tile's own parts of the recurrences at once (an item per tile of a [`Run`]): `ΔH`
 /// to the next tile's slot of the states, `ΔG` to the previous tile's slot of the adjoints,
-/// and the tile's decay, in runs of `length`. The layout's `x` tile holds `e^{l_i}·dy_i`
-/// (`x` itself is read only as `xw`).
-pub fn tile_parts(d: &Dims, views: Recurrences, length: usize) -> Phase {
+/// and the tile's decay. The layout's `x` tile holds `e^{l_i}·dy_i` (`x` itself is read
+/// only as `xw`).
+pub fn tile_parts(d: &Dims, views: Recurrences) -> Phase {
     let lay = &Layout::new(d.n);
     let tiles = d.t.div_ceil(L);
     let mut body = Text::new();
     let s = &mut body;
-    let run = Run::of(s, d, lay, length);
+    let run = Run::of(s, d, lay);
     let lane = &run.lane;
     run.each_slice(s, d, lay, |s, sl, hs| {
         stage_rows(s, d, &lay.xw, X, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
-        if views.adjoints.is_some() {
-            stage_rows(s, d, &lay.x, DY, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
-        }
+        stage_rows(s, d, &lay.x, DY, (&sl.b, &sl.h, &sl.p0), &run.t0, None);
         staged(s);
         scale_tile(s, &lay.xw, &|s, r| weight_to_last(s, d, lay, r));
-        if views.adjoints.is_some() {
-            scale_tile(s, &lay.x, &|s, r| entering_decay(s, d, lay, r));
-        }
+        scale_tile(s, &lay.x, &|s, r| entering_decay(s, d, lay, r));
         barrier(s);
         let (k, zero) = (&run.k, &run.zero);
         let w8 = s.mul_c(&lane.warp, 8);
@@ -143,16 +136,14 @@ pub fn tile_parts(d: &Dims, views: Recurrences, length: usize) -> Phase {
             let next = s.add_c(k, 1);
             store_state(s, d, lane, sl, views.states, &next, &state);
         });
-        if let Some(adjoints) = views.adjoints {
-            let mut adjoint = zeros(s, d.n / 2);
-            let c_t = |s: &mut Text, m, kk| lay.c.fragment_transposed(s, lane, m, kk);
-            columns_product(s, lane, &c_t, &lay.x, &w8, &mut adjoint);
-            let after_first = s.cmp("sgt", k, zero);
-            s.when(&after_first, |s| {
-                let previous = s.add_c(k, -1);
-                store_state(s, d, lane, sl, adjoints, &previous, &adjoint);
-            });
-        }
+        let mut adjoint = zeros(s, d.n / 2);
+        let c_t = |s: &mut Text, m, kk| lay.c.fragment_transposed(s, lane, m, kk);
+        columns_product(s, lane, &c_t, &lay.x, &w8, &mut adjoint);
+        let after_first = s.cmp("sgt", k, zero);
+        s.when(&after_first, |s| {
+            let previous = s.add_c(k, -1);
+            store_state(s, d, lane, sl, views.adjoints, &previous, &adjoint);
+        });
         let first_thread = s.cmp("eq", "%tid", zero);
         s.when(&first_thread, |s| {
             let decay = tile_decay(s, d, lay);
@@ -162,8 +153,8 @@ pub fn tile_parts(d: &Dims, views: Recurrences, length: usize) -> Phase {
     });
     Phase {
         what: "tile_parts",
-        items: Run::items(d, length),
-        work_per_item: 2 * L * d.n * SLICE * length,
+        items: Run::items(d),
+        work_per_item: 2 * L * d.n * SLICE * run_length(d),
         body,
         cooperative: Some(Cooperative { threads: THREADS, shared_bytes: lay.bytes() }),
     }
@@ -197,16 +188,14 @@ pub fn state_scan(d: &Dims, views: Recurrences) -> Phase {
         let next = s.add_c(i, 1);
         (tile_index(s, d, &b, &hs, i), slot(s, &next))
     });
-    if let Some(adjoints) = views.adjoints {
-        let last = s.i64(tiles as i64 - 1);
-        let at = slot(s, &last);
-        s.store(adjoints, &[&at], &none);
-        linear_scan(s, tiles - 1, (views.decays, adjoints), &|s, i| {
-            let k = s.int("subi", &last, i);
-            let previous = s.add_c(&k, -1);
-            (tile_index(s, d, &b, &hs, &k), slot(s, &previous))
-        });
-    }
+    let last = s.i64(tiles as i64 - 1);
+    let at = slot(s, &last);
+    s.store(views.adjoints, &[&at], &none);
+    linear_scan(s, tiles - 1, (views.decays, views.adjoints), &|s, i| {
+        let k = s.int("subi", &last, i);
+        let previous = s.add_c(&k, -1);
+        (tile_index(s, d, &b, &hs, &k), slot(s, &previous))
+    });
     Phase { what: "state_scan", items: d.b * d.h * d.p * d.n, work_per_item: 4 * tiles, body, cooperative: None }
 }
 
