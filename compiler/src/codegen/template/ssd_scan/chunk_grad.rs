@@ -12,8 +12,9 @@
 //!   their sum and `⟨G, e^{l_last}·H₀⟩` for the last step; `D_k = Σ_{i≥k} dl_i` within the
 //!   tile is the gradient of `dt_k·a`, so `ddt_k = x_k·dx̃_k + a·D_k` and `da = Σ dt_k·D_k`.
 //!
-//! The sums over channel slices, the heads of a group and the batch are later phases whose
-//! items own their outputs and sum in a fixed order; every output has one writer.
+//! The sums over a group's runs of head slices (`dB`, `dC`), over a head's channel slices
+//! (`ddt`) and over the batch (`da`) are later phases whose items own their outputs and sum
+//! in a fixed order; every output has one writer.
 //!
 //! `bench/ssd_debug.py` checks the workspace phase by phase against the same math in numpy.
 
