@@ -147,7 +147,8 @@ impl Adjoint {
         };
         let (neg, entering, leaving, dl) = (floats(L), floats(L), floats(L), floats(L));
         let pos = floats(4 * L);
-        // Eight floats of padding: a warp's accumulator rows fall in different banks.
+        // Eight floats of padding: the eight rows a warp's accumulators touch at once share
+        // banks two by two, not all eight.
         let pitch = n + 8;
         let sums = floats(L * pitch);
         Adjoint { lay, dy, state_t, neg, entering, leaving, dl, pos, sums, pitch }
