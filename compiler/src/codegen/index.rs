@@ -4,6 +4,7 @@
 //! constant, simplified as it is built, so a reshape that splits an axis and one that
 //! merges it back cancel instead of leaving divisions in the inner loop.
 
+use num_integer::gcd;
 use std::collections::BTreeSet;
 
 /// A loop variable: its number in the kernel, and its extent (values `0..extent`).
@@ -192,14 +193,6 @@ impl Atom {
             Atom::Div(e, d) => e.largest() / *d as i64,
             Atom::Rem(e, m) => e.largest().min(*m as i64 - 1),
         }
-    }
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 

@@ -15,6 +15,7 @@
 use crate::ir::{Graph, NodeId, Op, Origin};
 use crate::ops::{Prim, Primitive};
 use hyb_dsl::dim::Dim;
+use num_integer::gcd;
 
 pub struct Axes {
     parent: Vec<usize>,
@@ -48,14 +49,6 @@ struct Link {
     group: usize,
     heads: usize,
     count: i64,
-}
-
-fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 impl Axes {

@@ -71,11 +71,8 @@ impl Tile {
         valid: &dyn Fn(&mut Text, &str) -> String,
         load: &dyn Fn(&mut Text, &str, &str) -> String,
     ) {
-        let (end, step) = (s.i64((self.rows * self.cols) as i64), s.i64(THREADS as i64));
-        let e = s.fresh();
-        s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
-        s.nest(|s| {
-            let (row, col) = s.split(&e, self.cols);
+        each_of_block(s, self.rows * self.cols, |s, e| {
+            let (row, col) = s.split(e, self.cols);
             let ok = valid(s, &row);
             let x = load(s, &row, &col);
             let zero = s.f32(0.0);
@@ -84,23 +81,18 @@ impl Tile {
             let p = self.address(s, &row, &col);
             s.line(format!("llvm.store {h}, {p} : bf16, !llvm.ptr<3>"));
         });
-        s.line("}");
     }
 
     /// Fills the tile eight columns at a time, `copy(row, col, dst)` copying the elements
     /// `(row, col ..)` to the shared address `dst`; the caller waits for the copies and
     /// synchronises after.
     pub fn stage_by_eight(&self, s: &mut Text, copy: &dyn Fn(&mut Text, &str, &str, &str)) {
-        let (end, step) = (s.i64((self.rows * self.cols / 8) as i64), s.i64(THREADS as i64));
-        let e = s.fresh();
-        s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
-        s.nest(|s| {
-            let (row, chunk) = s.split(&e, self.cols / 8);
+        each_of_block(s, self.rows * self.cols / 8, |s, e| {
+            let (row, chunk) = s.split(e, self.cols / 8);
             let col = s.mul_c(&chunk, 8);
             let p = self.address(s, &row, &col);
             copy(s, &row, &col, &p);
         });
-        s.line("}");
     }
 
     /// The byte offset of `rows` rows and `cols` columns into the tile.
@@ -172,15 +164,11 @@ impl Floats {
     /// Fills the vector from `load(i)`, the block's threads sharing the elements; the
     /// caller synchronises after.
     pub fn stage(&self, s: &mut Text, load: &dyn Fn(&mut Text, &str) -> String) {
-        let (end, step) = (s.i64(self.len as i64), s.i64(THREADS as i64));
-        let i = s.fresh();
-        s.line(format!("scf.for {i} = %tid to {end} step {step} : i64 {{"));
-        s.nest(|s| {
-            let x = load(s, &i);
-            let p = self.address(s, &i);
+        each_of_block(s, self.len, |s, i| {
+            let x = load(s, i);
+            let p = self.address(s, i);
             s.line(format!("llvm.store {x}, {p} : f32, !llvm.ptr<3>"));
         });
-        s.line("}");
     }
 
     pub fn get(&self, s: &mut Text, i: &str) -> String {

@@ -16,8 +16,8 @@
 
 use super::super::position::place_in_document;
 use super::super::tensor_core::{
-    accumulate, barrier, column, columns_product, exp2, lane_rows, product, shuffle_up, times_transposed, zeros, Acc,
-    Floats, Lane, Tile, THREADS,
+    accumulate, barrier, column, columns_product, each_of_block, exp2, lane_rows, product, shuffle_up,
+    times_transposed, zeros, Acc, Floats, Lane, Tile, THREADS,
 };
 use super::super::text::Text;
 use super::super::{name, Cooperative, Phase, TemplateCode};
@@ -298,17 +298,13 @@ pub fn staged(s: &mut Text) {
 /// Multiplies each row `r` of `tile` by `scale(r)` in place, the block's threads sharing
 /// the elements; the caller synchronises after.
 pub fn scale_tile(s: &mut Text, tile: &Tile, scale: RowFactor) {
-    let (end, step) = (s.i64((tile.rows * tile.cols) as i64), s.i64(THREADS as i64));
-    let e = s.fresh();
-    s.line(format!("scf.for {e} = %tid to {end} step {step} : i64 {{"));
-    s.nest(|s| {
-        let (row, col) = s.split(&e, tile.cols);
+    each_of_block(s, tile.rows * tile.cols, |s, e| {
+        let (row, col) = s.split(e, tile.cols);
         let v = tile.get(s, &row, &col);
         let w = scale(s, &row);
         let x = s.fmul(&v, &w);
         tile.put(s, &row, &col, &x);
     });
-    s.line("}");
 }
 
 /// The state's accumulators of a warp, as carried: rows `n` in 16s (every row), the
