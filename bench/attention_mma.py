@@ -9,8 +9,10 @@ its FLOPs count the causal half of each document. Both run on
 the same random inputs, hyb's outputs poisoned with NaN first; hyb's output and gradients
 are compared with SDPA's (largest difference relative to SDPA's largest magnitude; NaN
 fails). Times are medians of 20 CUDA-event timings after 3 warm-up runs. FLOPs count the
-causal half: forward 2·2·B·H·T²·D / 2; backward 2.5× that (five products, of which the
-forward's two are recomputed by FlashAttention-2's backward and by hyb's).
+causal half: forward 2·2·B·H·T²·D / 2; backward 2.5× that (five products, the scores
+recomputed; hyb's gradient, without atomics, computes the scores and `dO·vᵀ` once in its
+query phase and once in its key phase, seven products). hyb's backward reads the forward's
+output and rows' logsumexp (f32), as a training step does.
 Usage: python3 bench/attention_mma.py DIR
 """
 import json, os, sys
@@ -76,13 +78,14 @@ def main():
         q, k, v = torch.randn(b, h, t, d, **bf16), torch.randn(b, kv, t, d, **bf16), torch.randn(b, kv, t, d, **bf16)
         dy = torch.randn(b, h, t, d, **bf16)
         out = torch.full((b, h, t, d), float("nan"), **bf16)
+        lse = torch.full((b, h, t, 1), float("nan"), device="cuda", dtype=torch.float32)
         grads = [torch.full_like(x, float("nan")) for x in (q, k, v)]
         positions = []
         if case.get("documents"):
             steps = torch.arange(t, device="cuda", dtype=torch.float32) % length
             positions = [steps.expand(b, t).contiguous()]
-        forward = launcher(folder, case["passes"]["forward"], [q, k, v] + positions + [out])
-        backward = launcher(folder, case["passes"]["backward"], [q, k, v] + positions + [dy] + grads)
+        forward = launcher(folder, case["passes"]["forward"], [q, k, v] + positions + [out, lse])
+        backward = launcher(folder, case["passes"]["backward"], [q, k, v] + positions + [dy, out, lse] + grads)
 
         def documents(x):
             """`[B, heads, T, D]` as `[B·T/L, heads, L, D]`: each document its own sequence."""

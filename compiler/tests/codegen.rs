@@ -205,6 +205,7 @@ impl Layout {
 
 /// A kernel's inputs and outputs laid out at random in one arena of random values, the
 /// outputs poisoned with NaN, and what the reference computes from the inputs.
+#[derive(Clone)]
 struct Case {
     inputs: Vec<Layout>,
     outputs: Vec<Layout>,
@@ -217,6 +218,16 @@ struct Case {
     /// Per output, the least magnitude its errors are measured against (tiny: each
     /// output's largest).
     floors: Vec<f64>,
+    /// Inputs computed from the others rather than drawn, if any.
+    derived: Option<&'static Derived>,
+}
+
+/// Inputs of a case computed from the others, as a gradient kernel reads its forward
+/// kernel's outputs: from input `first` on, the outputs of `forward` (a graph over the
+/// case's inputs `0..`), so the kernel sees values its forward pass could have written.
+struct Derived {
+    forward: Graph,
+    first: usize,
 }
 
 impl Case {
@@ -263,7 +274,40 @@ impl Case {
         }
         let (want, conditioning) = Case::reference(body, &inputs, &arena)?;
         let floors = vec![1e-30; outputs.len()];
-        Ok(Case { inputs, outputs, arena, want, conditioning, floors })
+        Ok(Case { inputs, outputs, arena, want, conditioning, floors, derived: None })
+    }
+
+    /// The case with inputs `derived.first ..` computed by `derived.forward` from the others,
+    /// each laid out afresh (a broadcast layout could not hold them) at the arena's end.
+    fn derived(mut self, body: &Graph, derived: &'static Derived) -> Result<Case, String> {
+        let mut rng = Rng(derived.first as u64 + 1);
+        let mut size = self.arena.len();
+        for l in &mut self.inputs[derived.first..] {
+            *l = Layout::random(&l.shape.clone(), &mut rng, false, &mut size);
+        }
+        self.arena.resize(size, 0.0);
+        self.derived = Some(derived);
+        self.derive(&[])?;
+        (self.want, self.conditioning) = Case::reference(body, &self.inputs, &self.arena)?;
+        Ok(self)
+    }
+
+    /// Writes the derived inputs from the others as they are in the arena, rounded to bf16
+    /// where `storage` says.
+    fn derive(&mut self, storage: &[Storage]) -> Result<(), String> {
+        let Some(derived) = self.derived else { return Ok(()) };
+        let args: HashMap<String, Tensor<f64>> = (0..derived.forward.input_nodes().count())
+            .map(|k| (k.to_string(), Tensor::new(self.inputs[k].shape.clone(), self.inputs[k].read(&self.arena))))
+            .collect();
+        let outputs = reference::run(&derived.forward, &HashMap::new(), &args).map_err(|e| format!("forward: {e}"))?;
+        for (j, t) in outputs.iter().enumerate() {
+            let k = derived.first + j;
+            let round = storage.get(k) == Some(&Storage::Bf16);
+            for (i, &v) in t.data.iter().enumerate() {
+                self.arena[self.inputs[k].at(i)] = if round { bf16(v as f32) } else { v as f32 };
+            }
+        }
+        Ok(())
     }
 
     /// What the reference computes from the inputs laid out in `arena`, and how far its
@@ -306,7 +350,8 @@ impl Case {
     }
 
     /// The case with the inputs of bf16 views (`storage`: inputs, then outputs) rounded
-    /// to bf16, and the reference recomputed from them.
+    /// to bf16 (derived inputs computed again from the rounded ones), and the reference
+    /// recomputed from them.
     fn stored(&self, body: &Graph, storage: &[Storage]) -> Result<Case, String> {
         let mut arena = self.arena.clone();
         for (l, _) in self.inputs.iter().zip(storage).filter(|(_, &s)| s == Storage::Bf16) {
@@ -314,15 +359,10 @@ impl Case {
                 arena[l.at(i)] = bf16(arena[l.at(i)]);
             }
         }
-        let (want, conditioning) = Case::reference(body, &self.inputs, &arena)?;
-        Ok(Case {
-            inputs: self.inputs.clone(),
-            outputs: self.outputs.clone(),
-            arena,
-            want,
-            conditioning,
-            floors: self.floors.clone(),
-        })
+        let mut case = Case { arena, ..self.clone() };
+        case.derive(storage)?;
+        (case.want, case.conditioning) = Case::reference(body, &case.inputs, &case.arena)?;
+        Ok(case)
     }
 
     /// The case with every view packed row-major, each starting `misalign` elements past a
@@ -361,6 +401,7 @@ impl Case {
             want: self.want.clone(),
             conditioning: self.conditioning.clone(),
             floors: self.floors.clone(),
+            derived: self.derived,
         }
     }
 
@@ -1366,6 +1407,7 @@ fn export_cases_for_the_device() {
                 workspace: vec![],
                 storage,
                 tolerance: 0.0,
+                f32_inputs: vec![],
                 case,
             });
         }
@@ -1407,6 +1449,9 @@ struct DeviceCase {
     /// Error allowed beyond the storage's rounding, as a fraction of each output's scale
     /// (kernels that round their operands: tensor cores).
     tolerance: f64,
+    /// Inputs held in f32 in a bf16 arena, as a program stores statistics (flash
+    /// attention's logsumexp): each in a region of its own after the arena's end.
+    f32_inputs: Vec<usize>,
     case: Case,
 }
 
@@ -1417,10 +1462,25 @@ impl DeviceCase {
         let layout = |l: &Layout| serde_json::json!({"offset": l.offset, "shape": l.shape, "strides": l.strides});
         let name = &self.name;
         std::fs::write(dir.join(format!("{name}.ptx")), &self.ptx).unwrap();
-        let arena: Vec<u8> = match self.storage {
+        let mut arena: Vec<u8> = match self.storage {
             Storage::F32 => self.case.arena.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Storage::Bf16 => self.case.arena.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         };
+        let mut inputs: Vec<serde_json::Value> = self.case.inputs.iter().map(layout).collect();
+        for &k in &self.f32_inputs {
+            assert_eq!(self.storage, Storage::Bf16, "f32 inputs are for bf16 arenas");
+            let l = &self.case.inputs[k];
+            // 16-byte aligned; the offset counts bf16 elements, the strides f32 ones.
+            let region = arena.len().next_multiple_of(16);
+            let count: usize = l.shape.iter().product();
+            let span = (0..count).map(|i| l.at(i) - l.offset + 1).max().unwrap_or(1);
+            arena.resize(region + 4 * span, 0);
+            for i in 0..count {
+                let at = region + 4 * (l.at(i) - l.offset);
+                arena[at..at + 4].copy_from_slice(&self.case.arena[l.at(i)].to_le_bytes());
+            }
+            inputs[k] = serde_json::json!({"offset": region / 2, "shape": l.shape, "strides": l.strides});
+        }
         std::fs::write(dir.join(format!("{name}.arena")), arena).unwrap();
         for (o, want) in self.case.want.iter().enumerate() {
             let bytes: Vec<u8> = want.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1434,7 +1494,7 @@ impl DeviceCase {
             "workspace": self.workspace,
             "floors": self.case.floors,
             "tolerance": self.tolerance,
-            "inputs": self.case.inputs.iter().map(layout).collect::<Vec<_>>(),
+            "inputs": inputs,
             "outputs": self.case.outputs.iter().map(layout).collect::<Vec<_>>(),
         })
     }

@@ -79,8 +79,10 @@ fn reached_gradients(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<
 
 /// The gradient of a kernel with respect to each floating-point input its output depends
 /// on: one kernel, with an output per such input, whose body is the kernel's own body
-/// differentiated, so it recomputes what it needs of the forward pass (as flash
-/// attention's backward pass does) instead of storing it.
+/// differentiated, so it recomputes what it needs of the forward pass instead of storing
+/// it. A kernel with further outputs keeps them for its gradient (flash attention's rows'
+/// logsumexp): the gradient kernel reads every forward output after `dy`, so its template
+/// may use them instead of recomputing; its body, the meaning, does not.
 fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
     let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
     let k = (**k).clone();
@@ -100,6 +102,13 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<Node
     let grads = reached_gradients(&mut body, loss, &wrt)?;
     let mut args = inputs.clone();
     args.push(dy);
+    if k.body.outputs.len() > 1 {
+        for o in 0..k.body.outputs.len() {
+            let ty = k.body.nodes[k.body.outputs[o]].ty.clone();
+            body.add(Op::Input((arity + 1 + o).to_string()), vec![], ty);
+            args.push(output_of(g, node, o));
+        }
+    }
     let float: Vec<usize> =
         (0..arity).filter(|&j| g.nodes[inputs[j]].ty.dtype.is_float() && grads[j].is_some()).collect();
     let Some(&first) = float.first() else { return Ok(vec![None; arity]) };
@@ -117,4 +126,18 @@ fn kernel_vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<Node
         });
     }
     Ok(out)
+}
+
+/// The node reading output `o` of `node`: the node itself for 0, else its `Op::Output`
+/// reader, added if there is none yet (an output is read through one node).
+fn output_of(g: &mut Graph, node: NodeId, o: usize) -> NodeId {
+    if o == 0 {
+        return node;
+    }
+    let reader = g.nodes.iter().position(|n| n.op == Op::Output(o) && n.inputs == [node]);
+    reader.unwrap_or_else(|| {
+        let Op::Kernel(k) = &g.nodes[node].op else { unreachable!("called on kernels") };
+        let ty = k.body.nodes[k.body.outputs[o]].ty.clone();
+        g.add(Op::Output(o), vec![node], ty)
+    })
 }

@@ -49,7 +49,9 @@ pub fn layers(g: &Graph) -> usize {
     g.nodes.iter().map(|n| n.scope as usize).max().unwrap_or(0)
 }
 
-/// The forward pass of a training graph: the nodes the loss (output `loss`) depends on.
+/// The forward pass of a training graph: the nodes the loss (output `loss`) depends on,
+/// and the further outputs of those (a forward kernel's statistic kept for its gradient),
+/// which are computed with them.
 pub fn forward_nodes(g: &Graph, loss: usize) -> Vec<bool> {
     let mut forward = vec![false; g.nodes.len()];
     forward[g.outputs[loss]] = true;
@@ -58,6 +60,11 @@ pub fn forward_nodes(g: &Graph, loss: usize) -> Vec<bool> {
             for &x in &g.nodes[i].inputs {
                 forward[x] = true;
             }
+        }
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let (Op::Output(_), &[source]) = (&n.op, &n.inputs[..]) {
+            forward[i] |= forward[source];
         }
     }
     forward

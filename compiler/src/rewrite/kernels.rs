@@ -21,6 +21,10 @@ fn row(g: &mut Graph, op: ReduceOp, x: usize) -> usize {
 /// `softmax(causal_mask(q kᵀ · scale)) v`, each key/value head serving `groups` query heads.
 /// With `rope`, q and k arrive token-major (`[B, T, heads, D]`) and are rotated first.
 /// With `positions [B, T]` (packed rows, input 3), of `document_mask` and `document_rope`.
+///
+/// A second output, each query row's logsumexp of its scaled scores `[B, H, T, 1]`, is what
+/// the gradient needs of the forward pass besides the output: kept, it spares the gradient
+/// running the forward pass again.
 pub fn flash_attention(
     (q, k, v): (&TensorType, &TensorType, &TensorType),
     scale: f64,
@@ -66,7 +70,9 @@ pub fn flash_attention(
     let z = row(&mut g, ReduceOp::Sum, e);
     let p = g.binary(Binary::Div, e, z);
     let o = g.matmul(p, vi, false, false);
-    g.outputs = vec![o];
+    let log_z = g.unary(Unary::Log, z);
+    let lse = g.binary(Binary::Add, m, log_z);
+    g.outputs = vec![o, lse];
     Kernel { kind: KernelKind::FlashAttention { scale, groups, rope, documents: pos.is_some() }, body: g }
 }
 

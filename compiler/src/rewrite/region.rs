@@ -1,6 +1,7 @@
 //! Cutting a graph into regions the e-graph optimises one at a time: maximal runs of
 //! consecutive nodes of one scope (a layer's forward pass, its backward pass, its optimizer
-//! update). Runs respect the node order, so every region reads only earlier regions; equal
+//! update), and outputs of a multi-output node in its region wherever they are read. Runs
+//! respect the node order, so every region reads only earlier regions; equal
 //! regions (the same layer body in every layer) have equal signatures and are optimised
 //! once.
 
@@ -25,6 +26,15 @@ pub fn partition(g: &Graph) -> Vec<Region> {
     for (i, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::Constant(_)) {
             continue;
+        }
+        // An output is in its source's region, however much later it is read (a forward
+        // kernel's statistic, read by its gradient): the e-graph types it from the source.
+        if let (Op::Output(_), &[source]) = (&n.op, &n.inputs[..]) {
+            if region_of[source] != usize::MAX {
+                region_of[i] = region_of[source];
+                regions[region_of[i]].nodes.push(i);
+                continue;
+            }
         }
         if regions.last().is_none_or(|r| r.scope != n.scope) {
             regions.push(Region { scope: n.scope, nodes: vec![], leaves: vec![], outputs: vec![] });

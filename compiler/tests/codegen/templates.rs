@@ -2,7 +2,7 @@
 //! a block or chunk, and T = 1, on random strided layouts with the outputs poisoned; and
 //! each template's PTX, assembled by `ptxas` when it is there, with no spills.
 
-use super::{ptxas, spills, Case, SIZES};
+use super::{ptxas, spills, Case, Derived, SIZES};
 use hyb_compiler::autodiff::gradients;
 use hyb_compiler::codegen::template::{self, TemplateCode};
 use hyb_compiler::codegen::Storage;
@@ -61,18 +61,30 @@ struct Values {
     hi: f64,
     ranges: Ranges,
     floor: f64,
+    /// Inputs computed from the others (a gradient's saved forward outputs).
+    derived: Option<&'static Derived>,
 }
 
 /// Values in (−1, 1), errors relative to each output's largest magnitude.
-const UNIT: Values = Values { lo: -1.0, hi: 1.0, ranges: &[], floor: 0.0 };
+const UNIT: Values = Values { lo: -1.0, hi: 1.0, ranges: &[], floor: 0.0, derived: None };
+
+impl Values {
+    /// A case of `body` drawn as these values say.
+    fn case(&self, body: &Graph, seed: u64) -> Result<Case, String> {
+        let case = Case::ranged(body, seed, self.lo, self.hi, self.ranges)?;
+        match self.derived {
+            Some(derived) => case.derived(body, derived),
+            None => Ok(case),
+        }
+    }
+}
 
 /// Runs the template on three random layouts and compares with the reference; then makes
 /// its PTX and assembles it.
 fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Result<(), String> {
     let kernel = cpu::compile_template(&code(body, node, Target::Cpu)).map_err(|e| format!("{what}: {e}"))?;
     for seed in 1..=4u64 {
-        let mut case =
-            Case::ranged(body, seed, values.lo, values.hi, values.ranges).map_err(|e| format!("{what}: {e}"))?;
+        let mut case = values.case(body, seed).map_err(|e| format!("{what}: {e}"))?;
         case.at_least(values.floor);
         if seed == 4 {
             // Compiled for this layout's unit last-axis strides, as the executor compiles it.
@@ -85,10 +97,10 @@ fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Res
         super::check(&kernel, &case).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
     }
     // With the storage a bf16 program gives the views, as the GPU runs it.
-    let storage = bf16_storage(body);
+    let storage = bf16_storage(body, values.derived);
     let kernel = cpu::compile_template_stored(&code(body, node, Target::Cpu), &[], &storage)
         .map_err(|e| format!("{what}: {e}"))?;
-    let mut case = Case::ranged(body, 5, values.lo, values.hi, values.ranges).map_err(|e| format!("{what}: {e}"))?;
+    let mut case = values.case(body, 5).map_err(|e| format!("{what}: {e}"))?;
     case.at_least(values.floor);
     let case = case.stored(body, &storage).map_err(|e| format!("{what}: {e}"))?;
     let got = super::run_stored(&kernel, &case, &storage).map_err(|e| format!("{what}, bf16: {e}"))?;
@@ -100,13 +112,17 @@ fn check_template(what: &str, body: &Graph, node: NodeId, values: Values) -> Res
 }
 
 /// Storage as a bf16 program gives a template's views: floats in bf16 (every third in
-/// f32, so kernels mix both), other values (token ids) in f32.
-fn bf16_storage(body: &Graph) -> Vec<Storage> {
+/// f32, so kernels mix both), other values (token ids) in f32. Derived inputs stay f32:
+/// the reference does not read them, so their rounding would be an error it cannot allow
+/// for (the GPU's cases take them as the program stores them).
+fn bf16_storage(body: &Graph, derived: Option<&Derived>) -> Vec<Storage> {
     let types =
         body.input_nodes().map(|(n, _)| &body.nodes[n].ty).chain(body.outputs.iter().map(|&o| &body.nodes[o].ty));
+    let inputs = body.input_nodes().count();
+    let is_derived = |k: usize| derived.is_some_and(|d| (d.first..inputs).contains(&k));
     types
         .enumerate()
-        .map(|(k, ty)| if ty.dtype.is_float() && k % 3 != 2 { Storage::Bf16 } else { Storage::F32 })
+        .map(|(k, ty)| if ty.dtype.is_float() && k % 3 != 2 && !is_derived(k) { Storage::Bf16 } else { Storage::F32 })
         .collect()
 }
 
@@ -188,8 +204,8 @@ fn conv1d_silu_cases() -> Vec<TemplateCase> {
                 true => Box::leak(Box::new([(at, 0.0, 4.0)])),
                 false => &[],
             };
-            let values = Values { lo: -3.0, hi: 3.0, ranges, floor: 0.0 };
-            let [(forward, y), (backward, dx)] = kernel_bodies(kernel, &types);
+            let values = Values { lo: -3.0, hi: 3.0, ranges, ..UNIT };
+            let ([(forward, y), (backward, dx)], _) = kernel_bodies(kernel, &types);
             let what = format!("conv1d_silu [{b}, {t}, {c}] k {k} (bias {bias}, documents {documents})");
             cases.push((what.clone(), forward, y, values));
             cases.push((format!("{what}, gradient"), backward, dx, values));
@@ -244,30 +260,36 @@ const ATTENTION_SHAPES: &[Attention] = &[
 ];
 
 /// `kernel` as a node over inputs `0..` of `types`, and its gradient kernel (as autodiff
-/// makes it) over those inputs and `dy` last, with an output per input it reaches.
-fn kernel_bodies(kernel: Kernel, types: &[TensorType]) -> [(Graph, NodeId); 2] {
+/// makes it) over those inputs, `dy` and the forward's outputs if it keeps several, with an
+/// output per input it reaches; and how the gradient's inputs from the forward's outputs
+/// are derived.
+fn kernel_bodies(kernel: Kernel, types: &[TensorType]) -> ([(Graph, NodeId); 2], Option<&'static Derived>) {
     let out = kernel.body.nodes[kernel.body.outputs[0]].ty.clone();
     let mut forward = Graph::default();
     let inputs = numbered_inputs(&mut forward, types);
+    let kept: Vec<TensorType> = kernel.body.outputs.iter().map(|&o| kernel.body.nodes[o].ty.clone()).collect();
     let y = forward.add(Op::Kernel(Box::new(kernel)), inputs.clone(), out.clone());
     forward.outputs = vec![y];
+    for (o, ty) in kept.into_iter().enumerate().skip(1) {
+        let read = forward.add(Op::Output(o), vec![y], ty);
+        forward.outputs.push(read);
+    }
 
     let mut training = forward.clone();
     let dy = training.add(Op::Input(types.len().to_string()), vec![], out.clone());
     let weighted = training.binary(Binary::Mul, y, dy);
     let loss = training.sum_all(weighted);
     gradients(&mut training, loss, &inputs).expect("the kernel has a gradient");
-    let grad: Kernel = training
+    let (grad, operands) = training
         .nodes
         .iter()
         .find_map(|n| match &n.op {
-            Op::Kernel(k) if matches!(k.kind, KernelKind::Grad { .. }) => Some((**k).clone()),
+            Op::Kernel(k) if matches!(k.kind, KernelKind::Grad { .. }) => Some(((**k).clone(), n.inputs.clone())),
             _ => None,
         })
         .expect("the gradient is one kernel");
     let mut backward = Graph::default();
-    let mut grad_types = types.to_vec();
-    grad_types.push(out);
+    let grad_types: Vec<TensorType> = operands.iter().map(|&x| training.nodes[x].ty.clone()).collect();
     let inputs = numbered_inputs(&mut backward, &grad_types);
     let outputs: Vec<TensorType> = grad.body.outputs.iter().map(|&o| grad.body.nodes[o].ty.clone()).collect();
     let first = backward.add(Op::Kernel(Box::new(grad)), inputs, outputs[0].clone());
@@ -276,12 +298,15 @@ fn kernel_bodies(kernel: Kernel, types: &[TensorType]) -> [(Graph, NodeId); 2] {
         let o = backward.add(Op::Output(k), vec![first], ty);
         backward.outputs.push(o);
     }
-    [(forward, y), (backward, first)]
+    let derived = (grad_types.len() > types.len() + 1)
+        .then(|| &*Box::leak(Box::new(Derived { forward: forward.clone(), first: types.len() + 1 })));
+    ([(forward, y), (backward, first)], derived)
 }
 
 /// The flash-attention kernel node over inputs `0..3` (and the positions with documents),
-/// and its gradient kernel over those and `dy` with outputs `dq`, `dk`, `dv`.
-fn attention_bodies(a: &Attention) -> [(Graph, NodeId); 2] {
+/// and its gradient kernel over those, `dy` and the forward's output and logsumexp (as
+/// [`Derived`] says) with outputs `dq`, `dk`, `dv`.
+fn attention_bodies(a: &Attention) -> ([(Graph, NodeId); 2], Option<&'static Derived>) {
     let Attention { b, h, groups, t, d, rope, documents } = *a;
     let kv = h / groups;
     let layout = |heads| if rope.is_some() { vec![b, t, heads, d] } else { vec![b, heads, t, d] };
@@ -303,9 +328,9 @@ fn attention_values(a: &Attention) -> Values {
 fn attention_cases() -> Vec<TemplateCase> {
     let mut cases = Vec::new();
     for a in ATTENTION_SHAPES {
-        let [(forward, y), (backward, dq)] = attention_bodies(a);
+        let ([(forward, y), (backward, dq)], derived) = attention_bodies(a);
         cases.push((format!("{a:?}"), forward, y, attention_values(a)));
-        cases.push((format!("{a:?}, gradient"), backward, dq, attention_values(a)));
+        cases.push((format!("{a:?}, gradient"), backward, dq, Values { derived, ..attention_values(a) }));
     }
     cases
 }
@@ -554,7 +579,7 @@ pub fn one_of_each_family() -> Vec<(String, TemplateCode, Case)> {
             cases.into_iter().enumerate().filter(move |&(i, _)| i == 0 || i == last).map(|(_, c)| c)
         })
         .map(|(what, body, node, values)| {
-            let case = Case::ranged(&body, 2, values.lo, values.hi, values.ranges).expect("a case");
+            let case = values.case(&body, 2).expect("a case");
             (what, code(&body, node, Target::Cpu), case)
         })
         .collect()
@@ -569,7 +594,7 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
         .enumerate()
         .map(|(i, (what, body, node, values))| {
             let kernel = gpu::compile_template(&code(&body, node, Target::Gpu)).expect("generates");
-            let mut case = Case::ranged(&body, 1, values.lo, values.hi, values.ranges).expect("a case");
+            let mut case = values.case(&body, 1).expect("a case");
             case.at_least(values.floor);
             super::DeviceCase {
                 name: format!("template{i}"),
@@ -579,6 +604,7 @@ pub fn device_cases() -> Vec<super::DeviceCase> {
                 workspace: kernel.workspace,
                 storage: Storage::F32,
                 tolerance: 0.0,
+                f32_inputs: vec![],
                 case,
             }
         })
@@ -652,6 +678,7 @@ fn ssd_tensor_core_cases() -> Vec<super::DeviceCase> {
                 workspace: kernel.workspace,
                 storage: Storage::Bf16,
                 tolerance: 1e-2,
+                f32_inputs: vec![],
                 case,
             });
         }
@@ -675,7 +702,8 @@ fn tensor_core_cases() -> Vec<super::DeviceCase> {
     ];
     let mut cases = Vec::new();
     for (a, places) in &shapes {
-        let [forward, backward] = attention_bodies(a);
+        let ([forward, backward], derived) = attention_bodies(a);
+        let derived = derived.expect("the gradient reads the forward's outputs");
         let p = a.params();
         let kv = a.h / a.groups;
         let layout = |heads| if a.rope.is_some() { vec![a.b, a.t, heads, a.d] } else { vec![a.b, heads, a.t, a.d] };
@@ -683,22 +711,33 @@ fn tensor_core_cases() -> Vec<super::DeviceCase> {
         if a.documents {
             inputs.push(vec![a.b, a.t]);
         }
-        let mut with_dy = inputs.clone();
-        with_dy.push(vec![a.b, a.h, a.t, a.d]);
+        // dy, then the forward's output and logsumexp.
+        let mut grad_inputs = inputs.clone();
+        grad_inputs.extend([vec![a.b, a.h, a.t, a.d], vec![a.b, a.h, a.t, a.d], vec![a.b, a.h, a.t, 1]]);
         let ranges: Ranges = Box::leak(Box::new([(3, 0.0, *places)]));
         let ranges = if a.documents { ranges } else { &[] };
         for (pass, (body, _)) in [("forward", forward), ("gradient", backward)] {
             let code = match pass {
                 "forward" => template::attention::forward_on_tensor_cores(&inputs, p),
-                _ => template::attention::backward_on_tensor_cores(&with_dy, p),
+                _ => template::attention::backward_on_tensor_cores(&grad_inputs, p),
             }
             .expect("a tensor-core template");
             // One arena of bf16 on the device, the positions too (the reference reads them
-            // rounded alike).
-            let storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            // rounded alike); the gradient's logsumexp in f32, as the program keeps it.
+            let mut storage = vec![Storage::Bf16; code.inputs.len() + code.outputs.len()];
+            let f32_inputs = match pass {
+                "forward" => vec![],
+                _ => vec![grad_inputs.len() - 1],
+            };
+            for &k in &f32_inputs {
+                storage[k] = Storage::F32;
+            }
             let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
-            let mut case =
-                Case::ranged(&body, 1, -1.0, 1.0, ranges).expect("a case").stored(&body, &storage).expect("rounds");
+            let mut case = Case::ranged(&body, 1, -1.0, 1.0, ranges).expect("a case");
+            if pass == "gradient" {
+                case = case.derived(&body, derived).expect("derives");
+            }
+            let mut case = case.stored(&body, &storage).expect("rounds");
             // A gradient the reference finds exactly zero (a constant v makes dq and dk
             // vanish) is judged on the scale of its terms, not on its own: the bf16
             // probabilities of `P·V` leave `Δ = dO·O` off `dO·v` by ~2⁻⁹ of it, so dq and dk
@@ -718,6 +757,7 @@ fn tensor_core_cases() -> Vec<super::DeviceCase> {
                 workspace: kernel.workspace,
                 storage: Storage::Bf16,
                 tolerance: 1e-2,
+                f32_inputs,
                 case,
             });
         }
@@ -732,7 +772,8 @@ fn tensor_core_cases() -> Vec<super::DeviceCase> {
 fn attention_gradient_terms(a: &Attention, case: &Case) -> f64 {
     let read = |k: usize| case.inputs[k].read(&case.arena);
     let largest = |x: &[f64]| x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let (q, k, v, dy) = (read(0), read(1), read(2), read(case.inputs.len() - 1));
+    // dy follows q, k, v and the positions.
+    let (q, k, v, dy) = (read(0), read(1), read(2), read(3 + usize::from(a.documents)));
     let (kv, d, t) = (a.h / a.groups, a.d, a.t);
     // Row `i` of head `head` of batch row `b`, in a `[B, heads, T, D]` tensor.
     fn row(x: &[f64], (b, heads, head): (usize, usize, usize), (t, d): (usize, usize), i: usize) -> &[f64] {
@@ -781,10 +822,11 @@ fn attention_on_tensor_cores_assembles_to_matrix_instructions() {
             shapes.push(vec![b, t]);
         }
         let p = template::attention::Params { scale: 1.0 / (d as f64).sqrt(), groups, rope, documents };
-        let mut with_dy = shapes.to_vec();
-        with_dy.push(vec![b, h, t, d]);
+        // dy, then the forward's output and logsumexp.
+        let mut grad_inputs = shapes.to_vec();
+        grad_inputs.extend([vec![b, h, t, d], vec![b, h, t, d], vec![b, h, t, 1]]);
         let forward = template::attention::forward_on_tensor_cores(&shapes, p).expect("a tensor-core template");
-        let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
+        let backward = template::attention::backward_on_tensor_cores(&grad_inputs, p).expect("a tensor-core gradient");
         for (pass, code) in [("forward", forward), ("gradient", backward)] {
             let what =
                 format!("tensor-core attention {pass}, d {d}, rope {rope:?}, groups {groups}, documents {documents}");
@@ -870,12 +912,13 @@ fn export_attention_benchmark() {
     for (b, h, kv, t, d, documents) in shapes {
         let mut inputs = vec![vec![b, h, t, d], vec![b, kv, t, d], vec![b, kv, t, d]];
         inputs.extend(documents.map(|_| vec![b, t]));
-        let mut with_dy = inputs.clone();
-        with_dy.push(vec![b, h, t, d]);
+        // dy, then the forward's output and logsumexp.
+        let mut grad_inputs = inputs.clone();
+        grad_inputs.extend([vec![b, h, t, d], vec![b, h, t, d], vec![b, h, t, 1]]);
         let scale = 1.0 / (d as f64).sqrt();
         let p = template::attention::Params { scale, groups: h / kv, rope: None, documents: documents.is_some() };
         let forward = template::attention::forward_on_tensor_cores(&inputs, p).expect("a tensor-core template");
-        let backward = template::attention::backward_on_tensor_cores(&with_dy, p).expect("a tensor-core gradient");
+        let backward = template::attention::backward_on_tensor_cores(&grad_inputs, p).expect("a tensor-core gradient");
         let packed = documents.map_or(String::new(), |l| format!("_doc{l}"));
         let name = format!("attention_b{b}_h{h}_kv{kv}_t{t}_d{d}{packed}");
         let mut passes = serde_json::Map::new();
@@ -884,6 +927,10 @@ fn export_attention_benchmark() {
             if documents.is_some() {
                 storage[3] = Storage::F32;
             }
+            // The logsumexp in f32, as the program keeps it: the forward's second output,
+            // the gradient's last input.
+            let lse = if pass == "forward" { code.inputs.len() + 1 } else { code.inputs.len() - 1 };
+            storage[lse] = Storage::F32;
             let kernel = gpu::compile_template_stored(&code, &storage).expect("generates");
             std::fs::write(dir.join(format!("{name}_{pass}.ptx")), &kernel.ptx).unwrap();
             passes.insert(

@@ -4,11 +4,12 @@
 //! arrive token-major (`[B, T, heads, D]`) and are rotated first.
 //!
 //! Nothing of size T×T is stored. The forward pass keeps a running maximum and sum per
-//! query row (online softmax) and rescales its accumulator as keys arrive. The backward
-//! pass (FlashAttention-2) recomputes the scores: a phase over query rows writes `dq` and
-//! the row's statistics (logsumexp and `Σ dO·O`) to the workspace, then a phase over key
-//! rows sums `dk` and `dv` over the query rows at or after the key of every query head of
-//! its group. So every output element has one writer, and every sum a fixed order.
+//! query row (online softmax) and rescales its accumulator as keys arrive; it writes each
+//! row's logsumexp beside the output. The backward pass (FlashAttention-2) reads the
+//! forward's output and logsumexp and recomputes the scores: a phase over query rows
+//! writes `dq` and each row's `Σ dO·O` (to the workspace), then a phase over key rows sums
+//! `dk` and `dv` over the query rows at or after the key of every query head of its group.
+//! So every output element has one writer, and every sum a fixed order.
 //!
 //! An item is a query (or key) row on both targets: on the CPU the head dimension is every
 //! inner loop (unit stride, so LLVM can vectorise the row updates; the dot products keep
@@ -83,6 +84,12 @@ impl Dims {
     /// The gradient of the output, `[B, H, T, D]`.
     fn dy(&self) -> Rows {
         Rows::HeadMajor(self.view(DY))
+    }
+
+    /// The logsumexp of query row `r` (natural log) in view `view`, `[B, H, T, 1]`.
+    fn lse(&self, s: &mut Text, view: usize, r: Row) -> String {
+        let zero = s.i64(0);
+        s.load(self.view(view), &[r.b, r.head, r.t, &zero])
     }
 
     /// Layout of q and k (and of their gradients, views `view`) as the kernel receives them.
@@ -213,19 +220,23 @@ impl Rows {
 /// it ([`Dims::view`] places them).
 const POSITIONS: usize = 3;
 
-/// The forward template's views: inputs q, k, v; the output; the rotated q and k.
+/// The forward template's views: inputs q, k, v; the output and each query row's
+/// logsumexp `[B, H, T, 1]`; the rotated q and k.
 const OUT: usize = 3;
-const FORWARD_ROTATED: usize = 4;
+const OUT_LSE: usize = 4;
+const FORWARD_ROTATED: usize = 5;
 
-/// The gradient template's views: inputs q, k, v, dy; outputs dq, dk, dv; workspace
-/// logsumexp and `Σ dO·O` per query row, then the rotated q and k.
+/// The gradient template's views: inputs q, k, v, dy and the forward's output and
+/// logsumexp; outputs dq, dk, dv; workspace `Σ dO·O` per query row, then the rotated q and
+/// k.
 const DY: usize = 3;
-const DQ: usize = 4;
-const DK: usize = 5;
-const DV: usize = 6;
-const LSE: usize = 7;
-const DELTA: usize = 8;
-const BACKWARD_ROTATED: usize = 9;
+const SAVED_OUT: usize = 4;
+const SAVED_LSE: usize = 5;
+const DQ: usize = 6;
+const DK: usize = 7;
+const DV: usize = 8;
+const DELTA: usize = 9;
+const BACKWARD_ROTATED: usize = 10;
 
 /// Value rows (never rotated).
 const V: Rows = Rows::HeadMajor(2);
@@ -243,10 +254,14 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     let qa = read_row(&mut s, &dims, q, this, Some(&scale));
     let o = s.array(dims.d);
     let first = dims.first_key(&mut s, &b, &i);
-    let (_, l) = online_softmax(&mut s, &dims, &qa, (k, V), (keys, &first), &o);
+    let (m, l) = online_softmax(&mut s, &dims, &qa, (k, V), (keys, &first), &o);
     let one = s.f32(1.0);
     let inv = s.fdiv(&one, &l);
     store_row(&mut s, &dims, Rows::HeadMajor(dims.view(OUT)), this, &o, &inv, false);
+    let log_l = s.call(Func::Log, &l);
+    let lse = s.fadd(&m, &log_l);
+    let zero = s.i64(0);
+    s.store(dims.view(OUT_LSE), &[&b, &h, &i, &zero], &lse);
     phases.push(Phase {
         cooperative: None,
         what: "attend",
@@ -257,12 +272,13 @@ pub fn forward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templat
     forward_code(&dims, "flash_attention", inputs, phases)
 }
 
-/// A forward template's code: output `[B, H, T, D]`, the rotated copies as workspace.
+/// A forward template's code: output `[B, H, T, D]` and the rows' logsumexp `[B, H, T, 1]`,
+/// the rotated copies as workspace.
 fn forward_code(dims: &Dims, template: &str, inputs: &[Vec<usize>], phases: Vec<Phase>) -> TemplateCode {
     TemplateCode {
         name: dims.name(template, inputs),
         inputs: inputs.to_vec(),
-        outputs: vec![vec![dims.b, dims.h, dims.t, dims.d]],
+        outputs: vec![vec![dims.b, dims.h, dims.t, dims.d], vec![dims.b, dims.h, dims.t, 1]],
         workspace: dims.rotated_sizes(),
         workspace_storage: vec![],
         in_place: vec![],
@@ -312,8 +328,8 @@ pub fn cached(inputs: &[Vec<usize>], scale: f64) -> TemplateCode {
     }
 }
 
-/// The gradient template for inputs `q`, `k`, `v`, `dy`: outputs `dq`, `dk`, `dv` in the
-/// layouts of `q`, `k`, `v`.
+/// The gradient template for inputs `q`, `k`, `v`, `dy` and the forward's output and
+/// logsumexp: outputs `dq`, `dk`, `dv` in the layouts of `q`, `k`, `v`.
 pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> TemplateCode {
     let dims = Dims::new(&inputs[0], &inputs[1], params);
     let mut phases = rotation(&dims, BACKWARD_ROTATED, target);
@@ -323,7 +339,7 @@ pub fn backward(inputs: &[Vec<usize>], params: Params, target: Target) -> Templa
 }
 
 /// A gradient template's code: `dq`, `dk`, `dv` in the layouts of `q`, `k`, `v`; the rows'
-/// statistics, the rotated copies and `more` as workspace.
+/// `Σ dO·O`, the rotated copies and `more` as workspace.
 fn backward_code(
     dims: &Dims,
     template: &str,
@@ -331,7 +347,7 @@ fn backward_code(
     phases: Vec<Phase>,
     more: Vec<usize>,
 ) -> TemplateCode {
-    let mut workspace = vec![dims.rows(), dims.rows()];
+    let mut workspace = vec![dims.rows()];
     workspace.extend(dims.rotated_sizes());
     workspace.extend(more);
     TemplateCode {
@@ -345,8 +361,8 @@ fn backward_code(
     }
 }
 
-/// Per query row: the forward pass again, the row's logsumexp and `Σ dO·O` (to the
-/// workspace, at the item's index), then `dq_i = scale·Σ_j ds_ij k_j`.
+/// Per query row: `Σ dO·O` from the forward's output (to the workspace, at the item's
+/// index), then `dq_i = scale·Σ_j ds_ij k_j` with the forward's logsumexp.
 fn query_grad(dims: &Dims) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
     let mut body = Text::new();
@@ -356,15 +372,11 @@ fn query_grad(dims: &Dims) -> Phase {
     let (this, keys) = (Row { b: &b, head: &h, t: &i }, Row { b: &b, head: &hk, t: &i });
     let scale = s.f32(dims.params.scale as f32);
     let qa = read_row(s, dims, q, this, Some(&scale));
-    let o = s.array(dims.d);
     let first = dims.first_key(s, &b, &i);
-    let (m, l) = online_softmax(s, dims, &qa, (k, V), (keys, &first), &o);
-    let log_l = s.call(Func::Log, &l);
-    let lse = s.fadd(&m, &log_l);
+    let lse = dims.lse(s, SAVED_LSE, this);
     let g = read_row(s, dims, dims.dy(), this, None);
-    let go = sum_over_d(s, dims, |s, d| (s.get(&g, d), s.get(&o, d)));
-    let delta = s.fdiv(&go, &l);
-    s.store(dims.view(LSE), &["%item"], &lse);
+    let out = Rows::HeadMajor(dims.view(SAVED_OUT));
+    let delta = sum_over_d(s, dims, |s, d| (s.get(&g, d), out.load(s, dims, this, d)));
     s.store(dims.view(DELTA), &["%item"], &delta);
     let grad = s.array(dims.d);
     fill(s, dims, &grad);
@@ -406,7 +418,7 @@ fn key_value_grad(dims: &Dims) -> Phase {
             let query = Row { b: &b, head: &h, t: i };
             let score = sum_over_d(s, dims, |s, d| (q.load(s, dims, query, d), s.get(&ka, d)));
             let at = row_index(s, dims, query);
-            let (lse, delta) = (s.load(dims.view(LSE), &[&at]), s.load(dims.view(DELTA), &[&at]));
+            let (lse, delta) = (dims.lse(s, SAVED_LSE, query), s.load(dims.view(DELTA), &[&at]));
             let p = probability(s, &score, &lse);
             let p = match dims.params.documents {
                 true => {

@@ -4,8 +4,8 @@
 //! accumulators, and the softmax runs on the accumulators in base 2 (the scores' factor
 //! `scale · log2 e` is applied to the scores).
 //!
-//! The gradient is FlashAttention-2's, without atomics: a phase over query tiles runs the
-//! forward pass again for the rows' logsumexp and `Δ = Σ dO·O` (to the workspace) and then
+//! The gradient is FlashAttention-2's, without atomics, from the forward's output and rows'
+//! logsumexp: a phase over query tiles writes `Δ = Σ dO·O` per row (to the workspace) and
 //! sums `dq = scale · Σ_j ds_ij k_j`; a phase over key tiles sums `dv = Σ_i p_ij dO_i` and
 //! `dk = scale · Σ_i ds_ij q_i` over the query rows of every head of the key's group, in a
 //! fixed order. So, as in the SIMT template, every output element has one writer.
@@ -20,7 +20,7 @@ use super::super::text::Text;
 use super::super::{Cooperative, Phase, TemplateCode};
 use super::{
     backward_code, forward_code, kv_head, rotation, unrotation, Dims, Params, Row, Rows, BACKWARD_ROTATED, DELTA, DK,
-    DQ, DV, FORWARD_ROTATED, LSE, OUT, V,
+    DQ, DV, FORWARD_ROTATED, OUT, OUT_LSE, SAVED_LSE, SAVED_OUT, V,
 };
 use crate::codegen::Storage;
 
@@ -149,8 +149,8 @@ pub fn backward_on_tensor_cores(inputs: &[Vec<usize>], params: Params) -> Option
     phases.extend(unrotation(&dims, (ROTATED_DQ, ROTATED_DK), Target::Gpu));
     let more = dims.rotated_sizes();
     let mut code = backward_code(&dims, "flash_attention_grad_mma", inputs, phases, more);
-    // The rows' logsumexp and `Σ dO·O` come first.
-    rotated_in_bf16(&mut code, &dims, 2);
+    // The rows' `Σ dO·O` come first.
+    rotated_in_bf16(&mut code, &dims, 1);
     code.workspace.extend(first_keys_size(&dims));
     Some(code)
 }
@@ -410,6 +410,16 @@ fn attend_tiles(dims: &Dims, starts_view: usize) -> Phase {
         attend(s, dims, &lane, &head, (&|_, kk| qf[kk].clone(), &rows, &starts), (k, &k_tile), (&first, &key_tiles));
     let (one, o) = (s.f32(1.0), normalised(s, &out));
     store_rows(s, dims, &lane, (Rows::HeadMajor(dims.view(OUT)), &head.b, &head.h), &rows, &o, &one);
+    // The rows' logsumexp in natural units, `ln 2 · m + ln l` (m is in base 2).
+    let (zero, tn, ln2) = (s.i64(0), s.i64(dims.t as i64), s.f32(std::f64::consts::LN_2 as f32));
+    let first_of_quad = s.cmp("eq", &lane.c, &zero);
+    for (r, t) in rows.iter().enumerate() {
+        let ln = s.call(Func::Log, &out.l[r]);
+        let lse = s.fma(&out.m[r], &ln2, &ln);
+        let valid = s.cmp("slt", t, &tn);
+        let writes = s.line_value(format!("arith.andi {valid}, {first_of_quad} : i1"));
+        s.when(&writes, |s| s.store(dims.view(OUT_LSE), &[&head.b, &head.h, t, &zero], &lse));
+    }
     Phase {
         what: "attend_tiles",
         items: dims.b * dims.h * dims.t.div_ceil(TILE),
@@ -426,12 +436,15 @@ fn normalised(s: &mut Text, out: &Softmax) -> Vec<Acc> {
     out.o.iter().map(|a| [0, 1, 2, 3].map(|e| s.fmul(&a[e], &inv[e / 2]))).collect()
 }
 
-/// The gradient's query phase: per tile of 64 query rows, the forward pass for the rows'
-/// base-2 logsumexp and `Δ` (stored to the workspace), then `dq` over the same key tiles.
+/// The gradient's query phase: per tile of 64 query rows, the rows' `Δ = Σ dO·O` from the
+/// forward's output (stored to the workspace), then `dq` over the key tiles they see, with
+/// the forward's logsumexp.
 fn query_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
     let (q, k) = dims.rotated(BACKWARD_ROTATED);
-    // q and dO, then two buffers of a key and a value tile (the first pass's).
-    let [q_tile, dy_tile, k_tile, v_tile, ..] = tiles([TILE; 6], dims.d);
+    // q and dO, then a key and a value block; the forward's output is staged where the key
+    // block goes, and read before the first block is.
+    let [q_tile, dy_tile, k_tile, v_tile] = tiles([TILE; 4], dims.d);
+    let out_tile = k_tile.clone();
     let mut body = Text::new();
     let s = &mut body;
     let lane = Lane::new(s);
@@ -442,43 +455,36 @@ fn query_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
     let scale = s.f32((dims.params.scale * std::f64::consts::LOG2_E) as f32);
     stage(s, dims, &q_tile, q, &head.b, &head.h, &q0);
     stage(s, dims, &dy_tile, dims.dy(), &head.b, &head.h, &q0);
+    stage(s, dims, &out_tile, Rows::HeadMajor(dims.view(SAVED_OUT)), &head.b, &head.h, &q0);
     staged(s);
     let warp_first = s.mul_c(&lane.warp, 16);
     let rows = lane_rows(s, &lane, &q0);
     let starts = row_starts(s, dims, &head.b, &rows);
     let key_tiles = s.add_c(&qt, 1);
     let first_tile = first_key_tile(s, dims, starts_view, &head.b, &qt);
-    let kv = (k, &k_tile);
-    // q's fragments are read from shared memory as needed: kept in registers with dq's
-    // accumulators, they would spill.
-    let q_of = |s: &mut Text, kk| q_tile.fragment(s, &lane, &warp_first, kk);
-    let out = attend(s, dims, &lane, &head, (&q_of, &rows, &starts), kv, (&first_tile, &key_tiles));
-    let (zero, tn, log2e) = (s.i64(0), s.i64(dims.t as i64), s.f32(std::f64::consts::LOG2_E as f32));
-    let o = normalised(s, &out);
+    let (zero, log2e) = (s.i64(0), s.f32(std::f64::consts::LOG2_E as f32));
     let mut lse = Vec::new();
     let mut delta = Vec::new();
     let first_of_quad = s.cmp("eq", &lane.c, &zero);
-    for (r, row) in rows.iter().enumerate() {
-        let ln = s.call(Func::Log, &out.l[r]);
-        let lse2 = s.fma(&ln, &log2e, &out.m[r]);
+    for row in &rows {
+        let (valid, t) = step(s, dims, row, &zero);
+        let natural = dims.lse(s, SAVED_LSE, Row { b: &head.b, head: &head.h, t: &t });
         let tile_row = s.int("subi", row, &q0);
         let mut partial = s.f32(0.0);
-        for (j, a) in o.iter().enumerate() {
-            for e in [2 * r, 2 * r + 1] {
+        for j in 0..dims.d / 8 {
+            for e in 0..2 {
                 let col = column(s, &lane, &zero, j, e);
-                let dy = dy_tile.get(s, &tile_row, &col);
-                partial = s.fma(&dy, &a[e], &partial);
+                let (dy, o) = (dy_tile.get(s, &tile_row, &col), out_tile.get(s, &tile_row, &col));
+                partial = s.fma(&dy, &o, &partial);
             }
         }
         let d = quad(s, &partial, "addf");
-        let valid = s.cmp("slt", row, &tn);
         let writes = s.line_value(format!("arith.andi {valid}, {first_of_quad} : i1"));
         s.when(&writes, |s| {
             let at = Row { b: &head.b, head: &head.h, t: row }.index(s, dims.h, dims.t);
-            s.store(dims.view(LSE), &[&at], &lse2);
             s.store(dims.view(DELTA), &[&at], &d);
         });
-        lse.push(lse2);
+        lse.push(s.fmul(&natural, &log2e));
         delta.push(d);
     }
     // Keys in blocks of `width` rows (the tiles' first rows), so the scores and their
@@ -519,7 +525,7 @@ fn query_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
         items: dims.b * dims.h * dims.t.div_ceil(TILE),
         work_per_item: 3 * dims.t * dims.d,
         body,
-        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 6 * q_tile.bytes() }),
+        cooperative: Some(Cooperative { threads: THREADS, shared_bytes: 4 * q_tile.bytes() }),
     }
 }
 
@@ -585,13 +591,17 @@ fn key_value_grad_tiles(dims: &Dims, starts_view: usize) -> Phase {
                 barrier(s);
                 stage(s, dims, &q_tile, q, &b, &h, &q0);
                 stage(s, dims, &dy_tile, dims.dy(), &b, &h, &q0);
-                for (to, view) in [(&lse_of, LSE), (&delta_of, DELTA)] {
-                    to.stage(s, &|s, i| {
-                        let t = step(s, dims, &q0, i).1;
-                        let at = Row { b: &b, head: &h, t: &t }.index(s, dims.h, dims.t);
-                        s.load(dims.view(view), &[&at])
-                    });
-                }
+                let log2e = s.f32(std::f64::consts::LOG2_E as f32);
+                lse_of.stage(s, &|s, i| {
+                    let t = step(s, dims, &q0, i).1;
+                    let natural = dims.lse(s, SAVED_LSE, Row { b: &b, head: &h, t: &t });
+                    s.fmul(&natural, &log2e)
+                });
+                delta_of.stage(s, &|s, i| {
+                    let t = step(s, dims, &q0, i).1;
+                    let at = Row { b: &b, head: &h, t: &t }.index(s, dims.h, dims.t);
+                    s.load(dims.view(DELTA), &[&at])
+                });
                 if documents {
                     start_of.stage(s, &|s, i| {
                         let t = step(s, dims, &q0, i).1;
