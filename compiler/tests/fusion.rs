@@ -118,3 +118,28 @@ fn chains_become_one_kernel_and_gemms_take_epilogues() {
         .collect();
     assert_eq!(kinds, ["fused", "gemm"]);
 }
+
+#[test]
+fn a_value_read_again_later_is_an_extra_output_of_its_consumers_kernel() {
+    // silu(x) · p + p, and silu(x) read again after that kernel by a GEMM (as a backward
+    // pass would): one kernel writes both; the GEMM takes its second output.
+    let (g, values) = build(&[], 3, 4);
+    let mut g = g;
+    let a = g.unary(Unary::Silu, 0);
+    let b = g.binary(Binary::Mul, a, 1);
+    let c = g.binary(Binary::Add, b, 1);
+    let later = g.matmul(a, 1, false, true);
+    g.outputs = vec![c, later];
+    let want = run(&g, &values, &HashMap::new()).unwrap();
+    let fused = fuse(&g);
+    assert_eq!(run(&fused, &values, &HashMap::new()).unwrap(), want);
+    let outputs: Vec<usize> = fused
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Kernel(k) => Some(k.body.outputs.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outputs, [2], "the kernel of silu(x) · p + p writes silu(x) too:\n{fused}");
+}

@@ -2,8 +2,9 @@
 //! views become one kernel, and a GEMM absorbs its pointwise consumers as an epilogue. A
 //! value joins its consumer's kernel when every node that reads it is in that kernel; if
 //! the graph also returns it (an optimizer's new moments) the kernel writes it as an extra
-//! output. A value another kernel reads (an activation the backward pass reads again) stays
-//! in memory.
+//! output. So does a pointwise value that later kernels read again (an activation the
+//! backward pass reads) when it joins a pointwise kernel of its shape: written once, it is
+//! not read back by its consumer.
 
 use crate::ir::{Graph, Kernel, KernelKind, Node, NodeId, Op};
 use crate::ops::{Class, Primitive};
@@ -60,7 +61,9 @@ pub fn fuse(g: &Graph) -> Graph {
         returned[o] = true;
     }
     let mut group: Vec<NodeId> = (0..n).collect();
-    let (mut has_gemm, mut has_reduce) = (vec![false; n], vec![false; n]);
+    let (mut has_gemm, mut has_reduce, mut has_kept) = (vec![false; n], vec![false; n], vec![false; n]);
+    // Values written as extra outputs for readers after their kernel.
+    let mut kept = vec![false; n];
     // The values each kernel (by root) reads from outside it.
     let computed = |x: &NodeId| !matches!(g.nodes[*x].op, Op::Constant(_));
     let mut reads: HashMap<NodeId, BTreeSet<NodeId>> = HashMap::new();
@@ -73,7 +76,20 @@ pub fn fuse(g: &Graph) -> Graph {
         has_reduce[r] |= c == Role::Reduce;
         reads.entry(r).or_insert_with(|| g.nodes[i].inputs.iter().copied().filter(computed).collect());
         for &p in &g.nodes[i].inputs {
-            if group[p] != p || consumers[p].iter().any(|&u| root(&mut group, u) != r) {
+            if group[p] != p {
+                continue;
+            }
+            let outside: Vec<NodeId> = consumers[p].iter().copied().filter(|&u| root(&mut group, u) != r).collect();
+            // Read again after the kernel (whose place is its root's): an extra output of a
+            // pointwise kernel of its shape.
+            let keep = !outside.is_empty();
+            if keep
+                && (outside.iter().any(|&u| u <= r)
+                    || role(&g.nodes[p]) != Role::Pointwise
+                    || has_gemm[r]
+                    || has_reduce[r]
+                    || g.nodes[p].ty.shape != g.nodes[r].ty.shape)
+            {
                 continue;
             }
             let mut joined = reads[&r].clone();
@@ -88,13 +104,15 @@ pub fn fuse(g: &Graph) -> Graph {
             }
             let ok = match role(&g.nodes[p]) {
                 Role::Pointwise | Role::View => true,
-                Role::Reduce => !has_gemm[r],
-                Role::Gemm => !has_gemm[r] && !has_reduce[r],
+                Role::Reduce => !has_gemm[r] && !has_kept[r],
+                Role::Gemm => !has_gemm[r] && !has_reduce[r] && !has_kept[r],
                 Role::Other => false,
             };
             if ok {
                 reads.insert(r, joined);
                 group[p] = r;
+                kept[p] = keep;
+                has_kept[r] |= keep;
                 has_gemm[r] |= role(&g.nodes[p]) == Role::Gemm;
                 has_reduce[r] |= role(&g.nodes[p]) == Role::Reduce;
             }
@@ -124,7 +142,7 @@ pub fn fuse(g: &Graph) -> Graph {
             }
             continue;
         }
-        let extra: Vec<NodeId> = m.iter().copied().filter(|&x| x != r && returned[x]).collect();
+        let extra: Vec<NodeId> = m.iter().copied().filter(|&x| x != r && (returned[x] || kept[x])).collect();
         let (body, external) = kernel_body(g, m, &extra);
         let kind = if has_gemm[r] { KernelKind::Gemm } else { KernelKind::Fused };
         let inputs = external.iter().map(|&y| new_id[y].expect("inputs precede")).collect();
