@@ -304,51 +304,53 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                 let stored = |o: usize, dtype: DType| stored(i, o, dtype);
                 let dtype = stored(0, n.ty.dtype);
                 let mut outs = Vec::new();
-                let out = match (aliased.get(&i).and_then(|leaf| view_of[*leaf].clone()), blocks.get(&i)) {
-                    (Some(v), _) => v,
-                    (None, Some(&(concat, axis, start))) => {
-                        let whole = match joined.get(&concat) {
-                            Some(v) => v.clone(),
-                            None => {
-                                let v = new_buffer_of(&mut buffers, &shape_of(concat)?, dtype, launches.len(), concat)?;
-                                joined.insert(concat, v.clone());
-                                v
-                            }
-                        };
-                        let offset = start * whole.strides[axis] as usize;
-                        if whole.shape[..axis].iter().all(|&d| d == 1) {
-                            View { offset, ..contiguous(whole.buffer, &shape, whole.dtype) }
-                        } else {
-                            View { offset, shape: shape.clone(), ..whole }
-                        }
+                // Output `o` (read through node `reader`): a state leaf it updates, its block
+                // of a concat written in place, or a buffer of its own.
+                let mut place = |buffers: &mut Vec<Buffer>,
+                                 reader: Option<NodeId>,
+                                 shape: &[usize],
+                                 dtype: DType|
+                 -> Result<View, PlanError> {
+                    if let Some(v) = reader.and_then(|r| aliased.get(&r)).and_then(|leaf| view_of[*leaf].clone()) {
+                        return Ok(v);
                     }
-                    (None, None) => new_buffer(&mut buffers, Role::Workspace, dtype, launches.len())?,
+                    let Some(&(concat, axis, start)) = reader.and_then(|r| blocks.get(&r)) else {
+                        return new_buffer_of(buffers, shape, dtype, launches.len(), i);
+                    };
+                    let whole = match joined.get(&concat) {
+                        Some(v) => v.clone(),
+                        None => {
+                            let v = new_buffer_of(buffers, &shape_of(concat)?, dtype, launches.len(), concat)?;
+                            joined.insert(concat, v.clone());
+                            v
+                        }
+                    };
+                    let offset = start * whole.strides[axis] as usize;
+                    Ok(if whole.shape[..axis].iter().all(|&d| d == 1) {
+                        View { offset, ..contiguous(whole.buffer, shape, whole.dtype) }
+                    } else {
+                        // The leading axes stride as the whole's; a piece reshaped from more
+                        // axes (its last split) is contiguous within the whole's last.
+                        let inner = contiguous(whole.buffer, &shape[axis..], whole.dtype).strides;
+                        let strides = whole.strides[..axis].iter().copied().chain(inner).collect();
+                        View { offset, shape: shape.to_vec(), strides, ..whole }
+                    })
                 };
+                let out = place(&mut buffers, Some(i), &shape, dtype)?;
                 outs.push(out.clone());
-                if let Op::Kernel(k) = &n.op {
-                    for o in 1..k.body.outputs.len() {
-                        let reader = output_readers.get(&(i, o));
-                        let v = match reader.and_then(|r| aliased.get(r)).and_then(|leaf| view_of[*leaf].clone()) {
-                            Some(v) => v,
-                            None => {
-                                let ty = &k.body.nodes[k.body.outputs[o]].ty;
-                                let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
-                                new_buffer_of(&mut buffers, &shape, stored(o, ty.dtype), launches.len(), i)?
-                            }
-                        };
-                        outs.push(v);
+                // The further outputs' types.
+                let further: Vec<crate::ir::TensorType> = match &n.op {
+                    Op::Kernel(k) => k.body.outputs[1..].iter().map(|&o| k.body.nodes[o].ty.clone()).collect(),
+                    Op::Prim(p) => {
+                        let types: Vec<&crate::ir::TensorType> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
+                        crate::ir::infer_types(p, &types).into_iter().skip(1).collect()
                     }
-                } else if let Op::Prim(p) = &n.op {
-                    let types: Vec<&crate::ir::TensorType> = n.inputs.iter().map(|&x| &g.nodes[x].ty).collect();
-                    for (o, ty) in crate::ir::infer_types(p, &types).iter().enumerate().skip(1) {
-                        let reader = output_readers.get(&(i, o));
-                        if let Some(v) = reader.and_then(|r| aliased.get(r)).and_then(|leaf| view_of[*leaf].clone()) {
-                            outs.push(v);
-                            continue;
-                        }
-                        let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
-                        outs.push(new_buffer_of(&mut buffers, &shape, stored(o, ty.dtype), launches.len(), i)?);
-                    }
+                    _ => vec![],
+                };
+                for (o, ty) in further.iter().enumerate().map(|(k, ty)| (k + 1, ty)) {
+                    let shape: Vec<usize> = ty.shape.iter().map(sizes).collect::<Result<_, _>>()?;
+                    let reader = output_readers.get(&(i, o)).copied();
+                    outs.push(place(&mut buffers, reader, &shape, stored(o, ty.dtype))?);
                 }
                 let l = launch(g, i, &view_of, outs);
                 copies.push(l, &mut launches, &mut buffers, &req.precision, updated.reads_state(i));
@@ -473,8 +475,9 @@ fn concat_blocks(
     shape_of: &dyn Fn(NodeId) -> Result<Vec<usize>, PlanError>,
     stored: &dyn Fn(NodeId) -> DType,
 ) -> Result<HashMap<NodeId, (NodeId, usize, usize)>, PlanError> {
+    // Readers of each node's value (an `Output` node reads another of its outputs).
     let mut readers = vec![0usize; g.nodes.len()];
-    for n in &g.nodes {
+    for n in g.nodes.iter().filter(|n| !matches!(n.op, Op::Output(_))) {
         for &x in &n.inputs {
             readers[x] += 1;
         }
@@ -482,11 +485,19 @@ fn concat_blocks(
     for &o in &g.outputs {
         readers[o] += 1;
     }
-    // A launch of its own with one output (a multi-output primitive's other outputs are
-    // read through `Output` nodes), writing a contiguous block, or a strided one too.
+    // A launch of its own (a multi-output node's other outputs are read through `Output`
+    // nodes, each in a buffer of its own), writing a contiguous block, or a strided one too
+    // where its code takes any layout: generated kernels and templates do, a GEMM library
+    // does not.
     let writes = |x: NodeId, strided: bool| match &g.nodes[x].op {
-        Op::Kernel(k) => k.body.outputs.len() == 1 && (!strided || k.kind == KernelKind::Fused),
+        Op::Kernel(k) => !strided || !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear),
         Op::Prim(p) => p.moves_data() && !matches!(p, Prim::Concat(_)) && (!strided || p.class() == Class::Elementwise),
+        // A further output of a template (a gradient's piece): its code takes any layout.
+        Op::Output(_) => match &g.nodes[g.nodes[x].inputs[0]].op {
+            Op::Kernel(k) => !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear),
+            Op::Prim(p) => !matches!(p.class(), Class::Contraction | Class::Collective | Class::View),
+            _ => false,
+        },
         _ => false,
     };
     let mut blocks = HashMap::new();
@@ -500,22 +511,41 @@ fn concat_blocks(
         let strided = shape[..axis].iter().any(|&d| d != 1);
         // A contiguous block may also be written as another shape, reshaped for the concat
         // (a gradient flattened into its bucket).
-        let producer = |x: NodeId| match &g.nodes[x].op {
-            Op::Prim(Prim::Reshape(_)) if !strided && readers[x] == 1 => g.nodes[x].inputs[0],
-            _ => x,
+        // A strided one too where the reshape only splits the last axis, the concat's.
+        let splits_last = |x: NodeId| -> Result<bool, PlanError> {
+            let (from, to) = (shape_of(g.nodes[x].inputs[0])?, shape_of(x)?);
+            Ok(axis + 1 == shape.len() && from.len() > to.len() && from[..axis] == to[..axis])
         };
+        let producer = |x: NodeId| -> Result<NodeId, PlanError> {
+            Ok(match &g.nodes[x].op {
+                Op::Prim(Prim::Reshape(_)) if readers[x] == 1 && (!strided || splits_last(x)?) => g.nodes[x].inputs[0],
+                _ => x,
+            })
+        };
+        let producers = n.inputs.iter().map(|&x| producer(x)).collect::<Result<Vec<_>, _>>()?;
+        // Strided blocks of one launch would interleave its outputs, which the executors
+        // refuse as overlapping.
+        let mut writers: Vec<NodeId> = producers
+            .iter()
+            .map(|&x| match g.nodes[x].op {
+                Op::Output(_) => g.nodes[x].inputs[0],
+                _ => x,
+            })
+            .collect();
+        writers.sort_unstable();
+        writers.dedup();
         let eligible = !aliased.contains_key(&c)
             && distinct.len() == n.inputs.len()
-            && n.inputs
+            && (!strided || writers.len() == producers.len())
+            && producers
                 .iter()
-                .map(|&x| producer(x))
-                .all(|x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
+                .all(|&x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
         if !eligible {
             continue;
         }
         let mut start = 0;
-        for &x in &n.inputs {
-            blocks.insert(producer(x), (c, axis, start));
+        for (&x, &p) in n.inputs.iter().zip(&producers) {
+            blocks.insert(p, (c, axis, start));
             start += shape_of(x)?[axis];
         }
     }
