@@ -490,7 +490,7 @@ impl CpuKernel {
             let (lo, hi) = span(v).expect("checked above");
             for (p, w) in outputs.iter().enumerate().filter(|&(p, _)| p != o) {
                 let (a, b) = span(w).expect("checked above");
-                if lo <= b && a <= hi {
+                if lo <= b && a <= hi && !apart_in_rows(v, w) {
                     return Err(overlap(o, format!("overlaps output {p}")));
                 }
             }
@@ -557,6 +557,33 @@ fn span(v: &ArenaView) -> Option<(usize, usize)> {
 
 /// Whether distinct indices of the view are distinct elements: sorted by stride, each
 /// axis steps past everything the smaller axes reach.
+/// Whether two views whose spans meet still share no element: for some pitch, each lies
+/// within one column range of every row of that pitch (its other strides multiples of it),
+/// and the ranges are apart, as the blocks of a concat written in place by one launch are.
+fn apart_in_rows(v: &ArenaView, w: &ArenaView) -> bool {
+    let base = v.offset.min(w.offset);
+    let columns = |x: &ArenaView, pitch: usize| -> Option<(usize, usize)> {
+        let mut width = 1;
+        for (&n, &s) in x.shape.iter().zip(x.strides) {
+            let s = usize::try_from(s).ok()?;
+            match n {
+                0 => return None,
+                1 => {}
+                _ if s >= pitch && s % pitch == 0 => {}
+                _ if s < pitch => width += (n - 1) * s,
+                _ => return None,
+            }
+        }
+        let start = (x.offset - base) % pitch;
+        (start + width <= pitch).then_some((start, start + width))
+    };
+    let pitches = v.strides.iter().chain(w.strides).filter_map(|&s| usize::try_from(s).ok()).filter(|&s| s > 1);
+    pitches.into_iter().any(|pitch| match (columns(v, pitch), columns(w, pitch)) {
+        (Some((a, b)), Some((c, d))) => b <= c || d <= a,
+        _ => false,
+    })
+}
+
 fn injective(v: &ArenaView) -> bool {
     let mut axes: Vec<(usize, usize)> =
         v.shape.iter().zip(v.strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s.unsigned_abs(), n)).collect();
@@ -628,5 +655,30 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.kernels.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{apart_in_rows, ArenaView};
+
+    fn view<'a>(offset: usize, shape: &'a [usize], strides: &'a [isize]) -> ArenaView<'a> {
+        ArenaView { offset, shape, strides }
+    }
+
+    #[test]
+    fn blocks_of_one_row_pitch_are_apart_only_where_their_columns_are() {
+        // Columns 0..512 (as 8 × 64) and 512..640 (as 2 × 64) of rows of 4,120, from 10.
+        let (a, b) = ([2, 3, 8, 64], [2, 3, 2, 64]);
+        let strides = [3 * 4120, 4120, 64, 1];
+        assert!(apart_in_rows(&view(10, &a, &strides), &view(522, &b, &strides)));
+        // One column further left, they share column 511.
+        assert!(!apart_in_rows(&view(10, &a, &strides), &view(521, &b, &strides)));
+        // A block wider than the row wraps into the next: no pitch separates them.
+        let wide = [2, 3, 4121];
+        assert!(!apart_in_rows(&view(0, &wide, &[3 * 4120, 4120, 1]), &view(4120, &[1, 1, 1], &[1, 1, 1])));
+        // Transposed blocks (column stride the pitch's multiple) are judged by rows alike.
+        assert!(apart_in_rows(&view(0, &[4, 2], &[1, 8]), &view(4, &[4, 2], &[1, 8])));
+        assert!(!apart_in_rows(&view(0, &[4, 2], &[1, 8]), &view(3, &[4, 2], &[1, 8])));
     }
 }

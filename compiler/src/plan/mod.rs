@@ -523,20 +523,8 @@ fn concat_blocks(
             })
         };
         let producers = n.inputs.iter().map(|&x| producer(x)).collect::<Result<Vec<_>, _>>()?;
-        // Strided blocks of one launch would interleave its outputs, which the executors
-        // refuse as overlapping.
-        let mut writers: Vec<NodeId> = producers
-            .iter()
-            .map(|&x| match g.nodes[x].op {
-                Op::Output(_) => g.nodes[x].inputs[0],
-                _ => x,
-            })
-            .collect();
-        writers.sort_unstable();
-        writers.dedup();
         let eligible = !aliased.contains_key(&c)
             && distinct.len() == n.inputs.len()
-            && (!strided || writers.len() == producers.len())
             && producers
                 .iter()
                 .all(|&x| readers[x] == 1 && writes(x, strided) && !aliased.contains_key(&x) && stored(x) == stored(c));
