@@ -32,6 +32,9 @@ pub enum RunError {
     /// Another process of the job failed, or could not be reached, during a collective.
     #[error("{0}")]
     Collective(String),
+    /// The host could not give the program its memory.
+    #[error("the program needs {0:.2} GiB of host memory, which could not be allocated")]
+    OutOfMemory(f64),
 }
 
 /// Runs a graph. `params` are keyed by parameter name, `inputs` by input name; returns the

@@ -33,6 +33,16 @@ struct Arena<T> {
 }
 
 impl<T: Real> Arena<T> {
+    /// `words` zeroed elements, or an error where the host has not the memory (a model
+    /// too large for it is refused, not aborted).
+    fn zeroed(words: usize) -> Result<Arena<T>, RunError> {
+        let mut data = Vec::new();
+        let gib = (words as f64) * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64;
+        data.try_reserve_exact(words).map_err(|_| RunError::OutOfMemory(gib))?;
+        data.resize(words, T::zero());
+        Ok(Arena { data })
+    }
+
     fn base(program: &Program, v: &View) -> usize {
         program.buffers[v.buffer].offset / slot::<T>() + v.offset
     }
@@ -226,7 +236,7 @@ fn run_observed_ranks<T: Real>(
     let ranks = params.len();
     let words = program.memory.arena_bytes.div_ceil(slot::<T>());
     let scratch = kernels.map_or(0, Kernels::scratch);
-    let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena { data: vec![T::zero(); words + scratch] }).collect();
+    let mut arenas: Vec<Arena<T>> = (0..ranks).map(|_| Arena::zeroed(words + scratch)).collect::<Result<_, _>>()?;
     // Weights and inputs into their buffers.
     for (r, arena) in arenas.iter_mut().enumerate() {
         for b in program.buffers.iter().filter(|b| b.persistent()) {
@@ -609,5 +619,17 @@ fn node_name(graph: &Graph, node: usize) -> String {
         Op::Param(p) => graph.params[*p].name.clone(),
         Op::Input(name) => name.clone(),
         _ => format!("%{node}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Arena;
+
+    #[test]
+    fn an_arena_the_host_cannot_hold_is_an_error() {
+        let refused = Arena::<f32>::zeroed(usize::MAX / 8);
+        assert!(refused.is_err_and(|e| e.to_string().contains("GiB of host memory")));
+        assert_eq!(Arena::<f32>::zeroed(3).map(|a| a.data).ok(), Some(vec![0.0; 3]));
     }
 }
