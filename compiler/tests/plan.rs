@@ -288,3 +288,47 @@ fn pieces_computed_only_for_a_concat_are_written_in_place() {
     assert!(joined > 0, "the hybrid's outputs are joined for the shared projection");
     assert_no_overlap(&p);
 }
+
+/// The addresses of a strided view's elements in row-major order.
+fn addresses(shape: &[usize], strides: &[isize]) -> Vec<isize> {
+    let count: usize = shape.iter().product();
+    (0..count)
+        .map(|mut i| {
+            let mut at = 0;
+            for k in (0..shape.len()).rev() {
+                at += (i % shape[k]) as isize * strides[k];
+                i /= shape[k];
+            }
+            at
+        })
+        .collect()
+}
+
+#[test]
+fn strided_views_reshape_without_copies_where_their_axes_allow() {
+    use hyb_compiler::plan::reshaped_strides;
+    // A block of a concat's rows split into heads, and its rows merged.
+    let (row, t) = (4120isize, 3usize);
+    let block = [t as isize * row, row, 1];
+    assert_eq!(reshaped_strides(&[2, t, 512], &block, &[2, t, 8, 64]), Some(vec![t as isize * row, row, 64, 1]));
+    assert_eq!(reshaped_strides(&[2, t, 8, 64], &[t as isize * row, row, 64, 1], &[2, t, 512]), Some(block.to_vec()));
+    assert_eq!(reshaped_strides(&[2, t, 512], &block, &[2 * t, 512]), Some(vec![row, 1]));
+    // Heads transposed behind time do not merge with the head dimension.
+    assert_eq!(reshaped_strides(&[2, t, 8, 64], &[8 * t as isize * 64, 64, t as isize * 64, 1], &[2, t, 512]), None);
+    // Where they fold, the view reads the elements a copy would, in order; where the axes
+    // to merge are not one stride apart, they do not.
+    for (shape, strides, to, folds) in [
+        (vec![2, 3, 4], vec![40, 12, 2], vec![6, 4], false),
+        (vec![2, 3, 4], vec![36, 12, 2], vec![6, 4], true),
+        (vec![2, 3, 4], vec![40, 12, 2], vec![2, 3, 2, 2], true),
+        (vec![4, 1, 6], vec![7, 99, 1], vec![2, 2, 3, 2, 1], true),
+        (vec![5, 6], vec![1, 5], vec![30], false),
+        (vec![3, 4], vec![8, 1], vec![12], false),
+    ] {
+        let folded = reshaped_strides(&shape, &strides, &to);
+        assert_eq!(folded.is_some(), folds, "{shape:?} {strides:?} → {to:?}");
+        if let Some(s) = folded {
+            assert_eq!(addresses(&to, &s), addresses(&shape, &strides), "{shape:?} {strides:?} → {to:?}");
+        }
+    }
+}

@@ -277,6 +277,14 @@ pub fn plan(g: &Graph, req: &Request) -> Result<Program, PlanError> {
                     (Some(v), None) => fold_view(p, v, &shape_of(src)?, &shape, &sizes)?,
                     _ => None,
                 };
+                // A reshape between a block written in place and its concat is a view of the
+                // block (it splits the last axis), not a copy.
+                if view_of[i].is_none() && blocks.contains_key(&src) && matches!(p, Prim::Reshape(_)) {
+                    view_of[i] = view_of[src].as_ref().and_then(|v| {
+                        let strides = reshaped_strides(&v.shape, &v.strides, &shape)?;
+                        Some(View { shape: shape.clone(), strides, ..v.clone() })
+                    });
+                }
                 if view_of[i].is_none() {
                     // A view the strides cannot express (a reshape of a strided view): a copy.
                     let out = match in_place {
@@ -770,6 +778,45 @@ fn fold_view(
         // A tensor-parallel copy: the value itself.
         _ => Some(View { shape: to.to_vec(), ..v.clone() }),
     })
+}
+
+/// The strides of a strided view reshaped to `to` without moving data, where they exist:
+/// the axes split into runs of equal element counts on both sides, each run's source axes
+/// one stride apart as a contiguous block's would be, its new axes strided contiguously
+/// within it.
+pub fn reshaped_strides(from: &[usize], strides: &[isize], to: &[usize]) -> Option<Vec<isize>> {
+    // Axes of one element move nothing and take any stride.
+    let axes: Vec<(usize, isize)> = from.iter().zip(strides).filter(|(&n, _)| n != 1).map(|(&n, &s)| (n, s)).collect();
+    let mut out = vec![0isize; to.len()];
+    let (mut i, mut j) = (0, 0);
+    while j < to.len() {
+        if to[j] == 1 {
+            j += 1;
+            continue;
+        }
+        // One run: source axes i..k and target axes j..l of the same count.
+        let (mut k, mut l) = (i + 1, j + 1);
+        let (mut have, mut want) = (axes.get(i)?.0, to[j]);
+        while have != want {
+            if have < want {
+                have *= axes.get(k)?.0;
+                k += 1;
+            } else {
+                want *= to.get(l)?;
+                l += 1;
+            }
+        }
+        if (i..k - 1).any(|a| axes[a].1 != axes[a + 1].1 * axes[a + 1].0 as isize) {
+            return None;
+        }
+        let mut stride = axes[k - 1].1;
+        for t in (j..l).rev() {
+            out[t] = stride;
+            stride *= to[t] as isize;
+        }
+        (i, j) = (k, l);
+    }
+    (i == axes.len()).then_some(out)
 }
 
 fn launch(g: &Graph, i: NodeId, view_of: &[Option<View>], outputs: Vec<View>) -> Launch {
