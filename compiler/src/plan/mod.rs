@@ -493,10 +493,9 @@ fn concat_blocks(
     for &o in &g.outputs {
         readers[o] += 1;
     }
-    // A launch of its own (a multi-output node's other outputs are read through `Output`
-    // nodes, each in a buffer of its own), writing a contiguous block, or a strided one too
-    // where its code takes any layout: generated kernels and templates do, a GEMM library
-    // does not.
+    // A launch of its own, or one of a launch's further outputs (read through an `Output`
+    // node), writing a contiguous block, or a strided one too where its code takes any
+    // layout: generated kernels and templates do, a GEMM library does not.
     let writes = |x: NodeId, strided: bool| match &g.nodes[x].op {
         Op::Kernel(k) => !strided || !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear),
         Op::Prim(p) => p.moves_data() && !matches!(p, Prim::Concat(_)) && (!strided || p.class() == Class::Elementwise),
