@@ -16,7 +16,7 @@ pub use memory::{Breakdown, MemoryPlan};
 pub use recompute::{Level, Recompute};
 pub use streams::Stream;
 
-use crate::ir::{Graph, KernelKind, NodeId, Op};
+use crate::ir::{Graph, Kernel, KernelKind, NodeId, Op};
 use crate::ops::{Class, Prim, Primitive};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::value::DType;
@@ -496,12 +496,13 @@ fn concat_blocks(
     // A launch of its own, or one of a launch's further outputs (read through an `Output`
     // node), writing a contiguous block, or a strided one too where its code takes any
     // layout: generated kernels and templates do, a GEMM library does not.
+    let any_layout = |k: &Kernel| !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear);
     let writes = |x: NodeId, strided: bool| match &g.nodes[x].op {
-        Op::Kernel(k) => !strided || !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear),
+        Op::Kernel(k) => !strided || any_layout(k),
         Op::Prim(p) => p.moves_data() && !matches!(p, Prim::Concat(_)) && (!strided || p.class() == Class::Elementwise),
         // A further output of a template (a gradient's piece): its code takes any layout.
         Op::Output(_) => match &g.nodes[g.nodes[x].inputs[0]].op {
-            Op::Kernel(k) => !matches!(k.kind, KernelKind::Gemm | KernelKind::BitLinear),
+            Op::Kernel(k) => any_layout(k),
             Op::Prim(p) => !matches!(p.class(), Class::Contraction | Class::Collective | Class::View),
             _ => false,
         },
