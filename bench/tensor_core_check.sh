@@ -70,7 +70,7 @@ for run in $runs; do
         packed_cpu) flags="--device cpu --data README.md --pack eod=10" ;;
     esac
     timeout 240 "$work/hyb" train bench/models/tensor_core_hybrid.hyb $flags --batch 4 --seq 256 \
-        --steps "$steps" --eval-every 0 --save-every 0 --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
+        --steps "$steps" --eval-every 20 --eval-batches 2 --save-every 0 --out "$work/run_$run" > "$OUT/train_$run.txt" 2>&1
     echo "rc $?" >> "$OUT/train_$run.txt"
     cp "$work/run_$run/metrics.jsonl" "$OUT/metrics_$run.jsonl" 2>/dev/null
     grep -E "attention|rc " "$OUT/train_$run.txt" | head -n 12
@@ -81,6 +81,10 @@ out = sys.argv[1]
 def losses(run):
     p = os.path.join(out, f"metrics_{run}.jsonl")
     return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l] if os.path.exists(p) else []
+def evals(run):
+    p = os.path.join(out, f"metrics_{run}.jsonl")
+    rows = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+    return [round(r["eval_loss"], 5) for r in rows if r.get("eval_loss") is not None]
 for rows in ["", "packed_"]:
     g, c = losses(rows + "cuda_bf16"), losses(rows + "cpu")
     n = min(len(g), len(c))
@@ -90,7 +94,21 @@ for rows in ["", "packed_"]:
     d = [abs(a - b) for a, b in zip(g, c)]
     print(f"tensor_core_hybrid {rows}bf16 GPU vs f32 CPU: first-step loss {g[0]:.6f} vs {c[0]:.6f} "
           f"(diff {d[0]:.2e}); {n} steps, largest difference {max(d):.2e}; last {g[n-1]:.4f} vs {c[n-1]:.4f}")
+    # The evaluations run in the step's arena on the GPU: the steps after them must still
+    # match, and so must the evaluation losses.
+    ge, ce = evals(rows + "cuda_bf16"), evals(rows + "cpu")
+    print(f"  evaluation losses GPU {ge} vs CPU {ce}")
 PY
+# A learning rate that is infinite in float32: every step's update is dropped on the
+# device (the step selects it on the loss, norm and rate being finite), three such steps
+# stop the run, and no checkpoint of a bad state is written.
+if [ "${NONFINITE:-1}" = 1 ]; then
+    timeout 120 "$work/hyb" train bench/models/tensor_core_hybrid.hyb --device cuda --precision bf16 --batch 4 \
+        --seq 256 --steps 10 --lr 1e300 --warmup 0 --save-every 1 --eval-every 0 --out "$work/run_nonfinite" \
+        > "$OUT/train_nonfinite.txt" 2>&1
+    echo "nonfinite rc $? (want 1); checkpoint: $(ls "$work/run_nonfinite" 2>/dev/null | grep -c safetensors) (want 0)"
+    grep -iE "stopped|error" "$OUT/train_nonfinite.txt" | head -n 3
+fi
 # With NCCL=1, bench/nccl_check.sh: the small hybrid as a job of one rank through NCCL,
 # with and without --zero, against the run alone.
 if [ "${NCCL:-0}" = 1 ]; then

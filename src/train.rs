@@ -483,6 +483,7 @@ pub fn run(args: &TrainArgs, subject: Subject, given: &ArgMatches) -> Result<()>
     });
     bar.finish();
     result?;
+    print_gpu_run(&trainer);
     if args.profile {
         profile(&trainer, flops, peak)?;
     }
@@ -545,6 +546,23 @@ fn replica(args: &TrainArgs, subject: Subject, given: &ArgMatches, world: &World
     }
     print_outputs(&trainer, trainer.dir());
     Ok(())
+}
+
+/// The GPU memory the run held at most (before any profiling run, which copies the state
+/// aside).
+fn print_gpu_run(trainer: &Trainer) {
+    let programs = trainer.programs();
+    if let (Some(run), Some(inputs)) = (programs.first_run_summary(), trainer.startup().first_inputs_s) {
+        println!("first step: inputs built in {inputs:.2} s, {run}");
+    }
+    if let (Some(peak), Some(arenas)) = (programs.device_peak_bytes(), programs.device_bytes()) {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        println!(
+            "device memory: at most {:.2} GiB held at once ({:.2} GiB in the programs' arenas)",
+            gib(peak),
+            gib(arenas)
+        );
+    }
 }
 
 /// Where the start went, before the first step's own time.

@@ -11,7 +11,7 @@
 use crate::autodiff::gradients;
 use crate::ir::{Graph, MomentShard, NodeId, Op, ParamSpec, TensorType};
 use crate::ops::{AllGather, AllReduce, Binary, DataAllGather, DataAllReduce, DataReduceScatter, DataShard, OneHot};
-use crate::ops::{Concat, Pad, Prim, ReduceOp, Shard, Slice, TpCopy, Unary};
+use crate::ops::{Concat, Pad, Prim, ReduceOp, Select, Shard, Slice, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
@@ -335,6 +335,7 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
     });
 
     let lr = scalar_input(&mut g, "lr");
+    let finite = finite_step(&mut g, &[loss, norm, lr]);
     let bc1 = scalar_input(&mut g, "bias_correction1");
     let bc2 = scalar_input(&mut g, "bias_correction2");
     let mut outputs = vec![loss, norm];
@@ -378,7 +379,9 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
         }
         let rate = g.scale(lr, mup_lr_multiplier(spec.role, width_mult));
         let delta = g.binary(Binary::Mul, step, rate);
-        let mut w_new = g.binary(Binary::Sub, w, delta);
+        let w_new = g.binary(Binary::Sub, w, delta);
+        let [mut w_new, m_new, v_new] =
+            [(w_new, w), (m_new, m), (v_new, v)].map(|(new, old)| g.apply(Select, vec![finite, new, old]));
         if let Some(r) = &runs[p] {
             w_new = r.gathered(&mut g, w_new, shape);
         }
@@ -389,6 +392,23 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
     g.scope = 0;
     g.origin = None;
     TrainingGraph { graph: g, params: names }
+}
+
+/// 1 when the step's loss, gradient norm and learning rate are all finite, else 0 (never
+/// NaN: `step` compares), so an update a NaN or an infinity would spoil is not applied and
+/// the state stays as it was, in place, with no copy kept to undo it. The values are the
+/// same on every rank (summed over the data-parallel replicas), so all ranks agree.
+fn finite_step(g: &mut Graph, values: &[NodeId]) -> NodeId {
+    let finite: Vec<NodeId> = values
+        .iter()
+        .map(|&x| {
+            let size = g.unary(Unary::Abs, x);
+            let largest = g.constant(f32::MAX as f64);
+            let room = g.binary(Binary::Sub, largest, size);
+            g.unary(Unary::Step, room)
+        })
+        .collect();
+    finite.into_iter().reduce(|a, b| g.binary(Binary::Mul, a, b)).expect("at least one value")
 }
 
 /// The outputs a training step writes in place, with the leaf each replaces: the new value

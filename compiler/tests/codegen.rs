@@ -14,7 +14,7 @@ use hyb_compiler::codegen::unit::{self, Unit};
 use hyb_compiler::codegen::{Func, Storage, Symbols};
 use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, NodeId, Op, TensorType};
-use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Reshape, Unary, F64};
+use hyb_compiler::ops::{Binary, Cast, Pow, ReduceOp, Reshape, Select, Unary, F64};
 use hyb_compiler::pipeline::{compile, DataParallel, Target};
 use hyb_compiler::reference::{self, Tensor};
 use hyb_compiler::rewrite::Options;
@@ -1137,6 +1137,12 @@ fn functions_match_the_reference_at_special_values() {
     }
     let bf16 = g.apply(Cast { dtype: DType::BF16 }, vec![x]);
     outputs.push(("cast bf16".into(), bf16));
+    // The value not picked never reaches the result: √x where x > 0, else 0 (no NaN), and
+    // a NaN mask picks the second value.
+    let (root, zero) = (g.unary(Unary::Sqrt, x), g.constant(0.0));
+    outputs.push(("select √x or 0".into(), g.apply(Select, vec![x, root, zero])));
+    let negated = g.unary(Unary::Neg, x);
+    outputs.push(("select 0 or -x".into(), g.apply(Select, vec![x, zero, negated])));
     g.outputs = outputs.iter().map(|(_, n)| *n).collect();
     let kernel = cpu::compile(&g, SIZES).unwrap();
     let got = run_contiguous(&kernel, &g, std::slice::from_ref(&values));

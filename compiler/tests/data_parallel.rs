@@ -82,6 +82,14 @@ fn replicas_on_their_rows_update_as_one_process_on_the_batch() {
     let got = run_ranks(&dp, &[&w, &w], &rows.iter().collect::<Vec<_>>()).unwrap();
     for (r, outs) in got.iter().enumerate() {
         assert!(outs[0].data[0].is_nan() && outs[1].data[0].is_nan(), "rank {r} sees the other's NaN");
+        // ...and keeps every weight and moment exactly as it was, NaN-free.
+        for (p, spec) in dp.params.iter().enumerate() {
+            let m = format!("m.{}", spec.name);
+            let v = format!("v.{}", spec.name);
+            for (k, old) in [&w[&spec.name], &rows[r][&m], &rows[r][&v]].into_iter().enumerate() {
+                assert_eq!(outs[2 + 3 * p + k].data, old.data, "rank {r}, {} output {k}", spec.name);
+            }
+        }
     }
     // One replica's step alone is the step on its rows: the sum over replicas matters.
     let alone = run(&dp, &w, &rows_of(&x, b, 0, 2)).unwrap();

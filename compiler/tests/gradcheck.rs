@@ -6,7 +6,7 @@ use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::ir::{Graph, Init, NodeId, Op, ParamSpec, TensorType};
 use hyb_compiler::ops::{
     Binary, Cast, CausalConv1d, CausalMask, Clamp, Concat, Embedding, Int8Quant, Pad, Permute, Pow, Prim, Primitive,
-    ReduceOp, Rope, RopeGrad, Slice, SsdScan, TernaryQuant, Transpose, Tril, Unary, F64,
+    ReduceOp, Rope, RopeGrad, Select, Slice, SsdScan, TernaryQuant, Transpose, Tril, Unary, F64,
 };
 use hyb_compiler::reference::{run, Tensor};
 use hyb_dsl::dim::Dim;
@@ -157,6 +157,17 @@ fn pow_clamp_cast() {
     let mut c = Case::new(5);
     let x = c.param(&[3], 0.0, 1.0);
     let y = c.g.apply(Cast { dtype: DType::F64 }, vec![x]);
+    c.check(y, TOL);
+}
+
+#[test]
+fn select_sends_the_gradient_to_the_value_it_picked() {
+    let mut c = Case::new(6);
+    // The mask is a leaf no gradient flows to; the second value broadcasts.
+    let mask = c.leaf("mask", &[2, 3], 0.0, 1.0);
+    let a = c.param(&[2, 3], 0.0, 1.0);
+    let b = c.param(&[1, 3], 0.5, 1.0);
+    let y = c.g.apply(Select, vec![mask, a, b]);
     c.check(y, TOL);
 }
 

@@ -69,6 +69,18 @@ fn unary_pointwise() {
 }
 
 #[test]
+fn select_picks_by_the_masks_sign_and_drops_what_it_does_not_pick() {
+    let mask = t(&[4], &[1.0, 0.0, -2.0, f64::NAN]);
+    let a = t(&[4], &[10.0, f64::NAN, f64::INFINITY, 13.0]);
+    let b = t(&[1], &[f64::NAN]);
+    let got = run(Select, &[&mask, &a, &b]);
+    assert_eq!(got.data[0], 10.0);
+    assert!(got.data[1..].iter().all(|x| x.is_nan()), "{:?}", got.data);
+    let got = run(Select, &[&mask, &a, &t(&[1], &[-1.0])]);
+    close(&got, &[4], &[10.0, -1.0, -1.0, -1.0]);
+}
+
+#[test]
 fn cast_rounds_to_the_target_precision() {
     let x = t(&[3], &[1.0 + 1e-3, 1.0 / 3.0, -2.7]);
     let bf = run(Cast { dtype: DType::BF16 }, &[&x]);

@@ -186,6 +186,7 @@ fn supported(graph: &Graph, i: NodeId) -> Result<(), CodegenError> {
             | Prim::Pow(_)
             | Prim::Clamp(_)
             | Prim::Cast(_)
+            | Prim::Select(_)
             | Prim::Reduce(_)
             | Prim::Reshape(_)
             | Prim::Permute(_)

@@ -980,6 +980,12 @@ impl Writer<'_, '_> {
                 let above = self.op2("arith.maxnumf", &x, &lo);
                 self.op2("arith.minnumf", &above, &hi)
             }
+            Prim::Select(_) => {
+                let (mask, a, b) = (operand(self, 0)?, operand(self, 1)?, operand(self, 2)?);
+                let zero = self.f32(0.0);
+                let picked = self.compare("ogt", &mask, &zero);
+                self.select(&picked, &a, &b)
+            }
             Prim::Cast(c) => {
                 let x = operand(self, 0)?;
                 match c.dtype {

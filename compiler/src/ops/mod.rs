@@ -261,7 +261,7 @@ macro_rules! registry {
 }
 
 registry! {
-    pointwise: Unary, Binary, Pow, Clamp, Cast;
+    pointwise: Unary, Binary, Pow, Clamp, Cast, Select;
     reduce: Reduce;
     layout: Reshape, Permute, Transpose, Broadcast;
     slice: Slice, Pad;

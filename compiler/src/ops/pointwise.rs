@@ -1,5 +1,6 @@
 //! Element-wise primitives: the unary functions, the binary arithmetic with numpy
-//! broadcasting, `pow`, `clamp` and `cast`. Exact scalar functions in the element type.
+//! broadcasting, `pow`, `clamp`, `cast` and `select`. Exact scalar functions in the element
+//! type.
 
 use super::{callable, first, unbroadcast, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty, F64};
 use crate::ir::{Graph, NodeId};
@@ -113,7 +114,15 @@ pub(super) const DECLS: &[Decl] = &[
         Ok(Prim::Cast(Cast { dtype }))
     }),
     Decl::Internal { name: "step", what: "the mask in the gradients of max, min and clamp" },
+    Decl::Internal { name: "select", what: "the optimizer's update kept only for a finite step" },
 ];
+
+/// `select(mask, a, b)`: `a` where `mask > 0`, else `b` (a NaN mask picks `b`), with numpy
+/// broadcasting. Unlike arithmetic on a 0/1 mask, the element not picked never reaches the
+/// result, so a NaN or an infinity there is dropped: the training step keeps the old weights
+/// and moments this way when its gradient is not finite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Select;
 
 /// Broadcast shapes; a rank-0 tensor (a scalar constant) takes the other operand's dtype.
 fn broadcast(inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
@@ -448,6 +457,50 @@ impl Primitive for Clamp {
         let below = g.unary(Unary::Step, below);
         let inside = g.binary(Binary::Mul, above, below);
         Ok(vec![Some(g.binary(Binary::Mul, dy, inside))])
+    }
+}
+
+impl Primitive for Select {
+    fn name(&self) -> &'static str {
+        "select"
+    }
+
+    fn class(&self) -> Class {
+        Class::Elementwise
+    }
+
+    fn infer(&self, inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
+        broadcast(inputs, ctx)
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        let shape = inputs.iter().fold(Vec::new(), |s, x| broadcast_shape(&s, &x.shape));
+        let [mask, a, b] = [0, 1, 2].map(|i| inputs[i].broadcast_to(&shape));
+        let data = (mask.data.iter().zip(&a.data).zip(&b.data))
+            .map(|((&m, &a), &b)| if m > T::zero() { a } else { b })
+            .collect();
+        vec![Tensor::new(shape, data)]
+    }
+
+    fn vjp(&self, g: &mut Graph, node: NodeId, dy: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        let [mask, a, b] = [0, 1, 2].map(|i| g.nodes[node].inputs[i]);
+        let (sa, sb) = (g.shape(a).to_vec(), g.shape(b).to_vec());
+        let zero = g.constant(0.0);
+        let da = g.apply(Select, vec![mask, dy, zero]);
+        let db = g.apply(Select, vec![mask, zero, dy]);
+        Ok(vec![None, Some(unbroadcast(g, da, &sa)), Some(unbroadcast(g, db, &sb))])
+    }
+
+    fn linear_in(&self, partial: &[bool]) -> bool {
+        // Linear in the picked values, together, with the mask whole.
+        partial == [false, true, true]
+    }
+
+    fn fold(&self, inputs: &[f64]) -> Option<f64> {
+        match inputs {
+            [m, a, b] => Some(if *m > 0.0 { *a } else { *b }),
+            _ => None,
+        }
     }
 }
 

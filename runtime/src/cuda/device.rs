@@ -3,10 +3,37 @@
 //! Opening it is where a machine without a driver or without a GPU is told so, before
 //! anything is compiled for it.
 
+use super::kernels::Kernels;
 use super::CudaError;
 use cudarc::cublaslt::{result as blas, sys as blas_sys};
 use cudarc::driver::{sys, CudaContext, CudaStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes of device memory a run's allocations hold, now and at most: the number that
+/// compares with PyTorch's `max_memory_allocated` (the driver's own context and the
+/// libraries' code are not in it).
+#[derive(Debug, Default)]
+pub struct Held {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Held {
+    pub(crate) fn add(&self, bytes: usize) {
+        let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, bytes: usize) {
+        self.now.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The most bytes held at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
 
 /// One GPU, ready for launches.
 pub struct Device {
@@ -19,6 +46,10 @@ pub struct Device {
     pub(crate) blas: blas_sys::cublasLtHandle_t,
     name: String,
     sms: usize,
+    /// What the run's allocations hold.
+    pub(crate) held: Arc<Held>,
+    /// Every program's generated kernels, by key: each is generated and loaded once.
+    pub(crate) kernels: Mutex<Kernels>,
 }
 
 // Safety: the context and stream are cudarc's (Send + Sync); the cuBLASLt handle is only
@@ -71,7 +102,7 @@ impl Device {
         let sms = context
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| CudaError::driver("reading the SM count", e))? as usize;
-        Ok(Device { context, stream, exchange, blas, name, sms })
+        Ok(Device { context, stream, exchange, blas, name, sms, held: Arc::default(), kernels: Mutex::default() })
     }
 
     pub fn name(&self) -> &str {
@@ -81,6 +112,11 @@ impl Device {
     /// Streaming multiprocessors: grids are capped at a multiple of them.
     pub fn sms(&self) -> usize {
         self.sms
+    }
+
+    /// The most bytes of device memory this run's allocations held at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.held.peak()
     }
 
     /// Free and total device memory, in bytes.

@@ -1,8 +1,9 @@
-//! A program's distinct generated kernels. Preparing the launches asks for each body or
-//! template by its key and gets a handle at once; when every launch is prepared, all the
-//! kernels are generated (MLIR to PTX) and loaded (the driver's JIT to SASS) in parallel.
-//! A large model has hundreds of distinct kernels: one after another they were most of
-//! the time before its first step.
+//! The distinct generated kernels of a device's programs. Preparing the launches asks for
+//! each body or template by its key and gets a handle at once; when every launch is
+//! prepared, the kernels not yet loaded are generated (MLIR to PTX) and loaded (the
+//! driver's JIT to SASS) in parallel. A large model has hundreds of distinct kernels: one
+//! after another they were most of the time before its first step. The registry is the
+//! device's, so the evaluation pass reuses the training step's forward kernels.
 
 use super::module::Module;
 use super::{CudaError, Device};
@@ -12,6 +13,7 @@ use hyb_compiler::ir::Graph;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 /// What a kernel is generated from.
 pub enum Source {
@@ -36,22 +38,53 @@ impl Kernel {
         self.loaded.get().expect("a program's kernels are loaded before it launches any")
     }
 
-    fn load(&self, device: &Device) -> Result<(), CudaError> {
+    /// Generates and loads the kernel if it is not loaded yet; the seconds each part took.
+    fn load(&self, device: &Device) -> Result<Loaded, CudaError> {
         let Some(source) = self.source.lock().expect("not poisoned").take() else {
-            return Ok(());
+            return Ok(Loaded::default());
         };
+        let started = Instant::now();
         let kernel = match &source {
             Source::Body { body, symbols, stored } => gpu::compile_stored(body, *symbols, stored),
             Source::Template { code, stored } => gpu::compile_template_stored(code, stored),
         }
         .map_err(|e| CudaError::Codegen(e.to_string()))?;
+        let generated = Instant::now();
         // The handle is fresh: nothing else loads it.
         let _ = self.loaded.set(Module::load(device, kernel)?);
-        Ok(())
+        Ok(Loaded {
+            kernels: 1,
+            generate_s: (generated - started).as_secs_f64(),
+            jit_s: generated.elapsed().as_secs_f64(),
+            wall_s: 0.0,
+        })
     }
 }
 
-/// The distinct kernels asked for so far, by key.
+/// What a [`Kernels::load`] did: kernels generated and loaded, the seconds spent
+/// generating PTX and in the driver's JIT (summed over the threads), and its wall time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loaded {
+    pub kernels: usize,
+    pub generate_s: f64,
+    pub jit_s: f64,
+    pub wall_s: f64,
+}
+
+impl std::ops::Add for Loaded {
+    type Output = Loaded;
+    fn add(self, o: Loaded) -> Loaded {
+        Loaded {
+            kernels: self.kernels + o.kernels,
+            generate_s: self.generate_s + o.generate_s,
+            jit_s: self.jit_s + o.jit_s,
+            wall_s: self.wall_s + o.wall_s,
+        }
+    }
+}
+
+/// The distinct kernels asked for so far, by a key that names everything the code depends
+/// on (the body or template, its storages, the sizes of its symbols).
 #[derive(Default)]
 pub struct Kernels {
     by_key: HashMap<String, Arc<Kernel>>,
@@ -71,12 +104,10 @@ impl Kernels {
 
     /// Generates and loads every kernel not yet loaded, in parallel; the first failure is
     /// the error.
-    pub fn load(&self, device: &Device) -> Result<(), CudaError> {
+    pub fn load(&self, device: &Device) -> Result<Loaded, CudaError> {
+        let started = Instant::now();
         let pending: Vec<&Arc<Kernel>> = self.by_key.values().collect();
-        pending.par_iter().try_for_each(|k| k.load(device))
-    }
-
-    pub fn count(&self) -> usize {
-        self.by_key.len()
+        let loaded = pending.par_iter().map(|k| k.load(device)).try_reduce(Loaded::default, |a, b| Ok(a + b))?;
+        Ok(Loaded { wall_s: started.elapsed().as_secs_f64(), ..loaded })
     }
 }

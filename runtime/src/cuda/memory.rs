@@ -1,14 +1,20 @@
 //! Device memory: one allocation per arena, copies in and out on the device's stream.
 //! A plan's arena is allocated once, after checking that it fits, and never resized: a
-//! step allocates nothing.
+//! step allocates nothing. A program that never runs while another does (evaluation between
+//! training steps) may take its arena inside that one's, where the other keeps nothing
+//! between runs.
 
+use super::device::Held;
 use super::{CudaError, Device};
 use cudarc::driver::{result, sys};
+use std::sync::Arc;
 
 /// A block of device memory, freed when dropped.
 pub struct DeviceMemory {
     pub(crate) ptr: sys::CUdeviceptr,
     bytes: usize,
+    /// The device's count of bytes held, which this block is part of.
+    held: Arc<Held>,
 }
 
 impl DeviceMemory {
@@ -27,7 +33,8 @@ impl DeviceMemory {
                 CudaError::driver("allocating device memory", e)
             }
         })?;
-        Ok(DeviceMemory { ptr, bytes })
+        device.held.add(bytes);
+        Ok(DeviceMemory { ptr, bytes, held: device.held.clone() })
     }
 
     pub fn bytes(&self) -> usize {
@@ -80,5 +87,76 @@ impl Drop for DeviceMemory {
     fn drop(&mut self) {
         // Safety: allocated in `alloc`, freed once; the driver waits for work using it.
         let _ = unsafe { result::free_sync(self.ptr) };
+        self.held.sub(self.bytes);
+    }
+}
+
+/// A program's memory: an allocation of its own, or a range of another program's.
+#[derive(Clone)]
+pub struct Arena {
+    memory: Arc<DeviceMemory>,
+    base: usize,
+    bytes: usize,
+    own: bool,
+}
+
+impl Arena {
+    /// `bytes` of fresh device memory (see [`DeviceMemory::alloc`]).
+    pub fn alloc(device: &Device, bytes: usize, what: &str) -> Result<Arena, CudaError> {
+        Ok(Arena { memory: Arc::new(DeviceMemory::alloc(device, bytes, what)?), base: 0, bytes, own: true })
+    }
+
+    /// `bytes` of this arena from byte `from` (256-byte aligned), if they fit in it.
+    pub fn within(&self, from: usize, bytes: usize) -> Option<Arena> {
+        let from = from.next_multiple_of(256);
+        (from.checked_add(bytes)? <= self.bytes).then(|| Arena {
+            memory: self.memory.clone(),
+            base: self.base + from,
+            bytes,
+            own: false,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The bytes this arena allocated itself (none for a range of another's).
+    pub fn own_bytes(&self) -> usize {
+        if self.own {
+            self.bytes
+        } else {
+            0
+        }
+    }
+
+    /// The device address `offset` bytes in.
+    pub fn at(&self, offset: usize) -> u64 {
+        self.memory.at(self.base + offset)
+    }
+
+    pub fn upload<T: Copy>(&self, device: &Device, offset: usize, data: &[T]) -> Result<(), CudaError> {
+        self.check(offset, std::mem::size_of_val(data))?;
+        self.memory.upload(device, self.base + offset, data)
+    }
+
+    pub fn download<T: Copy>(&self, device: &Device, offset: usize, out: &mut [T]) -> Result<(), CudaError> {
+        self.check(offset, std::mem::size_of_val(out))?;
+        self.memory.download(device, self.base + offset, out)
+    }
+
+    pub fn fill(&self, device: &Device, offset: usize, bytes: usize, value: u8) -> Result<(), CudaError> {
+        self.check(offset, bytes)?;
+        self.memory.fill(device, self.base + offset, bytes, value)
+    }
+
+    fn check(&self, offset: usize, bytes: usize) -> Result<(), CudaError> {
+        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
+            return Err(CudaError::Internal(format!(
+                "a copy of {bytes} bytes at {offset} reaches past the arena's {} bytes",
+                self.bytes
+            )));
+        }
+        Ok(())
     }
 }

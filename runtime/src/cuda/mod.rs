@@ -19,6 +19,7 @@ mod program;
 
 pub use check::{check_launches, LaunchCheck};
 pub use device::Device;
+pub use kernels::Loaded;
 pub use memory::DeviceMemory;
 pub use nccl::Communicators;
 pub use program::CudaProgram;

@@ -5,7 +5,8 @@
 //! whole sequence is captured as a CUDA graph and replayed.
 
 use super::gemm::{GemmPlan, Operand, WORKSPACE_BYTES};
-use super::kernels::{Kernel, Kernels, Source};
+use super::kernels::{Kernel, Kernels, Loaded, Source};
+use super::memory::Arena;
 use super::nccl::{Collective, Communicators, Exchange, Peers};
 use super::{CudaError, Device};
 use crate::cpu::Axis;
@@ -58,7 +59,7 @@ pub struct CudaProgram {
     program: Program,
     /// Nodes whose launches check token ids before the step (embeddings).
     embeddings: Vec<(View, usize)>,
-    arena: super::DeviceMemory,
+    arena: Arena,
     /// Byte offset of cuBLASLt's workspace in the arena.
     workspace_at: usize,
     launches: Vec<Prepared>,
@@ -72,14 +73,19 @@ pub struct CudaProgram {
     /// The numbers of parts whose sharing ranks the collectives exchange within
     /// ([`Communicators::join`]).
     sharing: Vec<usize>,
-    /// A copy of the weights and moments taken at the start of each run.
-    snapshot: Option<super::DeviceMemory>,
     /// Whether steps are captured and replayed as a CUDA graph.
     pub graphs: bool,
-    /// Distinct PTX modules loaded.
+    /// Distinct PTX modules the program launches.
     pub modules: usize,
+    /// The kernels its preparation generated and loaded (those another program of the
+    /// device had loaded are not among them).
+    pub loaded: Loaded,
     /// Wall time of preparing the program (compiling PTX, loading it, planning GEMMs).
     pub seconds: f64,
+    /// Seconds the last full [`CudaProgram::load`] took (weights, moments and inputs).
+    pub upload_s: f64,
+    /// Seconds the first run took eagerly, then to capture and instantiate its graph.
+    pub first_run: Option<(f64, f64)>,
 }
 
 /// The storage of a view's element type on the GPU.
@@ -99,6 +105,33 @@ impl CudaProgram {
     /// Compiles and loads the code of every launch of `program` (planned from `graph`),
     /// and allocates its arena, refusing before allocating when it does not fit.
     pub fn prepare(device: Arc<Device>, graph: &Graph, program: &Program) -> Result<CudaProgram, CudaError> {
+        Self::prepare_in(device, graph, program, None)
+    }
+
+    /// As [`CudaProgram::prepare`], with the arena inside `host`'s where it fits: past
+    /// `host`'s weights, optimizer state, inputs and the outputs `keep` (which its runs
+    /// write in place), so the two never run at once. A run of this program overwrites
+    /// everything else of `host`'s: read its other outputs before.
+    pub fn prepare_beside(
+        device: Arc<Device>,
+        graph: &Graph,
+        program: &Program,
+        host: &CudaProgram,
+        keep: std::ops::Range<usize>,
+    ) -> Result<CudaProgram, CudaError> {
+        let buffers = &host.program.buffers;
+        let kept = (host.program.outputs.get(keep).unwrap_or_default().iter().map(|v| v.buffer))
+            .chain(buffers.iter().enumerate().filter(|(_, b)| b.persistent()).map(|(i, _)| i));
+        let from = kept.map(|i| buffers[i].offset + buffers[i].bytes).max().unwrap_or(0);
+        Self::prepare_in(device, graph, program, Some((&host.arena, from)))
+    }
+
+    fn prepare_in(
+        device: Arc<Device>,
+        graph: &Graph,
+        program: &Program,
+        host: Option<(&Arena, usize)>,
+    ) -> Result<CudaProgram, CudaError> {
         let started = std::time::Instant::now();
         let symbols = Symbols { batch: program.batch, seq: program.seq };
         // Scratch starts past the plan's arena, 256-byte aligned.
@@ -108,7 +141,8 @@ impl CudaProgram {
             graph,
             symbols,
             bf16_scratch: program.precision.activations == DType::BF16,
-            kernels: Kernels::default(),
+            kernels: device.kernels.lock().expect("a failed preparation leaves no lock poisoned"),
+            used: Default::default(),
             scratch_at,
             cursor: scratch_at,
             scratch_end: scratch_at,
@@ -149,11 +183,15 @@ impl CudaProgram {
             .map(|i| Ok((i, (event()?, event()?))))
             .collect::<Result<_, CudaError>>()?;
         let workspace_at = builder.scratch_end.next_multiple_of(256);
-        builder.kernels.load(&device)?;
-        let modules = builder.kernels.count();
+        let loaded = builder.kernels.load(&device)?;
+        let modules = builder.used.len();
         let sharing = builder.sharing.iter().copied().collect();
+        drop(builder);
         let bytes = workspace_at + WORKSPACE_BYTES;
-        let arena = super::DeviceMemory::alloc(&device, bytes, &arena_breakdown(program, bytes))?;
+        let arena = match host.and_then(|(arena, from)| arena.within(from, bytes)) {
+            Some(inside) => inside,
+            None => Arena::alloc(&device, bytes, &arena_breakdown(program, bytes))?,
+        };
         // Nothing reads memory it did not write: poison it, so a launch that does shows NaN.
         arena.fill(&device, 0, bytes, 0xFF)?;
         Ok(CudaProgram {
@@ -167,10 +205,12 @@ impl CudaProgram {
             captured: None,
             comms: None,
             sharing,
-            snapshot: None,
             graphs: true,
             modules,
+            loaded,
             seconds: started.elapsed().as_secs_f64(),
+            upload_s: 0.0,
+            first_run: None,
         })
     }
 
@@ -195,8 +235,14 @@ impl CudaProgram {
         self.program.launches.iter().any(|l| matches!(l.kind, LaunchKind::Collective(_)))
     }
 
-    /// Bytes of device memory the program holds.
+    /// Bytes of device memory the program allocated (none when its arena is inside
+    /// another program's).
     pub fn bytes(&self) -> usize {
+        self.arena.own_bytes()
+    }
+
+    /// Bytes of the program's arena, wherever it lies.
+    pub fn arena_bytes(&self) -> usize {
         self.arena.bytes()
     }
 
@@ -208,7 +254,10 @@ impl CudaProgram {
         params: &HashMap<String, Tensor<f32>>,
         inputs: &HashMap<String, Tensor<f32>>,
     ) -> Result<(), CudaError> {
-        self.load_where(graph, params, inputs, |_| true)
+        let started = std::time::Instant::now();
+        self.load_where(graph, params, inputs, |_| true)?;
+        self.upload_s = started.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// Copies in the program inputs that are not state (a step's batch, learning rate and
@@ -256,29 +305,6 @@ impl CudaProgram {
         Ok(())
     }
 
-    /// Keeps a copy of the weights and moments on the device before every run, so that a
-    /// step found non-finite afterwards can be undone ([`CudaProgram::restore`]).
-    pub fn keep_snapshots(&mut self) -> Result<(), CudaError> {
-        let bytes: usize = self.state_buffers().map(|(_, n)| n).sum();
-        let memory = super::DeviceMemory::alloc(&self.device, bytes, "the copy of the weights and moments")?;
-        self.snapshot = Some(memory);
-        self.captured = None;
-        Ok(())
-    }
-
-    /// Puts back the weights and moments as they were before the last run.
-    pub fn restore(&self) -> Result<(), CudaError> {
-        let Some(copy) = &self.snapshot else {
-            return Err(CudaError::Internal("no snapshot of the state was kept".into()));
-        };
-        let mut at = 0;
-        for (offset, bytes) in self.state_buffers() {
-            copy_device(&self.device, self.arena.at(offset), copy.at(at), bytes)?;
-            at += bytes;
-        }
-        self.device.synchronize()
-    }
-
     /// Byte offsets and sizes of the weight and moment buffers.
     fn state_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.program.buffers.iter().filter(|b| is_state(b)).map(|b| (b.offset, b.bytes))
@@ -292,28 +318,32 @@ impl CudaProgram {
             return self.device.synchronize();
         }
         if !self.graphs {
-            self.queue_run()?;
+            self.queue(0..self.launches.len())?;
             return self.device.synchronize();
         }
         // The first run runs eagerly (so a fault names its launch), then is captured.
-        self.queue_run()?;
+        let started = std::time::Instant::now();
+        self.queue(0..self.launches.len())?;
         self.device.synchronize()?;
+        let eager_s = started.elapsed().as_secs_f64();
         let stream = self.device.stream.clone();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| CudaError::driver("capturing the step", e))?;
-        let queued = self.queue_run();
+        let queued = self.queue(0..self.launches.len());
         let graph = stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(|e| CudaError::driver("instantiating the step's CUDA graph", e))?;
         queued?;
         self.captured = graph;
+        self.first_run = Some((eager_s, started.elapsed().as_secs_f64() - eager_s));
         Ok(())
     }
 
     /// Runs every launch once more, each between two events, and returns each launch's
-    /// time in milliseconds; then puts the weights and moments back as they were (it needs
-    /// [`CudaProgram::keep_snapshots`] when the program updates them).
+    /// time in milliseconds. The weights and moments it updates are copied aside first and
+    /// put back after, so the run it times leaves the training state as it was; the copy
+    /// lives only while it runs.
     pub fn profile(&self) -> Result<Vec<f64>, CudaError> {
         let event = || {
             self.device
@@ -322,12 +352,12 @@ impl CudaProgram {
                 .map_err(|e| CudaError::driver("creating an event", e))
         };
         let marks: Vec<_> = (0..=self.launches.len()).map(|_| event()).collect::<Result<_, _>>()?;
-        if let Some(copy) = &self.snapshot {
-            let mut at = 0;
-            for (offset, bytes) in self.state_buffers() {
-                copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
-                at += bytes;
-            }
+        let bytes: usize = self.state_buffers().map(|(_, n)| n).sum();
+        let copy = super::DeviceMemory::alloc(&self.device, bytes.max(1), "the copy of the weights and moments")?;
+        let mut at = 0;
+        for (offset, bytes) in self.state_buffers() {
+            copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
+            at += bytes;
         }
         let record =
             |i: usize| marks[i].record(&self.device.stream).map_err(|e| CudaError::driver("recording an event", e));
@@ -340,22 +370,13 @@ impl CudaProgram {
         let times = (0..self.launches.len())
             .map(|i| marks[i].elapsed_ms(&marks[i + 1]).map(f64::from).map_err(|e| CudaError::driver("timing", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.snapshot.is_some() {
-            self.restore()?;
+        let mut at = 0;
+        for (offset, bytes) in self.state_buffers() {
+            copy_device(&self.device, self.arena.at(offset), copy.at(at), bytes)?;
+            at += bytes;
         }
+        self.device.synchronize()?;
         Ok(times)
-    }
-
-    /// Queues a whole run: the state's snapshot (if kept), then every launch.
-    fn queue_run(&self) -> Result<(), CudaError> {
-        if let Some(copy) = &self.snapshot {
-            let mut at = 0;
-            for (offset, bytes) in self.state_buffers() {
-                copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
-                at += bytes;
-            }
-        }
-        self.queue(0..self.launches.len())
     }
 
     /// Queues launches `range` without waiting: an exchange-stream launch after the
@@ -657,7 +678,10 @@ struct Builder<'a> {
     symbols: Symbols,
     /// Whether chain scratch that GEMMs read is stored in bf16 (a mixed-precision program).
     bf16_scratch: bool,
-    kernels: Kernels,
+    /// The device's kernels, held while the program is prepared.
+    kernels: std::sync::MutexGuard<'a, Kernels>,
+    /// The keys of the kernels this program launches.
+    used: std::collections::HashSet<String>,
     /// Where every launch's scratch starts.
     scratch_at: usize,
     /// The next free byte of the current launch's scratch.
@@ -697,6 +721,7 @@ impl Builder<'_> {
                 let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
                 code.check_storage(&stored).map_err(|e| CudaError::Codegen(e.to_string()))?;
                 let key = format!("{} {:?} {:?} {stored:?}", code.name, self.graph.nodes[node].op, code.inputs);
+                self.used.insert(key.clone());
                 let kernel = self.kernels.get(key, || {
                     let workspace = code.workspace_bytes();
                     (Source::Template { code, stored }, workspace)
@@ -885,8 +910,9 @@ impl Builder<'_> {
     /// A generated body over `views` (inputs, then outputs) of storage `dtypes`.
     fn body(&mut self, body: &Graph, dtypes: &[DType], views: &[&Placed]) -> Result<Prepared, CudaError> {
         let stored: Vec<Storage> = dtypes.iter().map(|&d| storage(d)).collect();
-        let key = format!("{} {stored:?}", hyb_compiler::codegen::kernel_name(body));
         let symbols = self.symbols;
+        let key = format!("{} {stored:?} {symbols:?}", hyb_compiler::codegen::kernel_name(body));
+        self.used.insert(key.clone());
         let kernel = self.kernels.get(key, || (Source::Body { body: body.clone(), symbols, stored }, Vec::new()));
         let offsets = views.iter().map(|p| p.offset).collect();
         let strides = views.iter().flat_map(|p| p.strides.iter().map(|&s| s as i64)).collect();

@@ -250,6 +250,9 @@ pub struct Startup {
     pub initialised_s: Option<f64>,
     /// Compiling the step and evaluation programs, and preparing them for their executor.
     pub programs_s: f64,
+    /// Building the first step's inputs (with the whole state, which later steps on a GPU
+    /// leave there), once it has run.
+    pub first_inputs_s: Option<f64>,
 }
 
 /// The whole state (each parameter's value and moments, in the step graph's order) from a
@@ -302,7 +305,11 @@ impl Trainer {
         let initialised_s = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
-        let startup = Startup { initialised_s: Some(initialised_s), programs_s: started.elapsed().as_secs_f64() };
+        let startup = Startup {
+            initialised_s: Some(initialised_s),
+            programs_s: started.elapsed().as_secs_f64(),
+            first_inputs_s: None,
+        };
         let step_params = programs.params();
         let run = RunDir::fresh(dir, existing)?;
         let t = Trainer {
@@ -385,7 +392,8 @@ impl Trainer {
         let fork = !same_dir(how.from, how.into);
         let started = Instant::now();
         let programs = model.programs(&cfg, source.packs())?;
-        let startup = Startup { initialised_s: None, programs_s: started.elapsed().as_secs_f64() };
+        let startup =
+            Startup { initialised_s: None, programs_s: started.elapsed().as_secs_f64(), first_inputs_s: None };
         let step_params = programs.params();
         let run = if fork { RunDir::fresh(how.into, how.existing)? } else { RunDir::lock(how.from)? };
         let saved_at = Some(state.step);
@@ -613,6 +621,9 @@ impl Trainer {
         // On a GPU the weights and moments stay there: copied in once, read back when needed.
         let fresh = !self.on_device;
         let (mut params, mut inputs, lr) = self.next_step(fresh)?;
+        if self.startup.first_inputs_s.is_none() {
+            self.startup.first_inputs_s = Some(started.elapsed().as_secs_f64());
+        }
         let tp = self.programs.tensor_parallel;
         let graph = self.programs.step.graph();
         // A rank of a job runs on its parts of the weights and moments (and a GPU keeps them).
@@ -625,7 +636,8 @@ impl Trainer {
         if let Some(result) = self.programs.step.run_resident(&params, &inputs, fresh) {
             let (loss, grad_norm) = result?;
             self.on_device = true;
-            let applied = loss.is_finite() && grad_norm.is_finite();
+            // As the step's own test, which kept the state as it was otherwise.
+            let applied = loss.is_finite() && grad_norm.is_finite() && (lr as f32).is_finite();
             self.device_ahead |= applied;
             return Ok(self.report(started, loss, grad_norm, lr, applied));
         }
@@ -648,9 +660,12 @@ impl Trainer {
         let loss = out.next().unwrap().data[0] as f64;
         let grad_norm = out.next().unwrap().data[0] as f64;
         let updated: Vec<Tensor<f32>> = out.collect();
-        // A step is applied only if its loss, gradient and every updated tensor are finite.
-        let finite =
-            loss.is_finite() && grad_norm.is_finite() && updated.iter().all(|t| t.data.iter().all(|x| x.is_finite()));
+        // A step is applied only if its loss, gradient, learning rate (as the step's test, which
+        // then keeps the state as it was) and every updated tensor are finite.
+        let finite = loss.is_finite()
+            && grad_norm.is_finite()
+            && (lr as f32).is_finite()
+            && updated.iter().all(|t| t.data.iter().all(|x| x.is_finite()));
         if finite {
             let mut it = updated.into_iter();
             for name in &self.step_params {

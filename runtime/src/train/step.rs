@@ -207,7 +207,8 @@ impl Runner {
     /// Runs a training step whose weights and moments stay on the device between steps:
     /// `params` and the moments in `inputs` are copied in only when `fresh`. Returns the
     /// loss and gradient norm, or `None` where the runner keeps no state (the CPU). A
-    /// non-finite step is undone on the device before it returns.
+    /// non-finite step leaves the state as it was (the step's update is selected on
+    /// its loss and gradient norm being finite).
     pub fn run_resident(
         &self,
         params: &HashMap<String, Tensor<f32>>,
@@ -223,11 +224,7 @@ impl Runner {
                 p.load_inputs(&e.graph, inputs)?;
             }
             p.run()?;
-            let (loss, norm) = (p.output(0)?.data[0] as f64, p.output(1)?.data[0] as f64);
-            if !(loss.is_finite() && norm.is_finite()) {
-                p.restore()?;
-            }
-            Ok((loss, norm))
+            Ok((p.output(0)?.data[0] as f64, p.output(1)?.data[0] as f64))
         };
         Some(run(&mut p).map_err(cuda_error))
     }
@@ -324,6 +321,26 @@ impl Programs {
         Some(held(&self.step)? + held(&self.eval).unwrap_or(0))
     }
 
+    /// The most bytes of GPU memory the run's allocations held at once so far (`None`
+    /// off the GPU): both programs' arenas and anything allocated beside them.
+    pub fn device_peak_bytes(&self) -> Option<usize> {
+        match &self.step {
+            Runner::Cuda(_, p) => Some(p.lock().expect("not poisoned").device().peak_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Where the GPU step's first run went, for people (`None` before it, or off the GPU).
+    pub fn first_run_summary(&self) -> Option<String> {
+        let Runner::Cuda(_, p) = &self.step else { return None };
+        let p = p.lock().expect("not poisoned");
+        let (eager, capture) = p.first_run?;
+        Some(format!(
+            "weights, moments and batch uploaded in {:.2} s, run in {eager:.2} s, captured as a graph in {capture:.2} s",
+            p.upload_s
+        ))
+    }
+
     /// What of the step runs as generated code, for people (`None` for the reference).
     pub fn codegen_summary(&self) -> Option<String> {
         match &self.step {
@@ -342,16 +359,36 @@ impl Programs {
             }
             Runner::Cuda(_, program) => {
                 let p = program.lock().expect("not poisoned");
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                let loaded = |l: &crate::cuda::Loaded| {
+                    format!(
+                        "{} generated and loaded in {:.2} s (PTX {:.1} s, JIT {:.1} s over the threads)",
+                        l.kernels, l.wall_s, l.generate_s, l.jit_s
+                    )
+                };
                 let eval = match &self.eval {
-                    Runner::Cuda(_, e) => format!("; evaluation: {} modules", e.lock().expect("not poisoned").modules),
+                    Runner::Cuda(_, e) => {
+                        let e = e.lock().expect("not poisoned");
+                        let place = match e.bytes() {
+                            0 => format!("its {:.2} GiB arena inside the step's", gib(e.arena_bytes())),
+                            own => format!("{:.2} GiB", gib(own)),
+                        };
+                        format!(
+                            "; evaluation: {} modules, {}, {place}, prepared in {:.2} s",
+                            e.modules,
+                            loaded(&e.loaded),
+                            e.seconds
+                        )
+                    }
                     _ => String::new(),
                 };
                 Some(format!(
-                    "training step on {}: {} launches, {} PTX modules, {:.2} GiB of device memory, prepared in {:.2} s{eval}",
+                    "training step on {}: {} launches, {} PTX modules, {}, {:.2} GiB of device memory, prepared in {:.2} s{eval}",
                     p.device().name(),
                     p.program().launches.len(),
                     p.modules,
-                    p.bytes() as f64 / (1u64 << 30) as f64,
+                    loaded(&p.loaded),
+                    gib(p.bytes()),
                     p.seconds
                 ))
             }
@@ -445,10 +482,17 @@ fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs
         Ok(Runner::Cuda(Box::new(e), Box::new(Mutex::new(program))))
     };
     let step = prepare(step)?;
-    if let Runner::Cuda(_, p) = &step {
-        p.lock().expect("fresh").keep_snapshots().map_err(|e| TrainError::Device(e.to_string()))?;
-    }
-    Ok(Programs { step, eval: prepare(eval)?, replicas: 1, tensor_parallel: 1 })
+    // Evaluation runs between steps: its arena goes where the step keeps nothing between
+    // runs (past the weights, moments and inputs, and the updated state it writes in place).
+    let eval = {
+        let Runner::Cuda(_, host) = &step else { unreachable!("prepared on the GPU") };
+        let host = host.lock().expect("fresh");
+        let kept = 2..host.program().outputs.len();
+        let program = CudaProgram::prepare_beside(device.clone(), &eval.graph, &eval.program, &host, kept)
+            .map_err(|e| TrainError::Device(e.to_string()))?;
+        Runner::Cuda(Box::new(eval), Box::new(Mutex::new(program)))
+    };
+    Ok(Programs { step, eval, replicas: 1, tensor_parallel: 1 })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
