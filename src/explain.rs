@@ -9,7 +9,7 @@ use hyb_compiler::elaborate::elaborate;
 use hyb_compiler::explain::{dot, kernels};
 use hyb_compiler::fit::{fit, gib, Request};
 use hyb_compiler::ir::{generic_name, Graph, KernelKind, Op, Origin};
-use hyb_compiler::ops::{Binary, Prim};
+use hyb_compiler::ops::{Binary, Prim, Primitive};
 use hyb_compiler::pipeline::{compile, Compiled, DataParallel, Executable, Target};
 use hyb_compiler::plan::{Level, MemoryPlan, Program};
 use hyb_compiler::rewrite::Options;
@@ -87,7 +87,7 @@ pub fn run(args: &ExplainArgs, model: &Expanded, sources: &Sources, check_time: 
         };
         match fit(&request) {
             Ok(planned) => {
-                text.push_str(&memory_report(&planned.program.memory, &planned.program, args.tp));
+                text.push_str(&memory_report(&planned.program.memory, &planned.program, &planned.graph, args.tp));
                 text.push_str(&recompute_cost(&compiled.graph, &planned, &machine));
             }
             Err(e) => {
@@ -162,12 +162,13 @@ pub fn run_artifact(args: &ExplainArgs, artifact: &Artifact) -> Result<()> {
     );
     text.push_str(&kernel_list(&artifact.executable.graph, &machine, args.all_kernels));
     let program = &artifact.executable.program;
-    text.push_str(&memory_report(&program.memory, program, c.tp));
+    text.push_str(&memory_report(&program.memory, program, &artifact.executable.graph, c.tp));
     print(&text)
 }
 
-/// The memory plan for people: the arena, the peak and what it holds.
-fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
+/// The memory plan for people: the arena, the peak and what it holds, with the largest
+/// kinds of value live at the peak (what to recompute or fuse away first).
+fn memory_report(m: &MemoryPlan, p: &Program, g: &Graph, tp: usize) -> String {
     let mut out = String::new();
     let b = &m.peak;
     let at = p.launches.get(m.peak_launch).map_or("no launch".to_string(), |l| format!("{:?}", l.kind));
@@ -205,6 +206,42 @@ fn memory_report(m: &MemoryPlan, p: &Program, tp: usize) -> String {
     ] {
         let _ = writeln!(out, "    {what:<34} {:>10}", gib(bytes as f64));
     }
+    let _ = writeln!(out, "  largest values live at the peak (by role and what computes them, over the layers):");
+    for (bytes, count, what) in live_at_peak(m, p, g).into_iter().take(12) {
+        let _ = writeln!(out, "    {:>10}  {count:>4} × {what}", gib(bytes as f64));
+    }
+    out
+}
+
+/// The buffers live at the peak grouped by role and by what computes them (a kernel's
+/// primitives, a primitive's name), largest first: bytes, buffers, label.
+fn live_at_peak(m: &MemoryPlan, p: &Program, g: &Graph) -> Vec<(usize, usize, String)> {
+    let mut groups: std::collections::HashMap<String, (usize, usize)> = std::collections::HashMap::new();
+    let live = p.buffers.iter().filter(|b| b.first <= m.peak_launch && m.peak_launch <= b.last);
+    for b in live {
+        let node = &g.nodes[b.node];
+        let name = |op: &Op| match op {
+            Op::Kernel(k) => format!(
+                "{} kernel ({})",
+                k.kind.name(),
+                k.op_names().iter().take(6).cloned().collect::<Vec<_>>().join(" ")
+            ),
+            Op::Prim(prim) => prim.name().to_string(),
+            Op::Param(_) => "parameter".to_string(),
+            Op::Input(name) => format!("input {}", generic_name(name)),
+            _ => "value".to_string(),
+        };
+        let what = match &node.op {
+            Op::Output(_) => format!("further output of {}", name(&g.nodes[node.inputs[0]].op)),
+            op => name(op),
+        };
+        let shape = b.elements;
+        let e = groups.entry(format!("{:?} {what} ({shape} elements)", b.role)).or_default();
+        e.0 += b.bytes;
+        e.1 += 1;
+    }
+    let mut out: Vec<(usize, usize, String)> = groups.into_iter().map(|(w, (b, n))| (b, n, w)).collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
     out
 }
 

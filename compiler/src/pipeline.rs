@@ -6,7 +6,7 @@
 use crate::elaborate::decode::{generation, Cache, DecodeError};
 use crate::ir::Graph;
 use crate::plan::{recompute, Level, PlanError, Precision, Program, Recompute, Request};
-use crate::rewrite::{fuse::fuse, saturate, Options, Report};
+use crate::rewrite::{fuse::fuse, remat::rematerialise, saturate, Options, Report};
 use crate::shard::{shard, Sharded};
 pub use crate::training::DataParallel;
 use crate::training::{data_parallel_training_graph, in_place_updates, training_graph, zero_training_graph, AdamW};
@@ -59,6 +59,8 @@ pub fn compile(forward: &Graph, target: &Target, ranks: usize, opts: &Options) -
             let (g, step_report) = saturate(&step, opts);
             lap("rewrite step", &mut stages);
             report.merge(step_report);
+            let g = rematerialise(&g, 0);
+            lap("rematerialise", &mut stages);
             let g = fuse(&g);
             lap("fuse", &mut stages);
             g

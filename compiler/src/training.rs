@@ -366,6 +366,11 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
         let v_old = g.scale(v, opt.beta2);
         let v_new = g.scale(g2, 1.0 - opt.beta2);
         let v_new = g.binary(Binary::Add, v_old, v_new);
+        // Each new value is kept only for a finite step. The weight's update reads the kept
+        // moments (the new ones whenever it is kept itself), so the three are one kernel's
+        // outputs.
+        let keep = |g: &mut Graph, new: NodeId, old: NodeId| g.apply(Select, vec![finite, new, old]);
+        let (m_new, v_new) = (keep(&mut g, m_new, m), keep(&mut g, v_new, v));
         let m_hat = g.binary(Binary::Div, m_new, bc1);
         let v_hat = g.binary(Binary::Div, v_new, bc2);
         let denom = g.unary(Unary::Sqrt, v_hat);
@@ -380,8 +385,7 @@ fn step_graph(forward: &Graph, opt: &AdamW, width_mult: f64, mode: DataParallel)
         let rate = g.scale(lr, mup_lr_multiplier(spec.role, width_mult));
         let delta = g.binary(Binary::Mul, step, rate);
         let w_new = g.binary(Binary::Sub, w, delta);
-        let [mut w_new, m_new, v_new] =
-            [(w_new, w), (m_new, m), (v_new, v)].map(|(new, old)| g.apply(Select, vec![finite, new, old]));
+        let mut w_new = keep(&mut g, w_new, w);
         if let Some(r) = &runs[p] {
             w_new = r.gathered(&mut g, w_new, shape);
         }

@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod kernels;
 pub mod lang;
 pub mod region;
+pub mod remat;
 pub mod rules;
 
 use crate::cost::Machine;

@@ -620,6 +620,9 @@ impl Trainer {
         let started = Instant::now();
         // On a GPU the weights and moments stay there: copied in once, read back when needed.
         let fresh = !self.on_device;
+        if fresh && self.group.is_none() && self.programs.step.on_gpu() {
+            return self.first_step_on_gpu(started);
+        }
         let (mut params, mut inputs, lr) = self.next_step(fresh)?;
         if self.startup.first_inputs_s.is_none() {
             self.startup.first_inputs_s = Some(started.elapsed().as_secs_f64());
@@ -634,12 +637,7 @@ impl Trainer {
             inputs = zero::local_moments(graph, group.data.rank(), inputs);
         }
         if let Some(result) = self.programs.step.run_resident(&params, &inputs, fresh) {
-            let (loss, grad_norm) = result?;
-            self.on_device = true;
-            // As the step's own test, which kept the state as it was otherwise.
-            let applied = loss.is_finite() && grad_norm.is_finite() && (lr as f32).is_finite();
-            self.device_ahead |= applied;
-            return Ok(self.report(started, loss, grad_norm, lr, applied));
+            return self.resident_report(started, lr, result);
         }
         let out = match self.group.as_mut() {
             Some(group) => {
@@ -675,6 +673,45 @@ impl Trainer {
             }
         }
         Ok(self.report(started, loss, grad_norm, lr, finite))
+    }
+
+    /// The first step of a single GPU, which copies the whole state in: the weights and
+    /// moments are lent to it (moved out and back) rather than copied on the host first, a
+    /// large model's seconds of its first step.
+    fn first_step_on_gpu(&mut self, started: Instant) -> Result<StepReport, TrainError> {
+        let (_, mut inputs, lr) = self.next_step(false)?;
+        let params: Values = std::mem::take(&mut self.state.params).into_iter().collect();
+        for (prefix, moments) in [("m.", std::mem::take(&mut self.state.m)), ("v.", std::mem::take(&mut self.state.v))]
+        {
+            inputs.extend(moments.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)));
+        }
+        self.startup.first_inputs_s = Some(started.elapsed().as_secs_f64());
+        let result = self.programs.step.run_resident(&params, &inputs, true).expect("a GPU runner keeps its state");
+        // Whatever the step did, the state comes back.
+        self.state.params = params.into_iter().collect();
+        for (k, t) in inputs {
+            if let Some(name) = k.strip_prefix("m.") {
+                self.state.m.insert(name.to_string(), t);
+            } else if let Some(name) = k.strip_prefix("v.") {
+                self.state.v.insert(name.to_string(), t);
+            }
+        }
+        self.resident_report(started, lr, result)
+    }
+
+    /// Reports a step whose state the device keeps.
+    fn resident_report(
+        &mut self,
+        started: Instant,
+        lr: f64,
+        result: Result<(f64, f64), hyb_compiler::reference::RunError>,
+    ) -> Result<StepReport, TrainError> {
+        let (loss, grad_norm) = result?;
+        self.on_device = true;
+        // As the step's own test, which kept the state as it was otherwise.
+        let applied = loss.is_finite() && grad_norm.is_finite() && (lr as f32).is_finite();
+        self.device_ahead |= applied;
+        Ok(self.report(started, loss, grad_norm, lr, applied))
     }
 
     /// Counts a step that ran and reports it.

@@ -1,0 +1,117 @@
+//! Rematerialisation before fusion: a cheap forward value (pointwise, or a view) that only
+//! pointwise backward nodes read is computed again inside each of them instead of being
+//! kept from the forward pass to the backward.
+//!
+//! Fusion then puts each copy in its reader's kernel, so it costs no launch and no store:
+//! the kernel reads the copy's inputs where it read the copy. Those inputs must be there
+//! anyway — a parameter, an input, a value the backward pass reads itself, or another
+//! rematerialised value — so nothing new is kept. A gated activation's scaled halves, the
+//! gate of a gated norm: whatever the forward kernels wrote only for the backward to read
+//! stops being written, and stops holding memory between the passes.
+//!
+//! A value a GEMM, a reduction or a template reads is kept: computing it again there would
+//! be a kernel of its own, which is what the plan's selective recompute trades for memory
+//! when memory is short ([`crate::plan::recompute`]).
+
+use crate::ir::{Graph, NodeId, Op};
+use crate::ops::{Class, Primitive};
+use crate::plan::recompute::forward_nodes;
+use std::collections::HashMap;
+
+fn class(g: &Graph, i: NodeId) -> Option<Class> {
+    match &g.nodes[i].op {
+        Op::Prim(p) => Some(p.class()),
+        _ => None,
+    }
+}
+
+fn leaf(op: &Op) -> bool {
+    matches!(op, Op::Param(_) | Op::Input(_) | Op::Constant(_))
+}
+
+/// Which forward values of training graph `g` (loss: output `loss`) its backward readers
+/// compute again.
+fn rematerialised(g: &Graph, loss: usize) -> Vec<bool> {
+    let forward = forward_nodes(g, loss);
+    let n = g.nodes.len();
+    let mut returned = vec![false; n];
+    for &o in &g.outputs {
+        returned[o] = true;
+    }
+    // Read by some backward node, and whether every backward reader is pointwise.
+    let mut read_by_backward = vec![false; n];
+    let mut pointwise_readers = vec![true; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if forward[i] {
+            continue;
+        }
+        for &x in &node.inputs {
+            read_by_backward[x] = true;
+            pointwise_readers[x] &= class(g, i) == Some(Class::Elementwise);
+        }
+    }
+    let mut again = vec![false; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let cheap = matches!(class(g, i), Some(Class::Elementwise | Class::View));
+        if !forward[i] || returned[i] || !cheap || !read_by_backward[i] || !pointwise_readers[i] {
+            continue;
+        }
+        again[i] = node.inputs.iter().all(|&x| leaf(&g.nodes[x].op) || again[x] || read_by_backward[x]);
+    }
+    again
+}
+
+/// `g` with every [`rematerialised`] value computed again, by a copy of its own, in each
+/// backward node that reads it (the copies of the values it reads in turn shared within
+/// that reader). Computes exactly what `g` computes.
+pub fn rematerialise(g: &Graph, loss: usize) -> Graph {
+    let again = rematerialised(g, loss);
+    if !again.iter().any(|&a| a) {
+        return g.clone();
+    }
+    let forward = forward_nodes(g, loss);
+    let mut out = Graph { params: g.params.clone(), ..Graph::default() };
+    let mut new_id = vec![usize::MAX; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        out.scope = node.scope;
+        out.origin = node.origin;
+        let mut copies = HashMap::new();
+        let inputs: Vec<NodeId> = node
+            .inputs
+            .iter()
+            .map(|&x| match !forward[i] && again[x] {
+                true => copy(g, x, &again, &new_id, &mut copies, &mut out),
+                false => new_id[x],
+            })
+            .collect();
+        new_id[i] = out.add(node.op.clone(), inputs, node.ty.clone());
+    }
+    out.outputs = g.outputs.iter().map(|&o| new_id[o]).collect();
+    out.scope = 0;
+    out.origin = None;
+    out
+}
+
+/// A copy of forward value `x` in `out` for the reader being added (in its scope), with
+/// the copies of the rematerialised values it reads.
+fn copy(
+    g: &Graph,
+    x: NodeId,
+    again: &[bool],
+    new_id: &[NodeId],
+    copies: &mut HashMap<NodeId, NodeId>,
+    out: &mut Graph,
+) -> NodeId {
+    if let Some(&c) = copies.get(&x) {
+        return c;
+    }
+    let node = &g.nodes[x];
+    let inputs: Vec<NodeId> = node
+        .inputs
+        .iter()
+        .map(|&y| if again[y] { copy(g, y, again, new_id, copies, out) } else { new_id[y] })
+        .collect();
+    let c = out.add(node.op.clone(), inputs, node.ty.clone());
+    copies.insert(x, c);
+    c
+}
