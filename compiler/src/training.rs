@@ -11,7 +11,7 @@
 use crate::autodiff::gradients;
 use crate::ir::{Graph, MomentShard, NodeId, Op, ParamSpec, TensorType};
 use crate::ops::{AllGather, AllReduce, Binary, DataAllGather, DataAllReduce, DataReduceScatter, DataShard, OneHot};
-use crate::ops::{Concat, Pad, Prim, ReduceOp, Select, Shard, Slice, TpCopy, Unary};
+use crate::ops::{Concat, Pad, Prim, ReduceOp, Select, Shard, Slice, StopGradient, TpCopy, Unary};
 use hyb_dsl::dim::Dim;
 use hyb_dsl::inits::Role;
 use hyb_dsl::value::DType;
@@ -55,8 +55,11 @@ fn scalar_input(g: &mut Graph, name: &str) -> NodeId {
     g.add(Op::Input(name.into()), vec![], TensorType { shape: vec![], dtype: DType::F32 })
 }
 
+/// Each row's maximum, the shift a logsumexp takes for range: the result does not depend on
+/// it, so neither does its gradient.
 fn row_max(g: &mut Graph, x: NodeId) -> NodeId {
-    g.reduce(ReduceOp::Max, x, -1, true)
+    let max = g.reduce(ReduceOp::Max, x, -1, true);
+    g.apply(StopGradient, vec![max])
 }
 
 /// Logits a tensor-parallel program gathers from vocabulary shards: the local shard and the

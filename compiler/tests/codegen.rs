@@ -1563,3 +1563,40 @@ fn gemm_epilogues_of_a_scale_and_a_residual_fold_into_the_gemm() {
     assert_eq!(kernel(&|g, y, _, b| g.binary(Binary::Add, y, b)), None, "a broadcast bias is not beta's C");
     assert_eq!(kernel(&|g, y, r, _| g.binary(Binary::Mul, y, r)), None);
 }
+
+/// `one_hot` computed where a fused kernel reads it: a cross-entropy's target logit (a row
+/// sum of the indicator times the logits) and its gradient's indicator term, from integer
+/// ids, ids out of range selecting nothing — against the reference.
+#[test]
+fn one_hot_fused_into_its_readers_matches_the_reference() {
+    use hyb_compiler::ops::OneHot;
+    let (rows, vocab) = (6, 5);
+    let mut g = Graph::default();
+    let int = TensorType { shape: vec![Dim::constant(rows as i64)], dtype: DType::I64 };
+    let ids = g.add(Op::Input("0".into()), vec![], int);
+    let float = TensorType { shape: [rows, vocab].map(|d| Dim::constant(d as i64)).to_vec(), dtype: DType::F32 };
+    let logits = g.add(Op::Input("1".into()), vec![], float);
+    let hot = g.apply(OneHot { depth: Dim::constant(vocab as i64) }, vec![ids]);
+    let product = g.binary(Binary::Mul, hot, logits);
+    let picked = g.sum(product, -1, true);
+    let scaled = g.scale(hot, -0.5);
+    let gradient = g.binary(Binary::Add, logits, scaled);
+    g.outputs = vec![picked, gradient];
+    let id_values = vec![0.0f32, 4.0, 2.0, 7.0, 1.0, 3.0];
+    let logit_values: Vec<f32> = (0..rows * vocab).map(|i| (i as f32 * 0.37).sin()).collect();
+    let kernel = cpu::compile(&g, SIZES).unwrap();
+    let got = run_contiguous(&kernel, &g, &[id_values.clone(), logit_values.clone()]);
+    let tensor = |shape: Vec<usize>, v: &[f32]| Tensor::new(shape, v.iter().map(|&x| x as f64).collect());
+    let inputs = HashMap::from([
+        ("0".to_string(), tensor(vec![rows], &id_values)),
+        ("1".to_string(), tensor(vec![rows, vocab], &logit_values)),
+    ]);
+    let want = reference::run(&g, &HashMap::new(), &inputs).unwrap();
+    for (got, want) in got.iter().zip(&want) {
+        for (&a, &b) in got.iter().zip(&want.data) {
+            assert!((a as f64 - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
+    // Row 3's id is past the vocabulary: its target logit is 0, its indicator all 0.
+    assert_eq!(got[0][3], 0.0);
+}

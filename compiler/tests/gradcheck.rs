@@ -490,3 +490,18 @@ fn bitlinear_straight_through_gradient() {
     let y = s2.g.unary(Unary::Tanh, y);
     s2.check(y, TOL);
 }
+
+#[test]
+fn no_gradient_flows_through_stop_gradient() {
+    use hyb_compiler::ops::StopGradient;
+    // y = x · stop(x): the gradient is stop(x) = x, not 2x.
+    let mut c = Case::new(7);
+    let x = c.param(&[5], 0.2, 1.0);
+    let stopped = c.g.apply(StopGradient, vec![x]);
+    let y = c.g.binary(Binary::Mul, x, stopped);
+    let loss = c.g.sum_all(y);
+    let grads = gradients(&mut c.g, loss, &[x]).unwrap();
+    c.g.outputs = vec![grads[0]];
+    let got = run(&c.g, &c.values, &c.inputs).unwrap().remove(0);
+    assert_eq!(got.data, c.values["p0"].data);
+}

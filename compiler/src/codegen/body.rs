@@ -187,6 +187,8 @@ fn supported(graph: &Graph, i: NodeId) -> Result<(), CodegenError> {
             | Prim::Clamp(_)
             | Prim::Cast(_)
             | Prim::Select(_)
+            | Prim::StopGradient(_)
+            | Prim::OneHot(_)
             | Prim::Reduce(_)
             | Prim::Reshape(_)
             | Prim::Permute(_)
@@ -199,7 +201,8 @@ fn supported(graph: &Graph, i: NodeId) -> Result<(), CodegenError> {
         Op::Kernel(_) => return refuse("kernel", "kernels do not nest"),
         Op::Output(_) => return refuse("output", "multi-output primitives are not fused"),
     }
-    if !n.ty.dtype.is_float() {
+    // Integer inputs (token ids) are stored as floats; what a kernel computes is float.
+    if !n.ty.dtype.is_float() && !matches!(n.op, Op::Input(_)) {
         return refuse(&node_name(graph, i), &format!("its values are {}, not floats", n.ty.dtype.name()));
     }
     Ok(())

@@ -980,6 +980,22 @@ impl Writer<'_, '_> {
                 let above = self.op2("arith.maxnumf", &x, &lo);
                 self.op2("arith.minnumf", &above, &hi)
             }
+            Prim::StopGradient(_) => operand(self, 0)?,
+            Prim::OneHot(_) => {
+                // Whether the id at the leading indices, as the reference reads it (truncated,
+                // negative and NaN ids as 0), is the last index.
+                let (last, lead) = idx.split_last().expect("one_hot's output has its depth axis");
+                let id = self.value(n.inputs[0], lead.to_vec())?;
+                let whole = self.intrinsic("llvm.trunc.f32", &[&id]);
+                let zero = self.f32(0.0);
+                let id = self.op2("arith.maxnumf", &whole, &zero);
+                let at = self.index(last);
+                let position = self.fresh();
+                self.emit(format!("{position} = arith.sitofp {at} : i64 to f32"));
+                let hit = self.compare("oeq", &id, &position);
+                let (one, zero) = (self.f32(1.0), self.f32(0.0));
+                self.select(&hit, &one, &zero)
+            }
             Prim::Select(_) => {
                 let (mask, a, b) = (operand(self, 0)?, operand(self, 1)?, operand(self, 2)?);
                 let zero = self.f32(0.0);

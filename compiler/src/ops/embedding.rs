@@ -198,6 +198,12 @@ impl Primitive for OneHot {
     fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
         Ok(vec![None])
     }
+
+    /// Element `[.., j]` is whether id `[..]` is `j`: the cross-entropy's kernels compute
+    /// it where they read it, so the `[B, T, vocab]` indicator is never stored.
+    fn fusible(&self) -> bool {
+        true
+    }
 }
 
 impl Primitive for VocabEmbedding {

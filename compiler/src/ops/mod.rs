@@ -176,6 +176,13 @@ pub trait Primitive {
         None
     }
 
+    /// Whether each element of the output is a function of its inputs' elements that a
+    /// fused kernel computes where it is read (pointwise work, and `one_hot`'s indicator of
+    /// its index), so fusion may put it in its readers' kernels.
+    fn fusible(&self) -> bool {
+        self.class() == Class::Elementwise
+    }
+
     /// Whether the primitive has one output (its node's type), so its cost needs no shape
     /// rule to find the others.
     fn single_output(&self) -> bool {
@@ -244,6 +251,9 @@ macro_rules! registry {
             fn single_output(&self) -> bool {
                 match self { $($(Prim::$variant(p) => p.single_output(),)+)* }
             }
+            fn fusible(&self) -> bool {
+                match self { $($(Prim::$variant(p) => p.fusible(),)+)* }
+            }
             fn expand(&self, g: &mut Graph, inputs: &[NodeId]) -> Option<Vec<NodeId>> {
                 match self { $($(Prim::$variant(p) => p.expand(g, inputs),)+)* }
             }
@@ -261,7 +271,7 @@ macro_rules! registry {
 }
 
 registry! {
-    pointwise: Unary, Binary, Pow, Clamp, Cast, Select;
+    pointwise: Unary, Binary, Pow, Clamp, Cast, Select, StopGradient;
     reduce: Reduce;
     layout: Reshape, Permute, Transpose, Broadcast;
     slice: Slice, Pad;

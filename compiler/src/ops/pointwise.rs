@@ -1,6 +1,6 @@
 //! Element-wise primitives: the unary functions, the binary arithmetic with numpy
-//! broadcasting, `pow`, `clamp`, `cast` and `select`. Exact scalar functions in the element
-//! type.
+//! broadcasting, `pow`, `clamp`, `cast`, `select` and `stop_gradient`. Exact scalar
+//! functions in the element type.
 
 use super::{callable, first, unbroadcast, Class, Decl, NoGradient, Prim, Primitive, Sizes, Ty, F64};
 use crate::ir::{Graph, NodeId};
@@ -115,6 +115,7 @@ pub(super) const DECLS: &[Decl] = &[
     }),
     Decl::Internal { name: "step", what: "the mask in the gradients of max, min and clamp" },
     Decl::Internal { name: "select", what: "the optimizer's update kept only for a finite step" },
+    Decl::Internal { name: "stop_gradient", what: "the shift of a logsumexp, which its gradient does not depend on" },
 ];
 
 /// `select(mask, a, b)`: `a` where `mask > 0`, else `b` (a NaN mask picks `b`), with numpy
@@ -123,6 +124,12 @@ pub(super) const DECLS: &[Decl] = &[
 /// and moments this way when its gradient is not finite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Select;
+
+/// The identity, through which no gradient flows: for a value the result does not depend on
+/// in exact arithmetic, such as the maximum a logsumexp subtracts for range (its gradient
+/// terms cancel: differentiating through it costs a mask and a sum over the vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StopGradient;
 
 /// Broadcast shapes; a rank-0 tensor (a scalar constant) takes the other operand's dtype.
 fn broadcast(inputs: &[Ty], ctx: Ctx) -> Result<Vec<Ty>, RuleError> {
@@ -501,6 +508,32 @@ impl Primitive for Select {
             [m, a, b] => Some(if *m > 0.0 { *a } else { *b }),
             _ => None,
         }
+    }
+}
+
+impl Primitive for StopGradient {
+    fn name(&self) -> &'static str {
+        "stop_gradient"
+    }
+
+    fn class(&self) -> Class {
+        Class::Elementwise
+    }
+
+    fn infer(&self, inputs: &[Ty], _: Ctx) -> Result<Vec<Ty>, RuleError> {
+        Ok(vec![first(inputs)])
+    }
+
+    fn eval<T: Real>(&self, inputs: &[&Tensor<T>], _: Sizes) -> Vec<Tensor<T>> {
+        vec![inputs[0].clone()]
+    }
+
+    fn vjp(&self, _: &mut Graph, _: NodeId, _: NodeId) -> Result<Vec<Option<NodeId>>, NoGradient> {
+        Ok(vec![None])
+    }
+
+    fn fold(&self, inputs: &[f64]) -> Option<f64> {
+        inputs.first().copied()
     }
 }
 

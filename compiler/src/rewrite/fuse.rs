@@ -28,8 +28,8 @@ enum Role {
 
 fn role(n: &Node) -> Role {
     match &n.op {
+        Op::Prim(p) if p.fusible() => Role::Pointwise,
         Op::Prim(p) => match p.class() {
-            Class::Elementwise => Role::Pointwise,
             Class::Reduction => Role::Reduce,
             Class::View => Role::View,
             Class::Contraction => Role::Gemm,

@@ -25,6 +25,11 @@ fn class(g: &Graph, i: NodeId) -> Option<Class> {
     }
 }
 
+/// Computed per element where a fused kernel reads it.
+fn fusible(g: &Graph, i: NodeId) -> bool {
+    matches!(&g.nodes[i].op, Op::Prim(p) if p.fusible())
+}
+
 fn leaf(op: &Op) -> bool {
     matches!(op, Op::Param(_) | Op::Input(_) | Op::Constant(_))
 }
@@ -47,12 +52,12 @@ fn rematerialised(g: &Graph, loss: usize) -> Vec<bool> {
         }
         for &x in &node.inputs {
             read_by_backward[x] = true;
-            pointwise_readers[x] &= class(g, i) == Some(Class::Elementwise);
+            pointwise_readers[x] &= fusible(g, i);
         }
     }
     let mut again = vec![false; n];
     for (i, node) in g.nodes.iter().enumerate() {
-        let cheap = matches!(class(g, i), Some(Class::Elementwise | Class::View));
+        let cheap = fusible(g, i) || class(g, i) == Some(Class::View);
         if !forward[i] || returned[i] || !cheap || !read_by_backward[i] || !pointwise_readers[i] {
             continue;
         }
