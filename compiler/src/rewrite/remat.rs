@@ -34,9 +34,20 @@ fn leaf(op: &Op) -> bool {
     matches!(op, Op::Param(_) | Op::Input(_) | Op::Constant(_))
 }
 
+/// What rematerialisation decides for each node of a training graph.
+struct Decision {
+    /// Computed again by a copy in each backward reader.
+    again: Vec<bool>,
+    /// Cheap forward values a copy may compute from values that are there anyway.
+    recomputable: Vec<bool>,
+    /// Forward values the backward pass holds anyway: read by it directly (or through a
+    /// view of them, which holds their memory).
+    held: Vec<bool>,
+}
+
 /// Which forward values of training graph `g` (loss: output `loss`) its backward readers
 /// compute again.
-fn rematerialised(g: &Graph, loss: usize) -> Vec<bool> {
+fn decide(g: &Graph, loss: usize) -> Decision {
     let forward = forward_nodes(g, loss);
     let n = g.nodes.len();
     let mut returned = vec![false; n];
@@ -55,23 +66,34 @@ fn rematerialised(g: &Graph, loss: usize) -> Vec<bool> {
             pointwise_readers[x] &= fusible(g, i);
         }
     }
+    let mut held = read_by_backward.clone();
+    for i in (0..n).rev() {
+        if held[i] && forward[i] && class(g, i) == Some(Class::View) {
+            for &x in &g.nodes[i].inputs {
+                held[x] = true;
+            }
+        }
+    }
+    let mut recomputable = vec![false; n];
     let mut again = vec![false; n];
     for (i, node) in g.nodes.iter().enumerate() {
         let cheap = fusible(g, i) || class(g, i) == Some(Class::View);
-        if !forward[i] || returned[i] || !cheap || !read_by_backward[i] || !pointwise_readers[i] {
+        if !forward[i] || !cheap {
             continue;
         }
-        again[i] = node.inputs.iter().all(|&x| leaf(&g.nodes[x].op) || again[x] || read_by_backward[x]);
+        recomputable[i] = node.inputs.iter().all(|&x| leaf(&g.nodes[x].op) || held[x] || recomputable[x]);
+        // A view holds no memory of its own: only computed values are worth not keeping.
+        again[i] = recomputable[i] && fusible(g, i) && read_by_backward[i] && pointwise_readers[i] && !returned[i];
     }
-    again
+    Decision { again, recomputable, held }
 }
 
-/// `g` with every [`rematerialised`] value computed again, by a copy of its own, in each
+/// `g` with every value [`decide`] picks computed again, by a copy of its own, in each
 /// backward node that reads it (the copies of the values it reads in turn shared within
 /// that reader). Computes exactly what `g` computes.
 pub fn rematerialise(g: &Graph, loss: usize) -> Graph {
-    let again = rematerialised(g, loss);
-    if !again.iter().any(|&a| a) {
+    let decision = decide(g, loss);
+    if !decision.again.iter().any(|&a| a) {
         return g.clone();
     }
     let forward = forward_nodes(g, loss);
@@ -84,8 +106,8 @@ pub fn rematerialise(g: &Graph, loss: usize) -> Graph {
         let inputs: Vec<NodeId> = node
             .inputs
             .iter()
-            .map(|&x| match !forward[i] && again[x] {
-                true => copy(g, x, &again, &new_id, &mut copies, &mut out),
+            .map(|&x| match !forward[i] && decision.again[x] {
+                true => copy(g, x, &decision, &new_id, &mut copies, &mut out),
                 false => new_id[x],
             })
             .collect();
@@ -97,12 +119,12 @@ pub fn rematerialise(g: &Graph, loss: usize) -> Graph {
     out
 }
 
-/// A copy of forward value `x` in `out` for the reader being added (in its scope), with
-/// the copies of the rematerialised values it reads.
+/// A copy of forward value `x` in `out` for the reader being added (in its scope), reading
+/// what is held anyway and copying, in turn, what is not.
 fn copy(
     g: &Graph,
     x: NodeId,
-    again: &[bool],
+    d: &Decision,
     new_id: &[NodeId],
     copies: &mut HashMap<NodeId, NodeId>,
     out: &mut Graph,
@@ -114,7 +136,16 @@ fn copy(
     let inputs: Vec<NodeId> = node
         .inputs
         .iter()
-        .map(|&y| if again[y] { copy(g, y, again, new_id, copies, out) } else { new_id[y] })
+        .map(|&y| {
+            let kept = leaf(&g.nodes[y].op) || (d.held[y] && !d.again[y]);
+            match kept {
+                true => new_id[y],
+                false => {
+                    debug_assert!(d.recomputable[y], "a copy reads only what is held or recomputable");
+                    copy(g, y, d, new_id, copies, out)
+                }
+            }
+        })
         .collect();
     let c = out.add(node.op.clone(), inputs, node.ty.clone());
     copies.insert(x, c);
