@@ -11,7 +11,8 @@
 # 2,048 tokens against the CPU executor; with LAYER_STEPS set, the peer's Falcon-H1 layer
 # (bench/models/falcon_h1_layer.hyb: d 2048, four layers) at B 2, T 4096 in bf16, profiled
 # per layer; then, with FALCON_STEPS set, Falcon-H1-0.5B at B 4, T 4096 in bf16, profiled.
-# PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL; CASES=ssd runs the SSD scan's
+# WARM=1 runs the 0.5B model once more (its warm start); NONFINITE=0 leaves out the run
+# whose every step is non-finite. PACKED=1 adds the small hybrid on packed rows; NCCL=1 a one-rank job through NCCL; CASES=ssd runs the SSD scan's
 # device cases only. ATTENTION=0, HYBRID=0, CASES=0 and
 # SSD=0 leave out the attention benchmark, the small hybrid, the device cases and the SSD benchmarks. Needs dist/hyb.xz and dist/tc.tar.xz (carried;
 # `make device-tc` writes both). Logs come back under $OUT.
@@ -140,4 +141,12 @@ if [ "${FALCON_STEPS:-0}" -gt 0 ]; then
     cp "$work/falcon/metrics.jsonl" "$OUT/falcon_metrics.jsonl" 2>/dev/null
     cp "$work/falcon/profile.json" "$OUT/falcon_profile.json" 2>/dev/null
     tail -n 45 "$OUT/train_falcon_h1_0_5b.txt"
+    # With WARM=1 the same model again, unprofiled: its start with the driver's JIT cache
+    # (and this run's kernel cache) warm.
+    if [ "${WARM:-0}" = 1 ]; then
+        /usr/bin/time -f "falcon_h1_0_5b warm: %e s wall" timeout 200 "$work/hyb" train stdlib/falcon_h1.hyb \
+            --model falcon_h1_0_5b --device cuda --precision bf16 --batch 4 --seq 4096 --steps 2 --warmup 2 \
+            --eval-every 0 --save-every 0 --out "$work/falcon_warm" > "$OUT/train_falcon_h1_0_5b_warm.txt" 2>&1
+        grep -E "start:|first step|device memory|training step on|wall" "$OUT/train_falcon_h1_0_5b_warm.txt"
+    fi
 fi
