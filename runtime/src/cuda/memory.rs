@@ -73,14 +73,18 @@ impl DeviceMemory {
     }
 
     fn check(&self, offset: usize, bytes: usize) -> Result<(), CudaError> {
-        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
-            return Err(CudaError::Internal(format!(
-                "a copy of {bytes} bytes at {offset} reaches past the {} bytes allocated",
-                self.bytes
-            )));
-        }
-        Ok(())
+        within(offset, bytes, self.bytes)
     }
+}
+
+/// Refuses a copy of `bytes` at `offset` that reaches past `size` bytes.
+fn within(offset: usize, bytes: usize, size: usize) -> Result<(), CudaError> {
+    if offset.checked_add(bytes).is_none_or(|end| end > size) {
+        return Err(CudaError::Internal(format!(
+            "a copy of {bytes} bytes at {offset} reaches past the {size} bytes it may use"
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for DeviceMemory {
@@ -151,12 +155,6 @@ impl Arena {
     }
 
     fn check(&self, offset: usize, bytes: usize) -> Result<(), CudaError> {
-        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
-            return Err(CudaError::Internal(format!(
-                "a copy of {bytes} bytes at {offset} reaches past the arena's {} bytes",
-                self.bytes
-            )));
-        }
-        Ok(())
+        within(offset, bytes, self.bytes)
     }
 }
