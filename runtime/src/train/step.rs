@@ -207,8 +207,8 @@ impl Runner {
     /// Runs a training step whose weights and moments stay on the device between steps:
     /// `params` and the moments in `inputs` are copied in only when `fresh`. Returns the
     /// loss and gradient norm, or `None` where the runner keeps no state (the CPU). A
-    /// non-finite step leaves the state as it was (the step's update is selected on
-    /// its loss and gradient norm being finite).
+    /// non-finite step leaves the state as it was (the step selects its update on its
+    /// loss, gradient norm and learning rate being finite).
     pub fn run_resident(
         &self,
         params: &HashMap<String, Tensor<f32>>,
@@ -476,23 +476,15 @@ fn compiled(forward: &Graph, cfg: &TrainConfig, planning: &Planning) -> Result<P
 /// The step and evaluation programs prepared on GPU `ordinal`.
 fn on_gpu(ordinal: usize, step: Executable, eval: Executable) -> Result<Programs, TrainError> {
     let device = Arc::new(Device::open(ordinal).map_err(|e| TrainError::Device(e.to_string()))?);
-    let prepare = |e: Executable| -> Result<Runner, TrainError> {
-        let program = CudaProgram::prepare(device.clone(), &e.graph, &e.program)
-            .map_err(|e| TrainError::Device(e.to_string()))?;
-        Ok(Runner::Cuda(Box::new(e), Box::new(Mutex::new(program))))
-    };
-    let step = prepare(step)?;
+    let failed = |e: crate::cuda::CudaError| TrainError::Device(e.to_string());
+    let step_program = CudaProgram::prepare(device.clone(), &step.graph, &step.program).map_err(failed)?;
     // Evaluation runs between steps: its arena goes where the step keeps nothing between
     // runs (past the weights, moments and inputs, and the updated state it writes in place).
-    let eval = {
-        let Runner::Cuda(_, host) = &step else { unreachable!("prepared on the GPU") };
-        let host = host.lock().expect("fresh");
-        let kept = 2..host.program().outputs.len();
-        let program = CudaProgram::prepare_beside(device.clone(), &eval.graph, &eval.program, &host, kept)
-            .map_err(|e| TrainError::Device(e.to_string()))?;
-        Runner::Cuda(Box::new(eval), Box::new(Mutex::new(program)))
-    };
-    Ok(Programs { step, eval, replicas: 1, tensor_parallel: 1 })
+    let kept = 2..step.program.outputs.len();
+    let eval_program =
+        CudaProgram::prepare_beside(device, &eval.graph, &eval.program, &step_program, kept).map_err(failed)?;
+    let runner = |e: Executable, p: CudaProgram| Runner::Cuda(Box::new(e), Box::new(Mutex::new(p)));
+    Ok(Programs { step: runner(step, step_program), eval: runner(eval, eval_program), replicas: 1, tensor_parallel: 1 })
 }
 
 /// The artifact's programs, placed again for the CPU's element type, after checking that
