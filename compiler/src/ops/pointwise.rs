@@ -532,6 +532,10 @@ impl Primitive for StopGradient {
         Ok(vec![None])
     }
 
+    fn linear_in(&self, partial: &[bool]) -> bool {
+        partial == [true]
+    }
+
     fn fold(&self, inputs: &[f64]) -> Option<f64> {
         inputs.first().copied()
     }

@@ -140,3 +140,20 @@ impl Drop for Device {
         let _ = unsafe { blas::destroy_handle(self.blas) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+
+    #[test]
+    fn the_peak_is_the_most_held_at_once() {
+        let held = Held::default();
+        held.add(10);
+        held.add(5);
+        held.sub(10);
+        held.add(7);
+        assert_eq!(held.peak(), 15);
+        held.add(4);
+        assert_eq!(held.peak(), 16);
+    }
+}
