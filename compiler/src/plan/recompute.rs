@@ -80,7 +80,7 @@ fn cheap(g: &Graph, i: NodeId) -> bool {
     }
 }
 
-fn leaf(op: &Op) -> bool {
+pub(crate) fn leaf(op: &Op) -> bool {
     matches!(op, Op::Param(_) | Op::Input(_) | Op::Constant(_))
 }
 
@@ -137,22 +137,30 @@ pub fn rewrite(g: &Graph, loss: usize, levels: &[Level]) -> Graph {
     if !again.iter().any(|&a| a) {
         return g.clone();
     }
+    let mut clone_of: HashMap<NodeId, NodeId> = HashMap::new();
+    rebuild_backward(g, loss, &again, |_, x, new_id, out| clone(g, x, &again, new_id, &mut clone_of, out))
+}
+
+/// `g` rebuilt node by node, a backward node's input `x` where `copied[x]` holds given by
+/// `copy(reader, x, new_id, out)` (which adds what it needs to `out`, in the reader's scope
+/// unless it sets its own), every other input the rebuilt node: how recompute and
+/// rematerialisation hand the backward pass its copies of forward values.
+pub(crate) fn rebuild_backward(
+    g: &Graph,
+    loss: usize,
+    copied: &[bool],
+    mut copy: impl FnMut(NodeId, NodeId, &[NodeId], &mut Graph) -> NodeId,
+) -> Graph {
     let forward = forward_nodes(g, loss);
     let mut out = Graph { params: g.params.clone(), ..Graph::default() };
     let mut new_id = vec![usize::MAX; g.nodes.len()];
-    let mut clone_of: HashMap<NodeId, NodeId> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
-        let inputs: Vec<NodeId> = node
-            .inputs
-            .iter()
-            .map(|&x| {
-                if !forward[i] && again[x] {
-                    clone(g, x, &again, &new_id, &mut clone_of, &mut out)
-                } else {
-                    new_id[x]
-                }
-            })
-            .collect();
+        out.scope = node.scope;
+        out.origin = node.origin;
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for &x in &node.inputs {
+            inputs.push(if !forward[i] && copied[x] { copy(i, x, &new_id, &mut out) } else { new_id[x] });
+        }
         out.scope = node.scope;
         out.origin = node.origin;
         new_id[i] = out.add(node.op.clone(), inputs, node.ty.clone());

@@ -15,7 +15,7 @@
 
 use crate::ir::{Graph, NodeId, Op};
 use crate::ops::{Class, Primitive};
-use crate::plan::recompute::forward_nodes;
+use crate::plan::recompute::{forward_nodes, leaf, rebuild_backward};
 use std::collections::HashMap;
 
 fn class(g: &Graph, i: NodeId) -> Option<Class> {
@@ -28,10 +28,6 @@ fn class(g: &Graph, i: NodeId) -> Option<Class> {
 /// Computed per element where a fused kernel reads it.
 fn fusible(g: &Graph, i: NodeId) -> bool {
     matches!(&g.nodes[i].op, Op::Prim(p) if p.fusible())
-}
-
-fn leaf(op: &Op) -> bool {
-    matches!(op, Op::Param(_) | Op::Input(_) | Op::Constant(_))
 }
 
 /// What rematerialisation decides for each node of a training graph.
@@ -92,31 +88,18 @@ fn decide(g: &Graph, loss: usize) -> Decision {
 /// backward node that reads it (the copies of the values it reads in turn shared within
 /// that reader). Computes exactly what `g` computes.
 pub fn rematerialise(g: &Graph, loss: usize) -> Graph {
-    let decision = decide(g, loss);
-    if !decision.again.iter().any(|&a| a) {
+    let d = decide(g, loss);
+    if !d.again.iter().any(|&a| a) {
         return g.clone();
     }
-    let forward = forward_nodes(g, loss);
-    let mut out = Graph { params: g.params.clone(), ..Graph::default() };
-    let mut new_id = vec![usize::MAX; g.nodes.len()];
-    for (i, node) in g.nodes.iter().enumerate() {
-        out.scope = node.scope;
-        out.origin = node.origin;
-        let mut copies = HashMap::new();
-        let inputs: Vec<NodeId> = node
-            .inputs
-            .iter()
-            .map(|&x| match !forward[i] && decision.again[x] {
-                true => copy(g, x, &decision, &new_id, &mut copies, &mut out),
-                false => new_id[x],
-            })
-            .collect();
-        new_id[i] = out.add(node.op.clone(), inputs, node.ty.clone());
-    }
-    out.outputs = g.outputs.iter().map(|&o| new_id[o]).collect();
-    out.scope = 0;
-    out.origin = None;
-    out
+    // Each reader's copies, shared among its own inputs only.
+    let (mut reader, mut copies) = (usize::MAX, HashMap::new());
+    rebuild_backward(g, loss, &d.again, |i, x, new_id, out| {
+        if i != reader {
+            (reader, copies) = (i, HashMap::new());
+        }
+        copy(g, x, &d, new_id, &mut copies, out)
+    })
 }
 
 /// A copy of forward value `x` in `out` for the reader being added (in its scope), reading

@@ -305,6 +305,19 @@ impl CudaProgram {
         Ok(())
     }
 
+    /// Queues a copy of the weights and moments into `copy` (laid out one after another),
+    /// or back from it.
+    fn copy_state(&self, copy: &super::DeviceMemory, into_copy: bool) -> Result<(), CudaError> {
+        let mut at = 0;
+        for (offset, bytes) in self.state_buffers() {
+            let (state, kept) = (self.arena.at(offset), copy.at(at));
+            let (to, from) = if into_copy { (kept, state) } else { (state, kept) };
+            copy_device(&self.device, to, from, bytes)?;
+            at += bytes;
+        }
+        Ok(())
+    }
+
     /// Byte offsets and sizes of the weight and moment buffers.
     fn state_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.program.buffers.iter().filter(|b| is_state(b)).map(|b| (b.offset, b.bytes))
@@ -354,11 +367,7 @@ impl CudaProgram {
         let marks: Vec<_> = (0..=self.launches.len()).map(|_| event()).collect::<Result<_, _>>()?;
         let bytes: usize = self.state_buffers().map(|(_, n)| n).sum();
         let copy = super::DeviceMemory::alloc(&self.device, bytes.max(1), "the copy of the weights and moments")?;
-        let mut at = 0;
-        for (offset, bytes) in self.state_buffers() {
-            copy_device(&self.device, copy.at(at), self.arena.at(offset), bytes)?;
-            at += bytes;
-        }
+        self.copy_state(&copy, true)?;
         let record =
             |i: usize| marks[i].record(&self.device.stream).map_err(|e| CudaError::driver("recording an event", e));
         record(0)?;
@@ -370,11 +379,7 @@ impl CudaProgram {
         let times = (0..self.launches.len())
             .map(|i| marks[i].elapsed_ms(&marks[i + 1]).map(f64::from).map_err(|e| CudaError::driver("timing", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut at = 0;
-        for (offset, bytes) in self.state_buffers() {
-            copy_device(&self.device, self.arena.at(offset), copy.at(at), bytes)?;
-            at += bytes;
-        }
+        self.copy_state(&copy, false)?;
         self.device.synchronize()?;
         Ok(times)
     }
